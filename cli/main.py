@@ -1,0 +1,51 @@
+"""The ``diffconv`` command group.
+
+Commands are loaded lazily from ``cli.commands.<name>`` so that ``diffconv --help`` and
+usage errors answer without importing torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import click
+
+from cli import __version__
+
+# name -> (module under cli.commands, one-line help shown by `diffconv --help`)
+COMMANDS: dict[str, tuple[str, str]] = {}
+
+
+class LazyGroup(click.Group):
+    """A group whose commands are imported only when invoked or asked for help."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in COMMANDS:
+            return None
+        module_name, _ = COMMANDS[cmd_name]
+        module = importlib.import_module(f"cli.commands.{module_name}")
+        return getattr(module, module_name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        # Short help from the registry, so listing commands imports none of them.
+        rows = [(name, COMMANDS[name][1]) for name in self.list_commands(ctx)]
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", prog_name="diffconv")
+def cli() -> None:
+    """Filter signals with differentiable 1-D convolution (WAV, FLAC, OGG, .npy ...)."""
+
+
+def main() -> None:
+    cli()
+
+
+if __name__ == "__main__":
+    main()

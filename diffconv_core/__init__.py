@@ -1,0 +1,42 @@
+"""diffconv_core: differentiable 1-D convolution in PyTorch.
+
+Pure tensor math: no files, no click, no soundfile. Functions first; the Modules in
+:mod:`diffconv_core.nn` are thin wrappers around them.
+
+Submodules (imported on first use): ``windows``, ``filters``, ``smooth``, ``nn``,
+``gradients``, ``streaming``, ``padding``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_SUBMODULES = {
+    "windows",
+    "filters",
+    "smooth",
+    "nn",
+    "gradients",
+    "streaming",
+    "padding",
+    "methods",
+    "tuning",
+    "fitting",
+}
+
+_CORE_FUNCTIONS = {"convolve", "correlate", "choose_method"}
+
+__all__ = sorted(_CORE_FUNCTIONS | _SUBMODULES)
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy, so that `import diffconv_core` stays cheap and submodules stay independent.
+    if name in _CORE_FUNCTIONS:
+        module = importlib.import_module("diffconv_core.convolution")
+        return getattr(module, name)
+    if name in _SUBMODULES:
+        return importlib.import_module(f"diffconv_core.{name}")
+    raise AttributeError(f"module 'diffconv_core' has no attribute {name!r}")
