@@ -1,0 +1,59 @@
+"""Argument checks shared by every public entry point of the core.
+
+Errors name the offending value and what is accepted, so a user never has to guess.
+"""
+
+from __future__ import annotations
+
+import torch
+
+MODES = ("full", "same", "valid")
+PADDINGS = ("zeros", "reflect", "symmetric", "replicate", "circular")
+METHODS = ("auto", "direct", "fft", "overlap")
+
+HALF_DTYPES = (torch.float16, torch.bfloat16)
+
+
+def check_choice(name: str, value: object, accepted: tuple[str, ...]) -> str:
+    """Return ``value`` if it is one of ``accepted``, else raise a ``ValueError`` naming both."""
+    if not isinstance(value, str) or value not in accepted:
+        listed = ", ".join(repr(a) for a in accepted)
+        raise ValueError(f"{name} must be one of {listed}; got {value!r}")
+    return value
+
+
+def check_tensor(name: str, value: object) -> torch.Tensor:
+    """A real floating-point tensor with at least one dimension and no empty time axis."""
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor; got {type(value).__name__}")
+    if value.is_complex():
+        raise TypeError(
+            f"{name} must be a real floating-point tensor; got complex dtype {value.dtype}"
+        )
+    if not value.is_floating_point():
+        raise TypeError(
+            f"{name} must be a floating-point tensor (float16, bfloat16, float32, float64); "
+            f"got dtype {value.dtype}"
+        )
+    if value.dim() == 0:
+        raise ValueError(f"{name} must have at least one dimension (time last); got a 0-d tensor")
+    if value.shape[-1] == 0 or value.numel() == 0:
+        raise ValueError(f"{name} must not be empty; got shape {tuple(value.shape)}")
+    return value
+
+
+def check_pair(signal: torch.Tensor, kernel: torch.Tensor) -> torch.Size:
+    """Check devices and broadcasting; return the broadcast leading (batch) shape."""
+    if signal.device != kernel.device:
+        raise ValueError(
+            f"signal and kernel must be on the same device; got signal on {signal.device} "
+            f"and kernel on {kernel.device}"
+        )
+    try:
+        return torch.broadcast_shapes(signal.shape[:-1], kernel.shape[:-1])
+    except RuntimeError:
+        raise ValueError(
+            "the leading dimensions of signal and kernel must broadcast; got signal shape "
+            f"{tuple(signal.shape)} and kernel shape {tuple(kernel.shape)} "
+            "(time is the last axis; a kernel (K,) is shared by every signal)"
+        ) from None

@@ -1,0 +1,165 @@
+"""``convolve`` and ``correlate``: the public entry points of the core.
+
+Layered as scipy.signal does it: validate and normalise the arguments, reduce every mode and
+padding to one question — "which samples of the full linear convolution of a (possibly
+extended) signal do we need?" — and answer it with the chosen method's range function.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from diffconv_core._direct import direct_range
+from diffconv_core._fft import fft_range
+from diffconv_core._nonfinite import with_nonfinite_locality
+from diffconv_core._overlap import overlap_range
+from diffconv_core._validation import (
+    HALF_DTYPES,
+    METHODS,
+    MODES,
+    PADDINGS,
+    check_choice,
+    check_pair,
+    check_tensor,
+)
+from diffconv_core.methods import choose_method
+from diffconv_core.padding import pad
+
+_RANGE_FUNCTIONS = {"direct": direct_range, "fft": fft_range, "overlap": overlap_range}
+
+
+def _run(x: torch.Tensor, w: torch.Tensor, mode: str, padding: str, method: str) -> torch.Tensor:
+    out_dtype = torch.promote_types(x.dtype, w.dtype)
+    check_pair(x, w)
+    if mode == "valid" and w.shape[-1] > x.shape[-1]:
+        # Convolution commutes; scipy swaps too, so "valid" with K > T has K - T + 1 samples.
+        x, w = w, x
+    T, K = x.shape[-1], w.shape[-1]
+    if mode == "valid":
+        lo, hi = K - 1, T
+    elif padding == "zeros":
+        lo = (K - 1) // 2 if mode == "same" else 0
+        hi = lo + T if mode == "same" else T + K - 1
+    else:
+        # Extend the signal by the mode's reach, then take the valid part.
+        left, right = (K // 2, (K - 1) // 2) if mode == "same" else (K - 1, K - 1)
+        x = pad(x, left, right, padding)
+        lo, hi = K - 1, x.shape[-1]
+    if method == "auto":
+        method = choose_method(
+            x.shape,
+            w.shape,
+            mode="valid" if lo == K - 1 and hi == x.shape[-1] else mode,
+            device=x.device,
+            dtype=out_dtype,
+        )
+    # Half types: the CPU FFT refuses them and cuFFT only takes powers of two; conv1d on CPU
+    # is slow and inexact in them. Compute in float32 and return the input's dtype.
+    compute_dtype = out_dtype
+    if out_dtype in HALF_DTYPES and (method != "direct" or x.device.type == "cpu"):
+        compute_dtype = torch.float32
+    x, w = x.to(compute_dtype), w.to(compute_dtype)
+    range_fn = _RANGE_FUNCTIONS[method]
+    if method == "direct":
+        y = range_fn(x, w, lo, hi)
+    else:
+        y = with_nonfinite_locality(range_fn, x, w, lo, hi)
+    return y.to(out_dtype)
+
+
+def _check_options(mode: str, padding: str, method: str) -> None:
+    check_choice("mode", mode, MODES)
+    check_choice("padding", padding, PADDINGS)
+    check_choice("method", method, METHODS)
+    if mode == "valid" and padding != "zeros":
+        raise ValueError(
+            f"padding={padding!r} has no effect in mode 'valid' (no sample past the ends is "
+            "used); use padding='zeros' with 'valid', or mode 'same'/'full'"
+        )
+
+
+def convolve(
+    signal: torch.Tensor,
+    kernel: torch.Tensor,
+    mode: str = "same",
+    *,
+    padding: str = "zeros",
+    method: str = "auto",
+) -> torch.Tensor:
+    """Convolve signals with kernels along the last axis, differentiably.
+
+    True convolution (the kernel is flipped, unlike ``torch.nn.functional.conv1d``), equal to
+    ``scipy.signal.convolve`` for every mode, even kernels and kernels longer than the signal
+    included. Differentiable with respect to both inputs, twice.
+
+    Args:
+        signal: real floating-point tensor, time last.
+        kernel: ``(K,)``, one kernel shared by every signal, or ``(..., K)`` whose leading dims
+            broadcast against the signal's (a kernel per channel or per signal).
+        mode: "full" (T + K - 1 samples), "same" (T samples, centred as scipy centres them) or
+            "valid" (max(T, K) - min(T, K) + 1 samples, only where the two overlap fully).
+        padding: how the signal continues past its ends in "same" and "full": "zeros"
+            (scipy's behaviour), "reflect" (mirror, edge sample not repeated), "symmetric"
+            (mirror, edge sample repeated), "replicate" (edge sample repeated) or "circular".
+            Any pad width works, also wider than the signal. Only "zeros" with "valid".
+        method: "direct", "fft", "overlap" (overlap-save: long signals, shorter kernels) or
+            "auto" (asks :func:`diffconv_core.choose_method`). All agree to float round-off.
+
+    Returns:
+        The broadcast leading dims, then the mode's length, in the promoted dtype of the
+        inputs (float16/bfloat16 are computed in float32 where needed and returned as given).
+        A NaN or Inf in the signal affects exactly the outputs whose window covers it.
+
+    Shape:
+        - signal: ``(..., T)``
+        - kernel: ``(K,)`` or ``(..., K)``
+        - output: ``(*broadcast(signal.shape[:-1], kernel.shape[:-1]), L)`` with ``L`` as above.
+
+    Example:
+        >>> import torch
+        >>> from diffconv_core import convolve
+        >>> signals = torch.randn(3, 1000, requires_grad=True)
+        >>> window = torch.hann_window(31, periodic=False, requires_grad=True)
+        >>> smoothed = convolve(signals, window / 15)
+        >>> smoothed.shape
+        torch.Size([3, 1000])
+        >>> smoothed.pow(2).sum().backward()
+        >>> signals.grad.shape, window.grad.shape
+        (torch.Size([3, 1000]), torch.Size([31]))
+        >>> convolve(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([0.0, 1.0, 0.5]), "full")
+        tensor([0.0000, 1.0000, 2.5000, 4.0000, 1.5000])
+    """
+    _check_options(mode, padding, method)
+    return _run(
+        check_tensor("signal", signal), check_tensor("kernel", kernel), mode, padding, method
+    )
+
+
+def correlate(
+    signal: torch.Tensor,
+    kernel: torch.Tensor,
+    mode: str = "same",
+    *,
+    padding: str = "zeros",
+    method: str = "auto",
+) -> torch.Tensor:
+    """Cross-correlate signals with kernels along the last axis (the kernel is not flipped).
+
+    Equal to ``scipy.signal.correlate(signal, kernel, mode)`` and to ``convolve`` with the
+    kernel reversed; arguments, shapes, dtypes and gradients as in :func:`convolve`.
+
+    Shape:
+        - signal: ``(..., T)``
+        - kernel: ``(K,)`` or ``(..., K)``
+        - output: ``(*broadcast(signal.shape[:-1], kernel.shape[:-1]), L)``.
+
+    Example:
+        >>> import torch
+        >>> from diffconv_core import correlate
+        >>> correlate(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([0.0, 1.0, 0.5]), "full")
+        tensor([0.5000, 2.0000, 3.5000, 3.0000, 0.0000])
+    """
+    _check_options(mode, padding, method)
+    signal = check_tensor("signal", signal)
+    kernel = check_tensor("kernel", kernel)
+    return _run(signal, kernel.flip(-1), mode, padding, method)

@@ -1,0 +1,74 @@
+"""Signal extension past its ends, for any pad width.
+
+Every mode is an index map into the original signal, gathered in one step. Autograd's
+adjoint of a gather is a scatter-add, which is exactly the transpose of the padding, so the
+gradient at the edges needs no special case. Unlike ``torch.nn.functional.pad``, reflect and
+symmetric accept pads longer than the signal (the mirror simply repeats, as ``numpy.pad``).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from diffconv_core._validation import PADDINGS, check_choice
+
+
+def padding_index(length: int, left: int, right: int, mode: str, device=None) -> torch.Tensor:
+    """Indices into a signal of ``length`` samples that extend it by ``left`` and ``right``.
+
+    Shape:
+        returns ``(left + length + right,)`` int64.
+
+    Example:
+        >>> padding_index(4, 3, 2, "reflect").tolist()
+        [3, 2, 1, 0, 1, 2, 3, 2, 1]
+        >>> padding_index(4, 3, 2, "symmetric").tolist()
+        [2, 1, 0, 0, 1, 2, 3, 3, 2]
+    """
+    check_choice("padding", mode, PADDINGS)
+    if mode == "zeros":
+        raise ValueError("padding_index has no index map for 'zeros'; use pad() instead")
+    positions = torch.arange(-left, length + right, device=device)
+    if mode == "replicate":
+        return positions.clamp(0, length - 1)
+    if mode == "circular":
+        return positions.remainder(length)
+    if mode == "reflect":
+        if length == 1:
+            return torch.zeros_like(positions)
+        period = 2 * length - 2
+        folded = positions.remainder(period)
+        return torch.where(folded < length, folded, period - folded)
+    # symmetric: the mirror repeats the edge sample, period 2 * length
+    period = 2 * length
+    folded = positions.remainder(period)
+    return torch.where(folded < length, folded, period - 1 - folded)
+
+
+def pad(signal: torch.Tensor, left: int, right: int, mode: str = "zeros") -> torch.Tensor:
+    """Extend ``signal`` along its last axis by ``left`` and ``right`` samples.
+
+    Args:
+        signal: the signal, time last.
+        left, right: non-negative pad widths; any size, also larger than the signal.
+        mode: "zeros", "reflect" (mirror without repeating the edge sample), "symmetric"
+            (mirror repeating it), "replicate" (repeat the edge sample) or "circular".
+
+    Shape:
+        signal ``(..., T)`` -> ``(..., left + T + right)``.
+
+    Example:
+        >>> import torch
+        >>> pad(torch.tensor([1.0, 2.0, 3.0]), 4, 1, "reflect")
+        tensor([1., 2., 3., 2., 1., 2., 3., 2.])
+    """
+    check_choice("padding", mode, PADDINGS)
+    if left < 0 or right < 0:
+        raise ValueError(f"pad widths must be non-negative; got left={left}, right={right}")
+    if left == 0 and right == 0:
+        return signal
+    if mode == "zeros":
+        return F.pad(signal, (left, right))
+    index = padding_index(signal.shape[-1], left, right, mode, device=signal.device)
+    return signal.index_select(-1, index)
