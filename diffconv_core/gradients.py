@@ -1,0 +1,465 @@
+"""Gradient maps: how an objective on a filtered output depends on every sample and tap.
+
+Two questions users ask when they debug a filter:
+
+* :func:`gradient_map` — which input samples, which kernel taps and which window
+  parameters (std, beta, width, cutoff, ...) an objective on the output is most sensitive
+  to: ``d objective / d signal``, ``d objective / d kernel`` and ``d objective / d params``.
+* :func:`jacobian` — the whole linear map from the signal (or the kernel) to the output,
+  exactly, for short excerpts.
+
+A kernel is either a tensor, or a :class:`ParametricKernel`: a function that builds the
+taps from named parameters (see :func:`window_kernel` and :func:`filter_kernel`), so
+gradients reach the parameters by name. A tuple ``(window_name, length, {param: value})``
+is shorthand for :func:`window_kernel`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from diffconv_core._validation import check_tensor
+
+__all__ = [
+    "GradientMap",
+    "ParametricKernel",
+    "window_kernel",
+    "filter_kernel",
+    "gradient_map",
+    "jacobian",
+    "OBJECTIVES",
+    "JACOBIAN_MAX_ELEMENTS",
+]
+
+OBJECTIVES = ("energy", "mse", "l1")
+_WRT_CHOICES = ("signal", "kernel", "params")
+
+# 2**24 elements: 128 MiB in float64 for the result, and the batched forward pass that
+# builds it allocates about as much again. Larger Jacobians are rarely readable anyway.
+JACOBIAN_MAX_ELEMENTS = 2**24
+
+
+@dataclass(frozen=True)
+class ParametricKernel:
+    """A kernel built from named parameters, so that gradients reach them by name.
+
+    ``build(**params)`` must return the kernel, ``(K,)`` or ``(..., K)``, as a
+    differentiable function of the parameter tensors it receives. Parameters given as
+    Python numbers are turned into tensors of the signal's dtype and device.
+
+    Example:
+        >>> import torch
+        >>> pk = ParametricKernel(lambda gain: gain * torch.ones(3), {"gain": 2.0}, "ones")
+        >>> pk.params
+        {'gain': 2.0}
+    """
+
+    build: Callable[..., Tensor]
+    params: Mapping[str, Any]
+    name: str = "kernel"
+    fixed: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not callable(self.build):
+            raise TypeError(f"ParametricKernel.build must be callable; got {self.build!r}")
+        for key, value in self.params.items():
+            if not _is_continuous(value):
+                raise TypeError(
+                    f"parameter {key!r} must be a real number or a floating tensor; got {value!r}"
+                )
+
+
+KernelLike = Tensor | ParametricKernel | tuple
+
+
+@dataclass(frozen=True)
+class GradientMap:
+    """What :func:`gradient_map` returns (all tensors detached).
+
+    Attributes:
+        output: the filtered signal the objective was evaluated on.
+        value: the objective, a 0-d tensor.
+        objective: the objective's name (``"callable"`` for a function).
+        kernel: the kernel that was applied (built from its parameters if parametric).
+        grad_signal: d objective / d signal, the signal's shape; ``None`` if not asked.
+        grad_kernel: d objective / d kernel, the kernel's shape; ``None`` if not asked.
+        grad_params: d objective / d parameter by name; empty for a plain tensor kernel.
+        params: the parameter values used, by name (tensors).
+    """
+
+    output: Tensor
+    value: Tensor
+    objective: str
+    kernel: Tensor
+    grad_signal: Tensor | None
+    grad_kernel: Tensor | None
+    grad_params: dict[str, Tensor]
+    params: dict[str, Tensor]
+
+
+def _is_continuous(value: Any) -> bool:
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, (int, float)):
+        return True
+    return isinstance(value, Tensor) and value.is_floating_point()
+
+
+def window_kernel(
+    name: str,
+    length: int,
+    *,
+    sym: bool = True,
+    normalize: str | None = None,
+    width: float | Tensor | None = None,
+    **params: Any,
+) -> ParametricKernel:
+    """A window from :func:`diffconv_core.windows.get_window` as a parametric kernel.
+
+    Continuous parameters (numbers and floating tensors, e.g. ``std``, ``beta``,
+    ``alpha``) and ``width`` become differentiable parameters; everything else is passed
+    through unchanged.
+
+    Shape:
+        The built kernel is ``(length,)``.
+
+    Example:
+        >>> pk = window_kernel("gaussian", 7, std=1.5, normalize="sum")
+        >>> sorted(pk.params), pk.name
+        (['std'], 'gaussian')
+    """
+    continuous = {k: v for k, v in params.items() if _is_continuous(v)}
+    fixed = {k: v for k, v in params.items() if k not in continuous}
+    if width is not None:
+        continuous["width"] = width
+
+    def build(**named: Tensor) -> Tensor:
+        from diffconv_core.windows import get_window
+
+        named = dict(named)
+        w = named.pop("width", None)
+        return get_window(name, length, sym=sym, normalize=normalize, width=w, **fixed, **named)
+
+    return ParametricKernel(build, continuous, name, fixed)
+
+
+_FILTER_KINDS = ("lowpass", "highpass", "bandpass", "bandstop")
+
+
+def filter_kernel(
+    kind: str, cutoff: float | Tensor | tuple, numtaps: int, **options: Any
+) -> ParametricKernel:
+    """A windowed-sinc FIR design from :mod:`diffconv_core.filters` as a parametric kernel.
+
+    ``kind`` is one of lowpass, highpass, bandpass, bandstop. The cutoff (one value, or
+    ``(low, high)`` for band filters, whose gradients come back as ``"cutoff_low"`` and
+    ``"cutoff_high"``) is differentiable; continuous keyword options (such as window
+    parameters the design accepts) are too, the rest pass through unchanged.
+
+    Shape:
+        The built kernel is ``(numtaps,)``.
+
+    Example:
+        >>> pk = filter_kernel("bandpass", (0.1, 0.3), 31)
+        >>> sorted(pk.params)
+        ['cutoff_high', 'cutoff_low']
+    """
+    if kind not in _FILTER_KINDS:
+        raise ValueError(f"filter kind must be one of {', '.join(_FILTER_KINDS)}; got {kind!r}")
+    band = kind in ("bandpass", "bandstop")
+    params: dict[str, Any] = {}
+    if band:
+        if isinstance(cutoff, Tensor) and cutoff.numel() == 2:
+            low, high = cutoff.reshape(2).unbind()
+        elif isinstance(cutoff, (tuple, list)) and len(cutoff) == 2:
+            low, high = cutoff
+        else:
+            raise ValueError(f"a {kind} filter needs two cutoffs (low, high); got {cutoff!r}")
+        params["cutoff_low"], params["cutoff_high"] = low, high
+    else:
+        params["cutoff"] = cutoff
+    fixed = {k: v for k, v in options.items() if not _is_continuous(v)}
+    params.update({k: v for k, v in options.items() if k not in fixed})
+
+    def build(**named: Tensor) -> Tensor:
+        from diffconv_core import filters
+
+        named = dict(named)
+        if band:
+            cut: Any = torch.stack([named.pop("cutoff_low"), named.pop("cutoff_high")])
+        else:
+            cut = named.pop("cutoff")
+        return getattr(filters, kind)(numtaps, cut, **fixed, **named)
+
+    return ParametricKernel(build, params, kind, fixed)
+
+
+def _as_parametric(kernel: Any) -> Tensor | ParametricKernel:
+    if isinstance(kernel, (Tensor, ParametricKernel)):
+        return kernel
+    if isinstance(kernel, tuple) and len(kernel) in (2, 3) and isinstance(kernel[0], str):
+        extra = kernel[2] if len(kernel) == 3 else {}
+        if not isinstance(extra, Mapping):
+            raise TypeError(
+                f"the third item of a window spec must be a dict of parameters; got {extra!r}"
+            )
+        return window_kernel(kernel[0], kernel[1], **extra)
+    raise TypeError(
+        "kernel must be a tensor, a ParametricKernel or a window spec "
+        f"(name, length, {{param: value}}); got {type(kernel).__name__}"
+    )
+
+
+def _leaf_params(pk: ParametricKernel, like: Tensor, track: bool) -> dict[str, Tensor]:
+    dtype = like.dtype if like.is_floating_point() else torch.get_default_dtype()
+    leaves = {}
+    for key, value in pk.params.items():
+        t = torch.as_tensor(value, dtype=dtype, device=like.device).detach().clone()
+        leaves[key] = t.requires_grad_(track)
+    return leaves
+
+
+def _parse_wrt(wrt: str | Iterable[str]) -> tuple[str, ...]:
+    items = (wrt,) if isinstance(wrt, str) else tuple(wrt)
+    for item in items:
+        if item not in _WRT_CHOICES:
+            raise ValueError(f"wrt must name some of {', '.join(_WRT_CHOICES)}; got {item!r}")
+    if not items:
+        raise ValueError("wrt is empty: ask for at least one of signal, kernel, params")
+    return items
+
+
+def _objective_fn(
+    objective: str | Callable[[Tensor], Tensor], target: Tensor | None, out_shape: torch.Size
+) -> Callable[[Tensor], Tensor]:
+    if callable(objective):
+        if target is not None:
+            raise ValueError("target is only used by the 'mse' and 'l1' objectives, not a callable")
+        return objective
+    if objective not in OBJECTIVES:
+        raise ValueError(
+            f"objective must be one of {', '.join(OBJECTIVES)} or a callable; got {objective!r}"
+        )
+    if objective == "energy":
+        if target is not None:
+            raise ValueError("target is only used by the 'mse' and 'l1' objectives, not 'energy'")
+        return lambda y: (y * y).sum()
+    if target is None:
+        raise ValueError(f"objective {objective!r} needs a target of the output's shape")
+    if not isinstance(target, Tensor):
+        raise TypeError(f"target must be a tensor; got {type(target).__name__}")
+    if target.shape != out_shape:
+        raise ValueError(
+            f"target shape {tuple(target.shape)} does not match the output shape {tuple(out_shape)}"
+        )
+    if objective == "mse":
+        return lambda y: ((y - target) ** 2).mean()
+    return lambda y: (y - target).abs().mean()
+
+
+def gradient_map(
+    signal: Tensor,
+    kernel: KernelLike,
+    objective: str | Callable[[Tensor], Tensor] = "energy",
+    *,
+    target: Tensor | None = None,
+    wrt: str | Iterable[str] = ("signal", "kernel", "params"),
+    **convolve_options: Any,
+) -> GradientMap:
+    """Convolve, evaluate an objective on the output, and return its gradients.
+
+    Args:
+        signal: the input.
+        kernel: a tensor, a :class:`ParametricKernel` (from :func:`window_kernel`,
+            :func:`filter_kernel` or your own builder) or ``(window, length, {params})``.
+        objective: "energy" (sum of squared output), "mse" (mean squared error to
+            ``target``), "l1" (mean absolute error to ``target``), or a callable
+            ``f(output) -> scalar tensor``.
+        target: the reference for "mse" and "l1", the output's shape.
+        wrt: which gradients to compute, any of "signal", "kernel", "params" ("params"
+            gives an empty dict for a plain tensor kernel).
+        **convolve_options: ``mode``, ``padding``, ``method`` as in
+            :func:`diffconv_core.convolve`.
+
+    Shape:
+        - signal: ``(..., T)``; kernel: ``(K,)`` or ``(..., K)``
+        - output: as :func:`diffconv_core.convolve` returns it; target: the same
+        - grad_signal: ``(..., T)`` like the signal; grad_kernel: like the kernel
+        - grad_params: each like its parameter (0-d for a scalar)
+
+    Example:
+        >>> import torch
+        >>> x = torch.tensor([0.0, 1.0, 0.0, 0.0])
+        >>> g = gradient_map(x, torch.tensor([1.0, 2.0, 1.0]))
+        >>> g.output
+        tensor([1., 2., 1., 0.])
+        >>> g.value
+        tensor(6.)
+        >>> g.grad_signal  # 2 * correlate(output, kernel)
+        tensor([ 8., 12.,  8.,  2.])
+    """
+    from diffconv_core.convolution import convolve
+
+    check_tensor("signal", signal)
+    wanted = _parse_wrt(wrt)
+    spec = _as_parametric(kernel)
+    if isinstance(spec, Tensor):
+        check_tensor("kernel", spec)
+
+    x = signal.detach().clone().requires_grad_("signal" in wanted)
+    params: dict[str, Tensor] = {}
+    if isinstance(spec, ParametricKernel):
+        params = _leaf_params(spec, x, "params" in wanted)
+        with torch.enable_grad():
+            w = spec.build(**params)
+        if not isinstance(w, Tensor):
+            raise TypeError(
+                f"the kernel builder {spec.name!r} returned {type(w).__name__}, not a tensor"
+            )
+        check_tensor("kernel", w)
+        if "kernel" in wanted and not w.requires_grad:
+            # A builder that does not depend on its parameters still has taps to study.
+            w = w.detach().clone().requires_grad_(True)
+    else:
+        if not isinstance(spec, Tensor):  # pragma: no cover - _as_parametric guarantees it
+            raise TypeError(f"kernel must be a tensor; got {type(spec).__name__}")
+        w = spec.detach().clone().requires_grad_("kernel" in wanted)
+
+    with torch.enable_grad():
+        y = convolve(x, w, **convolve_options)
+        fn = _objective_fn(objective, target, y.shape)
+        value = fn(y)
+        if not isinstance(value, Tensor) or value.numel() != 1:
+            raise ValueError(
+                "the objective must return a scalar tensor; got "
+                + (f"shape {tuple(value.shape)}" if isinstance(value, Tensor) else repr(value))
+            )
+        value = value.reshape(())
+        inputs: list[Tensor] = []
+        names: list[str] = []
+        if "signal" in wanted:
+            inputs.append(x)
+            names.append("signal")
+        if "kernel" in wanted:
+            inputs.append(w)
+            names.append("kernel")
+        if "params" in wanted:
+            for key, p in params.items():
+                inputs.append(p)
+                names.append("param:" + key)
+        grads: list[Tensor | None] = []
+        if inputs and value.requires_grad:
+            grads = list(torch.autograd.grad(value, inputs, allow_unused=True))
+        else:
+            grads = [None] * len(inputs)
+    # A quantity the objective does not depend on has gradient zero, not "missing".
+    by_name = {
+        n: (torch.zeros_like(t) if g is None else g.detach())
+        for n, t, g in zip(names, inputs, grads, strict=True)
+    }
+    return GradientMap(
+        output=y.detach(),
+        value=value.detach(),
+        objective=objective if isinstance(objective, str) else "callable",
+        kernel=w.detach(),
+        grad_signal=by_name.get("signal"),
+        grad_kernel=by_name.get("kernel"),
+        grad_params={k[6:]: v for k, v in by_name.items() if k.startswith("param:")},
+        params={k: v.detach() for k, v in params.items()},
+    )
+
+
+def jacobian(
+    signal: Tensor,
+    kernel: KernelLike,
+    wrt: str = "signal",
+    *,
+    max_elements: int = JACOBIAN_MAX_ELEMENTS,
+    **convolve_options: Any,
+) -> Tensor:
+    """The exact Jacobian of ``convolve(signal, kernel, ...)`` for each channel.
+
+    The output is linear in the signal and in the kernel separately (every padding mode is
+    a linear map), so column ``j`` of the Jacobian is the output for a unit impulse in
+    position ``j``. All columns come from one batched call of
+    :func:`diffconv_core.convolve`, which also gives the padding's edge rows exactly.
+    With respect to the signal this is the banded Toeplitz matrix of the kernel plus the
+    padding's edge effects; with respect to the kernel, a Toeplitz matrix of the (padded)
+    signal. Channels are independent, so each gets its own ``L x T`` (or ``L x K``) block
+    and the zero blocks between channels are not stored. The result is detached.
+
+    Args:
+        wrt: "signal" or "kernel".
+        max_elements: refuse Jacobians larger than this (crop the signal first).
+        **convolve_options: ``mode``, ``padding``, ``method`` as in
+            :func:`diffconv_core.convolve`.
+
+    Shape:
+        - signal: ``(..., T)``; kernel: ``(K,)`` or ``(..., K)``; ``...`` broadcast to ``B``
+        - output: ``(*B, L, T)`` for wrt="signal", ``(*B, L, K)`` for wrt="kernel", where
+          ``L`` is the output length of the mode
+
+    Example:
+        >>> import torch
+        >>> jacobian(torch.zeros(4), torch.tensor([1.0, 2.0, 3.0]))
+        tensor([[2., 1., 0., 0.],
+                [3., 2., 1., 0.],
+                [0., 3., 2., 1.],
+                [0., 0., 3., 2.]])
+    """
+    from diffconv_core.convolution import convolve
+
+    if wrt not in ("signal", "kernel"):
+        raise ValueError(f"wrt must be 'signal' or 'kernel'; got {wrt!r}")
+    check_tensor("signal", signal)
+    spec = _as_parametric(kernel)
+    if isinstance(spec, ParametricKernel):
+        with torch.no_grad():
+            spec = spec.build(**_leaf_params(spec, signal, False))
+    x, w = signal.detach(), check_tensor("kernel", spec).detach()
+    if x.ndim == 0 or w.ndim == 0:
+        raise ValueError(
+            f"signal and kernel need a time axis; got shapes {tuple(x.shape)}, {tuple(w.shape)}"
+        )
+
+    with torch.no_grad():
+        # A one-sample call lets convolve validate every option and the broadcasting
+        # before any real work, and gives the result dtype.
+        probe = convolve(
+            x.new_zeros(*x.shape[:-1], 1), w.new_zeros(*w.shape[:-1], 1), **convolve_options
+        )
+    batch = tuple(probe.shape[:-1])
+    t, k = x.shape[-1], w.shape[-1]
+    mode = convolve_options.get("mode", "same")
+    length = {"full": t + k - 1, "same": t, "valid": abs(t - k) + 1}[mode]
+    n = t if wrt == "signal" else k
+    count = math.prod(batch) * length * n
+    # The batched impulse responses also hold n x n inputs while they run.
+    work = max(count, n * n)
+    if work > max_elements:
+        raise ValueError(
+            f"the Jacobian with respect to the {wrt} would have shape "
+            f"{(*batch, length, n)} ({work:,} elements to compute), above the limit of "
+            f"{max_elements:,}: crop the signal to fewer samples (e.g. "
+            f"signal[..., start:start + n], or --start/--duration in `diffconv grad`), "
+            f"use fewer channels, or raise max_elements"
+        )
+
+    nb = len(batch)
+    impulses = torch.eye(n, dtype=probe.dtype, device=probe.device).reshape(n, *([1] * nb), n)
+    with torch.no_grad():
+        if wrt == "signal":
+            # Linear in the signal: only the kernel (and its leading dims) matter.
+            cols = convolve(impulses, w.to(probe.dtype), **convolve_options)
+        else:
+            xb = x.to(probe.dtype).expand(*batch, t)
+            cols = convolve(xb, impulses, **convolve_options)
+    # cols: (n, *b, L) with b broadcastable to batch -> (*batch, L, n)
+    jac = cols.movedim(0, -1)
+    return jac.expand(*batch, length, n).contiguous()
