@@ -1,0 +1,324 @@
+"""Stateful overlap-save convolution of a signal that arrives block by block.
+
+A file too long to hold in memory is filtered as a stream: each :meth:`StreamingConvolver.push`
+returns every output sample that the input seen so far determines, and
+:meth:`StreamingConvolver.flush` returns the rest once the end is known. Concatenating all the
+returned pieces equals ``convolve(whole, kernel, mode, padding=padding)`` (or ``correlate``)
+for any block sizes.
+
+How: the whole-signal result is a ``"valid"`` convolution of the padded signal
+``[left pad, signal, right pad]``, whose widths follow from the mode (``full``: ``K-1`` and
+``K-1``; ``same``: ``K//2`` and ``(K-1)//2``, scipy's centring; ``valid``: none). The
+convolver keeps the last ``K-1`` samples of that padded stream between pushes and runs the
+core's ``"valid"`` convolution on ``[kept samples, new block]``: the overlap-save step. The
+math is all the core's; this module only buffers. The left pad is built (with
+:func:`diffconv_core.padding.pad`) once enough of the signal's start has arrived, the right
+pad at :meth:`~StreamingConvolver.flush` from the kept end (or, for ``circular``, the kept
+start). A signal shorter than the pads is still wholly kept at that point, and then the core
+simply runs on all of it.
+
+Memory stays ``O(K + block)``, with one exception: ``circular`` padding extends the start
+with the signal's *end*, so unless the caller hands that end over up front
+(``circular_tail=``, e.g. read from a seekable file), no output can be emitted before
+:meth:`~StreamingConvolver.flush` and the whole signal is kept.
+
+:func:`stream_smooth` and :class:`StreamingSmoother` stream :func:`diffconv_core.smooth.smooth`
+(including ``edges="renormalize"`` and ``nan_policy="omit"``) the same way.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from diffconv_core._validation import MODES, check_choice
+
+__all__ = ["StreamingConvolver", "stream_convolve", "mode_pads"]
+
+
+def mode_pads(mode: str, kernel_length: int) -> tuple[int, int]:
+    """Left and right pad widths that turn ``mode`` into a ``"valid"`` convolution.
+
+    ``same`` centres as ``scipy.signal.convolve``/``correlate`` do, even lengths included.
+
+    Shape:
+        returns two ints.
+
+    Example:
+        >>> mode_pads("same", 4), mode_pads("full", 4), mode_pads("valid", 4)
+        ((2, 1), (3, 3), (0, 0))
+    """
+    check_choice("mode", mode, MODES)
+    if mode == "full":
+        return kernel_length - 1, kernel_length - 1
+    if mode == "same":
+        return kernel_length // 2, (kernel_length - 1) // 2
+    return 0, 0
+
+
+def _cat(first: torch.Tensor | None, second: torch.Tensor) -> torch.Tensor:
+    return second if first is None else torch.cat([first, second], dim=-1)
+
+
+class StreamingConvolver:
+    """Convolve (or correlate) a stream of blocks with one kernel, overlap-save style.
+
+    Args:
+        kernel: ``(K,)`` shared by every channel, or ``(..., K)`` broadcasting against the
+            blocks' leading dims (e.g. ``(C, K)``: one kernel per channel).
+        mode: "full", "same" or "valid", as in :func:`diffconv_core.convolve`.
+        padding: "zeros", "reflect", "symmetric", "replicate" or "circular" (not with
+            "valid"), as in :func:`diffconv_core.convolve`.
+        correlate: correlate instead of convolve (the kernel is not flipped).
+        method: passed to the core for every block ("auto", "direct", "fft", "overlap").
+        circular_tail: only for ``padding="circular"``: the last samples of the whole signal
+            (at least the left pad width, ``(..., n)``), so that outputs can stream; checked
+            against the real end at :meth:`flush`. Without it, circular padding keeps the
+            whole signal until :meth:`flush`.
+
+    Shape:
+        every pushed block ``(..., n)`` with the same leading dims (``n`` may differ and may be
+        0); outputs ``(*broadcast(leading, kernel leading), m)``. All outputs concatenated along
+        the last axis have the length of the whole-signal result.
+
+    Example:
+        >>> import torch
+        >>> from diffconv_core import convolve
+        >>> x, k = torch.randn(2, 100, dtype=torch.float64), torch.rand(7, dtype=torch.float64)
+        >>> conv = StreamingConvolver(k, mode="same", padding="reflect")
+        >>> pieces = [conv.push(b) for b in x.split(13, dim=-1)] + [conv.flush()]
+        >>> torch.allclose(torch.cat(pieces, dim=-1), convolve(x, k, "same", padding="reflect"))
+        True
+    """
+
+    def __init__(
+        self,
+        kernel: torch.Tensor,
+        mode: str = "same",
+        padding: str = "zeros",
+        correlate: bool = False,
+        method: str = "auto",
+        *,
+        circular_tail: torch.Tensor | None = None,
+    ) -> None:
+        from diffconv_core.convolution import _check_options
+
+        # The core's own checks, so that errors read the same as convolve()'s.
+        _check_options(mode, padding, method)
+        if not isinstance(kernel, torch.Tensor):
+            raise TypeError(f"kernel must be a torch.Tensor; got {type(kernel).__name__}")
+        if kernel.dim() == 0 or kernel.shape[-1] == 0:
+            raise ValueError(f"kernel must have a non-empty last axis; got {tuple(kernel.shape)}")
+        if circular_tail is not None and padding != "circular":
+            raise ValueError(f"circular_tail applies only to padding='circular'; got {padding!r}")
+        self.kernel = kernel
+        self.mode = mode
+        self.padding = padding
+        self.correlate = correlate
+        self.method = method
+        self.circular_tail = circular_tail
+        k = kernel.shape[-1]
+        self._left, self._right = mode_pads(mode, k)
+        # Enough of the end for any right pad (reflect needs R + 1 <= K samples); a signal no
+        # longer than this is wholly kept, which covers every short-signal special case.
+        self._keep = k + 1
+        self._start_need = self._samples_for_left_pad()
+        self.reset()
+
+    def _samples_for_left_pad(self) -> float:
+        """How many signal samples the left pad needs before the stream can start."""
+        left = self._left
+        if left == 0 or self.padding == "zeros":
+            return 0
+        if self.padding == "replicate":
+            return 1
+        if self.padding == "symmetric":
+            return left
+        if self.padding == "reflect":
+            return left + 1
+        # circular: the left pad is the signal's end
+        return left if self.circular_tail is not None else float("inf")
+
+    def reset(self) -> None:
+        """Forget the stream, ready for a new signal with the same kernel and options."""
+        self._lead: torch.Size | None = None  # leading dims of the pushed blocks
+        self._collected: list[torch.Tensor] = []  # signal start, before the left pad is known
+        self._n_collected = 0
+        self._stream: torch.Tensor | None = None  # unconsumed part of the padded stream
+        self._recent: torch.Tensor | None = None  # the signal's last `_keep` samples
+        self._first: torch.Tensor | None = None  # the signal's first R samples (circular)
+        self._n_in = 0
+        self._n_out = 0
+        self._flushed = False
+
+    @property
+    def samples_in(self) -> int:
+        """Signal samples pushed so far."""
+        return self._n_in
+
+    @property
+    def samples_out(self) -> int:
+        """Output samples returned so far."""
+        return self._n_out
+
+    @property
+    def buffered_samples(self) -> int:
+        """Samples (per channel) held between pushes: ``O(K)``, or the whole signal for
+        circular padding without ``circular_tail``."""
+        held = self._n_collected
+        for buf in (self._stream, self._recent, self._first):
+            held += 0 if buf is None else buf.shape[-1]
+        return held
+
+    def _run(self, signal: torch.Tensor, mode: str, padding: str) -> torch.Tensor:
+        import diffconv_core
+
+        fn = diffconv_core.correlate if self.correlate else diffconv_core.convolve
+        return fn(signal, self.kernel, mode, padding=padding, method=self.method)
+
+    def _empty(self, like: torch.Tensor) -> torch.Tensor:
+        lead = torch.broadcast_shapes(like.shape[:-1], self.kernel.shape[:-1])
+        dtype = torch.promote_types(like.dtype, self.kernel.dtype)
+        return like.new_zeros((*lead, 0), dtype=dtype)
+
+    def _left_pad(self, start: torch.Tensor) -> torch.Tensor:
+        from diffconv_core.padding import pad
+
+        left = self._left
+        if self.padding == "circular":
+            return self.circular_tail[..., -left:].to(start).expand(*start.shape[:-1], left)
+        # `start` holds enough samples that its left extension equals the whole signal's
+        return pad(start, left, 0, self.padding)[..., :left]
+
+    def _drain(self) -> torch.Tensor:
+        """Every output the kept stream determines; keep its last K-1 samples."""
+        k = self.kernel.shape[-1]
+        stream = self._stream
+        if stream.shape[-1] < k:
+            return self._empty(stream)
+        out = self._run(stream, "valid", "zeros")
+        self._stream = stream[..., out.shape[-1] :]
+        self._n_out += out.shape[-1]
+        return out
+
+    def push(self, block: torch.Tensor) -> torch.Tensor:
+        """Feed the next ``block`` of the signal; return the outputs it completes.
+
+        Shape:
+            ``(..., n)`` -> ``(..., m)``, ``m`` >= 0.
+        """
+        if self._flushed:
+            raise RuntimeError("push() after flush(); call reset() to start a new signal")
+        if not isinstance(block, torch.Tensor):
+            raise TypeError(f"block must be a torch.Tensor; got {type(block).__name__}")
+        if block.dim() == 0:
+            raise ValueError("block must have at least one dimension (time last); got a 0-d tensor")
+        if self._lead is None:
+            self._lead = block.shape[:-1]
+        elif block.shape[:-1] != self._lead:
+            raise ValueError(
+                f"every block must have the leading shape of the first, {tuple(self._lead)}; "
+                f"got block shape {tuple(block.shape)}"
+            )
+        self._n_in += block.shape[-1]
+        # Slices of views would pin each caller's whole block; cloning keeps memory O(K).
+        self._recent = _cat(self._recent, block)[..., -self._keep :].clone()
+        if self.padding == "circular" and self._right > 0:
+            self._first = _cat(self._first, block)[..., : self._right].clone()
+        if self._stream is None:
+            # A list, so that circular padding without a tail does not copy O(T^2).
+            self._collected.append(block)
+            self._n_collected += block.shape[-1]
+            if self._n_collected < self._start_need or self._n_collected == 0:
+                return self._empty(block)
+            start = torch.cat(self._collected, dim=-1)
+            self._collected = []
+            self._n_collected = 0
+            self._stream = (
+                torch.cat([self._left_pad(start), start], dim=-1) if self._left else start
+            )
+        else:
+            self._stream = torch.cat([self._stream, block], dim=-1)
+        return self._drain()
+
+    def flush(self) -> torch.Tensor:
+        """Signal the end; return the remaining outputs (the mode's end padding applied).
+
+        Shape:
+            ``(..., m)``, ``m`` >= 0.
+        """
+        if self._flushed:
+            raise RuntimeError("flush() called twice; call reset() to start a new signal")
+        if self._n_in == 0:
+            raise ValueError("no signal samples were pushed; the signal must not be empty")
+        self._flushed = True
+        whole = None
+        if self._stream is None:  # the stream never started: everything is still collected
+            whole = torch.cat(self._collected, dim=-1)
+        elif self._n_in <= self._keep:
+            whole = self._recent
+        if self.circular_tail is not None and self._n_in >= self._left:
+            self._check_circular_tail()
+        if whole is not None:
+            # Short signal (or circular without a tail): the core runs on all of it.
+            out = self._run(whole, self.mode, self.padding)[..., self._n_out :]
+        else:
+            right = self._right
+            if right:
+                self._stream = torch.cat([self._stream, self._right_pad(right)], dim=-1)
+            out = self._drain()
+        self._n_out += out.shape[-1]
+        self._collected = []
+        self._n_collected = 0
+        self._stream = self._recent = self._first = None
+        return out
+
+    def _right_pad(self, right: int) -> torch.Tensor:
+        from diffconv_core.padding import pad
+
+        recent = self._recent  # longer than `right`, so its extension is the whole signal's
+        if self.padding == "circular":
+            return self._first
+        if self.padding == "zeros":
+            return recent.new_zeros((*recent.shape[:-1], right))
+        return pad(recent, 0, right, self.padding)[..., -right:]
+
+    def _check_circular_tail(self) -> None:
+        left = self._left
+        if left == 0:
+            return
+        given = self.circular_tail[..., -left:].to(self._recent)
+        actual = self._recent[..., -left:]
+        if given.shape[-1] < left or not torch.equal(given.expand_as(actual), actual):
+            raise ValueError(
+                "circular_tail does not match the signal's last "
+                f"{left} samples; the outputs at the start are wrong"
+            )
+
+
+def stream_convolve(
+    blocks,
+    kernel: torch.Tensor,
+    mode: str = "same",
+    *,
+    padding: str = "zeros",
+    correlate: bool = False,
+    method: str = "auto",
+):
+    """Yield the convolution of a stream of blocks, piece by piece (a generator).
+
+    Shape:
+        blocks ``(..., n_i)`` -> pieces ``(..., m_j)``; concatenated, the whole-signal result.
+
+    Example:
+        >>> import torch
+        >>> x = torch.arange(10.0)
+        >>> pieces = stream_convolve(x.split(3), torch.ones(3), "full")
+        >>> torch.cat(list(pieces)).round().tolist()
+        [0.0, 1.0, 3.0, 6.0, 9.0, 12.0, 15.0, 18.0, 21.0, 24.0, 17.0, 9.0]
+    """
+    conv = StreamingConvolver(kernel, mode, padding, correlate, method)
+    for block in blocks:
+        out = conv.push(block)
+        if out.shape[-1]:
+            yield out
+    yield conv.flush()

@@ -1,0 +1,248 @@
+"""StreamingConvolver: any block sizes give the whole-signal result.
+
+References: ``diffconv_core.convolve``/``correlate`` on the whole signal (the contract), and an
+independent float64 scipy reference (``scipy.signal.convolve`` for zeros; ``numpy.pad`` then
+scipy's "valid" convolution for the other paddings).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.signal
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import diffconv_core
+from diffconv_core.streaming import StreamingConvolver, mode_pads, stream_convolve
+
+PADDINGS = ("zeros", "reflect", "symmetric", "replicate", "circular")
+NUMPY_PAD = {
+    "reflect": "reflect",
+    "symmetric": "symmetric",
+    "replicate": "edge",
+    "circular": "wrap",
+}
+
+
+def scipy_reference(x: np.ndarray, k: np.ndarray, mode: str, padding: str, corr: bool):
+    """Row-by-row float64 reference; ``k`` is (K,) or one row per row of ``x``."""
+    x2 = x.reshape(-1, x.shape[-1])
+    k2 = (
+        np.broadcast_to(k, (x2.shape[0], k.shape[-1]))
+        if k.ndim == 1
+        else k.reshape(-1, k.shape[-1])
+    )
+    rows = []
+    for xr, kr in zip(x2, k2, strict=True):
+        taps = kr[::-1] if corr else kr
+        if padding == "zeros":
+            rows.append(scipy.signal.convolve(xr, taps, mode=mode, method="direct"))
+        else:
+            left, right = mode_pads(mode, kr.shape[-1])
+            padded = np.pad(xr, (left, right), mode=NUMPY_PAD[padding])
+            rows.append(scipy.signal.convolve(padded, taps, mode="valid", method="direct"))
+    return np.stack(rows).reshape(x.shape[:-1] + (rows[0].shape[-1],))
+
+
+def run_stream(conv: StreamingConvolver, x: torch.Tensor, sizes: list[int]) -> torch.Tensor:
+    pieces, start = [], 0
+    for size in sizes:
+        out = conv.push(x[..., start : start + size])
+        assert out.shape[:-1] == pieces[0].shape[:-1] if pieces else True
+        pieces.append(out)
+        start += size
+    assert start >= x.shape[-1]
+    pieces.append(conv.flush())
+    return torch.cat(pieces, dim=-1)
+
+
+@st.composite
+def stream_cases(draw):
+    T = draw(st.integers(1, 48))
+    K = draw(st.integers(1, 40))  # odd, even, and often K > T
+    mode = draw(st.sampled_from(["full", "same", "valid"]))
+    padding = "zeros" if mode == "valid" else draw(st.sampled_from(PADDINGS))
+    corr = draw(st.booleans())
+    method = draw(st.sampled_from(["auto", "direct", "fft", "overlap"]))
+    per_channel = draw(st.booleans())
+    kind = draw(st.sampled_from(["ones", "irregular", "fixed", "bigger"]))
+    if kind == "ones":
+        sizes = [1] * T
+    elif kind == "bigger":
+        sizes = [T + draw(st.integers(0, 50))]
+    elif kind == "fixed":
+        size = draw(st.integers(1, T))
+        sizes = [size] * -(-T // size)
+    else:  # irregular, empty blocks included
+        sizes, total = [], 0
+        while total < T:
+            size = draw(st.integers(0, 9))
+            sizes.append(size)
+            total += size
+    seed = draw(st.integers(0, 2**16))
+    return T, K, mode, padding, corr, method, per_channel, sizes, seed
+
+
+@settings(max_examples=50, deadline=None)
+@given(stream_cases())
+def test_any_blocks_equal_whole_signal(case):
+    T, K, mode, padding, corr, method, per_channel, sizes, seed = case
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(2, T, generator=gen, dtype=torch.float64)
+    k = torch.randn(2 if per_channel else 1, K, generator=gen, dtype=torch.float64)
+    k = k if per_channel else k[0]
+    config = f"T={T} K={K} {mode} {padding} correlate={corr} {method} kernel{tuple(k.shape)}"
+    func = diffconv_core.correlate if corr else diffconv_core.convolve
+    whole = func(x, k, mode, padding=padding, method=method)
+    streamed = run_stream(StreamingConvolver(k, mode, padding, corr, method), x, sizes)
+    assert streamed.shape == whole.shape, f"{config} sizes={sizes}"
+    torch.testing.assert_close(streamed, whole, rtol=1e-9, atol=1e-9, msg=config)
+    ref = scipy_reference(x.numpy(), k.numpy(), mode, padding, corr)
+    np.testing.assert_allclose(streamed.numpy(), ref, rtol=1e-9, atol=1e-9, err_msg=config)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    T=st.integers(1, 60),
+    K=st.integers(1, 25),
+    mode=st.sampled_from(["full", "same", "valid"]),
+    block=st.integers(1, 70),
+)
+def test_zeros_float32_against_scipy(T, K, mode, block):
+    rng = np.random.default_rng(T * 100 + K)
+    x = rng.standard_normal((3, T)).astype(np.float32)
+    k = rng.standard_normal(K).astype(np.float32)
+    conv = StreamingConvolver(torch.from_numpy(k), mode)
+    out = run_stream(conv, torch.from_numpy(x), [block] * -(-T // block))
+    assert out.dtype == torch.float32
+    ref = np.stack(
+        [scipy.signal.convolve(r.astype(np.float64), k.astype(np.float64), mode) for r in x]
+    )
+    scale = max(np.abs(ref).max(), 1.0)
+    np.testing.assert_allclose(out.numpy(), ref, atol=1e-5 * scale, err_msg=f"T={T} K={K} {mode}")
+
+
+@pytest.mark.parametrize("padding", PADDINGS)
+@pytest.mark.parametrize("mode", ["full", "same"])
+def test_signal_shorter_than_the_pad(mode, padding):
+    # T < pad width: reflect/symmetric/circular wrap several times; the core handles it.
+    x = torch.randn(2, 3, dtype=torch.float64)
+    k = torch.randn(11, dtype=torch.float64)
+    for sizes in ([1, 1, 1], [3], [0, 2, 0, 1]):
+        out = run_stream(StreamingConvolver(k, mode, padding), x, sizes)
+        ref = scipy_reference(x.numpy(), k.numpy(), mode, padding, False)
+        np.testing.assert_allclose(out.numpy(), ref, rtol=1e-10, atol=1e-10, err_msg=str(sizes))
+
+
+def test_valid_with_kernel_longer_than_signal_matches_core():
+    # The core (like scipy) swaps the operands: K - T + 1 samples.
+    x, k = torch.randn(4, dtype=torch.float64), torch.randn(9, dtype=torch.float64)
+    out = run_stream(StreamingConvolver(k, "valid"), x, [1, 2, 1])
+    assert out.shape == (6,)
+    np.testing.assert_allclose(out.numpy(), scipy.signal.convolve(x.numpy(), k.numpy(), "valid"))
+
+
+def test_batched_leading_dims_and_kernel_per_channel():
+    x = torch.randn(2, 3, 200, dtype=torch.float64)
+    k = torch.randn(3, 16, dtype=torch.float64)
+    out = run_stream(StreamingConvolver(k, "same", "reflect"), x, [37] * 6)
+    assert out.shape == (2, 3, 200)
+    ref = scipy_reference(
+        x.numpy(), np.broadcast_to(k.numpy(), (2, 3, 16)), "same", "reflect", False
+    )
+    np.testing.assert_allclose(out.numpy(), ref, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("mode", ["full", "same"])
+def test_circular_tail_lets_outputs_stream(mode):
+    x = torch.randn(2, 300, dtype=torch.float64)
+    k = torch.randn(21, dtype=torch.float64)
+    left, _ = mode_pads(mode, 21)
+    conv = StreamingConvolver(k, mode, "circular", circular_tail=x[..., -left:])
+    pieces = [conv.push(b) for b in x.split(25, dim=-1)]
+    assert sum(p.shape[-1] for p in pieces) > 200  # emitted before the end
+    assert conv.buffered_samples <= 3 * 21 + 1  # stream K-1, end K+1, start R
+    out = torch.cat(pieces + [conv.flush()], dim=-1)
+    ref = scipy_reference(x.numpy(), k.numpy(), mode, "circular", False)
+    np.testing.assert_allclose(out.numpy(), ref, rtol=1e-10, atol=1e-10)
+
+
+def test_circular_without_tail_waits_for_flush_and_a_wrong_tail_is_refused():
+    x = torch.randn(100, dtype=torch.float64)
+    k = torch.randn(5, dtype=torch.float64)
+    conv = StreamingConvolver(k, "same", "circular")
+    assert all(conv.push(b).shape[-1] == 0 for b in x.split(10))
+    assert conv.buffered_samples >= 100  # documented: the whole signal is kept
+    torch.testing.assert_close(conv.flush(), diffconv_core.convolve(x, k, padding="circular"))
+
+    wrong = StreamingConvolver(k, "same", "circular", circular_tail=torch.zeros(2, dtype=x.dtype))
+    for b in x.split(10):
+        wrong.push(b)
+    with pytest.raises(ValueError, match="circular_tail does not match"):
+        wrong.flush()
+
+
+@pytest.mark.parametrize("padding", PADDINGS)
+def test_memory_stays_bounded(padding):
+    K, block = 33, 50
+    left, _ = mode_pads("same", K)
+    tail = torch.zeros(left) if padding == "circular" else None
+    conv = StreamingConvolver(torch.ones(K), "same", padding, circular_tail=tail)
+    emitted = 0
+    for _ in range(200):
+        emitted += conv.push(torch.randn(block)).shape[-1]
+        assert conv.buffered_samples <= 3 * K + 1
+    assert emitted >= 200 * block - K
+
+
+def test_reset_reuses_the_kernel():
+    k = torch.randn(8, dtype=torch.float64)
+    conv = StreamingConvolver(k, "full", "symmetric")
+    for seed in (1, 2):
+        x = torch.randn(40, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+        out = run_stream(conv, x, [7] * 6)
+        torch.testing.assert_close(out, diffconv_core.convolve(x, k, "full", padding="symmetric"))
+        conv.reset()
+
+
+def test_stream_convolve_generator():
+    x = torch.randn(2, 90, dtype=torch.float64)
+    k = torch.randn(6, dtype=torch.float64)
+    out = torch.cat(list(stream_convolve(x.split(11, dim=-1), k, "same", padding="replicate")), -1)
+    torch.testing.assert_close(out, diffconv_core.convolve(x, k, padding="replicate"))
+
+
+def test_gradient_flows_like_whole_signal():
+    x = torch.randn(60, dtype=torch.float64, requires_grad=True)
+    k = torch.randn(7, dtype=torch.float64, requires_grad=True)
+    weights = torch.randn(60, dtype=torch.float64)
+    streamed = run_stream(StreamingConvolver(k, "same", "reflect"), x, [9] * 7)
+    gx, gk = torch.autograd.grad((streamed * weights).sum(), (x, k))
+    whole = diffconv_core.convolve(x, k, "same", padding="reflect")
+    rx, rk = torch.autograd.grad((whole * weights).sum(), (x, k))
+    torch.testing.assert_close(gx, rx)
+    torch.testing.assert_close(gk, rk)
+
+
+def test_errors_name_the_problem():
+    k = torch.ones(3)
+    with pytest.raises(ValueError, match="'sme'"):
+        StreamingConvolver(k, "sme")
+    with pytest.raises(ValueError, match="'reflect'"):
+        StreamingConvolver(k, "valid", "reflect")
+    with pytest.raises(TypeError, match="kernel must be a torch.Tensor"):
+        StreamingConvolver([1.0, 2.0])
+    with pytest.raises(ValueError, match="circular_tail"):
+        StreamingConvolver(k, circular_tail=torch.ones(3))
+    conv = StreamingConvolver(k)
+    with pytest.raises(ValueError, match="no signal samples"):
+        conv.flush()
+    conv = StreamingConvolver(k)
+    conv.push(torch.ones(2, 5))
+    with pytest.raises(ValueError, match=r"leading shape of the first, \(2,\)"):
+        conv.push(torch.ones(3, 5))
+    conv.flush()
+    with pytest.raises(RuntimeError, match="reset"):
+        conv.push(torch.ones(2, 5))
