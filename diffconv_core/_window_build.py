@@ -1,0 +1,368 @@
+"""The window registry and the one function that builds every window.
+
+:mod:`diffconv_core.windows` holds the public functions; this module holds what they share:
+the table of windows (names, aliases, parameters with their defaults and valid ranges), the
+argument checks, the fractional-width stretch and the normalisations.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from diffconv_core import _window_shapes as shapes
+
+NORMALIZATIONS = (None, "sum", "peak", "energy")
+
+
+class _Required:
+    def __repr__(self) -> str:
+        return "required"
+
+
+REQUIRED: Any = _Required()
+
+
+@dataclass(frozen=True)
+class Param:
+    """One continuous window parameter and its valid range."""
+
+    name: str
+    default: Any
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    vector: bool = False  # general_cosine's coefficient sequence (a trailing axis)
+    allow_none: bool = False  # exponential's ``center``
+
+    def range_text(self) -> str:
+        if self.vector:
+            return "a non-empty sequence of finite numbers"
+        if self.low is None and self.high is None:
+            return "a finite number"
+        if self.high is None:
+            return f"{'>' if self.low_open else '>='} {self.low:g}"
+        if self.low is None:
+            return f"{'<' if self.high_open else '<='} {self.high:g}"
+        left = "(" if self.low_open else "["
+        right = ")" if self.high_open else "]"
+        return f"in {left}{self.low:g}, {self.high:g}{right}"
+
+
+@dataclass(frozen=True)
+class Spec:
+    """A registered window: its canonical name, aliases, shape formula and parameters."""
+
+    name: str
+    aliases: tuple[str, ...]
+    shape: Callable[..., Tensor]
+    params: tuple[Param, ...]
+    description: str
+
+
+def _spec(name, aliases, params, description):
+    return Spec(name, tuple(aliases), getattr(shapes, name), tuple(params), description)
+
+
+_POSITIVE = {"low": 0.0, "low_open": True}
+_UNIT = {"low": 0.0, "high": 1.0}
+
+SPECS: tuple[Spec, ...] = (
+    _spec("barthann", ["brthan", "bth"], [], "Bartlett-Hann window"),
+    _spec("bartlett", ["bart", "brt"], [], "triangle with zero end taps"),
+    _spec("blackman", ["black", "blk"], [], "3-term cosine sum (0.42, 0.5, 0.08)"),
+    _spec("blackmanharris", ["blackharr", "bkh"], [], "minimum 4-term Blackman-Harris"),
+    _spec("bohman", ["bman", "bmn"], [], "convolution of two half-cosines"),
+    _spec("boxcar", ["box", "ones", "rect", "rectangular"], [], "rectangle: all ones"),
+    _spec("cosine", ["halfcosine"], [], "half a period of a sine"),
+    _spec(
+        "exponential",
+        ["poisson"],
+        [Param("center", None, allow_none=True), Param("tau", 1.0, **_POSITIVE)],
+        "exp(-|n - center| / tau); center only with sym=False",
+    ),
+    _spec("flattop", ["flat", "flt"], [], "5-term flat-top cosine sum"),
+    _spec("gaussian", ["gauss", "gss"], [Param("std", REQUIRED, **_POSITIVE)], "Gaussian"),
+    _spec(
+        "general_cosine",
+        ["general cosine"],
+        [Param("a", REQUIRED, vector=True)],
+        "sum_k a[k] cos(k x), x from -pi to pi",
+    ),
+    _spec(
+        "general_gaussian",
+        ["general gaussian", "general gauss", "general_gauss", "ggs"],
+        [Param("p", REQUIRED, **_POSITIVE), Param("sig", REQUIRED, **_POSITIVE)],
+        "exp(-|n / sig| ** (2 p) / 2)",
+    ),
+    _spec(
+        "general_hamming",
+        ["general hamming"],
+        [Param("alpha", REQUIRED, **_UNIT)],
+        "alpha - (1 - alpha) cos(2 pi n / (M - 1))",
+    ),
+    _spec("hamming", ["hamm", "ham"], [], "general_hamming with alpha = 0.54"),
+    _spec("hann", ["han", "hanning"], [], "raised cosine with zero end taps"),
+    _spec(
+        "kaiser",
+        ["ksr"],
+        [Param("beta", REQUIRED, low=0.0)],
+        "I0(beta sqrt(1 - x^2)) / I0(beta)",
+    ),
+    _spec("lanczos", ["sinc"], [], "central lobe of a sinc"),
+    _spec("nuttall", ["nutl", "nut"], [], "minimum 4-term Nuttall"),
+    _spec("parzen", ["parz", "par"], [], "piecewise cubic (de la Vallee Poussin)"),
+    _spec("triang", ["triangle", "tri"], [], "triangle with non-zero end taps"),
+    _spec(
+        "tukey",
+        ["tuk"],
+        [Param("alpha", 0.5, **_UNIT)],
+        "flat top with cosine tapers over a fraction alpha",
+    ),
+)
+
+_BY_NAME: dict[str, Spec] = {}
+for _s in SPECS:
+    for _n in (_s.name, *_s.aliases):
+        _BY_NAME[_n] = _s
+
+
+def lookup(name: str) -> tuple[Spec, bool | None]:
+    """Resolve a name or alias; also return the sym forced by a _symmetric/_periodic suffix."""
+    if not isinstance(name, str):
+        raise TypeError(f"window name must be a string; got {name!r}")
+    key = name.strip().lower()
+    forced = None
+    if key.endswith("_symmetric"):
+        key, forced = key[: -len("_symmetric")], True
+    elif key.endswith("_periodic"):
+        key, forced = key[: -len("_periodic")], False
+    if key not in _BY_NAME:
+        known = ", ".join(s.name for s in SPECS)
+        raise ValueError(f"unknown window {name!r}; known windows: {known}")
+    return _BY_NAME[key], forced
+
+
+def check_length(length: Any, what: str = "length") -> int:
+    if isinstance(length, bool):
+        raise TypeError(f"{what} must be an integer; got {length!r}")
+    try:
+        value = operator.index(length)
+    except TypeError:
+        raise TypeError(f"{what} must be an integer; got {length!r}") from None
+    if value < 1:
+        raise ValueError(f"{what} must be >= 1; got {value}")
+    return value
+
+
+def _in_range(values: Tensor, p: Param) -> bool:
+    v = values.detach()
+    ok = torch.isfinite(v).all()
+    if p.low is not None:
+        ok = ok & ((v > p.low) if p.low_open else (v >= p.low)).all()
+    if p.high is not None:
+        ok = ok & ((v < p.high) if p.high_open else (v <= p.high)).all()
+    return bool(ok)
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, Tensor):
+        v = value.detach()
+        return repr(v.item()) if v.numel() == 1 else f"tensor {v.cpu().tolist()}"
+    return repr(value)
+
+
+def as_tensor(value: Any, name: str, dtype: torch.dtype, device: Any) -> Tensor:
+    """A number, sequence or tensor as a tensor of ``dtype`` (autograd graph kept)."""
+    if isinstance(value, Tensor):
+        if value.is_complex() or value.dtype == torch.bool:
+            raise TypeError(f"{name} must be real; got a {value.dtype} tensor")
+        return value.to(device=device, dtype=dtype)
+    try:
+        return torch.as_tensor(value, dtype=dtype, device=device)
+    except (TypeError, ValueError, RuntimeError):
+        raise TypeError(f"{name} must be a number or a tensor; got {value!r}") from None
+
+
+def check_param(window: str, p: Param, value: Tensor, raw: Any) -> None:
+    if p.vector:
+        if value.dim() < 1 or value.shape[-1] == 0 or not bool(torch.isfinite(value).all()):
+            raise ValueError(f"{window} parameter {p.name} must be {p.range_text()}; got {raw!r}")
+        return
+    if not _in_range(value, p):
+        raise ValueError(f"{window} parameter {p.name} must be {p.range_text()}; got {_show(raw)}")
+
+
+def result_dtype(dtype: torch.dtype | None, values: Sequence[Any]) -> torch.dtype:
+    """The requested dtype, else the floating dtype of the tensor arguments, else the default."""
+    if dtype is not None:
+        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+            raise TypeError(f"dtype must be a floating torch.dtype; got {dtype!r}")
+        return dtype
+    found = [v.dtype for v in values if isinstance(v, Tensor) and v.dtype.is_floating_point]
+    if not found:
+        return torch.get_default_dtype()
+    out = found[0]
+    for d in found[1:]:
+        out = torch.promote_types(out, d)
+    return out
+
+
+def result_device(device: Any, values: Sequence[Any]) -> torch.device:
+    if device is not None:
+        return torch.device(device)
+    for v in values:
+        if isinstance(v, Tensor):
+            return v.device
+    return torch.device("cpu")
+
+
+def normalize_window(w: Tensor, normalize: str | None, name: str) -> Tensor:
+    """Divide by the sum, the peak or the root energy along the last axis."""
+    if normalize is None:
+        return w
+    if normalize == "sum":
+        scale = w.sum(-1, keepdim=True)
+        # A sum that cancels to rounding noise means the window has no DC gain to normalise.
+        noise = w.shape[-1] * torch.finfo(w.dtype).eps * w.detach().abs().sum(-1, keepdim=True)
+        degenerate = scale.detach().abs() <= noise
+    elif normalize == "peak":
+        scale = w.abs().amax(-1, keepdim=True)
+        degenerate = scale.detach() == 0
+    else:
+        scale = torch.sqrt((w * w).sum(-1, keepdim=True))
+        degenerate = scale.detach() == 0
+    if bool(degenerate.any()):
+        raise ValueError(
+            f"cannot normalize={normalize!r}: the {name} window of length {w.shape[-1]} "
+            f"has a {normalize} of zero"
+        )
+    return w / scale
+
+
+def sample_overlap(t: Tensor, width: Tensor) -> Tensor:
+    """Length of the overlap of each tap's cell [t - 1/2, t + 1/2] with [-w/2, w/2]."""
+    half = width / 2.0
+    hi = torch.minimum(t + 0.5, half)
+    lo = torch.maximum(t - 0.5, -half)
+    return torch.clamp(hi - lo, min=0.0)
+
+
+def build(
+    spec: Spec,
+    length: Any,
+    *,
+    sym: bool,
+    params: dict[str, Any],
+    normalize: str | None = None,
+    width: Any = None,
+    dtype: torch.dtype | None = None,
+    device: Any = None,
+) -> Tensor:
+    """Validate everything, then evaluate ``spec`` at the taps (see ``get_window``)."""
+    length = check_length(length)
+    if not isinstance(sym, bool):
+        raise TypeError(f"sym must be True or False; got {sym!r}")
+    if normalize not in NORMALIZATIONS:
+        raise ValueError(
+            f"normalize must be one of None, 'sum', 'peak', 'energy'; got {normalize!r}"
+        )
+    names = {p.name for p in spec.params}
+    unknown = sorted(set(params) - names)
+    if unknown:
+        accepted = ", ".join(sorted(names)) or "none"
+        raise TypeError(
+            f"{spec.name} window got unexpected parameter(s) {', '.join(unknown)}; "
+            f"accepted: {accepted}"
+        )
+    raw = {}
+    for p in spec.params:
+        value = params.get(p.name, p.default)
+        if value is REQUIRED:
+            raise ValueError(f"{spec.name} window requires parameter {p.name!r}")
+        raw[p.name] = value
+    if spec.name == "exponential" and sym and raw["center"] is not None:
+        raise ValueError(
+            f"exponential window: center must be None when sym=True; got {_show(raw['center'])}"
+        )
+
+    given = [*raw.values(), width]
+    out_dtype = result_dtype(dtype, given)
+    dev = result_device(device, given)
+    work = torch.float64 if out_dtype == torch.float64 else torch.float32
+
+    values: dict[str, Tensor | None] = {}
+    batch = torch.Size()
+    for p in spec.params:
+        if raw[p.name] is None:
+            values[p.name] = None
+            continue
+        tensor = as_tensor(raw[p.name], f"{spec.name} parameter {p.name}", work, dev)
+        check_param(spec.name, p, tensor, raw[p.name])
+        values[p.name] = tensor
+        batch = torch.broadcast_shapes(batch, tensor.shape[:-1] if p.vector else tensor.shape)
+
+    # scipy answers [1.0] for any one-tap window, periodic or not.
+    m = length if sym or length == 1 else length + 1
+    w_tensor = None
+    if width is not None:
+        w_tensor = as_tensor(width, "width", work, dev)
+        if not _in_range(w_tensor, Param("width", None, 0.0, float(length), low_open=True)):
+            raise ValueError(f"width must be in (0, {length}] (the length); got {_show(width)}")
+        # The periodic window is the first `length` taps of an (length + 1)-tap one: stretch
+        # that one so that width == length still gives exactly the plain periodic window.
+        if m != length:
+            w_tensor = w_tensor * m / length
+        batch = torch.broadcast_shapes(batch, w_tensor.shape)
+
+    # Parameters gain a trailing tap axis (vectors already have their own last axis).
+    args = {
+        k: (v if v is None or spec.params[i].vector else v.unsqueeze(-1))
+        for i, (k, v) in enumerate(values.items())
+    }
+    if m == 1:
+        # Stay connected to the parameters (zero gradient) so that backward() works.
+        w = torch.ones((*batch, 1), dtype=work, device=dev)
+        for p in spec.params:
+            v = args[p.name]
+            if v is not None and v.requires_grad:
+                w = w + 0.0 * (v.sum(-1, keepdim=True) if p.vector else v)
+    else:
+        t = torch.arange(m, dtype=work, device=dev) - (m - 1) / 2.0
+        if w_tensor is None:
+            w = spec.shape(t, m, **args)
+        else:
+            half = (m - 1) / 2.0
+            stretched = torch.clamp(t * (m / w_tensor.unsqueeze(-1)), -half, half)
+            w = spec.shape(stretched, m, **args)
+    if w_tensor is not None:
+        t = torch.arange(m, dtype=work, device=dev) - (m - 1) / 2.0
+        w = w * sample_overlap(t, w_tensor.unsqueeze(-1))
+    w = w.expand(*torch.broadcast_shapes(batch, w.shape[:-1]), m)
+    w = w[..., :length]
+    w = normalize_window(w, normalize, spec.name)
+    return w.to(out_dtype)
+
+
+def describe() -> list[dict[str, Any]]:
+    out = []
+    for s in SPECS:
+        out.append(
+            {
+                "name": s.name,
+                "aliases": list(s.aliases),
+                "params": {
+                    p.name: (None if p.default is REQUIRED else p.default) for p in s.params
+                },
+                "required": [p.name for p in s.params if p.default is REQUIRED],
+                "ranges": {p.name: p.range_text() for p in s.params},
+                "description": s.description,
+            }
+        )
+    return out

@@ -1,0 +1,322 @@
+"""Window functions equal to ``scipy.signal.windows``, differentiable in their parameters.
+
+Every window is available by name through :func:`get_window` (names and aliases as
+``scipy.signal.get_window`` spells them) and as its own function (:func:`hann`,
+:func:`gaussian`, ...). Unlike ``torch.signal.windows``, a parameter given as a tensor that
+requires grad stays in the autograd graph, and the *width* of any window can be fractional
+and learned (see :func:`get_window`).
+
+Common arguments of every window function:
+
+- ``length``: number of taps (an integer >= 1).
+- ``sym``: True (default) for the symmetric window used in filter design; False for the
+  periodic variant used in spectral analysis (scipy's ``sym=False``, ``fftbins=True``).
+- ``normalize``: None (scipy's scaling), ``"sum"`` (taps add up to 1: unit DC gain, what
+  smoothing needs), ``"peak"`` (largest magnitude 1) or ``"energy"`` (unit L2 norm).
+- ``width``: fractional support, ``0 < width <= length`` (float or tensor); see
+  :func:`get_window`.
+- ``dtype``/``device``: of the result. By default the floating dtype and device of the tensor
+  parameters, else ``torch.get_default_dtype()`` on the CPU.
+
+Parameters may be tensors of any shape ``S`` (a batch of windows); the result is then
+``(*S, length)``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from diffconv_core import _window_build as _b
+
+__all__ = [
+    "get_window",
+    "list_windows",
+    "barthann",
+    "bartlett",
+    "blackman",
+    "blackmanharris",
+    "bohman",
+    "boxcar",
+    "cosine",
+    "exponential",
+    "flattop",
+    "gaussian",
+    "general_cosine",
+    "general_gaussian",
+    "general_hamming",
+    "hamming",
+    "hann",
+    "kaiser",
+    "lanczos",
+    "nuttall",
+    "parzen",
+    "triang",
+    "tukey",
+]
+
+Number = float | int | Tensor
+
+
+def get_window(
+    name: str | tuple | float,
+    length: int,
+    *,
+    sym: bool = True,
+    normalize: str | None = None,
+    width: Number | None = None,
+    dtype: torch.dtype | None = None,
+    device: torch.device | str | None = None,
+    **params: Any,
+) -> Tensor:
+    """A window by name, equal to ``scipy.signal.windows.<name>(length, **params, sym=sym)``.
+
+    Args:
+        name: a window name or alias as ``scipy.signal.get_window`` accepts it (``"hann"``,
+            ``"boxcar"``/``"rect"``, ``"gauss"``, ``"kaiser_periodic"`` ...), a tuple
+            ``(name, *params)`` as scipy accepts it (``("kaiser", 8.6)``), or a number (a Kaiser
+            window with that beta, as in scipy). See :func:`list_windows`.
+        length: number of taps, >= 1.
+        sym: symmetric (True, the default here) or periodic (False). Note that scipy's
+            ``get_window`` defaults to periodic; a ``_symmetric``/``_periodic`` suffix on the
+            name overrides ``sym``.
+        normalize: None, ``"sum"``, ``"peak"`` or ``"energy"``.
+        width: fractional width, ``0 < width <= length`` (float or tensor, differentiable).
+            The window's continuous shape ``f`` (the formula scipy evaluates at the taps,
+            written as a function of the offset ``t`` from the centre, in samples) is
+            stretched by ``width / length`` about the centre and clipped to a support of
+            ``width`` samples::
+
+                w[n] = f(clip(t * length / width, -(length-1)/2, (length-1)/2)) * c(t)
+                t = n - (length - 1) / 2
+                c(t) = overlap of [t - 1/2, t + 1/2] with [-width/2, width/2]   (in [0, 1])
+
+            so each tap counts the part of its sample cell inside the support. The result
+            is continuous and piecewise smooth in ``width``, ``width == length`` gives the
+            plain window exactly, and a boxcar of width ``w`` sums to exactly ``w``. Windows
+            whose scale is a parameter in samples (gaussian ``std``, exponential ``tau``,
+            general_gaussian ``sig``) are stretched too: their effective scale is
+            ``param * width / length``. For ``sym=False`` the rule is applied to the
+            ``length + 1``-tap symmetric window with width ``width * (length + 1) / length``,
+            whose last tap is then dropped.
+        dtype, device: of the result (defaults: see the module docstring).
+        **params: the window's parameters (``std=``, ``beta=``, ``alpha=`` ...), numbers or
+            tensors; tensors requiring grad give a differentiable window.
+
+    Returns:
+        The window.
+
+    Raises:
+        ValueError: unknown name, missing parameter, or a value out of its range (the
+            message names the value and the range).
+        TypeError: a parameter the window does not take, or a non-integer length.
+
+    Shape:
+        - params and ``width``: any shapes ``S`` that broadcast (scalars give ``S = ()``);
+          ``general_cosine``'s ``a`` is ``(*S, K)``
+        - output: ``(*S, length)``
+
+    Example:
+        >>> import scipy.signal
+        >>> w = get_window("hann", 8, dtype=torch.float64)
+        >>> bool(torch.allclose(w, torch.from_numpy(scipy.signal.windows.hann(8))))
+        True
+        >>> std = torch.tensor(2.0, requires_grad=True)
+        >>> get_window("gaussian", 5, std=std, normalize="sum").requires_grad
+        True
+        >>> get_window("boxcar", 5, width=2.5)
+        tensor([0.0000, 0.7500, 1.0000, 0.7500, 0.0000])
+    """
+    if isinstance(name, tuple):
+        if not name or not isinstance(name[0], str):
+            raise ValueError(f"a window tuple must start with the window name; got {name!r}")
+        spec, forced = _b.lookup(name[0])
+        positional = name[1:]
+        if len(positional) > len(spec.params):
+            raise ValueError(
+                f"{spec.name} window takes {len(spec.params)} parameter(s); got {name!r}"
+            )
+        for p, value in zip(spec.params, positional, strict=False):
+            if p.name in params:
+                raise TypeError(f"{spec.name} parameter {p.name} given twice in {name!r}")
+            params[p.name] = value
+    elif isinstance(name, str):
+        spec, forced = _b.lookup(name)
+    elif isinstance(name, (int, float)) and not isinstance(name, bool):
+        spec, forced = _b.lookup("kaiser")
+        params["beta"] = name
+    else:
+        raise TypeError(f"window must be a name, a (name, *params) tuple or a number; got {name!r}")
+    return _b.build(
+        spec,
+        length,
+        sym=sym if forced is None else forced,
+        normalize=normalize,
+        width=width,
+        dtype=dtype,
+        device=device,
+        params=params,
+    )
+
+
+def list_windows() -> list[dict[str, Any]]:
+    """Every window: name, aliases, parameters with defaults, required ones, ranges.
+
+    Returns plain data (the CLI prints it): a list of dicts with keys ``name``, ``aliases``,
+    ``params`` (``{param: default}``, None for required ones), ``required``, ``ranges``
+    (``{param: text}``) and ``description``.
+
+    Example:
+        >>> [w for w in list_windows() if w["name"] == "tukey"][0]["params"]
+        {'alpha': 0.5}
+    """
+    return _b.describe()
+
+
+def _make(name: str, length: int, sym: bool, kw: dict[str, Any], **params: Any) -> Tensor:
+    spec, _ = _b.lookup(name)
+    return _b.build(spec, length, sym=sym, params=params, **kw)
+
+
+# One function per window, with scipy's argument order. ``**kw`` carries the common keyword
+# arguments (normalize, width, dtype, device) documented in the module docstring.
+
+
+def boxcar(length: int, sym: bool = True, **kw: Any) -> Tensor:
+    """Rectangular window (all ones). Shape: ``(length,)``.
+
+    Example:
+        >>> boxcar(3)
+        tensor([1., 1., 1.])
+    """
+    return _make("boxcar", length, sym, kw)
+
+
+def triang(length: int, sym: bool = True, **kw: Any) -> Tensor:
+    """Triangular window whose end taps are not zero (scipy's ``triang``)."""
+    return _make("triang", length, sym, kw)
+
+
+def bartlett(length: int, sym: bool = True, **kw: Any) -> Tensor:
+    """Bartlett window: a triangle with zero end taps."""
+    return _make("bartlett", length, sym, kw)
+
+
+def hann(length: int, sym: bool = True, **kw: Any) -> Tensor:
+    """Hann window: ``0.5 - 0.5 cos(2 pi n / (length - 1))``. Shape: ``(length,)``.
+
+    Example:
+        >>> hann(5)
+        tensor([0.0000, 0.5000, 1.0000, 0.5000, 0.0000])
+    """
+    return _make("hann", length, sym, kw)
+
+
+def hamming(length: int, sym: bool = True, **kw: Any) -> Tensor:
+    """Hamming window: ``0.54 - 0.46 cos(2 pi n / (length - 1))``."""
+    return _make("hamming", length, sym, kw)
+
+
+def blackman(length: int, sym: bool = True, **kw: Any) -> Tensor:
+    """Blackman window (cosine sum 0.42, 0.5, 0.08)."""
+    return _make("blackman", length, sym, kw)
+
+
+def blackmanharris(length: int, sym: bool = True, **kw: Any) -> Tensor:
+    """Minimum 4-term Blackman-Harris window."""
+    return _make("blackmanharris", length, sym, kw)
+
+
+def nuttall(length: int, sym: bool = True, **kw: Any) -> Tensor:
+    """Minimum 4-term Nuttall window."""
+    return _make("nuttall", length, sym, kw)
+
+
+def flattop(length: int, sym: bool = True, **kw: Any) -> Tensor:
+    """Flat-top window (5-term cosine sum)."""
+    return _make("flattop", length, sym, kw)
+
+
+def bohman(length: int, sym: bool = True, **kw: Any) -> Tensor:
+    """Bohman window."""
+    return _make("bohman", length, sym, kw)
+
+
+def parzen(length: int, sym: bool = True, **kw: Any) -> Tensor:
+    """Parzen window (piecewise cubic)."""
+    return _make("parzen", length, sym, kw)
+
+
+def cosine(length: int, sym: bool = True, **kw: Any) -> Tensor:
+    """Cosine (half-sine) window."""
+    return _make("cosine", length, sym, kw)
+
+
+def lanczos(length: int, sym: bool = True, **kw: Any) -> Tensor:
+    """Lanczos (sinc) window: the main lobe of a sinc."""
+    return _make("lanczos", length, sym, kw)
+
+
+def barthann(length: int, sym: bool = True, **kw: Any) -> Tensor:
+    """Bartlett-Hann window."""
+    return _make("barthann", length, sym, kw)
+
+
+def general_cosine(length: int, a: Any, sym: bool = True, **kw: Any) -> Tensor:
+    """Generalised cosine sum ``sum_k a[k] cos(k x)``, ``x`` from -pi to pi.
+
+    ``a``: sequence or tensor ``(*S, K)`` of coefficients (differentiable).
+    """
+    return _make("general_cosine", length, sym, kw, a=a)
+
+
+def general_hamming(length: int, alpha: Number, sym: bool = True, **kw: Any) -> Tensor:
+    """Generalised Hamming window ``alpha - (1 - alpha) cos(2 pi n / (length - 1))``.
+
+    ``alpha`` in [0, 1] (0.5: Hann, 0.54: Hamming).
+    """
+    return _make("general_hamming", length, sym, kw, alpha=alpha)
+
+
+def gaussian(length: int, std: Number, sym: bool = True, **kw: Any) -> Tensor:
+    """Gaussian window ``exp(-t^2 / (2 std^2))``; ``std > 0`` in samples.
+
+    Example:
+        >>> std = torch.tensor(1.5, dtype=torch.float64, requires_grad=True)
+        >>> w = gaussian(7, std)
+        >>> w.sum().backward()
+        >>> std.grad > 0
+        tensor(True)
+    """
+    return _make("gaussian", length, sym, kw, std=std)
+
+
+def general_gaussian(length: int, p: Number, sig: Number, sym: bool = True, **kw: Any) -> Tensor:
+    """Generalised Gaussian ``exp(-|t / sig|^(2 p) / 2)``; ``p > 0``, ``sig > 0``."""
+    return _make("general_gaussian", length, sym, kw, p=p, sig=sig)
+
+
+def kaiser(length: int, beta: Number, sym: bool = True, **kw: Any) -> Tensor:
+    """Kaiser window ``I0(beta sqrt(1 - x^2)) / I0(beta)``; ``beta >= 0``."""
+    return _make("kaiser", length, sym, kw, beta=beta)
+
+
+def tukey(length: int, alpha: Number = 0.5, sym: bool = True, **kw: Any) -> Tensor:
+    """Tukey (tapered cosine) window; ``alpha`` in [0, 1] is the tapered fraction.
+
+    ``alpha = 0`` gives a boxcar, ``alpha = 1`` a Hann window (as in scipy).
+    """
+    return _make("tukey", length, sym, kw, alpha=alpha)
+
+
+def exponential(
+    length: int, center: Number | None = None, tau: Number = 1.0, sym: bool = True, **kw: Any
+) -> Tensor:
+    """Exponential (Poisson) window ``exp(-|n - center| / tau)``; ``tau > 0``.
+
+    ``center`` (an index, default the middle) may only be given with ``sym=False``, as in
+    scipy.
+    """
+    return _make("exponential", length, sym, kw, center=center, tau=tau)

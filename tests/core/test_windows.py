@@ -1,0 +1,374 @@
+"""diffconv_core.windows against scipy.signal.windows, plus gradients, width and errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.signal
+import scipy.signal.windows as sw
+import torch
+
+from diffconv_core import windows as W
+
+# (name, non-default params); windows without parameters appear once with {}.
+CASES = [
+    ("boxcar", {}),
+    ("triang", {}),
+    ("bartlett", {}),
+    ("hann", {}),
+    ("hamming", {}),
+    ("blackman", {}),
+    ("blackmanharris", {}),
+    ("nuttall", {}),
+    ("flattop", {}),
+    ("bohman", {}),
+    ("parzen", {}),
+    ("cosine", {}),
+    ("lanczos", {}),
+    ("barthann", {}),
+    ("general_cosine", {"a": [0.3, 0.5, 0.2]}),
+    ("general_cosine", {"a": [0.21557895, 0.41663158, 0.277263158, 0.083578947, 0.006947368]}),
+    ("general_hamming", {"alpha": 0.6}),
+    ("general_hamming", {"alpha": 0.0}),
+    ("gaussian", {"std": 2.3}),
+    ("gaussian", {"std": 0.4}),
+    ("general_gaussian", {"p": 1.5, "sig": 3.0}),
+    ("general_gaussian", {"p": 0.5, "sig": 1.0}),
+    ("kaiser", {"beta": 8.6}),
+    ("kaiser", {"beta": 0.0}),
+    ("tukey", {}),
+    ("tukey", {"alpha": 0.3}),
+    ("tukey", {"alpha": 0.0}),
+    ("tukey", {"alpha": 1.0}),
+    ("exponential", {}),
+    ("exponential", {"tau": 3.0}),
+]
+LENGTHS = [1, 2, 3, 4, 7, 8, 16, 33]
+ISSUE_NAMES = (
+    "boxcar rect triang bartlett hann hamming blackman blackmanharris nuttall flattop bohman "
+    "parzen cosine lanczos general_cosine general_hamming gaussian general_gaussian kaiser "
+    "tukey exponential"
+).split()
+
+
+def _case_id(case):
+    name, params = case
+    return name + "".join(f"-{k}={v}" for k, v in params.items())[:40]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[_case_id(c) for c in CASES])
+@pytest.mark.parametrize("sym", [True, False])
+def test_parity_with_scipy(case, sym):
+    name, params = case
+    for length in LENGTHS:
+        ref = getattr(sw, name)(length, **params, sym=sym)
+        got64 = W.get_window(name, length, sym=sym, dtype=torch.float64, **params)
+        got32 = W.get_window(name, length, sym=sym, dtype=torch.float32, **params)
+        assert got64.dtype == torch.float64 and got32.dtype == torch.float32
+        assert got64.shape == (length,)
+        np.testing.assert_allclose(got64.numpy(), ref, rtol=0, atol=1e-12, err_msg=f"{length}")
+        np.testing.assert_allclose(got32.numpy(), ref, rtol=0, atol=1e-6, err_msg=f"{length}")
+        # The per-window function is the same window.
+        func = getattr(W, name)
+        assert torch.equal(func(length, **params, sym=sym, dtype=torch.float64), got64)
+
+
+def test_exponential_off_centre_matches_scipy():
+    for length in (5, 8):
+        for center in (0.0, 2.5, 6.0):
+            ref = sw.exponential(length, center=center, tau=2.0, sym=False)
+            got = W.exponential(length, center=center, tau=2.0, sym=False, dtype=torch.float64)
+            np.testing.assert_allclose(got.numpy(), ref, atol=1e-12)
+
+
+def _scipy_names():
+    from scipy.signal.windows import _windows
+
+    return _windows._WIN_FUNCS
+
+
+@pytest.mark.parametrize("sym", [True, False])
+def test_every_scipy_alias_of_a_registered_window(sym):
+    registered = {entry["name"] for entry in W.list_windows()}
+    params = {
+        "exponential": (),
+        "gaussian": (1.7,),
+        "general_cosine": ([0.5, 0.3, 0.2],),
+        "general_gaussian": (1.2, 2.0),
+        "general_hamming": (0.7,),
+        "kaiser": (5.0,),
+        "tukey": (0.4,),
+    }
+    checked = 0
+    for alias, (func, _) in _scipy_names().items():
+        if func.__name__ not in registered:
+            continue
+        extra = params.get(func.__name__, ())
+        window = (alias, *extra) if extra else alias
+        ref = scipy.signal.get_window(window, 9, fftbins=not sym)
+        got = W.get_window(window, 9, sym=sym, dtype=torch.float64)
+        np.testing.assert_allclose(got.numpy(), ref, atol=1e-12, err_msg=alias)
+        checked += 1
+    assert checked >= 50
+
+
+def test_extra_aliases_and_forms():
+    hann = W.hann(8, dtype=torch.float64)
+    assert torch.equal(W.get_window("hanning", 8, dtype=torch.float64), hann)
+    assert torch.equal(W.get_window("Hann", 8, dtype=torch.float64), hann)
+    ref = scipy.signal.get_window("hann_periodic", 8)
+    np.testing.assert_allclose(W.get_window("hann_periodic", 8, dtype=torch.float64), ref)
+    ref = scipy.signal.get_window("hann_symmetric", 8)
+    np.testing.assert_allclose(W.get_window("hann_symmetric", 8, sym=False), ref, atol=1e-6)
+    # A bare number is a Kaiser beta, as in scipy.
+    ref = scipy.signal.get_window(8.6, 12, fftbins=False)
+    np.testing.assert_allclose(W.get_window(8.6, 12, dtype=torch.float64), ref, atol=1e-12)
+    # Tuple parameters and keyword parameters are the same thing.
+    assert torch.equal(W.get_window(("gaussian", 2.0), 7), W.get_window("gauss", 7, std=2.0))
+
+
+def test_names_required_by_the_issue_exist():
+    known = set()
+    for entry in W.list_windows():
+        known |= {entry["name"], *entry["aliases"]}
+    assert set(ISSUE_NAMES) <= known
+    for name in ("boxcar", "box", "ones", "rect", "rectangular", "triangle", "gauss", "ksr"):
+        assert name in known
+    for name in ("tuk", "poisson", "hanning"):
+        assert name in known
+
+
+def test_list_windows_is_complete_plain_data():
+    entries = W.list_windows()
+    for entry in entries:
+        assert set(entry) == {"name", "aliases", "params", "required", "ranges", "description"}
+        assert isinstance(entry["description"], str) and entry["description"]
+        assert set(entry["required"]) <= set(entry["params"]) == set(entry["ranges"])
+        # Every entry is buildable from its listed defaults plus values for required params.
+        values = {"a": [0.5, 0.5], "std": 1.0, "p": 1.0, "sig": 1.0, "beta": 2.0, "alpha": 0.5}
+        params = {k: values[k] for k in entry["required"]}
+        for name in (entry["name"], *entry["aliases"]):
+            assert W.get_window(name, 5, **params).shape == (5,)
+    by_name = {e["name"]: e for e in entries}
+    assert by_name["tukey"]["params"] == {"alpha": 0.5}
+    assert by_name["gaussian"]["required"] == ["std"]
+    assert by_name["exponential"]["params"] == {"center": None, "tau": 1.0}
+    assert by_name["gaussian"]["ranges"]["std"] == "> 0"
+
+
+def test_batched_parameters():
+    std = torch.tensor([0.7, 1.5, 4.0], dtype=torch.float64)
+    got = W.gaussian(9, std)
+    assert got.shape == (3, 9)
+    for i, s in enumerate(std.tolist()):
+        np.testing.assert_allclose(got[i].numpy(), sw.gaussian(9, s), atol=1e-12)
+    a = torch.tensor([[0.5, 0.5], [0.54, 0.46]], dtype=torch.float64)
+    got = W.general_cosine(8, a, sym=False)
+    np.testing.assert_allclose(got[0].numpy(), sw.hann(8, sym=False), atol=1e-12)
+    np.testing.assert_allclose(got[1].numpy(), sw.hamming(8, sym=False), atol=1e-12)
+    widths = torch.tensor([[3.0], [9.0]], dtype=torch.float64)
+    beta = torch.tensor([1.0, 5.0, 9.0], dtype=torch.float64)
+    assert W.kaiser(9, beta, width=widths).shape == (2, 3, 9)
+    assert W.hann(9, width=widths).shape == (2, 1, 9)
+
+
+def test_dtype_and_device_defaults():
+    assert W.hann(5).dtype == torch.get_default_dtype()
+    assert W.gaussian(5, torch.tensor(1.0, dtype=torch.float64)).dtype == torch.float64
+    assert W.gaussian(5, 1.0, dtype=torch.float16).dtype == torch.float16
+    assert W.hann(5, device="cpu").device.type == "cpu"
+
+
+@pytest.mark.parametrize("normalize", ["sum", "peak", "energy"])
+@pytest.mark.parametrize("sym", [True, False])
+def test_normalize(normalize, sym):
+    for name, params in CASES:
+        ref = getattr(sw, name)(9, **params, sym=sym)
+        if normalize == "sum" and abs(ref.sum()) < 1e-9:
+            # A zero-mean window (general_hamming alpha=0, periodic) has no DC gain.
+            with pytest.raises(ValueError, match="has a sum of zero"):
+                W.get_window(name, 9, sym=sym, normalize=normalize, **params)
+            continue
+        if normalize == "sum":
+            ref = ref / ref.sum()
+        elif normalize == "peak":
+            ref = ref / np.abs(ref).max()
+        else:
+            ref = ref / np.sqrt((ref**2).sum())
+        got = W.get_window(name, 9, sym=sym, normalize=normalize, dtype=torch.float64, **params)
+        np.testing.assert_allclose(got.numpy(), ref, atol=1e-12, err_msg=name)
+
+
+# ---------------------------------------------------------------- gradients
+
+GRAD_CASES = [
+    ("gaussian", {"std": 2.3}),
+    ("general_gaussian", {"p": 1.3, "sig": 2.1}),
+    ("general_gaussian", {"p": 0.4, "sig": 1.1}),
+    ("kaiser", {"beta": 6.5}),
+    ("kaiser", {"beta": 0.3}),
+    ("tukey", {"alpha": 0.37}),
+    ("tukey", {"alpha": 0.91}),
+    ("general_hamming", {"alpha": 0.63}),
+    ("general_cosine", {"a": [0.4, 0.45, 0.15]}),
+    ("exponential", {"tau": 1.7}),
+]
+
+
+@pytest.mark.parametrize("case", GRAD_CASES, ids=[_case_id(c) for c in GRAD_CASES])
+@pytest.mark.parametrize("sym", [True, False])
+@pytest.mark.parametrize("length", [1, 8, 9])
+def test_gradcheck_parameters(case, sym, length):
+    name, params = case
+    keys = sorted(params)
+
+    def fn(*values):
+        kwargs = dict(zip(keys, values, strict=True))
+        return W.get_window(name, length, sym=sym, normalize="sum", **kwargs)
+
+    inputs = [torch.tensor(params[k], dtype=torch.float64, requires_grad=True) for k in keys]
+    assert torch.autograd.gradcheck(fn, inputs)
+    assert torch.autograd.gradgradcheck(fn, inputs)
+
+
+def test_gradcheck_exponential_center():
+    center = torch.tensor(2.3, dtype=torch.float64, requires_grad=True)
+    tau = torch.tensor(1.4, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda c, t: W.exponential(8, c, t, sym=False), (center, tau))
+
+
+def test_gradient_is_finite_at_singular_points():
+    # Removable singularities: general_gaussian at the centre tap, kaiser at the end taps,
+    # tukey with alpha = 0 (no taper), gaussian/kaiser widths at the centre.
+    p = torch.tensor(0.3, dtype=torch.float64, requires_grad=True)
+    W.general_gaussian(9, p, 2.0).sum().backward()
+    assert torch.isfinite(p.grad)
+    alpha = torch.tensor(0.0, dtype=torch.float64, requires_grad=True)
+    W.tukey(9, alpha).sum().backward()
+    assert torch.isfinite(alpha.grad)
+    width = torch.tensor(9.0, dtype=torch.float64, requires_grad=True)
+    W.kaiser(9, 8.0, width=width).sum().backward()
+    assert torch.isfinite(width.grad)
+
+
+@pytest.mark.parametrize("case", CASES[:15] + GRAD_CASES, ids=_case_id)
+@pytest.mark.parametrize("sym", [True, False])
+def test_gradcheck_width(case, sym):
+    name, params = case
+    # Width values away from the kinks of the piecewise definition (integers, and where a
+    # stretched tap reaches the edge), so finite differences see a smooth function.
+    for length, width in ((9, 5.37), (8, 7.61), (4, 0.63)):
+        w = torch.tensor(width, dtype=torch.float64, requires_grad=True)
+        assert torch.autograd.gradcheck(
+            lambda w, n=length: W.get_window(name, n, sym=sym, width=w, **params), (w,)
+        )
+
+
+# ---------------------------------------------------------------- fractional width
+
+
+def _overlap(t, width):
+    return np.clip(np.minimum(t + 0.5, width / 2) - np.maximum(t - 0.5, -width / 2), 0, None)
+
+
+def test_width_definition_against_numpy_reference():
+    # The documented rule, written independently in numpy for the Hann and Gaussian shapes.
+    for length in (8, 9):
+        t = np.arange(length) - (length - 1) / 2
+        half = (length - 1) / 2
+        for width in (0.4, 1.0, 2.5, 4.2, 6.0, length - 0.3):
+            stretched = np.clip(t * length / width, -half, half)
+            hann = (0.5 + 0.5 * np.cos(np.pi * stretched / half)) * _overlap(t, width)
+            got = W.hann(length, width=width, dtype=torch.float64)
+            np.testing.assert_allclose(got.numpy(), hann, atol=1e-12)
+            gauss = np.exp(-(stretched**2) / (2 * 1.7**2)) * _overlap(t, width)
+            got = W.gaussian(length, 1.7, width=width, dtype=torch.float64)
+            np.testing.assert_allclose(got.numpy(), gauss, atol=1e-12)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[_case_id(c) for c in CASES])
+def test_width_equal_to_length_is_the_plain_window(case):
+    name, params = case
+    for length in (1, 2, 7, 8):
+        for sym in (True, False):
+            plain = W.get_window(name, length, sym=sym, dtype=torch.float64, **params)
+            plain32 = W.get_window(name, length, sym=sym, dtype=torch.float32, **params)
+            wide = W.get_window(name, length, sym=sym, width=float(length), **params)
+            assert torch.equal(wide, plain32), (length, sym)
+            wide64 = W.get_window(
+                name, length, sym=sym, width=torch.tensor(float(length)).double(), **params
+            )
+            assert torch.equal(wide64, plain), (length, sym)
+
+
+def test_boxcar_width_sums_to_width_and_is_centred():
+    widths = torch.linspace(0.05, 11.0, 200, dtype=torch.float64)
+    box = W.boxcar(11, width=widths.unsqueeze(-1))
+    np.testing.assert_allclose(box.sum(-1).squeeze(-1).numpy(), widths.numpy(), atol=1e-12)
+    assert torch.equal(box, box.flip(-1))
+
+
+@pytest.mark.parametrize("name", ["hann", "gaussian", "kaiser", "boxcar", "triang", "tukey"])
+def test_width_is_continuous(name):
+    params = {"gaussian": {"std": 2.0}, "kaiser": {"beta": 7.0}}.get(name, {})
+    step = 3e-4
+    widths = torch.arange(0.2, 9.0, step, dtype=torch.float64).unsqueeze(-1)
+    for sym in (True, False):
+        w = W.get_window(name, 9, sym=sym, width=widths, **params)
+        jumps = (w[1:] - w[:-1]).abs().max().item()
+        # Lipschitz in width: a small step moves no tap by more than a few 1e-4.
+        assert jumps < 50 * step, (sym, jumps)
+
+
+def test_width_narrows_the_window():
+    w = W.hann(31, width=11.0)
+    assert torch.count_nonzero(w) <= 11
+    assert torch.equal(w, w.flip(-1))
+    assert w.argmax() == 15
+
+
+# ---------------------------------------------------------------- errors
+
+
+@pytest.mark.parametrize(
+    "call, exc, match",
+    [
+        (lambda: W.get_window("hanm", 5), ValueError, "unknown window 'hanm'"),
+        (lambda: W.hann(0), ValueError, "length must be >= 1; got 0"),
+        (lambda: W.hann(-3), ValueError, "length must be >= 1; got -3"),
+        (lambda: W.hann(2.5), TypeError, "length must be an integer; got 2.5"),
+        (lambda: W.hann(True), TypeError, "length must be an integer; got True"),
+        (lambda: W.gaussian(5, -1.0), ValueError, r"gaussian parameter std must be > 0; got -1.0"),
+        (lambda: W.gaussian(5, 0), ValueError, r"std must be > 0; got 0"),
+        (lambda: W.gaussian(5, float("nan")), ValueError, r"std must be > 0; got nan"),
+        (lambda: W.tukey(5, 1.5), ValueError, r"alpha must be in \[0, 1\]; got 1.5"),
+        (lambda: W.tukey(5, -0.1), ValueError, r"alpha must be in \[0, 1\]; got -0.1"),
+        (lambda: W.kaiser(5, -2.0), ValueError, r"beta must be >= 0; got -2.0"),
+        (lambda: W.general_gaussian(5, 0.0, 1.0), ValueError, r"p must be > 0; got 0.0"),
+        (lambda: W.general_gaussian(5, 1.0, -1.0), ValueError, r"sig must be > 0; got -1.0"),
+        (lambda: W.general_hamming(5, 2.0), ValueError, r"alpha must be in \[0, 1\]; got 2.0"),
+        (lambda: W.exponential(5, tau=0.0), ValueError, r"tau must be > 0; got 0.0"),
+        (lambda: W.exponential(5, center=1.0), ValueError, "center must be None when sym=True"),
+        (lambda: W.general_cosine(5, []), ValueError, "a must be a non-empty sequence"),
+        (
+            lambda: W.gaussian(5, torch.tensor([1.0, -2.0])),
+            ValueError,
+            r"std must be > 0; got tensor \[1.0, -2.0\]",
+        ),
+        (lambda: W.hann(5, width=0.0), ValueError, r"width must be in \(0, 5\] .*got 0.0"),
+        (lambda: W.hann(5, width=5.5), ValueError, r"width must be in \(0, 5\] .*got 5.5"),
+        (lambda: W.get_window("gaussian", 5), ValueError, "requires parameter 'std'"),
+        (lambda: W.get_window("hann", 5, std=1.0), TypeError, "unexpected parameter.*std"),
+        (lambda: W.get_window(("tukey", 0.5, 2), 5), ValueError, "takes 1 parameter"),
+        (lambda: W.get_window((3, 4), 5), ValueError, "must start with the window name"),
+        (lambda: W.get_window(None, 5), TypeError, "window must be a name"),
+        (lambda: W.hann(5, normalize="area"), ValueError, "normalize must be one of.*'area'"),
+        (lambda: W.hann(2, normalize="sum"), ValueError, "hann window of length 2 has a sum"),
+        (lambda: W.hann(5, sym="yes"), TypeError, "sym must be True or False; got 'yes'"),
+        (lambda: W.hann(5, dtype=torch.int64), TypeError, "dtype must be a floating"),
+        (lambda: W.gaussian(5, "wide"), TypeError, "std must be a number or a tensor"),
+    ],
+)
+def test_errors(call, exc, match):
+    with pytest.raises(exc, match=match):
+        call()
