@@ -1,6 +1,8 @@
-"""Direct (sliding dot product) convolution for short kernels, via ``conv1d``.
+"""Direct (sliding dot product) convolution for short kernels.
 
-The forward pass is ``conv1d`` with the flipped kernel; the backward pass is written out
+On CPU it runs as block-Toeplitz matrix products (``_toeplitz``), several times faster than
+``conv1d`` there. Elsewhere the forward pass is ``conv1d`` with the flipped kernel; the
+backward pass is written out
 rather than left to autograd, because autograd would route the kernel gradient through
 cuDNN's depthwise weight gradient, which is an order of magnitude slower than an FFT on GPUs.
 The signal gradient is again a direct convolution (this same Function, so the gradient of the
@@ -16,16 +18,24 @@ import torch
 import torch.nn.functional as F
 
 from diffconv_core._fft import fft_lagged_products
+from diffconv_core._toeplitz import toeplitz_correlate
+
+# Beyond this many taps the Toeplitz blocks (2P x P) grow too large to pay off.
+MAX_TOEPLITZ_TAPS = 1024
+
+
+def _source(x: torch.Tensor, K: int, lo: int, n_out: int) -> torch.Tensor:
+    # A sliding dot product out[m] = sum_j v[j] src[m + j] with v the flipped kernel reads
+    # x delayed by K - 1 - lo samples (negative pads crop), n_out + K - 1 samples long.
+    left = K - 1 - lo
+    return F.pad(x, (left, n_out + K - 1 - x.shape[-1] - left))
 
 
 def _direct_forward(x: torch.Tensor, w: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
-    T, K = x.shape[-1], w.shape[-1]
+    K = w.shape[-1]
     n_out = hi - lo
     batch = torch.broadcast_shapes(x.shape[:-1], w.shape[:-1])
-    # conv1d correlates: out[m] = sum_j v[j] src[m + j] with v the flipped kernel, so the
-    # source is x delayed by K - 1 - lo samples (negative pads crop), n_out + K - 1 long.
-    left = K - 1 - lo
-    source = F.pad(x, (left, n_out + K - 1 - T - left))
+    source = _source(x, K, lo, n_out)
     taps = w.flip(-1)
     n_src = source.shape[-1]
     if math.prod(w.shape[:-1]) == 1:  # one kernel shared by every signal
@@ -69,4 +79,7 @@ def direct_range(x: torch.Tensor, w: torch.Tensor, lo: int, hi: int) -> torch.Te
         x ``(*bx, T)``, w ``(*bw, K)`` -> ``(*broadcast(bx, bw), hi - lo)``;
         ``0 <= lo <= hi <= T + K - 1``.
     """
+    K = w.shape[-1]
+    if x.device.type == "cpu" and K <= MAX_TOEPLITZ_TAPS:
+        return toeplitz_correlate(_source(x, K, lo, hi - lo), w.flip(-1), hi - lo)
     return _DirectRange.apply(x, w, lo, hi)

@@ -1,6 +1,7 @@
-"""Keep NaN and Inf local under FFT methods.
+"""Keep NaN and Inf local whatever the method.
 
-An FFT mixes every sample into every output, so one NaN would poison the whole signal. When
+An FFT mixes every sample into every output (a Toeplitz GEMM every sample of a frame), so one
+NaN would poison far more than its window: 0 * NaN is NaN. When
 the signal is not all finite, the non-finite samples are zeroed, the convolution runs, and the
 outputs whose window covers one are marked: NaN where a NaN (or an Inf under a zero tap, or
 Infs of both signs) is covered, else an Inf with the sign the direct sum would have.
