@@ -1,0 +1,595 @@
+"""Learning a kernel from input/target pairs: losses, the least-squares reference, a trainer.
+
+Pure tensor logic (no files, no processes): the ``diffconv fit`` command reads the pairs,
+shards them across ranks and writes the results; everything numeric happens here.
+
+The model is ``prediction = convolve(input, kernel, mode="same", padding=padding)`` over whole
+signals. Training looks at random crops, but a crop is cut from the *extended* input
+(:func:`extend_input`) and convolved in "valid" mode, so every crop's prediction equals the
+corresponding samples of the whole-signal prediction — crops are exact pieces of one objective,
+not a different problem with edge effects of their own. That is why the least-squares solution
+of the normal equations (:func:`least_squares_fir`) is the point a plain-FIR fit converges to.
+
+Determinism and resuming: step ``s`` draws its crops from a generator seeded with
+``(seed, s)`` alone, so a run stopped after any step and resumed from its checkpoint
+(:meth:`Trainer.state_dict`) continues exactly as if never stopped. Distributed training draws
+the same global plan on every rank; each rank evaluates only the crops of the pairs it holds,
+and the gradient sums are all-reduced through the ``reduce`` callable, so the update equals the
+single-process one up to the order of floating-point sums.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from diffconv_core._validation import PADDINGS, check_choice
+from diffconv_core.convolution import convolve
+from diffconv_core.padding import pad
+
+LOSSES = ("mse", "l1", "spectral")
+OPTIMIZERS = ("adam", "lbfgs")
+SCHEDULES = ("cosine", "constant")
+
+# A crop: (pair index, first target sample, number of samples).
+Crop = tuple[int, int, int]
+
+
+# --------------------------------------------------------------------------------------------
+# Losses
+
+
+def spectral_loss(
+    prediction: torch.Tensor, target: torch.Tensor, n_fft: int = 256, eps: float = 1e-7
+) -> torch.Tensor:
+    """Distance between short-time magnitude spectra: linear L1 plus log L1.
+
+    Frames of ``n = min(n_fft, T)`` samples, hop ``max(1, n // 4)``, no centring (frames start
+    at 0, hop, ... and the tail that fills no frame is ignored), a periodic Hann window, the
+    one-sided DFT. With ``M = sqrt(re**2 + im**2 + eps**2)`` (smooth at 0, so gradients stay
+    finite) the loss is ``mean|M_p - M_t| + mean|log M_p - log M_t|``. Insensitive to phase:
+    use it when the target's timing is not trustworthy.
+
+    Shape:
+        prediction, target: ``(..., T)`` of the same shape -> scalar.
+
+    Example:
+        >>> import torch
+        >>> x = torch.randn(2, 512)
+        >>> float(spectral_loss(x, x))
+        0.0
+        >>> bool(spectral_loss(x, -x) < 1e-6)  # a sign flip leaves magnitudes unchanged
+        True
+    """
+    if prediction.shape != target.shape:
+        raise ValueError(
+            f"prediction and target must have the same shape; got {tuple(prediction.shape)} "
+            f"and {tuple(target.shape)}"
+        )
+    n = min(n_fft, prediction.shape[-1])
+    hop = max(1, n // 4)
+    window = torch.hann_window(n, periodic=True, dtype=prediction.dtype, device=prediction.device)
+
+    def magnitude(x: torch.Tensor) -> torch.Tensor:
+        spectrum = torch.fft.rfft(x.unfold(-1, n, hop) * window, dim=-1)
+        return (spectrum.real.square() + spectrum.imag.square() + eps**2).sqrt()
+
+    mp, mt = magnitude(prediction), magnitude(target)
+    return (mp - mt).abs().mean() + (mp.log() - mt.log()).abs().mean()
+
+
+def compute_loss(prediction: torch.Tensor, target: torch.Tensor, loss: str) -> torch.Tensor:
+    """Mean loss ``"mse"``, ``"l1"`` or ``"spectral"`` (:func:`spectral_loss`).
+
+    Shape:
+        prediction, target: ``(..., T)`` of the same shape -> scalar.
+
+    Example:
+        >>> import torch
+        >>> compute_loss(torch.tensor([1.0, 2.0]), torch.tensor([0.0, 0.0]), "mse")
+        tensor(2.5000)
+    """
+    check_choice("loss", loss, LOSSES)
+    if loss == "mse":
+        return (prediction - target).square().mean()
+    if loss == "l1":
+        return (prediction - target).abs().mean()
+    return spectral_loss(prediction, target)
+
+
+# --------------------------------------------------------------------------------------------
+# The model's geometry and the least-squares reference
+
+
+def extend_input(signal: torch.Tensor, taps: int, padding: str = "zeros") -> torch.Tensor:
+    """Extend ``signal`` by the context a ``taps``-long "same" convolution reads past its ends.
+
+    ``convolve(extend_input(x, K, p), h, "valid") == convolve(x, h, "same", padding=p)``, and a
+    crop ``[s, s + L)`` of that output is ``convolve(extended[..., s:s + L + K - 1], h,
+    "valid")`` — which is how the trainer cuts crops without edge effects.
+
+    Shape:
+        signal ``(..., T)`` -> ``(..., T + taps - 1)``.
+
+    Example:
+        >>> import torch
+        >>> from diffconv_core import convolve
+        >>> x, h = torch.randn(100), torch.randn(8)
+        >>> same = convolve(x, h, "same", padding="reflect")
+        >>> bool(torch.allclose(convolve(extend_input(x, 8, "reflect"), h, "valid"), same))
+        True
+    """
+    check_choice("padding", padding, PADDINGS)
+    if taps < 1:
+        raise ValueError(f"taps must be at least 1; got {taps}")
+    return pad(signal, taps // 2, (taps - 1) // 2, padding)
+
+
+def design_matrix(extended: torch.Tensor, taps: int) -> torch.Tensor:
+    """Columns of the linear map ``kernel -> convolve(extended, kernel, "valid")``.
+
+    Convolution is linear in the kernel, so column ``k`` is the prediction made by the unit
+    kernel ``e_k``; building it with the core's own ``convolve`` keeps the reference and the
+    trained model on exactly the same geometry.
+
+    Shape:
+        extended ``(..., T + taps - 1)`` -> ``(..., T, taps)``.
+
+    Example:
+        >>> import torch
+        >>> x, h = torch.randn(50, dtype=torch.float64), torch.randn(5, dtype=torch.float64)
+        >>> A = design_matrix(x, 5)
+        >>> from diffconv_core import convolve
+        >>> bool(torch.allclose(A @ h, convolve(x, h, "valid")))
+        True
+    """
+    eye = torch.eye(taps, dtype=extended.dtype, device=extended.device)
+    return convolve(extended.unsqueeze(-2), eye, "valid").transpose(-1, -2)
+
+
+def least_squares_fir(
+    inputs: Sequence[torch.Tensor],
+    targets: Sequence[torch.Tensor],
+    taps: int,
+    *,
+    padding: str = "zeros",
+    ridge: float = 0.0,
+) -> torch.Tensor:
+    """The FIR kernel minimising the squared error over all pairs (the Wiener solution).
+
+    Solves the normal equations ``(A^T A + ridge I) h = A^T y`` in float64, where ``A`` stacks
+    the :func:`design_matrix` of every pair and channel and ``y`` the targets. The model is
+    ``convolve(x, h, "same", padding=padding)`` on whole signals — what ``fit`` trains.
+
+    Shape:
+        inputs[i], targets[i]: ``(..., T_i)`` of equal shape per pair -> ``(taps,)`` float64.
+
+    Example:
+        >>> import torch
+        >>> from diffconv_core import convolve
+        >>> x = torch.randn(2, 400, dtype=torch.float64)
+        >>> h = torch.tensor([0.5, 1.0, -0.25], dtype=torch.float64)
+        >>> least_squares_fir([x], [convolve(x, h)], 3)
+        tensor([ 0.5000,  1.0000, -0.2500], dtype=torch.float64)
+    """
+    if len(inputs) != len(targets) or not inputs:
+        raise ValueError(
+            f"need the same, non-zero number of inputs and targets; got {len(inputs)} and "
+            f"{len(targets)}"
+        )
+    gram = torch.zeros(taps, taps, dtype=torch.float64)
+    rhs = torch.zeros(taps, dtype=torch.float64)
+    for x, y in zip(inputs, targets, strict=True):
+        if x.shape != y.shape:
+            raise ValueError(
+                f"input and target shapes differ: {tuple(x.shape)} and {tuple(y.shape)}"
+            )
+        A = design_matrix(extend_input(x.double().cpu(), taps, padding), taps)
+        A = A.reshape(-1, taps)
+        gram += A.T @ A
+        rhs += A.T @ y.double().cpu().reshape(-1)
+    gram += ridge * torch.eye(taps, dtype=torch.float64)
+    return torch.linalg.solve(gram, rhs)
+
+
+# --------------------------------------------------------------------------------------------
+# Crops
+
+
+def crop_plan(
+    step: int,
+    seed: int,
+    train_lengths: Sequence[int],
+    crop: int | None,
+    batch_size: int,
+) -> list[Crop]:
+    """The crops of one step, identical on every rank and after a resume.
+
+    ``crop=None`` uses every pair's whole training region (full batch). Otherwise
+    ``batch_size`` crops of ``min(crop, T_i)`` samples; a pair is drawn with probability
+    proportional to its training length (every sample equally likely), then a uniform start.
+    The generator is seeded with ``(seed, step)`` only.
+
+    Example:
+        >>> crop_plan(0, 0, [100, 50], None, 4)
+        [(0, 0, 100), (1, 0, 50)]
+        >>> crop_plan(3, 1, [100, 50], 20, 2) == crop_plan(3, 1, [100, 50], 20, 2)
+        True
+    """
+    if crop is None:
+        return [(i, 0, n) for i, n in enumerate(train_lengths) if n > 0]
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + step)
+    weights = torch.tensor([float(n) for n in train_lengths], dtype=torch.float64)
+    pairs = torch.multinomial(weights, batch_size, replacement=True, generator=generator)
+    plan = []
+    for i in pairs.tolist():
+        length = min(crop, train_lengths[i])
+        start = int(torch.randint(0, train_lengths[i] - length + 1, (), generator=generator))
+        plan.append((i, start, length))
+    return plan
+
+
+# --------------------------------------------------------------------------------------------
+# What is learned
+
+
+class FIRKernel(nn.Module):
+    """Every tap is a free parameter.
+
+    Example:
+        >>> import torch
+        >>> FIRKernel(torch.ones(3))().tolist()
+        [1.0, 1.0, 1.0]
+    """
+
+    def __init__(self, init: torch.Tensor) -> None:
+        super().__init__()
+        self.taps = nn.Parameter(init.detach().clone())
+
+    def forward(self) -> torch.Tensor:
+        return self.taps
+
+    def learned(self) -> dict[str, object]:
+        return {"kind": "fir", "taps": len(self.taps)}
+
+
+class WindowKernel(nn.Module):
+    """A window from :func:`diffconv_core.windows.get_window` with learned shape parameters.
+
+    ``learn="params"`` learns the window's continuous parameters (e.g. a Gaussian's ``std``),
+    ``learn="width"`` the fractional width of its support. Every learned value is positive,
+    kept so by a log parametrisation (Adam then takes steps relative to the value's size).
+
+    Example:
+        >>> import torch
+        >>> k = WindowKernel("gaussian", 15, learn="params", params={"std": 2.0})
+        >>> k().shape, round(k.learned()["params"]["std"], 6)
+        (torch.Size([15]), 2.0)
+    """
+
+    def __init__(
+        self,
+        window: str,
+        length: int,
+        *,
+        learn: str = "params",
+        params: Mapping[str, float] | None = None,
+        width: float | None = None,
+        normalize: str | None = "sum",
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        super().__init__()
+        check_choice("learn", learn, ("params", "width"))
+        self.window, self.length, self.learn, self.normalize = window, length, learn, normalize
+        self.fixed = dict(params or {})
+        self.width = float(length if width is None else width)
+        if learn == "params":
+            if not self.fixed:
+                raise ValueError(
+                    f"window {window!r}: learn='params' needs at least one parameter to learn"
+                )
+            names = sorted(self.fixed)
+            self.names = names
+            values = [float(self.fixed[n]) for n in names]
+        else:
+            self.names = ["width"]
+            values = [self.width]
+        for name, value in zip(self.names, values, strict=True):
+            if not value > 0:
+                raise ValueError(f"learned parameter {name} must start positive; got {value}")
+        self.log_values = nn.Parameter(torch.tensor(values, dtype=dtype).log())
+
+    def values(self) -> dict[str, torch.Tensor]:
+        return dict(zip(self.names, self.log_values.exp().unbind(), strict=True))
+
+    def forward(self) -> torch.Tensor:
+        from diffconv_core.windows import get_window
+
+        values = self.values()
+        kwargs = dict(self.fixed)
+        width = self.width
+        if self.learn == "params":
+            kwargs.update(values)
+        else:
+            width = values["width"]
+        return get_window(
+            self.window,
+            self.length,
+            normalize=self.normalize,
+            width=width,
+            dtype=self.log_values.dtype,
+            device=self.log_values.device,
+            **kwargs,
+        )
+
+    def learned(self) -> dict[str, object]:
+        values = {k: float(v.detach()) for k, v in self.values().items()}
+        out: dict[str, object] = {"kind": "window", "window": self.window, "taps": self.length}
+        out["normalize"] = self.normalize
+        if self.learn == "params":
+            out["params"] = values
+            out["width"] = self.width
+        else:
+            out["params"] = {k: float(v) for k, v in self.fixed.items()}
+            out["width"] = values["width"]
+        return out
+
+
+# --------------------------------------------------------------------------------------------
+# Training
+
+
+@dataclass
+class FitConfig:
+    """How to train. ``crop`` in samples (None: whole training regions, full batch)."""
+
+    steps: int = 500
+    lr: float = 1e-2
+    batch_size: int = 8
+    crop: int | None = None
+    loss: str = "mse"
+    optimizer: str = "adam"
+    schedule: str = "cosine"
+    seed: int = 0
+    val_every: int = 10
+
+    def __post_init__(self) -> None:
+        check_choice("loss", self.loss, LOSSES)
+        check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        check_choice("schedule", self.schedule, SCHEDULES)
+        for name in ("steps", "batch_size", "val_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1; got {getattr(self, name)}")
+        if self.crop is not None and self.crop < 1:
+            raise ValueError(f"crop must be at least 1 sample or None; got {self.crop}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be positive; got {self.lr}")
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+@dataclass
+class FitData:
+    """The pairs one process holds, plus what every process knows about all pairs.
+
+    ``inputs[i]`` is pair ``i``'s input already passed through :func:`extend_input`
+    (``(C_i, T_i + K - 1)``), ``targets[i]`` its target ``(C_i, T_i)``; a rank holds only its
+    shard. ``train_lengths`` and ``channels`` list every pair (global), so each rank can draw
+    the global crop plan and normalise by the global number of samples. The first
+    ``train_lengths[i]`` samples of a pair train, the rest (if any) validate.
+    """
+
+    inputs: dict[int, torch.Tensor]
+    targets: dict[int, torch.Tensor]
+    train_lengths: list[int]
+    lengths: list[int]
+    channels: list[int]
+
+
+def _plan_loss(
+    kernel: torch.Tensor, data: FitData, plan: Sequence[Crop], loss: str
+) -> torch.Tensor:
+    """Sum over this rank's crops of (mean loss x samples), divided by the global samples."""
+    total = kernel.sum() * 0.0  # keeps the graph connected when this rank holds no crop
+    count = sum(data.channels[i] * n for i, _, n in plan)
+    if count == 0:
+        return total
+    K = kernel.shape[-1]
+    groups: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+    for i, start, n in plan:
+        if i in data.inputs:
+            x = data.inputs[i][..., start : start + n + K - 1]
+            y = data.targets[i][..., start : start + n]
+            groups.setdefault(n, []).append((x.reshape(-1, n + K - 1), y.reshape(-1, n)))
+    for pieces in groups.values():
+        # Equal-length crops go through one batched convolution.
+        x = torch.cat([p[0] for p in pieces])
+        y = torch.cat([p[1] for p in pieces])
+        prediction = convolve(x, kernel, "valid")
+        total = total + compute_loss(prediction, y, loss) * y.numel()
+    return total / count
+
+
+class Trainer:
+    """Adam (or L-BFGS) on random crops; checkpointable, resumable, distributable.
+
+    ``reduce(tensor)`` must sum a tensor in place over all processes (identity when alone);
+    every process must call :meth:`step` and :meth:`validate` in lockstep.
+
+    Example:
+        >>> import torch
+        >>> from diffconv_core import convolve
+        >>> x = torch.randn(1, 300)
+        >>> y = convolve(x, torch.tensor([0.25, 0.5, 0.25]))
+        >>> data = make_data([x], [y], 3)
+        >>> trainer = Trainer(FIRKernel(torch.zeros(3)), data, FitConfig(steps=100, lr=0.1))
+        >>> trainer.run()
+        >>> [round(v, 2) for v in trainer.model().tolist()]
+        [0.25, 0.5, 0.25]
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        data: FitData,
+        config: FitConfig,
+        *,
+        reduce: Callable[[torch.Tensor], object] | None = None,
+    ) -> None:
+        self.model, self.data, self.config = model, data, config
+        self.reduce = reduce
+        self.step_index = 0
+        self.history: dict[str, list[float]] = {"train": [], "val_step": [], "val": []}
+        params = list(model.parameters())
+        if config.optimizer == "adam":
+            self.optimizer: torch.optim.Optimizer = torch.optim.Adam(params, lr=config.lr)
+        else:
+            self.optimizer = torch.optim.LBFGS(
+                params, lr=config.lr, max_iter=20, line_search_fn="strong_wolfe"
+            )
+
+    @property
+    def done(self) -> bool:
+        return self.step_index >= self.config.steps
+
+    def _lr(self) -> float:
+        if self.config.schedule == "constant" or self.config.optimizer == "lbfgs":
+            return self.config.lr
+        return self.config.lr * 0.5 * (1 + math.cos(math.pi * self.step_index / self.config.steps))
+
+    def _sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        if self.reduce is not None:
+            self.reduce(tensor)
+        return tensor
+
+    def _loss_and_grad(self, plan: Sequence[Crop]) -> torch.Tensor:
+        self.optimizer.zero_grad()
+        loss = _plan_loss(self.model(), self.data, plan, self.config.loss)
+        loss.backward()
+        for p in self.model.parameters():
+            self._sum(p.grad)
+        return self._sum(loss.detach().clone())
+
+    def step(self) -> float:
+        """One optimiser step on this step's crops; returns the global training loss."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = self._lr()
+        c = self.config
+        plan = crop_plan(self.step_index, c.seed, self.data.train_lengths, c.crop, c.batch_size)
+        if c.optimizer == "adam":
+            loss = self._loss_and_grad(plan)
+            self.optimizer.step()
+        else:
+            loss = self.optimizer.step(lambda: self._loss_and_grad(plan))
+        self.step_index += 1
+        value = float(loss)
+        self.history["train"].append(value)
+        return value
+
+    @torch.no_grad()
+    def validate(self) -> float | None:
+        """Loss over every pair's validation region (whole, no crops); None without one."""
+        d = self.data
+        plan = [
+            (i, t, n - t)
+            for i, (t, n) in enumerate(zip(d.train_lengths, d.lengths, strict=True))
+            if n > t
+        ]
+        if not plan:
+            return None
+        value = float(self._sum(_plan_loss(self.model(), d, plan, self.config.loss)))
+        self.history["val_step"].append(float(self.step_index))
+        self.history["val"].append(value)
+        return value
+
+    def run(
+        self,
+        *,
+        max_steps: int | None = None,
+        callback: Callable[[Trainer, float, float | None], object] | None = None,
+    ) -> None:
+        """Step until done (or ``max_steps`` more steps), validating every ``val_every``."""
+        taken = 0
+        while not self.done and (max_steps is None or taken < max_steps):
+            train = self.step()
+            taken += 1
+            val = None
+            if self.step_index % self.config.val_every == 0 or self.done:
+                val = self.validate()
+            if callback is not None:
+                callback(self, train, val)
+
+    def state_dict(self) -> dict[str, object]:
+        """Plain tensors, numbers and strings: loadable with ``torch.load(weights_only=True)``."""
+        return {
+            "step": self.step_index,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "history": {k: list(v) for k, v in self.history.items()},
+            "config": self.config.as_dict(),
+        }
+
+    def load_state_dict(self, state: Mapping[str, object]) -> None:
+        """Continue from :meth:`state_dict`; the config must match the one saved."""
+        saved = dict(state["config"])
+        current = self.config.as_dict()
+        changed = [
+            f"{k}: {saved.get(k)!r} -> {v!r}" for k, v in current.items() if saved.get(k) != v
+        ]
+        if changed:
+            raise ValueError("checkpoint was made with other settings: " + "; ".join(changed))
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step_index = int(state["step"])
+        self.history = {k: list(v) for k, v in state["history"].items()}
+
+
+def make_data(
+    inputs: Sequence[torch.Tensor],
+    targets: Sequence[torch.Tensor],
+    taps: int,
+    *,
+    padding: str = "zeros",
+    val_split: float = 0.0,
+) -> FitData:
+    """All pairs in one process: extend the inputs and split each pair's time axis.
+
+    The last ``round(val_split * T)`` samples of each pair validate, the rest train.
+
+    Shape:
+        inputs[i], targets[i]: ``(C_i, T_i)`` (or ``(T_i,)``), equal per pair.
+
+    Example:
+        >>> import torch
+        >>> d = make_data([torch.randn(2, 100)], [torch.randn(2, 100)], 5, val_split=0.1)
+        >>> d.train_lengths, d.lengths, d.channels, tuple(d.inputs[0].shape)
+        ([90], [100], [2], (2, 104))
+    """
+    data = FitData({}, {}, [], [], [])
+    for i, (x, y) in enumerate(zip(inputs, targets, strict=True)):
+        x, y = x.reshape(-1, x.shape[-1]), y.reshape(-1, y.shape[-1])
+        if x.shape != y.shape:
+            raise ValueError(f"pair {i}: input shape {tuple(x.shape)} != target {tuple(y.shape)}")
+        data.inputs[i] = extend_input(x, taps, padding)
+        data.targets[i] = y
+        data.lengths.append(y.shape[-1])
+        data.train_lengths.append(split_length(y.shape[-1], val_split))
+        data.channels.append(y.shape[0])
+    return data
+
+
+def split_length(length: int, val_split: float) -> int:
+    """Training samples of a pair of ``length`` samples (at least 1).
+
+    Example:
+        >>> split_length(1000, 0.1), split_length(5, 0.0)
+        (900, 5)
+    """
+    if not 0 <= val_split < 1:
+        raise ValueError(f"val_split must be in [0, 1); got {val_split}")
+    return max(1, length - round(val_split * length))
