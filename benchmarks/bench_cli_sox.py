@@ -1,0 +1,243 @@
+"""``diffconv smooth`` against a shell loop of ``sox IN OUT fir COEFFS``.
+
+Two jobs, each with a 31-tap and a 4,095-tap unit-sum Hann window:
+
+(a) a directory of 2,000 five-second 16 kHz mono 16-bit WAV files;
+(b) one ten-minute 48 kHz stereo 16-bit WAV file.
+
+sox runs once per file from a bash loop (what users' batch scripts do); diffconv runs once on
+the whole directory (or the one file). Both are measured in this one run, on the same warm
+page cache, as a process tree started from here: wall time (``time.perf_counter``) and peak
+resident memory, the larger of ``wait4``'s ``ru_maxrss`` (the largest single process in the
+tree) and the sum of the tree's ``VmRSS`` polled every 20 ms from /proc (catches concurrent
+workers). Results print as a markdown table of ratios diffconv / sox.
+
+Data is generated into a temporary directory (never the repository) and removed afterwards.
+Skips cleanly (exit 0, a message) when sox or the diffconv command is missing.
+
+Usage:
+    python benchmarks/bench_cli_sox.py [--files 2000] [--minutes 10] [--taps 31 4095]
+        [--keep DIR] [--diffconv-args "..."]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def hann_unit_sum(taps: int) -> np.ndarray:
+    """The window diffconv smooth uses (symmetric Hann, unit sum), as sox fir coefficients."""
+    # Imported here: the core is the project's reference for its own window.
+    import torch
+
+    from diffconv_core.windows import get_window
+
+    w = get_window("hann", taps, normalize="sum", dtype=torch.float64)
+    return w.numpy()
+
+
+def speech_like(rng: np.random.Generator, frames: int, rate: int, channels: int) -> np.ndarray:
+    """Noise through a few resonances with a slow amplitude envelope, scaled into [-0.5, 0.5]."""
+    t = np.arange(frames) / rate
+    out = np.empty((frames, channels), dtype=np.float32)
+    for c in range(channels):
+        f0 = rng.uniform(90, 250)
+        tone = sum(np.sin(2 * np.pi * f0 * h * t + rng.uniform(0, 6.3)) / h for h in (1, 2, 3, 5))
+        envelope = 0.5 + 0.5 * np.sin(2 * np.pi * rng.uniform(1, 4) * t) ** 2
+        noise = rng.standard_normal(frames) * 0.1
+        x = (tone * envelope + noise).astype(np.float32)
+        out[:, c] = 0.5 * x / np.abs(x).max()
+    return out
+
+
+def make_directory(path: Path, files: int, seconds: float, rate: int) -> None:
+    path.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    frames = int(seconds * rate)
+    # A handful of distinct signals, cycled: generation time stays small, content realistic.
+    signals = [speech_like(rng, frames, rate, 1) for _ in range(16)]
+    for i in range(files):
+        sf.write(path / f"clip_{i:05d}.wav", signals[i % 16], rate, subtype="PCM_16")
+
+
+def make_long_file(path: Path, minutes: float, rate: int, channels: int) -> None:
+    rng = np.random.default_rng(1)
+    frames = int(minutes * 60 * rate)
+    block = speech_like(rng, 10 * rate, rate, channels)  # 10 s, repeated with fresh noise
+    with sf.SoundFile(path, "w", rate, channels, subtype="PCM_16") as out:
+        written = 0
+        while written < frames:
+            n = min(len(block), frames - written)
+            noisy = block[:n] + 0.01 * rng.standard_normal((n, channels)).astype(np.float32)
+            out.write(noisy)
+            written += n
+
+
+def _tree_rss_kib(root: int) -> int:
+    """Sum of VmRSS over ``root`` and its descendants, from /proc (0 for vanished processes)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as fh:
+                stat = fh.read()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry))
+    total, todo = 0, [root]
+    while todo:
+        pid = todo.pop()
+        todo.extend(children.get(pid, []))
+        try:
+            with open(f"/proc/{pid}/status") as fh:
+                for line in fh:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1])
+                        break
+        except OSError:
+            pass
+    return total
+
+
+def measure(command: str, env: dict[str, str] | None = None) -> tuple[float, float, int]:
+    """Run ``command`` in bash; return (wall seconds, peak RSS MiB, exit code)."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(["bash", "-c", command], env=env, stdout=subprocess.DEVNULL)
+    peak_sum = 0
+    done = threading.Event()
+
+    def poll() -> None:
+        nonlocal peak_sum
+        while not done.is_set():
+            peak_sum = max(peak_sum, _tree_rss_kib(proc.pid))
+            done.wait(0.02)
+
+    poller = threading.Thread(target=poll, daemon=True)
+    poller.start()
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    done.set()
+    poller.join()
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    peak_kib = max(usage.ru_maxrss, peak_sum)
+    return wall, peak_kib / 1024, proc.returncode
+
+
+def find_diffconv() -> list[str] | None:
+    exe = shutil.which("diffconv")
+    if exe:
+        return [exe]
+    if (ROOT / "cli" / "main.py").exists():
+        return [sys.executable, "-m", "cli"]
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--files", type=int, default=2000, help="files in the directory job")
+    parser.add_argument("--seconds", type=float, default=5.0, help="length of each file")
+    parser.add_argument("--minutes", type=float, default=10.0, help="length of the long file")
+    parser.add_argument("--taps", type=int, nargs="+", default=[31, 4095])
+    parser.add_argument("--jobs", nargs="+", default=["dir", "long"], choices=["dir", "long"])
+    parser.add_argument("--keep", type=Path, help="generate data here and keep it")
+    parser.add_argument(
+        "--diffconv-args",
+        default="--edges zeros --device cpu -q",
+        help="extra options for diffconv smooth (zero edges, as sox's fir)",
+    )
+    args = parser.parse_args(argv)
+
+    sox = shutil.which("sox")
+    if sox is None:
+        print("sox not found; skipping (apt-get install sox)", file=sys.stderr)
+        return 0
+    diffconv = find_diffconv()
+    if diffconv is None or not (ROOT / "cli" / "commands" / "smooth.py").exists():
+        print("the diffconv smooth command is not available; skipping", file=sys.stderr)
+        return 0
+
+    work = args.keep or Path(tempfile.mkdtemp(prefix="diffconv_bench_"))
+    work.mkdir(parents=True, exist_ok=True)
+    rows = []
+    try:
+        data_dir, long_file = work / "clips", work / "long.wav"
+        t0 = time.perf_counter()
+        if "dir" in args.jobs and not data_dir.exists():
+            make_directory(data_dir, args.files, args.seconds, 16000)
+        if "long" in args.jobs and not long_file.exists():
+            make_long_file(long_file, args.minutes, 48000, 2)
+        print(f"data generated in {time.perf_counter() - t0:.1f} s under {work}", file=sys.stderr)
+
+        q = shlex.quote
+        dc = " ".join(q(p) for p in diffconv)
+        for taps in args.taps:
+            coeffs = work / f"hann_{taps}.txt"
+            np.savetxt(coeffs, hann_unit_sum(taps), fmt="%.10e")
+            for job in args.jobs:
+                out_sox, out_dc = work / f"out_sox_{job}_{taps}", work / f"out_dc_{job}_{taps}"
+                for d in (out_sox, out_dc):
+                    shutil.rmtree(d, ignore_errors=True)
+                    d.mkdir()
+                if job == "dir":
+                    sox_cmd = (
+                        f'for f in {q(str(data_dir))}/*.wav; do {q(sox)} "$f" '
+                        f'{q(str(out_sox))}/"${{f##*/}}" fir {q(str(coeffs))} || exit 1; done'
+                    )
+                    dc_cmd = f"{dc} smooth {q(str(data_dir))} {q(str(out_dc))}"
+                    label = f"{args.files} x {args.seconds:g} s 16 kHz mono"
+                else:
+                    sox_cmd = (
+                        f"{q(sox)} {q(str(long_file))} {q(str(out_sox / 'long.wav'))} "
+                        f"fir {q(str(coeffs))}"
+                    )
+                    dc_cmd = f"{dc} smooth {q(str(long_file))} {q(str(out_dc / 'long.wav'))}"
+                    label = f"{args.minutes:g} min 48 kHz stereo"
+                dc_cmd += f" --window hann --length {taps} {args.diffconv_args}"
+                sox_wall, sox_mem, sox_rc = measure(sox_cmd)
+                dc_wall, dc_mem, dc_rc = measure(dc_cmd)
+                if sox_rc or dc_rc:
+                    print(f"{label}, {taps} taps: sox exit {sox_rc}, diffconv exit {dc_rc}")
+                    print(f"  diffconv command: {dc_cmd}", file=sys.stderr)
+                rows.append((label, taps, sox_wall, dc_wall, sox_mem, dc_mem, dc_rc == 0))
+                print(
+                    f"{label}, {taps} taps: sox {sox_wall:.2f} s {sox_mem:.0f} MiB, "
+                    f"diffconv {dc_wall:.2f} s {dc_mem:.0f} MiB",
+                    file=sys.stderr,
+                )
+    finally:
+        if args.keep is None:
+            shutil.rmtree(work, ignore_errors=True)
+
+    print(
+        "| job | taps | sox wall (s) | diffconv wall (s) | wall ratio | sox peak RSS (MiB) "
+        "| diffconv peak RSS (MiB) | memory ratio | target |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---|")
+    for label, taps, sw, dw, sm, dm, ok in rows:
+        target = 0.5 if "mono" in label else 1.5
+        verdict = "failed" if not ok else ("met" if dw / sw <= target else "missed")
+        print(
+            f"| {label} | {taps} | {sw:.2f} | {dw:.2f} | {dw / sw:.2f}x | {sm:.0f} | {dm:.0f} "
+            f"| {dm / sm:.1f}x | <= {target}x: {verdict} |"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
