@@ -51,7 +51,10 @@ class ParametricKernel:
 
     ``build(**params)`` must return the kernel, ``(K,)`` or ``(..., K)``, as a
     differentiable function of the parameter tensors it receives. Parameters given as
-    Python numbers are turned into tensors of the signal's dtype and device.
+    Python numbers are turned into tensors of the signal's dtype and device. With
+    ``takes_dtype=True`` the builder is also called with ``dtype=`` and ``device=`` (the
+    signal's), so kernels without any parameter are built at the signal's precision too.
+    ``fixed`` records the non-differentiable settings, for display.
 
     Example:
         >>> import torch
@@ -64,6 +67,7 @@ class ParametricKernel:
     params: Mapping[str, Any]
     name: str = "kernel"
     fixed: Mapping[str, Any] = field(default_factory=dict)
+    takes_dtype: bool = False
 
     def __post_init__(self) -> None:
         if not callable(self.build):
@@ -139,17 +143,27 @@ def window_kernel(
     if width is not None:
         continuous["width"] = width
 
-    def build(**named: Tensor) -> Tensor:
+    def build(dtype=None, device=None, **named: Tensor) -> Tensor:
         from diffconv_core.windows import get_window
 
-        named = dict(named)
         w = named.pop("width", None)
-        return get_window(name, length, sym=sym, normalize=normalize, width=w, **fixed, **named)
+        return get_window(
+            name,
+            length,
+            sym=sym,
+            normalize=normalize,
+            width=w,
+            dtype=dtype,
+            device=device,
+            **fixed,
+            **named,
+        )
 
-    return ParametricKernel(build, continuous, name, fixed)
+    return ParametricKernel(build, continuous, name, fixed, takes_dtype=True)
 
 
 _FILTER_KINDS = ("lowpass", "highpass", "bandpass", "bandstop")
+_FILTER_SETTINGS = {"fs", "width", "window", "scale", "pass_zero"}
 
 
 def filter_kernel(
@@ -159,8 +173,9 @@ def filter_kernel(
 
     ``kind`` is one of lowpass, highpass, bandpass, bandstop. The cutoff (one value, or
     ``(low, high)`` for band filters, whose gradients come back as ``"cutoff_low"`` and
-    ``"cutoff_high"``) is differentiable; continuous keyword options (such as window
-    parameters the design accepts) are too, the rest pass through unchanged.
+    ``"cutoff_high"``) is differentiable, and so are the window's parameters (``beta=``,
+    ``std=`` ...); design settings (``fs``, ``width``, ``window``, ``scale``) pass through
+    unchanged. With ``fs`` the cutoff gradients are per Hz.
 
     Shape:
         The built kernel is ``(numtaps,)``.
@@ -184,20 +199,22 @@ def filter_kernel(
         params["cutoff_low"], params["cutoff_high"] = low, high
     else:
         params["cutoff"] = cutoff
-    fixed = {k: v for k, v in options.items() if not _is_continuous(v)}
+    # Design settings (fs, a Kaiser transition width, the window's name, scale) are not
+    # parameters even when they are numbers; the window's own parameters (beta, std) are.
+    fixed = {k: v for k, v in options.items() if k in _FILTER_SETTINGS or not _is_continuous(v)}
     params.update({k: v for k, v in options.items() if k not in fixed})
 
-    def build(**named: Tensor) -> Tensor:
+    def build(dtype=None, device=None, **named: Tensor) -> Tensor:
         from diffconv_core import filters
 
-        named = dict(named)
         if band:
             cut: Any = torch.stack([named.pop("cutoff_low"), named.pop("cutoff_high")])
         else:
             cut = named.pop("cutoff")
-        return getattr(filters, kind)(numtaps, cut, **fixed, **named)
+        design = getattr(filters, kind)
+        return design(numtaps, cut, dtype=dtype, device=device, **fixed, **named)
 
-    return ParametricKernel(build, params, kind, fixed)
+    return ParametricKernel(build, params, kind, fixed, takes_dtype=True)
 
 
 def _as_parametric(kernel: Any) -> Tensor | ParametricKernel:
@@ -223,6 +240,19 @@ def _leaf_params(pk: ParametricKernel, like: Tensor, track: bool) -> dict[str, T
         t = torch.as_tensor(value, dtype=dtype, device=like.device).detach().clone()
         leaves[key] = t.requires_grad_(track)
     return leaves
+
+
+def _build(spec: ParametricKernel, params: dict[str, Tensor], like: Tensor) -> Tensor:
+    if spec.takes_dtype:
+        dtype = like.dtype if like.is_floating_point() else None
+        kernel = spec.build(dtype=dtype, device=like.device, **params)
+    else:
+        kernel = spec.build(**params)
+    if not isinstance(kernel, Tensor):
+        raise TypeError(
+            f"the kernel builder {spec.name!r} returned {type(kernel).__name__}, not a tensor"
+        )
+    return check_tensor("kernel", kernel)
 
 
 def _parse_wrt(wrt: str | Iterable[str]) -> tuple[str, ...]:
@@ -317,12 +347,7 @@ def gradient_map(
     if isinstance(spec, ParametricKernel):
         params = _leaf_params(spec, x, "params" in wanted)
         with torch.enable_grad():
-            w = spec.build(**params)
-        if not isinstance(w, Tensor):
-            raise TypeError(
-                f"the kernel builder {spec.name!r} returned {type(w).__name__}, not a tensor"
-            )
-        check_tensor("kernel", w)
+            w = _build(spec, params, x)
         if "kernel" in wanted and not w.requires_grad:
             # A builder that does not depend on its parameters still has taps to study.
             w = w.detach().clone().requires_grad_(True)
@@ -421,7 +446,7 @@ def jacobian(
     spec = _as_parametric(kernel)
     if isinstance(spec, ParametricKernel):
         with torch.no_grad():
-            spec = spec.build(**_leaf_params(spec, signal, False))
+            spec = _build(spec, _leaf_params(spec, signal, False), signal)
     x, w = signal.detach(), check_tensor("kernel", spec).detach()
     if x.ndim == 0 or w.ndim == 0:
         raise ValueError(
