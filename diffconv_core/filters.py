@@ -1,0 +1,326 @@
+"""FIR filter design by the window method, equal to ``scipy.signal.firwin``, differentiable.
+
+:func:`lowpass`, :func:`highpass`, :func:`bandpass` and :func:`bandstop` are :func:`firwin`
+with ``pass_zero`` fixed. Cutoffs are in Hz when ``fs`` is given, otherwise normalised so
+that 1 is the Nyquist frequency (scipy's convention). Cutoffs and window parameters may be
+tensors that require grad: the taps are differentiable with respect to them, so a cutoff can
+be learned. :func:`frequency_response` evaluates a kernel's response like
+``scipy.signal.freqz``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from diffconv_core import _window_build as _b
+from diffconv_core.windows import get_window
+
+__all__ = [
+    "firwin",
+    "lowpass",
+    "highpass",
+    "bandpass",
+    "bandstop",
+    "frequency_response",
+    "kaiser_beta",
+    "kaiser_atten",
+]
+
+_PASS_ZERO = (True, False, "lowpass", "highpass", "bandpass", "bandstop")
+
+
+def kaiser_beta(a: float) -> float:
+    """Kaiser ``beta`` for a stop-band attenuation of ``a`` dB (``scipy.signal.kaiser_beta``).
+
+    Example:
+        >>> round(kaiser_beta(65.0), 4)
+        6.2043
+    """
+    if a > 50:
+        return 0.1102 * (a - 8.7)
+    if a > 21:
+        return 0.5842 * (a - 21) ** 0.4 + 0.07886 * (a - 21)
+    return 0.0
+
+
+def kaiser_atten(numtaps: int, width: float) -> float:
+    """Attenuation (dB) of a Kaiser FIR filter (``scipy.signal.kaiser_atten``).
+
+    ``width`` is the transition width normalised so that 1 is the Nyquist frequency.
+
+    Example:
+        >>> round(kaiser_atten(101, 0.05), 3)
+        43.843
+    """
+    return 2.285 * (numtaps - 1) * math.pi * width + 7.95
+
+
+def _edges(cutoff: Any, work: torch.dtype, device: Any) -> Tensor:
+    """Cutoffs as one tensor ``(..., n_edges)``: a number, a sequence, or a tensor."""
+    if isinstance(cutoff, Tensor):
+        return _b.as_tensor(cutoff, "cutoff", work, device).reshape(
+            cutoff.shape if cutoff.dim() else (1,)
+        )
+    if isinstance(cutoff, Sequence) and not isinstance(cutoff, str):
+        if len(cutoff) == 0:
+            raise ValueError("at least one cutoff frequency must be given; got []")
+        items = [_b.as_tensor(c, "cutoff", work, device) for c in cutoff]
+        shape = torch.broadcast_shapes(*(i.shape for i in items))
+        return torch.stack([i.expand(shape) for i in items], dim=-1)
+    return _b.as_tensor(cutoff, "cutoff", work, device).reshape(1)
+
+
+def _show(edges: Tensor, nyq: float) -> str:
+    values = (edges.detach() * nyq).cpu().tolist()
+    return repr(values[0] if len(values) == 1 else values)
+
+
+def firwin(
+    numtaps: int,
+    cutoff: Any,
+    *,
+    width: float | None = None,
+    window: str | tuple | float | Tensor = "hamming",
+    pass_zero: bool | str = True,
+    scale: bool = True,
+    fs: float | None = None,
+    dtype: torch.dtype | None = None,
+    device: torch.device | str | None = None,
+    **window_params: Any,
+) -> Tensor:
+    """Windowed-sinc FIR filter, equal to ``scipy.signal.firwin`` for the same arguments.
+
+    Args:
+        numtaps: number of taps (odd for filters that pass the Nyquist frequency).
+        cutoff: band edges, strictly increasing, in ``(0, fs/2)`` (or ``(0, 1)`` without
+            ``fs``): a number, a sequence of numbers/tensors, or a tensor ``(..., n_edges)``
+            (leading dims give a batch of filters).
+        width: if given, a Kaiser window is designed for this transition width (same units
+            as ``cutoff``), as scipy does; ``window`` is then ignored.
+        window: a window for :func:`diffconv_core.windows.get_window` (name, tuple or
+            number), or a tensor of ``numtaps`` taps.
+        pass_zero: True/``"lowpass"``/``"bandstop"``: the band at 0 passes; False/
+            ``"highpass"``/``"bandpass"``: it stops.
+        scale: scale so that the centre of the first pass band has unit gain.
+        fs: sampling frequency of ``cutoff``; None means normalised (Nyquist = 1).
+        dtype, device: of the result (default: those of tensor arguments, else the default).
+        **window_params: parameters of the window (``beta=``, ``std=`` ...), numbers or
+            tensors.
+
+    Shape:
+        - cutoff: ``(n_edges,)`` or ``(*S, n_edges)``
+        - output: ``(numtaps,)`` or ``(*S, numtaps)``
+
+    Example:
+        >>> import scipy.signal
+        >>> h = firwin(31, [0.2, 0.5], pass_zero=False, dtype=torch.float64)
+        >>> ref = scipy.signal.firwin(31, [0.2, 0.5], pass_zero=False)
+        >>> bool(torch.allclose(h, torch.from_numpy(ref)))
+        True
+    """
+    numtaps = _b.check_length(numtaps, "numtaps")
+    if fs is not None and not (isinstance(fs, (int, float)) and math.isfinite(fs) and fs > 0):
+        raise ValueError(f"fs must be a positive number; got {fs!r}")
+    nyq = 1.0 if fs is None else fs / 2.0
+    if (
+        pass_zero not in _PASS_ZERO
+        or isinstance(pass_zero, (int, float))
+        and not isinstance(pass_zero, bool)
+    ):
+        raise ValueError(
+            "pass_zero must be one of True, False, 'lowpass', 'highpass', 'bandpass', "
+            f"'bandstop'; got {pass_zero!r}"
+        )
+    tensors = [cutoff, window, *window_params.values()]
+    for value in (cutoff, window):
+        if isinstance(value, (list, tuple)):
+            tensors += list(value)
+    out_dtype = _b.result_dtype(dtype, tensors)
+    dev = _b.result_device(device, tensors)
+    # Designs are small: compute in float64 (where the device has it) so that a float32
+    # result is the correctly rounded scipy design, not an accumulation of float32 errors.
+    work = torch.float32 if dev.type == "mps" else torch.float64
+
+    edges = _edges(cutoff, work, dev) / nyq
+    limit = "fs/2" if fs is not None else "1 (the Nyquist frequency)"
+    if not bool(((edges > 0) & (edges < 1)).all()):
+        raise ValueError(
+            f"cutoff frequencies must be greater than 0 and less than {limit}; "
+            f"got {_show(edges, nyq)}"
+        )
+    if edges.shape[-1] > 1 and not bool((edges[..., 1:] > edges[..., :-1]).all()):
+        raise ValueError(f"cutoff frequencies must be strictly increasing; got {_show(edges, nyq)}")
+
+    n_edges = edges.shape[-1]
+    if isinstance(pass_zero, str):
+        one = pass_zero in ("lowpass", "highpass")
+        if one and n_edges != 1:
+            raise ValueError(f"a {pass_zero} filter takes one cutoff; got {_show(edges, nyq)}")
+        if not one and n_edges < 2:
+            raise ValueError(
+                f"a {pass_zero} filter takes at least two cutoffs; got {_show(edges, nyq)}"
+            )
+        pass_zero = pass_zero in ("lowpass", "bandstop")
+    pass_nyquist = (n_edges % 2 == 0) == pass_zero
+    if pass_nyquist and numtaps % 2 == 0:
+        raise ValueError(
+            f"a filter that passes the Nyquist frequency (highpass, bandstop, ...) needs an "
+            f"odd number of taps; got numtaps={numtaps}"
+        )
+
+    # Band edges padded with 0 and/or 1 so that they pair up as (left, right) pass bands.
+    batch = edges.shape[:-1]
+    parts = []
+    if pass_zero:
+        parts.append(torch.zeros((*batch, 1), dtype=work, device=dev))
+    parts.append(edges)
+    if pass_nyquist:
+        parts.append(torch.ones((*batch, 1), dtype=work, device=dev))
+    bands = torch.cat(parts, dim=-1).reshape(*batch, -1, 2)
+    left, right = bands[..., 0:1], bands[..., 1:2]
+
+    m = torch.arange(numtaps, dtype=work, device=dev) - (numtaps - 1) / 2.0
+    # Each pass band (left, right) is the difference of two ideal lowpass responses.
+    h = (right * _sinc(right * m) - left * _sinc(left * m)).sum(-2)
+
+    if width is not None:
+        beta = kaiser_beta(kaiser_atten(numtaps, float(width) / nyq))
+        win = get_window("kaiser", numtaps, beta=beta, dtype=work, device=dev)
+    elif isinstance(window, Tensor):
+        if window.shape[-1] != numtaps:
+            raise ValueError(
+                f"a window tensor must have numtaps={numtaps} taps; got shape {tuple(window.shape)}"
+            )
+        win = window.to(device=dev, dtype=work)
+    else:
+        win = get_window(window, numtaps, dtype=work, device=dev, **window_params)
+    h = h * win
+
+    if scale:
+        if pass_zero:
+            frequency = torch.zeros((), dtype=work, device=dev)
+        elif pass_nyquist and n_edges == 1:
+            frequency = torch.ones((), dtype=work, device=dev)
+        else:
+            frequency = 0.5 * (bands[..., 0, 0] + bands[..., 0, 1])
+        c = torch.cos(math.pi * m * frequency.unsqueeze(-1))
+        gain = (h * c).sum(-1, keepdim=True)
+        noise = numtaps * torch.finfo(work).eps * (h * c).detach().abs().sum(-1, keepdim=True)
+        if bool((gain.detach().abs() <= noise).any()):
+            # e.g. a 2-tap Hann window is all zeros: nothing to scale (scipy returns nan).
+            raise ValueError(
+                f"cannot scale this design: its gain at the centre of the first pass band is "
+                f"zero (numtaps={numtaps}, window={window!r})"
+            )
+        h = h / gain
+    return h.to(out_dtype)
+
+
+def _sinc(x: Tensor) -> Tensor:
+    # torch.sinc's double backward is nan at 0 (the centre tap of odd designs): evaluate the
+    # quotient only where it is defined, so that gradients of gradients stay finite.
+    zero = x == 0
+    safe = torch.where(zero, torch.ones_like(x), x) * math.pi
+    return torch.where(zero, torch.ones_like(x), torch.sin(safe) / safe)
+
+
+def _single(cutoff: Any) -> Any:
+    # lowpass/highpass: a tensor of any shape is a batch of single cutoffs.
+    if isinstance(cutoff, Tensor):
+        return cutoff.unsqueeze(-1)
+    return cutoff
+
+
+def lowpass(numtaps: int, cutoff: Any, **kwargs: Any) -> Tensor:
+    """Lowpass FIR filter: ``firwin(numtaps, cutoff, pass_zero="lowpass", **kwargs)``.
+
+    ``cutoff``: a number or a tensor of shape ``S`` (a batch of filters).
+
+    Shape:
+        - output: ``(numtaps,)`` or ``(*S, numtaps)``
+
+    Example:
+        >>> cutoff = torch.tensor(0.3, dtype=torch.float64, requires_grad=True)
+        >>> h = lowpass(21, cutoff)
+        >>> h.shape, h.requires_grad
+        (torch.Size([21]), True)
+    """
+    return firwin(numtaps, _single(cutoff), pass_zero="lowpass", **kwargs)
+
+
+def highpass(numtaps: int, cutoff: Any, **kwargs: Any) -> Tensor:
+    """Highpass FIR filter (``numtaps`` odd): ``firwin(..., pass_zero="highpass")``.
+
+    Shape:
+        - output: ``(numtaps,)`` or ``(*S, numtaps)`` for a cutoff tensor of shape ``S``
+    """
+    return firwin(numtaps, _single(cutoff), pass_zero="highpass", **kwargs)
+
+
+def bandpass(numtaps: int, cutoff: Any, **kwargs: Any) -> Tensor:
+    """Bandpass FIR filter: ``cutoff = (low, high)``; ``firwin(..., pass_zero="bandpass")``.
+
+    Shape:
+        - cutoff: a pair, or a tensor ``(*S, 2)``
+        - output: ``(numtaps,)`` or ``(*S, numtaps)``
+    """
+    return firwin(numtaps, cutoff, pass_zero="bandpass", **kwargs)
+
+
+def bandstop(numtaps: int, cutoff: Any, **kwargs: Any) -> Tensor:
+    """Bandstop FIR filter (``numtaps`` odd): ``cutoff = (low, high)``.
+
+    Shape:
+        - cutoff: a pair, or a tensor ``(*S, 2)``
+        - output: ``(numtaps,)`` or ``(*S, numtaps)``
+    """
+    return firwin(numtaps, cutoff, pass_zero="bandstop", **kwargs)
+
+
+def frequency_response(
+    kernel: Tensor, n: int = 512, fs: float | None = None, *, whole: bool = False
+) -> tuple[Tensor, Tensor]:
+    """Frequencies and complex frequency response of an FIR kernel, as ``scipy.signal.freqz``.
+
+    The response is evaluated at ``n`` equally spaced frequencies over ``[0, fs/2)`` (or
+    ``[0, fs)`` with ``whole=True``). Without ``fs`` the frequencies are in radians per
+    sample (``[0, pi)``), as in scipy. Differentiable with respect to the kernel.
+
+    Shape:
+        - kernel: ``(..., K)``
+        - output: frequencies ``(n,)`` and response ``(..., n)`` (complex)
+
+    Example:
+        >>> freqs, response = frequency_response(torch.ones(4) / 4, n=4, fs=8.0)
+        >>> freqs
+        tensor([0., 1., 2., 3.])
+        >>> response.abs()
+        tensor([1.0000, 0.6533, 0.0000, 0.2706])
+    """
+    if not isinstance(kernel, Tensor):
+        raise TypeError(f"kernel must be a tensor; got {type(kernel).__name__}")
+    if kernel.dim() < 1 or kernel.shape[-1] == 0:
+        raise ValueError(f"kernel must have at least one tap; got shape {tuple(kernel.shape)}")
+    n = _b.check_length(n, "n")
+    if fs is not None and not (isinstance(fs, (int, float)) and math.isfinite(fs) and fs > 0):
+        raise ValueError(f"fs must be a positive number; got {fs!r}")
+    x = kernel
+    if not (x.is_floating_point() or x.is_complex()) or x.dtype in (torch.float16, torch.bfloat16):
+        x = x.to(torch.float32)
+    size = n if whole else 2 * n
+    k = x.shape[-1]
+    if k > size:
+        # Sampling the spectrum at `size` points aliases the taps modulo `size`: fold them.
+        chunks = -(-k // size)
+        x = torch.nn.functional.pad(x, (0, chunks * size - k))
+        x = x.reshape(*x.shape[:-1], chunks, size).sum(-2)
+    response = torch.fft.fft(x, n=size)[..., :n]
+    real = torch.float64 if x.dtype in (torch.float64, torch.complex128) else torch.float32
+    span = (2 * math.pi if fs is None else fs) * (1.0 if whole else 0.5)
+    freqs = torch.arange(n, dtype=real, device=x.device) * (span / n)
+    return freqs, response
