@@ -13,7 +13,12 @@ import click
 from cli import __version__
 
 # name -> (module under cli.commands, one-line help shown by `diffconv --help`)
-COMMANDS: dict[str, tuple[str, str]] = {}
+COMMANDS: dict[str, tuple[str, str]] = {
+    "convolve": ("convolve", "Convolve files with a kernel file (.npy, .txt/.csv or audio IR)."),
+    "filter": ("filter", "Low-, high-, band-pass or band-stop FIR filtering in Hz."),
+    "windows": ("windows", "List the windows with their parameters and defaults."),
+    "info": ("info", "Show frames, rate, channels, format and duration of files."),
+}
 
 
 class LazyGroup(click.Group):

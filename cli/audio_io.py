@@ -1,0 +1,275 @@
+"""Reading signals from audio files and .npy arrays, and what a file holds (``info``).
+
+Audio goes through soundfile (every format libsndfile reads) and becomes ``(channels, T)``;
+.npy arrays ``(T,)``, ``(C, T)`` or ``(N, C, T)`` are loaded without pickle and promoted to at
+least ``(1, T)`` so that every signal has a channel axis. Every problem is raised as
+:class:`~cli.errors.FileProblem` naming the file and the reason. Writing lives in
+:mod:`cli.writing`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from cli.errors import FileProblem
+
+#: Output extensions and the soundfile format each one means (soundfile alone only knows
+#: extensions equal to a format name, so .aif or .oga would otherwise be refused).
+EXTENSION_FORMATS = {
+    ".wav": "WAV",
+    ".wave": "WAV",
+    ".flac": "FLAC",
+    ".ogg": "OGG",
+    ".oga": "OGG",
+    ".aif": "AIFF",
+    ".aiff": "AIFF",
+    ".aifc": "AIFF",
+    ".au": "AU",
+    ".snd": "AU",
+    ".caf": "CAF",
+    ".w64": "W64",
+    ".rf64": "RF64",
+    ".mp3": "MP3",
+}
+#: Extensions picked up by default when an INPUT is a directory.
+INPUT_EXTENSIONS = frozenset(EXTENSION_FORMATS) | {".npy"}
+
+# Subtypes whose samples need more than float32's 24-bit mantissa to survive a round trip.
+_WIDE_SUBTYPES = {"PCM_32", "DOUBLE"}
+
+
+@dataclass
+class SignalInfo:
+    """What a file holds, read from its header only.
+
+    ``shape`` is the array as the command layer sees it: ``(C, T)`` for audio, the .npy
+    array's shape promoted to at least 2-D for .npy (``original_shape`` keeps the file's).
+    """
+
+    path: str
+    kind: str  # "audio" or "npy"
+    shape: tuple[int, ...]
+    dtype: np.dtype  # the floating dtype samples are computed in
+    rate: float | None = None
+    format: str | None = None
+    subtype: str | None = None
+    endian: str | None = None
+    original_shape: tuple[int, ...] | None = None  # .npy only: the array's shape in the file
+    file_dtype: str | None = None  # .npy only: dtype stored in the file
+
+    @property
+    def frames(self) -> int:
+        return self.shape[-1]
+
+    @property
+    def channels(self) -> int:
+        return self.shape[-2]
+
+    @property
+    def samples(self) -> int:
+        return int(np.prod(self.shape))
+
+    @property
+    def duration(self) -> float | None:
+        return self.frames / self.rate if self.rate else None
+
+    def describe(self) -> str:
+        """One line for ``diffconv info``.
+
+        Example:
+            >>> SignalInfo("a.wav", "audio", (2, 48000), np.dtype("float32"), 48000,
+            ...            "WAV", "PCM_24").describe()
+            'a.wav: 48000 frames, 48000 Hz, 2 channels, WAV/PCM_24, 1.000 s'
+        """
+        if self.kind == "npy":
+            return f"{self.path}: shape {self.original_shape}, {self.file_dtype}"
+        ch = "channel" if self.channels == 1 else "channels"
+        rate = f"{self.rate:g} Hz"
+        return (
+            f"{self.path}: {self.frames} frames, {rate}, {self.channels} {ch}, "
+            f"{self.format}/{self.subtype}, {self.duration:.3f} s"
+        )
+
+
+def probe(path: str | os.PathLike) -> SignalInfo:
+    """Read a file's header and check that it holds a usable signal.
+
+    Raises:
+        FileProblem: missing, empty, unreadable, corrupt, pickled, of an unsupported shape.
+
+    Shape:
+        ``SignalInfo.shape`` is ``(C, T)`` for audio and ``(1, T)``, ``(C, T)`` or
+        ``(N, C, T)`` for .npy.
+
+    Example:
+        >>> probe("sample_data/speech_mono16.wav").shape
+        (1, 32000)
+    """
+    path = os.fspath(path)
+    _check_readable(path)
+    if Path(path).suffix.lower() == ".npy":
+        return _probe_npy(path)
+    return _probe_audio(path)
+
+
+def _check_readable(path: str) -> None:
+    if not os.path.exists(path):
+        raise FileProblem(path, "no such file")
+    if os.path.isdir(path):
+        raise FileProblem(path, "is a directory, not a file")
+    if os.path.getsize(path) == 0:
+        raise FileProblem(path, "file is empty")
+
+
+def _probe_audio(path: str) -> SignalInfo:
+    try:
+        info = sf.info(path)
+    except (sf.SoundFileError, RuntimeError) as err:
+        raise FileProblem(path, f"not a readable sound file ({_libsndfile_reason(err)})") from err
+    if info.frames <= 0:
+        raise FileProblem(path, "sound file holds no samples")
+    dtype = np.dtype("float64" if info.subtype in _WIDE_SUBTYPES else "float32")
+    return SignalInfo(
+        path=path,
+        kind="audio",
+        shape=(info.channels, info.frames),
+        dtype=dtype,
+        rate=float(info.samplerate),
+        format=info.format,
+        subtype=info.subtype,
+        endian=info.endian,
+    )
+
+
+def _libsndfile_reason(err: Exception) -> str:
+    # soundfile says "Error opening 'x': Format not recognised."; keep only the reason.
+    text = str(err)
+    return text.split(": ", 1)[1].rstrip(".") if ": " in text else text
+
+
+def _probe_npy(path: str) -> SignalInfo:
+    try:
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            if version == (1, 0):
+                shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+            else:
+                shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+    except (ValueError, OSError, EOFError) as err:
+        raise FileProblem(path, f"not a valid .npy file ({err})") from err
+    if dtype.hasobject:
+        raise FileProblem(path, "holds Python objects (pickled data), which are never loaded")
+    if dtype.kind not in "biuf":
+        raise FileProblem(path, f"dtype {dtype} is not a real number type")
+    if not 1 <= len(shape) <= 3:
+        raise FileProblem(
+            path, f"array of shape {shape} ({len(shape)}-D); expected (T,), (C, T) or (N, C, T)"
+        )
+    if 0 in shape:
+        raise FileProblem(path, f"array of shape {shape} holds no samples")
+    compute = dtype if dtype.kind == "f" and dtype.itemsize >= 4 else np.dtype("float32")
+    if dtype.kind in "iu" and dtype.itemsize >= 4:
+        compute = np.dtype("float64")  # int32/int64 values need float64 to stay exact
+    return SignalInfo(
+        path=path,
+        kind="npy",
+        shape=tuple(shape) if len(shape) > 1 else (1, shape[0]),
+        dtype=np.dtype(compute),
+        original_shape=tuple(shape),
+        file_dtype=str(dtype),
+    )
+
+
+def read_signal(info: SignalInfo) -> np.ndarray:
+    """Load the samples of a probed file, in ``info.dtype``.
+
+    Shape:
+        returns ``info.shape``: ``(C, T)`` (or ``(N, C, T)`` for a 3-D .npy).
+
+    Example:
+        >>> x = read_signal(probe("sample_data/music_stereo24.wav"))
+        >>> x.shape, x.dtype
+        ((2, 96000), dtype('float32'))
+    """
+    if info.kind == "npy":
+        try:
+            array = np.load(info.path, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as err:
+            raise FileProblem(info.path, f"cannot read .npy data ({err})") from err
+        return np.ascontiguousarray(array, dtype=info.dtype).reshape(info.shape)
+    try:
+        data, _ = sf.read(info.path, dtype=info.dtype.name, always_2d=True)
+    except (sf.SoundFileError, RuntimeError) as err:
+        raise FileProblem(info.path, f"cannot read audio ({_libsndfile_reason(err)})") from err
+    if data.shape[0] == 0:
+        raise FileProblem(info.path, "sound file holds no samples")
+    # soundfile gives (frames, channels); the command layer works on (channels, frames).
+    return np.ascontiguousarray(data.T)
+
+
+def read_blocks(info: SignalInfo, block_frames: int) -> Iterator[np.ndarray]:
+    """Yield an audio file's samples block by block, so memory stays bounded.
+
+    Shape:
+        yields ``(C, n)`` arrays with ``n <= block_frames``; together they hold the file.
+    """
+    if info.kind != "audio":
+        raise FileProblem(info.path, "only audio files are read block by block")
+    try:
+        with sf.SoundFile(info.path) as f:
+            while True:
+                block = f.read(block_frames, dtype=info.dtype.name, always_2d=True)
+                if block.shape[0] == 0:
+                    return
+                yield np.ascontiguousarray(block.T)
+    except (sf.SoundFileError, RuntimeError) as err:
+        raise FileProblem(info.path, f"cannot read audio ({_libsndfile_reason(err)})") from err
+
+
+def audio_format_for(path: str | os.PathLike) -> str | None:
+    """The soundfile format an output path's extension asks for (None for .npy).
+
+    Raises:
+        ValueError: the extension names no known format.
+
+    Example:
+        >>> audio_format_for("out.aif"), audio_format_for("x.npy")
+        ('AIFF', None)
+    """
+    suffix = Path(path).suffix.lower()
+    if suffix == ".npy":
+        return None
+    fmt = EXTENSION_FORMATS.get(suffix) or (suffix[1:].upper() if suffix else "")
+    if fmt not in sf.available_formats():
+        known = ", ".join(sorted(INPUT_EXTENSIONS))
+        raise ValueError(
+            f"cannot tell the output format from the extension {suffix or '(none)'!r} of "
+            f"{os.fspath(path)!r}; use one of {known}"
+        )
+    return fmt
+
+
+def read_tail(info: SignalInfo, frames: int) -> np.ndarray:
+    """The last ``frames`` frames of an audio file (circular padding needs the end first).
+
+    Shape:
+        returns ``(C, min(frames, T))``.
+
+    Example:
+        >>> read_tail(probe("sample_data/music_stereo24.wav"), 5).shape
+        (2, 5)
+    """
+    frames = min(frames, info.frames)
+    try:
+        with sf.SoundFile(info.path) as f:
+            f.seek(info.frames - frames)
+            block = f.read(frames, dtype=info.dtype.name, always_2d=True)
+    except (sf.SoundFileError, RuntimeError) as err:
+        raise FileProblem(info.path, f"cannot read audio ({_libsndfile_reason(err)})") from err
+    return np.ascontiguousarray(block.T)

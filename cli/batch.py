@@ -1,0 +1,99 @@
+"""The common flow of a file-processing command: plan, check, build, run, exit.
+
+Commands (``smooth``, ``convolve``, ``filter`` and others) parse their own options, then hand
+over to :func:`execute`. Everything that can be decided before touching a file is checked
+first and reported as a usage error (exit code 2): missing inputs, outputs that cannot be
+written, an output format or ``--subtype`` soundfile does not know, ``--rate`` missing where
+.npy inputs need it, and any option the core rejects (``ValueError``/``TypeError`` while the
+operation is built).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import click
+
+from cli.jobs import Job, plan_jobs
+from cli.options import split_paths
+from cli.runner import Operation, RunOptions
+
+
+@contextmanager
+def option_errors(param_hint: str | None = None) -> Iterator[None]:
+    """Turn a library ``ValueError``/``TypeError`` raised by an option into a usage error.
+
+    Example:
+        >>> with option_errors("'--length'"):
+        ...     raise ValueError("length must be odd; got 4")
+        Traceback (most recent call last):
+        click.exceptions.BadParameter: length must be odd; got 4
+    """
+    try:
+        yield
+    except (ValueError, TypeError) as err:
+        raise click.BadParameter(str(err), param_hint=param_hint) from err
+
+
+def check_outputs(jobs: list[Job], options: RunOptions, *, needs_rate: str | None = None) -> None:
+    """Usage checks that need only the paths: output formats, ``--subtype``, ``--rate``.
+
+    Args:
+        needs_rate: a reason .npy inputs need ``--rate`` (e.g. "filtering in Hz"), or None.
+
+    Raises:
+        click.UsageError: the first problem found.
+    """
+    import soundfile as sf
+
+    from cli.audio_io import audio_format_for
+
+    for job in jobs:
+        try:
+            fmt = audio_format_for(job.dest)
+        except ValueError as err:
+            raise click.UsageError(str(err)) from err
+        from_npy = job.source.suffix.lower() == ".npy"
+        if from_npy and options.rate is None:
+            if needs_rate:
+                raise click.UsageError(f"{job.source}: .npy input needs --rate for {needs_rate}")
+            if fmt is not None:
+                raise click.UsageError(
+                    f"{job.source}: writing audio ({job.dest}) from .npy needs --rate"
+                )
+        if options.subtype and fmt is not None and not sf.check_format(fmt, options.subtype):
+            valid = ", ".join(sorted(sf.available_subtypes(fmt)))
+            raise click.BadParameter(
+                f"{options.subtype!r} is not valid for {fmt} ({job.dest}); use one of {valid}",
+                param_hint="'--subtype'",
+            )
+
+
+def execute(
+    paths: tuple[str, ...],
+    options: RunOptions,
+    build: Callable[[], Operation],
+    *,
+    glob: str | None = None,
+    recursive: bool = False,
+    needs_rate: str | None = None,
+) -> None:
+    """Plan the jobs, check them, build the operation, run it, and exit with its code.
+
+    Args:
+        paths: ``INPUT... OUTPUT`` as click collected them.
+        options: the shared options.
+        build: makes the :class:`~cli.runner.Operation` (imports torch; its ValueError or
+            TypeError is a usage error, so it should validate the options).
+        needs_rate: see :func:`check_outputs`.
+    """
+    inputs, output = split_paths(paths)
+    jobs = plan_jobs(inputs, output, glob=glob, recursive=recursive)
+    check_outputs(jobs, options, needs_rate=needs_rate)
+    with option_errors():
+        operation = build()
+    from cli.runner import run_jobs
+
+    report = run_jobs(jobs, operation, options)
+    click.get_current_context().exit(report.return_code)

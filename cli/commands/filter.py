@@ -1,0 +1,109 @@
+"""``diffconv filter INPUT... OUTPUT --lowpass HZ``: designed FIR filtering in Hz.
+
+The taps come from :mod:`diffconv_core.filters` (window-method design, as
+``scipy.signal.firwin``) at each file's sample rate, then the files are convolved exactly as
+``diffconv convolve`` does (mode "same": the output keeps the input's length).
+"""
+
+from __future__ import annotations
+
+import click
+
+from cli.options import batch_options
+
+_BANDS = ("lowpass", "highpass", "bandpass", "bandstop")
+
+
+@click.command(name="filter")
+@click.option("--lowpass", type=float, metavar="HZ", help="Keep frequencies below HZ.")
+@click.option("--highpass", type=float, metavar="HZ", help="Keep frequencies above HZ.")
+@click.option("--bandpass", type=(float, float), metavar="LO HI", help="Keep LO..HI Hz.")
+@click.option("--bandstop", type=(float, float), metavar="LO HI", help="Remove LO..HI Hz.")
+@click.option("--taps", type=int, default=101, show_default=True, help="Filter length.")
+@click.option(
+    "--window", default="hamming", show_default=True, help="Design window (diffconv windows)."
+)
+@batch_options
+def filter(paths, lowpass, highpass, bandpass, bandstop, taps, window, **shared) -> None:
+    """Filter INPUT files (or directories) with a designed FIR filter, writing OUTPUT.
+
+    Give exactly one of --lowpass, --highpass, --bandpass, --bandstop. Frequencies are in Hz
+    at each file's sample rate (.npy inputs need --rate).
+    """
+    from cli.batch import execute
+    from cli.runner import RunOptions
+
+    given = {
+        name: value
+        for name, value in zip(_BANDS, (lowpass, highpass, bandpass, bandstop), strict=True)
+        if value is not None
+    }
+    if len(given) != 1:
+        raise click.UsageError(
+            "give exactly one of --lowpass, --highpass, --bandpass, --bandstop"
+            + (f" (got {', '.join('--' + n for n in given)})" if given else "")
+        )
+    ((band, cutoff),) = given.items()
+    keys = ("device", "overwrite", "quiet", "verbose", "subtype", "rate")
+    options = RunOptions(**{k: shared[k] for k in keys})
+
+    def build():
+        return filter_operation(
+            band, cutoff, taps=taps, window=window, rate=options.rate, method=shared["method"]
+        )
+
+    execute(
+        paths,
+        options,
+        build,
+        glob=shared["glob"],
+        recursive=shared["recursive"],
+        needs_rate="filtering in Hz",
+    )
+
+
+def design(band: str, cutoff, *, taps: int, window: str, rate: float):
+    """The FIR taps for ``band`` at sample rate ``rate``, from :mod:`diffconv_core.filters`.
+
+    Shape:
+        returns ``(taps,)`` float64 tensor.
+
+    Example:
+        >>> design("lowpass", 1000.0, taps=5, window="hamming", rate=8000).shape
+        torch.Size([5])
+    """
+    import torch
+
+    from diffconv_core import filters
+
+    function = getattr(filters, band)
+    return function(taps, cutoff, window=window, fs=rate, dtype=torch.float64)
+
+
+def filter_operation(band, cutoff, *, taps=101, window="hamming", rate=None, method="auto"):
+    """The :class:`~cli.runner.Operation` filtering each file at its own sample rate.
+
+    The design is validated up front (at ``rate`` when given, else at a rate where the
+    cutoffs are legal) so that bad options are usage errors; a cutoff above a particular
+    file's Nyquist frequency fails that file only.
+    """
+    from cli.commands.convolve import kernel_operation
+    from cli.runner import Operation
+
+    highest = max(cutoff) if isinstance(cutoff, tuple) else cutoff
+    design(band, cutoff, taps=taps, window=window, rate=rate or 4.0 * abs(highest) + 4.0)
+    kernel_operation([1.0], method=method)  # validates --method with the core
+    per_rate: dict = {}
+
+    def operation_for(info):
+        fs = info.rate or rate
+        if fs not in per_rate:
+            kernel = design(band, cutoff, taps=taps, window=window, rate=fs).numpy()
+            per_rate[fs] = kernel_operation(kernel, method=method)
+        return per_rate[fs]
+
+    return Operation(
+        apply=lambda batch, info: operation_for(info).apply(batch, info),
+        streamer=lambda info, device: operation_for(info).streamer(info, device),
+        check=lambda info: operation_for(info).check(info),
+    )

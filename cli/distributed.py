@@ -1,0 +1,82 @@
+"""Splitting a batch command's files across the ranks of a torchrun launch.
+
+``torchrun --nproc_per_node=N -m cli smooth IN OUT`` starts N processes with ``WORLD_SIZE``,
+``RANK`` and ``LOCAL_RANK`` set. Every rank plans the same sorted job list and takes every
+``world_size``-th job starting at its rank, so each file is processed exactly once. At the
+end the ranks exchange their reports (gloo, which carries Python objects on CPU whatever
+device computed), so rank 0 prints the merged summary and every rank exits with the merged
+exit code.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Ranks:
+    """This process's place in a launch (``world_size == 1`` outside torchrun)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int | None = None
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def shard(self, items: list) -> list:
+        """This rank's share of ``items``: every ``world_size``-th from ``rank``.
+
+        Example:
+            >>> Ranks(1, 3).shard(list(range(8)))
+            [1, 4, 7]
+        """
+        return items[self.rank :: self.world_size]
+
+
+def ranks_from_env(environ: dict | None = None) -> Ranks:
+    """Read torchrun's environment variables.
+
+    Example:
+        >>> ranks_from_env({"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1"})
+        Ranks(rank=1, world_size=2, local_rank=1)
+    """
+    env = os.environ if environ is None else environ
+    world = int(env.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Ranks()
+    local = env.get("LOCAL_RANK")
+    return Ranks(int(env.get("RANK", "0")), world, int(local) if local is not None else None)
+
+
+def start(ranks: Ranks) -> None:
+    """Join the process group (env:// rendezvous set up by torchrun)."""
+    import torch.distributed as dist
+
+    if ranks.distributed and not dist.is_initialized():
+        dist.init_process_group("gloo", rank=ranks.rank, world_size=ranks.world_size)
+
+
+def gather(ranks: Ranks, payload: object) -> list:
+    """Every rank's ``payload``, in rank order (just ``[payload]`` outside torchrun)."""
+    if not ranks.distributed:
+        return [payload]
+    import torch.distributed as dist
+
+    gathered: list = [None] * ranks.world_size
+    dist.all_gather_object(gathered, payload)
+    return gathered
+
+
+def finish(ranks: Ranks) -> None:
+    if ranks.distributed:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()

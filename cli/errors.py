@@ -1,0 +1,36 @@
+"""The one exception type the command layer raises for a problem with a file.
+
+Library code raises ``ValueError``/``TypeError``; the CLI wraps what concerns a file in
+:class:`FileProblem` (path + reason + exit code) so that the batch report can name the file
+and the reason, and the command can exit with the right code, without a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+
+#: Exit codes shared by every command (as the issue and DESIGN.md fix them).
+EXIT_OK = 0
+EXIT_RUNTIME = 1
+EXIT_USAGE = 2
+
+
+class FileProblem(Exception):
+    """A file could not be read, processed or written.
+
+    Args:
+        path: the file concerned (input or output).
+        reason: a short, user-facing explanation ("not a sound file: ...").
+        exit_code: 1 for runtime failures (the default), 2 for usage errors.
+
+    Example:
+        >>> err = FileProblem("in.wav", "file is empty")
+        >>> str(err), err.exit_code
+        ('in.wav: file is empty', 1)
+    """
+
+    def __init__(self, path: str | os.PathLike, reason: str, exit_code: int = EXIT_RUNTIME):
+        self.path = os.fspath(path)
+        self.reason = reason
+        self.exit_code = exit_code
+        super().__init__(f"{self.path}: {reason}")

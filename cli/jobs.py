@@ -1,0 +1,130 @@
+"""Turn ``INPUT... OUTPUT`` into a list of (input file, output file) jobs, before any work.
+
+The rules (every violation is a usage error, exit code 2, raised before a file is touched):
+
+- one input file and an OUTPUT that is not a directory: one job, written to OUTPUT;
+- several inputs, a directory input, an existing OUTPUT directory or an OUTPUT ending in a
+  path separator: OUTPUT is a directory (created if missing). Files from a directory INPUT
+  keep their path relative to it (``--glob`` picks them, ``--recursive`` descends); single
+  files keep their name;
+- every input must exist, an OUTPUT that must be a directory must not be a file, and no two
+  inputs may map to one output.
+
+The order is deterministic (sorted), so every rank of a distributed run plans the same list.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+
+from cli.audio_io import INPUT_EXTENSIONS
+
+
+@dataclass(frozen=True)
+class Job:
+    """One file to process: where it comes from and where its result goes."""
+
+    source: Path
+    dest: Path
+
+
+def plan_jobs(
+    inputs: Sequence[str | os.PathLike],
+    output: str | os.PathLike,
+    *,
+    glob: str | None = None,
+    recursive: bool = False,
+) -> list[Job]:
+    """Expand the command line's INPUT... OUTPUT into jobs (see the module docstring).
+
+    Args:
+        inputs: files and/or directories.
+        output: a file (one input file) or a directory.
+        glob: pattern for files inside directory inputs (default: every file with an audio
+            or .npy extension).
+        recursive: search directory inputs recursively.
+
+    Raises:
+        click.UsageError: a missing input, an OUTPUT that is a file where a directory is
+            needed, no matching files, or two inputs with the same output.
+
+    Example:
+        >>> [(str(j.source), str(j.dest)) for j in plan_jobs(["sample_data/speech_mono16.wav"],
+        ...                                                  "out.wav")]
+        [('sample_data/speech_mono16.wav', 'out.wav')]
+    """
+    if not inputs:
+        raise click.UsageError("give at least one INPUT and an OUTPUT")
+    sources = [Path(p) for p in inputs]
+    for src in sources:
+        if not src.exists():
+            raise click.BadParameter(f"{src}: no such file or directory", param_hint="INPUT")
+    out = Path(output)
+    out_is_dir = (
+        len(sources) > 1
+        or any(s.is_dir() for s in sources)
+        or out.is_dir()
+        or os.fspath(output).endswith((os.sep, "/"))
+    )
+    if not out_is_dir:
+        _check_parent(out)
+        return [Job(sources[0], out)]
+    if out.exists() and not out.is_dir():
+        raise click.UsageError(
+            f"OUTPUT {out} is a file, but must be a directory when the input is a directory "
+            "or several files"
+        )
+    _check_parent(out)
+    jobs: list[Job] = []
+    for src in sources:
+        if src.is_dir():
+            found = _find_files(src, glob, recursive, exclude=out)
+            if not found:
+                how = f"matching {glob!r}" if glob else "with an audio or .npy extension"
+                raise click.UsageError(f"no input files {how} in {src}")
+            jobs.extend(Job(f, out / f.relative_to(src)) for f in found)
+        else:
+            jobs.append(Job(src, out / src.name))
+    _check_unique(jobs)
+    return jobs
+
+
+def _check_parent(path: Path) -> None:
+    # A file where a parent directory should be can never be written; say so up front.
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise click.UsageError(f"output directory {parent} is a file")
+            return
+
+
+def _find_files(folder: Path, glob: str | None, recursive: bool, exclude: Path) -> list[Path]:
+    pattern = glob or "*"
+    candidates = folder.rglob(pattern) if recursive else folder.glob(pattern)
+    exclude = exclude.resolve()
+    files = []
+    for path in candidates:
+        if not path.is_file() or path.name.startswith("."):
+            continue  # hidden files include our own temporary outputs (".name.xxx.part")
+        if glob is None and path.suffix.lower() not in INPUT_EXTENSIONS:
+            continue
+        if exclude != folder.resolve() and exclude in path.resolve().parents:
+            continue  # outputs written inside the input tree are not inputs on a rerun
+        files.append(path)
+    return sorted(files)
+
+
+def _check_unique(jobs: list[Job]) -> None:
+    seen: dict[Path, Path] = {}
+    for job in jobs:
+        key = job.dest.resolve()
+        if key in seen:
+            raise click.UsageError(
+                f"{seen[key]} and {job.source} would both be written to {job.dest}"
+            )
+        seen[key] = job.source

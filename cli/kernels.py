@@ -1,0 +1,103 @@
+"""Loading convolution kernels from files: .npy, text (.txt/.csv, as sox's ``fir`` takes
+them) or audio (an impulse response; several channels give one kernel per channel).
+
+A kernel file is an option value, so its problems are usage errors (exit code 2) raised as
+:class:`~cli.errors.FileProblem` with ``exit_code=2``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+
+from cli.audio_io import probe, read_signal
+from cli.errors import EXIT_USAGE, FileProblem
+
+NORMALIZATIONS = ("none", "sum", "peak", "energy")
+_TEXT_SUFFIXES = {".txt", ".csv", ".tsv", ".dat", ".fir"}
+
+
+def load_kernel(path: str | os.PathLike) -> np.ndarray:
+    """Read a kernel file.
+
+    - ``.npy``: ``(K,)`` or ``(C, K)`` (never unpickled);
+    - ``.txt``/``.csv``: numbers separated by whitespace, commas, semicolons or newlines;
+      ``#`` starts a comment (sox's ``fir`` coefficient files read as they are);
+    - anything else: an audio file, one kernel per channel.
+
+    Raises:
+        FileProblem: unreadable file, no numbers, a non-number, NaN/Inf, a bad shape (exit 2).
+
+    Shape:
+        returns ``(K,)`` float64, or ``(C, K)`` for a multi-channel kernel.
+
+    Example:
+        >>> load_kernel("sample_data/impulse_response.wav").shape
+        (1920,)
+    """
+    path = os.fspath(path)
+    suffix = Path(path).suffix.lower()
+    try:
+        if suffix in _TEXT_SUFFIXES:
+            kernel = _load_text(path)
+        else:
+            kernel = read_signal(probe(path)).astype(np.float64)
+    except FileProblem as err:
+        raise FileProblem(err.path, err.reason, exit_code=EXIT_USAGE) from err
+    if kernel.ndim == 2 and kernel.shape[0] == 1:
+        kernel = kernel[0]
+    if kernel.ndim not in (1, 2) or kernel.shape[-1] == 0:
+        raise FileProblem(
+            path, f"kernel of shape {kernel.shape}; expected (K,) or (C, K)", EXIT_USAGE
+        )
+    if not np.isfinite(kernel).all():
+        raise FileProblem(path, "kernel holds NaN or Inf values", EXIT_USAGE)
+    return kernel
+
+
+def _load_text(path: str) -> np.ndarray:
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError) as err:
+        raise FileProblem(path, f"cannot read kernel text ({err})") from err
+    tokens = []
+    for line in text.splitlines():
+        tokens.extend(t for t in re.split(r"[\s,;]+", line.split("#", 1)[0]) if t)
+    if not tokens:
+        raise FileProblem(path, "kernel file holds no numbers")
+    try:
+        return np.array([float(t) for t in tokens], dtype=np.float64)
+    except ValueError as err:
+        raise FileProblem(path, f"kernel file holds a non-number ({err})") from err
+
+
+def normalize_kernel(kernel: np.ndarray, how: str) -> np.ndarray:
+    """Scale each kernel (last axis) to unit sum, unit peak magnitude or unit energy.
+
+    Raises:
+        ValueError: unknown ``how`` or a kernel whose sum/peak/energy is zero.
+
+    Shape:
+        ``(..., K)`` -> ``(..., K)``.
+
+    Example:
+        >>> normalize_kernel(np.array([1.0, 3.0]), "sum").tolist()
+        [0.25, 0.75]
+    """
+    if how not in NORMALIZATIONS:
+        raise ValueError(f"normalize must be one of {', '.join(NORMALIZATIONS)}; got {how!r}")
+    if how == "none":
+        return kernel
+    if how == "sum":
+        scale = kernel.sum(-1, keepdims=True)
+    elif how == "peak":
+        scale = np.abs(kernel).max(-1, keepdims=True)
+    else:
+        scale = np.sqrt((kernel * kernel).sum(-1, keepdims=True))
+    if np.any(np.abs(scale) <= np.finfo(np.float64).eps * np.abs(kernel).sum(-1, keepdims=True)):
+        raise ValueError(f"cannot normalize the kernel by its {how}: it is zero")
+    return kernel / scale

@@ -1,0 +1,156 @@
+"""Options shared by the batch commands, defined once as decorators (as rasterio's ``rio``).
+
+Nothing here imports torch or numpy: ``diffconv CMD --help`` and usage errors stay fast.
+"""
+
+from __future__ import annotations
+
+import re
+
+import click
+
+
+class DeviceType(click.ParamType):
+    """``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (availability is checked when running)."""
+
+    name = "device"
+
+    def convert(self, value, param, ctx):
+        text = str(value).strip().lower()
+        if re.fullmatch(r"auto|cpu|cuda(:\d+)?", text):
+            return text
+        self.fail(f"{value!r} is not one of auto, cpu, cuda, cuda:N", param, ctx)
+
+
+class NameValueType(click.ParamType):
+    """``NAME=VALUE``; VALUE becomes an int or float when it reads as one.
+
+    Example:
+        >>> NameValueType().convert("beta=8.6", None, None)
+        ('beta', 8.6)
+    """
+
+    name = "NAME=VALUE"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        name, sep, raw = str(value).partition("=")
+        name = name.strip()
+        if not sep or not name.isidentifier():
+            self.fail(f"{value!r} is not NAME=VALUE (e.g. std=7 or beta=8.6)", param, ctx)
+        return name, _number(raw.strip())
+
+
+def _number(text: str):
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def method_option(f):
+    return click.option(
+        "--method",
+        type=click.Choice(["auto", "direct", "fft", "overlap"]),
+        default="auto",
+        show_default=True,
+        help="Convolution algorithm; auto picks the fastest for the sizes and device.",
+    )(f)
+
+
+def device_option(f):
+    return click.option(
+        "--device",
+        type=DeviceType(),
+        default="auto",
+        show_default=True,
+        help="auto (the GPU when present), cpu, cuda or cuda:N.",
+    )(f)
+
+
+def overwrite_option(f):
+    return click.option(
+        "--overwrite", is_flag=True, help="Replace existing outputs (also OUTPUT equal to INPUT)."
+    )(f)
+
+
+def quiet_option(f):
+    return click.option(
+        "-q", "--quiet", is_flag=True, help="Print errors only: no progress, warnings, summary."
+    )(f)
+
+
+def verbose_option(f):
+    return click.option(
+        "-v", "--verbose", is_flag=True, help="One line per file; tracebacks for failures."
+    )(f)
+
+
+def glob_option(f):
+    return click.option(
+        "--glob",
+        "glob",
+        metavar="PATTERN",
+        default=None,
+        help="Files to take from directory inputs [default: audio and .npy extensions].",
+    )(f)
+
+
+def recursive_option(f):
+    return click.option(
+        "-r", "--recursive", is_flag=True, help="Search directory inputs recursively."
+    )(f)
+
+
+def rate_option(f):
+    return click.option(
+        "--rate",
+        type=click.FloatRange(min=0, min_open=True),
+        default=None,
+        metavar="HZ",
+        help="Sample rate of .npy inputs (needed to filter them or write them as audio).",
+    )(f)
+
+
+def subtype_option(f):
+    return click.option(
+        "--subtype",
+        default=None,
+        metavar="NAME",
+        help="Output sample format, e.g. PCM_16, PCM_24, FLOAT [default: the input's].",
+    )(f)
+
+
+def inputs_output_arguments(f):
+    """``INPUT... OUTPUT``: click collects all paths; the last is the output."""
+    return click.argument("paths", nargs=-1, required=True, metavar="INPUT... OUTPUT")(f)
+
+
+def batch_options(f):
+    """Every option a file-processing command shares, plus ``INPUT... OUTPUT``."""
+    for decorator in reversed(
+        [
+            inputs_output_arguments,
+            method_option,
+            device_option,
+            glob_option,
+            recursive_option,
+            rate_option,
+            subtype_option,
+            overwrite_option,
+            quiet_option,
+            verbose_option,
+        ]
+    ):
+        f = decorator(f)
+    return f
+
+
+def split_paths(paths: tuple[str, ...]) -> tuple[list[str], str]:
+    """``INPUT... OUTPUT`` -> (inputs, output); a usage error unless both are there."""
+    if len(paths) < 2:
+        raise click.UsageError("give at least one INPUT and an OUTPUT")
+    return list(paths[:-1]), paths[-1]

@@ -1,0 +1,99 @@
+"""Per-file outcome bookkeeping for batch commands (in the manner of black's ``Report``).
+
+Every file ends as *done* or *failed*; warnings (clipping, NaN written as zero) are attached
+to a done file. Messages go to stderr as they happen; :meth:`Report.summary` gives the closing
+line and :attr:`Report.return_code` the exit code (1 if anything failed).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import click
+
+from cli.errors import EXIT_OK, EXIT_RUNTIME
+
+
+@dataclass
+class Report:
+    """Counts and messages for one run of a batch command.
+
+    Args:
+        quiet: print only errors (no warnings, no summary).
+        verbose: also print one line per finished file.
+
+    Example:
+        >>> r = Report(quiet=True)
+        >>> r.done("a.wav", "a_out.wav")
+        >>> r.failed("b.wav", "file is empty")
+        >>> r.summary(), r.return_code
+        ('1 file processed, 1 file failed.', 1)
+    """
+
+    quiet: bool = False
+    verbose: bool = False
+    done_count: int = 0
+    failure_count: int = 0
+    warning_count: int = 0
+    #: (input path, output path) of every finished file, in completion order.
+    done_paths: list[tuple[str, str]] = field(default_factory=list)
+    #: (path, reason) of every failure.
+    failures: list[tuple[str, str]] = field(default_factory=list)
+
+    def done(self, source: str, dest: str, *, streamed: bool = False) -> None:
+        """Record a file written successfully."""
+        self.done_count += 1
+        self.done_paths.append((str(source), str(dest)))
+        if self.verbose:
+            how = " (streamed)" if streamed else ""
+            click.echo(f"done: {source} -> {dest}{how}", err=True)
+
+    def failed(self, path: str, reason: str) -> None:
+        """Record a failure; printed even with ``--quiet`` (an error must never be silent)."""
+        self.failure_count += 1
+        self.failures.append((str(path), reason))
+        click.secho(f"error: {path}: {reason}", err=True, fg="red")
+
+    def warn(self, path: str, message: str) -> None:
+        """A problem that did not stop the file (e.g. samples clipped on writing)."""
+        self.warning_count += 1
+        if not self.quiet:
+            click.secho(f"warning: {path}: {message}", err=True, fg="yellow")
+
+    @property
+    def return_code(self) -> int:
+        return EXIT_RUNTIME if self.failure_count else EXIT_OK
+
+    def merge(self, other: dict) -> None:
+        """Add another rank's counts (from :meth:`as_dict`) without re-printing its messages."""
+        self.done_count += other["done_count"]
+        self.failure_count += other["failure_count"]
+        self.warning_count += other["warning_count"]
+        self.done_paths.extend(tuple(p) for p in other["done_paths"])
+        self.failures.extend(tuple(f) for f in other["failures"])
+
+    def as_dict(self) -> dict:
+        """Plain data, picklable for ``torch.distributed.all_gather_object``."""
+        return {
+            "done_count": self.done_count,
+            "failure_count": self.failure_count,
+            "warning_count": self.warning_count,
+            "done_paths": list(self.done_paths),
+            "failures": list(self.failures),
+        }
+
+    def summary(self) -> str:
+        parts = [_plural(self.done_count, "file") + " processed"]
+        if self.failure_count:
+            parts.append(_plural(self.failure_count, "file") + " failed")
+        if self.warning_count:
+            parts.append(_plural(self.warning_count, "warning"))
+        return ", ".join(parts) + "."
+
+    def print_summary(self) -> None:
+        if not self.quiet:
+            click.echo(self.summary(), err=True)
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"

@@ -1,0 +1,312 @@
+"""The batch runner every file-processing command shares.
+
+A command describes *what* to do to a signal as an :class:`Operation`; :func:`run_jobs` does
+the rest: probes each file, groups files of equal shape, dtype and rate and stacks them into
+one device batch (sized to the device's memory; an out-of-memory error splits the batch and
+retries), streams long audio files block by block, writes every result atomically, and
+records every outcome in a :class:`~cli.report.Report` — one bad file never stops the batch.
+Under torchrun the job list is split across ranks and the reports are merged.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from cli import distributed
+from cli.audio_io import SignalInfo, probe, read_blocks, read_signal
+from cli.devices import initial_batch_size, is_out_of_memory, release_cached_memory
+from cli.errors import FileProblem
+from cli.jobs import Job
+from cli.report import Report
+from cli.writing import AtomicWriter, OutputSpec, output_spec
+
+#: Audio files with more samples (frames x channels) than this are streamed block by block.
+STREAM_SAMPLES_ENV = "DIFFCONV_STREAM_SAMPLES"
+DEFAULT_STREAM_SAMPLES = 2**23
+#: Frames read per block when streaming.
+BLOCK_FRAMES_ENV = "DIFFCONV_BLOCK_FRAMES"
+DEFAULT_BLOCK_FRAMES = 2**18
+
+
+@dataclass
+class Operation:
+    """What a command does to signals; the runner handles files, devices and batches.
+
+    Attributes:
+        apply: ``apply(batch, info)`` -> result, for a batch ``(B, *info.shape)`` on the
+            device (all files in a batch share ``info.shape``, dtype and rate). Raises
+            ``ValueError``/``TypeError`` for a signal the operation cannot take.
+        streamer: optional ``streamer(info, device)`` -> ``(convolver, out_frames)`` or
+            None; the convolver has ``push(block) -> Tensor`` and ``flush() -> Tensor``
+            (e.g. :class:`diffconv_core.streaming.StreamingConvolver`) and produces
+            ``out_frames`` samples per channel in all. None: long files are processed whole.
+        check: optional ``check(info)`` raising ``ValueError`` for a file the operation
+            cannot take (e.g. a kernel with another channel count), before it is read.
+
+    Shape:
+        ``apply``: ``(B, C, T)`` (or ``(B, N, C, T)``) -> ``(B, C, T')``.
+    """
+
+    apply: Callable[[Any, SignalInfo], Any]
+    streamer: Callable[[SignalInfo, Any], tuple[Any, int] | None] | None = None
+    check: Callable[[SignalInfo], None] | None = None
+
+
+@dataclass
+class RunOptions:
+    """The shared options of a batch command, as the runner needs them."""
+
+    device: str = "auto"
+    overwrite: bool = False
+    quiet: bool = False
+    verbose: bool = False
+    subtype: str | None = None
+    rate: float | None = None
+
+
+@dataclass
+class _Item:
+    job: Job
+    info: SignalInfo
+    spec: OutputSpec
+
+
+def stream_threshold() -> int:
+    """Samples above which an audio file is streamed (env ``DIFFCONV_STREAM_SAMPLES``)."""
+    return int(os.environ.get(STREAM_SAMPLES_ENV, DEFAULT_STREAM_SAMPLES))
+
+
+def block_frames() -> int:
+    """Frames per streamed block (env ``DIFFCONV_BLOCK_FRAMES``)."""
+    return max(1, int(os.environ.get(BLOCK_FRAMES_ENV, DEFAULT_BLOCK_FRAMES)))
+
+
+def run_jobs(jobs: Sequence[Job], operation: Operation, options: RunOptions) -> Report:
+    """Process every job (this rank's share under torchrun) and return the merged report.
+
+    Per-file problems are recorded, never raised; the merged report's ``return_code`` is 1
+    if any file failed on any rank. Rank 0 prints the summary.
+
+    Example:
+        >>> import tempfile, os
+        >>> from cli.jobs import plan_jobs
+        >>> out = os.path.join(tempfile.mkdtemp(), "half.wav")
+        >>> jobs = plan_jobs(["sample_data/speech_mono16.wav"], out)
+        >>> op = Operation(apply=lambda batch, info: batch * 0.5)
+        >>> run_jobs(jobs, op, RunOptions(device="cpu", quiet=True)).return_code
+        0
+    """
+    from cli.devices import resolve_device
+
+    ranks = distributed.ranks_from_env()
+    device = resolve_device(options.device, ranks.local_rank)
+    distributed.start(ranks)
+    try:
+        mine = ranks.shard(list(jobs))
+        report = Report(quiet=options.quiet, verbose=options.verbose)
+        show = ranks.is_main and not options.quiet and sys.stderr.isatty()
+        _run_local(mine, operation, options, device, report, show_progress=show)
+        merged = Report(quiet=options.quiet, verbose=options.verbose)
+        for part in distributed.gather(ranks, report.as_dict()):
+            merged.merge(part)
+    finally:
+        distributed.finish(ranks)
+    if ranks.is_main:
+        merged.print_summary()
+    return merged
+
+
+def _run_local(jobs, operation, options, device, report, *, show_progress: bool) -> None:
+    progress = _progress(len(jobs), "file", show_progress and len(jobs) > 1)
+    items = []
+    for job in jobs:
+        item = _prepare(job, operation, options, report)
+        if item is None:
+            progress.update(1)
+        else:
+            items.append(item)
+    threshold = stream_threshold()
+    batched: dict[tuple, list[_Item]] = {}
+    for item in items:
+        if item.info.kind == "audio" and item.info.samples > threshold and operation.streamer:
+            _guard(
+                report,
+                item,
+                options,
+                lambda it=item: _stream_one(it, operation, options, device, report, show_progress),
+            )
+            progress.update(1)
+            continue
+        key = (item.info.shape, item.info.dtype.str, item.info.rate)
+        batched.setdefault(key, []).append(item)
+    for group in batched.values():
+        _run_group(group, operation, options, device, report, progress)
+    progress.close()
+
+
+def _prepare(job: Job, operation: Operation, options: RunOptions, report: Report):
+    try:
+        if job.dest.exists() and not options.overwrite:
+            # Checked before reading so that a rerun over a finished batch costs nothing.
+            raise FileProblem(job.dest, "output exists; use --overwrite to replace it")
+        info = probe(job.source)
+        spec = output_spec(job.dest, info, subtype=options.subtype, rate=options.rate)
+        if operation.check is not None:
+            operation.check(info)
+    except (FileProblem, ValueError, TypeError) as err:
+        path = err.path if isinstance(err, FileProblem) else str(job.source)
+        _failed(report, options, path, _reason(err), err)
+        return None
+    return _Item(job, info, spec)
+
+
+def _guard(report: Report, item: _Item, options: RunOptions, work: Callable[[], None]) -> None:
+    """Run one file's work; turn any failure into a report line (traceback with -v)."""
+    try:
+        work()
+    except Exception as err:  # one bad file never stops the batch
+        path = err.path if isinstance(err, FileProblem) else str(item.job.source)
+        _failed(report, options, path, _reason(err), err)
+
+
+def _reason(err: Exception) -> str:
+    """The user-facing reason: our own and the core's messages as they are, others typed."""
+    if isinstance(err, FileProblem):
+        return err.reason
+    if isinstance(err, (ValueError, TypeError)):
+        return str(err)
+    return f"{type(err).__name__}: {err}"
+
+
+def _failed(
+    report: Report, options: RunOptions, path: str, reason: str, err: BaseException | None
+) -> None:
+    if options.verbose and err is not None:
+        traceback.print_exception(err, file=sys.stderr)
+    report.failed(path, reason)
+
+
+def _run_group(group, operation, options, device, report, progress) -> None:
+    info = group[0].info
+    size = initial_batch_size(info.samples * info.dtype.itemsize, device)
+    start = 0
+    while start < len(group):
+        chunk = group[start : start + size]
+        start += len(chunk)
+        loaded = []
+        for item in chunk:
+            try:
+                loaded.append((item, read_signal(item.info)))
+            except FileProblem as err:
+                _failed(report, options, err.path, err.reason, err)
+                progress.update(1)
+        if loaded:
+            size = _run_batch(loaded, operation, options, device, report, progress, size)
+
+
+def _run_batch(loaded, operation, options, device, report, progress, size: int) -> int:
+    """Apply the operation to a stacked batch; split it on out-of-memory. Returns the batch
+    size to use next (smaller after an out-of-memory error)."""
+    error = None
+    try:
+        results = _apply(np.stack([a for _, a in loaded]), loaded[0][0].info, operation, device)
+    except Exception as exc:  # handled below, outside the except block, to keep tracebacks flat
+        error = exc
+    if error is None:
+        for (item, _), result in zip(loaded, results, strict=True):
+            _guard(report, item, options, lambda it=item, r=result: _write(it, r, options, report))
+            progress.update(1)
+        return size
+    if is_out_of_memory(error):
+        release_cached_memory(device)
+        if len(loaded) > 1:
+            half = len(loaded) // 2
+            size = _run_batch(
+                loaded[:half], operation, options, device, report, progress, max(1, half)
+            )
+            return _run_batch(loaded[half:], operation, options, device, report, progress, size)
+        _failed(report, options, str(loaded[0][0].job.source), "out of device memory", error)
+        progress.update(1)
+        return 1
+    if len(loaded) > 1:
+        # Attribute the error to each file on its own (it may depend on the data).
+        for one in loaded:
+            _run_batch([one], operation, options, device, report, progress, 1)
+        return size
+    item = loaded[0][0]
+    path = error.path if isinstance(error, FileProblem) else str(item.job.source)
+    _failed(report, options, path, _reason(error), error)
+    progress.update(1)
+    return size
+
+
+def _apply(stack: np.ndarray, info: SignalInfo, operation: Operation, device) -> np.ndarray:
+    import torch
+
+    batch = torch.from_numpy(stack).to(device)
+    with torch.no_grad():
+        out = operation.apply(batch, info)
+    return out.cpu().numpy()
+
+
+def _write(item: _Item, result: np.ndarray, options: RunOptions, report: Report) -> None:
+    writer = AtomicWriter(item.job.dest, item.spec, result.shape, overwrite=options.overwrite)
+    with writer:
+        writer.write(result)
+    _warn_clipping(writer, report)
+    report.done(item.job.source, item.job.dest)
+
+
+def _warn_clipping(writer: AtomicWriter, report: Report) -> None:
+    if writer.clipped:
+        report.warn(str(writer.dest), f"{writer.clipped} samples clipped to [-1, 1]")
+    if writer.nonfinite:
+        report.warn(str(writer.dest), f"{writer.nonfinite} NaN/Inf samples written as 0")
+
+
+def _stream_one(item: _Item, operation, options, device, report, show_progress) -> None:
+    import torch
+
+    made = operation.streamer(item.info, device)
+    if made is None:
+        # This operation cannot stream with these options: process the file whole.
+        result = _apply(read_signal(item.info)[None], item.info, operation, device)[0]
+        _write(item, result, options, report)
+        return
+    convolver, out_frames = made
+    shape = (item.info.channels, out_frames)
+    bar = _progress(item.info.frames, "frame", show_progress)
+    writer = AtomicWriter(item.job.dest, item.spec, shape, overwrite=options.overwrite)
+    with writer, torch.no_grad():
+        for block in read_blocks(item.info, block_frames()):
+            out = convolver.push(torch.from_numpy(block).to(device))
+            if out.shape[-1]:
+                writer.write(out.cpu().numpy())
+            bar.update(block.shape[-1])
+        writer.write(convolver.flush().cpu().numpy())
+    bar.close()
+    _warn_clipping(writer, report)
+    report.done(item.job.source, item.job.dest, streamed=True)
+
+
+class _NoProgress:
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _progress(total: int, unit: str, enabled: bool):
+    if not enabled:
+        return _NoProgress()
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit=unit, file=sys.stderr, leave=False, dynamic_ncols=True)

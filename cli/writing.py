@@ -1,0 +1,270 @@
+"""Writing results: the output's format, and atomic writes through a temporary file.
+
+Nothing is ever written at the destination itself: samples go to a hidden temporary file in
+the destination's directory (same file system, so the final ``os.replace`` is atomic), which
+replaces the destination only once complete. A crash or Ctrl-C leaves the old file (or none).
+Integer PCM cannot hold values outside [-1, 1]: they are clipped (never wrapped) and counted.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from cli.audio_io import SignalInfo, audio_format_for
+from cli.errors import FileProblem
+
+# Subtypes that store floats; every other subtype is a fixed range (integer PCM, codecs).
+_FLOAT_SUBTYPES = {"FLOAT", "DOUBLE"}
+
+
+@dataclass
+class OutputSpec:
+    """How a result is stored: an audio format/subtype/rate, or a .npy dtype and shape."""
+
+    kind: str  # "audio" or "npy"
+    format: str | None = None
+    subtype: str | None = None
+    endian: str | None = None
+    rate: float | None = None
+    dtype: np.dtype | None = None
+    squeeze_channel: bool = False  # .npy (T,) input written back as (T,)
+
+    @property
+    def clips(self) -> bool:
+        return self.kind == "audio" and self.subtype not in _FLOAT_SUBTYPES
+
+
+def output_spec(
+    dest: str | os.PathLike,
+    info: SignalInfo,
+    *,
+    subtype: str | None = None,
+    rate: float | None = None,
+) -> OutputSpec:
+    """Decide how ``dest`` is written from the input's properties and the user's options.
+
+    The input's format, subtype, endianness and rate are kept unless the destination's
+    extension names another format (then the input's subtype is kept where that format
+    allows it) or ``subtype`` is given. Arrays from .npy become FLOAT audio where possible.
+
+    Raises:
+        FileProblem: the combination cannot be written (exit code 2 for option problems).
+
+    Example:
+        >>> from cli.audio_io import probe
+        >>> spec = output_spec("out.flac", probe("sample_data/music_stereo24.wav"))
+        >>> spec.format, spec.subtype, spec.rate
+        ('FLAC', 'PCM_24', 48000.0)
+    """
+    try:
+        fmt = audio_format_for(dest)
+    except ValueError as err:
+        raise FileProblem(dest, str(err), exit_code=2) from err
+    if fmt is None:
+        return OutputSpec(
+            kind="npy",
+            dtype=info.dtype,
+            squeeze_channel=info.kind == "npy" and len(info.original_shape or ()) == 1,
+        )
+    if len(info.shape) != 2:
+        raise FileProblem(
+            info.path,
+            f"a {len(info.shape)}-D array {info.shape} cannot be written as audio; "
+            "write .npy instead",
+        )
+    out_rate = info.rate if info.rate else rate
+    if not out_rate:
+        raise FileProblem(info.path, "writing audio from .npy needs --rate", exit_code=2)
+    endian = None
+    if subtype is not None:
+        chosen = subtype.upper()
+    elif info.kind == "audio" and sf.check_format(fmt, info.subtype):
+        chosen = info.subtype
+        endian = info.endian if fmt == info.format else None
+    elif info.kind == "npy" and sf.check_format(fmt, "FLOAT"):
+        chosen = "FLOAT"
+    else:
+        chosen = sf.default_subtype(fmt)
+    if not sf.check_format(fmt, chosen):
+        valid = ", ".join(sorted(sf.available_subtypes(fmt)))
+        raise FileProblem(
+            dest, f"subtype {chosen!r} is not valid for {fmt}; use one of {valid}", exit_code=2
+        )
+    return OutputSpec(kind="audio", format=fmt, subtype=chosen, endian=endian, rate=out_rate)
+
+
+class AtomicWriter:
+    """Write a result block by block into a temporary file, then rename it into place.
+
+    Use as a context manager; on any exception (or Ctrl-C) the temporary file is removed and
+    the destination is left untouched.
+
+    Args:
+        dest: final path.
+        spec: from :func:`output_spec`.
+        shape: the full output shape ``(C, T)`` or ``(N, C, T)`` (.npy needs it up front;
+            audio uses the channel count).
+        overwrite: replace an existing destination.
+
+    Shape:
+        :meth:`write` takes ``(C, n)`` blocks (or ``(N, C, n)`` for .npy), in time order.
+
+    Example:
+        >>> import tempfile, os
+        >>> from cli.audio_io import probe, read_signal
+        >>> info = probe("sample_data/speech_mono16.wav")
+        >>> dest = os.path.join(tempfile.mkdtemp(), "copy.wav")
+        >>> with AtomicWriter(dest, output_spec(dest, info), info.shape) as w:
+        ...     w.write(read_signal(info) * 2.0)
+        >>> w.clipped > 0, sf.info(dest).subtype
+        (True, 'PCM_16')
+    """
+
+    def __init__(
+        self,
+        dest: str | os.PathLike,
+        spec: OutputSpec,
+        shape: tuple[int, ...],
+        *,
+        overwrite: bool = False,
+    ):
+        self.dest = Path(dest)
+        self.spec = spec
+        self.shape = tuple(shape)
+        self.overwrite = overwrite
+        self.clipped = 0
+        self.nonfinite = 0
+        self._offset = 0
+        self._tmp: str | None = None
+        self._sound: sf.SoundFile | None = None
+        self._array: np.memmap | None = None
+
+    def __enter__(self) -> AtomicWriter:
+        dest = self.dest
+        if dest.is_dir():
+            raise FileProblem(dest, "output is a directory")
+        if dest.exists() and not self.overwrite:
+            raise FileProblem(dest, "output exists; use --overwrite to replace it")
+        try:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            fd, self._tmp = tempfile.mkstemp(
+                prefix=f".{dest.name}.", suffix=".part", dir=dest.parent
+            )
+            os.close(fd)
+        except OSError as err:
+            raise FileProblem(dest, f"cannot create output ({err.strerror or err})") from err
+        try:
+            self._open()
+        except BaseException:
+            self._discard()
+            raise
+        return self
+
+    def _open(self) -> None:
+        spec = self.spec
+        try:
+            if spec.kind == "npy":
+                shape = self.shape[1:] if spec.squeeze_channel else self.shape
+                self._array = np.lib.format.open_memmap(
+                    self._tmp, mode="w+", dtype=spec.dtype, shape=shape
+                )
+            else:
+                self._sound = sf.SoundFile(
+                    self._tmp,
+                    "w",
+                    samplerate=int(round(spec.rate)),
+                    channels=self.shape[-2],
+                    format=spec.format,
+                    subtype=spec.subtype,
+                    endian=spec.endian,
+                )
+        except (sf.SoundFileError, RuntimeError, OSError, ValueError) as err:
+            raise FileProblem(self.dest, f"cannot write {spec.format or 'npy'}: {err}") from err
+
+    def write(self, block: np.ndarray) -> None:
+        """Append ``block`` (time last) to the output."""
+        n = block.shape[-1]
+        try:
+            if self._array is not None:
+                target = self._array[..., self._offset : self._offset + n]
+                target[...] = block.reshape(target.shape)
+            else:
+                if self.spec.clips:
+                    block = self._clip(block)
+                self._sound.write(np.ascontiguousarray(block.T))
+        except (sf.SoundFileError, RuntimeError, OSError, ValueError) as err:
+            raise FileProblem(self.dest, f"write failed: {err}") from err
+        self._offset += n
+
+    def _clip(self, block: np.ndarray) -> np.ndarray:
+        finite = np.isfinite(block)
+        bad = block.size - int(finite.sum())
+        if bad:
+            # NaN has no integer code; a silent sample is the least surprising stand-in.
+            self.nonfinite += bad
+            block = np.where(finite, block, 0.0)
+        over = int(np.count_nonzero(np.abs(block) > 1.0))
+        if over:
+            self.clipped += over
+            block = np.clip(block, -1.0, 1.0)
+        return block
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc_type is not None:
+            self._discard()
+            return False
+        try:
+            self._close()
+            mode = self.dest.stat().st_mode & 0o777 if self.dest.exists() else _default_mode()
+            os.chmod(self._tmp, mode)
+            os.replace(self._tmp, self.dest)
+        except OSError as err:
+            self._discard()
+            raise FileProblem(self.dest, f"cannot finish writing ({err.strerror or err})") from err
+        except BaseException:
+            self._discard()
+            raise
+        return False
+
+    def _close(self) -> None:
+        if self._sound is not None:
+            self._sound.close()
+            self._sound = None
+        if self._array is not None:
+            self._array.flush()
+            del self._array
+            self._array = None
+
+    def _discard(self) -> None:
+        try:
+            self._close()
+        except Exception:  # the file is being thrown away; its close error does not matter
+            pass
+        if self._tmp and os.path.exists(self._tmp):
+            os.unlink(self._tmp)
+
+
+def _default_mode() -> int:
+    # mkstemp creates 0600; a normal output should get the user's usual permissions.
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def write_signal(
+    dest: str | os.PathLike, data: np.ndarray, spec: OutputSpec, *, overwrite: bool = False
+) -> AtomicWriter:
+    """Write a whole result at once (atomically); returns the writer for its clip counts.
+
+    Shape:
+        data ``(C, T)`` (audio or .npy) or ``(N, C, T)`` (.npy only).
+    """
+    with AtomicWriter(dest, spec, data.shape, overwrite=overwrite) as writer:
+        writer.write(data)
+    return writer

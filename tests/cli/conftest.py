@@ -1,0 +1,80 @@
+"""Shared fixtures for the CLI tests: sample files, a CliRunner helper, bad inputs."""
+
+from __future__ import annotations
+
+import pickle
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from click.testing import CliRunner
+
+from cli.main import cli
+
+REPO = Path(__file__).resolve().parents[2]
+SAMPLES = REPO / "sample_data"
+
+
+@pytest.fixture
+def samples(tmp_path) -> Path:
+    """A private copy of sample_data (tests may write next to the inputs)."""
+    folder = tmp_path / "samples"
+    folder.mkdir()
+    for path in SAMPLES.iterdir():
+        if path.suffix in {".wav", ".npy"}:
+            shutil.copy(path, folder / path.name)
+    return folder
+
+
+def invoke(*args, env: dict | None = None):
+    """Run the click app in-process; stderr is kept apart from stdout."""
+    return CliRunner(env=env).invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+def run_diffconv(*args, env: dict | None = None, cwd: Path = REPO):
+    """Run ``python -m cli ...`` as a real process."""
+    return subprocess.run(
+        [sys.executable, "-m", "cli", *[str(a) for a in args]],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        timeout=120,
+    )
+
+
+def listing(folder: Path) -> list[str]:
+    """Every file under ``folder`` (hidden temporaries included), relative, sorted."""
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+
+
+@pytest.fixture
+def bad_inputs(tmp_path) -> dict[str, Path]:
+    """One file for each kind of unreadable input."""
+    folder = tmp_path / "bad"
+    folder.mkdir()
+    files = {
+        "empty": folder / "empty.wav",
+        "text": folder / "text.wav",
+        "corrupt": folder / "corrupt.wav",
+        "pickled": folder / "pickled.npy",
+        "objects": folder / "objects.npy",
+        "4d": folder / "four_d.npy",
+    }
+    files["empty"].write_bytes(b"")
+    files["text"].write_text("this is not audio\n" * 20)
+    files["corrupt"].write_bytes(b"RIFF\x24\x00\x00\x00WAVEfmt " + b"\xff" * 40)
+    files["pickled"].write_bytes(pickle.dumps({"evil": 1}))
+    np.save(files["objects"], np.array([1, "a", None], dtype=object), allow_pickle=True)
+    np.save(files["4d"], np.zeros((2, 2, 2, 8)))
+    return files
+
+
+def write_wav(path: Path, data: np.ndarray, rate: int = 8000, subtype: str = "PCM_16") -> Path:
+    """Write ``(C, T)`` or ``(T,)`` samples as a sound file."""
+    sf.write(path, np.asarray(data).T, rate, subtype=subtype)
+    return path

@@ -1,0 +1,157 @@
+"""Directories, several inputs, one bad file in a batch, batching by shape, OOM splitting."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from cli.jobs import plan_jobs
+from cli.runner import Operation, RunOptions, run_jobs
+from tests.cli.conftest import SAMPLES, invoke, listing, write_wav
+
+KERNEL = SAMPLES / "impulse_response.wav"
+
+
+@pytest.fixture
+def tree(tmp_path):
+    """in/a.wav, in/b.wav, in/sub/c.wav (equal shapes) and in/sub/d.npy, in/notes.txt."""
+    root = tmp_path / "in"
+    (root / "sub").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name in ("a.wav", "b.wav", "sub/c.wav"):
+        write_wav(root / name, 0.1 * rng.standard_normal((2, 400)), subtype="FLOAT")
+    np.save(root / "sub" / "d.npy", rng.standard_normal(300))
+    (root / "notes.txt").write_text("not a signal")
+    return root
+
+
+def test_directory_mirrors_relative_paths(tree, tmp_path):
+    out = tmp_path / "out"
+    r = invoke("convolve", tree, out, "--kernel", KERNEL, "--recursive")
+    assert r.exit_code == 0, r.output
+    assert listing(out) == ["a.wav", "b.wav", "sub/c.wav", "sub/d.npy"]
+    assert "4 files processed" in r.stderr
+    # Without --recursive only the top level; --glob narrows the choice.
+    r = invoke("convolve", tree, tmp_path / "top", "--kernel", KERNEL)
+    assert r.exit_code == 0 and listing(tmp_path / "top") == ["a.wav", "b.wav"]
+    r = invoke("convolve", tree, tmp_path / "g", "--kernel", KERNEL, "-r", "--glob", "*.npy")
+    assert r.exit_code == 0 and listing(tmp_path / "g") == ["sub/d.npy"]
+    r = invoke("convolve", tree, tmp_path / "none", "--kernel", KERNEL, "--glob", "*.flac")
+    assert r.exit_code == 2 and "no input files matching '*.flac'" in r.stderr
+
+
+def test_several_files_into_a_directory(tmp_path):
+    out = tmp_path / "out"
+    r = invoke(
+        "convolve",
+        SAMPLES / "speech_mono16.wav",
+        SAMPLES / "music_stereo24.wav",
+        out,
+        "--kernel",
+        KERNEL,
+        "-q",
+    )
+    assert r.exit_code == 0 and r.stderr == "" and r.stdout == ""
+    assert listing(out) == ["music_stereo24.wav", "speech_mono16.wav"]
+
+
+def test_one_corrupt_file_does_not_stop_the_batch(tree, tmp_path, bad_inputs):
+    (tree / "zz_corrupt.wav").write_bytes(bad_inputs["corrupt"].read_bytes())
+    (tree / "m_empty.wav").write_bytes(b"")
+    out = tmp_path / "out"
+    r = invoke("convolve", tree, out, "--kernel", KERNEL, "-r")
+    assert r.exit_code == 1
+    assert "zz_corrupt.wav" in r.stderr and "m_empty.wav: file is empty" in r.stderr
+    assert "4 files processed, 2 files failed." in r.stderr
+    assert listing(out) == ["a.wav", "b.wav", "sub/c.wav", "sub/d.npy"]
+
+
+def test_same_directory_rerun_keeps_outputs_and_skips_temporaries(tree, tmp_path):
+    out = tmp_path / "out"
+    assert invoke("convolve", tree, out, "--kernel", KERNEL).exit_code == 0
+    before = {p: (out / p).read_bytes() for p in listing(out)}
+    r = invoke("convolve", tree, out, "--kernel", KERNEL)
+    assert r.exit_code == 1 and r.stderr.count("output exists") == 2
+    assert {p: (out / p).read_bytes() for p in listing(out)} == before
+
+
+def test_output_equal_to_input_only_with_overwrite(tmp_path):
+    src = write_wav(tmp_path / "x.wav", np.full((1, 50), 0.25), subtype="FLOAT")
+    np.save(tmp_path / "k.npy", np.array([2.0]))
+    r = invoke("convolve", src, src, "--kernel", tmp_path / "k.npy")
+    assert r.exit_code == 1 and "output exists" in r.stderr
+    assert np.allclose(sf.read(src)[0], 0.25)
+    r = invoke("convolve", src, src, "--kernel", tmp_path / "k.npy", "--overwrite")
+    assert r.exit_code == 0
+    assert np.allclose(sf.read(src)[0], 0.5) and listing(tmp_path) == ["k.npy", "x.wav"]
+
+
+def test_equal_shapes_are_stacked_into_one_batch(tree, tmp_path):
+    calls = []
+
+    def apply(batch, info):
+        calls.append(tuple(batch.shape))
+        return batch * 2
+
+    jobs = plan_jobs([tree], tmp_path / "out", recursive=True)
+    report = run_jobs(jobs, Operation(apply=apply), RunOptions(device="cpu", quiet=True))
+    assert report.return_code == 0 and report.done_count == 4
+    assert sorted(calls) == [(1, 1, 300), (3, 2, 400)]
+    got = sf.read(tmp_path / "out" / "sub" / "c.wav", dtype="float32")[0]
+    np.testing.assert_allclose(got, 2 * sf.read(tree / "sub" / "c.wav", dtype="float32")[0])
+
+
+def test_out_of_memory_splits_the_batch_and_retries(tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i in range(7):
+        np.save(folder / f"x{i}.npy", np.full((2, 64), float(i)))
+    sizes = []
+
+    def apply(batch, info):
+        sizes.append(batch.shape[0])
+        if batch.shape[0] > 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 1 GiB")
+        return batch + 1
+
+    jobs = plan_jobs([folder], tmp_path / "out")
+    report = run_jobs(jobs, Operation(apply=apply), RunOptions(device="cpu", quiet=True))
+    assert report.return_code == 0 and report.done_count == 7
+    for i in range(7):
+        np.testing.assert_array_equal(np.load(tmp_path / "out" / f"x{i}.npy"), i + 1.0)
+    assert max(s for s in sizes if s <= 2) == 2 and sizes[0] == 7
+
+
+def test_out_of_memory_on_a_single_file_fails_only_that_file(tmp_path):
+    np.save(tmp_path / "big.npy", np.zeros((1, 100)))
+    np.save(tmp_path / "small.npy", np.zeros((1, 10)))
+
+    def apply(batch, info):
+        if batch.shape[-1] > 50:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory.")
+        return batch
+
+    jobs = plan_jobs([tmp_path / "big.npy", tmp_path / "small.npy"], tmp_path / "out")
+    report = run_jobs(jobs, Operation(apply=apply), RunOptions(device="cpu", quiet=True))
+    assert report.return_code == 1
+    assert report.failures == [(str(tmp_path / "big.npy"), "out of device memory")]
+    assert listing(tmp_path / "out") == ["small.npy"]
+
+
+def test_interrupt_leaves_no_partial_output(tmp_path):
+    np.save(tmp_path / "x.npy", np.zeros((1, 10)))
+
+    def apply(batch, info):
+        raise KeyboardInterrupt
+
+    jobs = plan_jobs([tmp_path / "x.npy"], tmp_path / "out" / "y.npy")
+    with pytest.raises(KeyboardInterrupt):
+        run_jobs(jobs, Operation(apply=apply), RunOptions(device="cpu", quiet=True))
+    assert listing(tmp_path) == ["x.npy"]
+
+
+def test_no_progress_bar_when_stderr_is_not_a_terminal(tree, tmp_path):
+    r = invoke("convolve", tree, tmp_path / "out", "--kernel", KERNEL, "-r")
+    assert r.exit_code == 0 and "it/s" not in r.stderr and "file/s" not in r.stderr

@@ -1,0 +1,109 @@
+"""Every bad input gets its exit code and a message naming file and reason, and writes nothing."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tests.cli.conftest import SAMPLES, invoke, listing
+
+# A command that reads files without needing a smoothing window, so these tests isolate I/O.
+KERNEL = SAMPLES / "impulse_response.wav"
+
+
+def convolve(*args):
+    return invoke("convolve", *args, "--kernel", KERNEL)
+
+
+@pytest.mark.parametrize(
+    "kind, reason",
+    [
+        ("empty", "file is empty"),
+        ("text", "not a readable sound file (Format not recognised)"),
+        ("corrupt", "not a readable sound file"),
+        ("pickled", "not a valid .npy file"),
+        ("objects", "pickled data"),
+        ("4d", "4-D"),
+    ],
+)
+def test_unreadable_input(bad_inputs, tmp_path, kind, reason):
+    src = bad_inputs[kind]
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    r = convolve(src, out_dir / "y.npy")
+    assert r.exit_code == 1, r.output
+    assert str(src) in r.stderr and reason in r.stderr
+    assert "Traceback" not in r.output
+    assert listing(out_dir) == []
+
+
+def test_missing_input_is_usage_error(tmp_path):
+    r = convolve(tmp_path / "nope.wav", tmp_path / "y.wav")
+    assert r.exit_code == 2
+    assert "nope.wav" in r.stderr and "no such file" in r.stderr
+    assert listing(tmp_path) == []
+
+
+def test_output_exists_needs_overwrite(tmp_path):
+    out = tmp_path / "y.wav"
+    out.write_bytes(b"precious")
+    r = convolve(SAMPLES / "speech_mono16.wav", out)
+    assert r.exit_code == 1
+    assert "output exists" in r.stderr and "--overwrite" in r.stderr and str(out) in r.stderr
+    assert out.read_bytes() == b"precious" and listing(tmp_path) == ["y.wav"]
+    r = convolve(SAMPLES / "speech_mono16.wav", out, "--overwrite")
+    assert r.exit_code == 0 and out.read_bytes() != b"precious"
+
+
+def test_output_directory_is_a_file(tmp_path):
+    blocker = tmp_path / "out"
+    blocker.write_text("a file")
+    for args in (
+        [SAMPLES / "speech_mono16.wav", SAMPLES / "music_stereo24.wav", blocker],  # many -> dir
+        [SAMPLES / "speech_mono16.wav", blocker / "y.wav"],  # parent is a file
+    ):
+        r = convolve(*args)
+        assert r.exit_code == 2, r.output
+        assert "out" in r.stderr and "is a file" in r.stderr
+    assert listing(tmp_path) == ["out"]
+
+
+def test_unknown_output_extension(tmp_path):
+    r = convolve(SAMPLES / "speech_mono16.wav", tmp_path / "y.xyz")
+    assert r.exit_code == 2 and ".xyz" in r.stderr
+    assert listing(tmp_path) == []
+
+
+def test_bad_subtype(tmp_path):
+    r = convolve(SAMPLES / "speech_mono16.wav", tmp_path / "y.flac", "--subtype", "FLOAT")
+    assert r.exit_code == 2 and "FLOAT" in r.stderr and "FLAC" in r.stderr
+    assert listing(tmp_path) == []
+
+
+def test_npy_to_audio_needs_rate(tmp_path):
+    r = convolve(SAMPLES / "sensor_gaps.npy", tmp_path / "y.wav")
+    assert r.exit_code == 2 and "--rate" in r.stderr and "sensor_gaps.npy" in r.stderr
+    assert listing(tmp_path) == []
+
+
+def test_3d_npy_cannot_become_audio(tmp_path):
+    np.save(tmp_path / "x.npy", np.zeros((2, 1, 100)))
+    r = convolve(tmp_path / "x.npy", tmp_path / "y.wav", "--rate", "100")
+    assert r.exit_code == 1 and "3-D" in r.stderr
+    assert listing(tmp_path) == ["x.npy"]
+
+
+def test_bad_device_and_missing_cuda(tmp_path):
+    r = convolve(SAMPLES / "speech_mono16.wav", tmp_path / "y.wav", "--device", "tpu")
+    assert r.exit_code == 2 and "tpu" in r.stderr
+    import torch
+
+    if not torch.cuda.is_available():
+        r = convolve(SAMPLES / "speech_mono16.wav", tmp_path / "y.wav", "--device", "cuda")
+        assert r.exit_code == 2 and "CUDA is not available" in r.stderr
+    assert listing(tmp_path) == []
+
+
+def test_verbose_shows_traceback_for_failures(bad_inputs, tmp_path):
+    r = convolve(bad_inputs["text"], tmp_path / "y.wav", "-v")
+    assert r.exit_code == 1 and "Traceback" in r.stderr

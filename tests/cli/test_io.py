@@ -1,0 +1,166 @@
+"""Files: formats kept, cross-format writes, clipping, atomic writes, .npy rules."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from cli.audio_io import probe, read_signal
+from cli.errors import FileProblem
+from cli.writing import AtomicWriter, output_spec
+from tests.cli.conftest import SAMPLES, invoke, listing, write_wav
+
+
+@pytest.fixture
+def identity(tmp_path):
+    path = tmp_path / "identity.npy"
+    np.save(path, np.array([1.0]))
+    return path
+
+
+@pytest.mark.parametrize(
+    "name, fmt, subtype, rate, channels",
+    [
+        ("speech_mono16.wav", "WAV", "PCM_16", 16000, 1),
+        ("music_stereo24.wav", "WAV", "PCM_24", 48000, 2),
+        ("multichannel_float.wav", "WAV", "FLOAT", 8000, 5),
+    ],
+)
+def test_format_subtype_rate_channels_kept(tmp_path, identity, name, fmt, subtype, rate, channels):
+    out = tmp_path / name
+    r = invoke("convolve", SAMPLES / name, out, "--kernel", identity)
+    assert r.exit_code == 0, r.output
+    info = sf.info(out)
+    assert (info.format, info.subtype, info.samplerate, info.channels) == (
+        fmt,
+        subtype,
+        rate,
+        channels,
+    )
+    # An identity kernel must give back the very same integer codes / floats.
+    kind = "float32" if subtype == "FLOAT" else "int32"
+    np.testing.assert_array_equal(
+        sf.read(out, dtype=kind)[0], sf.read(SAMPLES / name, dtype=kind)[0]
+    )
+
+
+def test_cross_format_writes(tmp_path, identity):
+    src = SAMPLES / "music_stereo24.wav"
+    # The extension picks the format; the subtype is kept where the format allows it.
+    assert invoke("convolve", src, tmp_path / "a.flac", "--kernel", identity).exit_code == 0
+    assert (sf.info(tmp_path / "a.flac").format, sf.info(tmp_path / "a.flac").subtype) == (
+        "FLAC",
+        "PCM_24",
+    )
+    assert invoke("convolve", src, tmp_path / "b.ogg", "--kernel", identity).exit_code == 0
+    assert sf.info(tmp_path / "b.ogg").subtype == "VORBIS"
+    # --subtype overrides.
+    r = invoke("convolve", src, tmp_path / "c.wav", "--kernel", identity, "--subtype", "PCM_16")
+    assert r.exit_code == 0 and sf.info(tmp_path / "c.wav").subtype == "PCM_16"
+    # .wav -> .npy writes floats (C, T); .npy -> .wav needs --rate and writes FLOAT.
+    assert invoke("convolve", src, tmp_path / "d.npy", "--kernel", identity).exit_code == 0
+    d = np.load(tmp_path / "d.npy")
+    assert d.shape == (2, 96000) and d.dtype == np.float32
+    np.testing.assert_array_equal(d, sf.read(src, dtype="float32")[0].T)
+    r = invoke(
+        "convolve", tmp_path / "d.npy", tmp_path / "e.wav", "--kernel", identity, "--rate", "22050"
+    )
+    assert r.exit_code == 0, r.output
+    info = sf.info(tmp_path / "e.wav")
+    assert (info.samplerate, info.subtype, info.channels) == (22050, "FLOAT", 2)
+
+
+def test_npy_dtypes_and_shapes(tmp_path, identity):
+    cases = {
+        "f32.npy": np.ones((2, 20), dtype=np.float32),
+        "f64.npy": np.ones(20),
+        "i16.npy": np.arange(20, dtype=np.int16),
+        "ncT.npy": np.ones((3, 2, 20)),
+    }
+    for name, array in cases.items():
+        np.save(tmp_path / name, array)
+        r = invoke("convolve", tmp_path / name, tmp_path / f"out_{name}", "--kernel", identity)
+        assert r.exit_code == 0, r.output
+        got = np.load(tmp_path / f"out_{name}")
+        assert got.shape == array.shape
+        assert got.dtype == (array.dtype if array.dtype.kind == "f" else np.float32)
+        np.testing.assert_array_equal(got, array.astype(got.dtype))
+
+
+def test_integer_pcm_clips_never_wraps_and_reports(tmp_path):
+    x = np.array([[0.5, 0.9, -0.9, 0.1, 0.6]])
+    src = write_wav(tmp_path / "x.wav", x, subtype="PCM_16")
+    np.save(tmp_path / "k.npy", np.array([2.0]))
+    out = tmp_path / "y.wav"
+    r = invoke("convolve", src, out, "--kernel", tmp_path / "k.npy")
+    assert r.exit_code == 0
+    assert "3 samples clipped to [-1, 1]" in r.stderr and str(out) in r.stderr
+    codes = sf.read(out, dtype="int16")[0]
+    doubled = 2 * int(sf.read(src, dtype="int16")[0][3])
+    assert codes.tolist() == [32767, 32767, -32768, doubled, 32767]
+    r = invoke("convolve", src, tmp_path / "q.wav", "--kernel", tmp_path / "k.npy", "-q")
+    assert r.exit_code == 0 and r.stderr == ""
+
+
+def test_nan_into_integer_pcm_is_written_as_zero_and_reported(tmp_path):
+    np.save(tmp_path / "x.npy", np.array([0.1, np.nan, 0.2]))
+    np.save(tmp_path / "k.npy", np.array([1.0]))
+    out = tmp_path / "y.wav"
+    r = invoke(
+        "convolve",
+        tmp_path / "x.npy",
+        out,
+        "--kernel",
+        tmp_path / "k.npy",
+        "--rate",
+        "8000",
+        "--subtype",
+        "PCM_16",
+    )
+    assert r.exit_code == 0 and "1 NaN/Inf samples written as 0" in r.stderr
+    assert sf.read(out, dtype="int16")[0].tolist()[1] == 0
+
+
+def test_interrupted_write_leaves_old_file_and_no_temporary(tmp_path):
+    info = probe(SAMPLES / "speech_mono16.wav")
+    data = read_signal(info)
+    dest = tmp_path / "y.wav"
+    dest.write_bytes(b"old")
+    spec = output_spec(dest, info)
+    with pytest.raises(KeyboardInterrupt):
+        with AtomicWriter(dest, spec, data.shape, overwrite=True) as writer:
+            writer.write(data[:, :1000])
+            assert len(listing(tmp_path)) == 2  # the hidden temporary exists meanwhile
+            raise KeyboardInterrupt
+    assert listing(tmp_path) == ["y.wav"] and dest.read_bytes() == b"old"
+    # A completed write replaces it, with ordinary permissions (not mkstemp's 0600).
+    with AtomicWriter(dest, spec, data.shape, overwrite=True) as writer:
+        writer.write(data)
+    assert listing(tmp_path) == ["y.wav"] and sf.info(dest).frames == data.shape[1]
+
+
+def test_probe_reasons(bad_inputs, tmp_path):
+    for kind, reason in [("empty", "empty"), ("objects", "pickled"), ("4d", "4-D")]:
+        with pytest.raises(FileProblem, match=reason) as err:
+            probe(bad_inputs[kind])
+        assert err.value.exit_code == 1 and err.value.path == str(bad_inputs[kind])
+    np.save(tmp_path / "c.npy", np.ones(3, dtype=np.complex64))
+    with pytest.raises(FileProblem, match="not a real number type"):
+        probe(tmp_path / "c.npy")
+    np.save(tmp_path / "z.npy", np.ones((2, 0)))
+    with pytest.raises(FileProblem, match="no samples"):
+        probe(tmp_path / "z.npy")
+
+
+def test_info_command(tmp_path, bad_inputs):
+    r = invoke(
+        "info", SAMPLES / "speech_mono16.wav", SAMPLES / "sensor_gaps.npy", bad_inputs["text"]
+    )
+    assert r.exit_code == 1
+    lines = r.stdout.splitlines()
+    assert lines[0].endswith("32000 frames, 16000 Hz, 1 channel, WAV/PCM_16, 2.000 s")
+    assert lines[1].endswith("sensor_gaps.npy: shape (4000,), float64")
+    assert "text.wav" in r.stderr and len(lines) == 2
+    r = invoke("info", tmp_path / "missing.wav")
+    assert r.exit_code == 2 and "missing.wav" in r.stderr
