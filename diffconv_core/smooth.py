@@ -1,0 +1,125 @@
+"""Smoothing: convolution with a unit-sum window, with edge and NaN handling.
+
+:func:`smooth` is the function behind ``diffconv smooth``: it builds a window from the
+registry (:mod:`diffconv_core.windows`), normalised to unit DC gain, and convolves it with
+the signal in "same" mode (centred as ``scipy.signal.convolve`` centres it, even lengths
+included), so the output has the input's length.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from diffconv_core import _window_build as _b
+from diffconv_core._validation import PADDINGS, check_choice, check_tensor
+from diffconv_core.convolution import convolve
+from diffconv_core.windows import get_window
+
+__all__ = ["smooth", "EDGES", "NAN_POLICIES"]
+
+EDGES = (*PADDINGS, "renormalize")
+NAN_POLICIES = ("propagate", "omit", "raise")
+
+
+def smooth(
+    signal: Tensor,
+    window: str | tuple | float = "hann",
+    length: int = 31,
+    *,
+    edges: str = "reflect",
+    nan_policy: str = "propagate",
+    sym: bool = True,
+    width: float | Tensor | None = None,
+    method: str = "auto",
+    **window_params: Any,
+) -> Tensor:
+    """Smooth along the last axis with a unit-sum window; the output has the input's length.
+
+    Args:
+        signal: real floating-point tensor, time last.
+        window: a window name, ``(name, *params)`` tuple or Kaiser beta, as
+            :func:`diffconv_core.windows.get_window` takes it (symmetric by default).
+        length: window length in taps, >= 1. An even length is centred as scipy's "same"
+            mode centres it (half a sample towards the start).
+        edges: how the signal continues past its ends: any ``padding`` of
+            :func:`diffconv_core.convolve` ("zeros", "reflect", "symmetric", "replicate",
+            "circular"), or "renormalize": zero padding, with each output divided by the
+            part of the window that lies inside the signal (no droop at the ends).
+        nan_policy: "propagate" (a NaN spoils the outputs whose window covers it), "omit"
+            (NaNs are ignored and each output is renormalised over the valid samples under
+            its window, as astropy's convolution does; an output whose window holds no valid
+            sample stays NaN) or "raise" (a ValueError if the signal has a NaN).
+        sym: symmetric (default) or periodic window.
+        width: fractional window width (see :func:`diffconv_core.windows.get_window`).
+        method: convolution method for :func:`diffconv_core.convolve`.
+        **window_params: the window's parameters (``std=``, ``beta=`` ...), numbers or
+            tensors (differentiable).
+
+    With "renormalize" or "omit" the divisor is a partial sum of the window: for windows
+    with negative taps (flattop, lanczos) it can get close to zero near gaps and ends.
+
+    Shape:
+        - signal: ``(..., T)``
+        - output: ``(..., T)`` (window parameters of shape ``S`` broadcast as leading dims)
+
+    Example:
+        >>> x = torch.tensor([0.0, 0.0, 3.0, 0.0, 0.0])
+        >>> smooth(x, "boxcar", 3, edges="zeros")
+        tensor([0., 1., 1., 1., 0.])
+        >>> y = torch.tensor([2.0, float("nan"), 4.0, 4.0])
+        >>> smooth(y, "boxcar", 3, edges="renormalize", nan_policy="omit")
+        tensor([2., 3., 4., 4.])
+    """
+    check_tensor("signal", signal)
+    length = _b.check_length(length)
+    check_choice("edges", edges, EDGES)
+    check_choice("nan_policy", nan_policy, NAN_POLICIES)
+    w = get_window(
+        window,
+        length,
+        sym=sym,
+        normalize="sum",
+        width=width,
+        dtype=signal.dtype,
+        device=signal.device,
+        **window_params,
+    )
+    missing = torch.isnan(signal)
+    if nan_policy == "raise" and bool(missing.any()):
+        count = int(missing.sum())
+        first = missing.reshape(-1, signal.shape[-1]).any(0).nonzero()[0].item()
+        raise ValueError(
+            f"signal contains {count} NaN sample(s) (first at time index {first}); "
+            "use nan_policy='omit' to skip them or 'propagate' to keep them"
+        )
+    pad = "zeros" if edges == "renormalize" else edges
+    if nan_policy != "omit" or not bool(missing.any()):
+        out = convolve(signal, w, padding=pad, method=method)
+        if edges == "renormalize":
+            inside = torch.ones(signal.shape[-1], dtype=signal.dtype, device=signal.device)
+            out = out / convolve(inside, w, padding="zeros", method=method)
+        return out
+
+    # "omit": zero the NaNs, then divide by the weight of the valid samples under the window.
+    filled = torch.where(missing, torch.zeros_like(signal), signal)
+    numerator = convolve(filled, w, padding=pad, method=method)
+    support = (w.detach() != 0).to(signal.dtype)
+    valid = (~missing).to(signal.dtype)
+    if edges == "zeros":
+        # The zeros past the ends are values, not gaps: only NaNs take weight away.
+        gaps = missing.to(signal.dtype)
+        weight = w.sum(-1, keepdim=True) - convolve(gaps, w, padding="zeros", method=method)
+        count = support.sum(-1, keepdim=True) - convolve(gaps, support, method=method)
+    else:
+        # Padding the validity mask as the signal is padded keeps the two consistent; with
+        # "renormalize" the zero padding marks everything past the ends as missing.
+        weight = convolve(valid, w, padding=pad, method=method)
+        count = convolve(valid, support, padding=pad, method=method)
+    # `count` is a (rounded) number of valid samples under the non-zero taps.
+    empty = count < 0.5
+    safe_weight = torch.where(empty, torch.ones_like(weight), weight)
+    out = numerator / safe_weight
+    return torch.where(empty, torch.full_like(out, float("nan")), out)

@@ -1,0 +1,198 @@
+"""diffconv_core.smooth against a direct numpy reference and scipy."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.signal
+import torch
+
+from diffconv_core.smooth import EDGES, smooth
+
+NUMPY_PAD = {
+    "reflect": "reflect",
+    "symmetric": "symmetric",
+    "replicate": "edge",
+    "circular": "wrap",
+}
+
+
+def reference(x, w, edges, nan_policy):
+    """Direct sum, sample by sample, of the documented definitions (1-D numpy)."""
+    w = w / w.sum()
+    T, K = len(x), len(w)
+    if edges in ("zeros", "renormalize"):
+        xp = np.pad(x, K)  # zeros past the ends
+        inside = np.pad(np.ones(T, dtype=bool), K)
+    else:
+        xp = np.pad(x, K, mode=NUMPY_PAD[edges])
+        inside = np.ones(T + 2 * K, dtype=bool)
+    out = np.empty(T)
+    for i in range(T):
+        # scipy's "same": output i is full-convolution sample i + (K - 1) // 2.
+        idx = i + (K - 1) // 2 - np.arange(K) + K
+        values = xp[idx]
+        if nan_policy == "propagate":
+            if edges == "renormalize":
+                out[i] = np.sum(w * values) / np.sum(w[inside[idx]])
+            else:
+                out[i] = np.sum(w * values)
+            continue
+        valid = ~np.isnan(values)
+        if edges == "renormalize":
+            valid &= inside[idx]
+        if not np.any(valid & (w != 0)):
+            out[i] = np.nan
+        else:
+            out[i] = np.sum(w[valid] * values[valid]) / np.sum(w[valid])
+    return out
+
+
+def _signal(rng, T, nan_runs=()):
+    x = rng.standard_normal(T)
+    for start, stop in nan_runs:
+        x[start:stop] = np.nan
+    return x
+
+
+WINDOWS = [("hann", {}), ("boxcar", {}), ("gaussian", {"std": 2.5})]
+
+
+@pytest.mark.parametrize("edges", EDGES)
+@pytest.mark.parametrize("nan_policy", ["propagate", "omit"])
+def test_against_numpy_reference(edges, nan_policy):
+    rng = np.random.default_rng(7)
+    scipy_windows = scipy.signal.windows
+    for T in (9, 40):
+        for length in (1, 4, 5, 31):
+            for name, params in WINDOWS:
+                if name == "hann" and length < 3:
+                    continue
+                runs = ((2, 3), (T - 1, T)) if T < 20 else ((3, 5), (20, 35))
+                x = _signal(rng, T, runs)
+                ref_w = getattr(scipy_windows, name)(length, **params)
+                ref = reference(x, ref_w, edges, nan_policy)
+                got = smooth(
+                    torch.from_numpy(x), name, length, edges=edges, nan_policy=nan_policy, **params
+                )
+                msg = f"T={T} length={length} window={name}"
+                np.testing.assert_allclose(got.numpy(), ref, atol=1e-10, err_msg=msg)
+
+
+@pytest.mark.parametrize("edges", EDGES)
+def test_without_nans_both_policies_agree_with_reference(edges):
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 3, 25))
+    for length in (6, 7):
+        want = np.stack(
+            [
+                [
+                    reference(x[i, j], scipy.signal.windows.hann(length), edges, "omit")
+                    for j in range(3)
+                ]
+                for i in range(2)
+            ]
+        )
+        for policy in ("propagate", "omit", "raise"):
+            got = smooth(torch.from_numpy(x), "hann", length, edges=edges, nan_policy=policy)
+            assert got.shape == x.shape
+            np.testing.assert_allclose(got.numpy(), want, atol=1e-10)
+
+
+def test_zeros_edges_equal_scipy_same_mode_even_and_odd():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(50)
+    for length in (1, 2, 8, 9, 64):
+        w = scipy.signal.windows.gaussian(length, 3.0)
+        ref = scipy.signal.convolve(x, w / w.sum(), mode="same")
+        got = smooth(torch.from_numpy(x), "gaussian", length, edges="zeros", std=3.0)
+        np.testing.assert_allclose(got.numpy(), ref, atol=1e-12)
+
+
+def test_float32_and_window_forms():
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal(64).astype(np.float32)
+    w = scipy.signal.windows.kaiser(15, 6.0)
+    ref = reference(x.astype(np.float64), w, "reflect", "propagate")
+    for window in (("kaiser", 6.0), 6.0):
+        got = smooth(torch.from_numpy(x), window, 15)
+        assert got.dtype == torch.float32
+        np.testing.assert_allclose(got.numpy(), ref, atol=1e-5)
+    got = smooth(torch.from_numpy(x), "kaiser", 15, beta=6.0)
+    np.testing.assert_allclose(got.numpy(), ref, atol=1e-5)
+
+
+def test_renormalize_has_no_droop_at_the_ends():
+    x = torch.full((30,), 5.0, dtype=torch.float64)
+    out = smooth(x, "hann", 11, edges="renormalize")
+    torch.testing.assert_close(out, x)
+    drooped = smooth(x, "hann", 11, edges="zeros")
+    assert drooped[0] < 4.0
+
+
+def test_omit_all_nan_window_stays_nan_and_inf_propagates():
+    x = torch.tensor([1.0, float("nan"), float("nan"), float("nan"), float("nan"), 2.0, 3.0])
+    out = smooth(x.double(), "boxcar", 3, nan_policy="omit", edges="replicate")
+    assert torch.isnan(out[2:4]).all() and torch.isfinite(out[[0, 1, 4, 5, 6]]).all()
+    y = torch.tensor([1.0, 2.0, float("inf"), 3.0, 4.0, 5.0, 6.0, 7.0], dtype=torch.float64)
+    y[6] = float("nan")
+    out = smooth(y, "boxcar", 3, nan_policy="omit", edges="reflect")
+    assert torch.isinf(out[1:4]).all()
+    assert torch.isfinite(out[[0, 4, 5, 6, 7]]).all()
+
+
+def test_gradients():
+    rng = np.random.default_rng(5)
+    x = torch.from_numpy(_signal(rng, 16, ((4, 6),))).requires_grad_()
+    std = torch.tensor(1.7, dtype=torch.float64, requires_grad=True)
+    width = torch.tensor(6.3, dtype=torch.float64, requires_grad=True)
+
+    def omit(x, std):
+        return smooth(x, "gaussian", 7, edges="renormalize", nan_policy="omit", std=std)
+
+    assert torch.autograd.gradcheck(omit, (x, std))
+    clean = torch.from_numpy(rng.standard_normal((2, 16))).requires_grad_()
+    for edges in ("reflect", "zeros", "renormalize"):
+        assert torch.autograd.gradcheck(
+            lambda x, w, e=edges: smooth(x, "hann", 9, edges=e, width=w), (clean, width)
+        )
+    # NaN samples get no gradient; the others do.
+    omit(x, std).sum().backward()
+    assert torch.isfinite(x.grad).all() and (x.grad[4:6] == 0).all()
+
+
+def test_batched_window_parameters_broadcast():
+    x = torch.randn(3, 20, dtype=torch.float64)
+    std = torch.tensor([[1.0], [2.0], [4.0]], dtype=torch.float64)
+    out = smooth(x, "gaussian", 9, std=std.squeeze(-1))
+    for i in range(3):
+        single = smooth(x[i], "gaussian", 9, std=float(std[i]))
+        torch.testing.assert_close(out[i], single)
+
+
+@pytest.mark.parametrize(
+    "call, exc, match",
+    [
+        (lambda: smooth(torch.ones(5), length=0), ValueError, "length must be >= 1; got 0"),
+        (lambda: smooth(torch.ones(5), length=2.0), TypeError, "length must be an integer"),
+        (lambda: smooth(torch.ones(5), edges="wrap"), ValueError, "edges must be one of.*'wrap'"),
+        (
+            lambda: smooth(torch.ones(5), nan_policy="drop"),
+            ValueError,
+            "nan_policy must be one of.*'drop'",
+        ),
+        (lambda: smooth(torch.ones(5), "hanm"), ValueError, "unknown window 'hanm'"),
+        (lambda: smooth(torch.ones(5), "gaussian"), ValueError, "requires parameter 'std'"),
+        (lambda: smooth(torch.ones(5), "hann", 2), ValueError, "has a sum of zero"),
+        (lambda: smooth(torch.arange(5), "hann"), TypeError, "signal must be a floating-point"),
+        (lambda: smooth([1.0, 2.0]), TypeError, "signal must be a torch.Tensor"),
+        (
+            lambda: smooth(torch.tensor([[1.0, 2.0], [3.0, float("nan")]]), nan_policy="raise"),
+            ValueError,
+            r"1 NaN sample\(s\) \(first at time index 1\)",
+        ),
+    ],
+)
+def test_errors(call, exc, match):
+    with pytest.raises(exc, match=match):
+        call()
