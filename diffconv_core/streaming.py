@@ -28,11 +28,13 @@ with the signal's *end*, so unless the caller hands that end over up front
 
 from __future__ import annotations
 
+import operator
+
 import torch
 
 from diffconv_core._validation import MODES, check_choice
 
-__all__ = ["StreamingConvolver", "stream_convolve", "mode_pads"]
+__all__ = ["StreamingConvolver", "StreamingSmoother", "stream_convolve", "mode_pads"]
 
 
 def mode_pads(mode: str, kernel_length: int) -> tuple[int, int]:
@@ -322,3 +324,161 @@ def stream_convolve(
         if out.shape[-1]:
             yield out
     yield conv.flush()
+
+
+class StreamingSmoother:
+    """Stream :func:`diffconv_core.smooth.smooth` block by block, with any of its options.
+
+    ``smooth`` is local: an output depends on the input within one window length of it, plus,
+    near the ends, on the edge rule (a pad built from the first or last samples, the in-signal
+    window mass for ``edges="renormalize"``, the valid neighbours for ``nan_policy="omit"``).
+    So the convolver keeps a margin of ``length`` samples on each side of the outputs it has
+    not emitted, runs ``smooth`` itself on ``[margin, new samples]``, and keeps only outputs
+    whose window touches neither of that chunk's artificial ends. The true start and end are
+    the chunk's real ends, so the edge rule applies exactly there; no smoothing math is
+    repeated here, and the result is ``smooth(whole, ...)`` to float tolerance.
+
+    ``edges="circular"`` wraps the end around to the start, which is not local: the whole
+    signal is kept and smoothed at :meth:`flush`.
+
+    Args:
+        window, length, edges, nan_policy, **window_params: as :func:`diffconv_core.smooth.smooth`.
+        dtype, device: if given, every pushed block is first moved to them (e.g. a file's
+            float32 blocks to float64 on a GPU).
+
+    Shape:
+        blocks ``(..., n)`` with the same leading dims -> pieces ``(..., m)``; concatenated,
+        ``(..., T)`` like ``smooth``.
+
+    Example:
+        >>> import torch
+        >>> from diffconv_core.smooth import smooth
+        >>> x = torch.randn(2, 300, dtype=torch.float64)
+        >>> x[0, 100:120] = float("nan")
+        >>> sm = StreamingSmoother("hann", 15, edges="renormalize", nan_policy="omit")
+        >>> y = torch.cat([sm.push(b) for b in x.split(40, dim=-1)] + [sm.flush()], dim=-1)
+        >>> ref = smooth(x, "hann", 15, edges="renormalize", nan_policy="omit")
+        >>> torch.allclose(y, ref, equal_nan=True)
+        True
+    """
+
+    def __init__(
+        self,
+        window: str = "hann",
+        length: int = 31,
+        *,
+        edges: str = "reflect",
+        nan_policy: str = "propagate",
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+        **window_params,
+    ) -> None:
+        try:
+            valid_length = not isinstance(length, bool) and operator.index(length) >= 1
+        except TypeError:
+            valid_length = False
+        if not valid_length:
+            raise ValueError(f"length must be a positive integer; got {length!r}")
+        length = operator.index(length)
+        self.window = window
+        self.length = length
+        self.edges = edges
+        self.nan_policy = nan_policy
+        self.window_params = window_params
+        self.dtype = dtype
+        self.device = device
+        # Reach of one output in each direction, generously rounded up so that any centring
+        # convention of even lengths is covered.
+        self._margin = length
+        self._local = edges != "circular"
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the stream, ready for a new signal with the same options."""
+        self._lead: torch.Size | None = None
+        self._pieces: list[torch.Tensor] = []  # unconsumed signal: x[start:]
+        self._start = 0  # signal index of the first kept sample
+        self._n_in = 0
+        self._n_out = 0
+        self._flushed = False
+
+    @property
+    def buffered_samples(self) -> int:
+        """Samples (per channel) held between pushes: ``O(length + block)``."""
+        return self._n_in - self._start
+
+    def _smooth(self, chunk: torch.Tensor) -> torch.Tensor:
+        from diffconv_core.smooth import smooth
+
+        return smooth(
+            chunk,
+            self.window,
+            self.length,
+            edges=self.edges,
+            nan_policy=self.nan_policy,
+            **self.window_params,
+        )
+
+    def push(self, block: torch.Tensor) -> torch.Tensor:
+        """Feed the next ``block``; return the smoothed samples it completes.
+
+        Shape:
+            ``(..., n)`` -> ``(..., m)``, ``m`` >= 0.
+        """
+        if self._flushed:
+            raise RuntimeError("push() after flush(); call reset() to start a new signal")
+        if not isinstance(block, torch.Tensor):
+            raise TypeError(f"block must be a torch.Tensor; got {type(block).__name__}")
+        if block.dim() == 0:
+            raise ValueError("block must have at least one dimension (time last); got a 0-d tensor")
+        if self._lead is None:
+            self._lead = block.shape[:-1]
+        elif block.shape[:-1] != self._lead:
+            raise ValueError(
+                f"every block must have the leading shape of the first, {tuple(self._lead)}; "
+                f"got block shape {tuple(block.shape)}"
+            )
+        if self.dtype is not None or self.device is not None:
+            block = block.to(device=self.device, dtype=self.dtype)
+        if self.nan_policy == "raise":
+            self._refuse_nan(block)
+        self._pieces.append(block)
+        self._n_in += block.shape[-1]
+        margin = self._margin
+        # Until 2 * margin + 2 samples have arrived the signal may still turn out shorter than
+        # its edge pads (which then wrap around), so nothing is final yet.
+        if not self._local or self._n_in < 2 * margin + 2:
+            return block.new_zeros((*block.shape[:-1], 0))
+        chunk = torch.cat(self._pieces, dim=-1)
+        end = self._n_in - margin  # outputs before `end` do not reach the chunk's fake end
+        out = self._smooth(chunk)[..., self._n_out - self._start : end - self._start]
+        self._n_out = end
+        # Keep `margin` samples before the next output: its left context.
+        self._start = end - margin
+        self._pieces = [chunk[..., self._start - (self._n_in - chunk.shape[-1]) :].clone()]
+        return out
+
+    def _refuse_nan(self, block: torch.Tensor) -> None:
+        # smooth() would only see one chunk: name the index in the whole signal instead.
+        missing = torch.isnan(block)
+        if bool(missing.any()):
+            first = missing.reshape(-1, block.shape[-1]).any(0).nonzero()[0].item()
+            raise ValueError(
+                f"signal contains NaN sample(s) (first at time index {self._n_in + first}); "
+                "use nan_policy='omit' to skip them or 'propagate' to keep them"
+            )
+
+    def flush(self) -> torch.Tensor:
+        """Signal the end; return the remaining smoothed samples.
+
+        Shape:
+            ``(..., m)``, ``m`` >= 0.
+        """
+        if self._flushed:
+            raise RuntimeError("flush() called twice; call reset() to start a new signal")
+        if self._n_in == 0:
+            raise ValueError("no signal samples were pushed; the signal must not be empty")
+        self._flushed = True
+        chunk = torch.cat(self._pieces, dim=-1)
+        self._pieces = []
+        return self._smooth(chunk)[..., self._n_out - self._start :]
