@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "filter": ("filter", "Low-, high-, band-pass or band-stop FIR filtering in Hz."),
     "windows": ("windows", "List the windows with their parameters and defaults."),
     "info": ("info", "Show frames, rate, channels, format and duration of files."),
+    "grad": ("grad", "Write gradient maps (d objective / d signal, kernel, params) and Jacobians."),
 }
 
 

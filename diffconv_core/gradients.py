@@ -417,7 +417,10 @@ def jacobian(
     With respect to the signal this is the banded Toeplitz matrix of the kernel plus the
     padding's edge effects; with respect to the kernel, a Toeplitz matrix of the (padded)
     signal. Channels are independent, so each gets its own ``L x T`` (or ``L x K``) block
-    and the zero blocks between channels are not stored. The result is detached.
+    and the zero blocks between channels are not stored. With respect to the signal the
+    blocks depend only on the kernel: channels that share a kernel share one block, and the
+    result is a broadcast view of it (``.contiguous()`` makes copies). The result is
+    detached.
 
     Args:
         wrt: "signal" or "kernel".
@@ -464,9 +467,11 @@ def jacobian(
     mode = convolve_options.get("mode", "same")
     length = {"full": t + k - 1, "same": t, "valid": abs(t - k) + 1}[mode]
     n = t if wrt == "signal" else k
-    count = math.prod(batch) * length * n
+    # With respect to the signal only the kernel's leading dims give distinct blocks (the
+    # map does not depend on the signal); the other channels are a broadcast view.
+    computed = batch if wrt == "kernel" else tuple(w.shape[:-1])
     # The batched impulse responses also hold n x n inputs while they run.
-    work = max(count, n * n)
+    work = max(math.prod(computed) * length * n, n * n)
     if work > max_elements:
         raise ValueError(
             f"the Jacobian with respect to the {wrt} would have shape "
@@ -486,5 +491,4 @@ def jacobian(
             xb = x.to(probe.dtype).expand(*batch, t)
             cols = convolve(xb, impulses, **convolve_options)
     # cols: (n, *b, L) with b broadcastable to batch -> (*batch, L, n)
-    jac = cols.movedim(0, -1)
-    return jac.expand(*batch, length, n).contiguous()
+    return cols.movedim(0, -1).expand(*batch, length, n)

@@ -410,6 +410,10 @@ def test_jacobian_broadcast_channels():
             for c in range(3):
                 ref = _stacked_rows(x[b, c], w[c], wrt, padding="symmetric")
                 torch.testing.assert_close(J[b, c], ref)
+    # Channels sharing a kernel share one block (a view): the limit counts it once.
+    J = jacobian(torch.zeros(1000, 50), torch.ones(3), max_elements=3000)
+    assert J.shape == (1000, 50, 50) and J.stride()[0] == 0
+    torch.testing.assert_close(J[999], jacobian(torch.zeros(50), torch.ones(3)))
     # A 1-D signal with per-channel kernels: one block per kernel.
     J = jacobian(x[0, 0], w, "signal")
     assert J.shape == (3, 10, 10)

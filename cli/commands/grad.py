@@ -1,0 +1,561 @@
+"""``diffconv grad INPUT... OUTDIR``: gradient maps of a filter, written per input file.
+
+Thin: the math is :func:`diffconv_core.gradients.gradient_map` and
+:func:`diffconv_core.gradients.jacobian`; files are read by :mod:`cli.audio_io`, planned by
+:mod:`cli.jobs`, written atomically by :mod:`cli.writing`, and every outcome goes to a
+:class:`cli.report.Report`. The figure is :mod:`cli.grad_figure`. Per input ``NAME`` it
+writes into OUTDIR (mirroring directory inputs):
+
+- ``NAME.grad_signal.npy``: d objective / d input, the input's shape;
+- ``NAME.grad_kernel.npy``: d objective / d kernel, the kernel's shape;
+- ``NAME.grad_params.json``: the window's parameters and their gradients (``--window``);
+- ``NAME.jacobian.npy`` with ``--jacobian``: d output / d input of the excerpt, ``(L, T)``
+  (one block per kernel: ``(C, L, T)`` for a kernel file with C channels);
+- ``NAME.grad.png``: the figure.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import sys
+import tempfile
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+
+from cli.options import (
+    NameValueType,
+    device_option,
+    glob_option,
+    method_option,
+    overwrite_option,
+    quiet_option,
+    rate_option,
+    recursive_option,
+    verbose_option,
+)
+
+MODES = ["same", "full", "valid"]
+PADDINGS = ["zeros", "reflect", "symmetric", "replicate", "circular"]
+OBJECTIVES = ["energy", "mse", "l1"]
+WRT_CHOICES = ("signal", "kernel", "params")
+#: What ``grad`` writes next to each other; also how its outputs are recognised (and
+#: skipped) when OUTDIR lies inside a directory input.
+SUFFIXES = {
+    "grad_signal": ".grad_signal.npy",
+    "grad_kernel": ".grad_kernel.npy",
+    "grad_params": ".grad_params.json",
+    "jacobian": ".jacobian.npy",
+    "figure": ".grad.png",
+}
+
+
+@click.command(name="grad")
+@click.option("--window", default=None, help="Window name (see diffconv windows) [default: hann].")
+@click.option("--length", type=int, default=None, help="Window taps [default: 31].")
+@click.option(
+    "--param",
+    "params",
+    type=NameValueType(),
+    multiple=True,
+    help="Window parameter NAME=VALUE, e.g. std=5 (repeatable); its gradient is reported.",
+)
+@click.option(
+    "--width", type=float, default=None, help="Fractional window width (0 < W <= length)."
+)
+@click.option(
+    "--kernel",
+    "kernel_path",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="Kernel file instead of a window: .npy (K,) or (C, K), .txt/.csv, or an audio IR.",
+)
+@click.option(
+    "--normalize",
+    type=click.Choice(["none", "sum", "peak", "energy"]),
+    default=None,
+    help="Scale the kernel [default: sum for a window, none for a kernel file].",
+)
+@click.option("--mode", type=click.Choice(MODES), default="same", show_default=True)
+@click.option(
+    "--padding",
+    type=click.Choice(PADDINGS),
+    default="zeros",
+    show_default=True,
+    help="How the signal continues past its ends (same/full modes).",
+)
+@click.option(
+    "--objective",
+    type=click.Choice(OBJECTIVES),
+    default="energy",
+    show_default=True,
+    help="energy: sum of squared output; mse/l1: mean squared/absolute error to --target.",
+)
+@click.option(
+    "--target",
+    "target_path",
+    type=click.Path(exists=True),
+    default=None,
+    help="Desired output for mse/l1: a file of the output's shape, or a directory holding "
+    "one per input at the same relative path.",
+)
+@click.option(
+    "--wrt",
+    default=None,
+    metavar="LIST",
+    help="Comma-separated: signal, kernel, params [default: all that apply].",
+)
+@click.option(
+    "--jacobian",
+    "want_jacobian",
+    is_flag=True,
+    help="Also write the exact Jacobian d output / d input of the excerpt (short excerpts).",
+)
+@click.option(
+    "--start",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="Start of the excerpt drawn and used for the Jacobian.",
+)
+@click.option(
+    "--duration",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    metavar="SECONDS",
+    help="Length of that excerpt [default: to the end].",
+)
+@click.option(
+    "--format",
+    "out_format",
+    type=click.Choice(["npy", "png", "both"]),
+    default="both",
+    show_default=True,
+    help="npy: arrays (and the parameters' JSON); png: the figure; both.",
+)
+@click.argument("paths", nargs=-1, required=True, metavar="INPUT... OUTDIR")
+@method_option
+@device_option
+@glob_option
+@recursive_option
+@rate_option
+@overwrite_option
+@quiet_option
+@verbose_option
+def grad(paths, **opts) -> None:
+    """Write gradient maps: how an objective on the filtered output depends on every input
+    sample, every kernel tap and every window parameter.
+
+    For each INPUT file (or each file in an INPUT directory) writes NAME.grad_signal.npy,
+    NAME.grad_kernel.npy, NAME.grad_params.json (windows), NAME.jacobian.npy (--jacobian)
+    and the figure NAME.grad.png into OUTDIR. Gradients cover the whole file; the figure
+    and the Jacobian show the --start/--duration excerpt (seconds; .npy inputs need --rate).
+    """
+    from cli.jobs import plan_jobs
+    from cli.options import split_paths
+
+    inputs, outdir = split_paths(paths)
+    # OUTDIR is always a directory, even for one input.
+    jobs = plan_jobs(
+        inputs, os.path.join(outdir, ""), glob=opts["glob"], recursive=opts["recursive"]
+    )
+    jobs = [j for j in jobs if not j.source.name.endswith(tuple(SUFFIXES.values()))]
+    if not jobs:
+        raise click.UsageError("no input files left once grad's own outputs are skipped")
+    setup = _setup(jobs, opts)
+    report = _run(jobs, setup, opts, Path(outdir))
+    click.get_current_context().exit(report.return_code)
+
+
+@dataclass
+class _Setup:
+    """Everything decided once, before any file is read."""
+
+    kernel: Any  # numpy (K,)/(C, K) array, or a ParametricKernel
+    kernel_info: dict
+    objective: str
+    target: Any  # numpy array, a directory Path, or None
+    wrt: tuple[str, ...]
+    convolve: dict
+    jacobian: bool
+    start: float
+    duration: float | None
+    rate: float | None
+    write_npy: bool
+    write_png: bool
+    overwrite: bool
+    verbose: bool
+
+
+def _setup(jobs, opts) -> _Setup:
+    """Validate every option; each problem is a usage error (exit code 2)."""
+    from cli.batch import option_errors
+
+    uses_window = any(opts[k] is not None for k in ("window", "length", "width")) or opts["params"]
+    if opts["kernel_path"] and uses_window:
+        raise click.UsageError("give either --kernel FILE or --window/--length/--param/--width")
+    objective = opts["objective"]
+    if objective in ("mse", "l1") and not opts["target_path"]:
+        raise click.UsageError(f"--objective {objective} needs --target FILE")
+    if objective == "energy" and opts["target_path"]:
+        raise click.UsageError("--target is only used by --objective mse or l1")
+    if opts["rate"] is None and (opts["start"] or opts["duration"] is not None):
+        for job in jobs:
+            if job.source.suffix.lower() == ".npy":
+                raise click.UsageError(
+                    f"{job.source}: --start/--duration are in seconds; .npy input needs --rate"
+                )
+    if opts["kernel_path"]:
+        kernel, kernel_info = _file_kernel(opts["kernel_path"], opts["normalize"] or "none")
+    else:
+        with option_errors("'--window'"):
+            kernel, kernel_info = _window_kernel(opts)
+    wrt = _parse_wrt(opts["wrt"], parametric=not opts["kernel_path"])
+    convolve = {"mode": opts["mode"], "padding": opts["padding"], "method": opts["method"]}
+    with option_errors():
+        _trial(kernel, convolve)
+    return _Setup(
+        kernel=kernel,
+        kernel_info=kernel_info,
+        objective=objective,
+        target=_load_target(opts["target_path"]),
+        wrt=wrt,
+        convolve=convolve,
+        jacobian=opts["want_jacobian"],
+        start=opts["start"],
+        duration=opts["duration"],
+        rate=opts["rate"],
+        write_npy=opts["out_format"] in ("npy", "both"),
+        write_png=opts["out_format"] in ("png", "both"),
+        overwrite=opts["overwrite"],
+        verbose=opts["verbose"],
+    )
+
+
+def _file_kernel(path: str, normalize: str):
+    from cli.errors import FileProblem
+    from cli.kernels import load_kernel, normalize_kernel
+
+    try:
+        kernel = load_kernel(path)
+    except FileProblem as err:
+        raise click.BadParameter(f"{err.path}: {err.reason}", param_hint="'--kernel'") from err
+    try:
+        kernel = normalize_kernel(kernel, normalize)
+    except ValueError as err:
+        raise click.BadParameter(str(err), param_hint="'--normalize'") from err
+    return kernel, {"file": str(path), "normalize": normalize, "taps": int(kernel.shape[-1])}
+
+
+def _window_kernel(opts):
+    from diffconv_core.gradients import window_kernel
+
+    name = opts["window"] or "hann"
+    length = 31 if opts["length"] is None else opts["length"]
+    normalize = opts["normalize"] or "sum"
+    spec = window_kernel(
+        name,
+        length,
+        normalize=None if normalize == "none" else normalize,
+        width=opts["width"],
+        **dict(opts["params"]),
+    )
+    info = {
+        "window": name,
+        "length": length,
+        "normalize": normalize,
+        "settings": {k: v for k, v in spec.fixed.items()},
+    }
+    return spec, info
+
+
+def _parse_wrt(text: str | None, *, parametric: bool) -> tuple[str, ...]:
+    if text is None:
+        return WRT_CHOICES if parametric else ("signal", "kernel")
+    items = tuple(t.strip() for t in text.split(",") if t.strip())
+    bad = [t for t in items if t not in WRT_CHOICES]
+    if bad or not items:
+        raise click.BadParameter(
+            f"{text!r}: give a comma-separated list of signal, kernel, params",
+            param_hint="'--wrt'",
+        )
+    if "params" in items and not parametric:
+        raise click.BadParameter(
+            "params needs a --window kernel (a kernel file has no parameters)",
+            param_hint="'--wrt'",
+        )
+    return items
+
+
+def _trial(kernel, convolve: dict) -> None:
+    """Run the whole computation on a small signal so the core validates every option."""
+    import torch
+
+    from diffconv_core.gradients import gradient_map
+
+    x = torch.zeros(1, 64, dtype=torch.float64)
+    gradient_map(x, _kernel_tensor(kernel, x), **convolve)
+
+
+def _kernel_tensor(kernel, like):
+    import numpy as np
+    import torch
+
+    if isinstance(kernel, np.ndarray):
+        return torch.as_tensor(kernel, dtype=like.dtype, device=like.device)
+    return kernel
+
+
+def _load_target(path: str | None):
+    if path is None:
+        return None
+    if os.path.isdir(path):
+        return Path(path)
+    from cli.audio_io import probe, read_signal
+    from cli.errors import FileProblem
+
+    try:
+        return read_signal(probe(path))
+    except FileProblem as err:
+        raise click.BadParameter(f"{err.path}: {err.reason}", param_hint="'--target'") from err
+
+
+def _run(jobs, setup: _Setup, opts, outdir: Path):
+    """Process this rank's share of the jobs; one bad file never stops the others."""
+    from cli import distributed
+    from cli.devices import resolve_device
+    from cli.errors import FileProblem
+    from cli.report import Report
+
+    ranks = distributed.ranks_from_env()
+    device = resolve_device(opts["device"], ranks.local_rank)
+    distributed.start(ranks)
+    try:
+        report = Report(quiet=opts["quiet"], verbose=opts["verbose"])
+        for job in ranks.shard(list(jobs)):
+            try:
+                base = _grad_one(job, setup, device, outdir, report)
+            except FileProblem as err:
+                _failed(report, setup, err.path, err.reason)
+            except (ValueError, TypeError) as err:
+                _failed(report, setup, str(job.source), str(err))
+            except Exception as err:  # one bad file never stops the batch
+                _failed(report, setup, str(job.source), f"{type(err).__name__}: {err}")
+            else:
+                report.done(job.source, base)
+        merged = Report(quiet=opts["quiet"], verbose=opts["verbose"])
+        for part in distributed.gather(ranks, report.as_dict()):
+            merged.merge(part)
+    finally:
+        distributed.finish(ranks)
+    if ranks.is_main:
+        merged.print_summary()
+    return merged
+
+
+def _failed(report, setup: _Setup, path: str, reason: str) -> None:
+    if setup.verbose:
+        traceback.print_exc(file=sys.stderr)
+    report.failed(path, reason)
+
+
+def output_paths(dest: Path, setup: _Setup, parametric: bool) -> dict[str, Path]:
+    """The files written for one input whose planned destination is ``dest``."""
+    stem = dest.parent / dest.stem
+    names = []
+    if setup.write_npy:
+        if "signal" in setup.wrt:
+            names.append("grad_signal")
+        if "kernel" in setup.wrt:
+            names.append("grad_kernel")
+        if parametric and "params" in setup.wrt:
+            names.append("grad_params")
+        if setup.jacobian:
+            names.append("jacobian")
+    if setup.write_png:
+        names.append("figure")
+    return {n: Path(str(stem) + SUFFIXES[n]) for n in names}
+
+
+def _grad_one(job, setup: _Setup, device, outdir: Path, report) -> str:
+    import numpy as np
+    import torch
+
+    from cli.audio_io import probe, read_signal
+    from cli.errors import FileProblem
+    from diffconv_core.gradients import ParametricKernel, gradient_map, jacobian
+
+    parametric = isinstance(setup.kernel, ParametricKernel)
+    paths = output_paths(job.dest, setup, parametric)
+    if not setup.overwrite:
+        for path in paths.values():
+            if path.exists():
+                raise FileProblem(path, "output exists; use --overwrite to replace it")
+    info = probe(job.source)
+    kernel = setup.kernel
+    if isinstance(kernel, np.ndarray) and kernel.ndim == 2 and kernel.shape[0] != info.channels:
+        raise ValueError(
+            f"the kernel has {kernel.shape[0]} channels but the signal has {info.channels}"
+        )
+    rate = info.rate or setup.rate
+    first, last = _excerpt(info.frames, rate, setup.start, setup.duration)
+    signal = read_signal(info)
+    x = torch.from_numpy(signal).to(device)
+    w = _kernel_tensor(kernel, x)
+
+    jac = None
+    if setup.jacobian:
+        # First: a Jacobian too large to build fails the file before any other work.
+        jac = jacobian(x[..., first:last], w, "signal", **setup.convolve)
+    target = None
+    if setup.target is not None:
+        target = torch.from_numpy(_target_for(job, setup, outdir)).to(device=device, dtype=x.dtype)
+    try:
+        result = gradient_map(x, w, setup.objective, target=target, wrt=setup.wrt, **setup.convolve)
+    except ValueError as err:
+        if target is not None and "target shape" in str(err):
+            raise ValueError(f"--target: {err}") from err
+        raise
+
+    squeeze = info.kind == "npy" and len(info.original_shape or ()) == 1
+    arrays = {
+        "grad_signal": result.grad_signal,
+        "grad_kernel": result.grad_kernel,
+        "jacobian": jac,
+    }
+    for name, value in arrays.items():
+        if name in paths and value is not None:
+            data = value.cpu().numpy()
+            if name == "grad_signal" and squeeze:
+                data = data.reshape(info.original_shape)
+            if name == "jacobian":
+                # d output / d input depends only on the kernel: one (L, T) block per
+                # kernel, shared by the channels (and .npy rows) that use it.
+                data = data.reshape(-1, *result.kernel.shape[:-1], *data.shape[-2:])[0]
+            _write_npy(paths[name], data, setup.overwrite)
+    if "grad_params" in paths:
+        _write_bytes(paths["grad_params"], _params_json(job, setup, result), setup.overwrite)
+    if "figure" in paths:
+        png = _figure(job, signal[..., first:last], setup, result, jac, rate, first, last)
+        _write_bytes(paths["figure"], png, setup.overwrite)
+    return str(job.dest.parent / job.dest.stem) + ".grad.*"
+
+
+def _excerpt(frames: int, rate, start: float, duration) -> tuple[int, int]:
+    """Sample range [first, last) of the --start/--duration excerpt."""
+    scale = rate or 1.0
+    first = int(round(start * scale))
+    if first >= frames:
+        unit = "s" if rate else "samples"
+        raise ValueError(
+            f"--start {start:g} is past the end of the signal ({frames / scale:g} {unit})"
+        )
+    last = frames if duration is None else min(frames, first + max(1, int(round(duration * scale))))
+    return first, last
+
+
+def _target_for(job, setup: _Setup, outdir: Path):
+    from cli.audio_io import probe, read_signal
+
+    if isinstance(setup.target, Path):
+        # The input's path relative to its directory INPUT, as OUTDIR mirrors it.
+        path = setup.target / job.dest.relative_to(outdir)
+        if not path.exists():
+            raise ValueError(f"--target: no target {path} for this input")
+        return read_signal(probe(path))
+    return setup.target
+
+
+def _params_json(job, setup: _Setup, result) -> bytes:
+    def plain(t):
+        value = t.detach().cpu().double()
+        return value.item() if value.numel() == 1 else value.tolist()
+
+    doc = {
+        "input": str(job.source),
+        "objective": setup.objective,
+        "objective_value": plain(result.value),
+        "kernel": setup.kernel_info,
+        "params": {k: plain(v) for k, v in result.params.items()},
+        "grad_params": {k: plain(v) for k, v in result.grad_params.items()},
+    }
+    return (json.dumps(doc, indent=2, default=str) + "\n").encode()
+
+
+def _figure(job, x, setup: _Setup, result, jac, rate, first: int, last: int) -> bytes:
+    from cli.grad_figure import write_grad_figure
+
+    def rows(t):
+        if t is None:
+            return None
+        a = t.cpu().numpy()
+        return a.reshape(-1, a.shape[-1])
+
+    out = rows(result.output)
+    taps = result.kernel.shape[-1]
+    mode = setup.convolve["mode"]
+    if mode == "same":
+        out = out[:, first:last]
+    elif mode == "full":
+        out = out[:, first : last + taps - 1]
+    elif out.shape[-1] > 1 and last - first >= taps:
+        out = out[:, first : max(first + 1, last - taps + 1)]
+    grad_x = rows(result.grad_signal)
+    grad_x = grad_x[:, first:last] if grad_x is not None else None
+    grad_w = rows(result.grad_kernel)
+    jac0 = None
+    if jac is not None:
+        j = jac.cpu().numpy()
+        jac0 = j.reshape(-1, *j.shape[-2:])[0]
+    buffer = io.BytesIO()
+    write_grad_figure(
+        buffer,
+        signal=x.reshape(-1, x.shape[-1]),
+        output=out,
+        grad_signal=grad_x,
+        grad_kernel=grad_w if grad_w is None or grad_w.shape[0] > 1 else grad_w[0],
+        jacobian=jac0,
+        rate=rate,
+        start=first / rate if rate else first,
+        title=f"{job.source.name}: {setup.objective} = {result.value.item():.6g}",
+        objective=setup.objective,
+    )
+    return buffer.getvalue()
+
+
+def _write_npy(path: Path, data, overwrite: bool) -> None:
+    from cli.writing import OutputSpec, write_signal
+
+    write_signal(path, data, OutputSpec(kind="npy", dtype=data.dtype), overwrite=overwrite)
+
+
+def _write_bytes(path: Path, data: bytes, overwrite: bool) -> None:
+    """Write a small file through a temporary file and an atomic rename."""
+    from cli.errors import FileProblem
+
+    if path.exists() and not overwrite:
+        raise FileProblem(path, "output exists; use --overwrite to replace it")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    except OSError as err:
+        raise FileProblem(path, f"cannot create output ({err.strerror or err})") from err
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except BaseException as err:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        if isinstance(err, OSError):
+            raise FileProblem(path, f"cannot write ({err.strerror or err})") from err
+        raise

@@ -1,0 +1,247 @@
+"""``diffconv grad``: written arrays equal the library's, the figure, errors and exit codes."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from cli.audio_io import probe, read_signal
+from cli.grad_figure import figure_pixels, panel_count
+from diffconv_core.gradients import gradient_map, jacobian, window_kernel
+from tests.cli.conftest import SAMPLES, invoke, listing, run_diffconv, write_wav
+
+RATE = 8000
+
+
+@pytest.fixture
+def short_wav(tmp_path):
+    """A 0.25 s mono PCM_16 file (2,000 samples): small enough for the Jacobian."""
+    t = np.arange(2000) / RATE
+    rng = np.random.default_rng(0)
+    x = 0.5 * np.sin(2 * np.pi * 300 * t) + 0.1 * rng.standard_normal(t.size)
+    return write_wav(tmp_path / "tone.wav", x, RATE)
+
+
+def _load(path):
+    return np.load(path, allow_pickle=False)
+
+
+def _pixels(path):
+    import matplotlib.image
+
+    return matplotlib.image.imread(path)
+
+
+def test_outputs_equal_the_library_result(short_wav, tmp_path):
+    out = tmp_path / "out"
+    args = ["--window", "gaussian", "--length", "21", "--param", "std=3", "--width", "15"]
+    args += ["--padding", "reflect", "--jacobian", "--start", "0.05", "--duration", "0.02"]
+    result = invoke("grad", short_wav, out, *args)
+    assert result.exit_code == 0, result.output
+    names = [
+        "tone.grad.png",
+        "tone.grad_kernel.npy",
+        "tone.grad_params.json",
+        "tone.grad_signal.npy",
+        "tone.jacobian.npy",
+    ]
+    assert listing(out) == names
+
+    x = torch.from_numpy(read_signal(probe(short_wav)))
+    spec = window_kernel("gaussian", 21, normalize="sum", width=15.0, std=3)
+    ref = gradient_map(x, spec, padding="reflect")
+    np.testing.assert_array_equal(_load(out / "tone.grad_signal.npy"), ref.grad_signal.numpy())
+    np.testing.assert_array_equal(_load(out / "tone.grad_kernel.npy"), ref.grad_kernel.numpy())
+    assert _load(out / "tone.grad_signal.npy").shape == (1, 2000)  # the input's (C, T)
+
+    # The excerpt: 0.05 s .. 0.07 s at 8 kHz = samples 400 .. 560.
+    jac = _load(out / "tone.jacobian.npy")
+    assert jac.shape == (160, 160)
+    np.testing.assert_array_equal(jac, jacobian(x[..., 400:560], ref.kernel, padding="reflect")[0])
+
+    doc = json.loads((out / "tone.grad_params.json").read_text())
+    assert doc["params"] == {"std": 3.0, "width": 15.0}
+    assert doc["objective"] == "energy"
+    assert doc["objective_value"] == pytest.approx(ref.value.item(), rel=1e-6)
+    for name in ("std", "width"):
+        assert doc["grad_params"][name] == pytest.approx(ref.grad_params[name].item(), rel=1e-6)
+
+
+def test_figure_has_the_expected_size_and_is_not_blank(short_wav, tmp_path):
+    out = tmp_path / "out"
+    result = invoke("grad", short_wav, out, "--jacobian", "--duration", "0.1", "--format", "png")
+    assert result.exit_code == 0, result.output
+    assert listing(out) == ["tone.grad.png"]
+    image = _pixels(out / "tone.grad.png")
+    width, height = figure_pixels(panel_count(2000, True, True))
+    assert image.shape[:2] == (height, width)
+    rgb = image[..., :3]
+    ink = np.mean(np.any(rgb < 0.9, axis=-1))  # share of pixels that are not near-white
+    assert 0.03 < ink < 0.9
+    codes = (rgb * 255).round().astype(np.uint32) @ np.array([1, 256, 65536], dtype=np.uint32)
+    assert len(np.unique(codes)) > 50  # curves, colour bars, heat maps, text
+
+
+def test_long_input_gets_a_time_frequency_panel(tmp_path):
+    rng = np.random.default_rng(1)
+    long = write_wav(tmp_path / "long.wav", 0.3 * rng.standard_normal(12000), RATE)
+    short = write_wav(tmp_path / "short.wav", 0.3 * rng.standard_normal(4000), RATE)
+    out = tmp_path / "out"
+    result = invoke("grad", long, short, out, "--format", "png", "--length", "9")
+    assert result.exit_code == 0, result.output
+    long_h = _pixels(out / "long.grad.png").shape[0]
+    short_h = _pixels(out / "short.grad.png").shape[0]
+    assert long_h == figure_pixels(panel_count(12000, True, False))[1]
+    assert long_h - short_h == figure_pixels(1)[1]  # one more panel: the heat map
+
+
+def test_format_npy_and_kernel_file(short_wav, tmp_path):
+    kernel = np.array([0.2, -0.5, 1.0, 0.25])
+    np.save(tmp_path / "k.npy", kernel)
+    out = tmp_path / "out"
+    result = invoke(
+        "grad", short_wav, out, "--kernel", tmp_path / "k.npy", "--mode", "full", "--format", "npy"
+    )
+    assert result.exit_code == 0, result.output
+    # A kernel file has no parameters: no JSON; no figure with --format npy.
+    assert listing(out) == ["tone.grad_kernel.npy", "tone.grad_signal.npy"]
+    x = torch.from_numpy(read_signal(probe(short_wav)))
+    ref = gradient_map(x, torch.from_numpy(kernel).float(), mode="full")
+    np.testing.assert_array_equal(_load(out / "tone.grad_kernel.npy"), ref.grad_kernel.numpy())
+    np.testing.assert_array_equal(_load(out / "tone.grad_signal.npy"), ref.grad_signal.numpy())
+
+
+def test_mse_target_and_npy_input_keep_their_shape(tmp_path):
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal(500)
+    target = rng.standard_normal(500)
+    np.save(tmp_path / "trace.npy", x)
+    np.save(tmp_path / "goal.npy", target)
+    out = tmp_path / "out"
+    result = invoke(
+        "grad", tmp_path / "trace.npy", out, "--objective", "mse", "--target",
+        tmp_path / "goal.npy", "--window", "hann", "--length", "11", "--wrt", "signal,kernel",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    grad_x = _load(out / "trace.grad_signal.npy")
+    assert grad_x.shape == (500,) and grad_x.dtype == np.float64
+    ref = gradient_map(
+        torch.from_numpy(x)[None],
+        window_kernel("hann", 11, normalize="sum"),
+        "mse",
+        target=torch.from_numpy(target)[None],
+        wrt=("signal", "kernel"),
+    )
+    np.testing.assert_allclose(grad_x, ref.grad_signal.numpy()[0], rtol=1e-12, atol=0)
+    assert not (out / "trace.grad_params.json").exists()  # params not asked for
+
+
+def test_target_of_another_shape_fails_that_file_only(tmp_path, short_wav):
+    other = write_wav(tmp_path / "other.wav", np.zeros(1500), RATE)
+    np.save(tmp_path / "goal.npy", np.zeros(2000))
+    out = tmp_path / "out"
+    result = invoke(
+        "grad", short_wav, other, out, "--objective", "l1", "--target", tmp_path / "goal.npy",
+        "--format", "npy",
+    )  # fmt: skip
+    assert result.exit_code == 1
+    assert "other.wav" in result.stderr
+    assert "target shape (1, 2000) does not match the output shape (1, 1500)" in result.stderr
+    assert "1 file processed, 1 file failed" in result.stderr
+    assert not any(p.startswith("other.") for p in listing(out))
+    assert (out / "tone.grad_signal.npy").exists()
+
+
+def test_too_large_jacobian_says_how_to_crop(tmp_path):
+    big = write_wav(tmp_path / "big.wav", np.zeros(5000), RATE)
+    out = tmp_path / "out"
+    result = invoke("grad", big, out, "--jacobian")
+    assert result.exit_code == 1
+    assert "big.wav" in result.stderr and "crop" in result.stderr
+    assert "--start/--duration" in result.stderr
+    assert not out.exists() or listing(out) == []
+    # Cropped to 0.1 s it works.
+    cropped = invoke("grad", big, out, "--jacobian", "--duration", "0.1", "--format", "npy")
+    assert cropped.exit_code == 0, cropped.stderr
+    assert _load(out / "big.jacobian.npy").shape == (800, 800)
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--objective", "l2"], "'l2' is not one of"),
+        (["--objective", "mse"], "--objective mse needs --target FILE"),
+        (["--wrt", "signal,taps"], "give a comma-separated list of signal, kernel, params"),
+        (["--window", "nope"], "nope"),
+        (["--window", "gaussian"], "std"),
+        (["--mode", "valid", "--padding", "reflect"], "padding='reflect'"),
+        (["--start", "0.1"], "--start/--duration are in seconds; .npy input needs --rate"),
+    ],
+)
+def test_usage_errors_exit_2(tmp_path, args, message):
+    np.save(tmp_path / "x.npy", np.zeros(100))
+    result = invoke("grad", tmp_path / "x.npy", tmp_path / "out", *args)
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "out").exists() or listing(tmp_path / "out") == []
+
+
+def test_kernel_file_conflicts_and_params(tmp_path, short_wav):
+    np.save(tmp_path / "k.npy", np.ones(3))
+    both = invoke(
+        "grad", short_wav, tmp_path / "o", "--kernel", tmp_path / "k.npy", "--length", "5"
+    )
+    assert both.exit_code == 2 and "either --kernel FILE or --window" in both.output
+    params = invoke(
+        "grad", short_wav, tmp_path / "o", "--kernel", tmp_path / "k.npy", "--wrt", "params"
+    )
+    assert params.exit_code == 2 and "params needs a --window kernel" in params.output
+
+
+def test_start_past_the_end_is_a_file_error(short_wav, tmp_path):
+    result = invoke("grad", short_wav, tmp_path / "out", "--start", "9")
+    assert result.exit_code == 1
+    assert "tone.wav" in result.stderr and "--start 9 is past the end" in result.stderr
+
+
+def test_existing_outputs_need_overwrite(short_wav, tmp_path):
+    out = tmp_path / "out"
+    assert invoke("grad", short_wav, out, "--format", "npy").exit_code == 0
+    before = _load(out / "tone.grad_signal.npy")
+    again = invoke("grad", short_wav, out, "--format", "npy", "--param", "std=2", "--window",
+                   "gaussian")  # fmt: skip
+    assert again.exit_code == 1 and "output exists; use --overwrite" in again.stderr
+    np.testing.assert_array_equal(_load(out / "tone.grad_signal.npy"), before)
+    forced = invoke("grad", short_wav, out, "--format", "npy", "--overwrite", "--param", "std=2",
+                    "--window", "gaussian")  # fmt: skip
+    assert forced.exit_code == 0
+    assert not np.array_equal(_load(out / "tone.grad_signal.npy"), before)
+    assert not [p for p in listing(out) if p.startswith(".")]  # no temporaries left
+
+
+def test_directory_with_a_corrupt_file_and_rerun_in_place(tmp_path, short_wav, bad_inputs):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "sub").mkdir()
+    short_wav.rename(folder / "sub" / "tone.wav")
+    bad_inputs["corrupt"].rename(folder / "corrupt.wav")
+    result = invoke("grad", folder, folder, "-r", "--format", "npy")
+    assert result.exit_code == 1
+    assert "corrupt.wav" in result.stderr
+    assert (folder / "sub" / "tone.grad_signal.npy").exists()
+    # grad's own .npy outputs in the tree are not taken as inputs on a rerun.
+    rerun = invoke("grad", folder / "sub", folder / "sub", "--format", "npy", "--overwrite")
+    assert rerun.exit_code == 0, rerun.stderr
+    assert "1 file processed" in rerun.stderr
+
+
+def test_real_process_on_a_sample_file(tmp_path):
+    out = tmp_path / "out"
+    proc = run_diffconv("grad", SAMPLES / "speech_mono16.wav", out, "--format", "npy", "-q")
+    assert proc.returncode == 0, proc.stderr
+    grad_x = _load(out / "speech_mono16.grad_signal.npy")
+    assert grad_x.shape == (1, 32000) and np.isfinite(grad_x).all()
