@@ -102,7 +102,7 @@ def choose_method(
     batch = math.prod(batch_shape)
     from diffconv_core import tuning  # the measured cache, if any
 
-    cached = tuning.lookup(device_type, batch, T, K, mode, dtype)
+    cached = tuning.lookup(device_type, batch, T, K, mode, dtype, device=device)
     if cached is not None:
         return cached
     costs = estimate_costs(batch, T, K, mode, device_type)

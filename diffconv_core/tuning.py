@@ -1,15 +1,196 @@
-"""Measured method choices per device ("wisdom"), consulted by ``choose_method``.
+"""Measured method choices per device ("wisdom", as FFTW calls it), consulted by ``choose_method``.
 
-Filled by ``diffconv tune``; until then ``lookup`` answers None and the cost model decides.
+``measure`` times every method on a grid of shapes on one device and ``save`` writes the
+winners to a JSON cache; ``diffconv tune`` does both. ``lookup`` answers from the cache for
+the nearest measured shape (in log2 of batch, length and taps) when one is close enough, and
+None otherwise, so the built-in cost model decides.
+
+The cache lives in ``$DIFFCONV_CACHE_DIR/methods.json`` (default
+``$XDG_CACHE_HOME/diffconv`` or ``~/.cache/diffconv``); ``DIFFCONV_NO_TUNING=1`` ignores it.
 """
 
 from __future__ import annotations
 
+import json
+import math
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
 import torch
+
+METHOD_NAMES = ("direct", "fft", "overlap")
+# How far (in log2 units, per axis) a measured shape may be from the asked one.
+MAX_LOG2_DISTANCE = 1.0
+
+_loaded: dict[str, object] = {"path": None, "mtime": None, "data": {}}
+
+
+def cache_path() -> Path:
+    """Where the measured choices are stored."""
+    base = os.environ.get("DIFFCONV_CACHE_DIR")
+    if base:
+        return Path(base) / "methods.json"
+    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(xdg) / "diffconv" / "methods.json"
+
+
+def device_key(device: str | torch.device, dtype: torch.dtype) -> str:
+    """The cache key of a device and dtype, e.g. ``"cuda:NVIDIA H200:float32"``."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    else:
+        name = f"{device.type}x{torch.get_num_threads()}"
+    return f"{device.type}:{name}:{str(dtype).removeprefix('torch.')}"
+
+
+def _cache() -> dict:
+    path = cache_path()
+    try:
+        mtime = path.stat().st_mtime
+    except OSError:
+        return {}
+    if _loaded["path"] != path or _loaded["mtime"] != mtime:
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            data = {}  # an unreadable cache is no cache: the cost model still answers
+        _loaded.update(path=path, mtime=mtime, data=data if isinstance(data, dict) else {})
+    return _loaded["data"]  # type: ignore[return-value]
 
 
 def lookup(
-    device_type: str, batch: int, T: int, K: int, mode: str, dtype: torch.dtype
+    device_type: str,
+    batch: int,
+    T: int,
+    K: int,
+    mode: str,
+    dtype: torch.dtype,
+    device: str | torch.device | None = None,
 ) -> str | None:
-    """The cached best method for this problem on this device, or None when not measured."""
-    return None
+    """The measured best method for the nearest cached shape on this device, or None."""
+    if os.environ.get("DIFFCONV_NO_TUNING") == "1":
+        return None
+    entries = _cache().get(device_key(device or device_type, dtype))
+    if not entries:
+        return None
+    point = (math.log2(max(batch, 1)), math.log2(T), math.log2(K))
+    best, best_distance = None, math.inf
+    for entry in entries:
+        if entry.get("mode", "same") != mode or entry.get("method") not in METHOD_NAMES:
+            continue
+        other = (math.log2(entry["batch"]), math.log2(entry["T"]), math.log2(entry["K"]))
+        distance = max(abs(a - b) for a, b in zip(point, other, strict=True))
+        if distance < best_distance:
+            best, best_distance = entry["method"], distance
+    return best if best_distance <= MAX_LOG2_DISTANCE else None
+
+
+def default_shapes(device_type: str, quick: bool = False) -> list[tuple[int, int, int]]:
+    """The (batch, T, K) grid that ``diffconv tune`` measures."""
+    if device_type == "cuda":
+        lengths = (1024, 16_384, 262_144, 4_194_304)
+        batches = (1, 16, 256)
+    else:
+        lengths = (1024, 16_384, 262_144, 2_097_152)
+        batches = (1, 4, 64)
+    taps = (3, 15, 31, 63, 127, 255, 1023, 4095, 16383)
+    shapes = [
+        (b, t, k)
+        for b in batches
+        for t in lengths
+        for k in taps
+        if k <= t and b * t <= (1 << 23 if device_type == "cpu" else 1 << 26)
+    ]
+    return shapes[::4] if quick else shapes
+
+
+def _time(fn, device: torch.device, budget_s: float) -> float:
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    fn()
+    sync()
+    times: list[float] = []
+    deadline = time.perf_counter() + budget_s
+    while len(times) < 3 or (time.perf_counter() < deadline and len(times) < 20):
+        start = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def measure(
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    shapes: Iterable[tuple[int, int, int]] | None = None,
+    *,
+    mode: str = "same",
+    budget_s: float = 0.05,
+    backward: bool = True,
+    progress=None,
+) -> list[dict]:
+    """Time every method on each (batch, T, K) shape; return one record per shape.
+
+    With ``backward`` the time of forward plus backward (gradients to both inputs) decides,
+    since training is where the time goes; the forward time is recorded too.
+    """
+    from diffconv_core.convolution import convolve
+
+    device = torch.device(device)
+    records = []
+    for batch, T, K in shapes if shapes is not None else default_shapes(device.type):
+        x = torch.randn(batch, T, device=device, dtype=dtype)
+        w = torch.randn(K, device=device, dtype=dtype)
+        grad = torch.randn(batch, T, device=device, dtype=dtype)
+        record: dict = {"batch": batch, "T": T, "K": K, "mode": mode, "seconds": {}}
+        for method in METHOD_NAMES:
+            if method == "direct" and batch * T * K > 2e10:
+                continue  # minutes; never the winner at that size
+            with torch.no_grad():
+                forward = _time(
+                    lambda m=method, x=x, w=w: convolve(x, w, mode, method=m), device, budget_s
+                )
+            total = forward
+            if backward:
+                xg, wg = x.clone().requires_grad_(True), w.clone().requires_grad_(True)
+
+                def step(m=method, xg=xg, wg=wg, grad=grad):
+                    xg.grad = wg.grad = None
+                    convolve(xg, wg, mode, method=m).backward(grad)
+
+                total = _time(step, device, budget_s)
+            record["seconds"][method] = {"forward": forward, "total": total}
+        record["method"] = min(record["seconds"], key=lambda m: record["seconds"][m]["total"])
+        records.append(record)
+        if progress is not None:
+            progress(record)
+    return records
+
+
+def save(records: list[dict], device: str | torch.device, dtype: torch.dtype, path=None) -> Path:
+    """Merge ``records`` into the cache under this device's key, atomically; return the path."""
+    path = Path(path) if path is not None else cache_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        data = json.loads(path.read_text())
+        if not isinstance(data, dict):
+            data = {}
+    except (OSError, ValueError):
+        data = {}
+    data[device_key(device, dtype)] = records
+    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=".methods-", suffix=".json")
+    try:
+        with os.fdopen(handle, "w") as stream:
+            json.dump(data, stream, indent=1)
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+    return path

@@ -1,0 +1,251 @@
+#!/usr/bin/env python3
+"""diffconv_core.convolve against its peers, forward and forward+backward, in one run.
+
+Every contender computes the same thing: true convolution, "same" length, zero padding, one
+odd-length Hann kernel shared by a batch of B signals of length T. Times are medians; each
+row reports diffconv's time as a ratio to the fastest peer (< 1 means diffconv is faster),
+and the table ends with geometric means.
+
+    python benchmarks/bench_core.py --device cpu --grid full
+    python benchmarks/bench_core.py --device cuda --grid full --out gpu.jsonl
+
+Peers (each used when importable): F.conv1d with the flipped kernel, a plain torch rfft/irfft
+at power-of-two size, julius.fft_conv1d, torchaudio.functional.fftconvolve (GPU),
+scipy.signal.convolve(method="auto") and scipy.signal.oaconvolve (CPU, forward only).
+"copy" is ``x.clone()``, the memory-traffic floor.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+import diffconv_core
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def median_time(fn, device: str, budget_s: float = 0.3, max_reps: int = 40) -> float:
+    for _ in range(2):
+        fn()
+    sync(device)
+    times: list[float] = []
+    deadline = time.perf_counter() + budget_s
+    while len(times) < max_reps and (len(times) < 5 or time.perf_counter() < deadline):
+        start = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+# --- contenders: each maps (x (B, T), w (K,)) to the "same" convolution (B, T) --------------
+
+
+def run_conv1d(x, w):
+    K = w.shape[-1]
+    return F.conv1d(x.unsqueeze(1), w.flip(-1).view(1, 1, K), padding=K // 2).squeeze(1)
+
+
+def run_torch_fft(x, w):
+    T, K = x.shape[-1], w.shape[-1]
+    n = 1 << (T + K - 2).bit_length()
+    y = torch.fft.irfft(torch.fft.rfft(x, n) * torch.fft.rfft(w, n), n)
+    start = (K - 1) // 2
+    return y[..., start : start + T]
+
+
+def run_julius(x, w):
+    import julius
+
+    K = w.shape[-1]
+    return julius.fft_conv1d(x.unsqueeze(1), w.flip(-1).view(1, 1, K), padding=K // 2).squeeze(1)
+
+
+def run_torchaudio(x, w):
+    import torchaudio.functional as AF
+
+    return AF.fftconvolve(x, w.expand(x.shape[0], -1), mode="same")
+
+
+def run_scipy_auto(x, w):
+    import scipy.signal as ss
+
+    return ss.convolve(x, w[None, :], mode="same", method="auto")
+
+
+def run_scipy_oa(x, w):
+    import scipy.signal as ss
+
+    return ss.oaconvolve(x, w[None, :], mode="same", axes=-1)
+
+
+def run_diffconv(x, w):
+    return diffconv_core.convolve(x, w, mode="same")
+
+
+TORCH_PEERS = {
+    "conv1d": run_conv1d,
+    "torch_fft": run_torch_fft,
+    "julius": run_julius,
+    "torchaudio_fft": run_torchaudio,
+}
+NUMPY_PEERS = {"scipy_auto": run_scipy_auto, "scipy_oa": run_scipy_oa}
+NEEDS = {"julius": "julius", "torchaudio_fft": "torchaudio", "scipy_auto": "scipy", "scipy_oa": "scipy"}
+
+
+def importable(name: str) -> bool:
+    module = NEEDS.get(name)
+    if module is None:
+        return True
+    try:
+        __import__(module)
+        return True
+    except Exception:
+        return False
+
+
+def grid(device: str, size: str) -> list[tuple[int, int, int]]:
+    if device.startswith("cuda"):
+        cases = [(16, 480_000, k) for k in (3, 31, 255, 1023, 4095, 16383, 65535)]
+        cases += [(1, 1 << 24, k) for k in (31, 1023, 16383)]
+        cases += [(4096, 1024, k) for k in (3, 31, 255)] + [(1, 1024, 31)]
+    else:
+        cases = [(4, 480_000, k) for k in (3, 31, 255, 1023, 4095, 16383)]
+        cases += [(1, 1 << 22, k) for k in (31, 1023)]
+        cases += [(512, 1024, k) for k in (3, 31, 255)]
+    return cases[::3] if size == "small" else cases
+
+
+def naive_loop(signals: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
+    """What people write by hand today: Python loops writing into a tensor."""
+    out = torch.zeros(signals.shape, requires_grad=True).clone()
+    half = (window.shape[0] - 1) // 2
+    for b in range(signals.shape[0]):
+        for t in range(signals.shape[1]):
+            for k in range(window.shape[0]):
+                src = t + half - k
+                if 0 <= src < signals.shape[1]:
+                    out[b, t] += signals[b, src] * window[k]
+    return out
+
+
+def fwd_bwd(fn, x, w, grad):
+    xg = x.detach().requires_grad_(True)
+    wg = w.detach().requires_grad_(True)
+
+    def step():
+        xg.grad = None
+        wg.grad = None
+        fn(xg, wg).backward(grad)
+
+    return step
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--grid", choices=("small", "full"), default="full")
+    parser.add_argument("--out", help="also write one JSON line per measurement here")
+    parser.add_argument("--no-naive", action="store_true", help="skip the ~3 s naive-loop row")
+    parser.add_argument("--budget", type=float, default=0.3, help="seconds per measurement")
+    args = parser.parse_args()
+    device = args.device
+    torch.manual_seed(0)
+    sink = open(args.out, "w") if args.out else None
+    records: list[dict] = []
+
+    def emit(record: dict) -> None:
+        records.append(record)
+        if sink:
+            sink.write(json.dumps(record) + "\n")
+            sink.flush()
+
+    name = torch.cuda.get_device_name() if device.startswith("cuda") else "cpu"
+    print(f"# torch {torch.__version__}, device {name}, threads {torch.get_num_threads()}")
+
+    if not args.no_naive:
+        signals = torch.randn(3, 1000)
+        window = torch.hann_window(31, periodic=False)
+        start = time.perf_counter()
+        slow = naive_loop(signals, window)
+        naive_s = time.perf_counter() - start
+        fast_s = median_time(lambda: diffconv_core.convolve(signals, window), "cpu")
+        exact = torch.allclose(slow, diffconv_core.convolve(signals, window), atol=1e-5)
+        print("\n## What people do today: 3 x 1000 samples, 31-tap Hann, on CPU\n")
+        print("| naive Python loop | diffconv | speed-up | same result |\n|---|---|---|---|")
+        print(f"| {naive_s * 1e3:.0f} ms | {fast_s * 1e3:.3f} ms | {naive_s / fast_s:,.0f}x | {exact} |")
+        emit({"case": "naive", "naive_s": naive_s, "diffconv_s": fast_s})
+
+    peers = [p for p in TORCH_PEERS if importable(p)]
+    if not device.startswith("cuda"):
+        peers += [p for p in NUMPY_PEERS if importable(p)]
+    rows = []
+    for B, T, K in grid(device, args.grid):
+        x = torch.randn(B, T, device=device)
+        w = torch.hann_window(K, periodic=False, device=device)
+        grad = torch.randn(B, T, device=device)
+        floor = median_time(lambda: x.clone(), device, args.budget)
+        method = diffconv_core.choose_method(x.shape, w.shape, device=device)
+        times: dict[str, dict[str, float]] = {"fwd": {}, "fwd+bwd": {}}
+        for peer in ["diffconv", *peers]:
+            fn = run_diffconv if peer == "diffconv" else TORCH_PEERS.get(peer) or NUMPY_PEERS[peer]
+            if peer == "conv1d" and device == "cpu" and B * T * K > 4e9:
+                continue  # minutes on CPU; it is never the fastest there
+            try:
+                if peer in NUMPY_PEERS:
+                    xn, wn = x.numpy(), w.numpy()
+                    times["fwd"][peer] = median_time(lambda: fn(xn, wn), device, args.budget)
+                    continue
+                with torch.no_grad():
+                    times["fwd"][peer] = median_time(lambda: fn(x, w), device, args.budget)
+                step = fwd_bwd(fn, x, w, grad)
+                times["fwd+bwd"][peer] = median_time(step, device, args.budget)
+            except Exception as error:  # a peer that cannot do a case is reported, not fatal
+                print(f"# {peer} failed on {(B, T, K)}: {type(error).__name__}: {error}")
+            if device.startswith("cuda"):
+                torch.cuda.empty_cache()
+        emit({"case": [B, T, K], "device": name, "copy_s": floor, "method": method, **times})
+        rows.append(((B, T, K), floor, method, times))
+        print(f"# done {(B, T, K)}", file=sys.stderr, flush=True)
+
+    print(f"\n## {name}: median ms; ratio = diffconv / fastest peer\n")
+    print(
+        "| B, T, K | copy | auto | diffconv fwd | best peer fwd | ratio | "
+        "diffconv fwd+bwd | best peer fwd+bwd | ratio | fwd / copy |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    ratios = {"fwd": [], "fwd+bwd": []}
+    for (B, T, K), floor, method, times in rows:
+        cells = [f"{B}, {T}, {K}", f"{floor * 1e3:.2f}", method]
+        for kind in ("fwd", "fwd+bwd"):
+            mine = times[kind].get("diffconv")
+            others = {p: s for p, s in times[kind].items() if p != "diffconv"}
+            if mine is None or not others:
+                cells += ["-", "-", "-"]
+                continue
+            best = min(others, key=others.__getitem__)
+            ratio = mine / others[best]
+            ratios[kind].append(ratio)
+            cells += [f"{mine * 1e3:.2f}", f"{best} {others[best] * 1e3:.2f}", f"{ratio:.2f}x"]
+        mine_fwd = times["fwd"].get("diffconv")
+        cells.append(f"{mine_fwd / floor:.1f}x" if mine_fwd else "-")
+        print("| " + " | ".join(cells) + " |")
+    for kind, values in ratios.items():
+        if values:
+            geo = math.exp(sum(math.log(v) for v in values) / len(values))
+            print(f"\ngeometric mean ratio, {kind}: {geo:.2f}x (worst {max(values):.2f}x)")
+
+
+if __name__ == "__main__":
+    main()

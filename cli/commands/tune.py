@@ -1,0 +1,58 @@
+"""``diffconv tune``: measure which convolution method is fastest on a device, and remember it."""
+
+from __future__ import annotations
+
+import click
+
+from cli.options import device_option, quiet_option
+
+
+@click.command(name="tune")
+@device_option
+@click.option(
+    "--dtype",
+    type=click.Choice(["float32", "float64"]),
+    default="float32",
+    show_default=True,
+    help="Data type to measure.",
+)
+@click.option("--quick", is_flag=True, help="Measure a quarter of the grid (about a minute).")
+@click.option(
+    "--cache",
+    type=click.Path(dir_okay=False, writable=True),
+    default=None,
+    help="Cache file to write (default: $DIFFCONV_CACHE_DIR/methods.json or ~/.cache/diffconv).",
+)
+@quiet_option
+def tune(device: str, dtype: str, quick: bool, cache: str | None, quiet: bool) -> None:
+    """Time direct, FFT and overlap-save convolution on a grid of shapes on DEVICE and cache the
+    fastest per shape; method "auto" consults the cache from then on (nearest measured shape).
+    """
+    import torch
+
+    from cli.devices import resolve_device
+    from diffconv_core import tuning
+
+    torch_device = resolve_device(device)
+    torch_dtype = getattr(torch, dtype)
+
+    def report(record: dict) -> None:
+        if quiet:
+            return
+        cells = "  ".join(
+            f"{name}={1e3 * s['total']:.2f}ms" for name, s in record["seconds"].items()
+        )
+        click.echo(
+            f"B={record['batch']:<5} T={record['T']:<8} K={record['K']:<6} "
+            f"-> {record['method']:<8} ({cells}, forward+backward)",
+            err=True,
+        )
+
+    shapes = tuning.default_shapes(torch_device.type, quick=quick)
+    records = tuning.measure(torch_device, torch_dtype, shapes, progress=report)
+    try:
+        path = tuning.save(records, torch_device, torch_dtype, cache)
+    except OSError as error:
+        raise click.ClickException(f"cannot write the cache {cache or ''}: {error}") from None
+    if not quiet:
+        click.echo(f"wrote {len(records)} measured shapes to {path}", err=True)

@@ -1,0 +1,74 @@
+"""The measured-method cache: measure, save, lookup, and choose_method consulting it."""
+
+import json
+
+import pytest
+import torch
+
+from diffconv_core import choose_method, convolve, tuning
+
+
+@pytest.fixture()
+def cache_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("DIFFCONV_CACHE_DIR", str(tmp_path))
+    monkeypatch.delenv("DIFFCONV_NO_TUNING", raising=False)
+    return tmp_path
+
+
+def test_measure_times_every_method_and_picks_the_fastest(cache_dir):
+    records = tuning.measure("cpu", torch.float32, [(2, 256, 5)], budget_s=0.0)
+    (record,) = records
+    assert set(record["seconds"]) == {"direct", "fft", "overlap"}
+    totals = {m: s["total"] for m, s in record["seconds"].items()}
+    assert record["method"] == min(totals, key=totals.get)
+    assert all(s["forward"] > 0 and s["total"] > 0 for s in record["seconds"].values())
+
+
+def _fake_records(method):
+    return [{"batch": 4, "T": 4096, "K": 31, "mode": "same", "method": method, "seconds": {}}]
+
+
+@pytest.mark.parametrize("method", ["direct", "fft", "overlap"])
+def test_choose_method_follows_the_cache_near_a_measured_shape(cache_dir, method):
+    path = tuning.save(_fake_records(method), "cpu", torch.float32)
+    assert path == cache_dir / "methods.json"
+    assert choose_method((4, 4096), (31,)) == method
+    assert choose_method((6, 5000), (40,)) == method  # within one octave on every axis
+    assert tuning.lookup("cpu", 4, 4096, 31, "full", torch.float32) is None  # other mode
+    assert tuning.lookup("cpu", 4, 4096, 31, "same", torch.float64) is None  # other dtype
+    assert tuning.lookup("cpu", 4, 1 << 20, 31, "same", torch.float32) is None  # far away
+
+
+def test_cache_can_be_ignored_and_broken_caches_are_harmless(cache_dir, monkeypatch):
+    tuning.save(_fake_records("overlap"), "cpu", torch.float32)
+    monkeypatch.setenv("DIFFCONV_NO_TUNING", "1")
+    assert tuning.lookup("cpu", 4, 4096, 31, "same", torch.float32) is None
+    monkeypatch.delenv("DIFFCONV_NO_TUNING")
+    (cache_dir / "methods.json").write_text("{not json")
+    assert tuning.lookup("cpu", 4, 4096, 31, "same", torch.float32) is None
+    x, w = torch.randn(4, 4096, dtype=torch.float64), torch.randn(31, dtype=torch.float64)
+    torch.testing.assert_close(convolve(x, w), convolve(x, w, method="fft"))
+
+
+def test_save_merges_devices_and_writes_valid_json(cache_dir):
+    tuning.save(_fake_records("fft"), "cpu", torch.float32)
+    tuning.save(_fake_records("direct"), "cpu", torch.float64)
+    data = json.loads((cache_dir / "methods.json").read_text())
+    assert len(data) == 2
+    assert not list(cache_dir.glob(".methods-*"))  # no temp file left behind
+
+
+def test_tune_command_writes_the_cache(cache_dir, monkeypatch):
+    from click.testing import CliRunner
+
+    from cli.main import cli
+
+    monkeypatch.setattr(tuning, "default_shapes", lambda device_type, quick=False: [(1, 128, 3)])
+    target = cache_dir / "custom.json"
+    result = CliRunner().invoke(cli, ["tune", "--device", "cpu", "--cache", str(target)])
+    assert result.exit_code == 0, result.output
+    data = json.loads(target.read_text())
+    (entries,) = data.values()
+    assert entries[0]["T"] == 128 and entries[0]["method"] in {"direct", "fft", "overlap"}
+    bad = CliRunner().invoke(cli, ["tune", "--device", "tpu"])
+    assert bad.exit_code == 2 and "tpu" in bad.output
