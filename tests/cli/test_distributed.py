@@ -1,0 +1,59 @@
+"""Batch commands under torchrun: every file processed exactly once, merged summary and code."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import soundfile as sf
+
+from tests.cli.conftest import REPO, listing
+
+
+def test_two_gloo_ranks_split_the_files(tmp_path, bad_inputs):
+    folder = tmp_path / "in"
+    (folder / "sub").mkdir(parents=True)
+    rng = np.random.default_rng(6)
+    names = [f"f{i}.wav" for i in range(5)] + ["sub/g.wav", "sub/h.npy"]
+    for name in names:
+        if name.endswith(".npy"):
+            np.save(folder / name, rng.standard_normal(500))
+        else:
+            sf.write(folder / name, 0.1 * rng.standard_normal(400 + 10 * len(name)), 8000)
+    (folder / "sub" / "zz_bad.wav").write_bytes(bad_inputs["text"].read_bytes())
+    out = tmp_path / "out"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            "-m",
+            "cli",
+            "smooth",
+            str(folder),
+            str(out),
+            "-r",
+            "-v",
+            "--length",
+            "9",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env,
+        timeout=300,
+    )
+    # A failure on one rank shows in the launch's exit code.
+    assert r.returncode != 0
+    done = [line for line in r.stderr.splitlines() if line.startswith("done: ")]
+    sources = sorted(line.split(" -> ")[0][len("done: ") :] for line in done)
+    assert sources == sorted(str(folder / n) for n in names)  # each file exactly once
+    assert listing(out) == sorted(names)
+    # Rank 0 alone prints the merged summary, counting both ranks' files.
+    assert r.stderr.count("7 files processed, 1 file failed.") == 1
+    assert r.stderr.count(f"error: {folder / 'sub' / 'zz_bad.wav'}: not a readable") == 1

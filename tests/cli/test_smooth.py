@@ -1,0 +1,178 @@
+"""diffconv smooth: results against the core and scipy, options, usage errors, streaming."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.signal
+import soundfile as sf
+import torch
+
+from diffconv_core.smooth import smooth as core_smooth
+from tests.cli.conftest import SAMPLES, invoke, listing, write_wav
+
+
+def scipy_smooth(x: np.ndarray, window: np.ndarray, pad_mode: str) -> np.ndarray:
+    """Reference: pad as numpy does, then scipy's valid convolution with the unit-sum window."""
+    k = len(window)
+    padded = np.pad(x, [(0, 0)] * (x.ndim - 1) + [(k // 2, (k - 1) // 2)], mode=pad_mode)
+    w = window / window.sum()
+    return np.stack(
+        [scipy.signal.convolve(row, w, "valid") for row in padded.reshape(-1, padded.shape[-1])]
+    ).reshape(x.shape)
+
+
+@pytest.mark.parametrize("length", [31, 8])
+def test_default_smooth_equals_scipy_on_stereo_24bit(tmp_path, length):
+    src = SAMPLES / "music_stereo24.wav"
+    out = tmp_path / "out.npy"
+    r = invoke("smooth", src, out, "--length", length)
+    assert r.exit_code == 0, r.output
+    x = sf.read(src, dtype="float64", always_2d=True)[0].T
+    want = scipy_smooth(x, scipy.signal.windows.hann(length), "reflect")
+    got = np.load(out)
+    assert got.shape == x.shape and got.dtype == np.float32
+    np.testing.assert_allclose(got, want, atol=1e-6)
+
+
+def test_speech_wav_written_equals_core(tmp_path):
+    src = SAMPLES / "speech_mono16.wav"
+    out = tmp_path / "speech_smoothed.wav"
+    r = invoke(
+        "smooth",
+        src,
+        out,
+        "--window",
+        "gaussian",
+        "--param",
+        "std=4",
+        "--length",
+        "25",
+        "--edges",
+        "zeros",
+    )
+    assert r.exit_code == 0, r.output
+    info = sf.info(out)
+    assert (info.subtype, info.samplerate, info.channels, info.frames) == (
+        "PCM_16",
+        16000,
+        1,
+        32000,
+    )
+    x = torch.from_numpy(sf.read(src, dtype="float32", always_2d=True)[0].T.copy())
+    want = core_smooth(x, "gaussian", 25, edges="zeros", std=4).numpy()
+    got = sf.read(out, dtype="float32", always_2d=True)[0].T
+    np.testing.assert_allclose(got, want, atol=1.01 / 32768)
+    w = scipy.signal.windows.gaussian(25, 4)
+    np.testing.assert_allclose(
+        got[0], scipy.signal.convolve(x[0].numpy(), w / w.sum(), "same"), atol=1.01 / 32768
+    )
+
+
+def test_nan_gaps_omit_and_width_equal_core(tmp_path):
+    src = SAMPLES / "sensor_gaps.npy"
+    out = tmp_path / "out.npy"
+    r = invoke(
+        "smooth",
+        src,
+        out,
+        "--nan-policy",
+        "omit",
+        "--edges",
+        "renormalize",
+        "--width",
+        "20.5",
+        "--length",
+        "41",
+    )
+    assert r.exit_code == 0, r.output
+    x = torch.from_numpy(np.load(src))
+    want = core_smooth(x, "hann", 41, edges="renormalize", nan_policy="omit", width=20.5)
+    got = np.load(out)
+    assert got.shape == (4000,) and got.dtype == np.float64
+    np.testing.assert_allclose(got, want.numpy(), rtol=1e-12, atol=1e-12, equal_nan=True)
+    # The 5-sample gap is bridged: no output near it is NaN any more.
+    assert np.isnan(x[1800:1805].numpy()).all() and np.isfinite(got[1790:1815]).all()
+    # propagate keeps the NaNs (and spreads them over the window).
+    r = invoke("smooth", src, tmp_path / "p.npy")
+    assert r.exit_code == 0 and np.isnan(np.load(tmp_path / "p.npy")[490:550]).all()
+
+
+def test_multichannel_float_kept(tmp_path):
+    src = SAMPLES / "multichannel_float.wav"
+    out = tmp_path / "out.wav"
+    r = invoke("smooth", src, out, "--window", "kaiser", "--param", "beta=8.6", "--length", "15")
+    assert r.exit_code == 0, r.output
+    info = sf.info(out)
+    assert (info.subtype, info.channels, info.samplerate) == ("FLOAT", 5, 8000)
+    x = sf.read(src, dtype="float64", always_2d=True)[0].T
+    want = scipy_smooth(x, scipy.signal.windows.kaiser(15, 8.6), "reflect")
+    np.testing.assert_allclose(sf.read(out, always_2d=True)[0].T, want, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--length", "0"], "length must be >= 1; got 0"),
+        (["--length", "-5"], "got -5"),
+        (["--window", "hanning-ish"], "unknown window 'hanning-ish'"),
+        (["--window", "gaussian"], "requires parameter 'std'"),
+        (["--param", "std"], "NAME=VALUE"),
+        (["--window", "hann", "--param", "beta=3"], "beta"),
+        (["--edges", "mirror"], "mirror"),
+        (["--nan-policy", "drop"], "drop"),
+        (["--width", "-1"], "width"),
+        (["--method", "magic"], "magic"),
+    ],
+)
+def test_bad_options_are_usage_errors_and_write_nothing(tmp_path, args, message):
+    r = invoke("smooth", SAMPLES / "speech_mono16.wav", tmp_path / "out.wav", *args)
+    assert r.exit_code == 2, r.output
+    assert message in r.stderr and "Traceback" not in r.output
+    assert listing(tmp_path) == []
+
+
+def test_even_length_is_valid(tmp_path):
+    np.save(tmp_path / "x.npy", np.arange(30.0) ** 2)
+    r = invoke(
+        "smooth",
+        tmp_path / "x.npy",
+        tmp_path / "y.npy",
+        "--length",
+        "4",
+        "--window",
+        "boxcar",
+        "--edges",
+        "zeros",
+    )
+    assert r.exit_code == 0, r.output
+    want = scipy.signal.convolve(np.arange(30.0) ** 2, np.full(4, 0.25), "same")
+    np.testing.assert_allclose(np.load(tmp_path / "y.npy"), want, rtol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [[], ["--edges", "renormalize", "--nan-policy", "omit"], ["--edges", "circular"]],
+)
+def test_streamed_smooth_equals_whole_file(tmp_path, extra):
+    rng = np.random.default_rng(5)
+    x = 0.3 * rng.standard_normal((2, 6000))
+    x[1, 2000:2100] = np.nan
+    src = write_wav(tmp_path / "long.wav", x, subtype="DOUBLE")
+    whole, streamed = tmp_path / "whole.wav", tmp_path / "streamed.wav"
+    assert invoke("smooth", src, whole, "--length", "51", *extra).exit_code == 0
+    r = invoke(
+        "smooth",
+        src,
+        streamed,
+        "--length",
+        "51",
+        "-v",
+        *extra,
+        env={"DIFFCONV_STREAM_SAMPLES": "1000", "DIFFCONV_BLOCK_FRAMES": "500"},
+    )
+    assert r.exit_code == 0 and "(streamed)" in r.stderr
+    a = sf.read(whole, always_2d=True)[0]
+    b = sf.read(streamed, always_2d=True)[0]
+    np.testing.assert_allclose(b, a, rtol=1e-10, atol=1e-12, equal_nan=True)
+    assert sf.info(streamed).subtype == "DOUBLE"

@@ -1,0 +1,77 @@
+"""The real ``diffconv`` process on the sample files: exit codes, streams, lazy imports."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import soundfile as sf
+import torch
+
+from diffconv_core.smooth import smooth as core_smooth
+from tests.cli.conftest import REPO, SAMPLES, listing, run_diffconv
+
+NO_TORCH = """
+import sys
+from click.testing import CliRunner
+from cli.main import cli
+for args in {args!r}:
+    r = CliRunner().invoke(cli, args)
+    assert r.exit_code == {code}, (args, r.output)
+assert "torch" not in sys.modules, "importing torch for " + repr({args!r})
+"""
+
+
+def test_help_and_usage_errors_do_not_import_torch(tmp_path):
+    helps = [
+        ["--help"],
+        ["smooth", "--help"],
+        ["convolve", "--help"],
+        ["filter", "--help"],
+        ["info", "--help"],
+        ["windows", "--help"],
+    ]
+    usage = [
+        ["smooth", str(tmp_path / "missing.wav"), str(tmp_path / "o.wav")],
+        ["smooth", "--device", "tpu", "a", "b"],
+        ["filter", "in.wav"],
+    ]
+    for args, code in ((helps, 0), (usage, 2)):
+        subprocess.run(
+            [sys.executable, "-c", NO_TORCH.format(args=args, code=code)],
+            check=True,
+            cwd=REPO,
+            timeout=60,
+        )
+
+
+def test_readme_command_works(tmp_path):
+    # The README's first command, run from another directory on the real sample file.
+    r = run_diffconv(
+        "smooth", SAMPLES / "speech_mono16.wav", "speech_smoothed.wav", "--overwrite", cwd=tmp_path
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "" and "1 file processed." in r.stderr
+    out = tmp_path / "speech_smoothed.wav"
+    x = torch.from_numpy(
+        sf.read(SAMPLES / "speech_mono16.wav", dtype="float32", always_2d=True)[0].T.copy()
+    )
+    want = core_smooth(x, "hann", 31).numpy()
+    got = sf.read(out, dtype="float32", always_2d=True)[0].T
+    assert sf.info(out).subtype == "PCM_16"
+    np.testing.assert_allclose(got, want, atol=1.01 / 32768)
+
+
+def test_exit_codes_and_messages_of_a_real_process(tmp_path, bad_inputs):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "good.wav").write_bytes((SAMPLES / "speech_mono16.wav").read_bytes())
+    (folder / "bad.wav").write_bytes(bad_inputs["corrupt"].read_bytes())
+    r = run_diffconv("smooth", folder, tmp_path / "out", "--length", "11")
+    assert r.returncode == 1
+    assert f"error: {folder / 'bad.wav'}: not a readable sound file" in r.stderr
+    assert "Traceback" not in r.stderr and r.stdout == ""
+    assert listing(tmp_path / "out") == ["good.wav"]
+    r = run_diffconv("smooth", tmp_path / "missing.wav", tmp_path / "o.wav")
+    assert r.returncode == 2 and "missing.wav" in r.stderr and "Traceback" not in r.stderr
