@@ -1,0 +1,562 @@
+"""``diffconv fit``: learn an FIR kernel or a window's parameters from input/target pairs.
+
+The numbers live in :mod:`diffconv_core.fitting` (losses, crops, the trainer); this module
+reads the pairs (:mod:`cli.fit_data`), runs the trainer on a device, under torchrun on every
+rank with the gradients all-reduced, and writes the results (:mod:`cli.fit_outputs`) from
+rank 0 only. Exit codes: 0 done (or stopped by ``--stop-after`` with a checkpoint), 1 a file
+could not be read or written, 2 a usage problem — bad options, or input/target pairs that do
+not fit together (all offending pairs are listed in one message) — and 130 on Ctrl-C (after
+a checkpoint is written).
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from cli.options import (
+    NameValueType,
+    device_option,
+    glob_option,
+    overwrite_option,
+    quiet_option,
+    rate_option,
+    recursive_option,
+    verbose_option,
+)
+
+PADDINGS = ["zeros", "reflect", "symmetric", "replicate", "circular"]
+EXIT_INTERRUPTED = 130
+
+
+@click.command(
+    "fit",
+    context_settings={"help_option_names": ["-h", "--help"]},
+    epilog="""\b
+Examples:
+  diffconv fit noisy.wav clean.wav --out denoise.npy --taps 63
+  diffconv fit noisy/ clean/ --out k.npy --loss spectral --plot loss.png
+  diffconv fit in.wav out.wav --out g.npy --window gaussian --param std=4 --learn params
+  torchrun --nproc_per_node=4 -m cli fit noisy/ clean/ --out k.npy   (see docs/distributed.md)
+
+\b
+Writes KERNEL.npy (float64), KERNEL.txt (one coefficient per line, as sox's fir effect
+reads it) and KERNEL.json (learned parameters, final losses, settings); a checkpoint
+KERNEL.ckpt.pt as it goes. Use the kernel with: diffconv convolve IN OUT --kernel KERNEL.npy
+""",
+)
+@click.argument("inputs", metavar="INPUTS")
+@click.argument("targets", metavar="TARGETS")
+@click.option("--out", required=True, metavar="KERNEL.npy", help="Where the kernel goes.")
+@click.option(
+    "--taps",
+    type=click.IntRange(min=1),
+    default=31,
+    show_default=True,
+    help="Kernel length in samples.",
+)
+@click.option(
+    "--window",
+    default=None,
+    metavar="NAME",
+    help="Learn this window's parameters or width instead of free taps.",
+)
+@click.option(
+    "--learn",
+    type=click.Choice(["params", "width"]),
+    default="params",
+    show_default=True,
+    help="With --window: what is learned.",
+)
+@click.option(
+    "--param",
+    "params",
+    multiple=True,
+    type=NameValueType(),
+    help="Window parameter NAME=VALUE: the starting value of a learned one, or the "
+    "fixed value (repeatable). Without --window: parameters of the --init window.",
+)
+@click.option(
+    "--width",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="With --window: starting (or fixed) width in samples [default: --taps].",
+)
+@click.option(
+    "--normalize",
+    type=click.Choice(["sum", "peak", "energy", "none"]),
+    default="sum",
+    show_default=True,
+    help="With --window: window scaling.",
+)
+@click.option(
+    "--init",
+    default=None,
+    metavar="NAME",
+    help="Starting FIR taps: delta (pass-through), zeros or a window name "
+    "(scaled to sum 1)  [default: delta].",
+)
+@click.option(
+    "--padding",
+    type=click.Choice(PADDINGS),
+    default="zeros",
+    show_default=True,
+    help="How signals continue past their ends.",
+)
+@click.option(
+    "--loss", type=click.Choice(["mse", "l1", "spectral"]), default="mse", show_default=True
+)
+@click.option(
+    "--optimizer",
+    type=click.Choice(["adam", "lbfgs"]),
+    default="adam",
+    show_default=True,
+    help="lbfgs only for plain FIR taps.",
+)
+@click.option("--steps", type=click.IntRange(min=1), default=500, show_default=True)
+@click.option(
+    "--lr",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Learning rate  [default: 0.01 adam, 1 lbfgs].",
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=8,
+    show_default=True,
+    help="Random crops per step (global, over all ranks).",
+)
+@click.option(
+    "--crop",
+    type=click.FloatRange(min=0),
+    default=1.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="Crop length; 0 trains on whole signals (full batch).",
+)
+@click.option(
+    "--val-split",
+    type=click.FloatRange(0, 1, max_open=True),
+    default=0.1,
+    show_default=True,
+    help="Fraction at the end of every pair kept for validation.",
+)
+@click.option(
+    "--val-every",
+    type=click.IntRange(min=1),
+    default=10,
+    show_default=True,
+    help="Validate every N steps (and at the end).",
+)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--plot", default=None, metavar="LOSS.png", help="Write a loss-curve PNG.")
+@click.option(
+    "--checkpoint", default=None, metavar="CKPT", help="Checkpoint file  [default: KERNEL.ckpt.pt]."
+)
+@click.option("--checkpoint-every", type=click.IntRange(min=1), default=50, show_default=True)
+@click.option(
+    "--resume",
+    default=None,
+    metavar="CKPT",
+    help="Continue an interrupted fit (same settings) from its checkpoint.",
+)
+@click.option(
+    "--stop-after",
+    type=click.IntRange(min=1),
+    default=None,
+    metavar="N",
+    help="Stop after N steps of this run, checkpoint, and exit 0 (--resume later).",
+)
+@device_option
+@glob_option
+@recursive_option
+@rate_option
+@overwrite_option
+@quiet_option
+@verbose_option
+def fit(**options) -> None:
+    """Learn an FIR kernel (or window parameters) mapping INPUTS to TARGETS.
+
+    INPUTS and TARGETS are two files or two directories matched by relative path.
+    """
+    from cli.distributed import ranks_from_env
+
+    ranks = ranks_from_env()
+    try:
+        _fit(ranks, options)
+    except click.ClickException as err:
+        if not ranks.is_main:
+            sys.exit(err.exit_code)  # every rank fails alike; rank 0 says why
+        raise
+
+
+def _fit(ranks, o: dict) -> None:
+    from cli.errors import FileProblem
+    from cli.fit_data import discover_pairs, pairs_rate
+    from cli.fit_outputs import default_checkpoint, output_paths
+
+    # Everything decidable from the command line and the headers comes first (exit 2).
+    try:
+        paths = output_paths(o["out"])
+    except ValueError as err:
+        raise click.BadParameter(str(err), param_hint="'--out'") from err
+    checkpoint = default_checkpoint(o["out"]) if o["checkpoint"] is None else o["checkpoint"]
+    _check_options(o)
+    _check_destinations(paths, o, checkpoint)
+    pairs = discover_pairs(
+        o["inputs"], o["targets"], glob=o["glob"], recursive=o["recursive"], rate=o["rate"]
+    )
+    rate = pairs_rate(pairs, o["rate"])
+    if o["crop"] > 0 and rate is None:
+        raise click.UsageError(
+            ".npy pairs carry no sample rate: give --rate to crop in seconds, or --crop 0"
+        )
+    crop = None if o["crop"] == 0 else max(1, round(o["crop"] * rate))
+    try:
+        state = None
+        if o["resume"]:
+            from cli.fit_outputs import load_checkpoint
+
+            state = load_checkpoint(o["resume"])
+        _train(ranks, o, pairs, rate, crop, paths, checkpoint, state)
+    except FileProblem as err:
+        raise _click_error(err) from err
+
+
+def _click_error(err) -> click.ClickException:
+    exc = click.ClickException(str(err))
+    exc.exit_code = err.exit_code
+    return exc
+
+
+def _check_options(o: dict) -> None:
+    if o["window"] is None:
+        for name in ("width",):
+            if o[name] is not None:
+                raise click.UsageError(f"--{name} needs --window")
+    else:
+        if o["init"] is not None:
+            raise click.UsageError("--init sets starting FIR taps; with --window use --param")
+        if o["optimizer"] == "lbfgs":
+            raise click.BadParameter(
+                "lbfgs is for plain FIR taps; use adam with --window", param_hint="'--optimizer'"
+            )
+    if o["plot"] is not None and not o["plot"].lower().endswith(".png"):
+        raise click.BadParameter(f"{o['plot']!r} is not a .png file", param_hint="'--plot'")
+
+
+def _check_destinations(paths: dict, o: dict, checkpoint) -> None:
+    import os
+
+    wanted = list(paths.values()) + ([o["plot"]] if o["plot"] else [])
+    if not o["overwrite"]:
+        existing = [os.fspath(p) for p in wanted if os.path.exists(p)]
+        if existing:
+            raise click.UsageError(
+                f"{', '.join(existing)} already exist(s); use --overwrite to replace"
+            )
+        resuming_here = o["resume"] and os.path.abspath(o["resume"]) == os.path.abspath(checkpoint)
+        if os.path.exists(checkpoint) and not resuming_here:
+            raise click.UsageError(
+                f"checkpoint {os.fspath(checkpoint)} already exists: continue that fit with "
+                f"--resume {os.fspath(checkpoint)}, or start over with --overwrite"
+            )
+    for p in [*wanted, checkpoint]:
+        parent = os.path.dirname(os.path.abspath(p))
+        if not os.path.isdir(parent):
+            raise click.UsageError(f"directory {parent} (for {os.fspath(p)}) does not exist")
+
+
+def _window_setup(o: dict) -> dict:
+    """Which window parameters are learned or fixed, with their starting values."""
+    from diffconv_core.windows import list_windows
+
+    name = o["window"].lower()
+    entry = next((w for w in list_windows() if name == w["name"] or name in w["aliases"]), None)
+    if entry is None:
+        names = ", ".join(w["name"] for w in list_windows())
+        raise click.BadParameter(
+            f"unknown window {o['window']!r}; one of {names}", param_hint="'--window'"
+        )
+    given = dict(o["params"])
+    unknown = sorted(set(given) - set(entry["params"]))
+    if unknown:
+        raise click.BadParameter(
+            f"{entry['name']} has no parameter {', '.join(unknown)}; it takes "
+            f"{', '.join(entry['params']) or 'none'}",
+            param_hint="'--param'",
+        )
+    params = {k: v for k, v in {**entry["params"], **given}.items() if v is not None}
+    missing = [k for k in entry["required"] if k not in params]
+    if missing:
+        raise click.BadParameter(
+            f"{entry['name']} needs a starting value for {', '.join(missing)} "
+            f"(e.g. --param {missing[0]}=4)",
+            param_hint="'--param'",
+        )
+    for key, value in params.items():
+        if not isinstance(value, (int, float)):
+            raise click.BadParameter(f"{key}={value!r} is not a number", param_hint="'--param'")
+    if o["learn"] == "params" and not params:
+        raise click.BadParameter(
+            f"{entry['name']} has no parameters to learn; use --learn width",
+            param_hint="'--learn'",
+        )
+    return {"window": entry["name"], "params": {k: float(v) for k, v in params.items()}}
+
+
+def _build_model(o: dict, setup: dict, dtype, device):
+    import torch
+
+    from diffconv_core.fitting import FIRKernel, WindowKernel
+
+    taps = o["taps"]
+    if setup["kind"] == "window":
+        with _option_errors("'--param'"):
+            model = WindowKernel(
+                setup["window"],
+                taps,
+                learn=setup["learn"],
+                params=setup["params"],
+                width=setup["width"],
+                normalize=setup["normalize"],
+                dtype=dtype,
+            )
+            model().detach()  # out-of-range starting values fail here, before any work
+        return model.to(device)
+    init = setup["init"]
+    if init == "zeros":
+        start = torch.zeros(taps, dtype=dtype)
+    elif init == "delta":
+        start = torch.zeros(taps, dtype=dtype)
+        start[(taps - 1) // 2] = 1.0  # the centre tap of scipy's "same" alignment
+    else:
+        from diffconv_core.windows import get_window
+
+        with _option_errors("'--init'"):
+            start = get_window(init, taps, normalize="sum", dtype=dtype, **setup["params"])
+    return FIRKernel(start).to(device)
+
+
+class _option_errors:
+    """Library ValueError/TypeError from an option -> usage error (exit 2)."""
+
+    def __init__(self, hint: str) -> None:
+        self.hint = hint
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is not None and issubclass(exc_type, (ValueError, TypeError)):
+            raise click.BadParameter(str(exc), param_hint=self.hint) from exc
+        return False
+
+
+def _setup(o: dict, pairs) -> dict:
+    """The choices a checkpoint must share with the run that resumes it."""
+    setup = {
+        "taps": o["taps"],
+        "padding": o["padding"],
+        "pairs": [p.name for p in pairs],
+        "frames": [p.frames for p in pairs],
+    }
+    if o["window"] is None:
+        setup.update(kind="fir", init=o["init"] or "delta", params=dict(o["params"]))
+    else:
+        setup.update(kind="window", learn=o["learn"], **_window_setup(o))
+        setup["width"] = float(o["width"]) if o["width"] is not None else float(o["taps"])
+        setup["normalize"] = None if o["normalize"] == "none" else o["normalize"]
+    return setup
+
+
+def _train(ranks, o, pairs, rate, crop, paths, checkpoint, state) -> None:
+    import torch
+
+    from cli import distributed
+    from cli.devices import resolve_device
+    from cli.fit_data import common_dtype, read_pair, shard_indices
+    from cli.fit_outputs import save_checkpoint
+    from diffconv_core.fitting import FitConfig, FitData, Trainer, extend_input, split_length
+
+    setup = _setup(o, pairs)
+    if state is not None and state["setup"] != setup:
+        changed = sorted(
+            k for k in set(setup) | set(state["setup"]) if state["setup"].get(k) != setup.get(k)
+        )
+        raise click.BadParameter(
+            f"the checkpoint was made with other settings or pairs ({', '.join(changed)})",
+            param_hint="'--resume'",
+        )
+    lr = o["lr"] if o["lr"] is not None else (1.0 if o["optimizer"] == "lbfgs" else 0.01)
+    with _option_errors(None):
+        config = FitConfig(
+            steps=o["steps"],
+            lr=lr,
+            batch_size=o["batch_size"],
+            crop=crop,
+            loss=o["loss"],
+            optimizer=o["optimizer"],
+            seed=o["seed"],
+            val_every=o["val_every"],
+        )
+    device = resolve_device(o["device"], ranks.local_rank)
+    dtype = getattr(torch, common_dtype(pairs).name)
+    model = _build_model(o, setup, dtype, device)
+
+    _start_process_group(ranks, device)
+    try:
+        # Each rank reads only its shard; a failure anywhere stops every rank together.
+        data = FitData({}, {}, [], [], [])
+        for p in pairs:
+            data.lengths.append(p.frames)
+            data.train_lengths.append(split_length(p.frames, o["val_split"]))
+            data.channels.append(p.rows)
+        problems = []
+        for i in shard_indices(len(pairs), ranks.rank, ranks.world_size):
+            try:
+                x, y = read_pair(pairs[i])
+            except Exception as err:  # FileProblem, or memory: reported with the pair's name
+                problems.append(f"{pairs[i].name}: {err}")
+                continue
+            x = torch.from_numpy(x).to(device, dtype)
+            data.inputs[i] = extend_input(x, o["taps"], o["padding"])
+            data.targets[i] = torch.from_numpy(y).to(device, dtype)
+        problems = sum(distributed.gather(ranks, problems), [])
+        if problems:
+            raise click.ClickException("cannot read the pairs:\n  " + "\n  ".join(problems))
+
+        reduce = _all_reduce_sum if ranks.distributed else None
+        trainer = Trainer(model, data, config, reduce=reduce)
+        if state is not None:
+            with _option_errors("'--resume'"):
+                trainer.load_state_dict(state["trainer"])
+            model.to(device)
+
+        def save() -> None:
+            if ranks.is_main:
+                save_checkpoint(checkpoint, {"setup": setup, "trainer": trainer.state_dict()})
+
+        _run(trainer, o, ranks, save)
+        if not trainer.done:
+            if ranks.is_main and not o["quiet"]:
+                click.echo(
+                    f"stopped after step {trainer.step_index} of {config.steps}; checkpoint "
+                    f"{checkpoint}; continue with --resume {checkpoint}",
+                    err=True,
+                )
+            return
+        if ranks.is_main:
+            _write_results(trainer, o, setup, pairs, rate, crop, paths, ranks)
+    finally:
+        distributed.finish(ranks)
+
+
+def _start_process_group(ranks, device) -> None:
+    # gloo carries CPU tensors and Python objects; nccl the gradients of a CUDA run.
+    if not ranks.distributed:
+        return
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        return
+    backend = "cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo"
+    if device.type == "cuda":
+        import torch
+
+        torch.cuda.set_device(device)
+    dist.init_process_group(backend, rank=ranks.rank, world_size=ranks.world_size)
+
+
+def _all_reduce_sum(tensor) -> None:
+    import torch.distributed as dist
+
+    dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+
+
+def _run(trainer, o, ranks, save) -> None:
+    from tqdm import tqdm
+
+    show = ranks.is_main and not o["quiet"] and sys.stderr.isatty()
+    bar = tqdm(
+        total=trainer.config.steps,
+        initial=trainer.step_index,
+        unit="step",
+        file=sys.stderr,
+        disable=not show,
+        dynamic_ncols=True,
+    )
+    last_val = [trainer.history["val"][-1] if trainer.history["val"] else None]
+
+    def callback(t, train: float, val: float | None) -> None:
+        if val is not None:
+            last_val[0] = val
+        postfix = {"train": f"{train:.4g}"}
+        if last_val[0] is not None:
+            postfix["val"] = f"{last_val[0]:.4g}"
+        bar.set_postfix(postfix, refresh=False)
+        bar.update(1)
+        if o["verbose"] and ranks.is_main and val is not None:
+            bar.write(f"step {t.step_index}: train {train:.6g}, val {val:.6g}", file=sys.stderr)
+        if t.step_index % o["checkpoint_every"] == 0:
+            save()
+
+    try:
+        trainer.run(max_steps=o["stop_after"], callback=callback)
+    except KeyboardInterrupt:
+        bar.close()
+        save()
+        if ranks.is_main:
+            click.echo(
+                f"interrupted after step {trainer.step_index}; continue with --resume", err=True
+            )
+        sys.exit(EXIT_INTERRUPTED)
+    finally:
+        bar.close()
+    save()
+
+
+def _write_results(trainer, o, setup, pairs, rate, crop, paths, ranks) -> None:
+    import os
+
+    from cli.fit_outputs import write_kernel_files, write_loss_plot
+
+    kernel = trainer.model().detach().to("cpu").double().numpy()
+    history = trainer.history
+    summary = {
+        "kernel": os.fspath(paths["npy"]),
+        "taps": len(kernel),
+        "learned": trainer.model.learned(),
+        "final_train_loss": history["train"][-1],
+        "final_val_loss": history["val"][-1] if history["val"] else None,
+        "steps": trainer.step_index,
+        "loss": o["loss"],
+        "optimizer": o["optimizer"],
+        "lr": trainer.config.lr,
+        "batch_size": o["batch_size"],
+        "crop_seconds": o["crop"],
+        "crop_samples": crop,
+        "val_split": o["val_split"],
+        "seed": o["seed"],
+        "padding": o["padding"],
+        "rate": rate,
+        "pairs": [p.name for p in pairs],
+        "world_size": ranks.world_size,
+        "coefficients": kernel.tolist(),
+    }
+    if setup["kind"] == "fir":
+        summary["learned"]["init"] = setup["init"]
+    write_kernel_files(paths, kernel, summary)
+    if o["plot"]:
+        write_loss_plot(o["plot"], history, f"diffconv fit: {o['loss']} loss")
+    if not o["quiet"]:
+        val = summary["final_val_loss"]
+        val_text = f", validation loss {val:.4g}" if val is not None else ""
+        click.echo(
+            f"fitted {len(kernel)} taps in {trainer.step_index} steps: train loss "
+            f"{summary['final_train_loss']:.4g}{val_text} -> "
+            + ", ".join(os.fspath(p) for p in paths.values()),
+            err=True,
+        )

@@ -1,0 +1,186 @@
+"""Input/target pairs for ``diffconv fit``: discovery, checks, and reading one rank's shard.
+
+INPUTS and TARGETS are two files, or two directories whose files are matched by their path
+relative to each directory (``--glob``/``--recursive`` choose the files, as in every batch
+command). Every pair is checked from the file headers before any sample is read: each input
+needs a target and each target an input, and partners must agree in length, channel count
+and sample rate; all pairs must share one rate (a kernel in samples means another filter at
+another rate). All problems are collected and raised together as one usage error (exit code
+2) listing the offending pairs, because they are problems with what was given, found before
+any work.
+
+Under torchrun every rank discovers and checks the same sorted list (headers only, cheap),
+then reads only its shard of the samples: pair ``i`` belongs to rank ``i % world_size``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+import numpy as np
+
+from cli.audio_io import SignalInfo, probe, read_signal
+from cli.errors import EXIT_USAGE, FileProblem
+from cli.jobs import plan_jobs
+
+
+@dataclass(frozen=True)
+class Pair:
+    """A checked input/target pair (headers read, samples not yet)."""
+
+    name: str  # relative path shown in messages and stored in checkpoints
+    input: SignalInfo
+    target: SignalInfo
+
+    @property
+    def frames(self) -> int:
+        return self.input.frames
+
+    @property
+    def rows(self) -> int:
+        # Every channel (and every signal of a 3-D .npy) is one row sharing the kernel.
+        return int(np.prod(self.input.shape[:-1]))
+
+
+class PairProblems(click.ClickException):
+    """All problems with the pairs, in one message; exit code 2.
+
+    Example:
+        >>> err = PairProblems(["a.wav: no target (t/a.wav missing)"])
+        >>> err.exit_code, err.format_message()
+        (2, 'the input/target pairs cannot be used:\\n  a.wav: no target (t/a.wav missing)')
+    """
+
+    exit_code = EXIT_USAGE
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("the input/target pairs cannot be used:\n  " + "\n  ".join(problems))
+
+
+def discover_pairs(
+    inputs: str | os.PathLike,
+    targets: str | os.PathLike,
+    *,
+    glob: str | None = None,
+    recursive: bool = False,
+    rate: float | None = None,
+) -> list[Pair]:
+    """Match INPUTS with TARGETS and check every pair from the headers.
+
+    Args:
+        inputs, targets: two files or two directories.
+        glob, recursive: which files of the directories take part.
+        rate: sample rate of .npy files (audio files carry their own).
+
+    Raises:
+        PairProblems: missing partners, unreadable files, length/channel/rate mismatches,
+            pairs at different rates; all listed at once.
+        click.UsageError: a missing path, or a file paired with a directory.
+
+    Example:
+        >>> [p.name for p in discover_pairs("sample_data/speech_mono16.wav",
+        ...                                 "sample_data/speech_mono16.wav")]
+        ['speech_mono16.wav']
+    """
+    src, dst = Path(inputs), Path(targets)
+    for path, what in ((src, "INPUTS"), (dst, "TARGETS")):
+        if not path.exists():
+            raise click.BadParameter(f"{path}: no such file or directory", param_hint=what)
+    if src.is_dir() != dst.is_dir():
+        raise click.UsageError(
+            f"INPUTS and TARGETS must be two files or two directories; got {src} "
+            f"({'directory' if src.is_dir() else 'file'}) and {dst} "
+            f"({'directory' if dst.is_dir() else 'file'})"
+        )
+    problems: list[str] = []
+    if src.is_dir():
+        # plan_jobs maps each file of one tree to the same relative path in the other.
+        forward = plan_jobs([src], dst, glob=glob, recursive=recursive)
+        backward = plan_jobs([dst], src, glob=glob, recursive=recursive)
+        matched = []
+        for job in forward:
+            rel = job.source.relative_to(src).as_posix()
+            if job.dest.is_file():
+                matched.append((rel, job.source, job.dest))
+            else:
+                problems.append(f"{rel}: input {job.source} has no target ({job.dest} missing)")
+        for job in backward:
+            if not job.dest.is_file():
+                rel = job.source.relative_to(dst).as_posix()
+                problems.append(f"{rel}: target {job.source} has no input ({job.dest} missing)")
+    else:
+        matched = [(src.name, src, dst)]
+    pairs = []
+    for name, x_path, y_path in matched:
+        try:
+            x, y = probe(x_path), probe(y_path)
+        except FileProblem as err:
+            problems.append(f"{name}: {err}")
+            continue
+        mismatch = _mismatch(x, y, rate)
+        if mismatch:
+            problems.append(f"{name}: {mismatch} ({x.path} vs {y.path})")
+        else:
+            pairs.append(Pair(name, x, y))
+    rates = sorted({_rate(p.input, rate) for p in pairs} - {None})
+    if len(rates) > 1:
+        listing = ", ".join(f"{p.name} at {_rate(p.input, rate):g} Hz" for p in pairs)
+        problems.append(f"pairs at different sample rates ({listing}); resample them to one rate")
+    if problems:
+        raise PairProblems(sorted(problems))
+    return sorted(pairs, key=lambda p: p.name)
+
+
+def _rate(info: SignalInfo, rate: float | None) -> float | None:
+    return info.rate if info.rate else rate
+
+
+def _mismatch(x: SignalInfo, y: SignalInfo, rate: float | None) -> str | None:
+    if x.frames != y.frames:
+        return f"lengths differ: {x.frames} vs {y.frames} frames"
+    if x.shape[:-1] != y.shape[:-1]:
+        return f"channel counts differ: {x.shape[:-1]} vs {y.shape[:-1]}"
+    if _rate(x, rate) != _rate(y, rate):
+        return f"sample rates differ: {_rate(x, rate):g} vs {_rate(y, rate):g} Hz"
+    return None
+
+
+def pairs_rate(pairs: list[Pair], rate: float | None) -> float | None:
+    """The one sample rate of the pairs (``rate`` for .npy), None when unknown."""
+    return _rate(pairs[0].input, rate) if pairs else None
+
+
+def read_pair(pair: Pair) -> tuple[np.ndarray, np.ndarray]:
+    """The samples of one pair as ``(rows, T)`` arrays of one floating dtype.
+
+    Shape:
+        both ``(rows, T)``; a 3-D .npy ``(N, C, T)`` gives ``N * C`` rows.
+    """
+    x, y = read_signal(pair.input), read_signal(pair.target)
+    dtype = np.promote_types(x.dtype, y.dtype)
+    return (
+        x.reshape(-1, x.shape[-1]).astype(dtype, copy=False),
+        y.reshape(-1, y.shape[-1]).astype(dtype, copy=False),
+    )
+
+
+def common_dtype(pairs: list[Pair]) -> np.dtype:
+    """The dtype every pair is computed in: float64 if any file needs it, else float32."""
+    dtype = np.dtype("float32")
+    for p in pairs:
+        dtype = np.promote_types(dtype, np.promote_types(p.input.dtype, p.target.dtype))
+    return dtype
+
+
+def shard_indices(n_pairs: int, rank: int, world_size: int) -> list[int]:
+    """The pairs rank ``rank`` reads: every ``world_size``-th from ``rank``.
+
+    Example:
+        >>> shard_indices(5, 1, 2)
+        [1, 3]
+    """
+    return list(range(rank, n_pairs, world_size))

@@ -1,0 +1,320 @@
+"""``diffconv fit``: outputs, least-squares agreement, resume, bad pairs, torchrun equality.
+
+Synthetic pairs: float WAV files (no quantisation) whose targets are a known FIR applied with
+scipy's "same" convolution plus noise. The reference for plain-FIR fits is numpy.linalg.lstsq.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.signal
+import soundfile as sf
+import torch
+from click.testing import CliRunner
+
+from cli.main import cli
+
+REPO = Path(__file__).resolve().parents[2]
+RATE = 8000
+TRUE_FIR = np.array([0.1, -0.3, 0.8, 0.45, -0.2, 0.05, 0.12])
+FAST = ["--taps", "7", "--steps", "12", "--lr", "0.05", "--crop", "0.02", "--batch-size", "4"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # Many tiny ops on 2 shared cores: intra-op threads only contend.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli, ["fit", *[str(a) for a in args]], catch_exceptions=False)
+
+
+def write_pairs(folder: Path, n=3, frames=1200, channels=2, noise=0.01, seed=0, kernel=TRUE_FIR):
+    rng = np.random.default_rng(seed)
+    (folder / "in").mkdir(parents=True)
+    (folder / "tg").mkdir()
+    for i in range(n):
+        x = 0.2 * rng.standard_normal((frames, channels))
+        y = np.stack([scipy.signal.convolve(x[:, c], kernel, "same") for c in range(channels)], 1)
+        y += noise * rng.standard_normal(y.shape)
+        sf.write(folder / "in" / f"p{i}.wav", x, RATE, subtype="FLOAT")
+        sf.write(folder / "tg" / f"p{i}.wav", y, RATE, subtype="FLOAT")
+    return folder / "in", folder / "tg"
+
+
+def lstsq_reference(in_dir: Path, tg_dir: Path, K: int) -> np.ndarray:
+    rows, rhs = [], []
+    for path in sorted(in_dir.glob("*.wav")):
+        x, _ = sf.read(path, always_2d=True)
+        y, _ = sf.read(tg_dir / path.name, always_2d=True)
+        for c in range(x.shape[1]):
+            cols = [scipy.signal.convolve(x[:, c], np.eye(K)[k], "same") for k in range(K)]
+            rows.append(np.stack(cols, 1))
+            rhs.append(y[:, c])
+    return np.linalg.lstsq(np.concatenate(rows), np.concatenate(rhs), rcond=None)[0]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def subprocess_env() -> dict:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def test_help_does_not_import_torch():
+    code = (
+        "import sys\nfrom click.testing import CliRunner\nfrom cli.main import cli\n"
+        "r = CliRunner().invoke(cli, ['fit', '--help'])\n"
+        "assert r.exit_code == 0 and '--resume' in r.output, r.output\n"
+        "assert 'torch' not in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
+
+
+def test_fir_fit_matches_least_squares_and_writes_every_output(tmp_path):
+    in_dir, tg_dir = write_pairs(tmp_path, n=2, frames=800)
+    out, plot = tmp_path / "k.npy", tmp_path / "loss.png"
+    args = [in_dir, tg_dir, "--out", out, "--taps", 7, "--optimizer", "lbfgs", "--steps", 4]
+    result = invoke(*args, "--crop", 0, "--val-split", 0, "--plot", plot)
+    assert result.exit_code == 0, result.output
+    kernel = np.load(out, allow_pickle=False)
+    assert kernel.dtype == np.float64 and kernel.shape == (7,)
+    ref = lstsq_reference(in_dir, tg_dir, 7)
+    err = np.linalg.norm(kernel - ref) / np.linalg.norm(ref)
+    assert err < 1e-3, f"relative error {err:.2e} to the least-squares solution"
+
+    # sox's fir effect: one coefficient per line; reading the text back gives the kernel.
+    lines = (tmp_path / "k.txt").read_text().splitlines()
+    assert len(lines) == 7
+    np.testing.assert_array_equal(np.array([float(v) for v in lines]), kernel)
+
+    summary = json.loads((tmp_path / "k.json").read_text())
+    np.testing.assert_array_equal(summary["coefficients"], kernel)
+    assert summary["learned"] == {"kind": "fir", "taps": 7, "init": "delta"}
+    assert summary["steps"] == 4 and summary["final_val_loss"] is None
+    assert summary["pairs"] == ["p0.wav", "p1.wav"] and summary["rate"] == RATE
+    assert 0 < summary["final_train_loss"] < 1e-3  # noise variance 1e-4, plus float32
+
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    state = torch.load(tmp_path / "k.ckpt.pt", weights_only=True)
+    assert state["trainer"]["step"] == 4 and state["setup"]["taps"] == 7
+    assert "fitted 7 taps in 4 steps" in result.stderr
+
+
+def test_adam_crops_deterministic_and_kernel_usable_by_convolve(tmp_path):
+    in_dir, tg_dir = write_pairs(tmp_path)
+    a = invoke(in_dir, tg_dir, "--out", tmp_path / "a.npy", *FAST, "--seed", 1, "-q")
+    b = invoke(in_dir, tg_dir, "--out", tmp_path / "b.npy", *FAST, "--seed", 1, "-q")
+    c = invoke(in_dir, tg_dir, "--out", tmp_path / "c.npy", *FAST, "--seed", 2, "-q")
+    assert a.exit_code == b.exit_code == c.exit_code == 0, a.output + b.output + c.output
+    assert a.stderr == ""  # -q: nothing but errors
+    ka, kb, kc = (np.load(tmp_path / f"{n}.npy") for n in "abc")
+    np.testing.assert_array_equal(ka, kb)
+    assert not np.array_equal(ka, kc)
+    summary = json.loads((tmp_path / "a.json").read_text())
+    assert summary["crop_samples"] == round(0.02 * RATE) and summary["final_val_loss"] > 0
+
+    # The learned kernel works at once with `diffconv convolve`.
+    result = CliRunner().invoke(
+        cli,
+        ["convolve", str(in_dir / "p0.wav"), str(tmp_path / "y.wav"), "--kernel",
+         str(tmp_path / "a.npy")],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    x, _ = sf.read(in_dir / "p0.wav", always_2d=True)
+    y, _ = sf.read(tmp_path / "y.wav", always_2d=True)
+    ref = np.stack([scipy.signal.convolve(x[:, c], ka, "same") for c in range(2)], 1)
+    np.testing.assert_allclose(y, ref, atol=1e-5)
+
+
+def test_stop_and_resume_reaches_the_uninterrupted_kernel(tmp_path):
+    in_dir, tg_dir = write_pairs(tmp_path)
+    whole = invoke(in_dir, tg_dir, "--out", tmp_path / "whole.npy", *FAST, "--val-every", 5)
+    assert whole.exit_code == 0, whole.output
+
+    part = tmp_path / "part.npy"
+    args = [in_dir, tg_dir, "--out", part, *FAST, "--val-every", 5]
+    first = invoke(*args, "--stop-after", 7)
+    assert first.exit_code == 0, first.output
+    assert "stopped after step 7 of 12" in first.stderr
+    assert not part.exists() and (tmp_path / "part.ckpt.pt").exists()
+    # Starting over by accident is refused: the checkpoint would be lost.
+    again = invoke(*args)
+    assert again.exit_code == 2 and "--resume" in again.stderr
+    # Resuming with other settings is refused too.
+    other = invoke(*args[:-2], "--val-every", 6, "--resume", tmp_path / "part.ckpt.pt")
+    assert other.exit_code == 2 and "val_every" in other.stderr
+
+    second = invoke(*args, "--resume", tmp_path / "part.ckpt.pt")
+    assert second.exit_code == 0, second.output
+    np.testing.assert_array_equal(np.load(part), np.load(tmp_path / "whole.npy"))
+    s_whole = json.loads((tmp_path / "whole.json").read_text())
+    s_part = json.loads((tmp_path / "part.json").read_text())
+    assert s_part["final_train_loss"] == s_whole["final_train_loss"]
+    assert s_part["final_val_loss"] == s_whole["final_val_loss"]
+
+
+def test_gaussian_std_learned_from_files(tmp_path):
+    from diffconv_core.windows import get_window
+
+    true_std, K = 2.6, 21
+    target_kernel = scipy.signal.windows.gaussian(K, true_std)
+    in_dir, tg_dir = write_pairs(
+        tmp_path, n=1, frames=2000, noise=1e-4, kernel=target_kernel / target_kernel.sum()
+    )
+    args = [in_dir, tg_dir, "--out", tmp_path / "g.npy", "--taps", K, "--window", "gauss"]
+    args += ["--param", "std=1.5", "--steps", 150, "--lr", 0.05, "--crop", 0, "--val-split", 0]
+    result = invoke(*args)
+    assert result.exit_code == 0, result.output
+    learned = json.loads((tmp_path / "g.json").read_text())["learned"]
+    assert learned["window"] == "gaussian" and learned["normalize"] == "sum"
+    std = learned["params"]["std"]
+    assert abs(std - true_std) / true_std < 0.01, f"std {std} vs {true_std}"
+    # The kernel file is that window.
+    window = get_window("gaussian", K, std=std, normalize="sum", dtype=torch.float64)
+    np.testing.assert_allclose(np.load(tmp_path / "g.npy"), window.numpy(), rtol=1e-5)
+
+
+def test_bad_pairs_listed_in_one_error(tmp_path):
+    in_dir, tg_dir = write_pairs(tmp_path, n=2, frames=300)
+    rng = np.random.default_rng(0)
+    sf.write(in_dir / "only_input.wav", rng.standard_normal(300), RATE, subtype="FLOAT")
+    sf.write(tg_dir / "only_target.wav", rng.standard_normal(300), RATE, subtype="FLOAT")
+    sf.write(in_dir / "short.wav", rng.standard_normal((300, 2)), RATE, subtype="FLOAT")
+    sf.write(tg_dir / "short.wav", rng.standard_normal((250, 2)), RATE, subtype="FLOAT")
+    sf.write(in_dir / "mono.wav", rng.standard_normal((300, 2)), RATE, subtype="FLOAT")
+    sf.write(tg_dir / "mono.wav", rng.standard_normal(300), RATE, subtype="FLOAT")
+    sf.write(in_dir / "rate.wav", rng.standard_normal(300), RATE, subtype="FLOAT")
+    sf.write(tg_dir / "rate.wav", rng.standard_normal(300), 16000, subtype="FLOAT")
+    (tg_dir / "broken.wav").write_bytes(b"RIFF....not audio")
+    sf.write(in_dir / "broken.wav", rng.standard_normal(300), RATE, subtype="FLOAT")
+    before = sorted(p.name for p in tmp_path.iterdir())
+
+    result = invoke(in_dir, tg_dir, "--out", tmp_path / "k.npy", *FAST)
+    assert result.exit_code == 2
+    err = result.stderr
+    assert "input/target pairs cannot be used" in err
+    assert "only_input.wav: input" in err and "has no target" in err
+    assert "only_target.wav: target" in err and "has no input" in err
+    assert "short.wav: lengths differ: 300 vs 250 frames" in err
+    assert "mono.wav: channel counts differ" in err
+    assert "rate.wav: sample rates differ: 8000 vs 16000 Hz" in err
+    assert "broken.wav:" in err and "not a readable sound file" in err
+    assert "p0.wav" not in err and "Traceback" not in err
+    assert err.count("Error:") == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written
+
+
+def test_pairs_at_different_rates_refused(tmp_path):
+    in_dir, tg_dir = write_pairs(tmp_path, n=1, frames=300)
+    x = np.zeros(300)
+    sf.write(in_dir / "fast.wav", x, 2 * RATE, subtype="FLOAT")
+    sf.write(tg_dir / "fast.wav", x, 2 * RATE, subtype="FLOAT")
+    result = invoke(in_dir, tg_dir, "--out", tmp_path / "k.npy", *FAST)
+    assert result.exit_code == 2
+    assert "different sample rates (fast.wav at 16000 Hz, p0.wav at 8000 Hz)" in result.stderr
+
+
+def test_npy_pairs_need_rate_to_crop_in_seconds(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(500)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", scipy.signal.convolve(x, TRUE_FIR, "same"))
+    args = [tmp_path / "x.npy", tmp_path / "y.npy", "--out", tmp_path / "k.npy", "--taps", 7]
+    result = invoke(*args, "--steps", 3)
+    assert result.exit_code == 2 and "give --rate" in result.stderr
+    result = invoke(*args, "--steps", 3, "--optimizer", "lbfgs", "--crop", 0, "--val-split", 0)
+    assert result.exit_code == 0, result.output
+    # Noiseless float64 data: L-BFGS finds the FIR itself.
+    np.testing.assert_allclose(np.load(tmp_path / "k.npy"), TRUE_FIR, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--window", "hann"], "no parameters to learn; use --learn width"),
+        (["--window", "nope"], "unknown window 'nope'"),
+        (["--window", "gaussian"], "needs a starting value for std"),
+        (["--window", "gaussian", "--param", "beta=2"], "gaussian has no parameter beta"),
+        (["--window", "gaussian", "--param", "std=-1"], "std must start positive"),
+        (["--window", "tukey", "--optimizer", "lbfgs"], "lbfgs is for plain FIR taps"),
+        (["--width", "3"], "--width needs --window"),
+        (["--init", "nosuchwindow"], "nosuchwindow"),
+        (["--plot", "loss.jpg"], "is not a .png file"),
+        (["--out", "k.wav"], "--out must name a .npy file"),
+        (["--resume", "missing.pt"], "no such checkpoint file"),
+    ],
+)
+def test_option_errors_exit_2(tmp_path, monkeypatch, extra, message):
+    in_dir, tg_dir = write_pairs(tmp_path, n=1, frames=300)
+    monkeypatch.chdir(tmp_path)
+    result = invoke(in_dir, tg_dir, "--out", "k.npy", *FAST, *extra)
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not Path("k.npy").exists()
+
+
+def test_file_and_directory_cannot_pair(tmp_path):
+    in_dir, tg_dir = write_pairs(tmp_path, n=1, frames=300)
+    result = invoke(in_dir / "p0.wav", tg_dir, "--out", tmp_path / "k.npy", *FAST)
+    assert result.exit_code == 2 and "two files or two directories" in result.stderr
+
+
+def test_existing_outputs_need_overwrite(tmp_path):
+    in_dir, tg_dir = write_pairs(tmp_path, n=1, frames=300)
+    (tmp_path / "k.txt").write_text("keep me\n")
+    result = invoke(in_dir, tg_dir, "--out", tmp_path / "k.npy", *FAST)
+    assert result.exit_code == 2 and "--overwrite" in result.stderr
+    assert (tmp_path / "k.txt").read_text() == "keep me\n"
+    assert not (tmp_path / "k.npy").exists()
+    result = invoke(in_dir, tg_dir, "--out", tmp_path / "k.npy", *FAST, "--overwrite")
+    assert result.exit_code == 0, result.output
+    assert len((tmp_path / "k.txt").read_text().splitlines()) == 7
+
+
+def test_torchrun_two_processes_equal_one(tmp_path):
+    """A 2-process gloo run on CPU, started here, gives the 1-process kernel."""
+    in_dir, tg_dir = write_pairs(tmp_path, n=3)
+    args = [str(in_dir), str(tg_dir), *FAST, "--val-every", 4, "--device", "cpu"]
+    args = [str(a) for a in args]
+    env = subprocess_env()
+    single = subprocess.run(
+        [sys.executable, "-m", "cli", "fit", *args, "--out", str(tmp_path / "one.npy")],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120,
+    )  # fmt: skip
+    assert single.returncode == 0, single.stderr
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2"]
+    launcher += ["--master_addr=127.0.0.1", f"--master_port={free_port()}"]
+    double = subprocess.run(
+        [*launcher, "-m", "cli", "fit", *args, "--out", str(tmp_path / "two.npy")],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120,
+    )  # fmt: skip
+    assert double.returncode == 0, double.stderr
+    np.testing.assert_allclose(
+        np.load(tmp_path / "two.npy"), np.load(tmp_path / "one.npy"), rtol=1e-5, atol=1e-7
+    )
+    one = json.loads((tmp_path / "one.json").read_text())
+    two = json.loads((tmp_path / "two.json").read_text())
+    assert two["world_size"] == 2 and one["world_size"] == 1
+    assert two["final_val_loss"] == pytest.approx(one["final_val_loss"], rel=1e-5)
+    # Only rank 0 writes and logs: one summary line.
+    assert double.stderr.count("fitted 7 taps") == 1
