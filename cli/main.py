@@ -15,10 +15,12 @@ from cli import __version__
 # name -> (module under cli.commands, one-line help shown by `diffconv --help`)
 COMMANDS: dict[str, tuple[str, str]] = {
     "fit": ("fit", "Learn an FIR kernel or window parameters from input/target pairs"),
+    "smooth": ("smooth", "Smooth files or directories with a unit-sum window."),
     "convolve": ("convolve", "Convolve files with a kernel file (.npy, .txt/.csv or audio IR)."),
     "filter": ("filter", "Low-, high-, band-pass or band-stop FIR filtering in Hz."),
     "windows": ("windows", "List the windows with their parameters and defaults."),
     "info": ("info", "Show frames, rate, channels, format and duration of files."),
+    "tune": ("tune", "Measure the fastest convolution method per shape on a device; cache it."),
     "grad": ("grad", "Write gradient maps (d objective / d signal, kernel, params) and Jacobians."),
 }
 
