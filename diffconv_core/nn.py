@@ -1,0 +1,306 @@
+"""``torch.nn.Module`` wrappers: a window convolution and an FIR filter, both learnable.
+
+Thin Modules over :func:`diffconv_core.windows.get_window`, :mod:`diffconv_core.filters` and
+:func:`diffconv_core.convolve`: what is learned is registered as an ``nn.Parameter`` (what
+is fixed as a buffer), so optimisers, ``state_dict``, ``.to(device)`` and ``.double()`` work.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from diffconv_core import _window_build as _b
+from diffconv_core import filters as _filters
+from diffconv_core.convolution import convolve
+from diffconv_core.windows import get_window
+
+__all__ = ["WindowConv", "FIRFilter"]
+
+LEARN = (None, "taps", "params", "width")
+KINDS = ("lowpass", "highpass", "bandpass", "bandstop")
+
+
+def _clamp_to_range(value: Tensor, p: _b.Param) -> Tensor:
+    # An optimiser step may leave a parameter's range; clamp (zero gradient outside) instead
+    # of failing mid-training. Open bounds keep a margin of one ulp-ish step.
+    eps = torch.finfo(value.dtype).eps
+    low = None if p.low is None else p.low + (eps if p.low_open else 0.0)
+    high = None if p.high is None else p.high - (eps if p.high_open else 0.0)
+    if low is None and high is None:
+        return value
+    return torch.clamp(value, min=low, max=high)
+
+
+def _split_window(window: Any, params: dict[str, Any]) -> tuple[_b.Spec, bool | None]:
+    """A name or a ``(name, *params)`` tuple; tuple values are moved into ``params``."""
+    if isinstance(window, tuple):
+        spec, forced = _b.lookup(window[0])
+        for p, value in zip(spec.params, window[1:], strict=False):
+            params.setdefault(p.name, value)
+        return spec, forced
+    return _b.lookup(window)
+
+
+class WindowConv(nn.Module):
+    """Convolution with a window from the registry, with what to learn chosen by ``learn``.
+
+    Args:
+        window: window name or ``(name, *params)`` tuple (see
+            :func:`diffconv_core.windows.get_window`).
+        length: number of taps.
+        learn: None (a fixed window, kept as a buffer), ``"taps"`` (every tap is a free
+            parameter, initialised from the window), ``"params"`` (the window's continuous
+            parameters, e.g. ``std`` or ``beta``, are parameters) or ``"width"`` (the
+            fractional width is a parameter, initialised to ``width`` or ``length``).
+        sym, normalize, width: as in ``get_window``; ``normalize`` defaults to ``"sum"``
+            (unit DC gain), so that a learned width does not also change the gain.
+        mode, padding, method: as in :func:`diffconv_core.convolve`.
+        dtype, device: of the parameters and buffers.
+        **window_params: the window's parameters.
+
+    Learned parameters that leave their valid range are clamped into it in ``forward``.
+
+    Shape:
+        - input: ``(..., T)``
+        - output: ``(..., L)``, ``L`` given by ``mode`` (``T`` for "same")
+
+    Example:
+        >>> layer = WindowConv("gaussian", 9, learn="params", std=2.0)
+        >>> layer
+        WindowConv(gaussian, length=9, learn='params', normalize='sum', ...)
+        >>> [name for name, _ in layer.named_parameters()]
+        ['std']
+        >>> layer(torch.randn(2, 50)).shape
+        torch.Size([2, 50])
+    """
+
+    def __init__(
+        self,
+        window: str | tuple = "hann",
+        length: int = 31,
+        learn: str | None = None,
+        *,
+        sym: bool = True,
+        normalize: str | None = "sum",
+        width: float | None = None,
+        mode: str = "same",
+        padding: str = "zeros",
+        method: str = "auto",
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+        **window_params: Any,
+    ) -> None:
+        super().__init__()
+        if learn not in LEARN:
+            raise ValueError(f"learn must be one of None, 'taps', 'params', 'width'; got {learn!r}")
+        self.spec, forced = _split_window(window, window_params)
+        self.length = _b.check_length(length)
+        self.learn = learn
+        self.sym = sym if forced is None else forced
+        self.normalize = normalize
+        self.mode, self.padding, self.method = mode, padding, method
+        factory = {"dtype": dtype or torch.get_default_dtype(), "device": device}
+        # Build once with the given values: bad names, values or ranges fail here, not later.
+        initial = get_window(
+            self.spec.name,
+            self.length,
+            sym=self.sym,
+            normalize=normalize,
+            width=width,
+            **factory,
+            **window_params,
+        )
+        self._fixed: dict[str, Any] = {}
+        self.width: Any = width
+        if learn is None:
+            self.register_buffer("taps", initial)
+        elif learn == "taps":
+            self.taps = nn.Parameter(initial)
+        else:
+            learnable = []
+            for p in self.spec.params:
+                value = window_params.get(p.name, p.default)
+                if learn == "params" and value is not None:
+                    tensor = torch.as_tensor(value, **factory).detach().clone()
+                    self.register_parameter(p.name, nn.Parameter(tensor))
+                    learnable.append(p.name)
+                else:
+                    self._fixed[p.name] = value
+            if learn == "params" and not learnable:
+                raise ValueError(
+                    f"the {self.spec.name} window has no continuous parameter to learn; "
+                    "use learn='width' or learn='taps'"
+                )
+            if learn == "width":
+                start = float(self.length) if width is None else width
+                self.width = nn.Parameter(torch.as_tensor(start, **factory).detach().clone())
+
+    def window(self) -> Tensor:
+        """The current taps (differentiable with respect to what is learned).
+
+        Shape:
+            - output: ``(length,)`` (or ``(*S, length)`` for batched parameters)
+        """
+        if self.learn in (None, "taps"):
+            return self.taps
+        params = dict(self._fixed)
+        for p in self.spec.params:
+            if p.name not in params:
+                params[p.name] = _clamp_to_range(getattr(self, p.name), p)
+        width = self.width
+        if self.learn == "width":
+            eps = torch.finfo(width.dtype).eps
+            width = torch.clamp(width, min=eps, max=float(self.length))
+        return get_window(
+            self.spec.name,
+            self.length,
+            sym=self.sym,
+            normalize=self.normalize,
+            width=width,
+            **params,
+        )
+
+    def forward(self, signal: Tensor) -> Tensor:
+        return convolve(signal, self.window(), self.mode, padding=self.padding, method=self.method)
+
+    def extra_repr(self) -> str:
+        parts = [self.spec.name, f"length={self.length}", f"learn={self.learn!r}"]
+        parts += [f"{k}={v!r}" for k, v in self._fixed.items() if v is not None]
+        if self.width is not None and self.learn != "width":
+            parts.append(f"width={self.width!r}")
+        if not self.sym:
+            parts.append("sym=False")
+        parts += [f"normalize={self.normalize!r}", f"mode={self.mode!r}"]
+        parts.append(f"padding={self.padding!r}")
+        return ", ".join(parts)
+
+
+class FIRFilter(nn.Module):
+    """A windowed-sinc FIR filter (:mod:`diffconv_core.filters`) with learnable cutoffs.
+
+    Args:
+        kind: "lowpass", "highpass", "bandpass" or "bandstop".
+        cutoff: one cutoff, or ``(low, high)`` for band filters; Hz with ``fs``, otherwise
+            normalised (Nyquist = 1).
+        numtaps: number of taps (odd for highpass and bandstop).
+        window: window name or ``(name, *params)`` tuple; ``**window_params`` its parameters.
+        fs: sampling frequency, or None.
+        scale: scipy's ``scale`` (unit gain at the centre of the first pass band).
+        learnable: cutoffs are parameters (True) or fixed buffers (False).
+        learn_window: the window's continuous parameters are parameters too.
+        mode, padding, method: as in :func:`diffconv_core.convolve`.
+        dtype, device: of the parameters and buffers.
+
+    Cutoffs that an optimiser pushes outside ``(0, fs/2)`` are clamped into it in
+    ``forward``.
+
+    Shape:
+        - input: ``(..., T)``
+        - output: ``(..., L)``, ``L`` given by ``mode`` (``T`` for "same")
+
+    Example:
+        >>> lp = FIRFilter("lowpass", 1000.0, numtaps=63, fs=16000.0)
+        >>> lp
+        FIRFilter(lowpass, numtaps=63, window='hamming', fs=16000.0, learnable=True, mode='same')
+        >>> lp.cutoff
+        Parameter containing:
+        tensor(1000., requires_grad=True)
+        >>> lp(torch.randn(2, 400)).shape
+        torch.Size([2, 400])
+    """
+
+    def __init__(
+        self,
+        kind: str,
+        cutoff: Any,
+        numtaps: int = 101,
+        *,
+        window: str | tuple = "hamming",
+        fs: float | None = None,
+        scale: bool = True,
+        learnable: bool = True,
+        learn_window: bool = False,
+        mode: str = "same",
+        padding: str = "zeros",
+        method: str = "auto",
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+        **window_params: Any,
+    ) -> None:
+        super().__init__()
+        if kind not in KINDS:
+            raise ValueError(
+                f"kind must be one of 'lowpass', 'highpass', 'bandpass', 'bandstop'; got {kind!r}"
+            )
+        self.kind = kind
+        self.numtaps = _b.check_length(numtaps, "numtaps")
+        self.spec, _ = _split_window(window, window_params)
+        self.fs, self.scale, self.learnable = fs, scale, learnable
+        self.mode, self.padding, self.method = mode, padding, method
+        factory = {"dtype": dtype or torch.get_default_dtype(), "device": device}
+        value = torch.as_tensor(
+            cutoff if not isinstance(cutoff, Tensor) else cutoff.detach(), **factory
+        ).clone()
+        if learnable:
+            self.cutoff = nn.Parameter(value)
+        else:
+            self.register_buffer("cutoff", value)
+        self._window_fixed: dict[str, Any] = {}
+        self._window_learned: list[str] = []
+        for p in self.spec.params:
+            given = window_params.get(p.name, p.default)
+            if learn_window and given is not None and given is not _b.REQUIRED:
+                tensor = torch.as_tensor(given, **factory).detach().clone()
+                self.register_parameter(f"window_{p.name}", nn.Parameter(tensor))
+                self._window_learned.append(p.name)
+            elif p.name in window_params:
+                self._window_fixed[p.name] = given
+        # Design once with the values as given, so that impossible designs fail right here
+        # (later, in training, cutoffs are clamped into range instead).
+        self._design(self.cutoff)
+
+    def kernel(self) -> Tensor:
+        """The current taps.
+
+        Shape:
+            - output: ``(numtaps,)`` (or ``(*S, numtaps)`` for a batch of cutoffs)
+        """
+        nyq = 1.0 if self.fs is None else self.fs / 2.0
+        eps = torch.finfo(self.cutoff.dtype).eps * nyq
+        return self._design(torch.clamp(self.cutoff, min=eps, max=nyq - eps))
+
+    def _design(self, cutoff: Tensor) -> Tensor:
+        params = dict(self._window_fixed)
+        for name in self._window_learned:
+            p = next(q for q in self.spec.params if q.name == name)
+            params[name] = _clamp_to_range(getattr(self, f"window_{name}"), p)
+        design = getattr(_filters, self.kind)
+        return design(
+            self.numtaps,
+            cutoff,
+            window=self.spec.name,
+            fs=self.fs,
+            scale=self.scale,
+            dtype=self.cutoff.dtype,
+            **params,
+        )
+
+    def forward(self, signal: Tensor) -> Tensor:
+        return convolve(signal, self.kernel(), self.mode, padding=self.padding, method=self.method)
+
+    def extra_repr(self) -> str:
+        parts = [self.kind, f"numtaps={self.numtaps}", f"window={self.spec.name!r}"]
+        parts += [f"{k}={v!r}" for k, v in self._window_fixed.items()]
+        if self._window_learned:
+            parts.append(f"learn_window={self._window_learned!r}")
+        if self.fs is not None:
+            parts.append(f"fs={self.fs!r}")
+        if not self.scale:
+            parts.append("scale=False")
+        parts += [f"learnable={self.learnable}", f"mode={self.mode!r}"]
+        if self.padding != "zeros":
+            parts.append(f"padding={self.padding!r}")
+        return ", ".join(parts)

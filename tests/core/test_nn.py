@@ -1,0 +1,211 @@
+"""diffconv_core.nn: Modules, their parameters, and short optimisation runs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.signal
+import torch
+from torch.func import functional_call
+
+from diffconv_core import convolve
+from diffconv_core import filters as F
+from diffconv_core import windows as W
+from diffconv_core.nn import FIRFilter, WindowConv
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def _scipy_same(x, taps):
+    return np.stack([scipy.signal.convolve(row, taps, mode="same") for row in x])
+
+
+@pytest.mark.parametrize(
+    "learn, expected",
+    [(None, []), ("taps", ["taps"]), ("params", ["std"]), ("width", ["width"])],
+)
+def test_window_conv_parameters_and_output(learn, expected):
+    x = np.random.default_rng(0).standard_normal((2, 40))
+    layer = WindowConv("gaussian", 9, learn, std=1.8, dtype=torch.float64)
+    assert [name for name, _ in layer.named_parameters()] == expected
+    ref_taps = scipy.signal.windows.gaussian(9, 1.8)
+    ref_taps = ref_taps / ref_taps.sum()
+    np.testing.assert_allclose(layer.window().detach().numpy(), ref_taps, atol=1e-12)
+    out = layer(torch.from_numpy(x))
+    np.testing.assert_allclose(out.detach().numpy(), _scipy_same(x, ref_taps), atol=1e-12)
+    keys = set(layer.state_dict())
+    assert keys == ({"taps"} if learn in (None, "taps") else set(expected))
+
+
+def test_window_conv_tuple_window_fixed_width_and_options():
+    layer = WindowConv(("kaiser", 6.0), 15, normalize=None, width=11.5, padding="reflect")
+    want = W.kaiser(15, 6.0, width=11.5)
+    torch.testing.assert_close(layer.window(), want)
+    x = torch.randn(3, 30)
+    torch.testing.assert_close(layer(x), convolve(x, want, padding="reflect"))
+    assert "width=11.5" in repr(layer) and "padding='reflect'" in repr(layer)
+    full = WindowConv("hann", 8, mode="full")
+    assert full(torch.randn(20)).shape == (27,)
+
+
+def test_window_conv_state_dict_round_trip_and_double():
+    layer = WindowConv("tukey", 21, learn="params", alpha=0.3)
+    with torch.no_grad():
+        layer.alpha.fill_(0.65)
+    clone = WindowConv("tukey", 21, learn="params", alpha=0.3)
+    clone.load_state_dict(layer.state_dict())
+    x = torch.randn(2, 64)
+    torch.testing.assert_close(clone(x), layer(x))
+    double = clone.double()
+    assert double.alpha.dtype == torch.float64
+    assert double(x.double()).dtype == torch.float64
+    ref = scipy.signal.windows.tukey(21, 0.65)
+    np.testing.assert_allclose(double.window().detach().numpy(), ref / ref.sum(), atol=1e-12)
+    fixed = WindowConv("hann", 7).double()
+    assert fixed.taps.dtype == torch.float64
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_modules_move_to_device(device):
+    layer = WindowConv("hann", 9, learn="width").to(device)
+    assert layer.width.device.type == device
+    assert layer(torch.randn(2, 32, device=device)).device.type == device
+    fir = FIRFilter("bandpass", (0.2, 0.5), numtaps=21, learnable=False).to(device)
+    assert fir.cutoff.device.type == device
+    assert fir(torch.randn(32, device=device)).device.type == device
+
+
+def test_window_conv_gradients_reach_the_parameters():
+    x = torch.randn(2, 30, dtype=torch.float64)
+    layer = WindowConv("general_gaussian", 11, learn="params", p=1.2, sig=2.5, dtype=torch.float64)
+    p, sig = layer.p.detach().clone(), layer.sig.detach().clone()
+
+    def run(p, sig):
+        return functional_call(layer, {"p": p, "sig": sig}, (x,))
+
+    assert torch.autograd.gradcheck(run, (p.requires_grad_(), sig.requires_grad_()))
+    wide = WindowConv("hann", 11, learn="width", width=7.3, dtype=torch.float64)
+    w0 = wide.width.detach().clone().requires_grad_()
+    assert torch.autograd.gradcheck(lambda w: functional_call(wide, {"width": w}, (x,)), (w0,))
+
+
+def test_out_of_range_parameters_are_clamped_in_forward():
+    layer = WindowConv("gaussian", 9, learn="params", std=1.0)
+    with torch.no_grad():
+        layer.std.fill_(-3.0)
+    assert torch.isfinite(layer(torch.randn(20))).all()
+    wide = WindowConv("hann", 9, learn="width")
+    with torch.no_grad():
+        wide.width.fill_(50.0)
+    torch.testing.assert_close(wide.window(), W.hann(9, normalize="sum"))
+    fir = FIRFilter("lowpass", 0.3, numtaps=11)
+    with torch.no_grad():
+        fir.cutoff.fill_(1.5)
+    assert torch.isfinite(fir(torch.randn(20))).all()
+
+
+def test_reprs():
+    assert repr(WindowConv("hann", 31, learn="width")) == (
+        "WindowConv(hann, length=31, learn='width', normalize='sum', mode='same', padding='zeros')"
+    )
+    assert repr(WindowConv("tukey", 8, learn="taps", sym=False)) == (
+        "WindowConv(tukey, length=8, learn='taps', sym=False, normalize='sum', mode='same', "
+        "padding='zeros')"
+    )
+    fir = FIRFilter("bandstop", [100.0, 200.0], 31, fs=1000.0, window="kaiser", beta=5.0)
+    assert repr(fir) == (
+        "FIRFilter(bandstop, numtaps=31, window='kaiser', beta=5.0, fs=1000.0, "
+        "learnable=True, mode='same')"
+    )
+
+
+@pytest.mark.parametrize("kind", ["lowpass", "highpass", "bandpass", "bandstop"])
+def test_fir_filter_equals_firwin(kind):
+    band = kind in ("bandpass", "bandstop")
+    cutoff = [1000.0, 3000.0] if band else 2000.0
+    pass_zero = kind in ("lowpass", "bandstop")
+    layer = FIRFilter(kind, cutoff, numtaps=31, fs=16000.0, dtype=torch.float64)
+    ref = scipy.signal.firwin(31, cutoff, pass_zero=pass_zero, fs=16000.0)
+    np.testing.assert_allclose(layer.kernel().detach().numpy(), ref, atol=1e-12)
+    x = np.random.default_rng(1).standard_normal((2, 100))
+    out = layer(torch.from_numpy(x)).detach().numpy()
+    np.testing.assert_allclose(out, _scipy_same(x, ref), atol=1e-12)
+    assert [n for n, _ in layer.named_parameters()] == ["cutoff"]
+
+
+def test_fir_filter_learnable_flags():
+    fixed = FIRFilter("lowpass", 0.25, numtaps=21, learnable=False)
+    assert list(fixed.parameters()) == [] and "cutoff" in fixed.state_dict()
+    learn = FIRFilter("lowpass", 0.25, numtaps=21, window=("kaiser", 4.0), learn_window=True)
+    assert sorted(n for n, _ in learn.named_parameters()) == ["cutoff", "window_beta"]
+    learn.kernel().sum().backward()
+    assert learn.window_beta.grad is not None and learn.cutoff.grad is not None
+    ref = scipy.signal.firwin(21, 0.25, window=("kaiser", 4.0))
+    np.testing.assert_allclose(learn.kernel().detach().numpy(), ref, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "call, exc, match",
+    [
+        (lambda: WindowConv("hann", 9, learn="all"), ValueError, "learn must be one of.*'all'"),
+        (lambda: WindowConv("hann", 9, learn="params"), ValueError, "hann window has no contin"),
+        (lambda: WindowConv("gaussian", 9), ValueError, "requires parameter 'std'"),
+        (lambda: WindowConv("gaussian", 9, std=-1.0), ValueError, "std must be > 0; got -1.0"),
+        (lambda: WindowConv("hann", 0), ValueError, "length must be >= 1; got 0"),
+        (lambda: FIRFilter("notch", 0.3), ValueError, "kind must be one of.*'notch'"),
+        (lambda: FIRFilter("highpass", 0.3, numtaps=20), ValueError, "odd number of taps"),
+        (lambda: FIRFilter("lowpass", 0.0), ValueError, "greater than 0"),
+        (lambda: FIRFilter("bandpass", [0.5, 0.2]), ValueError, "strictly increasing"),
+    ],
+)
+def test_errors(call, exc, match):
+    with pytest.raises(exc, match=match):
+        call()
+
+
+# ---------------------------------------------------------------- optimisation
+
+
+def _fit(model, x, target, steps=40):
+    opt = torch.optim.LBFGS(
+        model.parameters(),
+        lr=1.0,
+        max_iter=steps,
+        tolerance_grad=1e-14,
+        tolerance_change=1e-16,
+        line_search_fn="strong_wolfe",
+    )
+
+    def closure():
+        opt.zero_grad()
+        loss = (model(x) - target).pow(2).mean()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+
+
+@pytest.fixture
+def noise():
+    return torch.randn(2, 256, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+
+
+def test_recovers_a_gaussian_std(noise):
+    target = convolve(noise, W.gaussian(41, 3.7, normalize="sum", dtype=torch.float64))
+    model = WindowConv("gaussian", 41, learn="params", std=2.0, dtype=torch.float64)
+    _fit(model, noise, target)
+    assert model.std.item() == pytest.approx(3.7, rel=0.01)
+
+
+def test_recovers_a_hann_width(noise):
+    target = convolve(noise, W.hann(41, width=17.3, normalize="sum", dtype=torch.float64))
+    model = WindowConv("hann", 41, learn="width", width=25.0, dtype=torch.float64)
+    _fit(model, noise, target)
+    assert model.width.item() == pytest.approx(17.3, rel=0.01)
+
+
+def test_recovers_a_lowpass_cutoff(noise):
+    target = convolve(noise, F.lowpass(63, 0.3, dtype=torch.float64))
+    model = FIRFilter("lowpass", 0.2, numtaps=63, dtype=torch.float64)
+    _fit(model, noise, target)
+    assert model.cutoff.item() == pytest.approx(0.3, rel=0.01)
