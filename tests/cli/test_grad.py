@@ -29,6 +29,15 @@ def _load(path):
     return np.load(path, allow_pickle=False)
 
 
+def _same(written, expected):
+    """The command's array equals the library's (to float32 round-off: --device auto may
+    pick a GPU, whose reductions run in another order)."""
+    expected = np.asarray(expected)
+    assert written.shape == expected.shape and written.dtype == expected.dtype
+    scale = float(np.abs(expected).max()) or 1.0
+    np.testing.assert_allclose(written, expected, rtol=1e-5, atol=1e-6 * scale)
+
+
 def _pixels(path):
     import matplotlib.image
 
@@ -53,14 +62,14 @@ def test_outputs_equal_the_library_result(short_wav, tmp_path):
     x = torch.from_numpy(read_signal(probe(short_wav)))
     spec = window_kernel("gaussian", 21, normalize="sum", width=15.0, std=3)
     ref = gradient_map(x, spec, padding="reflect")
-    np.testing.assert_array_equal(_load(out / "tone.grad_signal.npy"), ref.grad_signal.numpy())
-    np.testing.assert_array_equal(_load(out / "tone.grad_kernel.npy"), ref.grad_kernel.numpy())
+    _same(_load(out / "tone.grad_signal.npy"), ref.grad_signal.numpy())
+    _same(_load(out / "tone.grad_kernel.npy"), ref.grad_kernel.numpy())
     assert _load(out / "tone.grad_signal.npy").shape == (1, 2000)  # the input's (C, T)
 
     # The excerpt: 0.05 s .. 0.07 s at 8 kHz = samples 400 .. 560.
     jac = _load(out / "tone.jacobian.npy")
     assert jac.shape == (160, 160)
-    np.testing.assert_array_equal(jac, jacobian(x[..., 400:560], ref.kernel, padding="reflect")[0])
+    _same(jac, jacobian(x[..., 400:560], ref.kernel, padding="reflect")[0].numpy())
 
     doc = json.loads((out / "tone.grad_params.json").read_text())
     assert doc["params"] == {"std": 3.0, "width": 15.0}
@@ -110,8 +119,8 @@ def test_format_npy_and_kernel_file(short_wav, tmp_path):
     assert listing(out) == ["tone.grad_kernel.npy", "tone.grad_signal.npy"]
     x = torch.from_numpy(read_signal(probe(short_wav)))
     ref = gradient_map(x, torch.from_numpy(kernel).float(), mode="full")
-    np.testing.assert_array_equal(_load(out / "tone.grad_kernel.npy"), ref.grad_kernel.numpy())
-    np.testing.assert_array_equal(_load(out / "tone.grad_signal.npy"), ref.grad_signal.numpy())
+    _same(_load(out / "tone.grad_kernel.npy"), ref.grad_kernel.numpy())
+    _same(_load(out / "tone.grad_signal.npy"), ref.grad_signal.numpy())
 
 
 def test_mse_target_and_npy_input_keep_their_shape(tmp_path):
@@ -135,7 +144,7 @@ def test_mse_target_and_npy_input_keep_their_shape(tmp_path):
         target=torch.from_numpy(target)[None],
         wrt=("signal", "kernel"),
     )
-    np.testing.assert_allclose(grad_x, ref.grad_signal.numpy()[0], rtol=1e-12, atol=0)
+    _same(grad_x, ref.grad_signal.numpy()[0])
     assert not (out / "trace.grad_params.json").exists()  # params not asked for
 
 
@@ -245,3 +254,34 @@ def test_real_process_on_a_sample_file(tmp_path):
     assert proc.returncode == 0, proc.stderr
     grad_x = _load(out / "speech_mono16.grad_signal.npy")
     assert grad_x.shape == (1, 32000) and np.isfinite(grad_x).all()
+
+
+def test_help_does_not_import_torch():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from click.testing import CliRunner\n"
+        "from cli.main import cli\n"
+        "r = CliRunner().invoke(cli, ['grad', '--help'])\n"
+        "assert r.exit_code == 0 and '--jacobian' in r.output, r.output\n"
+        "assert 'torch' not in sys.modules and 'matplotlib' not in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_device_gives_the_cpu_result(short_wav, tmp_path):
+    common = ["--window", "gaussian", "--param", "std=4", "--jacobian", "--duration", "0.05"]
+    common += ["--format", "npy", "--padding", "circular"]
+    assert invoke("grad", short_wav, tmp_path / "cpu", "--device", "cpu", *common).exit_code == 0
+    gpu = invoke("grad", short_wav, tmp_path / "gpu", "--device", "cuda", *common)
+    assert gpu.exit_code == 0, gpu.stderr
+    for name in ("grad_signal", "grad_kernel", "jacobian"):
+        a = _load(tmp_path / "cpu" / f"tone.{name}.npy")
+        b = _load(tmp_path / "gpu" / f"tone.{name}.npy")
+        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5 * np.abs(a).max())
+    cpu_doc = json.loads((tmp_path / "cpu" / "tone.grad_params.json").read_text())
+    gpu_doc = json.loads((tmp_path / "gpu" / "tone.grad_params.json").read_text())
+    assert gpu_doc["grad_params"]["std"] == pytest.approx(cpu_doc["grad_params"]["std"], rel=1e-4)

@@ -507,3 +507,30 @@ def test_gradient_map_errors():
         filter_kernel("notch", 0.2, 11)
     with pytest.raises(ValueError, match=r"needs two cutoffs \(low, high\); got 0.2"):
         filter_kernel("bandpass", 0.2, 11)
+
+
+# ----------------------------------------------------------------------------- CUDA
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@cuda
+@pytest.mark.parametrize("mode,padding", MODE_PADDING)
+@pytest.mark.parametrize("method", ["direct", "fft", "overlap"])
+def test_cuda_matches_cpu(mode, padding, method):
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(3, 200, dtype=torch.float64, generator=gen)
+    target = torch.randn(3, 200 + {"same": 0, "full": 16, "valid": -16}[mode], dtype=torch.float64)
+    spec = window_kernel("kaiser", 17, beta=4.0, width=13.0, normalize="sum")
+    opts = dict(mode=mode, padding=padding, method=method)
+    cpu = gradient_map(x, spec, "mse", target=target, **opts)
+    gpu = gradient_map(x.cuda(), spec, "mse", target=target.cuda(), **opts)
+    assert gpu.grad_signal.is_cuda and gpu.kernel.is_cuda and gpu.grad_params["beta"].is_cuda
+    torch.testing.assert_close(gpu.grad_signal.cpu(), cpu.grad_signal)
+    torch.testing.assert_close(gpu.grad_kernel.cpu(), cpu.grad_kernel)
+    for name in ("beta", "width"):
+        torch.testing.assert_close(gpu.grad_params[name].cpu(), cpu.grad_params[name])
+    for wrt in ("signal", "kernel"):
+        J = jacobian(x[0].cuda(), cpu.kernel.cuda(), wrt, **opts)
+        assert J.is_cuda
+        torch.testing.assert_close(J.cpu(), jacobian(x[0], cpu.kernel, wrt, **opts))
