@@ -184,6 +184,11 @@ def as_tensor(value: Any, name: str, dtype: torch.dtype, device: Any) -> Tensor:
         if value.is_complex() or value.dtype == torch.bool:
             raise TypeError(f"{name} must be real; got a {value.dtype} tensor")
         return value.to(device=device, dtype=dtype)
+    if isinstance(value, (list, tuple)) and any(isinstance(v, Tensor) for v in value):
+        # e.g. general_cosine coefficients [a0, a1] where some require grad: keep the graph.
+        items = [as_tensor(v, name, dtype, device) for v in value]
+        shape = torch.broadcast_shapes(*(i.shape for i in items))
+        return torch.stack([i.expand(shape) for i in items], dim=-1)
     try:
         return torch.as_tensor(value, dtype=dtype, device=device)
     except (TypeError, ValueError, RuntimeError):
@@ -199,13 +204,20 @@ def check_param(window: str, p: Param, value: Tensor, raw: Any) -> None:
         raise ValueError(f"{window} parameter {p.name} must be {p.range_text()}; got {_show(raw)}")
 
 
+def _flat(values: Sequence[Any]) -> list[Any]:
+    out = []
+    for v in values:
+        out.extend(v if isinstance(v, (list, tuple)) else [v])
+    return out
+
+
 def result_dtype(dtype: torch.dtype | None, values: Sequence[Any]) -> torch.dtype:
     """The requested dtype, else the floating dtype of the tensor arguments, else the default."""
     if dtype is not None:
         if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
             raise TypeError(f"dtype must be a floating torch.dtype; got {dtype!r}")
         return dtype
-    found = [v.dtype for v in values if isinstance(v, Tensor) and v.dtype.is_floating_point]
+    found = [v.dtype for v in _flat(values) if isinstance(v, Tensor) and v.dtype.is_floating_point]
     if not found:
         return torch.get_default_dtype()
     out = found[0]
@@ -217,7 +229,7 @@ def result_dtype(dtype: torch.dtype | None, values: Sequence[Any]) -> torch.dtyp
 def result_device(device: Any, values: Sequence[Any]) -> torch.device:
     if device is not None:
         return torch.device(device)
-    for v in values:
+    for v in _flat(values):
         if isinstance(v, Tensor):
             return v.device
     return torch.device("cpu")

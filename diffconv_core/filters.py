@@ -137,9 +137,6 @@ def firwin(
             f"'bandstop'; got {pass_zero!r}"
         )
     tensors = [cutoff, window, *window_params.values()]
-    for value in (cutoff, window):
-        if isinstance(value, (list, tuple)):
-            tensors += list(value)
     out_dtype = _b.result_dtype(dtype, tensors)
     dev = _b.result_device(device, tensors)
     # Designs are small: compute in float64 (where the device has it) so that a float32

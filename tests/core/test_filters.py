@@ -217,3 +217,22 @@ def test_frequency_response_batched_float32_and_grad():
 def test_errors(call, exc, match):
     with pytest.raises(exc, match=match):
         call()
+
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_devices(device):
+    cutoff = torch.tensor([0.2, 0.6], dtype=torch.float64, device=device, requires_grad=True)
+    h = F.bandpass(31, cutoff, window="kaiser", beta=5.0)
+    assert h.device.type == device
+    ref = scipy.signal.firwin(31, [0.2, 0.6], pass_zero=False, window=("kaiser", 5.0))
+    np.testing.assert_allclose(h.detach().cpu().numpy(), ref, atol=1e-12)
+    freqs, response = F.frequency_response(h, n=64, fs=2.0)
+    assert freqs.device.type == device and response.device.type == device
+    _, want = scipy.signal.freqz(ref, worN=64)
+    np.testing.assert_allclose(response.detach().cpu().numpy(), want, atol=1e-10)
+    response.abs().sum().backward()
+    assert cutoff.grad.device.type == device and torch.isfinite(cutoff.grad).all()
+    assert F.lowpass(21, 0.3, device=device).device.type == device

@@ -196,3 +196,22 @@ def test_batched_window_parameters_broadcast():
 def test_errors(call, exc, match):
     with pytest.raises(exc, match=match):
         call()
+
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_devices(device):
+    rng = np.random.default_rng(11)
+    x = _signal(rng, 300, ((10, 14), (100, 140)))
+    for edges in ("reflect", "zeros", "renormalize"):
+        for policy in ("propagate", "omit"):
+            for length in (8, 31):
+                want = reference(x, scipy.signal.windows.hann(length), edges, policy)
+                xt = torch.from_numpy(x).to(device)
+                got = smooth(xt, "hann", length, edges=edges, nan_policy=policy)
+                assert got.device.type == device
+                np.testing.assert_allclose(got.cpu().numpy(), want, atol=1e-10)
+                got32 = smooth(xt.float(), "hann", length, edges=edges, nan_policy=policy)
+                np.testing.assert_allclose(got32.cpu().numpy(), want, atol=2e-5, rtol=1e-4)

@@ -372,3 +372,33 @@ def test_width_narrows_the_window():
 def test_errors(call, exc, match):
     with pytest.raises(exc, match=match):
         call()
+
+
+def test_sequence_parameters_holding_tensors_keep_the_graph():
+    a0 = torch.tensor(0.5, dtype=torch.float64, requires_grad=True)
+    w = W.general_cosine(8, [a0, 0.5])
+    assert w.dtype == torch.float64
+    np.testing.assert_allclose(w.detach().numpy(), sw.hann(8), atol=1e-12)
+    w.sum().backward()
+    # d/da0 of sum_n (a0 + a1 cos(x_n)) is the number of taps.
+    assert a0.grad.item() == pytest.approx(8.0)
+
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_devices(device):
+    for name, params in CASES:
+        for sym in (True, False):
+            got = W.get_window(name, 16, sym=sym, dtype=torch.float64, device=device, **params)
+            assert got.device.type == device
+            ref = getattr(sw, name)(16, **params, sym=sym)
+            np.testing.assert_allclose(got.cpu().numpy(), ref, atol=1e-12, err_msg=name)
+    std = torch.tensor(2.0, dtype=torch.float64, device=device, requires_grad=True)
+    width = torch.tensor(5.5, dtype=torch.float64, device=device, requires_grad=True)
+    w = W.gaussian(9, std, width=width, normalize="sum")
+    assert w.device.type == device
+    (w * torch.arange(9.0, device=device)).sum().backward()
+    assert std.grad.device.type == device and torch.isfinite(width.grad)
+    assert torch.autograd.gradcheck(lambda s, w: W.kaiser(9, s, width=w), (std, width))
