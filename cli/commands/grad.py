@@ -423,6 +423,14 @@ def _grad_one(job, setup: _Setup, device, outdir: Path, report) -> str:
             raise ValueError(f"--target: {err}") from err
         raise
 
+    if not bool(result.value.isfinite()):
+        # The core marks outputs whose window covers a NaN/Inf as non-finite; autograd gives
+        # those outputs no gradient, so the maps show the finite part only. Say so.
+        report.warn(
+            str(job.source),
+            f"the {setup.objective} is {result.value.item()} (the input holds NaN/Inf); "
+            "the gradients leave out the non-finite outputs",
+        )
     squeeze = info.kind == "npy" and len(info.original_shape or ()) == 1
     arrays = {
         "grad_signal": result.grad_signal,
@@ -472,10 +480,21 @@ def _target_for(job, setup: _Setup, outdir: Path):
     return setup.target
 
 
+def _nan_to_none(value):
+    if isinstance(value, list):
+        return [_nan_to_none(v) for v in value]
+    return None if value != value else value
+
+
 def _params_json(job, setup: _Setup, result) -> bytes:
+    import torch
+
     def plain(t):
+        # Strict JSON has no NaN/Infinity: a non-finite number is written as null.
         value = t.detach().cpu().double()
-        return value.item() if value.numel() == 1 else value.tolist()
+        value = torch.where(value.isfinite(), value, torch.nan)
+        listed = value.item() if value.numel() == 1 else value.tolist()
+        return _nan_to_none(listed)
 
     doc = {
         "input": str(job.source),
@@ -485,7 +504,7 @@ def _params_json(job, setup: _Setup, result) -> bytes:
         "params": {k: plain(v) for k, v in result.params.items()},
         "grad_params": {k: plain(v) for k, v in result.grad_params.items()},
     }
-    return (json.dumps(doc, indent=2, default=str) + "\n").encode()
+    return (json.dumps(doc, indent=2, default=str, allow_nan=False) + "\n").encode()
 
 
 def _figure(job, x, setup: _Setup, result, jac, rate, first: int, last: int) -> bytes:

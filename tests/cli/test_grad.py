@@ -285,3 +285,19 @@ def test_cuda_device_gives_the_cpu_result(short_wav, tmp_path):
     cpu_doc = json.loads((tmp_path / "cpu" / "tone.grad_params.json").read_text())
     gpu_doc = json.loads((tmp_path / "gpu" / "tone.grad_params.json").read_text())
     assert gpu_doc["grad_params"]["std"] == pytest.approx(cpu_doc["grad_params"]["std"], rel=1e-4)
+
+
+def test_nan_input_warns_and_writes_strict_json(tmp_path):
+    x = np.sin(np.arange(400) / 10.0)
+    x[100:110] = np.nan
+    np.save(tmp_path / "gaps.npy", x)
+    out = tmp_path / "out"
+    result = invoke(
+        "grad", tmp_path / "gaps.npy", out, "--window", "gaussian", "--param", "std=2",
+        "--format", "npy",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    assert "gaps.npy" in result.stderr and "the energy is nan" in result.stderr
+    text = (out / "gaps.grad_params.json").read_text()
+    doc = json.loads(text, parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))
+    assert doc["objective_value"] is None
