@@ -476,7 +476,15 @@ def _all_reduce_sum(tensor) -> None:
     dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
 
 
+class _Interrupted(Exception):
+    """Raised between two steps after SIGINT/SIGTERM, so the checkpoint is consistent."""
+
+
 def _run(trainer, o, ranks, save) -> None:
+    import signal
+    import threading
+
+    import torch
     from tqdm import tqdm
 
     show = ranks.is_main and not o["quiet"] and sys.stderr.isatty()
@@ -489,6 +497,16 @@ def _run(trainer, o, ranks, save) -> None:
         dynamic_ncols=True,
     )
     last_val = [trainer.history["val"][-1] if trainer.history["val"] else None]
+    requested = [False]
+    device = next(trainer.model.parameters()).device
+
+    def stop_requested() -> bool:
+        if not ranks.distributed:
+            return requested[0]
+        # Ranks may see the signal at different steps: agree, or one would wait forever.
+        flag = torch.tensor([float(requested[0])], device=device)
+        _all_reduce_sum(flag)
+        return bool(flag.item() > 0)
 
     def callback(t, train: float, val: float | None) -> None:
         if val is not None:
@@ -502,19 +520,35 @@ def _run(trainer, o, ranks, save) -> None:
             bar.write(f"step {t.step_index}: train {train:.6g}, val {val:.6g}", file=sys.stderr)
         if t.step_index % o["checkpoint_every"] == 0:
             save()
+        if stop_requested():
+            raise _Interrupted
 
+    def on_signal(signum, frame) -> None:
+        # The first signal finishes the current step; a second one stops at once.
+        requested[0] = True
+        signal.signal(signum, previous[signum] or signal.SIG_DFL)
+
+    previous = {}
+    if threading.current_thread() is threading.main_thread():  # handlers only live there
+        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    for sig in previous:
+        signal.signal(sig, on_signal)
     try:
         trainer.run(max_steps=o["stop_after"], callback=callback)
-    except KeyboardInterrupt:
+    except _Interrupted:
         bar.close()
         save()
         if ranks.is_main:
             click.echo(
-                f"interrupted after step {trainer.step_index}; continue with --resume", err=True
+                f"interrupted after step {trainer.step_index}; checkpoint written; continue "
+                "with --resume",
+                err=True,
             )
         sys.exit(EXIT_INTERRUPTED)
     finally:
         bar.close()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler or signal.SIG_DFL)
     save()
 
 
