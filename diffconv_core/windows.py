@@ -168,6 +168,9 @@ def list_windows() -> list[dict[str, Any]]:
     ``params`` (``{param: default}``, None for required ones), ``required``, ``ranges``
     (``{param: text}``) and ``description``.
 
+    Shape:
+        - no tensors: a list with one dict per window
+
     Example:
         >>> [w for w in list_windows() if w["name"] == "tukey"][0]["params"]
         {'alpha': 0.5}
@@ -195,12 +198,20 @@ def boxcar(length: int, sym: bool = True, **kw: Any) -> Tensor:
 
 
 def triang(length: int, sym: bool = True, **kw: Any) -> Tensor:
-    """Triangular window whose end taps are not zero (scipy's ``triang``)."""
+    """Triangular window whose end taps are not zero (scipy's ``triang``).
+
+    Shape:
+        - output: ``(length,)``, or ``(*S, length)`` for tensor parameters of shape ``S``
+    """
     return _make("triang", length, sym, kw)
 
 
 def bartlett(length: int, sym: bool = True, **kw: Any) -> Tensor:
-    """Bartlett window: a triangle with zero end taps."""
+    """Bartlett window: a triangle with zero end taps.
+
+    Shape:
+        - output: ``(length,)``, or ``(*S, length)`` for tensor parameters of shape ``S``
+    """
     return _make("bartlett", length, sym, kw)
 
 
@@ -215,52 +226,92 @@ def hann(length: int, sym: bool = True, **kw: Any) -> Tensor:
 
 
 def hamming(length: int, sym: bool = True, **kw: Any) -> Tensor:
-    """Hamming window: ``0.54 - 0.46 cos(2 pi n / (length - 1))``."""
+    """Hamming window: ``0.54 - 0.46 cos(2 pi n / (length - 1))``.
+
+    Shape:
+        - output: ``(length,)``, or ``(*S, length)`` for tensor parameters of shape ``S``
+    """
     return _make("hamming", length, sym, kw)
 
 
 def blackman(length: int, sym: bool = True, **kw: Any) -> Tensor:
-    """Blackman window (cosine sum 0.42, 0.5, 0.08)."""
+    """Blackman window (cosine sum 0.42, 0.5, 0.08).
+
+    Shape:
+        - output: ``(length,)``, or ``(*S, length)`` for tensor parameters of shape ``S``
+    """
     return _make("blackman", length, sym, kw)
 
 
 def blackmanharris(length: int, sym: bool = True, **kw: Any) -> Tensor:
-    """Minimum 4-term Blackman-Harris window."""
+    """Minimum 4-term Blackman-Harris window.
+
+    Shape:
+        - output: ``(length,)``, or ``(*S, length)`` for tensor parameters of shape ``S``
+    """
     return _make("blackmanharris", length, sym, kw)
 
 
 def nuttall(length: int, sym: bool = True, **kw: Any) -> Tensor:
-    """Minimum 4-term Nuttall window."""
+    """Minimum 4-term Nuttall window.
+
+    Shape:
+        - output: ``(length,)``, or ``(*S, length)`` for tensor parameters of shape ``S``
+    """
     return _make("nuttall", length, sym, kw)
 
 
 def flattop(length: int, sym: bool = True, **kw: Any) -> Tensor:
-    """Flat-top window (5-term cosine sum)."""
+    """Flat-top window (5-term cosine sum).
+
+    Shape:
+        - output: ``(length,)``, or ``(*S, length)`` for tensor parameters of shape ``S``
+    """
     return _make("flattop", length, sym, kw)
 
 
 def bohman(length: int, sym: bool = True, **kw: Any) -> Tensor:
-    """Bohman window."""
+    """Bohman window.
+
+    Shape:
+        - output: ``(length,)``, or ``(*S, length)`` for tensor parameters of shape ``S``
+    """
     return _make("bohman", length, sym, kw)
 
 
 def parzen(length: int, sym: bool = True, **kw: Any) -> Tensor:
-    """Parzen window (piecewise cubic)."""
+    """Parzen window (piecewise cubic).
+
+    Shape:
+        - output: ``(length,)``, or ``(*S, length)`` for tensor parameters of shape ``S``
+    """
     return _make("parzen", length, sym, kw)
 
 
 def cosine(length: int, sym: bool = True, **kw: Any) -> Tensor:
-    """Cosine (half-sine) window."""
+    """Cosine (half-sine) window.
+
+    Shape:
+        - output: ``(length,)``, or ``(*S, length)`` for tensor parameters of shape ``S``
+    """
     return _make("cosine", length, sym, kw)
 
 
 def lanczos(length: int, sym: bool = True, **kw: Any) -> Tensor:
-    """Lanczos (sinc) window: the main lobe of a sinc."""
+    """Lanczos (sinc) window: the main lobe of a sinc.
+
+    Shape:
+        - output: ``(length,)``, or ``(*S, length)`` for tensor parameters of shape ``S``
+    """
     return _make("lanczos", length, sym, kw)
 
 
 def barthann(length: int, sym: bool = True, **kw: Any) -> Tensor:
-    """Bartlett-Hann window."""
+    """Bartlett-Hann window.
+
+    Shape:
+        - output: ``(length,)``, or ``(*S, length)`` for tensor parameters of shape ``S``
+    """
     return _make("barthann", length, sym, kw)
 
 
@@ -268,6 +319,14 @@ def general_cosine(length: int, a: Any, sym: bool = True, **kw: Any) -> Tensor:
     """Generalised cosine sum ``sum_k a[k] cos(k x)``, ``x`` from -pi to pi.
 
     ``a``: sequence or tensor ``(*S, K)`` of coefficients (differentiable).
+
+    Shape:
+        - a: ``(K,)`` or ``(*S, K)``
+        - output: ``(length,)`` or ``(*S, length)``
+
+    Example:
+        >>> general_cosine(5, [0.5, 0.5])  # the Hann window
+        tensor([0.0000, 0.5000, 1.0000, 0.5000, 0.0000])
     """
     return _make("general_cosine", length, sym, kw, a=a)
 
@@ -276,12 +335,18 @@ def general_hamming(length: int, alpha: Number, sym: bool = True, **kw: Any) -> 
     """Generalised Hamming window ``alpha - (1 - alpha) cos(2 pi n / (length - 1))``.
 
     ``alpha`` in [0, 1] (0.5: Hann, 0.54: Hamming).
+
+    Shape:
+        - output: ``(length,)``, or ``(*S, length)`` for tensor parameters of shape ``S``
     """
     return _make("general_hamming", length, sym, kw, alpha=alpha)
 
 
 def gaussian(length: int, std: Number, sym: bool = True, **kw: Any) -> Tensor:
     """Gaussian window ``exp(-t^2 / (2 std^2))``; ``std > 0`` in samples.
+
+    Shape:
+        - output: ``(length,)``, or ``(*S, length)`` for tensor parameters of shape ``S``
 
     Example:
         >>> std = torch.tensor(1.5, dtype=torch.float64, requires_grad=True)
@@ -294,12 +359,20 @@ def gaussian(length: int, std: Number, sym: bool = True, **kw: Any) -> Tensor:
 
 
 def general_gaussian(length: int, p: Number, sig: Number, sym: bool = True, **kw: Any) -> Tensor:
-    """Generalised Gaussian ``exp(-|t / sig|^(2 p) / 2)``; ``p > 0``, ``sig > 0``."""
+    """Generalised Gaussian ``exp(-|t / sig|^(2 p) / 2)``; ``p > 0``, ``sig > 0``.
+
+    Shape:
+        - output: ``(length,)``, or ``(*S, length)`` for tensor parameters of shape ``S``
+    """
     return _make("general_gaussian", length, sym, kw, p=p, sig=sig)
 
 
 def kaiser(length: int, beta: Number, sym: bool = True, **kw: Any) -> Tensor:
-    """Kaiser window ``I0(beta sqrt(1 - x^2)) / I0(beta)``; ``beta >= 0``."""
+    """Kaiser window ``I0(beta sqrt(1 - x^2)) / I0(beta)``; ``beta >= 0``.
+
+    Shape:
+        - output: ``(length,)``, or ``(*S, length)`` for tensor parameters of shape ``S``
+    """
     return _make("kaiser", length, sym, kw, beta=beta)
 
 
@@ -307,6 +380,13 @@ def tukey(length: int, alpha: Number = 0.5, sym: bool = True, **kw: Any) -> Tens
     """Tukey (tapered cosine) window; ``alpha`` in [0, 1] is the tapered fraction.
 
     ``alpha = 0`` gives a boxcar, ``alpha = 1`` a Hann window (as in scipy).
+
+    Shape:
+        - output: ``(length,)``, or ``(*S, length)`` for tensor parameters of shape ``S``
+
+    Example:
+        >>> tukey(7, 0.5)
+        tensor([0.0000, 0.7500, 1.0000, 1.0000, 1.0000, 0.7500, 0.0000])
     """
     return _make("tukey", length, sym, kw, alpha=alpha)
 
@@ -318,5 +398,8 @@ def exponential(
 
     ``center`` (an index, default the middle) may only be given with ``sym=False``, as in
     scipy.
+
+    Shape:
+        - output: ``(length,)``, or ``(*S, length)`` for tensor parameters of shape ``S``
     """
     return _make("exponential", length, sym, kw, center=center, tau=tau)

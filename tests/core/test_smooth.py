@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 import scipy.signal
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from diffconv_core.smooth import EDGES, smooth
 
@@ -215,3 +217,22 @@ def test_devices(device):
                 np.testing.assert_allclose(got.cpu().numpy(), want, atol=1e-10)
                 got32 = smooth(xt.float(), "hann", length, edges=edges, nan_policy=policy)
                 np.testing.assert_allclose(got32.cpu().numpy(), want, atol=2e-5, rtol=1e-4)
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    data=st.data(),
+    T=st.integers(1, 30),
+    length=st.integers(1, 12),
+    edges=st.sampled_from(EDGES),
+    policy=st.sampled_from(["propagate", "omit"]),
+    window=st.sampled_from(["boxcar", "triang", "gaussian"]),
+)
+def test_random_cases_against_reference(data, T, length, edges, policy, window):
+    x = np.array(data.draw(st.lists(st.floats(-10, 10), min_size=T, max_size=T)))
+    mask = np.array(data.draw(st.lists(st.booleans(), min_size=T, max_size=T)))
+    x[mask] = np.nan
+    params = {"std": 1.5} if window == "gaussian" else {}
+    want = reference(x, getattr(scipy.signal.windows, window)(length, **params), edges, policy)
+    got = smooth(torch.from_numpy(x), window, length, edges=edges, nan_policy=policy, **params)
+    np.testing.assert_allclose(got.numpy(), want, atol=1e-9, rtol=1e-9)
