@@ -1,0 +1,137 @@
+"""Every error path of convolve/correlate: the exception type and what its message names."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+
+import diffconv_core
+
+FUNCS = [diffconv_core.convolve, diffconv_core.correlate]
+FUNC_IDS = ["convolve", "correlate"]
+BAD_INPUT = (TypeError, ValueError)
+
+
+def assert_raises(call, *fragments: str, exc=BAD_INPUT) -> str:
+    """``call()`` raises ``exc`` and its message matches every regex in ``fragments``."""
+    with pytest.raises(exc) as info:
+        call()
+    message = str(info.value)
+    for fragment in fragments:
+        assert re.search(fragment, message, re.IGNORECASE), (
+            f"message {message!r} does not match {fragment!r}"
+        )
+    return message
+
+
+def shape_pattern(*shape: int) -> str:
+    """A shape written as a tuple (3, 0) or a list/torch.Size [3, 0]."""
+    body = r",\s*".join(str(s) for s in shape)
+    return rf"[\(\[]{body},?[\)\]]"
+
+
+@pytest.fixture
+def x():
+    return torch.randn(5, 40)
+
+
+@pytest.fixture
+def w():
+    return torch.randn(4)
+
+
+@pytest.mark.parametrize("func", FUNCS, ids=FUNC_IDS)
+@pytest.mark.parametrize(
+    "dtype,name",
+    [
+        (torch.int64, "int64"),
+        (torch.int32, "int32"),
+        (torch.uint8, "uint8"),
+        (torch.bool, "bool"),
+        (torch.complex64, "complex64"),
+        (torch.complex128, "complex128"),
+    ],
+)
+def test_non_real_floating_dtypes(func, dtype, name, x, w):
+    accepted = "float"  # the message says floating-point is what is accepted
+    assert_raises(lambda: func(x.to(dtype), w), "signal", name, accepted)
+    assert_raises(lambda: func(x, w.to(dtype)), "kernel", name, accepted)
+
+
+@pytest.mark.parametrize("func", FUNCS, ids=FUNC_IDS)
+def test_empty_signal_or_kernel(func, x, w):
+    assert_raises(lambda: func(torch.ones(3, 0), w), "signal", shape_pattern(3, 0))
+    assert_raises(lambda: func(torch.ones(0), w), "signal", shape_pattern(0))
+    assert_raises(lambda: func(torch.ones(0, 10), w), "signal", shape_pattern(0, 10))
+    assert_raises(lambda: func(x, torch.ones(0)), "kernel", shape_pattern(0))
+    assert_raises(lambda: func(x, torch.ones(5, 0)), "kernel", shape_pattern(5, 0))
+
+
+@pytest.mark.parametrize("func", FUNCS, ids=FUNC_IDS)
+def test_zero_dimensional_tensors(func, x, w):
+    zero_d = r"0-d|zero-dim|scalar|dimension"
+    assert_raises(lambda: func(torch.tensor(1.0), w), "signal", zero_d)
+    assert_raises(lambda: func(x, torch.tensor(2.0)), "kernel", zero_d)
+
+
+@pytest.mark.parametrize("func", FUNCS, ids=FUNC_IDS)
+def test_shapes_that_do_not_broadcast(func):
+    signal, kernel = torch.randn(5, 40), torch.randn(7, 4)
+    assert_raises(
+        lambda: func(signal, kernel), "broadcast", shape_pattern(5, 40), shape_pattern(7, 4)
+    )
+    signal, kernel = torch.randn(2, 3, 40), torch.randn(2, 4)
+    assert_raises(
+        lambda: func(signal, kernel), "broadcast", shape_pattern(2, 3, 40), shape_pattern(2, 4)
+    )
+
+
+@pytest.mark.parametrize("func", FUNCS, ids=FUNC_IDS)
+def test_unknown_mode(func, x, w):
+    assert_raises(lambda: func(x, w, "sme"), "mode", "'sme'", "'full'", "'same'", "'valid'")
+    assert_raises(lambda: func(x, w, "SAME"), "'SAME'", "'same'")
+    assert_raises(lambda: func(x, w, 3), r"\b3\b", "'full'")
+
+
+@pytest.mark.parametrize("func", FUNCS, ids=FUNC_IDS)
+def test_unknown_padding(func, x, w):
+    names = ["'zeros'", "'reflect'", "'symmetric'", "'replicate'", "'circular'"]
+    assert_raises(lambda: func(x, w, padding="mirror"), "padding", "'mirror'", *names)
+    assert_raises(lambda: func(x, w, padding="constant"), "'constant'", *names)
+
+
+@pytest.mark.parametrize("func", FUNCS, ids=FUNC_IDS)
+def test_unknown_method(func, x, w):
+    names = ["'direct'", "'fft'", "'overlap'", "'auto'"]
+    assert_raises(lambda: func(x, w, method="fast"), "method", "'fast'", *names)
+    assert_raises(lambda: func(x, w, method="conv1d"), "'conv1d'", *names)
+
+
+@pytest.mark.parametrize("func", FUNCS, ids=FUNC_IDS)
+@pytest.mark.parametrize("padding", ["reflect", "symmetric", "replicate", "circular"])
+def test_padding_with_valid_mode(func, padding, x, w):
+    assert_raises(lambda: func(x, w, "valid", padding=padding), f"'?{padding}'?", "valid", "zeros")
+    # zeros with valid is fine.
+    assert func(x, w, "valid", padding="zeros").shape == (5, 37)
+
+
+@pytest.mark.parametrize("func", FUNCS, ids=FUNC_IDS)
+def test_kernel_on_another_device(func, x, w):
+    # The meta device stands in for a second device: the check must come before any compute.
+    assert_raises(lambda: func(x, w.to("meta")), "device", "cpu", "meta")
+    assert_raises(lambda: func(x.to("meta"), w), "device", "cpu", "meta")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("func", FUNCS, ids=FUNC_IDS)
+def test_kernel_on_another_device_cuda(func, x, w):
+    assert_raises(lambda: func(x.cuda(), w), "device", "cuda", "cpu")
+    assert_raises(lambda: func(x, w.cuda()), "device", "cuda", "cpu")
+
+
+@pytest.mark.parametrize("func", FUNCS, ids=FUNC_IDS)
+def test_not_a_tensor(func, x, w):
+    assert_raises(lambda: func(x.numpy(), w), "signal", "Tensor", "ndarray")
+    assert_raises(lambda: func(x, [1.0, 2.0]), "kernel", "Tensor", "list")
