@@ -40,13 +40,35 @@ def _time_axis(n: int, rate: float | None, start: float) -> tuple[np.ndarray, st
 def _plot_curve(ax, t: np.ndarray, y: np.ndarray, label: str, color) -> None:
     # Long curves as a min/max envelope per bin: a million points overdraw to a solid block.
     if len(y) > LONG_INPUT:
-        bins = np.array_split(np.arange(len(y)), _ENVELOPE_BINS)
-        tb = np.array([t[b[0]] for b in bins])
-        lo = np.array([y[b].min() for b in bins])
-        hi = np.array([y[b].max() for b in bins])
+        per = -(-len(y) // _ENVELOPE_BINS)  # samples per bin (the last bin is padded)
+        padded = np.full(per * _ENVELOPE_BINS, np.nan)
+        padded[: len(y)] = y
+        blocks = padded.reshape(_ENVELOPE_BINS, per)
+        keep = ~np.isnan(blocks).all(axis=1)  # NaN gaps stay gaps
+        with np.errstate(all="ignore"):
+            lo = np.nanmin(np.where(keep[:, None], blocks, 0.0), axis=1)
+            hi = np.nanmax(np.where(keep[:, None], blocks, 0.0), axis=1)
+        tb = t[0] + (t[1] - t[0]) * per * np.arange(_ENVELOPE_BINS)
+        lo, hi = np.where(keep, lo, np.nan), np.where(keep, hi, np.nan)
         ax.fill_between(tb, lo, hi, color=color, alpha=0.6, linewidth=0, label=label)
     else:
         ax.plot(t, y, color=color, linewidth=0.9, label=label)
+
+
+def _spectrogram(g: np.ndarray, rate: float, frames: int = 1200, nfft: int = 512):
+    """Power of Hann-windowed frames: at most ``frames`` of them, evenly spread over ``g``,
+    so the cost and the image size stay bounded whatever the input's length.
+
+    Returns:
+        frame centre times (s, from the first sample), frequencies (Hz), power
+        ``(n_freqs, n_frames)``.
+    """
+    nfft = min(nfft, len(g))
+    count = min(frames, max(1, (len(g) - nfft) // (nfft // 4) + 1))
+    starts = np.linspace(0, len(g) - nfft, count).round().astype(np.int64)
+    segments = g[starts[:, None] + np.arange(nfft)] * np.hanning(nfft)
+    power = np.abs(np.fft.rfft(segments, axis=-1)) ** 2 / (rate * nfft)
+    return (starts + nfft / 2) / rate, np.fft.rfftfreq(nfft, 1 / rate), power.T
 
 
 def write_grad_figure(
@@ -76,7 +98,6 @@ def write_grad_figure(
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib import mlab
 
     signal = np.atleast_2d(signal)
     output = np.atleast_2d(output)
@@ -133,12 +154,9 @@ def write_grad_figure(
         if n > LONG_INPUT:
             ax = next(row)
             g = grad_signal[0] if grad_signal is not None else np.zeros(n)
-            nfft = 512 if n >= 16 * 512 else 256
-            power, freqs, times = mlab.specgram(
-                g, NFFT=nfft, Fs=rate or 1.0, noverlap=nfft // 2, mode="psd"
-            )
+            times, freqs, power = _spectrogram(np.nan_to_num(g), rate or 1.0)
             db = 10 * np.log10(power + np.finfo(float).tiny)
-            finite_max = db.max()
+            finite_max = float(db.max())
             mesh = ax.pcolormesh(
                 start + times,
                 freqs,
