@@ -1,0 +1,123 @@
+"""choose_method: a valid, deterministic, sensible answer; the errors; what "auto" runs."""
+
+from __future__ import annotations
+
+import itertools
+import re
+
+import pytest
+import torch
+
+import diffconv_core
+from diffconv_core import choose_method
+
+from .conftest import MODES, check_parity, make_pair
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+CHOICES = {"direct", "fft", "overlap"}
+
+SHAPES = [
+    ((1,), (1,)),
+    ((64,), (3,)),
+    ((8, 1000), (31,)),
+    ((2, 3, 5000), (3, 300)),
+    ((2000,), (1500,)),
+    ((10,), (100_000,)),
+    ((1, 1 << 16), (1 << 16,)),
+    ((1, 1 << 22), (1023,)),
+    ((4, 1 << 24), (4, 255)),
+]
+
+
+@pytest.fixture(autouse=True)
+def no_tuning_cache(monkeypatch, tmp_path):
+    # The built-in cost model, whatever a `diffconv tune` run left in the user's cache.
+    monkeypatch.setenv("DIFFCONV_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("DIFFCONV_NO_TUNING", "1")
+
+
+def test_returns_one_of_the_methods_for_any_input():
+    devices = ["cpu", torch.device("cpu"), "cuda", torch.device("cuda", 0)]
+    dtypes = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
+    for (s, k), mode, device, dtype in itertools.product(SHAPES, MODES, devices, dtypes):
+        got = choose_method(s, k, mode=mode, device=device, dtype=dtype)
+        assert got in CHOICES, (s, k, mode, device, dtype, got)
+
+
+def test_defaults_and_shape_types():
+    for s, k in SHAPES:
+        expected = choose_method(s, k, mode="same", device="cpu", dtype=torch.float32)
+        assert choose_method(s, k) == expected, (s, k)
+        assert choose_method(torch.Size(s), torch.Size(k)) == expected, (s, k)
+        assert choose_method(list(s), list(k)) == expected, (s, k)
+        assert choose_method(s, k, device=torch.device("cpu")) == expected, (s, k)
+
+
+def test_deterministic():
+    for (s, k), mode in itertools.product(SHAPES, MODES):
+        answers = {choose_method(s, k, mode=mode) for _ in range(5)}
+        assert len(answers) == 1, (s, k, mode, answers)
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_sensible_for_extreme_shapes(device):
+    for mode in MODES:
+        # A handful of taps: nothing beats the sliding dot product.
+        for s, k in [((1,), (1,)), ((64,), (3,)), ((16, 4096), (1,)), ((1, 10**6), (2,))]:
+            got = choose_method(s, k, mode=mode, device=device)
+            assert got == "direct", (s, k, mode, device, got)
+    # Billions of multiply-adds for a direct sum: an FFT method must be chosen.
+    for s, k, mode in [
+        ((1, 1 << 16), (1 << 16,), "full"),
+        ((1, 1 << 22), (1023,), "same"),
+        ((1, 1 << 22), (1023,), "full"),
+        ((4, 1 << 24), (4, 255), "same"),
+        ((1, 1 << 20), (4097,), "valid"),
+    ]:
+        got = choose_method(s, k, mode=mode, device=device)
+        assert got in {"fft", "overlap"}, (s, k, mode, device, got)
+
+
+def test_errors_name_the_bad_value():
+    with pytest.raises(ValueError) as info:
+        choose_method((100,), (3,), mode="sme")
+    for fragment in ["'sme'", "'full'", "'same'", "'valid'"]:
+        assert fragment in str(info.value), str(info.value)
+    for s, k, fragments in [
+        ((), (3,), [r"\(\)"]),
+        ((100,), (), [r"\(\)"]),
+        ((0,), (3,), [r"\b0\b"]),
+        ((100,), (0,), [r"\b0\b"]),
+        ((2, 0), (3,), [r"\b0\b"]),
+        ((-5,), (3,), [r"-5"]),
+        ((5, 40), (7, 4), [r"5,\s*40", r"7,\s*4"]),
+    ]:
+        with pytest.raises((ValueError, TypeError)) as info:
+            choose_method(s, k)
+        for fragment in fragments:
+            assert re.search(fragment, str(info.value)), (s, k, str(info.value))
+
+
+def test_auto_runs_the_chosen_method():
+    # "auto" asks choose_method: on CPU (deterministic kernels) its result is bit-identical to
+    # running the chosen method explicitly. Shapes are picked so that each method is chosen.
+    seen = set()
+    for lead_x, lead_w, T, K in [
+        ((2,), (), 64, 3),
+        ((2,), (), 5000, 300),
+        ((1000,), (), 1000, 31),
+        ((1,), (), 200_000, 101),
+    ]:
+        x, w = make_pair(lead_x, lead_w, T, K, dtype=torch.float32, seed=T)
+        for mode in MODES:
+            chosen = choose_method(
+                x.shape, w.shape, mode=mode, device=x.device, dtype=torch.float32
+            )
+            seen.add(chosen)
+            auto = diffconv_core.convolve(x, w, mode, method="auto")
+            explicit = diffconv_core.convolve(x, w, mode, method=chosen)
+            assert torch.equal(auto, explicit), (lead_x, T, K, mode, chosen)
+        check_parity(x, w, "same", "zeros", "auto", correlate=False)
+    # The shapes above must exercise more than one branch of the model, or the test is hollow.
+    assert len(seen) >= 2, seen
