@@ -9,12 +9,10 @@ from torch.autograd import gradcheck, gradgradcheck
 import diffconv_core
 from diffconv_core.padding import pad
 
-from .conftest import METHODS, PADDINGS
+from .conftest import METHODS, MODE_PADDINGS, PADDINGS
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
-# (mode, padding): "valid" only takes zeros.
-MODE_PADDINGS = [(mode, p) for mode in ("full", "same") for p in PADDINGS] + [("valid", "zeros")]
 
 # (signal shape, kernel shape, what it covers). Tiny, so the numerical Jacobians stay cheap.
 GRAD_SHAPES = [
@@ -102,3 +100,19 @@ def test_gradients_only_for_inputs_that_require_them(method):
     w2 = torch.randn(5, dtype=torch.float64, requires_grad=True)
     diffconv_core.correlate(x2, w2, method=method).sum().backward()
     assert w2.grad is not None and w2.grad.shape == w2.shape
+
+
+@pytest.mark.parametrize("method", ["fft", "overlap"])
+def test_backward_uses_the_fft_family(method):
+    # The backward pass uses the forward's method family (FFTs here), not autograd through a
+    # direct convolution's weight gradient.
+    from torch.profiler import ProfilerActivity, profile
+
+    x = torch.randn(4, 3000, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(4, 65, dtype=torch.float64, requires_grad=True)
+    out = diffconv_core.convolve(x, w, "same", method=method)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        out.backward(torch.ones_like(out))
+    names = {event.key for event in prof.key_averages()}
+    assert any("fft" in n for n in names), sorted(names)
+    assert not any("convolution_backward" in n for n in names), sorted(names)

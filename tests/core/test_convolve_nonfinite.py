@@ -8,47 +8,11 @@ import torch
 
 import diffconv_core
 
-from .conftest import METHODS, PADDINGS, coverage, reference, relative_error
+from .conftest import METHODS, MODE_PADDINGS, check_locality, coverage
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
-MODE_PADDINGS = [(mode, p) for mode in ("full", "same") for p in PADDINGS] + [("valid", "zeros")]
 VALUES = {"nan": float("nan"), "inf": float("inf"), "-inf": float("-inf")}
-
-
-def check_locality(x, w, positions, mode, padding, method, corr, device="cpu"):
-    """``x`` is (B, T) with non-finite values at ``positions`` (row, index) pairs."""
-    func = diffconv_core.correlate if corr else diffconv_core.convolve
-    config = (
-        f"{func.__name__}(signal{tuple(x.shape)}, kernel{tuple(w.shape)}, mode={mode!r}, "
-        f"padding={padding!r}, method={method!r}) non-finite at {positions} "
-        f"values {[x[r, i].item() for r, i in positions]} device={device}"
-    )
-    out = func(x.to(device), w.to(device), mode, padding=padding, method=method)
-    out = out.detach().cpu().to(torch.float64).numpy()
-    T, K = x.shape[-1], w.shape[-1]
-    x_np = x.detach().cpu().to(torch.float64).numpy()
-    finite_x = np.where(np.isfinite(x_np), x_np, 0.0)
-    expected = reference(finite_x, w, mode, padding, correlate=corr)
-    assert out.shape == expected.shape, f"{config}: shape {out.shape} != {expected.shape}"
-    for row in range(x.shape[0]):
-        bad = [i for r, i in positions if r == row]
-        covered = coverage(T, K, bad, mode, padding) if bad else np.zeros(out.shape[-1], bool)
-        nonfinite = ~np.isfinite(out[row])
-        wrong = np.flatnonzero(nonfinite != covered)
-        assert wrong.size == 0, (
-            f"{config}: row {row}: outputs {wrong.tolist()} are "
-            f"{'non-finite' if nonfinite[wrong[0]] else 'finite'}, expected the opposite; "
-            f"non-finite outputs {np.flatnonzero(nonfinite).tolist()}, "
-            f"expected {np.flatnonzero(covered).tolist()}"
-        )
-        # A window that covers NaNs only (no Inf) is NaN, never a spurious Inf.
-        nan_only = [i for i in bad if np.isnan(x_np[row, i])]
-        if nan_only and len(nan_only) == len(bad):
-            assert np.isnan(out[row][covered]).all(), f"{config}: row {row}: NaN became Inf"
-        # The outputs it does not cover are exactly the finite signal's.
-        err = relative_error(out[row][~covered], expected[row][~covered])
-        assert err <= 1e-10, f"{config}: row {row}: finite outputs off by {err:.3g}"
 
 
 @pytest.mark.parametrize("corr", [False, True], ids=["convolve", "correlate"])
