@@ -427,7 +427,8 @@ class Trainer:
         >>> x = torch.randn(1, 300)
         >>> y = convolve(x, torch.tensor([0.25, 0.5, 0.25]))
         >>> data = make_data([x], [y], 3)
-        >>> trainer = Trainer(FIRKernel(torch.zeros(3)), data, FitConfig(steps=100, lr=0.1))
+        >>> config = FitConfig(steps=2, optimizer="lbfgs", lr=1.0)  # full batch: crop=None
+        >>> trainer = Trainer(FIRKernel(torch.zeros(3)), data, config)
         >>> trainer.run()
         >>> [round(v, 2) for v in trainer.model().tolist()]
         [0.25, 0.5, 0.25]

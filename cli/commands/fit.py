@@ -233,9 +233,12 @@ def _click_error(err) -> click.ClickException:
 
 def _check_options(o: dict) -> None:
     if o["window"] is None:
-        for name in ("width",):
-            if o[name] is not None:
-                raise click.UsageError(f"--{name} needs --window")
+        if o["width"] is not None:
+            raise click.UsageError("--width needs --window")
+        if o["params"] and (o["init"] or "delta") in ("delta", "zeros"):
+            raise click.UsageError(
+                "--param sets window parameters: give --window, or a window as --init"
+            )
     else:
         if o["init"] is not None:
             raise click.UsageError("--init sets starting FIR taps; with --window use --param")

@@ -252,6 +252,7 @@ def test_npy_pairs_need_rate_to_crop_in_seconds(tmp_path):
         (["--window", "gaussian", "--param", "std=-1"], "std must start positive"),
         (["--window", "tukey", "--optimizer", "lbfgs"], "lbfgs is for plain FIR taps"),
         (["--width", "3"], "--width needs --window"),
+        (["--param", "std=3"], "give --window, or a window as --init"),
         (["--init", "nosuchwindow"], "nosuchwindow"),
         (["--plot", "loss.jpg"], "is not a .png file"),
         (["--out", "k.wav"], "--out must name a .npy file"),
@@ -342,3 +343,34 @@ def test_interrupt_checkpoints_and_resume_reaches_the_same_kernel(tmp_path):
     whole = invoke(*common, "--out", tmp_path / "whole.npy")
     assert whole.exit_code == 0, whole.output
     np.testing.assert_array_equal(np.load(tmp_path / "cut.npy"), np.load(tmp_path / "whole.npy"))
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="needs a pseudo-terminal")
+def test_progress_bar_on_a_terminal(tmp_path):
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    in_dir, tg_dir = write_pairs(tmp_path, n=1, frames=400)
+    command = [sys.executable, "-m", "cli", "fit", str(in_dir), str(tg_dir), *map(str, FAST)]
+    command += ["--out", str(tmp_path / "k.npy"), "--val-every", "3"]
+    leader, follower = pty.openpty()
+    # A fresh pseudo-terminal is 0 columns wide; give it a real terminal's size.
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))
+    proc = subprocess.Popen(command, env=subprocess_env(), cwd=REPO, stderr=follower)
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(leader, 4096)
+        except OSError:  # the terminal closes when the process exits
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(leader)
+    assert proc.wait(timeout=60) == 0
+    text = b"".join(chunks).decode(errors="replace")
+    assert "12/12" in text and "train=" in text and "val=" in text
+    assert "fitted 7 taps" in text
