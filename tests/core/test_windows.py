@@ -7,6 +7,8 @@ import pytest
 import scipy.signal
 import scipy.signal.windows as sw
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from diffconv_core import windows as W
 
@@ -402,3 +404,37 @@ def test_devices(device):
     (w * torch.arange(9.0, device=device)).sum().backward()
     assert std.grad.device.type == device and torch.isfinite(width.grad)
     assert torch.autograd.gradcheck(lambda s, w: W.kaiser(9, s, width=w), (std, width))
+
+
+def test_every_listed_window_has_its_own_function():
+    for entry in W.list_windows():
+        assert callable(getattr(W, entry["name"])), entry["name"]
+        assert entry["name"] in W.__all__
+
+
+_PARAM_STRATEGIES = {
+    "gaussian": {"std": st.floats(0.05, 50.0)},
+    "general_gaussian": {"p": st.floats(0.1, 5.0), "sig": st.floats(0.1, 30.0)},
+    "kaiser": {"beta": st.floats(0.0, 30.0)},
+    # Below ~1e-15 scipy's tukey loses its last taper tap to rounding (-2/alpha + 2/alpha).
+    "tukey": {"alpha": st.just(0.0) | st.floats(1e-6, 1.0)},
+    "general_hamming": {"alpha": st.floats(0.0, 1.0)},
+    "exponential": {"tau": st.floats(0.05, 30.0)},
+    "general_cosine": {"a": st.lists(st.floats(-1.0, 1.0), min_size=1, max_size=5)},
+}
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    data=st.data(),
+    name=st.sampled_from(sorted(_PARAM_STRATEGIES)),
+    length=st.integers(1, 64),
+    sym=st.booleans(),
+)
+def test_random_parameters_match_scipy(data, name, length, sym):
+    params = {k: data.draw(s, label=k) for k, s in _PARAM_STRATEGIES[name].items()}
+    ref = getattr(sw, name)(length, **params, sym=sym)
+    got = W.get_window(name, length, sym=sym, dtype=torch.float64, **params)
+    np.testing.assert_allclose(got.numpy(), ref, rtol=1e-10, atol=1e-12)
+    got32 = W.get_window(name, length, sym=sym, dtype=torch.float32, **params)
+    np.testing.assert_allclose(got32.numpy(), ref, rtol=0, atol=1e-6)
