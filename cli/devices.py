@@ -1,9 +1,10 @@
 """Choosing the compute device and sizing batches to its memory.
 
 ``--device`` accepts ``auto`` (the GPU when present), ``cpu``, ``cuda`` or ``cuda:N``. Under
-torchrun each rank takes its local GPU (``cuda:LOCAL_RANK``) when the choice is ``auto`` or
-``cuda``. The syntax is checked by :class:`cli.options.DeviceType` without torch; whether
-the device exists is checked here, when torch is loaded anyway.
+torchrun each rank takes its local GPU (``cuda:LOCAL_RANK``, modulo the GPU count, so ranks
+share GPUs when there are fewer) when the choice is ``auto`` or ``cuda``. The syntax is
+checked by :class:`cli.options.DeviceType` without torch; whether the device exists is
+checked here, when torch is loaded anyway.
 """
 
 from __future__ import annotations
@@ -36,15 +37,17 @@ def resolve_device(choice: str, local_rank: int | None = None):
     if choice == "auto":
         if not available:
             return torch.device("cpu")
-        return torch.device("cuda", local_rank or 0)
+        # More ranks than GPUs (e.g. a test with 2 ranks on 1 GPU): ranks share them.
+        return torch.device("cuda", (local_rank or 0) % torch.cuda.device_count())
     if not available:
         raise click.BadParameter(
             f"{choice!r} asked for, but CUDA is not available here", param_hint="'--device'"
         )
-    index = int(choice.split(":")[1]) if ":" in choice else (local_rank or 0)
-    if index >= torch.cuda.device_count():
+    count = torch.cuda.device_count()
+    index = int(choice.split(":")[1]) if ":" in choice else (local_rank or 0) % count
+    if index >= count:
         raise click.BadParameter(
-            f"{choice!r}: this machine has {torch.cuda.device_count()} GPU(s)",
+            f"{choice!r}: this machine has {count} GPU(s)",
             param_hint="'--device'",
         )
     return torch.device("cuda", index)

@@ -188,8 +188,13 @@ def _reason(err: Exception) -> str:
 def _failed(
     report: Report, options: RunOptions, path: str, reason: str, err: BaseException | None
 ) -> None:
-    if options.verbose and err is not None:
-        traceback.print_exception(err, file=sys.stderr)
+    trace = "".join(traceback.format_exception(err)) if options.verbose and err else ""
+    _report_failure(report, path, reason, trace)
+
+
+def _report_failure(report: Report, path: str, reason: str, trace: str) -> None:
+    if trace:
+        sys.stderr.write(trace)
     report.failed(path, reason)
 
 
@@ -214,17 +219,20 @@ def _run_group(group, operation, options, device, report, progress) -> None:
 def _run_batch(loaded, operation, options, device, report, progress, size: int) -> int:
     """Apply the operation to a stacked batch; split it on out-of-memory. Returns the batch
     size to use next (smaller after an out-of-memory error)."""
-    error = None
+    failure = None
     try:
         results = _apply(np.stack([a for _, a in loaded]), loaded[0][0].info, operation, device)
-    except Exception as exc:  # handled below, outside the except block, to keep tracebacks flat
-        error = exc
-    if error is None:
+    except Exception as exc:
+        # Keep only a description: the exception's traceback holds the failed batch's device
+        # tensors, which must be freed before a smaller retry can fit.
+        failure = _describe(exc, loaded[0][0], options)
+    if failure is None:
         for (item, _), result in zip(loaded, results, strict=True):
             _guard(report, item, options, lambda it=item, r=result: _write(it, r, options, report))
             progress.update(1)
         return size
-    if is_out_of_memory(error):
+    out_of_memory, path, reason, trace = failure
+    if out_of_memory:
         release_cached_memory(device)
         if len(loaded) > 1:
             half = len(loaded) // 2
@@ -232,7 +240,7 @@ def _run_batch(loaded, operation, options, device, report, progress, size: int) 
                 loaded[:half], operation, options, device, report, progress, max(1, half)
             )
             return _run_batch(loaded[half:], operation, options, device, report, progress, size)
-        _failed(report, options, str(loaded[0][0].job.source), "out of device memory", error)
+        _report_failure(report, str(loaded[0][0].job.source), "out of device memory", trace)
         progress.update(1)
         return 1
     if len(loaded) > 1:
@@ -240,11 +248,16 @@ def _run_batch(loaded, operation, options, device, report, progress, size: int) 
         for one in loaded:
             _run_batch([one], operation, options, device, report, progress, 1)
         return size
-    item = loaded[0][0]
-    path = error.path if isinstance(error, FileProblem) else str(item.job.source)
-    _failed(report, options, path, _reason(error), error)
+    _report_failure(report, path, reason, trace)
     progress.update(1)
     return size
+
+
+def _describe(err: Exception, item: _Item, options: RunOptions) -> tuple[bool, str, str, str]:
+    """(out of memory?, path, reason, traceback text if verbose) of a failed batch."""
+    path = err.path if isinstance(err, FileProblem) else str(item.job.source)
+    trace = "".join(traceback.format_exception(err)) if options.verbose else ""
+    return is_out_of_memory(err), path, _reason(err), trace
 
 
 def _apply(stack: np.ndarray, info: SignalInfo, operation: Operation, device) -> np.ndarray:

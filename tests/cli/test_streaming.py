@@ -14,8 +14,7 @@ STREAM = {"DIFFCONV_STREAM_SAMPLES": "1000", "DIFFCONV_BLOCK_FRAMES": "777"}
 @pytest.fixture
 def long_float_wav(tmp_path):
     rng = np.random.default_rng(3)
-    return write_wav(tmp_path / "long.wav", 0.2 * rng.standard_normal((2, 5000)),
-                     subtype="FLOAT")
+    return write_wav(tmp_path / "long.wav", 0.2 * rng.standard_normal((2, 5000)), subtype="FLOAT")
 
 
 @pytest.mark.parametrize(
@@ -29,8 +28,7 @@ def long_float_wav(tmp_path):
         ("full", "replicate", False),
     ],
 )
-def test_streamed_convolve_equals_whole_file(tmp_path, long_float_wav, mode, padding,
-                                             correlate):
+def test_streamed_convolve_equals_whole_file(tmp_path, long_float_wav, mode, padding, correlate):
     rng = np.random.default_rng(4)
     np.save(tmp_path / "k.npy", rng.standard_normal(40))
     extra = ["--kernel", tmp_path / "k.npy", "--mode", mode, "--padding", padding, "-v"]
@@ -52,8 +50,7 @@ def test_streamed_16bit_wav_equals_whole_file(tmp_path):
     ir = SAMPLES / "impulse_response.wav"
     whole, streamed = tmp_path / "whole.wav", tmp_path / "streamed.wav"
     assert invoke("convolve", src, whole, "--kernel", ir, "--normalize", "peak").exit_code == 0
-    r = invoke("convolve", src, streamed, "--kernel", ir, "--normalize", "peak", "-v",
-               env=STREAM)
+    r = invoke("convolve", src, streamed, "--kernel", ir, "--normalize", "peak", "-v", env=STREAM)
     assert r.exit_code == 0 and "(streamed)" in r.stderr
     assert sf.info(streamed).subtype == "PCM_16"
     a = sf.read(whole, dtype="int16")[0].astype(int)
