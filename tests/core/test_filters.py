@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 import scipy.signal
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from diffconv_core import filters as F
 
@@ -236,3 +238,34 @@ def test_devices(device):
     response.abs().sum().backward()
     assert cutoff.grad.device.type == device and torch.isfinite(cutoff.grad).all()
     assert F.lowpass(21, 0.3, device=device).device.type == device
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    numtaps=st.integers(1, 80),
+    edges=st.lists(st.floats(0.01, 0.99), min_size=1, max_size=4, unique=True),
+    pass_zero=st.booleans(),
+    scale=st.booleans(),
+    window=st.sampled_from(["hamming", "blackman", "boxcar", ("kaiser", 7.0), ("tukey", 0.4)]),
+    fs=st.sampled_from([None, 48000.0]),
+)
+def test_random_designs_match_firwin(numtaps, edges, pass_zero, scale, window, fs):
+    edges = sorted(edges)
+    if min(np.diff(edges), default=1.0) < 1e-3:
+        return  # scipy accepts near-equal edges; such bands are numerically meaningless
+    cutoff = [e * (1.0 if fs is None else fs / 2) for e in edges]
+    kwargs = dict(window=window, pass_zero=pass_zero, scale=scale, fs=fs)
+    try:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            ref = scipy.signal.firwin(numtaps, cutoff, **kwargs)
+    except ValueError:
+        with pytest.raises(ValueError):
+            F.firwin(numtaps, cutoff, **kwargs)
+        return
+    if not np.isfinite(ref).all():
+        # An all-zero window (2-tap Hann, Tukey ...): scipy divides 0 by 0, we say why.
+        with pytest.raises(ValueError, match="cannot scale this design"):
+            F.firwin(numtaps, cutoff, **kwargs)
+        return
+    got = F.firwin(numtaps, cutoff, dtype=torch.float64, **kwargs)
+    np.testing.assert_allclose(got.numpy(), ref, rtol=1e-9, atol=1e-12)
