@@ -1,8 +1,8 @@
 """Direct (sliding dot product) convolution for short kernels.
 
 On CPU it runs as block-Toeplitz matrix products (``_toeplitz``), several times faster than
-``conv1d`` there. Elsewhere the forward pass is ``conv1d`` with the flipped kernel; the
-backward pass is written out
+``conv1d`` there. On CUDA the forward pass is a fused Triton kernel (``_triton_direct``), or
+``conv1d`` with the flipped kernel where Triton is missing; the backward pass is written out
 rather than left to autograd, because autograd would route the kernel gradient through
 cuDNN's depthwise weight gradient, which is an order of magnitude slower than an FFT on GPUs.
 The signal gradient is again a direct convolution (this same Function, so the gradient of the
@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from diffconv_core._fft import fft_lagged_products
 from diffconv_core._toeplitz import toeplitz_correlate
+from diffconv_core._triton_direct import sliding_dot
 
 # Beyond this many taps the Toeplitz blocks (2P x P) grow too large to pay off.
 MAX_TOEPLITZ_TAPS = 1024
@@ -34,6 +35,9 @@ def _source(x: torch.Tensor, K: int, lo: int, n_out: int) -> torch.Tensor:
 def _direct_forward(x: torch.Tensor, w: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
     K = w.shape[-1]
     n_out = hi - lo
+    fused = sliding_dot(x, w.flip(-1), K - 1 - lo, n_out)
+    if fused is not None:
+        return fused
     batch = torch.broadcast_shapes(x.shape[:-1], w.shape[:-1])
     source = _source(x, K, lo, n_out)
     taps = w.flip(-1)
