@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import click
 
-# Bytes of input per batch on the CPU: large enough to amortise per-call overhead, small
-# enough that the FFT work arrays stay a modest multiple of it.
-CPU_BATCH_BYTES = 64 * 2**20
+# Bytes of input per batch on the CPU: large enough to amortise per-call overhead (tens of
+# short files), small enough that the work arrays (padding, FFT, a multiple of the input)
+# keep the peak memory modest.
+CPU_BATCH_BYTES = 16 * 2**20
 # A batch may use this fraction of the free GPU memory (FFT methods need several copies).
 GPU_MEMORY_FRACTION = 1 / 8
 MAX_BATCH = 4096
@@ -62,7 +63,7 @@ def initial_batch_size(bytes_per_item: int, device) -> int:
     Example:
         >>> import torch
         >>> initial_batch_size(2**20, torch.device("cpu"))
-        64
+        16
     """
     if device.type == "cuda":
         import torch

@@ -25,7 +25,7 @@ from cli.devices import initial_batch_size, is_out_of_memory, release_cached_mem
 from cli.errors import FileProblem
 from cli.jobs import Job
 from cli.report import Report
-from cli.writing import AtomicWriter, OutputSpec, output_spec
+from cli.writing import AtomicWriter, OutputSpec, output_spec, write_signal
 
 #: Audio files with more samples (frames x channels) than this are streamed block by block.
 STREAM_SAMPLES_ENV = "DIFFCONV_STREAM_SAMPLES"
@@ -270,9 +270,7 @@ def _apply(stack: np.ndarray, info: SignalInfo, operation: Operation, device) ->
 
 
 def _write(item: _Item, result: np.ndarray, options: RunOptions, report: Report) -> None:
-    writer = AtomicWriter(item.job.dest, item.spec, result.shape, overwrite=options.overwrite)
-    with writer:
-        writer.write(result)
+    writer = write_signal(item.job.dest, result, item.spec, overwrite=options.overwrite)
     _warn_clipping(writer, report)
     report.done(item.job.source, item.job.dest)
 

@@ -8,6 +8,7 @@ Integer PCM cannot hold values outside [-1, 1]: they are clipped (never wrapped)
 
 from __future__ import annotations
 
+import io
 import os
 import tempfile
 from dataclasses import dataclass
@@ -111,6 +112,9 @@ class AtomicWriter:
         shape: the full output shape ``(C, T)`` or ``(N, C, T)`` (.npy needs it up front;
             audio uses the channel count).
         overwrite: replace an existing destination.
+        buffered: encode in memory and write the file in one go when done (for results that
+            fit in memory: no per-block I/O, and no fsync per file, which libsndfile's close
+            and numpy's memmap flush would do). Unbuffered writes stream to disk.
 
     Shape:
         :meth:`write` takes ``(C, n)`` blocks (or ``(N, C, n)`` for .npy), in time order.
@@ -133,8 +137,10 @@ class AtomicWriter:
         shape: tuple[int, ...],
         *,
         overwrite: bool = False,
+        buffered: bool = False,
     ):
         self.dest = Path(dest)
+        self.buffered = buffered
         self.spec = spec
         self.shape = tuple(shape)
         self.overwrite = overwrite
@@ -144,6 +150,8 @@ class AtomicWriter:
         self._tmp: str | None = None
         self._sound: sf.SoundFile | None = None
         self._array: np.memmap | None = None
+        self._encoded: io.BytesIO | None = None
+        self._blocks: list[np.ndarray] | None = None
 
     def __enter__(self) -> AtomicWriter:
         dest = self.dest
@@ -169,14 +177,17 @@ class AtomicWriter:
     def _open(self) -> None:
         spec = self.spec
         try:
-            if spec.kind == "npy":
-                shape = self.shape[1:] if spec.squeeze_channel else self.shape
+            if spec.kind == "npy" and self.buffered:
+                self._blocks = []
+            elif spec.kind == "npy":
                 self._array = np.lib.format.open_memmap(
-                    self._tmp, mode="w+", dtype=spec.dtype, shape=shape
+                    self._tmp, mode="w+", dtype=spec.dtype, shape=self._npy_shape()
                 )
             else:
+                if self.buffered:
+                    self._encoded = io.BytesIO()
                 self._sound = sf.SoundFile(
-                    self._tmp,
+                    self._encoded if self.buffered else self._tmp,
                     "w",
                     samplerate=int(round(spec.rate)),
                     channels=self.shape[-2],
@@ -187,11 +198,16 @@ class AtomicWriter:
         except (sf.SoundFileError, RuntimeError, OSError, ValueError) as err:
             raise FileProblem(self.dest, f"cannot write {spec.format or 'npy'}: {err}") from err
 
+    def _npy_shape(self) -> tuple[int, ...]:
+        return self.shape[1:] if self.spec.squeeze_channel else self.shape
+
     def write(self, block: np.ndarray) -> None:
         """Append ``block`` (time last) to the output."""
         n = block.shape[-1]
         try:
-            if self._array is not None:
+            if self._blocks is not None:
+                self._blocks.append(block)
+            elif self._array is not None:
                 target = self._array[..., self._offset : self._offset + n]
                 target[...] = block.reshape(target.shape)
             else:
@@ -220,7 +236,7 @@ class AtomicWriter:
             self._discard()
             return False
         try:
-            self._close()
+            self._close(commit=True)
             mode = self.dest.stat().st_mode & 0o777 if self.dest.exists() else _default_mode()
             os.chmod(self._tmp, mode)
             os.replace(self._tmp, self.dest)
@@ -232,10 +248,24 @@ class AtomicWriter:
             raise
         return False
 
-    def _close(self) -> None:
+    def _close(self, commit: bool = False) -> None:
         if self._sound is not None:
             self._sound.close()
             self._sound = None
+        if self._encoded is not None:
+            if commit:
+                with open(self._tmp, "wb") as f:
+                    f.write(self._encoded.getbuffer())
+            self._encoded = None
+        if self._blocks is not None:
+            if commit:
+                whole = (
+                    np.concatenate(self._blocks, axis=-1) if self._blocks else np.zeros(self.shape)
+                )
+                array = whole.reshape(self._npy_shape()).astype(self.spec.dtype, copy=False)
+                with open(self._tmp, "wb") as f:
+                    np.save(f, array, allow_pickle=False)
+            self._blocks = None
         if self._array is not None:
             self._array.flush()
             del self._array
@@ -250,11 +280,17 @@ class AtomicWriter:
             os.unlink(self._tmp)
 
 
+_MODE: list[int] = []
+
+
 def _default_mode() -> int:
-    # mkstemp creates 0600; a normal output should get the user's usual permissions.
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
+    # mkstemp creates 0600; a normal output should get the user's usual permissions. The
+    # umask can only be read by setting it, so read it once.
+    if not _MODE:
+        umask = os.umask(0)
+        os.umask(umask)
+        _MODE.append(0o666 & ~umask)
+    return _MODE[0]
 
 
 def write_signal(
@@ -265,6 +301,6 @@ def write_signal(
     Shape:
         data ``(C, T)`` (audio or .npy) or ``(N, C, T)`` (.npy only).
     """
-    with AtomicWriter(dest, spec, data.shape, overwrite=overwrite) as writer:
+    with AtomicWriter(dest, spec, data.shape, overwrite=overwrite, buffered=True) as writer:
         writer.write(data)
     return writer
