@@ -1,0 +1,63 @@
+"""INPUT... OUTPUT planning rules, the torchrun sharding helper and the progress bar."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+import numpy as np
+import pytest
+
+from cli.distributed import Ranks, ranks_from_env
+from cli.jobs import plan_jobs
+from cli.runner import Operation, RunOptions, run_jobs
+
+
+def make(path, n=16):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.save(path, np.zeros(n))
+    return path
+
+
+def test_single_file_and_directory_outputs(tmp_path):
+    src = make(tmp_path / "a.npy")
+    assert [j.dest for j in plan_jobs([src], tmp_path / "b.npy")] == [tmp_path / "b.npy"]
+    # A trailing separator or an existing directory means "into this directory".
+    assert plan_jobs([src], f"{tmp_path / 'new'}/")[0].dest == tmp_path / "new" / "a.npy"
+    (tmp_path / "existing").mkdir()
+    assert plan_jobs([src], tmp_path / "existing")[0].dest == tmp_path / "existing" / "a.npy"
+
+
+def test_two_inputs_with_one_output_name_are_refused(tmp_path):
+    a = make(tmp_path / "d1" / "x.npy")
+    b = make(tmp_path / "d2" / "x.npy")
+    with pytest.raises(click.UsageError, match="would both be written"):
+        plan_jobs([a, b], tmp_path / "out")
+    with pytest.raises(click.UsageError, match="would both be written"):
+        plan_jobs([a.parent, b.parent], tmp_path / "out")
+
+
+def test_outputs_inside_the_input_tree_are_not_inputs(tmp_path):
+    make(tmp_path / "in" / "a.npy")
+    make(tmp_path / "in" / "out" / "a.npy")  # an earlier run's result
+    jobs = plan_jobs([tmp_path / "in"], tmp_path / "in" / "out", recursive=True)
+    assert [j.source.name for j in jobs] == ["a.npy"] and len(jobs) == 1
+
+
+def test_sharding_covers_every_job_once():
+    jobs = list(range(11))
+    shards = [Ranks(r, 3).shard(jobs) for r in range(3)]
+    assert sorted(sum(shards, [])) == jobs
+    assert ranks_from_env({}) == Ranks() and not ranks_from_env({"WORLD_SIZE": "1"}).distributed
+
+
+def test_progress_bar_only_on_a_terminal(tmp_path, monkeypatch, capsys):
+    for i in range(3):
+        make(tmp_path / "in" / f"x{i}.npy")
+    op = Operation(apply=lambda batch, info: batch)
+    jobs = plan_jobs([tmp_path / "in"], tmp_path / "out")
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    run_jobs(jobs, op, RunOptions(device="cpu"))
+    assert "0/3 [" in capsys.readouterr().err  # tqdm drew the bar (and cleared it)
+    run_jobs(jobs, op, RunOptions(device="cpu", quiet=True, overwrite=True))
+    assert capsys.readouterr().err == ""
