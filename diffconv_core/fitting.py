@@ -3,6 +3,9 @@
 Pure tensor logic (no files, no processes): the ``diffconv fit`` command reads the pairs,
 shards them across ranks and writes the results; everything numeric happens here.
 
+Losses live in ``_fit_losses`` and the learnable kernels (:class:`FIRKernel`,
+:class:`WindowKernel`) in ``_fit_models``; both are re-exported here.
+
 The model is ``prediction = convolve(input, kernel, mode="same", padding=padding)`` over whole
 signals. Training looks at random crops, but a crop is cut from the *extended* input
 (:func:`extend_input`) and convolved in "valid" mode, so every crop's prediction equals the
@@ -27,78 +30,35 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from diffconv_core._fit_losses import LOSSES, compute_loss, spectral_loss
+from diffconv_core._fit_models import FIRKernel, WindowKernel
 from diffconv_core._validation import PADDINGS, check_choice
 from diffconv_core.convolution import convolve
 from diffconv_core.padding import pad
 
-LOSSES = ("mse", "l1", "spectral")
+__all__ = [
+    "LOSSES",
+    "OPTIMIZERS",
+    "FIRKernel",
+    "FitConfig",
+    "FitData",
+    "Trainer",
+    "WindowKernel",
+    "compute_loss",
+    "crop_plan",
+    "design_matrix",
+    "extend_input",
+    "least_squares_fir",
+    "make_data",
+    "spectral_loss",
+    "split_length",
+]
+
 OPTIMIZERS = ("adam", "lbfgs")
 SCHEDULES = ("cosine", "constant")
 
 # A crop: (pair index, first target sample, number of samples).
 Crop = tuple[int, int, int]
-
-
-# --------------------------------------------------------------------------------------------
-# Losses
-
-
-def spectral_loss(
-    prediction: torch.Tensor, target: torch.Tensor, n_fft: int = 256, eps: float = 1e-7
-) -> torch.Tensor:
-    """Distance between short-time magnitude spectra: linear L1 plus log L1.
-
-    Frames of ``n = min(n_fft, T)`` samples, hop ``max(1, n // 4)``, no centring (frames start
-    at 0, hop, ... and the tail that fills no frame is ignored), a periodic Hann window, the
-    one-sided DFT. With ``M = sqrt(re**2 + im**2 + eps**2)`` (smooth at 0, so gradients stay
-    finite) the loss is ``mean|M_p - M_t| + mean|log M_p - log M_t|``. Insensitive to phase:
-    use it when the target's timing is not trustworthy.
-
-    Shape:
-        prediction, target: ``(..., T)`` of the same shape -> scalar.
-
-    Example:
-        >>> import torch
-        >>> x = torch.randn(2, 512)
-        >>> float(spectral_loss(x, x))
-        0.0
-        >>> bool(spectral_loss(x, -x) < 1e-6)  # a sign flip leaves magnitudes unchanged
-        True
-    """
-    if prediction.shape != target.shape:
-        raise ValueError(
-            f"prediction and target must have the same shape; got {tuple(prediction.shape)} "
-            f"and {tuple(target.shape)}"
-        )
-    n = min(n_fft, prediction.shape[-1])
-    hop = max(1, n // 4)
-    window = torch.hann_window(n, periodic=True, dtype=prediction.dtype, device=prediction.device)
-
-    def magnitude(x: torch.Tensor) -> torch.Tensor:
-        spectrum = torch.fft.rfft(x.unfold(-1, n, hop) * window, dim=-1)
-        return (spectrum.real.square() + spectrum.imag.square() + eps**2).sqrt()
-
-    mp, mt = magnitude(prediction), magnitude(target)
-    return (mp - mt).abs().mean() + (mp.log() - mt.log()).abs().mean()
-
-
-def compute_loss(prediction: torch.Tensor, target: torch.Tensor, loss: str) -> torch.Tensor:
-    """Mean loss ``"mse"``, ``"l1"`` or ``"spectral"`` (:func:`spectral_loss`).
-
-    Shape:
-        prediction, target: ``(..., T)`` of the same shape -> scalar.
-
-    Example:
-        >>> import torch
-        >>> compute_loss(torch.tensor([1.0, 2.0]), torch.tensor([0.0, 0.0]), "mse")
-        tensor(2.5000)
-    """
-    check_choice("loss", loss, LOSSES)
-    if loss == "mse":
-        return (prediction - target).square().mean()
-    if loss == "l1":
-        return (prediction - target).abs().mean()
-    return spectral_loss(prediction, target)
 
 
 # --------------------------------------------------------------------------------------------
@@ -231,112 +191,6 @@ def crop_plan(
         start = int(torch.randint(0, train_lengths[i] - length + 1, (), generator=generator))
         plan.append((i, start, length))
     return plan
-
-
-# --------------------------------------------------------------------------------------------
-# What is learned
-
-
-class FIRKernel(nn.Module):
-    """Every tap is a free parameter.
-
-    Example:
-        >>> import torch
-        >>> FIRKernel(torch.ones(3))().tolist()
-        [1.0, 1.0, 1.0]
-    """
-
-    def __init__(self, init: torch.Tensor) -> None:
-        super().__init__()
-        self.taps = nn.Parameter(init.detach().clone())
-
-    def forward(self) -> torch.Tensor:
-        return self.taps
-
-    def learned(self) -> dict[str, object]:
-        return {"kind": "fir", "taps": len(self.taps)}
-
-
-class WindowKernel(nn.Module):
-    """A window from :func:`diffconv_core.windows.get_window` with learned shape parameters.
-
-    ``learn="params"`` learns the window's continuous parameters (e.g. a Gaussian's ``std``),
-    ``learn="width"`` the fractional width of its support. Every learned value is positive,
-    kept so by a log parametrisation (Adam then takes steps relative to the value's size).
-
-    Example:
-        >>> import torch
-        >>> k = WindowKernel("gaussian", 15, learn="params", params={"std": 2.0})
-        >>> k().shape, round(k.learned()["params"]["std"], 6)
-        (torch.Size([15]), 2.0)
-    """
-
-    def __init__(
-        self,
-        window: str,
-        length: int,
-        *,
-        learn: str = "params",
-        params: Mapping[str, float] | None = None,
-        width: float | None = None,
-        normalize: str | None = "sum",
-        dtype: torch.dtype = torch.float32,
-    ) -> None:
-        super().__init__()
-        check_choice("learn", learn, ("params", "width"))
-        self.window, self.length, self.learn, self.normalize = window, length, learn, normalize
-        self.fixed = dict(params or {})
-        self.width = float(length if width is None else width)
-        if learn == "params":
-            if not self.fixed:
-                raise ValueError(
-                    f"window {window!r}: learn='params' needs at least one parameter to learn"
-                )
-            names = sorted(self.fixed)
-            self.names = names
-            values = [float(self.fixed[n]) for n in names]
-        else:
-            self.names = ["width"]
-            values = [self.width]
-        for name, value in zip(self.names, values, strict=True):
-            if not value > 0:
-                raise ValueError(f"learned parameter {name} must start positive; got {value}")
-        self.log_values = nn.Parameter(torch.tensor(values, dtype=dtype).log())
-
-    def values(self) -> dict[str, torch.Tensor]:
-        return dict(zip(self.names, self.log_values.exp().unbind(), strict=True))
-
-    def forward(self) -> torch.Tensor:
-        from diffconv_core.windows import get_window
-
-        values = self.values()
-        kwargs = dict(self.fixed)
-        width = self.width
-        if self.learn == "params":
-            kwargs.update(values)
-        else:
-            width = values["width"]
-        return get_window(
-            self.window,
-            self.length,
-            normalize=self.normalize,
-            width=width,
-            dtype=self.log_values.dtype,
-            device=self.log_values.device,
-            **kwargs,
-        )
-
-    def learned(self) -> dict[str, object]:
-        values = {k: float(v.detach()) for k, v in self.values().items()}
-        out: dict[str, object] = {"kind": "window", "window": self.window, "taps": self.length}
-        out["normalize"] = self.normalize
-        if self.learn == "params":
-            out["params"] = values
-            out["width"] = self.width
-        else:
-            out["params"] = {k: float(v) for k, v in self.fixed.items()}
-            out["width"] = values["width"]
-        return out
 
 
 # --------------------------------------------------------------------------------------------

@@ -196,6 +196,7 @@ def _fit(ranks, o: dict) -> None:
     from cli.errors import FileProblem
     from cli.fit_data import discover_pairs, pairs_rate
     from cli.fit_outputs import default_checkpoint, output_paths
+    from cli.fit_setup import check_destinations, check_options
 
     # Everything decidable from the command line and the headers comes first (exit 2).
     try:
@@ -203,8 +204,8 @@ def _fit(ranks, o: dict) -> None:
     except ValueError as err:
         raise click.BadParameter(str(err), param_hint="'--out'") from err
     checkpoint = default_checkpoint(o["out"]) if o["checkpoint"] is None else o["checkpoint"]
-    _check_options(o)
-    _check_destinations(paths, o, checkpoint)
+    check_options(o)
+    check_destinations(paths, o, checkpoint)
     pairs = discover_pairs(
         o["inputs"], o["targets"], glob=o["glob"], recursive=o["recursive"], rate=o["rate"]
     )
@@ -231,160 +232,18 @@ def _click_error(err) -> click.ClickException:
     return exc
 
 
-def _check_options(o: dict) -> None:
-    if o["window"] is None:
-        if o["width"] is not None:
-            raise click.UsageError("--width needs --window")
-        if o["params"] and (o["init"] or "delta") in ("delta", "zeros"):
-            raise click.UsageError(
-                "--param sets window parameters: give --window, or a window as --init"
-            )
-    else:
-        if o["init"] is not None:
-            raise click.UsageError("--init sets starting FIR taps; with --window use --param")
-        if o["optimizer"] == "lbfgs":
-            raise click.BadParameter(
-                "lbfgs is for plain FIR taps; use adam with --window", param_hint="'--optimizer'"
-            )
-    if o["plot"] is not None and not o["plot"].lower().endswith(".png"):
-        raise click.BadParameter(f"{o['plot']!r} is not a .png file", param_hint="'--plot'")
-
-
-def _check_destinations(paths: dict, o: dict, checkpoint) -> None:
-    import os
-
-    wanted = list(paths.values()) + ([o["plot"]] if o["plot"] else [])
-    if not o["overwrite"]:
-        existing = [os.fspath(p) for p in wanted if os.path.exists(p)]
-        if existing:
-            raise click.UsageError(
-                f"{', '.join(existing)} already exist(s); use --overwrite to replace"
-            )
-        resuming_here = o["resume"] and os.path.abspath(o["resume"]) == os.path.abspath(checkpoint)
-        if os.path.exists(checkpoint) and not resuming_here:
-            raise click.UsageError(
-                f"checkpoint {os.fspath(checkpoint)} already exists: continue that fit with "
-                f"--resume {os.fspath(checkpoint)}, or start over with --overwrite"
-            )
-    for p in [*wanted, checkpoint]:
-        parent = os.path.dirname(os.path.abspath(p))
-        if not os.path.isdir(parent):
-            raise click.UsageError(f"directory {parent} (for {os.fspath(p)}) does not exist")
-
-
-def _window_setup(o: dict) -> dict:
-    """Which window parameters are learned or fixed, with their starting values."""
-    from diffconv_core.windows import list_windows
-
-    name = o["window"].lower()
-    entry = next((w for w in list_windows() if name == w["name"] or name in w["aliases"]), None)
-    if entry is None:
-        names = ", ".join(w["name"] for w in list_windows())
-        raise click.BadParameter(
-            f"unknown window {o['window']!r}; one of {names}", param_hint="'--window'"
-        )
-    given = dict(o["params"])
-    unknown = sorted(set(given) - set(entry["params"]))
-    if unknown:
-        raise click.BadParameter(
-            f"{entry['name']} has no parameter {', '.join(unknown)}; it takes "
-            f"{', '.join(entry['params']) or 'none'}",
-            param_hint="'--param'",
-        )
-    params = {k: v for k, v in {**entry["params"], **given}.items() if v is not None}
-    missing = [k for k in entry["required"] if k not in params]
-    if missing:
-        raise click.BadParameter(
-            f"{entry['name']} needs a starting value for {', '.join(missing)} "
-            f"(e.g. --param {missing[0]}=4)",
-            param_hint="'--param'",
-        )
-    for key, value in params.items():
-        if not isinstance(value, (int, float)):
-            raise click.BadParameter(f"{key}={value!r} is not a number", param_hint="'--param'")
-    if o["learn"] == "params" and not params:
-        raise click.BadParameter(
-            f"{entry['name']} has no parameters to learn; use --learn width",
-            param_hint="'--learn'",
-        )
-    return {"window": entry["name"], "params": {k: float(v) for k, v in params.items()}}
-
-
-def _build_model(o: dict, setup: dict, dtype, device):
-    import torch
-
-    from diffconv_core.fitting import FIRKernel, WindowKernel
-
-    taps = o["taps"]
-    if setup["kind"] == "window":
-        with _option_errors("'--param'"):
-            model = WindowKernel(
-                setup["window"],
-                taps,
-                learn=setup["learn"],
-                params=setup["params"],
-                width=setup["width"],
-                normalize=setup["normalize"],
-                dtype=dtype,
-            )
-            model().detach()  # out-of-range starting values fail here, before any work
-        return model.to(device)
-    init = setup["init"]
-    if init == "zeros":
-        start = torch.zeros(taps, dtype=dtype)
-    elif init == "delta":
-        start = torch.zeros(taps, dtype=dtype)
-        start[(taps - 1) // 2] = 1.0  # the centre tap of scipy's "same" alignment
-    else:
-        from diffconv_core.windows import get_window
-
-        with _option_errors("'--init'"):
-            start = get_window(init, taps, normalize="sum", dtype=dtype, **setup["params"])
-    return FIRKernel(start).to(device)
-
-
-class _option_errors:
-    """Library ValueError/TypeError from an option -> usage error (exit 2)."""
-
-    def __init__(self, hint: str) -> None:
-        self.hint = hint
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, exc_type, exc, tb):
-        if exc_type is not None and issubclass(exc_type, (ValueError, TypeError)):
-            raise click.BadParameter(str(exc), param_hint=self.hint) from exc
-        return False
-
-
-def _setup(o: dict, pairs) -> dict:
-    """The choices a checkpoint must share with the run that resumes it."""
-    setup = {
-        "taps": o["taps"],
-        "padding": o["padding"],
-        "pairs": [p.name for p in pairs],
-        "frames": [p.frames for p in pairs],
-    }
-    if o["window"] is None:
-        setup.update(kind="fir", init=o["init"] or "delta", params=dict(o["params"]))
-    else:
-        setup.update(kind="window", learn=o["learn"], **_window_setup(o))
-        setup["width"] = float(o["width"]) if o["width"] is not None else float(o["taps"])
-        setup["normalize"] = None if o["normalize"] == "none" else o["normalize"]
-    return setup
-
-
 def _train(ranks, o, pairs, rate, crop, paths, checkpoint, state) -> None:
     import torch
 
     from cli import distributed
+    from cli.batch import option_errors
     from cli.devices import resolve_device
     from cli.fit_data import common_dtype, read_pair, shard_indices
     from cli.fit_outputs import save_checkpoint
+    from cli.fit_setup import build_model, fit_setup
     from diffconv_core.fitting import FitConfig, FitData, Trainer, extend_input, split_length
 
-    setup = _setup(o, pairs)
+    setup = fit_setup(o, pairs)
     if state is not None and state["setup"] != setup:
         changed = sorted(
             k for k in set(setup) | set(state["setup"]) if state["setup"].get(k) != setup.get(k)
@@ -394,7 +253,7 @@ def _train(ranks, o, pairs, rate, crop, paths, checkpoint, state) -> None:
             param_hint="'--resume'",
         )
     lr = o["lr"] if o["lr"] is not None else (1.0 if o["optimizer"] == "lbfgs" else 0.01)
-    with _option_errors(None):
+    with option_errors(None):
         config = FitConfig(
             steps=o["steps"],
             lr=lr,
@@ -407,7 +266,7 @@ def _train(ranks, o, pairs, rate, crop, paths, checkpoint, state) -> None:
         )
     device = resolve_device(o["device"], ranks.local_rank)
     dtype = getattr(torch, common_dtype(pairs).name)
-    model = _build_model(o, setup, dtype, device)
+    model = build_model(o, setup, dtype, device)
 
     _start_process_group(ranks, device)
     try:
@@ -434,7 +293,7 @@ def _train(ranks, o, pairs, rate, crop, paths, checkpoint, state) -> None:
         reduce = _all_reduce_sum if ranks.distributed else None
         trainer = Trainer(model, data, config, reduce=reduce)
         if state is not None:
-            with _option_errors("'--resume'"):
+            with option_errors("'--resume'"):
                 trainer.load_state_dict(state["trainer"])
             model.to(device)
 

@@ -1,0 +1,156 @@
+"""Turning ``diffconv fit``'s options into a checked setup and a learnable kernel.
+
+Everything here runs before any sample is read, so every problem is a usage error (exit 2):
+contradictory options, outputs that exist, a window that does not exist or lacks a starting
+value, an out-of-range parameter (checked by building the kernel once).
+"""
+
+from __future__ import annotations
+
+import os
+
+import click
+
+from cli.batch import option_errors
+
+
+def check_options(o: dict) -> None:
+    """Options that contradict each other (``o`` is the command's parsed options)."""
+    if o["window"] is None:
+        if o["width"] is not None:
+            raise click.UsageError("--width needs --window")
+        if o["params"] and (o["init"] or "delta") in ("delta", "zeros"):
+            raise click.UsageError(
+                "--param sets window parameters: give --window, or a window as --init"
+            )
+    else:
+        if o["init"] is not None:
+            raise click.UsageError("--init sets starting FIR taps; with --window use --param")
+        if o["optimizer"] == "lbfgs":
+            raise click.BadParameter(
+                "lbfgs is for plain FIR taps; use adam with --window", param_hint="'--optimizer'"
+            )
+    if o["plot"] is not None and not o["plot"].lower().endswith(".png"):
+        raise click.BadParameter(f"{o['plot']!r} is not a .png file", param_hint="'--plot'")
+
+
+def check_destinations(paths: dict, o: dict, checkpoint) -> None:
+    """Outputs must not exist (without ``--overwrite``) and their directories must.
+
+    An existing checkpoint is only reused through ``--resume``: starting over by accident
+    would throw away an interrupted fit.
+    """
+    wanted = list(paths.values()) + ([o["plot"]] if o["plot"] else [])
+    if not o["overwrite"]:
+        existing = [os.fspath(p) for p in wanted if os.path.exists(p)]
+        if existing:
+            raise click.UsageError(
+                f"{', '.join(existing)} already exist(s); use --overwrite to replace"
+            )
+        resuming_here = o["resume"] and os.path.abspath(o["resume"]) == os.path.abspath(checkpoint)
+        if os.path.exists(checkpoint) and not resuming_here:
+            raise click.UsageError(
+                f"checkpoint {os.fspath(checkpoint)} already exists: continue that fit with "
+                f"--resume {os.fspath(checkpoint)}, or start over with --overwrite"
+            )
+    for p in [*wanted, checkpoint]:
+        parent = os.path.dirname(os.path.abspath(p))
+        if not os.path.isdir(parent):
+            raise click.UsageError(f"directory {parent} (for {os.fspath(p)}) does not exist")
+
+
+def window_setup(o: dict) -> dict:
+    """Which window parameters are learned or fixed, with their starting values."""
+    from diffconv_core.windows import list_windows
+
+    name = o["window"].lower()
+    entry = next((w for w in list_windows() if name == w["name"] or name in w["aliases"]), None)
+    if entry is None:
+        names = ", ".join(w["name"] for w in list_windows())
+        raise click.BadParameter(
+            f"unknown window {o['window']!r}; one of {names}", param_hint="'--window'"
+        )
+    given = dict(o["params"])
+    unknown = sorted(set(given) - set(entry["params"]))
+    if unknown:
+        raise click.BadParameter(
+            f"{entry['name']} has no parameter {', '.join(unknown)}; it takes "
+            f"{', '.join(entry['params']) or 'none'}",
+            param_hint="'--param'",
+        )
+    params = {k: v for k, v in {**entry["params"], **given}.items() if v is not None}
+    missing = [k for k in entry["required"] if k not in params]
+    if missing:
+        raise click.BadParameter(
+            f"{entry['name']} needs a starting value for {', '.join(missing)} "
+            f"(e.g. --param {missing[0]}=4)",
+            param_hint="'--param'",
+        )
+    for key, value in params.items():
+        if not isinstance(value, (int, float)):
+            raise click.BadParameter(f"{key}={value!r} is not a number", param_hint="'--param'")
+    if o["learn"] == "params" and not params:
+        raise click.BadParameter(
+            f"{entry['name']} has no parameters to learn; use --learn width",
+            param_hint="'--learn'",
+        )
+    return {"window": entry["name"], "params": {k: float(v) for k, v in params.items()}}
+
+
+def build_model(o: dict, setup: dict, dtype, device):
+    """The learnable kernel of :func:`fit_setup`'s setup, on ``device``.
+
+    Shape:
+        ``model()`` is the kernel ``(taps,)``.
+    """
+    import torch
+
+    from diffconv_core.fitting import FIRKernel, WindowKernel
+
+    taps = o["taps"]
+    if setup["kind"] == "window":
+        with option_errors("'--param'"):
+            model = WindowKernel(
+                setup["window"],
+                taps,
+                learn=setup["learn"],
+                params=setup["params"],
+                width=setup["width"],
+                normalize=setup["normalize"],
+                dtype=dtype,
+            )
+            model().detach()  # out-of-range starting values fail here, before any work
+        return model.to(device)
+    init = setup["init"]
+    if init == "zeros":
+        start = torch.zeros(taps, dtype=dtype)
+    elif init == "delta":
+        start = torch.zeros(taps, dtype=dtype)
+        start[(taps - 1) // 2] = 1.0  # the centre tap of scipy's "same" alignment
+    else:
+        from diffconv_core.windows import get_window
+
+        with option_errors("'--init'"):
+            start = get_window(init, taps, normalize="sum", dtype=dtype, **setup["params"])
+    return FIRKernel(start).to(device)
+
+
+def fit_setup(o: dict, pairs) -> dict:
+    """What is learned, from what start, on which pairs: plain data, stored in checkpoints.
+
+    A checkpoint resumes only a run with an equal setup (the optimiser settings are compared
+    separately by :meth:`diffconv_core.fitting.Trainer.load_state_dict`).
+    """
+    setup = {
+        "taps": o["taps"],
+        "padding": o["padding"],
+        "pairs": [p.name for p in pairs],
+        "frames": [p.frames for p in pairs],
+    }
+    if o["window"] is None:
+        setup.update(kind="fir", init=o["init"] or "delta", params=dict(o["params"]))
+    else:
+        setup.update(kind="window", learn=o["learn"], **window_setup(o))
+        setup["width"] = float(o["width"]) if o["width"] is not None else float(o["taps"])
+        setup["normalize"] = None if o["normalize"] == "none" else o["normalize"]
+    return setup

@@ -1,0 +1,116 @@
+"""What :mod:`diffconv_core.fitting` learns: free FIR taps, or a window's parameters.
+
+Each is an ``nn.Module`` whose ``forward()`` returns the kernel ``(K,)`` and whose
+``learned()`` describes the result as plain data (for the fit's JSON).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+
+from diffconv_core._validation import check_choice
+
+
+class FIRKernel(nn.Module):
+    """Every tap is a free parameter.
+
+    Example:
+        >>> import torch
+        >>> FIRKernel(torch.ones(3))().tolist()
+        [1.0, 1.0, 1.0]
+    """
+
+    def __init__(self, init: torch.Tensor) -> None:
+        super().__init__()
+        self.taps = nn.Parameter(init.detach().clone())
+
+    def forward(self) -> torch.Tensor:
+        return self.taps
+
+    def learned(self) -> dict[str, object]:
+        return {"kind": "fir", "taps": len(self.taps)}
+
+
+class WindowKernel(nn.Module):
+    """A window from :func:`diffconv_core.windows.get_window` with learned shape parameters.
+
+    ``learn="params"`` learns the window's continuous parameters (e.g. a Gaussian's ``std``),
+    ``learn="width"`` the fractional width of its support. Every learned value is positive,
+    kept so by a log parametrisation (Adam then takes steps relative to the value's size).
+
+    Example:
+        >>> import torch
+        >>> k = WindowKernel("gaussian", 15, learn="params", params={"std": 2.0})
+        >>> k().shape, round(k.learned()["params"]["std"], 6)
+        (torch.Size([15]), 2.0)
+    """
+
+    def __init__(
+        self,
+        window: str,
+        length: int,
+        *,
+        learn: str = "params",
+        params: Mapping[str, float] | None = None,
+        width: float | None = None,
+        normalize: str | None = "sum",
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        super().__init__()
+        check_choice("learn", learn, ("params", "width"))
+        self.window, self.length, self.learn, self.normalize = window, length, learn, normalize
+        self.fixed = dict(params or {})
+        self.width = float(length if width is None else width)
+        if learn == "params":
+            if not self.fixed:
+                raise ValueError(
+                    f"window {window!r}: learn='params' needs at least one parameter to learn"
+                )
+            names = sorted(self.fixed)
+            self.names = names
+            values = [float(self.fixed[n]) for n in names]
+        else:
+            self.names = ["width"]
+            values = [self.width]
+        for name, value in zip(self.names, values, strict=True):
+            if not value > 0:
+                raise ValueError(f"learned parameter {name} must start positive; got {value}")
+        self.log_values = nn.Parameter(torch.tensor(values, dtype=dtype).log())
+
+    def values(self) -> dict[str, torch.Tensor]:
+        return dict(zip(self.names, self.log_values.exp().unbind(), strict=True))
+
+    def forward(self) -> torch.Tensor:
+        from diffconv_core.windows import get_window
+
+        values = self.values()
+        kwargs = dict(self.fixed)
+        width = self.width
+        if self.learn == "params":
+            kwargs.update(values)
+        else:
+            width = values["width"]
+        return get_window(
+            self.window,
+            self.length,
+            normalize=self.normalize,
+            width=width,
+            dtype=self.log_values.dtype,
+            device=self.log_values.device,
+            **kwargs,
+        )
+
+    def learned(self) -> dict[str, object]:
+        values = {k: float(v.detach()) for k, v in self.values().items()}
+        out: dict[str, object] = {"kind": "window", "window": self.window, "taps": self.length}
+        out["normalize"] = self.normalize
+        if self.learn == "params":
+            out["params"] = values
+            out["width"] = self.width
+        else:
+            out["params"] = {k: float(v) for k, v in self.fixed.items()}
+            out["width"] = values["width"]
+        return out
