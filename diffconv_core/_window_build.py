@@ -40,8 +40,17 @@ class Param:
     high_open: bool = False
     vector: bool = False  # general_cosine's coefficient sequence (a trailing axis)
     allow_none: bool = False  # exponential's ``center``
+    kind: str = "float"  # "int" and "bool" parameters are plain Python values, not tensors
+
+    @property
+    def continuous(self) -> bool:
+        return self.kind == "float"
 
     def range_text(self) -> str:
+        if self.kind == "bool":
+            return "True or False"
+        if self.kind == "int":
+            return f"an integer >= {self.low:g}"
         if self.vector:
             return "a non-empty sequence of finite numbers"
         if self.low is None and self.high is None:
@@ -118,6 +127,16 @@ SPECS: tuple[Spec, ...] = (
     _spec("lanczos", ["sinc"], [], "central lobe of a sinc"),
     _spec("nuttall", ["nutl", "nut"], [], "minimum 4-term Nuttall"),
     _spec("parzen", ["parz", "par"], [], "piecewise cubic (de la Vallee Poussin)"),
+    _spec(
+        "taylor",
+        ["taylorwin"],
+        [
+            Param("nbar", 4, low=1.0, kind="int"),
+            Param("sll", 30.0, **_POSITIVE),
+            Param("norm", True, kind="bool"),
+        ],
+        "Taylor window: nbar nearly constant side lobes sll dB below the main lobe",
+    ),
     _spec("triang", ["triangle", "tri"], [], "triangle with non-zero end taps"),
     _spec(
         "tukey",
@@ -209,6 +228,27 @@ def _flat(values: Sequence[Any]) -> list[Any]:
     for v in values:
         out.extend(v if isinstance(v, (list, tuple)) else [v])
     return out
+
+
+def _discrete(window: str, p: Param, value: Any) -> Any:
+    """Validate an integer or boolean parameter (None passes for optional ones)."""
+    if value is None:
+        return None
+    if p.kind == "bool":
+        if not isinstance(value, bool):
+            raise TypeError(f"{window} parameter {p.name} must be True or False; got {value!r}")
+        return value
+    if isinstance(value, Tensor) and value.numel() == 1:
+        value = value.item()
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    try:
+        number = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{window} parameter {p.name} must be an integer; got {value!r}") from None
+    if isinstance(value, bool) or number < p.low:
+        raise ValueError(f"{window} parameter {p.name} must be {p.range_text()}; got {value!r}")
+    return number
 
 
 def result_dtype(dtype: torch.dtype | None, values: Sequence[Any]) -> torch.dtype:
@@ -312,11 +352,11 @@ def build(
     # errors (a Kaiser window with beta = 25 loses ~1e-6 when evaluated in float32).
     work = torch.float32 if dev.type == "mps" else torch.float64
 
-    values: dict[str, Tensor | None] = {}
+    values: dict[str, Any] = {}
     batch = torch.Size()
     for p in spec.params:
-        if raw[p.name] is None:
-            values[p.name] = None
+        if raw[p.name] is None or not p.continuous:
+            values[p.name] = _discrete(spec.name, p, raw[p.name])
             continue
         tensor = as_tensor(raw[p.name], f"{spec.name} parameter {p.name}", work, dev)
         check_param(spec.name, p, tensor, raw[p.name])
@@ -338,7 +378,7 @@ def build(
 
     # Parameters gain a trailing tap axis (vectors already have their own last axis).
     args = {
-        k: (v if v is None or spec.params[i].vector else v.unsqueeze(-1))
+        k: (v if not isinstance(v, Tensor) or spec.params[i].vector else v.unsqueeze(-1))
         for i, (k, v) in enumerate(values.items())
     }
     if m == 1:
@@ -346,7 +386,7 @@ def build(
         w = torch.ones((*batch, 1), dtype=work, device=dev)
         for p in spec.params:
             v = args[p.name]
-            if v is not None and v.requires_grad:
+            if isinstance(v, Tensor) and v.requires_grad:
                 w = w + 0.0 * (v.sum(-1, keepdim=True) if p.vector else v)
     else:
         t = torch.arange(m, dtype=work, device=dev) - (m - 1) / 2.0

@@ -145,3 +145,24 @@ def exponential(t: Tensor, m: int, center: Tensor | None, tau: Tensor) -> Tensor
     # ``center`` is an index into the (possibly extended) window, as in scipy.
     offset = t if center is None else t + (m - 1) / 2.0 - center
     return torch.exp(-offset.abs() / tau)
+
+
+def taylor(t: Tensor, m: int, nbar: int, sll: Tensor, norm: bool) -> Tensor:
+    # scipy's Taylor window: 1 + 2 sum_k F_k cos(2 pi k t / m), with the F_k from sll.
+    b = 10.0 ** (sll / 20.0)
+    a = torch.acosh(b) / math.pi
+    s2 = nbar**2 / (a**2 + (nbar - 0.5) ** 2)
+    k = torch.arange(1, nbar, dtype=t.dtype, device=t.device)
+    k2 = k * k
+    # Numerator products run over j for each k: a (..., K, K) grid, reduced over j.
+    ratio = k2.unsqueeze(-1) / s2.unsqueeze(-1) / ((a**2).unsqueeze(-1) + (k - 0.5) ** 2)
+    signs = torch.where(torch.arange(nbar - 1, device=t.device) % 2 == 0, 1.0, -1.0).to(t.dtype)
+    numer = signs * torch.prod(1.0 - ratio, dim=-1)
+    others = 1.0 - k2.unsqueeze(-1) / k2  # (K, K); the diagonal (j == k) is left out
+    others = torch.where(torch.eye(nbar - 1, dtype=torch.bool, device=t.device), 1.0, others)
+    coefficients = numer / (2.0 * torch.prod(others, dim=-1))  # (..., K)
+    cosines = torch.cos((2.0 * math.pi / m) * t.unsqueeze(-1) * k)
+    w = 1.0 + 2.0 * (cosines * coefficients.unsqueeze(-2)).sum(-1)
+    if norm:
+        w = w / (1.0 + 2.0 * coefficients.sum(-1, keepdim=True))
+    return w

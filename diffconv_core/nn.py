@@ -123,7 +123,7 @@ class WindowConv(nn.Module):
             learnable = []
             for p in self.spec.params:
                 value = window_params.get(p.name, p.default)
-                if learn == "params" and value is not None:
+                if learn == "params" and value is not None and p.continuous:
                     tensor = torch.as_tensor(value, **factory).detach().clone()
                     self.register_parameter(p.name, nn.Parameter(tensor))
                     learnable.append(p.name)
@@ -252,7 +252,7 @@ class FIRFilter(nn.Module):
         self._window_learned: list[str] = []
         for p in self.spec.params:
             given = window_params.get(p.name, p.default)
-            if learn_window and given is not None and given is not _b.REQUIRED:
+            if learn_window and p.continuous and given is not None and given is not _b.REQUIRED:
                 tensor = torch.as_tensor(given, **factory).detach().clone()
                 self.register_parameter(f"window_{p.name}", nn.Parameter(tensor))
                 self._window_learned.append(p.name)

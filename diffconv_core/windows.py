@@ -53,6 +53,7 @@ __all__ = [
     "lanczos",
     "nuttall",
     "parzen",
+    "taylor",
     "triang",
     "tukey",
 ]
@@ -374,6 +375,24 @@ def kaiser(length: int, beta: Number, sym: bool = True, **kw: Any) -> Tensor:
         - output: ``(length,)``, or ``(*S, length)`` for tensor parameters of shape ``S``
     """
     return _make("kaiser", length, sym, kw, beta=beta)
+
+
+def taylor(
+    length: int,
+    nbar: int = 4,
+    sll: Number = 30.0,
+    norm: bool = True,
+    sym: bool = True,
+    **kw: Any,
+) -> Tensor:
+    """Taylor window: ``nbar`` nearly constant side lobes ``sll`` dB below the main lobe.
+
+    ``nbar``: integer >= 1; ``sll > 0`` (differentiable); ``norm``: peak 1 at the centre.
+
+    Shape:
+        - output: ``(length,)``, or ``(*S, length)`` for an ``sll`` tensor of shape ``S``
+    """
+    return _make("taylor", length, sym, kw, nbar=nbar, sll=sll, norm=norm)
 
 
 def tukey(length: int, alpha: Number = 0.5, sym: bool = True, **kw: Any) -> Tensor:

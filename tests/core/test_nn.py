@@ -37,6 +37,16 @@ def test_window_conv_parameters_and_output(learn, expected):
     assert keys == ({"taps"} if learn in (None, "taps") else set(expected))
 
 
+def test_only_continuous_parameters_are_learned():
+    layer = WindowConv("taylor", 16, learn="params", nbar=5, dtype=torch.float64)
+    assert [name for name, _ in layer.named_parameters()] == ["sll"]
+    ref = scipy.signal.windows.taylor(16, 5, 30.0)
+    np.testing.assert_allclose(layer.window().detach().numpy(), ref / ref.sum(), atol=1e-12)
+    assert "nbar=5" in repr(layer)
+    fir = FIRFilter("lowpass", 0.3, numtaps=21, window=("taylor", 5, 40.0), learn_window=True)
+    assert sorted(n for n, _ in fir.named_parameters()) == ["cutoff", "window_sll"]
+
+
 def test_window_conv_tuple_window_fixed_width_and_options():
     layer = WindowConv(("kaiser", 6.0), 15, normalize=None, width=11.5, padding="reflect")
     want = W.kaiser(15, 6.0, width=11.5)

@@ -44,6 +44,9 @@ CASES = [
     ("tukey", {"alpha": 1.0}),
     ("exponential", {}),
     ("exponential", {"tau": 3.0}),
+    ("taylor", {}),
+    ("taylor", {"nbar": 6, "sll": 45.0, "norm": False}),
+    ("taylor", {"nbar": 1}),
 ]
 LENGTHS = [1, 2, 3, 4, 7, 8, 16, 33]
 ISSUE_NAMES = (
@@ -100,6 +103,7 @@ def test_every_scipy_alias_of_a_registered_window(sym):
         "general_hamming": (0.7,),
         "kaiser": (5.0,),
         "tukey": (0.4,),
+        "taylor": (5, 40.0),
     }
     checked = 0
     for alias, (func, _) in _scipy_names().items():
@@ -214,6 +218,7 @@ GRAD_CASES = [
     ("general_hamming", {"alpha": 0.63}),
     ("general_cosine", {"a": [0.4, 0.45, 0.15]}),
     ("exponential", {"tau": 1.7}),
+    ("taylor", {"sll": 37.0}),
 ]
 
 
@@ -369,6 +374,10 @@ def test_width_narrows_the_window():
         (lambda: W.hann(5, sym="yes"), TypeError, "sym must be True or False; got 'yes'"),
         (lambda: W.hann(5, dtype=torch.int64), TypeError, "dtype must be a floating"),
         (lambda: W.gaussian(5, "wide"), TypeError, "std must be a number or a tensor"),
+        (lambda: W.taylor(5, 0), ValueError, "nbar must be an integer >= 1; got 0"),
+        (lambda: W.taylor(5, 2.5), TypeError, "nbar must be an integer; got 2.5"),
+        (lambda: W.taylor(5, 4, -3.0), ValueError, "sll must be > 0; got -3.0"),
+        (lambda: W.taylor(5, norm="yes"), TypeError, "norm must be True or False; got 'yes'"),
     ],
 )
 def test_errors(call, exc, match):
@@ -421,6 +430,7 @@ _PARAM_STRATEGIES = {
     "general_hamming": {"alpha": st.floats(0.0, 1.0)},
     "exponential": {"tau": st.floats(0.05, 30.0)},
     "general_cosine": {"a": st.lists(st.floats(-1.0, 1.0), min_size=1, max_size=5)},
+    "taylor": {"nbar": st.integers(1, 8), "sll": st.floats(1.0, 80.0), "norm": st.booleans()},
 }
 
 
