@@ -9,8 +9,12 @@ comes for free.
 from __future__ import annotations
 
 import functools
+import math
 
 import torch
+
+# Without autograd, rows of a batch go through the FFT in chunks of about this many samples.
+CHUNK_SAMPLES = 1 << 22
 
 
 @functools.lru_cache(maxsize=4096)
@@ -66,9 +70,24 @@ def fft_range(
     """
     T, K = x.shape[-1], w.shape[-1]
     n_fft = next_fast_len(max(hi, T + K - 1 - lo, T, K, 1))
-    spectrum = torch.fft.rfft(x, n_fft) * torch.fft.rfft(w, n_fft)
-    full = torch.fft.irfft(_sum_spectrum_to(spectrum, reduce_to), n_fft)
-    return full[..., lo:hi]
+    kernel_spectrum = torch.fft.rfft(w, n_fft)
+    rows = math.prod(x.shape[:-1])
+    graph = torch.is_grad_enabled() and (x.requires_grad or w.requires_grad)
+    if graph or reduce_to is not None or w.dim() > 1 or rows < 2:
+        spectrum = torch.fft.rfft(x, n_fft) * kernel_spectrum
+        full = torch.fft.irfft(_sum_spectrum_to(spectrum, reduce_to), n_fft)
+        return full[..., lo:hi]
+    # No graph and one shared kernel: a few rows at a time into the output, so the work
+    # arrays stay a fraction of the input.
+    flat = x.reshape(rows, T)
+    out = torch.empty(rows, hi - lo, dtype=x.dtype, device=x.device)
+    per_chunk = max(1, min(rows // 4 or 1, CHUNK_SAMPLES // n_fft))
+    for first in range(0, rows, per_chunk):
+        part = flat[first : first + per_chunk]
+        spectrum = torch.fft.rfft(part, n_fft)
+        spectrum *= kernel_spectrum
+        out[first : first + per_chunk] = torch.fft.irfft(spectrum, n_fft)[..., lo:hi]
+    return out.reshape(*x.shape[:-1], hi - lo)
 
 
 def fft_lagged_products(

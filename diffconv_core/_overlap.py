@@ -9,6 +9,8 @@ summed over blocks and batch in the frequency domain before one inverse FFT.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -35,6 +37,24 @@ def block_fft_length(kernel_length: int, output_length: int) -> int:
     return next_fast_len(min(max(target, 2 * kernel_length), max(MAX_BLOCK_FFT, 2 * kernel_length)))
 
 
+# Without autograd, blocks are processed a chunk at a time into a preallocated output, so the
+# work arrays stay a fraction of the input (peak extra memory ~ the output plus one chunk).
+CHUNK_SAMPLES = 1 << 20
+
+
+def _needs_graph(*tensors: torch.Tensor) -> bool:
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
+def _blocked(
+    source: torch.Tensor, spectrum: torch.Tensor, n_fft: int, step: int, K: int
+) -> torch.Tensor:
+    """Overlap-save over every block of ``source``; returns ``n_blocks * step`` samples."""
+    blocks = source.unfold(-1, n_fft, step)  # (*bx, n_blocks, n_fft), a view
+    kept = torch.fft.irfft(torch.fft.rfft(blocks, n_fft) * spectrum, n_fft)[..., K - 1 :]
+    return kept.reshape(*kept.shape[:-2], kept.shape[-2] * step)
+
+
 def overlap_range(
     x: torch.Tensor, w: torch.Tensor, lo: int, hi: int, block_fft: int | None = None
 ) -> torch.Tensor:
@@ -49,13 +69,23 @@ def overlap_range(
     n_fft = block_fft or block_fft_length(K, n_out)
     step = n_fft - K + 1  # output samples per block
     n_blocks = -(-n_out // step)
-    # Output n reads x[n - K + 1 .. n]: the source starts K - 1 - lo samples before x[0]
-    # (a negative pad crops), and must hold n_blocks * step + K - 1 samples.
-    left = K - 1 - lo
-    right = n_blocks * step + K - 1 - (T + left)
-    source = F.pad(x, (left, right))
-    blocks = source.unfold(-1, n_fft, step)  # (*bx, n_blocks, n_fft), a view
-    spectrum = torch.fft.rfft(blocks, n_fft) * torch.fft.rfft(w, n_fft).unsqueeze(-2)
-    kept = torch.fft.irfft(spectrum, n_fft)[..., K - 1 :]
-    out = kept.reshape(*kept.shape[:-2], n_blocks * step)
-    return out[..., :n_out]
+    spectrum = torch.fft.rfft(w, n_fft).unsqueeze(-2)  # once per call, shared by all blocks
+    # Output n reads x[n - K + 1 .. n]: block b's source starts at x[lo - (K - 1) + b * step]
+    # and spans n_fft samples; zeros stand in past either end.
+    if _needs_graph(x, w):
+        left = K - 1 - lo
+        source = F.pad(x, (left, n_blocks * step + K - 1 - (T + left)))
+        return _blocked(source, spectrum, n_fft, step, K)[..., :n_out]
+    batch = torch.broadcast_shapes(x.shape[:-1], w.shape[:-1])
+    rows = max(1, math.prod(batch))
+    out = torch.empty(*batch, n_out, dtype=x.dtype, device=x.device)
+    per_chunk = max(1, CHUNK_SAMPLES // (n_fft * rows))
+    for first in range(0, n_blocks, per_chunk):
+        count = min(per_chunk, n_blocks - first)
+        start = lo - (K - 1) + first * step
+        stop = start + count * step + K - 1
+        source = F.pad(x[..., max(start, 0) : min(stop, T)], (max(0, -start), max(0, stop - T)))
+        begin = first * step
+        end = min(begin + count * step, n_out)
+        out[..., begin:end] = _blocked(source, spectrum, n_fft, step, K)[..., : end - begin]
+    return out
