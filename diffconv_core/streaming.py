@@ -57,6 +57,12 @@ def mode_pads(mode: str, kernel_length: int) -> tuple[int, int]:
     return 0, 0
 
 
+def _broadcast(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[int, ...]:
+    # torch.broadcast_shapes imports sympy on first use (about a second of start-up).
+    a, b = (1,) * (len(b) - len(a)) + tuple(a), (1,) * (len(a) - len(b)) + tuple(b)
+    return tuple(y if x == 1 else x for x, y in zip(a, b, strict=True))
+
+
 def _cat(first: torch.Tensor | None, second: torch.Tensor) -> torch.Tensor:
     return second if first is None else torch.cat([first, second], dim=-1)
 
@@ -178,7 +184,7 @@ class StreamingConvolver:
         return fn(signal, self.kernel, mode, padding=padding, method=self.method)
 
     def _empty(self, like: torch.Tensor) -> torch.Tensor:
-        lead = torch.broadcast_shapes(like.shape[:-1], self.kernel.shape[:-1])
+        lead = _broadcast(like.shape[:-1], self.kernel.shape[:-1])
         dtype = torch.promote_types(like.dtype, self.kernel.dtype)
         return like.new_zeros((*lead, 0), dtype=dtype)
 
