@@ -447,4 +447,6 @@ def test_random_parameters_match_scipy(data, name, length, sym):
     got = W.get_window(name, length, sym=sym, dtype=torch.float64, **params)
     np.testing.assert_allclose(got.numpy(), ref, rtol=1e-10, atol=1e-12)
     got32 = W.get_window(name, length, sym=sym, dtype=torch.float32, **params)
-    np.testing.assert_allclose(got32.numpy(), ref, rtol=0, atol=1e-6)
+    # 1e-6 for windows of unit scale; a Taylor window with a low sll peaks far above 1, and
+    # float32 spacing grows with it.
+    np.testing.assert_allclose(got32.numpy(), ref, rtol=0, atol=1e-6 * max(1.0, abs(ref).max()))
