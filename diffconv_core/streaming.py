@@ -22,8 +22,9 @@ with the signal's *end*, so unless the caller hands that end over up front
 (``circular_tail=``, e.g. read from a seekable file), no output can be emitted before
 :meth:`~StreamingConvolver.flush` and the whole signal is kept.
 
-:func:`stream_smooth` and :class:`StreamingSmoother` stream :func:`diffconv_core.smooth.smooth`
-(including ``edges="renormalize"`` and ``nan_policy="omit"``) the same way.
+:class:`StreamingSmoother` streams :func:`diffconv_core.smooth.smooth` with every option
+(``edges="renormalize"``, ``nan_policy="omit"`` ...) by running ``smooth`` itself on
+overlapping chunks and keeping the outputs that the chunk's artificial ends do not reach.
 """
 
 from __future__ import annotations
@@ -60,6 +61,11 @@ def mode_pads(mode: str, kernel_length: int) -> tuple[int, int]:
 def _broadcast(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[int, ...]:
     # torch.broadcast_shapes imports sympy on first use (about a second of start-up).
     a, b = (1,) * (len(b) - len(a)) + tuple(a), (1,) * (len(a) - len(b)) + tuple(b)
+    if any(x != y and 1 not in (x, y) for x, y in zip(a, b, strict=True)):
+        raise ValueError(
+            f"the leading dimensions of block {a} and kernel {b} must broadcast "
+            "(time is the last axis; a kernel (K,) is shared by every signal)"
+        )
     return tuple(y if x == 1 else x for x, y in zip(a, b, strict=True))
 
 

@@ -242,6 +242,9 @@ def test_errors_name_the_problem():
         StreamingConvolver([1.0, 2.0])
     with pytest.raises(ValueError, match="circular_tail"):
         StreamingConvolver(k, circular_tail=torch.ones(3))
+    for n in (1, 50):  # before any output, and through the core
+        with pytest.raises(ValueError, match="must broadcast"):
+            StreamingConvolver(torch.ones(3, 4)).push(torch.ones(2, n))
     conv = StreamingConvolver(k)
     with pytest.raises(ValueError, match="no signal samples"):
         conv.flush()
