@@ -34,6 +34,28 @@ def _clamp_to_range(value: Tensor, p: _b.Param) -> Tensor:
     return torch.clamp(value, min=low, max=high)
 
 
+class _Buffer(str):
+    """Marks a fixed window parameter stored as a buffer (so that ``.to()`` moves it)."""
+
+
+def _keep(module: nn.Module, name: str, value: Any) -> Any:
+    # Fixed tensor values become buffers: they follow .to()/.double() and enter state_dict.
+    if isinstance(value, Tensor):
+        module.register_buffer(name, value.detach().clone())
+        return _Buffer(name)
+    return value
+
+
+def _resolve(module: nn.Module, fixed: dict[str, Any]) -> dict[str, Any]:
+    return {k: getattr(module, v) if isinstance(v, _Buffer) else v for k, v in fixed.items()}
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, Tensor):
+        return repr(value.item()) if value.numel() == 1 else f"tensor{tuple(value.shape)}"
+    return repr(value)
+
+
 def _split_window(window: Any, params: dict[str, Any]) -> tuple[_b.Spec, bool | None]:
     """A name or a ``(name, *params)`` tuple; tuple values are moved into ``params``."""
     if isinstance(window, tuple):
@@ -128,7 +150,7 @@ class WindowConv(nn.Module):
                     self.register_parameter(p.name, nn.Parameter(tensor))
                     learnable.append(p.name)
                 else:
-                    self._fixed[p.name] = value
+                    self._fixed[p.name] = _keep(self, p.name, value)
             if learn == "params" and not learnable:
                 raise ValueError(
                     f"the {self.spec.name} window has no continuous parameter to learn; "
@@ -146,7 +168,7 @@ class WindowConv(nn.Module):
         """
         if self.learn in (None, "taps"):
             return self.taps
-        params = dict(self._fixed)
+        params = _resolve(self, self._fixed)
         for p in self.spec.params:
             if p.name not in params:
                 params[p.name] = _clamp_to_range(getattr(self, p.name), p)
@@ -168,7 +190,8 @@ class WindowConv(nn.Module):
 
     def extra_repr(self) -> str:
         parts = [self.spec.name, f"length={self.length}", f"learn={self.learn!r}"]
-        parts += [f"{k}={v!r}" for k, v in self._fixed.items() if v is not None]
+        fixed = _resolve(self, self._fixed)
+        parts += [f"{k}={_short(v)}" for k, v in fixed.items() if v is not None]
         if self.width is not None and self.learn != "width":
             parts.append(f"width={self.width!r}")
         if not self.sym:
@@ -257,7 +280,7 @@ class FIRFilter(nn.Module):
                 self.register_parameter(f"window_{p.name}", nn.Parameter(tensor))
                 self._window_learned.append(p.name)
             elif p.name in window_params:
-                self._window_fixed[p.name] = given
+                self._window_fixed[p.name] = _keep(self, f"window_{p.name}", given)
         # Design once with the values as given, so that impossible designs fail right here
         # (later, in training, cutoffs are clamped into range instead).
         self._design(self.cutoff)
@@ -273,7 +296,7 @@ class FIRFilter(nn.Module):
         return self._design(torch.clamp(self.cutoff, min=eps, max=nyq - eps))
 
     def _design(self, cutoff: Tensor) -> Tensor:
-        params = dict(self._window_fixed)
+        params = _resolve(self, self._window_fixed)
         for name in self._window_learned:
             p = next(q for q in self.spec.params if q.name == name)
             params[name] = _clamp_to_range(getattr(self, f"window_{name}"), p)
@@ -293,7 +316,7 @@ class FIRFilter(nn.Module):
 
     def extra_repr(self) -> str:
         parts = [self.kind, f"numtaps={self.numtaps}", f"window={self.spec.name!r}"]
-        parts += [f"{k}={v!r}" for k, v in self._window_fixed.items()]
+        parts += [f"{k}={_short(v)}" for k, v in _resolve(self, self._window_fixed).items()]
         if self._window_learned:
             parts.append(f"learn_window={self._window_learned!r}")
         if self.fs is not None:

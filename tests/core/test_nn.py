@@ -47,6 +47,26 @@ def test_only_continuous_parameters_are_learned():
     assert sorted(n for n, _ in fir.named_parameters()) == ["cutoff", "window_sll"]
 
 
+def test_fixed_tensor_parameters_follow_the_module():
+    std = torch.tensor([1.0, 2.0])
+    layer = WindowConv("gaussian", 9, learn="width", std=std, width=6.5)
+    assert "std" in dict(layer.named_buffers()) and layer.std.data_ptr() != std.data_ptr()
+    double = layer.double()
+    assert double.std.dtype == torch.float64
+    out = double.window()
+    assert out.dtype == torch.float64 and out.shape == (2, 9)
+    torch.testing.assert_close(out, W.gaussian(9, std.double(), width=6.5, normalize="sum"))
+    assert "std=tensor(2,)" in repr(layer)
+    fir = FIRFilter("lowpass", 0.3, numtaps=21, window="kaiser", beta=torch.tensor(5.0))
+    assert "window_beta" in dict(fir.named_buffers())
+    fir = fir.double()
+    assert fir.window_beta.dtype == torch.float64
+    # The cutoff was stored in float32 before .double(): compare at that value.
+    ref = scipy.signal.firwin(21, fir.cutoff.item(), window=("kaiser", 5.0))
+    np.testing.assert_allclose(fir.kernel().detach().numpy(), ref, atol=1e-12)
+    assert "beta=5.0" in repr(fir)
+
+
 def test_window_conv_tuple_window_fixed_width_and_options():
     layer = WindowConv(("kaiser", 6.0), 15, normalize=None, width=11.5, padding="reflect")
     want = W.kaiser(15, 6.0, width=11.5)
