@@ -124,6 +124,13 @@ def subtype_option(f):
     )(f)
 
 
+def version_option(f):
+    """``--version`` on every command as well as on the group."""
+    from cli import __version__
+
+    return click.version_option(__version__, "--version", prog_name="diffconv")(f)
+
+
 def inputs_output_arguments(f):
     """``INPUT... OUTPUT``: click collects all paths; the last is the output."""
     return click.argument("paths", nargs=-1, required=True, metavar="INPUT... OUTPUT")(f)
@@ -143,6 +150,7 @@ def batch_options(f):
             overwrite_option,
             quiet_option,
             verbose_option,
+            version_option,
         ]
     ):
         f = decorator(f)

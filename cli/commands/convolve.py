@@ -45,7 +45,11 @@ def convolve(paths, kernel_path, mode, padding, correlate, normalize, **shared) 
     """Convolve INPUT files (or directories) with a kernel file, writing OUTPUT.
 
     Several INPUTs or a directory need an OUTPUT directory, which mirrors the inputs'
-    relative paths. Long audio files are processed block by block.
+    relative paths.
+
+    Audio files longer than DIFFCONV_STREAM_SAMPLES samples (frames x channels, default
+    8388608) stream in blocks of DIFFCONV_BLOCK_FRAMES frames, in bounded memory. Under
+    torchrun the files are split across the ranks.
     """
     from cli.batch import execute
     from cli.runner import RunOptions
