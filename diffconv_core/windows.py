@@ -101,7 +101,9 @@ def get_window(
             general_gaussian ``sig``) are stretched too: their effective scale is
             ``param * width / length``. For ``sym=False`` the rule is applied to the
             ``length + 1``-tap symmetric window with width ``width * (length + 1) / length``,
-            whose last tap is then dropped.
+            whose last tap is then dropped. A very narrow width can leave no non-zero tap
+            (an even-length Hann window with ``width <= length / (length - 1)``, say);
+            ``normalize`` then raises.
         dtype, device: of the result (defaults: see the module docstring).
         **params: the window's parameters (``std=``, ``beta=``, ``alpha=`` ...), numbers or
             tensors; tensors requiring grad give a differentiable window.
