@@ -397,3 +397,26 @@ def test_window_kernel_errors():
         WindowKernel("hann", 9, learn="size")
     with pytest.raises(ValueError, match="std must start positive; got -1.0"):
         WindowKernel("gaussian", 9, params={"std": -1.0})
+
+
+# --------------------------------------------------------------------------------------------
+# Devices
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("kind", ["fir", "gaussian"])
+def test_cuda_training_equals_cpu(kind):
+    xs, ys = synthetic_pairs(n_pairs=2, channels=2, T=300, noise=0.05)
+    config = FitConfig(steps=30, lr=0.05, crop=64, batch_size=4, val_every=10)
+    kernels = []
+    for device in ("cpu", "cuda"):
+        data = make_data([x.to(device) for x in xs], [y.to(device) for y in ys], 7, val_split=0.2)
+        if kind == "fir":
+            model = FIRKernel(torch.zeros(7, dtype=torch.float64))
+        else:
+            model = WindowKernel("gaussian", 7, params={"std": 1.0}, dtype=torch.float64)
+        trainer = Trainer(model.to(device), data, config)
+        trainer.run()
+        assert trainer.model().device.type == device
+        kernels.append(trainer.model().detach().cpu())
+    torch.testing.assert_close(kernels[1], kernels[0], rtol=1e-9, atol=1e-12)
