@@ -45,6 +45,22 @@ def next_fast_len(n: int) -> int:
     return best
 
 
+def fft_length(n: int, device: torch.device) -> int:
+    """The FFT length to use for ``n`` samples on ``device``.
+
+    cuFFT is markedly faster on powers of two (on an H200, a 480,000-point batch took twice as
+    long as a 524,288-point one), pocketfft on the CPU barely minds 3s and 5s.
+
+    Example:
+        >>> import torch
+        >>> fft_length(480_000, torch.device("cpu")), fft_length(480_000, torch.device("meta"))
+        (480000, 524288)
+    """
+    if device.type == "cpu":
+        return next_fast_len(n)
+    return 1 << max(0, n - 1).bit_length()
+
+
 def _sum_spectrum_to(spectrum: torch.Tensor, batch_shape: tuple[int, ...] | None) -> torch.Tensor:
     if batch_shape is None:
         return spectrum
@@ -69,11 +85,12 @@ def fft_range(
         ``0 <= lo <= hi <= T + K - 1``.
     """
     T, K = x.shape[-1], w.shape[-1]
-    n_fft = next_fast_len(max(hi, T + K - 1 - lo, T, K, 1))
+    n_fft = fft_length(max(hi, T + K - 1 - lo, T, K, 1), x.device)
     kernel_spectrum = torch.fft.rfft(w, n_fft)
     rows = math.prod(x.shape[:-1])
     graph = torch.is_grad_enabled() and (x.requires_grad or w.requires_grad)
-    if graph or reduce_to is not None or w.dim() > 1 or rows < 2:
+    # On a GPU memory is plentiful and every extra launch costs: no chunks there.
+    if graph or reduce_to is not None or w.dim() > 1 or rows < 2 or x.device.type != "cpu":
         spectrum = torch.fft.rfft(x, n_fft) * kernel_spectrum
         full = torch.fft.irfft(_sum_spectrum_to(spectrum, reduce_to), n_fft)
         return full[..., lo:hi]
@@ -107,7 +124,7 @@ def fft_lagged_products(
         g ``(*bg, L)``, x ``(*bx, T)`` -> ``(*broadcast(bg, bx), K)`` (or ``reduce_to``).
     """
     L, T = g.shape[-1], x.shape[-1]
-    n_fft = next_fast_len(max(T - lo + K - 1, lo + L, T, L, 1))
+    n_fft = fft_length(max(T - lo + K - 1, lo + L, T, L, 1), g.device)
     spectrum = torch.fft.rfft(g, n_fft).conj() * torch.fft.rfft(x, n_fft)
     lags = torch.fft.irfft(_sum_spectrum_to(spectrum, reduce_to), n_fft)
     index = (lo - torch.arange(K, device=g.device)).remainder(n_fft)

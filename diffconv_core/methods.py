@@ -14,20 +14,39 @@ when such a cache exists for the device it is consulted first (``diffconv_core.t
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 
 import torch
 
-from diffconv_core._fft import next_fast_len
+from diffconv_core._direct import MAX_TOEPLITZ_TAPS
+from diffconv_core._fft import fft_length
 from diffconv_core._overlap import block_fft_length
 from diffconv_core._validation import MODES, check_choice
 
-# Cost constants per device type: (direct per multiply-add, FFT per n*log2(n) element,
-# fixed overhead per call). Rough first calibration, refined by the benchmarks.
+# Per-device constants of the cost model, in nanoseconds: a fixed cost per call, then per
+# multiply-add (direct) or per n*log2(n) unit of transform (fft, overlap). CUDA numbers are
+# from an H200 (torch 2.11, Triton direct kernel, power-of-two cuFFT), CPU numbers from this
+# project's 2-core machines (torch 2.13, block-Toeplitz direct); benchmarks/bench_core.py
+# and benchmarks/results/ hold the measurements.
 _COSTS = {
-    "cpu": {"direct": 2.0, "fft": 0.9, "overhead_fft": 20_000.0, "overhead_direct": 5_000.0},
-    "cuda": {"direct": 0.002, "fft": 0.004, "overhead_fft": 30_000.0, "overhead_direct": 10_000.0},
+    "cpu": {
+        "direct_call": 15_000.0,
+        "direct_mac": 0.055,
+        "fft_call": 25_000.0,
+        "fft_unit": 0.35,
+        "overlap_call": 60_000.0,
+        "overlap_unit": 0.25,
+    },
+    "cuda": {
+        "direct_call": 60_000.0,
+        "direct_mac": 5.5e-4,
+        "fft_call": 90_000.0,
+        "fft_unit": 6e-4,
+        "overlap_call": 200_000.0,
+        "overlap_unit": 5e-3,
+    },
 }
 
 
@@ -45,19 +64,42 @@ def output_length(T: int, K: int, mode: str) -> int:
     return max(T, K) - min(T, K) + 1
 
 
+@functools.lru_cache(maxsize=4096)
 def estimate_costs(batch: int, T: int, K: int, mode: str, device_type: str) -> dict[str, float]:
-    """Modelled cost of each method (arbitrary units; lower is faster)."""
-    c = _COSTS.get(device_type, _COSTS["cuda"])
+    """Modelled time of each method in nanoseconds (the ranking is what counts).
+
+    Example:
+        >>> costs = estimate_costs(16, 480_000, 31, "same", "cuda")
+        >>> min(costs, key=costs.get)
+        'direct'
+    """
+    c = _COSTS["cpu" if device_type == "cpu" else "cuda"]
     if mode == "valid" and K > T:
         T, K = K, T
     L = output_length(T, K, mode)
-    direct = c["overhead_direct"] + c["direct"] * batch * L * K
-    n_fft = next_fast_len(T + K)
-    fft = c["overhead_fft"] + c["fft"] * batch * 3 * n_fft * math.log2(max(n_fft, 2))
+    direct = c["direct_call"] + c["direct_mac"] * batch * L * K
+    if device_type == "cpu" and K > MAX_TOEPLITZ_TAPS:
+        direct *= 20  # beyond the GEMM path, conv1d on one channel is far slower
+    n_fft = fft_length(T + K, torch.device(device_type))
+    fft = c["fft_call"] + c["fft_unit"] * batch * 3 * n_fft * math.log2(max(n_fft, 2))
     block = block_fft_length(K, L)
     n_blocks = math.ceil(L / (block - K + 1))
-    overlap = c["overhead_fft"] * 1.5 + c["fft"] * batch * n_blocks * 2 * block * math.log2(block)
+    overlap = c["overlap_call"] + c["overlap_unit"] * batch * n_blocks * 2 * block * math.log2(
+        block
+    )
     return {"direct": direct, "fft": fft, "overlap": overlap}
+
+
+def _broadcast_numel(a: tuple[int, ...], b: tuple[int, ...]) -> int | None:
+    """Number of elements of the broadcast of two batch shapes, None if they don't broadcast."""
+    count = 1
+    for i in range(1, max(len(a), len(b)) + 1):
+        x = int(a[-i]) if i <= len(a) else 1
+        y = int(b[-i]) if i <= len(b) else 1
+        if x != y and x != 1 and y != 1:
+            return None
+        count *= max(x, y) if x and y else 0
+    return count
 
 
 def choose_method(
@@ -92,14 +134,10 @@ def choose_method(
     T, K = int(signal_shape[-1]), int(kernel_shape[-1])
     if T < 1 or K < 1:
         raise ValueError(f"signal and kernel lengths must be positive; got T={T}, K={K}")
-    try:
-        batch_shape = torch.broadcast_shapes(signal_shape[:-1], kernel_shape[:-1])
-    except RuntimeError:
-        raise ValueError(
-            f"shapes do not broadcast: signal {signal_shape}, kernel {kernel_shape}"
-        ) from None
-    device_type = torch.device(device).type
-    batch = math.prod(batch_shape)
+    batch = _broadcast_numel(signal_shape[:-1], kernel_shape[:-1])
+    if batch is None:
+        raise ValueError(f"shapes do not broadcast: signal {signal_shape}, kernel {kernel_shape}")
+    device_type = device.type if isinstance(device, torch.device) else torch.device(device).type
     from diffconv_core import tuning  # the measured cache, if any
 
     cached = tuning.lookup(device_type, batch, T, K, mode, dtype, device=device)

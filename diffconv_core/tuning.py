@@ -11,6 +11,7 @@ The cache lives in ``$DIFFCONV_CACHE_DIR/methods.json`` (default
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -31,28 +32,41 @@ _loaded: dict[str, object] = {"path": None, "mtime": None, "data": {}}
 
 def cache_path() -> Path:
     """Where the measured choices are stored."""
-    base = os.environ.get("DIFFCONV_CACHE_DIR")
+    return _cache_path(os.environ.get("DIFFCONV_CACHE_DIR"), os.environ.get("XDG_CACHE_HOME"))
+
+
+@functools.lru_cache(maxsize=16)
+def _cache_path(base: str | None, xdg: str | None) -> Path:
     if base:
         return Path(base) / "methods.json"
-    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(xdg) / "diffconv" / "methods.json"
+    return Path(xdg or str(Path.home() / ".cache")) / "diffconv" / "methods.json"
 
 
 def device_key(device: str | torch.device, dtype: torch.dtype) -> str:
     """The cache key of a device and dtype, e.g. ``"cuda:NVIDIA H200:float32"``."""
     device = torch.device(device)
-    if device.type == "cuda":
+    if device.type == "cuda" and torch.cuda.is_available():
         name = torch.cuda.get_device_name(device)
     else:
         name = f"{device.type}x{torch.get_num_threads()}"
     return f"{device.type}:{name}:{str(dtype).removeprefix('torch.')}"
 
 
+# The cache file is looked at no more than once per this many seconds: choose_method runs
+# on every convolve call and a stat() each time would cost more than small convolutions.
+RECHECK_SECONDS = 2.0
+
+
 def _cache() -> dict:
+    now = time.monotonic()
     path = cache_path()
+    if _loaded["path"] == path and now - _loaded.get("checked", -1e9) < RECHECK_SECONDS:
+        return _loaded["data"]  # type: ignore[return-value]
+    _loaded["checked"] = now
     try:
         mtime = path.stat().st_mtime
     except OSError:
+        _loaded.update(path=path, mtime=None, data={})
         return {}
     if _loaded["path"] != path or _loaded["mtime"] != mtime:
         try:
@@ -75,7 +89,10 @@ def lookup(
     """The measured best method for the nearest cached shape on this device, or None."""
     if os.environ.get("DIFFCONV_NO_TUNING") == "1":
         return None
-    entries = _cache().get(device_key(device or device_type, dtype))
+    cache = _cache()
+    if not cache:
+        return None
+    entries = cache.get(device_key(device or device_type, dtype))
     if not entries:
         return None
     point = (math.log2(max(batch, 1)), math.log2(T), math.log2(K))
