@@ -42,18 +42,38 @@ def check_tensor(name: str, value: object) -> torch.Tensor:
     return value
 
 
-def check_pair(signal: torch.Tensor, kernel: torch.Tensor) -> torch.Size:
+def broadcast_batch(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[int, ...] | None:
+    """The broadcast of two batch shapes, or None when they do not broadcast.
+
+    Plain Python: ``torch.broadcast_shapes`` costs tens of microseconds per call.
+
+    Example:
+        >>> broadcast_batch((4, 1), (3,)), broadcast_batch((2,), (3,))
+        ((4, 3), None)
+    """
+    n = max(len(a), len(b))
+    a = (1,) * (n - len(a)) + tuple(a)
+    b = (1,) * (n - len(b)) + tuple(b)
+    out = []
+    for x, y in zip(a, b, strict=True):
+        if x != y and x != 1 and y != 1:
+            return None
+        out.append(y if x == 1 else x)
+    return tuple(out)
+
+
+def check_pair(signal: torch.Tensor, kernel: torch.Tensor) -> tuple[int, ...]:
     """Check devices and broadcasting; return the broadcast leading (batch) shape."""
     if signal.device != kernel.device:
         raise ValueError(
             f"signal and kernel must be on the same device; got signal on {signal.device} "
             f"and kernel on {kernel.device}"
         )
-    try:
-        return torch.broadcast_shapes(signal.shape[:-1], kernel.shape[:-1])
-    except RuntimeError:
+    batch = broadcast_batch(signal.shape[:-1], kernel.shape[:-1])
+    if batch is None:
         raise ValueError(
             "the leading dimensions of signal and kernel must broadcast; got signal shape "
             f"{tuple(signal.shape)} and kernel shape {tuple(kernel.shape)} "
             "(time is the last axis; a kernel (K,) is shared by every signal)"
-        ) from None
+        )
+    return batch

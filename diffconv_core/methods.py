@@ -23,7 +23,7 @@ import torch
 from diffconv_core._direct import MAX_TOEPLITZ_TAPS
 from diffconv_core._fft import fft_length
 from diffconv_core._overlap import block_fft_length
-from diffconv_core._validation import MODES, check_choice
+from diffconv_core._validation import MODES, broadcast_batch, check_choice
 
 # Per-device constants of the cost model, in nanoseconds: a fixed cost per call, then per
 # multiply-add (direct) or per n*log2(n) unit of transform (fft, overlap). CUDA numbers are
@@ -90,18 +90,6 @@ def estimate_costs(batch: int, T: int, K: int, mode: str, device_type: str) -> d
     return {"direct": direct, "fft": fft, "overlap": overlap}
 
 
-def _broadcast_numel(a: tuple[int, ...], b: tuple[int, ...]) -> int | None:
-    """Number of elements of the broadcast of two batch shapes, None if they don't broadcast."""
-    count = 1
-    for i in range(1, max(len(a), len(b)) + 1):
-        x = int(a[-i]) if i <= len(a) else 1
-        y = int(b[-i]) if i <= len(b) else 1
-        if x != y and x != 1 and y != 1:
-            return None
-        count *= max(x, y) if x and y else 0
-    return count
-
-
 def choose_method(
     signal_shape: Sequence[int] | torch.Size,
     kernel_shape: Sequence[int] | torch.Size,
@@ -134,9 +122,10 @@ def choose_method(
     T, K = int(signal_shape[-1]), int(kernel_shape[-1])
     if T < 1 or K < 1:
         raise ValueError(f"signal and kernel lengths must be positive; got T={T}, K={K}")
-    batch = _broadcast_numel(signal_shape[:-1], kernel_shape[:-1])
-    if batch is None:
+    batch_shape = broadcast_batch(signal_shape[:-1], kernel_shape[:-1])
+    if batch_shape is None:
         raise ValueError(f"shapes do not broadcast: signal {signal_shape}, kernel {kernel_shape}")
+    batch = math.prod(batch_shape)
     device_type = device.type if isinstance(device, torch.device) else torch.device(device).type
     from diffconv_core import tuning  # the measured cache, if any
 
