@@ -22,6 +22,19 @@ __all__ = ["REQUIRED", "SPECS", "Param", "Spec", "build", "describe", "lookup"]
 NORMALIZATIONS = (None, "sum", "peak", "energy")
 
 
+def broadcast_shapes(*shapes: Sequence[int]) -> tuple[int, ...]:
+    """``torch.broadcast_shapes`` without its cost: its first call imports sympy (~0.3 s)."""
+    ndim = max((len(s) for s in shapes), default=0)
+    out = [1] * ndim
+    for shape in shapes:
+        for i, size in enumerate(shape, start=ndim - len(shape)):
+            if size != 1:
+                if out[i] not in (1, size):
+                    raise ValueError(f"shapes {[tuple(s) for s in shapes]} do not broadcast")
+                out[i] = size
+    return tuple(out)
+
+
 def check_length(length: Any, what: str = "length") -> int:
     if isinstance(length, bool):
         raise TypeError(f"{what} must be an integer; got {length!r}")
@@ -60,7 +73,7 @@ def as_tensor(value: Any, name: str, dtype: torch.dtype, device: Any) -> Tensor:
     if isinstance(value, (list, tuple)) and any(isinstance(v, Tensor) for v in value):
         # e.g. general_cosine coefficients [a0, a1] where some require grad: keep the graph.
         items = [as_tensor(v, name, dtype, device) for v in value]
-        shape = torch.broadcast_shapes(*(i.shape for i in items))
+        shape = broadcast_shapes(*(i.shape for i in items))
         return torch.stack([i.expand(shape) for i in items], dim=-1)
     try:
         return torch.as_tensor(value, dtype=dtype, device=device)
@@ -207,7 +220,7 @@ def build(
     work = torch.float32 if dev.type == "mps" else torch.float64
 
     values: dict[str, Any] = {}
-    batch = torch.Size()
+    batch: tuple[int, ...] = ()
     for p in spec.params:
         if raw[p.name] is None or not p.continuous:
             values[p.name] = _discrete(spec.name, p, raw[p.name])
@@ -215,7 +228,7 @@ def build(
         tensor = as_tensor(raw[p.name], f"{spec.name} parameter {p.name}", work, dev)
         check_param(spec.name, p, tensor, raw[p.name])
         values[p.name] = tensor
-        batch = torch.broadcast_shapes(batch, tensor.shape[:-1] if p.vector else tensor.shape)
+        batch = broadcast_shapes(batch, tensor.shape[:-1] if p.vector else tensor.shape)
 
     # scipy answers [1.0] for any one-tap window, periodic or not.
     m = length if sym or length == 1 else length + 1
@@ -228,7 +241,7 @@ def build(
         # that one so that width == length still gives exactly the plain periodic window.
         if m != length:
             w_tensor = w_tensor * m / length
-        batch = torch.broadcast_shapes(batch, w_tensor.shape)
+        batch = broadcast_shapes(batch, w_tensor.shape)
 
     # Parameters gain a trailing tap axis (vectors already have their own last axis).
     args = {
@@ -253,7 +266,7 @@ def build(
     if w_tensor is not None:
         t = torch.arange(m, dtype=work, device=dev) - (m - 1) / 2.0
         w = w * sample_overlap(t, w_tensor.unsqueeze(-1))
-    w = w.expand(*torch.broadcast_shapes(batch, w.shape[:-1]), m)
+    w = w.expand(*broadcast_shapes(batch, w.shape[:-1]), m)
     w = w[..., :length]
     w = normalize_window(w, normalize, spec.name)
     return w.to(out_dtype)

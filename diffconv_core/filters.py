@@ -70,7 +70,7 @@ def _edges(cutoff: Any, work: torch.dtype, device: Any) -> Tensor:
         if len(cutoff) == 0:
             raise ValueError("at least one cutoff frequency must be given; got []")
         items = [_b.as_tensor(c, "cutoff", work, device) for c in cutoff]
-        shape = torch.broadcast_shapes(*(i.shape for i in items))
+        shape = _b.broadcast_shapes(*(i.shape for i in items))
         return torch.stack([i.expand(shape) for i in items], dim=-1)
     return _b.as_tensor(cutoff, "cutoff", work, device).reshape(1)
 

@@ -374,6 +374,11 @@ def test_width_narrows_the_window():
         (lambda: W.hann(5, sym="yes"), TypeError, "sym must be True or False; got 'yes'"),
         (lambda: W.hann(5, dtype=torch.int64), TypeError, "dtype must be a floating"),
         (lambda: W.gaussian(5, "wide"), TypeError, "std must be a number or a tensor"),
+        (
+            lambda: W.gaussian(5, torch.ones(3), width=torch.full((2,), 2.0)),
+            ValueError,
+            r"shapes \[\(3,\), \(2,\)\] do not broadcast",
+        ),
         (lambda: W.taylor(5, 0), ValueError, "nbar must be an integer >= 1; got 0"),
         (lambda: W.taylor(5, 2.5), TypeError, "nbar must be an integer; got 2.5"),
         (lambda: W.taylor(5, 4, -3.0), ValueError, "sll must be > 0; got -3.0"),
@@ -383,6 +388,27 @@ def test_width_narrows_the_window():
 def test_errors(call, exc, match):
     with pytest.raises(exc, match=match):
         call()
+
+
+def test_broadcast_shapes_matches_torch():
+    from diffconv_core._window_build import broadcast_shapes
+
+    cases = [((), ()), ((3,), ()), ((2, 1), (3,)), ((1,), (4, 1, 5)), ((2, 3), (1, 3), (2, 1))]
+    for shapes in cases:
+        assert broadcast_shapes(*shapes) == tuple(torch.broadcast_shapes(*shapes))
+    # Building windows does not pay torch.broadcast_shapes' first-call sympy import.
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, torch; from diffconv_core import windows, filters; "
+        "before = 'sympy' in sys.modules; "
+        "windows.gaussian(5, torch.ones(2), width=torch.full((3, 1), 4.0)); "
+        "filters.bandpass(11, [torch.tensor(0.2), 0.5]); print(before, 'sympy' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    before, after = out.stdout.split()
+    assert after == before
 
 
 def test_sequence_parameters_holding_tensors_keep_the_graph():
