@@ -9,6 +9,7 @@ least ``(1, T)`` so that every signal has a channel axis. Every problem is raise
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -246,13 +247,19 @@ def audio_format_for(path: str | os.PathLike) -> str | None:
     if suffix == ".npy":
         return None
     fmt = EXTENSION_FORMATS.get(suffix) or (suffix[1:].upper() if suffix else "")
-    if fmt not in sf.available_formats():
+    if fmt not in _available_formats():
         known = ", ".join(sorted(INPUT_EXTENSIONS))
         raise ValueError(
             f"cannot tell the output format from the extension {suffix or '(none)'!r} of "
             f"{os.fspath(path)!r}; use one of {known}"
         )
     return fmt
+
+
+@functools.cache
+def _available_formats() -> frozenset[str]:
+    # soundfile enumerates libsndfile's formats on every call; once per process is enough.
+    return frozenset(sf.available_formats())
 
 
 def read_tail(info: SignalInfo, frames: int) -> np.ndarray:

@@ -106,23 +106,26 @@ def _check_parent(path: Path) -> None:
 def _find_files(folder: Path, glob: str | None, recursive: bool, exclude: Path) -> list[Path]:
     pattern = glob or "*"
     candidates = folder.rglob(pattern) if recursive else folder.glob(pattern)
-    exclude = exclude.resolve()
+    # Outputs written inside the input tree are not inputs on a rerun. Resolving every file
+    # costs a system call per path component, so only when OUTPUT lies inside the folder.
+    inside = exclude.resolve()
+    skip_inside = inside != folder.resolve() and folder.resolve() in inside.parents
     files = []
     for path in candidates:
-        if not path.is_file() or path.name.startswith("."):
+        if path.name.startswith(".") or not path.is_file():
             continue  # hidden files include our own temporary outputs (".name.xxx.part")
         if glob is None and path.suffix.lower() not in INPUT_EXTENSIONS:
             continue
-        if exclude != folder.resolve() and exclude in path.resolve().parents:
-            continue  # outputs written inside the input tree are not inputs on a rerun
+        if skip_inside and inside in path.resolve().parents:
+            continue
         files.append(path)
     return sorted(files)
 
 
 def _check_unique(jobs: list[Job]) -> None:
-    seen: dict[Path, Path] = {}
+    seen: dict[str, Path] = {}
     for job in jobs:
-        key = job.dest.resolve()
+        key = os.path.normpath(os.path.abspath(job.dest))
         if key in seen:
             raise click.UsageError(
                 f"{seen[key]} and {job.source} would both be written to {job.dest}"

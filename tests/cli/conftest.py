@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pickle
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -19,15 +18,10 @@ REPO = Path(__file__).resolve().parents[2]
 SAMPLES = REPO / "sample_data"
 
 
-@pytest.fixture
-def samples(tmp_path) -> Path:
-    """A private copy of sample_data (tests may write next to the inputs)."""
-    folder = tmp_path / "samples"
-    folder.mkdir()
-    for path in SAMPLES.iterdir():
-        if path.suffix in {".wav", ".npy"}:
-            shutil.copy(path, folder / path.name)
-    return folder
+@pytest.fixture(autouse=True)
+def no_tuning_cache(monkeypatch):
+    """Keep a measured-method cache (``diffconv tune``) in the user's home out of the tests."""
+    monkeypatch.setenv("DIFFCONV_NO_TUNING", "1")
 
 
 def invoke(*args, env: dict | None = None):

@@ -29,7 +29,7 @@ def identity(tmp_path):
 )
 def test_format_subtype_rate_channels_kept(tmp_path, identity, name, fmt, subtype, rate, channels):
     out = tmp_path / name
-    r = invoke("convolve", SAMPLES / name, out, "--kernel", identity)
+    r = invoke("convolve", SAMPLES / name, out, "--kernel", identity, "--method", "direct")
     assert r.exit_code == 0, r.output
     info = sf.info(out)
     assert (info.format, info.subtype, info.samplerate, info.channels) == (
@@ -48,23 +48,56 @@ def test_format_subtype_rate_channels_kept(tmp_path, identity, name, fmt, subtyp
 def test_cross_format_writes(tmp_path, identity):
     src = SAMPLES / "music_stereo24.wav"
     # The extension picks the format; the subtype is kept where the format allows it.
-    assert invoke("convolve", src, tmp_path / "a.flac", "--kernel", identity).exit_code == 0
+    assert (
+        invoke(
+            "convolve", src, tmp_path / "a.flac", "--kernel", identity, "--method", "direct"
+        ).exit_code
+        == 0
+    )
     assert (sf.info(tmp_path / "a.flac").format, sf.info(tmp_path / "a.flac").subtype) == (
         "FLAC",
         "PCM_24",
     )
-    assert invoke("convolve", src, tmp_path / "b.ogg", "--kernel", identity).exit_code == 0
+    assert (
+        invoke(
+            "convolve", src, tmp_path / "b.ogg", "--kernel", identity, "--method", "direct"
+        ).exit_code
+        == 0
+    )
     assert sf.info(tmp_path / "b.ogg").subtype == "VORBIS"
     # --subtype overrides.
-    r = invoke("convolve", src, tmp_path / "c.wav", "--kernel", identity, "--subtype", "PCM_16")
+    r = invoke(
+        "convolve",
+        src,
+        tmp_path / "c.wav",
+        "--kernel",
+        identity,
+        "--method",
+        "direct",
+        "--subtype",
+        "PCM_16",
+    )
     assert r.exit_code == 0 and sf.info(tmp_path / "c.wav").subtype == "PCM_16"
     # .wav -> .npy writes floats (C, T); .npy -> .wav needs --rate and writes FLOAT.
-    assert invoke("convolve", src, tmp_path / "d.npy", "--kernel", identity).exit_code == 0
+    assert (
+        invoke(
+            "convolve", src, tmp_path / "d.npy", "--kernel", identity, "--method", "direct"
+        ).exit_code
+        == 0
+    )
     d = np.load(tmp_path / "d.npy")
     assert d.shape == (2, 96000) and d.dtype == np.float32
     np.testing.assert_array_equal(d, sf.read(src, dtype="float32")[0].T)
     r = invoke(
-        "convolve", tmp_path / "d.npy", tmp_path / "e.wav", "--kernel", identity, "--rate", "22050"
+        "convolve",
+        tmp_path / "d.npy",
+        tmp_path / "e.wav",
+        "--kernel",
+        identity,
+        "--method",
+        "direct",
+        "--rate",
+        "22050",
     )
     assert r.exit_code == 0, r.output
     info = sf.info(tmp_path / "e.wav")
@@ -80,7 +113,15 @@ def test_npy_dtypes_and_shapes(tmp_path, identity):
     }
     for name, array in cases.items():
         np.save(tmp_path / name, array)
-        r = invoke("convolve", tmp_path / name, tmp_path / f"out_{name}", "--kernel", identity)
+        r = invoke(
+            "convolve",
+            tmp_path / name,
+            tmp_path / f"out_{name}",
+            "--kernel",
+            identity,
+            "--method",
+            "direct",
+        )
         assert r.exit_code == 0, r.output
         got = np.load(tmp_path / f"out_{name}")
         assert got.shape == array.shape
@@ -93,7 +134,7 @@ def test_integer_pcm_clips_never_wraps_and_reports(tmp_path):
     src = write_wav(tmp_path / "x.wav", x, subtype="PCM_16")
     np.save(tmp_path / "k.npy", np.array([2.0]))
     out = tmp_path / "y.wav"
-    r = invoke("convolve", src, out, "--kernel", tmp_path / "k.npy")
+    r = invoke("convolve", src, out, "--kernel", tmp_path / "k.npy", "--method", "direct")
     assert r.exit_code == 0
     assert "3 samples clipped to [-1, 1]" in r.stderr and str(out) in r.stderr
     codes = sf.read(out, dtype="int16")[0]
