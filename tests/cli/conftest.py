@@ -18,12 +18,6 @@ REPO = Path(__file__).resolve().parents[2]
 SAMPLES = REPO / "sample_data"
 
 
-@pytest.fixture(autouse=True)
-def no_tuning_cache(monkeypatch):
-    """Keep a measured-method cache (``diffconv tune``) in the user's home out of the tests."""
-    monkeypatch.setenv("DIFFCONV_NO_TUNING", "1")
-
-
 def invoke(*args, env: dict | None = None):
     """Run the click app in-process; stderr is kept apart from stdout."""
     return CliRunner(env=env).invoke(cli, [str(a) for a in args], catch_exceptions=False)
