@@ -182,6 +182,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--repeat", type=int, default=1, help="runs of each command; the fastest counts"
     )
+    parser.add_argument(
+        "--compare-env",
+        default="OMP_WAIT_POLICY=PASSIVE",
+        help="also time diffconv under these environment settings ('' to skip): by default "
+        "OpenMP threads that sleep instead of spinning, which matters on a busy machine",
+    )
     parser.add_argument("--keep", type=Path, help="generate data here and keep it")
     parser.add_argument(
         "--diffconv-args",
@@ -236,36 +242,47 @@ def main(argv: list[str] | None = None) -> int:
                     dc_cmd = f"{dc} smooth {q(str(long_file))} {q(str(out_dc / 'long.wav'))}"
                     label = f"{args.minutes:g} min 48 kHz stereo"
                 dc_cmd += f" --window hann --length {taps} {args.diffconv_args}"
-                sox_runs, dc_runs = [], []
-                for _ in range(args.repeat):  # alternate, so both see the same machine load
+                variant_cmd = f"env {args.compare_env} {dc_cmd}" if args.compare_env else None
+                sox_runs, dc_runs, variant_runs = [], [], []
+                for _ in range(args.repeat):  # interleaved, so all see the same machine load
                     sox_runs.append(measure(sox_cmd))
                     dc_runs.append(measure(dc_cmd + " --overwrite"))
+                    if variant_cmd:
+                        variant_runs.append(measure(variant_cmd + " --overwrite"))
                 sox_wall, sox_mem, sox_rc = best(sox_runs)
                 dc_wall, dc_mem, dc_rc = best(dc_runs)
-                if sox_rc or dc_rc:
-                    print(f"{label}, {taps} taps: sox exit {sox_rc}, diffconv exit {dc_rc}")
+                var_wall, _, var_rc = best(variant_runs) if variant_runs else (None, None, 0)
+                if sox_rc or dc_rc or var_rc:
+                    print(
+                        f"{label}, {taps} taps: sox exit {sox_rc}, diffconv exit {dc_rc}/{var_rc}"
+                    )
                     print(f"  diffconv command: {dc_cmd}", file=sys.stderr)
-                rows.append((label, taps, sox_wall, dc_wall, sox_mem, dc_mem, dc_rc == 0))
+                ok = dc_rc == 0 and var_rc == 0
+                rows.append((label, taps, sox_wall, dc_wall, var_wall, sox_mem, dc_mem, ok))
                 print(
                     f"{label}, {taps} taps: sox {sox_wall:.2f} s {sox_mem:.0f} MiB, "
-                    f"diffconv {dc_wall:.2f} s {dc_mem:.0f} MiB",
+                    f"diffconv {dc_wall:.2f} s {dc_mem:.0f} MiB"
+                    + (f", with {args.compare_env} {var_wall:.2f} s" if var_wall else ""),
                     file=sys.stderr,
                 )
     finally:
         if args.keep is None:
             shutil.rmtree(work, ignore_errors=True)
 
+    extra = f" | diffconv with {args.compare_env} (s) | ratio" if args.compare_env else ""
     print(
-        "| job | taps | sox wall (s) | diffconv wall (s) | wall ratio | sox peak RSS (MiB) "
-        "| diffconv peak RSS (MiB) | memory ratio | target |"
+        "| job | taps | sox wall (s) | diffconv wall (s) | wall ratio"
+        + extra
+        + " | sox peak RSS (MiB) | diffconv peak RSS (MiB) | memory ratio | target |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---|")
-    for label, taps, sw, dw, sm, dm, ok in rows:
+    print("|---|---:|---:|---:|---:" + ("|---:|---:" if extra else "") + "|---:|---:|---:|---|")
+    for label, taps, sw, dw, vw, sm, dm, ok in rows:
         target = 0.5 if "mono" in label else 1.5
         verdict = "failed" if not ok else ("met" if dw / sw <= target else "missed")
+        variant = f" | {vw:.2f} | {vw / sw:.2f}x" if vw is not None else ""
         print(
-            f"| {label} | {taps} | {sw:.2f} | {dw:.2f} | {dw / sw:.2f}x | {sm:.0f} | {dm:.0f} "
-            f"| {dm / sm:.1f}x | <= {target}x: {verdict} |"
+            f"| {label} | {taps} | {sw:.2f} | {dw:.2f} | {dw / sw:.2f}x{variant} | {sm:.0f} "
+            f"| {dm:.0f} | {dm / sm:.1f}x | <= {target}x: {verdict} |"
         )
     return 0
 
