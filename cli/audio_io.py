@@ -215,13 +215,24 @@ def read_signal(info: SignalInfo) -> np.ndarray:
 
 
 def read_blocks(info: SignalInfo, block_frames: int) -> Iterator[np.ndarray]:
-    """Yield an audio file's samples block by block, so memory stays bounded.
+    """Yield a file's samples block by block along time, so memory stays bounded (.npy
+    files are memory-mapped, never loaded whole).
 
     Shape:
-        yields ``(C, n)`` arrays with ``n <= block_frames``; together they hold the file.
+        yields ``(C, n)`` arrays (``(N, C, n)`` for a 3-D .npy) with ``n <= block_frames``;
+        together they hold the file.
+
+    Example:
+        >>> blocks = list(read_blocks(probe("sample_data/sensor_gaps.npy"), 1500))
+        >>> [b.shape for b in blocks]
+        [(1, 1500), (1, 1500), (1, 1000)]
     """
-    if info.kind != "audio":
-        raise FileProblem(info.path, "only audio files are read block by block")
+    if info.kind == "npy":
+        array = _npy_map(info)
+        for start in range(0, info.frames, block_frames):
+            # A copy: a view would pin the mapping and is read-only.
+            yield np.array(array[..., start : start + block_frames], dtype=info.dtype, order="C")
+        return
     try:
         with sf.SoundFile(info.path) as f:
             while True:
@@ -231,6 +242,14 @@ def read_blocks(info: SignalInfo, block_frames: int) -> Iterator[np.ndarray]:
                 yield np.ascontiguousarray(block.T)
     except (sf.SoundFileError, RuntimeError) as err:
         raise FileProblem(info.path, f"cannot read audio ({_libsndfile_reason(err)})") from err
+
+
+def _npy_map(info: SignalInfo) -> np.ndarray:
+    try:
+        array = np.load(info.path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError, EOFError) as err:
+        raise FileProblem(info.path, f"cannot read .npy data ({err})") from err
+    return array.reshape(info.shape)
 
 
 def audio_format_for(path: str | os.PathLike) -> str | None:
@@ -263,16 +282,18 @@ def _available_formats() -> frozenset[str]:
 
 
 def read_tail(info: SignalInfo, frames: int) -> np.ndarray:
-    """The last ``frames`` frames of an audio file (circular padding needs the end first).
+    """The last ``frames`` frames of a file (circular padding needs the end first).
 
     Shape:
-        returns ``(C, min(frames, T))``.
+        returns ``(C, min(frames, T))`` (``(N, C, ...)`` for a 3-D .npy).
 
     Example:
         >>> read_tail(probe("sample_data/music_stereo24.wav"), 5).shape
         (2, 5)
     """
     frames = min(frames, info.frames)
+    if info.kind == "npy":
+        return np.array(_npy_map(info)[..., info.frames - frames :], dtype=info.dtype, order="C")
     try:
         with sf.SoundFile(info.path) as f:
             f.seek(info.frames - frames)

@@ -3,7 +3,7 @@
 A command describes *what* to do to a signal as an :class:`Operation`; :func:`run_jobs` does
 the rest: probes each file, groups files of equal shape, dtype and rate and stacks them into
 one device batch (sized to the device's memory; an out-of-memory error splits the batch and
-retries), streams long audio files block by block, writes every result atomically, and
+retries), streams long files block by block, writes every result atomically, and
 records every outcome in a :class:`~cli.report.Report` — one bad file never stops the batch.
 Under torchrun the job list is split across ranks and the reports are merged.
 """
@@ -27,7 +27,7 @@ from cli.jobs import Job
 from cli.report import Report
 from cli.writing import AtomicWriter, OutputSpec, output_spec, write_signal
 
-#: Audio files with more samples (frames x channels) than this are streamed block by block.
+#: Files with more samples (frames x channels) than this are streamed block by block.
 STREAM_SAMPLES_ENV = "DIFFCONV_STREAM_SAMPLES"
 DEFAULT_STREAM_SAMPLES = 2**23
 #: Frames read per block when streaming.
@@ -79,7 +79,7 @@ class _Item:
 
 
 def stream_threshold() -> int:
-    """Samples above which an audio file is streamed (env ``DIFFCONV_STREAM_SAMPLES``)."""
+    """Samples above which a file is streamed (env ``DIFFCONV_STREAM_SAMPLES``)."""
     return int(os.environ.get(STREAM_SAMPLES_ENV, DEFAULT_STREAM_SAMPLES))
 
 
@@ -135,7 +135,7 @@ def _run_local(jobs, operation, options, device, report, *, show_progress: bool)
     threshold = stream_threshold()
     batched: dict[tuple, list[_Item]] = {}
     for item in items:
-        if item.info.kind == "audio" and item.info.samples > threshold and operation.streamer:
+        if item.info.samples > threshold and operation.streamer:
             _guard(
                 report,
                 item,
@@ -292,7 +292,7 @@ def _stream_one(item: _Item, operation, options, device, report, show_progress) 
         _write(item, result, options, report)
         return
     convolver, out_frames = made
-    shape = (item.info.channels, out_frames)
+    shape = (*item.info.shape[:-1], out_frames)
     bar = _progress(item.info.frames, "frame", show_progress)
     writer = AtomicWriter(item.job.dest, item.spec, shape, overwrite=options.overwrite)
     with writer, torch.no_grad():

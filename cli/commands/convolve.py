@@ -47,7 +47,7 @@ def convolve(paths, kernel_path, mode, padding, correlate, normalize, **shared) 
     Several INPUTs or a directory need an OUTPUT directory, which mirrors the inputs'
     relative paths.
 
-    Audio files longer than DIFFCONV_STREAM_SAMPLES samples (frames x channels, default
+    Files longer than DIFFCONV_STREAM_SAMPLES samples (frames x channels, default
     8388608) stream in blocks of DIFFCONV_BLOCK_FRAMES frames, in bounded memory. Under
     torchrun the files are split across the ranks.
     """

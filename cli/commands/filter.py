@@ -30,7 +30,7 @@ def filter(paths, lowpass, highpass, bandpass, bandstop, taps, window, **shared)
     Give exactly one of --lowpass, --highpass, --bandpass, --bandstop. Frequencies are in Hz
     at each file's sample rate (.npy inputs need --rate).
 
-    Audio files longer than DIFFCONV_STREAM_SAMPLES samples (frames x channels, default
+    Files longer than DIFFCONV_STREAM_SAMPLES samples (frames x channels, default
     8388608) stream in blocks of DIFFCONV_BLOCK_FRAMES frames, in bounded memory. Under
     torchrun the files are split across the ranks.
     """

@@ -1,6 +1,6 @@
 """``diffconv smooth INPUT... OUTPUT``: smooth files with a unit-sum window.
 
-Thin: the math is :func:`diffconv_core.smooth.smooth`; long audio files stream through
+Thin: the math is :func:`diffconv_core.smooth.smooth`; long files stream through
 :mod:`diffconv_core.streaming`; files, batches and devices are :mod:`cli.batch`'s job.
 """
 
@@ -47,7 +47,7 @@ def smooth(paths, window, length, params, width, edges, nan_policy, **shared) ->
     Several INPUTs or a directory need an OUTPUT directory, which mirrors the inputs'
     relative paths.
 
-    Audio files longer than DIFFCONV_STREAM_SAMPLES samples (frames x channels, default
+    Files longer than DIFFCONV_STREAM_SAMPLES samples (frames x channels, default
     8388608) stream in blocks of DIFFCONV_BLOCK_FRAMES frames, in bounded memory. Under
     torchrun the files are split across the ranks.
     """

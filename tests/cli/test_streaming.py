@@ -66,3 +66,30 @@ def test_streamed_filter_equals_whole_file(tmp_path):
     r = invoke("filter", src, streamed, "--bandpass", "200", "2000", "-v", env=STREAM)
     assert r.exit_code == 0 and "(streamed)" in r.stderr
     np.testing.assert_allclose(np.load(streamed), np.load(whole), atol=1e-6)
+
+
+@pytest.mark.parametrize("padding", ["circular", "reflect"])
+def test_streamed_3d_npy_with_per_channel_kernel_equals_whole_file(tmp_path, padding):
+    rng = np.random.default_rng(8)
+    np.save(tmp_path / "x.npy", rng.standard_normal((3, 2, 4000)))
+    np.save(tmp_path / "k.npy", rng.standard_normal((2, 25)))
+    args = ["--kernel", tmp_path / "k.npy", "--padding", padding, "-v"]
+    whole, streamed = tmp_path / "whole.npy", tmp_path / "streamed.npy"
+    assert invoke("convolve", tmp_path / "x.npy", whole, *args).exit_code == 0
+    r = invoke("convolve", tmp_path / "x.npy", streamed, *args, env=STREAM)
+    assert r.exit_code == 0 and "(streamed)" in r.stderr
+    a, b = np.load(whole), np.load(streamed)
+    assert a.shape == b.shape == (3, 2, 4000) and b.dtype == np.float64
+    np.testing.assert_allclose(b, a, rtol=1e-10, atol=1e-10)
+
+
+def test_streamed_npy_smooth_with_nan_gaps_equals_whole_file(tmp_path):
+    src = SAMPLES / "sensor_gaps.npy"
+    args = ["--nan-policy", "omit", "--edges", "renormalize", "--length", "41", "-v"]
+    whole, streamed = tmp_path / "whole.npy", tmp_path / "streamed.npy"
+    assert invoke("smooth", src, whole, *args).exit_code == 0
+    r = invoke("smooth", src, streamed, *args, env=STREAM)
+    assert r.exit_code == 0 and "(streamed)" in r.stderr
+    a, b = np.load(whole), np.load(streamed)
+    assert a.shape == b.shape == (4000,)
+    np.testing.assert_allclose(b, a, rtol=1e-10, atol=1e-12, equal_nan=True)
