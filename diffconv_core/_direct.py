@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from diffconv_core._fft import fft_lagged_products
 from diffconv_core._toeplitz import toeplitz_correlate
 from diffconv_core._triton_direct import sliding_dot
+from diffconv_core._validation import broadcast_shapes
 
 # Beyond this many taps the Toeplitz blocks (2P x P) grow too large to pay off.
 MAX_TOEPLITZ_TAPS = 1024
@@ -38,7 +39,7 @@ def _direct_forward(x: torch.Tensor, w: torch.Tensor, lo: int, hi: int) -> torch
     fused = sliding_dot(x, w.flip(-1), K - 1 - lo, n_out)
     if fused is not None:
         return fused
-    batch = torch.broadcast_shapes(x.shape[:-1], w.shape[:-1])
+    batch = broadcast_shapes(x.shape[:-1], w.shape[:-1])
     source = _source(x, K, lo, n_out)
     taps = w.flip(-1)
     n_src = source.shape[-1]

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from diffconv_core._fft import next_fast_len
+from diffconv_core._validation import broadcast_shapes
 
 # Block FFT length bounds: big enough to amortise the K - 1 overlap, small enough to stay
 # in cache. Measured on CPU and CUDA by benchmarks/bench_core.py.
@@ -76,7 +77,7 @@ def overlap_range(
         left = K - 1 - lo
         source = F.pad(x, (left, n_blocks * step + K - 1 - (T + left)))
         return _blocked(source, spectrum, n_fft, step, K)[..., :n_out]
-    batch = torch.broadcast_shapes(x.shape[:-1], w.shape[:-1])
+    batch = broadcast_shapes(x.shape[:-1], w.shape[:-1])
     rows = max(1, math.prod(batch))
     out = torch.empty(*batch, n_out, dtype=x.dtype, device=x.device)
     per_chunk = max(1, CHUNK_SAMPLES // (n_fft * rows))

@@ -17,6 +17,8 @@ import warnings
 
 import torch
 
+from diffconv_core._validation import broadcast_shapes
+
 try:  # Triton ships with torch's CUDA builds; the CPU build has none.
     import triton
     import triton.language as tl
@@ -85,7 +87,7 @@ def sliding_dot(x: torch.Tensor, taps: torch.Tensor, shift: int, n_out: int) -> 
     if not available(x):
         return None
     T, K = x.shape[-1], taps.shape[-1]
-    batch = torch.broadcast_shapes(x.shape[:-1], taps.shape[:-1])
+    batch = broadcast_shapes(x.shape[:-1], taps.shape[:-1])
     rows = 1
     for size in batch:
         rows *= size

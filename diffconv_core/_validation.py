@@ -5,6 +5,8 @@ Errors name the offending value and what is accepted, so a user never has to gue
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 MODES = ("full", "same", "valid")
@@ -42,23 +44,22 @@ def check_tensor(name: str, value: object) -> torch.Tensor:
     return value
 
 
-def broadcast_batch(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[int, ...] | None:
-    """The broadcast of two batch shapes, or None when they do not broadcast.
-
-    Plain Python: ``torch.broadcast_shapes`` costs tens of microseconds per call.
+def broadcast_shapes(*shapes: Sequence[int]) -> tuple[int, ...]:
+    """``torch.broadcast_shapes`` without its cost (its first call imports sympy, ~0.3 s, and
+    every call takes tens of microseconds): raises ``ValueError`` if the shapes don't broadcast.
 
     Example:
-        >>> broadcast_batch((4, 1), (3,)), broadcast_batch((2,), (3,))
-        ((4, 3), None)
+        >>> broadcast_shapes((4, 1), (3,))
+        (4, 3)
     """
-    n = max(len(a), len(b))
-    a = (1,) * (n - len(a)) + tuple(a)
-    b = (1,) * (n - len(b)) + tuple(b)
-    out = []
-    for x, y in zip(a, b, strict=True):
-        if x != y and x != 1 and y != 1:
-            return None
-        out.append(y if x == 1 else x)
+    ndim = max((len(s) for s in shapes), default=0)
+    out = [1] * ndim
+    for shape in shapes:
+        for i, size in enumerate(shape, start=ndim - len(shape)):
+            if size != 1:
+                if out[i] not in (1, size):
+                    raise ValueError(f"shapes {[tuple(s) for s in shapes]} do not broadcast")
+                out[i] = size
     return tuple(out)
 
 
@@ -69,11 +70,11 @@ def check_pair(signal: torch.Tensor, kernel: torch.Tensor) -> tuple[int, ...]:
             f"signal and kernel must be on the same device; got signal on {signal.device} "
             f"and kernel on {kernel.device}"
         )
-    batch = broadcast_batch(signal.shape[:-1], kernel.shape[:-1])
-    if batch is None:
+    try:
+        return broadcast_shapes(signal.shape[:-1], kernel.shape[:-1])
+    except ValueError:
         raise ValueError(
             "the leading dimensions of signal and kernel must broadcast; got signal shape "
             f"{tuple(signal.shape)} and kernel shape {tuple(kernel.shape)} "
             "(time is the last axis; a kernel (K,) is shared by every signal)"
-        )
-    return batch
+        ) from None

@@ -15,24 +15,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from diffconv_core._validation import broadcast_shapes
 from diffconv_core._window_registry import REQUIRED, SPECS, Param, Spec, describe, lookup
 
 __all__ = ["REQUIRED", "SPECS", "Param", "Spec", "build", "describe", "lookup"]
 
 NORMALIZATIONS = (None, "sum", "peak", "energy")
-
-
-def broadcast_shapes(*shapes: Sequence[int]) -> tuple[int, ...]:
-    """``torch.broadcast_shapes`` without its cost: its first call imports sympy (~0.3 s)."""
-    ndim = max((len(s) for s in shapes), default=0)
-    out = [1] * ndim
-    for shape in shapes:
-        for i, size in enumerate(shape, start=ndim - len(shape)):
-            if size != 1:
-                if out[i] not in (1, size):
-                    raise ValueError(f"shapes {[tuple(s) for s in shapes]} do not broadcast")
-                out[i] = size
-    return tuple(out)
 
 
 def check_length(length: Any, what: str = "length") -> int:

@@ -23,7 +23,7 @@ import torch
 from diffconv_core._direct import MAX_TOEPLITZ_TAPS
 from diffconv_core._fft import fft_length
 from diffconv_core._overlap import block_fft_length
-from diffconv_core._validation import MODES, broadcast_batch, check_choice
+from diffconv_core._validation import MODES, broadcast_shapes, check_choice
 
 # Per-device constants of the cost model, in nanoseconds: a fixed cost per call, then per
 # multiply-add (direct) or per n*log2(n) unit of transform (fft, overlap). CUDA numbers are
@@ -122,10 +122,12 @@ def choose_method(
     T, K = int(signal_shape[-1]), int(kernel_shape[-1])
     if T < 1 or K < 1:
         raise ValueError(f"signal and kernel lengths must be positive; got T={T}, K={K}")
-    batch_shape = broadcast_batch(signal_shape[:-1], kernel_shape[:-1])
-    if batch_shape is None:
-        raise ValueError(f"shapes do not broadcast: signal {signal_shape}, kernel {kernel_shape}")
-    batch = math.prod(batch_shape)
+    try:
+        batch = math.prod(broadcast_shapes(signal_shape[:-1], kernel_shape[:-1]))
+    except ValueError:
+        raise ValueError(
+            f"shapes do not broadcast: signal {signal_shape}, kernel {kernel_shape}"
+        ) from None
     device_type = device.type if isinstance(device, torch.device) else torch.device(device).type
     from diffconv_core import tuning  # the measured cache, if any
 
