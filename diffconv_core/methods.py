@@ -23,27 +23,32 @@ import torch
 from diffconv_core._direct import MAX_TOEPLITZ_TAPS
 from diffconv_core._fft import fft_length
 from diffconv_core._overlap import block_fft_length
+from diffconv_core._toeplitz import frame_length
 from diffconv_core._validation import MODES, broadcast_shapes, check_choice
 
 # Per-device constants of the cost model, in nanoseconds: a fixed cost per call, then per
-# multiply-add (direct) or per n*log2(n) unit of transform (fft, overlap). CUDA numbers are
+# output sample (direct) or per n*log2(n) unit of transform (fft, overlap). CUDA numbers are
 # from an H200 (torch 2.11, Triton direct kernel, power-of-two cuFFT), CPU numbers from this
-# project's 2-core machines (torch 2.13, block-Toeplitz direct); benchmarks/bench_core.py
-# and benchmarks/results/ hold the measurements.
+# project's 2-core machines (torch 2.13, block-Toeplitz direct; the FFT's cost per unit grows
+# with its length as it falls out of cache). benchmarks/results/ holds the measurements.
 _COSTS = {
     "cpu": {
         "direct_call": 15_000.0,
-        "direct_mac": 0.055,
+        "direct_sample": 3.0,  # framing, copies: per output sample
+        "direct_frame_tap": 0.04,  # GEMM: per output sample and frame-length tap
         "fft_call": 25_000.0,
-        "fft_unit": 0.35,
+        "fft_unit": 0.1,
+        "fft_unit_per_octave": 0.045,  # above 2**11 points
         "overlap_call": 60_000.0,
-        "overlap_unit": 0.25,
+        "overlap_unit": 0.2,
     },
     "cuda": {
         "direct_call": 60_000.0,
-        "direct_mac": 5.5e-4,
+        "direct_sample": 0.0,
+        "direct_tap": 5.5e-4,  # Triton: per output sample and tap
         "fft_call": 90_000.0,
         "fft_unit": 6e-4,
+        "fft_unit_per_octave": 0.0,
         "overlap_call": 200_000.0,
         "overlap_unit": 5e-3,
     },
@@ -77,16 +82,23 @@ def estimate_costs(batch: int, T: int, K: int, mode: str, device_type: str) -> d
     if mode == "valid" and K > T:
         T, K = K, T
     L = output_length(T, K, mode)
-    direct = c["direct_call"] + c["direct_mac"] * batch * L * K
-    if device_type == "cpu" and K > MAX_TOEPLITZ_TAPS:
-        direct *= 20  # beyond the GEMM path, conv1d on one channel is far slower
+    if device_type == "cpu":
+        # Block-Toeplitz GEMMs cost per frame length, not per tap; past their reach conv1d
+        # on one channel runs, far slower.
+        per_sample = c["direct_sample"] + c["direct_frame_tap"] * frame_length(K)
+        if K > MAX_TOEPLITZ_TAPS:
+            per_sample = 20 * c["direct_frame_tap"] * K
+    else:
+        per_sample = c["direct_tap"] * K
+    direct = c["direct_call"] + batch * L * per_sample
     n_fft = fft_length(T + K, torch.device(device_type))
-    fft = c["fft_call"] + c["fft_unit"] * batch * 3 * n_fft * math.log2(max(n_fft, 2))
+    log_n = math.log2(max(n_fft, 2))
+    unit = c["fft_unit"] + c["fft_unit_per_octave"] * max(0.0, log_n - 11)
+    fft = c["fft_call"] + unit * batch * 3 * n_fft * log_n
     block = block_fft_length(K, L)
     n_blocks = math.ceil(L / (block - K + 1))
-    overlap = c["overlap_call"] + c["overlap_unit"] * batch * n_blocks * 2 * block * math.log2(
-        block
-    )
+    overlap_units = batch * n_blocks * 2 * block * math.log2(block)
+    overlap = c["overlap_call"] + c["overlap_unit"] * overlap_units
     return {"direct": direct, "fft": fft, "overlap": overlap}
 
 
