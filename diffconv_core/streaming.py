@@ -33,7 +33,7 @@ import operator
 
 import torch
 
-from diffconv_core._validation import MODES, check_choice
+from diffconv_core._validation import MODES, broadcast_shapes, check_choice
 
 __all__ = ["StreamingConvolver", "StreamingSmoother", "stream_convolve", "mode_pads"]
 
@@ -56,17 +56,6 @@ def mode_pads(mode: str, kernel_length: int) -> tuple[int, int]:
     if mode == "same":
         return kernel_length // 2, (kernel_length - 1) // 2
     return 0, 0
-
-
-def _broadcast(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[int, ...]:
-    # torch.broadcast_shapes imports sympy on first use (about a second of start-up).
-    a, b = (1,) * (len(b) - len(a)) + tuple(a), (1,) * (len(a) - len(b)) + tuple(b)
-    if any(x != y and 1 not in (x, y) for x, y in zip(a, b, strict=True)):
-        raise ValueError(
-            f"the leading dimensions of block {a} and kernel {b} must broadcast "
-            "(time is the last axis; a kernel (K,) is shared by every signal)"
-        )
-    return tuple(y if x == 1 else x for x, y in zip(a, b, strict=True))
 
 
 def _cat(first: torch.Tensor | None, second: torch.Tensor) -> torch.Tensor:
@@ -190,7 +179,14 @@ class StreamingConvolver:
         return fn(signal, self.kernel, mode, padding=padding, method=self.method)
 
     def _empty(self, like: torch.Tensor) -> torch.Tensor:
-        lead = _broadcast(like.shape[:-1], self.kernel.shape[:-1])
+        try:
+            lead = broadcast_shapes(like.shape[:-1], self.kernel.shape[:-1])
+        except ValueError:
+            raise ValueError(
+                f"the leading dimensions of block {tuple(like.shape)} and kernel "
+                f"{tuple(self.kernel.shape)} must broadcast (time is the last axis; a kernel "
+                "(K,) is shared by every signal)"
+            ) from None
         dtype = torch.promote_types(like.dtype, self.kernel.dtype)
         return like.new_zeros((*lead, 0), dtype=dtype)
 
