@@ -20,6 +20,22 @@ NORMALIZATIONS = ("none", "sum", "peak", "energy")
 _TEXT_SUFFIXES = {".txt", ".csv", ".tsv", ".dat", ".fir"}
 
 
+def kernel_from_option(path: str, normalize: str) -> np.ndarray:
+    """The kernel named by ``--kernel``, normalised by ``--normalize``; problems with either
+    become click usage errors (exit 2) naming the option.
+    """
+    import click
+
+    try:
+        kernel = load_kernel(path)
+    except FileProblem as err:
+        raise click.BadParameter(f"{err.path}: {err.reason}", param_hint="'--kernel'") from err
+    try:
+        return normalize_kernel(kernel, normalize)
+    except ValueError as err:
+        raise click.BadParameter(str(err), param_hint="'--normalize'") from err
+
+
 def load_kernel(path: str | os.PathLike) -> np.ndarray:
     """Read a kernel file.
 

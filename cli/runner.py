@@ -105,15 +105,33 @@ def run_jobs(jobs: Sequence[Job], operation: Operation, options: RunOptions) -> 
     """
     from cli.devices import resolve_device
 
-    ranks = distributed.ranks_from_env()
-    device = resolve_device(options.device, ranks.local_rank)
-    distributed.start(ranks)
-    try:
-        mine = ranks.shard(list(jobs))
-        report = Report(quiet=options.quiet, verbose=options.verbose)
+    def work(mine: list[Job], report: Report, ranks) -> None:
+        device = resolve_device(options.device, ranks.local_rank)
         show = ranks.is_main and not options.quiet and sys.stderr.isatty()
         _run_local(mine, operation, options, device, report, show_progress=show)
-        merged = Report(quiet=options.quiet, verbose=options.verbose)
+
+    return run_sharded(jobs, work, quiet=options.quiet, verbose=options.verbose)
+
+
+def run_sharded(
+    jobs: Sequence[Job],
+    work: Callable[[list[Job], Report, Any], None],
+    *,
+    quiet: bool,
+    verbose: bool,
+) -> Report:
+    """Run ``work(my_jobs, report, ranks)`` on this rank's share of ``jobs`` (all of them
+    outside torchrun), merge every rank's report and print the summary on rank 0.
+
+    ``work`` records per-file failures in ``report`` and never raises for them; the merged
+    report's ``return_code`` is 1 if a file failed on any rank.
+    """
+    ranks = distributed.ranks_from_env()
+    distributed.start(ranks)
+    try:
+        report = Report(quiet=quiet, verbose=verbose)
+        work(ranks.shard(list(jobs)), report, ranks)
+        merged = Report(quiet=quiet, verbose=verbose)
         for part in distributed.gather(ranks, report.as_dict()):
             merged.merge(part)
     finally:

@@ -52,13 +52,14 @@ def convolve(paths, kernel_path, mode, padding, correlate, normalize, **shared) 
     torchrun the files are split across the ranks.
     """
     from cli.batch import execute
+    from cli.kernels import kernel_from_option
     from cli.runner import RunOptions
 
     options = RunOptions(**_run_fields(shared))
 
     def build():
         return kernel_operation(
-            _kernel_from_file(kernel_path, normalize),
+            kernel_from_option(kernel_path, normalize),
             mode=mode,
             padding=padding,
             correlate=correlate,
@@ -71,20 +72,6 @@ def convolve(paths, kernel_path, mode, padding, correlate, normalize, **shared) 
 def _run_fields(shared: dict) -> dict:
     keys = ("device", "overwrite", "quiet", "verbose", "subtype", "rate")
     return {k: shared[k] for k in keys}
-
-
-def _kernel_from_file(path: str, normalize: str):
-    from cli.errors import FileProblem
-    from cli.kernels import load_kernel, normalize_kernel
-
-    try:
-        kernel = load_kernel(path)
-    except FileProblem as err:
-        raise click.BadParameter(f"{err.path}: {err.reason}", param_hint="'--kernel'") from err
-    try:
-        return normalize_kernel(kernel, normalize)
-    except ValueError as err:
-        raise click.BadParameter(str(err), param_hint="'--normalize'") from err
 
 
 def kernel_operation(kernel, *, mode="same", padding="zeros", correlate=False, method="auto"):

@@ -239,17 +239,9 @@ def _setup(jobs, opts) -> _Setup:
 
 
 def _file_kernel(path: str, normalize: str):
-    from cli.errors import FileProblem
-    from cli.kernels import load_kernel, normalize_kernel
+    from cli.kernels import kernel_from_option
 
-    try:
-        kernel = load_kernel(path)
-    except FileProblem as err:
-        raise click.BadParameter(f"{err.path}: {err.reason}", param_hint="'--kernel'") from err
-    try:
-        kernel = normalize_kernel(kernel, normalize)
-    except ValueError as err:
-        raise click.BadParameter(str(err), param_hint="'--normalize'") from err
+    kernel = kernel_from_option(path, normalize)
     return kernel, {"file": str(path), "normalize": normalize, "taps": int(kernel.shape[-1])}
 
 
@@ -328,17 +320,13 @@ def _load_target(path: str | None):
 
 def _run(jobs, setup: _Setup, opts, outdir: Path):
     """Process this rank's share of the jobs; one bad file never stops the others."""
-    from cli import distributed
     from cli.devices import resolve_device
     from cli.errors import FileProblem
-    from cli.report import Report
+    from cli.runner import run_sharded
 
-    ranks = distributed.ranks_from_env()
-    device = resolve_device(opts["device"], ranks.local_rank)
-    distributed.start(ranks)
-    try:
-        report = Report(quiet=opts["quiet"], verbose=opts["verbose"])
-        for job in ranks.shard(list(jobs)):
+    def work(mine, report, ranks) -> None:
+        device = resolve_device(opts["device"], ranks.local_rank)
+        for job in mine:
             try:
                 base = _grad_one(job, setup, device, outdir, report)
             except FileProblem as err:
@@ -349,14 +337,8 @@ def _run(jobs, setup: _Setup, opts, outdir: Path):
                 _failed(report, setup, str(job.source), f"{type(err).__name__}: {err}")
             else:
                 report.done(job.source, base)
-        merged = Report(quiet=opts["quiet"], verbose=opts["verbose"])
-        for part in distributed.gather(ranks, report.as_dict()):
-            merged.merge(part)
-    finally:
-        distributed.finish(ranks)
-    if ranks.is_main:
-        merged.print_summary()
-    return merged
+
+    return run_sharded(jobs, work, quiet=opts["quiet"], verbose=opts["verbose"])
 
 
 def _failed(report, setup: _Setup, path: str, reason: str) -> None:
