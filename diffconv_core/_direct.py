@@ -86,5 +86,5 @@ def direct_range(x: torch.Tensor, w: torch.Tensor, lo: int, hi: int) -> torch.Te
     """
     K = w.shape[-1]
     if x.device.type == "cpu" and K <= MAX_TOEPLITZ_TAPS:
-        return toeplitz_correlate(_source(x, K, lo, hi - lo), w.flip(-1), hi - lo)
+        return toeplitz_correlate(x, w.flip(-1), hi - lo, shift=K - 1 - lo)
     return _DirectRange.apply(x, w, lo, hi)

@@ -40,20 +40,22 @@ def _toeplitz_blocks(taps: torch.Tensor, P: int) -> tuple[torch.Tensor, torch.Te
     return both[..., :P, :], both[..., P:, :]
 
 
-def toeplitz_correlate(source: torch.Tensor, taps: torch.Tensor, n_out: int) -> torch.Tensor:
-    """``out[m] = sum_j taps[j] * source[m + j]`` for ``0 <= m < n_out``.
+def toeplitz_correlate(
+    source: torch.Tensor, taps: torch.Tensor, n_out: int, shift: int = 0
+) -> torch.Tensor:
+    """``out[m] = sum_j taps[j] * source[m + j - shift]`` for ``0 <= m < n_out``, with the
+    source zero outside its samples (``shift`` delays it; a negative one advances it).
 
     Shape:
-        source ``(*bs, >= n_out + K - 1)``, taps ``(*bt, K)`` ->
-        ``(*broadcast(bs, bt), n_out)``.
+        source ``(*bs, T)``, taps ``(*bt, K)`` -> ``(*broadcast(bs, bt), n_out)``.
     """
     K = taps.shape[-1]
     P = frame_length(K)
     n_frames = -(-n_out // P)
-    # n_frames output frames read n_frames + 1 source frames.
+    # n_frames output frames read n_frames + 1 source frames; one pad (negative widths crop)
+    # both aligns the source and lays it out as contiguous frames.
     n_src = (n_frames + 1) * P
-    have = source.shape[-1]
-    source = F.pad(source, (0, n_src - have)) if have < n_src else source[..., :n_src]
+    source = F.pad(source, (shift, n_src - source.shape[-1] - shift))
     A, B = _toeplitz_blocks(taps, P)
     batch_s = source.shape[:-1]
     if taps.dim() == 1:
