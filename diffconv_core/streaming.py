@@ -62,6 +62,22 @@ def _cat(first: torch.Tensor | None, second: torch.Tensor) -> torch.Tensor:
     return second if first is None else torch.cat([first, second], dim=-1)
 
 
+def _check_block(block: object, lead: torch.Size | None, flushed: bool) -> torch.Size:
+    """Validate a pushed block; return the leading shape every block must keep."""
+    if flushed:
+        raise RuntimeError("push() after flush(); call reset() to start a new signal")
+    if not isinstance(block, torch.Tensor):
+        raise TypeError(f"block must be a torch.Tensor; got {type(block).__name__}")
+    if block.dim() == 0:
+        raise ValueError("block must have at least one dimension (time last); got a 0-d tensor")
+    if lead is not None and block.shape[:-1] != lead:
+        raise ValueError(
+            f"every block must have the leading shape of the first, {tuple(lead)}; "
+            f"got block shape {tuple(block.shape)}"
+        )
+    return block.shape[:-1]
+
+
 class StreamingConvolver:
     """Convolve (or correlate) a stream of blocks with one kernel, overlap-save style.
 
@@ -216,19 +232,7 @@ class StreamingConvolver:
         Shape:
             ``(..., n)`` -> ``(..., m)``, ``m`` >= 0.
         """
-        if self._flushed:
-            raise RuntimeError("push() after flush(); call reset() to start a new signal")
-        if not isinstance(block, torch.Tensor):
-            raise TypeError(f"block must be a torch.Tensor; got {type(block).__name__}")
-        if block.dim() == 0:
-            raise ValueError("block must have at least one dimension (time last); got a 0-d tensor")
-        if self._lead is None:
-            self._lead = block.shape[:-1]
-        elif block.shape[:-1] != self._lead:
-            raise ValueError(
-                f"every block must have the leading shape of the first, {tuple(self._lead)}; "
-                f"got block shape {tuple(block.shape)}"
-            )
+        self._lead = _check_block(block, self._lead, self._flushed)
         self._n_in += block.shape[-1]
         # Slices of views would pin each caller's whole block; cloning keeps memory O(K).
         self._recent = _cat(self._recent, block)[..., -self._keep :].clone()
@@ -433,19 +437,7 @@ class StreamingSmoother:
         Shape:
             ``(..., n)`` -> ``(..., m)``, ``m`` >= 0.
         """
-        if self._flushed:
-            raise RuntimeError("push() after flush(); call reset() to start a new signal")
-        if not isinstance(block, torch.Tensor):
-            raise TypeError(f"block must be a torch.Tensor; got {type(block).__name__}")
-        if block.dim() == 0:
-            raise ValueError("block must have at least one dimension (time last); got a 0-d tensor")
-        if self._lead is None:
-            self._lead = block.shape[:-1]
-        elif block.shape[:-1] != self._lead:
-            raise ValueError(
-                f"every block must have the leading shape of the first, {tuple(self._lead)}; "
-                f"got block shape {tuple(block.shape)}"
-            )
+        self._lead = _check_block(block, self._lead, self._flushed)
         if self.dtype is not None or self.device is not None:
             block = block.to(device=self.device, dtype=self.dtype)
         if self.nan_policy == "raise":
