@@ -98,7 +98,8 @@ def fft_range(
     # arrays stay a fraction of the input.
     flat = x.reshape(rows, T)
     out = torch.empty(rows, hi - lo, dtype=x.dtype, device=x.device)
-    per_chunk = max(1, min(rows // 4 or 1, CHUNK_SAMPLES // n_fft))
+    # pocketfft spreads a batch's rows over threads: never fewer rows than threads per chunk.
+    per_chunk = max(torch.get_num_threads(), min(rows // 4, CHUNK_SAMPLES // n_fft))
     for first in range(0, rows, per_chunk):
         part = flat[first : first + per_chunk]
         spectrum = torch.fft.rfft(part, n_fft)

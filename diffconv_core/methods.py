@@ -34,13 +34,13 @@ from diffconv_core._validation import MODES, broadcast_shapes, check_choice
 _COSTS = {
     "cpu": {
         "direct_call": 15_000.0,
-        "direct_sample": 3.0,  # framing, copies: per output sample
-        "direct_frame_tap": 0.04,  # GEMM: per output sample and frame-length tap
+        "direct_sample": 2.0,  # framing, copies: per output sample
+        "direct_frame_tap": 0.035,  # GEMM: per output sample and frame-length tap
         "fft_call": 25_000.0,
         "fft_unit": 0.1,
-        "fft_unit_per_octave": 0.045,  # above 2**11 points
+        "fft_unit_per_octave": 0.02,  # above 2**11 points
         "overlap_call": 60_000.0,
-        "overlap_unit": 0.2,
+        "overlap_unit": 0.14,
     },
     "cuda": {
         "direct_call": 60_000.0,
@@ -53,6 +53,12 @@ _COSTS = {
         "overlap_unit": 5e-3,
     },
 }
+
+
+# Forward + backward (gradients to both inputs) over forward alone, measured on CPU: the
+# direct method's backward is two more GEMM passes, the FFT's reuses the forward spectra, and
+# overlap-save's scatters block gradients back (unfold's adjoint).
+_BACKWARD_FACTOR = {"direct": 2.0, "fft": 2.0, "overlap": 3.8}
 
 
 def output_length(T: int, K: int, mode: str) -> int:
@@ -109,6 +115,7 @@ def choose_method(
     mode: str = "same",
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
+    requires_grad: bool = False,
 ) -> str:
     """The fastest method ("direct", "fft" or "overlap") for a convolution of these shapes.
 
@@ -143,8 +150,13 @@ def choose_method(
     device_type = device.type if isinstance(device, torch.device) else torch.device(device).type
     from diffconv_core import tuning  # the measured cache, if any
 
-    cached = tuning.lookup(device_type, batch, T, K, mode, dtype, device=device)
+    cached = tuning.lookup(
+        device_type, batch, T, K, mode, dtype, device=device, requires_grad=requires_grad
+    )
     if cached is not None:
         return cached
     costs = estimate_costs(batch, T, K, mode, device_type)
+    if requires_grad:
+        # The backward pass costs each method a different multiple of its forward pass.
+        costs = {name: cost * _BACKWARD_FACTOR[name] for name, cost in costs.items()}
     return min(costs, key=costs.__getitem__)

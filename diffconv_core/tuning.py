@@ -85,8 +85,12 @@ def lookup(
     mode: str,
     dtype: torch.dtype,
     device: str | torch.device | None = None,
+    requires_grad: bool = False,
 ) -> str | None:
-    """The measured best method for the nearest cached shape on this device, or None."""
+    """The measured best method for the nearest cached shape on this device, or None.
+
+    With ``requires_grad`` the method fastest forward plus backward, else forward alone.
+    """
     if os.environ.get("DIFFCONV_NO_TUNING") == "1":
         return None
     cache = _cache()
@@ -98,12 +102,13 @@ def lookup(
     point = (math.log2(max(batch, 1)), math.log2(T), math.log2(K))
     best, best_distance = None, math.inf
     for entry in entries:
-        if entry.get("mode", "same") != mode or entry.get("method") not in METHOD_NAMES:
+        method = entry.get("method") if requires_grad else entry.get("method_forward")
+        if entry.get("mode", "same") != mode or method not in METHOD_NAMES:
             continue
         other = (math.log2(entry["batch"]), math.log2(entry["T"]), math.log2(entry["K"]))
         distance = max(abs(a - b) for a, b in zip(point, other, strict=True))
         if distance < best_distance:
-            best, best_distance = entry["method"], distance
+            best, best_distance = method, distance
     return best if best_distance <= MAX_LOG2_DISTANCE else None
 
 
@@ -184,7 +189,9 @@ def measure(
 
                 total = _time(step, device, budget_s)
             record["seconds"][method] = {"forward": forward, "total": total}
-        record["method"] = min(record["seconds"], key=lambda m: record["seconds"][m]["total"])
+        seconds = record["seconds"]
+        record["method"] = min(seconds, key=lambda m: seconds[m]["total"])
+        record["method_forward"] = min(seconds, key=lambda m: seconds[m]["forward"])
         records.append(record)
         if progress is not None:
             progress(record)

@@ -21,11 +21,23 @@ def test_measure_times_every_method_and_picks_the_fastest(cache_dir):
     assert set(record["seconds"]) == {"direct", "fft", "overlap"}
     totals = {m: s["total"] for m, s in record["seconds"].items()}
     assert record["method"] == min(totals, key=totals.get)
+    forwards = {m: s["forward"] for m, s in record["seconds"].items()}
+    assert record["method_forward"] == min(forwards, key=forwards.get)
     assert all(s["forward"] > 0 and s["total"] > 0 for s in record["seconds"].values())
 
 
 def _fake_records(method):
-    return [{"batch": 4, "T": 4096, "K": 31, "mode": "same", "method": method, "seconds": {}}]
+    return [
+        {
+            "batch": 4,
+            "T": 4096,
+            "K": 31,
+            "mode": "same",
+            "method": method,
+            "method_forward": method,
+            "seconds": {},
+        }
+    ]
 
 
 @pytest.mark.parametrize("method", ["direct", "fft", "overlap"])
@@ -34,6 +46,7 @@ def test_choose_method_follows_the_cache_near_a_measured_shape(cache_dir, method
     assert path == cache_dir / "methods.json"
     assert choose_method((4, 4096), (31,)) == method
     assert choose_method((6, 5000), (40,)) == method  # within one octave on every axis
+    assert choose_method((4, 4096), (31,), requires_grad=True) == method
     assert tuning.lookup("cpu", 4, 4096, 31, "full", torch.float32) is None  # other mode
     assert tuning.lookup("cpu", 4, 4096, 31, "same", torch.float64) is None  # other dtype
     assert tuning.lookup("cpu", 4, 1 << 20, 31, "same", torch.float32) is None  # far away
@@ -72,3 +85,10 @@ def test_tune_command_writes_the_cache(cache_dir, monkeypatch):
     assert entries[0]["T"] == 128 and entries[0]["method"] in {"direct", "fft", "overlap"}
     bad = CliRunner().invoke(cli, ["tune", "--device", "tpu"])
     assert bad.exit_code == 2 and "tpu" in bad.output
+
+
+def test_training_and_inference_choices_are_cached_apart(cache_dir):
+    record = dict(_fake_records("overlap")[0], method_forward="direct")
+    tuning.save([record], "cpu", torch.float32)
+    assert choose_method((4, 4096), (31,)) == "direct"
+    assert choose_method((4, 4096), (31,), requires_grad=True) == "overlap"
