@@ -126,8 +126,9 @@ def choose_method(
 ) -> str:
     """The fastest method ("direct", "fft" or "overlap") for a convolution of these shapes.
 
-    ``method="auto"`` in :func:`diffconv_core.convolve` calls this. A cache written by
-    ``diffconv tune`` for the device takes precedence over the built-in cost model.
+    ``method="auto"`` in :func:`diffconv_core.convolve` calls this, with ``requires_grad``
+    set when a gradient will be taken (the backward pass then counts too). A cache written
+    by ``diffconv tune`` for the device takes precedence over the built-in cost model.
 
     Shape:
         signal_shape ``(..., T)``, kernel_shape ``(..., K)`` (leading dims broadcast).
@@ -137,6 +138,8 @@ def choose_method(
         'direct'
         >>> choose_method((1, 1 << 22), (1023,))
         'overlap'
+        >>> choose_method((16, 480_000), (4095,), device="cuda", requires_grad=True)
+        'fft'
     """
     check_choice("mode", mode, MODES)
     signal_shape, kernel_shape = tuple(signal_shape), tuple(kernel_shape)
