@@ -101,7 +101,12 @@ TORCH_PEERS = {
     "torchaudio_fft": run_torchaudio,
 }
 NUMPY_PEERS = {"scipy_auto": run_scipy_auto, "scipy_oa": run_scipy_oa}
-NEEDS = {"julius": "julius", "torchaudio_fft": "torchaudio", "scipy_auto": "scipy", "scipy_oa": "scipy"}
+NEEDS = {
+    "julius": "julius",
+    "torchaudio_fft": "torchaudio",
+    "scipy_auto": "scipy",
+    "scipy_oa": "scipy",
+}
 
 
 def importable(name: str) -> bool:
@@ -184,7 +189,8 @@ def main() -> None:
         exact = torch.allclose(slow, diffconv_core.convolve(signals, window), atol=1e-5)
         print("\n## What people do today: 3 x 1000 samples, 31-tap Hann, on CPU\n")
         print("| naive Python loop | diffconv | speed-up | same result |\n|---|---|---|---|")
-        print(f"| {naive_s * 1e3:.0f} ms | {fast_s * 1e3:.3f} ms | {naive_s / fast_s:,.0f}x | {exact} |")
+        speedup = naive_s / fast_s
+        print(f"| {naive_s * 1e3:.0f} ms | {fast_s * 1e3:.3f} ms | {speedup:,.0f}x | {exact} |")
         emit({"case": "naive", "naive_s": naive_s, "diffconv_s": fast_s})
 
     peers = [p for p in TORCH_PEERS if importable(p)]
@@ -195,7 +201,7 @@ def main() -> None:
         x = torch.randn(B, T, device=device)
         w = torch.hann_window(K, periodic=False, device=device)
         grad = torch.randn(B, T, device=device)
-        floor = median_time(lambda: x.clone(), device, args.budget)
+        floor = median_time(x.clone, device, args.budget)
         method = diffconv_core.choose_method(x.shape, w.shape, device=device)
         times: dict[str, dict[str, float]] = {"fwd": {}, "fwd+bwd": {}}
         for peer in ["diffconv", *peers]:
@@ -205,10 +211,14 @@ def main() -> None:
             try:
                 if peer in NUMPY_PEERS:
                     xn, wn = x.numpy(), w.numpy()
-                    times["fwd"][peer] = median_time(lambda: fn(xn, wn), device, args.budget)
+                    times["fwd"][peer] = median_time(
+                        lambda fn=fn, xn=xn, wn=wn: fn(xn, wn), device, args.budget
+                    )
                     continue
                 with torch.no_grad():
-                    times["fwd"][peer] = median_time(lambda: fn(x, w), device, args.budget)
+                    times["fwd"][peer] = median_time(
+                        lambda fn=fn, x=x, w=w: fn(x, w), device, args.budget
+                    )
                 step = fwd_bwd(fn, x, w, grad)
                 times["fwd+bwd"][peer] = median_time(step, device, args.budget)
             except Exception as error:  # a peer that cannot do a case is reported, not fatal

@@ -74,7 +74,9 @@ def main() -> None:
         for method in ("direct", "fft", "overlap"):
             with torch.no_grad():
                 diffconv_core.convolve(x[..., :4096], w, method=method)  # warm up allocators
-                extra = peak_extra(lambda m=method: diffconv_core.convolve(x, w, method=m), device)
+                extra = peak_extra(
+                    lambda m=method, x=x, w=w: diffconv_core.convolve(x, w, method=m), device
+                )
             cells.append(f"{extra / size:.2f}x")
         auto = diffconv_core.choose_method(x.shape, w.shape, device=device)
         print(f"| {B}, {T}, {K} | {size / 2**20:.0f} | " + " | ".join(cells) + f" | {auto} |")
