@@ -30,9 +30,11 @@ _disabled_reason: str | None = None
 
 def available(x: torch.Tensor) -> bool:
     """Whether the fused kernel can run on ``x``'s device."""
+    # Half types stay with cuDNN: the kernel's float16/bfloat16 path has not run on a GPU yet.
     return (
         triton is not None
         and x.is_cuda
+        and x.dtype in (torch.float32, torch.float64)
         and _disabled_reason is None
         and os.environ.get("DIFFCONV_NO_TRITON") != "1"
     )
