@@ -214,6 +214,7 @@ def save(records: list[dict], device: str | torch.device, dtype: torch.dtype, pa
         with os.fdopen(handle, "w") as stream:
             json.dump(data, stream, indent=1)
         os.replace(temp, path)
+        _loaded["checked"] = -math.inf  # the next lookup in this process reads the new file
     except BaseException:
         Path(temp).unlink(missing_ok=True)
         raise

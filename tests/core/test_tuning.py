@@ -92,3 +92,9 @@ def test_training_and_inference_choices_are_cached_apart(cache_dir):
     tuning.save([record], "cpu", torch.float32)
     assert choose_method((4, 4096), (31,)) == "direct"
     assert choose_method((4, 4096), (31,), requires_grad=True) == "overlap"
+
+
+def test_a_save_is_seen_at_once_by_the_same_process(cache_dir):
+    assert tuning.lookup("cpu", 4, 4096, 31, "same", torch.float32) is None  # caches "no file"
+    tuning.save(_fake_records("overlap"), "cpu", torch.float32)
+    assert tuning.lookup("cpu", 4, 4096, 31, "same", torch.float32) == "overlap"
