@@ -51,6 +51,30 @@ def _number(text: str):
     return text
 
 
+# The core's choices, listed here too because importing the core would import torch.
+MODES = ["same", "full", "valid"]
+PADDINGS = ["zeros", "reflect", "symmetric", "replicate", "circular"]
+
+
+def mode_option(f):
+    return click.option("--mode", type=click.Choice(MODES), default="same", show_default=True)(f)
+
+
+def padding_option(help: str = "How the signal continues past its ends (same/full modes)."):
+    def decorate(f):
+        return click.option(
+            "--padding", type=click.Choice(PADDINGS), default="zeros", show_default=True, help=help
+        )(f)
+
+    return decorate
+
+
+def width_option(f):
+    return click.option(
+        "--width", type=float, default=None, help="Fractional window width (0 < W <= length)."
+    )(f)
+
+
 def method_option(f):
     return click.option(
         "--method",

@@ -9,10 +9,7 @@ from __future__ import annotations
 
 import click
 
-from cli.options import batch_options
-
-MODES = ["same", "full", "valid"]
-PADDINGS = ["zeros", "reflect", "symmetric", "replicate", "circular"]
+from cli.options import batch_options, mode_option, padding_option
 
 
 @click.command(name="convolve")
@@ -24,14 +21,8 @@ PADDINGS = ["zeros", "reflect", "symmetric", "replicate", "circular"]
     help="Kernel: .npy (K,) or (C, K); .txt/.csv numbers (as sox fir takes them); or an "
     "audio impulse response (one kernel per channel).",
 )
-@click.option("--mode", type=click.Choice(MODES), default="same", show_default=True)
-@click.option(
-    "--padding",
-    type=click.Choice(PADDINGS),
-    default="zeros",
-    show_default=True,
-    help="How the signal continues past its ends (same/full modes).",
-)
+@mode_option
+@padding_option()
 @click.option("--correlate", is_flag=True, help="Correlate (do not flip the kernel).")
 @click.option(
     "--normalize",

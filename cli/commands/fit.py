@@ -20,13 +20,13 @@ from cli.options import (
     device_option,
     glob_option,
     overwrite_option,
+    padding_option,
     quiet_option,
     rate_option,
     recursive_option,
     verbose_option,
 )
 
-PADDINGS = ["zeros", "reflect", "symmetric", "replicate", "circular"]
 EXIT_INTERRUPTED = 130
 
 
@@ -97,13 +97,7 @@ KERNEL.ckpt.pt as it goes. Use the kernel with: diffconv convolve IN OUT --kerne
     help="Starting FIR taps: delta (pass-through), zeros or a window name "
     "(scaled to sum 1)  [default: delta].",
 )
-@click.option(
-    "--padding",
-    type=click.Choice(PADDINGS),
-    default="zeros",
-    show_default=True,
-    help="How signals continue past their ends.",
-)
+@padding_option("How signals continue past their ends.")
 @click.option(
     "--loss", type=click.Choice(["mse", "l1", "spectral"]), default="mse", show_default=True
 )

@@ -33,15 +33,16 @@ from cli.options import (
     device_option,
     glob_option,
     method_option,
+    mode_option,
     overwrite_option,
+    padding_option,
     quiet_option,
     rate_option,
     recursive_option,
     verbose_option,
+    width_option,
 )
 
-MODES = ["same", "full", "valid"]
-PADDINGS = ["zeros", "reflect", "symmetric", "replicate", "circular"]
 OBJECTIVES = ["energy", "mse", "l1"]
 WRT_CHOICES = ("signal", "kernel", "params")
 #: What ``grad`` writes next to each other; also how its outputs are recognised (and
@@ -65,9 +66,7 @@ SUFFIXES = {
     multiple=True,
     help="Window parameter NAME=VALUE, e.g. std=5 (repeatable); its gradient is reported.",
 )
-@click.option(
-    "--width", type=float, default=None, help="Fractional window width (0 < W <= length)."
-)
+@width_option
 @click.option(
     "--kernel",
     "kernel_path",
@@ -81,14 +80,8 @@ SUFFIXES = {
     default=None,
     help="Scale the kernel [default: sum for a window, none for a kernel file].",
 )
-@click.option("--mode", type=click.Choice(MODES), default="same", show_default=True)
-@click.option(
-    "--padding",
-    type=click.Choice(PADDINGS),
-    default="zeros",
-    show_default=True,
-    help="How the signal continues past its ends (same/full modes).",
-)
+@mode_option
+@padding_option()
 @click.option(
     "--objective",
     type=click.Choice(OBJECTIVES),

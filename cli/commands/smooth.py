@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import click
 
-from cli.options import NameValueType, batch_options
+from cli.options import NameValueType, batch_options, width_option
 
 
 @click.command(name="smooth")
@@ -23,9 +23,7 @@ from cli.options import NameValueType, batch_options
     multiple=True,
     help="Window parameter NAME=VALUE, e.g. std=5 for gaussian (repeatable).",
 )
-@click.option(
-    "--width", type=float, default=None, help="Fractional window width (0 < W <= length)."
-)
+@width_option
 @click.option(
     "--edges",
     default="reflect",

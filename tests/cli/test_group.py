@@ -30,3 +30,13 @@ def test_unknown_command_is_usage_error():
     result = CliRunner().invoke(cli, ["frobnicate"])
     assert result.exit_code == 2
     assert "frobnicate" in result.output
+
+
+def test_cli_choice_lists_match_the_core():
+    # cli.options repeats them so that --help needs no torch; they must not drift apart.
+    from cli.options import MODES, PADDINGS
+    from diffconv_core._validation import MODES as CORE_MODES
+    from diffconv_core._validation import PADDINGS as CORE_PADDINGS
+
+    assert set(MODES) == set(CORE_MODES)
+    assert set(PADDINGS) == set(CORE_PADDINGS)
