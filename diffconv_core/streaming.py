@@ -78,6 +78,14 @@ def _check_block(block: object, lead: torch.Size | None, flushed: bool) -> torch
     return block.shape[:-1]
 
 
+def _check_flush(flushed: bool, n_in: int) -> None:
+    """Refuse a second flush, and a flush of a signal that never had a sample."""
+    if flushed:
+        raise RuntimeError("flush() called twice; call reset() to start a new signal")
+    if n_in == 0:
+        raise ValueError("no signal samples were pushed; the signal must not be empty")
+
+
 class StreamingConvolver:
     """Convolve (or correlate) a stream of blocks with one kernel, overlap-save style.
 
@@ -260,10 +268,7 @@ class StreamingConvolver:
         Shape:
             ``(..., m)``, ``m`` >= 0.
         """
-        if self._flushed:
-            raise RuntimeError("flush() called twice; call reset() to start a new signal")
-        if self._n_in == 0:
-            raise ValueError("no signal samples were pushed; the signal must not be empty")
+        _check_flush(self._flushed, self._n_in)
         self._flushed = True
         whole = None
         if self._stream is None:  # the stream never started: everything is still collected
@@ -474,10 +479,7 @@ class StreamingSmoother:
         Shape:
             ``(..., m)``, ``m`` >= 0.
         """
-        if self._flushed:
-            raise RuntimeError("flush() called twice; call reset() to start a new signal")
-        if self._n_in == 0:
-            raise ValueError("no signal samples were pushed; the signal must not be empty")
+        _check_flush(self._flushed, self._n_in)
         self._flushed = True
         chunk = torch.cat(self._pieces, dim=-1)
         self._pieces = []
