@@ -7,16 +7,14 @@ checkpoint that ``--resume`` would trip over). Nothing here imports torch at mod
 
 from __future__ import annotations
 
-import io
 import json
 import os
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 from cli.errors import FileProblem
+from cli.writing import atomic_write
 
 
 def output_paths(out: str | os.PathLike) -> dict[str, Path]:
@@ -40,32 +38,6 @@ def default_checkpoint(out: str | os.PathLike) -> Path:
         'k/lp.ckpt.pt'
     """
     return Path(out).with_suffix(".ckpt.pt")
-
-
-def atomic_write(dest: str | os.PathLike, fill: Callable[[io.BufferedWriter], object]) -> None:
-    """Call ``fill(file)`` on a temporary file next to ``dest``, then rename it into place.
-
-    Raises:
-        FileProblem: the directory is missing or not writable (the destination is untouched).
-    """
-    dest = Path(dest)
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-    except OSError as err:
-        raise FileProblem(dest, f"cannot write ({err.strerror or err})") from err
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fill(f)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 is not what a normal output gets
-        os.replace(tmp, dest)
-    except BaseException as err:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        if isinstance(err, OSError):
-            raise FileProblem(dest, f"cannot write ({err.strerror or err})") from err
-        raise
 
 
 def sox_text(kernel: np.ndarray) -> str:

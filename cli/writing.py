@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -278,6 +279,40 @@ class AtomicWriter:
             pass
         if self._tmp and os.path.exists(self._tmp):
             os.unlink(self._tmp)
+
+
+def atomic_write(
+    dest: str | os.PathLike,
+    fill: Callable[[io.BufferedWriter], object],
+    *,
+    overwrite: bool = True,
+) -> None:
+    """Call ``fill(file)`` on a temporary file next to ``dest``, then rename it into place.
+
+    For small non-signal outputs (JSON, PNG, text, checkpoints); signals go through
+    :class:`AtomicWriter`. On any failure the temporary file is removed and ``dest`` untouched.
+
+    Raises:
+        FileProblem: ``dest`` exists and ``overwrite`` is false, or it cannot be written.
+    """
+    dest = Path(dest)
+    if not overwrite and dest.exists():
+        raise FileProblem(dest, "output exists; use --overwrite to replace it")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+    except OSError as err:
+        raise FileProblem(dest, f"cannot write ({err.strerror or err})") from err
+    try:
+        with os.fdopen(fd, "wb") as f:
+            fill(f)
+        os.chmod(tmp, _default_mode())
+        os.replace(tmp, dest)
+    except BaseException as err:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        if isinstance(err, OSError):
+            raise FileProblem(dest, f"cannot write ({err.strerror or err})") from err
+        raise
 
 
 _MODE: list[int] = []

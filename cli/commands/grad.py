@@ -20,7 +20,6 @@ import io
 import json
 import os
 import sys
-import tempfile
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
@@ -532,24 +531,10 @@ def _write_npy(path: Path, data, overwrite: bool) -> None:
 def _write_bytes(path: Path, data: bytes, overwrite: bool) -> None:
     """Write a small file through a temporary file and an atomic rename."""
     from cli.errors import FileProblem
+    from cli.writing import atomic_write
 
-    if path.exists() and not overwrite:
-        raise FileProblem(path, "output exists; use --overwrite to replace it")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
     except OSError as err:
         raise FileProblem(path, f"cannot create output ({err.strerror or err})") from err
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException as err:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        if isinstance(err, OSError):
-            raise FileProblem(path, f"cannot write ({err.strerror or err})") from err
-        raise
+    atomic_write(path, lambda f: f.write(data), overwrite=overwrite)
