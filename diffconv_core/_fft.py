@@ -13,6 +13,8 @@ import math
 
 import torch
 
+from diffconv_core._validation import needs_graph
+
 # Without autograd, rows of a batch go through the FFT in chunks of about this many samples.
 CHUNK_SAMPLES = 1 << 22
 
@@ -88,9 +90,14 @@ def fft_range(
     n_fft = fft_length(max(hi, T + K - 1 - lo, T, K, 1), x.device)
     kernel_spectrum = torch.fft.rfft(w, n_fft)
     rows = math.prod(x.shape[:-1])
-    graph = torch.is_grad_enabled() and (x.requires_grad or w.requires_grad)
     # On a GPU memory is plentiful and every extra launch costs: no chunks there.
-    if graph or reduce_to is not None or w.dim() > 1 or rows < 2 or x.device.type != "cpu":
+    if (
+        needs_graph(x, w)
+        or reduce_to is not None
+        or w.dim() > 1
+        or rows < 2
+        or x.device.type != "cpu"
+    ):
         spectrum = torch.fft.rfft(x, n_fft) * kernel_spectrum
         full = torch.fft.irfft(_sum_spectrum_to(spectrum, reduce_to), n_fft)
         return full[..., lo:hi]

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from diffconv_core._fft import next_fast_len
-from diffconv_core._validation import broadcast_shapes
+from diffconv_core._validation import broadcast_shapes, needs_graph
 
 # Block FFT length bounds: big enough to amortise the K - 1 overlap, small enough to stay
 # in cache. Measured on CPU and CUDA by benchmarks/bench_core.py.
@@ -41,10 +41,6 @@ def block_fft_length(kernel_length: int, output_length: int) -> int:
 # Without autograd, blocks are processed a chunk at a time into a preallocated output, so the
 # work arrays stay a fraction of the input (peak extra memory ~ the output plus one chunk).
 CHUNK_SAMPLES = 1 << 20
-
-
-def _needs_graph(*tensors: torch.Tensor) -> bool:
-    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
 def _blocked(
@@ -73,7 +69,7 @@ def overlap_range(
     spectrum = torch.fft.rfft(w, n_fft).unsqueeze(-2)  # once per call, shared by all blocks
     # Output n reads x[n - K + 1 .. n]: block b's source starts at x[lo - (K - 1) + b * step]
     # and spans n_fft samples; zeros stand in past either end.
-    if _needs_graph(x, w):
+    if needs_graph(x, w):
         left = K - 1 - lo
         source = F.pad(x, (left, n_blocks * step + K - 1 - (T + left)))
         return _blocked(source, spectrum, n_fft, step, K)[..., :n_out]

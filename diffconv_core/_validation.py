@@ -44,6 +44,11 @@ def check_tensor(name: str, value: object) -> torch.Tensor:
     return value
 
 
+def needs_graph(*tensors: torch.Tensor) -> bool:
+    """Whether autograd will record an operation on these tensors."""
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
 def broadcast_shapes(*shapes: Sequence[int]) -> tuple[int, ...]:
     """``torch.broadcast_shapes`` without its cost (its first call imports sympy, ~0.3 s, and
     every call takes tens of microseconds): raises ``ValueError`` if the shapes don't broadcast.

@@ -21,6 +21,7 @@ from diffconv_core._validation import (
     check_choice,
     check_pair,
     check_tensor,
+    needs_graph,
 )
 from diffconv_core.methods import choose_method
 from diffconv_core.padding import pad
@@ -52,7 +53,7 @@ def _run(x: torch.Tensor, w: torch.Tensor, mode: str, padding: str, method: str)
             mode="valid" if lo == K - 1 and hi == x.shape[-1] else mode,
             device=x.device,
             dtype=out_dtype,
-            requires_grad=torch.is_grad_enabled() and (x.requires_grad or w.requires_grad),
+            requires_grad=needs_graph(x, w),
         )
     # Half types: the CPU FFT refuses them and cuFFT only takes powers of two; conv1d on CPU
     # is slow and inexact in them. Compute in float32 and return the input's dtype.
