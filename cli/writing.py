@@ -8,8 +8,10 @@ Integer PCM cannot hold values outside [-1, 1]: they are clipped (never wrapped)
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
+import stat
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from cli import pcm
 from cli.audio_io import SignalInfo, audio_format_for
 from cli.errors import FileProblem
 
@@ -149,6 +152,8 @@ class AtomicWriter:
         self.nonfinite = 0
         self._offset = 0
         self._tmp: str | None = None
+        self._fd: int | None = None
+        self._dest_mode: int | None = None
         self._sound: sf.SoundFile | None = None
         self._array: np.memmap | None = None
         self._encoded: io.BytesIO | None = None
@@ -156,16 +161,17 @@ class AtomicWriter:
 
     def __enter__(self) -> AtomicWriter:
         dest = self.dest
-        if dest.is_dir():
+        self._dest_mode = _existing_mode(dest)
+        if self._dest_mode is not None and stat.S_ISDIR(self._dest_mode):
             raise FileProblem(dest, "output is a directory")
-        if dest.exists() and not self.overwrite:
+        if self._dest_mode is not None and not self.overwrite:
             raise FileProblem(dest, "output exists; use --overwrite to replace it")
         try:
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            fd, self._tmp = tempfile.mkstemp(
-                prefix=f".{dest.name}.", suffix=".part", dir=dest.parent
-            )
-            os.close(fd)
+            fd, self._tmp = _temporary_beside(dest)
+            if self.buffered:
+                self._fd = fd  # written in one go at the end, through the descriptor
+            else:
+                os.close(fd)  # libsndfile and numpy's memmap open the file by name
         except OSError as err:
             raise FileProblem(dest, f"cannot create output ({err.strerror or err})") from err
         try:
@@ -212,12 +218,22 @@ class AtomicWriter:
                 target = self._array[..., self._offset : self._offset + n]
                 target[...] = block.reshape(target.shape)
             else:
-                if self.spec.clips:
-                    block = self._clip(block)
-                self._sound.write(np.ascontiguousarray(block.T))
+                self._sound.write(self._samples_for_soundfile(block))
         except (sf.SoundFileError, RuntimeError, OSError, ValueError) as err:
             raise FileProblem(self.dest, f"write failed: {err}") from err
         self._offset += n
+
+    def _samples_for_soundfile(self, block: np.ndarray) -> np.ndarray:
+        # (C, n) floats -> (n, C) as soundfile takes them: integer codes for integer PCM
+        # (converted here: faster than libsndfile, and rounded rather than floored).
+        if pcm.integer_dtype(self.spec.subtype) is not None:
+            encoded = pcm.encode(block, self.spec.subtype)
+            self.clipped += encoded.clipped
+            self.nonfinite += encoded.nonfinite
+            return encoded.codes
+        if self.spec.clips:
+            block = self._clip(block)
+        return np.ascontiguousarray(block.T)
 
     def _clip(self, block: np.ndarray) -> np.ndarray:
         finite = np.isfinite(block)
@@ -238,8 +254,8 @@ class AtomicWriter:
             return False
         try:
             self._close(commit=True)
-            mode = self.dest.stat().st_mode & 0o777 if self.dest.exists() else _default_mode()
-            os.chmod(self._tmp, mode)
+            keep = self._dest_mode  # replacing a file keeps its permissions
+            os.chmod(self._tmp, keep & 0o777 if keep is not None else _default_mode())
             os.replace(self._tmp, self.dest)
         except OSError as err:
             self._discard()
@@ -253,20 +269,23 @@ class AtomicWriter:
         if self._sound is not None:
             self._sound.close()
             self._sound = None
-        if self._encoded is not None:
-            if commit:
-                with open(self._tmp, "wb") as f:
-                    f.write(self._encoded.getbuffer())
-            self._encoded = None
-        if self._blocks is not None:
-            if commit:
-                whole = (
-                    np.concatenate(self._blocks, axis=-1) if self._blocks else np.zeros(self.shape)
-                )
-                array = whole.reshape(self._npy_shape()).astype(self.spec.dtype, copy=False)
-                with open(self._tmp, "wb") as f:
-                    np.save(f, array, allow_pickle=False)
-            self._blocks = None
+        fd, self._fd = self._fd, None
+        file = open(fd, "wb") if fd is not None else contextlib.nullcontext()
+        with file:
+            if self._encoded is not None:
+                if commit:
+                    file.write(self._encoded.getbuffer())
+                self._encoded = None
+            if self._blocks is not None:
+                if commit:
+                    whole = (
+                        np.concatenate(self._blocks, axis=-1)
+                        if self._blocks
+                        else np.zeros(self.shape)
+                    )
+                    array = whole.reshape(self._npy_shape()).astype(self.spec.dtype, copy=False)
+                    np.save(file, array, allow_pickle=False)
+                self._blocks = None
         if self._array is not None:
             self._array.flush()
             del self._array
@@ -313,6 +332,31 @@ def atomic_write(
         if isinstance(err, OSError):
             raise FileProblem(dest, f"cannot write ({err.strerror or err})") from err
         raise
+
+
+def _existing_mode(path: Path) -> int | None:
+    """``st_mode`` of what ``path`` names, or None when nothing is there (one system call)."""
+    try:
+        return os.stat(path).st_mode
+    except FileNotFoundError:
+        return None
+
+
+_MADE_DIRS: set[str] = set()
+
+
+def _temporary_beside(dest: Path) -> tuple[int, str]:
+    """A new hidden file in ``dest``'s directory (created if missing): ``(fd, path)``."""
+    parent = os.fspath(dest.parent)
+    # A batch writes thousands of files into a few directories: make sure of each one once.
+    if parent in _MADE_DIRS:
+        try:
+            return tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=parent)
+        except FileNotFoundError:
+            _MADE_DIRS.discard(parent)  # removed during the run: make it again
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    _MADE_DIRS.add(parent)
+    return tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=parent)
 
 
 _MODE: list[int] = []

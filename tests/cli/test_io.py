@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 import soundfile as sf
@@ -205,3 +207,25 @@ def test_info_command(tmp_path, bad_inputs):
     assert "text.wav" in r.stderr and len(lines) == 2
     r = invoke("info", tmp_path / "missing.wav")
     assert r.exit_code == 2 and "missing.wav" in r.stderr
+
+
+def test_output_directory_removed_during_a_run_is_made_again(tmp_path):
+    info = probe(SAMPLES / "speech_mono16.wav")
+    x = read_signal(info)
+    out_dir = tmp_path / "deep" / "out"
+    for name in ["a.wav", "b.wav"]:
+        dest = out_dir / name
+        with AtomicWriter(dest, output_spec(dest, info), x.shape, buffered=True) as w:
+            w.write(x)
+        assert sf.info(dest).frames == x.shape[-1]
+        shutil.rmtree(tmp_path / "deep")  # the writer remembered the directory; it is gone
+
+
+def test_replacing_keeps_permissions_and_leaves_no_temporary(tmp_path):
+    dest = tmp_path / "out.wav"
+    write_wav(dest, np.zeros((1, 100)), 8000)
+    dest.chmod(0o640)
+    result = invoke("smooth", SAMPLES / "speech_mono16.wav", dest, "--overwrite")
+    assert result.exit_code == 0, result.output
+    assert dest.stat().st_mode & 0o777 == 0o640
+    assert listing(tmp_path) == ["out.wav"]

@@ -1,0 +1,95 @@
+"""Integer PCM samples converted in numpy rather than by libsndfile.
+
+libsndfile's own float <-> integer conversion costs more than the file I/O around it (about
+5 ns a sample when writing 16-bit), and when writing it rounds toward minus infinity, which
+biases every sample by half a step. Here floats become integer codes by rounding to the
+nearest step, and codes become floats by the same power-of-two scale libsndfile reads with,
+so reading gives bit-identical floats and writing is exact to half a step (and faster).
+
+The scale is the one every reader uses: code / 2**15 for 16-bit, so +1.0 does not fit and
+becomes the largest code. Samples beyond [-1, 1] are clipped (never wrapped) and counted;
+NaN and Inf have no code and are written as 0, also counted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+# subtype -> (numpy dtype handed to soundfile, bits that carry the sample). 24-bit samples
+# travel as int32 whose low 8 bits libsndfile drops, so they are rounded to 24 bits here.
+_CODES = {
+    "PCM_16": (np.dtype("int16"), 16),
+    "PCM_24": (np.dtype("int32"), 24),
+    "PCM_32": (np.dtype("int32"), 32),
+}
+
+
+def integer_dtype(subtype: str | None) -> np.dtype | None:
+    """The integer dtype samples of ``subtype`` are read and written as here, or None when
+    libsndfile converts them itself (float subtypes, 8-bit, companded and lossy codecs).
+
+    Example:
+        >>> integer_dtype("PCM_16"), integer_dtype("PCM_24"), integer_dtype("FLOAT")
+        (dtype('int16'), dtype('int32'), None)
+    """
+    entry = _CODES.get(subtype or "")
+    return entry[0] if entry else None
+
+
+def decode(codes: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """Integer codes ``(frames, channels)`` as soundfile reads them -> floats ``(channels,
+    frames)`` in ``dtype``, C-contiguous, exactly the values libsndfile would give.
+
+    Example:
+        >>> decode(np.array([[-32768], [16384]], np.int16), np.dtype("float32"))
+        array([[-1. ,  0.5]], dtype=float32)
+    """
+    scale = dtype.type(2.0 ** -(8 * codes.dtype.itemsize - 1))
+    out = np.empty(codes.shape[::-1], dtype=dtype)
+    np.multiply(codes.T, scale, out=out)
+    return out
+
+
+@dataclass
+class Encoded:
+    """Codes ``(frames, channels)`` ready for soundfile, and what had to be changed."""
+
+    codes: np.ndarray
+    clipped: int
+    nonfinite: int
+
+
+def encode(block: np.ndarray, subtype: str) -> Encoded:
+    """Floats ``(channels, frames)`` -> integer codes ``(frames, channels)`` for ``subtype``
+    (one that :func:`integer_dtype` knows), rounded to the nearest step.
+
+    Example:
+        >>> e = encode(np.array([[0.5, 1.0, -2.0, np.nan]], np.float32), "PCM_16")
+        >>> e.codes.ravel().tolist(), e.clipped, e.nonfinite
+        ([16384, 32767, -32768, 0], 1, 1)
+    """
+    dtype, bits = _CODES[subtype]
+    # float32 cannot hold 2**31 - 1, the largest 32-bit code; float64 holds every code.
+    work = np.float64 if bits > 24 or block.dtype == np.float64 else np.float32
+    steps = float(2 ** (bits - 1))
+    with np.errstate(over="ignore", invalid="ignore"):  # huge values become +-inf: clipped
+        scaled = np.multiply(block, steps, dtype=work)  # a power of two: exact
+        total = scaled.sum()
+    nonfinite = 0
+    if not np.isfinite(total):  # one cheap pass decides whether to look closer
+        finite = np.isfinite(block)
+        nonfinite = block.size - int(np.count_nonzero(finite))
+        if nonfinite:  # NaN has no code; silence is the least surprising stand-in
+            scaled[~finite] = 0.0
+    clipped = 0
+    if scaled.size and (scaled.max() > steps or scaled.min() < -steps):
+        clipped = int(np.count_nonzero(np.abs(scaled) > steps))
+    np.rint(scaled, out=scaled)
+    np.clip(scaled, -steps, steps - 1, out=scaled)
+    if dtype.itemsize * 8 > bits:  # left-align: libsndfile keeps the top bits
+        scaled *= float(2 ** (8 * dtype.itemsize - bits))
+    codes = np.empty(block.shape[::-1], dtype=dtype)
+    codes[...] = scaled.T
+    return Encoded(codes, clipped, nonfinite)
