@@ -10,6 +10,8 @@ Under torchrun the job list is split across ranks and the reports are merged.
 
 from __future__ import annotations
 
+import functools
+import gc
 import os
 import sys
 import traceback
@@ -126,6 +128,10 @@ def run_sharded(
     ``work`` records per-file failures in ``report`` and never raises for them; the merged
     report's ``return_code`` is 1 if a file failed on any rank.
     """
+    # Everything imported so far (torch's hundreds of thousands of objects) lives until exit;
+    # moved out of the collector's sight, a collection no longer walks it every few hundred
+    # allocations (that walk was 7% of a 2,000-file run).
+    gc.freeze()
     ranks = distributed.ranks_from_env()
     distributed.start(ranks)
     try:
@@ -164,8 +170,9 @@ def _run_local(jobs, operation, options, device, report, *, show_progress: bool)
             continue
         key = (item.info.shape, item.info.dtype.str, item.info.rate)
         batched.setdefault(key, []).append(item)
-    for group in batched.values():
-        _run_group(group, operation, options, device, report, progress)
+    with _Writes() as writes:
+        for group in batched.values():
+            _run_group(group, operation, options, device, report, progress, writes)
     progress.close()
 
 
@@ -216,27 +223,64 @@ def _report_failure(report: Report, path: str, reason: str, trace: str) -> None:
     report.failed(path, reason)
 
 
-def _run_group(group, operation, options, device, report, progress) -> None:
+class _Writes:
+    """Writes results on one background thread while the next batch is read and computed.
+
+    Encoding and file I/O mostly run outside the GIL (numpy, libsndfile, system calls), so on
+    a directory of small files this overlaps nearly all the writing with the work. At most
+    one batch of results waits: :meth:`submit` first finishes the previous batch's writes,
+    which bounds memory, and leaving the ``with`` block finishes the last.
+    """
+
+    def __enter__(self) -> _Writes:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="diffconv-write")
+        self._pending: list = []
+        return self
+
+    def submit(self, tasks: list[Callable[[], None]]) -> None:
+        self.wait()
+        self._pending = [self._pool.submit(task) for task in tasks]
+
+    def wait(self) -> None:
+        for future in self._pending:
+            future.result()  # tasks are guarded: this only re-raises KeyboardInterrupt & co.
+        self._pending = []
+
+    def __exit__(self, *exc) -> None:
+        try:
+            self.wait()
+        finally:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _run_group(group, operation, options, device, report, progress, writes) -> None:
     info = group[0].info
     size = initial_batch_size(info.samples * info.dtype.itemsize, device)
     start = 0
     while start < len(group):
         chunk = group[start : start + size]
         start += len(chunk)
-        loaded = []
-        for item in chunk:
-            try:
-                loaded.append((item, read_signal(item.info)))
-            except FileProblem as err:
-                _failed(report, options, err.path, err.reason, err)
-                progress.update(1)
+        loaded = _load(chunk, options, report, progress)
         if loaded:
-            size = _run_batch(loaded, operation, options, device, report, progress, size)
+            size = _run_batch(loaded, operation, options, device, report, progress, size, writes)
 
 
-def _run_batch(loaded, operation, options, device, report, progress, size: int) -> int:
-    """Apply the operation to a stacked batch; split it on out-of-memory. Returns the batch
-    size to use next (smaller after an out-of-memory error)."""
+def _load(chunk: list[_Item], options, report: Report, progress) -> list:
+    loaded = []
+    for item in chunk:
+        try:
+            loaded.append((item, read_signal(item.info)))
+        except FileProblem as err:
+            _failed(report, options, err.path, err.reason, err)
+            progress.update(1)
+    return loaded
+
+
+def _run_batch(loaded, operation, options, device, report, progress, size: int, writes) -> int:
+    """Apply the operation to a stacked batch; split it on out-of-memory; hand the results
+    to ``writes``. Returns the batch size to use next (smaller after an out-of-memory error)."""
     failure = None
     try:
         results = _apply(np.stack([a for _, a in loaded]), loaded[0][0].info, operation, device)
@@ -245,9 +289,12 @@ def _run_batch(loaded, operation, options, device, report, progress, size: int) 
         # tensors, which must be freed before a smaller retry can fit.
         failure = _describe(exc, loaded[0][0], options)
     if failure is None:
-        for (item, _), result in zip(loaded, results, strict=True):
-            _guard(report, item, options, lambda it=item, r=result: _write(it, r, options, report))
-            progress.update(1)
+        writes.submit(
+            [
+                functools.partial(_write_one, item, result, options, report, progress)
+                for (item, _), result in zip(loaded, results, strict=True)
+            ]
+        )
         return size
     out_of_memory, path, reason, trace = failure
     if out_of_memory:
@@ -255,16 +302,18 @@ def _run_batch(loaded, operation, options, device, report, progress, size: int) 
         if len(loaded) > 1:
             half = len(loaded) // 2
             size = _run_batch(
-                loaded[:half], operation, options, device, report, progress, max(1, half)
+                loaded[:half], operation, options, device, report, progress, max(1, half), writes
             )
-            return _run_batch(loaded[half:], operation, options, device, report, progress, size)
+            return _run_batch(
+                loaded[half:], operation, options, device, report, progress, size, writes
+            )
         _report_failure(report, str(loaded[0][0].job.source), "out of device memory", trace)
         progress.update(1)
         return 1
     if len(loaded) > 1:
         # Attribute the error to each file on its own (it may depend on the data).
         for one in loaded:
-            _run_batch([one], operation, options, device, report, progress, 1)
+            _run_batch([one], operation, options, device, report, progress, 1, writes)
         return size
     _report_failure(report, path, reason, trace)
     progress.update(1)
@@ -285,6 +334,11 @@ def _apply(stack: np.ndarray, info: SignalInfo, operation: Operation, device) ->
     with torch.no_grad():
         out = operation.apply(batch, info)
     return out.cpu().numpy()
+
+
+def _write_one(item: _Item, result: np.ndarray, options, report: Report, progress) -> None:
+    _guard(report, item, options, lambda: _write(item, result, options, report))
+    progress.update(1)
 
 
 def _write(item: _Item, result: np.ndarray, options: RunOptions, report: Report) -> None:

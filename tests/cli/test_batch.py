@@ -155,3 +155,30 @@ def test_interrupt_leaves_no_partial_output(tmp_path):
 def test_no_progress_bar_when_stderr_is_not_a_terminal(tree, tmp_path):
     r = invoke("convolve", tree, tmp_path / "out", "--kernel", KERNEL, "-r")
     assert r.exit_code == 0 and "it/s" not in r.stderr and "file/s" not in r.stderr
+
+
+def test_a_failed_write_in_a_stacked_batch_fails_only_that_file(tree, tmp_path):
+    out = tmp_path / "out"
+    (out / "a.wav").mkdir(parents=True)  # passes the up-front check under --overwrite
+    r = invoke("convolve", tree, out, "--kernel", KERNEL, "-r", "--overwrite")
+    assert r.exit_code == 1
+    assert "a.wav: output is a directory" in r.stderr
+    assert "3 files processed, 1 file failed." in r.stderr
+    assert listing(out) == ["b.wav", "sub/c.wav", "sub/d.npy"]
+
+
+def test_interrupt_while_writing_stops_the_run_and_leaves_no_partial_output(tmp_path, monkeypatch):
+    import cli.runner
+
+    for name in ("a", "b"):
+        np.save(tmp_path / f"{name}.npy", np.zeros((1, 10)))
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli.runner, "write_signal", interrupted)
+    jobs = plan_jobs([tmp_path / "a.npy", tmp_path / "b.npy"], tmp_path / "out")
+    op = Operation(apply=lambda batch, info: batch)
+    with pytest.raises(KeyboardInterrupt):
+        run_jobs(jobs, op, RunOptions(device="cpu", quiet=True))
+    assert listing(tmp_path) == ["a.npy", "b.npy"]
