@@ -164,7 +164,11 @@ def best(runs: list[tuple[float, float, int]]) -> tuple[float, float, int]:
 
 
 def find_diffconv() -> list[str] | None:
-    exe = shutil.which("diffconv")
+    # The console script installed beside this interpreter first: a PATH lookup may find a
+    # version manager's shim (pyenv's costs 50 ms of bash per call), which is not diffconv.
+    exe = shutil.which("diffconv", path=os.path.dirname(sys.executable)) or shutil.which(
+        "diffconv"
+    )
     if exe:
         return [exe]
     if (ROOT / "cli" / "main.py").exists():

@@ -87,7 +87,8 @@ def smooth(
         device=signal.device,
         **window_params,
     )
-    missing = torch.isnan(signal)
+    # Only "raise" and "omit" look for NaNs; "propagate" leaves them to the convolution.
+    missing = torch.isnan(signal) if nan_policy != "propagate" else None
     if nan_policy == "raise" and bool(missing.any()):
         count = int(missing.sum())
         first = missing.reshape(-1, signal.shape[-1]).any(0).nonzero()[0].item()
@@ -96,7 +97,7 @@ def smooth(
             "use nan_policy='omit' to skip them or 'propagate' to keep them"
         )
     pad = "zeros" if edges == "renormalize" else edges
-    if nan_policy != "omit" or not bool(missing.any()):
+    if missing is None or not bool(missing.any()):
         out = convolve(signal, w, padding=pad, method=method)
         if edges == "renormalize":
             inside = torch.ones(signal.shape[-1], dtype=signal.dtype, device=signal.device)
