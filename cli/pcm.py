@@ -76,15 +76,13 @@ def encode(block: np.ndarray, subtype: str) -> Encoded:
     steps = float(2 ** (bits - 1))
     with np.errstate(over="ignore", invalid="ignore"):  # huge values become +-inf: clipped
         scaled = np.multiply(block, steps, dtype=work)  # a power of two: exact
-        total = scaled.sum()
-    nonfinite = 0
-    if not np.isfinite(total):  # one cheap pass decides whether to look closer
+    nonfinite = clipped = 0
+    # min and max carry any NaN: two cheap passes decide whether to look closer.
+    if scaled.size and not (scaled.min() >= -steps and scaled.max() <= steps):
         finite = np.isfinite(block)
         nonfinite = block.size - int(np.count_nonzero(finite))
         if nonfinite:  # NaN has no code; silence is the least surprising stand-in
             scaled[~finite] = 0.0
-    clipped = 0
-    if scaled.size and (scaled.max() > steps or scaled.min() < -steps):
         clipped = int(np.count_nonzero(np.abs(scaled) > steps))
     np.rint(scaled, out=scaled)
     np.clip(scaled, -steps, steps - 1, out=scaled)

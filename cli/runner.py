@@ -10,12 +10,14 @@ Under torchrun the job list is split across ranks and the reports are merged.
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import functools
 import gc
 import os
 import sys
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -158,19 +160,21 @@ def _run_local(jobs, operation, options, device, report, *, show_progress: bool)
             items.append(item)
     threshold = stream_threshold()
     batched: dict[tuple, list[_Item]] = {}
-    for item in items:
-        if item.info.samples > threshold and operation.streamer:
-            _guard(
-                report,
-                item,
-                options,
-                lambda it=item: _stream_one(it, operation, options, device, report, show_progress),
-            )
-            progress.update(1)
-            continue
-        key = (item.info.shape, item.info.dtype.str, item.info.rate)
-        batched.setdefault(key, []).append(item)
     with _Writes() as writes:
+        for item in items:
+            if item.info.samples > threshold and operation.streamer:
+                _guard(
+                    report,
+                    item,
+                    options,
+                    lambda it=item: _stream_one(
+                        it, operation, options, device, report, show_progress, writes
+                    ),
+                )
+                progress.update(1)
+                continue
+            key = (item.info.shape, item.info.dtype.str, item.info.rate)
+            batched.setdefault(key, []).append(item)
         for group in batched.values():
             _run_group(group, operation, options, device, report, progress, writes)
     progress.close()
@@ -233,9 +237,9 @@ class _Writes:
     """
 
     def __enter__(self) -> _Writes:
-        from concurrent.futures import ThreadPoolExecutor
-
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="diffconv-write")
+        self._pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="diffconv-write"
+        )
         self._pending: list = []
         return self
 
@@ -244,9 +248,24 @@ class _Writes:
         self._pending = [self._pool.submit(task) for task in tasks]
 
     def wait(self) -> None:
-        for future in self._pending:
-            future.result()  # tasks are guarded: this only re-raises KeyboardInterrupt & co.
-        self._pending = []
+        """Finish the pending writes; re-raise the first exception one of them raised."""
+        pending, self._pending = self._pending, []
+        for future in pending:
+            future.result()
+
+    @contextlib.contextmanager
+    def draining(self) -> Iterator[None]:
+        """Finish the pending writes before leaving the block, also when it fails (their
+        file is about to be closed or discarded); the block's own exception wins."""
+        try:
+            yield
+        except BaseException:
+            for future in self._pending:
+                future.cancel()
+            concurrent.futures.wait(self._pending)
+            self._pending = []
+            raise
+        self.wait()
 
     def __exit__(self, *exc) -> None:
         try:
@@ -354,7 +373,7 @@ def _warn_clipping(writer: AtomicWriter, report: Report) -> None:
         report.warn(str(writer.dest), f"{writer.nonfinite} NaN/Inf samples written as 0")
 
 
-def _stream_one(item: _Item, operation, options, device, report, show_progress) -> None:
+def _stream_one(item: _Item, operation, options, device, report, show_progress, writes) -> None:
     import torch
 
     made = operation.streamer(item.info, device)
@@ -367,13 +386,15 @@ def _stream_one(item: _Item, operation, options, device, report, show_progress) 
     shape = (*item.info.shape[:-1], out_frames)
     bar = _progress(item.info.frames, "frame", show_progress)
     writer = AtomicWriter(item.job.dest, item.spec, shape, overwrite=options.overwrite)
-    with writer, torch.no_grad():
+    # Each block is encoded and written on the writer thread while the next one is read and
+    # convolved; `draining` finishes those writes before the file is committed or discarded.
+    with writer, torch.no_grad(), writes.draining():
         for block in read_blocks(item.info, block_frames()):
             out = convolver.push(torch.from_numpy(block).to(device))
             if out.shape[-1]:
-                writer.write(out.cpu().numpy())
+                writes.submit([functools.partial(writer.write, out.cpu().numpy())])
             bar.update(block.shape[-1])
-        writer.write(convolver.flush().cpu().numpy())
+        writes.submit([functools.partial(writer.write, convolver.flush().cpu().numpy())])
     bar.close()
     _warn_clipping(writer, report)
     report.done(item.job.source, item.job.dest, streamed=True)

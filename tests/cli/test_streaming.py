@@ -93,3 +93,39 @@ def test_streamed_npy_smooth_with_nan_gaps_equals_whole_file(tmp_path):
     a, b = np.load(whole), np.load(streamed)
     assert a.shape == b.shape == (4000,)
     np.testing.assert_allclose(b, a, rtol=1e-10, atol=1e-12, equal_nan=True)
+
+
+def _fail_on_third_block(monkeypatch, exc: BaseException):
+    """Make AtomicWriter.write raise ``exc`` on its third block (on the writer thread)."""
+    from cli.writing import AtomicWriter
+
+    real, calls = AtomicWriter.write, []
+
+    def write(self, block):
+        calls.append(block.shape)
+        if len(calls) == 3:
+            raise exc
+        return real(self, block)
+
+    monkeypatch.setattr(AtomicWriter, "write", write)
+    return calls
+
+
+def test_a_failed_block_write_discards_the_streamed_output(tmp_path, long_float_wav, monkeypatch):
+    from cli.errors import FileProblem
+
+    out = tmp_path / "out" / "smoothed.wav"
+    calls = _fail_on_third_block(monkeypatch, FileProblem(out, "write failed: disk full"))
+    r = invoke("smooth", long_float_wav, out, env=STREAM)
+    assert r.exit_code == 1
+    assert "smoothed.wav: write failed: disk full" in r.stderr
+    assert len(calls) == 3  # nothing was written after the failure
+    assert list((tmp_path / "out").iterdir()) == []  # no output, no temporary
+
+
+def test_an_interrupted_stream_leaves_nothing(tmp_path, long_float_wav, monkeypatch):
+    _fail_on_third_block(monkeypatch, KeyboardInterrupt())
+    out = tmp_path / "out" / "smoothed.wav"
+    r = invoke("smooth", long_float_wav, out, env=STREAM)
+    assert r.exit_code == 1 and "Aborted" in r.stderr  # click's answer to Ctrl-C
+    assert list((tmp_path / "out").iterdir()) == []
