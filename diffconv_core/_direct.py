@@ -1,7 +1,8 @@
 """Direct (sliding dot product) convolution for short kernels.
 
 On CPU it runs as block-Toeplitz matrix products (``_toeplitz``), several times faster than
-``conv1d`` there. On CUDA the forward pass is a fused Triton kernel (``_triton_direct``), or
+``conv1d`` there, or for up to 8 taps without autograd as shifted multiply-adds
+(``_shift_add``). On CUDA the forward pass is a fused Triton kernel (``_triton_direct``), or
 ``conv1d`` with the flipped kernel where Triton is missing; the backward pass is written out
 rather than left to autograd, because autograd would route the kernel gradient through
 cuDNN's depthwise weight gradient, which is an order of magnitude slower than an FFT on GPUs.
@@ -18,9 +19,10 @@ import torch
 import torch.nn.functional as F
 
 from diffconv_core._fft import fft_lagged_products
+from diffconv_core._shift_add import MAX_SHIFT_ADD_TAPS, shift_add_correlate
 from diffconv_core._toeplitz import toeplitz_correlate
 from diffconv_core._triton_direct import sliding_dot
-from diffconv_core._validation import broadcast_shapes
+from diffconv_core._validation import broadcast_shapes, needs_graph
 
 # Beyond this many taps the Toeplitz blocks (2P x P) grow too large to pay off.
 MAX_TOEPLITZ_TAPS = 1024
@@ -86,5 +88,7 @@ def direct_range(x: torch.Tensor, w: torch.Tensor, lo: int, hi: int) -> torch.Te
     """
     K = w.shape[-1]
     if x.device.type == "cpu" and K <= MAX_TOEPLITZ_TAPS:
+        if w.dim() == 1 and K <= MAX_SHIFT_ADD_TAPS and not needs_graph(x, w):
+            return shift_add_correlate(x, w.flip(-1), hi - lo, shift=K - 1 - lo)
         return toeplitz_correlate(x, w.flip(-1), hi - lo, shift=K - 1 - lo)
     return _DirectRange.apply(x, w, lo, hi)

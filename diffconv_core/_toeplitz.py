@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from diffconv_core._pieces import in_pieces
 from diffconv_core._validation import needs_graph
 
 #: Without autograd, the work goes in pieces of about this many bytes of signal, so that
@@ -85,47 +86,31 @@ def _correlate_in_pieces(
     source: torch.Tensor, taps: torch.Tensor, n_out: int, shift: int, P: int
 ) -> torch.Tensor:
     """:func:`toeplitz_correlate` for one kernel without autograd, a cache-sized piece at a
-    time: whole signals per piece when they are short, frames of one signal when long."""
+    time (see :mod:`diffconv_core._pieces`)."""
     A, B = _toeplitz_blocks(taps, P)
-    batch, T = source.shape[:-1], source.shape[-1]
-    rows = source.reshape(-1, T)
-    out = torch.empty(rows.shape[0], n_out, dtype=source.dtype, device=source.device)
-    frames_per_piece = max(2, CHUNK_BYTES // source.element_size() // P)
-    n_frames = -(-n_out // P)
-    span = (n_frames + 1) * P  # the source samples one signal's frames read
-    scratch = torch.empty(
-        (frames_per_piece + n_frames + 1) * P, dtype=source.dtype, device=source.device
-    )
+    scratch = [torch.empty(0, dtype=source.dtype, device=source.device)]
 
-    def frames_times_blocks(frames: torch.Tensor) -> torch.Tensor:
-        # Output frame r reads source frames r and r + 1; the result sits in `scratch`.
-        result = scratch[: (frames.shape[0] - 1) * P].view(-1, P)
+    def source_length(n: int) -> int:
+        return (-(-n // P) + 1) * P  # the frames n outputs read
+
+    def convolve_piece(piece: torch.Tensor, dest: torch.Tensor) -> None:
+        # Output frame r reads source frames r and r + 1. Frame q of signal s is row
+        # s * span / P + q of the tall frame matrix, so each signal's outputs are the first
+        # samples of its stretch of rows (its last row, straddling two signals, is unused).
+        if scratch[0].numel() < piece.numel():
+            scratch[0] = torch.empty_like(piece).view(-1)  # reused by every later piece
+        frames, out = piece.reshape(-1, P), scratch[0][: piece.numel()]
+        result = out[: piece.numel() - P].view(-1, P)
         torch.mm(frames[:-1], A, out=result)
-        return result.addmm_(frames[1:], B)
+        result.addmm_(frames[1:], B)
+        dest.copy_(out.view(piece.shape)[:, : dest.shape[-1]])
 
-    if n_frames + 1 <= frames_per_piece:
-        signals = frames_per_piece // (n_frames + 1)
-        for first in range(0, rows.shape[0], signals):
-            piece = _zero_extended(rows[first : first + signals], -shift, span - shift)
-            frames_times_blocks(piece.reshape(-1, P))
-            # Frame q of signal s is row s * (n_frames + 1) + q: each signal's outputs are
-            # the first n_out samples of its stretch of rows (its last row straddles two).
-            done = scratch[: piece.numel()].view(piece.shape[0], span)[:, :n_out]
-            out[first : first + piece.shape[0]].copy_(done)
-    else:
-        for row, signal in zip(out, rows, strict=True):
-            for frame in range(0, n_frames, frames_per_piece):
-                stop = min(n_frames, frame + frames_per_piece)
-                piece = _zero_extended(signal, frame * P - shift, (stop + 1) * P - shift)
-                done = frames_times_blocks(piece.view(-1, P)).view(-1)
-                end = min(stop * P, n_out)
-                row[frame * P : end].copy_(done[: end - frame * P])
-    return out.reshape(*batch, n_out)
-
-
-def _zero_extended(x: torch.Tensor, start: int, stop: int) -> torch.Tensor:
-    """``x[..., start:stop]`` with zeros where the range leaves ``x``'s samples (a copy)."""
-    T = x.shape[-1]
-    inside = x[..., min(max(start, 0), T) : max(min(stop, T), 0)]
-    before = min(max(-start, 0), stop - start)
-    return F.pad(inside, (before, stop - start - before - inside.shape[-1]))
+    return in_pieces(
+        source,
+        n_out,
+        shift,
+        source_length,
+        convolve_piece,
+        piece_samples=max(2 * P, CHUNK_BYTES // source.element_size()),
+        align=P,
+    )

@@ -1,4 +1,5 @@
-"""The CPU direct path without autograd runs in cache-sized pieces (``_toeplitz``): every
+"""The CPU direct path without autograd runs in cache-sized pieces (``_pieces``), as shifted
+multiply-adds up to 8 taps (``_shift_add``) and Toeplitz GEMMs beyond (``_toeplitz``): every
 piece layout must give scipy's answer, and the same numbers as the differentiable path."""
 
 from __future__ import annotations
@@ -8,7 +9,7 @@ import pytest
 import scipy.signal
 import torch
 
-from diffconv_core import _toeplitz, convolve, correlate
+from diffconv_core import _pieces, _shift_add, _toeplitz, convolve, correlate
 
 # Piece sizes that force each layout: several short signals per piece, one signal cut into
 # many pieces (down to two frames a piece), and everything in one piece.
@@ -18,11 +19,14 @@ PIECE_BYTES = [64, 1024, 2**20]
 @pytest.fixture(params=PIECE_BYTES, ids=lambda b: f"piece{b}B")
 def piece_bytes(request, monkeypatch):
     monkeypatch.setattr(_toeplitz, "CHUNK_BYTES", request.param)
+    monkeypatch.setattr(_shift_add, "PIECE_SAMPLES", request.param // 8)
     return request.param
 
 
 @pytest.mark.parametrize("mode", ["full", "same", "valid"])
-@pytest.mark.parametrize("T, K", [(1, 1), (7, 3), (50, 17), (333, 31), (1000, 4), (64, 64)])
+@pytest.mark.parametrize(
+    "T, K", [(1, 1), (7, 3), (200, 8), (1000, 4), (200, 9), (50, 17), (333, 31), (64, 64)]
+)
 @pytest.mark.parametrize("batch", [(), (3,), (2, 3)])
 def test_pieces_match_scipy(piece_bytes, mode, T, K, batch):
     if mode == "valid" and K > T:
@@ -37,22 +41,25 @@ def test_pieces_match_scipy(piece_bytes, mode, T, K, batch):
     np.testing.assert_allclose(got.numpy(), expected, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("K", [2, 5, 9, 40])
 @pytest.mark.parametrize("padding", ["reflect", "circular", "replicate", "zeros"])
-def test_pieces_with_padding_match_the_differentiable_path(piece_bytes, padding):
+def test_pieces_with_padding_match_the_differentiable_path(piece_bytes, padding, K):
     rng = np.random.default_rng(3)
     x = torch.from_numpy(rng.standard_normal((4, 257)))
-    w = torch.from_numpy(rng.standard_normal(9))
+    w = torch.from_numpy(rng.standard_normal(K))
     with torch.no_grad():
         fast = correlate(x, w, mode="same", padding=padding, method="direct")
     tracked = correlate(x, w.requires_grad_(), mode="same", padding=padding, method="direct")
     torch.testing.assert_close(fast, tracked.detach(), rtol=1e-12, atol=1e-12)
 
 
-def test_float32_long_signal_in_many_pieces(monkeypatch):
+@pytest.mark.parametrize("K", [3, 31])
+def test_float32_long_signal_in_many_pieces(monkeypatch, K):
     monkeypatch.setattr(_toeplitz, "CHUNK_BYTES", 4096)
+    monkeypatch.setattr(_shift_add, "PIECE_SAMPLES", 1000)
     rng = np.random.default_rng(5)
     x = rng.standard_normal((2, 50_000)).astype(np.float32)
-    w = rng.standard_normal(31).astype(np.float32)
+    w = rng.standard_normal(K).astype(np.float32)
     got = convolve(torch.from_numpy(x), torch.from_numpy(w), mode="same", method="direct")
     expected = scipy.signal.convolve(x.astype(np.float64), w[None].astype(np.float64), "same")
     np.testing.assert_allclose(got.numpy(), expected, rtol=1e-4, atol=1e-4)
@@ -62,4 +69,4 @@ def test_float32_long_signal_in_many_pieces(monkeypatch):
 def test_zero_extended_slice(start, stop):
     x = torch.arange(1.0, 11.0)  # 10 samples
     expected = [float(x[i]) if 0 <= i < 10 else 0.0 for i in range(start, stop)]
-    assert _toeplitz._zero_extended(x, start, stop).tolist() == expected
+    assert _pieces.zero_extended(x, start, stop).tolist() == expected

@@ -1,0 +1,69 @@
+"""Run a sliding dot product a cache-sized piece at a time (CPU, without autograd).
+
+A whole-batch operation streams every intermediate through main memory; cut into pieces of a
+few hundred thousand samples, the padded source, the partial products and the output of a
+piece stay in cache. Short signals are taken several whole rows to a piece; long ones are cut
+along time, each piece reading its own stretch of source (zero outside the signal).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+
+def in_pieces(
+    source: torch.Tensor,
+    n_out: int,
+    shift: int,
+    source_length: Callable[[int], int],
+    convolve_piece: Callable[[torch.Tensor, torch.Tensor], None],
+    *,
+    piece_samples: int,
+    align: int = 1,
+) -> torch.Tensor:
+    """Outputs ``0 <= m < n_out`` of every row, where output ``m`` reads source samples from
+    ``m - shift`` on; ``convolve_piece(piece, dest)`` fills ``dest`` ``(rows, n)`` from
+    ``piece`` ``(rows, source_length(n))``, whose first sample lines up with ``dest``'s first.
+
+    Pieces read about ``piece_samples`` source samples; a row cut along time is cut at
+    multiples of ``align`` samples.
+
+    Shape:
+        source ``(*batch, T)`` -> ``(*batch, n_out)``.
+    """
+    batch, T = source.shape[:-1], source.shape[-1]
+    rows = source.reshape(-1, T)
+    out = torch.empty(rows.shape[0], n_out, dtype=source.dtype, device=source.device)
+    if n_out == 0:
+        return out.reshape(*batch, 0)
+    length = source_length(n_out)
+    if length <= piece_samples:
+        signals = piece_samples // length
+        for first in range(0, rows.shape[0], signals):
+            piece = zero_extended(rows[first : first + signals], -shift, length - shift)
+            convolve_piece(piece, out[first : first + signals])
+    else:
+        step = max(align, piece_samples // align * align)
+        for row, signal in zip(out, rows, strict=True):
+            for start in range(0, n_out, step):
+                n = min(step, n_out - start)
+                begin = start - shift
+                piece = zero_extended(signal, begin, begin + source_length(n))
+                convolve_piece(piece[None], row[None, start : start + n])
+    return out.reshape(*batch, n_out)
+
+
+def zero_extended(x: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+    """``x[..., start:stop]`` with zeros where the range leaves ``x``'s samples (a copy).
+
+    Example:
+        >>> zero_extended(torch.tensor([1.0, 2.0, 3.0]), -2, 2).tolist()
+        [0.0, 0.0, 1.0, 2.0]
+    """
+    T = x.shape[-1]
+    inside = x[..., min(max(start, 0), T) : max(min(stop, T), 0)]
+    before = min(max(-start, 0), stop - start)
+    return F.pad(inside, (before, stop - start - before - inside.shape[-1]))
