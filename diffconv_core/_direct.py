@@ -88,7 +88,12 @@ def direct_range(x: torch.Tensor, w: torch.Tensor, lo: int, hi: int) -> torch.Te
     """
     K = w.shape[-1]
     if x.device.type == "cpu" and K <= MAX_TOEPLITZ_TAPS:
-        if w.dim() == 1 and K <= MAX_SHIFT_ADD_TAPS and not needs_graph(x, w):
-            return shift_add_correlate(x, w.flip(-1), hi - lo, shift=K - 1 - lo)
-        return toeplitz_correlate(x, w.flip(-1), hi - lo, shift=K - 1 - lo)
+        taps, shift = w.flip(-1), K - 1 - lo
+        if w.numel() > K or needs_graph(x, w):
+            return toeplitz_correlate(x, taps, hi - lo, shift=shift)
+        # One kernel for every row, nothing recorded: the fast paths take it as (K,).
+        shape = (*broadcast_shapes(x.shape[:-1], w.shape[:-1]), hi - lo)
+        if K <= MAX_SHIFT_ADD_TAPS:
+            return shift_add_correlate(x, taps.reshape(K), hi - lo, shift).reshape(shape)
+        return toeplitz_correlate(x, taps.reshape(K), hi - lo, shift).reshape(shape)
     return _DirectRange.apply(x, w, lo, hi)

@@ -14,7 +14,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from diffconv_core._fft import next_fast_len
+from diffconv_core._fft import CPU_FFT_MULTIPLE, next_fast_len
 from diffconv_core._validation import broadcast_shapes, needs_graph
 
 # Block FFT length bounds: big enough to amortise the K - 1 overlap, small enough to stay
@@ -35,7 +35,8 @@ def block_fft_length(kernel_length: int, output_length: int) -> int:
     target = max(MIN_BLOCK_FFT, 8 * kernel_length)
     # no point in blocks much longer than the output itself
     target = min(target, max(MIN_BLOCK_FFT, output_length + kernel_length - 1))
-    return next_fast_len(min(max(target, 2 * kernel_length), max(MAX_BLOCK_FFT, 2 * kernel_length)))
+    length = min(max(target, 2 * kernel_length), max(MAX_BLOCK_FFT, 2 * kernel_length))
+    return next_fast_len(length, CPU_FFT_MULTIPLE)
 
 
 # Without autograd, blocks are processed a chunk at a time into a preallocated output, so the

@@ -23,22 +23,40 @@ import torch
 from diffconv_core._direct import MAX_TOEPLITZ_TAPS
 from diffconv_core._fft import fft_length
 from diffconv_core._overlap import block_fft_length
+from diffconv_core._shift_add import MAX_SHIFT_ADD_TAPS
 from diffconv_core._toeplitz import frame_length
 from diffconv_core._validation import MODES, broadcast_shapes, check_choice
 
 # Per-device constants of the cost model, in nanoseconds: a fixed cost per call, then per
 # output sample (direct) or per n*log2(n) unit of transform (fft, overlap). CUDA numbers are
 # from an H200 (torch 2.11, Triton direct kernel, power-of-two cuFFT), CPU numbers from this
-# project's 2-core machines (torch 2.13, block-Toeplitz direct; the FFT's cost per unit grows
-# with its length as it falls out of cache). benchmarks/results/ holds the measurements.
+# project's 2-core machines (torch 2.13). On the CPU the paths without autograd differ from
+# the recorded ones (direct in cache-sized pieces, shifted sums up to 8 taps, batched FFTs in
+# chunks), so each has its own table: "cpu" was fitted (relative least squares) to 108
+# forward timings of every method over batch 1-512, length 2,000-2,000,000 and 2-1,023 taps;
+# "cpu_autograd" prices the recorded forward, and _BACKWARD_FACTOR the backward on top.
+# benchmarks/results/ holds the measurements.
 _COSTS = {
     "cpu": {
+        "shift_call": 71_000.0,
+        "shift_sample": 0.235,
+        "shift_tap": 0.089,  # per output sample and tap
+        "direct_call": 173_000.0,
+        "direct_sample": 0.475,
+        "direct_frame_tap": 0.028,  # GEMM: per output sample and frame-length tap
+        "fft_call": 98_000.0,
+        "fft_unit": 0.0388,
+        "fft_unit_per_octave": 0.0097,  # above 2**11 points
+        "overlap_call": 126_000.0,
+        "overlap_unit": 0.0736,
+    },
+    "cpu_autograd": {
         "direct_call": 15_000.0,
         "direct_sample": 2.0,  # framing, copies: per output sample
-        "direct_frame_tap": 0.035,  # GEMM: per output sample and frame-length tap
+        "direct_frame_tap": 0.035,
         "fft_call": 25_000.0,
         "fft_unit": 0.1,
-        "fft_unit_per_octave": 0.02,  # above 2**11 points
+        "fft_unit_per_octave": 0.02,
         "overlap_call": 60_000.0,
         "overlap_unit": 0.14,
     },
@@ -80,34 +98,55 @@ def output_length(T: int, K: int, mode: str) -> int:
 
 
 @functools.lru_cache(maxsize=4096)
-def estimate_costs(batch: int, T: int, K: int, mode: str, device_type: str) -> dict[str, float]:
-    """Modelled time of each method in nanoseconds (the ranking is what counts).
+def estimate_costs(
+    batch: int,
+    T: int,
+    K: int,
+    mode: str,
+    device_type: str,
+    requires_grad: bool = False,
+    shared_kernel: bool = True,
+) -> dict[str, float]:
+    """Modelled forward time of each method in nanoseconds (the ranking is what counts), for
+    the path each takes: with autograd recording or not, one kernel for all rows or not.
 
     Example:
         >>> costs = estimate_costs(16, 480_000, 31, "same", "cuda")
         >>> min(costs, key=costs.get)
         'direct'
     """
-    c = _COSTS["cpu" if device_type == "cpu" else "cuda"]
+    if device_type == "cpu":
+        c = _COSTS["cpu_autograd" if requires_grad else "cpu"]
+    else:
+        c = _COSTS["cuda"]
     if mode == "valid" and K > T:
         T, K = K, T
     L = output_length(T, K, mode)
-    if device_type == "cpu":
-        # Block-Toeplitz GEMMs cost per frame length, not per tap; past their reach conv1d
-        # on one channel runs, far slower.
-        per_sample = c["direct_sample"] + c["direct_frame_tap"] * frame_length(K)
+    call = c["direct_call"]
+    if device_type != "cpu":
+        per_sample = c["direct_tap"] * K
+    elif K > MAX_TOEPLITZ_TAPS:
+        per_sample = 20 * _COSTS["cpu_autograd"]["direct_frame_tap"] * K  # conv1d, far slower
+    elif requires_grad or not shared_kernel:
+        # Whole-batch block-Toeplitz GEMMs: cost per frame length, not per tap.
+        a = _COSTS["cpu_autograd"]
+        call = a["direct_call"]
+        per_sample = a["direct_sample"] + a["direct_frame_tap"] * frame_length(K)
         if batch * L > DIRECT_CACHE_SAMPLES:
             # Its framed copies no longer fit in cache: memory traffic doubles the cost.
-            per_sample += c["direct_sample"] * 1.5
-        if K > MAX_TOEPLITZ_TAPS:
-            per_sample = 20 * c["direct_frame_tap"] * K
+            per_sample += a["direct_sample"] * 1.5
+    elif K <= MAX_SHIFT_ADD_TAPS:
+        call = c["shift_call"]
+        per_sample = c["shift_sample"] + c["shift_tap"] * K
     else:
-        per_sample = c["direct_tap"] * K
-    direct = c["direct_call"] + batch * L * per_sample
+        per_sample = c["direct_sample"] + c["direct_frame_tap"] * frame_length(K)
+    direct = call + batch * L * per_sample
     n_fft = fft_length(T + K, torch.device(device_type))
     log_n = math.log2(max(n_fft, 2))
     unit = c["fft_unit"] + c["fft_unit_per_octave"] * max(0.0, log_n - 11)
-    fft = c["fft_call"] + unit * batch * 3 * n_fft * log_n
+    # One row's transforms run on one thread; a batch's rows spread over two.
+    serial = 2 if device_type == "cpu" and batch == 1 and not requires_grad else 1
+    fft = c["fft_call"] + unit * batch * 3 * n_fft * log_n * serial
     block = block_fft_length(K, L)
     n_blocks = math.ceil(L / (block - K + 1))
     overlap_units = batch * n_blocks * 2 * block * math.log2(block)
@@ -165,7 +204,8 @@ def choose_method(
     )
     if cached is not None:
         return cached
-    costs = estimate_costs(batch, T, K, mode, device_type)
+    shared = math.prod(kernel_shape[:-1]) == 1
+    costs = estimate_costs(batch, T, K, mode, device_type, requires_grad, shared)
     if requires_grad:
         # The backward pass costs each method a different multiple of its forward pass.
         costs = {name: cost * _BACKWARD_FACTOR[name] for name, cost in costs.items()}

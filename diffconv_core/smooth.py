@@ -105,6 +105,12 @@ def smooth(
         return out
 
     # "omit": zero the NaNs, then divide by the weight of the valid samples under the window.
+    # Next to a long gap both are sums of a few small terms; an FFT's round-off is relative
+    # to the whole signal instead, so in single precision the ratio could lose three digits.
+    # Below float64 the ratio is therefore formed in float64.
+    result_dtype = signal.dtype
+    if signal.dtype != torch.float64:
+        signal, w = signal.to(torch.float64), w.to(torch.float64)
     filled = torch.where(missing, torch.zeros_like(signal), signal)
     numerator = convolve(filled, w, padding=pad, method=method)
     support = (w.detach() != 0).to(signal.dtype)
@@ -123,4 +129,4 @@ def smooth(
     empty = count < 0.5
     safe_weight = torch.where(empty, torch.ones_like(weight), weight)
     out = numerator / safe_weight
-    return torch.where(empty, torch.full_like(out, float("nan")), out)
+    return torch.where(empty, torch.full_like(out, float("nan")), out).to(result_dtype)

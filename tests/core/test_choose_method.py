@@ -121,3 +121,31 @@ def test_auto_runs_the_chosen_method():
         check_parity(x, w, "same", "zeros", "auto", correlate=False)
     # The shapes above must exercise more than one branch of the model, or the test is hollow.
     assert len(seen) >= 2, seen
+
+
+def test_cpu_fft_lengths_are_the_smallest_smooth_multiples_of_eight():
+    from diffconv_core._fft import fft_length
+
+    def smooth(n: int) -> bool:
+        for p in (2, 3, 5):
+            while n % p == 0:
+                n //= p
+        return n == 1
+
+    cpu = torch.device("cpu")
+    for n in range(9, 3000):
+        expected = next(m for m in range(n, 4 * n) if m % 8 == 0 and smooth(m))
+        assert fft_length(n, cpu) == expected, n
+
+
+def test_the_model_prices_the_path_each_call_takes():
+    from diffconv_core.methods import estimate_costs
+
+    # Without autograd a shared kernel takes the fast CPU paths; recorded, or one kernel per
+    # row, the whole-batch GEMMs, which the model prices higher.
+    fast = estimate_costs(4, 480_000, 31, "same", "cpu")["direct"]
+    recorded = estimate_costs(4, 480_000, 31, "same", "cpu", requires_grad=True)["direct"]
+    per_row = estimate_costs(4, 480_000, 31, "same", "cpu", shared_kernel=False)["direct"]
+    assert fast < recorded and recorded == per_row
+    assert choose_method((4, 480_000), (3,)) == "direct"
+    assert choose_method((1, 1 << 22), (255,)) == "overlap"
