@@ -10,6 +10,8 @@ GEMMs too and double backward comes for free.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
@@ -32,19 +34,21 @@ def frame_length(K: int) -> int:
     return max(16, -(-(K - 1) // 16) * 16)
 
 
+@functools.lru_cache(maxsize=64)
+def _toeplitz_index(K: int, P: int, device: torch.device) -> torch.Tensor:
+    # Entry (c, i) of the stacked blocks holds tap c - i, or the zero appended at index K.
+    lag = torch.arange(2 * P, device=device)[:, None] - torch.arange(P, device=device)
+    return torch.where((lag >= 0) & (lag < K), lag, K)
+
+
 def _toeplitz_blocks(taps: torch.Tensor, P: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Matrices ``(A, B)`` with ``out_frame = src_frame @ A + next_src_frame @ B``.
 
     ``A[c, i] = taps[c - i]`` and ``B[c, i] = taps[P + c - i]`` where the index lies in
     ``[0, K)``, else 0.
     """
-    K = taps.shape[-1]
-    c = torch.arange(2 * P, device=taps.device).unsqueeze(1)
-    i = torch.arange(P, device=taps.device).unsqueeze(0)
-    lag = c - i  # (2P, P)
-    inside = (lag >= 0) & (lag < K)
-    gathered = taps[..., lag.clamp(0, K - 1)]  # (..., 2P, P)
-    both = torch.where(inside, gathered, torch.zeros((), dtype=taps.dtype, device=taps.device))
+    index = _toeplitz_index(taps.shape[-1], P, taps.device)
+    both = F.pad(taps, (0, 1))[..., index]  # (..., 2P, P), one gather
     return both[..., :P, :], both[..., P:, :]
 
 
