@@ -75,8 +75,6 @@ def smooth(
     """
     check_tensor("signal", signal)
     length = _b.check_length(length)
-    check_choice("edges", edges, EDGES)
-    check_choice("nan_policy", nan_policy, NAN_POLICIES)
     w = get_window(
         window,
         length,
@@ -87,6 +85,31 @@ def smooth(
         device=signal.device,
         **window_params,
     )
+    return smooth_with_window(signal, w, edges=edges, nan_policy=nan_policy, method=method)
+
+
+def smooth_with_window(
+    signal: Tensor,
+    w: Tensor,
+    *,
+    edges: str = "reflect",
+    nan_policy: str = "propagate",
+    method: str = "auto",
+) -> Tensor:
+    """:func:`smooth` with a window already built (unit sum; e.g. once for a whole stream).
+
+    Shape:
+        - signal: ``(..., T)``, w: ``(..., K)`` (leading dims broadcast)
+        - output: ``(..., T)``
+
+    Example:
+        >>> box = torch.full((3,), 1 / 3)
+        >>> smooth_with_window(torch.tensor([0.0, 3.0, 0.0]), box, edges="zeros")
+        tensor([1., 1., 1.])
+    """
+    check_tensor("signal", signal)
+    check_choice("edges", edges, EDGES)
+    check_choice("nan_policy", nan_policy, NAN_POLICIES)
     # Only "raise" and "omit" look for NaNs; "propagate" leaves them to the convolution.
     missing = torch.isnan(signal) if nan_policy != "propagate" else None
     if nan_policy == "raise" and bool(missing.any()):

@@ -338,3 +338,33 @@ def test_smoother_errors():
     sm.push(torch.ones(3, 10))
     with pytest.raises(ValueError, match="leading shape"):
         sm.push(torch.ones(10))
+
+
+def test_smoother_builds_its_window_once_per_stream(monkeypatch):
+    import diffconv_core.windows
+    from diffconv_core.smooth import smooth
+
+    calls = []
+    real = diffconv_core.windows.get_window
+    monkeypatch.setattr(
+        diffconv_core.windows, "get_window", lambda *a, **k: calls.append(a) or real(*a, **k)
+    )
+    x = torch.randn(2, 2000, dtype=torch.float64)
+    sm = StreamingSmoother("kaiser", 21, edges="reflect", beta=6.0, sym=False, method="fft")
+    out = torch.cat([sm.push(b) for b in x.split(150, dim=-1)] + [sm.flush()], dim=-1)
+    assert len(calls) == 1
+    whole = smooth(x, "kaiser", 21, edges="reflect", beta=6.0, sym=False)
+    torch.testing.assert_close(out, whole)
+
+
+def test_smoother_with_learnable_window_parameters_keeps_gradients():
+    from diffconv_core.smooth import smooth
+
+    x = torch.randn(600, dtype=torch.float64)
+    std = torch.tensor(3.0, dtype=torch.float64, requires_grad=True)
+    sm = StreamingSmoother("gaussian", 15, edges="zeros", std=std)
+    streamed = torch.cat([sm.push(b) for b in x.split(100)] + [sm.flush()])
+    (grad_streamed,) = torch.autograd.grad(streamed.square().sum(), std)
+    whole = smooth(x, "gaussian", 15, edges="zeros", std=std)
+    (grad_whole,) = torch.autograd.grad(whole.square().sum(), std)
+    torch.testing.assert_close(grad_streamed, grad_whole)
