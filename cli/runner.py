@@ -264,16 +264,24 @@ class _Writes:
         try:
             yield
         except BaseException:
-            for future in self._pending:
-                future.cancel()
-            concurrent.futures.wait(self._pending)
-            self._pending = []
+            self._abandon()
             raise
         self.wait()
 
-    def __exit__(self, *exc) -> None:
+    def _abandon(self) -> None:
+        """Drop the writes not yet started and let the running one finish (each is atomic):
+        after Ctrl-C the run stops within one file's write, not one batch's."""
+        for future in self._pending:
+            future.cancel()
+        concurrent.futures.wait(self._pending)
+        self._pending = []
+
+    def __exit__(self, exc_type, exc, tb) -> None:
         try:
-            self.wait()
+            if exc_type is None:
+                self.wait()
+            else:
+                self._abandon()
         finally:
             self._pool.shutdown(wait=True, cancel_futures=True)
 

@@ -182,3 +182,34 @@ def test_interrupt_while_writing_stops_the_run_and_leaves_no_partial_output(tmp_
     with pytest.raises(KeyboardInterrupt):
         run_jobs(jobs, op, RunOptions(device="cpu", quiet=True))
     assert listing(tmp_path) == ["a.npy", "b.npy"]
+
+
+def test_interrupt_stops_within_one_write_not_one_batch(tmp_path, monkeypatch):
+    import time
+
+    import cli.runner
+
+    for name in "abcdef":
+        np.save(tmp_path / f"{name}.npy", np.zeros((1, 10)))
+    monkeypatch.setattr(cli.runner, "initial_batch_size", lambda *args: 3)
+    real_write = cli.runner.write_signal
+
+    def slow_write(*args, **kwargs):
+        time.sleep(0.2)
+        return real_write(*args, **kwargs)
+
+    calls = []
+
+    def apply(batch, info):
+        calls.append(batch.shape[0])
+        if len(calls) == 2:  # Ctrl-C while the first batch's three writes wait
+            raise KeyboardInterrupt
+        return batch
+
+    monkeypatch.setattr(cli.runner, "write_signal", slow_write)
+    sources = [tmp_path / f"{name}.npy" for name in "abcdef"]
+    jobs = plan_jobs(sources, tmp_path / "out")
+    with pytest.raises(KeyboardInterrupt):
+        run_jobs(jobs, Operation(apply=apply), RunOptions(device="cpu", quiet=True))
+    written = listing(tmp_path / "out") if (tmp_path / "out").exists() else []
+    assert len(written) <= 1 and all(name.endswith(".npy") for name in written)
