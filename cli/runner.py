@@ -32,6 +32,8 @@ from cli.jobs import Job
 from cli.report import Report
 from cli.writing import AtomicWriter, OutputSpec, output_spec, write_signal
 
+#: The collector's thresholds once start-up is over (Python's defaults).
+DEFAULT_GC_THRESHOLD = (700, 10, 10)
 #: Files with more samples (frames x channels) than this are streamed block by block.
 STREAM_SAMPLES_ENV = "DIFFCONV_STREAM_SAMPLES"
 DEFAULT_STREAM_SAMPLES = 2**23
@@ -135,6 +137,7 @@ def run_sharded(
     # moved out of the collector's sight, a collection no longer walks it every few hundred
     # allocations (that walk was 7% of a 2,000-file run).
     gc.freeze()
+    gc.set_threshold(*DEFAULT_GC_THRESHOLD)
     ranks = distributed.ranks_from_env()
     distributed.start(ranks)
     try:

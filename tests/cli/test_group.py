@@ -1,3 +1,4 @@
+import os
 import subprocess
 import sys
 
@@ -40,3 +41,38 @@ def test_cli_choice_lists_match_the_core():
 
     assert set(MODES) == set(CORE_MODES)
     assert set(PADDINGS) == set(CORE_PADDINGS)
+
+
+def test_thread_settings_default_but_never_override_the_users():
+    code = (
+        "import os, cli.main; "
+        "print(os.environ['OMP_WAIT_POLICY'], os.environ['OPENBLAS_NUM_THREADS'])"
+    )
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "OPENBLAS_NUM_THREADS")
+    }
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.stdout.split() == ["PASSIVE", "1"], out.stderr
+    env.update(OMP_WAIT_POLICY="ACTIVE", OPENBLAS_NUM_THREADS="4")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.stdout.split() == ["ACTIVE", "4"], out.stderr
+
+
+def test_a_run_restores_the_collector_thresholds(tmp_path):
+    import gc
+
+    import numpy as np
+
+    from cli.jobs import plan_jobs
+    from cli.main import IMPORT_GC_THRESHOLD
+    from cli.runner import Operation, RunOptions, run_jobs
+
+    np.save(tmp_path / "x.npy", np.zeros((1, 10)))
+    before = gc.get_threshold()
+    try:
+        gc.set_threshold(IMPORT_GC_THRESHOLD)  # as main() leaves it during start-up
+        jobs = plan_jobs([tmp_path / "x.npy"], tmp_path / "y.npy")
+        run_jobs(jobs, Operation(apply=lambda b, i: b), RunOptions(device="cpu", quiet=True))
+        assert gc.get_threshold() == (700, 10, 10)
+    finally:
+        gc.set_threshold(*before)
