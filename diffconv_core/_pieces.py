@@ -46,7 +46,10 @@ def in_pieces(
             piece = zero_extended(rows[first : first + signals], -shift, length - shift)
             convolve_piece(piece, out[first : first + signals])
     else:
-        step = max(align, piece_samples // align * align)
+        # Even pieces: a row just over the budget becomes two halves, not a full piece and a
+        # sliver that costs a whole call.
+        count = _ceil_div(n_out, max(align, piece_samples))
+        step = _ceil_div(_ceil_div(n_out, count), align) * align
         for row, signal in zip(out, rows, strict=True):
             for start in range(0, n_out, step):
                 n = min(step, n_out - start)
@@ -54,6 +57,10 @@ def in_pieces(
                 piece = zero_extended(signal, begin, begin + source_length(n))
                 convolve_piece(piece[None], row[None, start : start + n])
     return out.reshape(*batch, n_out)
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
 
 
 def zero_extended(x: torch.Tensor, start: int, stop: int) -> torch.Tensor:

@@ -29,11 +29,12 @@ overlapping chunks and keeping the outputs that the chunk's artificial ends do n
 
 from __future__ import annotations
 
+import math
 import operator
 
 import torch
 
-from diffconv_core._validation import MODES, broadcast_shapes, check_choice
+from diffconv_core._validation import MODES, broadcast_shapes, check_choice, needs_graph
 
 __all__ = ["StreamingConvolver", "StreamingSmoother", "stream_convolve", "mode_pads"]
 
@@ -410,6 +411,7 @@ class StreamingSmoother:
         self._local = edges != "circular"
         self._window: torch.Tensor | None = None
         self._window_for: tuple | None = None
+        self._store: torch.Tensor | None = None
         self.reset()
 
     def reset(self) -> None:
@@ -478,14 +480,36 @@ class StreamingSmoother:
         # its edge pads (which then wrap around), so nothing is final yet.
         if not self._local or self._n_in < 2 * margin + 2:
             return block.new_zeros((*block.shape[:-1], 0))
-        chunk = torch.cat(self._pieces, dim=-1)
+        chunk = self._joined()
         end = self._n_in - margin  # outputs before `end` do not reach the chunk's fake end
         out = self._smooth(chunk)[..., self._n_out - self._start : end - self._start]
+        if self._store is not None and _same_storage(out, self._store):
+            out = out.clone()  # the storage is refilled by the next push
         self._n_out = end
         # Keep `margin` samples before the next output: its left context.
         self._start = end - margin
         self._pieces = [chunk[..., self._start - (self._n_in - chunk.shape[-1]) :].clone()]
         return out
+
+    def _joined(self) -> torch.Tensor:
+        """The kept margin and the new samples as one contiguous tensor, in storage reused
+        from push to push when nothing is recorded for autograd (fresh megabytes each block
+        cost more in page faults than the copy itself)."""
+        pieces = self._pieces
+        if needs_graph(*pieces):
+            return torch.cat(pieces, dim=-1)
+        first = pieces[0]
+        shape = (*first.shape[:-1], sum(p.shape[-1] for p in pieces))
+        size = math.prod(shape)
+        store = self._store
+        if (
+            store is None
+            or store.numel() < size
+            or store.dtype != first.dtype
+            or store.device != first.device
+        ):
+            store = self._store = first.new_empty(size)
+        return torch.cat(pieces, dim=-1, out=store[:size].view(shape))
 
     def _refuse_nan(self, block: torch.Tensor) -> None:
         # smooth() would only see one chunk: name the index in the whole signal instead.
@@ -508,3 +532,7 @@ class StreamingSmoother:
         chunk = torch.cat(self._pieces, dim=-1)
         self._pieces = []
         return self._smooth(chunk)[..., self._n_out - self._start :]
+
+
+def _same_storage(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
