@@ -368,3 +368,14 @@ def test_smoother_with_learnable_window_parameters_keeps_gradients():
     whole = smooth(x, "gaussian", 15, edges="zeros", std=std)
     (grad_whole,) = torch.autograd.grad(whole.square().sum(), std)
     torch.testing.assert_close(grad_streamed, grad_whole)
+
+
+def test_smoother_outputs_survive_later_pushes_even_if_smoothing_returned_a_view(monkeypatch):
+    # The joined chunk lives in storage reused by the next push: an output that is a view of
+    # it must be copied out, or later pushes would overwrite what the caller holds.
+    x = torch.arange(1000, dtype=torch.float64)
+    sm = StreamingSmoother("boxcar", 5, edges="zeros")
+    monkeypatch.setattr(sm, "_smooth", lambda chunk: chunk)  # identity: a view of the chunk
+    held = [sm.push(b) for b in x.split(100)]
+    taken = torch.cat([h for h in held if h.shape[-1]])
+    torch.testing.assert_close(taken, x[: taken.shape[-1]])
