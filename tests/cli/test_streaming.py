@@ -129,3 +129,35 @@ def test_an_interrupted_stream_leaves_nothing(tmp_path, long_float_wav, monkeypa
     r = invoke("smooth", long_float_wav, out, env=STREAM)
     assert r.exit_code == 1 and "Aborted" in r.stderr  # click's answer to Ctrl-C
     assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_streaming_leaves_one_core_to_the_writer_and_restores_the_threads(tmp_path, monkeypatch):
+    import torch
+
+    from cli.jobs import plan_jobs
+    from cli.runner import Operation, RunOptions, run_jobs
+
+    for key, value in STREAM.items():
+        monkeypatch.setenv(key, value)
+    np.save(tmp_path / "x.npy", np.zeros((1, 5000), dtype=np.float32))
+    seen = []
+
+    class Recorder:
+        def push(self, block):
+            seen.append(torch.get_num_threads())
+            return block
+
+        def flush(self):
+            return torch.zeros(1, 0)
+
+    op = Operation(apply=lambda b, i: b, streamer=lambda info, device: (Recorder(), 5000))
+    jobs = plan_jobs([tmp_path / "x.npy"], tmp_path / "y.npy")
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert run_jobs(jobs, op, RunOptions(device="cpu", quiet=True)).return_code == 0
+        assert seen and set(seen) == {1}
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    np.testing.assert_array_equal(np.load(tmp_path / "y.npy"), np.zeros((1, 5000)))
