@@ -6,7 +6,6 @@ usage errors answer without importing torch.
 
 from __future__ import annotations
 
-import gc
 import importlib
 import os
 
@@ -20,10 +19,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # linear algebra in numpy, and on 2 cores those threads took 2% of a batch run's CPU time.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-from cli import __version__
-
-#: Allocations between young-generation collections while the command starts (default 700).
-IMPORT_GC_THRESHOLD = 50_000
+from cli import __version__, startup
 
 # name -> (module under cli.commands, one-line help shown by `diffconv --help`)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -66,10 +62,7 @@ def cli() -> None:
 
 
 def main() -> None:
-    # Importing torch allocates hundreds of thousands of long-lived objects; at the default
-    # threshold the collector walks them over and over meanwhile. The runner freezes them
-    # once imported (see cli.runner.run_sharded) and restores the default.
-    gc.set_threshold(IMPORT_GC_THRESHOLD)
+    startup.begin()  # rare collections while torch imports (see cli.startup)
     cli()
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import functools
-import gc
 import os
 import sys
 import traceback
@@ -24,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from cli import distributed
+from cli import distributed, startup
 from cli.audio_io import SignalInfo, probe, read_blocks, read_signal
 from cli.devices import initial_batch_size, is_out_of_memory, release_cached_memory
 from cli.errors import FileProblem
@@ -32,8 +31,6 @@ from cli.jobs import Job
 from cli.report import Report
 from cli.writing import AtomicWriter, OutputSpec, output_spec, write_signal
 
-#: The collector's thresholds once start-up is over (Python's defaults).
-DEFAULT_GC_THRESHOLD = (700, 10, 10)
 #: Files with more samples (frames x channels) than this are streamed block by block.
 STREAM_SAMPLES_ENV = "DIFFCONV_STREAM_SAMPLES"
 DEFAULT_STREAM_SAMPLES = 2**23
@@ -133,11 +130,7 @@ def run_sharded(
     ``work`` records per-file failures in ``report`` and never raises for them; the merged
     report's ``return_code`` is 1 if a file failed on any rank.
     """
-    # Everything imported so far (torch's hundreds of thousands of objects) lives until exit;
-    # moved out of the collector's sight, a collection no longer walks it every few hundred
-    # allocations (that walk was 7% of a 2,000-file run).
-    gc.freeze()
-    gc.set_threshold(*DEFAULT_GC_THRESHOLD)
+    startup.end()  # the imports are done (see cli.startup)
     ranks = distributed.ranks_from_env()
     distributed.start(ranks)
     try:

@@ -58,21 +58,40 @@ def test_thread_settings_default_but_never_override_the_users():
     assert out.stdout.split() == ["ACTIVE", "4"], out.stderr
 
 
-def test_a_run_restores_the_collector_thresholds(tmp_path):
-    import gc
-
+def _run_one(tmp_path):
     import numpy as np
 
     from cli.jobs import plan_jobs
-    from cli.main import IMPORT_GC_THRESHOLD
     from cli.runner import Operation, RunOptions, run_jobs
 
     np.save(tmp_path / "x.npy", np.zeros((1, 10)))
+    jobs = plan_jobs([tmp_path / "x.npy"], tmp_path / "y.npy")
+    run_jobs(jobs, Operation(apply=lambda b, i: b), RunOptions(device="cpu", quiet=True))
+
+
+def test_a_command_run_restores_the_collector_thresholds(tmp_path):
+    import gc
+
+    from cli import startup
+
     before = gc.get_threshold()
     try:
-        gc.set_threshold(IMPORT_GC_THRESHOLD)  # as main() leaves it during start-up
-        jobs = plan_jobs([tmp_path / "x.npy"], tmp_path / "y.npy")
-        run_jobs(jobs, Operation(apply=lambda b, i: b), RunOptions(device="cpu", quiet=True))
-        assert gc.get_threshold() == (700, 10, 10)
+        startup.begin()  # as diffconv's entry point does
+        _run_one(tmp_path)
+        assert gc.get_threshold() == startup.DEFAULT_THRESHOLDS
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
+
+
+def test_a_library_callers_collector_settings_are_left_alone(tmp_path):
+    import gc
+
+    before = gc.get_threshold()
+    try:
+        gc.set_threshold(1234, 5, 6)
+        _run_one(tmp_path)
+        assert gc.get_threshold() == (1234, 5, 6)
+        assert gc.get_freeze_count() == 0
     finally:
         gc.set_threshold(*before)
