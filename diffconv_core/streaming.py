@@ -496,9 +496,11 @@ class StreamingSmoother:
         from push to push when nothing is recorded for autograd (fresh megabytes each block
         cost more in page faults than the copy itself)."""
         pieces = self._pieces
-        if needs_graph(*pieces):
-            return torch.cat(pieces, dim=-1)
         first = pieces[0]
+        if needs_graph(*pieces) or any(
+            p.dtype != first.dtype or p.device != first.device for p in pieces
+        ):
+            return torch.cat(pieces, dim=-1)  # recorded, or types to promote: as it comes
         shape = (*first.shape[:-1], sum(p.shape[-1] for p in pieces))
         size = math.prod(shape)
         store = self._store

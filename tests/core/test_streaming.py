@@ -379,3 +379,13 @@ def test_smoother_outputs_survive_later_pushes_even_if_smoothing_returned_a_view
     held = [sm.push(b) for b in x.split(100)]
     taken = torch.cat([h for h in held if h.shape[-1]])
     torch.testing.assert_close(taken, x[: taken.shape[-1]])
+
+
+def test_smoother_blocks_of_mixed_precision_promote_as_cat_does():
+    x = torch.randn(400, dtype=torch.float64)
+    sm = StreamingSmoother("hann", 9, edges="zeros")
+    first = sm.push(x[:200].float())
+    second = sm.push(x[200:])  # float64 after float32: the joined chunk is float64
+    assert second.dtype == torch.float64
+    out = torch.cat([first.double(), second, sm.flush()])
+    assert out.shape == (400,)
