@@ -61,6 +61,28 @@ class Encoded:
     nonfinite: int
 
 
+def limit_to_full_scale(block: np.ndarray) -> tuple[np.ndarray, int, int]:
+    """``(block, clipped, nonfinite)``: ``block`` with NaN/Inf set to 0 and samples beyond
+    [-1, 1] clipped (a new array only when something had to change), and how many of each.
+
+    Example:
+        >>> samples, clipped, nonfinite = limit_to_full_scale(np.array([0.5, 2.0, np.nan]))
+        >>> samples.tolist(), clipped, nonfinite
+        ([0.5, 1.0, 0.0], 1, 1)
+    """
+    # min and max carry any NaN: two cheap passes decide whether to look closer.
+    if block.size == 0 or (block.min() >= -1.0 and block.max() <= 1.0):
+        return block, 0, 0
+    finite = np.isfinite(block)
+    nonfinite = block.size - int(np.count_nonzero(finite))
+    if nonfinite:  # NaN has no integer code; silence is the least surprising stand-in
+        block = np.where(finite, block, 0.0).astype(block.dtype, copy=False)
+    clipped = int(np.count_nonzero(np.abs(block) > 1.0))
+    if clipped:
+        block = np.clip(block, -1.0, 1.0)
+    return block, clipped, nonfinite
+
+
 def encode(block: np.ndarray, subtype: str) -> Encoded:
     """Floats ``(channels, frames)`` -> integer codes ``(frames, channels)`` for ``subtype``
     (one that :func:`integer_dtype` knows), rounded to the nearest step.
@@ -71,21 +93,13 @@ def encode(block: np.ndarray, subtype: str) -> Encoded:
         ([16384, 32767, -32768, 0], 1, 1)
     """
     dtype, bits = _CODES[subtype]
+    samples, clipped, nonfinite = limit_to_full_scale(block)
     # float32 cannot hold 2**31 - 1, the largest 32-bit code; float64 holds every code.
     work = np.float64 if bits > 24 or block.dtype == np.float64 else np.float32
     steps = float(2 ** (bits - 1))
-    with np.errstate(over="ignore", invalid="ignore"):  # huge values become +-inf: clipped
-        scaled = np.multiply(block, steps, dtype=work)  # a power of two: exact
-    nonfinite = clipped = 0
-    # min and max carry any NaN: two cheap passes decide whether to look closer.
-    if scaled.size and not (scaled.min() >= -steps and scaled.max() <= steps):
-        finite = np.isfinite(block)
-        nonfinite = block.size - int(np.count_nonzero(finite))
-        if nonfinite:  # NaN has no code; silence is the least surprising stand-in
-            scaled[~finite] = 0.0
-        clipped = int(np.count_nonzero(np.abs(scaled) > steps))
+    scaled = np.multiply(samples, steps, dtype=work)  # a power of two: exact
     np.rint(scaled, out=scaled)
-    np.clip(scaled, -steps, steps - 1, out=scaled)
+    np.clip(scaled, -steps, steps - 1, out=scaled)  # +1.0 has no code: the largest one
     if dtype.itemsize * 8 > bits:  # left-align: libsndfile keeps the top bits
         scaled *= float(2 ** (8 * dtype.itemsize - bits))
     codes = np.empty(block.shape[::-1], dtype=dtype)

@@ -234,28 +234,18 @@ class AtomicWriter:
 
     def _samples_for_soundfile(self, block: np.ndarray) -> np.ndarray:
         # (C, n) floats -> (n, C) as soundfile takes them: integer codes for integer PCM
-        # (converted here: faster than libsndfile, and rounded rather than floored).
+        # (converted here: faster than libsndfile, and rounded rather than floored), other
+        # fixed-range subtypes limited to full scale, float subtypes as they are.
         if pcm.integer_dtype(self.spec.subtype) is not None:
             encoded = pcm.encode(block, self.spec.subtype)
-            self.clipped += encoded.clipped
-            self.nonfinite += encoded.nonfinite
-            return encoded.codes
-        if self.spec.clips:
-            block = self._clip(block)
+            block, clipped, nonfinite = encoded.codes.T, encoded.clipped, encoded.nonfinite
+        elif self.spec.clips:
+            block, clipped, nonfinite = pcm.limit_to_full_scale(block)
+        else:
+            clipped = nonfinite = 0
+        self.clipped += clipped
+        self.nonfinite += nonfinite
         return np.ascontiguousarray(block.T)
-
-    def _clip(self, block: np.ndarray) -> np.ndarray:
-        finite = np.isfinite(block)
-        bad = block.size - int(finite.sum())
-        if bad:
-            # NaN has no integer code; a silent sample is the least surprising stand-in.
-            self.nonfinite += bad
-            block = np.where(finite, block, 0.0)
-        over = int(np.count_nonzero(np.abs(block) > 1.0))
-        if over:
-            self.clipped += over
-            block = np.clip(block, -1.0, 1.0)
-        return block
 
     def __exit__(self, exc_type, exc, tb) -> bool:
         if exc_type is not None:
