@@ -29,13 +29,8 @@ TRUE_FIR = np.array([0.1, -0.3, 0.8, 0.45, -0.2, 0.05, 0.12])
 FAST = ["--taps", "7", "--steps", "12", "--lr", "0.05", "--crop", "0.02", "--batch-size", "4"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Many tiny ops on 2 shared cores: intra-op threads only contend.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Thousands of tiny ops: on 2 shared cores intra-op threads only contend.
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def invoke(*args):

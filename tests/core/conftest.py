@@ -16,7 +16,6 @@ explicitly and ``test_numpy_pad_matches_periodic_index_definition`` checks the t
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import scipy.signal
 import torch
 
@@ -231,17 +230,5 @@ def check_locality(x, w, positions, mode, padding, method, corr, device="cpu"):
         assert err <= 1e-10, f"{config}: row {row}: finite outputs off by {err:.3g}"
 
 
-@pytest.fixture
-def single_thread():
-    """Run a test with one intra-op thread, restoring the previous count afterwards.
-
-    These tests push thousands of tiny tensors through FFTs; with intra-op threads on a busy
-    2-core machine each tiny FFT can cost milliseconds of thread hand-off instead of
-    microseconds of work. Results do not depend on the thread count.
-    """
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
+#: Devices the device-parametrised tests run on.
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])

@@ -11,6 +11,8 @@ from hypothesis import strategies as st
 
 from diffconv_core import filters as F
 
+from .conftest import DEVICES
+
 DESIGNS = [
     (0.3, True),
     (0.3, False),
@@ -219,9 +221,6 @@ def test_frequency_response_batched_float32_and_grad():
 def test_errors(call, exc, match):
     with pytest.raises(exc, match=match):
         call()
-
-
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
 @pytest.mark.parametrize("device", DEVICES)

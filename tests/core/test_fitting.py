@@ -30,15 +30,8 @@ from diffconv_core.fitting import (
 )
 from tests.core.conftest import reference
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Thousands of tiny ops: with the 2 cores shared by other test processes, intra-op
-    # threads only contend (measured 40x slower per step with 2 threads under load).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Thousands of tiny ops: on 2 shared cores intra-op threads only contend.
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 TRUE_FIR = np.array([0.1, -0.3, 0.8, 0.45, -0.2, 0.05, 0.12], dtype=np.float64)

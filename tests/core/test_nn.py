@@ -13,7 +13,7 @@ from diffconv_core import filters as F
 from diffconv_core import windows as W
 from diffconv_core.nn import FIRFilter, WindowConv
 
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+from .conftest import DEVICES
 
 
 def _scipy_same(x, taps):

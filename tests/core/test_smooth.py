@@ -11,6 +11,8 @@ from hypothesis import strategies as st
 
 from diffconv_core.smooth import EDGES, smooth
 
+from .conftest import DEVICES
+
 NUMPY_PAD = {
     "reflect": "reflect",
     "symmetric": "symmetric",
@@ -198,9 +200,6 @@ def test_batched_window_parameters_broadcast():
 def test_errors(call, exc, match):
     with pytest.raises(exc, match=match):
         call()
-
-
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
 @pytest.mark.parametrize("device", DEVICES)

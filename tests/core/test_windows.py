@@ -12,6 +12,8 @@ from hypothesis import strategies as st
 
 from diffconv_core import windows as W
 
+from .conftest import DEVICES
+
 # (name, non-default params); windows without parameters appear once with {}.
 CASES = [
     ("boxcar", {}),
@@ -419,9 +421,6 @@ def test_sequence_parameters_holding_tensors_keep_the_graph():
     w.sum().backward()
     # d/da0 of sum_n (a0 + a1 cos(x_n)) is the number of taps.
     assert a0.grad.item() == pytest.approx(8.0)
-
-
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
 @pytest.mark.parametrize("device", DEVICES)
