@@ -92,7 +92,7 @@ def _correlate_in_pieces(
     """:func:`toeplitz_correlate` for one kernel without autograd, a cache-sized piece at a
     time (see :mod:`diffconv_core._pieces`)."""
     A, B = _toeplitz_blocks(taps, P)
-    scratch = [torch.empty(0, dtype=source.dtype, device=source.device)]
+    scratch = torch.empty(0, dtype=source.dtype, device=source.device)
 
     def source_length(n: int) -> int:
         return (-(-n // P) + 1) * P  # the frames n outputs read
@@ -101,9 +101,10 @@ def _correlate_in_pieces(
         # Output frame r reads source frames r and r + 1. Frame q of signal s is row
         # s * span / P + q of the tall frame matrix, so each signal's outputs are the first
         # samples of its stretch of rows (its last row, straddling two signals, is unused).
-        if scratch[0].numel() < piece.numel():
-            scratch[0] = torch.empty_like(piece).view(-1)  # reused by every later piece
-        frames, out = piece.reshape(-1, P), scratch[0][: piece.numel()]
+        nonlocal scratch
+        if scratch.numel() < piece.numel():
+            scratch = torch.empty_like(piece).view(-1)  # reused by every later piece
+        frames, out = piece.reshape(-1, P), scratch[: piece.numel()]
         result = out[: piece.numel() - P].view(-1, P)
         torch.mm(frames[:-1], A, out=result)
         result.addmm_(frames[1:], B)

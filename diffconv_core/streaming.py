@@ -429,26 +429,16 @@ class StreamingSmoother:
         return self._n_in - self._start
 
     def _smooth(self, chunk: torch.Tensor) -> torch.Tensor:
-        from diffconv_core.smooth import smooth, smooth_with_window
+        from diffconv_core.smooth import smooth_with_window
+        from diffconv_core.windows import get_window
 
         params = dict(self.window_params)
         method = params.pop("method", "auto")
-        if any(isinstance(v, torch.Tensor) and v.requires_grad for v in params.values()):
-            # Learnable window parameters: a fresh graph per chunk, as smooth() builds it.
-            return smooth(
-                chunk,
-                self.window,
-                self.length,
-                edges=self.edges,
-                nan_policy=self.nan_policy,
-                method=method,
-                **params,
-            )
         key = (chunk.dtype, chunk.device)
-        if self._window_for != key:
-            # Built once per stream, not once per block (a 4,095-tap window cost 1 ms a block).
-            from diffconv_core.windows import get_window
-
+        # Built once per stream, not once per block (a 4,095-tap window cost 1 ms a block),
+        # unless its parameters are learnable: then each chunk gets a fresh graph.
+        learnable = any(isinstance(v, torch.Tensor) and v.requires_grad for v in params.values())
+        if learnable or self._window_for != key:
             self._window = get_window(
                 self.window,
                 self.length,
@@ -457,7 +447,7 @@ class StreamingSmoother:
                 device=chunk.device,
                 **params,
             )
-            self._window_for = key
+            self._window_for = None if learnable else key
         return smooth_with_window(
             chunk, self._window, edges=self.edges, nan_policy=self.nan_policy, method=method
         )
