@@ -10,7 +10,9 @@ the whole directory (or the one file). Both are measured in this one run, on the
 page cache, as a process tree started from here: wall time (``time.perf_counter``) and peak
 resident memory, the larger of ``wait4``'s ``ru_maxrss`` (the largest single process in the
 tree) and the sum of the tree's ``VmRSS`` polled every 20 ms from /proc (catches concurrent
-workers). Results print as a markdown table of ratios diffconv / sox.
+workers). Results print as a markdown table of ratios diffconv / sox, beside the start-up
+floor: ``python -c 'import torch'`` timed in the same interleaved runs, the time any
+torch-based tool spends before its first sample (the long-file target has to clear it).
 
 Data is generated into a temporary directory (never the repository) and removed afterwards.
 Skips cleanly (exit 0, a message) when sox or the diffconv command is missing.
@@ -166,9 +168,7 @@ def best(runs: list[tuple[float, float, int]]) -> tuple[float, float, int]:
 def find_diffconv() -> list[str] | None:
     # The console script installed beside this interpreter first: a PATH lookup may find a
     # version manager's shim (pyenv's costs 50 ms of bash per call), which is not diffconv.
-    exe = shutil.which("diffconv", path=os.path.dirname(sys.executable)) or shutil.which(
-        "diffconv"
-    )
+    exe = shutil.which("diffconv", path=os.path.dirname(sys.executable)) or shutil.which("diffconv")
     if exe:
         return [exe]
     if (ROOT / "cli" / "main.py").exists():
@@ -246,26 +246,32 @@ def main(argv: list[str] | None = None) -> int:
                     dc_cmd = f"{dc} smooth {q(str(long_file))} {q(str(out_dc / 'long.wav'))}"
                     label = f"{args.minutes:g} min 48 kHz stereo"
                 dc_cmd += f" --window hann --length {taps} {args.diffconv_args}"
+                # The start-up floor: what the interpreter and torch cost before any work.
+                floor_cmd = f"{q(sys.executable)} -c 'import torch'"
                 variant_cmd = f"env {args.compare_env} {dc_cmd}" if args.compare_env else None
-                sox_runs, dc_runs, variant_runs = [], [], []
+                sox_runs, dc_runs, variant_runs, floor_runs = [], [], [], []
                 for _ in range(args.repeat):  # interleaved, so all see the same machine load
                     sox_runs.append(measure(sox_cmd))
+                    floor_runs.append(measure(floor_cmd))
                     dc_runs.append(measure(dc_cmd + " --overwrite"))
                     if variant_cmd:
                         variant_runs.append(measure(variant_cmd + " --overwrite"))
                 sox_wall, sox_mem, sox_rc = best(sox_runs)
                 dc_wall, dc_mem, dc_rc = best(dc_runs)
                 var_wall, _, var_rc = best(variant_runs) if variant_runs else (None, None, 0)
+                floor_wall = best(floor_runs)[0]
                 if sox_rc or dc_rc or var_rc:
                     print(
                         f"{label}, {taps} taps: sox exit {sox_rc}, diffconv exit {dc_rc}/{var_rc}"
                     )
                     print(f"  diffconv command: {dc_cmd}", file=sys.stderr)
                 ok = dc_rc == 0 and var_rc == 0
-                rows.append((label, taps, sox_wall, dc_wall, var_wall, sox_mem, dc_mem, ok))
+                rows.append(
+                    (label, taps, sox_wall, dc_wall, var_wall, floor_wall, sox_mem, dc_mem, ok)
+                )
                 print(
                     f"{label}, {taps} taps: sox {sox_wall:.2f} s {sox_mem:.0f} MiB, "
-                    f"diffconv {dc_wall:.2f} s {dc_mem:.0f} MiB"
+                    f"diffconv {dc_wall:.2f} s {dc_mem:.0f} MiB, import torch {floor_wall:.2f} s"
                     + (f", with {args.compare_env} {var_wall:.2f} s" if var_wall else ""),
                     file=sys.stderr,
                 )
@@ -277,15 +283,20 @@ def main(argv: list[str] | None = None) -> int:
     print(
         "| job | taps | sox wall (s) | diffconv wall (s) | wall ratio"
         + extra
+        + " | import torch alone (s) | its ratio"
         + " | sox peak RSS (MiB) | diffconv peak RSS (MiB) | memory ratio | target |"
     )
-    print("|---|---:|---:|---:|---:" + ("|---:|---:" if extra else "") + "|---:|---:|---:|---|")
-    for label, taps, sw, dw, vw, sm, dm, ok in rows:
+    print(
+        "|---|---:|---:|---:|---:" + ("|---:|---:" if extra else "") + "|---:|---:"
+        "|---:|---:|---:|---|"
+    )
+    for label, taps, sw, dw, vw, fw, sm, dm, ok in rows:
         target = 0.5 if "mono" in label else 1.5
         verdict = "failed" if not ok else ("met" if dw / sw <= target else "missed")
         variant = f" | {vw:.2f} | {vw / sw:.2f}x" if vw is not None else ""
         print(
-            f"| {label} | {taps} | {sw:.2f} | {dw:.2f} | {dw / sw:.2f}x{variant} | {sm:.0f} "
+            f"| {label} | {taps} | {sw:.2f} | {dw:.2f} | {dw / sw:.2f}x{variant} "
+            f"| {fw:.2f} | {fw / sw:.2f}x | {sm:.0f} "
             f"| {dm:.0f} | {dm / sm:.1f}x | <= {target}x: {verdict} |"
         )
     return 0
