@@ -25,14 +25,15 @@ def in_pieces(
     align: int = 1,
 ) -> torch.Tensor:
     """Outputs ``0 <= m < n_out`` of every row, where output ``m`` reads source samples from
-    ``m - shift`` on; ``convolve_piece(piece, dest)`` fills ``dest`` ``(rows, n)`` from
-    ``piece`` ``(rows, source_length(n))``, whose first sample lines up with ``dest``'s first.
+        ``m - shift`` on; ``convolve_piece(piece, dest)`` fills ``dest`` ``(rows, n)`` from
+        ``piece`` ``(rows, source_length(n))``, whose first sample lines up with ``dest``'s first
+    (``piece`` may be a view of ``source``: read it, never write it).
 
-    Pieces read about ``piece_samples`` source samples; a row cut along time is cut at
-    multiples of ``align`` samples.
+        Pieces read about ``piece_samples`` source samples; a row cut along time is cut at
+        multiples of ``align`` samples.
 
-    Shape:
-        source ``(*batch, T)`` -> ``(*batch, n_out)``.
+        Shape:
+            source ``(*batch, T)`` -> ``(*batch, n_out)``.
     """
     batch, T = source.shape[:-1], source.shape[-1]
     rows = source.reshape(-1, T)
@@ -54,7 +55,10 @@ def in_pieces(
             for start in range(0, n_out, step):
                 n = min(step, n_out - start)
                 begin = start - shift
-                piece = zero_extended(signal, begin, begin + source_length(n))
+                stop = begin + source_length(n)
+                # A piece inside the signal is read in place; only the ends need zeros.
+                inside = begin >= 0 and stop <= T
+                piece = signal[begin:stop] if inside else zero_extended(signal, begin, stop)
                 convolve_piece(piece[None], row[None, start : start + n])
     return out.reshape(*batch, n_out)
 

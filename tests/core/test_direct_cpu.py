@@ -70,3 +70,17 @@ def test_zero_extended_slice(start, stop):
     x = torch.arange(1.0, 11.0)  # 10 samples
     expected = [float(x[i]) if 0 <= i < 10 else 0.0 for i in range(start, stop)]
     assert _pieces.zero_extended(x, start, stop).tolist() == expected
+
+
+@pytest.mark.parametrize("K", [3, 31])
+def test_pieces_read_in_place_from_a_strided_source_and_leave_it_alone(piece_bytes, K):
+    # Pieces inside the signal are views of it: a strided (transposed) source must give the
+    # same numbers, and no piece may be written through.
+    rng = np.random.default_rng(K)
+    x = torch.from_numpy(rng.standard_normal((3000, 3))).T  # (3, 3000), time stride 3
+    before = x.clone()
+    w = rng.standard_normal(K)
+    got = convolve(x, torch.from_numpy(w), mode="same", method="direct")
+    expected = scipy.signal.convolve(before.numpy(), w[None], mode="same", method="direct")
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-12, atol=1e-12)
+    assert torch.equal(x, before)
