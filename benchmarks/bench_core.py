@@ -4,7 +4,8 @@
 Every contender computes the same thing: true convolution, "same" length, zero padding, one
 odd-length Hann kernel shared by a batch of B signals of length T. Times are medians; each
 row reports diffconv's time as a ratio to the fastest peer (< 1 means diffconv is faster),
-and the table ends with geometric means.
+and the table ends with geometric means. The contenders of a row run in interleaved rounds
+(each called once per round), so a drifting machine slows them alike.
 
     python benchmarks/bench_core.py --device cpu --grid full
     python benchmarks/bench_core.py --device cuda --grid full --out gpu.jsonl
@@ -36,17 +37,36 @@ def sync(device: str) -> None:
 
 
 def median_time(fn, device: str, budget_s: float = 0.3, max_reps: int = 40) -> float:
-    for _ in range(2):
-        fn()
-    sync(device)
-    times: list[float] = []
-    deadline = time.perf_counter() + budget_s
-    while len(times) < max_reps and (len(times) < 5 or time.perf_counter() < deadline):
-        start = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return interleaved_medians({"only": fn}, device, budget_s, max_reps)["only"]
+
+
+def interleaved_medians(
+    fns: dict, device: str, budget_s: float = 0.3, max_reps: int = 40, context: str = ""
+) -> dict[str, float]:
+    """Median seconds per call of each function, timed in rounds that call every function
+    once: a machine whose speed drifts over seconds (shared 2-core runners swing up to 2x)
+    then slows all contenders alike instead of whichever happened to run during a slow spell.
+    ``budget_s`` is per function; a function that raises is dropped, its error reported."""
+    alive: dict = {}
+    for label, fn in fns.items():
+        try:
+            for _ in range(2):
+                fn()
+            sync(device)
+            alive[label] = fn
+        except Exception as error:  # a peer that cannot do a case is reported, not fatal
+            print(f"# {label} failed{context}: {type(error).__name__}: {error}")
+    times: dict[str, list[float]] = {label: [] for label in alive}
+    deadline = time.perf_counter() + budget_s * max(1, len(alive))
+    rounds = 0
+    while rounds < max_reps and (rounds < 5 or time.perf_counter() < deadline):
+        for label, fn in alive.items():
+            start = time.perf_counter()
+            fn()
+            sync(device)
+            times[label].append(time.perf_counter() - start)
+        rounds += 1
+    return {label: statistics.median(ts) for label, ts in times.items()}
 
 
 # --- contenders: each maps (x (B, T), w (K,)) to the "same" convolution (B, T) --------------
@@ -145,6 +165,14 @@ def naive_loop(signals: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def _no_grad(fn):
+    def call():
+        with torch.no_grad():
+            return fn()
+
+    return call
+
+
 def fwd_bwd(fn, x, w, grad):
     xg = x.detach().requires_grad_(True)
     wg = w.detach().requires_grad_(True)
@@ -203,28 +231,23 @@ def main() -> None:
         grad = torch.randn(B, T, device=device)
         floor = median_time(x.clone, device, args.budget)
         method = diffconv_core.choose_method(x.shape, w.shape, device=device)
-        times: dict[str, dict[str, float]] = {"fwd": {}, "fwd+bwd": {}}
+        forward, both = {}, {}
         for peer in ["diffconv", *peers]:
             fn = run_diffconv if peer == "diffconv" else TORCH_PEERS.get(peer) or NUMPY_PEERS[peer]
             if peer == "conv1d" and device == "cpu" and B * T * K > 4e9:
                 continue  # minutes on CPU; it is never the fastest there
-            try:
-                if peer in NUMPY_PEERS:
-                    xn, wn = x.numpy(), w.numpy()
-                    times["fwd"][peer] = median_time(
-                        lambda fn=fn, xn=xn, wn=wn: fn(xn, wn), device, args.budget
-                    )
-                    continue
-                with torch.no_grad():
-                    times["fwd"][peer] = median_time(
-                        lambda fn=fn, x=x, w=w: fn(x, w), device, args.budget
-                    )
-                step = fwd_bwd(fn, x, w, grad)
-                times["fwd+bwd"][peer] = median_time(step, device, args.budget)
-            except Exception as error:  # a peer that cannot do a case is reported, not fatal
-                print(f"# {peer} failed on {(B, T, K)}: {type(error).__name__}: {error}")
-            if device.startswith("cuda"):
-                torch.cuda.empty_cache()
+            if peer in NUMPY_PEERS:
+                xn, wn = x.numpy(), w.numpy()
+                forward[peer] = lambda fn=fn, xn=xn, wn=wn: fn(xn, wn)
+                continue
+            forward[peer] = _no_grad(lambda fn=fn, x=x, w=w: fn(x, w))
+            both[peer] = fwd_bwd(fn, x, w, grad)
+        times = {
+            kind: interleaved_medians(fns, device, args.budget, context=f" on {(B, T, K)} {kind}")
+            for kind, fns in (("fwd", forward), ("fwd+bwd", both))
+        }
+        if device.startswith("cuda"):
+            torch.cuda.empty_cache()
         emit({"case": [B, T, K], "device": name, "copy_s": floor, "method": method, **times})
         rows.append(((B, T, K), floor, method, times))
         print(f"# done {(B, T, K)}", file=sys.stderr, flush=True)

@@ -1,0 +1,52 @@
+"""The benchmark scripts' own logic (their timings are never asserted: see benchmarks/)."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def bench_core():
+    return _load("bench_core")
+
+
+def test_interleaved_medians_alternate_contenders_and_drop_failures(bench_core, capsys):
+    calls: list[str] = []
+
+    def broken():
+        raise RuntimeError("cannot do this case")
+
+    fns = {
+        "a": lambda: calls.append("a"),
+        "b": lambda: calls.append("b"),
+        "broken": broken,
+    }
+    medians = bench_core.interleaved_medians(fns, "cpu", budget_s=0.0, max_reps=7, context=" here")
+    assert set(medians) == {"a", "b"}
+    assert all(m >= 0 for m in medians.values())
+    # Two warm-up calls each, then rounds that call every survivor once, in order.
+    assert calls[:4] == ["a", "a", "b", "b"]
+    timed = calls[4:]
+    assert timed == ["a", "b"] * (len(timed) // 2) and 5 <= len(timed) // 2 <= 7
+    assert "# broken failed here: RuntimeError: cannot do this case" in capsys.readouterr().out
+
+
+def test_sox_benchmark_skips_cleanly_without_sox(monkeypatch, capsys):
+    bench_cli_sox = _load("bench_cli_sox")
+    monkeypatch.setattr(bench_cli_sox.shutil, "which", lambda *args, **kwargs: None)
+    assert bench_cli_sox.main([]) == 0
+    assert "sox not found; skipping" in capsys.readouterr().err
