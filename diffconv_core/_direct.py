@@ -1,7 +1,7 @@
 """Direct (sliding dot product) convolution for short kernels.
 
 On CPU it runs as block-Toeplitz matrix products (``_toeplitz``), several times faster than
-``conv1d`` there, or for up to 8 taps without autograd as shifted multiply-adds
+``conv1d`` there, or for up to 12 taps without autograd as shifted multiply-adds
 (``_shift_add``). On CUDA the forward pass is a fused Triton kernel (``_triton_direct``), or
 ``conv1d`` with the flipped kernel where Triton is missing; the backward pass is written out
 rather than left to autograd, because autograd would route the kernel gradient through

@@ -1,4 +1,5 @@
-"""Run a sliding dot product a cache-sized piece at a time (CPU, without autograd).
+"""Run a sliding dot product a cache-sized piece at a time (CPU, without autograd; the
+Toeplitz GEMMs of ``_toeplitz``).
 
 A whole-batch operation streams every intermediate through main memory; cut into pieces of a
 few hundred thousand samples, the padded source, the partial products and the output of a

@@ -31,7 +31,7 @@ from diffconv_core._validation import MODES, broadcast_shapes, check_choice
 # output sample (direct) or per n*log2(n) unit of transform (fft, overlap). CUDA numbers are
 # from an H200 (torch 2.11, Triton direct kernel, power-of-two cuFFT), CPU numbers from this
 # project's 2-core machines (torch 2.13). On the CPU the paths without autograd differ from
-# the recorded ones (direct in cache-sized pieces, shifted sums up to 8 taps, batched FFTs in
+# the recorded ones (direct in cache-sized pieces, shifted sums up to 12 taps, batched FFTs in
 # chunks), so each has its own table: "cpu" was fitted (relative least squares) to 108
 # forward timings of every method over batch 1-512, length 2,000-2,000,000 and 2-1,023 taps;
 # "cpu_autograd" prices the recorded forward, and _BACKWARD_FACTOR the backward on top.

@@ -1,5 +1,5 @@
 """The CPU direct path without autograd runs in cache-sized pieces (``_pieces``), as shifted
-multiply-adds up to 8 taps (``_shift_add``) and Toeplitz GEMMs beyond (``_toeplitz``): every
+multiply-adds up to 12 taps (``_shift_add``) and Toeplitz GEMMs beyond (``_toeplitz``): every
 piece layout must give scipy's answer, and the same numbers as the differentiable path."""
 
 from __future__ import annotations
@@ -19,13 +19,25 @@ PIECE_BYTES = [64, 1024, 2**20]
 @pytest.fixture(params=PIECE_BYTES, ids=lambda b: f"piece{b}B")
 def piece_bytes(request, monkeypatch):
     monkeypatch.setattr(_toeplitz, "CHUNK_BYTES", request.param)
-    monkeypatch.setattr(_shift_add, "PIECE_SAMPLES", request.param // 8)
+    monkeypatch.setattr(_shift_add, "BLOCK_SAMPLES", request.param // 8)
     return request.param
 
 
 @pytest.mark.parametrize("mode", ["full", "same", "valid"])
 @pytest.mark.parametrize(
-    "T, K", [(1, 1), (7, 3), (200, 8), (1000, 4), (200, 9), (50, 17), (333, 31), (64, 64)]
+    "T, K",
+    [
+        (1, 1),
+        (7, 3),
+        (200, 8),
+        (1000, 4),
+        (200, 9),
+        (50, 17),
+        (333, 31),
+        (64, 64),
+        (5, 11),
+        (3, 12),
+    ],
 )
 @pytest.mark.parametrize("batch", [(), (3,), (2, 3)])
 def test_pieces_match_scipy(piece_bytes, mode, T, K, batch):
@@ -56,7 +68,7 @@ def test_pieces_with_padding_match_the_differentiable_path(piece_bytes, padding,
 @pytest.mark.parametrize("K", [3, 31])
 def test_float32_long_signal_in_many_pieces(monkeypatch, K):
     monkeypatch.setattr(_toeplitz, "CHUNK_BYTES", 4096)
-    monkeypatch.setattr(_shift_add, "PIECE_SAMPLES", 1000)
+    monkeypatch.setattr(_shift_add, "BLOCK_SAMPLES", 1000)
     rng = np.random.default_rng(5)
     x = rng.standard_normal((2, 50_000)).astype(np.float32)
     w = rng.standard_normal(K).astype(np.float32)
