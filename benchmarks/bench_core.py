@@ -44,8 +44,9 @@ def interleaved_medians(
     fns: dict, device: str, budget_s: float = 0.3, max_reps: int = 40, context: str = ""
 ) -> dict[str, float]:
     """Median seconds per call of each function, timed in rounds that call every function
-    once: a machine whose speed drifts over seconds (shared 2-core runners swing up to 2x)
-    then slows all contenders alike instead of whichever happened to run during a slow spell.
+    once, in rotating order: a machine whose speed drifts over seconds (shared 2-core runners
+    swing up to 2x) then slows all contenders alike instead of whichever happened to run
+    during a slow spell, and none always follows the same neighbour.
     ``budget_s`` is per function; a function that raises is dropped, its error reported."""
     alive: dict = {}
     for label, fn in fns.items():
@@ -59,8 +60,13 @@ def interleaved_medians(
     times: dict[str, list[float]] = {label: [] for label in alive}
     deadline = time.perf_counter() + budget_s * max(1, len(alive))
     rounds = 0
+    order = list(alive.items())
     while rounds < max_reps and (rounds < 5 or time.perf_counter() < deadline):
-        for label, fn in alive.items():
+        # Each round starts one contender later: what ran just before a call (another tool's
+        # cache footprint, threads gone to sleep during a single-threaded peer) costs small
+        # cases up to 5x here, so every contender takes every place in turn.
+        shift = rounds % len(order)
+        for label, fn in order[shift:] + order[:shift]:
             start = time.perf_counter()
             fn()
             sync(device)
