@@ -26,15 +26,15 @@ def in_pieces(
     align: int = 1,
 ) -> torch.Tensor:
     """Outputs ``0 <= m < n_out`` of every row, where output ``m`` reads source samples from
-        ``m - shift`` on; ``convolve_piece(piece, dest)`` fills ``dest`` ``(rows, n)`` from
-        ``piece`` ``(rows, source_length(n))``, whose first sample lines up with ``dest``'s first
+    ``m - shift`` on; ``convolve_piece(piece, dest)`` fills ``dest`` ``(rows, n)`` from
+    ``piece`` ``(rows, source_length(n))``, whose first sample lines up with ``dest``'s first
     (``piece`` may be a view of ``source``: read it, never write it).
 
-        Pieces read about ``piece_samples`` source samples; a row cut along time is cut at
-        multiples of ``align`` samples.
+    Pieces read about ``piece_samples`` source samples; a row cut along time is cut at
+    multiples of ``align`` samples.
 
-        Shape:
-            source ``(*batch, T)`` -> ``(*batch, n_out)``.
+    Shape:
+        source ``(*batch, T)`` -> ``(*batch, n_out)``.
     """
     batch, T = source.shape[:-1], source.shape[-1]
     rows = source.reshape(-1, T)
@@ -48,10 +48,7 @@ def in_pieces(
             piece = zero_extended(rows[first : first + signals], -shift, length - shift)
             convolve_piece(piece, out[first : first + signals])
     else:
-        # Even pieces: a row just over the budget becomes two halves, not a full piece and a
-        # sliver that costs a whole call.
-        count = _ceil_div(n_out, max(align, piece_samples))
-        step = _ceil_div(_ceil_div(n_out, count), align) * align
+        step = even_step(n_out, piece_samples, align)
         for row, signal in zip(out, rows, strict=True):
             for start in range(0, n_out, step):
                 n = min(step, n_out - start)
@@ -62,6 +59,19 @@ def in_pieces(
                 piece = signal[begin:stop] if inside else zero_extended(signal, begin, stop)
                 convolve_piece(piece[None], row[None, start : start + n])
     return out.reshape(*batch, n_out)
+
+
+def even_step(n: int, budget: int, align: int = 1) -> int:
+    """Length of the pieces that cut ``n`` samples evenly into as few as ``budget`` allows,
+    each a multiple of ``align``: a row just over the budget becomes two halves, not a full
+    piece and a sliver that costs a whole call.
+
+    Example:
+        >>> even_step(1000, 600), even_step(1000, 600, align=64), even_step(500, 600)
+        (500, 512, 500)
+    """
+    count = _ceil_div(n, max(align, budget))
+    return _ceil_div(_ceil_div(n, count), align) * align
 
 
 def _ceil_div(a: int, b: int) -> int:

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import torch
 
+from diffconv_core._pieces import even_step
+
 #: Up to this many taps the shifted sums beat the Toeplitz GEMMs (2 cores, float32, fastest
 #: of interleaved runs: 4 x 480,000 with 12 taps 1.80 against 1.96 ms, 1 x 4,194,304 4.58
 #: against 4.51 ms; with 16 taps the GEMMs win everywhere but on the smallest batches).
@@ -48,8 +50,7 @@ def shift_add_correlate(
             _accumulate(rows[first:last], out[first:last], weights, shift, 0, n_out)
     else:
         # Long ones: even blocks along time (no sliver that costs K calls for a few samples).
-        count = -(-n_out // BLOCK_SAMPLES)
-        step = -(-n_out // count)
+        step = even_step(n_out, BLOCK_SAMPLES)
         for source_row, out_row in zip(rows, out, strict=True):
             for start in range(0, n_out, step):
                 stop = min(n_out, start + step)
