@@ -61,7 +61,7 @@ def interleaved_medians(
     deadline = time.perf_counter() + budget_s * max(1, len(alive))
     rounds = 0
     order = list(alive.items())
-    while rounds < max_reps and (rounds < 5 or time.perf_counter() < deadline):
+    while order and rounds < max_reps and (rounds < 5 or time.perf_counter() < deadline):
         # Each round starts one contender later: what ran just before a call (another tool's
         # cache footprint, threads gone to sleep during a single-threaded peer) costs small
         # cases up to 5x here, so every contender takes every place in turn.
