@@ -9,6 +9,7 @@ along time, each piece reading its own stretch of source (zero outside the signa
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 
 import torch
@@ -48,17 +49,41 @@ def in_pieces(
             piece = zero_extended(rows[first : first + signals], -shift, length - shift)
             convolve_piece(piece, out[first : first + signals])
     else:
-        step = even_step(n_out, piece_samples, align)
+        starts = _piece_starts(n_out, T, shift, source_length, piece_samples, align)
         for row, signal in zip(out, rows, strict=True):
-            for start in range(0, n_out, step):
-                n = min(step, n_out - start)
+            for start, stop_out in itertools.pairwise(starts):
                 begin = start - shift
-                stop = begin + source_length(n)
+                stop = begin + source_length(stop_out - start)
                 # A piece inside the signal is read in place; only the ends need zeros.
                 inside = begin >= 0 and stop <= T
                 piece = signal[begin:stop] if inside else zero_extended(signal, begin, stop)
-                convolve_piece(piece[None], row[None, start : start + n])
+                convolve_piece(piece[None], row[None, start:stop_out])
     return out.reshape(*batch, n_out)
+
+
+def _piece_starts(
+    n_out: int,
+    T: int,
+    shift: int,
+    source_length: Callable[[int], int],
+    piece_samples: int,
+    align: int,
+) -> list[int]:
+    """Where the pieces of one long row start (and, last, ``n_out``).
+
+    The outputs whose source lies wholly inside the signal are cut evenly into aligned
+    pieces read in place; the few outputs at either end that reach past it form pieces of
+    their own, so that only those small ones are copied with zeros around them.
+    """
+    margin = source_length(align) - align  # source read beyond an aligned piece's outputs
+    head = min(n_out, _ceil_div(max(shift, 0), align) * align)
+    inner = max(0, T + shift - margin - head) // align * align
+    bounds = [0, head, min(n_out, head + inner), n_out]
+    starts = []
+    for first, last in itertools.pairwise(bounds):
+        if last > first:
+            starts += range(first, last, even_step(last - first, piece_samples, align))
+    return [*starts, n_out]
 
 
 def even_step(n: int, budget: int, align: int = 1) -> int:

@@ -1,11 +1,16 @@
 """Direct convolution for short kernels as matrix products (block-Toeplitz GEMM).
 
-The output is cut into frames of P samples. Frame q of a sliding dot product with K <= P + 1
-taps reads only source frames q and q + 1, so all frames come from two matrix products of the
-framed source with two P x P Toeplitz matrices built from the taps. A GEMM runs near the
+The output is cut into frames of P samples; output frame q reads the source frames from q on,
+and is those samples times a Toeplitz matrix built from the taps. A GEMM runs near the
 machine's peak, where ``conv1d`` on one channel does not (on CPU it is several times slower
-than an FFT even for three taps). Written in differentiable torch ops: the backward pass is
-GEMMs too and double backward comes for free.
+than an FFT even for three taps).
+
+- With autograd recording (or a kernel per signal), P is at least K - 1, so frame q reads
+  frames q and q + 1: two GEMMs with two P x P matrices, written in differentiable torch ops
+  whose backward pass is GEMMs too (double backward comes for free).
+- Without it, :func:`frame_plan` picks shorter frames read J at a time (fewer wasted
+  multiply-adds), the GEMMs read the source in place through strided views and write
+  straight into the result, a cache-sized piece at a time.
 """
 
 from __future__ import annotations
@@ -35,9 +40,9 @@ def frame_length(K: int) -> int:
 
 
 @functools.lru_cache(maxsize=64)
-def _toeplitz_index(K: int, P: int, device: torch.device) -> torch.Tensor:
+def _toeplitz_index(K: int, P: int, device: torch.device, J: int = 2) -> torch.Tensor:
     # Entry (c, i) of the stacked blocks holds tap c - i, or the zero appended at index K.
-    lag = torch.arange(2 * P, device=device)[:, None] - torch.arange(P, device=device)
+    lag = torch.arange(J * P, device=device)[:, None] - torch.arange(P, device=device)
     return torch.where((lag >= 0) & (lag < K), lag, K)
 
 
@@ -65,7 +70,7 @@ def toeplitz_correlate(
     P = frame_length(K)
     n_frames = -(-n_out // P)
     if taps.dim() == 1 and not needs_graph(source, taps):
-        return _correlate_in_pieces(source, taps, n_out, shift, P)
+        return _correlate_in_pieces(source, taps, n_out, shift)
     # n_frames output frames read n_frames + 1 source frames; one pad (negative widths crop)
     # both aligns the source and lays it out as contiguous frames.
     n_src = (n_frames + 1) * P
@@ -86,29 +91,74 @@ def toeplitz_correlate(
     return out.reshape(*out.shape[:-2], n_frames * P)[..., :n_out]
 
 
+def frame_plan(K: int) -> tuple[int, int]:
+    """Frame length ``P`` and frames per row ``J`` of the GEMMs without autograd, for K taps.
+
+    Output frame ``q`` reads source frames ``q .. q + J - 1`` (``J = 1 + ceil((K - 1) / P)``),
+    so each output costs ``J * P`` multiply-adds against ``K`` for a plain sliding sum. Short
+    frames waste fewer of them, longer ones run the GEMM nearer its peak; the plan minimises
+    ``J * P`` times the measured cost of a multiply-add at that width.
+
+    Example:
+        >>> frame_plan(3), frame_plan(31), frame_plan(127), frame_plan(255)
+        ((16, 2), (16, 3), (32, 5), (32, 9))
+    """
+    P = min(_MULTIPLY_ADD_COST, key=lambda P: _frames_read(K, P) * P * _MULTIPLY_ADD_COST[P])
+    return P, _frames_read(K, P)
+
+
+# Seconds per multiply-add of an (M, J * P) @ (J * P, P) GEMM, relative, by frame length P:
+# 2 cores (AMD EPYC, MKL), float32, 2**18 outputs at 15-255 taps. Narrower frames than 16 fall
+# off (P = 8 ran at a fifth of the rate of P = 32), and widths that are not powers of two
+# (48, 96) were slower than both neighbours.
+_MULTIPLY_ADD_COST = {16: 3.8, 32: 3.2, 64: 3.1, 128: 2.75, 256: 2.66}
+
+
+def _frames_read(K: int, P: int) -> int:
+    return 1 + -(-(K - 1) // P)
+
+
 def _correlate_in_pieces(
-    source: torch.Tensor, taps: torch.Tensor, n_out: int, shift: int, P: int
+    source: torch.Tensor, taps: torch.Tensor, n_out: int, shift: int
 ) -> torch.Tensor:
     """:func:`toeplitz_correlate` for one kernel without autograd, a cache-sized piece at a
-    time (see :mod:`diffconv_core._pieces`)."""
-    A, B = _toeplitz_blocks(taps, P)
+    time (see :mod:`diffconv_core._pieces`).
+
+    With frames of ``P`` samples, output frame ``q`` is the ``J * P`` source samples from
+    frame ``q`` on times one ``(J * P, P)`` Toeplitz matrix. The frames ``q = j, j + J, ...``
+    of one residue ``j`` read disjoint, evenly spaced stretches of the source, so they are
+    one GEMM over a strided view of it, written into an evenly strided view of the output:
+    ``J`` GEMMs per piece, no framed copy of the source and, for a piece inside a long
+    signal, none of the output either.
+    """
+    P, J = frame_plan(taps.shape[-1])
+    index = _toeplitz_index(taps.shape[-1], P, taps.device, J)
+    matrix = F.pad(taps, (0, 1))[index]  # (J * P, P)
     scratch = torch.empty(0, dtype=source.dtype, device=source.device)
 
     def source_length(n: int) -> int:
-        return (-(-n // P) + 1) * P  # the frames n outputs read
+        return (-(-n // P) + J - 1) * P  # the frames n outputs read
 
     def convolve_piece(piece: torch.Tensor, dest: torch.Tensor) -> None:
-        # Output frame r reads source frames r and r + 1. Frame q of signal s is row
-        # s * span / P + q of the tall frame matrix, so each signal's outputs are the first
-        # samples of its stretch of rows (its last row, straddling two signals, is unused).
         nonlocal scratch
-        if scratch.numel() < piece.numel():
-            scratch = torch.empty_like(piece).view(-1)  # reused by every later piece
-        frames, out = piece.reshape(-1, P), scratch[: piece.numel()]
-        result = out[: piece.numel() - P].view(-1, P)
-        torch.mm(frames[:-1], A, out=result)
-        result.addmm_(frames[1:], B)
-        dest.copy_(out.view(piece.shape)[:, : dest.shape[-1]])
+        rows, length = piece.shape
+        n = dest.shape[-1]
+        flat = piece.contiguous().view(-1)  # a view but for a strided source
+        if rows == 1 and n % P == 0 and dest.is_contiguous():
+            target, n_frames = dest.view(-1), n // P  # straight into the result
+        else:
+            # Several rows stacked: output frames that straddle two rows are computed and
+            # dropped, as is the end of a last frame that runs past the piece.
+            if scratch.numel() < flat.numel():
+                scratch = torch.empty_like(flat)  # reused by every later piece
+            target, n_frames = scratch, flat.numel() // P - J + 1
+        for j in range(min(J, n_frames)):
+            count = -(-(n_frames - j) // J)
+            frames = flat.as_strided((count, J * P), (J * P, 1), flat.storage_offset() + j * P)
+            out = target.as_strided((count, P), (J * P, 1), target.storage_offset() + j * P)
+            torch.mm(frames, matrix, out=out)
+        if target is scratch:
+            dest.copy_(scratch[: rows * length].view(rows, length)[:, :n])
 
     return in_pieces(
         source,
@@ -116,6 +166,6 @@ def _correlate_in_pieces(
         shift,
         source_length,
         convolve_piece,
-        piece_samples=max(2 * P, CHUNK_BYTES // source.element_size()),
+        piece_samples=max(J * P, CHUNK_BYTES // source.element_size()),
         align=P,
     )

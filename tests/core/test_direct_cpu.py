@@ -96,3 +96,37 @@ def test_pieces_read_in_place_from_a_strided_source_and_leave_it_alone(piece_byt
     expected = scipy.signal.convolve(before.numpy(), w[None], mode="same", method="direct")
     np.testing.assert_allclose(got.numpy(), expected, rtol=1e-12, atol=1e-12)
     assert torch.equal(x, before)
+
+
+@pytest.mark.parametrize("P", sorted(_toeplitz._MULTIPLY_ADD_COST))
+@pytest.mark.parametrize("K", [13, 16, 17, 31, 33, 64, 65, 200])
+@pytest.mark.parametrize("shape", [(3, 700), (2, 5000)], ids=["rows", "long"])
+def test_every_frame_plan_matches_scipy(monkeypatch, P, K, shape):
+    # Each frame length with the number of frames it then reads per output, in both piece
+    # layouts: rows stacked into one tall frame matrix, and one row cut along time (whose
+    # inner pieces are written straight into the result).
+    monkeypatch.setattr(_toeplitz, "frame_plan", lambda K: (P, 1 + -(-(K - 1) // P)))
+    monkeypatch.setattr(_toeplitz, "CHUNK_BYTES", 8 * 2048)
+    rng = np.random.default_rng(P + K)
+    x = rng.standard_normal(shape)
+    w = rng.standard_normal(K)
+    for mode in ("full", "same", "valid"):
+        got = _toeplitz._correlate_in_pieces(
+            torch.from_numpy(x), torch.from_numpy(w[::-1].copy()), *_range(shape[-1], K, mode)
+        )
+        expected = scipy.signal.convolve(x, w[None], mode=mode, method="direct")
+        np.testing.assert_allclose(got.numpy(), expected, rtol=1e-12, atol=1e-12)
+
+
+def _range(T, K, mode):
+    # (n_out, shift) of a correlation with the flipped kernel giving the convolution's mode.
+    lo = {"full": 0, "same": (K - 1) // 2, "valid": K - 1}[mode]
+    n_out = {"full": T + K - 1, "same": T, "valid": T - K + 1}[mode]
+    return n_out, K - 1 - lo
+
+
+def test_frame_plan_reads_every_tap():
+    # J frames of P samples must cover the K taps for any output in a frame.
+    for K in range(1, 1025):
+        P, J = _toeplitz.frame_plan(K)
+        assert (J - 1) * P >= K - 1 and P % 16 == 0
