@@ -4,7 +4,8 @@ Pure tensor math: no files, no click, no soundfile. Functions first; the Modules
 :mod:`diffconv_core.nn` are thin wrappers around them.
 
 Submodules (imported on first use): ``windows``, ``filters``, ``smooth``, ``nn``,
-``gradients``, ``streaming``, ``padding``.
+``gradients``, ``streaming``, ``padding``, ``methods``, ``tuning``, ``fitting``,
+``memory``.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ _SUBMODULES = {
     "methods",
     "tuning",
     "fitting",
+    "memory",
 }
 
 _CORE_FUNCTIONS = {"convolve", "correlate", "choose_method"}

@@ -69,29 +69,37 @@ def _run_one(tmp_path):
     run_jobs(jobs, Operation(apply=lambda b, i: b), RunOptions(device="cpu", quiet=True))
 
 
-def test_a_command_run_restores_the_collector_thresholds(tmp_path):
+def test_a_command_run_restores_the_collector_thresholds(tmp_path, monkeypatch):
     import gc
 
     from cli import startup
 
+    retained = []
+    monkeypatch.setattr(startup, "retain_freed_memory", lambda: retained.append(True))
     before = gc.get_threshold()
     try:
         startup.begin()  # as diffconv's entry point does
         _run_one(tmp_path)
         assert gc.get_threshold() == startup.DEFAULT_THRESHOLDS
+        assert retained == [True]  # the command's process keeps freed memory
     finally:
         gc.unfreeze()
         gc.set_threshold(*before)
 
 
-def test_a_library_callers_collector_settings_are_left_alone(tmp_path):
+def test_a_library_callers_process_settings_are_left_alone(tmp_path, monkeypatch):
     import gc
 
+    from cli import startup
+
+    retained = []
+    monkeypatch.setattr(startup, "retain_freed_memory", lambda: retained.append(True))
     before = gc.get_threshold()
     try:
         gc.set_threshold(1234, 5, 6)
         _run_one(tmp_path)
         assert gc.get_threshold() == (1234, 5, 6)
         assert gc.get_freeze_count() == 0
+        assert retained == []  # nor its allocator
     finally:
         gc.set_threshold(*before)

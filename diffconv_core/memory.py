@@ -1,0 +1,60 @@
+"""Keep freed memory for reuse: one process-wide switch, off unless asked for.
+
+Every CPU convolution allocates its output and some work arrays of a few megabytes (pieces,
+spectra, blocks). With glibc's default policy such blocks are handed back to the kernel on
+``free`` and fetched again, page by page, on the next call: on a 2-core virtual machine that
+costs about 1.4 us a page, which made a 64 x 8,000-sample, 31-tap convolution 2.9 ms instead
+of 0.8 ms and a 4 x 480,000-sample overlap-save 11-15 ms instead of 5-8 ms (1,200 and 3,700
+page faults a call). Asking glibc to serve blocks of up to 32 MiB from its heap and to keep
+up to ``limit_bytes`` of freed heap brings that to nearly zero faults.
+
+It changes the whole process's allocator, for every library in it, and the process keeps up
+to ``limit_bytes`` of freed memory, so the library never does it on import: the ``diffconv``
+command turns it on for its own process, and a program calls :func:`retain_freed_memory`
+once if it wants the same. Other C libraries (musl, macOS, Windows) are left alone.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import functools
+
+# mallopt parameters from glibc's <malloc.h>.
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+#: glibc's upper bound for the mmap threshold on 64-bit systems; larger values are refused.
+_MAX_MMAP_THRESHOLD = 32 * 2**20
+
+
+def retain_freed_memory(limit_bytes: int = 64 * 2**20) -> bool:
+    """Let glibc serve blocks up to 32 MiB from its heap and keep up to ``limit_bytes`` of
+    freed heap for reuse instead of returning it to the kernel. Returns whether it took
+    effect (False where the C library is not glibc).
+
+    Example:
+        >>> isinstance(retain_freed_memory(), bool)
+        True
+    """
+    if limit_bytes < 0:
+        raise ValueError(f"limit_bytes must be >= 0; got {limit_bytes}")
+    mallopt = _glibc_mallopt()
+    if mallopt is None:
+        return False
+    limit = min(limit_bytes, 2**31 - 1)  # mallopt takes a C int
+    return bool(mallopt(_M_MMAP_THRESHOLD, min(limit, _MAX_MMAP_THRESHOLD))) and bool(
+        mallopt(_M_TRIM_THRESHOLD, limit)
+    )
+
+
+@functools.cache
+def _glibc_mallopt():
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.gnu_get_libc_version  # noqa: B018 -- only glibc has it
+    except (OSError, AttributeError):
+        return None
+    mallopt = libc.mallopt
+    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+    mallopt.restype = ctypes.c_int
+    return mallopt
