@@ -13,7 +13,13 @@ and the table ends with geometric means. The contenders of a row run in interlea
 Peers (each used when importable): F.conv1d with the flipped kernel, a plain torch rfft/irfft
 at power-of-two size, julius.fft_conv1d, torchaudio.functional.fftconvolve (GPU),
 scipy.signal.convolve(method="auto") and scipy.signal.oaconvolve (CPU, forward only).
-"copy" is ``x.clone()``, the memory-traffic floor.
+"copy" is ``x.clone()``, the memory-traffic floor, timed twice: alone (repeated, cache-hot,
+its buffer reused) and as one more contender in the forward rounds, where it meets the same
+neighbours (caches evicted by a peer, threads asleep, pages to fault in) as every other
+contender; "fwd / copy" gives diffconv's forward time over both.
+
+``--retain-freed-memory`` first calls ``diffconv_core.memory.retain_freed_memory()`` (as the
+``diffconv`` command does), for every contender alike.
 """
 
 from __future__ import annotations
@@ -191,6 +197,14 @@ def fwd_bwd(fn, x, w, grad):
     return step
 
 
+#: The label of the copy floor among a row's forward contenders (never a peer).
+FLOOR = "copy"
+
+
+def _ms(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds * 1e3:.2f}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -198,7 +212,16 @@ def main() -> None:
     parser.add_argument("--out", help="also write one JSON line per measurement here")
     parser.add_argument("--no-naive", action="store_true", help="skip the ~3 s naive-loop row")
     parser.add_argument("--budget", type=float, default=0.3, help="seconds per measurement")
+    parser.add_argument(
+        "--retain-freed-memory",
+        action="store_true",
+        help="keep freed memory for reuse in this process (diffconv_core.memory)",
+    )
     args = parser.parse_args()
+    if args.retain_freed_memory:
+        from diffconv_core.memory import retain_freed_memory
+
+        retain_freed_memory()
     device = args.device
     torch.manual_seed(0)
     sink = open(args.out, "w") if args.out else None
@@ -211,7 +234,10 @@ def main() -> None:
             sink.flush()
 
     name = torch.cuda.get_device_name() if device.startswith("cuda") else "cpu"
-    print(f"# torch {torch.__version__}, device {name}, threads {torch.get_num_threads()}")
+    print(
+        f"# torch {torch.__version__}, device {name}, threads {torch.get_num_threads()}, "
+        f"freed memory retained: {args.retain_freed_memory}"
+    )
 
     if not args.no_naive:
         signals = torch.randn(3, 1000)
@@ -248,42 +274,56 @@ def main() -> None:
                 continue
             forward[peer] = _no_grad(lambda fn=fn, x=x, w=w: fn(x, w))
             both[peer] = fwd_bwd(fn, x, w, grad)
+        forward[FLOOR] = x.clone  # the floor, under the same neighbours as the contenders
         times = {
             kind: interleaved_medians(fns, device, args.budget, context=f" on {(B, T, K)} {kind}")
             for kind, fns in (("fwd", forward), ("fwd+bwd", both))
         }
         if device.startswith("cuda"):
             torch.cuda.empty_cache()
-        emit({"case": [B, T, K], "device": name, "copy_s": floor, "method": method, **times})
+        emit({"case": [B, T, K], "device": name, "copy_alone_s": floor, "method": method, **times})
         rows.append(((B, T, K), floor, method, times))
         print(f"# done {(B, T, K)}", file=sys.stderr, flush=True)
 
     print(f"\n## {name}: median ms; ratio = diffconv / fastest peer\n")
     print(
-        "| B, T, K | copy | auto | diffconv fwd | best peer fwd | ratio | "
-        "diffconv fwd+bwd | best peer fwd+bwd | ratio | fwd / copy |"
+        "| B, T, K | copy alone | copy in rounds | auto | diffconv fwd | best peer fwd | ratio | "
+        "diffconv fwd+bwd | best peer fwd+bwd | ratio | fwd / copy alone | fwd / copy in rounds |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    ratios = {"fwd": [], "fwd+bwd": []}
-    for (B, T, K), floor, method, times in rows:
-        cells = [f"{B}, {T}, {K}", f"{floor * 1e3:.2f}", method]
-        for kind in ("fwd", "fwd+bwd"):
-            mine = times[kind].get("diffconv")
-            others = {p: s for p, s in times[kind].items() if p != "diffconv"}
-            if mine is None or not others:
-                cells += ["-", "-", "-"]
-                continue
-            best = min(others, key=others.__getitem__)
-            ratio = mine / others[best]
-            ratios[kind].append(ratio)
-            cells += [f"{mine * 1e3:.2f}", f"{best} {others[best] * 1e3:.2f}", f"{ratio:.2f}x"]
-        mine_fwd = times["fwd"].get("diffconv")
-        cells.append(f"{mine_fwd / floor:.1f}x" if mine_fwd else "-")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    ratios: dict[str, list[float]] = {"fwd": [], "fwd+bwd": []}
+    for case, floor, method, times in rows:
+        cells, row_ratios = table_row(case, floor, method, times)
         print("| " + " | ".join(cells) + " |")
+        for kind, ratio in row_ratios.items():
+            ratios[kind].append(ratio)
     for kind, values in ratios.items():
         if values:
             geo = math.exp(sum(math.log(v) for v in values) / len(values))
             print(f"\ngeometric mean ratio, {kind}: {geo:.2f}x (worst {max(values):.2f}x)")
+
+
+def table_row(
+    case: tuple[int, int, int], floor: float, method: str, times: dict[str, dict[str, float]]
+) -> tuple[list[str], dict[str, float]]:
+    """One row's cells, and diffconv's ratio to the fastest peer per kind ("fwd",
+    "fwd+bwd") where both were timed; the copy floor is never a peer."""
+    in_rounds = times["fwd"].get(FLOOR)
+    cells = [", ".join(map(str, case)), _ms(floor), _ms(in_rounds), method]
+    ratios = {}
+    for kind in ("fwd", "fwd+bwd"):
+        mine = times[kind].get("diffconv")
+        others = {p: s for p, s in times[kind].items() if p not in ("diffconv", FLOOR)}
+        if mine is None or not others:
+            cells += ["-", "-", "-"]
+            continue
+        best = min(others, key=others.__getitem__)
+        ratios[kind] = mine / others[best]
+        cells += [_ms(mine), f"{best} {_ms(others[best])}", f"{ratios[kind]:.2f}x"]
+    mine_fwd = times["fwd"].get("diffconv")
+    for copy in (floor, in_rounds):
+        cells.append(f"{mine_fwd / copy:.1f}x" if mine_fwd and copy else "-")
+    return cells, ratios
 
 
 if __name__ == "__main__":

@@ -114,6 +114,19 @@ def frame_plan(K: int) -> tuple[int, int]:
 _MULTIPLY_ADD_COST = {16: 3.8, 32: 3.2, 64: 3.1, 128: 2.75, 256: 2.66}
 
 
+def gemm_work(K: int) -> float:
+    """Multiply-adds per output of the GEMMs without autograd (``J * P`` of
+    :func:`frame_plan`), weighted by their cost relative to 32-sample frames: the cost
+    model's measure of the direct path's work per output.
+
+    Example:
+        >>> round(gemm_work(31), 2)  # 3 frames of 16, a multiply-add there costing 3.8 / 3.2
+        57.0
+    """
+    P, J = frame_plan(K)
+    return J * P * _MULTIPLY_ADD_COST[P] / _MULTIPLY_ADD_COST[32]
+
+
 def _frames_read(K: int, P: int) -> int:
     return 1 + -(-(K - 1) // P)
 

@@ -24,7 +24,7 @@ from diffconv_core._direct import MAX_TOEPLITZ_TAPS
 from diffconv_core._fft import fft_length
 from diffconv_core._overlap import block_fft_length
 from diffconv_core._shift_add import MAX_SHIFT_ADD_TAPS
-from diffconv_core._toeplitz import frame_length
+from diffconv_core._toeplitz import frame_length, gemm_work
 from diffconv_core._validation import MODES, broadcast_shapes, check_choice
 
 # Per-device constants of the cost model, in nanoseconds: a fixed cost per call, then per
@@ -32,8 +32,9 @@ from diffconv_core._validation import MODES, broadcast_shapes, check_choice
 # from an H200 (torch 2.11, Triton direct kernel, power-of-two cuFFT), CPU numbers from this
 # project's 2-core machines (torch 2.13). On the CPU the paths without autograd differ from
 # the recorded ones (direct in cache-sized pieces, shifted sums up to 12 taps, batched FFTs in
-# chunks), so each has its own table: "cpu" was fitted (relative least squares) to 108
-# forward timings of every method over batch 1-512, length 2,000-2,000,000 and 2-1,023 taps;
+# chunks), so each has its own table: "cpu" is fitted by benchmarks/fit_cpu_costs.py
+# (relative least squares, 81 shapes: batch 1-512, length 1,024-4,194,304, 3-1,023 taps,
+# freed memory retained; the shifted sums' terms from an earlier fit of 70 timings);
 # "cpu_autograd" prices the recorded forward, and _BACKWARD_FACTOR the backward on top.
 # benchmarks/results/ holds the measurements.
 _COSTS = {
@@ -41,14 +42,14 @@ _COSTS = {
         "shift_call": 71_000.0,
         "shift_sample": 0.235,
         "shift_tap": 0.089,  # per output sample and tap
-        "direct_call": 173_000.0,
-        "direct_sample": 0.475,
-        "direct_frame_tap": 0.028,  # GEMM: per output sample and frame-length tap
-        "fft_call": 98_000.0,
-        "fft_unit": 0.0388,
-        "fft_unit_per_octave": 0.0097,  # above 2**11 points
-        "overlap_call": 126_000.0,
-        "overlap_unit": 0.0736,
+        "direct_call": 145_000.0,
+        "direct_sample": 0.439,
+        "direct_gemm_tap": 0.0179,  # GEMM: per output and multiply-add (_toeplitz.gemm_work)
+        "fft_call": 94_000.0,
+        "fft_unit": 0.0538,
+        "fft_unit_per_octave": 0.0112,  # above 2**11 points
+        "overlap_call": 140_000.0,
+        "overlap_unit": 0.0819,
     },
     "cpu_autograd": {
         "direct_call": 15_000.0,
@@ -139,7 +140,7 @@ def estimate_costs(
         call = c["shift_call"]
         per_sample = c["shift_sample"] + c["shift_tap"] * K
     else:
-        per_sample = c["direct_sample"] + c["direct_frame_tap"] * frame_length(K)
+        per_sample = c["direct_sample"] + c["direct_gemm_tap"] * gemm_work(K)
     direct = call + batch * L * per_sample
     n_fft = fft_length(T + K, torch.device(device_type))
     log_n = math.log2(max(n_fft, 2))

@@ -53,3 +53,34 @@ def test_sox_benchmark_skips_cleanly_without_sox(monkeypatch, capsys):
     monkeypatch.setattr(bench_cli_sox.shutil, "which", lambda *args, **kwargs: None)
     assert bench_cli_sox.main([]) == 0
     assert "sox not found; skipping" in capsys.readouterr().err
+
+
+def test_table_row_never_counts_the_copy_floor_as_a_peer(bench_core):
+    times = {
+        "fwd": {"diffconv": 0.004, "torch_fft": 0.008, bench_core.FLOOR: 0.001},
+        "fwd+bwd": {"diffconv": 0.03, "torch_fft": 0.02},
+    }
+    cells, ratios = bench_core.table_row((4, 480000, 31), 0.0005, "direct", times)
+    assert ratios == pytest.approx({"fwd": 0.5, "fwd+bwd": 1.5})
+    # case, copy alone, copy in rounds, method, then diffconv / best peer / ratio per kind,
+    # then diffconv's forward over each copy floor.
+    assert cells == [
+        "4, 480000, 31",
+        "0.50",
+        "1.00",
+        "direct",
+        "4.00",
+        "torch_fft 8.00",
+        "0.50x",
+        "30.00",
+        "torch_fft 20.00",
+        "1.50x",
+        "8.0x",
+        "4.0x",
+    ]
+
+
+def test_table_row_without_peers_or_floor_in_rounds(bench_core):
+    cells, ratios = bench_core.table_row((1, 10, 3), 0.001, "fft", {"fwd": {}, "fwd+bwd": {}})
+    assert ratios == {}
+    assert cells == ["1, 10, 3", "1.00", "-", "fft", "-", "-", "-", "-", "-", "-", "-", "-"]

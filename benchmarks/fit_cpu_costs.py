@@ -1,0 +1,148 @@
+"""Refit the CPU cost model of ``choose_method`` (forward, no autograd) from fresh timings.
+
+Times every method of ``diffconv_core.convolve`` on a grid of batch, length and kernel sizes,
+fits the constants of ``diffconv_core.methods._COSTS["cpu"]`` to them (least squares on
+relative error, one method at a time, with the same features the model uses) and prints the
+fitted table, how often the model then picks a method within 10% of the measured fastest,
+and each case's timings. Nothing is written: paste the table into ``methods.py`` and the
+output into ``benchmarks/results/``.
+
+    python benchmarks/fit_cpu_costs.py            # about 4 minutes on 2 cores
+
+Freed memory is retained (``diffconv_core.memory.retain_freed_memory``, as the ``diffconv``
+command does): under glibc's default policy a call's page faults depend on the process's
+history, which made the same case 1x-4x slower between runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import math
+import statistics
+import time
+
+import numpy as np
+import torch
+
+import diffconv_core
+from diffconv_core import methods
+from diffconv_core._fft import fft_length
+from diffconv_core._overlap import block_fft_length
+from diffconv_core._shift_add import MAX_SHIFT_ADD_TAPS
+from diffconv_core._toeplitz import gemm_work
+from diffconv_core.memory import retain_freed_memory
+
+SHAPES = [(4, 480_000), (1, 4_194_304), (512, 1024), (64, 8000), (16, 2000), (1, 20_000)]
+SHAPES += [(8, 100_000), (1, 2000), (128, 16_000)]
+TAPS = [3, 8, 13, 31, 63, 127, 255, 511, 1023]
+METHODS = ("direct", "fft", "overlap")
+
+
+def median_time(fn, budget_s: float) -> float:
+    fn()
+    times, deadline = [], time.perf_counter() + budget_s
+    while len(times) < 5 or time.perf_counter() < deadline:
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def features(method: str, B: int, T: int, K: int) -> list[float]:
+    """The model's terms for one method and case (see ``methods.estimate_costs``)."""
+    L = T  # mode "same"
+    if method == "direct":
+        if K <= MAX_SHIFT_ADD_TAPS:
+            return []  # the shifted sums: kept out of this fit
+        return [1.0, B * L, B * L * gemm_work(K)]
+    if method == "fft":
+        n = fft_length(T + K, torch.device("cpu"))
+        log_n = math.log2(n)
+        work = B * 3 * n * log_n * (2 if B == 1 else 1)
+        return [1.0, work, work * max(0.0, log_n - 11)]
+    block = block_fft_length(K, L)
+    n_blocks = math.ceil(L / (block - K + 1))
+    return [1.0, B * n_blocks * 2 * block * math.log2(block)]
+
+
+def fit(rows: list[tuple[list[float], float]]) -> np.ndarray:
+    A = np.array([f for f, _ in rows])
+    y = np.array([t for _, t in rows])
+    coef, *_ = np.linalg.lstsq(A / y[:, None], np.ones_like(y), rcond=None)
+    return coef
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--budget", type=float, default=0.2, help="seconds per timing")
+    args = parser.parse_args()
+    retain_freed_memory()
+    torch.manual_seed(0)
+    cases = []
+    with torch.no_grad():
+        for (B, T), K in itertools.product(SHAPES, TAPS):
+            x = torch.randn(B, T)
+            w = torch.hann_window(K, periodic=False)
+            times = {
+                m: median_time(
+                    lambda m=m, x=x, w=w: diffconv_core.convolve(x, w, method=m), args.budget
+                )
+                for m in METHODS
+            }
+            cases.append((B, T, K, times))
+            print(
+                f"# {B} x {T}, {K} taps: "
+                + ", ".join(f"{m} {s * 1e3:.3f} ms" for m, s in times.items())
+            )
+    names = {
+        "direct": ("direct_call", "direct_sample", "direct_gemm_tap"),
+        "fft": ("fft_call", "fft_unit", "fft_unit_per_octave"),
+        "overlap": ("overlap_call", "overlap_unit"),
+    }
+    table = dict(methods._COSTS["cpu"])
+    for method in METHODS:
+        rows = [
+            (features(method, B, T, K), times[method] * 1e9)
+            for B, T, K, times in cases
+            if features(method, B, T, K)
+        ]
+        table.update(zip(names[method], (float(c) for c in fit(rows)), strict=True))
+    print("\n_COSTS['cpu'] = {")
+    for key, value in table.items():
+        print(f"    {key!r}: {value:.4g},")
+    print("}")
+    for label, costs in (("current", methods._COSTS["cpu"]), ("fitted", table)):
+        near, misses = agreement(costs, cases)
+        print(f"\n{label} table: pick within 10% of the fastest in {near} of {len(cases)} cases")
+        for line in misses:
+            print(f"  {line}")
+
+
+def agreement(table: dict[str, float], cases: list) -> tuple[int, list[str]]:
+    """How often ``choose_method``'s model with this table picks a method within 10% of the
+    measured fastest, and the cases where it does not."""
+    saved = methods._COSTS["cpu"]
+    methods._COSTS["cpu"] = table
+    methods.estimate_costs.cache_clear()
+    try:
+        near, misses = 0, []
+        for B, T, K, times in cases:
+            costs = methods.estimate_costs(B, T, K, "same", "cpu")
+            picked = min(costs, key=costs.__getitem__)
+            fastest = min(times, key=times.__getitem__)
+            if times[picked] <= 1.1 * times[fastest]:
+                near += 1
+            else:
+                misses.append(
+                    f"{B} x {T}, {K} taps: picked {picked} {times[picked] * 1e3:.3f} ms, "
+                    f"{fastest} {times[fastest] * 1e3:.3f} ms"
+                )
+        return near, misses
+    finally:
+        methods._COSTS["cpu"] = saved
+        methods.estimate_costs.cache_clear()
+
+
+if __name__ == "__main__":
+    main()
