@@ -15,6 +15,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from diffconv_core._workspace import scratch
+
 
 def in_pieces(
     source: torch.Tensor,
@@ -46,7 +48,9 @@ def in_pieces(
     if length <= piece_samples:
         signals = piece_samples // length
         for first in range(0, rows.shape[0], signals):
-            piece = zero_extended(rows[first : first + signals], -shift, length - shift)
+            block = rows[first : first + signals]
+            work = scratch("piece", block.shape[0] * length, source.dtype, source.device)
+            piece = zero_extended(block, -shift, length - shift, out=work)
             convolve_piece(piece, out[first : first + signals])
     else:
         starts = _piece_starts(n_out, T, shift, source_length, piece_samples, align)
@@ -103,8 +107,11 @@ def _ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 
 
-def zero_extended(x: torch.Tensor, start: int, stop: int) -> torch.Tensor:
-    """``x[..., start:stop]`` with zeros where the range leaves ``x``'s samples (a copy).
+def zero_extended(
+    x: torch.Tensor, start: int, stop: int, out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``x[..., start:stop]`` with zeros where the range leaves ``x``'s samples (a copy,
+    written into ``out``'s first elements when given).
 
     Example:
         >>> zero_extended(torch.tensor([1.0, 2.0, 3.0]), -2, 2).tolist()
@@ -113,4 +120,11 @@ def zero_extended(x: torch.Tensor, start: int, stop: int) -> torch.Tensor:
     T = x.shape[-1]
     inside = x[..., min(max(start, 0), T) : max(min(stop, T), 0)]
     before = min(max(-start, 0), stop - start)
-    return F.pad(inside, (before, stop - start - before - inside.shape[-1]))
+    after = stop - start - before - inside.shape[-1]
+    if out is None:
+        return F.pad(inside, (before, after))
+    result = out[: x[..., :1].numel() * (stop - start)].view(*x.shape[:-1], stop - start)
+    result[..., :before].zero_()
+    result[..., before : before + inside.shape[-1]].copy_(inside)
+    result[..., stop - start - after :].zero_()
+    return result

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from diffconv_core._pieces import in_pieces
 from diffconv_core._validation import needs_graph
+from diffconv_core._workspace import scratch
 
 #: Without autograd, the work goes in pieces of about this many bytes of signal, so that
 #: the source, the GEMM outputs and their sum stay in cache (on 2 cores, a 50 x 80,000
@@ -147,31 +148,29 @@ def _correlate_in_pieces(
     P, J = frame_plan(taps.shape[-1])
     index = _toeplitz_index(taps.shape[-1], P, taps.device, J)
     matrix = F.pad(taps, (0, 1))[index]  # (J * P, P)
-    scratch = torch.empty(0, dtype=source.dtype, device=source.device)
 
     def source_length(n: int) -> int:
         return (-(-n // P) + J - 1) * P  # the frames n outputs read
 
     def convolve_piece(piece: torch.Tensor, dest: torch.Tensor) -> None:
-        nonlocal scratch
         rows, length = piece.shape
         n = dest.shape[-1]
         flat = piece.contiguous().view(-1)  # a view but for a strided source
-        if rows == 1 and n % P == 0 and dest.is_contiguous():
-            target, n_frames = dest.view(-1), n // P  # straight into the result
+        into_result = rows == 1 and n % P == 0 and dest.is_contiguous()
+        if into_result:
+            target, n_frames = dest.view(-1), n // P
         else:
             # Several rows stacked: output frames that straddle two rows are computed and
             # dropped, as is the end of a last frame that runs past the piece.
-            if scratch.numel() < flat.numel():
-                scratch = torch.empty_like(flat)  # reused by every later piece
-            target, n_frames = scratch, flat.numel() // P - J + 1
+            target = scratch("gemm out", flat.numel(), flat.dtype, flat.device)
+            n_frames = flat.numel() // P - J + 1
         for j in range(min(J, n_frames)):
             count = -(-(n_frames - j) // J)
             frames = flat.as_strided((count, J * P), (J * P, 1), flat.storage_offset() + j * P)
             out = target.as_strided((count, P), (J * P, 1), target.storage_offset() + j * P)
             torch.mm(frames, matrix, out=out)
-        if target is scratch:
-            dest.copy_(scratch[: rows * length].view(rows, length)[:, :n])
+        if not into_result:
+            dest.copy_(target.view(rows, length)[:, :n])
 
     return in_pieces(
         source,

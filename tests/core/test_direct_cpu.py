@@ -130,3 +130,33 @@ def test_frame_plan_reads_every_tap():
     for K in range(1, 1025):
         P, J = _toeplitz.frame_plan(K)
         assert (J - 1) * P >= K - 1 and P % 16 == 0
+
+
+@pytest.mark.parametrize("start, stop", [(-5, 3), (-5, 20), (2, 6), (8, 15), (-9, -2)])
+def test_zero_extended_into_a_work_array(start, stop):
+    x = torch.arange(1.0, 21.0).view(2, 10)
+    work = torch.full((100,), 99.0)  # stale contents must not leak into the result
+    got = _pieces.zero_extended(x, start, stop, out=work)
+    assert got.data_ptr() == work.data_ptr()
+    assert torch.equal(got, _pieces.zero_extended(x, start, stop))
+
+
+def test_work_arrays_are_per_thread_and_large_ones_not_kept(monkeypatch):
+    import threading
+
+    from diffconv_core import _workspace
+
+    cpu = torch.device("cpu")
+    mine = _workspace.scratch("test", 64, torch.float32, cpu)
+    assert _workspace.scratch("test", 32, torch.float32, cpu).data_ptr() == mine.data_ptr()
+    assert _workspace.scratch("test", 64, torch.float64, cpu).data_ptr() != mine.data_ptr()
+    theirs = []
+    worker = threading.Thread(
+        target=lambda: theirs.append(_workspace.scratch("test", 64, torch.float32, cpu))
+    )
+    worker.start()
+    worker.join()
+    assert theirs[0].data_ptr() != mine.data_ptr()
+    monkeypatch.setattr(_workspace, "MAX_KEPT_BYTES", 100)
+    big = _workspace.scratch("big", 64, torch.float32, cpu)
+    assert _workspace.scratch("big", 64, torch.float32, cpu).data_ptr() != big.data_ptr()

@@ -1,0 +1,38 @@
+"""Work arrays kept from one call to the next (CPU paths without autograd).
+
+A convolution cut into cache-sized pieces needs the same few scratch arrays of about a megabyte
+on every call. Allocated afresh each time, glibc may hand them back to the kernel on ``free``
+and fault them in again page by page on the next call (see :mod:`diffconv_core.memory`), a
+cost comparable to the GEMMs that use them; kept here, they are allocated once per thread.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import torch
+
+#: Arrays larger than this many bytes are never kept (a rare huge piece must not pin memory).
+MAX_KEPT_BYTES = 16 * 2**20
+
+_local = threading.local()
+
+
+def scratch(name: str, numel: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A 1-D array of ``numel`` elements, contents undefined, for this thread's exclusive use
+    until its next request under the same ``name``, ``dtype`` and ``device``.
+
+    Example:
+        >>> a = scratch("example", 10, torch.float32, torch.device("cpu"))
+        >>> b = scratch("example", 8, torch.float32, torch.device("cpu"))
+        >>> a.shape, b.shape, a.data_ptr() == b.data_ptr()
+        (torch.Size([10]), torch.Size([8]), True)
+    """
+    if numel * torch.empty((), dtype=dtype).element_size() > MAX_KEPT_BYTES:
+        return torch.empty(numel, dtype=dtype, device=device)
+    kept = _local.__dict__.setdefault("arrays", {})
+    key = (name, dtype, device)
+    array = kept.get(key)
+    if array is None or array.numel() < numel:
+        array = kept[key] = torch.empty(numel, dtype=dtype, device=device)
+    return array[:numel]
