@@ -1,0 +1,58 @@
+"""Overlap-save without autograd runs a chunk of blocks at a time into the output: every
+chunk layout (down to one block a chunk, with a partial last block) and broadcast pattern
+must give scipy's answer, call after call."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.signal
+import torch
+
+from diffconv_core import _overlap, convolve
+
+PATTERNS = [
+    ((2, 3), ()),  # one kernel for a batch
+    ((), (3,)),  # kernels that add a batch dim the signal lacks
+    ((2, 1), (3,)),  # both broadcast
+    ((3,), (3,)),  # a kernel per signal
+]
+
+
+@pytest.mark.parametrize("chunk", [1, 4096, 1 << 20], ids=["block", "chunks", "whole"])
+@pytest.mark.parametrize("lead_x, lead_w", PATTERNS)
+@pytest.mark.parametrize("T, K", [(5000, 31), (3001, 64), (2048, 257), (700, 1000)])
+def test_chunks_match_scipy(monkeypatch, chunk, lead_x, lead_w, T, K):
+    monkeypatch.setattr(_overlap, "CHUNK_SAMPLES", chunk)
+    rng = np.random.default_rng(T + K)
+    x = rng.standard_normal((*lead_x, T))
+    w = rng.standard_normal((*lead_w, K))
+    xb, wb = np.broadcast_arrays(x[..., :1], w[..., :1])
+    for mode in ("full", "same", "valid"):
+        expected = np.stack(
+            [
+                scipy.signal.convolve(
+                    np.broadcast_to(x, (*xb.shape[:-1], T)).reshape(-1, T)[i],
+                    np.broadcast_to(w, (*wb.shape[:-1], K)).reshape(-1, K)[i],
+                    mode=mode,
+                    method="direct",
+                )
+                for i in range(xb[..., 0].size)
+            ]
+        ).reshape(*xb.shape[:-1], -1)
+        for _ in range(2):  # a second call must not depend on what the first left behind
+            got = convolve(torch.from_numpy(x), torch.from_numpy(w), mode, method="overlap")
+            np.testing.assert_allclose(got.numpy(), expected, rtol=1e-10, atol=1e-10)
+
+
+def test_float32_and_float64_calls_in_turn():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 20_000))
+    w = rng.standard_normal(101)
+    expected = scipy.signal.convolve(x, w[None], mode="same")
+    for dtype, tol in ((torch.float32, 1e-3), (torch.float64, 1e-10), (torch.float32, 1e-3)):
+        got = convolve(
+            torch.from_numpy(x).to(dtype), torch.from_numpy(w).to(dtype), method="overlap"
+        )
+        assert got.dtype == dtype
+        np.testing.assert_allclose(got.double().numpy(), expected, rtol=tol, atol=tol)
