@@ -4,7 +4,10 @@
 "Extra" is the peak during one forward call (no autograd) minus what was held before it
 (input and kernel). The output itself is counted, since it must exist: a method that only
 allocates its output scores 1.0x for "same". CPU peaks come from the kernel's VmHWM (reset
-through /proc/self/clear_refs), CUDA peaks from torch.cuda.max_memory_allocated.
+through /proc/self/clear_refs), each measured in a fresh process: memory that an earlier
+measurement freed but the C allocator kept resident would otherwise be reused without
+raising the peak (one shared-process run reported 0.01x for a method that allocates its
+whole output). CUDA peaks come from torch.cuda.max_memory_allocated.
 
     python benchmarks/bench_memory.py --device cpu
 """
@@ -13,6 +16,8 @@ from __future__ import annotations
 
 import argparse
 import gc
+import subprocess
+import sys
 from pathlib import Path
 
 import torch
@@ -54,11 +59,36 @@ def peak_extra(fn, device: str) -> int:
     return peak
 
 
+def measure(B: int, T: int, K: int, method: str, device: str) -> float:
+    """Peak extra memory of one forward call, as a multiple of the input's size."""
+    x = torch.randn(B, T, device=device)
+    w = torch.hann_window(K, periodic=False, device=device)
+    with torch.no_grad():
+        diffconv_core.convolve(x[..., :4096], w, method=method)  # warm up allocators
+        extra = peak_extra(lambda: diffconv_core.convolve(x, w, method=method), device)
+    return extra / (x.numel() * x.element_size())
+
+
+def measure_in_fresh_process(B: int, T: int, K: int, method: str) -> float:
+    done = subprocess.run(
+        [sys.executable, __file__, "--one", str(B), str(T), str(K), method, "--device", "cpu"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return float(done.stdout.split()[-1])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--one", nargs=4, metavar=("B", "T", "K", "METHOD"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     device = args.device
+    if args.one:
+        B, T, K, method = args.one
+        print(measure(int(B), int(T), int(K), method, device))
+        return
     if device.startswith("cuda"):
         cases = [(16, 480_000, 31), (16, 480_000, 4095), (1, 1 << 24, 31), (1, 1 << 24, 1023)]
     else:
@@ -67,20 +97,16 @@ def main() -> None:
     print("| B, T, K | input MB | direct | fft | overlap | auto picks |")
     print("|---|---|---|---|---|---|")
     for B, T, K in cases:
-        x = torch.randn(B, T, device=device)
-        w = torch.hann_window(K, periodic=False, device=device)
-        size = x.numel() * x.element_size()
         cells = []
         for method in ("direct", "fft", "overlap"):
-            with torch.no_grad():
-                diffconv_core.convolve(x[..., :4096], w, method=method)  # warm up allocators
-                extra = peak_extra(
-                    lambda m=method, x=x, w=w: diffconv_core.convolve(x, w, method=m), device
-                )
-            cells.append(f"{extra / size:.2f}x")
-        auto = diffconv_core.choose_method(x.shape, w.shape, device=device)
-        print(f"| {B}, {T}, {K} | {size / 2**20:.0f} | " + " | ".join(cells) + f" | {auto} |")
-        del x
+            if device.startswith("cuda"):
+                ratio = measure(B, T, K, method, device)
+            else:
+                ratio = measure_in_fresh_process(B, T, K, method)
+            cells.append(f"{ratio:.2f}x")
+        auto = diffconv_core.choose_method((B, T), (K,), device=device)
+        size_mb = B * T * 4 / 2**20
+        print(f"| {B}, {T}, {K} | {size_mb:.0f} | " + " | ".join(cells) + f" | {auto} |")
         gc.collect()
 
 
