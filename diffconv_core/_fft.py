@@ -1,9 +1,9 @@
-"""FFT convolution on a range of the full output, written in differentiable torch ops.
+"""FFT convolution on a range of the full output.
 
-Autograd through ``rfft -> multiply -> irfft`` is itself an FFT computation: the backward pass
-stays in the fast method family, a kernel shared by a batch gets its gradient summed in the
-frequency domain (the broadcast product's adjoint) and inverted once, and double backward
-comes for free.
+The backward pass stays in the FFT family (:class:`_FFTRange`): the output gradient's spectrum
+times the saved forward spectra gives both gradients, a kernel shared by a batch gets its
+gradient summed in the frequency domain and inverted once, and a second derivative is built
+from the same differentiable pieces.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import functools
 import math
 
 import torch
+import torch.nn.functional as F
 
 from diffconv_core._validation import needs_graph
 
@@ -103,6 +104,8 @@ def fft_range(
     """
     T, K = x.shape[-1], w.shape[-1]
     n_fft = fft_length(max(hi, T + K - 1 - lo, T, K, 1), x.device)
+    if needs_graph(x, w) and reduce_to is None:
+        return _FFTRange.apply(x, w, lo, hi, n_fft)
     kernel_spectrum = torch.fft.rfft(w, n_fft)
     rows = math.prod(x.shape[:-1])
     # On a GPU memory is plentiful and every extra launch costs: no chunks there.
@@ -132,6 +135,52 @@ def fft_range(
         spectrum *= kernel_spectrum
         out[first : first + per_chunk] = torch.fft.irfft(spectrum, n_fft)[..., lo:hi]
     return out.reshape(*x.shape[:-1], hi - lo)
+
+
+class _FFTRange(torch.autograd.Function):
+    """:func:`fft_range` with a backward pass of its own.
+
+    Autograd through ``rfft -> multiply -> irfft`` inverts the signal's ``rfft`` with a full
+    complex transform, about twice the cost of a real one. Here the output gradient goes
+    through one real FFT, whose spectrum times the saved kernel and signal spectra gives both
+    gradients with one inverse each (the kernel's summed over the batch first). For a second
+    derivative (``create_graph``) the gradients are recomputed from differentiable pieces
+    instead: this same Function for the signal, :func:`fft_lagged_products` for the kernel.
+    """
+
+    @staticmethod
+    def forward(ctx, x, w, lo, hi, n_fft):  # noqa: D102
+        signal_spectrum = torch.fft.rfft(x, n_fft)
+        kernel_spectrum = torch.fft.rfft(w, n_fft)
+        ctx.save_for_backward(x, w, signal_spectrum, kernel_spectrum)
+        ctx.range = (lo, hi, n_fft)
+        return torch.fft.irfft(signal_spectrum * kernel_spectrum, n_fft)[..., lo:hi]
+
+    @staticmethod
+    def backward(ctx, grad):  # noqa: D102
+        x, w, signal_spectrum, kernel_spectrum = ctx.saved_tensors
+        lo, hi, n_fft = ctx.range
+        T, K = x.shape[-1], w.shape[-1]
+        need_x, need_w = ctx.needs_input_grad[:2]
+        grad_x = grad_w = None
+        if torch.is_grad_enabled():  # create_graph: every piece must be differentiable
+            if need_x:
+                grad_x = fft_range(grad, w.flip(-1), K - 1 - lo, K - 1 - lo + T)
+                grad_x = grad_x.sum_to_size(x.shape)
+            if need_w:
+                grad_w = fft_lagged_products(grad, x, lo, K, reduce_to=tuple(w.shape[:-1]))
+                grad_w = grad_w.sum_to_size(w.shape)
+            return grad_x, grad_w, None, None, None
+        # The output is samples lo..hi of a circular convolution of length n_fft: its adjoint
+        # puts the gradient back in place and correlates circularly with the other input.
+        spectrum = torch.fft.rfft(F.pad(grad, (lo, n_fft - hi)), n_fft)
+        if need_x:
+            product = _sum_spectrum_to(spectrum * kernel_spectrum.conj(), x.shape[:-1])
+            grad_x = torch.fft.irfft(product, n_fft)[..., :T]
+        if need_w:
+            product = _sum_spectrum_to(spectrum * signal_spectrum.conj(), w.shape[:-1])
+            grad_w = torch.fft.irfft(product, n_fft)[..., :K]
+        return grad_x, grad_w, None, None, None
 
 
 def fft_lagged_products(

@@ -116,3 +116,20 @@ def test_backward_uses_the_fft_family(method):
     names = {event.key for event in prof.key_averages()}
     assert any("fft" in n for n in names), sorted(names)
     assert not any("convolution_backward" in n for n in names), sorted(names)
+
+
+def test_fft_backward_uses_real_transforms_only():
+    # Autograd through rfft inverts it with a full complex transform (about twice the cost of a
+    # real one); the FFT method's own backward needs only real transforms: one forward
+    # transform of the output gradient and one inverse per gradient.
+    from torch.profiler import ProfilerActivity, profile
+
+    x = torch.randn(4, 3000, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(65, dtype=torch.float64, requires_grad=True)
+    out = diffconv_core.convolve(x, w, "same", method="fft")
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        out.backward(torch.ones_like(out))
+    counts = {event.key: event.count for event in prof.key_averages()}
+    assert counts.get("aten::_fft_r2c") == 1, counts
+    assert counts.get("aten::_fft_c2r") == 2, counts
+    assert "aten::_fft_c2c" not in counts, counts
