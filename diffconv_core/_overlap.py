@@ -2,9 +2,9 @@
 
 The zero-extended signal is cut into overlapping blocks with ``unfold`` (a view), all blocks
 go through one batched ``rfft``, are multiplied by the kernel spectrum (computed once) and
-inverted; the first K - 1 samples of each block, which wrapped around, are dropped. Written in
-differentiable torch ops: the backward pass is blocked FFTs too, and the kernel gradient is
-summed over blocks and batch in the frequency domain before one inverse FFT.
+inverted; the first K - 1 samples of each block, which wrapped around, are dropped. The
+backward pass (:class:`_OverlapRange`) is blocked FFTs too, and the kernel gradient is summed
+over blocks and batch in the frequency domain before one inverse FFT.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from diffconv_core._fft import CPU_FFT_MULTIPLE, next_fast_len
+from diffconv_core._fft import CPU_FFT_MULTIPLE, fft_lagged_products, next_fast_len
 from diffconv_core._validation import broadcast_shapes, needs_graph
 
 # Block FFT length bounds: big enough to amortise the K - 1 overlap, small enough to stay
@@ -67,13 +67,11 @@ def overlap_range(
     n_fft = block_fft or block_fft_length(K, n_out)
     step = n_fft - K + 1  # output samples per block
     n_blocks = -(-n_out // step)
-    spectrum = torch.fft.rfft(w, n_fft).unsqueeze(-2)  # once per call, shared by all blocks
     # Output n reads x[n - K + 1 .. n]: block b's source starts at x[lo - (K - 1) + b * step]
     # and spans n_fft samples; zeros stand in past either end.
     if needs_graph(x, w):
-        left = K - 1 - lo
-        source = F.pad(x, (left, n_blocks * step + K - 1 - (T + left)))
-        return _blocked(source, spectrum, n_fft, step, K)[..., :n_out]
+        return _OverlapRange.apply(x, w, lo, hi, n_fft)
+    spectrum = torch.fft.rfft(w, n_fft).unsqueeze(-2)  # once per call, shared by all blocks
     batch = broadcast_shapes(x.shape[:-1], w.shape[:-1])
     rows = max(1, math.prod(batch))
     out = torch.empty(*batch, n_out, dtype=x.dtype, device=x.device)
@@ -87,3 +85,62 @@ def overlap_range(
         end = min(begin + count * step, n_out)
         out[..., begin:end] = _blocked(source, spectrum, n_fft, step, K)[..., : end - begin]
     return out
+
+
+class _OverlapRange(torch.autograd.Function):
+    """:func:`overlap_range` with a backward pass of its own.
+
+    Autograd through the blocks' ``rfft`` inverts it with full complex transforms. Here each
+    block's share of the output gradient goes through one real FFT; times the kernel spectrum
+    and inverted, it is that block's source gradient (overlapping blocks added back where they
+    came from, the adjoint of ``unfold``); times the saved block spectra and summed over blocks
+    and batch, one inverse FFT gives the kernel gradient. For a second derivative
+    (``create_graph``) the gradients are recomputed from differentiable pieces instead.
+    """
+
+    @staticmethod
+    def forward(ctx, x, w, lo, hi, n_fft):  # noqa: D102
+        T, K = x.shape[-1], w.shape[-1]
+        step = n_fft - K + 1
+        n_blocks = -(-(hi - lo) // step)
+        pads = (K - 1 - lo, n_blocks * step + lo - T)  # source: n_blocks * step + K - 1 long
+        blocks = F.pad(x, pads).unfold(-1, n_fft, step)  # (*bx, n_blocks, n_fft), a view
+        block_spectra = torch.fft.rfft(blocks, n_fft)
+        kernel_spectrum = torch.fft.rfft(w, n_fft).unsqueeze(-2)
+        ctx.save_for_backward(x, w, block_spectra, kernel_spectrum)
+        ctx.geometry = (lo, hi, n_fft, pads)
+        kept = torch.fft.irfft(block_spectra * kernel_spectrum, n_fft)[..., K - 1 :]
+        return kept.reshape(*kept.shape[:-2], n_blocks * step)[..., : hi - lo]
+
+    @staticmethod
+    def backward(ctx, grad):  # noqa: D102
+        x, w, block_spectra, kernel_spectrum = ctx.saved_tensors
+        lo, hi, n_fft, pads = ctx.geometry
+        T, K = x.shape[-1], w.shape[-1]
+        need_x, need_w = ctx.needs_input_grad[:2]
+        grad_x = grad_w = None
+        if torch.is_grad_enabled():  # create_graph: every piece must be differentiable
+            if need_x:
+                grad_x = overlap_range(grad, w.flip(-1), K - 1 - lo, K - 1 - lo + T)
+                grad_x = grad_x.sum_to_size(x.shape)
+            if need_w:
+                grad_w = fft_lagged_products(grad, x, lo, K, reduce_to=tuple(w.shape[:-1]))
+                grad_w = grad_w.sum_to_size(w.shape)
+            return grad_x, grad_w, None, None, None
+        step = n_fft - K + 1
+        n_blocks = block_spectra.shape[-2]
+        # Block b's outputs are its last `step` samples: the gradient goes back in place.
+        shares = F.pad(grad, (0, n_blocks * step - (hi - lo))).unflatten(-1, (n_blocks, step))
+        spectra = torch.fft.rfft(F.pad(shares, (K - 1, 0)), n_fft)  # (*batch, n_blocks, bins)
+        if need_x:
+            product = spectra * kernel_spectrum.conj()
+            product = product.sum_to_size(*block_spectra.shape[:-1], product.shape[-1])
+            block_grads = torch.fft.irfft(product, n_fft)
+            source_shape = (*x.shape[:-1], n_blocks * step + K - 1)
+            source_grad = torch.ops.aten.unfold_backward(block_grads, source_shape, -1, n_fft, step)
+            grad_x = F.pad(source_grad, (-pads[0], -pads[1]))
+        if need_w:
+            product = (spectra * block_spectra.conj()).sum(-2)
+            product = product.sum_to_size(*w.shape[:-1], product.shape[-1])
+            grad_w = torch.fft.irfft(product, n_fft)[..., :K]
+        return grad_x, grad_w, None, None, None

@@ -118,15 +118,16 @@ def test_backward_uses_the_fft_family(method):
     assert not any("convolution_backward" in n for n in names), sorted(names)
 
 
-def test_fft_backward_uses_real_transforms_only():
+@pytest.mark.parametrize("method", ["fft", "overlap"])
+def test_fft_backward_uses_real_transforms_only(method):
     # Autograd through rfft inverts it with a full complex transform (about twice the cost of a
-    # real one); the FFT method's own backward needs only real transforms: one forward
-    # transform of the output gradient and one inverse per gradient.
+    # real one); the FFT methods' own backward needs only real transforms: one forward
+    # transform of the output gradient (all blocks at once) and one inverse per gradient.
     from torch.profiler import ProfilerActivity, profile
 
     x = torch.randn(4, 3000, dtype=torch.float64, requires_grad=True)
     w = torch.randn(65, dtype=torch.float64, requires_grad=True)
-    out = diffconv_core.convolve(x, w, "same", method="fft")
+    out = diffconv_core.convolve(x, w, "same", method=method)
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         out.backward(torch.ones_like(out))
     counts = {event.key: event.count for event in prof.key_averages()}
