@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from diffconv_core._fft import fft_lagged_products
 from diffconv_core._shift_add import MAX_SHIFT_ADD_TAPS, shift_add_correlate
-from diffconv_core._toeplitz import toeplitz_correlate
+from diffconv_core._toeplitz import toeplitz_correlate, toeplitz_lagged_products
 from diffconv_core._triton_direct import sliding_dot
 from diffconv_core._validation import broadcast_shapes, needs_graph
 
@@ -88,12 +88,54 @@ def direct_range(x: torch.Tensor, w: torch.Tensor, lo: int, hi: int) -> torch.Te
     """
     K = w.shape[-1]
     if x.device.type == "cpu" and K <= MAX_TOEPLITZ_TAPS:
-        taps, shift = w.flip(-1), K - 1 - lo
-        if w.numel() > K or needs_graph(x, w):
-            return toeplitz_correlate(x, taps, hi - lo, shift=shift)
-        # One kernel for every row, nothing recorded: the fast paths take it as (K,).
-        shape = (*broadcast_shapes(x.shape[:-1], w.shape[:-1]), hi - lo)
-        if K <= MAX_SHIFT_ADD_TAPS:
-            return shift_add_correlate(x, taps.reshape(K), hi - lo, shift).reshape(shape)
-        return toeplitz_correlate(x, taps.reshape(K), hi - lo, shift).reshape(shape)
+        if w.numel() > K:  # a kernel per row: batched GEMMs, differentiable as written
+            return toeplitz_correlate(x, w.flip(-1), hi - lo, shift=K - 1 - lo)
+        if needs_graph(x, w):
+            return _SharedKernelRange.apply(x, w, lo, hi)
+        return _shared_kernel_range(x, w, lo, hi)
     return _DirectRange.apply(x, w, lo, hi)
+
+
+def _shared_kernel_range(x: torch.Tensor, w: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+    # One kernel for every row, nothing recorded (CPU): the fast paths take it as (K,).
+    K = w.shape[-1]
+    taps, shift = w.flip(-1).reshape(K), K - 1 - lo
+    shape = (*broadcast_shapes(x.shape[:-1], w.shape[:-1]), hi - lo)
+    if K <= MAX_SHIFT_ADD_TAPS:
+        return shift_add_correlate(x, taps, hi - lo, shift).reshape(shape)
+    return toeplitz_correlate(x, taps, hi - lo, shift).reshape(shape)
+
+
+class _SharedKernelRange(torch.autograd.Function):
+    """:func:`direct_range` on CPU for one kernel shared by every row, with gradients.
+
+    The forward pass is the fast path without autograd (shifted sums or Toeplitz GEMMs in
+    pieces); so is the signal gradient, a direct correlation with the kernel; the kernel
+    gradient is the GEMMs' lagged products (:func:`toeplitz_lagged_products`). Recorded
+    through autograd instead, the whole-batch Toeplitz GEMMs cost about twice as much. For a
+    second derivative (``create_graph``) the gradients are built from differentiable pieces.
+    """
+
+    @staticmethod
+    def forward(ctx, x, w, lo, hi):  # noqa: D102
+        ctx.save_for_backward(x, w)
+        ctx.lo = lo
+        return _shared_kernel_range(x, w, lo, hi)
+
+    @staticmethod
+    def backward(ctx, grad):  # noqa: D102
+        x, w = ctx.saved_tensors
+        lo, T, K = ctx.lo, x.shape[-1], w.shape[-1]
+        grad_x = grad_w = None
+        if ctx.needs_input_grad[0]:
+            # d/dx: correlate the output gradient with the kernel (this same Function, or the
+            # fast path when no graph is being built)
+            grad_x = direct_range(grad, w.flip(-1), K - 1 - lo, K - 1 - lo + T)
+            grad_x = grad_x.sum_to_size(x.shape)
+        if ctx.needs_input_grad[1]:
+            if torch.is_grad_enabled():  # create_graph: a differentiable kernel gradient
+                grad_w = fft_lagged_products(grad, x, lo, K, reduce_to=())
+            else:
+                grad_w = toeplitz_lagged_products(grad, x, lo, K)
+            grad_w = grad_w.reshape(w.shape)
+        return grad_x, grad_w, None, None

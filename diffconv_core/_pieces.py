@@ -10,7 +10,8 @@ along time, each piece reading its own stretch of source (zero outside the signa
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -39,11 +40,35 @@ def in_pieces(
     Shape:
         source ``(*batch, T)`` -> ``(*batch, n_out)``.
     """
-    batch, T = source.shape[:-1], source.shape[-1]
+    batch = source.shape[:-1]
+    out = torch.empty(math.prod(batch), n_out, dtype=source.dtype, device=source.device)
+    for rows, start, stop, piece in pieces(
+        source, n_out, shift, source_length, piece_samples=piece_samples, align=align
+    ):
+        convolve_piece(piece, out[rows, start:stop])
+    return out.reshape(*batch, n_out)
+
+
+def pieces(
+    source: torch.Tensor,
+    n_out: int,
+    shift: int,
+    source_length: Callable[[int], int],
+    *,
+    piece_samples: int,
+    align: int = 1,
+) -> Iterator[tuple[slice, int, int, torch.Tensor]]:
+    """The pieces :func:`in_pieces` cuts the work into, as ``(rows, start, stop, piece)``:
+    the piece serves outputs ``start`` to ``stop`` of those rows (a slice of the flattened
+    batch); it is ``source_length(stop - start)`` samples long, zero outside the signal.
+
+    Shape:
+        source ``(*batch, T)``; piece ``(rows, source_length(stop - start))``.
+    """
+    T = source.shape[-1]
     rows = source.reshape(-1, T)
-    out = torch.empty(rows.shape[0], n_out, dtype=source.dtype, device=source.device)
-    if n_out == 0:
-        return out.reshape(*batch, 0)
+    if n_out == 0 or rows.shape[0] == 0:
+        return
     length = source_length(n_out)
     if length <= piece_samples:
         signals = piece_samples // length
@@ -51,18 +76,17 @@ def in_pieces(
             block = rows[first : first + signals]
             work = scratch("piece", block.shape[0] * length, source.dtype, source.device)
             piece = zero_extended(block, -shift, length - shift, out=work)
-            convolve_piece(piece, out[first : first + signals])
-    else:
-        starts = _piece_starts(n_out, T, shift, source_length, piece_samples, align)
-        for row, signal in zip(out, rows, strict=True):
-            for start, stop_out in itertools.pairwise(starts):
-                begin = start - shift
-                stop = begin + source_length(stop_out - start)
-                # A piece inside the signal is read in place; only the ends need zeros.
-                inside = begin >= 0 and stop <= T
-                piece = signal[begin:stop] if inside else zero_extended(signal, begin, stop)
-                convolve_piece(piece[None], row[None, start:stop_out])
-    return out.reshape(*batch, n_out)
+            yield slice(first, first + block.shape[0]), 0, n_out, piece
+        return
+    starts = _piece_starts(n_out, T, shift, source_length, piece_samples, align)
+    for index, signal in enumerate(rows):
+        for start, stop_out in itertools.pairwise(starts):
+            begin = start - shift
+            stop = begin + source_length(stop_out - start)
+            # A piece inside the signal is read in place; only the ends need zeros.
+            inside = begin >= 0 and stop <= T
+            piece = signal[begin:stop] if inside else zero_extended(signal, begin, stop)
+            yield slice(index, index + 1), start, stop_out, piece[None]
 
 
 def _piece_starts(

@@ -20,7 +20,7 @@ import functools
 import torch
 import torch.nn.functional as F
 
-from diffconv_core._pieces import in_pieces
+from diffconv_core._pieces import in_pieces, pieces
 from diffconv_core._validation import needs_graph
 from diffconv_core._workspace import scratch
 
@@ -183,3 +183,59 @@ def _correlate_in_pieces(
         piece_samples=max(J * P, CHUNK_BYTES // source.element_size()),
         align=P,
     )
+
+
+def toeplitz_lagged_products(g: torch.Tensor, x: torch.Tensor, lo: int, K: int) -> torch.Tensor:
+    """``c[k] = sum over rows and m of g[m] * x[m + lo - k]`` for ``0 <= k < K`` (``x`` zero
+    outside its samples): the gradient of one kernel shared by every row, as GEMMs.
+
+    With ``s[i] = x[i + lo - K + 1]``, ``c[K - 1 - j]`` is the correlation of ``s`` with ``g``
+    at lag ``j``. Framed as in :func:`frame_plan`, the products of each gradient frame with
+    the ``J * P`` source samples from its start sum (one GEMM per residue, over strided views
+    as in the forward pass, a cache-sized piece at a time) into a ``(J * P, P)`` matrix whose
+    diagonals are the lags.
+
+    Shape:
+        g ``(*batch, L)``, x ``(*batch, T)`` (as many rows) -> ``(K,)``.
+
+    Example:
+        >>> g, x = torch.tensor([1.0, 2.0]), torch.tensor([1.0, 10.0, 100.0])
+        >>> toeplitz_lagged_products(g, x, 1, 2)  # c[k] = g[0] x[1 - k] + g[1] x[2 - k]
+        tensor([210.,  21.])
+    """
+    P, J = frame_plan(K)
+    L = g.shape[-1]
+    if g.numel() == 0:
+        return torch.zeros(K, dtype=g.dtype, device=g.device)
+    grads = g.reshape(-1, L)
+    products = torch.zeros(J * P, P, dtype=g.dtype, device=g.device)
+
+    def source_length(n: int) -> int:
+        return (-(-n // P) + J - 1) * P  # a stretch's frames plus the J - 1 its windows reach
+
+    for rows, start, stop, piece in pieces(
+        x,
+        L,
+        K - 1 - lo,
+        source_length,
+        piece_samples=max(J * P, CHUNK_BYTES // x.element_size()),
+        align=P,
+    ):
+        # The gradient laid out like the piece: each row's stretch, then zeros, so windows
+        # that run into the next row (or stop short at the very end) add nothing.
+        count_rows, length = piece.shape
+        n = stop - start
+        frames = scratch("lag grad", count_rows * length, g.dtype, g.device).view(
+            count_rows, length
+        )
+        frames[:, :n].copy_(grads[rows, start:stop])
+        frames[:, n:].zero_()
+        frames, source = frames.view(-1), piece.contiguous().view(-1)
+        n_frames = frames.numel() // P - J + 1
+        for j in range(min(J, n_frames)):
+            count = -(-(n_frames - j) // J)
+            windows = source.as_strided((count, J * P), (J * P, 1), source.storage_offset() + j * P)
+            grad_frames = frames.as_strided((count, P), (J * P, 1), frames.storage_offset() + j * P)
+            products.addmm_(windows.t(), grad_frames)
+    lags = products.as_strided((K, P), (P, P + 1)).sum(-1)  # lags[j] = sum_i products[i + j, i]
+    return lags.flip(0)

@@ -437,7 +437,7 @@ class StreamingSmoother:
         key = (chunk.dtype, chunk.device)
         # Built once per stream, not once per block (a 4,095-tap window cost 1 ms a block),
         # unless its parameters are learnable: then each chunk gets a fresh graph.
-        learnable = any(isinstance(v, torch.Tensor) and v.requires_grad for v in params.values())
+        learnable = self._learnable_window()
         if learnable or self._window_for != key:
             self._window = get_window(
                 self.window,
@@ -481,14 +481,22 @@ class StreamingSmoother:
         self._pieces = [chunk[..., self._start - (self._n_in - chunk.shape[-1]) :].clone()]
         return out
 
+    def _learnable_window(self) -> bool:
+        return any(
+            isinstance(v, torch.Tensor) and v.requires_grad for v in self.window_params.values()
+        )
+
     def _joined(self) -> torch.Tensor:
         """The kept margin and the new samples as one contiguous tensor, in storage reused
         from push to push when nothing is recorded for autograd (fresh megabytes each block
-        cost more in page faults than the copy itself)."""
+        cost more in page faults than the copy itself). A recorded smoothing may keep the
+        chunk for its backward pass, so then every chunk is new: a learnable window too."""
         pieces = self._pieces
         first = pieces[0]
-        if needs_graph(*pieces) or any(
-            p.dtype != first.dtype or p.device != first.device for p in pieces
+        if (
+            needs_graph(*pieces)
+            or self._learnable_window()
+            or any(p.dtype != first.dtype or p.device != first.device for p in pieces)
         ):
             return torch.cat(pieces, dim=-1)  # recorded, or types to promote: as it comes
         shape = (*first.shape[:-1], sum(p.shape[-1] for p in pieces))

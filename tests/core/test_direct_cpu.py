@@ -160,3 +160,44 @@ def test_work_arrays_are_per_thread_and_large_ones_not_kept(monkeypatch):
     monkeypatch.setattr(_workspace, "MAX_KEPT_BYTES", 100)
     big = _workspace.scratch("big", 64, torch.float32, cpu)
     assert _workspace.scratch("big", 64, torch.float32, cpu).data_ptr() != big.data_ptr()
+
+
+@pytest.mark.parametrize("K", [1, 3, 12, 13, 31, 64, 200, 1000])
+@pytest.mark.parametrize("shape", [(700,), (3, 700), (2, 5000)], ids=["one", "rows", "long"])
+def test_kernel_gradient_gemms_match_numpy(K, shape):
+    # c[k] = sum over rows and m of g[m] x[m + lo - k], for the ranges every mode uses.
+    rng = np.random.default_rng(K)
+    x = rng.standard_normal(shape)
+    T = shape[-1]
+    for lo, L in [(0, T + K - 1), ((K - 1) // 2, T), (K - 1, max(T - K + 1, 0)), (5, 40)]:
+        g = rng.standard_normal((*shape[:-1], L))
+        padded = np.pad(x.reshape(-1, T), ((0, 0), (K + L, K + L)))
+        rows = g.reshape(padded.shape[0], L)
+        expected = [
+            sum(
+                g_row @ x_row[K + L + lo - k : K + L + lo - k + L]
+                for g_row, x_row in zip(rows, padded, strict=True)
+            )
+            for k in range(K)
+        ]
+        got = _toeplitz.toeplitz_lagged_products(torch.from_numpy(g), torch.from_numpy(x), lo, K)
+        np.testing.assert_allclose(got.numpy(), expected, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("K", [3, 31, 200])
+def test_shared_kernel_gradients_match_float64_finite_differences(K):
+    # The CPU direct path's own backward (fast path for both gradients) against numerical
+    # Jacobians, for one kernel shared by a batch, in every mode; second derivatives too.
+    from torch.autograd import gradcheck, gradgradcheck
+
+    gen = torch.Generator().manual_seed(K)
+    x = torch.randn(3, 400, generator=gen, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(K, generator=gen, dtype=torch.float64, requires_grad=True)
+    for mode in ("full", "same", "valid"):
+
+        def f(x, w, mode=mode):
+            return convolve(x, w, mode, method="direct")
+
+        kw = dict(eps=1e-6, atol=1e-7, rtol=1e-5, fast_mode=True)
+        assert gradcheck(f, (x, w), **kw), mode
+        assert gradgradcheck(f, (x, w), **kw), mode
