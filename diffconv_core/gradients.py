@@ -326,7 +326,7 @@ def gradient_map(
     Example:
         >>> import torch
         >>> x = torch.tensor([0.0, 1.0, 0.0, 0.0])
-        >>> g = gradient_map(x, torch.tensor([1.0, 2.0, 1.0]))
+        >>> g = gradient_map(x, torch.tensor([1.0, 2.0, 1.0]), method="direct")  # exact sums
         >>> g.output
         tensor([1., 2., 1., 0.])
         >>> g.value

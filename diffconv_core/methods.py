@@ -35,7 +35,8 @@ from diffconv_core._validation import MODES, broadcast_shapes, check_choice
 # chunks), so each has its own table: "cpu" is fitted by benchmarks/fit_cpu_costs.py
 # (relative least squares, 81 shapes: batch 1-512, length 1,024-4,194,304, 3-1,023 taps,
 # freed memory retained; the shifted sums' terms from an earlier fit of 70 timings);
-# "cpu_autograd" prices the recorded forward, and _BACKWARD_FACTOR the backward on top.
+# "cpu_autograd" prices the recorded forward of the FFT methods and of a kernel per row (one
+# shared kernel takes the fast path also when recorded), and _BACKWARD_FACTOR the backward.
 # benchmarks/results/ holds the measurements.
 _COSTS = {
     "cpu": {
@@ -131,7 +132,7 @@ def estimate_costs(
         per_sample = c["direct_tap"] * K
     elif K > MAX_TOEPLITZ_TAPS:
         per_sample = 20 * _COSTS["cpu_autograd"]["direct_frame_tap"] * K  # conv1d, far slower
-    elif requires_grad or not shared_kernel:
+    elif not shared_kernel:
         # Whole-batch block-Toeplitz GEMMs: cost per frame length, not per tap.
         a = _COSTS["cpu_autograd"]
         call = a["direct_call"]
@@ -139,11 +140,15 @@ def estimate_costs(
         if batch * L > DIRECT_CACHE_SAMPLES:
             # Its framed copies no longer fit in cache: memory traffic doubles the cost.
             per_sample += a["direct_sample"] * 1.5
-    elif K <= MAX_SHIFT_ADD_TAPS:
-        call = c["shift_call"]
-        per_sample = c["shift_sample"] + c["shift_tap"] * K
     else:
-        per_sample = c["direct_sample"] + c["direct_gemm_tap"] * gemm_work(K)
+        # One kernel for every row: the fast path, also when recorded (its own backward).
+        f = _COSTS["cpu"]
+        if K <= MAX_SHIFT_ADD_TAPS:
+            call = f["shift_call"]
+            per_sample = f["shift_sample"] + f["shift_tap"] * K
+        else:
+            call = f["direct_call"]
+            per_sample = f["direct_sample"] + f["direct_gemm_tap"] * gemm_work(K)
     direct = call + batch * L * per_sample
     n_fft = fft_length(T + K, torch.device(device_type))
     log_n = math.log2(max(n_fft, 2))
