@@ -1,14 +1,14 @@
 """Direct (sliding dot product) convolution for short kernels.
 
-On CPU it runs as block-Toeplitz matrix products (``_toeplitz``), several times faster than
-``conv1d`` there, or for up to 12 taps without autograd as shifted multiply-adds
-(``_shift_add``). On CUDA the forward pass is a fused Triton kernel (``_triton_direct``), or
-``conv1d`` with the flipped kernel where Triton is missing; the backward pass is written out
-rather than left to autograd, because autograd would route the kernel gradient through
-cuDNN's depthwise weight gradient, which is an order of magnitude slower than an FFT on GPUs.
-The signal gradient is again a direct convolution (this same Function, so the gradient of the
-gradient exists); the kernel gradient is one frequency-domain cross-correlation summed over
-the batch.
+On CPU, one kernel shared by every row runs as shifted multiply-adds (up to 12 taps,
+``_shift_add``) or block-Toeplitz matrix products in cache-sized pieces (``_toeplitz``),
+several times faster than ``conv1d`` there, with or without gradients; a kernel per row runs
+as whole-batch Toeplitz GEMMs written in differentiable ops. On CUDA the forward pass is a
+fused Triton kernel (``_triton_direct``), or ``conv1d`` with the flipped kernel where Triton
+is missing. Where a backward pass is needed it is written out (:class:`_DirectRange`) rather
+than left to autograd: the signal gradient is again a direct correlation (the same Function,
+so the gradient of the gradient exists), the kernel gradient one frequency-domain
+cross-correlation summed over the batch, or on CPU the Toeplitz GEMMs' lagged products.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from diffconv_core._fft import fft_lagged_products
+from diffconv_core._fft import gradients_from_pieces
 from diffconv_core._shift_add import MAX_SHIFT_ADD_TAPS, shift_add_correlate
 from diffconv_core._toeplitz import toeplitz_correlate, toeplitz_lagged_products
 from diffconv_core._triton_direct import sliding_dot
@@ -57,28 +57,6 @@ def _direct_forward(x: torch.Tensor, w: torch.Tensor, lo: int, hi: int) -> torch
     return out.reshape(*batch, n_out)
 
 
-class _DirectRange(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, w, lo, hi):  # noqa: D102
-        ctx.save_for_backward(x, w)
-        ctx.lo = lo
-        return _direct_forward(x, w, lo, hi)
-
-    @staticmethod
-    def backward(ctx, grad):  # noqa: D102
-        x, w = ctx.saved_tensors
-        lo, T, K = ctx.lo, x.shape[-1], w.shape[-1]
-        grad_x = grad_w = None
-        if ctx.needs_input_grad[0]:
-            # d/dx: correlate the output gradient with the kernel (convolve with it flipped)
-            grad_x = direct_range(grad, w.flip(-1), K - 1 - lo, K - 1 - lo + T)
-            grad_x = grad_x.sum_to_size(x.shape)
-        if ctx.needs_input_grad[1]:
-            grad_w = fft_lagged_products(grad, x, lo, K, reduce_to=tuple(w.shape[:-1]))
-            grad_w = grad_w.sum_to_size(w.shape)
-        return grad_x, grad_w, None, None
-
-
 def direct_range(x: torch.Tensor, w: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
     """Samples ``lo <= n < hi`` of the full linear convolution of ``x`` and ``w``, directly.
 
@@ -91,9 +69,9 @@ def direct_range(x: torch.Tensor, w: torch.Tensor, lo: int, hi: int) -> torch.Te
         if w.numel() > K:  # a kernel per row: batched GEMMs, differentiable as written
             return toeplitz_correlate(x, w.flip(-1), hi - lo, shift=K - 1 - lo)
         if needs_graph(x, w):
-            return _SharedKernelRange.apply(x, w, lo, hi)
+            return _DirectRange.apply(x, w, lo, hi, True)
         return _shared_kernel_range(x, w, lo, hi)
-    return _DirectRange.apply(x, w, lo, hi)
+    return _DirectRange.apply(x, w, lo, hi, False)
 
 
 def _shared_kernel_range(x: torch.Tensor, w: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
@@ -106,36 +84,33 @@ def _shared_kernel_range(x: torch.Tensor, w: torch.Tensor, lo: int, hi: int) -> 
     return toeplitz_correlate(x, taps, hi - lo, shift).reshape(shape)
 
 
-class _SharedKernelRange(torch.autograd.Function):
-    """:func:`direct_range` on CPU for one kernel shared by every row, with gradients.
+class _DirectRange(torch.autograd.Function):
+    """:func:`direct_range` with gradients, on CUDA and for kernels too long for the CPU paths
+    (``fast=False``: Triton or ``conv1d``), or on CPU for one kernel shared by every row
+    (``fast=True``: the shifted sums or Toeplitz GEMMs in pieces).
 
-    The forward pass is the fast path without autograd (shifted sums or Toeplitz GEMMs in
-    pieces); so is the signal gradient, a direct correlation with the kernel; the kernel
-    gradient is the GEMMs' lagged products (:func:`toeplitz_lagged_products`). Recorded
-    through autograd instead, the whole-batch Toeplitz GEMMs cost about twice as much. For a
-    second derivative (``create_graph``) the gradients are built from differentiable pieces.
+    The backward pass is written out: autograd would route the kernel gradient through
+    ``conv1d``'s weight gradient (an order of magnitude slower than an FFT on GPUs), and
+    through the whole-batch Toeplitz GEMMs on CPU (about twice the cost). The signal gradient
+    is this same Function on the flipped kernel (a correlation); the kernel gradient is one
+    frequency-domain cross-correlation summed over the batch, or on the fast CPU path the
+    GEMMs' lagged products (:func:`toeplitz_lagged_products`). For a second derivative
+    (``create_graph``) both are built from differentiable pieces.
     """
 
     @staticmethod
-    def forward(ctx, x, w, lo, hi):  # noqa: D102
+    def forward(ctx, x, w, lo, hi, fast):  # noqa: D102
         ctx.save_for_backward(x, w)
-        ctx.lo = lo
-        return _shared_kernel_range(x, w, lo, hi)
+        ctx.lo, ctx.fast = lo, fast
+        return _shared_kernel_range(x, w, lo, hi) if fast else _direct_forward(x, w, lo, hi)
 
     @staticmethod
     def backward(ctx, grad):  # noqa: D102
         x, w = ctx.saved_tensors
-        lo, T, K = ctx.lo, x.shape[-1], w.shape[-1]
-        grad_x = grad_w = None
-        if ctx.needs_input_grad[0]:
-            # d/dx: correlate the output gradient with the kernel (this same Function, or the
-            # fast path when no graph is being built)
-            grad_x = direct_range(grad, w.flip(-1), K - 1 - lo, K - 1 - lo + T)
-            grad_x = grad_x.sum_to_size(x.shape)
-        if ctx.needs_input_grad[1]:
-            if torch.is_grad_enabled():  # create_graph: a differentiable kernel gradient
-                grad_w = fft_lagged_products(grad, x, lo, K, reduce_to=())
-            else:
-                grad_w = toeplitz_lagged_products(grad, x, lo, K)
-            grad_w = grad_w.reshape(w.shape)
-        return grad_x, grad_w, None, None
+        need_x, need_w = ctx.needs_input_grad[:2]
+        gemms = ctx.fast and not torch.is_grad_enabled()
+        needed = (need_x, need_w and not gemms)
+        grad_x, grad_w = gradients_from_pieces(direct_range, grad, x, w, ctx.lo, needed)
+        if need_w and gemms:
+            grad_w = toeplitz_lagged_products(grad, x, ctx.lo, w.shape[-1]).reshape(w.shape)
+        return grad_x, grad_w, None, None, None

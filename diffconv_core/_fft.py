@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -162,15 +163,10 @@ class _FFTRange(torch.autograd.Function):
         lo, hi, n_fft = ctx.range
         T, K = x.shape[-1], w.shape[-1]
         need_x, need_w = ctx.needs_input_grad[:2]
-        grad_x = grad_w = None
         if torch.is_grad_enabled():  # create_graph: every piece must be differentiable
-            if need_x:
-                grad_x = fft_range(grad, w.flip(-1), K - 1 - lo, K - 1 - lo + T)
-                grad_x = grad_x.sum_to_size(x.shape)
-            if need_w:
-                grad_w = fft_lagged_products(grad, x, lo, K, reduce_to=tuple(w.shape[:-1]))
-                grad_w = grad_w.sum_to_size(w.shape)
-            return grad_x, grad_w, None, None, None
+            needed = (need_x, need_w)
+            return *gradients_from_pieces(fft_range, grad, x, w, lo, needed), None, None, None
+        grad_x = grad_w = None
         # The output is samples lo..hi of a circular convolution of length n_fft: its adjoint
         # puts the gradient back in place and correlates circularly with the other input.
         spectrum = torch.fft.rfft(F.pad(grad, (lo, n_fft - hi)), n_fft)
@@ -181,6 +177,33 @@ class _FFTRange(torch.autograd.Function):
             product = _sum_spectrum_to(spectrum * signal_spectrum.conj(), w.shape[:-1])
             grad_w = torch.fft.irfft(product, n_fft)[..., :K]
         return grad_x, grad_w, None, None, None
+
+
+def gradients_from_pieces(
+    range_fn: Callable[[torch.Tensor, torch.Tensor, int, int], torch.Tensor],
+    grad: torch.Tensor,
+    x: torch.Tensor,
+    w: torch.Tensor,
+    lo: int,
+    needed: tuple[bool, bool],
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The gradients of ``range_fn(x, w, lo, lo + L)`` (samples of the full convolution) for
+    an output gradient ``grad``, built from differentiable calls: the signal's is
+    ``range_fn`` again with the kernel flipped (a correlation), the kernel's the lagged
+    products :func:`fft_lagged_products`. The backward passes use it where a graph of the
+    gradients is wanted (second derivatives); ``needed`` says which of the two to compute.
+
+    Shape:
+        grad ``(*batch, L)``, x ``(*bx, T)``, w ``(*bw, K)`` -> like ``x`` and like ``w``.
+    """
+    T, K = x.shape[-1], w.shape[-1]
+    grad_x = grad_w = None
+    if needed[0]:
+        grad_x = range_fn(grad, w.flip(-1), K - 1 - lo, K - 1 - lo + T).sum_to_size(x.shape)
+    if needed[1]:
+        grad_w = fft_lagged_products(grad, x, lo, K, reduce_to=tuple(w.shape[:-1]))
+        grad_w = grad_w.sum_to_size(w.shape)
+    return grad_x, grad_w
 
 
 def fft_lagged_products(

@@ -14,7 +14,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from diffconv_core._fft import CPU_FFT_MULTIPLE, fft_lagged_products, next_fast_len
+from diffconv_core._fft import CPU_FFT_MULTIPLE, gradients_from_pieces, next_fast_len
 from diffconv_core._validation import broadcast_shapes, needs_graph
 
 # Block FFT length bounds: big enough to amortise the K - 1 overlap, small enough to stay
@@ -116,17 +116,12 @@ class _OverlapRange(torch.autograd.Function):
     def backward(ctx, grad):  # noqa: D102
         x, w, block_spectra, kernel_spectrum = ctx.saved_tensors
         lo, hi, n_fft, pads = ctx.geometry
-        T, K = x.shape[-1], w.shape[-1]
+        K = w.shape[-1]
         need_x, need_w = ctx.needs_input_grad[:2]
-        grad_x = grad_w = None
         if torch.is_grad_enabled():  # create_graph: every piece must be differentiable
-            if need_x:
-                grad_x = overlap_range(grad, w.flip(-1), K - 1 - lo, K - 1 - lo + T)
-                grad_x = grad_x.sum_to_size(x.shape)
-            if need_w:
-                grad_w = fft_lagged_products(grad, x, lo, K, reduce_to=tuple(w.shape[:-1]))
-                grad_w = grad_w.sum_to_size(w.shape)
-            return grad_x, grad_w, None, None, None
+            needed = (need_x, need_w)
+            return *gradients_from_pieces(overlap_range, grad, x, w, lo, needed), None, None, None
+        grad_x = grad_w = None
         step = n_fft - K + 1
         n_blocks = block_spectra.shape[-2]
         # Block b's outputs are its last `step` samples: the gradient goes back in place.
