@@ -8,6 +8,12 @@ and each case's timings. Nothing is written: paste the table into ``methods.py``
 output into ``benchmarks/results/``.
 
     python benchmarks/fit_cpu_costs.py            # about 4 minutes on 2 cores
+    python benchmarks/fit_cpu_costs.py --backward # the backward factors, about 4 minutes
+
+``--backward`` instead times each method's recorded forward pass and its forward+backward
+(gradients to signal and kernel) on another grid, prints each method's median ratio (the
+model's ``_BACKWARD_FACTOR``) and how often ``choose_method(..., requires_grad=True)`` picks a
+method within 10% of the fastest forward+backward.
 
 Freed memory is retained (``diffconv_core.memory.retain_freed_memory``, as the ``diffconv``
 command does): under glibc's default policy a call's page faults depend on the process's
@@ -27,6 +33,7 @@ import torch
 
 import diffconv_core
 from diffconv_core import methods
+from diffconv_core._direct import MAX_TOEPLITZ_TAPS
 from diffconv_core._fft import fft_length
 from diffconv_core._overlap import block_fft_length
 from diffconv_core._shift_add import MAX_SHIFT_ADD_TAPS
@@ -73,12 +80,60 @@ def fit(rows: list[tuple[list[float], float]]) -> np.ndarray:
     return coef
 
 
+BACKWARD_SHAPES = [(4, 480_000), (1, 1_048_576), (512, 1024), (64, 8000), (16, 20_000)]
+BACKWARD_SHAPES += [(8, 100_000)]
+BACKWARD_TAPS = [3, 31, 127, 511, 2047, 8191]
+
+
+def fit_backward(budget_s: float) -> None:
+    """Time recorded forward and forward+backward per method; print the factors and how
+    often the model's pick with gradients is within 10% of the fastest."""
+    factors: dict[str, list[float]] = {m: [] for m in METHODS}
+    near = total = 0
+    for (B, T), K in itertools.product(BACKWARD_SHAPES, BACKWARD_TAPS):
+        x = torch.randn(B, T, requires_grad=True)
+        w = torch.hann_window(K, periodic=False).requires_grad_()
+        grad = torch.randn(B, T)
+        both = {}
+        for m in METHODS:
+            if m == "direct" and K > MAX_TOEPLITZ_TAPS:
+                continue  # conv1d: minutes, never the fastest
+
+            def forward_only(m=m, x=x, w=w):
+                diffconv_core.convolve(x, w, method=m)
+
+            def step(m=m, x=x, w=w, grad=grad):
+                diffconv_core.convolve(x, w, method=m).backward(grad)
+
+            forward = median_time(forward_only, budget_s)
+            both[m] = median_time(step, budget_s)
+            factors[m].append(both[m] / forward)
+        picked = diffconv_core.choose_method(x.shape, w.shape, requires_grad=True)
+        fastest = min(both, key=both.__getitem__)
+        total += 1
+        near += both[picked] <= 1.1 * both[fastest]
+        print(
+            f"# {B} x {T}, {K} taps, fwd+bwd: "
+            + ", ".join(f"{m} {s * 1e3:.2f} ms" for m, s in both.items())
+            + f"; picked {picked}"
+        )
+    print("\n_BACKWARD_FACTOR (medians) = {")
+    for m, values in factors.items():
+        print(f"    {m!r}: {statistics.median(values):.2f},")
+    print("}")
+    print(f"\ncurrent model's pick within 10% of the fastest fwd+bwd: {near} of {total} cases")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--budget", type=float, default=0.2, help="seconds per timing")
+    parser.add_argument("--backward", action="store_true", help="fit the backward factors")
     args = parser.parse_args()
     retain_freed_memory()
     torch.manual_seed(0)
+    if args.backward:
+        fit_backward(args.budget)
+        return
     cases = []
     with torch.no_grad():
         for (B, T), K in itertools.product(SHAPES, TAPS):
