@@ -9,6 +9,11 @@ output into ``benchmarks/results/``.
 
     python benchmarks/fit_cpu_costs.py            # about 4 minutes on 2 cores
     python benchmarks/fit_cpu_costs.py --backward # the backward factors, about 4 minutes
+    python benchmarks/fit_cpu_costs.py --per-row  # a kernel per row, about 3 minutes
+
+``--per-row`` instead times the three methods with a kernel per row (the whole-batch GEMMs of
+the direct method), fits ``_COSTS["cpu_autograd"]``'s direct terms to the timings up to 63
+taps and prints the agreement of both tables up to 255 taps.
 
 ``--backward`` instead times each method's recorded forward pass and its forward+backward
 (gradients to signal and kernel) on another grid, prints each method's median ratio (the
@@ -37,7 +42,7 @@ from diffconv_core._direct import MAX_TOEPLITZ_TAPS
 from diffconv_core._fft import fft_length
 from diffconv_core._overlap import block_fft_length
 from diffconv_core._shift_add import MAX_SHIFT_ADD_TAPS
-from diffconv_core._toeplitz import gemm_work
+from diffconv_core._toeplitz import frame_length, gemm_work
 from diffconv_core.memory import retain_freed_memory
 
 SHAPES = [(4, 480_000), (1, 4_194_304), (512, 1024), (64, 8000), (16, 2000), (1, 20_000)]
@@ -124,15 +129,59 @@ def fit_backward(budget_s: float) -> None:
     print(f"\ncurrent model's pick within 10% of the fastest fwd+bwd: {near} of {total} cases")
 
 
+PER_ROW_SHAPES = [(32, 16_000), (128, 4000), (8, 100_000), (4, 480_000), (256, 1024)]
+PER_ROW_SHAPES += [(2, 20_000)]
+PER_ROW_TAPS = [7, 15, 31, 63, 127, 255]
+
+
+def fit_per_row(budget_s: float) -> None:
+    """Time the methods with a kernel per row; refit the direct terms of "cpu_autograd"."""
+    cases = []
+    with torch.no_grad():
+        for (R, T), K in itertools.product(PER_ROW_SHAPES, PER_ROW_TAPS):
+            x, w = torch.randn(R, T), torch.randn(R, K)
+            times = {
+                m: median_time(
+                    lambda m=m, x=x, w=w: diffconv_core.convolve(x, w, method=m), budget_s
+                )
+                for m in METHODS
+            }
+            cases.append((R, T, K, times))
+            print(
+                f"# {R} x {T}, {K} taps per row: "
+                + ", ".join(f"{m} {s * 1e3:.3f} ms" for m, s in times.items())
+            )
+    rows = [
+        ([1.0, R * T, R * T * frame_length(K)], times["direct"] * 1e9)
+        for R, T, K, times in cases
+        if K <= 63
+    ]
+    names = ("direct_call", "direct_sample", "direct_frame_tap")
+    table = dict(methods._COSTS["cpu_autograd"])
+    table.update(zip(names, (float(c) for c in fit(rows)), strict=True))
+    print(
+        "\n_COSTS['cpu_autograd'] direct terms: " + ", ".join(f"{n} {table[n]:.4g}" for n in names)
+    )
+    for label, costs in (("current", methods._COSTS["cpu_autograd"]), ("fitted", table)):
+        near, misses = agreement(costs, cases, "cpu_autograd", shared_kernel=False)
+        print(f"\n{label} table: pick within 10% of the fastest in {near} of {len(cases)} cases")
+        for line in misses:
+            print(f"  {line}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--budget", type=float, default=0.2, help="seconds per timing")
     parser.add_argument("--backward", action="store_true", help="fit the backward factors")
+    parser.add_argument("--per-row", action="store_true", help="fit a kernel per row's terms")
     args = parser.parse_args()
     retain_freed_memory()
     torch.manual_seed(0)
     if args.backward:
         fit_backward(args.budget)
+        return
+    if args.per_row:
+        fit_per_row(args.budget)
         return
     cases = []
     with torch.no_grad():
@@ -174,16 +223,18 @@ def main() -> None:
             print(f"  {line}")
 
 
-def agreement(table: dict[str, float], cases: list) -> tuple[int, list[str]]:
-    """How often ``choose_method``'s model with this table picks a method within 10% of the
-    measured fastest, and the cases where it does not."""
-    saved = methods._COSTS["cpu"]
-    methods._COSTS["cpu"] = table
+def agreement(
+    table: dict[str, float], cases: list, key: str = "cpu", shared_kernel: bool = True
+) -> tuple[int, list[str]]:
+    """How often ``choose_method``'s model with this table (as ``_COSTS[key]``) picks a method
+    within 10% of the measured fastest, and the cases where it does not."""
+    saved = methods._COSTS[key]
+    methods._COSTS[key] = table
     methods.estimate_costs.cache_clear()
     try:
         near, misses = 0, []
         for B, T, K, times in cases:
-            costs = methods.estimate_costs(B, T, K, "same", "cpu")
+            costs = methods.estimate_costs(B, T, K, "same", "cpu", shared_kernel=shared_kernel)
             picked = min(costs, key=costs.__getitem__)
             fastest = min(times, key=times.__getitem__)
             if times[picked] <= 1.1 * times[fastest]:
@@ -195,7 +246,7 @@ def agreement(table: dict[str, float], cases: list) -> tuple[int, list[str]]:
                 )
         return near, misses
     finally:
-        methods._COSTS["cpu"] = saved
+        methods._COSTS[key] = saved
         methods.estimate_costs.cache_clear()
 
 

@@ -53,9 +53,13 @@ _COSTS = {
         "overlap_unit": 0.0819,
     },
     "cpu_autograd": {
-        "direct_call": 15_000.0,
-        "direct_sample": 2.0,  # framing, copies: per output sample
-        "direct_frame_tap": 0.035,
+        # A kernel per row (whole-batch batched GEMMs, recorded or not): fitted to 24
+        # timings of 2-256 rows of 1,024-480,000 samples and 7-63 taps, freed memory retained.
+        # Up to 255 taps their picks were within 10% of the fastest in 35 of 36 shapes in
+        # that run and 33 of 36 in a later `fit_cpu_costs.py --per-row` (26 before).
+        "direct_call": 104_000.0,
+        "direct_sample": 0.429,  # framing, copies: per output sample
+        "direct_frame_tap": 0.0342,
         "fft_call": 25_000.0,
         "fft_unit": 0.1,
         "fft_unit_per_octave": 0.02,
