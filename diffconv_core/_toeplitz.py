@@ -5,12 +5,13 @@ and is those samples times a Toeplitz matrix built from the taps. A GEMM runs ne
 machine's peak, where ``conv1d`` on one channel does not (on CPU it is several times slower
 than an FFT even for three taps).
 
-- With autograd recording (or a kernel per signal), P is at least K - 1, so frame q reads
-  frames q and q + 1: two GEMMs with two P x P matrices, written in differentiable torch ops
-  whose backward pass is GEMMs too (double backward comes for free).
-- Without it, :func:`frame_plan` picks shorter frames read J at a time (fewer wasted
-  multiply-adds), the GEMMs read the source in place through strided views and write
-  straight into the result, a cache-sized piece at a time.
+- For a kernel per signal (or one kernel while autograd records, as :func:`toeplitz_correlate`
+  is written), P is at least K - 1, so frame q reads frames q and q + 1: two GEMMs with two
+  P x P matrices in differentiable torch ops, whose backward pass is GEMMs too.
+- For one kernel shared by every signal, :func:`frame_plan` picks shorter frames read J at a
+  time (fewer wasted multiply-adds); the GEMMs read the source in place through strided views
+  and write straight into the result, a cache-sized piece at a time. Gradients take the same
+  path (``_direct._DirectRange``), the kernel's as :func:`toeplitz_lagged_products`.
 """
 
 from __future__ import annotations
