@@ -1,12 +1,13 @@
 """Keep freed memory for reuse: one process-wide switch, off unless asked for.
 
 Every CPU convolution allocates its output and some work arrays of a few megabytes (pieces,
-spectra, blocks). With glibc's default policy such blocks are handed back to the kernel on
-``free`` and fetched again, page by page, on the next call: on a 2-core virtual machine that
-costs about 1.4 us a page, which made a 64 x 8,000-sample, 31-tap convolution 2.9 ms instead
-of 0.8 ms and a 4 x 480,000-sample overlap-save 11-15 ms instead of 5-8 ms (1,200 and 3,700
-page faults a call). Asking glibc to serve blocks of up to 32 MiB from its heap and to keep
-up to ``limit_bytes`` of freed heap brings that to nearly zero faults.
+spectra, blocks). With glibc's default policy such blocks are often handed back to the kernel
+on ``free`` and fetched again, page by page, on the next call, depending on the process's
+history: on a 2-core virtual machine that costs about 1.4 us a page, which made a
+4 x 480,000-sample overlap-save with 1,023 taps take 11-15 ms instead of 5-8 ms (3,700 page
+faults a call). The direct path keeps its own work arrays (``_workspace``); the FFTs' live
+inside torch. Asking glibc to serve blocks of up to 32 MiB from its heap and to keep up to
+``limit_bytes`` of freed heap brings that to nearly zero faults.
 
 It changes the whole process's allocator, for every library in it, and the process keeps up
 to ``limit_bytes`` of freed memory, so the library never does it on import: the ``diffconv``
