@@ -17,6 +17,7 @@ than an FFT even for three taps).
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -167,11 +168,8 @@ def _correlate_in_pieces(
             # dropped, as is the end of a last frame that runs past the piece.
             target = scratch("gemm out", flat.numel(), flat.dtype, flat.device)
             n_frames = flat.numel() // P - J + 1
-        for j in range(min(J, n_frames)):
-            count = -(-(n_frames - j) // J)
-            frames = flat.as_strided((count, J * P), (J * P, 1), flat.storage_offset() + j * P)
-            out = target.as_strided((count, P), (J * P, 1), target.storage_offset() + j * P)
-            torch.mm(frames, matrix, out=out)
+        for windows, out in _by_residue(flat, target, n_frames, P, J):
+            torch.mm(windows, matrix, out=out)
         if not into_result:
             dest.copy_(target.view(rows, length)[:, :n])
 
@@ -233,10 +231,23 @@ def toeplitz_lagged_products(g: torch.Tensor, x: torch.Tensor, lo: int, K: int) 
         frames[:, n:].zero_()
         frames, source = frames.view(-1), piece.contiguous().view(-1)
         n_frames = frames.numel() // P - J + 1
-        for j in range(min(J, n_frames)):
-            count = -(-(n_frames - j) // J)
-            windows = source.as_strided((count, J * P), (J * P, 1), source.storage_offset() + j * P)
-            grad_frames = frames.as_strided((count, P), (J * P, 1), frames.storage_offset() + j * P)
+        for windows, grad_frames in _by_residue(source, frames, n_frames, P, J):
             products.addmm_(windows.t(), grad_frames)
     lags = products.as_strided((K, P), (P, P + 1)).sum(-1)  # lags[j] = sum_i products[i + j, i]
     return lags.flip(0)
+
+
+def _by_residue(
+    source: torch.Tensor, frames: torch.Tensor, n_frames: int, P: int, J: int
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """For each residue ``j < J``, the frames ``q = j, j + J, ...`` below ``n_frames`` as two
+    strided views: of the flat ``source``, the ``J * P`` samples from each frame's start
+    ``(count, J * P)``, and of the flat ``frames``, each frame's own ``P`` samples
+    ``(count, P)``. The rows of each view are disjoint and evenly spaced, so a GEMM takes them
+    as they lie."""
+    for j in range(min(J, n_frames)):
+        count = -(-(n_frames - j) // J)
+        yield (
+            source.as_strided((count, J * P), (J * P, 1), source.storage_offset() + j * P),
+            frames.as_strided((count, P), (J * P, 1), frames.storage_offset() + j * P),
+        )
