@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import gc
 
-from diffconv_core.memory import retain_freed_memory
-
 #: Allocations between young-generation collections while a command starts (default 700).
 STARTUP_THRESHOLD = 50_000
 #: Python's default thresholds, restored by :func:`end`.
@@ -35,5 +33,8 @@ def end() -> None:
         gc.freeze()
         gc.set_threshold(*DEFAULT_THRESHOLDS)
         # The command owns its process: every file's work arrays then reuse the last one's
-        # pages instead of faulting in fresh ones (see diffconv_core.memory).
+        # pages instead of faulting in fresh ones. Imported here, not at start-up: ctypes
+        # costs `diffconv --help` 6 ms that it never needs.
+        from diffconv_core.memory import retain_freed_memory
+
         retain_freed_memory()

@@ -73,9 +73,10 @@ def test_a_command_run_restores_the_collector_thresholds(tmp_path, monkeypatch):
     import gc
 
     from cli import startup
+    from diffconv_core import memory
 
     retained = []
-    monkeypatch.setattr(startup, "retain_freed_memory", lambda: retained.append(True))
+    monkeypatch.setattr(memory, "retain_freed_memory", lambda: retained.append(True))
     before = gc.get_threshold()
     try:
         startup.begin()  # as diffconv's entry point does
@@ -90,10 +91,10 @@ def test_a_command_run_restores_the_collector_thresholds(tmp_path, monkeypatch):
 def test_a_library_callers_process_settings_are_left_alone(tmp_path, monkeypatch):
     import gc
 
-    from cli import startup
+    from diffconv_core import memory
 
     retained = []
-    monkeypatch.setattr(startup, "retain_freed_memory", lambda: retained.append(True))
+    monkeypatch.setattr(memory, "retain_freed_memory", lambda: retained.append(True))
     before = gc.get_threshold()
     try:
         gc.set_threshold(1234, 5, 6)
