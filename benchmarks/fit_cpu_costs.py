@@ -31,8 +31,8 @@ import argparse
 import itertools
 import math
 import statistics
-import time
 
+import bench_core  # beside this script
 import numpy as np
 import torch
 
@@ -52,13 +52,7 @@ METHODS = ("direct", "fft", "overlap")
 
 
 def median_time(fn, budget_s: float) -> float:
-    fn()
-    times, deadline = [], time.perf_counter() + budget_s
-    while len(times) < 5 or time.perf_counter() < deadline:
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return bench_core.median_time(fn, "cpu", budget_s)
 
 
 def features(method: str, B: int, T: int, K: int) -> list[float]:
