@@ -3,8 +3,9 @@
 An FFT mixes every sample into every output (a Toeplitz GEMM every sample of a frame), so one
 NaN would poison far more than its window: 0 * NaN is NaN. When
 the signal is not all finite, the non-finite samples are zeroed, the convolution runs, and the
-outputs whose window covers one are marked: NaN where a NaN (or an Inf under a zero tap, or
-Infs of both signs) is covered, else an Inf with the sign the direct sum would have.
+outputs whose window covers one get exactly what the direct sum gives in IEEE arithmetic:
+NaN where a NaN, an Inf under a zero tap or Inf terms of both signs (inf - inf) are covered,
+else an Inf of the sign of its Inf terms (sample sign times tap sign; magnitudes don't matter).
 """
 
 from __future__ import annotations
@@ -29,25 +30,32 @@ def with_nonfinite_locality(
         return range_fn(x, w, lo, hi)
     y = range_fn(torch.where(finite, x, torch.zeros((), dtype=x.dtype, device=x.device)), w, lo, hi)
     with torch.no_grad():
-        # Indicator convolutions in float64 so that "covered" is decided without round-off.
-        K = w.shape[-1]
-        box = torch.ones(K, dtype=torch.float64, device=x.device)
-        xd = x.detach().to(torch.float64)
-        nan_cover = range_fn(torch.isnan(xd).to(torch.float64), box, lo, hi) > 0.5
-        inf_cover = range_fn(torch.isinf(xd).to(torch.float64), box, lo, hi) > 0.5
-        signed_inf = torch.sign(xd).where(
-            torch.isinf(xd), torch.zeros((), dtype=torch.float64, device=x.device)
-        )
-        weight = range_fn(signed_inf, w.detach().to(torch.float64), lo, hi)
-        tolerance = 1e-9 * float(w.detach().abs().max()) * K
-        inf_value = torch.where(
-            weight.abs() > tolerance,
-            torch.sign(weight) * torch.inf,
-            torch.full_like(weight, torch.nan),
-        ).to(y.dtype)
-        # Infs of both signs under one window give inf - inf = NaN in the direct sum.
-        both_signs = range_fn((xd == torch.inf).to(torch.float64), box, lo, hi) > 0.5
-        both_signs &= range_fn((xd == -torch.inf).to(torch.float64), box, lo, hi) > 0.5
-        nan_cover |= both_signs
-    y = torch.where(inf_cover, inf_value, y)
-    return torch.where(nan_cover, torch.full_like(y, torch.nan), y)
+        covered, value = _direct_sum_nonfinite(range_fn, x.detach(), w.detach(), lo, hi)
+    return torch.where(covered, value.to(y.dtype), y)
+
+
+def _direct_sum_nonfinite(
+    range_fn: RangeFn, x: torch.Tensor, w: torch.Tensor, lo: int, hi: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Which outputs' direct sums cover a non-finite sample, and what IEEE arithmetic makes
+    of them: NaN where a NaN, an Inf under a zero tap, or Inf terms of both signs are covered
+    (inf - inf), else an Inf with the sign of its Inf terms.
+
+    Every term's sign is sign(sample) * sign(tap), so counting the covered Inf terms of each
+    sign takes indicator convolutions only: no weighted sum, no tolerance. They run in float64
+    so that "covered" (a count >= 1) is decided without round-off.
+    """
+    f64 = torch.float64
+
+    def covers(samples: torch.Tensor, taps: torch.Tensor) -> torch.Tensor:
+        return range_fn(samples.to(f64), taps.to(f64), lo, hi) > 0.5
+
+    plus_inf, minus_inf = x == torch.inf, x == -torch.inf
+    positive, negative = w > 0, w < 0
+    nan = covers(torch.isnan(x), torch.ones_like(w, dtype=f64))
+    nan |= covers(plus_inf | minus_inf, w == 0)
+    plus_terms = covers(plus_inf, positive) | covers(minus_inf, negative)
+    minus_terms = covers(plus_inf, negative) | covers(minus_inf, positive)
+    nan |= plus_terms & minus_terms
+    value = torch.where(plus_terms, torch.inf, -torch.inf)
+    return nan | plus_terms | minus_terms, torch.where(nan, torch.nan, value)

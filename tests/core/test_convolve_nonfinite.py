@@ -8,7 +8,14 @@ import torch
 
 import diffconv_core
 
-from .conftest import METHODS, MODE_PADDINGS, check_locality, coverage
+from .conftest import (
+    METHODS,
+    MODE_PADDINGS,
+    check_locality,
+    coverage,
+    reference,
+    relative_error,
+)
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -83,3 +90,39 @@ def test_all_nan_signal(method):
     w = torch.ones(5, dtype=torch.float64)
     out = diffconv_core.convolve(x, w, "same", method=method)
     assert torch.isnan(out).all(), method
+
+
+@pytest.mark.parametrize("corr", [False, True], ids=["convolve", "correlate"])
+@pytest.mark.parametrize("mode,padding", MODE_PADDINGS)
+@pytest.mark.parametrize("method", METHODS)
+def test_nonfinite_outputs_are_what_the_direct_sum_gives(method, mode, padding, corr):
+    # Clusters of Infs of one sign under taps of both signs (inf * 2 + inf * -1 is NaN, not
+    # Inf, whatever the weights add up to), a tap far smaller than the others (inf * 1e-12 is
+    # still Inf), zero taps, and NaNs: each output's NaN / +Inf / -Inf must be exactly the
+    # IEEE direct sum's (scipy's direct method), the finite ones its value.
+    gen = torch.Generator().manual_seed(3)
+    T = 48
+    kernels = [
+        torch.tensor([2.0, -1.0]),
+        torch.tensor([1.0, 1e-12, 1.0]),
+        torch.tensor([0.5, 0.0, -0.25, 0.0, 1.0]),
+        torch.randn(7, generator=gen),
+    ]
+    for K, w in enumerate(kernels):
+        w = w.to(torch.float64)
+        x = torch.randn(3, T, generator=gen, dtype=torch.float64)
+        x[0, 10:13] = torch.inf
+        x[0, 30] = -torch.inf
+        x[1, [0, 1, T - 1]] = torch.tensor([torch.inf, -torch.inf, torch.inf], dtype=x.dtype)
+        x[2, 20] = torch.nan
+        x[2, 22] = -torch.inf
+        x[2, 5 + K] = torch.inf
+        func = diffconv_core.correlate if corr else diffconv_core.convolve
+        out = func(x, w, mode, padding=padding, method=method).numpy()
+        expected = reference(x.numpy(), w.numpy(), mode, padding, correlate=corr)
+        config = f"{func.__name__} w={w.tolist()} {mode} {padding} {method}"
+        for name, test in [("NaN", np.isnan), ("+Inf", np.isposinf), ("-Inf", np.isneginf)]:
+            mismatch = np.argwhere(test(out) != test(expected)).tolist()
+            assert not mismatch, f"{config}: {name} differs at (row, output) {mismatch}"
+        finite = np.isfinite(expected)
+        assert relative_error(out[finite], expected[finite]) <= 1e-10, config
