@@ -59,7 +59,14 @@ def smooth(paths, window, length, params, width, edges, nan_policy, **shared) ->
         window_params["width"] = width
 
     def build():
-        return smooth_operation(window, length, edges=edges, nan_policy=nan_policy, **window_params)
+        return smooth_operation(
+            window,
+            length,
+            edges=edges,
+            nan_policy=nan_policy,
+            method=shared["method"],
+            **window_params,
+        )
 
     execute(paths, options, build, glob=shared["glob"], recursive=shared["recursive"])
 

@@ -176,3 +176,22 @@ def test_streamed_smooth_equals_whole_file(tmp_path, extra):
     b = sf.read(streamed, always_2d=True)[0]
     np.testing.assert_allclose(b, a, rtol=1e-10, atol=1e-12, equal_nan=True)
     assert sf.info(streamed).subtype == "DOUBLE"
+
+
+@pytest.mark.parametrize("method", ["direct", "fft", "overlap"])
+def test_method_option_reaches_the_core(tmp_path, monkeypatch, method):
+    # --method used to be accepted and then dropped: every file ran with "auto".
+    import diffconv_core.smooth
+
+    seen = []
+    real = diffconv_core.smooth.smooth
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("method"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(diffconv_core.smooth, "smooth", spy)
+    out = tmp_path / "out.wav"
+    r = invoke("smooth", SAMPLES / "speech_mono16.wav", out, "--method", method)
+    assert r.exit_code == 0, r.output
+    assert seen and set(seen) == {method}
