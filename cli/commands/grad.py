@@ -160,9 +160,25 @@ def grad(paths, **opts) -> None:
     jobs = [j for j in jobs if not j.source.name.endswith(tuple(SUFFIXES.values()))]
     if not jobs:
         raise click.UsageError("no input files left once grad's own outputs are skipped")
+    _check_stems(jobs)
     setup = _setup(jobs, opts)
     report = _run(jobs, setup, opts, Path(outdir))
     click.get_current_context().exit(report.return_code)
+
+
+def _check_stems(jobs) -> None:
+    """Outputs are named from the input's stem, so ``a.wav`` and ``a.npy`` in one folder
+    would write the same ``a.grad_*`` files: the second silently replaced the first's with
+    --overwrite (or failed as "output exists" without it). A usage error up front instead."""
+    seen: dict[str, Path] = {}
+    for job in jobs:
+        key = os.path.normpath(os.path.abspath(job.dest.parent / job.dest.stem))
+        if key in seen:
+            raise click.UsageError(
+                f"{seen[key]} and {job.source} would both write {key}.grad_* "
+                "(outputs are named after the stem); process them separately"
+            )
+        seen[key] = job.source
 
 
 @dataclass

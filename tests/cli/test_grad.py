@@ -301,3 +301,17 @@ def test_nan_input_warns_and_writes_strict_json(tmp_path):
     text = (out / "gaps.grad_params.json").read_text()
     doc = json.loads(text, parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))
     assert doc["objective_value"] is None
+
+
+def test_inputs_sharing_a_stem_are_a_usage_error(tmp_path, short_wav):
+    # a.wav and a.npy both map to OUTDIR/a.grad_*: with --overwrite the second file's maps
+    # used to replace the first's silently while the summary said "2 files processed".
+    folder = tmp_path / "in"
+    folder.mkdir()
+    short_wav.rename(folder / "a.wav")
+    np.save(folder / "a.npy", np.sin(np.arange(500) / 7.0))
+    out = tmp_path / "out"
+    result = invoke("grad", folder, out, "--format", "npy", "--overwrite", "--rate", RATE)
+    assert result.exit_code == 2, result.stderr
+    assert "a.npy" in result.stderr and "a.wav" in result.stderr
+    assert not out.exists() or listing(out) == []
