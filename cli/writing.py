@@ -21,7 +21,7 @@ import numpy as np
 import soundfile as sf
 
 from cli import pcm
-from cli.audio_io import SignalInfo, audio_format_for
+from cli.audio_io import SignalInfo, _libsndfile_reason, audio_format_for
 from cli.errors import FileProblem
 
 # Subtypes that store floats; every other subtype is a fixed range (integer PCM, codecs).
@@ -212,7 +212,21 @@ class AtomicWriter:
                     endian=spec.endian,
                 )
         except (sf.SoundFileError, RuntimeError, OSError, ValueError) as err:
-            raise FileProblem(self.dest, f"cannot write {spec.format or 'npy'}: {err}") from err
+            raise FileProblem(self.dest, self._open_failure(err)) from err
+
+    def _open_failure(self, err: Exception) -> str:
+        # libsndfile names the file it was given, here a buffer ("Error opening <_io.BytesIO
+        # object at 0x...>: Format not recognised."): keep its reason and say what was asked
+        # for, since "not recognised" usually means too many channels or a rate it refuses.
+        spec = self.spec
+        if spec.kind == "npy":
+            return f"cannot write npy: {err}"
+        reason = _libsndfile_reason(err) if isinstance(err, sf.SoundFileError) else str(err)
+        channels = self.shape[-2]
+        return (
+            f"cannot write {spec.format}/{spec.subtype} with {channels} "
+            f"channel{'' if channels == 1 else 's'} at {spec.rate:g} Hz ({reason})"
+        )
 
     def _npy_shape(self) -> tuple[int, ...]:
         return self.shape[1:] if self.spec.squeeze_channel else self.shape

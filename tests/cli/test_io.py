@@ -229,3 +229,17 @@ def test_replacing_keeps_permissions_and_leaves_no_temporary(tmp_path):
     assert result.exit_code == 0, result.output
     assert dest.stat().st_mode & 0o777 == 0o640
     assert listing(tmp_path) == ["out.wav"]
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+def test_format_refusing_the_channel_count_says_so(tmp_path, streamed):
+    # FLAC holds at most 8 channels; libsndfile only says "Format not recognised", and the
+    # message used to name an in-memory buffer ("<_io.BytesIO object at 0x...>").
+    src = write_wav(tmp_path / "nine.wav", np.zeros((9, 2000)))
+    out = tmp_path / "out" / "nine.flac"
+    env = {"DIFFCONV_STREAM_SAMPLES": "1000"} if streamed else None
+    r = invoke("smooth", src, out, env=env)
+    assert r.exit_code == 1
+    assert str(out) in r.stderr and "9 channels" in r.stderr and "FLAC" in r.stderr
+    assert "_io." not in r.stderr and "object at 0x" not in r.stderr
+    assert listing(tmp_path) == ["nine.wav"]  # no output, no temporary
