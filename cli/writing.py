@@ -56,7 +56,8 @@ def output_spec(
 
     The input's format, subtype, endianness and rate are kept unless the destination's
     extension names another format (then the input's subtype is kept where that format
-    allows it) or ``subtype`` is given. Arrays from .npy become FLOAT audio where possible.
+    allows it, else the finest subtype below it that the format has) or ``subtype`` is
+    given. Arrays from .npy become FLOAT audio where possible (24-bit FLAC, for instance).
 
     Raises:
         FileProblem: the combination cannot be written (exit code 2 for option problems).
@@ -92,16 +93,34 @@ def output_spec(
     elif info.kind == "audio" and sf.check_format(fmt, info.subtype):
         chosen = info.subtype
         endian = info.endian if fmt == info.format else None
-    elif info.kind == "npy" and sf.check_format(fmt, "FLOAT"):
-        chosen = "FLOAT"
     else:
-        chosen = sf.default_subtype(fmt)
+        chosen = _closest_subtype(fmt, info.subtype if info.kind == "audio" else "FLOAT")
     if not sf.check_format(fmt, chosen):
         valid = ", ".join(sorted(sf.available_subtypes(fmt)))
         raise FileProblem(
             dest, f"subtype {chosen!r} is not valid for {fmt}; use one of {valid}", exit_code=2
         )
     return OutputSpec(kind="audio", format=fmt, subtype=chosen, endian=endian, rate=out_rate)
+
+
+# From the finest to the coarsest: where the output format cannot keep the input's subtype,
+# the next one down that it can (float or 32-bit audio into FLAC becomes 24-bit, as sox
+# makes it, not the format's default 16 bits).
+_PRECISION_LADDER = ("DOUBLE", "FLOAT", "PCM_32", "PCM_24", "PCM_16")
+
+
+def _closest_subtype(fmt: str, wanted: str | None) -> str:
+    """The subtype of ``fmt`` nearest below ``wanted`` in precision, else ``fmt``'s default.
+
+    Example:
+        >>> _closest_subtype("FLAC", "DOUBLE"), _closest_subtype("OGG", "FLOAT")
+        ('PCM_24', 'VORBIS')
+    """
+    if wanted in _PRECISION_LADDER:
+        for candidate in _PRECISION_LADDER[_PRECISION_LADDER.index(wanted) :]:
+            if sf.check_format(fmt, candidate):
+                return candidate
+    return sf.default_subtype(fmt)
 
 
 class AtomicWriter:

@@ -243,3 +243,37 @@ def test_format_refusing_the_channel_count_says_so(tmp_path, streamed):
     assert str(out) in r.stderr and "9 channels" in r.stderr and "FLAC" in r.stderr
     assert "_io." not in r.stderr and "object at 0x" not in r.stderr
     assert listing(tmp_path) == ["nine.wav"]  # no output, no temporary
+
+
+@pytest.mark.parametrize(
+    "subtype, extension, expected",
+    [
+        ("DOUBLE", ".flac", "PCM_24"),
+        ("FLOAT", ".flac", "PCM_24"),
+        ("PCM_32", ".flac", "PCM_24"),
+        ("DOUBLE", ".caf", "DOUBLE"),
+        ("FLOAT", ".ogg", "VORBIS"),
+        ("PCM_U8", ".flac", "PCM_16"),
+    ],
+)
+def test_subtype_the_output_format_lacks_keeps_the_most_precision(
+    tmp_path, subtype, extension, expected
+):
+    # FLAC has no float or 32-bit subtype; float input used to become 16-bit FLAC (the
+    # format's default), throwing away 8 bits that PCM_24 keeps.
+    x = 0.5 * np.sin(np.arange(4000) / 9.0)
+    src = write_wav(tmp_path / "in.wav", x, subtype=subtype)
+    out = tmp_path / f"out{extension}"
+    r = invoke("convolve", src, out, "--kernel", SAMPLES / "impulse_response.wav", "--mode",
+               "same", "--normalize", "peak")  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert sf.info(out).subtype == expected
+
+
+def test_npy_to_flac_is_24_bit(tmp_path, identity):
+    np.save(tmp_path / "x.npy", 0.5 * np.sin(np.arange(4000) / 9.0))
+    out = tmp_path / "x.flac"
+    r = invoke("convolve", tmp_path / "x.npy", out, "--kernel", identity, "--rate", "8000")
+    assert r.exit_code == 0, r.output
+    assert sf.info(out).subtype == "PCM_24"
+    np.testing.assert_allclose(sf.read(out)[0], np.load(tmp_path / "x.npy"), atol=1.01 / 2**24)
