@@ -5,8 +5,8 @@ The rules (every violation is a usage error, exit code 2, raised before a file i
 - one input file and an OUTPUT that is not a directory: one job, written to OUTPUT;
 - several inputs, a directory input, an existing OUTPUT directory or an OUTPUT ending in a
   path separator: OUTPUT is a directory (created if missing). Files from a directory INPUT
-  keep their path relative to it (``--glob`` picks them, ``--recursive`` descends); single
-  files keep their name;
+  keep their path relative to it (``--glob`` picks them, ``--recursive`` descends; hidden
+  files and folders are skipped); single files keep their name;
 - every input must exist, an OUTPUT that must be a directory must not be a file, and no two
   inputs may map to one output.
 
@@ -112,8 +112,12 @@ def _find_files(folder: Path, glob: str | None, recursive: bool, exclude: Path) 
     skip_inside = inside != folder.resolve() and folder.resolve() in inside.parents
     files = []
     for path in candidates:
-        if path.name.startswith(".") or not path.is_file():
-            continue  # hidden files include our own temporary outputs (".name.xxx.part")
+        # Hidden files include our own temporary outputs (".name.xxx.part"); hidden folders
+        # (.git, .ipynb_checkpoints, .Trash) hold copies and clutter, never a tree's inputs.
+        if any(part.startswith(".") for part in path.relative_to(folder).parts):
+            continue
+        if not path.is_file():
+            continue
         if glob is None and path.suffix.lower() not in INPUT_EXTENSIONS:
             continue
         if skip_inside and inside in path.resolve().parents:

@@ -213,3 +213,18 @@ def test_interrupt_stops_within_one_write_not_one_batch(tmp_path, monkeypatch):
         run_jobs(jobs, Operation(apply=apply), RunOptions(device="cpu", quiet=True))
     written = listing(tmp_path / "out") if (tmp_path / "out").exists() else []
     assert len(written) <= 1 and all(name.endswith(".npy") for name in written)
+
+
+def test_recursive_search_skips_hidden_folders_like_hidden_files(tree, tmp_path):
+    # Hidden files were skipped, but -r still descended into hidden folders.
+    for hidden in (tree / ".ipynb_checkpoints", tree / "sub" / ".git"):
+        hidden.mkdir()
+        write_wav(hidden / "copy.wav", np.zeros((2, 400)), subtype="FLOAT")
+    write_wav(tree / ".dot.wav", np.zeros((2, 400)), subtype="FLOAT")
+    out = tmp_path / "out"
+    r = invoke("convolve", tree, out, "--kernel", KERNEL, "-r")
+    assert r.exit_code == 0, r.output
+    assert listing(out) == ["a.wav", "b.wav", "sub/c.wav", "sub/d.npy"]
+    # A hidden folder named as the INPUT itself is still searched.
+    r = invoke("convolve", tree / ".ipynb_checkpoints", tmp_path / "h", "--kernel", KERNEL)
+    assert r.exit_code == 0 and listing(tmp_path / "h") == ["copy.wav"]
