@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
+from pathlib import Path
+
 import click
 
 from cli.options import device_option, quiet_option
@@ -35,6 +39,7 @@ def tune(device: str, dtype: str, quick: bool, cache: str | None, quiet: bool) -
 
     torch_device = resolve_device(device)
     torch_dtype = getattr(torch, dtype)
+    _check_writable(Path(cache) if cache else tuning.cache_path(), given=cache is not None)
 
     def report(record: dict) -> None:
         if quiet:
@@ -53,6 +58,23 @@ def tune(device: str, dtype: str, quick: bool, cache: str | None, quiet: bool) -
     try:
         path = tuning.save(records, torch_device, torch_dtype, cache)
     except OSError as error:
-        raise click.ClickException(f"cannot write the cache {cache or ''}: {error}") from None
+        where = cache or tuning.cache_path()
+        raise click.ClickException(f"cannot write the cache {where}: {error}") from None
     if not quiet:
         click.echo(f"wrote {len(records)} measured shapes to {path}", err=True)
+
+
+def _check_writable(path: Path, *, given: bool) -> None:
+    """Fail before the minutes of measuring, not after them, when the cache cannot be
+    written: make its folder and a scratch file in it (as root, permission bits alone do not
+    tell; a read-only file system or a file where a folder should be still refuses)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, scratch = tempfile.mkstemp(dir=path.parent, prefix=".methods-", suffix=".probe")
+        os.close(handle)
+        os.unlink(scratch)
+    except OSError as error:
+        message = f"cannot write the cache {path}: {error.strerror or error}"
+        if given:
+            raise click.BadParameter(message, param_hint="'--cache'") from None
+        raise click.ClickException(message) from None

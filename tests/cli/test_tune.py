@@ -1,0 +1,48 @@
+"""diffconv tune: an unwritable cache fails before the measurement, naming the path."""
+
+from __future__ import annotations
+
+import pytest
+
+from diffconv_core import tuning
+from tests.cli.conftest import invoke, listing
+
+
+@pytest.fixture
+def measured(monkeypatch):
+    """Replace the (minutes-long) measurement by a record of whether it ran."""
+    calls = []
+
+    def measure(device, dtype, shapes, progress=None):
+        calls.append(shapes)
+        return []
+
+    monkeypatch.setattr(tuning, "measure", measure)
+    monkeypatch.setattr(tuning, "default_shapes", lambda device_type, quick=False: [(1, 64, 3)])
+    return calls
+
+
+def test_unwritable_cache_option_is_a_usage_error_before_measuring(tmp_path, measured):
+    # The cache used to be written only after the whole measurement, then refused.
+    (tmp_path / "file.txt").write_text("a file where a folder should be")
+    target = tmp_path / "file.txt" / "methods.json"
+    result = invoke("tune", "--device", "cpu", "--cache", target)
+    assert result.exit_code == 2, result.output
+    assert str(target) in result.stderr and "--cache" in result.stderr
+    assert measured == []
+
+
+def test_unwritable_default_cache_fails_before_measuring_and_names_it(tmp_path, measured):
+    (tmp_path / "file.txt").write_text("a file where a folder should be")
+    cache_dir = tmp_path / "file.txt" / "diffconv"
+    result = invoke("tune", "--device", "cpu", env={"DIFFCONV_CACHE_DIR": str(cache_dir)})
+    assert result.exit_code == 1, result.output
+    assert str(cache_dir / "methods.json") in result.stderr
+    assert measured == []
+
+
+def test_writable_cache_leaves_no_scratch_file(tmp_path, measured):
+    target = tmp_path / "new" / "methods.json"
+    result = invoke("tune", "--device", "cpu", "--cache", target, "-q")
+    assert result.exit_code == 0, result.output
+    assert measured and listing(tmp_path) == ["new/methods.json"]
