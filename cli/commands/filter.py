@@ -7,6 +7,8 @@ The taps come from :mod:`diffconv_core.filters` (window-method design, as
 
 from __future__ import annotations
 
+import math
+
 import click
 
 from cli.options import batch_options
@@ -48,6 +50,10 @@ def filter(paths, lowpass, highpass, bandpass, bandstop, taps, window, **shared)
             + (f" (got {', '.join('--' + n for n in given)})" if given else "")
         )
     ((band, cutoff),) = given.items()
+    for value in cutoff if isinstance(cutoff, tuple) else (cutoff,):
+        # nan/inf parse as floats; the design then blamed a sample rate nobody gave.
+        if not math.isfinite(value):
+            raise click.BadParameter(f"{value} is not a frequency in Hz", param_hint=f"'--{band}'")
     keys = ("device", "overwrite", "quiet", "verbose", "subtype", "rate")
     options = RunOptions(**{k: shared[k] for k in keys})
 
@@ -102,7 +108,11 @@ def filter_operation(band, cutoff, *, taps=101, window="hamming", rate=None, met
     def operation_for(info):
         fs = info.rate or rate
         if fs not in per_rate:
-            kernel = design(band, cutoff, taps=taps, window=window, rate=fs).numpy()
+            try:
+                kernel = design(band, cutoff, taps=taps, window=window, rate=fs).numpy()
+            except ValueError as err:
+                # The options passed the check up front, so this file's rate is the reason.
+                raise ValueError(f"{err} (this file's rate: fs/2 = {fs / 2:g} Hz)") from err
             per_rate[fs] = kernel_operation(kernel, method=method)
         return per_rate[fs]
 

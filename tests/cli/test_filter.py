@@ -81,3 +81,21 @@ def test_even_taps_for_highpass_is_a_usage_error(tmp_path):
     out = tmp_path / "o.wav"
     r = invoke("filter", SAMPLES / "speech_mono16.wav", out, "--highpass", "100", "--taps", "100")
     assert r.exit_code == 2 and "odd" in r.stderr and not out.exists()
+
+
+@pytest.mark.parametrize(
+    "args", [["--lowpass", "nan"], ["--highpass", "inf"], ["--bandpass", "300", "nan"]]
+)
+def test_non_finite_cutoff_is_a_usage_error_naming_the_option(tmp_path, args):
+    # It used to say "fs must be a positive number; got nan", blaming a rate nobody gave.
+    out = tmp_path / "o.wav"
+    r = invoke("filter", SAMPLES / "speech_mono16.wav", out, *args)
+    assert r.exit_code == 2 and args[0] in r.stderr
+    assert "fs must be" not in r.stderr and not out.exists()
+
+
+def test_cutoff_above_nyquist_says_the_files_limit(tmp_path):
+    out = tmp_path / "o.wav"
+    r = invoke("filter", SAMPLES / "multichannel_float.wav", out, "--lowpass", "4500")
+    assert r.exit_code == 1 and "multichannel_float.wav" in r.stderr
+    assert "fs/2 = 4000 Hz" in r.stderr and not out.exists()
