@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import signal
 
 import click
 
@@ -63,7 +64,26 @@ def cli() -> None:
 
 def main() -> None:
     startup.begin()  # rare collections while torch imports (see cli.startup)
+    _unwind_on_sigterm()
     cli()
+
+
+def _unwind_on_sigterm() -> None:
+    """Make SIGTERM (``timeout``, ``kill``, a job scheduler) unwind the stack as Ctrl-C does.
+
+    By default it ends the process on the spot, and a file being written stays behind as a
+    hidden ``.NAME.xxxx.part`` temporary; raised as ``SystemExit`` instead, every writer's
+    clean-up runs and the exit status is still 128 + 15. A handler someone else installed
+    (an embedding program) is left alone; ``fit`` installs its own while it trains.
+    """
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _exit_on_signal)
+
+
+def _exit_on_signal(signum: int, frame) -> None:
+    signal.signal(signum, signal.SIG_DFL)  # a second signal ends the process at once
+    click.echo(f"diffconv: stopped by signal {signum}", err=True)
+    raise SystemExit(128 + signum)
 
 
 if __name__ == "__main__":

@@ -75,3 +75,36 @@ def test_exit_codes_and_messages_of_a_real_process(tmp_path, bad_inputs):
     assert listing(tmp_path / "out") == ["good.wav"]
     r = run_diffconv("smooth", tmp_path / "missing.wav", tmp_path / "o.wav")
     assert r.returncode == 2 and "missing.wav" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_sigterm_mid_write_leaves_no_temporary(tmp_path):
+    # SIGTERM (timeout, kill) used to end the process where it stood, leaving the streamed
+    # output's hidden .NAME.xxxx.part temporary behind.
+    import os
+    import signal
+    import time
+
+    src = tmp_path / "long.wav"
+    sf.write(src, np.zeros((400_000, 1), np.float32), 8000, subtype="FLOAT")
+    out = tmp_path / "out"
+    env = dict(os.environ, DIFFCONV_STREAM_SAMPLES="1000", DIFFCONV_BLOCK_FRAMES="64")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cli", "smooth", src, out / "long.wav", "--device", "cpu"],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=REPO,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not (out.exists() and listing(out)) and proc.poll() is None:
+            assert time.monotonic() < deadline, "no temporary output appeared"
+            time.sleep(0.01)
+        assert proc.poll() is None, "finished before it could be stopped: " + proc.stderr.read()
+        proc.send_signal(signal.SIGTERM)
+        stderr = proc.communicate(timeout=60)[1]
+    finally:
+        proc.kill()
+    assert listing(out) == []
+    assert proc.returncode == 128 + signal.SIGTERM, stderr
+    assert "Traceback" not in stderr
