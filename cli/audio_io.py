@@ -180,9 +180,11 @@ def _probe_npy(path: str) -> SignalInfo:
         )
     if 0 in shape:
         raise FileProblem(path, f"array of shape {shape} holds no samples")
-    compute = dtype if dtype.kind == "f" and dtype.itemsize >= 4 else np.dtype("float32")
-    if dtype.kind in "iu" and dtype.itemsize >= 4:
-        compute = np.dtype("float64")  # int32/int64 values need float64 to stay exact
+    # Always native float32 or float64: torch takes neither big-endian arrays ('>f4', as
+    # some instruments write) nor long doubles, and a file's byte order is no output choice.
+    wide = dtype.itemsize >= 8 if dtype.kind == "f" else dtype.itemsize >= 4
+    # int32/int64 values need float64 to stay exact.
+    compute = np.dtype("float64" if wide and dtype.kind in "fiu" else "float32")
     return SignalInfo(
         path=path,
         kind="npy",

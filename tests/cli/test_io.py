@@ -277,3 +277,23 @@ def test_npy_to_flac_is_24_bit(tmp_path, identity):
     assert r.exit_code == 0, r.output
     assert sf.info(out).subtype == "PCM_24"
     np.testing.assert_allclose(sf.read(out)[0], np.load(tmp_path / "x.npy"), atol=1.01 / 2**24)
+
+
+@pytest.mark.parametrize(
+    "dtype, computed",
+    [(">f4", np.float32), (">f8", np.float64), (">i4", np.float64), (np.longdouble, np.float64)],
+)
+@pytest.mark.parametrize("streamed", [False, True])
+def test_big_endian_and_long_double_npy(tmp_path, identity, dtype, computed, streamed):
+    # Streaming handed big-endian blocks to torch ("byte order different from the native
+    # byte order") and long doubles failed everywhere ("can't convert np.ndarray").
+    array = (np.arange(3000) % 17 - 8).astype(dtype)
+    np.save(tmp_path / "x.npy", array)
+    out = tmp_path / "y.npy"
+    env = {"DIFFCONV_STREAM_SAMPLES": "1000", "DIFFCONV_BLOCK_FRAMES": "256"} if streamed else None
+    r = invoke("convolve", tmp_path / "x.npy", out, "--kernel", identity, "-v", env=env)
+    assert r.exit_code == 0, r.output
+    assert ("(streamed)" in r.stderr) == streamed
+    got = np.load(out)
+    assert got.dtype == computed and got.dtype.isnative
+    np.testing.assert_array_equal(got, array.astype(computed))
