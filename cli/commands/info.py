@@ -1,7 +1,10 @@
 """``diffconv info FILE...``: what each file holds (frames, rate, channels, format, duration).
 
-One line per file on stdout (it is the command's data); problems on stderr. Exit code 1 if a
-file cannot be read, after the others have been described.
+One line per file on stdout (it is the command's data); problems on stderr, one per file,
+naming it and the reason. Every readable file is described, whatever fails around it. Exit
+code 1 if a file cannot be read (a directory, an empty, corrupt or non-audio file), 2 if a
+FILE does not exist (a usage error, as for every command's inputs) — both only after the
+other files have been described.
 """
 
 from __future__ import annotations
@@ -10,18 +13,25 @@ import click
 
 
 @click.command(name="info")
-@click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.argument("files", nargs=-1, required=True, type=click.Path())
 def info(files: tuple[str, ...]) -> None:
     """Describe audio and .npy FILES: frames, rate, channels, format/subtype, duration
     (shape and dtype for .npy)."""
+    import os
+
     from cli.audio_io import probe
-    from cli.errors import FileProblem
+    from cli.errors import EXIT_USAGE, FileProblem
     from cli.report import Report
 
     report = Report(quiet=True)
+    missing = False
     for path in files:
+        if not os.path.lexists(path):
+            report.failed(path, "no such file or directory")
+            missing = True
+            continue
         try:
             click.echo(probe(path).describe())
         except FileProblem as err:
             report.failed(err.path, err.reason)
-    click.get_current_context().exit(report.return_code)
+    click.get_current_context().exit(EXIT_USAGE if missing else report.return_code)

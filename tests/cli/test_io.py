@@ -209,6 +209,21 @@ def test_info_command(tmp_path, bad_inputs):
     assert r.exit_code == 2 and "missing.wav" in r.stderr
 
 
+def test_info_describes_every_file_around_missing_ones_and_directories(tmp_path):
+    # A missing FILE or a directory used to stop info with a usage error before any file
+    # was described, although it promises to describe the others first.
+    wav, npy = SAMPLES / "speech_mono16.wav", SAMPLES / "sensor_gaps.npy"
+    r = invoke("info", tmp_path / "missing.wav", wav, tmp_path, npy)
+    assert r.exit_code == 2  # a missing input is a usage error, as in every command
+    assert [line.split(":")[0] for line in r.stdout.splitlines()] == [str(wav), str(npy)]
+    assert f"error: {tmp_path / 'missing.wav'}: no such file or directory" in r.stderr
+    assert f"error: {tmp_path}: is a directory, not a file" in r.stderr
+    assert "Traceback" not in r.output
+    r = invoke("info", tmp_path, wav)  # nothing missing: a directory is a file that failed
+    assert r.exit_code == 1 and r.stdout.splitlines() == [probe(wav).describe()]
+    assert str(tmp_path) in r.stderr and "is a directory" in r.stderr
+
+
 def test_output_directory_removed_during_a_run_is_made_again(tmp_path):
     info = probe(SAMPLES / "speech_mono16.wav")
     x = read_signal(info)

@@ -63,6 +63,22 @@ def test_readme_command_works(tmp_path):
     np.testing.assert_allclose(got, want, atol=1.01 / 32768)
 
 
+def test_readme_info_example_works():
+    # The README's info example named sample_data/*, which takes in README.md and
+    # make_samples.py, so the command a reader copies failed with exit code 1.
+    line = next(
+        line
+        for line in (REPO / "README.md").read_text().splitlines()
+        if line.startswith("diffconv info")
+    )
+    pattern = line.split("#")[0].split()[2]
+    files = sorted(REPO.glob(pattern))  # as the shell expands it, from the repository root
+    assert files, pattern
+    r = run_diffconv("info", *files)
+    assert r.returncode == 0, r.stderr
+    assert r.stderr == "" and len(r.stdout.splitlines()) == len(files)
+
+
 def test_exit_codes_and_messages_of_a_real_process(tmp_path, bad_inputs):
     folder = tmp_path / "in"
     folder.mkdir()
