@@ -112,8 +112,9 @@ def convolve(
     Returns:
         The broadcast leading dims, then the mode's length, in the promoted dtype of the
         inputs (float16/bfloat16 are computed in float32 where needed and returned as given).
-        A NaN or Inf in the signal affects exactly the outputs whose window covers it, which
-        get the direct sum's IEEE value (NaN for ``inf - inf`` or ``inf * 0``).
+        A NaN or Inf in the signal (or the kernel) affects exactly the outputs whose direct
+        sum has a term with it, which get that sum's IEEE value (NaN for ``inf - inf`` or
+        ``inf * 0``).
 
     Shape:
         - signal: ``(..., T)``

@@ -128,3 +128,56 @@ def test_nonfinite_outputs_are_what_the_direct_sum_gives(method, mode, padding, 
             assert not mismatch, f"{config}: {name} differs at (row, output) {mismatch}"
         finite = np.isfinite(expected)
         assert relative_error(out[finite], expected[finite]) <= 1e-10, config
+
+
+def _assert_direct_sum(out: torch.Tensor, expected: np.ndarray, config: str) -> None:
+    """NaN, +Inf and -Inf exactly where the IEEE direct sum has them; the rest its value."""
+    out = out.numpy()
+    assert out.shape == expected.shape, f"{config}: shape {out.shape} != {expected.shape}"
+    for name, test in [("NaN", np.isnan), ("+Inf", np.isposinf), ("-Inf", np.isneginf)]:
+        mismatch = np.argwhere(test(out) != test(expected)).tolist()
+        assert not mismatch, f"{config}: {name} differs at {mismatch}"
+    finite = np.isfinite(expected)
+    assert relative_error(out[finite], expected[finite]) <= 1e-10, config
+
+
+@pytest.mark.parametrize("corr", [False, True], ids=["convolve", "correlate"])
+@pytest.mark.parametrize("method", METHODS)
+def test_nonfinite_signal_shorter_than_kernel_in_valid_mode(method, corr):
+    # "valid" with K > T swaps the operands (as scipy does): the signal's NaN/Inf must still
+    # give the direct sum's values, not NaN everywhere (an FFT over a non-finite operand).
+    gen = torch.Generator().manual_seed(4)
+    w = torch.randn(9, generator=gen, dtype=torch.float64)
+    w[3] = 0.0
+    x = torch.randn(3, 4, generator=gen, dtype=torch.float64)
+    x[0, 1] = torch.inf
+    x[1, 3] = -torch.inf
+    x[2, 0] = torch.nan
+    func = diffconv_core.correlate if corr else diffconv_core.convolve
+    out = func(x, w, "valid", method=method)
+    expected = reference(x.numpy(), w.numpy(), "valid", "zeros", correlate=corr)
+    _assert_direct_sum(out, expected, f"{func.__name__} valid K > T {method}")
+
+
+@pytest.mark.parametrize("corr", [False, True], ids=["convolve", "correlate"])
+@pytest.mark.parametrize("mode,padding", MODE_PADDINGS)
+@pytest.mark.parametrize("method", METHODS)
+def test_nonfinite_kernel_taps_give_the_direct_sum(method, mode, padding, corr):
+    # An Inf or NaN tap reaches only the outputs whose window puts it over a signal sample
+    # (in "same"/"full" with zeros, not those where it hangs past the ends), and a zero sample
+    # under an Inf tap is NaN, as in scipy's direct sum; the signal may be non-finite too.
+    gen = torch.Generator().manual_seed(5)
+    T = 30
+    for K, bad in [(5, {1: torch.inf}), (16, {0: -torch.inf, 9: torch.nan}), (3, {2: torch.inf})]:
+        w = torch.randn(K, generator=gen, dtype=torch.float64)
+        for tap, value in bad.items():
+            w[tap] = value
+        x = torch.randn(3, T, generator=gen, dtype=torch.float64)
+        x[1, 12] = 0.0
+        x[2, 20] = -torch.inf
+        func = diffconv_core.correlate if corr else diffconv_core.convolve
+        out = func(x, w, mode, padding=padding, method=method)
+        expected = reference(x.numpy(), w.numpy(), mode, padding, correlate=corr)
+        _assert_direct_sum(
+            out, expected, f"{func.__name__} w={w.tolist()} {mode} {padding} {method}"
+        )
