@@ -190,6 +190,19 @@ def test_circular_without_tail_waits_for_flush_and_a_wrong_tail_is_refused():
         wrong.flush()
 
 
+def test_circular_tail_with_nan_at_the_end_is_accepted():
+    # The right tail of a signal whose last samples are NaN: NaN != NaN, but the tail is
+    # still the signal's end, so the stream must equal the whole-signal result, not refuse.
+    x = torch.randn(2, 60, dtype=torch.float64)
+    x[0, -1] = torch.nan
+    x[1, -3] = torch.inf
+    k = torch.randn(7, dtype=torch.float64)
+    conv = StreamingConvolver(k, "same", "circular", circular_tail=x[..., -3:].clone())
+    out = torch.cat([conv.push(b) for b in x.split(8, dim=-1)] + [conv.flush()], dim=-1)
+    ref = diffconv_core.convolve(x, k, "same", padding="circular")
+    torch.testing.assert_close(out, ref, equal_nan=True)
+
+
 @pytest.mark.parametrize("padding", PADDINGS)
 def test_memory_stays_bounded(padding):
     K, block = 17, 40
