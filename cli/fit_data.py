@@ -119,7 +119,7 @@ def discover_pairs(
         try:
             x, y = probe(x_path), probe(y_path)
         except FileProblem as err:
-            problems.append(f"{name}: {err}")
+            problems.append(pair_problem(name, err))
             continue
         mismatch = _mismatch(x, y, rate)
         if mismatch:
@@ -147,6 +147,49 @@ def _mismatch(x: SignalInfo, y: SignalInfo, rate: float | None) -> str | None:
     if _rate(x, rate) != _rate(y, rate):
         return f"sample rates differ: {_rate(x, rate):g} vs {_rate(y, rate):g} Hz"
     return None
+
+
+def pair_problem(name: str, err: FileProblem) -> str:
+    """One line for a pair whose file failed: the pair's name, the file and the reason.
+
+    The name is left out where the file's path already ends with it (a pair of two files,
+    or a file of a directory pair), so that no line says ``a.wav: a.wav: ...``.
+
+    Example:
+        >>> pair_problem("a.wav", FileProblem("a.wav", "file is empty"))
+        'a.wav: file is empty'
+        >>> pair_problem("sub/a.wav", FileProblem("tg/sub/a.wav", "file is empty"))
+        'tg/sub/a.wav: file is empty'
+        >>> pair_problem("a.wav", FileProblem("tg/ba.wav", "file is empty"))
+        'a.wav: tg/ba.wav: file is empty'
+    """
+    parts = Path(name).parts
+    if Path(err.path).parts[-len(parts) :] == parts:
+        return str(err)
+    return f"{name}: {err}"
+
+
+def nonfinite_problems(pair: Pair, x: np.ndarray, y: np.ndarray) -> list[str]:
+    """One line per file of ``pair`` whose samples ``x`` (input) or ``y`` (target) hold NaN
+    or Inf: a fit on them gives a NaN loss and a NaN kernel.
+
+    Example:
+        >>> info = probe("sample_data/sensor_gaps.npy")
+        >>> x = read_signal(info)
+        >>> nonfinite_problems(Pair("gaps", info, info), x, np.zeros_like(x))
+        ['gaps: input sample_data/sensor_gaps.npy holds 165 non-finite samples (165 NaN)']
+    """
+    problems = []
+    for side, info, samples in (("input", pair.input, x), ("target", pair.target, y)):
+        nan = int(np.count_nonzero(np.isnan(samples)))
+        inf = int(np.count_nonzero(np.isinf(samples)))
+        if nan or inf:
+            kinds = ", ".join(f"{n} {kind}" for n, kind in ((nan, "NaN"), (inf, "Inf")) if n)
+            problems.append(
+                f"{pair.name}: {side} {info.path} holds {nan + inf} non-finite "
+                f"{'sample' if nan + inf == 1 else 'samples'} ({kinds})"
+            )
+    return problems
 
 
 def pairs_rate(pairs: list[Pair], rate: float | None) -> float | None:

@@ -4,7 +4,8 @@ The numbers live in :mod:`diffconv_core.fitting` (losses, crops, the trainer); t
 reads the pairs (:mod:`cli.fit_data`), runs the trainer on a device, under torchrun on every
 rank with the gradients all-reduced, and writes the results (:mod:`cli.fit_outputs`) from
 rank 0 only. Exit codes: 0 done (or stopped by ``--stop-after`` with a checkpoint), 1 a file
-could not be read or written, 2 a usage problem — bad options, or input/target pairs that do
+could not be read or written, holds NaN or Inf samples, or training diverged (a NaN or Inf
+loss: no kernel is written), 2 a usage problem — bad options, or input/target pairs that do
 not fit together (all offending pairs are listed in one message) — and 130 on Ctrl-C (after
 a checkpoint is written).
 """
@@ -232,7 +233,14 @@ def _train(ranks, o, pairs, rate, crop, paths, checkpoint, state) -> None:
     from cli import distributed
     from cli.batch import option_errors
     from cli.devices import resolve_device
-    from cli.fit_data import common_dtype, read_pair, shard_indices
+    from cli.errors import FileProblem
+    from cli.fit_data import (
+        common_dtype,
+        nonfinite_problems,
+        pair_problem,
+        read_pair,
+        shard_indices,
+    )
     from cli.fit_outputs import save_checkpoint
     from cli.fit_setup import build_model, fit_setup
     from diffconv_core.fitting import FitConfig, FitData, Trainer, extend_input, split_length
@@ -274,15 +282,23 @@ def _train(ranks, o, pairs, rate, crop, paths, checkpoint, state) -> None:
         for i in shard_indices(len(pairs), ranks.rank, ranks.world_size):
             try:
                 x, y = read_pair(pairs[i])
-            except Exception as err:  # FileProblem, or memory: reported with the pair's name
+            except FileProblem as err:
+                problems.append(pair_problem(pairs[i].name, err))
+                continue
+            except Exception as err:  # memory: reported with the pair's name
                 problems.append(f"{pairs[i].name}: {err}")
+                continue
+            # NaN or Inf samples give a NaN loss and a NaN kernel: refuse them up front.
+            nonfinite = nonfinite_problems(pairs[i], x, y)
+            if nonfinite:
+                problems.extend(nonfinite)
                 continue
             x = torch.from_numpy(x).to(device, dtype)
             data.inputs[i] = extend_input(x, o["taps"], o["padding"])
             data.targets[i] = torch.from_numpy(y).to(device, dtype)
-        problems = sum(distributed.gather(ranks, problems), [])
+        problems = sorted(sum(distributed.gather(ranks, problems), []))
         if problems:
-            raise click.ClickException("cannot read the pairs:\n  " + "\n  ".join(problems))
+            raise click.ClickException("cannot train on the pairs:\n  " + "\n  ".join(problems))
 
         reduce = _all_reduce_sum if ranks.distributed else None
         trainer = Trainer(model, data, config, reduce=reduce)
@@ -365,6 +381,9 @@ def _run(trainer, o, ranks, save) -> None:
         return bool(flag.item() > 0)
 
     def callback(t, train: float, val: float | None) -> None:
+        # Before any checkpoint: a NaN state is worth nothing, and the loss is global, so
+        # every rank stops here together.
+        _check_finite(t, train, val)
         if val is not None:
             last_val[0] = val
         postfix = {"train": f"{train:.4g}"}
@@ -401,11 +420,35 @@ def _run(trainer, o, ranks, save) -> None:
                 err=True,
             )
         sys.exit(EXIT_INTERRUPTED)
+    except RuntimeError as err:
+        # torch refuses a step size beyond the parameters' dtype (Adam's first step is 10x
+        # --lr) instead of making it Inf: the same divergence, caught one step earlier.
+        if "overflow" not in str(err):
+            raise
+        _diverged(trainer, "the step size overflows the kernel's number type")
     finally:
         bar.close()
         for sig, handler in previous.items():
             signal.signal(sig, handler or signal.SIG_DFL)
     save()
+
+
+def _check_finite(trainer, train: float, val: float | None) -> None:
+    """Stop (exit 1, no kernel or checkpoint written) once the training or validation loss
+    is NaN or Inf: the pairs were checked to be finite, so the step size blew the kernel up.
+    """
+    import math
+
+    for what, value in (("training", train), ("validation", val)):
+        if value is not None and not math.isfinite(value):
+            _diverged(trainer, f"the {what} loss is {value}")
+
+
+def _diverged(trainer, what: str) -> None:
+    raise click.ClickException(
+        f"training diverged: {what} at step {trainer.step_index} of {trainer.config.steps}; "
+        f"no kernel written. Try a lower --lr (this run used {trainer.config.lr:g})"
+    )
 
 
 def _write_results(trainer, o, setup, pairs, rate, crop, paths, ranks) -> None:

@@ -22,6 +22,7 @@ MODULES = [
     "cli.options",
     "cli.batch",
     "cli.kernels",
+    "cli.fit_data",
     "cli.commands.info",
     "cli.commands.windows",
     "cli.commands.convolve",

@@ -213,6 +213,52 @@ def test_bad_pairs_listed_in_one_error(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written
 
 
+def test_unreadable_file_pair_named_once(tmp_path, monkeypatch):
+    # The pair's name is the input's file name: the line read "text.wav: text.wav: ...".
+    monkeypatch.chdir(tmp_path)
+    Path("text.wav").write_text("this is not audio\n" * 20)
+    sf.write("clean.wav", np.zeros(300), RATE, subtype="FLOAT")
+    result = invoke("text.wav", "clean.wav", "--out", "k.npy", *FAST)
+    assert result.exit_code == 2, result.output
+    assert "\n  text.wav: not a readable sound file" in result.stderr
+    assert "text.wav: text.wav" not in result.stderr and "Traceback" not in result.stderr
+
+
+def test_nonfinite_samples_refused_before_training(tmp_path):
+    # They trained to "train loss nan", exit code 0 and a kernel of NaN.
+    in_dir, tg_dir = write_pairs(tmp_path, n=3, frames=300)
+    x, _ = sf.read(in_dir / "p0.wav", always_2d=True)
+    x[10, 1] = np.nan
+    sf.write(in_dir / "p0.wav", x, RATE, subtype="FLOAT")
+    y, _ = sf.read(tg_dir / "p2.wav", always_2d=True)
+    y[[5, 7], 0], y[200, 1] = np.nan, -np.inf
+    sf.write(tg_dir / "p2.wav", y, RATE, subtype="FLOAT")
+    before = sorted(p.name for p in tmp_path.iterdir())
+
+    result = invoke(in_dir, tg_dir, "--out", tmp_path / "k.npy", *FAST, "--crop", 0)
+    assert result.exit_code == 1, result.output
+    err = result.stderr
+    assert f"p0.wav: input {in_dir / 'p0.wav'} holds 1 non-finite sample (1 NaN)" in err
+    assert f"p2.wav: target {tg_dir / 'p2.wav'} holds 3 non-finite samples (2 NaN, 1 Inf)" in err
+    assert "p1.wav" not in err and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no kernel, no checkpoint
+
+
+@pytest.mark.parametrize("lr", ["1e30", "1e39"])  # Inf loss at step 2; a step torch refuses
+def test_diverging_fit_stops_without_a_kernel(tmp_path, lr):
+    in_dir, tg_dir = write_pairs(tmp_path, n=1, frames=300)
+    args = [in_dir, tg_dir, "--out", tmp_path / "k.npy", *FAST, "--lr", lr]
+    result = invoke(*args, "--steps", 40, "--checkpoint-every", 1)
+    assert result.exit_code == 1, result.output
+    assert "training diverged" in result.stderr and "Try a lower --lr" in result.stderr
+    assert f"this run used {float(lr):g}" in result.stderr and "Traceback" not in result.stderr
+    assert not any((tmp_path / f"k.{ext}").exists() for ext in ("npy", "txt", "json"))
+    # Checkpoints written before it diverged hold finite taps; none holds the blown-up ones.
+    if (tmp_path / "k.ckpt.pt").exists():
+        state = torch.load(tmp_path / "k.ckpt.pt", weights_only=True)
+        assert all(v.isfinite().all() for v in state["trainer"]["model"].values())
+
+
 def test_pairs_at_different_rates_refused(tmp_path):
     in_dir, tg_dir = write_pairs(tmp_path, n=1, frames=300)
     x = np.zeros(300)
