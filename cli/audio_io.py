@@ -92,10 +92,11 @@ class SignalInfo:
         """
         if self.kind == "npy":
             return f"{self.path}: shape {self.original_shape}, {self.file_dtype}"
+        frames = "frame" if self.frames == 1 else "frames"
         ch = "channel" if self.channels == 1 else "channels"
         rate = f"{self.rate:g} Hz"
         return (
-            f"{self.path}: {self.frames} frames, {rate}, {self.channels} {ch}, "
+            f"{self.path}: {self.frames} {frames}, {rate}, {self.channels} {ch}, "
             f"{self.format}/{self.subtype}, {self.duration:.3f} s"
         )
 

@@ -224,6 +224,16 @@ def test_info_describes_every_file_around_missing_ones_and_directories(tmp_path)
     assert str(tmp_path) in r.stderr and "is a directory" in r.stderr
 
 
+def test_info_says_1_frame(tmp_path):
+    for frames in (1, 2):
+        src = write_wav(tmp_path / f"f{frames}.wav", np.zeros((1, frames)), 8000)
+        r = invoke("info", src)
+        assert r.exit_code == 0, r.output
+        assert r.stdout.strip() == probe(src).describe()
+    assert ": 1 frame, 8000 Hz, 1 channel, WAV/PCM_16" in probe(tmp_path / "f1.wav").describe()
+    assert ": 2 frames, 8000 Hz" in probe(tmp_path / "f2.wav").describe()
+
+
 def test_output_directory_removed_during_a_run_is_made_again(tmp_path):
     info = probe(SAMPLES / "speech_mono16.wav")
     x = read_signal(info)
