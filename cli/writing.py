@@ -127,7 +127,9 @@ class AtomicWriter:
     """Write a result block by block into a temporary file, then rename it into place.
 
     Use as a context manager; on any exception (or Ctrl-C) the temporary file is removed and
-    the destination is left untouched.
+    the destination is left untouched. Directories the writer created for the output are
+    removed again if they are still empty (never one that was there before, nor one that
+    holds anything, such as another output of the same run).
 
     Args:
         dest: final path.
@@ -174,6 +176,7 @@ class AtomicWriter:
         self._tmp: str | None = None
         self._fd: int | None = None
         self._dest_mode: int | None = None
+        self._made_dirs: list[str] = []  # directories this writer created, deepest first
         self._sound: sf.SoundFile | None = None
         self._array: np.memmap | None = None
         self._encoded: io.BytesIO | None = None
@@ -188,12 +191,13 @@ class AtomicWriter:
         if self._dest_mode is not None and not self.overwrite:
             raise FileProblem(dest, "output exists; use --overwrite to replace it")
         try:
-            fd, self._tmp = _temporary_beside(dest)
+            fd, self._tmp = _temporary_beside(dest, self._made_dirs)
             if self.spec.kind == "npy" and not self.buffered:
                 os.close(fd)  # numpy's memmap opens the file by name
             else:
                 self._fd = fd  # everything else is written through this descriptor
         except OSError as err:
+            self._remove_made_dirs()
             raise FileProblem(dest, f"cannot create output ({err.strerror or err})") from err
         try:
             self._open()
@@ -334,6 +338,18 @@ class AtomicWriter:
             pass
         if self._tmp and os.path.exists(self._tmp):
             os.unlink(self._tmp)
+        self._remove_made_dirs()
+
+    def _remove_made_dirs(self) -> None:
+        # rmdir removes only an empty directory, so another output written there meanwhile
+        # (a batch, another rank) keeps it; and only directories this writer made are tried.
+        made, self._made_dirs[:] = list(self._made_dirs), []
+        for folder in made:
+            try:
+                os.rmdir(folder)
+            except OSError:
+                return  # not empty (or gone): its parents are not empty either
+            _MADE_DIRS.discard(folder)
 
 
 def atomic_write(
@@ -381,8 +397,11 @@ def _existing_mode(path: Path) -> int | None:
 _MADE_DIRS: set[str] = set()
 
 
-def _temporary_beside(dest: Path) -> tuple[int, str]:
-    """A new hidden file in ``dest``'s directory (created if missing): ``(fd, path)``."""
+def _temporary_beside(dest: Path, made: list[str]) -> tuple[int, str]:
+    """A new hidden file in ``dest``'s directory (created if missing): ``(fd, path)``.
+
+    The directories created for it are added to ``made``, deepest first.
+    """
     parent = os.fspath(dest.parent)
     # A batch writes thousands of files into a few directories: make sure of each one once.
     if parent in _MADE_DIRS:
@@ -390,9 +409,47 @@ def _temporary_beside(dest: Path) -> tuple[int, str]:
             return tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=parent)
         except FileNotFoundError:
             _MADE_DIRS.discard(parent)  # removed during the run: make it again
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    _MADE_DIRS.add(parent)
-    return tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=parent)
+    tries = 3
+    while True:
+        tries -= 1
+        made[:0] = _make_dirs(dest.parent)
+        _MADE_DIRS.add(parent)
+        try:
+            return tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=parent)
+        except FileNotFoundError:
+            # Gone between mkdir and mkstemp: the writer that made it failed and removed it
+            # while still empty. Make it again.
+            _MADE_DIRS.discard(parent)
+            if not tries:
+                raise
+
+
+def _make_dirs(folder: Path) -> list[str]:
+    """Make ``folder`` and its missing parents; the ones made here, deepest first.
+
+    Each level is made on its own, so that one made meanwhile by someone else (another
+    writer, another rank) is not counted as made here.
+
+    Example:
+        >>> import tempfile
+        >>> root = Path(tempfile.mkdtemp())
+        >>> [os.path.relpath(d, root) for d in _make_dirs(root / "a" / "b")]
+        ['a/b', 'a']
+        >>> _make_dirs(root / "a")
+        []
+    """
+    missing = []
+    while not folder.exists() and folder.parent != folder:
+        missing.append(folder)
+        folder = folder.parent
+    made = []
+    for path in reversed(missing):
+        try:
+            os.mkdir(path)
+        except FileExistsError:
+            continue
+        made.append(os.fspath(path))
+    return made[::-1]
 
 
 _MODE: list[int] = []

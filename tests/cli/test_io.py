@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
+import tempfile
 
 import numpy as np
 import pytest
@@ -224,6 +227,26 @@ def test_info_describes_every_file_around_missing_ones_and_directories(tmp_path)
     assert str(tmp_path) in r.stderr and "is a directory" in r.stderr
 
 
+def test_output_directory_removed_before_its_temporary_is_made_again(tmp_path, monkeypatch):
+    # A writer that made a directory and failed removes it while empty; another writer may
+    # have just found it there, and its temporary file must not fail for that.
+    info = probe(SAMPLES / "speech_mono16.wav")
+    x = read_signal(info)
+    real, folders = tempfile.mkstemp, []
+
+    def racing(*args, dir, **kwargs):
+        folders.append(dir)
+        if len(folders) == 1:
+            os.rmdir(dir)  # the other writer's clean-up, between mkdir and mkstemp
+        return real(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkstemp", racing)
+    dest = tmp_path / "new" / "a.wav"
+    with AtomicWriter(dest, output_spec(dest, info), x.shape, buffered=True) as w:
+        w.write(x)
+    assert folders == [str(dest.parent)] * 2 and listing(tmp_path) == ["new/a.wav"]
+
+
 def test_info_says_1_frame(tmp_path):
     for frames in (1, 2):
         src = write_wav(tmp_path / f"f{frames}.wav", np.zeros((1, frames)), 8000)
@@ -268,6 +291,31 @@ def test_format_refusing_the_channel_count_says_so(tmp_path, streamed):
     assert str(out) in r.stderr and "9 channels" in r.stderr and "FLAC" in r.stderr
     assert "_io." not in r.stderr and "object at 0x" not in r.stderr
     assert listing(tmp_path) == ["nine.wav"]  # no output, no temporary
+    assert not (tmp_path / "out").exists()  # nor the directory made for it
+
+
+def test_failed_write_removes_only_the_empty_directories_it_made(tmp_path):
+    info = probe(SAMPLES / "speech_mono16.wav")
+    x = read_signal(info)
+
+    def write(dest, fail: bool) -> None:
+        with contextlib.ExitStack() as stack:
+            if fail:
+                stack.enter_context(pytest.raises(RuntimeError, match="stopped"))
+            with AtomicWriter(dest, output_spec(dest, info), x.shape, buffered=True) as w:
+                w.write(x)
+                if fail:
+                    raise RuntimeError("stopped")
+
+    (tmp_path / "there").mkdir()
+    write(tmp_path / "there" / "new" / "deeper" / "a.wav", fail=True)
+    assert list(tmp_path.rglob("*")) == [tmp_path / "there"]  # made: gone; found: kept
+    write(tmp_path / "out" / "a.wav", fail=False)
+    write(tmp_path / "out" / "b.wav", fail=True)  # the directory holds another output
+    assert listing(tmp_path) == ["out/a.wav"]
+    write(tmp_path / "two" / "b.wav", fail=True)
+    write(tmp_path / "two" / "a.wav", fail=False)  # made again after the failure removed it
+    assert listing(tmp_path / "two") == ["a.wav"]
 
 
 @pytest.mark.parametrize(
