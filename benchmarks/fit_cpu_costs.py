@@ -11,7 +11,7 @@ output into ``benchmarks/results/``.
     python benchmarks/fit_cpu_costs.py --backward # the backward factors, about 4 minutes
     python benchmarks/fit_cpu_costs.py --per-row  # a kernel per row, about 3 minutes
 
-``--per-row`` instead times the three methods with a kernel per row (the whole-batch GEMMs of
+``--per-row`` instead times the three methods with a kernel per row (the batched GEMMs of
 the direct method), fits ``_COSTS["cpu_autograd"]``'s direct terms to the timings up to 63
 taps and prints the agreement of both tables up to 255 taps.
 
@@ -42,7 +42,7 @@ from diffconv_core._direct import MAX_TOEPLITZ_TAPS
 from diffconv_core._fft import fft_length
 from diffconv_core._overlap import block_fft_length
 from diffconv_core._shift_add import MAX_SHIFT_ADD_TAPS
-from diffconv_core._toeplitz import frame_length, gemm_work
+from diffconv_core._toeplitz import gemm_work
 from diffconv_core.memory import retain_freed_memory
 
 SHAPES = [(4, 480_000), (1, 4_194_304), (512, 1024), (64, 8000), (16, 2000), (1, 20_000)]
@@ -146,11 +146,11 @@ def fit_per_row(budget_s: float) -> None:
                 + ", ".join(f"{m} {s * 1e3:.3f} ms" for m, s in times.items())
             )
     rows = [
-        ([1.0, R * T, R * T * frame_length(K)], times["direct"] * 1e9)
+        ([1.0, R * T, R * T * gemm_work(K)], times["direct"] * 1e9)
         for R, T, K, times in cases
         if K <= 63
     ]
-    names = ("direct_call", "direct_sample", "direct_frame_tap")
+    names = ("direct_call", "direct_sample", "direct_gemm_tap")
     table = dict(methods._COSTS["cpu_autograd"])
     table.update(zip(names, (float(c) for c in fit(rows)), strict=True))
     print(

@@ -1,9 +1,9 @@
 """Direct (sliding dot product) convolution for short kernels.
 
 On CPU, one kernel shared by every row runs as shifted multiply-adds (up to 12 taps,
-``_shift_add``) or block-Toeplitz matrix products in cache-sized pieces (``_toeplitz``),
-several times faster than ``conv1d`` there, with or without gradients; a kernel per row runs
-as whole-batch Toeplitz GEMMs written in differentiable ops. On CUDA the forward pass is a
+``_shift_add``) or block-Toeplitz matrix products in cache-sized pieces (``_toeplitz``), and a
+kernel per row as batched block-Toeplitz products in the same pieces, several times faster
+than ``conv1d`` there, with or without gradients. On CUDA the forward pass is a
 fused Triton kernel (``_triton_direct``), or ``conv1d`` with the flipped kernel where Triton
 is missing. Where a backward pass is needed it is written out (:class:`_DirectRange`) rather
 than left to autograd: the signal gradient is again a direct correlation (the same Function,
@@ -65,13 +65,10 @@ def direct_range(x: torch.Tensor, w: torch.Tensor, lo: int, hi: int) -> torch.Te
         ``0 <= lo <= hi <= T + K - 1``.
     """
     K = w.shape[-1]
-    if x.device.type == "cpu" and K <= MAX_TOEPLITZ_TAPS:
-        if w.numel() > K:  # a kernel per row: batched GEMMs, differentiable as written
-            return toeplitz_correlate(x, w.flip(-1), hi - lo, shift=K - 1 - lo)
-        if needs_graph(x, w):
-            return _DirectRange.apply(x, w, lo, hi, True)
-        return _shared_kernel_range(x, w, lo, hi)
-    return _DirectRange.apply(x, w, lo, hi, False)
+    fast = x.device.type == "cpu" and K <= MAX_TOEPLITZ_TAPS
+    if fast and not needs_graph(x, w):
+        return _cpu_range(x, w, lo, hi)
+    return _DirectRange.apply(x, w, lo, hi, fast)
 
 
 def sums_each_output_alone(x: torch.Tensor, w: torch.Tensor) -> bool:
@@ -89,10 +86,13 @@ def sums_each_output_alone(x: torch.Tensor, w: torch.Tensor) -> bool:
     )
 
 
-def _shared_kernel_range(x: torch.Tensor, w: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
-    # One kernel for every row, nothing recorded (CPU): the fast paths take it as (K,).
+def _cpu_range(x: torch.Tensor, w: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+    # Nothing recorded (CPU): one kernel for every row as (K,), or a kernel per row.
     K = w.shape[-1]
-    taps, shift = w.flip(-1).reshape(K), K - 1 - lo
+    shift = K - 1 - lo
+    if w.numel() > K:
+        return toeplitz_correlate(x, w.flip(-1), hi - lo, shift)
+    taps = w.flip(-1).reshape(K)
     shape = (*broadcast_shapes(x.shape[:-1], w.shape[:-1]), hi - lo)
     if K <= MAX_SHIFT_ADD_TAPS:
         return shift_add_correlate(x, taps, hi - lo, shift).reshape(shape)
@@ -101,31 +101,34 @@ def _shared_kernel_range(x: torch.Tensor, w: torch.Tensor, lo: int, hi: int) -> 
 
 class _DirectRange(torch.autograd.Function):
     """:func:`direct_range` with gradients, on CUDA and for kernels too long for the CPU paths
-    (``fast=False``: Triton or ``conv1d``), or on CPU for one kernel shared by every row
-    (``fast=True``: the shifted sums or Toeplitz GEMMs in pieces).
+    (``fast=False``: Triton or ``conv1d``), or on CPU (``fast=True``: the shifted sums or
+    Toeplitz GEMMs in pieces, which autograd cannot see into).
 
     The backward pass is written out: autograd would route the kernel gradient through
-    ``conv1d``'s weight gradient (an order of magnitude slower than an FFT on GPUs), and
-    through the whole-batch Toeplitz GEMMs on CPU (about twice the cost). The signal gradient
-    is this same Function on the flipped kernel (a correlation); the kernel gradient is one
-    frequency-domain cross-correlation summed over the batch, or on the fast CPU path the
-    GEMMs' lagged products (:func:`toeplitz_lagged_products`). For a second derivative
-    (``create_graph``) both are built from differentiable pieces.
+    ``conv1d``'s weight gradient (an order of magnitude slower than an FFT on GPUs). The
+    signal gradient is this same Function on the flipped kernel (a correlation); the kernel
+    gradient is one frequency-domain cross-correlation summed over the batch, or for one
+    kernel shared by every row on the fast CPU path the GEMMs' lagged products
+    (:func:`toeplitz_lagged_products`). For a second derivative (``create_graph``) both are
+    built from differentiable pieces.
     """
 
     @staticmethod
     def forward(ctx, x, w, lo, hi, fast):  # noqa: D102
         ctx.save_for_backward(x, w)
         ctx.lo, ctx.fast = lo, fast
-        return _shared_kernel_range(x, w, lo, hi) if fast else _direct_forward(x, w, lo, hi)
+        return _cpu_range(x, w, lo, hi) if fast else _direct_forward(x, w, lo, hi)
 
     @staticmethod
     def backward(ctx, grad):  # noqa: D102
         x, w = ctx.saved_tensors
         need_x, need_w = ctx.needs_input_grad[:2]
-        gemms = ctx.fast and not torch.is_grad_enabled()
+        gemms = ctx.fast and not torch.is_grad_enabled()  # the kernel's gradient as GEMMs
         needed = (need_x, need_w and not gemms)
         grad_x, grad_w = gradients_from_pieces(direct_range, grad, x, w, ctx.lo, needed)
         if need_w and gemms:
-            grad_w = toeplitz_lagged_products(grad, x, ctx.lo, w.shape[-1]).reshape(w.shape)
+            K = w.shape[-1]
+            per_row = w.numel() > K
+            grad_w = toeplitz_lagged_products(grad, x, ctx.lo, K, per_row)
+            grad_w = grad_w.sum_to_size(w.shape) if per_row else grad_w.reshape(w.shape)
         return grad_x, grad_w, None, None, None

@@ -10,43 +10,12 @@ along time, each piece reading its own stretch of source (zero outside the signa
 from __future__ import annotations
 
 import itertools
-import math
 from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
 
 from diffconv_core._workspace import scratch
-
-
-def in_pieces(
-    source: torch.Tensor,
-    n_out: int,
-    shift: int,
-    source_length: Callable[[int], int],
-    convolve_piece: Callable[[torch.Tensor, torch.Tensor], None],
-    *,
-    piece_samples: int,
-    align: int = 1,
-) -> torch.Tensor:
-    """Outputs ``0 <= m < n_out`` of every row, where output ``m`` reads source samples from
-    ``m - shift`` on; ``convolve_piece(piece, dest)`` fills ``dest`` ``(rows, n)`` from
-    ``piece`` ``(rows, source_length(n))``, whose first sample lines up with ``dest``'s first
-    (``piece`` may be a view of ``source``: read it, never write it).
-
-    Pieces read about ``piece_samples`` source samples; a row cut along time is cut at
-    multiples of ``align`` samples.
-
-    Shape:
-        source ``(*batch, T)`` -> ``(*batch, n_out)``.
-    """
-    batch = source.shape[:-1]
-    out = torch.empty(math.prod(batch), n_out, dtype=source.dtype, device=source.device)
-    for rows, start, stop, piece in pieces(
-        source, n_out, shift, source_length, piece_samples=piece_samples, align=align
-    ):
-        convolve_piece(piece, out[rows, start:stop])
-    return out.reshape(*batch, n_out)
 
 
 def pieces(
@@ -58,9 +27,13 @@ def pieces(
     piece_samples: int,
     align: int = 1,
 ) -> Iterator[tuple[slice, int, int, torch.Tensor]]:
-    """The pieces :func:`in_pieces` cuts the work into, as ``(rows, start, stop, piece)``:
-    the piece serves outputs ``start`` to ``stop`` of those rows (a slice of the flattened
-    batch); it is ``source_length(stop - start)`` samples long, zero outside the signal.
+    """Cut the outputs ``0 <= m < n_out`` of every row, where output ``m`` reads source
+    samples from ``m - shift`` on, into pieces ``(rows, start, stop, piece)``: the piece
+    serves outputs ``start`` to ``stop`` of those rows (a slice of the flattened batch); it
+    is ``source_length(stop - start)`` samples long, its first sample lined up with output
+    ``start``, zero outside the signal, and may be a view of ``source`` (read it, never
+    write it). Pieces read about ``piece_samples`` source samples; a row cut along time is
+    cut at multiples of ``align`` samples.
 
     Shape:
         source ``(*batch, T)``; piece ``(rows, source_length(stop - start))``.

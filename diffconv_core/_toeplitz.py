@@ -5,25 +5,25 @@ and is those samples times a Toeplitz matrix built from the taps. A GEMM runs ne
 machine's peak, where ``conv1d`` on one channel does not (on CPU it is several times slower
 than an FFT even for three taps).
 
-- For a kernel per signal (or one kernel while autograd records, as :func:`toeplitz_correlate`
-  is written), P is at least K - 1, so frame q reads frames q and q + 1: two GEMMs with two
-  P x P matrices in differentiable torch ops, whose backward pass is GEMMs too.
-- For one kernel shared by every signal, :func:`frame_plan` picks shorter frames read J at a
-  time (fewer wasted multiply-adds); the GEMMs read the source in place through strided views
-  and write straight into the result, a cache-sized piece at a time. Gradients take the same
-  path (``_direct._DirectRange``), the kernel's as :func:`toeplitz_lagged_products`.
+:func:`frame_plan` picks frames of P samples read J at a time (short frames waste fewer
+multiply-adds, long ones run the GEMM nearer its peak). The GEMMs read the source in place
+through strided views, a cache-sized piece at a time: one GEMM per residue of the frame index
+mod J for a kernel shared by every signal, written straight into the result, or one batched
+GEMM per residue for a kernel per signal. Nothing here is recorded by autograd: gradients take
+the same paths through ``_direct._DirectRange``, a shared kernel's own gradient as
+:func:`toeplitz_lagged_products`.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator
+import math
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
 
-from diffconv_core._pieces import in_pieces, pieces
-from diffconv_core._validation import needs_graph
+from diffconv_core._pieces import pieces
 from diffconv_core._workspace import scratch
 
 #: Without autograd, the work goes in pieces of about this many bytes of signal: small enough
@@ -34,66 +34,31 @@ from diffconv_core._workspace import scratch
 CHUNK_BYTES = 2**22
 
 
-def frame_length(K: int) -> int:
-    """Frame length P for K taps: at least K - 1, rounded up for GEMM efficiency.
-
-    Example:
-        >>> frame_length(3), frame_length(31), frame_length(100)
-        (16, 32, 112)
-    """
-    return max(16, -(-(K - 1) // 16) * 16)
-
-
 @functools.lru_cache(maxsize=64)
-def _toeplitz_index(K: int, P: int, device: torch.device, J: int = 2) -> torch.Tensor:
-    # Entry (c, i) of the stacked blocks holds tap c - i, or the zero appended at index K.
+def _toeplitz_index(K: int, P: int, device: torch.device, J: int) -> torch.Tensor:
+    # Entry (c, i) of the (J * P, P) matrix holds tap c - i, or the zero appended at index K.
     lag = torch.arange(J * P, device=device)[:, None] - torch.arange(P, device=device)
     return torch.where((lag >= 0) & (lag < K), lag, K)
-
-
-def _toeplitz_blocks(taps: torch.Tensor, P: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Matrices ``(A, B)`` with ``out_frame = src_frame @ A + next_src_frame @ B``.
-
-    ``A[c, i] = taps[c - i]`` and ``B[c, i] = taps[P + c - i]`` where the index lies in
-    ``[0, K)``, else 0.
-    """
-    index = _toeplitz_index(taps.shape[-1], P, taps.device)
-    both = F.pad(taps, (0, 1))[..., index]  # (..., 2P, P), one gather
-    return both[..., :P, :], both[..., P:, :]
 
 
 def toeplitz_correlate(
     source: torch.Tensor, taps: torch.Tensor, n_out: int, shift: int = 0
 ) -> torch.Tensor:
     """``out[m] = sum_j taps[j] * source[m + j - shift]`` for ``0 <= m < n_out``, with the
-    source zero outside its samples (``shift`` delays it; a negative one advances it).
+    source zero outside its samples (``shift`` delays it; a negative one advances it), without
+    autograd: taps ``(K,)`` shared by every signal, or ``(*bt, K)`` one kernel per signal.
 
     Shape:
         source ``(*bs, T)``, taps ``(*bt, K)`` -> ``(*broadcast(bs, bt), n_out)``.
+
+    Example:
+        >>> toeplitz_correlate(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([1.0, 10.0]), 3)
+        tensor([21., 32.,  3.])
+        >>> toeplitz_correlate(torch.ones(2, 3), torch.tensor([[1.0, 1.0], [1.0, -1.0]]), 3)
+        tensor([[2., 2., 1.],
+                [0., 0., 1.]])
     """
-    K = taps.shape[-1]
-    P = frame_length(K)
-    n_frames = -(-n_out // P)
-    if taps.dim() == 1 and not needs_graph(source, taps):
-        return _correlate_in_pieces(source, taps, n_out, shift)
-    # n_frames output frames read n_frames + 1 source frames; one pad (negative widths crop)
-    # both aligns the source and lays it out as contiguous frames.
-    n_src = (n_frames + 1) * P
-    source = F.pad(source, (shift, n_src - source.shape[-1] - shift))
-    A, B = _toeplitz_blocks(taps, P)
-    batch_s = source.shape[:-1]
-    if taps.dim() == 1:
-        # One kernel for every signal: stack all signals' frames into one tall matrix and
-        # run two big GEMMs over it (rows that straddle two signals are dropped afterwards).
-        frames = source.reshape(-1, P)
-        ahead = frames[1:]
-        out = torch.addmm(frames[:-1] @ A, ahead, B)  # frame r reads rows r and r + 1
-        out = F.pad(out, (0, 0, 0, 1)).reshape(*batch_s, n_frames + 1, P)[..., :n_frames, :]
-    else:
-        # A kernel per signal: batched GEMMs, batch dims broadcast by matmul.
-        frames = source.reshape(*batch_s, n_frames + 1, P)
-        out = frames[..., :-1, :] @ A + frames[..., 1:, :] @ B
-    return out.reshape(*out.shape[:-2], n_frames * P)[..., :n_out]
+    return _correlate_in_pieces(source, taps, n_out, shift)
 
 
 def frame_plan(K: int) -> tuple[int, int]:
@@ -136,88 +101,117 @@ def _frames_read(K: int, P: int) -> int:
     return 1 + -(-(K - 1) // P)
 
 
-def _correlate_in_pieces(
-    source: torch.Tensor, taps: torch.Tensor, n_out: int, shift: int
-) -> torch.Tensor:
-    """:func:`toeplitz_correlate` for one kernel without autograd, a cache-sized piece at a
-    time (see :mod:`diffconv_core._pieces`).
+def _piece_samples(P: int, J: int, element_size: int) -> int:
+    return max(J * P, CHUNK_BYTES // element_size)
 
-    With frames of ``P`` samples, output frame ``q`` is the ``J * P`` source samples from
-    frame ``q`` on times one ``(J * P, P)`` Toeplitz matrix. The frames ``q = j, j + J, ...``
-    of one residue ``j`` read disjoint, evenly spaced stretches of the source, so they are
-    one GEMM over a strided view of it, written into an evenly strided view of the output:
-    ``J`` GEMMs per piece, no framed copy of the source and, for a piece inside a long
-    signal, none of the output either.
-    """
-    P, J = frame_plan(taps.shape[-1])
-    index = _toeplitz_index(taps.shape[-1], P, taps.device, J)
-    matrix = F.pad(taps, (0, 1))[index]  # (J * P, P)
 
+def _frames_source_length(P: int, J: int) -> Callable[[int], int]:
     def source_length(n: int) -> int:
         return (-(-n // P) + J - 1) * P  # the frames n outputs read
 
-    def convolve_piece(piece: torch.Tensor, dest: torch.Tensor) -> None:
-        rows, length = piece.shape
-        n = dest.shape[-1]
-        flat = piece.contiguous().view(-1)  # a view but for a strided source
-        into_result = rows == 1 and n % P == 0 and dest.is_contiguous()
-        if into_result:
-            target, n_frames = dest.view(-1), n // P
-        else:
-            # Several rows stacked: output frames that straddle two rows are computed and
-            # dropped, as is the end of a last frame that runs past the piece.
-            target = scratch("gemm out", flat.numel(), flat.dtype, flat.device)
-            n_frames = flat.numel() // P - J + 1
-        for windows, out in _by_residue(flat, target, n_frames, P, J):
-            torch.mm(windows, matrix, out=out)
-        if not into_result:
-            dest.copy_(target.view(rows, length)[:, :n])
+    return source_length
 
-    return in_pieces(
+
+def _correlate_in_pieces(
+    source: torch.Tensor, taps: torch.Tensor, n_out: int, shift: int
+) -> torch.Tensor:
+    """:func:`toeplitz_correlate`, a cache-sized piece at a time (see
+    :mod:`diffconv_core._pieces`).
+
+    With frames of ``P`` samples, output frame ``q`` is the ``J * P`` source samples from
+    frame ``q`` on times a ``(J * P, P)`` Toeplitz matrix. The frames ``q = j, j + J, ...``
+    of one residue ``j`` read disjoint, evenly spaced stretches of the source, so they are
+    one GEMM over a strided view of it, written into an evenly strided view of the output:
+    ``J`` GEMMs per piece, no framed copy of the source and, for a piece inside a long
+    signal, none of the output either. A kernel per row has a matrix per row: a piece of
+    one row still takes plain GEMMs; several rows take one batched GEMM per residue, into a
+    work array (a batched GEMM into a strided output ran 60 times slower).
+    """
+    K = taps.shape[-1]
+    P, J = frame_plan(K)
+    batch = torch.broadcast_shapes(source.shape[:-1], taps.shape[:-1])
+    per_row = taps.dim() > 1
+    if per_row:
+        source = source.expand(*batch, source.shape[-1])
+        taps = taps.expand(*batch, K).reshape(-1, K)
+    matrices = F.pad(taps, (0, 1))[..., _toeplitz_index(K, P, taps.device, J)]  # (J*P, P)
+    out = torch.empty(math.prod(source.shape[:-1]), n_out, dtype=source.dtype, device=source.device)
+    for rows, start, stop, piece in pieces(
         source,
         n_out,
         shift,
-        source_length,
-        convolve_piece,
-        piece_samples=max(J * P, CHUNK_BYTES // source.element_size()),
+        _frames_source_length(P, J),
+        piece_samples=_piece_samples(P, J, source.element_size()),
         align=P,
-    )
+    ):
+        count_rows, length = piece.shape
+        n = stop - start
+        dest = out[rows, start:stop]
+        piece = piece.contiguous()  # a view but for a strided source
+        into_result = count_rows == 1 and n % P == 0 and dest.is_contiguous()
+        if into_result:
+            target = dest
+        else:
+            target = scratch("gemm out", piece.numel(), piece.dtype, piece.device)
+            target = target.view(count_rows, length)
+        if per_row and count_rows > 1:
+            products = scratch("gemm rows", count_rows * length, piece.dtype, piece.device)
+            for windows, frames in _by_residue_rows(piece, target, -(-n // P), P, J):
+                part = products[: frames.numel()].view(frames.shape)
+                frames.copy_(torch.bmm(windows, matrices[rows], out=part))
+        else:
+            # One matrix: several rows stacked, output frames that straddle two rows are
+            # computed and dropped, as is the end of a last frame that runs past the piece.
+            matrix = matrices[rows.start] if per_row else matrices
+            flat = piece.view(-1)
+            n_frames = n // P if into_result else flat.numel() // P - J + 1
+            for windows, frames in _by_residue(flat, target.view(-1), n_frames, P, J):
+                torch.mm(windows, matrix, out=frames)
+        if not into_result:
+            dest.copy_(target[:, :n])
+    return out.reshape(*batch, n_out)
 
 
-def toeplitz_lagged_products(g: torch.Tensor, x: torch.Tensor, lo: int, K: int) -> torch.Tensor:
+def toeplitz_lagged_products(
+    g: torch.Tensor, x: torch.Tensor, lo: int, K: int, per_row: bool = False
+) -> torch.Tensor:
     """``c[k] = sum over rows and m of g[m] * x[m + lo - k]`` for ``0 <= k < K`` (``x`` zero
-    outside its samples): the gradient of one kernel shared by every row, as GEMMs.
+    outside its samples): the gradient of one kernel shared by every row, as GEMMs; with
+    ``per_row``, each row's own sum (the gradient of a kernel per row).
 
     With ``s[i] = x[i + lo - K + 1]``, ``c[K - 1 - j]`` is the correlation of ``s`` with ``g``
     at lag ``j``. Framed as in :func:`frame_plan`, the products of each gradient frame with
     the ``J * P`` source samples from its start sum (one GEMM per residue, over strided views
     as in the forward pass, a cache-sized piece at a time) into a ``(J * P, P)`` matrix whose
-    diagonals are the lags.
+    diagonals are the lags: one matrix for all rows, or one per row (batched GEMMs).
 
     Shape:
-        g ``(*batch, L)``, x ``(*batch, T)`` (as many rows) -> ``(K,)``.
+        g ``(*batch, L)``, x ``(*bx, T)`` (broadcasting to ``batch``) -> ``(K,)``, or
+        ``(*batch, K)`` with ``per_row``.
 
     Example:
         >>> g, x = torch.tensor([1.0, 2.0]), torch.tensor([1.0, 10.0, 100.0])
         >>> toeplitz_lagged_products(g, x, 1, 2)  # c[k] = g[0] x[1 - k] + g[1] x[2 - k]
         tensor([210.,  21.])
+        >>> toeplitz_lagged_products(torch.stack([g, -g]), x, 1, 2, per_row=True)
+        tensor([[ 210.,   21.],
+                [-210.,  -21.]])
     """
     P, J = frame_plan(K)
     L = g.shape[-1]
     if g.numel() == 0:
-        return torch.zeros(K, dtype=g.dtype, device=g.device)
+        return g.new_zeros(*g.shape[:-1] if per_row else (), K)
+    x = x.expand(*g.shape[:-1], x.shape[-1])
     grads = g.reshape(-1, L)
-    products = torch.zeros(J * P, P, dtype=g.dtype, device=g.device)
-
-    def source_length(n: int) -> int:
-        return (-(-n // P) + J - 1) * P  # a stretch's frames plus the J - 1 its windows reach
-
+    products = torch.zeros(
+        *grads.shape[:1] if per_row else (), J * P, P, dtype=g.dtype, device=g.device
+    )
     for rows, start, stop, piece in pieces(
         x,
         L,
         K - 1 - lo,
-        source_length,
-        piece_samples=max(J * P, CHUNK_BYTES // x.element_size()),
+        _frames_source_length(P, J),
+        piece_samples=_piece_samples(P, J, x.element_size()),
         align=P,
     ):
         # The gradient laid out like the piece: each row's stretch, then zeros, so windows
@@ -229,12 +223,20 @@ def toeplitz_lagged_products(g: torch.Tensor, x: torch.Tensor, lo: int, K: int) 
         )
         frames[:, :n].copy_(grads[rows, start:stop])
         frames[:, n:].zero_()
-        frames, source = frames.view(-1), piece.contiguous().view(-1)
-        n_frames = frames.numel() // P - J + 1
-        for windows, grad_frames in _by_residue(source, frames, n_frames, P, J):
-            products.addmm_(windows.t(), grad_frames)
-    lags = products.as_strided((K, P), (P, P + 1)).sum(-1)  # lags[j] = sum_i products[i + j, i]
-    return lags.flip(0)
+        piece = piece.contiguous()  # a view but for a strided source
+        if per_row:
+            for windows, grad_frames in _by_residue_rows(piece, frames, -(-n // P), P, J):
+                products[rows].baddbmm_(windows.transpose(1, 2), grad_frames)
+        else:
+            frames, source = frames.view(-1), piece.view(-1)
+            n_frames = frames.numel() // P - J + 1
+            for windows, grad_frames in _by_residue(source, frames, n_frames, P, J):
+                products.addmm_(windows.t(), grad_frames)
+    # lags[..., j] = sum_i products[..., i + j, i]
+    lags = products.as_strided(
+        (*products.shape[:-2], K, P), (*products.stride()[:-2], P, P + 1)
+    ).sum(-1)
+    return lags.flip(-1).reshape(*g.shape[:-1], K) if per_row else lags.flip(-1)
 
 
 def _by_residue(
@@ -250,4 +252,23 @@ def _by_residue(
         yield (
             source.as_strided((count, J * P), (J * P, 1), source.storage_offset() + j * P),
             frames.as_strided((count, P), (J * P, 1), frames.storage_offset() + j * P),
+        )
+
+
+def _by_residue_rows(
+    source: torch.Tensor, frames: torch.Tensor, n_frames: int, P: int, J: int
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """:func:`_by_residue` for each row of ``source`` and ``frames`` ``(rows, length)``
+    (contiguous, ``length`` a multiple of ``P``), ``n_frames`` frames a row: views
+    ``(rows, count, J * P)`` and ``(rows, count, P)``."""
+    rows, length = source.shape
+    for j in range(min(J, n_frames)):
+        count = -(-(n_frames - j) // J)
+        yield (
+            source.as_strided(
+                (rows, count, J * P), (length, J * P, 1), source.storage_offset() + j * P
+            ),
+            frames.as_strided(
+                (rows, count, P), (length, J * P, 1), frames.storage_offset() + j * P
+            ),
         )

@@ -24,7 +24,7 @@ from diffconv_core._direct import MAX_TOEPLITZ_TAPS
 from diffconv_core._fft import fft_length
 from diffconv_core._overlap import block_fft_length
 from diffconv_core._shift_add import MAX_SHIFT_ADD_TAPS
-from diffconv_core._toeplitz import frame_length, gemm_work
+from diffconv_core._toeplitz import gemm_work
 from diffconv_core._validation import MODES, broadcast_shapes, check_choice
 
 # Per-device constants of the cost model, in nanoseconds: a fixed cost per call, then per
@@ -53,13 +53,14 @@ _COSTS = {
         "overlap_unit": 0.0819,
     },
     "cpu_autograd": {
-        # A kernel per row (whole-batch batched GEMMs, recorded or not): fitted to 24
-        # timings of 2-256 rows of 1,024-480,000 samples and 7-63 taps, freed memory retained.
-        # Up to 255 taps their picks were within 10% of the fastest in 35 of 36 shapes in
-        # that run and 33 of 36 in a later `fit_cpu_costs.py --per-row` (26 before).
-        "direct_call": 104_000.0,
-        "direct_sample": 0.429,  # framing, copies: per output sample
-        "direct_frame_tap": 0.0342,
+        # A kernel per row (batched GEMMs in pieces, recorded or not, its own backward):
+        # fitted to 24 timings of 2-256 rows of 1,024-480,000 samples and 7-63 taps, freed
+        # memory retained; the same per-output rates as one shared kernel, a higher call
+        # cost (a matrix per row). Picks within 10% of the fastest in 33 of 36 shapes up to
+        # 255 taps (`fit_cpu_costs.py --per-row`, benchmarks/results/).
+        "direct_call": 216_000.0,
+        "direct_sample": 0.4365,
+        "direct_gemm_tap": 0.01767,  # per output and multiply-add (_toeplitz.gemm_work)
         "fft_call": 25_000.0,
         "fft_unit": 0.1,
         "fft_unit_per_octave": 0.02,
@@ -78,10 +79,6 @@ _COSTS = {
     },
 }
 
-
-# Beyond this many output samples per call the direct method's work arrays leave the cache
-# (measured: 3.2 ns per sample at 2 million samples, 6.5 ns at 16 million, 31 taps).
-DIRECT_CACHE_SAMPLES = 1 << 23
 
 # Forward + backward (gradients to both inputs) over the recorded forward alone, measured on
 # CPU (medians over 33 shapes, 3-8,191 taps): the direct method's backward is two more passes
@@ -135,15 +132,12 @@ def estimate_costs(
     if device_type != "cpu":
         per_sample = c["direct_tap"] * K
     elif K > MAX_TOEPLITZ_TAPS:
-        per_sample = 20 * _COSTS["cpu_autograd"]["direct_frame_tap"] * K  # conv1d, far slower
+        per_sample = 0.68 * K  # conv1d, per output and tap: far slower than the GEMMs
     elif not shared_kernel:
-        # Whole-batch block-Toeplitz GEMMs: cost per frame length, not per tap.
+        # Batched block-Toeplitz GEMMs in pieces, recorded or not (its own backward).
         a = _COSTS["cpu_autograd"]
         call = a["direct_call"]
-        per_sample = a["direct_sample"] + a["direct_frame_tap"] * frame_length(K)
-        if batch * L > DIRECT_CACHE_SAMPLES:
-            # Its framed copies no longer fit in cache: memory traffic doubles the cost.
-            per_sample += a["direct_sample"] * 1.5
+        per_sample = a["direct_sample"] + a["direct_gemm_tap"] * gemm_work(K)
     else:
         # One kernel for every row: the fast path, also when recorded (its own backward).
         f = _COSTS["cpu"]

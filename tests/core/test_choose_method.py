@@ -142,7 +142,7 @@ def test_the_model_prices_the_path_each_call_takes():
     from diffconv_core.methods import estimate_costs
 
     # A shared kernel takes the fast CPU paths, recorded or not (the direct path has its own
-    # backward); one kernel per row the whole-batch GEMMs, which the model prices higher.
+    # backward); one kernel per row the batched GEMMs, whose matrix per row costs more a call.
     fast = estimate_costs(4, 480_000, 31, "same", "cpu")["direct"]
     recorded = estimate_costs(4, 480_000, 31, "same", "cpu", requires_grad=True)["direct"]
     per_row = estimate_costs(4, 480_000, 31, "same", "cpu", shared_kernel=False)["direct"]

@@ -11,6 +11,8 @@ import torch
 
 from diffconv_core import _pieces, _shift_add, _toeplitz, convolve, correlate
 
+from .conftest import reference
+
 # Piece sizes that force each layout: several short signals per piece, one signal cut into
 # many pieces (down to two frames a piece), and everything in one piece.
 PIECE_BYTES = [64, 1024, 2**20]
@@ -184,15 +186,37 @@ def test_kernel_gradient_gemms_match_numpy(K, shape):
         np.testing.assert_allclose(got.numpy(), expected, rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("mode", ["full", "same", "valid"])
+@pytest.mark.parametrize("T, K", [(1, 1), (200, 13), (333, 31), (64, 64), (5, 40), (700, 200)])
+@pytest.mark.parametrize(
+    "signal_batch, kernel_batch",
+    [((3,), (3,)), ((2, 3), (3,)), ((), (4,)), ((2, 1), (1, 3))],
+    ids=["per-signal", "per-channel", "one-signal-many-kernels", "both-broadcast"],
+)
+def test_kernel_per_row_pieces_match_scipy(piece_bytes, mode, T, K, signal_batch, kernel_batch):
+    # Batched GEMMs with one Toeplitz matrix per row, in every piece layout (several rows a
+    # piece, one row cut into many pieces), every broadcast of signal and kernel rows.
+    if mode == "valid" and K > T:
+        pytest.skip("valid needs T >= K here")
+    rng = np.random.default_rng(T * 1000 + K)
+    x = torch.from_numpy(rng.standard_normal((*signal_batch, T)))
+    w = torch.from_numpy(rng.standard_normal((*kernel_batch, K)))
+    got = convolve(x, w, mode=mode, method="direct")
+    np.testing.assert_allclose(got.numpy(), reference(x, w, mode), rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize("K", [3, 31, 200])
-def test_shared_kernel_gradients_match_float64_finite_differences(K):
-    # The CPU direct path's own backward (fast path for both gradients) against numerical
-    # Jacobians, for one kernel shared by a batch, in every mode; second derivatives too.
+@pytest.mark.parametrize("kernel_batch", [(), (3,)], ids=["shared", "per-row"])
+def test_gradients_match_float64_finite_differences(monkeypatch, K, kernel_batch):
+    # The CPU direct path's own backward against numerical Jacobians in every mode, second
+    # derivatives too, in pieces of a few frames: one kernel shared by the batch (the kernel
+    # gradient as lagged-product GEMMs) and a kernel per row (batched GEMMs, per-row lags).
     from torch.autograd import gradcheck, gradgradcheck
 
+    monkeypatch.setattr(_toeplitz, "CHUNK_BYTES", 1024)
     gen = torch.Generator().manual_seed(K)
-    x = torch.randn(3, 400, generator=gen, dtype=torch.float64, requires_grad=True)
-    w = torch.randn(K, generator=gen, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(2, 3, 300, generator=gen, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(*kernel_batch, K, generator=gen, dtype=torch.float64, requires_grad=True)
     for mode in ("full", "same", "valid"):
 
         def f(x, w, mode=mode):
@@ -201,3 +225,30 @@ def test_shared_kernel_gradients_match_float64_finite_differences(K):
         kw = dict(eps=1e-6, atol=1e-7, rtol=1e-5, fast_mode=True)
         assert gradcheck(f, (x, w), **kw), mode
         assert gradgradcheck(f, (x, w), **kw), mode
+
+
+@pytest.mark.parametrize("K", [1, 3, 13, 31, 200, 1000])
+@pytest.mark.parametrize(
+    "signal_shape, grad_batch",
+    [((3, 700), (3,)), ((700,), (4,)), ((2, 5000), (2,)), ((3, 1, 90), (3, 2))],
+    ids=["rows", "one-signal", "long", "broadcast"],
+)
+def test_kernel_per_row_gradient_gemms_match_numpy(piece_bytes, K, signal_shape, grad_batch):
+    # c[r, k] = sum over m of g[r, m] x[r, m + lo - k], each row on its own (x broadcast).
+    rng = np.random.default_rng(K)
+    x = rng.standard_normal(signal_shape)
+    T = signal_shape[-1]
+    rows = int(np.prod(grad_batch))
+    for lo, L in [(0, T + K - 1), ((K - 1) // 2, T), (K - 1, max(T - K + 1, 0)), (5, 40)]:
+        g = rng.standard_normal((*grad_batch, L))
+        xs = np.broadcast_to(x, (*grad_batch, T)).reshape(rows, T)
+        padded = np.pad(xs, ((0, 0), (K + L, K + L)))
+        expected = [
+            [g_row @ x_row[K + L + lo - k : K + L + lo - k + L] for k in range(K)]
+            for g_row, x_row in zip(g.reshape(rows, L), padded, strict=True)
+        ]
+        got = _toeplitz.toeplitz_lagged_products(
+            torch.from_numpy(g), torch.from_numpy(x), lo, K, per_row=True
+        )
+        assert got.shape == (*grad_batch, K)
+        np.testing.assert_allclose(got.reshape(rows, K).numpy(), expected, rtol=1e-10, atol=1e-10)
