@@ -8,6 +8,8 @@ symmetric accept pads longer than the signal (the mirror simply repeats, as ``nu
 
 from __future__ import annotations
 
+import operator
+
 import torch
 import torch.nn.functional as F
 
@@ -68,12 +70,23 @@ def pad(signal: torch.Tensor, left: int, right: int, mode: str = "zeros") -> tor
         tensor([1., 2., 3., 2., 1., 2., 3., 2.])
     """
     check_choice("padding", mode, PADDINGS)
+    try:
+        left, right = operator.index(left), operator.index(right)
+    except TypeError:
+        raise TypeError(
+            f"pad widths must be integers; got left={left!r}, right={right!r}"
+        ) from None
     if left < 0 or right < 0:
         raise ValueError(f"pad widths must be non-negative; got left={left}, right={right}")
     if left == 0 and right == 0:
         return signal
     if mode == "zeros":
         return F.pad(signal, (left, right))
+    if signal.shape[-1] == 0:
+        raise ValueError(
+            f"cannot extend an empty signal with padding={mode!r}: there is no sample to "
+            f"repeat; got shape {tuple(signal.shape)}"
+        )
     # Only the pads are gathered; the signal itself is one plain copy (an index map over the
     # whole length cost 40x the copy: int64 remainders and a gather per sample).
     length, device = signal.shape[-1], signal.device

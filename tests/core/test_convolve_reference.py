@@ -213,3 +213,17 @@ def test_pad_matches_numpy_pad_any_width(padding):
             assert tuple(out.shape) == expected.shape, config
             assert out.dtype == x.dtype, config
             np.testing.assert_array_equal(out.numpy(), expected, err_msg=config)
+
+
+@pytest.mark.parametrize("padding", PADDINGS)
+def test_pad_refuses_fractional_widths_and_empty_signals_by_name(padding):
+    # Widths must be whole samples; an empty signal has nothing to mirror, repeat or wrap.
+    # Both used to fail deep inside torch (index_select's dtype, a division by zero).
+    x = torch.arange(4.0)
+    with pytest.raises(TypeError, match=r"pad widths must be integers.*left=2\.5"):
+        pad(x, 2.5, 1, padding)
+    assert pad(x, np.int64(2), 1, padding).shape == (7,)  # integer-like widths are fine
+    if padding != "zeros":
+        with pytest.raises(ValueError, match=rf"empty signal.*{padding}.*\(2, 0\)"):
+            pad(torch.ones(2, 0), 1, 1, padding)
+    assert pad(torch.ones(2, 0), 0, 0, padding).shape == (2, 0)
