@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from diffconv_core import _window_build as _b
 from diffconv_core import filters as _filters
-from diffconv_core.convolution import convolve
+from diffconv_core.convolution import _check_options, convolve
 from diffconv_core.windows import get_window
 
 __all__ = ["WindowConv", "FIRFilter"]
@@ -118,6 +118,7 @@ class WindowConv(nn.Module):
         super().__init__()
         if learn not in LEARN:
             raise ValueError(f"learn must be one of None, 'taps', 'params', 'width'; got {learn!r}")
+        _check_options(mode, padding, method)  # convolve's checks, now rather than in forward
         self.spec, forced = _split_window(window, window_params)
         self.length = _b.check_length(length)
         self.learn = learn
@@ -258,6 +259,7 @@ class FIRFilter(nn.Module):
             raise ValueError(
                 f"kind must be one of 'lowpass', 'highpass', 'bandpass', 'bandstop'; got {kind!r}"
             )
+        _check_options(mode, padding, method)  # convolve's checks, now rather than in forward
         self.kind = kind
         self.numtaps = _b.check_length(numtaps, "numtaps")
         self.spec, _ = _split_window(window, window_params)

@@ -186,6 +186,11 @@ def test_fir_filter_learnable_flags():
         (lambda: FIRFilter("highpass", 0.3, numtaps=20), ValueError, "odd number of taps"),
         (lambda: FIRFilter("lowpass", 0.0), ValueError, "greater than 0"),
         (lambda: FIRFilter("bandpass", [0.5, 0.2]), ValueError, "strictly increasing"),
+        # Convolution options fail at construction, not at the first forward pass.
+        (lambda: WindowConv("hann", 9, mode="sme"), ValueError, "mode must be one of.*'sme'"),
+        (lambda: WindowConv("hann", 9, method="fast"), ValueError, "method must be.*'fast'"),
+        (lambda: FIRFilter("lowpass", 0.3, padding="mirror"), ValueError, "padding must.*'mirror'"),
+        (lambda: FIRFilter("lowpass", 0.3, mode="valid", padding="reflect"), ValueError, "valid"),
     ],
 )
 def test_errors(call, exc, match):
