@@ -148,13 +148,16 @@ def _correlate_in_pieces(
         n = stop - start
         dest = out[rows, start:stop]
         piece = piece.contiguous()  # a view but for a strided source
-        into_result = count_rows == 1 and n % P == 0 and dest.is_contiguous()
+        batched = per_row and count_rows > 1
+        # The GEMMs write whole frames: straight into the result where it has whole frames
+        # in rows of its own (a batched GEMM's frames are copied there from a work array).
+        into_result = n % P == 0 and (dest.is_contiguous() if count_rows == 1 else batched)
         if into_result:
             target = dest
         else:
             target = scratch("gemm out", piece.numel(), piece.dtype, piece.device)
             target = target.view(count_rows, length)
-        if per_row and count_rows > 1:
+        if batched:
             products = scratch("gemm rows", count_rows * length, piece.dtype, piece.device)
             for windows, frames in _by_residue_rows(piece, target, -(-n // P), P, J):
                 part = products[: frames.numel()].view(frames.shape)
@@ -259,16 +262,16 @@ def _by_residue_rows(
     source: torch.Tensor, frames: torch.Tensor, n_frames: int, P: int, J: int
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """:func:`_by_residue` for each row of ``source`` and ``frames`` ``(rows, length)``
-    (contiguous, ``length`` a multiple of ``P``), ``n_frames`` frames a row: views
-    ``(rows, count, J * P)`` and ``(rows, count, P)``."""
-    rows, length = source.shape
+    (rows of contiguous samples), ``n_frames`` frames a row: views ``(rows, count, J * P)``
+    and ``(rows, count, P)``."""
+    rows = source.shape[0]
     for j in range(min(J, n_frames)):
         count = -(-(n_frames - j) // J)
         yield (
             source.as_strided(
-                (rows, count, J * P), (length, J * P, 1), source.storage_offset() + j * P
+                (rows, count, J * P), (source.stride(0), J * P, 1), source.storage_offset() + j * P
             ),
             frames.as_strided(
-                (rows, count, P), (length, J * P, 1), frames.storage_offset() + j * P
+                (rows, count, P), (frames.stride(0), J * P, 1), frames.storage_offset() + j * P
             ),
         )

@@ -187,7 +187,9 @@ def test_kernel_gradient_gemms_match_numpy(K, shape):
 
 
 @pytest.mark.parametrize("mode", ["full", "same", "valid"])
-@pytest.mark.parametrize("T, K", [(1, 1), (200, 13), (333, 31), (64, 64), (5, 40), (700, 200)])
+@pytest.mark.parametrize(
+    "T, K", [(1, 1), (200, 13), (256, 13), (333, 31), (64, 64), (5, 40), (700, 200)]
+)
 @pytest.mark.parametrize(
     "signal_batch, kernel_batch",
     [((3,), (3,)), ((2, 3), (3,)), ((), (4,)), ((2, 1), (1, 3))],
