@@ -13,6 +13,7 @@ Both operands are handled alike: convolution commutes, and ``convolve`` swaps th
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -20,24 +21,74 @@ import torch
 RangeFn = Callable[[torch.Tensor, torch.Tensor, int, int], torch.Tensor]
 
 
-def _all_finite(t: torch.Tensor) -> bool:
-    # A sum is finite only if every term is (NaN and Inf propagate): one read, no mask.
-    # A finite tensor whose sum overflows merely takes the exact check.
-    return bool(torch.isfinite(t.detach().sum())) or bool(torch.isfinite(t).all())
+def _magnitudes(*tensors: torch.Tensor) -> list[float]:
+    """The largest absolute value of each tensor (NaN if it holds a NaN, Inf if an Inf; 0 if
+    empty): one pass over each, one host sync for all."""
+    extremes = [
+        torch.stack(torch.aminmax(t.detach())).to(torch.float64)
+        if t.numel()
+        else torch.zeros(2, dtype=torch.float64, device=t.device)
+        for t in tensors
+    ]
+    values = torch.cat(extremes).tolist()  # aminmax propagates NaN to both
+    return [max(-low, high) for low, high in zip(values[::2], values[1::2], strict=True)]
 
 
 def _finite_part(t: torch.Tensor) -> torch.Tensor:
     return torch.where(torch.isfinite(t), t, torch.zeros((), dtype=t.dtype, device=t.device))
 
 
+def _without_overflow(
+    range_fn: RangeFn,
+    x: torch.Tensor,
+    w: torch.Tensor,
+    lo: int,
+    hi: int,
+    x_max: float,
+    w_max: float,
+) -> torch.Tensor:
+    """``range_fn(x, w, lo, hi)`` for finite operands, scaled by powers of two (exactly) where
+    the sums inside a transform could overflow although the result need not.
+
+    An FFT's intermediate sums reach ``n * sum|x| * sum|w|`` in the worst case, far above
+    the result's ``K * max|x| * max|w|``: float32 signals near 1e34 overflowed with the FFT
+    methods where the direct sum was finite. Both operands are brought to a largest value
+    near 1 instead, and the result scaled back (an Inf there is a true overflow). Half types
+    never get here with a transform (they are computed in float32), so they are left alone.
+    The backward passes are not scaled: gradients of such values may still overflow there.
+    """
+    n = x.shape[-1] + w.shape[-1]
+    if x.dtype not in (torch.float32, torch.float64) or x_max == 0 or w_max == 0:
+        return range_fn(x, w, lo, hi)
+    worst = math.log2(x_max) + math.log2(w_max) + math.log2(w.shape[-1]) + 2 * math.log2(n)
+    if worst < math.log2(torch.finfo(x.dtype).max) - 2:
+        return range_fn(x, w, lo, hi)
+    x_exponent, w_exponent = math.frexp(x_max)[1], math.frexp(w_max)[1]
+    y = range_fn(_times_power_of_two(x, -x_exponent), _times_power_of_two(w, -w_exponent), lo, hi)
+    return _times_power_of_two(y, x_exponent + w_exponent)
+
+
+def _times_power_of_two(t: torch.Tensor, exponent: int) -> torch.Tensor:
+    # In steps whose factors every float dtype represents (float32 has no 2**128).
+    while exponent:
+        step = max(-64, min(64, exponent))
+        t = t * 2.0**step
+        exponent -= step
+    return t
+
+
 def with_nonfinite_locality(
     range_fn: RangeFn, x: torch.Tensor, w: torch.Tensor, lo: int, hi: int
 ) -> torch.Tensor:
-    """Run ``range_fn(x, w, lo, hi)`` so that non-finite values of ``x`` or ``w`` stay local."""
-    x_finite, w_finite = _all_finite(x), _all_finite(w)
+    """Run ``range_fn(x, w, lo, hi)`` so that non-finite values of ``x`` or ``w`` stay local
+    and huge finite ones do not overflow inside the method."""
+    x_max, w_max = _magnitudes(x, w)
+    x_finite, w_finite = math.isfinite(x_max), math.isfinite(w_max)
     if x_finite and w_finite:
-        return range_fn(x, w, lo, hi)
-    y = range_fn(x if x_finite else _finite_part(x), w if w_finite else _finite_part(w), lo, hi)
+        return _without_overflow(range_fn, x, w, lo, hi, x_max, w_max)
+    x_part = x if x_finite else _finite_part(x)
+    w_part = w if w_finite else _finite_part(w)
+    y = _without_overflow(range_fn, x_part, w_part, lo, hi, *_magnitudes(x_part, w_part))
     with torch.no_grad():
         covered, value = _direct_sum_nonfinite(
             range_fn, x.detach(), w.detach(), lo, hi, x_finite, w_finite
