@@ -1,9 +1,8 @@
 """Direct (sliding dot product) convolution for short kernels.
 
-On CPU, one kernel shared by every row runs as shifted multiply-adds (up to 12 taps,
-``_shift_add``) or block-Toeplitz matrix products in cache-sized pieces (``_toeplitz``), and a
-kernel per row as batched block-Toeplitz products in the same pieces, several times faster
-than ``conv1d`` there, with or without gradients. On CUDA the forward pass is a
+On CPU, short kernels run as shifted multiply-adds (up to 12 taps, ``_shift_add``), longer
+ones as block-Toeplitz matrix products in cache-sized pieces (``_toeplitz``; batched for a
+kernel per row), several times faster than ``conv1d`` there, with or without gradients. On CUDA the forward pass is a
 fused Triton kernel (``_triton_direct``), or ``conv1d`` with the flipped kernel where Triton
 is missing. Where a backward pass is needed it is written out (:class:`_DirectRange`) rather
 than left to autograd: the signal gradient is again a direct correlation (the same Function,
@@ -89,14 +88,11 @@ def sums_each_output_alone(x: torch.Tensor, w: torch.Tensor) -> bool:
 def _cpu_range(x: torch.Tensor, w: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
     # Nothing recorded (CPU): one kernel for every row as (K,), or a kernel per row.
     K = w.shape[-1]
-    shift = K - 1 - lo
-    if w.numel() > K:
-        return toeplitz_correlate(x, w.flip(-1), hi - lo, shift)
-    taps = w.flip(-1).reshape(K)
+    taps = w.flip(-1) if w.numel() > K else w.flip(-1).reshape(K)
     shape = (*broadcast_shapes(x.shape[:-1], w.shape[:-1]), hi - lo)
     if K <= MAX_SHIFT_ADD_TAPS:
-        return shift_add_correlate(x, taps, hi - lo, shift).reshape(shape)
-    return toeplitz_correlate(x, taps, hi - lo, shift).reshape(shape)
+        return shift_add_correlate(x, taps, hi - lo, K - 1 - lo).reshape(shape)
+    return toeplitz_correlate(x, taps, hi - lo, K - 1 - lo).reshape(shape)
 
 
 class _DirectRange(torch.autograd.Function):

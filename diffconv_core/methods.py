@@ -54,8 +54,8 @@ _COSTS = {
     },
     "cpu_autograd": {
         # A kernel per row (batched GEMMs in pieces, recorded or not, its own backward):
-        # fitted to 24 timings of 2-256 rows of 1,024-480,000 samples and 7-63 taps, freed
-        # memory retained; the same per-output rates as one shared kernel, a higher call
+        # fitted to 24 timings of 2-256 rows of 1,024-480,000 samples and 7-63 taps (7 then
+        # also ran as GEMMs; up to 12 now take the shifted sums), freed memory retained; the same per-output rates as one shared kernel, a higher call
         # cost (a matrix per row). Picks within 10% of the fastest in 33 of 36 shapes up to
         # 255 taps (`fit_cpu_costs.py --per-row`, benchmarks/results/).
         "direct_call": 216_000.0,
@@ -87,6 +87,8 @@ _COSTS = {
 # block gradients back (unfold's adjoint). With these, choose_method's pick was within 10% of
 # the fastest forward+backward in 32 of the 33 shapes (30 with direct at 2.0).
 _BACKWARD_FACTOR = {"direct": 3.9, "fft": 2.0, "overlap": 3.8}
+
+PER_ROW_SHIFT_FACTOR = 1.25
 
 
 def output_length(T: int, K: int, mode: str) -> int:
@@ -133,6 +135,12 @@ def estimate_costs(
         per_sample = c["direct_tap"] * K
     elif K > MAX_TOEPLITZ_TAPS:
         per_sample = 0.68 * K  # conv1d, per output and tap: far slower than the GEMMs
+    elif not shared_kernel and K <= MAX_SHIFT_ADD_TAPS:
+        # Shifted sums with a weight column per tap: 1.2-1.5x the shared kernel's (one
+        # thread, 256-4 rows of 1,024-480,000 samples, 3-12 taps).
+        f = _COSTS["cpu"]
+        call = f["shift_call"]
+        per_sample = (f["shift_sample"] + f["shift_tap"] * K) * PER_ROW_SHIFT_FACTOR
     elif not shared_kernel:
         # Batched block-Toeplitz GEMMs in pieces, recorded or not (its own backward).
         a = _COSTS["cpu_autograd"]

@@ -188,7 +188,19 @@ def test_kernel_gradient_gemms_match_numpy(K, shape):
 
 @pytest.mark.parametrize("mode", ["full", "same", "valid"])
 @pytest.mark.parametrize(
-    "T, K", [(1, 1), (200, 13), (256, 13), (333, 31), (64, 64), (5, 40), (700, 200)]
+    "T, K",
+    [
+        (1, 1),
+        (200, 5),
+        (64, 12),
+        (5, 9),
+        (200, 13),
+        (256, 13),
+        (333, 31),
+        (64, 64),
+        (5, 40),
+        (700, 200),
+    ],
 )
 @pytest.mark.parametrize(
     "signal_batch, kernel_batch",
@@ -196,8 +208,9 @@ def test_kernel_gradient_gemms_match_numpy(K, shape):
     ids=["per-signal", "per-channel", "one-signal-many-kernels", "both-broadcast"],
 )
 def test_kernel_per_row_pieces_match_scipy(piece_bytes, mode, T, K, signal_batch, kernel_batch):
-    # Batched GEMMs with one Toeplitz matrix per row, in every piece layout (several rows a
-    # piece, one row cut into many pieces), every broadcast of signal and kernel rows.
+    # Shifted sums with a weight column per tap (up to 12 taps) and batched GEMMs with one
+    # Toeplitz matrix per row, in every piece and block layout (several rows a piece, one
+    # row cut into many pieces), every broadcast of signal and kernel rows.
     if mode == "valid" and K > T:
         pytest.skip("valid needs T >= K here")
     rng = np.random.default_rng(T * 1000 + K)
