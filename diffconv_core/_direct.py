@@ -72,17 +72,12 @@ def direct_range(x: torch.Tensor, w: torch.Tensor, lo: int, hi: int) -> torch.Te
 
 def sums_each_output_alone(x: torch.Tensor, w: torch.Tensor) -> bool:
     """Whether :func:`direct_range` computes each output as its own sum of ``tap * sample``
-    over exactly the samples under its window (the shifted multiply-adds: CPU, one shared
-    kernel of few taps, nothing recorded), so NaN and Inf come out as in the direct sum with
-    no separate handling. The Toeplitz GEMMs multiply whole frames, zeros included (0 * inf).
+    over exactly the samples under its window (the shifted multiply-adds: CPU, few taps,
+    nothing recorded), so NaN and Inf come out as in the direct sum with no separate
+    handling. The Toeplitz GEMMs multiply whole frames, zeros included (0 * inf).
     """
     K = w.shape[-1]
-    return (
-        x.device.type == "cpu"
-        and 0 < K <= MAX_SHIFT_ADD_TAPS
-        and w.numel() == K
-        and not needs_graph(x, w)
-    )
+    return x.device.type == "cpu" and 0 < K <= MAX_SHIFT_ADD_TAPS and not needs_graph(x, w)
 
 
 def _cpu_range(x: torch.Tensor, w: torch.Tensor, lo: int, hi: int) -> torch.Tensor:

@@ -181,3 +181,25 @@ def test_nonfinite_kernel_taps_give_the_direct_sum(method, mode, padding, corr):
         _assert_direct_sum(
             out, expected, f"{func.__name__} w={w.tolist()} {mode} {padding} {method}"
         )
+
+
+@pytest.mark.parametrize("K", [3, 12, 20])
+@pytest.mark.parametrize(
+    "mode,padding", [("same", "zeros"), ("full", "reflect"), ("valid", "zeros")]
+)
+@pytest.mark.parametrize("method", METHODS)
+def test_nonfinite_with_a_kernel_per_row_is_the_direct_sum(method, mode, padding, K):
+    # A kernel per row (the shifted sums with weight columns up to 12 taps, batched GEMMs
+    # beyond): Inf and NaN in signals and in taps, zero taps, rows of their own.
+    gen = torch.Generator().manual_seed(K)
+    x = torch.randn(2, 3, 40, generator=gen, dtype=torch.float64)
+    w = torch.randn(3, K, generator=gen, dtype=torch.float64)
+    x[0, 0, 7] = torch.inf
+    x[1, 2, 20:23] = -torch.inf
+    x[1, 1, 30] = torch.nan
+    w[0, 1] = 0.0
+    w[1, K - 1] = torch.inf
+    w[2, 0] = torch.nan
+    out = diffconv_core.convolve(x, w, mode, padding=padding, method=method)
+    expected = reference(x.numpy(), w.numpy(), mode, padding)
+    _assert_direct_sum(out, expected, f"kernel per row K={K} {mode} {padding} {method}")
