@@ -68,7 +68,13 @@ def cosine(t: Tensor, m: int) -> Tensor:
 
 
 def lanczos(t: Tensor, m: int) -> Tensor:
-    return torch.sinc(t / ((m - 1) / 2.0))
+    x = t / ((m - 1) / 2.0)
+    # torch.sinc's double backward is nan at 0 (the centre tap, whose stretched offset is 0
+    # for any width): sin(pi x) / (pi x) away from 0, its Taylor series (exactly 1) at 0.
+    nonzero = x != 0
+    safe = torch.where(nonzero, x, torch.ones_like(x)) * math.pi
+    taylor = 1.0 - (math.pi * x) ** 2 / 6.0
+    return torch.where(nonzero, torch.sin(safe) / safe, taylor)
 
 
 def barthann(t: Tensor, m: int) -> Tensor:
