@@ -156,8 +156,11 @@ def normalize_window(w: Tensor, normalize: str | None, name: str) -> Tensor:
 def sample_overlap(t: Tensor, width: Tensor) -> Tensor:
     """Length of the overlap of each tap's cell [t - 1/2, t + 1/2] with [-w/2, w/2]."""
     half = width / 2.0
-    hi = torch.minimum(t + 0.5, half)
-    lo = torch.maximum(t - 0.5, -half)
+    # Ties go to the support's edge: at width == length (the largest allowed, and the usual
+    # starting point of a learned width) the gradient is then the left derivative, not the
+    # half of it that torch.minimum/maximum give by splitting a tie.
+    hi = torch.where(t + 0.5 < half, t + 0.5, half)
+    lo = torch.where(t - 0.5 > -half, t - 0.5, -half)
     return torch.clamp(hi - lo, min=0.0)
 
 
@@ -249,7 +252,12 @@ def build(
             w = spec.shape(t, m, **args)
         else:
             half = (m - 1) / 2.0
-            stretched = torch.clamp(t * (m / w_tensor.unsqueeze(-1)), -half, half)
+            scaled = t * (m / w_tensor.unsqueeze(-1))
+            # The end taps reach the clip exactly at width == length, where torch.clamp would
+            # pass the gradient: take the clipped (constant) side of the tie, so that the
+            # gradient is the left derivative.
+            clipped = scaled.detach().clamp(-half, half)
+            stretched = torch.where(scaled.abs() < half, scaled, clipped)
             w = spec.shape(stretched, m, **args)
     if w_tensor is not None:
         t = torch.arange(m, dtype=work, device=dev) - (m - 1) / 2.0

@@ -322,6 +322,26 @@ def test_width_equal_to_length_is_the_plain_window(case):
             assert torch.equal(wide64, plain), (length, sym)
 
 
+@pytest.mark.parametrize("name", ["boxcar", "hann", "gaussian", "kaiser", "triang", "lanczos"])
+@pytest.mark.parametrize("sym", [True, False])
+@pytest.mark.parametrize("normalize", [None, "sum"])
+def test_gradient_at_full_width_is_the_left_derivative(name, sym, normalize):
+    # width == length is the largest width allowed and where a learned width starts, so its
+    # gradient must be the one-sided derivative from below (the only side there is). Ties in
+    # the overlap's min/max and the stretch's clip gave half of it, or a slope from outside.
+    params = {"gaussian": {"std": 2.0}, "kaiser": {"beta": 5.0}}.get(name, {})
+    for length in (3, 7, 8):
+
+        def fn(w, n=length):
+            return W.get_window(name, n, sym=sym, width=w, normalize=normalize, **params)
+
+        full = torch.tensor(float(length), dtype=torch.float64)
+        grad = torch.autograd.functional.jacobian(fn, full)
+        h = 1e-6
+        left = (3 * fn(full) - 4 * fn(full - h) + fn(full - 2 * h)) / (2 * h)
+        torch.testing.assert_close(grad, left, atol=1e-6, rtol=1e-5)
+
+
 def test_boxcar_width_sums_to_width_and_is_centred():
     widths = torch.linspace(0.05, 11.0, 200, dtype=torch.float64)
     box = W.boxcar(11, width=widths.unsqueeze(-1))
