@@ -6,12 +6,27 @@ Each is an ``nn.Module`` whose ``forward()`` returns the kernel ``(K,)`` and who
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 import torch
 from torch import nn
 
 from diffconv_core._validation import check_choice
+
+
+def _upper_bound(window: str, name: str, length: int) -> float | None:
+    """The largest value a learned width or window parameter may take (None: unbounded)."""
+    if name == "width":
+        return float(length)
+    from diffconv_core._window_build import lookup
+
+    spec, _ = lookup(window)
+    param = next((p for p in spec.params if p.name == name), None)
+    # An unknown name is left to get_window, which names the accepted parameters.
+    if param is None or param.high is None:
+        return None
+    return param.high * (1 - 1e-7) if param.high_open else param.high
 
 
 class FIRKernel(nn.Module):
@@ -78,10 +93,26 @@ class WindowKernel(nn.Module):
         for name, value in zip(self.names, values, strict=True):
             if not value > 0:
                 raise ValueError(f"learned parameter {name} must start positive; got {value}")
-        self.log_values = nn.Parameter(torch.tensor(values, dtype=dtype).log())
+        # Upper bounds of the learned values (the width's is the length, tukey's alpha 1):
+        # values() clamps into them so that a step past one does not fail mid-training.
+        self.highs = [_upper_bound(window, name, length) for name in self.names]
+        start = torch.tensor(values, dtype=dtype)
+        logs = start.log()
+        # exp(log(v)) can round above v (31 -> 31.000002 in float32): a start at an upper bound
+        # (the default width == length) would then be out of range, or clamped with no
+        # gradient. Step such logs down by an ulp until they give back at most v.
+        for _ in range(4):
+            over = logs.exp() > start
+            if not bool(over.any()):
+                break
+            logs = torch.where(over, torch.nextafter(logs, torch.full_like(logs, -math.inf)), logs)
+        self.log_values = nn.Parameter(logs)
 
     def values(self) -> dict[str, torch.Tensor]:
-        return dict(zip(self.names, self.log_values.exp().unbind(), strict=True))
+        raw = self.log_values.exp().unbind()
+        pairs = zip(raw, self.highs, strict=True)
+        clamped = [v if high is None else v.clamp(max=high) for v, high in pairs]
+        return dict(zip(self.names, clamped, strict=True))
 
     def forward(self) -> torch.Tensor:
         from diffconv_core.windows import get_window

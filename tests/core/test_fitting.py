@@ -383,6 +383,32 @@ def test_hann_width_recovered():
     assert abs(width - true_width) / true_width < 0.01, f"width {width} vs {true_width}"
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_window_kernel_default_width_starts_at_the_length_with_a_gradient(dtype):
+    # learn="width" without width= starts at width == length; exp(log(K)) rounds above K
+    # for many K (K = 7 in float32, 9 in float64), which get_window refused.
+    for taps in range(3, 40):
+        model = WindowKernel("gaussian", taps, learn="width", params={"std": 2.0}, dtype=dtype)
+        kernel = model()
+        plain = scipy.signal.windows.gaussian(taps, 2.0)
+        np.testing.assert_allclose(kernel.detach().numpy(), plain / plain.sum(), rtol=1e-5)
+        assert model.learned()["width"] <= taps
+        kernel[0].backward()  # an end tap grows with the width: the gradient is not clamped
+        assert model.log_values.grad.abs().item() > 0, taps
+
+
+def test_window_kernel_step_past_an_upper_bound_is_clamped():
+    for model in (
+        WindowKernel("tukey", 9, params={"alpha": 0.9}),
+        WindowKernel("hann", 9, learn="width", width=8.5),
+    ):
+        with torch.no_grad():
+            model.log_values += 0.5  # past alpha = 1 and width = 9
+        torch.testing.assert_close(model(), WindowKernel("hann", 9, learn="width")())
+        learned = model.learned()
+        assert learned["width"] == 9.0 and learned["params"].get("alpha", 1.0) == 1.0
+
+
 def test_window_kernel_errors():
     with pytest.raises(ValueError, match="needs at least one parameter"):
         WindowKernel("hann", 9, learn="params")
