@@ -24,6 +24,7 @@ single-process one up to the order of floating-point sums.
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 
@@ -124,6 +125,10 @@ def least_squares_fir(
     Solves the normal equations ``(A^T A + ridge I) h = A^T y`` in float64, where ``A`` stacks
     the :func:`design_matrix` of every pair and channel and ``y`` the targets. The model is
     ``convolve(x, h, "same", padding=padding)`` on whole signals — what ``fit`` trains.
+    Where the inputs do not determine every tap (a zero input, inputs shorter than the
+    kernel, a constant input with circular padding) and ``ridge`` is 0, the answer is the
+    minimum-norm least-squares kernel, as ``numpy.linalg.lstsq`` gives it (and as gradient
+    descent from a zero kernel approaches it).
 
     Shape:
         inputs[i], targets[i]: ``(..., T_i)`` of equal shape per pair -> ``(taps,)`` float64.
@@ -141,19 +146,38 @@ def least_squares_fir(
             f"need the same, non-zero number of inputs and targets; got {len(inputs)} and "
             f"{len(targets)}"
         )
+    try:
+        taps = operator.index(taps)
+    except TypeError:
+        raise TypeError(f"taps must be an integer; got {taps!r}") from None
+    if taps < 1:
+        raise ValueError(f"taps must be at least 1; got {taps}")
+    if not (isinstance(ridge, (int, float)) and math.isfinite(ridge) and ridge >= 0):
+        raise ValueError(f"ridge must be a finite number >= 0; got {ridge!r}")
     gram = torch.zeros(taps, taps, dtype=torch.float64)
     rhs = torch.zeros(taps, dtype=torch.float64)
-    for x, y in zip(inputs, targets, strict=True):
+    for i, (x, y) in enumerate(zip(inputs, targets, strict=True)):
         if x.shape != y.shape:
             raise ValueError(
                 f"input and target shapes differ: {tuple(x.shape)} and {tuple(y.shape)}"
             )
+        for what, value in (("input", x), ("target", y)):
+            if not bool(torch.isfinite(value).all()):
+                raise ValueError(f"pair {i}: the {what} has NaN or Inf samples")
         A = design_matrix(extend_input(x.double().cpu(), taps, padding), taps)
         A = A.reshape(-1, taps)
         gram += A.T @ A
         rhs += A.T @ y.double().cpu().reshape(-1)
     gram += ridge * torch.eye(taps, dtype=torch.float64)
-    return torch.linalg.solve(gram, rhs)
+    eigenvalues, vectors = torch.linalg.eigh(gram)
+    # numpy's matrix_rank tolerance on the Gram matrix: directions below it are not
+    # determined by the data (exactly, up to the rounding of A^T A).
+    keep = eigenvalues > taps * torch.finfo(torch.float64).eps * eigenvalues.max()
+    if bool(keep.all()):
+        return torch.linalg.solve(gram, rhs)
+    # Rank deficient: the minimum-norm solution, in the span of the determined directions.
+    basis = vectors[:, keep]
+    return basis @ ((basis.T @ rhs) / eigenvalues[keep])
 
 
 # --------------------------------------------------------------------------------------------

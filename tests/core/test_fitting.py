@@ -169,6 +169,50 @@ def test_least_squares_recovers_noiseless_fir():
     np.testing.assert_allclose(least_squares_fir(xs, ys, 7).numpy(), TRUE_FIR, atol=1e-10)
 
 
+def _undetermined_cases():
+    rng = np.random.default_rng(6)
+    sine = np.sin(2 * np.pi * 5 * np.arange(64) / 64)
+    return [
+        ("zero input", np.zeros((1, 50)), 5, "zeros"),
+        ("input shorter than the kernel", rng.standard_normal((2, 3)), 7, "zeros"),
+        ("constant input, circular", np.ones((1, 50)), 5, "circular"),
+        ("one tone, circular", sine[None], 7, "circular"),
+    ]
+
+
+@pytest.mark.parametrize("case", _undetermined_cases(), ids=lambda c: c[0])
+def test_least_squares_undetermined_taps_give_the_minimum_norm_answer(case):
+    # torch.linalg.solve raised "the input matrix is singular"; numpy.linalg.lstsq on the
+    # explicit design matrix gives the minimum-norm solution.
+    _, x, K, padding = case
+    rng = np.random.default_rng(7)
+    xs, ys = [torch.from_numpy(x)], [torch.from_numpy(rng.standard_normal(x.shape))]
+    ours = least_squares_fir(xs, ys, K, padding=padding)
+    A = design_matrix(extend_input(xs[0], K, padding), K).reshape(-1, K).numpy()
+    expected = np.linalg.lstsq(A, ys[0].numpy().reshape(-1), rcond=None)[0]
+    np.testing.assert_allclose(ours.numpy(), expected, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        (dict(ridge=-1.0), ValueError, "ridge must be a finite number >= 0; got -1.0"),
+        (dict(ridge=float("nan")), ValueError, "ridge must be a finite number >= 0; got nan"),
+        (dict(taps=0), ValueError, "taps must be at least 1; got 0"),
+        (dict(taps=5.0), TypeError, "taps must be an integer; got 5.0"),
+        (dict(nan_input=True), ValueError, "pair 0: the input has NaN or Inf samples"),
+    ],
+)
+def test_least_squares_errors_name_the_argument(kwargs, error, message):
+    x, y = torch.randn(1, 40, dtype=torch.float64), torch.randn(1, 40, dtype=torch.float64)
+    if kwargs.pop("nan_input", False):
+        x[0, 3] = float("nan")
+    options = {"taps": 5, **kwargs}
+    taps = options.pop("taps")
+    with pytest.raises(error, match=message):
+        least_squares_fir([x], [y], taps, **options)
+
+
 # --------------------------------------------------------------------------------------------
 # Crops
 
