@@ -2,12 +2,13 @@
 
 On CPU, short kernels run as shifted multiply-adds (up to 12 taps, ``_shift_add``), longer
 ones as block-Toeplitz matrix products in cache-sized pieces (``_toeplitz``; batched for a
-kernel per row), several times faster than ``conv1d`` there, with or without gradients. On CUDA the forward pass is a
-fused Triton kernel (``_triton_direct``), or ``conv1d`` with the flipped kernel where Triton
-is missing. Where a backward pass is needed it is written out (:class:`_DirectRange`) rather
-than left to autograd: the signal gradient is again a direct correlation (the same Function,
-so the gradient of the gradient exists), the kernel gradient one frequency-domain
-cross-correlation summed over the batch, or on CPU the Toeplitz GEMMs' lagged products.
+kernel per row), several times faster than ``conv1d`` there, with or without gradients. On
+CUDA the forward pass is a fused Triton kernel (``_triton_direct``), or ``conv1d`` with the
+flipped kernel where Triton is missing. Where a backward pass is needed it is written out
+(:class:`_DirectRange`) rather than left to autograd: the signal gradient is again a direct
+correlation (the same Function, so the gradient of the gradient exists), the kernel gradient
+one frequency-domain cross-correlation summed over the batch, or on CPU the Toeplitz GEMMs'
+lagged products.
 """
 
 from __future__ import annotations

@@ -55,9 +55,10 @@ _COSTS = {
     "cpu_autograd": {
         # A kernel per row (batched GEMMs in pieces, recorded or not, its own backward):
         # fitted to 24 timings of 2-256 rows of 1,024-480,000 samples and 7-63 taps (7 then
-        # also ran as GEMMs; up to 12 now take the shifted sums), freed memory retained; the same per-output rates as one shared kernel, a higher call
-        # cost (a matrix per row). Picks within 10% of the fastest in 33 of 36 shapes up to
-        # 255 taps (`fit_cpu_costs.py --per-row`, benchmarks/results/).
+        # also ran as GEMMs; up to 12 now take the shifted sums), freed memory retained;
+        # the same per-output rates as one shared kernel, a higher call cost (a matrix per
+        # row). Picks within 10% of the fastest in 33 of 36 shapes up to 255 taps
+        # (`fit_cpu_costs.py --per-row`, benchmarks/results/).
         "direct_call": 216_000.0,
         "direct_sample": 0.4365,
         "direct_gemm_tap": 0.01767,  # per output and multiply-add (_toeplitz.gemm_work)
