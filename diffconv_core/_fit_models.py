@@ -80,11 +80,15 @@ class WindowKernel(nn.Module):
         self.fixed = dict(params or {})
         self.width = float(length if width is None else width)
         if learn == "params":
-            if not self.fixed:
+            from diffconv_core._window_registry import is_continuous
+
+            # Integer and boolean settings (taylor's nbar) stay fixed: only the rest is learned.
+            names = sorted(n for n in self.fixed if is_continuous(window, n))
+            if not names:
                 raise ValueError(
-                    f"window {window!r}: learn='params' needs at least one parameter to learn"
+                    f"window {window!r}: learn='params' needs at least one parameter to learn "
+                    f"(integer and boolean settings stay fixed); got {sorted(self.fixed) or 'none'}"
                 )
-            names = sorted(self.fixed)
             self.names = names
             values = [float(self.fixed[n]) for n in names]
         else:
@@ -139,7 +143,8 @@ class WindowKernel(nn.Module):
         out: dict[str, object] = {"kind": "window", "window": self.window, "taps": self.length}
         out["normalize"] = self.normalize
         if self.learn == "params":
-            out["params"] = values
+            settings = {k: v for k, v in self.fixed.items() if k not in values}
+            out["params"] = {**settings, **values}
             out["width"] = self.width
         else:
             out["params"] = {k: float(v) for k, v in self.fixed.items()}

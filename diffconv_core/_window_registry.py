@@ -163,6 +163,20 @@ def lookup(name: str) -> tuple[Spec, bool | None]:
     return _BY_NAME[key], forced
 
 
+def is_continuous(window: str, name: str) -> bool:
+    """Whether parameter ``name`` of ``window`` is continuous, so it can be learned (an
+    integer or boolean setting such as taylor's ``nbar`` cannot). An unknown name counts as
+    continuous: :func:`diffconv_core.windows.get_window` names the accepted ones.
+
+    Example:
+        >>> is_continuous("taylor", "sll"), is_continuous("taylor", "nbar")
+        (True, False)
+    """
+    spec, _ = lookup(window)
+    param = next((p for p in spec.params if p.name == name), None)
+    return param is None or param.continuous
+
+
 def describe() -> list[dict[str, Any]]:
     out = []
     for s in SPECS:

@@ -127,7 +127,8 @@ def window_kernel(
     """A window from :func:`diffconv_core.windows.get_window` as a parametric kernel.
 
     Continuous parameters (numbers and floating tensors, e.g. ``std``, ``beta``,
-    ``alpha``) and ``width`` become differentiable parameters; everything else is passed
+    ``alpha``) and ``width`` become differentiable parameters; everything else (integer
+    and boolean settings such as taylor's ``nbar``, even given as numbers) is passed
     through unchanged.
 
     Shape:
@@ -138,7 +139,9 @@ def window_kernel(
         >>> sorted(pk.params), pk.name
         (['std'], 'gaussian')
     """
-    continuous = {k: v for k, v in params.items() if _is_continuous(v)}
+    from diffconv_core._window_registry import is_continuous
+
+    continuous = {k: v for k, v in params.items() if _is_continuous(v) and is_continuous(name, k)}
     fixed = {k: v for k, v in params.items() if k not in continuous}
     if width is not None:
         continuous["width"] = width

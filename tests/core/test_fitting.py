@@ -483,3 +483,19 @@ def test_cuda_training_equals_cpu(kind):
         assert trainer.model().device.type == device
         kernels.append(trainer.model().detach().cpu())
     torch.testing.assert_close(kernels[1], kernels[0], rtol=1e-9, atol=1e-12)
+
+
+def test_window_kernel_learns_only_the_continuous_parameters():
+    # nbar (an integer) stays as given; sll is learned, and both are in the learned summary.
+    kernel = WindowKernel("taylor", 9, learn="params", params={"nbar": 4, "sll": 30.0})
+    assert kernel.names == ["sll"]
+    from diffconv_core.windows import get_window
+
+    expected = get_window("taylor", 9, nbar=4, sll=30.0, normalize="sum", dtype=kernel().dtype)
+    torch.testing.assert_close(kernel().detach(), expected)
+    kernel().sum().backward()
+    assert kernel.log_values.grad is not None and kernel.log_values.grad.shape == (1,)
+    learned = kernel.learned()["params"]
+    assert learned["nbar"] == 4 and learned["sll"] == pytest.approx(30.0)
+    with pytest.raises(ValueError, match="needs at least one parameter.*stay fixed"):
+        WindowKernel("taylor", 9, learn="params", params={"nbar": 4})

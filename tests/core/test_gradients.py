@@ -18,6 +18,7 @@ from diffconv_core.gradients import (
     jacobian,
     window_kernel,
 )
+from diffconv_core.windows import get_window
 
 PADDINGS = ("zeros", "reflect", "symmetric", "replicate", "circular")
 NUMPY_PAD = {
@@ -535,3 +536,15 @@ def test_cuda_matches_cpu(mode, padding, method):
         J = jacobian(x[0].cuda(), cpu.kernel.cuda(), wrt, **opts)
         assert J.is_cuda
         torch.testing.assert_close(J.cpu(), jacobian(x[0], cpu.kernel, wrt, **opts))
+
+
+def test_window_kernel_keeps_integer_settings_fixed():
+    # taylor's nbar is an integer setting: a number given for it is passed through, not made a
+    # differentiable parameter (its gradient was reported as 0, as if it could be learned).
+    pk = window_kernel("taylor", 9, nbar=4, sll=30.0)
+    assert sorted(pk.params) == ["sll"]
+    x = torch.randn(1, 64, dtype=torch.float64)
+    result = gradient_map(x, pk)
+    assert sorted(result.grad_params) == ["sll"]
+    expected = get_window("taylor", 9, nbar=4, sll=30.0, dtype=torch.float64)
+    torch.testing.assert_close(result.kernel, expected)
