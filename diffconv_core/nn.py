@@ -137,7 +137,12 @@ class WindowConv(nn.Module):
             **window_params,
         )
         self._fixed: dict[str, Any] = {}
-        self.width: Any = width
+        if learn == "params" and isinstance(width, Tensor):
+            # A fixed tensor width is used at every forward: a buffer, so that it follows
+            # .to()/.double() and enters state_dict like the fixed window parameters.
+            self.register_buffer("width", width.detach().clone().to(**factory))
+        else:
+            self.width: Any = width
         if learn is None:
             self.register_buffer("taps", initial)
         elif learn == "taps":

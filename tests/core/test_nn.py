@@ -67,6 +67,21 @@ def test_fixed_tensor_parameters_follow_the_module():
     assert "beta=5.0" in repr(fir)
 
 
+def test_fixed_tensor_width_follows_the_module():
+    # A width given as a tensor while the parameters are learned is used at every forward:
+    # it was a plain attribute, outside state_dict, left in float32 by .double().
+    layer = WindowConv("gaussian", 31, learn="params", std=4.0, width=torch.tensor(17.5))
+    assert "width" in dict(layer.named_buffers())
+    assert "width" in layer.state_dict()
+    double = layer.double()
+    assert double.width.dtype == torch.float64 and double.window().dtype == torch.float64
+    expected = W.gaussian(31, 4.0, width=17.5, normalize="sum", dtype=torch.float64)
+    torch.testing.assert_close(double.window().detach(), expected)
+    restored = WindowConv("gaussian", 31, learn="params", std=4.0, width=torch.tensor(9.0))
+    restored.load_state_dict(layer.state_dict())
+    assert float(restored.width) == 17.5
+
+
 def test_window_conv_tuple_window_fixed_width_and_options():
     layer = WindowConv(("kaiser", 6.0), 15, normalize=None, width=11.5, padding="reflect")
     want = W.kaiser(15, 6.0, width=11.5)
