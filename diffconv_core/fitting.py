@@ -24,7 +24,6 @@ single-process one up to the order of floating-point sums.
 from __future__ import annotations
 
 import math
-import operator
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 
@@ -34,6 +33,7 @@ from torch import nn
 from diffconv_core._fit_losses import LOSSES, compute_loss, spectral_loss
 from diffconv_core._fit_models import FIRKernel, WindowKernel
 from diffconv_core._validation import PADDINGS, check_choice
+from diffconv_core._window_build import check_length
 from diffconv_core.convolution import convolve
 from diffconv_core.padding import pad
 
@@ -146,12 +146,7 @@ def least_squares_fir(
             f"need the same, non-zero number of inputs and targets; got {len(inputs)} and "
             f"{len(targets)}"
         )
-    try:
-        taps = operator.index(taps)
-    except TypeError:
-        raise TypeError(f"taps must be an integer; got {taps!r}") from None
-    if taps < 1:
-        raise ValueError(f"taps must be at least 1; got {taps}")
+    taps = check_length(taps, "taps")
     if not (isinstance(ridge, (int, float)) and math.isfinite(ridge) and ridge >= 0):
         raise ValueError(f"ridge must be a finite number >= 0; got {ridge!r}")
     gram = torch.zeros(taps, taps, dtype=torch.float64)

@@ -22,6 +22,14 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 VALUES = {"nan": float("nan"), "inf": float("inf"), "-inf": float("-inf")}
 
 
+def every_case(test):
+    """Run ``test(method, mode, padding, corr)`` for convolve and correlate, every mode and
+    padding, every method."""
+    test = pytest.mark.parametrize("method", METHODS)(test)
+    test = pytest.mark.parametrize("mode,padding", MODE_PADDINGS)(test)
+    return pytest.mark.parametrize("corr", [False, True], ids=["convolve", "correlate"])(test)
+
+
 @pytest.mark.parametrize("corr", [False, True], ids=["convolve", "correlate"])
 @pytest.mark.parametrize("value", list(VALUES))
 @pytest.mark.parametrize("mode,padding", MODE_PADDINGS)
@@ -92,9 +100,7 @@ def test_all_nan_signal(method):
     assert torch.isnan(out).all(), method
 
 
-@pytest.mark.parametrize("corr", [False, True], ids=["convolve", "correlate"])
-@pytest.mark.parametrize("mode,padding", MODE_PADDINGS)
-@pytest.mark.parametrize("method", METHODS)
+@every_case
 def test_nonfinite_outputs_are_what_the_direct_sum_gives(method, mode, padding, corr):
     # Clusters of Infs of one sign under taps of both signs (inf * 2 + inf * -1 is NaN, not
     # Inf, whatever the weights add up to), a tap far smaller than the others (inf * 1e-12 is
@@ -159,9 +165,7 @@ def test_nonfinite_signal_shorter_than_kernel_in_valid_mode(method, corr):
     _assert_direct_sum(out, expected, f"{func.__name__} valid K > T {method}")
 
 
-@pytest.mark.parametrize("corr", [False, True], ids=["convolve", "correlate"])
-@pytest.mark.parametrize("mode,padding", MODE_PADDINGS)
-@pytest.mark.parametrize("method", METHODS)
+@every_case
 def test_nonfinite_kernel_taps_give_the_direct_sum(method, mode, padding, corr):
     # An Inf or NaN tap reaches only the outputs whose window puts it over a signal sample
     # (in "same"/"full" with zeros, not those where it hangs past the ends), and a zero sample

@@ -198,7 +198,7 @@ def test_least_squares_undetermined_taps_give_the_minimum_norm_answer(case):
     [
         (dict(ridge=-1.0), ValueError, "ridge must be a finite number >= 0; got -1.0"),
         (dict(ridge=float("nan")), ValueError, "ridge must be a finite number >= 0; got nan"),
-        (dict(taps=0), ValueError, "taps must be at least 1; got 0"),
+        (dict(taps=0), ValueError, "taps must be >= 1; got 0"),
         (dict(taps=5.0), TypeError, "taps must be an integer; got 5.0"),
         (dict(nan_input=True), ValueError, "pair 0: the input has NaN or Inf samples"),
     ],
