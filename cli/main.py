@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import importlib
 import os
-import signal
 
 import click
 
@@ -20,7 +19,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # linear algebra in numpy, and on 2 cores those threads took 2% of a batch run's CPU time.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-from cli import __version__, startup
+from cli import __version__, interrupts, startup
 
 # name -> (module under cli.commands, one-line help shown by `diffconv --help`)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -64,26 +63,8 @@ def cli() -> None:
 
 def main() -> None:
     startup.begin()  # rare collections while torch imports (see cli.startup)
-    _unwind_on_sigterm()
+    interrupts.unwind_on_sigterm()
     cli()
-
-
-def _unwind_on_sigterm() -> None:
-    """Make SIGTERM (``timeout``, ``kill``, a job scheduler) unwind the stack as Ctrl-C does.
-
-    By default it ends the process on the spot, and a file being written stays behind as a
-    hidden ``.NAME.xxxx.part`` temporary; raised as ``SystemExit`` instead, every writer's
-    clean-up runs and the exit status is still 128 + 15. A handler someone else installed
-    (an embedding program) is left alone; ``fit`` installs its own while it trains.
-    """
-    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
-        signal.signal(signal.SIGTERM, _exit_on_signal)
-
-
-def _exit_on_signal(signum: int, frame) -> None:
-    signal.signal(signum, signal.SIG_DFL)  # a second signal ends the process at once
-    click.echo(f"diffconv: stopped by signal {signum}", err=True)
-    raise SystemExit(128 + signum)
 
 
 if __name__ == "__main__":

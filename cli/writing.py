@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from cli import pcm
+from cli import interrupts, pcm
 from cli.audio_io import SignalInfo, _libsndfile_reason, audio_format_for
 from cli.errors import FileProblem
 
@@ -225,15 +225,16 @@ class AtomicWriter:
                     # are not synced either, nor are sox's).
                     fd, self._fd = self._fd, None
                     self._stream_file = os.fdopen(fd, "w+b")
-                self._sound = sf.SoundFile(
-                    self._encoded if self.buffered else self._stream_file,
-                    "w",
-                    samplerate=int(round(spec.rate)),
-                    channels=self.shape[-2],
-                    format=spec.format,
-                    subtype=spec.subtype,
-                    endian=spec.endian,
-                )
+                with interrupts.deferred():  # libsndfile calls back into Python
+                    self._sound = sf.SoundFile(
+                        self._encoded if self.buffered else self._stream_file,
+                        "w",
+                        samplerate=int(round(spec.rate)),
+                        channels=self.shape[-2],
+                        format=spec.format,
+                        subtype=spec.subtype,
+                        endian=spec.endian,
+                    )
         except (sf.SoundFileError, RuntimeError, OSError, ValueError) as err:
             raise FileProblem(self.dest, self._open_failure(err)) from err
 
@@ -264,7 +265,9 @@ class AtomicWriter:
                 target = self._array[..., self._offset : self._offset + n]
                 target[...] = block.reshape(target.shape)
             else:
-                self._sound.write(self._samples_for_soundfile(block))
+                samples = self._samples_for_soundfile(block)
+                with interrupts.deferred():  # libsndfile calls back into Python
+                    self._sound.write(samples)
         except (sf.SoundFileError, RuntimeError, OSError, ValueError) as err:
             raise FileProblem(self.dest, f"write failed: {err}") from err
         self._offset += n
@@ -303,7 +306,8 @@ class AtomicWriter:
 
     def _close(self, commit: bool = False) -> None:
         if self._sound is not None:
-            self._sound.close()
+            with interrupts.deferred():  # the header is written through callbacks too
+                self._sound.close()
             self._sound = None
         if self._stream_file is not None:
             self._stream_file.close()

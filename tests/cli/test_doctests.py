@@ -12,6 +12,7 @@ from tests.cli.conftest import REPO
 
 MODULES = [
     "cli.errors",
+    "cli.interrupts",
     "cli.report",
     "cli.audio_io",
     "cli.writing",

@@ -1,0 +1,61 @@
+"""SIGTERM unwinds the stack as Ctrl-C does, but never from inside libsndfile.
+
+By default SIGTERM (``timeout``, ``kill``, a job scheduler) ends the process on the spot, and
+a file being written stays behind as a hidden ``.NAME.xxxx.part`` temporary; raised as
+``SystemExit`` instead, every writer's clean-up runs and the exit status is still 128 + 15.
+An exception raised while libsndfile is calling back into Python (soundfile writes to Python
+file objects through such callbacks) is swallowed by cffi ("Exception ignored from cffi
+callback"), and the half-written file then failed again in the clean-up, so writers run
+those calls under :func:`deferred`: a signal that arrives inside is raised when they return.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+from collections.abc import Iterator
+
+import click
+
+_depth = 0
+_pending: int | None = None
+
+
+def unwind_on_sigterm() -> None:
+    """Install the handler, unless someone else (an embedding program) installed one;
+    ``fit`` installs its own while it trains."""
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _on_signal)
+
+
+@contextlib.contextmanager
+def deferred() -> Iterator[None]:
+    """Hold a SIGTERM that arrives inside the block until the block ends.
+
+    Example:
+        >>> with deferred():
+        ...     pass
+    """
+    global _depth, _pending
+    _depth += 1
+    try:
+        yield
+    finally:
+        _depth -= 1
+        if not _depth and _pending is not None:
+            signum, _pending = _pending, None
+            _stop(signum)
+
+
+def _on_signal(signum: int, frame) -> None:
+    global _pending
+    signal.signal(signum, signal.SIG_DFL)  # a second signal ends the process at once
+    if _depth:
+        _pending = signum
+    else:
+        _stop(signum)
+
+
+def _stop(signum: int) -> None:
+    click.echo(f"diffconv: stopped by signal {signum}", err=True)
+    raise SystemExit(128 + signum)

@@ -1,0 +1,69 @@
+"""SIGTERM is raised at a point where clean-up can run: never from inside a libsndfile call
+(cffi swallows exceptions raised in its callbacks), always once that call returns."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from cli import interrupts
+from cli.audio_io import probe
+from cli.writing import AtomicWriter, output_spec
+from tests.cli.conftest import REPO
+
+
+@pytest.fixture
+def sigterm_handler():
+    previous = signal.getsignal(signal.SIGTERM)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    interrupts.unwind_on_sigterm()
+    yield
+    signal.signal(signal.SIGTERM, previous)
+
+
+def test_sigterm_outside_a_deferred_block_stops_at_once(sigterm_handler):
+    with pytest.raises(SystemExit) as stop:
+        os.kill(os.getpid(), signal.SIGTERM)
+        for _ in range(10_000):  # the handler runs between two bytecodes, well before this ends
+            pass
+        pytest.fail("the signal did not stop the loop")
+    assert stop.value.code == 128 + signal.SIGTERM
+
+
+def test_sigterm_inside_a_deferred_block_is_raised_when_it_ends(sigterm_handler):
+    finished = False
+    with pytest.raises(SystemExit) as stop:
+        with interrupts.deferred():
+            os.kill(os.getpid(), signal.SIGTERM)
+            for _ in range(10_000):
+                pass
+            finished = True
+    assert finished and stop.value.code == 128 + signal.SIGTERM
+
+
+def test_a_streamed_write_finishes_its_libsndfile_call_then_stops_and_cleans_up(
+    sigterm_handler, monkeypatch, tmp_path
+):
+    # SIGTERM arrives while soundfile writes a block (as if during its callbacks): the call
+    # completes, then the writer unwinds and removes its temporary.
+    info = probe(REPO / "sample_data" / "speech_mono16.wav")
+    dest = tmp_path / "out.wav"
+    original, completed = sf.SoundFile.write, []
+
+    def write_while_signalled(self, data):
+        os.kill(os.getpid(), signal.SIGTERM)
+        for _ in range(10_000):
+            pass
+        original(self, data)
+        completed.append(True)
+
+    monkeypatch.setattr(sf.SoundFile, "write", write_while_signalled)
+    with pytest.raises(SystemExit):
+        with AtomicWriter(dest, output_spec(dest, info), (1, 1000)) as writer:
+            writer.write(np.zeros((1, 1000)))
+    assert completed == [True]
+    assert list(tmp_path.iterdir()) == []
