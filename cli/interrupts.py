@@ -1,4 +1,4 @@
-"""SIGTERM unwinds the stack as Ctrl-C does, but never from inside libsndfile.
+"""SIGTERM unwinds the stack as Ctrl-C does, and neither is raised inside libsndfile.
 
 By default SIGTERM (``timeout``, ``kill``, a job scheduler) ends the process on the spot, and
 a file being written stays behind as a hidden ``.NAME.xxxx.part`` temporary; raised as
@@ -6,7 +6,8 @@ a file being written stays behind as a hidden ``.NAME.xxxx.part`` temporary; rai
 An exception raised while libsndfile is calling back into Python (soundfile writes to Python
 file objects through such callbacks) is swallowed by cffi ("Exception ignored from cffi
 callback"), and the half-written file then failed again in the clean-up, so writers run
-those calls under :func:`deferred`: a signal that arrives inside is raised when they return.
+those calls under :func:`deferred`: a SIGTERM or Ctrl-C that arrives inside is raised when
+they return (``SystemExit(143)`` and ``KeyboardInterrupt`` as usual).
 """
 
 from __future__ import annotations
@@ -22,15 +23,17 @@ _pending: int | None = None
 
 
 def unwind_on_sigterm() -> None:
-    """Install the handler, unless someone else (an embedding program) installed one;
-    ``fit`` installs its own while it trains."""
+    """Install the handlers where the defaults are in place (an embedding program's own are
+    left alone); ``fit`` installs its own while it trains."""
     if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
         signal.signal(signal.SIGTERM, _on_signal)
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, _on_signal)
 
 
 @contextlib.contextmanager
 def deferred() -> Iterator[None]:
-    """Hold a SIGTERM that arrives inside the block until the block ends.
+    """Hold a SIGTERM or Ctrl-C that arrives inside the block until the block ends.
 
     Example:
         >>> with deferred():
@@ -49,7 +52,8 @@ def deferred() -> Iterator[None]:
 
 def _on_signal(signum: int, frame) -> None:
     global _pending
-    signal.signal(signum, signal.SIG_DFL)  # a second signal ends the process at once
+    if signum == signal.SIGTERM:
+        signal.signal(signum, signal.SIG_DFL)  # a second SIGTERM ends the process at once
     if _depth:
         _pending = signum
     else:
@@ -57,5 +61,7 @@ def _on_signal(signum: int, frame) -> None:
 
 
 def _stop(signum: int) -> None:
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt  # what Ctrl-C always raised: click reports "Aborted!"
     click.echo(f"diffconv: stopped by signal {signum}", err=True)
     raise SystemExit(128 + signum)

@@ -18,11 +18,13 @@ from tests.cli.conftest import REPO
 
 @pytest.fixture
 def sigterm_handler():
-    previous = signal.getsignal(signal.SIGTERM)
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     interrupts.unwind_on_sigterm()
     yield
-    signal.signal(signal.SIGTERM, previous)
+    for sig, handler in previous.items():
+        signal.signal(sig, handler)
 
 
 def test_sigterm_outside_a_deferred_block_stops_at_once(sigterm_handler):
@@ -43,6 +45,21 @@ def test_sigterm_inside_a_deferred_block_is_raised_when_it_ends(sigterm_handler)
                 pass
             finished = True
     assert finished and stop.value.code == 128 + signal.SIGTERM
+
+
+def test_ctrl_c_inside_a_deferred_block_is_raised_when_it_ends(sigterm_handler):
+    finished = False
+    with pytest.raises(KeyboardInterrupt):
+        with interrupts.deferred():
+            os.kill(os.getpid(), signal.SIGINT)
+            for _ in range(10_000):
+                pass
+            finished = True
+    assert finished
+    with pytest.raises(KeyboardInterrupt):  # outside a block, at once, as before
+        os.kill(os.getpid(), signal.SIGINT)
+        for _ in range(10_000):
+            pass
 
 
 def test_a_streamed_write_finishes_its_libsndfile_call_then_stops_and_cleans_up(
