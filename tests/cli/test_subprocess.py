@@ -79,6 +79,24 @@ def test_readme_info_example_works():
     assert r.stderr == "" and len(r.stdout.splitlines()) == len(files)
 
 
+def test_readme_grad_examples_work_on_the_sample_files(tmp_path):
+    # The README's grad lines, with in.wav the samples: a whole file, and its Jacobian (exact,
+    # so over a short stretch: a whole 2 s file exceeds the Jacobian's size limit).
+    lines = [
+        line.split("#")[0].split()[1:]
+        for line in (REPO / "README.md").read_text().splitlines()
+        if line.startswith("diffconv grad")
+    ]
+    assert len(lines) == 2 and any("--jacobian" in args for args in lines)
+    for sample in ("speech_mono16.wav", "music_stereo24.wav"):
+        for args in lines:
+            args = [str(SAMPLES / sample) if a == "in.wav" else a for a in args]
+            args = [str(tmp_path / sample / a) if a.endswith("/") else a for a in args]
+            r = run_diffconv(*args)
+            assert r.returncode == 0, (sample, args, r.stderr)
+    assert list((tmp_path / "music_stereo24.wav" / "jac").glob("*.jacobian.npy"))
+
+
 def test_exit_codes_and_messages_of_a_real_process(tmp_path, bad_inputs):
     folder = tmp_path / "in"
     folder.mkdir()
