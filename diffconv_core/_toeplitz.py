@@ -41,26 +41,6 @@ def _toeplitz_index(K: int, P: int, device: torch.device, J: int) -> torch.Tenso
     return torch.where((lag >= 0) & (lag < K), lag, K)
 
 
-def toeplitz_correlate(
-    source: torch.Tensor, taps: torch.Tensor, n_out: int, shift: int = 0
-) -> torch.Tensor:
-    """``out[m] = sum_j taps[j] * source[m + j - shift]`` for ``0 <= m < n_out``, with the
-    source zero outside its samples (``shift`` delays it; a negative one advances it), without
-    autograd: taps ``(K,)`` shared by every signal, or ``(*bt, K)`` one kernel per signal.
-
-    Shape:
-        source ``(*bs, T)``, taps ``(*bt, K)`` -> ``(*broadcast(bs, bt), n_out)``.
-
-    Example:
-        >>> toeplitz_correlate(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([1.0, 10.0]), 3)
-        tensor([21., 32.,  3.])
-        >>> toeplitz_correlate(torch.ones(2, 3), torch.tensor([[1.0, 1.0], [1.0, -1.0]]), 3)
-        tensor([[2., 2., 1.],
-                [0., 0., 1.]])
-    """
-    return _correlate_in_pieces(source, taps, n_out, shift)
-
-
 def frame_plan(K: int) -> tuple[int, int]:
     """Frame length ``P`` and frames per row ``J`` of the GEMMs without autograd, for K taps.
 
@@ -112,11 +92,13 @@ def _frames_source_length(P: int, J: int) -> Callable[[int], int]:
     return source_length
 
 
-def _correlate_in_pieces(
-    source: torch.Tensor, taps: torch.Tensor, n_out: int, shift: int
+def toeplitz_correlate(
+    source: torch.Tensor, taps: torch.Tensor, n_out: int, shift: int = 0
 ) -> torch.Tensor:
-    """:func:`toeplitz_correlate`, a cache-sized piece at a time (see
-    :mod:`diffconv_core._pieces`).
+    """``out[m] = sum_j taps[j] * source[m + j - shift]`` for ``0 <= m < n_out``, with the
+    source zero outside its samples (``shift`` delays it; a negative one advances it), without
+    autograd: taps ``(K,)`` shared by every signal, or ``(*bt, K)`` one kernel per signal; a
+    cache-sized piece at a time (see :mod:`diffconv_core._pieces`).
 
     With frames of ``P`` samples, output frame ``q`` is the ``J * P`` source samples from
     frame ``q`` on times a ``(J * P, P)`` Toeplitz matrix. The frames ``q = j, j + J, ...``
@@ -126,6 +108,16 @@ def _correlate_in_pieces(
     signal, none of the output either. A kernel per row has a matrix per row: a piece of
     one row still takes plain GEMMs; several rows take one batched GEMM per residue, into a
     work array (a batched GEMM into a strided output ran 60 times slower).
+
+    Shape:
+        source ``(*bs, T)``, taps ``(*bt, K)`` -> ``(*broadcast(bs, bt), n_out)``.
+
+    Example:
+        >>> toeplitz_correlate(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([1.0, 10.0]), 3)
+        tensor([21., 32.,  3.])
+        >>> toeplitz_correlate(torch.ones(2, 3), torch.tensor([[1.0, 1.0], [1.0, -1.0]]), 3)
+        tensor([[2., 2., 1.],
+                [0., 0., 1.]])
     """
     K = taps.shape[-1]
     P, J = frame_plan(K)

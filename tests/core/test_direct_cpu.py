@@ -113,7 +113,7 @@ def test_every_frame_plan_matches_scipy(monkeypatch, P, K, shape):
     x = rng.standard_normal(shape)
     w = rng.standard_normal(K)
     for mode in ("full", "same", "valid"):
-        got = _toeplitz._correlate_in_pieces(
+        got = _toeplitz.toeplitz_correlate(
             torch.from_numpy(x), torch.from_numpy(w[::-1].copy()), *_range(shape[-1], K, mode)
         )
         expected = scipy.signal.convolve(x, w[None], mode=mode, method="direct")
