@@ -13,14 +13,13 @@ import torch
 from torch import nn
 
 from diffconv_core._validation import check_choice
+from diffconv_core._window_registry import is_continuous, lookup
 
 
 def _upper_bound(window: str, name: str, length: int) -> float | None:
     """The largest value a learned width or window parameter may take (None: unbounded)."""
     if name == "width":
         return float(length)
-    from diffconv_core._window_build import lookup
-
     spec, _ = lookup(window)
     param = next((p for p in spec.params if p.name == name), None)
     # An unknown name is left to get_window, which names the accepted parameters.
@@ -80,8 +79,6 @@ class WindowKernel(nn.Module):
         self.fixed = dict(params or {})
         self.width = float(length if width is None else width)
         if learn == "params":
-            from diffconv_core._window_registry import is_continuous
-
             # Integer and boolean settings (taylor's nbar) stay fixed: only the rest is learned.
             names = sorted(n for n in self.fixed if is_continuous(window, n))
             if not names:

@@ -102,8 +102,8 @@ def _direct_sum_nonfinite(
     w: torch.Tensor,
     lo: int,
     hi: int,
-    x_finite: bool = False,
-    w_finite: bool = True,
+    x_finite: bool,
+    w_finite: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Which outputs' direct sums have a term with a non-finite factor, and what IEEE
     arithmetic makes of those terms: NaN where a NaN, an Inf times a zero, or Inf terms of

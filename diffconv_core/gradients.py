@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from diffconv_core._validation import check_tensor
+from diffconv_core._window_registry import is_continuous as is_continuous_param
 
 __all__ = [
     "GradientMap",
@@ -139,9 +140,9 @@ def window_kernel(
         >>> sorted(pk.params), pk.name
         (['std'], 'gaussian')
     """
-    from diffconv_core._window_registry import is_continuous
-
-    continuous = {k: v for k, v in params.items() if _is_continuous(v) and is_continuous(name, k)}
+    continuous = {
+        k: v for k, v in params.items() if _is_continuous(v) and is_continuous_param(name, k)
+    }
     fixed = {k: v for k, v in params.items() if k not in continuous}
     if width is not None:
         continuous["width"] = width
