@@ -407,24 +407,18 @@ def _temporary_beside(dest: Path, made: list[str]) -> tuple[int, str]:
     The directories created for it are added to ``made``, deepest first.
     """
     parent = os.fspath(dest.parent)
-    # A batch writes thousands of files into a few directories: make sure of each one once.
-    if parent in _MADE_DIRS:
+    for tries_left in (2, 1, 0):
+        # A batch writes thousands of files into a few directories: make sure of each once.
+        if parent not in _MADE_DIRS:
+            made[:0] = _make_dirs(dest.parent)
+            _MADE_DIRS.add(parent)
         try:
             return tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=parent)
         except FileNotFoundError:
-            _MADE_DIRS.discard(parent)  # removed during the run: make it again
-    tries = 3
-    while True:
-        tries -= 1
-        made[:0] = _make_dirs(dest.parent)
-        _MADE_DIRS.add(parent)
-        try:
-            return tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=parent)
-        except FileNotFoundError:
-            # Gone between mkdir and mkstemp: the writer that made it failed and removed it
-            # while still empty. Make it again.
+            # Removed during the run (a writer that made it failed and removed it while
+            # still empty, between our mkdir and mkstemp): make it again.
             _MADE_DIRS.discard(parent)
-            if not tries:
+            if not tries_left:
                 raise
 
 
