@@ -89,7 +89,9 @@ _COSTS = {
 # the fastest forward+backward in 32 of the 33 shapes (30 with direct at 2.0).
 _BACKWARD_FACTOR = {"direct": 3.9, "fft": 2.0, "overlap": 3.8}
 
-PER_ROW_SHIFT_FACTOR = 1.25
+# The shifted sums with a kernel per row (a column of weights per tap) over one shared
+# kernel's: 1.2-1.5x (one thread, 256-4 rows of 1,024-480,000 samples, 3-12 taps).
+_PER_ROW_SHIFT_FACTOR = 1.25
 
 
 def output_length(T: int, K: int, mode: str) -> int:
@@ -136,26 +138,23 @@ def estimate_costs(
         per_sample = c["direct_tap"] * K
     elif K > MAX_TOEPLITZ_TAPS:
         per_sample = 0.68 * K  # conv1d, per output and tap: far slower than the GEMMs
-    elif not shared_kernel and K <= MAX_SHIFT_ADD_TAPS:
-        # Shifted sums with a weight column per tap: 1.2-1.5x the shared kernel's (one
-        # thread, 256-4 rows of 1,024-480,000 samples, 3-12 taps).
+    elif K <= MAX_SHIFT_ADD_TAPS:
+        # The shifted sums, also when recorded (their own backward).
         f = _COSTS["cpu"]
         call = f["shift_call"]
-        per_sample = (f["shift_sample"] + f["shift_tap"] * K) * PER_ROW_SHIFT_FACTOR
+        per_sample = f["shift_sample"] + f["shift_tap"] * K
+        if not shared_kernel:
+            per_sample *= _PER_ROW_SHIFT_FACTOR
     elif not shared_kernel:
         # Batched block-Toeplitz GEMMs in pieces, recorded or not (its own backward).
         a = _COSTS["cpu_autograd"]
         call = a["direct_call"]
         per_sample = a["direct_sample"] + a["direct_gemm_tap"] * gemm_work(K)
     else:
-        # One kernel for every row: the fast path, also when recorded (its own backward).
+        # One kernel for every row: the GEMMs in pieces, also when recorded.
         f = _COSTS["cpu"]
-        if K <= MAX_SHIFT_ADD_TAPS:
-            call = f["shift_call"]
-            per_sample = f["shift_sample"] + f["shift_tap"] * K
-        else:
-            call = f["direct_call"]
-            per_sample = f["direct_sample"] + f["direct_gemm_tap"] * gemm_work(K)
+        call = f["direct_call"]
+        per_sample = f["direct_sample"] + f["direct_gemm_tap"] * gemm_work(K)
     direct = call + batch * L * per_sample
     n_fft = fft_length(T + K, torch.device(device_type))
     log_n = math.log2(max(n_fft, 2))
