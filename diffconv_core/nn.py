@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from diffconv_core import _window_build as _b
 from diffconv_core import filters as _filters
 from diffconv_core.convolution import _check_options, convolve
-from diffconv_core.windows import get_window
+from diffconv_core.windows import _resolve_name, get_window
 
 __all__ = ["WindowConv", "FIRFilter"]
 
@@ -54,16 +54,6 @@ def _short(value: Any) -> str:
     if isinstance(value, Tensor):
         return repr(value.item()) if value.numel() == 1 else f"tensor{tuple(value.shape)}"
     return repr(value)
-
-
-def _split_window(window: Any, params: dict[str, Any]) -> tuple[_b.Spec, bool | None]:
-    """A name or a ``(name, *params)`` tuple; tuple values are moved into ``params``."""
-    if isinstance(window, tuple):
-        spec, forced = _b.lookup(window[0])
-        for p, value in zip(spec.params, window[1:], strict=False):
-            params.setdefault(p.name, value)
-        return spec, forced
-    return _b.lookup(window)
 
 
 class WindowConv(nn.Module):
@@ -119,7 +109,7 @@ class WindowConv(nn.Module):
         if learn not in LEARN:
             raise ValueError(f"learn must be one of None, 'taps', 'params', 'width'; got {learn!r}")
         _check_options(mode, padding, method)  # convolve's checks, now rather than in forward
-        self.spec, forced = _split_window(window, window_params)
+        self.spec, forced = _resolve_name(window, window_params)
         self.length = _b.check_length(length)
         self.learn = learn
         self.sym = sym if forced is None else forced
@@ -267,7 +257,7 @@ class FIRFilter(nn.Module):
         _check_options(mode, padding, method)  # convolve's checks, now rather than in forward
         self.kind = kind
         self.numtaps = _b.check_length(numtaps, "numtaps")
-        self.spec, _ = _split_window(window, window_params)
+        self.spec, _ = _resolve_name(window, window_params)
         self.fs, self.scale, self.learnable = fs, scale, learnable
         self.mode, self.padding, self.method = mode, padding, method
         factory = {"dtype": dtype or torch.get_default_dtype(), "device": device}

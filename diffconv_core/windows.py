@@ -132,6 +132,22 @@ def get_window(
         >>> get_window("boxcar", 5, width=2.5)
         tensor([0.0000, 0.7500, 1.0000, 0.7500, 0.0000])
     """
+    spec, forced = _resolve_name(name, params)
+    return _b.build(
+        spec,
+        length,
+        sym=sym if forced is None else forced,
+        normalize=normalize,
+        width=width,
+        dtype=dtype,
+        device=device,
+        params=params,
+    )
+
+
+def _resolve_name(name: Any, params: dict[str, Any]) -> tuple[_b.Spec, bool | None]:
+    """The spec of a window name, ``(name, *params)`` tuple or Kaiser beta, and the ``sym``
+    forced by a ``_symmetric``/``_periodic`` suffix; tuple values are moved into ``params``."""
     if isinstance(name, tuple):
         if not name or not isinstance(name[0], str):
             raise ValueError(f"a window tuple must start with the window name; got {name!r}")
@@ -152,16 +168,7 @@ def get_window(
         params["beta"] = name
     else:
         raise TypeError(f"window must be a name, a (name, *params) tuple or a number; got {name!r}")
-    return _b.build(
-        spec,
-        length,
-        sym=sym if forced is None else forced,
-        normalize=normalize,
-        width=width,
-        dtype=dtype,
-        device=device,
-        params=params,
-    )
+    return spec, forced
 
 
 def list_windows() -> list[dict[str, Any]]:

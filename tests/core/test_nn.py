@@ -197,6 +197,17 @@ def test_fir_filter_learnable_flags():
         (lambda: WindowConv("gaussian", 9), ValueError, "requires parameter 'std'"),
         (lambda: WindowConv("gaussian", 9, std=-1.0), ValueError, "std must be > 0; got -1.0"),
         (lambda: WindowConv("hann", 0), ValueError, "length must be >= 1; got 0"),
+        # Window tuples are checked as get_window checks them (an empty one was an
+        # IndexError, extra values and values given twice were dropped silently).
+        (lambda: WindowConv((), 9), ValueError, "must start with the window name; got"),
+        (lambda: WindowConv(("tukey", 0.5, 2), 9), ValueError, "takes 1 parameter.*'tukey'"),
+        (
+            lambda: WindowConv(("gaussian", 2.0), 9, std=3.0),
+            TypeError,
+            "std given twice in \\('gaussian', 2.0\\)",
+        ),
+        (lambda: FIRFilter("lowpass", 0.3, window=()), ValueError, "must start with the window"),
+        (lambda: FIRFilter("lowpass", 0.3, window=("hann", 1)), ValueError, "takes 0 param"),
         (lambda: FIRFilter("notch", 0.3), ValueError, "kind must be one of.*'notch'"),
         (lambda: FIRFilter("highpass", 0.3, numtaps=20), ValueError, "odd number of taps"),
         (lambda: FIRFilter("lowpass", 0.0), ValueError, "greater than 0"),
