@@ -12,71 +12,48 @@ ever fails) the caller falls back to ``conv1d``. ``DIFFCONV_NO_TRITON=1`` disabl
 
 from __future__ import annotations
 
+import importlib
 import os
+import types
 import warnings
 
 import torch
 
 from diffconv_core._validation import broadcast_shapes
 
-try:  # Triton ships with torch's CUDA builds; the CPU build has none.
-    import triton
-    import triton.language as tl
-except Exception:  # pragma: no cover - depends on the installation
-    triton = None
+_BLOCK = 1024
 
+# The module holding the compiled kernels once Triton has imported; the reason the fused path
+# is off otherwise (Triton absent, or a launch that failed), after which it is never retried.
+_kernels: types.ModuleType | None = None
 _disabled_reason: str | None = None
 
 
-def available(x: torch.Tensor) -> bool:
-    """Whether the fused kernel can run on ``x``'s device."""
+def _kernel_module() -> types.ModuleType | None:
+    """Import Triton and the kernels on first use: CPU-only work never pays for the import."""
+    global _kernels, _disabled_reason
+    if _kernels is None and _disabled_reason is None:
+        try:  # Triton ships with torch's CUDA builds; the CPU build has none.
+            _kernels = importlib.import_module("diffconv_core._triton_kernels")
+        except Exception as error:  # absent or broken: conv1d serves instead, silently
+            _disabled_reason = f"Triton does not import ({type(error).__name__}: {error})"
+    return None if _disabled_reason is not None else _kernels
+
+
+def _kernels_for(x: torch.Tensor) -> types.ModuleType | None:
     # Half types stay with cuDNN: the kernel's float16/bfloat16 path has not run on a GPU yet.
-    return (
-        triton is not None
-        and x.is_cuda
-        and x.dtype in (torch.float32, torch.float64)
-        and _disabled_reason is None
-        and os.environ.get("DIFFCONV_NO_TRITON") != "1"
-    )
-
-
-if triton is not None:
-
-    @triton.jit
-    def _sliding_dot_kernel(
-        x_ptr,
-        taps_ptr,
-        out_ptr,
-        T,
-        n_out,
-        shift,
-        x_row_stride,
-        taps_row_stride,
-        out_row_stride,
-        K,
-        BLOCK: tl.constexpr,
-        WIDE: tl.constexpr,
+    if (
+        not x.is_cuda
+        or x.dtype not in (torch.float32, torch.float64)
+        or os.environ.get("DIFFCONV_NO_TRITON") == "1"
     ):
-        # out[row, m] = sum_j taps[row, j] * x[row, m + j - shift], x zero outside [0, T)
-        # A flat grid: rows times blocks can exceed the 65,535 limit of grid axes 1 and 2.
-        program = tl.program_id(0).to(tl.int64)
-        blocks_per_row = tl.cdiv(n_out, BLOCK)
-        row = program // blocks_per_row
-        offsets = (program % blocks_per_row) * BLOCK + tl.arange(0, BLOCK)
-        keep = offsets < n_out
-        x_row = x_ptr + row * x_row_stride
-        taps_row = taps_ptr + row * taps_row_stride
-        if WIDE:
-            acc = tl.zeros([BLOCK], dtype=tl.float64)
-        else:
-            acc = tl.zeros([BLOCK], dtype=tl.float32)
-        for j in range(0, K):
-            index = offsets + (j - shift)
-            inside = keep & (index >= 0) & (index < T)
-            sample = tl.load(x_row + index, mask=inside, other=0.0)
-            tap = tl.load(taps_row + j)
-            acc += sample.to(acc.dtype) * tap.to(acc.dtype)
-        tl.store(out_ptr + row * out_row_stride + offsets, acc, mask=keep)
+        return None
+    return _kernel_module()
+
+
+def available(x: torch.Tensor) -> bool:
+    """Whether the fused kernel can run on ``x``'s device and dtype."""
+    return _kernels_for(x) is not None
 
 
 def sliding_dot(x: torch.Tensor, taps: torch.Tensor, shift: int, n_out: int) -> torch.Tensor | None:
@@ -86,7 +63,8 @@ def sliding_dot(x: torch.Tensor, taps: torch.Tensor, shift: int, n_out: int) -> 
         x ``(*bx, T)``, taps ``(*bt, K)`` -> ``(*broadcast(bx, bt), n_out)``.
     """
     global _disabled_reason
-    if not available(x):
+    kernels = _kernels_for(x)
+    if kernels is None:
         return None
     T, K = x.shape[-1], taps.shape[-1]
     batch = broadcast_shapes(x.shape[:-1], taps.shape[:-1])
@@ -100,12 +78,13 @@ def sliding_dot(x: torch.Tensor, taps: torch.Tensor, shift: int, n_out: int) -> 
         taps2 = taps.expand(*batch, K).reshape(rows, K).contiguous()
         taps_stride = K
     out = torch.empty(rows, n_out, device=x.device, dtype=x.dtype)
-    block = 1024
-    grid = (triton.cdiv(n_out, block) * rows,)
+    if out.numel() == 0:  # an empty grid is not a launch
+        return out.reshape(*batch, n_out)
+    grid = (-(-n_out // _BLOCK) * rows,)
     try:
-        _sliding_dot_kernel[grid](
+        kernels.sliding_dot_kernel[grid](
             x2, taps2, out, T, n_out, shift, T, taps_stride, n_out, K,
-            BLOCK=block, WIDE=x.dtype == torch.float64,
+            BLOCK=_BLOCK, WIDE=x.dtype == torch.float64,
         )  # fmt: skip
     except Exception as error:  # a broken toolchain must not break convolution
         _disabled_reason = f"{type(error).__name__}: {error}"

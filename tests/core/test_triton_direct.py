@@ -1,61 +1,205 @@
-"""The fused Triton kernel of the direct method (CUDA only) and its fallback."""
+"""The fused Triton kernel of the direct method and its fallback.
+
+On a CUDA device with Triton the kernel is compiled; everywhere Triton imports it also runs on
+the CPU under Triton's interpreter (``TRITON_INTERPRET=1``), which executes the same kernel
+source with numpy. So CI, which has no GPU, still checks the kernel's indexing, masks, grid and
+dtypes, and the direct method's route through it, against float64 references.
+"""
+
+import importlib.util
+import subprocess
+import sys
+import types
+import warnings
+from pathlib import Path
 
 import pytest
 import torch
 
-from diffconv_core import _triton_direct, convolve
+import diffconv_core
+from diffconv_core import _direct, _triton_direct, convolve
 
-needs_triton = pytest.mark.skipif(
-    not torch.cuda.is_available() or _triton_direct.triton is None,
-    reason="needs a CUDA device with Triton",
+from .conftest import check_parity, make_pair
+
+has_cuda_triton = torch.cuda.is_available() and importlib.util.find_spec("triton") is not None
+needs_cuda_triton = pytest.mark.skipif(
+    not has_cuda_triton, reason="needs a CUDA device with Triton"
 )
+
+
+@pytest.fixture
+def interpreted(monkeypatch) -> types.ModuleType:
+    """The kernel module loaded afresh under Triton's interpreter, runnable on CPU tensors.
+
+    ``triton.jit`` reads ``TRITON_INTERPRET`` when it decorates, so the module is loaded under
+    its own name while the variable is set (a compiled copy may already be imported).
+    """
+    pytest.importorskip("triton")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    path = Path(_triton_direct.__file__).with_name("_triton_kernels.py")
+    spec = importlib.util.spec_from_file_location("_triton_kernels_interpreted", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def kernel_runs(interpreted, monkeypatch) -> list:
+    """Route every tensor through the interpreted kernel; records each launch's grid."""
+    launches = []
+
+    class Recorded:
+        def __getitem__(self, grid):
+            launches.append(grid)
+            return interpreted.sliding_dot_kernel[grid]
+
+    recorded = types.SimpleNamespace(sliding_dot_kernel=Recorded())
+    monkeypatch.setattr(_triton_direct, "_kernels_for", lambda x: recorded)
+    return launches
 
 
 def _reference(x, taps, shift, n_out):
     # out[m] = sum_j taps[j] x[m + j - shift], x zero outside: float64 on the CPU
     x, taps = x.double().cpu(), taps.double().cpu()
     T, K = x.shape[-1], taps.shape[-1]
-    out = torch.zeros(*torch.broadcast_shapes(x.shape[:-1], taps.shape[:-1]), n_out)
-    out = out.double()
+    batch = torch.broadcast_shapes(x.shape[:-1], taps.shape[:-1])
+    out = torch.zeros(*batch, n_out, dtype=torch.float64)
+    m = torch.arange(n_out)
     for j in range(K):
-        for m in range(n_out):
-            i = m + j - shift
-            if 0 <= i < T:
-                out[..., m] += taps[..., j] * x[..., i]
+        i = m + j - shift
+        inside = (i >= 0) & (i < T)
+        shifted = torch.zeros(*x.shape[:-1], n_out, dtype=torch.float64)
+        shifted[..., inside] = x[..., i[inside]]
+        out += taps[..., j : j + 1] * shifted
     return out
 
 
-def test_falls_back_off_cuda():
-    x, taps = torch.randn(2, 50), torch.randn(5)
-    assert _triton_direct.sliding_dot(x, taps, 2, 50) is None
+CASES = [
+    ((3, 40), (5,), 2, 40),  # one kernel for every row
+    ((2, 3, 17), (3, 4), 3, 20),  # a kernel per channel, broadcast over the batch
+    ((30,), (2, 7), -4, 10),  # one signal, a bank of kernels; negative shift crops
+    ((1, 5), (9,), 8, 13),  # kernel longer than the signal
+    ((2, 2500), (2, 6), 5, 2600),  # several blocks a row, a kernel per row
+    ((4, 3), (3,), 50, 7),  # every tap outside the signal: zeros
+    ((2, 10), (3,), 1, 0),  # no output at all
+]
 
 
-@needs_triton
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize(
-    "x_shape,taps_shape,shift,n_out",
-    [
-        ((3, 40), (5,), 2, 40),
-        ((2, 3, 17), (3, 4), 3, 20),
-        ((30,), (2, 7), -4, 10),
-        ((1, 5), (9,), 8, 13),
-    ],
-)
-def test_matches_the_definition(dtype, x_shape, taps_shape, shift, n_out):
-    x = torch.randn(*x_shape, dtype=dtype, device="cuda")
-    taps = torch.randn(*taps_shape, dtype=dtype, device="cuda")
+def _run_case(device, dtype, x_shape, taps_shape, shift, n_out):
+    x = torch.randn(*x_shape, dtype=dtype, device=device)
+    taps = torch.randn(*taps_shape, dtype=dtype, device=device)
     got = _triton_direct.sliding_dot(x, taps, shift, n_out)
     assert got is not None, _triton_direct._disabled_reason
+    assert got.dtype == dtype and got.device == x.device
     tol = 1e-12 if dtype == torch.float64 else 1e-5
     torch.testing.assert_close(
         got.double().cpu(), _reference(x, taps, shift, n_out), rtol=tol, atol=tol
     )
 
 
-@needs_triton
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("x_shape,taps_shape,shift,n_out", CASES)
+def test_interpreted_kernel_matches_the_definition(
+    kernel_runs, dtype, x_shape, taps_shape, shift, n_out
+):
+    _run_case("cpu", dtype, x_shape, taps_shape, shift, n_out)
+    rows = torch.broadcast_shapes(x_shape[:-1], taps_shape[:-1]).numel()
+    assert kernel_runs == ([] if n_out == 0 else [(-(-n_out // 1024) * rows,)])
+
+
+def test_interpreted_kernel_reads_a_strided_signal_in_place(kernel_runs):
+    x = torch.randn(40, 3, dtype=torch.float64).T  # time is the non-contiguous axis
+    taps = torch.randn(5, dtype=torch.float64)
+    got = _triton_direct.sliding_dot(x, taps, 2, 40)
+    torch.testing.assert_close(got, _reference(x, taps, 2, 40), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("correlate", [False, True])
+@pytest.mark.parametrize(
+    "mode,padding", [("same", "zeros"), ("full", "zeros"), ("valid", "zeros"), ("same", "reflect")]
+)
+@pytest.mark.parametrize("K", [1, 4, 15])
+def test_direct_method_routed_through_the_kernel_matches_scipy(
+    kernel_runs, monkeypatch, mode, padding, correlate, K
+):
+    # On CUDA the direct method's forward is the fused kernel; on CPU it takes it only past the
+    # Toeplitz limit. Lowering that limit sends CPU tensors down the CUDA route, kernel included.
+    monkeypatch.setattr(_direct, "MAX_TOEPLITZ_TAPS", 0)
+    for lead_x, lead_w in [((2, 3), ()), ((2, 3), (3,)), ((), (4,))]:
+        x, w = make_pair(lead_x, lead_w, 37, K, dtype=torch.float32)
+        check_parity(x, w, mode, padding, "direct", correlate, extra="(interpreted Triton)")
+    assert kernel_runs, "the direct method never reached the kernel"
+
+
+@pytest.mark.parametrize("mode", ["full", "same", "valid"])
+def test_gradients_through_the_kernel_match_finite_differences(kernel_runs, monkeypatch, mode):
+    monkeypatch.setattr(_direct, "MAX_TOEPLITZ_TAPS", 0)
+    x, w = make_pair((2,), (), 11, 4)
+    x.requires_grad_(True)
+    w.requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda a, b: convolve(a, b, mode, method="direct"), (x, w))
+    assert kernel_runs
+
+
+def test_a_failed_launch_warns_once_and_falls_back_for_good(monkeypatch):
+    class Broken:
+        calls = 0
+
+        def __getitem__(self, grid):
+            def launch(*args, **kwargs):
+                Broken.calls += 1
+                raise RuntimeError("no kernel image for this device")
+
+            return launch
+
+    monkeypatch.setattr(
+        _triton_direct, "_kernels", types.SimpleNamespace(sliding_dot_kernel=Broken())
+    )
+    monkeypatch.setattr(_triton_direct, "_disabled_reason", None)
+    monkeypatch.setattr(_triton_direct, "_kernels_for", lambda x: _triton_direct._kernel_module())
+    x, taps = torch.randn(2, 50), torch.randn(5)
+    with pytest.warns(RuntimeWarning, match="no kernel image for this device"):
+        assert _triton_direct.sliding_dot(x, taps, 2, 50) is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert _triton_direct.sliding_dot(x, taps, 2, 50) is None
+    assert Broken.calls == 1
+    assert _triton_direct._kernel_module() is None
+
+
+def test_falls_back_off_cuda():
+    x, taps = torch.randn(2, 50), torch.randn(5)
+    assert not _triton_direct.available(x)
+    assert _triton_direct.sliding_dot(x, taps, 2, 50) is None
+
+
+def test_cpu_work_never_imports_triton():
+    # Importing Triton costs ~0.2 s of every command's start-up; only CUDA work needs it.
+    code = (
+        "import sys, torch, diffconv_core\n"
+        "x = torch.randn(2, 300, requires_grad=True)\n"
+        "for method in ('direct', 'fft', 'overlap', 'auto'):\n"
+        "    diffconv_core.convolve(x, torch.randn(2000), method=method).sum().backward()\n"
+        "print('triton' in sys.modules)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"
+
+
+@needs_cuda_triton
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("x_shape,taps_shape,shift,n_out", CASES)
+def test_compiled_kernel_matches_the_definition(dtype, x_shape, taps_shape, shift, n_out):
+    _run_case("cuda", dtype, x_shape, taps_shape, shift, n_out)
+
+
+@needs_cuda_triton
 def test_direct_method_uses_it_and_agrees_with_fft():
     x = torch.randn(4, 100_000, device="cuda", dtype=torch.float64)
     w = torch.randn(31, device="cuda", dtype=torch.float64)
     assert _triton_direct.available(x)
-    torch.testing.assert_close(convolve(x, w, method="direct"), convolve(x, w, method="fft"))
+    torch.testing.assert_close(
+        diffconv_core.convolve(x, w, method="direct"), convolve(x, w, method="fft")
+    )
     assert _triton_direct._disabled_reason is None
