@@ -257,7 +257,10 @@ class FIRFilter(nn.Module):
         _check_options(mode, padding, method)  # convolve's checks, now rather than in forward
         self.kind = kind
         self.numtaps = _b.check_length(numtaps, "numtaps")
-        self.spec, _ = _resolve_name(window, window_params)
+        self.spec, forced = _resolve_name(window, window_params)
+        # The design keeps a _symmetric/_periodic suffix (firwin honours it).
+        suffix = "" if forced is None else "_symmetric" if forced else "_periodic"
+        self._window_name = self.spec.name + suffix
         self.fs, self.scale, self.learnable = fs, scale, learnable
         self.mode, self.padding, self.method = mode, padding, method
         factory = {"dtype": dtype or torch.get_default_dtype(), "device": device}
@@ -301,7 +304,7 @@ class FIRFilter(nn.Module):
         return design(
             self.numtaps,
             cutoff,
-            window=self.spec.name,
+            window=self._window_name,
             fs=self.fs,
             scale=self.scale,
             dtype=self.cutoff.dtype,
@@ -312,7 +315,7 @@ class FIRFilter(nn.Module):
         return convolve(signal, self.kernel(), self.mode, padding=self.padding, method=self.method)
 
     def extra_repr(self) -> str:
-        parts = [self.kind, f"numtaps={self.numtaps}", f"window={self.spec.name!r}"]
+        parts = [self.kind, f"numtaps={self.numtaps}", f"window={self._window_name!r}"]
         parts += [f"{k}={_short(v)}" for k, v in _resolve(self, self._window_fixed).items()]
         if self._window_learned:
             parts.append(f"learn_window={self._window_learned!r}")

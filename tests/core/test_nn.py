@@ -178,6 +178,14 @@ def test_fir_filter_equals_firwin(kind):
     assert [n for n, _ in layer.named_parameters()] == ["cutoff"]
 
 
+def test_fir_filter_keeps_a_periodic_suffix():
+    # firwin honours a _periodic suffix on the window name; the Module dropped it.
+    fir = FIRFilter("lowpass", 0.3, numtaps=7, window="hann_periodic", dtype=torch.float64)
+    ref = scipy.signal.firwin(7, 0.3, window="hann_periodic")
+    np.testing.assert_allclose(fir.kernel().detach().numpy(), ref, atol=1e-12)
+    np.testing.assert_allclose(F.lowpass(7, 0.3, window="hann_periodic"), ref, atol=1e-6)
+
+
 def test_fir_filter_learnable_flags():
     fixed = FIRFilter("lowpass", 0.25, numtaps=21, learnable=False)
     assert list(fixed.parameters()) == [] and "cutoff" in fixed.state_dict()
