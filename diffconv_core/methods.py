@@ -211,7 +211,14 @@ def choose_method(
         raise ValueError(
             f"shapes do not broadcast: signal {signal_shape}, kernel {kernel_shape}"
         ) from None
-    device_type = device.type if isinstance(device, torch.device) else torch.device(device).type
+    if not isinstance(device, (str, torch.device)):
+        raise TypeError(f"device must be a torch.device or a string; got {device!r}")
+    try:
+        device_type = torch.device(device).type
+    except RuntimeError:
+        raise ValueError(
+            f"device must name a torch device ('cpu', 'cuda', 'cuda:0' ...); got {device!r}"
+        ) from None
     from diffconv_core import tuning  # the measured cache, if any
 
     cached = tuning.lookup(

@@ -97,6 +97,11 @@ def test_errors_name_the_bad_value():
             choose_method(s, k)
         for fragment in fragments:
             assert re.search(fragment, str(info.value)), (s, k, str(info.value))
+    # A bad device is the caller's mistake, named as such (torch's RuntimeError was not).
+    with pytest.raises(ValueError, match="device must name a torch device.*'tpu'"):
+        choose_method((100,), (3,), device="tpu")
+    with pytest.raises(TypeError, match="device must be a torch.device or a string; got None"):
+        choose_method((100,), (3,), device=None)
 
 
 def test_auto_runs_the_chosen_method():
