@@ -53,9 +53,13 @@ def _without_overflow(
     An FFT's intermediate sums reach ``n * sum|x| * sum|w|`` in the worst case, far above
     the result's ``K * max|x| * max|w|``: float32 signals near 1e34 overflowed with the FFT
     methods where the direct sum was finite. Both operands are brought to a largest value
-    near 1 instead, and the result scaled back (an Inf there is a true overflow). Half types
-    never get here with a transform (they are computed in float32), so they are left alone.
-    The backward passes are not scaled: gradients of such values may still overflow there.
+    near 1 instead, and the result scaled back (an Inf there is a true overflow). The
+    gradients are computed the same way (:class:`_PowerOfTwoScaled`). Half types never get
+    here with a transform (they are computed in float32), so they are left alone.
+
+    Only the forward's operands decide: a backward pass whose own product overflows where
+    the forward's did not (an output gradient near the dtype's limit, or a huge kernel over
+    a tiny signal, whose gradient is the kernel's scale) is not scaled.
     """
     n = x.shape[-1] + w.shape[-1]
     if x.dtype not in (torch.float32, torch.float64) or x_max == 0 or w_max == 0:
@@ -64,8 +68,59 @@ def _without_overflow(
     if worst < math.log2(torch.finfo(x.dtype).max) - 2:
         return range_fn(x, w, lo, hi)
     x_exponent, w_exponent = math.frexp(x_max)[1], math.frexp(w_max)[1]
-    y = range_fn(_times_power_of_two(x, -x_exponent), _times_power_of_two(w, -w_exponent), lo, hi)
-    return _times_power_of_two(y, x_exponent + w_exponent)
+    return _PowerOfTwoScaled.apply(x, w, range_fn, lo, hi, x_exponent, w_exponent)
+
+
+def _scaled_range(
+    range_fn: RangeFn, x: torch.Tensor, w: torch.Tensor, lo: int, hi: int, x_exp: int, w_exp: int
+) -> torch.Tensor:
+    xs, ws = _times_power_of_two(x, -x_exp), _times_power_of_two(w, -w_exp)
+    return _times_power_of_two(range_fn(xs, ws, lo, hi), x_exp + w_exp)
+
+
+class _PowerOfTwoScaled(torch.autograd.Function):
+    """``range_fn(x, w, lo, hi)`` on operands divided by ``2**x_exp`` and ``2**w_exp``, the
+    result multiplied back; the gradients likewise, on an incoming gradient scaled near 1.
+
+    Recording the scalings as ordinary products would hand the method's own backward the
+    incoming gradient times ``2**(x_exp + w_exp)``: the signal's gradient of float32 samples
+    near 1e34 then overflowed inside the FFT although it is only the kernel's sum. The
+    convolution is bilinear, so with ``g = 2**g_exp * gs`` the gradients are
+    ``2**(w_exp + g_exp)`` and ``2**(x_exp + g_exp)`` times those of the scaled operands for
+    ``gs``. The backward recomputes the scaled forward (this path is only taken for values
+    near the dtype's limit) and stays differentiable for second derivatives, which are not
+    scaled themselves.
+    """
+
+    @staticmethod
+    def forward(ctx, x, w, range_fn, lo, hi, x_exp, w_exp):  # noqa: D102
+        ctx.save_for_backward(x, w)
+        ctx.settings = (range_fn, lo, hi, x_exp, w_exp)
+        return _scaled_range(range_fn, x, w, lo, hi, x_exp, w_exp)
+
+    @staticmethod
+    def backward(ctx, grad):  # noqa: D102
+        x, w = ctx.saved_tensors
+        range_fn, lo, hi, x_exp, w_exp = ctx.settings
+        need_x, need_w = ctx.needs_input_grad[:2]
+        (g_max,) = _magnitudes(grad)
+        g_exp = math.frexp(g_max)[1] if math.isfinite(g_max) and g_max > 0 else 0
+        create_graph = torch.is_grad_enabled()
+        with torch.enable_grad():
+            if not create_graph:  # leaves of their own: nothing recorded reaches x or w
+                x = x.detach().requires_grad_(need_x)
+                w = w.detach().requires_grad_(need_w)
+            xs, ws = _times_power_of_two(x, -x_exp), _times_power_of_two(w, -w_exp)
+            ys = range_fn(xs, ws, lo, hi)
+            wanted = [t for t, need in ((xs, need_x), (ws, need_w)) if need]
+            found = iter(
+                torch.autograd.grad(
+                    ys, wanted, _times_power_of_two(grad, -g_exp), create_graph=create_graph
+                )
+            )
+        grad_x = _times_power_of_two(next(found), w_exp + g_exp) if need_x else None
+        grad_w = _times_power_of_two(next(found), x_exp + g_exp) if need_w else None
+        return grad_x, grad_w, None, None, None, None, None
 
 
 def _times_power_of_two(t: torch.Tensor, exponent: int) -> torch.Tensor:

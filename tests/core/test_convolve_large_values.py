@@ -9,6 +9,10 @@ import pytest
 import torch
 
 import diffconv_core
+from diffconv_core._direct import direct_range
+from diffconv_core._fft import fft_range
+from diffconv_core._nonfinite import _PowerOfTwoScaled
+from diffconv_core._overlap import overlap_range
 
 from .conftest import METHODS, reference, relative_error
 
@@ -43,9 +47,7 @@ def test_a_true_overflow_is_still_inf():
 
 @pytest.mark.parametrize("method", METHODS)
 def test_large_values_recorded_for_autograd_give_the_same_forward(method):
-    # The scaling is in the graph too, so a recorded forward is the unrecorded one. (Its
-    # backward is not scaled: gradients of such values can still overflow in the FFT
-    # methods' own backward passes.)
+    # The scaled path records its own backward, so a recorded forward is the unrecorded one.
     gen = torch.Generator().manual_seed(1)
     x = torch.randn(2, 300, generator=gen) * 1e34
     w = torch.randn(17, generator=gen)
@@ -54,3 +56,60 @@ def test_large_values_recorded_for_autograd_give_the_same_forward(method):
     recorded = diffconv_core.convolve(x.requires_grad_(), w.requires_grad_(), method=method)
     assert torch.isfinite(plain).all()
     torch.testing.assert_close(recorded.detach(), plain, rtol=1e-6, atol=0)
+
+
+def _same_mode_gradients(x, w, g):
+    """float64 gradients of ``sum(g * convolve(x, w, "same"))`` (zeros): the output is
+    ``full[lo:lo + T]`` with ``lo = (K - 1) // 2``, so ``x`` gets ``g`` placed back in the full
+    range correlated with ``w``, and ``w`` gets it correlated with ``x``, summed over rows."""
+    x, w, g = (t.detach().double().numpy() for t in (x, w, g))
+    T, K = x.shape[-1], w.shape[-1]
+    lo = (K - 1) // 2
+    g_full = np.zeros((x.shape[0], T + K - 1))
+    g_full[:, lo : lo + T] = g
+    grad_x = np.stack([np.correlate(row, w, "valid") for row in g_full])
+    grad_w = sum(np.correlate(gr, xr, "valid") for gr, xr in zip(g_full, x, strict=True))
+    return grad_x, grad_w
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize(
+    "signal_scale, kernel_scale",
+    [(1e34, 1.0), (1e30, 1.0), (1e-20, 1e36), (1.0, 1e34)],
+)
+def test_gradients_of_large_values_do_not_overflow(method, signal_scale, kernel_scale):
+    # float32 samples near 1e34 under a unit kernel: the signal's gradient is only the
+    # kernel's sum, yet the FFT methods' backward gave NaN; near 1e30 the kernel's gradient
+    # (~1e33) did too. Each finite true gradient must come out finite and right.
+    gen = torch.Generator().manual_seed(2)
+    x = (torch.rand(2, 3000, generator=gen, dtype=torch.float64) * signal_scale).float()
+    w = (torch.rand(31, generator=gen, dtype=torch.float64) * kernel_scale).float()
+    g = torch.randn(2, 3000, generator=gen)
+    x.requires_grad_(True)
+    w.requires_grad_(True)
+    diffconv_core.convolve(x, w, method=method).backward(g)
+    expected_x, expected_w = _same_mode_gradients(x, w, g)
+    largest = torch.finfo(torch.float32).max
+    for name, got, expected in (("signal", x.grad, expected_x), ("kernel", w.grad, expected_w)):
+        if np.abs(expected).max() < largest / 100:
+            assert torch.isfinite(got).all(), f"{method}: non-finite {name} gradient"
+            assert relative_error(got, expected) <= 1e-5, f"{method}: {name} gradient"
+        elif np.abs(expected).max() > largest * 2:  # a true overflow stays one
+            assert not torch.isfinite(got).all(), f"{method}: {name} gradient"
+
+
+@pytest.mark.parametrize("range_fn", [direct_range, fft_range, overlap_range])
+@pytest.mark.parametrize("lo, hi", [(0, 20), (3, 14), (6, 14)])
+def test_scaled_path_first_and_second_derivatives(range_fn, lo, hi):
+    # Values near the dtype's limit take this path and finite differences cannot be taken
+    # there, so its scaling arithmetic is checked at ordinary magnitudes, exponents forced.
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 14, generator=gen, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(7, generator=gen, dtype=torch.float64, requires_grad=True)
+
+    def scaled(a, b):
+        return _PowerOfTwoScaled.apply(a, b, range_fn, lo, hi, 70, -9)
+
+    torch.testing.assert_close(scaled(x, w), range_fn(x, w, lo, hi))
+    assert torch.autograd.gradcheck(scaled, (x, w))
+    assert torch.autograd.gradgradcheck(scaled, (x, w))
