@@ -44,6 +44,23 @@ def check_tensor(name: str, value: object) -> torch.Tensor:
     return value
 
 
+def check_device(device: object) -> torch.device:
+    """``device`` as a ``torch.device``; a ``ValueError``/``TypeError`` naming a bad one.
+
+    Example:
+        >>> check_device("cpu")
+        device(type='cpu')
+    """
+    if not isinstance(device, (str, torch.device)):
+        raise TypeError(f"device must be a torch.device or a string; got {device!r}")
+    try:
+        return torch.device(device)
+    except RuntimeError:
+        raise ValueError(
+            f"device must name a torch device ('cpu', 'cuda', 'cuda:0' ...); got {device!r}"
+        ) from None
+
+
 def needs_graph(*tensors: torch.Tensor) -> bool:
     """Whether autograd will record an operation on these tensors."""
     return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)

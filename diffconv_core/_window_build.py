@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from diffconv_core._validation import broadcast_shapes
+from diffconv_core._validation import broadcast_shapes, check_device
 from diffconv_core._window_registry import REQUIRED, SPECS, Param, Spec, describe, lookup
 
 __all__ = ["REQUIRED", "SPECS", "Param", "Spec", "build", "describe", "lookup"]
@@ -123,7 +123,7 @@ def result_dtype(dtype: torch.dtype | None, values: Sequence[Any]) -> torch.dtyp
 
 def result_device(device: Any, values: Sequence[Any]) -> torch.device:
     if device is not None:
-        return torch.device(device)
+        return check_device(device)
     for v in _flat(values):
         if isinstance(v, Tensor):
             return v.device

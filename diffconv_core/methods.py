@@ -25,7 +25,7 @@ from diffconv_core._fft import fft_length
 from diffconv_core._overlap import block_fft_length
 from diffconv_core._shift_add import MAX_SHIFT_ADD_TAPS
 from diffconv_core._toeplitz import gemm_work
-from diffconv_core._validation import MODES, broadcast_shapes, check_choice
+from diffconv_core._validation import MODES, broadcast_shapes, check_choice, check_device
 
 # Per-device constants of the cost model, in nanoseconds: a fixed cost per call, then per
 # output sample (direct) or per n*log2(n) unit of transform (fft, overlap). CUDA numbers are
@@ -211,14 +211,7 @@ def choose_method(
         raise ValueError(
             f"shapes do not broadcast: signal {signal_shape}, kernel {kernel_shape}"
         ) from None
-    if not isinstance(device, (str, torch.device)):
-        raise TypeError(f"device must be a torch.device or a string; got {device!r}")
-    try:
-        device_type = torch.device(device).type
-    except RuntimeError:
-        raise ValueError(
-            f"device must name a torch device ('cpu', 'cuda', 'cuda:0' ...); got {device!r}"
-        ) from None
+    device_type = check_device(device).type
     from diffconv_core import tuning  # the measured cache, if any
 
     cached = tuning.lookup(

@@ -407,6 +407,8 @@ def test_width_narrows_the_window():
         (lambda: W.hann(2, normalize="sum"), ValueError, "hann window of length 2 has a sum"),
         (lambda: W.hann(5, sym="yes"), TypeError, "sym must be True or False; got 'yes'"),
         (lambda: W.hann(5, dtype=torch.int64), TypeError, "dtype must be a floating"),
+        (lambda: W.hann(5, device="tpu"), ValueError, "device must name a torch device.*'tpu'"),
+        (lambda: W.hann(5, device=0.5), TypeError, "device must be a torch.device.*got 0.5"),
         (lambda: W.gaussian(5, "wide"), TypeError, "std must be a number or a tensor"),
         (
             lambda: W.gaussian(5, torch.ones(3), width=torch.full((2,), 2.0)),
