@@ -31,7 +31,26 @@ def padding_index(length: int, left: int, right: int, mode: str, device=None) ->
     check_choice("padding", mode, PADDINGS)
     if mode == "zeros":
         raise ValueError("padding_index has no index map for 'zeros'; use pad() instead")
+    try:
+        length = operator.index(length)
+    except TypeError:
+        raise TypeError(f"length must be an integer; got {length!r}") from None
+    if length < 1:
+        raise ValueError(f"length must be >= 1 (a signal to extend); got {length}")
+    left, right = _check_widths(left, right)
     return _fold(torch.arange(-left, length + right, device=device), length, mode)
+
+
+def _check_widths(left: object, right: object) -> tuple[int, int]:
+    try:
+        left, right = operator.index(left), operator.index(right)
+    except TypeError:
+        raise TypeError(
+            f"pad widths must be integers; got left={left!r}, right={right!r}"
+        ) from None
+    if left < 0 or right < 0:
+        raise ValueError(f"pad widths must be non-negative; got left={left}, right={right}")
+    return left, right
 
 
 def _fold(positions: torch.Tensor, length: int, mode: str) -> torch.Tensor:
@@ -70,14 +89,11 @@ def pad(signal: torch.Tensor, left: int, right: int, mode: str = "zeros") -> tor
         tensor([1., 2., 3., 2., 1., 2., 3., 2.])
     """
     check_choice("padding", mode, PADDINGS)
-    try:
-        left, right = operator.index(left), operator.index(right)
-    except TypeError:
-        raise TypeError(
-            f"pad widths must be integers; got left={left!r}, right={right!r}"
-        ) from None
-    if left < 0 or right < 0:
-        raise ValueError(f"pad widths must be non-negative; got left={left}, right={right}")
+    if not isinstance(signal, torch.Tensor):
+        raise TypeError(f"signal must be a torch.Tensor; got {type(signal).__name__}")
+    if signal.dim() == 0:
+        raise ValueError("signal must have at least one dimension (time last); got a 0-d tensor")
+    left, right = _check_widths(left, right)
     if left == 0 and right == 0:
         return signal
     if mode == "zeros":

@@ -227,3 +227,21 @@ def test_pad_refuses_fractional_widths_and_empty_signals_by_name(padding):
         with pytest.raises(ValueError, match=rf"empty signal.*{padding}.*\(2, 0\)"):
             pad(torch.ones(2, 0), 1, 1, padding)
     assert pad(torch.ones(2, 0), 0, 0, padding).shape == (2, 0)
+
+
+def test_pad_and_padding_index_name_bad_arguments():
+    # A list, a 0-d signal, an empty length or a negative width failed deep inside torch
+    # (AttributeError, IndexError) or gave a meaningless index map.
+    from diffconv_core.padding import padding_index
+
+    with pytest.raises(TypeError, match="signal must be a torch.Tensor; got list"):
+        pad([1.0, 2.0], 1, 1, "reflect")
+    with pytest.raises(ValueError, match="at least one dimension.*0-d"):
+        pad(torch.tensor(1.0), 1, 1, "reflect")
+    with pytest.raises(ValueError, match="length must be >= 1.*got 0"):
+        padding_index(0, 1, 1, "reflect")
+    with pytest.raises(TypeError, match="length must be an integer; got 4.5"):
+        padding_index(4.5, 1, 1, "circular")
+    with pytest.raises(ValueError, match="non-negative; got left=-1, right=1"):
+        padding_index(4, -1, 1, "replicate")
+    assert padding_index(np.int64(3), 1, 0, "symmetric").tolist() == [0, 0, 1, 2]
