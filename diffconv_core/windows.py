@@ -24,6 +24,7 @@ Parameters may be tensors of any shape ``S`` (a batch of windows); the result is
 
 from __future__ import annotations
 
+import numbers
 from typing import Any
 
 import torch
@@ -163,7 +164,7 @@ def _resolve_name(name: Any, params: dict[str, Any]) -> tuple[_b.Spec, bool | No
             params[p.name] = value
     elif isinstance(name, str):
         spec, forced = _b.lookup(name)
-    elif isinstance(name, (int, float)) and not isinstance(name, bool):
+    elif isinstance(name, numbers.Real) and not isinstance(name, bool):
         spec, forced = _b.lookup("kaiser")
         params["beta"] = name
     else:

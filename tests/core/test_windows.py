@@ -131,6 +131,11 @@ def test_extra_aliases_and_forms():
     # A bare number is a Kaiser beta, as in scipy.
     ref = scipy.signal.get_window(8.6, 12, fftbins=False)
     np.testing.assert_allclose(W.get_window(8.6, 12, dtype=torch.float64), ref, atol=1e-12)
+    # numpy scalars too, as scipy takes them (np.float32 and np.int64 were a TypeError).
+    for beta in (np.float32(8.5), np.int64(8)):
+        ref = scipy.signal.get_window(beta, 12, fftbins=False)
+        got = W.get_window(beta, 12, dtype=torch.float64)
+        np.testing.assert_allclose(got, ref, atol=1e-6, err_msg=repr(beta))
     # Tuple parameters and keyword parameters are the same thing.
     assert torch.equal(W.get_window(("gaussian", 2.0), 7), W.get_window("gauss", 7, std=2.0))
 
