@@ -114,7 +114,8 @@ def convolve(
         inputs (float16/bfloat16 are computed in float32 where needed and returned as given).
         A NaN or Inf in the signal (or the kernel) affects exactly the outputs whose direct
         sum has a term with it, which get that sum's IEEE value (NaN for ``inf - inf`` or
-        ``inf * 0``).
+        ``inf * 0``). Those outputs are constants to autograd: a loss that leaves them out
+        gets finite gradients (a plain direct sum's kernel gradient would be NaN, 0 * nan).
 
     Shape:
         - signal: ``(..., T)``

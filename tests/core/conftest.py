@@ -135,6 +135,20 @@ def coverage(T: int, K: int, positions, mode: str, padding: str = "zeros") -> np
     return reference(indicator, np.ones(K), mode, padding) > 0.5
 
 
+def same_mode_gradients(x, w, g):
+    """float64 gradients of ``sum(g * convolve(x, w, "same"))`` (zeros): the output is
+    ``full[lo:lo + T]`` with ``lo = (K - 1) // 2``, so ``x`` gets ``g`` placed back in the full
+    range correlated with ``w``, and ``w`` gets it correlated with ``x``, summed over rows."""
+    x, w, g = (t.detach().double().numpy() for t in (x, w, g))
+    T, K = x.shape[-1], w.shape[-1]
+    lo = (K - 1) // 2
+    g_full = np.zeros((x.shape[0], T + K - 1))
+    g_full[:, lo : lo + T] = g
+    grad_x = np.stack([np.correlate(row, w, "valid") for row in g_full])
+    grad_w = sum(np.correlate(gr, xr, "valid") for gr, xr in zip(g_full, x, strict=True))
+    return grad_x, grad_w
+
+
 def relative_error(out, ref) -> float:
     out, ref = to_numpy(out), np.asarray(ref, dtype=np.float64)
     scale = np.abs(ref).max() if ref.size else 0.0

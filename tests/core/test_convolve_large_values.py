@@ -14,7 +14,7 @@ from diffconv_core._fft import fft_range
 from diffconv_core._nonfinite import _PowerOfTwoScaled
 from diffconv_core._overlap import overlap_range
 
-from .conftest import METHODS, reference, relative_error
+from .conftest import METHODS, reference, relative_error, same_mode_gradients
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -58,20 +58,6 @@ def test_large_values_recorded_for_autograd_give_the_same_forward(method):
     torch.testing.assert_close(recorded.detach(), plain, rtol=1e-6, atol=0)
 
 
-def _same_mode_gradients(x, w, g):
-    """float64 gradients of ``sum(g * convolve(x, w, "same"))`` (zeros): the output is
-    ``full[lo:lo + T]`` with ``lo = (K - 1) // 2``, so ``x`` gets ``g`` placed back in the full
-    range correlated with ``w``, and ``w`` gets it correlated with ``x``, summed over rows."""
-    x, w, g = (t.detach().double().numpy() for t in (x, w, g))
-    T, K = x.shape[-1], w.shape[-1]
-    lo = (K - 1) // 2
-    g_full = np.zeros((x.shape[0], T + K - 1))
-    g_full[:, lo : lo + T] = g
-    grad_x = np.stack([np.correlate(row, w, "valid") for row in g_full])
-    grad_w = sum(np.correlate(gr, xr, "valid") for gr, xr in zip(g_full, x, strict=True))
-    return grad_x, grad_w
-
-
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize(
     "signal_scale, kernel_scale",
@@ -88,7 +74,7 @@ def test_gradients_of_large_values_do_not_overflow(method, signal_scale, kernel_
     x.requires_grad_(True)
     w.requires_grad_(True)
     diffconv_core.convolve(x, w, method=method).backward(g)
-    expected_x, expected_w = _same_mode_gradients(x, w, g)
+    expected_x, expected_w = same_mode_gradients(x, w, g)
     largest = torch.finfo(torch.float32).max
     for name, got, expected in (("signal", x.grad, expected_x), ("kernel", w.grad, expected_w)):
         if np.abs(expected).max() < largest / 100:

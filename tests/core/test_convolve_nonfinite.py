@@ -15,6 +15,7 @@ from .conftest import (
     coverage,
     reference,
     relative_error,
+    same_mode_gradients,
 )
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -207,3 +208,27 @@ def test_nonfinite_with_a_kernel_per_row_is_the_direct_sum(method, mode, padding
     out = diffconv_core.convolve(x, w, mode, padding=padding, method=method)
     expected = reference(x.numpy(), w.numpy(), mode, padding)
     _assert_direct_sum(out, expected, f"kernel per row K={K} {mode} {padding} {method}")
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_a_loss_that_leaves_out_the_nonfinite_outputs_has_finite_gradients(method, dtype):
+    # The outputs that a NaN or Inf reaches are constants to autograd. A loss over the other
+    # outputs (a mask, as with gappy sensor data) then gets the gradients of exactly those
+    # outputs: a plain direct sum's kernel gradient would be NaN there (0 * nan).
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(2, 500, generator=gen, dtype=torch.float64)
+    x[0, 100], x[0, 101], x[1, 300] = float("nan"), float("inf"), float("-inf")
+    w = torch.randn(9, generator=gen, dtype=torch.float64)
+    x, w = x.to(dtype).requires_grad_(), w.to(dtype).requires_grad_()
+    y = diffconv_core.convolve(x, w, method=method)
+    kept = torch.isfinite(y.detach())
+    assert kept.sum() == 2 * 500 - 10 - 9  # exactly the covered outputs are left out
+    g = torch.randn(2, 500, generator=gen, dtype=torch.float64).to(dtype) * kept
+    (y * g).nan_to_num(0.0).sum().backward()  # the product is NaN where y is: no gradient
+    # Every output the loss keeps sees only finite samples: zeros stand in for the others.
+    expected_x, expected_w = same_mode_gradients(x.detach().nan_to_num(0, 0, 0), w, g)
+    tolerance = 1e-5 if dtype == torch.float32 else 1e-10
+    assert torch.isfinite(x.grad).all() and torch.isfinite(w.grad).all()
+    assert relative_error(x.grad, expected_x) <= tolerance
+    assert relative_error(w.grad, expected_w) <= tolerance
