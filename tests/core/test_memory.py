@@ -66,3 +66,8 @@ def test_settings_passed_to_mallopt(monkeypatch):
 def test_negative_limit_is_refused():
     with pytest.raises(ValueError, match="limit_bytes"):
         memory.retain_freed_memory(-1)
+    # A fractional or text limit was passed on to mallopt (ctypes.ArgumentError) or compared
+    # with 0 (a TypeError that did not name the argument).
+    for bad in (1.5, "64M", True):
+        with pytest.raises(TypeError, match=rf"limit_bytes must be an integer; got {bad!r}"):
+            memory.retain_freed_memory(bad)
