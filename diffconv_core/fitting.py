@@ -85,8 +85,7 @@ def extend_input(signal: torch.Tensor, taps: int, padding: str = "zeros") -> tor
         True
     """
     check_choice("padding", padding, PADDINGS)
-    if taps < 1:
-        raise ValueError(f"taps must be at least 1; got {taps}")
+    taps = check_length(taps, "taps")
     return pad(signal, taps // 2, (taps - 1) // 2, padding)
 
 
@@ -108,6 +107,7 @@ def design_matrix(extended: torch.Tensor, taps: int) -> torch.Tensor:
         >>> bool(torch.allclose(A @ h, convolve(x, h, "valid")))
         True
     """
+    taps = check_length(taps, "taps")
     eye = torch.eye(taps, dtype=extended.dtype, device=extended.device)
     return convolve(extended.unsqueeze(-2), eye, "valid").transpose(-1, -2)
 

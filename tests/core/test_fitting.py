@@ -193,6 +193,18 @@ def test_least_squares_undetermined_taps_give_the_minimum_norm_answer(case):
     np.testing.assert_allclose(ours.numpy(), expected, atol=1e-12)
 
 
+def test_geometry_helpers_name_bad_taps():
+    # extend_input's fractional taps failed as "pad widths must be integers; got left=1.0",
+    # design_matrix's zero taps as an empty kernel.
+    x = torch.randn(2, 40, dtype=torch.float64)
+    with pytest.raises(TypeError, match="taps must be an integer; got 2.5"):
+        extend_input(x, 2.5)
+    with pytest.raises(ValueError, match="taps must be >= 1; got 0"):
+        extend_input(x, 0)
+    with pytest.raises(ValueError, match="taps must be >= 1; got 0"):
+        design_matrix(x, 0)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "error", "message"),
     [
