@@ -25,7 +25,10 @@ from cli.options import device_option, quiet_option
     "--cache",
     type=click.Path(dir_okay=False, writable=True),
     default=None,
-    help="Cache file to write (default: $DIFFCONV_CACHE_DIR/methods.json or ~/.cache/diffconv).",
+    help=(
+        "Cache file to write [default: $DIFFCONV_CACHE_DIR/methods.json, else "
+        "$XDG_CACHE_HOME/diffconv/methods.json, else ~/.cache/diffconv/methods.json]."
+    ),
 )
 @quiet_option
 def tune(device: str, dtype: str, quick: bool, cache: str | None, quiet: bool) -> None:
