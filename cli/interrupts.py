@@ -18,6 +18,9 @@ from collections.abc import Iterator
 
 import click
 
+# What a shell reports for a process ended by Ctrl-C; the command group exits with it.
+EXIT_CTRL_C = 128 + signal.SIGINT
+
 _depth = 0
 _pending: int | None = None
 
@@ -62,6 +65,6 @@ def _on_signal(signum: int, frame) -> None:
 
 def _stop(signum: int) -> None:
     if signum == signal.SIGINT:
-        raise KeyboardInterrupt  # what Ctrl-C always raised: click reports "Aborted!"
+        raise KeyboardInterrupt  # as Ctrl-C always does; the command group exits 130 on it
     click.echo(f"diffconv: stopped by signal {signum}", err=True)
     raise SystemExit(128 + signum)

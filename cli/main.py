@@ -47,6 +47,15 @@ class LazyGroup(click.Group):
         module = importlib.import_module(f"cli.commands.{module_name}")
         return getattr(module, module_name)
 
+    def invoke(self, ctx: click.Context):
+        # Ctrl-C exits 130 (128 + SIGINT), as shells and `fit` report it and as batch scripts
+        # test for, not click's "Aborted!" with 1, the code of a failed file.
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            click.echo("\ndiffconv: interrupted", err=True)
+            raise click.exceptions.Exit(interrupts.EXIT_CTRL_C) from None
+
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         # Short help from the registry, so listing commands imports none of them.
         rows = [(name, COMMANDS[name][1]) for name in self.list_commands(ctx)]

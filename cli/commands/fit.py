@@ -16,6 +16,7 @@ import sys
 
 import click
 
+from cli import interrupts
 from cli.options import (
     NameValueType,
     device_option,
@@ -27,8 +28,6 @@ from cli.options import (
     recursive_option,
     verbose_option,
 )
-
-EXIT_INTERRUPTED = 130
 
 
 @click.command(
@@ -419,7 +418,7 @@ def _run(trainer, o, ranks, save) -> None:
                 "with --resume",
                 err=True,
             )
-        sys.exit(EXIT_INTERRUPTED)
+        sys.exit(interrupts.EXIT_CTRL_C)
     except RuntimeError as err:
         # torch refuses a step size beyond the parameters' dtype (Adam's first step is 10x
         # --lr) instead of making it Inf: the same divergence, caught one step earlier.

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import soundfile as sf
 import torch
 
@@ -111,12 +112,16 @@ def test_exit_codes_and_messages_of_a_real_process(tmp_path, bad_inputs):
     assert r.returncode == 2 and "missing.wav" in r.stderr and "Traceback" not in r.stderr
 
 
-def test_sigterm_mid_write_leaves_no_temporary(tmp_path):
+@pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGINT"])
+def test_a_signal_mid_write_leaves_no_temporary(tmp_path, signal_name):
     # SIGTERM (timeout, kill) used to end the process where it stood, leaving the streamed
-    # output's hidden .NAME.xxxx.part temporary behind.
+    # output's hidden .NAME.xxxx.part temporary behind. Ctrl-C (SIGINT) exited 1 with click's
+    # "Aborted!", the code of a failed file; both now exit 128 + the signal, as shells report.
     import os
     import signal
     import time
+
+    signum = getattr(signal, signal_name)
 
     src = tmp_path / "long.wav"
     sf.write(src, np.zeros((400_000, 1), np.float32), 8000, subtype="FLOAT")
@@ -135,10 +140,10 @@ def test_sigterm_mid_write_leaves_no_temporary(tmp_path):
             assert time.monotonic() < deadline, "no temporary output appeared"
             time.sleep(0.01)
         assert proc.poll() is None, "finished before it could be stopped: " + proc.stderr.read()
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(signum)
         stderr = proc.communicate(timeout=60)[1]
     finally:
         proc.kill()
     assert listing(out) == []
-    assert proc.returncode == 128 + signal.SIGTERM, stderr
-    assert "Traceback" not in stderr
+    assert proc.returncode == 128 + signum, stderr
+    assert "Traceback" not in stderr and "Aborted!" not in stderr
