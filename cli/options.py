@@ -23,7 +23,8 @@ class DeviceType(click.ParamType):
 
 
 class NameValueType(click.ParamType):
-    """``NAME=VALUE``; VALUE becomes an int or float when it reads as one.
+    """``NAME=VALUE``; VALUE becomes an int or float when it reads as one, a bool for
+    true/false (any case).
 
     Example:
         >>> NameValueType().convert("beta=8.6", None, None)
@@ -43,6 +44,9 @@ class NameValueType(click.ParamType):
 
 
 def _number(text: str):
+    # Boolean window settings (taylor's norm) as the registry lists them: True or False.
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
     for kind in (int, float):
         try:
             return kind(text)

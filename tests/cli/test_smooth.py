@@ -110,6 +110,17 @@ def test_multichannel_float_kept(tmp_path):
     np.testing.assert_allclose(sf.read(out, always_2d=True)[0].T, want, atol=1e-6)
 
 
+def test_boolean_window_setting(tmp_path):
+    # `diffconv windows` lists taylor's norm as "True or False"; --param norm=False reached
+    # the core as the string 'False' and was refused.
+    src = SAMPLES / "sensor_gaps.npy"
+    r = invoke("smooth", src, tmp_path / "out.npy", "--window", "taylor", "--param", "norm=False")
+    assert r.exit_code == 0, r.output
+    x = torch.from_numpy(np.load(src))
+    want = core_smooth(x, "taylor", 31, norm=False).numpy()
+    np.testing.assert_allclose(np.load(tmp_path / "out.npy"), want, equal_nan=True)
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
