@@ -61,6 +61,7 @@ def check_destinations(paths: dict, o: dict, checkpoint) -> None:
 
 def window_setup(o: dict) -> dict:
     """Which window parameters are learned or fixed, with their starting values."""
+    from diffconv_core._window_registry import is_continuous
     from diffconv_core.windows import list_windows
 
     name = o["window"].lower()
@@ -94,7 +95,10 @@ def window_setup(o: dict) -> dict:
             f"{entry['name']} has no parameters to learn; use --learn width",
             param_hint="'--learn'",
         )
-    return {"window": entry["name"], "params": {k: float(v) for k, v in params.items()}}
+    # Continuous parameters are stored as floats; integer and boolean settings (taylor's
+    # nbar and norm) as given.
+    params = {k: float(v) if is_continuous(entry["name"], k) else v for k, v in params.items()}
+    return {"window": entry["name"], "params": params}
 
 
 def build_model(o: dict, setup: dict, dtype, device):

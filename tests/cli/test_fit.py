@@ -183,6 +183,20 @@ def test_gaussian_std_learned_from_files(tmp_path):
     np.testing.assert_allclose(np.load(tmp_path / "g.npy"), window.numpy(), rtol=1e-5)
 
 
+def test_window_with_integer_and_boolean_settings(tmp_path):
+    # taylor's defaults nbar=4 and norm=True were turned into floats, and norm=1.0 was then
+    # refused ("norm must be True or False") although no --param was given.
+    in_dir, tg_dir = write_pairs(tmp_path, n=1, frames=400)
+    args = [in_dir, tg_dir, "--taps", 9, "--window", "taylor", "--steps", 2, "--crop", 0]
+    result = invoke(*args, "--out", tmp_path / "t.npy")
+    assert result.exit_code == 0, result.output
+    learned = json.loads((tmp_path / "t.json").read_text())["learned"]
+    assert learned["params"] == {"nbar": 4, "sll": pytest.approx(30.0, rel=0.1), "norm": True}
+    result = invoke(*args, "--param", "norm=false", "--out", tmp_path / "f.npy")
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "f.json").read_text())["learned"]["params"]["norm"] is False
+
+
 def test_bad_pairs_listed_in_one_error(tmp_path):
     in_dir, tg_dir = write_pairs(tmp_path, n=2, frames=300)
     rng = np.random.default_rng(0)
