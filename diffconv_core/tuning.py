@@ -69,12 +69,41 @@ def _cache() -> dict:
         _loaded.update(path=path, mtime=None, data={})
         return {}
     if _loaded["path"] != path or _loaded["mtime"] != mtime:
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, ValueError):
-            data = {}  # an unreadable cache is no cache: the cost model still answers
-        _loaded.update(path=path, mtime=mtime, data=data if isinstance(data, dict) else {})
+        _loaded.update(path=path, mtime=mtime, data=_usable_entries(_read_json(path)))
     return _loaded["data"]  # type: ignore[return-value]
+
+
+def _read_json(path: Path) -> object:
+    """The parsed cache file, or None when it cannot be read or parsed (an unreadable cache
+    is no cache: the cost model still answers)."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError, RecursionError):  # RecursionError: absurdly nested JSON
+        return None
+
+
+def _usable_entries(data: object) -> dict[str, list[dict]]:
+    """Only the well-formed records of each device key. The file is edited by hand, written
+    by older versions or truncated, and ``lookup`` runs inside every ``convolve`` call: a
+    malformed record must be skipped there, not crash the convolution."""
+    if not isinstance(data, dict):
+        return {}
+    usable = {}
+    for key, entries in data.items():
+        if isinstance(entries, list):
+            usable[key] = [entry for entry in entries if _usable_entry(entry)]
+    return usable
+
+
+def _usable_entry(entry: object) -> bool:
+    if not isinstance(entry, dict) or not isinstance(entry.get("mode", "same"), str):
+        return False
+    for axis in ("batch", "T", "K"):
+        value = entry.get(axis)
+        real = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not (real and math.isfinite(value) and value >= 1):
+            return False
+    return True
 
 
 def lookup(
@@ -202,11 +231,8 @@ def save(records: list[dict], device: str | torch.device, dtype: torch.dtype, pa
     """Merge ``records`` into the cache under this device's key, atomically; return the path."""
     path = Path(path) if path is not None else cache_path()
     path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        data = json.loads(path.read_text())
-        if not isinstance(data, dict):
-            data = {}
-    except (OSError, ValueError):
+    data = _read_json(path)
+    if not isinstance(data, dict):
         data = {}
     data[device_key(device, dtype)] = records
     handle, temp = tempfile.mkstemp(dir=path.parent, prefix=".methods-", suffix=".json")

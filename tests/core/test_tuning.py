@@ -98,3 +98,36 @@ def test_a_save_is_seen_at_once_by_the_same_process(cache_dir):
     assert tuning.lookup("cpu", 4, 4096, 31, "same", torch.float32) is None  # caches "no file"
     tuning.save(_fake_records("overlap"), "cpu", torch.float32)
     assert tuning.lookup("cpu", 4, 4096, 31, "same", torch.float32) == "overlap"
+
+
+@pytest.mark.parametrize(
+    "entries",
+    [
+        "not a list",
+        {"batch": 4},
+        ["not a record", 7, None],
+        [{"batch": 4, "T": 4096, "mode": "same", "method": "fft", "method_forward": "fft"}],
+        [dict(_fake_records("fft")[0], K=0)],
+        [dict(_fake_records("fft")[0], K="31")],
+        [dict(_fake_records("fft")[0], T=None)],
+        [dict(_fake_records("fft")[0], batch=True)],
+    ],
+)
+def test_malformed_records_are_skipped_not_raised_inside_convolve(cache_dir, entries):
+    # lookup() runs inside every auto convolve: a hand-edited or older cache used to make
+    # each one raise AttributeError, KeyError, TypeError or "math domain error".
+    key = tuning.device_key("cpu", torch.float32)
+    good = _fake_records("overlap")
+    malformed = entries + good if isinstance(entries, list) else entries
+    (cache_dir / "methods.json").write_text(json.dumps({key: malformed}))
+    expected = "overlap" if isinstance(entries, list) else None
+    assert tuning.lookup("cpu", 4, 4096, 31, "same", torch.float32) == expected
+    x, w = torch.randn(4, 4096, dtype=torch.float64), torch.randn(31, dtype=torch.float64)
+    torch.testing.assert_close(convolve(x, w), convolve(x, w, method="fft"))
+
+
+def test_absurdly_nested_cache_is_no_cache(cache_dir):
+    (cache_dir / "methods.json").write_text("[" * 100_000)
+    assert tuning.lookup("cpu", 4, 4096, 31, "same", torch.float32) is None
+    tuning.save(_fake_records("fft"), "cpu", torch.float32)  # replaces it
+    assert tuning.lookup("cpu", 4, 4096, 31, "same", torch.float32) == "fft"
