@@ -68,6 +68,13 @@ def check_outputs(jobs: list[Job], options: RunOptions, *, needs_rate: str | Non
                 f"{options.subtype!r} is not valid for {fmt} ({job.dest}); use one of {valid}",
                 param_hint="'--subtype'",
             )
+    # .npy keeps the array's float dtype: a --subtype no output can take was silently dropped.
+    if options.subtype and jobs and all(audio_format_for(job.dest) is None for job in jobs):
+        raise click.BadParameter(
+            f"{options.subtype!r} sets the sample format of audio outputs, but every output "
+            f"here is .npy ({jobs[0].dest}); write .wav/.flac/... or leave --subtype out",
+            param_hint="'--subtype'",
+        )
 
 
 def execute(

@@ -80,6 +80,25 @@ def test_bad_subtype(tmp_path):
     assert listing(tmp_path) == []
 
 
+@pytest.mark.parametrize("source", ["speech_mono16.wav", "sensor_gaps.npy"])
+def test_subtype_with_only_npy_outputs(tmp_path, source):
+    r = convolve(SAMPLES / source, tmp_path / "y.npy", "--subtype", "PCM_16")
+    assert r.exit_code == 2 and "PCM_16" in r.stderr and "y.npy" in r.stderr
+    assert listing(tmp_path) == []
+
+
+def test_subtype_applies_to_the_audio_outputs_of_a_mixed_batch(tmp_path):
+    import soundfile as sf
+
+    sources = [SAMPLES / "speech_mono16.wav", SAMPLES / "sensor_gaps.npy"]
+    r = invoke(
+        "convolve", *sources, tmp_path, "--kernel", KERNEL, "--subtype", "PCM_24", "--rate", "8000"
+    )
+    assert r.exit_code == 0, r.stderr
+    assert sf.info(tmp_path / "speech_mono16.wav").subtype == "PCM_24"
+    assert np.load(tmp_path / "sensor_gaps.npy").dtype == np.load(sources[1]).dtype
+
+
 def test_npy_to_audio_needs_rate(tmp_path):
     r = convolve(SAMPLES / "sensor_gaps.npy", tmp_path / "y.wav")
     assert r.exit_code == 2 and "--rate" in r.stderr and "sensor_gaps.npy" in r.stderr
