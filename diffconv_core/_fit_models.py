@@ -91,12 +91,18 @@ class WindowKernel(nn.Module):
         else:
             self.names = ["width"]
             values = [self.width]
-        for name, value in zip(self.names, values, strict=True):
+        # Upper bounds of the learned values (the width's is the length, tukey's alpha 1):
+        # values() clamps into them so that a step past one does not fail mid-training, but
+        # a start past one is the caller's mistake, refused as get_window refuses it.
+        self.highs = [_upper_bound(window, name, length) for name in self.names]
+        for name, value, high in zip(self.names, values, self.highs, strict=True):
             if not value > 0:
                 raise ValueError(f"learned parameter {name} must start positive; got {value}")
-        # Upper bounds of the learned values (the width's is the length, tukey's alpha 1):
-        # values() clamps into them so that a step past one does not fail mid-training.
-        self.highs = [_upper_bound(window, name, length) for name in self.names]
+            if high is not None and value > high:
+                raise ValueError(
+                    f"learned parameter {name} must start at most {high:g}"
+                    f"{' (the length)' if name == 'width' else ''}; got {value}"
+                )
         start = torch.tensor(values, dtype=dtype)
         logs = start.log()
         # exp(log(v)) can round above v (31 -> 31.000002 in float32): a start at an upper bound

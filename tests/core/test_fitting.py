@@ -472,6 +472,11 @@ def test_window_kernel_errors():
         WindowKernel("hann", 9, learn="size")
     with pytest.raises(ValueError, match="std must start positive; got -1.0"):
         WindowKernel("gaussian", 9, params={"std": -1.0})
+    # Starts past an upper bound were clamped silently (a width of 50 on 9 taps began at 9).
+    with pytest.raises(ValueError, match=r"width must start at most 9 \(the length\); got 50.0"):
+        WindowKernel("hann", 9, learn="width", width=50.0)
+    with pytest.raises(ValueError, match="alpha must start at most 1; got 1.5"):
+        WindowKernel("tukey", 9, params={"alpha": 1.5})
 
 
 # --------------------------------------------------------------------------------------------
