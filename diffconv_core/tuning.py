@@ -11,6 +11,7 @@ The cache lives in ``$DIFFCONV_CACHE_DIR/methods.json`` (default
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import math
@@ -18,7 +19,7 @@ import os
 import statistics
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import torch
@@ -231,17 +232,48 @@ def save(records: list[dict], device: str | torch.device, dtype: torch.dtype, pa
     """Merge ``records`` into the cache under this device's key, atomically; return the path."""
     path = Path(path) if path is not None else cache_path()
     path.parent.mkdir(parents=True, exist_ok=True)
-    data = _read_json(path)
-    if not isinstance(data, dict):
-        data = {}
-    data[device_key(device, dtype)] = records
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=".methods-", suffix=".json")
-    try:
-        with os.fdopen(handle, "w") as stream:
-            json.dump(data, stream, indent=1)
-        os.replace(temp, path)
-        _loaded["checked"] = -math.inf  # the next lookup in this process reads the new file
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+    with _locked_folder(path.parent):
+        data = _read_json(path)
+        if not isinstance(data, dict):
+            data = {}
+        data[device_key(device, dtype)] = records
+        handle, temp = tempfile.mkstemp(dir=path.parent, prefix=".methods-", suffix=".json")
+        try:
+            with os.fdopen(handle, "w") as stream:
+                json.dump(data, stream, indent=1)
+            os.replace(temp, path)
+            _loaded["checked"] = -math.inf  # the next lookup in this process reads the new file
+        except BaseException:
+            Path(temp).unlink(missing_ok=True)
+            raise
     return path
+
+
+@contextlib.contextmanager
+def _locked_folder(folder: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``folder`` while the cache is read, merged and replaced.
+
+    Without it two ``save`` calls at once (``diffconv tune`` for float32 and float64, or on
+    two GPUs sharing a home) each merge into the file as it was before the other, and the
+    last rename drops the other's device. The folder itself is locked, so no lock file is
+    left behind; where locks are unavailable (no ``fcntl``, some network file systems) the
+    save goes ahead unlocked, as before.
+    """
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:
+            pass
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock

@@ -1,6 +1,7 @@
 """The measured-method cache: measure, save, lookup, and choose_method consulting it."""
 
 import json
+import threading
 
 import pytest
 import torch
@@ -131,3 +132,24 @@ def test_absurdly_nested_cache_is_no_cache(cache_dir):
     assert tuning.lookup("cpu", 4, 4096, 31, "same", torch.float32) is None
     tuning.save(_fake_records("fft"), "cpu", torch.float32)  # replaces it
     assert tuning.lookup("cpu", 4, 4096, 31, "same", torch.float32) == "fft"
+
+
+def test_concurrent_saves_keep_every_device(cache_dir):
+    # Each save read the file, merged its device and renamed a new file over it: two at once
+    # both merged into the old file and the second rename dropped the first one's device.
+    dtypes = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
+    keys = [(device, dtype) for device in ("cpu", "meta") for dtype in dtypes]
+    start = threading.Barrier(len(keys))
+
+    def save(device, dtype):
+        start.wait()
+        tuning.save(_fake_records("fft") * 200, device, dtype)
+
+    threads = [threading.Thread(target=save, args=key) for key in keys]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    data = json.loads((cache_dir / "methods.json").read_text())
+    assert sorted(data) == sorted(tuning.device_key(*key) for key in keys)
+    assert sorted(p.name for p in cache_dir.iterdir()) == ["methods.json"]
