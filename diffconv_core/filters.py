@@ -62,17 +62,15 @@ def kaiser_atten(numtaps: int, width: float) -> float:
 
 def _edges(cutoff: Any, work: torch.dtype, device: Any) -> Tensor:
     """Cutoffs as one tensor ``(..., n_edges)``: a number, a sequence, or a tensor."""
-    if isinstance(cutoff, Tensor):
-        return _b.as_tensor(cutoff, "cutoff", work, device).reshape(
-            cutoff.shape if cutoff.dim() else (1,)
-        )
     if isinstance(cutoff, Sequence) and not isinstance(cutoff, str):
         if len(cutoff) == 0:
             raise ValueError("at least one cutoff frequency must be given; got []")
         items = [_b.as_tensor(c, "cutoff", work, device) for c in cutoff]
         shape = _b.broadcast_shapes(*(i.shape for i in items))
         return torch.stack([i.expand(shape) for i in items], dim=-1)
-    return _b.as_tensor(cutoff, "cutoff", work, device).reshape(1)
+    # A tensor, a number, or an array (scipy's own cutoffs are numpy arrays): keep its shape.
+    edges = _b.as_tensor(cutoff, "cutoff", work, device)
+    return edges.reshape(edges.shape if edges.dim() else (1,))
 
 
 def _show(edges: Tensor, nyq: float) -> str:

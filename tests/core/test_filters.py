@@ -120,6 +120,19 @@ def test_window_tensor_and_batched_cutoffs():
     np.testing.assert_allclose(mixed.numpy(), ref, atol=1e-12)
 
 
+def test_numpy_array_cutoffs_equal_firwin():
+    # scipy users hold band edges in arrays; one used to fail with "shape '[1]' is invalid".
+    bands = np.array([300.0, 3400.0])
+    got = F.bandpass(101, bands, fs=16000, dtype=torch.float64)
+    ref = scipy.signal.firwin(101, bands, pass_zero=False, fs=16000)
+    np.testing.assert_allclose(got.numpy(), ref, atol=1e-12)
+    batch = F.bandstop(21, np.array([[0.1, 0.3], [0.4, 0.9]]), dtype=torch.float64)
+    ref = scipy.signal.firwin(21, [0.4, 0.9])
+    np.testing.assert_allclose(batch[1].numpy(), ref, atol=1e-12)
+    got = F.lowpass(21, np.array(0.25), dtype=torch.float64)
+    np.testing.assert_allclose(got.numpy(), scipy.signal.firwin(21, 0.25), atol=1e-12)
+
+
 def _t(value):
     return torch.tensor(value, dtype=torch.float64, requires_grad=True)
 
