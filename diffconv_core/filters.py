@@ -11,6 +11,7 @@ be learned. :func:`frequency_response` evaluates a kernel's response like
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 from typing import Any
 
@@ -58,6 +59,16 @@ def kaiser_atten(numtaps: int, width: float) -> float:
         43.843
     """
     return 2.285 * (numtaps - 1) * math.pi * width + 7.95
+
+
+def _check_fs(fs: Any) -> float | None:
+    """``fs`` as a float, or None. numbers.Real, not (int, float): a rate read with numpy
+    (np.float32, np.int64) is a positive number too; a bool is not a rate."""
+    if fs is None:
+        return None
+    if isinstance(fs, numbers.Real) and not isinstance(fs, bool) and math.isfinite(fs) and fs > 0:
+        return float(fs)
+    raise ValueError(f"fs must be a positive number; got {fs!r}")
 
 
 def _edges(cutoff: Any, work: torch.dtype, device: Any) -> Tensor:
@@ -122,8 +133,7 @@ def firwin(
         True
     """
     numtaps = _b.check_length(numtaps, "numtaps")
-    if fs is not None and not (isinstance(fs, (int, float)) and math.isfinite(fs) and fs > 0):
-        raise ValueError(f"fs must be a positive number; got {fs!r}")
+    fs = _check_fs(fs)
     nyq = 1.0 if fs is None else fs / 2.0
     if (
         pass_zero not in _PASS_ZERO
@@ -302,8 +312,7 @@ def frequency_response(
     if kernel.dim() < 1 or kernel.shape[-1] == 0:
         raise ValueError(f"kernel must have at least one tap; got shape {tuple(kernel.shape)}")
     n = _b.check_length(n, "n")
-    if fs is not None and not (isinstance(fs, (int, float)) and math.isfinite(fs) and fs > 0):
-        raise ValueError(f"fs must be a positive number; got {fs!r}")
+    fs = _check_fs(fs)
     x = kernel
     if not (x.is_floating_point() or x.is_complex()) or x.dtype in (torch.float16, torch.bfloat16):
         x = x.to(torch.float32)

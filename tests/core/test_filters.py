@@ -133,6 +133,15 @@ def test_numpy_array_cutoffs_equal_firwin():
     np.testing.assert_allclose(got.numpy(), scipy.signal.firwin(21, 0.25), atol=1e-12)
 
 
+@pytest.mark.parametrize("fs", [np.float32(16000), np.int64(16000), np.float64(16000)])
+def test_numpy_scalar_rates_are_rates(fs):
+    # A rate read through numpy used to be refused as "fs must be a positive number".
+    got = F.lowpass(31, 1000.0, fs=fs, dtype=torch.float64)
+    np.testing.assert_allclose(got.numpy(), scipy.signal.firwin(31, 1000.0, fs=16000), atol=1e-12)
+    freqs, _ = F.frequency_response(got, n=4, fs=fs)
+    np.testing.assert_allclose(freqs.numpy(), [0.0, 2000.0, 4000.0, 6000.0])
+
+
 def _t(value):
     return torch.tensor(value, dtype=torch.float64, requires_grad=True)
 
@@ -223,6 +232,7 @@ def test_frequency_response_batched_float32_and_grad():
         (lambda: F.lowpass(0, 0.3), ValueError, "numtaps must be >= 1; got 0"),
         (lambda: F.lowpass(21.5, 0.3), TypeError, "numtaps must be an integer; got 21.5"),
         (lambda: F.lowpass(21, 0.3, fs=-2.0), ValueError, "fs must be a positive number; got -2"),
+        (lambda: F.lowpass(21, 0.3, fs=True), ValueError, "fs must be a positive number; got True"),
         (lambda: F.lowpass(21, 0.3, window="hanm"), ValueError, "unknown window 'hanm'"),
         (lambda: F.lowpass(21, 0.3, window="kaiser"), ValueError, "requires parameter 'beta'"),
         (lambda: F.lowpass(21, 0.3, window=torch.ones(5)), ValueError, "numtaps=21 taps"),
