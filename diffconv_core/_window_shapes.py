@@ -133,7 +133,11 @@ def kaiser(t: Tensor, m: int, beta: Tensor) -> Tensor:
     # sqrt has an infinite slope at 0 (the end taps): keep its gradient finite there.
     positive = inside > 0
     root = torch.where(positive, torch.sqrt(torch.where(positive, inside, torch.ones_like(x))), 0.0)
-    return torch.special.i0(beta * root) / torch.special.i0(beta)
+    # i0(beta r) / i0(beta) through the exponentially scaled i0e: i0 overflows past beta ~ 700
+    # (inf / inf gave NaN taps, as scipy's do); here every factor stays within [0, 1].
+    size = beta.abs()
+    scaled = torch.special.i0e(beta * root) / torch.special.i0e(beta)
+    return scaled * torch.exp(size * (root - 1.0))
 
 
 def tukey(t: Tensor, m: int, alpha: Tensor) -> Tensor:
