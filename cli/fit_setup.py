@@ -113,7 +113,7 @@ def build_model(o: dict, setup: dict, dtype, device):
 
     taps = o["taps"]
     if setup["kind"] == "window":
-        with option_errors("'--param'"):
+        try:
             model = WindowKernel(
                 setup["window"],
                 taps,
@@ -124,6 +124,11 @@ def build_model(o: dict, setup: dict, dtype, device):
                 dtype=dtype,
             )
             model().detach()  # out-of-range starting values fail here, before any work
+        except (ValueError, TypeError) as err:
+            # One constructor checks the window's settings and its width (no window setting
+            # has "width" in its name): name the option the message is about.
+            hint = "'--width'" if "width" in str(err) else "'--param'"
+            raise click.BadParameter(str(err), param_hint=hint) from err
         return model.to(device)
     init = setup["init"]
     if init == "zeros":
