@@ -189,9 +189,17 @@ def list_windows() -> list[dict[str, Any]]:
     return _b.describe()
 
 
+_COMMON = ("normalize", "width", "dtype", "device")
+
+
 def _make(name: str, length: int, sym: bool, kw: dict[str, Any], **params: Any) -> Tensor:
     spec, _ = _b.lookup(name)
-    return _b.build(spec, length, sym=sym, params=params, **kw)
+    common = {key: kw[key] for key in _COMMON if key in kw}
+    # Anything else is not a parameter of this window: pass it on with the parameters, so
+    # that build() names the window and what it accepts (as a keyword argument of build()
+    # itself, the TypeError named build(), which the caller never called).
+    params.update((key, value) for key, value in kw.items() if key not in common)
+    return _b.build(spec, length, sym=sym, params=params, **common)
 
 
 # One function per window, with scipy's argument order. ``**kw`` carries the common keyword

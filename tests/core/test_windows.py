@@ -426,6 +426,8 @@ def test_width_narrows_the_window():
         (lambda: W.hann(5, width=5.5), ValueError, r"width must be in \(0, 5\] .*got 5.5"),
         (lambda: W.get_window("gaussian", 5), ValueError, "requires parameter 'std'"),
         (lambda: W.get_window("hann", 5, std=1.0), TypeError, "unexpected parameter.*std"),
+        (lambda: W.gaussian(5, 2.0, beta=1.0), TypeError, r"gaussian window .*beta; accepted: std"),
+        (lambda: W.hann(5, std=1.0), TypeError, "hann window got unexpected parameter.*std"),
         (lambda: W.get_window(("tukey", 0.5, 2), 5), ValueError, "takes 1 parameter"),
         (lambda: W.get_window((3, 4), 5), ValueError, "must start with the window name"),
         (lambda: W.get_window(None, 5), TypeError, "window must be a name"),
