@@ -138,6 +138,13 @@ class StreamingConvolver:
             raise ValueError(f"kernel must have a non-empty last axis; got {tuple(kernel.shape)}")
         if circular_tail is not None and padding != "circular":
             raise ValueError(f"circular_tail applies only to padding='circular'; got {padding!r}")
+        if circular_tail is not None and not (
+            isinstance(circular_tail, torch.Tensor) and circular_tail.dim() > 0
+        ):
+            raise TypeError(
+                "circular_tail must be a torch.Tensor (..., n) of the signal's last samples; "
+                f"got {circular_tail!r}"
+            )
         self.kernel = kernel
         self.mode = mode
         self.padding = padding
@@ -220,9 +227,30 @@ class StreamingConvolver:
 
         left = self._left
         if self.padding == "circular":
-            return self.circular_tail[..., -left:].to(start).expand(*start.shape[:-1], left)
+            return self._tail_pad(start)
         # `start` holds enough samples that its left extension equals the whole signal's
         return pad(start, left, 0, self.padding)[..., :left]
+
+    def _tail_pad(self, start: torch.Tensor) -> torch.Tensor:
+        """The circular left pad: the tail's last ``left`` samples, one row per signal row.
+
+        Checked here, once the signal is known to be at least ``left`` long (a shorter signal
+        may come with a shorter tail): a short or misshapen tail failed inside torch.expand.
+        """
+        left, tail, lead = self._left, self.circular_tail, start.shape[:-1]
+        if tail.shape[-1] < left:
+            raise ValueError(
+                f"circular_tail must hold the signal's last {left} samples (the left pad of "
+                f"mode {self.mode!r} with {self.kernel.shape[-1]} taps); got shape "
+                f"{tuple(tail.shape)}"
+            )
+        try:
+            return tail[..., -left:].to(start).expand(*lead, left)
+        except RuntimeError:
+            raise ValueError(
+                f"circular_tail of shape {tuple(tail.shape)} does not broadcast to the blocks' "
+                f"leading shape {tuple(lead)}"
+            ) from None
 
     def _drain(self) -> torch.Tensor:
         """Every output the kept stream determines; keep its last K-1 samples."""

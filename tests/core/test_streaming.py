@@ -190,6 +190,24 @@ def test_circular_without_tail_waits_for_flush_and_a_wrong_tail_is_refused():
         wrong.flush()
 
 
+def test_circular_tail_too_short_or_misshapen_is_a_value_error():
+    # Both used to fail inside torch.expand with a RuntimeError about tensor sizes.
+    x = torch.randn(2, 40, dtype=torch.float64)
+    k = torch.randn(7, dtype=torch.float64)
+    short = StreamingConvolver(k, "same", "circular", circular_tail=x[..., -2:])
+    with pytest.raises(ValueError, match=r"circular_tail must hold the signal's last 3 samples"):
+        run_stream(short, x, [5] * 8)
+    rows = StreamingConvolver(k, "same", "circular", circular_tail=torch.zeros(3, 3))
+    with pytest.raises(ValueError, match=r"circular_tail of shape \(3, 3\) does not broadcast"):
+        run_stream(rows, x, [5] * 8)
+    with pytest.raises(TypeError, match="circular_tail must be a torch.Tensor"):
+        StreamingConvolver(k, "same", "circular", circular_tail=x[..., -3:].numpy())
+    # A signal shorter than the pad comes with a tail as short as itself: still accepted.
+    tiny = x[..., :2]
+    out = run_stream(StreamingConvolver(k, "same", "circular", circular_tail=tiny), tiny, [1, 1])
+    torch.testing.assert_close(out, diffconv_core.convolve(tiny, k, padding="circular"))
+
+
 def test_circular_tail_with_nan_at_the_end_is_accepted():
     # The right tail of a signal whose last samples are NaN: NaN != NaN, but the tail is
     # still the signal's end, so the stream must equal the whole-signal result, not refuse.
