@@ -84,8 +84,9 @@ def _edges(cutoff: Any, work: torch.dtype, device: Any) -> Tensor:
     return edges.reshape(edges.shape if edges.dim() else (1,))
 
 
-def _show(edges: Tensor, nyq: float) -> str:
-    values = (edges.detach() * nyq).cpu().tolist()
+def _show(cutoffs: Tensor) -> str:
+    # The cutoffs as given, not edges / nyq * nyq: 1000 Hz at fs=12004 read 999.9999999999999.
+    values = cutoffs.detach().cpu().tolist()
     return repr(values[0] if len(values) == 1 else values)
 
 
@@ -151,24 +152,24 @@ def firwin(
     # result is the correctly rounded scipy design, not an accumulation of float32 errors.
     work = torch.float32 if dev.type == "mps" else torch.float64
 
-    edges = _edges(cutoff, work, dev) / nyq
+    cutoffs = _edges(cutoff, work, dev)
+    edges = cutoffs / nyq
     limit = "fs/2" if fs is not None else "1 (the Nyquist frequency)"
     if not bool(((edges > 0) & (edges < 1)).all()):
         raise ValueError(
-            f"cutoff frequencies must be greater than 0 and less than {limit}; "
-            f"got {_show(edges, nyq)}"
+            f"cutoff frequencies must be greater than 0 and less than {limit}; got {_show(cutoffs)}"
         )
     if edges.shape[-1] > 1 and not bool((edges[..., 1:] > edges[..., :-1]).all()):
-        raise ValueError(f"cutoff frequencies must be strictly increasing; got {_show(edges, nyq)}")
+        raise ValueError(f"cutoff frequencies must be strictly increasing; got {_show(cutoffs)}")
 
     n_edges = edges.shape[-1]
     if isinstance(pass_zero, str):
         one = pass_zero in ("lowpass", "highpass")
         if one and n_edges != 1:
-            raise ValueError(f"a {pass_zero} filter takes one cutoff; got {_show(edges, nyq)}")
+            raise ValueError(f"a {pass_zero} filter takes one cutoff; got {_show(cutoffs)}")
         if not one and n_edges < 2:
             raise ValueError(
-                f"a {pass_zero} filter takes at least two cutoffs; got {_show(edges, nyq)}"
+                f"a {pass_zero} filter takes at least two cutoffs; got {_show(cutoffs)}"
             )
         pass_zero = pass_zero in ("lowpass", "bandstop")
     pass_nyquist = (n_edges % 2 == 0) == pass_zero

@@ -224,6 +224,12 @@ def test_frequency_response_batched_float32_and_grad():
         (lambda: F.lowpass(21, 600.0, fs=1000.0), ValueError, r"less than fs/2; got 600.0"),
         (lambda: F.bandpass(21, [0.5, 0.2]), ValueError, r"strictly increasing; got \[0.5, 0.2\]"),
         (lambda: F.bandpass(21, [0.3, 0.3]), ValueError, "strictly increasing"),
+        # Shown as given: dividing by fs/2 and multiplying back showed 999.9999999999999.
+        (
+            lambda: F.bandpass(21, [3000.0, 1000.0], fs=12004.0),
+            ValueError,
+            r"strictly increasing; got \[3000.0, 1000.0\]$",
+        ),
         (lambda: F.bandpass(21, [0.3]), ValueError, "bandpass filter takes at least two"),
         (lambda: F.bandstop(21, 0.3), ValueError, "bandstop filter takes at least two"),
         (lambda: F.lowpass(21, [0.1, 0.2]), ValueError, "lowpass filter takes one cutoff"),
