@@ -241,12 +241,25 @@ def save(records: list[dict], device: str | torch.device, dtype: torch.dtype, pa
         try:
             with os.fdopen(handle, "w") as stream:
                 json.dump(data, stream, indent=1)
+            os.chmod(temp, _file_mode(path))
             os.replace(temp, path)
             _loaded["checked"] = -math.inf  # the next lookup in this process reads the new file
         except BaseException:
             Path(temp).unlink(missing_ok=True)
             raise
     return path
+
+
+def _file_mode(path: Path) -> int:
+    """The permissions the cache should have: those of the file it replaces, else the
+    user's usual ones. mkstemp makes 0600, which hid a cache in a shared DIFFCONV_CACHE_DIR
+    from every other user (an unreadable cache is silently no cache)."""
+    try:
+        return path.stat().st_mode & 0o777
+    except OSError:
+        umask = os.umask(0)  # the umask can only be read by setting it
+        os.umask(umask)
+        return 0o666 & ~umask
 
 
 @contextlib.contextmanager

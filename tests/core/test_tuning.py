@@ -1,6 +1,8 @@
 """The measured-method cache: measure, save, lookup, and choose_method consulting it."""
 
 import json
+import os
+import stat
 import threading
 
 import pytest
@@ -153,3 +155,16 @@ def test_concurrent_saves_keep_every_device(cache_dir):
     data = json.loads((cache_dir / "methods.json").read_text())
     assert sorted(data) == sorted(tuning.device_key(*key) for key in keys)
     assert sorted(p.name for p in cache_dir.iterdir()) == ["methods.json"]
+
+
+def test_saved_cache_has_the_users_usual_permissions(cache_dir):
+    # mkstemp's 0600 made a cache in a shared folder unreadable, so no one else used it.
+    umask = os.umask(0o022)
+    try:
+        path = tuning.save(_fake_records("fft"), "cpu", torch.float32)
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644
+        path.chmod(0o640)  # a replaced cache keeps the permissions it was given
+        tuning.save(_fake_records("direct"), "cpu", torch.float32)
+        assert stat.S_IMODE(path.stat().st_mode) == 0o640
+    finally:
+        os.umask(umask)
