@@ -309,12 +309,12 @@ class StreamingConvolver:
         if whole is not None:
             # Short signal (or circular without a tail): the core runs on all of it.
             out = self._run(whole, self.mode, self.padding)[..., self._n_out :]
+            self._n_out += out.shape[-1]
         else:
             right = self._right
             if right:
                 self._stream = torch.cat([self._stream, self._right_pad(right)], dim=-1)
-            out = self._drain()
-        self._n_out += out.shape[-1]
+            out = self._drain()  # counts its outputs itself
         self._collected = []
         self._n_collected = 0
         self._stream = self._recent = self._first = None

@@ -234,6 +234,16 @@ def test_memory_stays_bounded(padding):
     assert emitted >= 60 * block - K
 
 
+@pytest.mark.parametrize("T", [3, 100])
+@pytest.mark.parametrize("padding", ["zeros", "reflect", "circular"])
+def test_sample_counts_match_what_was_returned(T, padding):
+    # flush() counted the outputs of its last drain twice: samples_out read 102 of 100.
+    conv = StreamingConvolver(torch.ones(5), "full", padding)
+    x = torch.randn(T)
+    returned = sum(conv.push(b).shape[-1] for b in x.split(7)) + conv.flush().shape[-1]
+    assert (conv.samples_in, conv.samples_out, returned) == (T, T + 4, T + 4)
+
+
 def test_reset_reuses_the_kernel():
     k = torch.randn(8, dtype=torch.float64)
     conv = StreamingConvolver(k, "full", "symmetric")
