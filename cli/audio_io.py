@@ -10,10 +10,11 @@ least ``(1, T)`` so that every signal has a channel axis. Every problem is raise
 from __future__ import annotations
 
 import functools
+import io
 import os
 import stat
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +43,8 @@ EXTENSION_FORMATS = {
 }
 #: Extensions picked up by default when an INPUT is a directory.
 INPUT_EXTENSIONS = frozenset(EXTENSION_FORMATS) | {".npy"}
+#: The first bytes of every .npy file (a stream has no extension to tell it by).
+NPY_MAGIC = b"\x93NUMPY"
 
 # Subtypes whose samples need more than float32's 24-bit mantissa to survive a round trip.
 _WIDE_SUBTYPES = {"PCM_32", "DOUBLE"}
@@ -65,6 +68,9 @@ class SignalInfo:
     endian: str | None = None
     original_shape: tuple[int, ...] | None = None  # .npy only: the array's shape in the file
     file_dtype: str | None = None  # .npy only: dtype stored in the file
+    #: The whole file, for one read from a stream (stdin) rather than a path; ``path`` then
+    #: only names it in messages ("<stdin>").
+    buffer: bytes | None = field(default=None, repr=False)
 
     @property
     def frames(self) -> int:
@@ -122,6 +128,42 @@ def probe(path: str | os.PathLike) -> SignalInfo:
     return _probe_audio(path)
 
 
+def probe_bytes(data: bytes, name: str) -> SignalInfo:
+    """:func:`probe` for a whole file held in memory (read from stdin), called ``name`` in
+    messages. A .npy array is told by its magic bytes and never unpickled; anything else
+    goes to soundfile, which knows self-describing formats (WAV, FLAC, OGG, AIFF, CAF...)
+    by their headers.
+
+    Raises:
+        FileProblem: empty, unreadable, corrupt, pickled, of an unsupported shape.
+
+    Example:
+        >>> data = open("sample_data/speech_mono16.wav", "rb").read()
+        >>> info = probe_bytes(data, "<stdin>")
+        >>> info.path, info.shape, info.subtype
+        ('<stdin>', (1, 32000), 'PCM_16')
+    """
+    if not data:
+        raise FileProblem(name, "stream is empty (nothing was piped in)")
+    if data.startswith(NPY_MAGIC):
+        info = _probe_npy(name, io.BytesIO(data))
+    else:
+        info = _probe_audio(name, io.BytesIO(data))
+    info.buffer = data
+    return info
+
+
+def _source(info: SignalInfo) -> str | io.BytesIO:
+    """What soundfile and numpy open for ``info``: its path, or its bytes as a new file."""
+    return io.BytesIO(info.buffer) if info.buffer is not None else _not_stdin(info.path)
+
+
+def _not_stdin(path: str) -> str:
+    # libsndfile opens a path "-" as stdin; a file named "-" (given as ./-, which pathlib
+    # shortens to -) is a file.
+    return os.path.join(os.curdir, path) if path == "-" else path
+
+
 def _check_readable(path: str) -> None:
     try:
         status = os.stat(path)  # one system call answers all three questions
@@ -135,9 +177,9 @@ def _check_readable(path: str) -> None:
         raise FileProblem(path, "file is empty")
 
 
-def _probe_audio(path: str) -> SignalInfo:
+def _probe_audio(path: str, source: str | io.BytesIO | None = None) -> SignalInfo:
     try:
-        info = sf.info(path)
+        info = sf.info(_not_stdin(path) if source is None else source)
     except (sf.SoundFileError, RuntimeError) as err:
         raise FileProblem(path, f"not a readable sound file ({_libsndfile_reason(err)})") from err
     if info.frames <= 0:
@@ -161,9 +203,9 @@ def _libsndfile_reason(err: Exception) -> str:
     return text.split(": ", 1)[1].rstrip(".") if ": " in text else text
 
 
-def _probe_npy(path: str) -> SignalInfo:
+def _probe_npy(path: str, source: io.BytesIO | None = None) -> SignalInfo:
     try:
-        with open(path, "rb") as f:
+        with open(path, "rb") if source is None else source as f:
             version = np.lib.format.read_magic(f)
             if version == (1, 0):
                 shape, _, dtype = np.lib.format.read_array_header_1_0(f)
@@ -209,12 +251,12 @@ def read_signal(info: SignalInfo) -> np.ndarray:
     """
     if info.kind == "npy":
         try:
-            array = np.load(info.path, allow_pickle=False)
+            array = np.load(_source(info), allow_pickle=False)
         except (ValueError, OSError, EOFError) as err:
             raise FileProblem(info.path, f"cannot read .npy data ({err})") from err
         return np.ascontiguousarray(array, dtype=info.dtype).reshape(info.shape)
     try:
-        with sf.SoundFile(info.path) as f:
+        with sf.SoundFile(_source(info)) as f:
             data = _read_frames(f, info, -1)
     except (sf.SoundFileError, RuntimeError) as err:
         raise FileProblem(info.path, f"cannot read audio ({_libsndfile_reason(err)})") from err
@@ -234,7 +276,7 @@ def _read_frames(f: sf.SoundFile, info: SignalInfo, frames: int) -> np.ndarray:
 
 def read_blocks(info: SignalInfo, block_frames: int) -> Iterator[np.ndarray]:
     """Yield a file's samples block by block along time, so memory stays bounded (.npy
-    files are memory-mapped, never loaded whole).
+    files are memory-mapped, never loaded whole; a file read from stdin is in memory anyway).
 
     Shape:
         yields ``(C, n)`` arrays (``(N, C, n)`` for a 3-D .npy) with ``n <= block_frames``;
@@ -252,7 +294,7 @@ def read_blocks(info: SignalInfo, block_frames: int) -> Iterator[np.ndarray]:
             yield np.array(array[..., start : start + block_frames], dtype=info.dtype, order="C")
         return
     try:
-        with sf.SoundFile(info.path) as f:
+        with sf.SoundFile(_source(info)) as f:
             while True:
                 block = _read_frames(f, info, block_frames)
                 if block.shape[-1] == 0:
@@ -264,7 +306,10 @@ def read_blocks(info: SignalInfo, block_frames: int) -> Iterator[np.ndarray]:
 
 def _npy_map(info: SignalInfo) -> np.ndarray:
     try:
-        array = np.load(info.path, mmap_mode="r", allow_pickle=False)
+        if info.buffer is not None:  # already in memory: nothing to map
+            array = np.load(_source(info), allow_pickle=False)
+        else:
+            array = np.load(info.path, mmap_mode="r", allow_pickle=False)
     except (ValueError, OSError, EOFError) as err:
         raise FileProblem(info.path, f"cannot read .npy data ({err})") from err
     return array.reshape(info.shape)
@@ -313,7 +358,7 @@ def read_tail(info: SignalInfo, frames: int) -> np.ndarray:
     if info.kind == "npy":
         return np.array(_npy_map(info)[..., info.frames - frames :], dtype=info.dtype, order="C")
     try:
-        with sf.SoundFile(info.path) as f:
+        with sf.SoundFile(_source(info)) as f:
             f.seek(info.frames - frames)
             return _read_frames(f, info, frames)
     except (sf.SoundFileError, RuntimeError) as err:

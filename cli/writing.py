@@ -72,6 +72,25 @@ def output_spec(
         fmt = audio_format_for(dest)
     except ValueError as err:
         raise FileProblem(dest, str(err), exit_code=2) from err
+    return spec_for_format(fmt, dest, info, subtype=subtype, rate=rate)
+
+
+def spec_for_format(
+    fmt: str | None,
+    dest: str | os.PathLike,
+    info: SignalInfo,
+    *,
+    subtype: str | None = None,
+    rate: float | None = None,
+) -> OutputSpec:
+    """:func:`output_spec` with the format already chosen (a soundfile format, or None for
+    .npy): for an output whose name tells none, such as stdout. ``dest`` names it in errors.
+
+    Example:
+        >>> from cli.audio_io import probe
+        >>> spec_for_format("WAV", "<stdout>", probe("sample_data/music_stereo24.wav")).subtype
+        'PCM_24'
+    """
     if fmt is None:
         return OutputSpec(
             kind="npy",
@@ -304,7 +323,8 @@ class AtomicWriter:
             raise
         return False
 
-    def _close(self, commit: bool = False) -> None:
+    def _close(self, commit: bool = False, target: io.BufferedIOBase | None = None) -> None:
+        # ``target``: where a buffered result goes when there is no temporary file (stdout).
         if self._sound is not None:
             with interrupts.deferred():  # the header is written through callbacks too
                 self._sound.close()
@@ -313,8 +333,8 @@ class AtomicWriter:
             self._stream_file.close()
             self._stream_file = None
         fd, self._fd = self._fd, None
-        file = open(fd, "wb") if fd is not None else contextlib.nullcontext()
-        with file:
+        opened = open(fd, "wb") if fd is not None else contextlib.nullcontext(target)
+        with opened as file:
             if self._encoded is not None:
                 if commit:
                     file.write(self._encoded.getbuffer())
