@@ -37,10 +37,19 @@ def _source(x: torch.Tensor, K: int, lo: int, n_out: int) -> torch.Tensor:
 
 def _direct_forward(x: torch.Tensor, w: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
     K = w.shape[-1]
+    fused = sliding_dot(x, w.flip(-1), K - 1 - lo, hi - lo)
+    return fused if fused is not None else conv1d_range(x, w, lo, hi)
+
+
+def conv1d_range(x: torch.Tensor, w: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+    """Samples ``lo <= n < hi`` of the full linear convolution through ``F.conv1d``: plain
+    differentiable torch operations (forward-mode AD, ``torch.func`` transforms included).
+
+    Shape:
+        x ``(*bx, T)``, w ``(*bw, K)`` -> ``(*broadcast(bx, bw), hi - lo)``.
+    """
+    K = w.shape[-1]
     n_out = hi - lo
-    fused = sliding_dot(x, w.flip(-1), K - 1 - lo, n_out)
-    if fused is not None:
-        return fused
     batch = broadcast_shapes(x.shape[:-1], w.shape[:-1])
     source = _source(x, K, lo, n_out)
     taps = w.flip(-1)

@@ -138,6 +138,19 @@ def fft_range(
     return out.reshape(*x.shape[:-1], hi - lo)
 
 
+def plain_fft_range(x: torch.Tensor, w: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+    """:func:`fft_range` as plain differentiable torch operations, no custom backward: what
+    forward-mode AD and the ``torch.func`` transforms can see through.
+
+    Shape:
+        x ``(*bx, T)``, w ``(*bw, K)`` -> ``(*broadcast(bx, bw), hi - lo)``.
+    """
+    T, K = x.shape[-1], w.shape[-1]
+    n_fft = fft_length(max(hi, T + K - 1 - lo, T, K, 1), x.device)
+    spectrum = torch.fft.rfft(x, n_fft) * torch.fft.rfft(w, n_fft)
+    return torch.fft.irfft(spectrum, n_fft)[..., lo:hi]
+
+
 class _FFTRange(torch.autograd.Function):
     """:func:`fft_range` with a backward pass of its own.
 

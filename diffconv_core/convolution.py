@@ -13,6 +13,7 @@ from diffconv_core._direct import direct_range, sums_each_output_alone
 from diffconv_core._fft import fft_range
 from diffconv_core._nonfinite import with_nonfinite_locality
 from diffconv_core._overlap import overlap_range
+from diffconv_core._transforms import transformable_range, transforms_active
 from diffconv_core._validation import (
     HALF_DTYPES,
     METHODS,
@@ -46,6 +47,10 @@ def _run(x: torch.Tensor, w: torch.Tensor, mode: str, padding: str, method: str)
         left, right = (K // 2, (K - 1) // 2) if mode == "same" else (K - 1, K - 1)
         x = pad(x, left, right, padding)
         lo, hi = K - 1, x.shape[-1]
+    if transforms_active(x, w):  # torch.func or forward-mode AD: plain torch operations
+        compute_dtype = torch.float32 if out_dtype in HALF_DTYPES else out_dtype
+        x, w = x.to(compute_dtype), w.to(compute_dtype)
+        return transformable_range(method, x, w, lo, hi).to(out_dtype)
     if method == "auto":
         method = choose_method(
             x.shape,
@@ -94,7 +99,9 @@ def convolve(
 
     True convolution (the kernel is flipped, unlike ``torch.nn.functional.conv1d``), equal to
     ``scipy.signal.convolve`` for every mode, even kernels and kernels longer than the signal
-    included. Differentiable with respect to both inputs, twice.
+    included. Differentiable with respect to both inputs, twice; also under ``torch.func``
+    transforms (``vmap``, ``grad``, ``jacrev``, ``jacfwd``, ``jvp``, ``hessian``) and
+    forward-mode AD, where it runs as plain torch operations (``conv1d`` or one rFFT).
 
     Args:
         signal: real floating-point tensor, time last.

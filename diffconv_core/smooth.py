@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from diffconv_core import _window_build as _b
+from diffconv_core._transforms import transforms_active
 from diffconv_core._validation import PADDINGS, check_choice, check_tensor
 from diffconv_core.convolution import convolve
 from diffconv_core.windows import get_window
@@ -112,7 +113,8 @@ def smooth_with_window(
     check_choice("nan_policy", nan_policy, NAN_POLICIES)
     # Only "raise" and "omit" look for NaNs; "propagate" leaves them to the convolution.
     missing = torch.isnan(signal) if nan_policy != "propagate" else None
-    if nan_policy == "raise" and bool(missing.any()):
+    has_nan = _any_nan(missing, nan_policy) if missing is not None else False
+    if nan_policy == "raise" and has_nan:
         count = int(missing.sum())
         first = missing.reshape(-1, signal.shape[-1]).any(0).nonzero()[0].item()
         raise ValueError(
@@ -120,7 +122,7 @@ def smooth_with_window(
             "use nan_policy='omit' to skip them or 'propagate' to keep them"
         )
     pad = "zeros" if edges == "renormalize" else edges
-    if missing is None or not bool(missing.any()):
+    if has_nan is False:
         out = convolve(signal, w, padding=pad, method=method)
         if edges == "renormalize":
             inside = torch.ones(signal.shape[-1], dtype=signal.dtype, device=signal.device)
@@ -153,3 +155,19 @@ def smooth_with_window(
     safe_weight = torch.where(empty, torch.ones_like(weight), weight)
     out = numerator / safe_weight
     return torch.where(empty, torch.full_like(out, float("nan")), out).to(result_dtype)
+
+
+def _any_nan(missing: Tensor, nan_policy: str) -> bool | None:
+    """Whether ``missing`` marks a sample; None inside ``torch.func.vmap``, which cannot answer
+    a question about the data ("omit" then takes its NaN-aware path, exact either way)."""
+    try:
+        return bool(missing.any())
+    except RuntimeError:
+        if not transforms_active(missing):
+            raise
+        if nan_policy == "raise":
+            raise ValueError(
+                "nan_policy='raise' must look at the data, which torch.func.vmap does not "
+                "allow; use nan_policy='omit' or 'propagate' under vmap"
+            ) from None
+        return None

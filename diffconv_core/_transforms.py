@@ -1,0 +1,52 @@
+"""Convolution that ``torch.func`` transforms and forward-mode AD can see through.
+
+The methods' fast paths are custom autograd Functions with host-side decisions (which piece
+plan, whether any sample is non-finite): ``vmap`` cannot run them ("Cannot access data
+pointer"), and ``jacrev``, ``jacfwd``, ``jvp``, ``hessian`` or dual tensors refuse Functions
+without ``setup_context``/``jvp``. Under any of these the core computes with plain torch
+operations instead: ``conv1d`` for the direct method (short kernels under "auto"), one
+rFFT product otherwise. Non-finite values keep the same semantics as everywhere else (each
+output is its direct sum's IEEE value, and such outputs are constants to autograd), decided
+without a host sync. The overflow scaling of huge values needs one, so it is not done here.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.autograd.forward_ad as forward_ad
+
+from diffconv_core._direct import conv1d_range
+from diffconv_core._fft import plain_fft_range
+from diffconv_core._nonfinite import _direct_sum_nonfinite, _finite_part
+
+# Under "auto", conv1d's direct sums up to this many taps, one rFFT product beyond (conv1d
+# takes seconds for a thousand taps on a CPU).
+MAX_CONV1D_TAPS = 64
+
+
+def transforms_active(*tensors: torch.Tensor) -> bool:
+    """Whether a ``torch.func`` transform wraps any of ``tensors``, or one carries a
+    forward-mode tangent (``torch.autograd.forward_ad.make_dual``)."""
+    if any(torch._C._functorch.is_functorch_wrapped_tensor(t) for t in tensors):
+        return True
+    if forward_ad._current_level < 0:  # no dual level entered: no tangents anywhere
+        return False
+    return any(forward_ad.unpack_dual(t).tangent is not None for t in tensors)
+
+
+def transformable_range(
+    method: str, x: torch.Tensor, w: torch.Tensor, lo: int, hi: int
+) -> torch.Tensor:
+    """Samples ``lo <= n < hi`` of the full linear convolution, in plain torch operations.
+
+    Shape:
+        x ``(*bx, T)``, w ``(*bw, K)`` -> ``(*broadcast(bx, bw), hi - lo)``.
+    """
+    direct = method == "direct" or (method == "auto" and w.shape[-1] <= MAX_CONV1D_TAPS)
+    range_fn = conv1d_range if direct else plain_fft_range
+    y = range_fn(_finite_part(x), _finite_part(w), lo, hi)
+    with torch.no_grad():
+        covered, value = _direct_sum_nonfinite(
+            range_fn, x.detach(), w.detach(), lo, hi, x_finite=False, w_finite=False
+        )
+    return torch.where(covered, value.to(y.dtype), y)

@@ -1,0 +1,193 @@
+"""``convolve`` under ``torch.func`` transforms (vmap, grad, jacrev, jacfwd, jvp, hessian) and
+forward-mode AD, checked against scipy and analytic float64 Jacobians."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.signal
+import torch
+import torch.autograd.forward_ad as forward_ad
+from torch import func
+
+import diffconv_core
+from diffconv_core._transforms import transforms_active
+
+from .conftest import (
+    METHODS,
+    MODE_PADDINGS,
+    TOLERANCE,
+    assert_matches,
+    make_pair,
+    reference,
+    relative_error,
+    same_mode_gradients,
+)
+
+
+def _jacobians(x: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """d convolve(x, w, "same") / dx and / dw for one row (zeros padding): output m is
+    sum_k w[k] x[m + lo - k] with lo = (K - 1) // 2."""
+    T, K = x.shape[-1], w.shape[-1]
+    lo = (K - 1) // 2
+    by_x, by_w = np.zeros((T, T)), np.zeros((T, K))
+    for m in range(T):
+        for k in range(K):
+            t = m + lo - k
+            if 0 <= t < T:
+                by_x[m, t] += w[k]
+                by_w[m, k] = x[t]
+    return by_x, by_w
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("mode,padding", MODE_PADDINGS)
+def test_vmap_over_signals_kernels_and_both(method, mode, padding):
+    x, w = make_pair((3, 2), (3,), 40, 7)
+    for in_dims, kernel in [((0, None), w[0]), ((None, 0), w), ((0, 0), w)]:
+        signal = x[0] if in_dims[0] is None else x
+
+        def conv(a, b):
+            return diffconv_core.convolve(a, b, mode, padding=padding, method=method)
+
+        got = func.vmap(conv, in_dims=in_dims)(signal, kernel)
+        expected = reference(
+            signal if in_dims[0] is not None else signal.expand(3, 2, 40),
+            kernel.unsqueeze(-2) if in_dims[1] is not None else kernel,
+            mode,
+            padding,
+        )
+        assert_matches(got, expected, torch.float64, f"vmap{in_dims} {method} {mode} {padding}")
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_per_sample_gradients(method):
+    # The classic use of vmap(grad(...)): one gradient per example, in one call.
+    x, w = make_pair((5,), (), 60, 9)
+    targets = torch.randn(5, 60, dtype=torch.float64)
+
+    def loss(signal, kernel, target):
+        out = diffconv_core.convolve(signal, kernel, method=method)
+        return 0.5 * ((out - target) ** 2).sum()
+
+    grads_x, grads_w = func.vmap(func.grad(loss, argnums=(0, 1)), in_dims=(0, None, 0))(
+        x, w, targets
+    )
+    for i in range(5):
+        residual = diffconv_core.convolve(x[i : i + 1], w, method="direct") - targets[i]
+        expected_x, expected_w = same_mode_gradients(x[i : i + 1], w, residual)
+        assert relative_error(grads_x[i], expected_x[0]) <= 1e-10
+        assert relative_error(grads_w[i], expected_w) <= 1e-10
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("K", [1, 6, 9])
+def test_jacrev_and_jacfwd_are_the_convolution_matrices(method, K):
+    x, w = make_pair((), (), 25, K)
+    by_x, by_w = _jacobians(x.numpy(), w.numpy())
+
+    def conv(a, b):
+        return diffconv_core.convolve(a, b, method=method)
+
+    for jacobian in (func.jacrev, func.jacfwd):
+        got_x, got_w = jacobian(conv, argnums=(0, 1))(x, w)
+        np.testing.assert_allclose(got_x.numpy(), by_x, atol=1e-12)
+        np.testing.assert_allclose(got_w.numpy(), by_w, atol=1e-12)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_hessian_of_a_quadratic_loss(method):
+    # f(w) = |convolve(x, w)|^2 has the Hessian 2 J^T J with J the kernel Jacobian.
+    x, w = make_pair((), (), 30, 5)
+    _, by_w = _jacobians(x.numpy(), w.numpy())
+    hessian = func.hessian(lambda b: diffconv_core.convolve(x, b, method=method).pow(2).sum())(w)
+    np.testing.assert_allclose(hessian.numpy(), 2 * by_w.T @ by_w, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_jvp_and_dual_tensors_give_the_bilinear_tangent(method):
+    # d convolve(x, w) = convolve(dx, w) + convolve(x, dw): scipy on each term.
+    x, w = make_pair((2,), (), 50, 8, seed=1)
+    dx, dw = make_pair((2,), (), 50, 8, seed=2)
+    expected = reference(dx, w, "full") + reference(x, dw, "full")
+
+    def conv(a, b):
+        return diffconv_core.convolve(a, b, "full", method=method)
+
+    _, tangent = func.jvp(conv, (x, w), (dx, dw))
+    assert relative_error(tangent, expected) <= 1e-10
+    with forward_ad.dual_level():
+        out = conv(forward_ad.make_dual(x, dx), forward_ad.make_dual(w, dw))
+        tangent = forward_ad.unpack_dual(out).tangent
+    assert relative_error(tangent, expected) <= 1e-10
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_nonfinite_values_stay_local_under_vmap(method):
+    x, w = make_pair((3,), (), 80, 7, dtype=torch.float32)
+    x[0, 10], x[1, 40], x[2, 79] = float("nan"), float("inf"), float("-inf")
+    w[3] = 0.0  # an Inf under a zero tap is NaN in the direct sum
+    got = func.vmap(lambda a: diffconv_core.convolve(a, w, method=method))(x)
+    expected = np.stack([scipy.signal.convolve(r, w.double().numpy(), "same") for r in x.double()])
+    assert np.array_equal(np.isnan(got.numpy()), np.isnan(expected))
+    assert np.array_equal(np.isposinf(got.numpy()), np.isposinf(expected))
+    assert np.array_equal(np.isneginf(got.numpy()), np.isneginf(expected))
+    finite = np.isfinite(expected)
+    assert relative_error(got.numpy()[finite], expected[finite]) <= TOLERANCE[torch.float32]
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_dtypes_are_kept_under_vmap(dtype):
+    x, w = make_pair((3,), (), 64, 11, dtype=dtype)
+    got = func.vmap(lambda a: diffconv_core.convolve(a, w))(x)
+    assert_matches(got, reference(x.double(), w.double(), "same"), dtype, f"vmap {dtype}")
+
+
+def test_correlate_under_transforms():
+    x, w = make_pair((4,), (), 33, 6)
+    got = func.vmap(lambda a: diffconv_core.correlate(a, w, "valid"))(x)
+    assert_matches(got, reference(x, w, "valid", correlate=True), torch.float64, "correlate")
+
+
+def test_detection():
+    x = torch.randn(3)
+    assert not transforms_active(x)
+    assert func.vmap(lambda a: a * transforms_active(a))(torch.ones(2, 3)).all()
+    with forward_ad.dual_level():
+        assert not transforms_active(x)
+        assert transforms_active(forward_ad.make_dual(x, torch.ones(3)))
+
+
+@pytest.mark.parametrize("edges", ["reflect", "zeros", "renormalize"])
+@pytest.mark.parametrize("nan_policy", ["propagate", "omit"])
+@pytest.mark.parametrize("with_gap", [False, True])
+def test_smooth_under_vmap_is_smooth(edges, nan_policy, with_gap):
+    # smooth asks whether any sample is NaN, which vmap cannot answer: "omit" then takes its
+    # NaN-aware path for every row, which must give what smooth gives on the whole batch.
+    from diffconv_core.smooth import smooth
+
+    x, _ = make_pair((3,), (), 120, 1)
+    if with_gap:
+        x[0, 50:60] = float("nan")
+    got = func.vmap(lambda s: smooth(s, "hann", 15, edges=edges, nan_policy=nan_policy))(x)
+    expected = smooth(x, "hann", 15, edges=edges, nan_policy=nan_policy)
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12, equal_nan=True)
+
+
+def test_smooth_nan_policy_raise_under_vmap_says_why():
+    from diffconv_core.smooth import smooth
+
+    with pytest.raises(ValueError, match="nan_policy='raise' must look at the data"):
+        func.vmap(lambda s: smooth(s, nan_policy="raise"))(torch.randn(2, 50))
+
+
+def test_learnable_window_layer_under_functional_call():
+    from diffconv_core.nn import WindowConv
+
+    layer = WindowConv("gaussian", 21, learn="params", std=3.0, dtype=torch.float64)
+    x = torch.randn(4, 90, dtype=torch.float64)
+    params = dict(layer.named_parameters())
+    grads = func.grad(lambda p: func.functional_call(layer, p, (x,)).pow(2).sum())(params)
+    layer(x).pow(2).sum().backward()  # the custom-backward path, independently
+    torch.testing.assert_close(grads["std"], layer.std.grad, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(func.vmap(layer)(x), layer(x), rtol=1e-12, atol=1e-12)
