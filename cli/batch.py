@@ -5,7 +5,8 @@ over to :func:`execute`. Everything that can be decided before touching a file i
 first and reported as a usage error (exit code 2): missing inputs, outputs that cannot be
 written, an output format or ``--subtype`` soundfile does not know, ``--rate`` missing where
 .npy inputs need it, and any option the core rejects (``ValueError``/``TypeError`` while the
-operation is built).
+operation is built), and a ``--type`` without OUTPUT ``-`` (stdout), whose format it sets.
+INPUT ``-`` reads stdin and OUTPUT ``-`` writes stdout (:mod:`cli.pipes`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from contextlib import contextmanager
 
 import click
 
+from cli import pipes
 from cli.jobs import Job, plan_jobs
 from cli.options import split_paths
 from cli.runner import Operation, RunOptions
@@ -37,7 +39,9 @@ def option_errors(param_hint: str | None = None) -> Iterator[None]:
 
 
 def check_outputs(jobs: list[Job], options: RunOptions, *, needs_rate: str | None = None) -> None:
-    """Usage checks that need only the paths: output formats, ``--subtype``, ``--rate``.
+    """Usage checks that need only the paths: output formats, ``--type``, ``--subtype``,
+    ``--rate`` (and, for stdout without ``--type``, the input's header, whose format it
+    keeps).
 
     Args:
         needs_rate: a reason .npy inputs need ``--rate`` (e.g. "filtering in Hz"), or None.
@@ -47,14 +51,15 @@ def check_outputs(jobs: list[Job], options: RunOptions, *, needs_rate: str | Non
     """
     import soundfile as sf
 
-    from cli.audio_io import audio_format_for
-
+    _check_type(jobs, options)
+    formats = []
     for job in jobs:
-        try:
-            fmt = audio_format_for(job.dest)
-        except ValueError as err:
-            raise click.UsageError(str(err)) from err
-        from_npy = job.source.suffix.lower() == ".npy"
+        fmt = _output_format(job, options)
+        formats.append(fmt)
+        if job.from_stdin:
+            from_npy = pipes.is_npy(job.stdin)
+        else:
+            from_npy = job.source.suffix.lower() == ".npy"
         if from_npy and options.rate is None:
             if needs_rate:
                 raise click.UsageError(f"{job.source}: .npy input needs --rate for {needs_rate}")
@@ -62,19 +67,49 @@ def check_outputs(jobs: list[Job], options: RunOptions, *, needs_rate: str | Non
                 raise click.UsageError(
                     f"{job.source}: writing audio ({job.dest}) from .npy needs --rate"
                 )
-        if options.subtype and fmt is not None and not sf.check_format(fmt, options.subtype):
+        # fmt "": stdout keeps the format of an input that cannot be read (it fails later).
+        if options.subtype and fmt and not sf.check_format(fmt, options.subtype):
             valid = ", ".join(sorted(sf.available_subtypes(fmt)))
             raise click.BadParameter(
                 f"{options.subtype!r} is not valid for {fmt} ({job.dest}); use one of {valid}",
                 param_hint="'--subtype'",
             )
     # .npy keeps the array's float dtype: a --subtype no output can take was silently dropped.
-    if options.subtype and jobs and all(audio_format_for(job.dest) is None for job in jobs):
+    if options.subtype and jobs and all(fmt is None for fmt in formats):
         raise click.BadParameter(
             f"{options.subtype!r} sets the sample format of audio outputs, but every output "
             f"here is .npy ({jobs[0].dest}); write .wav/.flac/... or leave --subtype out",
             param_hint="'--subtype'",
         )
+
+
+def _check_type(jobs: list[Job], options: RunOptions) -> None:
+    if options.type is None:
+        return
+    if not any(job.to_stdout for job in jobs):
+        raise click.BadParameter(
+            f"sets the format of OUTPUT - (stdout); a file OUTPUT ({jobs[0].dest}) takes "
+            "its format from its extension",
+            param_hint="'-t' / '--type'",
+        )
+    try:
+        pipes.type_format(options.type)
+    except ValueError as err:
+        raise click.BadParameter(str(err), param_hint="'-t' / '--type'") from err
+
+
+def _output_format(job: Job, options: RunOptions) -> str | None:
+    """The soundfile format of ``job``'s output (None: .npy; "": not known before reading)."""
+    from cli.audio_io import audio_format_for
+
+    if not job.to_stdout:
+        try:
+            return audio_format_for(job.dest)
+        except ValueError as err:
+            raise click.UsageError(str(err)) from err
+    if options.type is not None:
+        return pipes.type_format(options.type)  # checked by _check_type
+    return pipes.input_format(job.stdin if job.from_stdin else job.source)
 
 
 def execute(
@@ -96,11 +131,12 @@ def execute(
         needs_rate: see :func:`check_outputs`.
     """
     inputs, output = split_paths(paths)
-    jobs = plan_jobs(inputs, output, glob=glob, recursive=recursive)
+    jobs = plan_jobs(inputs, output, glob=glob, recursive=recursive, stdio=True)
     check_outputs(jobs, options, needs_rate=needs_rate)
     with option_errors():
         operation = build()
     from cli.runner import run_jobs
 
-    report = run_jobs(jobs, operation, options)
+    with pipes.stdout_for_data_only(any(job.to_stdout for job in jobs)):
+        report = run_jobs(jobs, operation, options)
     click.get_current_context().exit(report.return_code)

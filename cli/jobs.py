@@ -10,6 +10,10 @@ The rules (every violation is a usage error, exit code 2, raised before a file i
 - every input must exist, an OUTPUT that must be a directory must not be a file, and no two
   inputs may map to one output.
 
+With ``stdio=True`` (the file commands), ``-`` as the INPUT reads stdin and ``-`` as the
+OUTPUT writes stdout (see :mod:`cli.pipes`): one job, ``-`` the only INPUT, stdout fed by one
+INPUT file, stdin written to one OUTPUT file; neither under torchrun.
+
 The order is deterministic (sorted), so every rank of a distributed run plans the same list.
 """
 
@@ -17,20 +21,33 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import click
 
+from cli import distributed, pipes
 from cli.audio_io import INPUT_EXTENSIONS
+from cli.errors import FileProblem
 
 
 @dataclass(frozen=True)
 class Job:
-    """One file to process: where it comes from and where its result goes."""
+    """One file to process: where it comes from and where its result goes.
+
+    ``stdin``: the bytes read from stdin when the INPUT was ``-``; ``to_stdout``: the OUTPUT
+    was ``-`` (see :mod:`cli.pipes`). ``source``/``dest`` then only name the stream in
+    messages (``<stdin>``, ``<stdout>``).
+    """
 
     source: Path
     dest: Path
+    stdin: bytes | None = field(default=None, repr=False, compare=False)
+    to_stdout: bool = False
+
+    @property
+    def from_stdin(self) -> bool:
+        return self.stdin is not None
 
 
 def plan_jobs(
@@ -39,6 +56,7 @@ def plan_jobs(
     *,
     glob: str | None = None,
     recursive: bool = False,
+    stdio: bool = False,
 ) -> list[Job]:
     """Expand the command line's INPUT... OUTPUT into jobs (see the module docstring).
 
@@ -48,6 +66,8 @@ def plan_jobs(
         glob: pattern for files inside directory inputs (default: every file with an audio
             or .npy extension).
         recursive: search directory inputs recursively.
+        stdio: ``-`` means stdin as an INPUT and stdout as the OUTPUT (stdin is read here,
+            whole).
 
     Raises:
         click.UsageError: a missing input, an OUTPUT that is a file where a directory is
@@ -60,6 +80,8 @@ def plan_jobs(
     """
     if not inputs:
         raise click.UsageError("give at least one INPUT and an OUTPUT")
+    if stdio and (pipes.DASH in inputs or os.fspath(output) == pipes.DASH):
+        return [_plan_pipe([os.fspath(p) for p in inputs], os.fspath(output))]
     sources = [Path(p) for p in inputs]
     for src in sources:
         if not src.exists():
@@ -92,6 +114,51 @@ def plan_jobs(
             jobs.append(Job(src, out / src.name))
     _check_unique(jobs)
     return jobs
+
+
+def _plan_pipe(inputs: list[str], output: str) -> Job:
+    """The one job of a command line with ``-`` as INPUT or OUTPUT (stdin read here)."""
+    dash = pipes.DASH
+    if distributed.ranks_from_env().distributed:
+        # Every rank would read the one stdin and the ranks share one stdout; a pipe is one
+        # stream, for one process.
+        raise click.UsageError("- (stdin or stdout) cannot be used under torchrun; use files")
+    if dash in inputs and len(inputs) > 1:
+        raise click.UsageError("- (stdin) must be the only INPUT")
+    if output == dash:
+        if len(inputs) > 1:
+            raise click.UsageError("- (stdout) takes one result: give one INPUT")
+        if pipes.stdout_is_terminal():
+            raise click.UsageError(
+                "- (stdout) is a terminal; redirect it (> out.wav) or pipe it into a program"
+            )
+    if inputs[0] == dash:
+        if pipes.stdin_is_terminal():
+            raise click.UsageError(
+                "no input on stdin; pipe (cat in.wav | ...) or redirect (< in.wav) a file"
+            )
+        try:
+            source, data = Path(pipes.STDIN), pipes.read_stdin()
+        except FileProblem as err:
+            raise click.ClickException(str(err)) from err
+    else:
+        source, data = Path(inputs[0]), None
+        if not source.exists():
+            raise click.BadParameter(f"{source}: no such file or directory", param_hint="INPUT")
+        if source.is_dir():
+            raise click.UsageError(
+                f"- (stdout) takes one result, but INPUT {source} is a directory"
+            )
+    if output == dash:
+        return Job(source, Path(pipes.STDOUT), stdin=data, to_stdout=True)
+    dest = Path(output)
+    if dest.is_dir() or output.endswith((os.sep, "/")):
+        raise click.UsageError(
+            f"- (stdin) has no file name to write into the directory {output}; give an OUTPUT "
+            "file name (or -)"
+        )
+    _check_parent(dest)
+    return Job(source, dest, stdin=data)
 
 
 def _check_parent(path: Path) -> None:

@@ -152,6 +152,37 @@ def subtype_option(f):
     )(f)
 
 
+class OutputTypeType(click.ParamType):
+    """An output extension without its dot (``wav``, ``flac``, ``npy``); a leading dot and
+    capitals are accepted. Whether a format has it is checked when the command runs (that
+    needs soundfile).
+
+    Example:
+        >>> OutputTypeType().convert(".FLAC", None, None)
+        'flac'
+    """
+
+    name = "EXT"
+
+    def convert(self, value, param, ctx):
+        text = str(value).strip().lower().removeprefix(".")
+        if not text or not text.isalnum():
+            self.fail(f"{value!r} is not a file extension (e.g. wav, flac, npy)", param, ctx)
+        return text
+
+
+def type_option(f):
+    return click.option(
+        "-t",
+        "--type",
+        "type",
+        type=OutputTypeType(),
+        default=None,
+        help="Format of OUTPUT - (stdout), as an extension: wav, flac, npy... "
+        "[default: the input's]. INPUT - reads stdin (audio with a header, or .npy).",
+    )(f)
+
+
 def version_option(f):
     """``--version`` on every command as well as on the group."""
     from cli import __version__
@@ -175,6 +206,7 @@ def batch_options(f):
             recursive_option,
             rate_option,
             subtype_option,
+            type_option,
             overwrite_option,
             quiet_option,
             verbose_option,

@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from cli import distributed, startup
-from cli.audio_io import SignalInfo, probe, read_blocks, read_signal
+from cli import distributed, pipes, startup
+from cli.audio_io import SignalInfo, probe, probe_bytes, read_blocks, read_signal
 from cli.devices import initial_batch_size, is_out_of_memory, release_cached_memory
 from cli.errors import FileProblem
 from cli.jobs import Job
@@ -73,6 +73,7 @@ class RunOptions:
     verbose: bool = False
     subtype: str | None = None
     rate: float | None = None
+    type: str | None = None  # the format of stdout (OUTPUT -), as an extension
 
 
 @dataclass
@@ -179,11 +180,16 @@ def _run_local(jobs, operation, options, device, report, *, show_progress: bool)
 
 def _prepare(job: Job, operation: Operation, options: RunOptions, report: Report):
     try:
-        if job.dest.exists() and not options.overwrite:
+        if not job.to_stdout and job.dest.exists() and not options.overwrite:
             # Checked before reading so that a rerun over a finished batch costs nothing.
             raise FileProblem(job.dest, "output exists; use --overwrite to replace it")
-        info = probe(job.source)
-        spec = output_spec(job.dest, info, subtype=options.subtype, rate=options.rate)
+        info = probe_bytes(job.stdin, str(job.source)) if job.from_stdin else probe(job.source)
+        if job.to_stdout:
+            spec = pipes.stdout_spec(
+                info, type=options.type, subtype=options.subtype, rate=options.rate
+            )
+        else:
+            spec = output_spec(job.dest, info, subtype=options.subtype, rate=options.rate)
         if operation.check is not None:
             operation.check(info)
     except (FileProblem, ValueError, TypeError) as err:
@@ -369,7 +375,10 @@ def _write_one(item: _Item, result: np.ndarray, options, report: Report, progres
 
 
 def _write(item: _Item, result: np.ndarray, options: RunOptions, report: Report) -> None:
-    writer = write_signal(item.job.dest, result, item.spec, overwrite=options.overwrite)
+    if item.job.to_stdout:
+        writer = pipes.write_stdout(result, item.spec)
+    else:
+        writer = write_signal(item.job.dest, result, item.spec, overwrite=options.overwrite)
     _warn_clipping(writer, report)
     report.done(item.job.source, item.job.dest)
 
@@ -393,7 +402,10 @@ def _stream_one(item: _Item, operation, options, device, report, show_progress, 
     convolver, out_frames = made
     shape = (*item.info.shape[:-1], out_frames)
     bar = _progress(item.info.frames, "frame", show_progress)
-    writer = AtomicWriter(item.job.dest, item.spec, shape, overwrite=options.overwrite)
+    if item.job.to_stdout:
+        writer = pipes.StdoutWriter(item.spec, shape)
+    else:
+        writer = AtomicWriter(item.job.dest, item.spec, shape, overwrite=options.overwrite)
     # Each block is encoded and written on the writer thread while the next one is read and
     # convolved; `draining` finishes those writes before the file is committed or discarded.
     with writer, torch.no_grad(), writes.draining(), _core_left_for_writing(device):

@@ -61,7 +61,7 @@ def convolve(paths, kernel_path, mode, padding, correlate, normalize, **shared) 
 
 
 def _run_fields(shared: dict) -> dict:
-    keys = ("device", "overwrite", "quiet", "verbose", "subtype", "rate")
+    keys = ("device", "overwrite", "quiet", "verbose", "subtype", "rate", "type")
     return {k: shared[k] for k in keys}
 
 

@@ -54,7 +54,7 @@ def filter(paths, lowpass, highpass, bandpass, bandstop, taps, window, **shared)
         # nan/inf parse as floats; the design then blamed a sample rate nobody gave.
         if not math.isfinite(value):
             raise click.BadParameter(f"{value} is not a frequency in Hz", param_hint=f"'--{band}'")
-    keys = ("device", "overwrite", "quiet", "verbose", "subtype", "rate")
+    keys = ("device", "overwrite", "quiet", "verbose", "subtype", "rate", "type")
     options = RunOptions(**{k: shared[k] for k in keys})
 
     def build():

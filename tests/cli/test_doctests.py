@@ -16,6 +16,7 @@ MODULES = [
     "cli.report",
     "cli.audio_io",
     "cli.writing",
+    "cli.pipes",
     "cli.jobs",
     "cli.devices",
     "cli.distributed",
