@@ -191,3 +191,19 @@ def test_learnable_window_layer_under_functional_call():
     layer(x).pow(2).sum().backward()  # the custom-backward path, independently
     torch.testing.assert_close(grads["std"], layer.std.grad, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(func.vmap(layer)(x), layer(x), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.filterwarnings("ignore")  # dynamo's notes on lru_cache and complex tensors
+def test_torch_compile_gives_the_eager_values_and_gradients():
+    x0, w0 = make_pair((3,), (), 500, 21)
+
+    def loss(a, b):
+        return diffconv_core.convolve(a, b, method="fft").pow(2).sum()
+
+    x, w = x0.clone().requires_grad_(), w0.clone().requires_grad_()
+    torch.compile(loss)(x, w).backward()
+    expected_x, expected_w = same_mode_gradients(
+        x0, w0, 2 * diffconv_core.convolve(x0, w0, method="direct")
+    )
+    assert relative_error(x.grad, expected_x) <= 1e-10
+    assert relative_error(w.grad, expected_w) <= 1e-10
