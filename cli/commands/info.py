@@ -4,7 +4,8 @@ One line per file on stdout (it is the command's data); problems on stderr, one 
 naming it and the reason. Every readable file is described, whatever fails around it. Exit
 code 1 if a file cannot be read (a directory, an empty, corrupt or non-audio file), 2 if a
 FILE does not exist (a usage error, as for every command's inputs) — both only after the
-other files have been described.
+other files have been described. FILE ``-`` reads stdin (named ``<stdin>``), as the file
+commands' INPUT ``-`` does.
 """
 
 from __future__ import annotations
@@ -16,16 +17,29 @@ import click
 @click.argument("files", nargs=-1, required=True, type=click.Path())
 def info(files: tuple[str, ...]) -> None:
     """Describe audio and .npy FILES: frames, rate, channels, format/subtype, duration
-    (shape and dtype for .npy)."""
+    (shape and dtype for .npy). FILE - reads stdin."""
     import os
 
-    from cli.audio_io import probe
+    from cli import pipes
+    from cli.audio_io import probe, probe_bytes
     from cli.errors import EXIT_USAGE, FileProblem
     from cli.report import Report
 
+    if files.count(pipes.DASH) > 1:
+        raise click.UsageError("- (stdin) can be given only once")
+    if pipes.DASH in files and pipes.stdin_is_terminal():
+        raise click.UsageError(
+            "no input on stdin; pipe (cat in.wav | ...) or redirect (< in.wav) a file"
+        )
     report = Report(quiet=True)
     missing = False
     for path in files:
+        if path == pipes.DASH:
+            try:
+                click.echo(probe_bytes(pipes.read_stdin(), pipes.STDIN).describe())
+            except FileProblem as err:
+                report.failed(err.path, err.reason)
+            continue
         if not os.path.lexists(path):
             report.failed(path, "no such file or directory")
             missing = True

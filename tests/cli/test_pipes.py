@@ -311,6 +311,19 @@ def test_a_file_named_dash_is_reached_as_dot_slash_dash(tmp_path):
     assert r.stdout == (tmp_path / "out.wav").read_bytes()
 
 
+def test_info_reads_stdin():
+    code, out, err = run_piped("info", "-", SAMPLES / "sensor_gaps.npy", stdin=SPEECH)
+    assert code == 0, err
+    assert out.decode().splitlines() == [
+        "<stdin>: 32000 frames, 16000 Hz, 1 channel, WAV/PCM_16, 2.000 s",
+        f"{SAMPLES / 'sensor_gaps.npy'}: shape (4000,), float64",
+    ]
+    code, out, err = invoke_piped("info", "-", stdin=b"")
+    assert (code, out) == (1, b"") and "error: <stdin>: stream is empty" in err
+    r = invoke("info", "-", "-")
+    assert r.exit_code == 2 and "only once" in r.stderr
+
+
 def test_readme_pipe_example_works(tmp_path):
     line = next(
         line
