@@ -63,6 +63,22 @@ def test_settings_passed_to_mallopt(monkeypatch):
     assert calls == [(memory._M_MMAP_THRESHOLD, 32 * 2**20), (memory._M_TRIM_THRESHOLD, 2**31 - 1)]
 
 
+@pytest.mark.parametrize(
+    "limit, expected",
+    [
+        (0, []),  # at or below glibc's own thresholds: its policy is left alone
+        (128 * 2**10, []),
+        (2**20, [(memory._M_MMAP_THRESHOLD, 2**20), (memory._M_TRIM_THRESHOLD, 2**20)]),
+    ],
+)
+def test_small_limits_never_lower_glibcs_thresholds(monkeypatch, limit, expected):
+    # A limit of 0 set the mmap threshold to 0: every allocation became a fresh mapping.
+    calls = []
+    monkeypatch.setattr(memory, "_glibc_mallopt", lambda: lambda *args: calls.append(args) or 1)
+    assert memory.retain_freed_memory(limit) is True
+    assert calls == expected
+
+
 def test_negative_limit_is_refused():
     with pytest.raises(ValueError, match="limit_bytes"):
         memory.retain_freed_memory(-1)
