@@ -120,26 +120,58 @@ def lookup(
     """The measured best method for the nearest cached shape on this device, or None.
 
     With ``requires_grad`` the method fastest forward plus backward, else forward alone.
+    Shapes are compared by the work they ask for: batch, taps and the number of outputs, so
+    a padded "same" convolution (which the core runs as "valid" over the extended signal)
+    and "full" find the "same" shapes ``diffconv tune`` measures. On a CPU, a cache measured
+    with another thread count serves when none was measured with this one (the CLI's
+    streaming gives one core to the writer).
     """
     if os.environ.get("DIFFCONV_NO_TUNING") == "1":
         return None
     cache = _cache()
     if not cache:
         return None
-    entries = cache.get(device_key(device or device_type, dtype))
+    entries = _entries_for(cache, device_key(device or device_type, dtype))
     if not entries:
         return None
-    point = (math.log2(max(batch, 1)), math.log2(T), math.log2(K))
+    point = (math.log2(max(batch, 1)), math.log2(_outputs(T, K, mode)), math.log2(K))
     best, best_distance = None, math.inf
     for entry in entries:
         method = entry.get("method") if requires_grad else entry.get("method_forward")
-        if entry.get("mode", "same") != mode or method not in METHOD_NAMES:
+        if method not in METHOD_NAMES:
             continue
-        other = (math.log2(entry["batch"]), math.log2(entry["T"]), math.log2(entry["K"]))
+        outputs = _outputs(entry["T"], entry["K"], entry.get("mode", "same"))
+        other = (math.log2(entry["batch"]), math.log2(outputs), math.log2(entry["K"]))
         distance = max(abs(a - b) for a, b in zip(point, other, strict=True))
         if distance < best_distance:
             best, best_distance = method, distance
     return best if best_distance <= MAX_LOG2_DISTANCE else None
+
+
+def _outputs(T: int, K: int, mode: str) -> int:
+    """How many samples a convolution of these lengths gives in ``mode``."""
+    if mode == "full":
+        return T + K - 1
+    if mode == "valid":
+        return max(T, K) - min(T, K) + 1
+    return T
+
+
+def _entries_for(cache: dict, key: str) -> list[dict] | None:
+    # "cpu:cpux2:float32": a CPU key names its thread count; another count's entries beat
+    # the cost model, the nearest count first.
+    if key in cache or not key.startswith("cpu:cpux"):
+        return cache.get(key)
+    _, name, dtype_name = key.split(":")
+    threads = int(name.removeprefix("cpux"))
+    others = []
+    for other in cache:
+        parts = other.split(":")
+        if len(parts) == 3 and parts[0] == "cpu" and parts[2] == dtype_name:
+            count = parts[1].removeprefix("cpux")
+            if count.isdigit():
+                others.append((abs(int(count) - threads), other))
+    return cache[min(others)[1]] if others else None
 
 
 def default_shapes(device_type: str, quick: bool = False) -> list[tuple[int, int, int]]:

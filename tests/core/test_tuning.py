@@ -50,9 +50,35 @@ def test_choose_method_follows_the_cache_near_a_measured_shape(cache_dir, method
     assert choose_method((4, 4096), (31,)) == method
     assert choose_method((6, 5000), (40,)) == method  # within one octave on every axis
     assert choose_method((4, 4096), (31,), requires_grad=True) == method
-    assert tuning.lookup("cpu", 4, 4096, 31, "full", torch.float32) is None  # other mode
     assert tuning.lookup("cpu", 4, 4096, 31, "same", torch.float64) is None  # other dtype
     assert tuning.lookup("cpu", 4, 1 << 20, 31, "same", torch.float32) is None  # far away
+
+
+@pytest.mark.parametrize("method", ["direct", "fft", "overlap"])
+def test_other_modes_find_the_measured_same_shapes_by_their_work(cache_dir, method):
+    # diffconv tune measures zero-padded "same"; a padded "same" (smooth's default reflect
+    # edges) reaches choose_method as "valid" over the signal extended by K - 1 samples, and
+    # never found the cache. Shapes are compared by their number of outputs.
+    tuning.save(_fake_records(method), "cpu", torch.float32)
+    assert choose_method((4, 4096 + 30), (31,), mode="valid") == method
+    assert choose_method((4, 4096), (31,), mode="full") == method
+    assert tuning.lookup("cpu", 4, 4096, 31, "valid", torch.float32) == method  # 4,066 out
+    assert tuning.lookup("cpu", 4, 40_000, 31, "valid", torch.float32) is None
+    assert tuning.lookup("cpu", 4, 31, 4096, "valid", torch.float32) is None  # 4,066 taps
+
+
+def test_another_thread_count_serves_when_this_one_was_not_measured(cache_dir, monkeypatch):
+    # The CLI streams with one thread fewer (one core writes): its key is cpux1, not cpux2.
+    tuning.save(_fake_records("overlap"), "cpu", torch.float32)
+    measured = tuning.device_key("cpu", torch.float32)
+    fewer = torch.get_num_threads() + 5
+    monkeypatch.setattr(torch, "get_num_threads", lambda: fewer)
+    assert tuning.device_key("cpu", torch.float32) != measured
+    assert tuning.lookup("cpu", 4, 4096, 31, "same", torch.float32) == "overlap"
+    assert tuning.lookup("cpu", 4, 4096, 31, "same", torch.float64) is None  # other dtype
+    records = _fake_records("direct")
+    tuning.save(records, "cpu", torch.float32)  # now measured with this count too: it wins
+    assert tuning.lookup("cpu", 4, 4096, 31, "same", torch.float32) == "direct"
 
 
 def test_cache_can_be_ignored_and_broken_caches_are_harmless(cache_dir, monkeypatch):
