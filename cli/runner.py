@@ -255,9 +255,11 @@ class _Writes:
 
     def wait(self) -> None:
         """Finish the pending writes; re-raise the first exception one of them raised."""
-        pending, self._pending = self._pending, []
-        for future in pending:
-            future.result()
+        # A write leaves the list only once finished: a Ctrl-C while waiting for it must
+        # leave it for _abandon to wait on, or its file is closed under the writer thread.
+        while self._pending:
+            self._pending[0].result()
+            del self._pending[0]
 
     @contextlib.contextmanager
     def draining(self) -> Iterator[None]:

@@ -84,3 +84,27 @@ def test_a_streamed_write_finishes_its_libsndfile_call_then_stops_and_cleans_up(
             writer.write(np.zeros((1, 1000)))
     assert completed == [True]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_ctrl_c_while_waiting_for_a_write_still_lets_it_finish(sigterm_handler):
+    # wait() used to take the writes off its list before waiting on them: a Ctrl-C arriving
+    # then left draining() nothing to wait for, and the caller closed the streamed output's
+    # file while the writer thread was still writing to it ("write to closed file").
+    import threading
+    import time
+
+    from cli.runner import _Writes
+
+    finished = []
+
+    def slow_write():
+        time.sleep(0.5)
+        finished.append(True)
+
+    threading.Timer(0.1, os.kill, (os.getpid(), signal.SIGINT)).start()
+    with _Writes() as writes:
+        with pytest.raises(KeyboardInterrupt):
+            with writes.draining():
+                writes.submit([slow_write])
+                writes.wait()
+        assert finished == [True]  # draining() waited for the write already running
