@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import click
 import numpy as np
 
 from cli import distributed, pipes, startup
@@ -85,12 +86,34 @@ class _Item:
 
 def stream_threshold() -> int:
     """Samples above which a file is streamed (env ``DIFFCONV_STREAM_SAMPLES``)."""
-    return int(os.environ.get(STREAM_SAMPLES_ENV, DEFAULT_STREAM_SAMPLES))
+    return _env_count(STREAM_SAMPLES_ENV, DEFAULT_STREAM_SAMPLES, minimum=0)
 
 
 def block_frames() -> int:
     """Frames per streamed block (env ``DIFFCONV_BLOCK_FRAMES``)."""
-    return max(1, int(os.environ.get(BLOCK_FRAMES_ENV, DEFAULT_BLOCK_FRAMES)))
+    return _env_count(BLOCK_FRAMES_ENV, DEFAULT_BLOCK_FRAMES, minimum=1)
+
+
+def _env_count(name: str, default: int, *, minimum: int) -> int:
+    """A whole number from the environment, or a usage error naming the variable (a bad
+    value used to end in a bare traceback, or fail every streamed file without naming it).
+
+    Example:
+        >>> _env_count("DIFFCONV_NO_SUCH_VARIABLE", 7, minimum=1)
+        7
+    """
+    text = os.environ.get(name)
+    if text is None:
+        return default
+    try:
+        value = int(text.strip().replace("_", ""))
+    except ValueError:
+        value = None
+    if value is None or value < minimum:
+        raise click.UsageError(
+            f"environment variable {name} must be a whole number >= {minimum}; got {text!r}"
+        )
+    return value
 
 
 def run_jobs(jobs: Sequence[Job], operation: Operation, options: RunOptions) -> Report:
@@ -109,6 +132,8 @@ def run_jobs(jobs: Sequence[Job], operation: Operation, options: RunOptions) -> 
         0
     """
     from cli.devices import resolve_device
+
+    stream_threshold(), block_frames()  # a bad setting is a usage error before any file
 
     def work(mine: list[Job], report: Report, ranks) -> None:
         device = resolve_device(options.device, ranks.local_rank)

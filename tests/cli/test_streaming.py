@@ -161,3 +161,22 @@ def test_streaming_leaves_one_core_to_the_writer_and_restores_the_threads(tmp_pa
     finally:
         torch.set_num_threads(before)
     np.testing.assert_array_equal(np.load(tmp_path / "y.npy"), np.zeros((1, 5000)))
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"DIFFCONV_STREAM_SAMPLES": "abc"},
+        {"DIFFCONV_STREAM_SAMPLES": "-5"},
+        {"DIFFCONV_BLOCK_FRAMES": "1.5"},
+        {"DIFFCONV_BLOCK_FRAMES": "0"},
+    ],
+)
+def test_a_bad_streaming_setting_is_a_usage_error_naming_it(tmp_path, long_float_wav, env):
+    # DIFFCONV_STREAM_SAMPLES=abc ended in a bare traceback; DIFFCONV_BLOCK_FRAMES=abc failed
+    # every streamed file with "invalid literal for int()", naming no variable.
+    r = invoke("smooth", long_float_wav, tmp_path / "out.wav", env={**STREAM, **env})
+    ((name, value),) = env.items()
+    assert r.exit_code == 2, r.stderr
+    assert name in r.stderr and repr(value) in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "out.wav").exists()
