@@ -5,6 +5,7 @@ Nothing here imports torch or numpy: ``diffconv CMD --help`` and usage errors st
 
 from __future__ import annotations
 
+import math
 import re
 
 import click
@@ -133,11 +134,19 @@ def recursive_option(f):
     )(f)
 
 
+def _finite_rate(ctx: click.Context, param: click.Parameter, value: float | None):
+    # FloatRange lets nan and inf through (nan > 0 is False, but so is nan <= 0).
+    if value is not None and not math.isfinite(value):
+        raise click.BadParameter(f"{value} is not a sample rate in Hz")
+    return value
+
+
 def rate_option(f):
     return click.option(
         "--rate",
         type=click.FloatRange(min=0, min_open=True),
         default=None,
+        callback=_finite_rate,
         metavar="HZ",
         help="Sample rate of .npy inputs (needed to filter them or write them as audio).",
     )(f)

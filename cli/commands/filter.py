@@ -93,15 +93,16 @@ def design(band: str, cutoff, *, taps: int, window: str, rate: float):
 def filter_operation(band, cutoff, *, taps=101, window="hamming", rate=None, method="auto"):
     """The :class:`~cli.runner.Operation` filtering each file at its own sample rate.
 
-    The design is validated up front (at ``rate`` when given, else at a rate where the
-    cutoffs are legal) so that bad options are usage errors; a cutoff above a particular
-    file's Nyquist frequency fails that file only.
+    The design is validated up front at a rate where the cutoffs are legal, so that bad
+    options are usage errors; a cutoff above a particular file's Nyquist frequency fails
+    that file only. ``rate`` (``--rate``) is the rate of .npy inputs only: a run of audio
+    files is not refused for it, and an .npy file it does not suit fails saying so.
     """
     from cli.commands.convolve import kernel_operation
     from cli.runner import Operation
 
     highest = max(cutoff) if isinstance(cutoff, tuple) else cutoff
-    design(band, cutoff, taps=taps, window=window, rate=rate or 4.0 * abs(highest) + 4.0)
+    design(band, cutoff, taps=taps, window=window, rate=4.0 * abs(highest) + 4.0)
     kernel_operation([1.0], method=method)  # validates --method with the core
     per_rate: dict = {}
 
@@ -112,7 +113,8 @@ def filter_operation(band, cutoff, *, taps=101, window="hamming", rate=None, met
                 kernel = design(band, cutoff, taps=taps, window=window, rate=fs).numpy()
             except ValueError as err:
                 # The options passed the check up front, so this file's rate is the reason.
-                raise ValueError(f"{err} (this file's rate: fs/2 = {fs / 2:g} Hz)") from err
+                source = "this file's rate" if info.rate else f"--rate {fs:g}"
+                raise ValueError(f"{err} ({source}: fs/2 = {fs / 2:g} Hz)") from err
             per_rate[fs] = kernel_operation(kernel, method=method)
         return per_rate[fs]
 

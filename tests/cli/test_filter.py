@@ -99,3 +99,26 @@ def test_cutoff_above_nyquist_says_the_files_limit(tmp_path):
     r = invoke("filter", SAMPLES / "multichannel_float.wav", out, "--lowpass", "4500")
     assert r.exit_code == 1 and "multichannel_float.wav" in r.stderr
     assert "fs/2 = 4000 Hz" in r.stderr and not out.exists()
+
+
+def test_rate_applies_to_npy_inputs_only(tmp_path):
+    # --rate 1500 made a 1 kHz lowpass of a 16 kHz WAV a usage error ("less than fs/2"),
+    # though --rate is the rate of .npy inputs; an .npy it does not suit now fails by name.
+    np.save(tmp_path / "trace.npy", np.random.default_rng(0).standard_normal(400))
+    wav_out, npy_out = tmp_path / "w.wav", tmp_path / "t.npy"
+    args = ["--lowpass", "1000", "--rate", "1500"]
+    r = invoke("filter", SAMPLES / "speech_mono16.wav", wav_out, *args)
+    assert r.exit_code == 0, r.stderr
+    assert sf.info(wav_out).samplerate == 16000
+    r = invoke("filter", tmp_path / "trace.npy", npy_out, *args)
+    assert r.exit_code == 1 and "trace.npy" in r.stderr and "--rate 1500" in r.stderr
+    assert not npy_out.exists()
+
+
+@pytest.mark.parametrize("rate", ["nan", "inf"])
+def test_non_finite_rate_is_a_usage_error(tmp_path, rate):
+    np.save(tmp_path / "trace.npy", np.zeros(100))
+    r = invoke(
+        "filter", tmp_path / "trace.npy", tmp_path / "o.npy", "--lowpass", "1", "--rate", rate
+    )
+    assert r.exit_code == 2 and "'--rate'" in r.stderr and "fs" not in r.stderr
