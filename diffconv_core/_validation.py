@@ -5,6 +5,7 @@ Errors name the offending value and what is accepted, so a user never has to gue
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 
 import torch
@@ -22,6 +23,25 @@ def check_choice(name: str, value: object, accepted: tuple[str, ...]) -> str:
         listed = ", ".join(repr(a) for a in accepted)
         raise ValueError(f"{name} must be one of {listed}; got {value!r}")
     return value
+
+
+def check_count(value: object, what: str, minimum: int = 1) -> int:
+    """``value`` as an int if it is an integer (numpy's included, bool not) ``>= minimum``,
+    else a ``TypeError``/``ValueError`` naming ``what``.
+
+    Example:
+        >>> check_count(3, "length")
+        3
+    """
+    if isinstance(value, bool):
+        raise TypeError(f"{what} must be an integer; got {value!r}")
+    try:
+        number = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{what} must be an integer; got {value!r}") from None
+    if number < minimum:
+        raise ValueError(f"{what} must be >= {minimum}; got {number}")
+    return number
 
 
 def check_tensor(name: str, value: object) -> torch.Tensor:

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from diffconv_core._validation import broadcast_shapes, check_device
+from diffconv_core._validation import broadcast_shapes, check_count, check_device
 from diffconv_core._window_registry import REQUIRED, SPECS, Param, Spec, describe, lookup
 
 __all__ = ["REQUIRED", "SPECS", "Param", "Spec", "build", "describe", "lookup"]
@@ -24,15 +24,7 @@ NORMALIZATIONS = (None, "sum", "peak", "energy")
 
 
 def check_length(length: Any, what: str = "length") -> int:
-    if isinstance(length, bool):
-        raise TypeError(f"{what} must be an integer; got {length!r}")
-    try:
-        value = operator.index(length)
-    except TypeError:
-        raise TypeError(f"{what} must be an integer; got {length!r}") from None
-    if value < 1:
-        raise ValueError(f"{what} must be >= 1; got {value}")
-    return value
+    return check_count(length, what, minimum=1)
 
 
 def _in_range(values: Tensor, p: Param) -> bool:

@@ -20,7 +20,8 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
-import operator
+
+from diffconv_core._validation import check_count
 
 # mallopt parameters from glibc's <malloc.h>.
 _M_TRIM_THRESHOLD = -1
@@ -46,14 +47,7 @@ def retain_freed_memory(limit_bytes: int = 64 * 2**20) -> bool:
         >>> isinstance(retain_freed_memory(), bool)
         True
     """
-    if isinstance(limit_bytes, bool):
-        raise TypeError(f"limit_bytes must be an integer; got {limit_bytes!r}")
-    try:
-        limit_bytes = operator.index(limit_bytes)
-    except TypeError:
-        raise TypeError(f"limit_bytes must be an integer; got {limit_bytes!r}") from None
-    if limit_bytes < 0:
-        raise ValueError(f"limit_bytes must be >= 0; got {limit_bytes}")
+    limit_bytes = check_count(limit_bytes, "limit_bytes", minimum=0)
     mallopt = _glibc_mallopt()
     if mallopt is None:
         return False

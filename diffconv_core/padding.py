@@ -13,7 +13,7 @@ import operator
 import torch
 import torch.nn.functional as F
 
-from diffconv_core._validation import PADDINGS, check_choice
+from diffconv_core._validation import PADDINGS, check_choice, check_count
 
 
 def padding_index(length: int, left: int, right: int, mode: str, device=None) -> torch.Tensor:
@@ -31,12 +31,7 @@ def padding_index(length: int, left: int, right: int, mode: str, device=None) ->
     check_choice("padding", mode, PADDINGS)
     if mode == "zeros":
         raise ValueError("padding_index has no index map for 'zeros'; use pad() instead")
-    try:
-        length = operator.index(length)
-    except TypeError:
-        raise TypeError(f"length must be an integer; got {length!r}") from None
-    if length < 1:
-        raise ValueError(f"length must be >= 1 (a signal to extend); got {length}")
+    length = check_count(length, "length", minimum=1)
     left, right = _check_widths(left, right)
     return _fold(torch.arange(-left, length + right, device=device), length, mode)
 
