@@ -24,14 +24,21 @@ KINDS = ("lowpass", "highpass", "bandpass", "bandstop")
 
 
 def _clamp_to_range(value: Tensor, p: _b.Param) -> Tensor:
-    # An optimiser step may leave a parameter's range; clamp (zero gradient outside) instead
-    # of failing mid-training. Open bounds keep a margin of one ulp-ish step.
+    # An optimiser step may leave a parameter's range: the window is built from the nearest
+    # value inside (open bounds keep a margin of one ulp-ish step) instead of failing
+    # mid-training, and the gradient passes as if unclamped (straight through): a plain
+    # clamp's zero gradient outside left the parameter stuck there for good.
     eps = torch.finfo(value.dtype).eps
     low = None if p.low is None else p.low + (eps if p.low_open else 0.0)
     high = None if p.high is None else p.high - (eps if p.high_open else 0.0)
     if low is None and high is None:
         return value
-    return torch.clamp(value, min=low, max=high)
+    return _straight_through_clamp(value, low, high)
+
+
+def _straight_through_clamp(value: Tensor, low: float | None, high: float | None) -> Tensor:
+    # value - value.detach() is exactly 0: the forward value is the clamped one, bit for bit.
+    return torch.clamp(value.detach(), min=low, max=high) + (value - value.detach())
 
 
 class _Buffer(str):
@@ -73,7 +80,8 @@ class WindowConv(nn.Module):
         dtype, device: of the parameters and buffers.
         **window_params: the window's parameters.
 
-    Learned parameters that leave their valid range are clamped into it in ``forward``.
+    Learned parameters that leave their valid range are clamped into it in ``forward``; their
+    gradient passes the clamp unchanged, so that training can bring them back.
 
     Shape:
         - input: ``(..., T)``
@@ -171,7 +179,7 @@ class WindowConv(nn.Module):
         width = self.width
         if self.learn == "width":
             eps = torch.finfo(width.dtype).eps
-            width = torch.clamp(width, min=eps, max=float(self.length))
+            width = _straight_through_clamp(width, eps, float(self.length))
         return get_window(
             self.spec.name,
             self.length,

@@ -465,6 +465,18 @@ def test_window_kernel_step_past_an_upper_bound_is_clamped():
         assert learned["width"] == 9.0 and learned["params"].get("alpha", 1.0) == 1.0
 
 
+def test_window_kernel_past_an_upper_bound_still_learns_back():
+    # The clamp at the upper bound had a zero gradient: a width stepped past the length
+    # stayed there. The gradient now passes straight through and points back inside.
+    model = WindowKernel("hann", 9, learn="width", width=8.5, dtype=torch.float64)
+    with torch.no_grad():
+        model.log_values += 0.5  # width 14 > 9 taps
+    target = torch.as_tensor(scipy.signal.windows.hann(7), dtype=torch.float64)
+    target = torch.nn.functional.pad(target / target.sum(), (1, 1))
+    (model() - target).pow(2).sum().backward()
+    assert model.log_values.grad.item() > 0  # descent lowers the width
+
+
 def test_window_kernel_errors():
     with pytest.raises(ValueError, match="needs at least one parameter"):
         WindowKernel("hann", 9, learn="params")

@@ -149,6 +149,26 @@ def test_out_of_range_parameters_are_clamped_in_forward():
     assert torch.isfinite(fir(torch.randn(20))).all()
 
 
+def test_a_parameter_pushed_out_of_range_gets_the_gradient_back():
+    # The clamp's zero gradient outside the range left a parameter there for good: a tukey
+    # alpha stepped past 1, or a width past the length, could never come back. Straight
+    # through, the gradient is the one at the nearest value inside, pointing back.
+    x = torch.zeros(41, dtype=torch.float64)
+    x[20] = 1.0
+    target = W.tukey(9, 0.5, normalize="sum", dtype=torch.float64)
+    layer = WindowConv("tukey", 9, learn="params", alpha=0.8, dtype=torch.float64)
+    with torch.no_grad():
+        layer.alpha.fill_(1.5)
+    (layer(x)[16:25] - target).pow(2).sum().backward()
+    assert layer.alpha.grad > 0  # descent lowers alpha towards 0.5
+    wide = WindowConv("hann", 9, learn="width", dtype=torch.float64)
+    with torch.no_grad():
+        wide.width.fill_(50.0)
+    narrow = W.hann(9, width=5.0, normalize="sum", dtype=torch.float64)
+    (wide(x)[16:25] - narrow).pow(2).sum().backward()
+    assert wide.width.grad > 0  # descent narrows it back towards 5
+
+
 def test_reprs():
     assert repr(WindowConv("hann", 31, learn="width")) == (
         "WindowConv(hann, length=31, learn='width', normalize='sum', mode='same', padding='zeros')"
