@@ -25,9 +25,12 @@ MAX_CONV1D_TAPS = 64
 
 
 def transforms_active(*tensors: torch.Tensor) -> bool:
-    """Whether a ``torch.func`` transform wraps any of ``tensors``, or one carries a
+    """Whether a ``torch.func`` transform is running, or one of ``tensors`` carries a
     forward-mode tangent (``torch.autograd.forward_ad.make_dual``)."""
-    if any(torch._C._functorch.is_functorch_wrapped_tensor(t) for t in tensors):
+    # Any running transform, not only wrapped operands: vmap refuses custom Functions
+    # whatever their inputs, so tensors captured from outside (a learnable kernel that
+    # autograd records) must take the plain path as well.
+    if torch._C._are_functorch_transforms_active():
         return True
     if forward_ad._current_level < 0:  # no dual level entered: no tangents anywhere
         return False

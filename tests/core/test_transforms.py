@@ -61,6 +61,27 @@ def test_vmap_over_signals_kernels_and_both(method, mode, padding):
 
 
 @pytest.mark.parametrize("method", METHODS)
+def test_vmap_with_a_captured_kernel_that_requires_grad(method):
+    # Neither operand is batched (the signal and a learnable kernel come from outside the
+    # vmapped function, only the targets are mapped), but autograd records the convolution
+    # for an ordinary backward afterwards: vmap refuses custom autograd Functions whatever
+    # their inputs ("must override the setup_context staticmethod").
+    x, w0 = make_pair((), (), 40, 7)
+    w = w0.clone().requires_grad_()
+    targets = torch.randn(3, 40, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+
+    def loss(target):
+        return (diffconv_core.convolve(x, w, method=method) - target).pow(2).sum()
+
+    losses = func.vmap(loss)(targets)
+    losses.sum().backward()
+    residuals = reference(x, w0, "same") - targets.numpy()
+    assert relative_error(losses, (residuals**2).sum(-1)) <= 1e-10
+    _, expected_w = same_mode_gradients(x[None], w0, torch.from_numpy(2 * residuals.sum(0))[None])
+    assert relative_error(w.grad, expected_w) <= 1e-10
+
+
+@pytest.mark.parametrize("method", METHODS)
 def test_per_sample_gradients(method):
     # The classic use of vmap(grad(...)): one gradient per example, in one call.
     x, w = make_pair((5,), (), 60, 9)
