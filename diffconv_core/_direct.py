@@ -22,7 +22,7 @@ from diffconv_core._fft import gradients_from_pieces
 from diffconv_core._shift_add import MAX_SHIFT_ADD_TAPS, shift_add_correlate
 from diffconv_core._toeplitz import toeplitz_correlate, toeplitz_lagged_products
 from diffconv_core._triton_direct import sliding_dot
-from diffconv_core._validation import broadcast_shapes, needs_graph
+from diffconv_core._validation import batched_gradient, broadcast_shapes, needs_graph
 
 # Beyond this many taps the Toeplitz blocks (2P x P) grow too large to pay off.
 MAX_TOEPLITZ_TAPS = 1024
@@ -124,6 +124,10 @@ class _DirectRange(torch.autograd.Function):
     def backward(ctx, grad):  # noqa: D102
         x, w = ctx.saved_tensors
         need_x, need_w = ctx.needs_input_grad[:2]
+        if batched_gradient(grad):  # the CPU sums write in place, which vmap cannot batch
+            needed = (need_x, need_w)
+            grad_x, grad_w = gradients_from_pieces(conv1d_range, grad, x, w, ctx.lo, needed)
+            return grad_x, grad_w, None, None, None
         gemms = ctx.fast and not torch.is_grad_enabled()  # the kernel's gradient as GEMMs
         needed = (need_x, need_w and not gemms)
         grad_x, grad_w = gradients_from_pieces(direct_range, grad, x, w, ctx.lo, needed)

@@ -125,7 +125,9 @@ class _OverlapRange(torch.autograd.Function):
         step = n_fft - K + 1
         n_blocks = block_spectra.shape[-2]
         # Block b's outputs are its last `step` samples: the gradient goes back in place.
-        shares = F.pad(grad, (0, n_blocks * step - (hi - lo))).unflatten(-1, (n_blocks, step))
+        # reshape, not unflatten: vmap has no batching rule for unflatten (a batched gradient).
+        shares = F.pad(grad, (0, n_blocks * step - (hi - lo)))
+        shares = shares.reshape(*shares.shape[:-1], n_blocks, step)
         spectra = torch.fft.rfft(F.pad(shares, (K - 1, 0)), n_fft)  # (*batch, n_blocks, bins)
         if need_x:
             product = spectra * kernel_spectrum.conj()

@@ -86,6 +86,14 @@ def needs_graph(*tensors: torch.Tensor) -> bool:
     return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
+def batched_gradient(grad: torch.Tensor) -> bool:
+    """Whether a backward pass runs under vmap with one gradient per row of a batch
+    (``autograd.grad(..., is_grads_batched=True)``, as ``torch.autograd.functional.jacobian``
+    and ``hessian`` with ``vectorize=True`` call it): only operations with a batching rule
+    work on ``grad`` then, no writes into ``out=`` and no reading of its values."""
+    return torch._C._functorch.is_legacy_batchedtensor(grad)
+
+
 def broadcast_shapes(*shapes: Sequence[int]) -> tuple[int, ...]:
     """``torch.broadcast_shapes`` without its cost (its first call imports sympy, ~0.3 s, and
     every call takes tens of microseconds): raises ``ValueError`` if the shapes don't broadcast.

@@ -117,6 +117,22 @@ def test_jacrev_and_jacfwd_are_the_convolution_matrices(method, K):
 
 
 @pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("K", [1, 6, 9])
+def test_vectorized_autograd_jacobians_are_the_convolution_matrices(method, K):
+    # torch.autograd.functional.jacobian(vectorize=True) runs the methods' own backward
+    # passes under vmap (autograd.grad with is_grads_batched=True), with a batched gradient.
+    x, w = make_pair((), (), 25, K)
+    by_x, by_w = _jacobians(x.numpy(), w.numpy())
+
+    def conv(a, b):
+        return diffconv_core.convolve(a, b, method=method)
+
+    got_x, got_w = torch.autograd.functional.jacobian(conv, (x, w), vectorize=True)
+    np.testing.assert_allclose(got_x.numpy(), by_x, atol=1e-12)
+    np.testing.assert_allclose(got_w.numpy(), by_w, atol=1e-12)
+
+
+@pytest.mark.parametrize("method", METHODS)
 def test_hessian_of_a_quadratic_loss(method):
     # f(w) = |convolve(x, w)|^2 has the Hessian 2 J^T J with J the kernel Jacobian.
     x, w = make_pair((), (), 30, 5)
