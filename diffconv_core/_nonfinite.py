@@ -18,6 +18,8 @@ from collections.abc import Callable
 
 import torch
 
+from diffconv_core._validation import batched_gradient
+
 RangeFn = Callable[[torch.Tensor, torch.Tensor, int, int], torch.Tensor]
 
 
@@ -103,8 +105,7 @@ class _PowerOfTwoScaled(torch.autograd.Function):
         x, w = ctx.saved_tensors
         range_fn, lo, hi, x_exp, w_exp = ctx.settings
         need_x, need_w = ctx.needs_input_grad[:2]
-        (g_max,) = _magnitudes(grad)
-        g_exp = math.frexp(g_max)[1] if math.isfinite(g_max) and g_max > 0 else 0
+        g_exp = _exponent_of(grad)
         create_graph = torch.is_grad_enabled()
         with torch.enable_grad():
             if not create_graph:  # leaves of their own: nothing recorded reaches x or w
@@ -121,6 +122,15 @@ class _PowerOfTwoScaled(torch.autograd.Function):
         grad_x = _times_power_of_two(next(found), w_exp + g_exp) if need_x else None
         grad_w = _times_power_of_two(next(found), x_exp + g_exp) if need_w else None
         return grad_x, grad_w, None, None, None, None, None
+
+
+def _exponent_of(grad: torch.Tensor) -> int:
+    # The binary exponent of grad's largest magnitude (0 for none to read: a gradient batched
+    # under vmap, whose values a backward pass cannot look at, or one all zeros or non-finite).
+    if batched_gradient(grad):
+        return 0
+    (g_max,) = _magnitudes(grad)
+    return math.frexp(g_max)[1] if math.isfinite(g_max) and g_max > 0 else 0
 
 
 def _times_power_of_two(t: torch.Tensor, exponent: int) -> torch.Tensor:

@@ -99,3 +99,29 @@ def test_scaled_path_first_and_second_derivatives(range_fn, lo, hi):
     torch.testing.assert_close(scaled(x, w), range_fn(x, w, lo, hi))
     assert torch.autograd.gradcheck(scaled, (x, w))
     assert torch.autograd.gradgradcheck(scaled, (x, w))
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_vectorized_jacobian_of_large_values(method):
+    # torch.autograd.functional.jacobian(vectorize=True) hands the scaled path's backward a
+    # gradient batched under vmap, whose largest value cannot be read ('Batching rule not
+    # implemented for aten::detach'). The Jacobians are the convolution matrices: with
+    # respect to the signal the kernel's (independent of the huge samples), with respect to
+    # the kernel the signal's.
+    gen = torch.Generator().manual_seed(5)
+    x = (torch.randn(25, generator=gen, dtype=torch.float64) * 1e36).float()
+    w = torch.randn(6, generator=gen, dtype=torch.float64).float()
+
+    def conv(a, b):
+        return diffconv_core.convolve(a, b, method=method)
+
+    got_x, got_w = torch.autograd.functional.jacobian(conv, (x, w), vectorize=True)
+    lo = (6 - 1) // 2
+    by_x, by_w = np.zeros((25, 25)), np.zeros((25, 6))
+    for m in range(25):
+        for k in range(6):
+            if 0 <= m + lo - k < 25:
+                by_x[m, m + lo - k] = w[k]
+                by_w[m, k] = x[m + lo - k]
+    assert relative_error(got_x, by_x) <= 1e-6
+    assert relative_error(got_w, by_w) <= 1e-6
