@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import select
 import sys
 from collections.abc import Iterator
 from typing import BinaryIO
@@ -169,7 +170,7 @@ def send(data: bytes | memoryview) -> None:
     """
     sink = _data_sinks[-1] if _data_sinks else click.get_binary_stream("stdout")
     try:
-        sink.write(data)
+        _write_all(sink, data)
         sink.flush()
     except BrokenPipeError as err:
         # Point stdout at /dev/null, or Python's own flush at exit fails on the closed pipe
@@ -181,6 +182,19 @@ def send(data: bytes | memoryview) -> None:
         raise FileProblem(STDOUT, "broken pipe: the reader closed it before the end") from err
     except OSError as err:
         raise FileProblem(STDOUT, f"write failed ({err.strerror or err})") from err
+
+
+def _write_all(sink: BinaryIO, data: bytes | memoryview) -> None:
+    """Write every byte of ``data``: with PYTHONUNBUFFERED stdout is a raw file, whose
+    ``write`` may take only part of it (all that fitted before the reader left, leaving the
+    rest unsent and unreported) or none (a full non-blocking pipe: None)."""
+    view = memoryview(data).cast("B")
+    while view:
+        written = sink.write(view)
+        if written is None:
+            select.select([], [sink], [])
+            continue
+        view = view[written:]
 
 
 class StdoutWriter(AtomicWriter):

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from tests.cli.conftest import REPO, SAMPLES, invoke, run_diffconv
+from tests.cli.conftest import REPO, SAMPLES, invoke, run_diffconv, write_wav
 
 SPEECH = SAMPLES / "speech_mono16.wav"
 
@@ -341,3 +341,29 @@ def test_readme_pipe_example_works(tmp_path):
     assert len(outputs) == 1
     info = sf.info(outputs[0])
     assert (info.format, info.frames) == ("FLAC", 32000)
+
+
+@pytest.mark.parametrize("unbuffered", ["", "1"], ids=["buffered", "PYTHONUNBUFFERED"])
+def test_a_reader_closing_the_pipe_early_is_a_failure_not_a_success(tmp_path, unbuffered):
+    # `diffconv smooth - - < long.wav | head -c 100`: the result does not fit in the pipe, the
+    # reader leaves after 100 bytes. With PYTHONUNBUFFERED (as many containers set it) stdout
+    # is a raw file whose write() may write only part of the data: that part was sent, the
+    # rest dropped, and the run reported success.
+    src = write_wav(tmp_path / "long.wav", np.zeros((2, 48000 * 10)), rate=48000)
+    env = dict(os.environ, PYTHONUNBUFFERED=unbuffered)
+    with open(src, "rb") as source:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "cli", "smooth", "--device", "cpu", "-", "-"],
+            stdin=source,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=REPO,
+            env=env,
+        )
+        assert proc.stdout.read(100)[:4] == b"RIFF"
+        proc.stdout.close()
+        err = proc.stderr.read().decode()
+        code = proc.wait(timeout=120)
+    assert code == 1, err
+    assert "error: <stdout>: broken pipe" in err and "0 files processed, 1 file failed" in err
+    assert "Traceback" not in err and "Exception ignored" not in err
