@@ -185,11 +185,17 @@ class _FFTRange(torch.autograd.Function):
         spectrum = torch.fft.rfft(F.pad(grad, (lo, n_fft - hi)), n_fft)
         if need_x:
             product = _sum_spectrum_to(spectrum * kernel_spectrum.conj(), x.shape[:-1])
-            grad_x = torch.fft.irfft(product, n_fft)[..., :T]
+            grad_x = _leading(torch.fft.irfft(product, n_fft), T)
         if need_w:
             product = _sum_spectrum_to(spectrum * signal_spectrum.conj(), w.shape[:-1])
-            grad_w = torch.fft.irfft(product, n_fft)[..., :K]
+            grad_w = _leading(torch.fft.irfft(product, n_fft), K)
         return grad_x, grad_w, None, None, None
+
+
+def _leading(t: torch.Tensor, n: int) -> torch.Tensor:
+    # The first n samples; the whole tensor when that is all of them: a slice of a whole
+    # axis is an alias, which vmap cannot batch (a backward pass with a batched gradient).
+    return t if t.shape[-1] == n else t[..., :n]
 
 
 def gradients_from_pieces(

@@ -19,6 +19,7 @@ from .conftest import (
     TOLERANCE,
     assert_matches,
     make_pair,
+    periodic_index,
     reference,
     relative_error,
     same_mode_gradients,
@@ -126,6 +127,27 @@ def test_vectorized_autograd_jacobians_are_the_convolution_matrices(method, K):
 
     def conv(a, b):
         return diffconv_core.convolve(a, b, method=method)
+
+    got_x, got_w = torch.autograd.functional.jacobian(conv, (x, w), vectorize=True)
+    np.testing.assert_allclose(got_x.numpy(), by_x, atol=1e-12)
+    np.testing.assert_allclose(got_w.numpy(), by_w, atol=1e-12)
+
+
+@pytest.mark.parametrize("padding", ["reflect", "circular"])
+def test_vectorized_autograd_jacobians_of_a_padded_full_convolution(padding):
+    # "full" with padding: the padded signal (16 samples) is a fast FFT length, so the FFT's
+    # backward keeps all of its inverse transform, a slice of the whole axis: an alias,
+    # which vmap could not batch.
+    T, K = 12, 3
+    x, w = make_pair((), (), T, K)
+    padded = np.zeros((T + 2 * (K - 1), T))  # the padding as a matrix: padded = P @ x
+    padded[np.arange(padded.shape[0]), periodic_index(T, K - 1, K - 1, padding)] = 1.0
+    shifts = np.stack([padded[m + K - 1 - np.arange(K)] for m in range(T + K - 1)])
+    by_x = np.einsum("k,mkt->mt", w.numpy(), shifts)  # out[m] = sum_k w[k] (P x)[m + K-1 - k]
+    by_w = shifts @ x.numpy()
+
+    def conv(a, b):
+        return diffconv_core.convolve(a, b, "full", padding=padding, method="fft")
 
     got_x, got_w = torch.autograd.functional.jacobian(conv, (x, w), vectorize=True)
     np.testing.assert_allclose(got_x.numpy(), by_x, atol=1e-12)
