@@ -57,10 +57,19 @@ def read_stdin() -> bytes:
     Raises:
         FileProblem: stdin cannot be read.
     """
+    stream = click.get_binary_stream("stdin")
+    chunks = []
     try:
-        return click.get_binary_stream("stdin").read()
+        # One read() takes it all, unless stdin is a non-blocking pipe: then it returns what
+        # has arrived so far, or None, and the rest is still to come.
+        while (chunk := stream.read()) != b"":
+            if chunk is None:
+                select.select([stream], [], [])
+            else:
+                chunks.append(chunk)
     except OSError as err:
         raise FileProblem(STDIN, f"cannot read ({err.strerror or err})") from err
+    return b"".join(chunks)  # the one chunk itself when it came in one
 
 
 def is_npy(data: bytes) -> bool:

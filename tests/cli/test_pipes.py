@@ -367,3 +367,39 @@ def test_a_reader_closing_the_pipe_early_is_a_failure_not_a_success(tmp_path, un
     assert code == 1, err
     assert "error: <stdout>: broken pipe" in err and "0 files processed, 1 file failed" in err
     assert "Traceback" not in err and "Exception ignored" not in err
+
+
+def test_stdin_is_read_to_its_end_when_it_is_non_blocking():
+    # A parent may hand over a non-blocking pipe: read() then returns what has arrived so
+    # far (None if nothing has), and the rest of the file was silently dropped: the signal
+    # came out shorter, exit 0. read_stdin waits for the end of the stream.
+    from cli import pipes
+
+    whole = SPEECH.read_bytes()
+
+    class NonBlockingPipe(io.RawIOBase):
+        # Its reads: some bytes, None (nothing there yet), more bytes, None, the rest, EOF.
+        def __init__(self, devnull):
+            self.devnull = devnull  # select() finds it readable at once
+            self.reads = [whole[:1000], None, whole[1000:40000], None, whole[40000:]]
+
+        def readable(self):
+            return True
+
+        def fileno(self):
+            return self.devnull.fileno()
+
+        def readinto(self, buffer):
+            chunk = self.reads.pop(0) if self.reads else b""  # b"": the end, for good
+            if chunk is None:
+                return None
+            n = min(len(chunk), len(buffer))
+            buffer[:n] = chunk[:n]
+            if n < len(chunk):
+                self.reads.insert(0, chunk[n:])
+            return n
+
+    with open(os.devnull, "rb") as devnull, pytest.MonkeyPatch.context() as patch:
+        stdin = io.BufferedReader(NonBlockingPipe(devnull))
+        patch.setattr(pipes.click, "get_binary_stream", lambda name: stdin)
+        assert pipes.read_stdin() == whole
