@@ -242,9 +242,15 @@ class StdoutWriter(AtomicWriter):
         if exc_type is not None:
             self._discard()
             return False
-        encoded = io.BytesIO()
+        # Audio was encoded into memory as it was written: send that buffer itself (a copy
+        # would hold the whole output twice); .npy is encoded here, from its blocks.
+        encoded = self._encoded
         try:
-            self._close(commit=True, target=encoded)
+            if encoded is None:
+                encoded = io.BytesIO()
+                self._close(commit=True, target=encoded)
+            else:
+                self._close()  # completes the header in `encoded`, copies nothing
         except BaseException:
             self._discard()
             raise

@@ -403,3 +403,33 @@ def test_stdin_is_read_to_its_end_when_it_is_non_blocking():
         stdin = io.BufferedReader(NonBlockingPipe(devnull))
         patch.setattr(pipes.click, "get_binary_stream", lambda name: stdin)
         assert pipes.read_stdin() == whole
+
+
+def test_an_audio_result_for_stdout_is_held_once_in_memory(monkeypatch):
+    # The encoded file was copied into a second buffer before it was sent: a long piped
+    # file held its whole output twice at the end (50 MB in, 50 MB more at the peak).
+    import tracemalloc
+
+    from cli import pipes
+    from cli.audio_io import probe
+
+    info = probe(SAMPLES / "music_stereo24.wav")
+    sent = []
+
+    def send(data):
+        sent.append((bytes(data[:4]), len(data)))
+
+    monkeypatch.setattr(pipes, "send", send)
+    block, blocks = np.zeros((2, 4800), dtype=np.float32), 200
+    tracemalloc.start()
+    try:
+        with pipes.StdoutWriter(pipes.stdout_spec(info), (2, 4800 * blocks)) as writer:
+            for _ in range(blocks):
+                writer.write(block)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    size = 4800 * blocks * 2 * 3  # stereo 24-bit samples
+    ((start, length),) = sent
+    assert start == b"RIFF" and size < length < size + 1000
+    assert peak < 1.5 * size, peak / size
