@@ -76,6 +76,19 @@ def _run(x: torch.Tensor, w: torch.Tensor, mode: str, padding: str, method: str)
     return y.to(out_dtype)
 
 
+# Under torch.compile the convolution runs eagerly, a graph break of its own: its method
+# choice and piece plans depend on the shapes, so traced it recompiled for every new signal
+# length (3-6 s each on 2 cores) and met fake-tensor limits on strided blocks. Its kernels are
+# already what a compiler would emit. The wrapper imports torch._dynamo only when called, and
+# it is called only while compiling (torch.compiler.is_compiling()).
+_run_eagerly = getattr(torch, "_disable_dynamo", lambda fn: fn)(_run)
+
+
+def _dispatch(x: torch.Tensor, w: torch.Tensor, mode: str, padding: str, method: str):
+    run = _run_eagerly if torch.compiler.is_compiling() else _run
+    return run(x, w, mode, padding, method)
+
+
 def _check_options(mode: str, padding: str, method: str) -> None:
     check_choice("mode", mode, MODES)
     check_choice("padding", padding, PADDINGS)
@@ -144,7 +157,7 @@ def convolve(
         tensor([0.0000, 1.0000, 2.5000, 4.0000, 1.5000])
     """
     _check_options(mode, padding, method)
-    return _run(
+    return _dispatch(
         check_tensor("signal", signal), check_tensor("kernel", kernel), mode, padding, method
     )
 
@@ -176,4 +189,4 @@ def correlate(
     _check_options(mode, padding, method)
     signal = check_tensor("signal", signal)
     kernel = check_tensor("kernel", kernel)
-    return _run(signal, kernel.flip(-1), mode, padding, method)
+    return _dispatch(signal, kernel.flip(-1), mode, padding, method)

@@ -266,3 +266,26 @@ def test_torch_compile_gives_the_eager_values_and_gradients():
     )
     assert relative_error(x.grad, expected_x) <= 1e-10
     assert relative_error(w.grad, expected_w) <= 1e-10
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_torch_compile_runs_the_convolution_eagerly_without_recompiling_per_length():
+    # Traced, the method choice and piece plans depend on the shapes: every new signal length
+    # compiled the convolution again (28 frames for 6 lengths, 3-6 s each with inductor).
+    from torch._dynamo.testing import CompileCounter
+
+    counter = CompileCounter()
+    w = torch.hann_window(301, periodic=False, dtype=torch.float64)
+
+    def model(a, b):
+        return torch.tanh(diffconv_core.convolve(a * 2, b)).sum(-1)
+
+    compiled = torch.compile(model, backend=counter)
+    for T in (3000, 3500, 4100):
+        x = torch.randn(4, T, dtype=torch.float64)
+        torch.testing.assert_close(compiled(x, w), model(x, w))
+    settled = counter.frame_count
+    for T in (5000, 7000, 9000):
+        x = torch.randn(4, T, dtype=torch.float64)
+        torch.testing.assert_close(compiled(x, w), model(x, w))
+    assert counter.frame_count == settled
