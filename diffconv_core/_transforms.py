@@ -6,18 +6,21 @@ pointer"), and ``jacrev``, ``jacfwd``, ``jvp``, ``hessian`` or dual tensors refu
 without ``setup_context``/``jvp``. Under any of these the core computes with plain torch
 operations instead: ``conv1d`` for the direct method (short kernels under "auto"), one
 rFFT product otherwise. Non-finite values keep the same semantics as everywhere else (each
-output is its direct sum's IEEE value, and such outputs are constants to autograd), decided
-without a host sync. The overflow scaling of huge values needs one, so it is not done here.
+output is its direct sum's IEEE value, and such outputs are constants to autograd); inside
+``vmap``, which cannot read a value, they are looked for whatever the data. The overflow
+scaling of huge values is not done here.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.autograd.forward_ad as forward_ad
 
 from diffconv_core._direct import conv1d_range
 from diffconv_core._fft import plain_fft_range
-from diffconv_core._nonfinite import _direct_sum_nonfinite, _finite_part
+from diffconv_core._nonfinite import _direct_sum_nonfinite, _finite_part, _magnitudes
 
 # Under "auto", conv1d's direct sums up to this many taps, one rFFT product beyond (conv1d
 # takes seconds for a thousand taps on a CPU).
@@ -47,9 +50,23 @@ def transformable_range(
     """
     direct = method == "direct" or (method == "auto" and w.shape[-1] <= MAX_CONV1D_TAPS)
     range_fn = conv1d_range if direct else plain_fft_range
-    y = range_fn(_finite_part(x), _finite_part(w), lo, hi)
+    x_finite, w_finite = _finiteness(x, w)
+    if x_finite and w_finite:
+        return range_fn(x, w, lo, hi)
+    y = range_fn(x if x_finite else _finite_part(x), w if w_finite else _finite_part(w), lo, hi)
     with torch.no_grad():
         covered, value = _direct_sum_nonfinite(
-            range_fn, x.detach(), w.detach(), lo, hi, x_finite=False, w_finite=False
+            range_fn, x.detach(), w.detach(), lo, hi, x_finite, w_finite
         )
     return torch.where(covered, value.to(y.dtype), y)
+
+
+def _finiteness(x: torch.Tensor, w: torch.Tensor) -> tuple[bool, bool]:
+    """Whether each operand is all finite; (False, False) inside ``vmap``, which cannot read
+    values ("Cannot access data pointer"): the non-finite handling then runs in any case,
+    about 12 extra indicator convolutions. grad, jvp and dual tensors can read them."""
+    try:
+        x_max, w_max = _magnitudes(x, w)
+    except RuntimeError:
+        return False, False
+    return math.isfinite(x_max), math.isfinite(w_max)

@@ -195,6 +195,48 @@ def test_nonfinite_values_stay_local_under_vmap(method):
     assert relative_error(got.numpy()[finite], expected[finite]) <= TOLERANCE[torch.float32]
 
 
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("where", ["signal", "kernel"])
+def test_nonfinite_values_under_jvp(method, where):
+    # Outside vmap the values can be read, so only operands holding a NaN or Inf pay for the
+    # non-finite handling; the primal is then scipy's IEEE direct sum, the tangent that of
+    # the outputs it leaves finite (the covered ones are constants).
+    x, w = make_pair((2,), (), 60, 7, seed=5)
+    dx, dw = make_pair((2,), (), 60, 7, seed=6)
+    if where == "signal":
+        x[0, 20], x[1, 50] = float("nan"), float("-inf")
+    else:
+        w[2] = float("inf")
+    primal, tangent = func.jvp(
+        lambda a, b: diffconv_core.convolve(a, b, method=method), (x, w), (dx, dw)
+    )
+    expected = np.stack([scipy.signal.convolve(r, w.numpy(), "same") for r in x.numpy()])
+    assert np.array_equal(np.isnan(primal.numpy()), np.isnan(expected))
+    assert np.array_equal(np.isinf(primal.numpy()), np.isinf(expected))
+    finite = np.isfinite(expected)
+    assert relative_error(primal.numpy()[finite], expected[finite]) <= 1e-10
+    clean_x, clean_w = x.nan_to_num(0, 0, 0), w.nan_to_num(0, 0, 0)
+    bilinear = reference(dx, clean_w, "same") + reference(clean_x, dw, "same")
+    assert (tangent.numpy()[~finite] == 0).all()
+    assert relative_error(tangent.numpy()[finite], bilinear[finite]) <= 1e-10
+
+
+def test_finite_operands_skip_the_nonfinite_handling_where_values_can_be_read(monkeypatch):
+    from diffconv_core import _transforms
+
+    calls = []
+    original = _transforms._direct_sum_nonfinite
+    monkeypatch.setattr(
+        _transforms, "_direct_sum_nonfinite", lambda *a: calls.append(1) or original(*a)
+    )
+    x, w = make_pair((3,), (), 50, 5)
+    func.grad(lambda b: diffconv_core.convolve(x, b).pow(2).sum())(w)
+    func.jvp(lambda a: diffconv_core.convolve(a, w), (x,), (x,))
+    assert calls == []
+    func.vmap(lambda a: diffconv_core.convolve(a, w))(x)  # vmap cannot look: it must check
+    assert calls == [1]
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
 def test_dtypes_are_kept_under_vmap(dtype):
     x, w = make_pair((3,), (), 64, 11, dtype=dtype)
