@@ -122,7 +122,10 @@ def probe(path: str | os.PathLike) -> SignalInfo:
         (1, 32000)
     """
     path = os.fspath(path)
-    _check_readable(path)
+    if stat.S_ISFIFO(_check_readable(path)):
+        # A pipe with a path (<(cmd), a FIFO) has no size and can be read only once: read it
+        # whole, as stdin is.
+        return probe_bytes(_read_pipe(path), path)
     if Path(path).suffix.lower() == ".npy":
         return _probe_npy(path)
     return _probe_audio(path)
@@ -164,7 +167,8 @@ def _not_stdin(path: str) -> str:
     return os.path.join(os.curdir, path) if path == "-" else path
 
 
-def _check_readable(path: str) -> None:
+def _check_readable(path: str) -> int:
+    """``st_mode`` of an existing file that is not a directory, nor an empty regular file."""
     try:
         status = os.stat(path)  # one system call answers all three questions
     except FileNotFoundError:
@@ -173,8 +177,17 @@ def _check_readable(path: str) -> None:
         raise FileProblem(path, f"cannot read ({err.strerror or err})") from err
     if stat.S_ISDIR(status.st_mode):
         raise FileProblem(path, "is a directory, not a file")
-    if status.st_size == 0:
+    if status.st_size == 0 and stat.S_ISREG(status.st_mode):
         raise FileProblem(path, "file is empty")
+    return status.st_mode
+
+
+def _read_pipe(path: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as err:
+        raise FileProblem(path, f"cannot read ({err.strerror or err})") from err
 
 
 def _probe_audio(path: str, source: str | io.BytesIO | None = None) -> SignalInfo:

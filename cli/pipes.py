@@ -20,6 +20,7 @@ import contextlib
 import io
 import os
 import select
+import stat
 import sys
 from collections.abc import Iterator
 from typing import BinaryIO
@@ -103,7 +104,8 @@ def type_format(type: str) -> str | None:
 
 def input_format(source: str | os.PathLike | bytes) -> str | None:
     """The format of an input as its header tells it: a soundfile format, or None for .npy;
-    ``""`` when it cannot be read (reading it fails later, with the reason, as a file error).
+    ``""`` when it cannot be read (reading it fails later, with the reason, as a file error)
+    or is a pipe (<(cmd)), whose header can be read only with the rest.
 
     Example:
         >>> input_format("sample_data/speech_mono16.wav"), input_format(b"\\x93NUMPY")
@@ -117,12 +119,21 @@ def input_format(source: str | os.PathLike | bytes) -> str | None:
         source = io.BytesIO(source)
     elif os.fspath(source).lower().endswith(".npy"):
         return None
+    elif _is_pipe(source):
+        return ""  # reading its header would consume it: known once it is read, whole
     else:
         source = _not_stdin(os.fspath(source))
     try:
         return sf.info(source).format
     except (sf.SoundFileError, RuntimeError, OSError):
         return ""
+
+
+def _is_pipe(path: str | os.PathLike) -> bool:
+    try:
+        return stat.S_ISFIFO(os.stat(path).st_mode)
+    except OSError:
+        return False
 
 
 def stdout_spec(

@@ -433,3 +433,23 @@ def test_an_audio_result_for_stdout_is_held_once_in_memory(monkeypatch):
     ((start, length),) = sent
     assert start == b"RIFF" and size < length < size + 1000
     assert peak < 1.5 * size, peak / size
+
+
+def test_a_process_substitution_input_is_read_as_a_stream(tmp_path):
+    # `diffconv info <(sox ...)`: the INPUT is a pipe with a path (/dev/fd/63), whose size
+    # is 0; it was reported as 'file is empty'. It is read once, whole, as stdin is.
+    want = file_based(tmp_path, ["smooth"], SPEECH, ".wav").read_bytes()
+    python, speech = shlex.quote(sys.executable), shlex.quote(str(SPEECH))
+    for line, path in [
+        (f"{python} -m cli info <(cat {speech})", None),
+        (f"{python} -m cli smooth <(cat {speech}) out.wav", "out.wav"),
+        (f"{python} -m cli smooth <(cat {speech}) - > piped.wav", "piped.wav"),
+    ]:
+        r = subprocess.run(
+            ["bash", "-c", line], cwd=tmp_path, capture_output=True, text=True, timeout=120
+        )
+        assert r.returncode == 0, (line, r.stderr)
+        if path is None:
+            assert r.stdout.endswith(": 32000 frames, 16000 Hz, 1 channel, WAV/PCM_16, 2.000 s\n")
+        else:
+            assert (tmp_path / path).read_bytes() == want, line
