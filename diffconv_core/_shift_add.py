@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 
 from diffconv_core._pieces import even_step
+from diffconv_core._validation import broadcast_shapes
 
 #: Up to this many taps the shifted sums beat the Toeplitz GEMMs (2 cores, float32, fastest
 #: of interleaved runs: 4 x 480,000 with 12 taps 1.80 against 1.96 ms, 1 x 4,194,304 4.58
@@ -44,7 +45,7 @@ def shift_add_correlate(
                 [0., 0., 1.]])
     """
     T, K = source.shape[-1], taps.shape[-1]
-    batch = torch.broadcast_shapes(source.shape[:-1], taps.shape[:-1])
+    batch = broadcast_shapes(source.shape[:-1], taps.shape[:-1])
     rows = source.expand(*batch, T).reshape(-1, T)
     if rows.stride(-1) != 1:
         # Elementwise ops over a strided or broadcast source (the gradient of a sum is one

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from diffconv_core._pieces import pieces
+from diffconv_core._validation import broadcast_shapes
 from diffconv_core._workspace import scratch
 
 #: Without autograd, the work goes in pieces of about this many bytes of signal: small enough
@@ -121,7 +122,7 @@ def toeplitz_correlate(
     """
     K = taps.shape[-1]
     P, J = frame_plan(K)
-    batch = torch.broadcast_shapes(source.shape[:-1], taps.shape[:-1])
+    batch = broadcast_shapes(source.shape[:-1], taps.shape[:-1])
     per_row = taps.dim() > 1
     if per_row:
         source = source.expand(*batch, source.shape[-1])

@@ -267,3 +267,24 @@ def test_kernel_per_row_gradient_gemms_match_numpy(piece_bytes, K, signal_shape,
         )
         assert got.shape == (*grad_batch, K)
         np.testing.assert_allclose(got.reshape(rows, K).numpy(), expected, rtol=1e-10, atol=1e-10)
+
+
+def test_convolving_never_imports_sympy():
+    # torch.broadcast_shapes imports sympy on its first call (~0.3 s of every command's
+    # start-up): the shifted sums and Toeplitz GEMMs used it for a kernel per row.
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, torch, diffconv_core\n"
+        "x = torch.randn(3, 500)\n"
+        "for K in (5, 40, 300):\n"
+        "    for w in (torch.randn(K), torch.randn(3, K)):\n"
+        "        for method in ('direct', 'fft', 'overlap', 'auto'):\n"
+        "            diffconv_core.convolve(x, w, method=method)\n"
+        "            diffconv_core.convolve(x, w, padding='reflect', method=method)\n"
+        "print('sympy' in sys.modules)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"
