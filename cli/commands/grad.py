@@ -153,6 +153,11 @@ def grad(paths, **opts) -> None:
     from cli.options import split_paths
 
     inputs, outdir = split_paths(paths)
+    if "-" in (*inputs, outdir):
+        raise click.UsageError(
+            "grad reads files and writes a directory: - (stdin/stdout) is neither; "
+            "a file or directory named - is ./-"
+        )
     # OUTDIR is always a directory, even for one input.
     jobs = plan_jobs(
         inputs, os.path.join(outdir, ""), glob=opts["glob"], recursive=opts["recursive"]

@@ -315,3 +315,19 @@ def test_inputs_sharing_a_stem_are_a_usage_error(tmp_path, short_wav):
     assert result.exit_code == 2, result.stderr
     assert "a.npy" in result.stderr and "a.wav" in result.stderr
     assert not out.exists() or listing(out) == []
+
+
+def test_dash_is_not_a_stream_for_grad(tmp_path, monkeypatch):
+    # `diffconv grad in.wav -` made a directory named - and reported success: grad writes
+    # several files per input, and - names stdin/stdout everywhere else (a file named - is
+    # ./-); stdin as INPUT was "-: no such file or directory".
+    monkeypatch.chdir(tmp_path)
+    np.save(tmp_path / "x.npy", np.zeros(100))
+    for args in (["x.npy", "-"], ["-", "out"]):
+        result = invoke("grad", *args, "--window", "hann", "--length", "5")
+        assert result.exit_code == 2, result.output
+        assert "grad reads files and writes a directory" in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.npy"]
+    result = invoke("grad", "x.npy", "./-", "--window", "hann", "--length", "5")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "-" / "x.grad_signal.npy").exists()
