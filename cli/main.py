@@ -6,8 +6,10 @@ usage errors answer without importing torch.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
+import sys
 
 import click
 
@@ -55,6 +57,11 @@ class LazyGroup(click.Group):
         except KeyboardInterrupt:
             click.echo("\ndiffconv: interrupted", err=True)
             raise click.exceptions.Exit(interrupts.EXIT_CTRL_C) from None
+        except OSError as err:
+            # What no command turned into a message of its own: text for stdout on a full
+            # disk or a closed stream (`info ... > /dev/full`). A runtime failure, no traceback.
+            _report_os_error(err)
+            raise click.exceptions.Exit(1) from None
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         # Short help from the registry, so listing commands imports none of them.
@@ -62,6 +69,17 @@ class LazyGroup(click.Group):
         if rows:
             with formatter.section("Commands"):
                 formatter.write_dl(rows)
+
+
+def _report_os_error(err: OSError) -> None:
+    where = f" ({err.filename})" if err.filename else ""
+    if not isinstance(err, BrokenPipeError):  # `diffconv windows | head`: the reader is done
+        with contextlib.suppress(OSError):
+            click.echo(f"diffconv: error: {err.strerror or err}{where}", err=True)
+    # Python flushes stdout once more at exit: a stream that failed would fail again there
+    # ("Exception ignored ...", exit 120); send what is left to /dev/null instead.
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -147,3 +148,32 @@ def test_a_signal_mid_write_leaves_no_temporary(tmp_path, signal_name):
     assert listing(out) == []
     assert proc.returncode == 128 + signum, stderr
     assert "Traceback" not in stderr and "Aborted!" not in stderr
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+@pytest.mark.parametrize("args", [("windows",), ("info", SAMPLES / "speech_mono16.wav")])
+def test_text_for_a_full_disk_is_a_failure_not_a_traceback(args):
+    # `diffconv info FILE > /dev/full` ended in a bare OSError traceback (exit 1, or 120 from
+    # the flush at exit).
+    with open("/dev/full", "w") as full:
+        result = subprocess.run(
+            [sys.executable, "-m", "cli", *map(str, args)],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=REPO,
+            timeout=120,
+        )
+    assert result.returncode == 1, result.stderr
+    assert "No space left on device" in result.stderr
+    assert "Traceback" not in result.stderr and "Exception ignored" not in result.stderr
+
+
+def test_text_into_a_closed_pipe_ends_quietly():
+    # `diffconv windows | head -1`: the reader is done; no message, no traceback.
+    command = f"{sys.executable} -m cli windows | head -1"
+    result = subprocess.run(
+        ["bash", "-o", "pipefail", "-c", command], capture_output=True, text=True, cwd=REPO
+    )
+    assert result.stdout.count("\n") == 1
+    assert result.stderr == ""
