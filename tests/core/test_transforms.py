@@ -331,3 +331,32 @@ def test_torch_compile_runs_the_convolution_eagerly_without_recompiling_per_leng
         x = torch.randn(4, T, dtype=torch.float64)
         torch.testing.assert_close(compiled(x, w), model(x, w))
     assert counter.frame_count == settled
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("method", METHODS)
+def test_transforms_on_cuda(method):
+    # The plain path on a GPU: conv1d (cuDNN) or cuFFT, under vmap, grad and jvp, with a NaN.
+    x, w = make_pair((4,), (), 300, 21, seed=7)
+    x[1, 100] = float("nan")
+    dx, _ = make_pair((4,), (), 300, 21, seed=8)
+    xc, wc, dxc = x.cuda(), w.cuda(), dx.cuda()
+
+    def conv(a, b):
+        return diffconv_core.convolve(a, b, method=method)
+
+    got = func.vmap(conv, in_dims=(0, None))(xc, wc).cpu()
+    expected = np.stack([scipy.signal.convolve(r, w.numpy(), "same") for r in x.numpy()])
+    assert np.array_equal(np.isnan(got.numpy()), np.isnan(expected))
+    finite = np.isfinite(expected)
+    assert relative_error(got.numpy()[finite], expected[finite]) <= 1e-10
+    _, tangent = func.jvp(lambda a: conv(a, wc), (xc,), (dxc,))
+    bilinear = reference(dx, w, "same")
+    assert relative_error(tangent.cpu().numpy()[finite], bilinear[finite]) <= 1e-10
+    clean = x.nan_to_num(0.0)
+    grads = func.vmap(func.grad(lambda a, b: conv(a, b).pow(2).sum(), argnums=1), (0, None))
+    per_row = grads(clean.cuda(), wc).cpu()
+    for i in range(4):
+        residual = 2 * diffconv_core.convolve(clean[i : i + 1], w, method="direct")
+        _, expected_w = same_mode_gradients(clean[i : i + 1], w, residual)
+        assert relative_error(per_row[i], expected_w) <= 1e-10
