@@ -17,8 +17,9 @@ import math
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 
-from diffconv_core._validation import batched_gradient
+from diffconv_core._validation import batched_gradient, broadcast_shapes
 
 RangeFn = Callable[[torch.Tensor, torch.Tensor, int, int], torch.Tensor]
 
@@ -174,32 +175,113 @@ def _direct_sum_nonfinite(
     arithmetic makes of those terms: NaN where a NaN, an Inf times a zero, or Inf terms of
     both signs are covered (inf - inf), else an Inf with the sign of its Inf terms.
 
-    Every term's sign is sign(sample) * sign(tap), so counting the covered Inf terms of each
-    sign takes indicator convolutions only: no weighted sum, no tolerance. They run in float64
-    so that "covered" (a count >= 1) is decided without round-off. Only the terms an operand
-    flagged non-finite can produce are counted; the indicators keep x and w in their places
-    (never swapped: a long signal as the kernel would cost the direct method T^2).
+    Every term's sign is sign(sample) * sign(tap), so finding the covered Inf terms of each
+    sign takes indicator convolutions only: no weighted sum, no tolerance (see
+    :func:`_covered`). Only the terms an operand flagged non-finite can produce are looked
+    for, and of those only the ones both of whose indicators mark something; the indicators
+    keep x and w in their places (never swapped: a long signal as the kernel would cost the
+    direct method T^2).
     """
-    f64 = torch.float64
     inf = torch.inf
     # (indicator over x, indicator over w): their covered products are NaN, +Inf, -Inf terms.
-    nan_terms, plus_terms, minus_terms = [], [], []
-    if not x_finite:
-        nan_terms += [(torch.isnan(x), torch.ones_like(w)), (torch.isinf(x), w == 0)]
-        plus_terms += [(x == inf, w > 0), (x == -inf, w < 0)]
-        minus_terms += [(x == inf, w < 0), (x == -inf, w > 0)]
-    if not w_finite:
-        nan_terms += [(torch.ones_like(x), torch.isnan(w)), (x == 0, torch.isinf(w))]
-        plus_terms += [(x > 0, w == inf), (x < 0, w == -inf)]
-        minus_terms += [(x < 0, w == inf), (x > 0, w == -inf)]
+    # Only the kinds an operand holds make terms (a signal with NaN gaps and no Inf needs one
+    # of the twelve), and the other operand's indicators are built only for those.
+    groups: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {"nan": [], "+": [], "-": []}
+    known: set[int] = set()  # indicators known to mark something
+    for this, other, this_first in ((x, w, True), (w, x, False)):
+        if this_first and x_finite or not this_first and w_finite:
+            continue
+        nan, pos, neg = _nonfinite_kinds(this)
+        known |= {id(m) for m in (nan, pos, neg) if m is not None}
+
+        def add(group: str, mine: torch.Tensor, theirs, first=this_first) -> None:
+            groups[group].append((mine, theirs()) if first else (theirs(), mine))
+
+        if nan is not None:
+            add("nan", nan, lambda o=other: _everywhere(o))
+        if pos is not None or neg is not None:
+            either = pos if neg is None else neg if pos is None else pos | neg
+            add("nan", either, lambda o=other: o == 0)
+        if pos is not None:
+            add("+", pos, lambda o=other: o > 0)
+            add("-", pos, lambda o=other: o < 0)
+        if neg is not None:
+            add("+", neg, lambda o=other: o < 0)
+            add("-", neg, lambda o=other: o > 0)
+    groups = _with_both_marked(groups, known)
+    shape = (*broadcast_shapes(x.shape[:-1], w.shape[:-1]), hi - lo)
 
     def covers(terms: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
-        found = [range_fn(a.to(f64), b.to(f64), lo, hi) > 0.5 for a, b in terms]
-        for more in found[1:]:
-            found[0] |= more
-        return found[0]
+        found = torch.zeros(shape, dtype=torch.bool, device=x.device)
+        for a, b in terms:
+            found = found | _covered(range_fn, a, b, lo, hi)  # not in place: vmap batches it
+        return found
 
-    nan, plus, minus = covers(nan_terms), covers(plus_terms), covers(minus_terms)
-    nan |= plus & minus
+    nan, plus, minus = covers(groups["nan"]), covers(groups["+"]), covers(groups["-"])
+    nan = nan | (plus & minus)  # not in place: under vmap a group may be unbatched zeros
     value = torch.where(plus, inf, -inf)
     return nan | plus | minus, torch.where(nan, torch.nan, value)
+
+
+def _nonfinite_kinds(t: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+    """Where ``t`` is NaN, +Inf and -Inf, each None if it holds none (one host sync; inside
+    vmap, which cannot read values, all three are kept)."""
+    masks = (torch.isnan(t), t == torch.inf, t == -torch.inf)
+    if torch._C._are_functorch_transforms_active():
+        return masks
+    present = torch.stack([m.any() for m in masks]).tolist()
+    return tuple(m if here else None for m, here in zip(masks, present, strict=True))
+
+
+def _with_both_marked(groups: dict[str, list], known: set[int]) -> dict[str, list]:
+    # A term whose other indicator marks nothing (a window without zero or negative taps)
+    # covers nothing. One host sync for all; none possible inside vmap, where all stay.
+    pairs = [pair for terms in groups.values() for pair in terms]
+    unknown = list({id(t): t for pair in pairs for t in pair if id(t) not in known}.values())
+    if not unknown or torch._C._are_functorch_transforms_active():
+        return groups
+    flags = torch.stack([t.any() for t in unknown]).tolist()
+    marked = dict(zip(map(id, unknown), flags, strict=True))
+    keep = {id(p) for p in pairs if all(marked.get(id(t), True) for t in p)}
+    return {name: [p for p in terms if id(p) in keep] for name, terms in groups.items()}
+
+
+def _everywhere(like: torch.Tensor) -> torch.Tensor:
+    # An indicator marking every sample, without a tensor of that size.
+    return torch.ones((), dtype=torch.bool, device=like.device).expand(like.shape)
+
+
+def _covered(range_fn: RangeFn, a: torch.Tensor, b: torch.Tensor, lo: int, hi: int):
+    """``sum_k b[k] a[n - k] > 0`` for ``lo <= n < hi`` (``a`` zero outside): which outputs
+    cover a marked sample under a marked tap, exactly.
+
+    One kernel for every row marks few taps (a NaN or Inf in the kernel, its zero taps) or
+    one run of them (a window's positive taps): then shifted copies of ``a`` or a running
+    count do it in a pass or a few. Otherwise an indicator convolution through the method in
+    float64, where "a count >= 1" is decided without round-off.
+
+    Shape:
+        a ``(*ba, T)``, b ``(*bb, K)`` bool -> ``(*broadcast(ba, bb), hi - lo)`` bool.
+    """
+    K = b.shape[-1]
+    if b.dim() == 1 and not torch._C._are_functorch_transforms_active():
+        taps = b.nonzero().flatten().tolist()
+        T = a.shape[-1]
+        source = a.new_zeros(*a.shape[:-1], T + 2 * (K - 1))
+        source[..., K - 1 : K - 1 + T] = a  # source[i + K - 1] = a[i], zero outside
+
+        def at(k: int, n: int) -> int:  # where a[n - k] lies in source
+            return n - k + K - 1
+
+        if len(taps) <= 8:
+            found = torch.zeros(*a.shape[:-1], hi - lo, dtype=torch.bool, device=a.device)
+            for k in taps:
+                found |= source[..., at(k, lo) : at(k, hi)]
+            return found
+        if taps[-1] - taps[0] + 1 == len(taps):  # one run k0..k1: a running count
+            k0, k1 = taps[0], taps[-1]
+            count = F.pad(torch.cumsum(source, -1, dtype=torch.int32), (1, 0))
+            ends = count[..., at(k0, lo) + 1 : at(k0, hi) + 1]
+            return ends - count[..., at(k1, lo) : at(k1, hi)] > 0
+    f64 = torch.float64
+    return range_fn(a.to(f64), b.to(f64), lo, hi) > 0.5

@@ -116,6 +116,12 @@ def test_nonfinite_outputs_are_what_the_direct_sum_gives(method, mode, padding, 
         torch.randn(7, generator=gen),
         # the most taps the shifted sums take (they skip the finiteness check), one zero
         torch.randn(12, generator=gen) * (torch.arange(12) != 5),
+        # the ways covered outputs are found: a window's run of positive taps (a running
+        # count) and its two zero ends (shifted copies); signs scattered over many taps and
+        # many scattered zeros (indicator convolutions)
+        torch.hann_window(21, periodic=False, dtype=torch.float64),
+        torch.randn(30, generator=gen),
+        torch.randn(30, generator=gen) * (torch.arange(30) % 3 != 0),
     ]
     for K, w in enumerate(kernels):
         w = w.to(torch.float64)
