@@ -152,9 +152,31 @@ def with_nonfinite_locality(
     x_finite, w_finite = math.isfinite(x_max), math.isfinite(w_max)
     if x_finite and w_finite:
         return _without_overflow(range_fn, x, w, lo, hi, x_max, w_max)
-    x_part = x if x_finite else _finite_part(x)
-    w_part = w if w_finite else _finite_part(w)
-    y = _without_overflow(range_fn, x_part, w_part, lo, hi, *_magnitudes(x_part, w_part))
+
+    def on_finite_parts(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return _without_overflow(range_fn, a, b, lo, hi, *_magnitudes(a, b))
+
+    return with_direct_sum_nonfinite(range_fn, x, w, lo, hi, x_finite, w_finite, on_finite_parts)
+
+
+def with_direct_sum_nonfinite(
+    range_fn: RangeFn,
+    x: torch.Tensor,
+    w: torch.Tensor,
+    lo: int,
+    hi: int,
+    x_finite: bool,
+    w_finite: bool,
+    compute: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+) -> torch.Tensor:
+    """``compute`` on the operands with their non-finite values zeroed, then each output
+    whose direct sum has a non-finite term set to that sum's IEEE value (a constant to
+    autograd). ``x_finite``/``w_finite`` say which operands need no zeroing.
+
+    Shape:
+        x ``(*bx, T)``, w ``(*bw, K)`` -> ``(*broadcast(bx, bw), hi - lo)``.
+    """
+    y = compute(x if x_finite else _finite_part(x), w if w_finite else _finite_part(w))
     with torch.no_grad():
         covered, value = _direct_sum_nonfinite(
             range_fn, x.detach(), w.detach(), lo, hi, x_finite, w_finite
@@ -183,41 +205,36 @@ def _direct_sum_nonfinite(
     direct method T^2).
     """
     inf = torch.inf
-    # (indicator over x, indicator over w): their covered products are NaN, +Inf, -Inf terms.
-    # Only the kinds an operand holds make terms (a signal with NaN gaps and no Inf needs one
-    # of the twelve), and the other operand's indicators are built only for those.
-    groups: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {"nan": [], "+": [], "-": []}
-    known: set[int] = set()  # indicators known to mark something
-    for this, other, this_first in ((x, w, True), (w, x, False)):
-        if this_first and x_finite or not this_first and w_finite:
+    # (group, indicator over this operand, indicator over the other, this operand is x):
+    # covered products are NaN, +Inf or -Inf terms. Only the kinds an operand holds make
+    # terms (a signal with NaN gaps and no Inf needs one), and the other operand's indicators
+    # are built only for those.
+    terms: list[tuple[str, torch.Tensor, torch.Tensor, bool]] = []
+    for this, other, is_x, finite in ((x, w, True, x_finite), (w, x, False, w_finite)):
+        if finite:
             continue
         nan, pos, neg = _nonfinite_kinds(this)
-        known |= {id(m) for m in (nan, pos, neg) if m is not None}
-
-        def add(group: str, mine: torch.Tensor, theirs, first=this_first) -> None:
-            groups[group].append((mine, theirs()) if first else (theirs(), mine))
-
         if nan is not None:
-            add("nan", nan, lambda o=other: _everywhere(o))
+            terms.append(("nan", nan, _everywhere(other), is_x))
         if pos is not None or neg is not None:
+            zero, above, below = other == 0, other > 0, other < 0
             either = pos if neg is None else neg if pos is None else pos | neg
-            add("nan", either, lambda o=other: o == 0)
-        if pos is not None:
-            add("+", pos, lambda o=other: o > 0)
-            add("-", pos, lambda o=other: o < 0)
-        if neg is not None:
-            add("+", neg, lambda o=other: o < 0)
-            add("-", neg, lambda o=other: o > 0)
-    groups = _with_both_marked(groups, known)
+            terms.append(("nan", either, zero, is_x))
+            for mask, same_sign, other_sign in ((pos, above, below), (neg, below, above)):
+                if mask is not None:
+                    terms += [("+", mask, same_sign, is_x), ("-", mask, other_sign, is_x)]
+    terms = _other_side_marked(terms)
     shape = (*broadcast_shapes(x.shape[:-1], w.shape[:-1]), hi - lo)
 
-    def covers(terms: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    def covers(group: str) -> torch.Tensor:
         found = torch.zeros(shape, dtype=torch.bool, device=x.device)
-        for a, b in terms:
-            found = found | _covered(range_fn, a, b, lo, hi)  # not in place: vmap batches it
+        for name, mine, theirs, is_x in terms:
+            if name == group:
+                a, b = (mine, theirs) if is_x else (theirs, mine)
+                found = found | _covered(range_fn, a, b, lo, hi)  # not in place: vmap batches it
         return found
 
-    nan, plus, minus = covers(groups["nan"]), covers(groups["+"]), covers(groups["-"])
+    nan, plus, minus = covers("nan"), covers("+"), covers("-")
     nan = nan | (plus & minus)  # not in place: under vmap a group may be unbatched zeros
     value = torch.where(plus, inf, -inf)
     return nan | plus | minus, torch.where(nan, torch.nan, value)
@@ -233,17 +250,15 @@ def _nonfinite_kinds(t: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
     return tuple(m if here else None for m, here in zip(masks, present, strict=True))
 
 
-def _with_both_marked(groups: dict[str, list], known: set[int]) -> dict[str, list]:
-    # A term whose other indicator marks nothing (a window without zero or negative taps)
-    # covers nothing. One host sync for all; none possible inside vmap, where all stay.
-    pairs = [pair for terms in groups.values() for pair in terms]
-    unknown = list({id(t): t for pair in pairs for t in pair if id(t) not in known}.values())
-    if not unknown or torch._C._are_functorch_transforms_active():
-        return groups
-    flags = torch.stack([t.any() for t in unknown]).tolist()
-    marked = dict(zip(map(id, unknown), flags, strict=True))
-    keep = {id(p) for p in pairs if all(marked.get(id(t), True) for t in p)}
-    return {name: [p for p in terms if id(p) in keep] for name, terms in groups.items()}
+def _other_side_marked(terms: list[tuple]) -> list[tuple]:
+    # A term whose indicator over the other operand marks nothing (a window without zero or
+    # negative taps) covers nothing. One host sync for all; none possible inside vmap.
+    if not terms or torch._C._are_functorch_transforms_active():
+        return terms
+    distinct = list({id(term[2]): term[2] for term in terms}.values())
+    flags = torch.stack([t.any() for t in distinct]).tolist()
+    marked = dict(zip(map(id, distinct), flags, strict=True))
+    return [term for term in terms if marked[id(term[2])]]
 
 
 def _everywhere(like: torch.Tensor) -> torch.Tensor:
@@ -263,25 +278,26 @@ def _covered(range_fn: RangeFn, a: torch.Tensor, b: torch.Tensor, lo: int, hi: i
     Shape:
         a ``(*ba, T)``, b ``(*bb, K)`` bool -> ``(*broadcast(ba, bb), hi - lo)`` bool.
     """
-    K = b.shape[-1]
+    K, T = b.shape[-1], a.shape[-1]
+    taps = []
     if b.dim() == 1 and not torch._C._are_functorch_transforms_active():
         taps = b.nonzero().flatten().tolist()
-        T = a.shape[-1]
+    few, one_run = len(taps) <= 8, bool(taps) and taps[-1] - taps[0] + 1 == len(taps)
+    if taps and (few or one_run):
         source = a.new_zeros(*a.shape[:-1], T + 2 * (K - 1))
         source[..., K - 1 : K - 1 + T] = a  # source[i + K - 1] = a[i], zero outside
 
         def at(k: int, n: int) -> int:  # where a[n - k] lies in source
             return n - k + K - 1
 
-        if len(taps) <= 8:
+        if few:
             found = torch.zeros(*a.shape[:-1], hi - lo, dtype=torch.bool, device=a.device)
             for k in taps:
                 found |= source[..., at(k, lo) : at(k, hi)]
             return found
-        if taps[-1] - taps[0] + 1 == len(taps):  # one run k0..k1: a running count
-            k0, k1 = taps[0], taps[-1]
-            count = F.pad(torch.cumsum(source, -1, dtype=torch.int32), (1, 0))
-            ends = count[..., at(k0, lo) + 1 : at(k0, hi) + 1]
-            return ends - count[..., at(k1, lo) : at(k1, hi)] > 0
+        k0, k1 = taps[0], taps[-1]  # one run k0..k1: a running count
+        count = F.pad(torch.cumsum(source, -1, dtype=torch.int32), (1, 0))
+        ends = count[..., at(k0, lo) + 1 : at(k0, hi) + 1]
+        return ends - count[..., at(k1, lo) : at(k1, hi)] > 0
     f64 = torch.float64
     return range_fn(a.to(f64), b.to(f64), lo, hi) > 0.5

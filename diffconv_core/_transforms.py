@@ -19,7 +19,7 @@ import torch.autograd.forward_ad as forward_ad
 
 from diffconv_core._direct import conv1d_range
 from diffconv_core._fft import plain_fft_range
-from diffconv_core._nonfinite import _direct_sum_nonfinite, _finite_part, _magnitudes
+from diffconv_core._nonfinite import _magnitudes, with_direct_sum_nonfinite
 
 # Under "auto" on a GPU, conv1d's direct sums up to this many taps, one rFFT product beyond.
 MAX_CONV1D_TAPS = 64
@@ -54,12 +54,11 @@ def transformable_range(
     x_finite, w_finite = _finiteness(x, w)
     if x_finite and w_finite:
         return range_fn(x, w, lo, hi)
-    y = range_fn(x if x_finite else _finite_part(x), w if w_finite else _finite_part(w), lo, hi)
-    with torch.no_grad():
-        covered, value = _direct_sum_nonfinite(
-            range_fn, x.detach(), w.detach(), lo, hi, x_finite, w_finite
-        )
-    return torch.where(covered, value.to(y.dtype), y)
+
+    def on_finite_parts(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return range_fn(a, b, lo, hi)
+
+    return with_direct_sum_nonfinite(range_fn, x, w, lo, hi, x_finite, w_finite, on_finite_parts)
 
 
 def _finiteness(x: torch.Tensor, w: torch.Tensor) -> tuple[bool, bool]:

@@ -222,12 +222,12 @@ def test_nonfinite_values_under_jvp(method, where):
 
 
 def test_finite_operands_skip_the_nonfinite_handling(monkeypatch):
-    from diffconv_core import _transforms
+    from diffconv_core import _nonfinite
 
     calls = []
-    original = _transforms._direct_sum_nonfinite
+    original = _nonfinite._direct_sum_nonfinite
     monkeypatch.setattr(
-        _transforms, "_direct_sum_nonfinite", lambda *a: calls.append(1) or original(*a)
+        _nonfinite, "_direct_sum_nonfinite", lambda *a: calls.append(1) or original(*a)
     )
     # Under vmap the values are read under its wrapper, one decision for the whole batch:
     # it used to run the handling whatever the data, 150x the convolution's own time.
