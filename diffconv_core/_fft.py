@@ -107,7 +107,6 @@ def fft_range(
     n_fft = fft_length(max(hi, T + K - 1 - lo, T, K, 1), x.device)
     if needs_graph(x, w) and reduce_to is None:
         return _FFTRange.apply(x, w, lo, hi, n_fft)
-    kernel_spectrum = torch.fft.rfft(w, n_fft)
     rows = math.prod(x.shape[:-1])
     # On a GPU memory is plentiful and every extra launch costs: no chunks there.
     if (
@@ -117,9 +116,8 @@ def fft_range(
         or rows < 2
         or x.device.type != "cpu"
     ):
-        spectrum = torch.fft.rfft(x, n_fft) * kernel_spectrum
-        full = torch.fft.irfft(_sum_spectrum_to(spectrum, reduce_to), n_fft)
-        return full[..., lo:hi]
+        return plain_fft_range(x, w, lo, hi, reduce_to)
+    kernel_spectrum = torch.fft.rfft(w, n_fft)
     # No graph and one shared kernel: a few rows at a time into the output, so the work
     # arrays stay a fraction of the input.
     flat = x.reshape(rows, T)
@@ -138,17 +136,23 @@ def fft_range(
     return out.reshape(*x.shape[:-1], hi - lo)
 
 
-def plain_fft_range(x: torch.Tensor, w: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
-    """:func:`fft_range` as plain differentiable torch operations, no custom backward: what
-    forward-mode AD and the ``torch.func`` transforms can see through.
+def plain_fft_range(
+    x: torch.Tensor,
+    w: torch.Tensor,
+    lo: int,
+    hi: int,
+    reduce_to: tuple[int, ...] | None = None,
+) -> torch.Tensor:
+    """:func:`fft_range` as plain differentiable torch operations, no custom backward and no
+    chunks: what forward-mode AD and the ``torch.func`` transforms can see through.
 
     Shape:
-        x ``(*bx, T)``, w ``(*bw, K)`` -> ``(*broadcast(bx, bw), hi - lo)``.
+        x ``(*bx, T)``, w ``(*bw, K)`` -> ``(*broadcast(bx, bw), hi - lo)`` (or ``reduce_to``).
     """
     T, K = x.shape[-1], w.shape[-1]
     n_fft = fft_length(max(hi, T + K - 1 - lo, T, K, 1), x.device)
     spectrum = torch.fft.rfft(x, n_fft) * torch.fft.rfft(w, n_fft)
-    return torch.fft.irfft(spectrum, n_fft)[..., lo:hi]
+    return torch.fft.irfft(_sum_spectrum_to(spectrum, reduce_to), n_fft)[..., lo:hi]
 
 
 class _FFTRange(torch.autograd.Function):
