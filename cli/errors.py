@@ -7,6 +7,8 @@ and the reason, and the command can exit with the right code, without a tracebac
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 
 #: Exit codes shared by every command (as the issue and DESIGN.md fix them).
@@ -34,3 +36,13 @@ class FileProblem(Exception):
         self.reason = reason
         self.exit_code = exit_code
         super().__init__(f"{self.path}: {reason}")
+
+
+def discard_further_output(stream) -> None:
+    """Point ``stream``'s file descriptor at /dev/null after writing to it failed: Python
+    flushes stdout once more at exit, and a stream that failed (a closed pipe, a full disk)
+    would fail again there ("Exception ignored ...", exit 120) after our own message."""
+    with contextlib.suppress(OSError, ValueError, AttributeError, io.UnsupportedOperation):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, stream.fileno())
+        os.close(devnull)

@@ -21,7 +21,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # linear algebra in numpy, and on 2 cores those threads took 2% of a batch run's CPU time.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-from cli import __version__, interrupts, startup
+from cli import __version__, errors, interrupts, startup
 
 # name -> (module under cli.commands, one-line help shown by `diffconv --help`)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -76,10 +76,7 @@ def _report_os_error(err: OSError) -> None:
     if not isinstance(err, BrokenPipeError):  # `diffconv windows | head`: the reader is done
         with contextlib.suppress(OSError):
             click.echo(f"diffconv: error: {err.strerror or err}{where}", err=True)
-    # Python flushes stdout once more at exit: a stream that failed would fail again there
-    # ("Exception ignored ...", exit 120); send what is left to /dev/null instead.
-    with contextlib.suppress(OSError, ValueError, AttributeError):
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    errors.discard_further_output(sys.stdout)
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})

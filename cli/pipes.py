@@ -29,7 +29,7 @@ import click
 import numpy as np
 
 from cli.audio_io import NPY_MAGIC, SignalInfo, _not_stdin, audio_format_for
-from cli.errors import FileProblem
+from cli.errors import FileProblem, discard_further_output
 from cli.writing import AtomicWriter, OutputSpec, spec_for_format
 
 #: The command-line name of stdin (as an INPUT) and stdout (as the OUTPUT).
@@ -193,12 +193,7 @@ def send(data: bytes | memoryview) -> None:
         _write_all(sink, data)
         sink.flush()
     except BrokenPipeError as err:
-        # Point stdout at /dev/null, or Python's own flush at exit fails on the closed pipe
-        # again and prints "Exception ignored ... BrokenPipeError" after our message.
-        with contextlib.suppress(OSError, ValueError, io.UnsupportedOperation):
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, sink.fileno())
-            os.close(devnull)
+        discard_further_output(sink)
         raise FileProblem(STDOUT, "broken pipe: the reader closed it before the end") from err
     except OSError as err:
         raise FileProblem(STDOUT, f"write failed ({err.strerror or err})") from err
