@@ -148,12 +148,22 @@ def probe_bytes(data: bytes, name: str) -> SignalInfo:
     """
     if not data:
         raise FileProblem(name, "stream is empty (nothing was piped in)")
-    if data.startswith(NPY_MAGIC):
+    if is_npy(data):
         info = _probe_npy(name, io.BytesIO(data))
     else:
         info = _probe_audio(name, io.BytesIO(data))
     info.buffer = data
     return info
+
+
+def is_npy(data: bytes) -> bool:
+    """Whether ``data`` is a .npy file (by its magic bytes).
+
+    Example:
+        >>> is_npy(b"\\x93NUMPY\\x01\\x00..."), is_npy(b"RIFF....WAVE")
+        (True, False)
+    """
+    return data.startswith(NPY_MAGIC)
 
 
 def _source(info: SignalInfo) -> str | io.BytesIO:

@@ -17,6 +17,7 @@ from contextlib import contextmanager
 import click
 
 from cli import pipes
+from cli.audio_io import is_npy
 from cli.jobs import Job, plan_jobs
 from cli.options import split_paths
 from cli.runner import Operation, RunOptions
@@ -57,7 +58,7 @@ def check_outputs(jobs: list[Job], options: RunOptions, *, needs_rate: str | Non
         fmt = _output_format(job, options)
         formats.append(fmt)
         if job.from_stdin:
-            from_npy = pipes.is_npy(job.stdin)
+            from_npy = is_npy(job.stdin)
         else:
             from_npy = job.source.suffix.lower() == ".npy"
         if from_npy and options.rate is None:

@@ -28,7 +28,7 @@ from typing import BinaryIO
 import click
 import numpy as np
 
-from cli.audio_io import NPY_MAGIC, SignalInfo, _not_stdin, audio_format_for
+from cli.audio_io import SignalInfo, _not_stdin, audio_format_for, is_npy
 from cli.errors import FileProblem, discard_further_output
 from cli.writing import AtomicWriter, OutputSpec, spec_for_format
 
@@ -71,16 +71,6 @@ def read_stdin() -> bytes:
     except OSError as err:
         raise FileProblem(STDIN, f"cannot read ({err.strerror or err})") from err
     return b"".join(chunks)  # the one chunk itself when it came in one
-
-
-def is_npy(data: bytes) -> bool:
-    """Whether ``data`` is a .npy file (by its magic bytes).
-
-    Example:
-        >>> is_npy(b"\\x93NUMPY\\x01\\x00..."), is_npy(b"RIFF....WAVE")
-        (True, False)
-    """
-    return data.startswith(NPY_MAGIC)
 
 
 def type_format(type: str) -> str | None:
