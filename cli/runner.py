@@ -106,7 +106,7 @@ def _env_count(name: str, default: int, *, minimum: int) -> int:
     if text is None:
         return default
     try:
-        value = int(text.strip().replace("_", ""))
+        value = int(text)  # int() itself takes surrounding spaces and 1_000
     except ValueError:
         value = None
     if value is None or value < minimum:
