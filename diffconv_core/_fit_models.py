@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from diffconv_core._validation import check_choice
+from diffconv_core._window_build import clamp_straight_through
 from diffconv_core._window_registry import is_continuous, lookup
 
 
@@ -118,10 +119,7 @@ class WindowKernel(nn.Module):
     def values(self) -> dict[str, torch.Tensor]:
         raw = self.log_values.exp().unbind()
         pairs = zip(raw, self.highs, strict=True)
-        # Straight through: a plain clamp's zero gradient left a value past its bound stuck.
-        clamped = [
-            v if high is None else _straight_through(v.clamp(max=high), v) for v, high in pairs
-        ]
+        clamped = [clamp_straight_through(v, None, high) for v, high in pairs]
         return dict(zip(self.names, clamped, strict=True))
 
     def forward(self) -> torch.Tensor:
@@ -156,8 +154,3 @@ class WindowKernel(nn.Module):
             out["params"] = {k: float(v) for k, v in self.fixed.items()}
             out["width"] = values["width"]
         return out
-
-
-def _straight_through(clamped: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
-    """``clamped`` exactly, with the gradient of ``value`` (value - value.detach() is 0)."""
-    return clamped.detach() + (value - value.detach())

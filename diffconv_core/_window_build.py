@@ -23,6 +23,21 @@ __all__ = ["REQUIRED", "SPECS", "Param", "Spec", "build", "describe", "lookup"]
 NORMALIZATIONS = (None, "sum", "peak", "energy")
 
 
+def clamp_straight_through(value: Tensor, low: float | None, high: float | None) -> Tensor:
+    """``value`` clamped into ``[low, high]`` exactly, with its gradient passed as if
+    unclamped: a learned parameter an optimiser step took out of its range can come back
+    (a plain clamp's zero gradient there left it stuck). No bound, no change.
+
+    Example:
+        >>> clamp_straight_through(torch.tensor(1.5), 0.0, 1.0)
+        tensor(1.)
+    """
+    if low is None and high is None:
+        return value
+    # value - value.detach() is exactly 0: the forward value is the clamped one, bit for bit.
+    return torch.clamp(value.detach(), min=low, max=high) + (value - value.detach())
+
+
 def check_length(length: Any, what: str = "length") -> int:
     return check_count(length, what, minimum=1)
 

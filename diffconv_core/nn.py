@@ -31,14 +31,7 @@ def _clamp_to_range(value: Tensor, p: _b.Param) -> Tensor:
     eps = torch.finfo(value.dtype).eps
     low = None if p.low is None else p.low + (eps if p.low_open else 0.0)
     high = None if p.high is None else p.high - (eps if p.high_open else 0.0)
-    if low is None and high is None:
-        return value
-    return _straight_through_clamp(value, low, high)
-
-
-def _straight_through_clamp(value: Tensor, low: float | None, high: float | None) -> Tensor:
-    # value - value.detach() is exactly 0: the forward value is the clamped one, bit for bit.
-    return torch.clamp(value.detach(), min=low, max=high) + (value - value.detach())
+    return _b.clamp_straight_through(value, low, high)
 
 
 class _Buffer(str):
@@ -179,7 +172,7 @@ class WindowConv(nn.Module):
         width = self.width
         if self.learn == "width":
             eps = torch.finfo(width.dtype).eps
-            width = _straight_through_clamp(width, eps, float(self.length))
+            width = _b.clamp_straight_through(width, eps, float(self.length))
         return get_window(
             self.spec.name,
             self.length,
