@@ -55,12 +55,28 @@ def ranks_from_env(environ: dict | None = None) -> Ranks:
     return Ranks(int(env.get("RANK", "0")), world, int(local) if local is not None else None)
 
 
-def start(ranks: Ranks) -> None:
-    """Join the process group (env:// rendezvous set up by torchrun)."""
+def start(ranks: Ranks, backend: str = "gloo") -> None:
+    """Join the process group (env:// rendezvous set up by torchrun); no-op outside torchrun."""
     import torch.distributed as dist
 
     if ranks.distributed and not dist.is_initialized():
-        dist.init_process_group("gloo", rank=ranks.rank, world_size=ranks.world_size)
+        join_process_group(ranks, backend)
+
+
+def join_process_group(ranks: Ranks, backend: str) -> None:
+    """``init_process_group`` such that ``destroy_process_group`` really ends the group.
+
+    ``torch.distributed.nn.functional`` takes ``group.WORLD`` as a default argument when it
+    is first imported, and torch._dynamo imports it (creating any optimizer does). Imported
+    after the group exists, it keeps the group alive past ``destroy_process_group``; gloo's
+    worker threads then meet interpreter shutdown still running and the process aborts
+    ("terminate called without an active exception", exit -6) now and then. Imported first,
+    its defaults hold None.
+    """
+    import torch.distributed as dist
+    import torch.distributed.nn.functional  # noqa: F401  (see above: before the group)
+
+    dist.init_process_group(backend, rank=ranks.rank, world_size=ranks.world_size)
 
 
 def gather(ranks: Ranks, payload: object) -> list:

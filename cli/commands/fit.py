@@ -326,19 +326,14 @@ def _train(ranks, o, pairs, rate, crop, paths, checkpoint, state) -> None:
 
 
 def _start_process_group(ranks, device) -> None:
-    # gloo carries CPU tensors and Python objects; nccl the gradients of a CUDA run.
-    if not ranks.distributed:
-        return
-    import torch.distributed as dist
+    from cli import distributed
 
-    if dist.is_initialized():
-        return
-    backend = "cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo"
-    if device.type == "cuda":
+    # gloo carries CPU tensors and Python objects; nccl the gradients of a CUDA run.
+    if device.type == "cuda" and ranks.distributed:
         import torch
 
         torch.cuda.set_device(device)
-    dist.init_process_group(backend, rank=ranks.rank, world_size=ranks.world_size)
+    distributed.start(ranks, "cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo")
 
 
 def _all_reduce_sum(tensor) -> None:

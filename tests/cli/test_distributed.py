@@ -57,3 +57,43 @@ def test_two_gloo_ranks_split_the_files(tmp_path, bad_inputs):
     # Rank 0 alone prints the merged summary, counting both ranks' files.
     assert r.stderr.count("7 files processed, 1 file failed.") == 1
     assert r.stderr.count(f"error: {folder / 'sub' / 'zz_bad.wav'}: not a readable") == 1
+
+
+ENDS_THE_GROUP = """
+import os, sys
+import torch, torch.distributed as dist
+from cli.distributed import Ranks, finish, join_process_group
+
+def threads():
+    return len(os.listdir("/proc/self/task"))
+
+alone = threads()
+ranks = Ranks(0, int(os.environ["WORLD_SIZE"]))
+join_process_group(ranks, "gloo")
+torch.optim.Adam([torch.nn.Parameter(torch.ones(3))])  # imports torch._dynamo
+flag = torch.ones(1)
+dist.all_reduce(flag)
+finish(Ranks(0, 2))
+print("threads", alone, threads())
+"""
+
+
+def test_finishing_ends_the_process_group_after_dynamo_is_imported(tmp_path):
+    # Imported after init_process_group, torch.distributed.nn.functional held the group in
+    # its default arguments: gloo's threads outlived destroy_process_group and now and then
+    # aborted the exiting process (SIGABRT). Finishing must leave no group threads behind.
+    if not os.path.isdir("/proc/self/task"):
+        import pytest
+
+        pytest.skip("counts threads through /proc")
+    script = tmp_path / "ends.py"
+    script.write_text(ENDS_THE_GROUP)
+    r = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1",
+         str(script)],
+        capture_output=True, text=True, cwd=REPO, timeout=120,
+        env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO)),
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    counts = [line.split()[1:] for line in r.stdout.splitlines() if line.startswith("threads")]
+    assert len(counts) == 1 and counts[0][0] == counts[0][1], r.stdout
