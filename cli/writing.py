@@ -185,6 +185,7 @@ class AtomicWriter:
         buffered: bool = False,
     ):
         self.dest = Path(dest)
+        self._target = self.dest  # where the bytes go: the file a symlink at dest names
         self.buffered = buffered
         self.spec = spec
         self.shape = tuple(shape)
@@ -204,13 +205,17 @@ class AtomicWriter:
 
     def __enter__(self) -> AtomicWriter:
         dest = self.dest
-        self._dest_mode = _existing_mode(dest)
+        try:
+            self._target = _through_symlink(dest)
+            self._dest_mode = _existing_mode(self._target)
+        except OSError as err:  # a symlink loop, a path through a file ...
+            raise FileProblem(dest, f"cannot write there ({err.strerror or err})") from err
         if self._dest_mode is not None and stat.S_ISDIR(self._dest_mode):
             raise FileProblem(dest, "output is a directory")
         if self._dest_mode is not None and not self.overwrite:
             raise FileProblem(dest, "output exists; use --overwrite to replace it")
         try:
-            fd, self._tmp = _temporary_beside(dest, self._made_dirs)
+            fd, self._tmp = _temporary_beside(self._target, self._made_dirs)
             if self.spec.kind == "npy" and not self.buffered:
                 os.close(fd)  # numpy's memmap opens the file by name
             else:
@@ -314,7 +319,7 @@ class AtomicWriter:
             self._close(commit=True)
             keep = self._dest_mode  # replacing a file keeps its permissions
             os.chmod(self._tmp, keep & 0o777 if keep is not None else _default_mode())
-            os.replace(self._tmp, self.dest)
+            os.replace(self._tmp, self._target)
         except OSError as err:
             self._discard()
             raise FileProblem(self.dest, f"cannot finish writing ({err.strerror or err})") from err
@@ -394,20 +399,42 @@ def atomic_write(
     if not overwrite and dest.exists():
         raise FileProblem(dest, "output exists; use --overwrite to replace it")
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+        target = _through_symlink(dest)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
     except OSError as err:
         raise FileProblem(dest, f"cannot write ({err.strerror or err})") from err
     try:
         with os.fdopen(fd, "wb") as f:
             fill(f)
         os.chmod(tmp, _default_mode())
-        os.replace(tmp, dest)
+        os.replace(tmp, target)
     except BaseException as err:
         if os.path.exists(tmp):
             os.unlink(tmp)
         if isinstance(err, OSError):
             raise FileProblem(dest, f"cannot write ({err.strerror or err})") from err
         raise
+
+
+def _through_symlink(dest: Path) -> Path:
+    """The file that writing to ``dest`` should replace: the one a symlink there names.
+
+    Renaming onto the link itself would turn it into a plain file and leave the file it
+    points to as it was; ``sox``, ``cp`` and shell redirection write through the link.
+    A dangling link names the file to create.
+
+    Example:
+        >>> import tempfile
+        >>> root = Path(tempfile.mkdtemp())
+        >>> (root / "link.wav").symlink_to("real.wav")
+        >>> _through_symlink(root / "link.wav") == root.resolve() / "real.wav"
+        True
+        >>> _through_symlink(root / "plain.wav") == root / "plain.wav"
+        True
+    """
+    if not os.path.islink(dest):
+        return dest
+    return Path(os.path.realpath(dest, strict=os.path.exists(dest)))
 
 
 def _existing_mode(path: Path) -> int | None:

@@ -280,6 +280,58 @@ def test_replacing_keeps_permissions_and_leaves_no_temporary(tmp_path):
 
 
 @pytest.mark.parametrize("streamed", [False, True])
+@pytest.mark.parametrize("name", ["out.wav", "out.npy"])
+def test_overwriting_a_symlink_writes_the_file_it_names(tmp_path, streamed, name):
+    # Renaming onto the link would replace the link with a plain file and leave the file it
+    # names stale; sox, cp and `>` write through it.
+    real = tmp_path / "store" / name
+    real.parent.mkdir()
+    real.write_bytes(b"old")
+    (tmp_path / "links").mkdir()
+    link = tmp_path / "links" / name
+    link.symlink_to(os.path.relpath(real, link.parent))
+    env = {"DIFFCONV_STREAM_SAMPLES": "1000"} if streamed else None
+    src = SAMPLES / "speech_mono16.wav"
+    r = invoke("smooth", src, link, env=env)
+    assert r.exit_code == 1 and "--overwrite" in r.stderr and real.read_bytes() == b"old"
+    r = invoke("smooth", src, link, "--overwrite", env=env)
+    assert r.exit_code == 0, r.output
+    assert link.is_symlink() and link.resolve() == real.resolve()
+    expected = tmp_path / ("plain" + real.suffix)
+    assert invoke("smooth", src, expected, env=env).exit_code == 0
+    assert real.read_bytes() == expected.read_bytes()
+    assert listing(tmp_path / "store") == [name] and listing(tmp_path / "links") == [name]
+
+
+def test_dangling_symlink_output_creates_the_file_it_names(tmp_path):
+    link = tmp_path / "out.wav"
+    link.symlink_to("made.wav")
+    r = invoke("smooth", SAMPLES / "speech_mono16.wav", link)
+    assert r.exit_code == 0, r.output
+    assert link.is_symlink() and sf.info(tmp_path / "made.wav").frames > 0
+
+
+def test_symlink_loop_output_fails_that_file_only(tmp_path):
+    (tmp_path / "a.wav").symlink_to("b.wav")
+    (tmp_path / "b.wav").symlink_to("a.wav")
+    r = invoke("smooth", SAMPLES / "speech_mono16.wav", tmp_path / "a.wav", "--overwrite")
+    assert r.exit_code == 1 and "a.wav" in r.stderr and "symbolic links" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_atomic_write_writes_through_a_symlink(tmp_path):
+    from cli.writing import atomic_write
+
+    real = tmp_path / "real.json"
+    real.write_text("{}")
+    link = tmp_path / "link.json"
+    link.symlink_to("real.json")
+    atomic_write(link, lambda f: f.write(b'{"a": 1}'))
+    assert link.is_symlink() and real.read_text() == '{"a": 1}'
+    assert listing(tmp_path) == ["link.json", "real.json"]
+
+
+@pytest.mark.parametrize("streamed", [False, True])
 def test_format_refusing_the_channel_count_says_so(tmp_path, streamed):
     # FLAC holds at most 8 channels; libsndfile only says "Format not recognised", and the
     # message used to name an in-memory buffer ("<_io.BytesIO object at 0x...>").
