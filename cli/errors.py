@@ -8,8 +8,10 @@ and the reason, and the command can exit with the right code, without a tracebac
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import os
+import sys
 
 #: Exit codes shared by every command (as the issue and DESIGN.md fix them).
 EXIT_OK = 0
@@ -46,3 +48,46 @@ def discard_further_output(stream) -> None:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, stream.fileno())
         os.close(devnull)
+
+
+class ClosedOutput(io.TextIOBase):
+    """Stands in for ``sys.stdout`` when the command started with it closed (``>&-``).
+
+    Python then leaves ``sys.stdout`` as None, and click's ``echo`` silently prints nothing:
+    ``diffconv info x.wav >&-`` lost its whole answer and exited 0. Writing here fails as a
+    closed descriptor does, so the command reports it and exits 1.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.buffer = _ClosedBinaryOutput()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        raise _closed_output_error()
+
+
+class _ClosedBinaryOutput(io.RawIOBase):
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        raise _closed_output_error()
+
+
+def _closed_output_error() -> OSError:
+    return OSError(errno.EBADF, "standard output is closed")
+
+
+def stand_in_for_closed_streams() -> None:
+    """Give a command started with stdout or stderr closed something to write to.
+
+    A closed stdout fails every write (see :class:`ClosedOutput`); a closed stderr only
+    loses the messages: the exit code still says how the command went.
+    """
+    if sys.stdout is None:
+        sys.stdout = ClosedOutput()
+    if sys.stderr is None:
+        sys.stderr = open(os.devnull, "w")  # noqa: SIM115  (lives as long as the process)

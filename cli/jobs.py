@@ -128,6 +128,10 @@ def _plan_pipe(inputs: list[str], output: str) -> Job:
     if output == dash:
         if len(inputs) > 1:
             raise click.UsageError("- (stdout) takes one result: give one INPUT")
+        if pipes.stdout_is_closed():
+            raise click.UsageError(
+                "- (stdout) is closed; redirect it (> out.wav) or pipe it into a program"
+            )
         if pipes.stdout_is_terminal():
             raise click.UsageError(
                 "- (stdout) is a terminal; redirect it (> out.wav) or pipe it into a program"

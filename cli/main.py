@@ -87,6 +87,7 @@ def cli() -> None:
 
 def main() -> None:
     startup.begin()  # rare collections while torch imports (see cli.startup)
+    errors.stand_in_for_closed_streams()
     interrupts.unwind_on_sigterm()
     cli()
 

@@ -29,7 +29,7 @@ import click
 import numpy as np
 
 from cli.audio_io import SignalInfo, _not_stdin, audio_format_for, is_npy
-from cli.errors import FileProblem, discard_further_output
+from cli.errors import ClosedOutput, FileProblem, discard_further_output
 from cli.writing import AtomicWriter, OutputSpec, spec_for_format
 
 #: The command-line name of stdin (as an INPUT) and stdout (as the OUTPUT).
@@ -45,6 +45,11 @@ _data_sinks: list[BinaryIO] = []
 def stdin_is_terminal() -> bool:
     """True when nothing is piped or redirected into stdin (or there is no stdin at all)."""
     return sys.stdin is None or sys.stdin.isatty()
+
+
+def stdout_is_closed() -> bool:
+    """True when the command started with stdout closed (``>&-``)."""
+    return sys.stdout is None or isinstance(sys.stdout, ClosedOutput)
 
 
 def stdout_is_terminal() -> bool:

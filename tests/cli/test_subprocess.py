@@ -177,3 +177,39 @@ def test_text_into_a_closed_pipe_ends_quietly():
     )
     assert result.stdout.count("\n") == 1
     assert result.stderr == ""
+
+
+def _run_with_closed(fds: str, *args) -> subprocess.CompletedProcess:
+    # bash closes the descriptors (`>&-`, `2>&-`) and execs Python with them closed.
+    command = 'exec "$0" -m cli "$@" ' + fds
+    return subprocess.run(
+        ["bash", "-c", command, sys.executable, *map(str, args)],
+        capture_output=True, text=True, cwd=REPO, timeout=120,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("args", [("windows",), ("info", SAMPLES / "speech_mono16.wav")])
+def test_text_for_a_closed_stdout_is_a_failure(args):
+    # Python leaves sys.stdout None and click printed nothing: the answer was lost, exit 0.
+    result = _run_with_closed(">&-", *args)
+    assert result.returncode == 1
+    assert "standard output is closed" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_data_for_a_closed_stdout_is_a_usage_error():
+    result = _run_with_closed(">&-", "smooth", SAMPLES / "speech_mono16.wav", "-", "-t", "wav")
+    assert result.returncode == 2
+    assert "- (stdout) is closed" in result.stderr
+
+
+def test_a_closed_stderr_changes_nothing_but_the_messages(tmp_path):
+    src = SAMPLES / "speech_mono16.wav"
+    assert _run_with_closed("2>&-", "smooth", src, tmp_path / "a.wav").returncode == 0
+    assert _run_with_closed(">&- 2>&-", "smooth", src, tmp_path / "b.wav").returncode == 0
+    assert sf.info(tmp_path / "a.wav").frames == sf.info(src).frames
+    assert tmp_path.joinpath("b.wav").read_bytes() == tmp_path.joinpath("a.wav").read_bytes()
+    assert (
+        _run_with_closed("2>&-", "smooth", tmp_path / "none.wav", tmp_path / "c.wav").returncode
+        == 2
+    )
+    assert _run_with_closed("2>&-", "info", tmp_path / "a.wav").returncode == 0
