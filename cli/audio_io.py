@@ -205,6 +205,14 @@ def _probe_audio(path: str, source: str | io.BytesIO | None = None) -> SignalInf
         info = sf.info(_not_stdin(path) if source is None else source)
     except (sf.SoundFileError, RuntimeError) as err:
         raise FileProblem(path, f"not a readable sound file ({_libsndfile_reason(err)})") from err
+    except TypeError as err:
+        # soundfile takes a .raw/.pcm name for headerless PCM, which it cannot open without
+        # being told the rate, channels and sample format ("samplerate must be specified").
+        raise FileProblem(
+            path,
+            "headerless (raw) samples: no rate, channel count or sample format to read; "
+            "convert it to WAV (sox -r RATE -e signed -b 16 -c 1 IN.raw OUT.wav) or .npy",
+        ) from err
     if info.frames <= 0:
         raise FileProblem(path, "sound file holds no samples")
     dtype = np.dtype("float64" if info.subtype in _WIDE_SUBTYPES else "float32")
