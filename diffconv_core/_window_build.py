@@ -93,9 +93,14 @@ def _flat(values: Sequence[Any]) -> list[Any]:
 
 
 def _discrete(window: str, p: Param, value: Any) -> Any:
-    """Validate an integer or boolean parameter (None passes for optional ones)."""
+    """Validate an integer, boolean or choice parameter (None passes for optional ones)."""
     if value is None:
         return None
+    if p.kind == "choice":
+        hashable = isinstance(value, (str, int, float)) and not isinstance(value, bool)
+        if not hashable or value not in p.choices:
+            raise ValueError(f"{window} parameter {p.name} must be {p.range_text()}; got {value!r}")
+        return next(c for c in p.choices if c == value)  # 2.0 is 2, as in scipy
     if p.kind == "bool":
         if not isinstance(value, bool):
             raise TypeError(f"{window} parameter {p.name} must be True or False; got {value!r}")
@@ -208,6 +213,12 @@ def build(
         raise ValueError(
             f"exponential window: center must be None when sym=True; got {_show(raw['center'])}"
         )
+    if spec.name == "kaiser_bessel_derived" and not sym:
+        raise ValueError("kaiser_bessel_derived window: only defined for sym=True (as in scipy)")
+    if spec.name == "kaiser_bessel_derived" and length % 2:
+        raise ValueError(
+            f"kaiser_bessel_derived window: only defined for an even length; got {length}"
+        )
 
     given = [*raw.values(), width]
     out_dtype = result_dtype(dtype, given)
@@ -227,6 +238,13 @@ def build(
         check_param(spec.name, p, tensor, raw[p.name])
         values[p.name] = tensor
         batch = broadcast_shapes(batch, tensor.shape[:-1] if p.vector else tensor.shape)
+    # scipy checks dpss's NW against the length it was asked for (before a periodic window
+    # is extended by a tap), and not at all for a single tap.
+    if spec.name == "dpss" and length > 1 and not bool((values["NW"].detach() < length / 2).all()):
+        raise ValueError(
+            f"dpss parameter NW must be > 0 and < length / 2 ({length / 2:g} for length "
+            f"{length}); got {_show(raw['NW'])}"
+        )
 
     # scipy answers [1.0] for any one-tap window, periodic or not.
     m = length if sym or length == 1 else length + 1

@@ -35,13 +35,20 @@ class Param:
     high_open: bool = False
     vector: bool = False  # general_cosine's coefficient sequence (a trailing axis)
     allow_none: bool = False  # exponential's ``center``
-    kind: str = "float"  # "int" and "bool" parameters are plain Python values, not tensors
+    kind: str = "float"  # "int", "bool" and "choice" parameters are plain Python values
+    choices: tuple[Any, ...] = ()  # the values a "choice" parameter takes (dpss's ``norm``)
+    text: str | None = None  # the range in words, where low/high do not tell all of it
 
     @property
     def continuous(self) -> bool:
         return self.kind == "float"
 
     def range_text(self) -> str:
+        if self.text is not None:
+            return self.text
+        if self.kind == "choice":
+            options = ([None] if self.allow_none else []) + list(self.choices)
+            return "one of " + ", ".join(map(repr, options))
         if self.kind == "bool":
             return "True or False"
         if self.kind == "int":
@@ -84,7 +91,28 @@ SPECS: tuple[Spec, ...] = (
     _spec("blackmanharris", ["blackharr", "bkh"], [], "minimum 4-term Blackman-Harris"),
     _spec("bohman", ["bman", "bmn"], [], "convolution of two half-cosines"),
     _spec("boxcar", ["box", "ones", "rect", "rectangular"], [], "rectangle: all ones"),
+    _spec(
+        "chebwin",
+        ["cheb"],
+        [Param("at", REQUIRED, **_POSITIVE)],
+        "Dolph-Chebyshev: equiripple side lobes at dB below the main lobe",
+    ),
     _spec("cosine", ["halfcosine"], [], "half a period of a sine"),
+    _spec(
+        "dpss",
+        [],
+        [
+            Param("NW", REQUIRED, **_POSITIVE, text="> 0 and < length / 2"),
+            Param(
+                "norm",
+                None,
+                allow_none=True,
+                kind="choice",
+                choices=(2, "approximate", "subsample"),
+            ),
+        ],
+        "first Slepian sequence: most energy within |f| < NW / length",
+    ),
     _spec(
         "exponential",
         ["poisson"],
@@ -118,6 +146,12 @@ SPECS: tuple[Spec, ...] = (
         ["ksr"],
         [Param("beta", REQUIRED, low=0.0)],
         "I0(beta sqrt(1 - x^2)) / I0(beta)",
+    ),
+    _spec(
+        "kaiser_bessel_derived",
+        ["kaiser bessel derived", "kbd"],
+        [Param("beta", REQUIRED, low=0.0)],
+        "sqrt of a running Kaiser sum (MDCT); even lengths, sym=True only",
     ),
     _spec("lanczos", ["sinc"], [], "central lobe of a sinc"),
     _spec("nuttall", ["nutl", "nut"], [], "minimum 4-term Nuttall"),

@@ -6,6 +6,10 @@ from the centre of a *symmetric* window of ``m >= 2`` taps, so that evaluating i
 Writing them in terms of a continuous offset (instead of an integer index, as scipy does) is
 what lets :func:`diffconv_core.windows.get_window` stretch a window to a fractional width.
 
+Three windows have no formula between taps: ``chebwin`` (an inverse DFT: its shape is the
+cosine series through its taps), ``kaiser_bessel_derived`` (a running sum) and ``dpss`` (an
+eigenvector). They compute their taps on the grid first, then evaluate at ``t``.
+
 Parameters arrive as tensors already broadcast against ``t`` (a trailing axis of taps), so
 every formula works for batches of parameters too. Formulas with a removable singularity
 use the "double where" trick: the unsafe branch is fed a harmless value where it is not
@@ -15,6 +19,7 @@ selected, so that its gradient there is finite and masked out instead of ``0 * i
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -176,3 +181,127 @@ def taylor(t: Tensor, m: int, nbar: int, sll: Tensor, norm: bool) -> Tensor:
     if norm:
         w = w / (1.0 + 2.0 * coefficients.sum(-1, keepdim=True))
     return w
+
+
+def _grid(m: int, like: Tensor) -> Tensor:
+    """The offsets of the ``m`` taps of the symmetric window from its centre."""
+    return torch.arange(m, dtype=like.dtype, device=like.device) - (m - 1) / 2.0
+
+
+def _between_taps(t: Tensor, taps: Tensor) -> Tensor:
+    """Windows defined only at the taps (``taps``: ``(..., m)`` on the grid of offsets):
+    their value at the offsets ``t``, linear between neighbouring taps. On the grid itself
+    (every offset when no width is given) the taps come back exactly."""
+    m = taps.shape[-1]
+    position = t + (m - 1) / 2.0
+    left = torch.floor(position.detach()).clamp(0, m - 2)
+    fraction = position - left
+    shape = torch.broadcast_shapes(taps.shape[:-1], t.shape[:-1])
+    index = left.long().expand(*shape, t.shape[-1])
+    taps = taps.expand(*shape, m)
+    lo = torch.gather(taps, -1, index)
+    hi = torch.gather(taps, -1, index + 1)
+    # (1 - f) a + f b (not a + f (b - a)): f == 0 and f == 1 give a and b bit for bit.
+    return (1.0 - fraction) * lo + fraction * hi
+
+
+def _chebyshev(order: int, x: Tensor) -> Tensor:
+    """The Chebyshev polynomial ``T_order(x)`` for ``x >= 0``: ``cos(n acos x)`` inside
+    [0, 1], ``cosh(n acosh x)`` above. Both inner functions have an infinite slope at
+    ``x == 1``, where the polynomial is smooth: there (and only there) its Taylor series
+    ``1 + n^2 u + n^2 (n^2 - 1) u^2 / 6``, ``u = x - 1``, gives the value and the first
+    two derivatives."""
+    n = float(order)
+    inside, outside = x < 1.0, x > 1.0
+    safe_in = torch.where(inside, x, torch.zeros_like(x))
+    safe_out = torch.where(outside, x, torch.full_like(x, 2.0))
+    u = x - 1.0
+    at_one = 1.0 + n * n * u + (n * n * (n * n - 1.0) / 6.0) * u * u
+    value = torch.where(outside, torch.cosh(n * torch.acosh(safe_out)), at_one)
+    return torch.where(inside, torch.cos(n * torch.acos(safe_in)), value)
+
+
+def chebwin(t: Tensor, m: int, at: Tensor) -> Tensor:
+    # The Dolph-Chebyshev window is defined by its spectrum: T_{m-1}(x0 cos(pi k / m)) at
+    # the m DFT bins k, x0 chosen so that the side lobes are `at` dB below the main lobe.
+    # That spectrum is real and symmetric (with a half-sample shift for even m), so the
+    # window is the cosine series p_0 + 2 sum_k p_k cos(2 pi k t / m), k < m / 2, which
+    # is scipy's inverse FFT at the taps and a trigonometric polynomial in between.
+    ratio = 10.0 ** (at / 20.0)
+    # x0 = cosh(acosh(ratio) / (m - 1)), smooth in ratio at 1 (at -> 0): 1 + (ratio - 1) /
+    # (m - 1)^2 there, where acosh's slope is infinite.
+    above = ratio > 1.0
+    safe = torch.where(above, ratio, torch.full_like(ratio, 2.0))
+    x0 = torch.where(
+        above, torch.cosh(torch.acosh(safe) / (m - 1)), 1.0 + (ratio - 1.0) / (m - 1) ** 2
+    )
+    k = torch.arange((m + 1) // 2, dtype=t.dtype, device=t.device)
+    p = _chebyshev(m - 1, x0 * torch.cos((math.pi / m) * k))  # (..., K)
+    weights = torch.where(k == 0, 1.0, 2.0).to(t.dtype) * p
+
+    def series(offsets: Tensor) -> Tensor:
+        cosines = torch.cos((2.0 * math.pi / m) * offsets.unsqueeze(-1) * k)  # (..., m, K)
+        return torch.matmul(cosines, weights.unsqueeze(-1)).squeeze(-1)
+
+    # scipy divides by the largest tap (not always the centre: at low `at`, the end taps).
+    peak = series(_grid(m, t)).amax(-1, keepdim=True)
+    return series(t) / peak
+
+
+def kaiser_bessel_derived(t: Tensor, m: int, beta: Tensor) -> Tensor:
+    # Half of the window is the square root of the running sum of a Kaiser window of
+    # m / 2 + 1 taps, over its total; the other half is its mirror image. m is even.
+    half = m // 2
+    kaiser_taps = kaiser(_grid(half + 1, t), half + 1, beta)
+    running = torch.cumsum(kaiser_taps, dim=-1)
+    ratio = running[..., :-1] / running[..., -1:]
+    # A huge beta underflows the first Kaiser taps to 0: keep sqrt's gradient finite there.
+    positive = ratio > 0
+    root = torch.where(positive, torch.sqrt(torch.where(positive, ratio, 1.0)), 0.0)
+    return _between_taps(t, torch.cat([root, root.flip(-1)], dim=-1))
+
+
+def dpss(t: Tensor, m: int, NW: Tensor, norm: Any) -> Tensor:
+    # The first discrete prolate spheroidal (Slepian) sequence: the eigenvector of the
+    # largest eigenvalue of the symmetric tridiagonal matrix with diagonal
+    # ((m - 1 - 2 n) / 2)^2 cos(2 pi NW / m) and off-diagonal n (m - n) / 2 (Percival and
+    # Walden), which commutes with the band-limiting operator of half bandwidth NW / m.
+    #
+    # The matrix is persymmetric, so every eigenvector is symmetric or antisymmetric, and
+    # the wanted one is symmetric: it is found in the half-size matrix acting on symmetric
+    # vectors (a quarter of the work, and taps that mirror each other bit for bit).
+    half = (m + 1) // 2
+    n = torch.arange(half, dtype=t.dtype, device=t.device)
+    diagonal = ((m - 1 - 2.0 * n) / 2.0) ** 2 * torch.cos((2.0 * math.pi / m) * NW)
+    off = n[1:] * (m - n[1:]) / 2.0
+    if m % 2:
+        # Odd m: the centre tap couples to both of its neighbours. Scaling it by 1/sqrt(2)
+        # keeps the half-size matrix symmetric.
+        off = torch.cat([off[:-1], off[-1:] * math.sqrt(2.0)])
+    else:
+        # Even m: the last tap of the half meets its own mirror image.
+        diagonal = diagonal + torch.where(n == half - 1, m * m / 8.0, 0.0).to(t.dtype)
+    matrix = torch.diag_embed(diagonal) + torch.diag_embed(off, 1) + torch.diag_embed(off, -1)
+    vector = torch.linalg.eigh(matrix)[1][..., -1]  # eigenvalues ascend: the largest one
+    if m % 2:
+        centre = vector[..., -1:] * math.sqrt(2.0)
+        taps = torch.cat([vector[..., :-1], centre, vector[..., :-1].flip(-1)], -1)
+    else:
+        taps = torch.cat([vector, vector.flip(-1)], -1)
+    taps = taps / math.sqrt(2.0)  # unit energy
+    # eigh's sign is arbitrary; the convention (and scipy's) is a positive sum.
+    taps = taps * torch.where(taps.sum(-1, keepdim=True) < 0, -1.0, 1.0).to(t.dtype)
+    if norm != 2:
+        # Peak 1, then (even m only) a correction for the peak falling between two taps.
+        taps = taps / taps.amax(-1, keepdim=True)
+        if m % 2 == 0:
+            if norm == "subsample":
+                # Scaled so that the taps' DFT interpolation is 1 at the centre, half-way
+                # between the two centre taps (scipy's "subsample" shift).
+                k = torch.arange(1, m // 2 + 1, dtype=t.dtype, device=t.device)
+                grid = _grid(m, t)
+                kernel = 1.0 + 2.0 * torch.cos((2.0 * math.pi / m) * grid.unsqueeze(-1) * k).sum(-1)
+                taps = taps * (m / (taps * kernel).sum(-1, keepdim=True))
+            else:
+                taps = taps * (m * m / (m * m + NW))
+    return _between_taps(t, taps)

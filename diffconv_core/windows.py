@@ -41,7 +41,9 @@ __all__ = [
     "blackmanharris",
     "bohman",
     "boxcar",
+    "chebwin",
     "cosine",
+    "dpss",
     "exponential",
     "flattop",
     "gaussian",
@@ -51,6 +53,7 @@ __all__ = [
     "hamming",
     "hann",
     "kaiser",
+    "kaiser_bessel_derived",
     "lanczos",
     "nuttall",
     "parzen",
@@ -102,7 +105,10 @@ def get_window(
             general_gaussian ``sig``) are stretched too: their effective scale is
             ``param * width / length``. For ``sym=False`` the rule is applied to the
             ``length + 1``-tap symmetric window with width ``width * (length + 1) / length``,
-            whose last tap is then dropped. A very narrow width can leave no non-zero tap
+            whose last tap is then dropped. ``kaiser_bessel_derived`` and ``dpss`` are only
+            defined at the taps: their ``f`` joins the taps by straight lines; ``chebwin``'s
+            is the trigonometric polynomial whose samples its taps are (its taps are an
+            inverse DFT). A very narrow width can leave no non-zero tap
             (an even-length Hann window with ``width <= length / (length - 1)``, say);
             ``normalize`` then raises.
         dtype, device: of the result (defaults: see the module docstring).
@@ -393,6 +399,94 @@ def kaiser(length: int, beta: Number, sym: bool = True, **kw: Any) -> Tensor:
         - output: ``(length,)``, or ``(*S, length)`` for tensor parameters of shape ``S``
     """
     return _make("kaiser", length, sym, kw, beta=beta)
+
+
+def kaiser_bessel_derived(length: int, beta: Number, *, sym: bool = True, **kw: Any) -> Tensor:
+    """Kaiser-Bessel derived window: half of it is the square root of the running sum of a
+    Kaiser window of ``length / 2 + 1`` taps (with ``beta >= 0``) over its total, the other
+    half its mirror image (the MDCT's window: ``w[n]^2 + w[n + length / 2]^2 == 1``).
+
+    As in scipy, only defined for an even ``length`` and ``sym=True`` (keyword-only); other
+    lengths, or ``sym=False``, raise ValueError. With ``width``, the taps are joined by
+    straight lines before the stretch (the window has no formula between taps).
+
+    Shape:
+        - output: ``(length,)``, or ``(*S, length)`` for tensor parameters of shape ``S``
+
+    Example:
+        >>> w = kaiser_bessel_derived(6, 4.0, dtype=torch.float64)
+        >>> torch.allclose(w[:3] ** 2 + w[3:] ** 2, torch.ones(3, dtype=torch.float64))
+        True
+    """
+    return _make("kaiser_bessel_derived", length, sym, kw, beta=beta)
+
+
+def chebwin(length: int, at: Number, sym: bool = True, **kw: Any) -> Tensor:
+    """Dolph-Chebyshev window: the narrowest main lobe for equiripple side lobes ``at`` dB
+    (``at > 0``, differentiable) below it; the largest tap is 1.
+
+    scipy warns that below about 45 dB the window is unsuited to spectral analysis (its
+    equivalent noise bandwidth stops growing with ``at``); the taps are well defined and
+    equal to scipy's all the same, and this function does not warn (no window here does).
+    With ``width``, the window is stretched as the trigonometric polynomial whose samples
+    the taps are.
+
+    Shape:
+        - output: ``(length,)``, or ``(*S, length)`` for tensor parameters of shape ``S``
+
+    Example:
+        >>> chebwin(5, 50.0, dtype=torch.float64)
+        tensor([0.2055, 0.7010, 1.0000, 0.7010, 0.2055], dtype=torch.float64)
+    """
+    return _make("chebwin", length, sym, kw, at=at)
+
+
+def dpss(
+    length: int,
+    NW: Number,
+    Kmax: int | None = None,
+    sym: bool = True,
+    norm: int | str | None = None,
+    return_ratios: bool = False,
+    **kw: Any,
+) -> Tensor:
+    """First discrete prolate spheroidal (Slepian) sequence: of all windows of ``length``
+    taps, the one with the most energy at frequencies ``|f| < NW / length`` (cycles per
+    sample); ``0 < NW < length / 2``, differentiable.
+
+    ``norm``: None (the default, as scipy's for a single window: ``"approximate"``),
+    ``"approximate"`` (largest tap 1, and for an even length times
+    ``length^2 / (length^2 + NW)``, since the peak falls between the two centre taps),
+    ``"subsample"`` (largest tap 1, and for an even length scaled so that the taps' DFT
+    interpolation is 1 half-way between the two centre taps) or ``2`` (unit energy). For
+    ``sym=False`` everything, ``NW / length`` included, is that of the ``length + 1``-tap
+    window, as in scipy.
+
+    One window only: ``Kmax`` (several tapers) must be None and ``return_ratios`` (their
+    concentration ratios) False; other values raise ValueError. With ``width``, the taps
+    are joined by straight lines before the stretch.
+
+    Shape:
+        - output: ``(length,)``, or ``(*S, length)`` for tensor parameters of shape ``S``
+
+    Example:
+        >>> NW = torch.tensor(2.5, dtype=torch.float64, requires_grad=True)
+        >>> w = dpss(16, NW)
+        >>> w.sum().backward()  # a wider band: a narrower window
+        >>> NW.grad < 0
+        tensor(True)
+    """
+    if Kmax is not None:
+        raise ValueError(
+            f"dpss parameter Kmax must be None (one window; several tapers are not "
+            f"supported); got {Kmax!r}"
+        )
+    if return_ratios:
+        raise ValueError(
+            "dpss parameter return_ratios must be False (concentration ratios are not "
+            f"returned); got {return_ratios!r}"
+        )
+    return _make("dpss", length, sym, kw, NW=NW, norm=norm)
 
 
 def taylor(

@@ -14,6 +14,11 @@ from diffconv_core import windows as W
 
 from .conftest import DEVICES
 
+# scipy warns that a Dolph-Chebyshev window below 45 dB suits spectral analysis poorly; the
+# references below use such windows on purpose (this library does not warn: see
+# test_chebwin_below_45_db_does_not_warn).
+pytestmark = pytest.mark.filterwarnings("ignore:This window is not suitable:UserWarning")
+
 # (name, non-default params); windows without parameters appear once with {}.
 CASES = [
     ("boxcar", {}),
@@ -49,6 +54,14 @@ CASES = [
     ("taylor", {}),
     ("taylor", {"nbar": 6, "sll": 45.0, "norm": False}),
     ("taylor", {"nbar": 1}),
+    ("chebwin", {"at": 50.0}),
+    ("chebwin", {"at": 100.0}),
+    ("chebwin", {"at": 20.0}),
+    ("kaiser_bessel_derived", {"beta": 4.0}),
+    ("kaiser_bessel_derived", {"beta": 0.0}),
+    ("dpss", {"NW": 0.9}),
+    ("dpss", {"NW": 0.4, "norm": 2}),
+    ("dpss", {"NW": 0.7, "norm": "subsample"}),
 ]
 LENGTHS = [1, 2, 3, 4, 7, 8, 16, 33]
 ISSUE_NAMES = (
@@ -56,6 +69,16 @@ ISSUE_NAMES = (
     "parzen cosine lanczos general_cosine general_hamming gaussian general_gaussian kaiser "
     "tukey exponential"
 ).split()
+
+
+def _defined(name, length, sym, params=None):
+    """Whether scipy defines the window: the Kaiser-Bessel derived one only for an even
+    length and sym=True, dpss only for NW < length / 2 (from two taps on)."""
+    if name == "kaiser_bessel_derived":
+        return sym and length % 2 == 0
+    if name == "dpss" and length > 1:
+        return (params or {}).get("NW", 0.0) < length / 2
+    return True
 
 
 def _case_id(case):
@@ -68,6 +91,13 @@ def _case_id(case):
 def test_parity_with_scipy(case, sym):
     name, params = case
     for length in LENGTHS:
+        if not _defined(name, length, sym, params):
+            # scipy raises ValueError for these; so does this library.
+            with pytest.raises(ValueError):
+                getattr(sw, name)(length, **params, sym=sym)
+            with pytest.raises(ValueError, match=name):
+                W.get_window(name, length, sym=sym, **params)
+            continue
         ref = getattr(sw, name)(length, **params, sym=sym)
         got64 = W.get_window(name, length, sym=sym, dtype=torch.float64, **params)
         got32 = W.get_window(name, length, sym=sym, dtype=torch.float32, **params)
@@ -88,6 +118,72 @@ def test_exponential_off_centre_matches_scipy():
             np.testing.assert_allclose(got.numpy(), ref, atol=1e-12)
 
 
+MATRIX_CASES = [("chebwin", {"at": at}) for at in (0.5, 10.0, 30.0, 45.0, 60.0, 100.0, 150.0)] + [
+    ("kaiser_bessel_derived", {"beta": beta}) for beta in (0.0, 1.0, 4.0, 12.0, 30.0)
+]
+
+
+@pytest.mark.parametrize("case", MATRIX_CASES, ids=[_case_id(c) for c in MATRIX_CASES])
+@pytest.mark.parametrize("sym", [True, False])
+def test_chebwin_and_kbd_match_scipy_at_every_length(case, sym):
+    # Every length up to 70, odd and even (the Dolph-Chebyshev window's even and odd cases
+    # are different transforms in scipy; low `at` puts the largest tap at the ends).
+    name, params = case
+    for length in range(1, 71):
+        if not _defined(name, length, sym):
+            continue
+        ref = getattr(sw, name)(length, **params, sym=sym)
+        got = W.get_window(name, length, sym=sym, dtype=torch.float64, **params)
+        np.testing.assert_allclose(got.numpy(), ref, rtol=0, atol=1e-12, err_msg=f"{length}")
+
+
+@pytest.mark.parametrize("norm", [None, 2, "approximate", "subsample", 2.0])
+@pytest.mark.parametrize("sym", [True, False])
+def test_dpss_matches_scipy_at_every_length(norm, sym):
+    # NW from near 0 to near its bound length / 2, at every length up to 70.
+    for length in range(1, 71):
+        for fraction in (0.02, 0.3, 0.7, 0.98):
+            nw = fraction * max(length, 2) / 2
+            ref = sw.dpss(length, nw, sym=sym, norm=norm)
+            got = W.dpss(length, nw, sym=sym, norm=norm, dtype=torch.float64)
+            np.testing.assert_allclose(got.numpy(), ref, rtol=0, atol=1e-12, err_msg=f"{length}")
+
+
+def test_dpss_conventions():
+    # A positive sum (eigh's sign is arbitrary), taps mirrored bit for bit, and the norms:
+    # unit energy for norm=2; peak 1 for odd lengths, length^2 / (length^2 + NW) for even.
+    for length in (7, 8):
+        nw = torch.tensor(2.5, dtype=torch.float64)
+        w2 = W.dpss(length, nw, norm=2)
+        assert w2.sum() > 0 and torch.equal(w2, w2.flip(-1))
+        assert float((w2**2).sum()) == pytest.approx(1.0, abs=1e-14)
+        peak = W.dpss(length, nw).max().item()
+        expected = 1.0 if length % 2 else length**2 / (length**2 + 2.5)
+        assert peak == pytest.approx(expected, abs=1e-15)
+
+
+def test_chebwin_below_45_db_does_not_warn():
+    # scipy warns (UserWarning) that such windows suit spectral analysis poorly; the values
+    # are well defined, equal, and this library's windows do not warn.
+    import warnings
+
+    with pytest.warns(UserWarning, match="not suitable for spectral analysis"):
+        ref = sw.chebwin(21, 20.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = W.chebwin(21, 20.0, dtype=torch.float64)
+    np.testing.assert_allclose(got.numpy(), ref, rtol=0, atol=1e-12)
+    # The largest taps are the end taps there, and scipy scales by the largest one.
+    assert got[0] == 1.0 and got[10] < 1.0
+
+
+def test_kaiser_bessel_derived_is_power_complementary():
+    # Princen-Bradley: w[n]^2 + w[n + length/2]^2 == 1 (what the MDCT needs).
+    beta = torch.tensor([0.0, 3.0, 20.0], dtype=torch.float64)
+    w = W.kaiser_bessel_derived(16, beta)
+    torch.testing.assert_close(w[..., :8] ** 2 + w[..., 8:] ** 2, torch.ones(3, 8).double())
+
+
 def _scipy_names():
     from scipy.signal.windows import _windows
 
@@ -106,6 +202,9 @@ def test_every_scipy_alias_of_a_registered_window(sym):
         "kaiser": (5.0,),
         "tukey": (0.4,),
         "taylor": (5, 40.0),
+        "chebwin": (50.0,),
+        "dpss": (1.5,),
+        "kaiser_bessel_derived": (4.0,),
     }
     checked = 0
     for alias, (func, _) in _scipy_names().items():
@@ -113,11 +212,19 @@ def test_every_scipy_alias_of_a_registered_window(sym):
             continue
         extra = params.get(func.__name__, ())
         window = (alias, *extra) if extra else alias
-        ref = scipy.signal.get_window(window, 9, fftbins=not sym)
-        got = W.get_window(window, 9, sym=sym, dtype=torch.float64)
+        length = 10 if func.__name__ == "kaiser_bessel_derived" else 9
+        if not _defined(func.__name__, length, sym):
+            with pytest.raises(ValueError):
+                scipy.signal.get_window(window, length, fftbins=not sym)
+            with pytest.raises(ValueError, match="only defined for sym=True"):
+                W.get_window(window, length, sym=sym)
+            checked += 1
+            continue
+        ref = scipy.signal.get_window(window, length, fftbins=not sym)
+        got = W.get_window(window, length, sym=sym, dtype=torch.float64)
         np.testing.assert_allclose(got.numpy(), ref, atol=1e-12, err_msg=alias)
         checked += 1
-    assert checked >= 50
+    assert checked >= 56
 
 
 def test_extra_aliases_and_forms():
@@ -149,6 +256,9 @@ def test_names_required_by_the_issue_exist():
         assert name in known
     for name in ("tuk", "poisson", "hanning"):
         assert name in known
+    for name in ("chebwin", "cheb", "kaiser_bessel_derived", "kbd", "kaiser bessel derived"):
+        assert name in known
+    assert "dpss" in known
 
 
 def test_list_windows_is_complete_plain_data():
@@ -159,14 +269,24 @@ def test_list_windows_is_complete_plain_data():
         assert set(entry["required"]) <= set(entry["params"]) == set(entry["ranges"])
         # Every entry is buildable from its listed defaults plus values for required params.
         values = {"a": [0.5, 0.5], "std": 1.0, "p": 1.0, "sig": 1.0, "beta": 2.0, "alpha": 0.5}
+        values.update(at=50.0, NW=1.5)
         params = {k: values[k] for k in entry["required"]}
+        length = 6 if entry["name"] == "kaiser_bessel_derived" else 5  # even lengths only
         for name in (entry["name"], *entry["aliases"]):
-            assert W.get_window(name, 5, **params).shape == (5,)
+            assert W.get_window(name, length, **params).shape == (length,)
     by_name = {e["name"]: e for e in entries}
     assert by_name["tukey"]["params"] == {"alpha": 0.5}
     assert by_name["gaussian"]["required"] == ["std"]
     assert by_name["exponential"]["params"] == {"center": None, "tau": 1.0}
     assert by_name["gaussian"]["ranges"]["std"] == "> 0"
+    assert by_name["dpss"]["params"] == {"NW": None, "norm": None}
+    assert by_name["dpss"]["required"] == ["NW"]
+    assert by_name["dpss"]["ranges"] == {
+        "NW": "> 0 and < length / 2",
+        "norm": "one of None, 2, 'approximate', 'subsample'",
+    }
+    assert by_name["chebwin"]["required"] == ["at"]
+    assert by_name["kaiser_bessel_derived"]["ranges"] == {"beta": ">= 0"}
 
 
 def test_batched_parameters():
@@ -185,22 +305,61 @@ def test_batched_parameters():
     assert W.hann(9, width=widths).shape == (2, 1, 9)
 
 
+@pytest.mark.parametrize(
+    "name, key, values, length",
+    [
+        ("chebwin", "at", [20.0, 50.0, 100.0], 11),
+        ("kaiser_bessel_derived", "beta", [0.0, 4.0, 12.0], 10),
+        ("dpss", "NW", [0.5, 1.5, 4.0], 11),
+    ],
+)
+@pytest.mark.parametrize("sym", [True, False])
+def test_batched_parameters_of_the_matrix_windows(name, key, values, length, sym):
+    # Windows built from a spectrum, a running sum or an eigenvector take batches like the
+    # others: (*S, length), each row scipy's window for its own parameter.
+    if not _defined(name, length, sym):
+        sym = True
+    grid = torch.tensor(values, dtype=torch.float64).reshape(3, 1)
+    got = W.get_window(name, length, sym=sym, **{key: grid})
+    assert got.shape == (3, 1, length) and got.dtype == torch.float64
+    for i, value in enumerate(values):
+        ref = getattr(sw, name)(length, value, sym=sym)
+        np.testing.assert_allclose(got[i, 0].numpy(), ref, rtol=0, atol=1e-12, err_msg=f"{value}")
+    # Broadcast against a batch of widths: (2, 1) widths and (3,) parameters give (2, 3).
+    widths = torch.tensor([[4.5], [float(length)]], dtype=torch.float64)
+    got = W.get_window(name, length, sym=sym, width=widths, **{key: grid.reshape(3)})
+    assert got.shape == (2, 3, length)
+    for i, value in enumerate(values):
+        one = W.get_window(name, length, sym=sym, width=4.5, dtype=torch.float64, **{key: value})
+        np.testing.assert_allclose(got[0, i].numpy(), one.numpy(), rtol=0, atol=1e-15)
+        ref = getattr(sw, name)(length, value, sym=sym)
+        np.testing.assert_allclose(got[1, i].numpy(), ref, rtol=0, atol=1e-12)
+
+
 def test_dtype_and_device_defaults():
     assert W.hann(5).dtype == torch.get_default_dtype()
     assert W.gaussian(5, torch.tensor(1.0, dtype=torch.float64)).dtype == torch.float64
     assert W.gaussian(5, 1.0, dtype=torch.float16).dtype == torch.float16
     assert W.hann(5, device="cpu").device.type == "cpu"
+    for func, value in ((W.chebwin, 50.0), (W.kaiser_bessel_derived, 3.0), (W.dpss, 1.5)):
+        assert func(6, value).dtype == torch.get_default_dtype()
+        assert func(6, torch.tensor(value, dtype=torch.float64)).dtype == torch.float64
+        assert func(6, value, dtype=torch.float16).dtype == torch.float16
+        assert func(6, value, device="cpu").device.type == "cpu"
 
 
 @pytest.mark.parametrize("normalize", ["sum", "peak", "energy"])
 @pytest.mark.parametrize("sym", [True, False])
 def test_normalize(normalize, sym):
     for name, params in CASES:
-        ref = getattr(sw, name)(9, **params, sym=sym)
+        length = 10 if name == "kaiser_bessel_derived" else 9
+        if not _defined(name, length, sym, params):
+            continue
+        ref = getattr(sw, name)(length, **params, sym=sym)
         if normalize == "sum" and abs(ref.sum()) < 1e-9:
             # A zero-mean window (general_hamming alpha=0, periodic) has no DC gain.
             with pytest.raises(ValueError, match="has a sum of zero"):
-                W.get_window(name, 9, sym=sym, normalize=normalize, **params)
+                W.get_window(name, length, sym=sym, normalize=normalize, **params)
             continue
         if normalize == "sum":
             ref = ref / ref.sum()
@@ -208,7 +367,9 @@ def test_normalize(normalize, sym):
             ref = ref / np.abs(ref).max()
         else:
             ref = ref / np.sqrt((ref**2).sum())
-        got = W.get_window(name, 9, sym=sym, normalize=normalize, dtype=torch.float64, **params)
+        got = W.get_window(
+            name, length, sym=sym, normalize=normalize, dtype=torch.float64, **params
+        )
         np.testing.assert_allclose(got.numpy(), ref, atol=1e-12, err_msg=name)
 
 
@@ -226,6 +387,12 @@ GRAD_CASES = [
     ("general_cosine", {"a": [0.4, 0.45, 0.15]}),
     ("exponential", {"tau": 1.7}),
     ("taylor", {"sll": 37.0}),
+    ("chebwin", {"at": 37.0}),
+    ("chebwin", {"at": 80.0}),
+    ("kaiser_bessel_derived", {"beta": 4.5}),
+    ("kaiser_bessel_derived", {"beta": 0.3}),
+    ("dpss", {"NW": 1.3}),
+    ("dpss", {"NW": 3.1}),
 ]
 
 
@@ -234,6 +401,8 @@ GRAD_CASES = [
 @pytest.mark.parametrize("length", [1, 8, 9])
 def test_gradcheck_parameters(case, sym, length):
     name, params = case
+    if not _defined(name, length, sym, params):
+        pytest.skip(f"scipy does not define {name} for length={length}, sym={sym}")
     keys = sorted(params)
 
     def fn(*values):
@@ -284,6 +453,22 @@ def test_gradient_is_finite_at_singular_points():
     width = torch.tensor(9.0, dtype=torch.float64, requires_grad=True)
     W.kaiser(9, 8.0, width=width).sum().backward()
     assert torch.isfinite(width.grad)
+    # chebwin: at so small that 10^(at/20) rounds to 1 (acosh's slope is infinite there),
+    # and a spectrum sample exactly at x == 1 (cos(n acos x)'s and cosh(n acosh x)'s).
+    at = torch.tensor(1e-300, dtype=torch.float64, requires_grad=True)
+    W.chebwin(9, at).sum().backward()
+    assert torch.isfinite(at.grad)
+    from diffconv_core._window_shapes import _chebyshev
+
+    x = torch.tensor([0.0, 0.5, 1.0, 1.5], dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x: _chebyshev(7, x), (x,))
+    assert torch.autograd.gradgradcheck(lambda x: _chebyshev(7, x), (x,))
+    t7 = 64 * x**7 - 112 * x**5 + 56 * x**3 - 7 * x  # the polynomial itself
+    torch.testing.assert_close(_chebyshev(7, x), t7, rtol=1e-13, atol=1e-13)
+    # kaiser_bessel_derived: a beta so large that the first Kaiser taps underflow to 0.
+    beta = torch.tensor(900.0, dtype=torch.float64, requires_grad=True)
+    W.kaiser_bessel_derived(10, beta).sum().backward()
+    assert torch.isfinite(beta.grad)
 
 
 @pytest.mark.parametrize("case", CASES[:15] + GRAD_CASES, ids=_case_id)
@@ -293,6 +478,8 @@ def test_gradcheck_width(case, sym):
     # Width values away from the kinks of the piecewise definition (integers, and where a
     # stretched tap reaches the edge), so finite differences see a smooth function.
     for length, width in ((9, 5.37), (8, 7.61), (4, 0.63)):
+        if not _defined(name, length, sym, params):
+            continue
         w = torch.tensor(width, dtype=torch.float64, requires_grad=True)
         assert torch.autograd.gradcheck(
             lambda w, n=length: W.get_window(name, n, sym=sym, width=w, **params), (w,)
@@ -333,11 +520,47 @@ def test_width_definition_against_numpy_reference():
             np.testing.assert_allclose(got.numpy(), gauss, atol=1e-12)
 
 
+@pytest.mark.parametrize("sym", [True, False])
+def test_width_of_windows_defined_at_the_taps(sym):
+    # kaiser_bessel_derived and dpss join their taps by straight lines before the stretch;
+    # chebwin's shape is the lowest-degree cosine series through its taps. References
+    # built in numpy from scipy's taps.
+    for length in (8, 9):
+        m = length if sym else length + 1
+        t = np.arange(m) - (m - 1) / 2
+        half = (m - 1) / 2
+        for width in (0.7, 3.3, 5.9, length - 0.4):
+            stretched = np.clip(t * (m / (width * m / length)), -half, half)
+            overlap = _overlap(t, width * m / length)
+            for name, params in (
+                ("kaiser_bessel_derived", {"beta": 5.0}),
+                ("dpss", {"NW": 2.2}),
+                ("chebwin", {"at": 60.0}),
+            ):
+                if not _defined(name, length, sym):
+                    continue
+                taps = getattr(sw, name)(m, **params)  # the symmetric m-tap window
+                if name == "chebwin":
+                    ks = np.arange((m + 1) // 2)
+                    basis = np.cos(2 * np.pi * np.outer(t[: len(ks)], ks) / m)
+                    coefficients = np.linalg.solve(basis, taps[: len(ks)])
+                    shape = np.cos(2 * np.pi * np.outer(stretched, ks) / m) @ coefficients
+                else:
+                    shape = np.interp(stretched, t, taps)
+                expected = (shape * overlap)[:length]
+                got = W.get_window(
+                    name, length, sym=sym, width=width, dtype=torch.float64, **params
+                )
+                np.testing.assert_allclose(got.numpy(), expected, atol=1e-12, err_msg=name)
+
+
 @pytest.mark.parametrize("case", CASES, ids=[_case_id(c) for c in CASES])
 def test_width_equal_to_length_is_the_plain_window(case):
     name, params = case
     for length in (1, 2, 7, 8):
         for sym in (True, False):
+            if not _defined(name, length, sym, params):
+                continue
             plain = W.get_window(name, length, sym=sym, dtype=torch.float64, **params)
             plain32 = W.get_window(name, length, sym=sym, dtype=torch.float32, **params)
             wide = W.get_window(name, length, sym=sym, width=float(length), **params)
@@ -447,6 +670,58 @@ def test_width_narrows_the_window():
         (lambda: W.taylor(5, 2.5), TypeError, "nbar must be an integer; got 2.5"),
         (lambda: W.taylor(5, 4, -3.0), ValueError, "sll must be > 0; got -3.0"),
         (lambda: W.taylor(5, norm="yes"), TypeError, "norm must be True or False; got 'yes'"),
+        (lambda: W.chebwin(5, 0.0), ValueError, r"chebwin parameter at must be > 0; got 0.0"),
+        (lambda: W.chebwin(5, -50.0), ValueError, r"at must be > 0; got -50.0"),
+        (lambda: W.get_window("cheb", 5), ValueError, "chebwin window requires parameter 'at'"),
+        (lambda: W.kaiser_bessel_derived(6, -1.0), ValueError, r"beta must be >= 0; got -1.0"),
+        (
+            lambda: W.kaiser_bessel_derived(7, 4.0),
+            ValueError,
+            "kaiser_bessel_derived window: only defined for an even length; got 7",
+        ),
+        (
+            lambda: W.kaiser_bessel_derived(1, 4.0),
+            ValueError,
+            "only defined for an even length; got 1",
+        ),
+        (
+            lambda: W.kaiser_bessel_derived(8, 4.0, sym=False),
+            ValueError,
+            r"kaiser_bessel_derived window: only defined for sym=True",
+        ),
+        (
+            lambda: W.get_window("kbd_periodic", 8, beta=4.0),
+            ValueError,
+            r"only defined for sym=True",
+        ),
+        (lambda: W.kaiser_bessel_derived(8, 4.0, True), TypeError, "positional argument"),
+        (lambda: W.dpss(8, 0.0), ValueError, r"dpss parameter NW must be > 0 and < length / 2"),
+        (
+            lambda: W.dpss(8, 4.0),
+            ValueError,
+            r"NW must be > 0 and < length / 2 \(4 for length 8\); got 4.0",
+        ),
+        (
+            lambda: W.dpss(8, torch.tensor([1.0, 5.0])),
+            ValueError,
+            r"< length / 2 \(4 for length 8\); got tensor \[1.0, 5.0\]",
+        ),
+        (lambda: W.dpss(8, 4.0, sym=False), ValueError, r"4 for length 8\); got 4.0"),
+        (lambda: W.dpss(8, 2.0, 3), ValueError, "dpss parameter Kmax must be None .*got 3"),
+        (lambda: W.dpss(8, 2.0, Kmax=1), ValueError, "Kmax must be None .*several tapers"),
+        (
+            lambda: W.dpss(8, 2.0, return_ratios=True),
+            ValueError,
+            "return_ratios must be False .*got True",
+        ),
+        (
+            lambda: W.dpss(8, 2.0, norm="l1"),
+            ValueError,
+            r"dpss parameter norm must be one of None, 2, 'approximate', 'subsample'; got 'l1'",
+        ),
+        (lambda: W.dpss(8, 2.0, norm=True), ValueError, "norm must be one of .*got True"),
+        (lambda: W.dpss(8, 2.0, norm=[2]), ValueError, r"norm must be one of .*got \[2\]"),
+        (lambda: W.get_window("dpss", 8, NW=2.0, Kmax=2), TypeError, "accepted: NW, norm"),
     ],
 )
 def test_errors(call, exc, match):
@@ -489,6 +764,8 @@ def test_sequence_parameters_holding_tensors_keep_the_graph():
 def test_devices(device):
     for name, params in CASES:
         for sym in (True, False):
+            if not _defined(name, 16, sym, params):
+                continue
             got = W.get_window(name, 16, sym=sym, dtype=torch.float64, device=device, **params)
             assert got.device.type == device
             ref = getattr(sw, name)(16, **params, sym=sym)
@@ -518,6 +795,13 @@ _PARAM_STRATEGIES = {
     "exponential": {"tau": st.floats(0.05, 30.0)},
     "general_cosine": {"a": st.lists(st.floats(-1.0, 1.0), min_size=1, max_size=5)},
     "taylor": {"nbar": st.integers(1, 8), "sll": st.floats(1.0, 80.0), "norm": st.booleans()},
+    "chebwin": {"at": st.floats(0.5, 200.0)},
+    "kaiser_bessel_derived": {"beta": st.floats(0.0, 30.0)},
+    # NW is drawn as a fraction of its upper bound, length / 2 (scaled in the test).
+    "dpss": {
+        "NW": st.floats(0.01, 0.99),
+        "norm": st.sampled_from([None, 2, "approximate", "subsample"]),
+    },
 }
 
 
@@ -530,6 +814,14 @@ _PARAM_STRATEGIES = {
 )
 def test_random_parameters_match_scipy(data, name, length, sym):
     params = {k: data.draw(s, label=k) for k, s in _PARAM_STRATEGIES[name].items()}
+    if name == "dpss":
+        params["NW"] *= max(length, 2) / 2
+    if not _defined(name, length, sym, params):
+        with pytest.raises(ValueError):
+            getattr(sw, name)(length, **params, sym=sym)
+        with pytest.raises(ValueError, match=name):
+            W.get_window(name, length, sym=sym, **params)
+        return
     ref = getattr(sw, name)(length, **params, sym=sym)
     got = W.get_window(name, length, sym=sym, dtype=torch.float64, **params)
     np.testing.assert_allclose(got.numpy(), ref, rtol=1e-10, atol=1e-12)
