@@ -20,6 +20,7 @@ import torch.autograd.forward_ad as forward_ad
 from diffconv_core._direct import conv1d_range
 from diffconv_core._fft import plain_fft_range
 from diffconv_core._nonfinite import _magnitudes, with_direct_sum_nonfinite
+from diffconv_core._validation import unwrapped
 
 # Under "auto" on a GPU, conv1d's direct sums up to this many taps, one rFFT product beyond.
 MAX_CONV1D_TAPS = 64
@@ -67,14 +68,7 @@ def _finiteness(x: torch.Tensor, w: torch.Tensor) -> tuple[bool, bool]:
     answer covers the whole batch, one decision for every element. (False, False) where no
     value can be read: the non-finite handling then runs in any case."""
     try:
-        x_max, w_max = _magnitudes(_unwrapped(x), _unwrapped(w))
+        x_max, w_max = _magnitudes(unwrapped(x), unwrapped(w))
     except RuntimeError:
         return False, False
     return math.isfinite(x_max), math.isfinite(w_max)
-
-
-def _unwrapped(t: torch.Tensor) -> torch.Tensor:
-    # The plain tensor inside every transform level (a vmapped one with its batch dims).
-    while torch._C._functorch.is_functorch_wrapped_tensor(t):
-        t = torch._C._functorch.get_unwrapped(t)
-    return t

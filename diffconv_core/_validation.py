@@ -128,3 +128,11 @@ def check_pair(signal: torch.Tensor, kernel: torch.Tensor) -> tuple[int, ...]:
             f"{tuple(signal.shape)} and kernel shape {tuple(kernel.shape)} "
             "(time is the last axis; a kernel (K,) is shared by every signal)"
         ) from None
+
+
+def unwrapped(t: torch.Tensor) -> torch.Tensor:
+    """The plain tensor inside every ``torch.func`` transform level (a vmapped one with its
+    batch dimensions), where values can be read; ``t`` itself outside transforms."""
+    while torch._C._functorch.is_functorch_wrapped_tensor(t):
+        t = torch._C._functorch.get_unwrapped(t)
+    return t

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from diffconv_core._validation import broadcast_shapes, check_count, check_device
+from diffconv_core._validation import broadcast_shapes, check_count, check_device, unwrapped
 from diffconv_core._window_registry import REQUIRED, SPECS, Param, Spec, describe, lookup
 
 __all__ = ["REQUIRED", "SPECS", "Param", "Spec", "build", "describe", "lookup"]
@@ -42,8 +42,15 @@ def check_length(length: Any, what: str = "length") -> int:
     return check_count(length, what, minimum=1)
 
 
+def readable(value: Tensor) -> Tensor:
+    """``value`` detached, and under ``torch.func`` transforms the plain tensor inside their
+    wrappers: range checks must read numbers, which ``vmap`` refuses to give from a batched
+    tensor (under vmap a check then covers the whole batch)."""
+    return unwrapped(value.detach())
+
+
 def _in_range(values: Tensor, p: Param) -> bool:
-    v = values.detach()
+    v = readable(values)
     ok = torch.isfinite(v).all()
     if p.low is not None:
         ok = ok & ((v > p.low) if p.low_open else (v >= p.low)).all()
@@ -54,7 +61,7 @@ def _in_range(values: Tensor, p: Param) -> bool:
 
 def _show(value: Any) -> str:
     if isinstance(value, Tensor):
-        v = value.detach()
+        v = readable(value)
         return repr(v.item()) if v.numel() == 1 else f"tensor {v.cpu().tolist()}"
     return repr(value)
 
@@ -78,7 +85,7 @@ def as_tensor(value: Any, name: str, dtype: torch.dtype, device: Any) -> Tensor:
 
 def check_param(window: str, p: Param, value: Tensor, raw: Any) -> None:
     if p.vector:
-        if value.dim() < 1 or value.shape[-1] == 0 or not bool(torch.isfinite(value).all()):
+        if value.dim() < 1 or value.shape[-1] == 0 or not bool(readable(value).isfinite().all()):
             raise ValueError(f"{window} parameter {p.name} must be {p.range_text()}; got {raw!r}")
         return
     if not _in_range(value, p):
@@ -157,7 +164,7 @@ def normalize_window(w: Tensor, normalize: str | None, name: str) -> Tensor:
     else:
         scale = torch.sqrt((w * w).sum(-1, keepdim=True))
         degenerate = scale.detach() == 0
-    if bool(degenerate.any()):
+    if bool(readable(degenerate).any()):
         raise ValueError(
             f"cannot normalize={normalize!r}: the {name} window of length {w.shape[-1]} "
             f"has a {normalize} of zero"
@@ -240,7 +247,7 @@ def build(
         batch = broadcast_shapes(batch, tensor.shape[:-1] if p.vector else tensor.shape)
     # scipy checks dpss's NW against the length it was asked for (before a periodic window
     # is extended by a tap), and not at all for a single tap.
-    if spec.name == "dpss" and length > 1 and not bool((values["NW"].detach() < length / 2).all()):
+    if spec.name == "dpss" and length > 1 and not bool((readable(values["NW"]) < length / 2).all()):
         raise ValueError(
             f"dpss parameter NW must be > 0 and < length / 2 ({length / 2:g} for length "
             f"{length}); got {_show(raw['NW'])}"
