@@ -1,6 +1,8 @@
 """Reading signals from audio files and .npy arrays, and what a file holds (``info``).
 
 Audio goes through soundfile (every format libsndfile reads) and becomes ``(channels, T)``;
+headerless (raw) samples as the command line's :class:`~cli.raw.RawFormat` says (they are
+refused without one);
 .npy arrays ``(T,)``, ``(C, T)`` or ``(N, C, T)`` are loaded without pickle and promoted to at
 least ``(1, T)`` so that every signal has a channel axis. Every problem is raised as
 :class:`~cli.errors.FileProblem` naming the file and the reason. Writing lives in
@@ -22,6 +24,7 @@ import soundfile as sf
 
 from cli import pcm
 from cli.errors import FileProblem
+from cli.raw import RAW_EXTENSIONS, SAMPLE_BYTES, RawFormat, is_raw_path
 
 #: Output extensions and the soundfile format each one means (soundfile alone only knows
 #: extensions equal to a format name, so .aif or .oga would otherwise be refused).
@@ -40,9 +43,14 @@ EXTENSION_FORMATS = {
     ".w64": "W64",
     ".rf64": "RF64",
     ".mp3": "MP3",
+    ".raw": "RAW",
+    ".pcm": "RAW",
 }
-#: Extensions picked up by default when an INPUT is a directory.
-INPUT_EXTENSIONS = frozenset(EXTENSION_FORMATS) | {".npy"}
+#: Extensions an output may have.
+OUTPUT_EXTENSIONS = frozenset(EXTENSION_FORMATS) | {".npy"}
+#: Extensions picked up by default when an INPUT is a directory (raw files only when the
+#: command line says how to read them: :data:`cli.raw.RAW_EXTENSIONS`).
+INPUT_EXTENSIONS = OUTPUT_EXTENSIONS - RAW_EXTENSIONS
 #: The first bytes of every .npy file (a stream has no extension to tell it by).
 NPY_MAGIC = b"\x93NUMPY"
 
@@ -101,17 +109,23 @@ class SignalInfo:
         frames = "frame" if self.frames == 1 else "frames"
         ch = "channel" if self.channels == 1 else "channels"
         rate = f"{self.rate:g} Hz"
+        kind = f"{self.format}/{self.subtype}"
+        if self.format == "RAW" and SAMPLE_BYTES.get(self.subtype, 1) > 1:
+            kind += f" {self.endian.lower()}-endian"  # the command line said so: no header
         return (
             f"{self.path}: {self.frames} {frames}, {rate}, {self.channels} {ch}, "
-            f"{self.format}/{self.subtype}, {self.duration:.3f} s"
+            f"{kind}, {self.duration:.3f} s"
         )
 
 
-def probe(path: str | os.PathLike) -> SignalInfo:
+def probe(path: str | os.PathLike, raw: RawFormat | None = None) -> SignalInfo:
     """Read a file's header and check that it holds a usable signal.
 
+    A ``*.raw``/``*.pcm`` file has no header: ``raw`` (complete) says how to read it.
+
     Raises:
-        FileProblem: missing, empty, unreadable, corrupt, pickled, of an unsupported shape.
+        FileProblem: missing, empty, unreadable, corrupt, pickled, of an unsupported shape;
+            headerless without a complete ``raw``, or not a whole number of its frames.
 
     Shape:
         ``SignalInfo.shape`` is ``(C, T)`` for audio and ``(1, T)``, ``(C, T)`` or
@@ -122,20 +136,35 @@ def probe(path: str | os.PathLike) -> SignalInfo:
         (1, 32000)
     """
     path = os.fspath(path)
-    if stat.S_ISFIFO(_check_readable(path)):
+    mode = _check_readable(path)
+    raw_file = is_raw_path(path)
+    if raw_file and (raw is None or not raw.complete):
+        # soundfile takes a .raw name for headerless PCM, which it cannot open without being
+        # told the rate, channels and sample format ("samplerate must be specified").
+        raise FileProblem(
+            path,
+            "headerless (raw) samples: no rate, channel count or sample format to read; "
+            "convert it to WAV (sox -r RATE -e signed -b 16 -c 1 IN.raw OUT.wav) or .npy "
+            "(as an INPUT of smooth, convolve or filter, or for info, give --rate and "
+            "--raw-subtype)",
+        )
+    if stat.S_ISFIFO(mode):
         # A pipe with a path (<(cmd), a FIFO) has no size and can be read only once: read it
         # whole, as stdin is.
-        return probe_bytes(_read_pipe(path), path)
+        return probe_bytes(_read_pipe(path), path, raw if raw_file else None)
+    if raw_file:
+        return _probe_raw(path, raw, os.stat(path).st_size)
     if Path(path).suffix.lower() == ".npy":
         return _probe_npy(path)
     return _probe_audio(path)
 
 
-def probe_bytes(data: bytes, name: str) -> SignalInfo:
+def probe_bytes(data: bytes, name: str, raw: RawFormat | None = None) -> SignalInfo:
     """:func:`probe` for a whole file held in memory (read from stdin), called ``name`` in
-    messages. A .npy array is told by its magic bytes and never unpickled; anything else
-    goes to soundfile, which knows self-describing formats (WAV, FLAC, OGG, AIFF, CAF...)
-    by their headers.
+    messages. With ``raw`` (complete) the bytes are headerless samples in that format.
+    Else a .npy array is told by its magic bytes and never unpickled; anything else goes to
+    soundfile, which knows self-describing formats (WAV, FLAC, OGG, AIFF, CAF...) by their
+    headers.
 
     Raises:
         FileProblem: empty, unreadable, corrupt, pickled, of an unsupported shape.
@@ -148,7 +177,9 @@ def probe_bytes(data: bytes, name: str) -> SignalInfo:
     """
     if not data:
         raise FileProblem(name, "stream is empty (nothing was piped in)")
-    if is_npy(data):
+    if raw is not None:
+        info = _probe_raw(name, raw, len(data), io.BytesIO(data))
+    elif is_npy(data):
         info = _probe_npy(name, io.BytesIO(data))
     else:
         info = _probe_audio(name, io.BytesIO(data))
@@ -205,14 +236,6 @@ def _probe_audio(path: str, source: str | io.BytesIO | None = None) -> SignalInf
         info = sf.info(_not_stdin(path) if source is None else source)
     except (sf.SoundFileError, RuntimeError) as err:
         raise FileProblem(path, f"not a readable sound file ({_libsndfile_reason(err)})") from err
-    except TypeError as err:
-        # soundfile takes a .raw/.pcm name for headerless PCM, which it cannot open without
-        # being told the rate, channels and sample format ("samplerate must be specified").
-        raise FileProblem(
-            path,
-            "headerless (raw) samples: no rate, channel count or sample format to read; "
-            "convert it to WAV (sox -r RATE -e signed -b 16 -c 1 IN.raw OUT.wav) or .npy",
-        ) from err
     if info.frames <= 0:
         raise FileProblem(path, "sound file holds no samples")
     dtype = np.dtype("float64" if info.subtype in _WIDE_SUBTYPES else "float32")
@@ -226,6 +249,47 @@ def _probe_audio(path: str, source: str | io.BytesIO | None = None) -> SignalInf
         subtype=info.subtype,
         endian=info.endian,
     )
+
+
+def _probe_raw(
+    path: str, raw: RawFormat, size: int, source: io.BytesIO | None = None
+) -> SignalInfo:
+    """A headerless file of ``size`` bytes, read as ``raw`` says (every frame whole)."""
+    frame = raw.frame_bytes
+    if size % frame:
+        channels = raw.channels or 1
+        raise FileProblem(
+            path,
+            f"headerless (raw) samples: {size} bytes is not a whole number of {frame}-byte "
+            f"frames ({channels} channel{'' if channels == 1 else 's'} of {raw.subtype}); "
+            "check --raw-subtype and --channels",
+        )
+    args = raw.soundfile_args()
+    try:
+        with sf.SoundFile(_not_stdin(path) if source is None else source, **args) as f:
+            frames = f.frames
+    except (sf.SoundFileError, RuntimeError, ValueError) as err:
+        raise FileProblem(path, f"cannot read raw samples ({_libsndfile_reason(err)})") from err
+    if frames <= 0:
+        raise FileProblem(path, "sound file holds no samples")
+    return SignalInfo(
+        path=path,
+        kind="audio",
+        shape=(args["channels"], frames),
+        dtype=np.dtype("float64" if raw.subtype in _WIDE_SUBTYPES else "float32"),
+        rate=float(raw.rate),
+        format="RAW",
+        subtype=raw.subtype,
+        endian=args["endian"],
+    )
+
+
+def _open_sound(info: SignalInfo) -> sf.SoundFile:
+    """The probed audio file, open for reading (a headerless one as it was probed)."""
+    if info.format != "RAW":
+        return sf.SoundFile(_source(info))
+    raw = RawFormat(info.rate, info.subtype, info.channels, endian=info.endian.lower())
+    return sf.SoundFile(_source(info), **raw.soundfile_args())
 
 
 def _libsndfile_reason(err: Exception) -> str:
@@ -287,7 +351,7 @@ def read_signal(info: SignalInfo) -> np.ndarray:
             raise FileProblem(info.path, f"cannot read .npy data ({err})") from err
         return np.ascontiguousarray(array, dtype=info.dtype).reshape(info.shape)
     try:
-        with sf.SoundFile(_source(info)) as f:
+        with _open_sound(info) as f:
             data = _read_frames(f, info, -1)
     except (sf.SoundFileError, RuntimeError) as err:
         raise FileProblem(info.path, f"cannot read audio ({_libsndfile_reason(err)})") from err
@@ -325,7 +389,7 @@ def read_blocks(info: SignalInfo, block_frames: int) -> Iterator[np.ndarray]:
             yield np.array(array[..., start : start + block_frames], dtype=info.dtype, order="C")
         return
     try:
-        with sf.SoundFile(_source(info)) as f:
+        with _open_sound(info) as f:
             while True:
                 block = _read_frames(f, info, block_frames)
                 if block.shape[-1] == 0:
@@ -361,7 +425,7 @@ def audio_format_for(path: str | os.PathLike) -> str | None:
         return None
     fmt = EXTENSION_FORMATS.get(suffix) or (suffix[1:].upper() if suffix else "")
     if fmt not in _available_formats():
-        known = ", ".join(sorted(INPUT_EXTENSIONS))
+        known = ", ".join(sorted(OUTPUT_EXTENSIONS))
         raise ValueError(
             f"cannot tell the output format from the extension {suffix or '(none)'!r} of "
             f"{os.fspath(path)!r}; use one of {known}"
@@ -389,7 +453,7 @@ def read_tail(info: SignalInfo, frames: int) -> np.ndarray:
     if info.kind == "npy":
         return np.array(_npy_map(info)[..., info.frames - frames :], dtype=info.dtype, order="C")
     try:
-        with sf.SoundFile(_source(info)) as f:
+        with _open_sound(info) as f:
             f.seek(info.frames - frames)
             return _read_frames(f, info, frames)
     except (sf.SoundFileError, RuntimeError) as err:

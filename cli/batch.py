@@ -4,8 +4,10 @@ Commands (``smooth``, ``convolve``, ``filter`` and others) parse their own optio
 over to :func:`execute`. Everything that can be decided before touching a file is checked
 first and reported as a usage error (exit code 2): missing inputs, outputs that cannot be
 written, an output format or ``--subtype`` soundfile does not know, ``--rate`` missing where
-.npy inputs need it, and any option the core rejects (``ValueError``/``TypeError`` while the
-operation is built), and a ``--type`` without OUTPUT ``-`` (stdout), whose format it sets.
+.npy inputs need it, ``--rate``/``--raw-subtype`` missing for a headerless input (or
+``--raw-subtype``/``--channels``/``--endian`` given with none, :mod:`cli.raw`), any option the
+core rejects (``ValueError``/``TypeError`` while the operation is built), and a ``--type``
+without OUTPUT ``-`` (stdout), whose format it sets.
 INPUT ``-`` reads stdin and OUTPUT ``-`` writes stdout (:mod:`cli.pipes`).
 """
 
@@ -20,6 +22,7 @@ from cli import pipes
 from cli.audio_io import is_npy
 from cli.jobs import Job, plan_jobs
 from cli.options import split_paths
+from cli.raw import check_usage, is_raw_path
 from cli.runner import Operation, RunOptions
 
 
@@ -41,8 +44,8 @@ def option_errors(param_hint: str | None = None) -> Iterator[None]:
 
 def check_outputs(jobs: list[Job], options: RunOptions, *, needs_rate: str | None = None) -> None:
     """Usage checks that need only the paths: output formats, ``--type``, ``--subtype``,
-    ``--rate`` (and, for stdout without ``--type``, the input's header, whose format it
-    keeps).
+    ``--rate``, the options of headerless inputs (and, for stdout without ``--type``, the
+    input's header, whose format it keeps).
 
     Args:
         needs_rate: a reason .npy inputs need ``--rate`` (e.g. "filtering in Hz"), or None.
@@ -53,11 +56,15 @@ def check_outputs(jobs: list[Job], options: RunOptions, *, needs_rate: str | Non
     import soundfile as sf
 
     _check_type(jobs, options)
+    check_usage(options.raw, [job.source for job in jobs if is_raw_input(job, options)])
     formats = []
     for job in jobs:
-        fmt = _output_format(job, options)
+        raw = is_raw_input(job, options)
+        fmt = _output_format(job, options, raw)
         formats.append(fmt)
-        if job.from_stdin:
+        if raw:
+            from_npy = False
+        elif job.from_stdin:
             from_npy = is_npy(job.stdin)
         else:
             from_npy = job.source.suffix.lower() == ".npy"
@@ -84,6 +91,12 @@ def check_outputs(jobs: list[Job], options: RunOptions, *, needs_rate: str | Non
         )
 
 
+def is_raw_input(job: Job, options: RunOptions) -> bool:
+    """Whether ``job`` reads headerless samples: a ``*.raw``/``*.pcm`` file, or stdin when
+    ``--raw-subtype`` is given."""
+    return options.raw.reads_stdin if job.from_stdin else is_raw_path(job.source)
+
+
 def _check_type(jobs: list[Job], options: RunOptions) -> None:
     if options.type is None:
         return
@@ -99,7 +112,7 @@ def _check_type(jobs: list[Job], options: RunOptions) -> None:
         raise click.BadParameter(str(err), param_hint="'-t' / '--type'") from err
 
 
-def _output_format(job: Job, options: RunOptions) -> str | None:
+def _output_format(job: Job, options: RunOptions, raw: bool) -> str | None:
     """The soundfile format of ``job``'s output (None: .npy; "": not known before reading)."""
     from cli.audio_io import audio_format_for
 
@@ -110,7 +123,7 @@ def _output_format(job: Job, options: RunOptions) -> str | None:
             raise click.UsageError(str(err)) from err
     if options.type is not None:
         return pipes.type_format(options.type)  # checked by _check_type
-    return pipes.input_format(job.stdin if job.from_stdin else job.source)
+    return pipes.input_format(job.stdin if job.from_stdin else job.source, raw=raw)
 
 
 def execute(
@@ -132,7 +145,14 @@ def execute(
         needs_rate: see :func:`check_outputs`.
     """
     inputs, output = split_paths(paths)
-    jobs = plan_jobs(inputs, output, glob=glob, recursive=recursive, stdio=True)
+    jobs = plan_jobs(
+        inputs,
+        output,
+        glob=glob,
+        recursive=recursive,
+        stdio=True,
+        raw=options.raw.subtype is not None,
+    )
     check_outputs(jobs, options, needs_rate=needs_rate)
     with option_errors():
         operation = build()

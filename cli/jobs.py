@@ -6,7 +6,8 @@ The rules (every violation is a usage error, exit code 2, raised before a file i
 - several inputs, a directory input, an existing OUTPUT directory or an OUTPUT ending in a
   path separator: OUTPUT is a directory (created if missing). Files from a directory INPUT
   keep their path relative to it (``--glob`` picks them, ``--recursive`` descends; hidden
-  files and folders are skipped); single files keep their name;
+  files and folders are skipped; headerless ``*.raw``/``*.pcm`` files only with ``raw``);
+  single files keep their name;
 - every input must exist, an OUTPUT that must be a directory must not be a file, and no two
   inputs may map to one output.
 
@@ -29,6 +30,7 @@ import click
 from cli import distributed, pipes
 from cli.audio_io import INPUT_EXTENSIONS
 from cli.errors import FileProblem
+from cli.raw import is_raw_path
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,7 @@ def plan_jobs(
     glob: str | None = None,
     recursive: bool = False,
     stdio: bool = False,
+    raw: bool = False,
 ) -> list[Job]:
     """Expand the command line's INPUT... OUTPUT into jobs (see the module docstring).
 
@@ -68,6 +71,8 @@ def plan_jobs(
         recursive: search directory inputs recursively.
         stdio: ``-`` means stdin as an INPUT and stdout as the OUTPUT (stdin is read here,
             whole).
+        raw: directory inputs also give their headerless ``*.raw``/``*.pcm`` files (the
+            command line says how to read them); without it they are left out.
 
     Raises:
         click.UsageError: a missing input, an OUTPUT that is a file where a directory is
@@ -106,9 +111,17 @@ def plan_jobs(
     for src in sources:
         if src.is_dir():
             found = _find_files(src, glob, recursive, exclude=out)
+            headerless = 0 if raw or glob else sum(map(is_raw_path, found))
+            if headerless:
+                found = [f for f in found if not is_raw_path(f)]
             if not found:
                 how = f"matching {glob!r}" if glob else "with an audio or .npy extension"
-                raise click.UsageError(f"no input files {how} in {src}")
+                hint = (
+                    f" ({headerless} headerless .raw/.pcm left out: their format was not given)"
+                    if headerless
+                    else ""
+                )
+                raise click.UsageError(f"no input files {how} in {src}{hint}")
             jobs.extend(Job(f, out / f.relative_to(src)) for f in found)
         else:
             jobs.append(Job(src, out / src.name))
@@ -189,7 +202,7 @@ def _find_files(folder: Path, glob: str | None, recursive: bool, exclude: Path) 
             continue
         if not path.is_file():
             continue
-        if glob is None and path.suffix.lower() not in INPUT_EXTENSIONS:
+        if glob is None and not (path.suffix.lower() in INPUT_EXTENSIONS or is_raw_path(path)):
             continue
         if skip_inside and inside in path.resolve().parents:
             continue

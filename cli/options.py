@@ -10,6 +10,8 @@ import re
 
 import click
 
+from cli.raw import ENDIANS, SAMPLE_BYTES
+
 
 class DeviceType(click.ParamType):
     """``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (availability is checked when running)."""
@@ -141,15 +143,64 @@ def _finite_rate(ctx: click.Context, param: click.Parameter, value: float | None
     return value
 
 
-def rate_option(f):
-    return click.option(
-        "--rate",
-        type=click.FloatRange(min=0, min_open=True),
-        default=None,
-        callback=_finite_rate,
-        metavar="HZ",
-        help="Sample rate of .npy inputs (needed to filter them or write them as audio).",
-    )(f)
+def _rate_option(help: str):
+    def decorate(f):
+        return click.option(
+            "--rate",
+            type=click.FloatRange(min=0, min_open=True),
+            default=None,
+            callback=_finite_rate,
+            metavar="HZ",
+            help=help,
+        )(f)
+
+    return decorate
+
+
+_NPY_RATE = "Sample rate of .npy inputs (needed to filter them or write them as audio)"
+
+#: ``--rate`` of the commands that read .npy but no headerless inputs (``grad``, ``fit``).
+rate_option = _rate_option(f"{_NPY_RATE}.")
+
+
+def raw_input_options(
+    rate_help: str = f"{_NPY_RATE}, and of headerless .raw/.pcm inputs (needed to read them).",
+):
+    """``--rate``, ``--raw-subtype``, ``--channels`` and ``--endian``: how to read headerless
+    inputs (see :mod:`cli.raw`), as sox's ``-r``, ``-e``/``-b``, ``-c`` and ``-L``/``-B``.
+    ``--rate`` keeps its meaning for .npy inputs; ``rate_help`` says what it is for here."""
+
+    def decorate(f):
+        for decorator in reversed(
+            [
+                _rate_option(rate_help),
+                click.option(
+                    "--raw-subtype",
+                    type=click.Choice(list(SAMPLE_BYTES), case_sensitive=False),
+                    default=None,
+                    metavar="NAME",
+                    help="Sample format of headerless inputs (*.raw, *.pcm files; stdin - "
+                    f"too, once this is given): {', '.join(SAMPLE_BYTES)}. Needs --rate.",
+                ),
+                click.option(
+                    "--channels",
+                    type=click.IntRange(min=1),
+                    default=None,
+                    metavar="N",
+                    help="Interleaved channels of headerless inputs [default: 1].",
+                ),
+                click.option(
+                    "--endian",
+                    type=click.Choice(ENDIANS, case_sensitive=False),
+                    default=None,
+                    help="Byte order of headerless inputs [default: little].",
+                ),
+            ]
+        ):
+            f = decorator(f)
+        return f
+
+    return decorate
 
 
 def subtype_option(f):
@@ -187,8 +238,9 @@ def type_option(f):
         "type",
         type=OutputTypeType(),
         default=None,
-        help="Format of OUTPUT - (stdout), as an extension: wav, flac, npy... "
-        "[default: the input's]. INPUT - reads stdin (audio with a header, or .npy).",
+        help="Format of OUTPUT - (stdout), as an extension: wav, flac, npy, raw... "
+        "[default: the input's]. INPUT - reads stdin (audio with a header, or .npy; "
+        "headerless samples with --raw-subtype).",
     )(f)
 
 
@@ -213,7 +265,7 @@ def batch_options(f):
             device_option,
             glob_option,
             recursive_option,
-            rate_option,
+            raw_input_options(),
             subtype_option,
             type_option,
             overwrite_option,

@@ -3,8 +3,9 @@
 - stdin is read whole into memory: a stream can be read only once, and the runner probes a
   file before reading it (and seeks in it to stream it or to pad circularly). A .npy stream
   is told by its magic bytes and never unpickled; anything else must be a self-describing
-  sound file (WAV, FLAC, OGG, AIFF, CAF...), since headerless raw PCM says nothing of its
-  rate, channels or sample format.
+  sound file (WAV, FLAC, OGG, AIFF, CAF...), unless ``--raw-subtype`` says stdin holds
+  headerless samples (:mod:`cli.raw`), which say nothing of their rate, channels or sample
+  format themselves.
 - a result for stdout is encoded in memory and sent in one piece once complete, so a failure
   sends nothing (the promise the atomic rename keeps for files). Its format is ``--type``'s,
   else the input's own (container and subtype for audio; .npy stays .npy).
@@ -30,6 +31,7 @@ import numpy as np
 
 from cli.audio_io import SignalInfo, _not_stdin, audio_format_for, is_npy
 from cli.errors import ClosedOutput, FileProblem, discard_further_output
+from cli.raw import is_raw_path
 from cli.writing import AtomicWriter, OutputSpec, spec_for_format
 
 #: The command-line name of stdin (as an INPUT) and stdout (as the OUTPUT).
@@ -97,10 +99,11 @@ def type_format(type: str) -> str | None:
         ) from None
 
 
-def input_format(source: str | os.PathLike | bytes) -> str | None:
+def input_format(source: str | os.PathLike | bytes, *, raw: bool = False) -> str | None:
     """The format of an input as its header tells it: a soundfile format, or None for .npy;
     ``""`` when it cannot be read (reading it fails later, with the reason, as a file error)
-    or is a pipe (<(cmd)), whose header can be read only with the rest.
+    or is a pipe (<(cmd)), whose header can be read only with the rest. RAW for headerless
+    samples: a ``*.raw``/``*.pcm`` file, or any input when ``raw`` says so (stdin).
 
     Example:
         >>> input_format("sample_data/speech_mono16.wav"), input_format(b"\\x93NUMPY")
@@ -108,6 +111,8 @@ def input_format(source: str | os.PathLike | bytes) -> str | None:
     """
     import soundfile as sf
 
+    if raw or (not isinstance(source, bytes) and is_raw_path(source)):
+        return "RAW"
     if isinstance(source, bytes):
         if is_npy(source):
             return None

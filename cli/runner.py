@@ -18,7 +18,7 @@ import os
 import sys
 import traceback
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import click
@@ -29,6 +29,7 @@ from cli.audio_io import SignalInfo, probe, probe_bytes, read_blocks, read_signa
 from cli.devices import initial_batch_size, is_out_of_memory, release_cached_memory
 from cli.errors import FileProblem
 from cli.jobs import Job
+from cli.raw import RawFormat
 from cli.report import Report
 from cli.writing import AtomicWriter, OutputSpec, output_spec, write_signal
 
@@ -75,6 +76,13 @@ class RunOptions:
     subtype: str | None = None
     rate: float | None = None
     type: str | None = None  # the format of stdout (OUTPUT -), as an extension
+    raw: RawFormat = field(default_factory=RawFormat)  # how headerless inputs are read
+
+    @classmethod
+    def from_shared(cls, shared: dict) -> RunOptions:
+        """From the parameters :func:`cli.options.batch_options` gives a command."""
+        keys = ("device", "overwrite", "quiet", "verbose", "subtype", "rate", "type")
+        return cls(**{k: shared[k] for k in keys}, raw=RawFormat.from_options(shared))
 
 
 @dataclass
@@ -208,7 +216,11 @@ def _prepare(job: Job, operation: Operation, options: RunOptions, report: Report
         if not job.to_stdout and job.dest.exists() and not options.overwrite:
             # Checked before reading so that a rerun over a finished batch costs nothing.
             raise FileProblem(job.dest, "output exists; use --overwrite to replace it")
-        info = probe_bytes(job.stdin, str(job.source)) if job.from_stdin else probe(job.source)
+        if job.from_stdin:
+            raw = options.raw if options.raw.reads_stdin else None
+            info = probe_bytes(job.stdin, str(job.source), raw)
+        else:
+            info = probe(job.source, options.raw)
         if job.to_stdout:
             spec = pipes.stdout_spec(
                 info, type=options.type, subtype=options.subtype, rate=options.rate

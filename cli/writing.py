@@ -57,7 +57,8 @@ def output_spec(
     The input's format, subtype, endianness and rate are kept unless the destination's
     extension names another format (then the input's subtype is kept where that format
     allows it, else the finest subtype below it that the format has) or ``subtype`` is
-    given. Arrays from .npy become FLOAT audio where possible (24-bit FLAC, for instance).
+    given (a headerless input written headerless keeps its byte order even then). Arrays
+    from .npy become FLOAT audio where possible (24-bit FLAC, for instance).
 
     Raises:
         FileProblem: the combination cannot be written (exit code 2 for option problems).
@@ -109,6 +110,8 @@ def spec_for_format(
     endian = None
     if subtype is not None:
         chosen = subtype.upper()
+        if fmt == info.format == "RAW":
+            endian = info.endian  # headerless: the bytes stay in the order they came in
     elif info.kind == "audio" and sf.check_format(fmt, info.subtype):
         chosen = info.subtype
         endian = info.endian if fmt == info.format else None

@@ -46,7 +46,7 @@ def convolve(paths, kernel_path, mode, padding, correlate, normalize, **shared) 
     from cli.kernels import kernel_from_option
     from cli.runner import RunOptions
 
-    options = RunOptions(**_run_fields(shared))
+    options = RunOptions.from_shared(shared)
 
     def build():
         return kernel_operation(
@@ -58,11 +58,6 @@ def convolve(paths, kernel_path, mode, padding, correlate, normalize, **shared) 
         )
 
     execute(paths, options, build, glob=shared["glob"], recursive=shared["recursive"])
-
-
-def _run_fields(shared: dict) -> dict:
-    keys = ("device", "overwrite", "quiet", "verbose", "subtype", "rate", "type")
-    return {k: shared[k] for k in keys}
 
 
 def kernel_operation(kernel, *, mode="same", padding="zeros", correlate=False, method="auto"):

@@ -54,8 +54,7 @@ def filter(paths, lowpass, highpass, bandpass, bandstop, taps, window, **shared)
         # nan/inf parse as floats; the design then blamed a sample rate nobody gave.
         if not math.isfinite(value):
             raise click.BadParameter(f"{value} is not a frequency in Hz", param_hint=f"'--{band}'")
-    keys = ("device", "overwrite", "quiet", "verbose", "subtype", "rate", "type")
-    options = RunOptions(**{k: shared[k] for k in keys})
+    options = RunOptions.from_shared(shared)
 
     def build():
         return filter_operation(

@@ -5,24 +5,31 @@ naming it and the reason. Every readable file is described, whatever fails aroun
 code 1 if a file cannot be read (a directory, an empty, corrupt or non-audio file), 2 if a
 FILE does not exist (a usage error, as for every command's inputs) — both only after the
 other files have been described. FILE ``-`` reads stdin (named ``<stdin>``), as the file
-commands' INPUT ``-`` does.
+commands' INPUT ``-`` does. Headerless ``*.raw``/``*.pcm`` FILEs (and ``-`` with
+``--raw-subtype``) are read as ``--rate``, ``--raw-subtype``, ``--channels`` and ``--endian``
+say (:mod:`cli.raw`); without ``--rate`` or ``--raw-subtype`` that is a usage error.
 """
 
 from __future__ import annotations
 
 import click
 
+from cli.options import raw_input_options
+
 
 @click.command(name="info")
 @click.argument("files", nargs=-1, required=True, type=click.Path())
-def info(files: tuple[str, ...]) -> None:
+@raw_input_options("Sample rate of headerless .raw/.pcm FILEs (needed to read them).")
+def info(files: tuple[str, ...], **raw_options) -> None:
     """Describe audio and .npy FILES: frames, rate, channels, format/subtype, duration
-    (shape and dtype for .npy). FILE - reads stdin."""
+    (shape and dtype for .npy). FILE - reads stdin. Headerless .raw/.pcm FILEs need --rate
+    and --raw-subtype."""
     import os
 
     from cli import pipes
     from cli.audio_io import probe, probe_bytes
     from cli.errors import EXIT_USAGE, FileProblem
+    from cli.raw import RawFormat, check_usage, is_raw_path
     from cli.report import Report
 
     if files.count(pipes.DASH) > 1:
@@ -31,12 +38,20 @@ def info(files: tuple[str, ...]) -> None:
         raise click.UsageError(
             "no input on stdin; pipe (cat in.wav | ...) or redirect (< in.wav) a file"
         )
+    raw = RawFormat.from_options(raw_options)
+    headerless = [
+        pipes.STDIN if path == pipes.DASH else path
+        for path in files
+        if (raw.reads_stdin if path == pipes.DASH else is_raw_path(path))
+    ]
+    check_usage(raw, headerless, what="FILE", rate_is_raw_only=True)
     report = Report(quiet=True)
     missing = False
     for path in files:
         if path == pipes.DASH:
             try:
-                click.echo(probe_bytes(pipes.read_stdin(), pipes.STDIN).describe())
+                stdin_raw = raw if raw.reads_stdin else None
+                click.echo(probe_bytes(pipes.read_stdin(), pipes.STDIN, stdin_raw).describe())
             except FileProblem as err:
                 report.failed(err.path, err.reason)
             continue
@@ -45,7 +60,7 @@ def info(files: tuple[str, ...]) -> None:
             missing = True
             continue
         try:
-            click.echo(probe(path).describe())
+            click.echo(probe(path, raw).describe())
         except FileProblem as err:
             report.failed(err.path, err.reason)
     click.get_current_context().exit(EXIT_USAGE if missing else report.return_code)

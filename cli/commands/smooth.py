@@ -52,8 +52,7 @@ def smooth(paths, window, length, params, width, edges, nan_policy, **shared) ->
     from cli.batch import execute
     from cli.runner import RunOptions
 
-    keys = ("device", "overwrite", "quiet", "verbose", "subtype", "rate", "type")
-    options = RunOptions(**{k: shared[k] for k in keys})
+    options = RunOptions.from_shared(shared)
     window_params = dict(params)
     if width is not None:
         window_params["width"] = width

@@ -22,6 +22,7 @@ MODULES = [
     "cli.distributed",
     "cli.runner",
     "cli.options",
+    "cli.raw",
     "cli.batch",
     "cli.kernels",
     "cli.fit_data",

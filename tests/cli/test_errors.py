@@ -130,11 +130,13 @@ def test_verbose_shows_traceback_for_failures(bad_inputs, tmp_path):
 
 def test_headerless_raw_input_is_a_clear_failure_not_a_traceback(tmp_path):
     # soundfile raised TypeError("samplerate must be specified") for a .raw name, which
-    # `info` let through as a traceback.
+    # `info` let through as a traceback. Without --rate and --raw-subtype it is a usage
+    # error naming the file (tests/cli/test_raw.py reads it with them).
     raw = tmp_path / "x.raw"
     (np.arange(400, dtype="<i2") * 50).tofile(raw)
     for args in (("info", raw), ("smooth", raw, tmp_path / "y.wav")):
         r = invoke(*args)
-        assert r.exit_code == 1, r.output
-        assert f"{raw}: headerless (raw) samples" in r.stderr and "Traceback" not in r.stderr
+        assert r.exit_code == 2, r.output
+        assert f"{raw}: headerless (raw) input needs --rate and --raw-subtype" in r.stderr
+        assert "Traceback" not in r.stderr
     assert listing(tmp_path) == ["x.raw"]
