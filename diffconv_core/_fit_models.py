@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from diffconv_core._validation import check_choice
-from diffconv_core._window_build import clamp_straight_through
+from diffconv_core._window_build import clamp_straight_through, upper_bound
 from diffconv_core._window_registry import is_continuous, lookup
 
 
@@ -24,9 +24,12 @@ def _upper_bound(window: str, name: str, length: int) -> float | None:
     spec, _ = lookup(window)
     param = next((p for p in spec.params if p.name == name), None)
     # An unknown name is left to get_window, which names the accepted parameters.
-    if param is None or param.high is None:
+    if param is None:
         return None
-    return param.high * (1 - 1e-7) if param.high_open else param.high
+    high, high_open = upper_bound(spec.name, param, length)
+    if high is None:
+        return None
+    return high * (1 - 1e-7) if high_open else high
 
 
 class FIRKernel(nn.Module):

@@ -38,6 +38,21 @@ def clamp_straight_through(value: Tensor, low: float | None, high: float | None)
     return torch.clamp(value.detach(), min=low, max=high) + (value - value.detach())
 
 
+def upper_bound(window: str, p: Param, length: int) -> tuple[float | None, bool]:
+    """The bound above parameter ``p`` of a ``length``-tap window, and whether it is open
+    (excluded). Fixed in the registry for most; dpss's NW must stay below length / 2 (as
+    scipy checks it: against the length asked for, and not for a single tap).
+
+    Example:
+        >>> nw = next(p for p in lookup("dpss")[0].params if p.name == "NW")
+        >>> upper_bound("dpss", nw, 16)
+        (8.0, True)
+    """
+    if window == "dpss" and p.name == "NW" and length > 1:
+        return length / 2, True
+    return p.high, p.high_open
+
+
 def check_length(length: Any, what: str = "length") -> int:
     return check_count(length, what, minimum=1)
 
@@ -245,13 +260,15 @@ def build(
         check_param(spec.name, p, tensor, raw[p.name])
         values[p.name] = tensor
         batch = broadcast_shapes(batch, tensor.shape[:-1] if p.vector else tensor.shape)
-    # scipy checks dpss's NW against the length it was asked for (before a periodic window
-    # is extended by a tap), and not at all for a single tap.
-    if spec.name == "dpss" and length > 1 and not bool((readable(values["NW"]) < length / 2).all()):
-        raise ValueError(
-            f"dpss parameter NW must be > 0 and < length / 2 ({length / 2:g} for length "
-            f"{length}); got {_show(raw['NW'])}"
-        )
+    for p in spec.params:  # bounds that depend on the length (dpss's NW)
+        high, high_open = upper_bound(spec.name, p, length)
+        if high == p.high or not isinstance(values[p.name], Tensor):
+            continue
+        if not _in_range(values[p.name], Param(p.name, None, high=high, high_open=high_open)):
+            raise ValueError(
+                f"dpss parameter NW must be > 0 and < length / 2 ({length / 2:g} for length "
+                f"{length}); got {_show(raw['NW'])}"
+            )
 
     # scipy answers [1.0] for any one-tap window, periodic or not.
     m = length if sym or length == 1 else length + 1

@@ -23,14 +23,15 @@ LEARN = (None, "taps", "params", "width")
 KINDS = ("lowpass", "highpass", "bandpass", "bandstop")
 
 
-def _clamp_to_range(value: Tensor, p: _b.Param) -> Tensor:
+def _clamp_to_range(value: Tensor, p: _b.Param, window: str, length: int) -> Tensor:
     # An optimiser step may leave a parameter's range: the window is built from the nearest
     # value inside (open bounds keep a margin of one ulp-ish step) instead of failing
     # mid-training, and the gradient passes as if unclamped (straight through): a plain
     # clamp's zero gradient outside left the parameter stuck there for good.
     eps = torch.finfo(value.dtype).eps
     low = None if p.low is None else p.low + (eps if p.low_open else 0.0)
-    high = None if p.high is None else p.high - (eps if p.high_open else 0.0)
+    bound, bound_open = _b.upper_bound(window, p, length)
+    high = None if bound is None else bound * (1 - eps) if bound_open else bound
     return _b.clamp_straight_through(value, low, high)
 
 
@@ -168,7 +169,9 @@ class WindowConv(nn.Module):
         params = _resolve(self, self._fixed)
         for p in self.spec.params:
             if p.name not in params:
-                params[p.name] = _clamp_to_range(getattr(self, p.name), p)
+                params[p.name] = _clamp_to_range(
+                    getattr(self, p.name), p, self.spec.name, self.length
+                )
         width = self.width
         if self.learn == "width":
             eps = torch.finfo(width.dtype).eps
@@ -300,7 +303,9 @@ class FIRFilter(nn.Module):
         params = _resolve(self, self._window_fixed)
         for name in self._window_learned:
             p = next(q for q in self.spec.params if q.name == name)
-            params[name] = _clamp_to_range(getattr(self, f"window_{name}"), p)
+            params[name] = _clamp_to_range(
+                getattr(self, f"window_{name}"), p, self.spec.name, self.numtaps
+            )
         design = getattr(_filters, self.kind)
         return design(
             self.numtaps,

@@ -465,6 +465,16 @@ def test_window_kernel_step_past_an_upper_bound_is_clamped():
         assert learned["width"] == 9.0 and learned["params"].get("alpha", 1.0) == 1.0
 
 
+def test_window_kernel_dpss_nw_is_clamped_below_half_the_length():
+    model = WindowKernel("dpss", 16, params={"NW": 2.5}, dtype=torch.float64)
+    with torch.no_grad():
+        model.log_values.fill_(float(np.log(9.0)))  # past 16 / 2
+    assert torch.isfinite(model()).all()
+    assert 7.99 < model.learned()["params"]["NW"] < 8.0
+    with pytest.raises(ValueError, match="at most 8"):
+        WindowKernel("dpss", 16, params={"NW": 8.5})
+
+
 def test_window_kernel_past_an_upper_bound_still_learns_back():
     # The clamp at the upper bound had a zero gradient: a width stepped past the length
     # stayed there. The gradient now passes straight through and points back inside.

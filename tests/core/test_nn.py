@@ -169,6 +169,20 @@ def test_a_parameter_pushed_out_of_range_gets_the_gradient_back():
     assert wide.width.grad > 0  # descent narrows it back towards 5
 
 
+def test_dpss_nw_past_half_the_length_is_clamped_below_it():
+    # NW's bound depends on the length (NW < length / 2): only its lower bound was kept, so a
+    # step past the other failed mid-training in get_window.
+    layer = WindowConv("dpss", 16, learn="params", NW=2.5, dtype=torch.float64)
+    with torch.no_grad():
+        layer.NW.fill_(9.0)
+    w = layer.window()
+    assert torch.isfinite(w).all()
+    eps = torch.finfo(torch.float64).eps
+    torch.testing.assert_close(w, W.dpss(16, 8.0 * (1 - eps), normalize="sum", dtype=w.dtype))
+    w.sum().backward()
+    assert layer.NW.grad is not None and torch.isfinite(layer.NW.grad)
+
+
 def test_reprs():
     assert repr(WindowConv("hann", 31, learn="width")) == (
         "WindowConv(hann, length=31, learn='width', normalize='sum', mode='same', padding='zeros')"
