@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from cli.main import cli
 from cli.raw import SAMPLE_BYTES
-from tests.cli.conftest import SAMPLES, invoke, listing, write_wav
+from tests.cli.conftest import REPO, SAMPLES, invoke, listing, run_diffconv, write_wav
 
 STREAM = {"DIFFCONV_STREAM_SAMPLES": "1000", "DIFFCONV_BLOCK_FRAMES": "777"}
 RATE = "8000"
@@ -352,3 +352,19 @@ def test_grad_refuses_a_raw_input_clearly(tmp_path):
     assert r.exit_code == 1, r.output
     assert f"{raw}: headerless (raw) samples: no rate" in r.stderr
     assert "give --rate and --raw-subtype" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_readme_raw_example_works(tmp_path):
+    # The README's raw line, run as a real process on the speech sample's samples (16 kHz,
+    # 16-bit mono) without their header: the WAV the same smoothing of the WAV gives.
+    (line,) = [
+        line.split("#")[0].split()[1:]
+        for line in (REPO / "README.md").read_text().splitlines()
+        if line.startswith("diffconv") and "--raw-subtype" in line
+    ]
+    speech = SAMPLES / "speech_mono16.wav"
+    (tmp_path / "in.raw").write_bytes(wav_data(speech))
+    r = run_diffconv(*line, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert invoke(line[0], speech, tmp_path / "want.wav").exit_code == 0
+    assert (tmp_path / "out.wav").read_bytes() == (tmp_path / "want.wav").read_bytes()
