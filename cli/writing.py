@@ -131,6 +131,20 @@ def spec_for_format(
 _PRECISION_LADDER = ("DOUBLE", "FLOAT", "PCM_32", "PCM_24", "PCM_16")
 
 
+def _header_rate(spec: OutputSpec) -> int:
+    """The whole rate libsndfile is given for ``spec``: a headerless (RAW) file stores none,
+    so any positive rate does (libsndfile refuses 0, which a rate below 0.5 Hz rounds to).
+
+    Example:
+        >>> _header_rate(OutputSpec("audio", "RAW", "PCM_16", rate=0.4))
+        1
+        >>> _header_rate(OutputSpec("audio", "WAV", "PCM_16", rate=44100.4))
+        44100
+    """
+    rate = int(round(spec.rate))
+    return max(1, rate) if spec.format == "RAW" else rate
+
+
 def _closest_subtype(fmt: str, wanted: str | None) -> str:
     """The subtype of ``fmt`` nearest below ``wanted`` in precision, else ``fmt``'s default.
 
@@ -256,7 +270,7 @@ class AtomicWriter:
                     self._sound = sf.SoundFile(
                         self._encoded if self.buffered else self._stream_file,
                         "w",
-                        samplerate=int(round(spec.rate)),
+                        samplerate=_header_rate(spec),
                         channels=self.shape[-2],
                         format=spec.format,
                         subtype=spec.subtype,

@@ -368,3 +368,19 @@ def test_readme_raw_example_works(tmp_path):
     assert r.returncode == 0, r.stderr
     assert invoke(line[0], speech, tmp_path / "want.wav").exit_code == 0
     assert (tmp_path / "out.wav").read_bytes() == (tmp_path / "want.wav").read_bytes()
+
+
+@pytest.mark.parametrize("env", [None, STREAM], ids=["whole", "streamed"])
+def test_raw_at_a_rate_below_1_hz_is_written_raw_again(tmp_path, identity, env):
+    # A sensor logging every 2.5 s: --rate 0.4 reads it (a headerless file stores no rate),
+    # and writing it headerless again stores none either, so it must not fail on the rate.
+    data, _ = codes_and_floats("PCM_16", 2, "big", frames=3000)
+    src = tmp_path / "slow.raw"
+    src.write_bytes(data)
+    args = raw_args("PCM_16", 2, "big", rate="0.4")
+    r = invoke(*identity, *args, src, tmp_path / "out.raw", env=env)
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "out.raw").read_bytes() == data
+    r = invoke(*identity, *args, src, "-", env=env)
+    assert r.exit_code == 0, r.output
+    assert r.stdout_bytes == data
