@@ -49,6 +49,15 @@ class LazyGroup(click.Group):
         module = importlib.import_module(f"cli.commands.{module_name}")
         return getattr(module, module_name)
 
+    def make_context(self, info_name, args, parent=None, **extra) -> click.Context:
+        # --help and --version print while the group's options are parsed, before invoke:
+        # `diffconv --help > /dev/full` (or >&-) failed there with a bare traceback.
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except OSError as err:
+            _report_os_error(err)
+            raise click.exceptions.Exit(1) from None
+
     def invoke(self, ctx: click.Context):
         # Ctrl-C exits 130 (128 + SIGINT), as shells and `fit` report it and as batch scripts
         # test for, not click's "Aborted!" with 1, the code of a failed file.

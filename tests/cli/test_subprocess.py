@@ -150,8 +150,19 @@ def test_a_signal_mid_write_leaves_no_temporary(tmp_path, signal_name):
     assert "Traceback" not in stderr and "Aborted!" not in stderr
 
 
+# Commands whose answer is text on stdout; --help and --version answer while the group's
+# options are parsed, before any command runs.
+TEXT_COMMANDS = [
+    ("windows",),
+    ("info", SAMPLES / "speech_mono16.wav"),
+    ("--help",),
+    ("--version",),
+    ("smooth", "--help"),
+]
+
+
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
-@pytest.mark.parametrize("args", [("windows",), ("info", SAMPLES / "speech_mono16.wav")])
+@pytest.mark.parametrize("args", TEXT_COMMANDS)
 def test_text_for_a_full_disk_is_a_failure_not_a_traceback(args):
     # `diffconv info FILE > /dev/full` ended in a bare OSError traceback (exit 1, or 120 from
     # the flush at exit).
@@ -188,7 +199,7 @@ def _run_with_closed(fds: str, *args) -> subprocess.CompletedProcess:
     )  # fmt: skip
 
 
-@pytest.mark.parametrize("args", [("windows",), ("info", SAMPLES / "speech_mono16.wav")])
+@pytest.mark.parametrize("args", TEXT_COMMANDS)
 def test_text_for_a_closed_stdout_is_a_failure(args):
     # Python leaves sys.stdout None and click printed nothing: the answer was lost, exit 0.
     result = _run_with_closed(">&-", *args)
