@@ -197,6 +197,27 @@ def test_window_with_integer_and_boolean_settings(tmp_path):
     assert json.loads((tmp_path / "f.json").read_text())["learned"]["params"]["norm"] is False
 
 
+def test_window_with_a_word_setting(tmp_path):
+    # dpss's norm takes words ("subsample"): fit refused any non-number --param value.
+    from diffconv_core.windows import dpss
+
+    in_dir, tg_dir = write_pairs(tmp_path, n=1, frames=400)
+    args = [in_dir, tg_dir, "--taps", 9, "--window", "dpss", "--steps", 2, "--crop", 0]
+    result = invoke(
+        *args, "--param", "NW=2", "--param", "norm=subsample", "--out", tmp_path / "d.npy"
+    )
+    assert result.exit_code == 0, result.output
+    learned = json.loads((tmp_path / "d.json").read_text())["learned"]
+    assert learned["params"]["norm"] == "subsample"
+    nw = learned["params"]["NW"]
+    expected = dpss(9, nw, norm="subsample", normalize="sum", dtype=torch.float64).numpy()
+    np.testing.assert_allclose(np.load(tmp_path / "d.npy"), expected, rtol=1e-5)
+    result = invoke(
+        *args, "--param", "NW=2", "--param", "norm=sideways", "--out", tmp_path / "e.npy"
+    )
+    assert result.exit_code == 2 and "norm must be one of" in result.stderr
+
+
 def test_bad_pairs_listed_in_one_error(tmp_path):
     in_dir, tg_dir = write_pairs(tmp_path, n=2, frames=300)
     rng = np.random.default_rng(0)
@@ -305,6 +326,7 @@ def test_npy_pairs_need_rate_to_crop_in_seconds(tmp_path):
         (["--window", "gaussian"], "needs a starting value for std"),
         (["--window", "gaussian", "--param", "beta=2"], "gaussian has no parameter beta"),
         (["--window", "gaussian", "--param", "std=-1"], "'--param': learned parameter std"),
+        (["--window", "gaussian", "--param", "std=wide"], "std='wide' is not a number"),
         (["--window", "tukey", "--param", "alpha=1.5"], "'--param': learned parameter alpha"),
         (["--window", "hann", "--learn", "width", "--width", "50"], "'--width': learned"),
         (["--window", "tukey", "--optimizer", "lbfgs"], "lbfgs is for plain FIR taps"),
