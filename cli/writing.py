@@ -417,13 +417,14 @@ def atomic_write(
         raise FileProblem(dest, "output exists; use --overwrite to replace it")
     try:
         target = _through_symlink(dest)
+        keep = _existing_mode(target)  # replacing a file keeps its permissions
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
     except OSError as err:
         raise FileProblem(dest, f"cannot write ({err.strerror or err})") from err
     try:
         with os.fdopen(fd, "wb") as f:
             fill(f)
-        os.chmod(tmp, _default_mode())
+        os.chmod(tmp, keep & 0o777 if keep is not None else _default_mode())
         os.replace(tmp, target)
     except BaseException as err:
         if os.path.exists(tmp):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import stat
 import tempfile
 
 import numpy as np
@@ -329,6 +330,28 @@ def test_atomic_write_writes_through_a_symlink(tmp_path):
     atomic_write(link, lambda f: f.write(b'{"a": 1}'))
     assert link.is_symlink() and real.read_text() == '{"a": 1}'
     assert listing(tmp_path) == ["link.json", "real.json"]
+
+
+@pytest.mark.parametrize("through_link", [False, True])
+def test_atomic_write_keeps_the_permissions_of_the_file_it_replaces(tmp_path, through_link):
+    # As signal outputs do: `fit --overwrite` onto a private (0600) kernel or checkpoint left
+    # it readable by everyone (the umask's 0644), here or through a link to it.
+    from cli.writing import atomic_write
+
+    real = tmp_path / "kernel.json"
+    real.write_text("{}")
+    real.chmod(0o600)
+    dest = real
+    if through_link:
+        dest = tmp_path / "link.json"
+        dest.symlink_to("kernel.json")
+    atomic_write(dest, lambda f: f.write(b'{"a": 1}'))
+    assert real.read_text() == '{"a": 1}'
+    assert stat.S_IMODE(real.stat().st_mode) == 0o600
+    atomic_write(tmp_path / "new.json", lambda f: f.write(b"{}"))
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE((tmp_path / "new.json").stat().st_mode) == 0o666 & ~umask
 
 
 @pytest.mark.parametrize("streamed", [False, True])
