@@ -42,3 +42,8 @@ def __getattr__(name: str) -> Any:
     if name in _SUBMODULES:
         return importlib.import_module(f"diffconv_core.{name}")
     raise AttributeError(f"module 'diffconv_core' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    # The lazy names too (tab completion, help()), without the helpers imported above.
+    return sorted(set(__all__) | {name for name in globals() if name.startswith("__")})

@@ -135,3 +135,17 @@ def test_kernel_on_another_device_cuda(func, x, w):
 def test_not_a_tensor(func, x, w):
     assert_raises(lambda: func(x.numpy(), w), "signal", "Tensor", "ndarray")
     assert_raises(lambda: func(x, [1.0, 2.0]), "kernel", "Tensor", "list")
+
+
+def test_package_lists_its_lazy_names_and_refuses_unknown_ones():
+    # Functions and submodules load on first use: dir() (tab completion, help()) must still
+    # list them, and not the helpers the package imports for itself.
+    import diffconv_core
+
+    names = dir(diffconv_core)
+    assert set(diffconv_core.__all__) <= set(names) and "__version__" in names
+    assert not {"importlib", "Any", "annotations"} & set(names)
+    for name in diffconv_core.__all__:
+        assert getattr(diffconv_core, name) is not None
+    with pytest.raises(AttributeError, match="no attribute 'convolve2d'"):
+        diffconv_core.convolve2d  # noqa: B018
