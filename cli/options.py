@@ -10,7 +10,7 @@ import re
 
 import click
 
-from cli.raw import ENDIANS, SAMPLE_BYTES
+from cli.raw import ENDIANS, MAX_CHANNELS, SAMPLE_BYTES
 
 
 class DeviceType(click.ParamType):
@@ -184,7 +184,7 @@ def raw_input_options(
                 ),
                 click.option(
                     "--channels",
-                    type=click.IntRange(min=1),
+                    type=click.IntRange(min=1, max=MAX_CHANNELS),
                     default=None,
                     metavar="N",
                     help="Interleaved channels of headerless inputs [default: 1].",

@@ -32,6 +32,8 @@ SAMPLE_BYTES = {
     "ALAW": 1,
 }
 ENDIANS = ("little", "big")
+#: The most channels libsndfile reads (SF_MAX_CHANNELS); more is "Bad format field".
+MAX_CHANNELS = 1024
 
 
 def is_raw_path(path: str | os.PathLike) -> bool:

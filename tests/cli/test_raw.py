@@ -286,14 +286,16 @@ def test_info_refuses_a_rate_it_would_not_use():
     [
         (["--raw-subtype", "PCM_12"], "'PCM_12' is not one of"),
         (["--raw-subtype", "GSM610"], "'GSM610' is not one of"),
-        (["--raw-subtype", "PCM_16", "--channels", "0"], "0 is not in the range x>=1"),
+        (["--raw-subtype", "PCM_16", "--channels", "0"], "0 is not in the range 1<=x<=1024"),
+        # libsndfile's limit: every raw file failed alone with "Bad format field in SF_INFO".
+        (["--raw-subtype", "PCM_16", "--channels", "1025"], "1025 is not in the range"),
         (["--raw-subtype", "PCM_16", "--endian", "middle"], "'middle' is not one of"),
         (["--raw-subtype", "PCM_16", "--rate", "nan"], "nan is not a sample rate"),
     ],
 )
 def test_bad_raw_option_values_are_usage_errors(tmp_path, args, message):
     raw = tmp_path / "x.raw"
-    raw.write_bytes(bytes(64))
+    raw.write_bytes(bytes(2 * 1025 * 4))
     r = invoke("smooth", "--rate", "8000", *args, raw, tmp_path / "o.wav")
     assert r.exit_code == 2 and message in r.stderr, r.output
     assert listing(tmp_path) == ["x.raw"]
