@@ -132,17 +132,23 @@ def general_gaussian(t: Tensor, m: int, p: Tensor, sig: Tensor) -> Tensor:
     return torch.exp(-0.5 * power)
 
 
-def kaiser(t: Tensor, m: int, beta: Tensor) -> Tensor:
+def _kaiser_root(t: Tensor, m: int) -> Tensor:
     x = t / ((m - 1) / 2.0)
     inside = 1.0 - x * x
     # sqrt has an infinite slope at 0 (the end taps): keep its gradient finite there.
     positive = inside > 0
-    root = torch.where(positive, torch.sqrt(torch.where(positive, inside, torch.ones_like(x))), 0.0)
-    # i0(beta r) / i0(beta) through the exponentially scaled i0e: i0 overflows past beta ~ 700
-    # (inf / inf gave NaN taps, as scipy's do); here every factor stays within [0, 1].
-    size = beta.abs()
-    scaled = torch.special.i0e(beta * root) / torch.special.i0e(beta)
-    return scaled * torch.exp(size * (root - 1.0))
+    return torch.where(positive, torch.sqrt(torch.where(positive, inside, torch.ones_like(x))), 0.0)
+
+
+def _kaiser_ratio(root: Tensor, top: Tensor | float, beta: Tensor) -> Tensor:
+    # i0(beta root) / i0(beta top) through the exponentially scaled i0e: i0 overflows past
+    # beta ~ 700 (inf / inf gave NaN taps, as scipy's do); here every factor stays in [0, 1].
+    scaled = torch.special.i0e(beta * root) / torch.special.i0e(beta * top)
+    return scaled * torch.exp(beta.abs() * (root - top))
+
+
+def kaiser(t: Tensor, m: int, beta: Tensor) -> Tensor:
+    return _kaiser_ratio(_kaiser_root(t, m), 1.0, beta)
 
 
 def tukey(t: Tensor, m: int, alpha: Tensor) -> Tensor:
@@ -252,7 +258,12 @@ def kaiser_bessel_derived(t: Tensor, m: int, beta: Tensor) -> Tensor:
     # Half of the window is the square root of the running sum of a Kaiser window of
     # m / 2 + 1 taps, over its total; the other half is its mirror image. m is even.
     half = m // 2
-    kaiser_taps = kaiser(_grid(half + 1, t), half + 1, beta)
+    # The sum is a ratio: the Kaiser taps are taken over the largest one (the centre, or
+    # for an even half + 1 the two middle ones), not over I0(beta). A huge beta underflowed
+    # every tap off the centre, so the two middle ones (and the two taps of length 2) gave
+    # 0 / 0 and a window of zeros.
+    root = _kaiser_root(_grid(half + 1, t), half + 1)
+    kaiser_taps = _kaiser_ratio(root, root.amax(-1, keepdim=True), beta)
     running = torch.cumsum(kaiser_taps, dim=-1)
     ratio = running[..., :-1] / running[..., -1:]
     # A huge beta underflows the first Kaiser taps to 0: keep sqrt's gradient finite there.

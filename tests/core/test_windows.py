@@ -184,6 +184,32 @@ def test_kaiser_bessel_derived_is_power_complementary():
     torch.testing.assert_close(w[..., :8] ** 2 + w[..., 8:] ** 2, torch.ones(3, 8).double())
 
 
+@pytest.mark.parametrize("length", [2, 6, 10, 64])
+@pytest.mark.parametrize("beta", [800.0, 2000.0, 20000.0])
+def test_kaiser_bessel_derived_with_a_huge_beta(length, beta):
+    # Past beta ~ 745 every Kaiser tap but the centre one underflows (i0 overflows, so
+    # scipy's taps are NaN): for length 2 (two end taps), or a large enough beta for
+    # length 6 (two centre taps), every tap did, and the window came out all zeros with a
+    # NaN gradient. The running sum is a ratio: the reference scales the taps by the
+    # largest one through scipy's i0e, as the kaiser test above does.
+    import scipy.special
+
+    half = length // 2
+    x = (np.arange(half + 1) - half / 2) / (half / 2)
+    root = np.sqrt(np.clip(1 - x**2, 0, None))
+    top = root.max()
+    taps = scipy.special.i0e(beta * root) / scipy.special.i0e(beta * top)
+    taps = taps * np.exp(beta * (root - top))
+    csum = np.cumsum(taps)
+    left = np.sqrt(csum[:-1] / csum[-1])
+    expected = np.concatenate([left, left[::-1]])
+    beta_t = torch.tensor(beta, dtype=torch.float64, requires_grad=True)
+    got = W.kaiser_bessel_derived(length, beta_t)
+    np.testing.assert_allclose(got.detach().numpy(), expected, rtol=1e-12, atol=1e-300)
+    got.sum().backward()
+    assert torch.isfinite(beta_t.grad)
+
+
 def _scipy_names():
     from scipy.signal.windows import _windows
 
