@@ -82,12 +82,39 @@ def _closed_output_error() -> OSError:
 
 
 def stand_in_for_closed_streams() -> None:
-    """Give a command started with stdout or stderr closed something to write to.
+    """Give a command started with stdin, stdout or stderr closed something in their place.
 
     A closed stdout fails every write (see :class:`ClosedOutput`); a closed stderr only
-    loses the messages: the exit code still says how the command went.
+    loses the messages: the exit code still says how the command went. The descriptors
+    themselves (0, 1, 2) are taken by /dev/null: left free, the next file opened would get
+    one, and an output file on descriptor 2 would take in whatever C code prints to stderr.
     """
+    took = {
+        fd: _hold_with_devnull(fd)
+        for fd, name in enumerate(_STANDARD)
+        if getattr(sys, name) is None
+    }
     if sys.stdout is None:
         sys.stdout = ClosedOutput()
     if sys.stderr is None:
-        sys.stderr = open(os.devnull, "w")  # noqa: SIM115  (lives as long as the process)
+        # Descriptor 2 itself when it was free; never a file opened meanwhile.
+        target = 2 if took.get(2) else os.devnull
+        sys.stderr = open(target, "w", closefd=target != 2)  # noqa: SIM115  (process-long)
+
+
+_STANDARD = ("stdin", "stdout", "stderr")
+
+
+def _hold_with_devnull(fd: int) -> bool:
+    """Put /dev/null on descriptor ``fd`` if nothing is open there; whether it did."""
+    try:
+        os.fstat(fd)
+        return False  # something opened since start-up has it: leave that alone
+    except OSError:
+        pass
+    devnull = os.open(os.devnull, os.O_RDWR)
+    if devnull != fd:
+        os.dup2(devnull, fd)
+        os.close(devnull)
+    os.set_inheritable(fd, True)  # as a standard descriptor is, for child processes
+    return True

@@ -224,3 +224,23 @@ def test_a_closed_stderr_changes_nothing_but_the_messages(tmp_path):
         == 2
     )
     assert _run_with_closed("2>&-", "info", tmp_path / "a.wav").returncode == 0
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="reads /proc/self/fd")
+def test_closed_standard_descriptors_are_held_by_dev_null(tmp_path):
+    # Left free, the next file opened took descriptor 1 or 2: an output file on 2 would
+    # take in whatever C code prints to stderr.
+    report = tmp_path / "fds.txt"
+    script = (
+        "import os, sys; from cli import errors; errors.stand_in_for_closed_streams(); "
+        "print('message', file=sys.stderr); "
+        "open(sys.argv[1], 'w').write(' '.join(os.readlink(f'/proc/self/fd/{fd}') "
+        "for fd in (0, 1, 2)))"
+    )
+    command = 'exec "$0" -c "$1" "$2" <&- >&- 2>&-'
+    result = subprocess.run(
+        ["bash", "-c", command, sys.executable, script, str(report)],
+        capture_output=True, text=True, cwd=REPO, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert report.read_text().split() == [os.devnull] * 3
