@@ -211,9 +211,17 @@ def _find_files(folder: Path, glob: str | None, recursive: bool, exclude: Path) 
 
 
 def _check_unique(jobs: list[Job]) -> None:
+    # Outputs are compared as the files they will write: symlinks are written through (see
+    # cli.writing), so out/a.wav -> b.wav and out/b.wav are one file, and a result is lost.
+    real_parents: dict[Path, str] = {}
     seen: dict[str, Path] = {}
     for job in jobs:
-        key = os.path.normpath(os.path.abspath(job.dest))
+        parent = real_parents.get(job.dest.parent)
+        if parent is None:  # a batch writes into few directories: resolve each once
+            parent = real_parents[job.dest.parent] = os.path.realpath(job.dest.parent)
+        key = os.path.join(parent, job.dest.name)
+        if os.path.islink(key):
+            key = os.path.realpath(key)
         if key in seen:
             raise click.UsageError(
                 f"{seen[key]} and {job.source} would both be written to {job.dest}"

@@ -37,6 +37,21 @@ def test_two_inputs_with_one_output_name_are_refused(tmp_path):
         plan_jobs([a.parent, b.parent], tmp_path / "out")
 
 
+def test_two_outputs_that_are_one_file_through_a_symlink_are_refused(tmp_path):
+    # Outputs are written through symlinks: out/a.npy -> b.npy and out/b.npy are one file,
+    # and with --overwrite one result would silently replace the other.
+    a = make(tmp_path / "in" / "a.npy")
+    b = make(tmp_path / "in" / "b.npy")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "a.npy").symlink_to("b.npy")
+    with pytest.raises(click.UsageError, match="would both be written"):
+        plan_jobs([a, b], tmp_path / "out")
+    (tmp_path / "alias").symlink_to("out")  # a linked directory: the same files again
+    assert len(plan_jobs([a], tmp_path / "alias" / "x.npy")) == 1
+    with pytest.raises(click.UsageError, match="would both be written"):
+        plan_jobs([tmp_path / "in"], tmp_path / "alias")
+
+
 def test_outputs_inside_the_input_tree_are_not_inputs(tmp_path):
     make(tmp_path / "in" / "a.npy")
     make(tmp_path / "in" / "out" / "a.npy")  # an earlier run's result
