@@ -18,7 +18,7 @@ from contextlib import contextmanager
 
 import click
 
-from cli import pipes
+from cli import distributed, pipes
 from cli.audio_io import is_npy
 from cli.jobs import Job, plan_jobs
 from cli.options import split_paths
@@ -145,6 +145,7 @@ def execute(
         needs_rate: see :func:`check_outputs`.
     """
     inputs, output = split_paths(paths)
+    notes: list[str] = []
     jobs = plan_jobs(
         inputs,
         output,
@@ -152,7 +153,11 @@ def execute(
         recursive=recursive,
         stdio=True,
         raw=options.raw.subtype is not None,
+        notes=notes,
     )
+    if not options.quiet and distributed.ranks_from_env().is_main:
+        for note in notes:
+            click.echo(f"note: {note}", err=True)
     check_outputs(jobs, options, needs_rate=needs_rate)
     with option_errors():
         operation = build()

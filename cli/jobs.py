@@ -60,6 +60,7 @@ def plan_jobs(
     recursive: bool = False,
     stdio: bool = False,
     raw: bool = False,
+    notes: list[str] | None = None,
 ) -> list[Job]:
     """Expand the command line's INPUT... OUTPUT into jobs (see the module docstring).
 
@@ -73,6 +74,7 @@ def plan_jobs(
             whole).
         raw: directory inputs also give their headerless ``*.raw``/``*.pcm`` files (the
             command line says how to read them); without it they are left out.
+        notes: gets a line for each directory whose headerless files were left out.
 
     Raises:
         click.UsageError: a missing input, an OUTPUT that is a file where a directory is
@@ -122,6 +124,12 @@ def plan_jobs(
                     else ""
                 )
                 raise click.UsageError(f"no input files {how} in {src}{hint}")
+            if headerless and notes is not None:
+                files = "file" if headerless == 1 else "files"
+                notes.append(
+                    f"{src}: {headerless} headerless .raw/.pcm {files} left out (read them "
+                    "with --rate and --raw-subtype)"
+                )
             jobs.extend(Job(f, out / f.relative_to(src)) for f in found)
         else:
             jobs.append(Job(src, out / src.name))

@@ -336,8 +336,14 @@ def test_directories_give_raw_files_once_raw_subtype_says_how_to_read_them(tmp_p
     r = invoke(*identity, folder, tmp_path / "wav_only", "-r")
     assert r.exit_code == 0, r.output
     assert listing(tmp_path / "wav_only") == ["c.wav"]
+    # ... and the run says so, once, unless --quiet.
+    note = f"note: {folder}: 2 headerless .raw/.pcm files left out (read them with --rate"
+    assert r.stderr.count(note) == 1
+    r = invoke(*identity, folder, tmp_path / "quiet", "-r", "--quiet")
+    assert r.exit_code == 0 and "note:" not in r.stderr
     r = invoke(*identity, *raw_args("PCM_16"), folder, tmp_path / "all", "-r")
     assert r.exit_code == 0, r.output
+    assert "note:" not in r.stderr
     assert listing(tmp_path / "all") == ["a.raw", "c.wav", "sub/b.PCM"]
     assert (tmp_path / "all" / "sub" / "b.PCM").read_bytes() == data
     # A folder of raw files alone, without the options, says why nothing was found.
