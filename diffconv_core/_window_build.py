@@ -298,7 +298,7 @@ def build(
     else:
         t = torch.arange(m, dtype=work, device=dev) - (m - 1) / 2.0
         if w_tensor is None:
-            w = spec.shape(t, m, **args)
+            w = (spec.on_grid or spec.shape)(t, m, **args)
         else:
             half = (m - 1) / 2.0
             scaled = t * (m / w_tensor.unsqueeze(-1))

@@ -75,10 +75,14 @@ class Spec:
     shape: Callable[..., Tensor]
     params: tuple[Param, ...]
     description: str
+    # The same shape at the taps themselves (no fractional width), where it has a cheaper
+    # formulation (chebwin: one inverse FFT instead of a dense cosine matrix); else None.
+    on_grid: Callable[..., Tensor] | None = None
 
 
 def _spec(name, aliases, params, description):
-    return Spec(name, tuple(aliases), getattr(shapes, name), tuple(params), description)
+    shape, on_grid = getattr(shapes, name), getattr(shapes, f"{name}_on_grid", None)
+    return Spec(name, tuple(aliases), shape, tuple(params), description, on_grid)
 
 
 _POSITIVE = {"low": 0.0, "low_open": True}

@@ -227,12 +227,8 @@ def _chebyshev(order: int, x: Tensor) -> Tensor:
     return torch.where(inside, torch.cos(n * torch.acos(safe_in)), value)
 
 
-def chebwin(t: Tensor, m: int, at: Tensor) -> Tensor:
-    # The Dolph-Chebyshev window is defined by its spectrum: T_{m-1}(x0 cos(pi k / m)) at
-    # the m DFT bins k, x0 chosen so that the side lobes are `at` dB below the main lobe.
-    # That spectrum is real and symmetric (with a half-sample shift for even m), so the
-    # window is the cosine series p_0 + 2 sum_k p_k cos(2 pi k t / m), k < m / 2, which
-    # is scipy's inverse FFT at the taps and a trigonometric polynomial in between.
+def _chebwin_spectrum(t: Tensor, m: int, at: Tensor) -> Tensor:
+    """The halved cosine-series coefficients ``p_k``, ``k < m / 2``, of chebwin (see below)."""
     ratio = 10.0 ** (at / 20.0)
     # x0 = cosh(acosh(ratio) / (m - 1)), smooth in ratio at 1 (at -> 0): 1 + (ratio - 1) /
     # (m - 1)^2 there, where acosh's slope is infinite.
@@ -242,16 +238,52 @@ def chebwin(t: Tensor, m: int, at: Tensor) -> Tensor:
         above, torch.cosh(torch.acosh(safe) / (m - 1)), 1.0 + (ratio - 1.0) / (m - 1) ** 2
     )
     k = torch.arange((m + 1) // 2, dtype=t.dtype, device=t.device)
-    p = _chebyshev(m - 1, x0 * torch.cos((math.pi / m) * k))  # (..., K)
-    weights = torch.where(k == 0, 1.0, 2.0).to(t.dtype) * p
+    return _chebyshev(m - 1, x0 * torch.cos((math.pi / m) * k))  # (..., K)
 
-    def series(offsets: Tensor) -> Tensor:
-        cosines = torch.cos((2.0 * math.pi / m) * offsets.unsqueeze(-1) * k)  # (..., m, K)
-        return torch.matmul(cosines, weights.unsqueeze(-1)).squeeze(-1)
 
+def _chebwin_taps(p: Tensor, m: int) -> Tensor:
+    """The cosine series ``p_0 + 2 sum_k p_k cos(2 pi k t / m)`` at the ``m`` taps, through
+    one inverse real FFT (what scipy computes; a dense cosine matrix took O(m^2) memory):
+    ``cos(2 pi k t_n / m)`` is the real part of ``e^{2 pi i k n / m}`` times the phase
+    ``e^{-i pi k (m - 1) / m}`` of the centre offset."""
+    k = torch.arange(p.shape[-1], dtype=p.dtype, device=p.device)
+    phase = torch.polar(torch.ones_like(k), (-math.pi * (m - 1) / m) * k)
+    taps = m * torch.fft.irfft(p * phase, n=m)
+    # The FFT's rounding differs between mirror taps: mirror the first half (as scipy does),
+    # so that the window is symmetric bit for bit (and its peak is 1 at both ends).
+    first = taps[..., : (m + 1) // 2]
+    return torch.cat([first, first[..., : m // 2].flip(-1)], dim=-1)
+
+
+def chebwin_on_grid(t: Tensor, m: int, at: Tensor) -> Tensor:
+    """``chebwin`` at the taps themselves (``t`` the grid of offsets): no cosine matrix."""
+    taps = _chebwin_taps(_chebwin_spectrum(t, m, at), m)
     # scipy divides by the largest tap (not always the centre: at low `at`, the end taps).
-    peak = series(_grid(m, t)).amax(-1, keepdim=True)
-    return series(t) / peak
+    return taps / taps.amax(-1, keepdim=True)
+
+
+def chebwin(t: Tensor, m: int, at: Tensor) -> Tensor:
+    # The Dolph-Chebyshev window is defined by its spectrum: T_{m-1}(x0 cos(pi k / m)) at
+    # the m DFT bins k, x0 chosen so that the side lobes are `at` dB below the main lobe.
+    # That spectrum is real and symmetric (with a half-sample shift for even m), so the
+    # window is the cosine series p_0 + 2 sum_k p_k cos(2 pi k t / m), k < m / 2, which
+    # is scipy's inverse FFT at the taps and a trigonometric polynomial in between.
+    p = _chebwin_spectrum(t, m, at)
+    k = torch.arange(p.shape[-1], dtype=t.dtype, device=t.device)
+    weights = torch.where(k == 0, 1.0, 2.0).to(t.dtype) * p
+    # Off the grid (a fractional width) the series is summed at every offset: (..., m, K).
+    cosines = torch.cos((2.0 * math.pi / m) * t.unsqueeze(-1) * k)
+    series = torch.matmul(cosines, weights.unsqueeze(-1)).squeeze(-1)
+    taps = _chebwin_taps(p, m)
+    # Offsets on the grid (all of them at width == length) take the FFT's taps, so that the
+    # window is chebwin_on_grid's bit for bit, with the series' gradient in t.
+    position = (t + (m - 1) / 2.0).detach()
+    on_grid = position == torch.round(position)
+    index = torch.round(position).clamp(0, m - 1).long()
+    shape = torch.broadcast_shapes(taps.shape[:-1], t.shape[:-1])
+    grid_taps = torch.gather(taps.expand(*shape, m), -1, index.expand(*shape, t.shape[-1]))
+    series = torch.where(on_grid, series + (grid_taps - series).detach(), series)
+    return series / taps.amax(-1, keepdim=True)
 
 
 def kaiser_bessel_derived(t: Tensor, m: int, beta: Tensor) -> Tensor:
