@@ -98,7 +98,8 @@ SPECS: tuple[Spec, ...] = (
     _spec(
         "chebwin",
         ["cheb"],
-        [Param("at", REQUIRED, **_POSITIVE)],
+        # Past ~6,150 dB the Chebyshev spectrum overflows float64 (scipy: OverflowError).
+        [Param("at", REQUIRED, **_POSITIVE, high=6000.0, text="> 0 and <= 6000")],
         "Dolph-Chebyshev: equiripple side lobes at dB below the main lobe",
     ),
     _spec("cosine", ["halfcosine"], [], "half a period of a sine"),

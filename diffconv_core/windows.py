@@ -160,10 +160,11 @@ def _resolve_name(name: Any, params: dict[str, Any]) -> tuple[_b.Spec, bool | No
             raise ValueError(f"a window tuple must start with the window name; got {name!r}")
         spec, forced = _b.lookup(name[0])
         positional = name[1:]
-        if len(positional) > len(spec.params):
-            raise ValueError(
-                f"{spec.name} window takes {len(spec.params)} parameter(s); got {name!r}"
-            )
+        # scipy's get_window takes only NW for dpss: its dpss's next argument is Kmax (a set
+        # of tapers), not norm, so a second value would mean something else here.
+        accepted = 1 if spec.name == "dpss" else len(spec.params)
+        if len(positional) > accepted:
+            raise ValueError(f"{spec.name} window takes {accepted} parameter(s); got {name!r}")
         for p, value in zip(spec.params, positional, strict=False):
             if p.name in params:
                 raise TypeError(f"{spec.name} parameter {p.name} given twice in {name!r}")

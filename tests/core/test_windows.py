@@ -692,6 +692,10 @@ def test_width_narrows_the_window():
         (lambda: W.gaussian(5, 2.0, beta=1.0), TypeError, r"gaussian window .*beta; accepted: std"),
         (lambda: W.hann(5, std=1.0), TypeError, "hann window got unexpected parameter.*std"),
         (lambda: W.get_window(("tukey", 0.5, 2), 5), ValueError, "takes 1 parameter"),
+        # scipy takes NW alone in a dpss tuple (its next argument would be Kmax, not norm).
+        (lambda: W.get_window(("dpss", 3.0, 2), 16), ValueError, "dpss window takes 1 param"),
+        # Past ~6,150 dB the spectrum overflows float64: NaN taps without a word before.
+        (lambda: W.chebwin(31, 6100.0), ValueError, "at must be > 0 and <= 6000; got 6100.0"),
         (lambda: W.get_window((3, 4), 5), ValueError, "must start with the window name"),
         (lambda: W.get_window(None, 5), TypeError, "window must be a name"),
         (lambda: W.hann(5, normalize="area"), ValueError, "normalize must be one of.*'area'"),
@@ -710,8 +714,12 @@ def test_width_narrows_the_window():
         (lambda: W.taylor(5, 2.5), TypeError, "nbar must be an integer; got 2.5"),
         (lambda: W.taylor(5, 4, -3.0), ValueError, "sll must be > 0; got -3.0"),
         (lambda: W.taylor(5, norm="yes"), TypeError, "norm must be True or False; got 'yes'"),
-        (lambda: W.chebwin(5, 0.0), ValueError, r"chebwin parameter at must be > 0; got 0.0"),
-        (lambda: W.chebwin(5, -50.0), ValueError, r"at must be > 0; got -50.0"),
+        (
+            lambda: W.chebwin(5, 0.0),
+            ValueError,
+            r"chebwin parameter at must be > 0 and <= 6000; got 0.0",
+        ),
+        (lambda: W.chebwin(5, -50.0), ValueError, r"at must be > 0 and <= 6000; got -50.0"),
         (lambda: W.get_window("cheb", 5), ValueError, "chebwin window requires parameter 'at'"),
         (lambda: W.kaiser_bessel_derived(6, -1.0), ValueError, r"beta must be >= 0; got -1.0"),
         (
