@@ -71,7 +71,7 @@ def check_outputs(jobs: list[Job], options: RunOptions, *, needs_rate: str | Non
         if from_npy and options.rate is None:
             if needs_rate:
                 raise click.UsageError(f"{job.source}: .npy input needs --rate for {needs_rate}")
-            if fmt is not None:
+            if fmt not in (None, "RAW"):  # a headerless output stores no rate
                 raise click.UsageError(
                     f"{job.source}: writing audio ({job.dest}) from .npy needs --rate"
                 )

@@ -105,7 +105,7 @@ def spec_for_format(
             "write .npy instead",
         )
     out_rate = info.rate if info.rate else rate
-    if not out_rate:
+    if not out_rate and fmt != "RAW":  # a headerless output stores no rate
         raise FileProblem(info.path, "writing audio from .npy needs --rate", exit_code=2)
     endian = None
     if subtype is not None:
@@ -141,7 +141,7 @@ def _header_rate(spec: OutputSpec) -> int:
         >>> _header_rate(OutputSpec("audio", "WAV", "PCM_16", rate=44100.4))
         44100
     """
-    rate = int(round(spec.rate))
+    rate = int(round(spec.rate or 0))  # None: a RAW output of a signal without a rate
     return max(1, rate) if spec.format == "RAW" else rate
 
 
@@ -290,7 +290,7 @@ class AtomicWriter:
         channels = self.shape[-2]
         return (
             f"cannot write {spec.format}/{spec.subtype} with {channels} "
-            f"channel{'' if channels == 1 else 's'} at {spec.rate:g} Hz ({reason})"
+            f"channel{'' if channels == 1 else 's'} at {spec.rate or 0:g} Hz ({reason})"
         )
 
     def _npy_shape(self) -> tuple[int, ...]:

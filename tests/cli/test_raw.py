@@ -392,3 +392,14 @@ def test_raw_at_a_rate_below_1_hz_is_written_raw_again(tmp_path, identity, env):
     r = invoke(*identity, *args, src, "-", env=env)
     assert r.exit_code == 0, r.output
     assert r.stdout_bytes == data
+
+
+def test_npy_to_raw_needs_no_rate(tmp_path, identity):
+    # A headerless output stores no rate: asking for --rate there was a needless usage error.
+    x = np.random.default_rng(3).standard_normal((2, 500)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    r = invoke(*identity, tmp_path / "x.npy", tmp_path / "y.raw")
+    assert r.exit_code == 0, r.output
+    np.testing.assert_array_equal(np.fromfile(tmp_path / "y.raw", "<f4").reshape(500, 2).T, x)
+    r = invoke(*identity, tmp_path / "x.npy", tmp_path / "y.wav")
+    assert r.exit_code == 2 and "needs --rate" in r.stderr
