@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import threading
 from collections.abc import Iterator
 
 import click
@@ -43,6 +44,12 @@ def deferred() -> Iterator[None]:
         ...     pass
     """
     global _depth, _pending
+    if threading.current_thread() is not threading.main_thread():
+        # Python runs signal handlers in the main thread only, so nothing is raised here
+        # anyway. Counting this block would make the main thread hold a signal that this
+        # thread then raised when its block ended, in the middle of a write task.
+        yield
+        return
     _depth += 1
     try:
         yield

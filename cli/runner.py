@@ -24,7 +24,7 @@ from typing import Any
 import click
 import numpy as np
 
-from cli import distributed, pipes, startup
+from cli import distributed, interrupts, pipes, startup
 from cli.audio_io import SignalInfo, probe, probe_bytes, read_blocks, read_signal
 from cli.devices import initial_batch_size, is_out_of_memory, release_cached_memory
 from cli.errors import FileProblem
@@ -288,7 +288,12 @@ class _Writes:
 
     def submit(self, tasks: list[Callable[[], None]]) -> None:
         self.wait()
-        self._pending = [self._pool.submit(task) for task in tasks]
+        # A Ctrl-C between scheduling a write and listing it would leave a write that
+        # _abandon does not wait for, running while its file is discarded ("write to closed
+        # file" inside libsndfile): the signal is raised once every write is listed.
+        with interrupts.deferred():
+            for task in tasks:
+                self._pending.append(self._pool.submit(task))
 
     def wait(self) -> None:
         """Finish the pending writes; re-raise the first exception one of them raised."""
