@@ -24,9 +24,8 @@ import select
 import stat
 import sys
 from collections.abc import Iterator
-from typing import BinaryIO
+from typing import BinaryIO, TextIO
 
-import click
 import numpy as np
 
 from cli.audio_io import SignalInfo, _not_stdin, audio_format_for, is_npy
@@ -49,6 +48,18 @@ def stdin_is_terminal() -> bool:
     return sys.stdin is None or sys.stdin.isatty()
 
 
+def binary_stream(stream: TextIO | BinaryIO) -> BinaryIO:
+    """The bytes under a standard text stream: its ``buffer``, or the stream itself where it
+    is binary already (click's ``get_binary_stream`` is deprecated, to go in Click 9).
+
+    Example:
+        >>> buffer = io.BytesIO()
+        >>> binary_stream(io.TextIOWrapper(buffer)) is buffer, binary_stream(buffer) is buffer
+        (True, True)
+    """
+    return getattr(stream, "buffer", stream)
+
+
 def stdout_is_closed() -> bool:
     """True when the command started with stdout closed (``>&-``)."""
     return sys.stdout is None or isinstance(sys.stdout, ClosedOutput)
@@ -65,7 +76,7 @@ def read_stdin() -> bytes:
     Raises:
         FileProblem: stdin cannot be read.
     """
-    stream = click.get_binary_stream("stdin")
+    stream = binary_stream(sys.stdin)
     chunks = []
     try:
         # One read() takes it all, unless stdin is a non-blocking pipe: then it returns what
@@ -174,7 +185,7 @@ def stdout_for_data_only(active: bool = True) -> Iterator[None]:
     if not active:
         yield
         return
-    _data_sinks.append(click.get_binary_stream("stdout"))
+    _data_sinks.append(binary_stream(sys.stdout))
     try:
         with contextlib.redirect_stdout(sys.stderr):
             yield
@@ -188,7 +199,7 @@ def send(data: bytes | memoryview) -> None:
     Raises:
         FileProblem: the reader closed the pipe (``| head``) or stdout cannot be written.
     """
-    sink = _data_sinks[-1] if _data_sinks else click.get_binary_stream("stdout")
+    sink = _data_sinks[-1] if _data_sinks else binary_stream(sys.stdout)
     try:
         _write_all(sink, data)
         sink.flush()

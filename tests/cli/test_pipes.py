@@ -401,7 +401,7 @@ def test_stdin_is_read_to_its_end_when_it_is_non_blocking():
 
     with open(os.devnull, "rb") as devnull, pytest.MonkeyPatch.context() as patch:
         stdin = io.BufferedReader(NonBlockingPipe(devnull))
-        patch.setattr(pipes.click, "get_binary_stream", lambda name: stdin)
+        patch.setattr(sys, "stdin", stdin)
         assert pipes.read_stdin() == whole
 
 
