@@ -47,6 +47,11 @@ def transformable_range(
     Shape:
         x ``(*bx, T)``, w ``(*bw, K)`` -> ``(*broadcast(bx, bw), hi - lo)``.
     """
+    if unwrapped(x).numel() == 0 or unwrapped(w).numel() == 0:
+        # vmap over an empty batch: nothing to compute, and MKL refuses an empty FFT plan
+        # (conv1d's reshape as well). Shaped from both operands, so autograd sees them.
+        none = x.sum(-1, keepdim=True) * w.sum(-1, keepdim=True) * 0
+        return none.expand(*none.shape[:-1], hi - lo)
     # conv1d on one channel is slow on a CPU (64 x 8,000 with 31 taps: 4.2 ms, an rFFT 0.8 ms):
     # there only an explicit "direct" takes it.
     short = w.shape[-1] <= MAX_CONV1D_TAPS and x.device.type != "cpu"

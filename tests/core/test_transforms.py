@@ -315,6 +315,27 @@ def test_learnable_window_layer_under_functional_call():
     torch.testing.assert_close(func.vmap(layer)(x), layer(x), rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("method", ["direct", "fft", "overlap", "auto"])
+@pytest.mark.parametrize("mode, length", [("same", 100), ("full", 104), ("valid", 96)])
+def test_vmap_over_an_empty_batch(method, mode, length):
+    # MKL refused the empty FFT plan ("Inconsistent configuration parameters") and the
+    # direct path's reshape failed: an empty batch (the last of a filtered dataset) must
+    # give an empty result, and so must its gradients.
+    w = torch.randn(5, dtype=torch.float64)
+
+    def run(x):
+        return diffconv_core.convolve(x, w, mode, method=method)
+
+    empty = torch.zeros(0, 100, dtype=torch.float64)
+    assert func.vmap(run)(empty).shape == (0, length)
+    signal = torch.ones(100, dtype=torch.float64)
+    no_kernels = torch.zeros(0, 5, dtype=torch.float64)
+    over_kernels = func.vmap(lambda k: diffconv_core.convolve(signal, k, mode, method=method))
+    assert over_kernels(no_kernels).shape == (0, length)
+    grads = func.vmap(func.grad(lambda x: run(x).pow(2).sum()))(empty)
+    assert grads.shape == (0, 100)
+
+
 WINDOW_PARAMETER_BATCHES = [
     ("kaiser", "beta", [2.0, 5.0, 8.0], {}),
     ("gaussian", "std", [1.5, 3.0, 6.0], {}),
