@@ -366,12 +366,18 @@ def _run_batch(loaded, operation, options, device, report, progress, size: int, 
         # tensors, which must be freed before a smaller retry can fit.
         failure = _describe(exc, loaded[0][0], options)
     if failure is None:
-        writes.submit(
-            [
-                functools.partial(_write_one, item, result, options, report, progress)
-                for (item, _), result in zip(loaded, results, strict=True)
-            ]
-        )
+        tasks = [
+            functools.partial(_write_one, item, result, options, report, progress)
+            for (item, _), result in zip(loaded, results, strict=True)
+        ]
+        if any(item.job.to_stdout for item, _ in loaded):
+            # Sent from this thread: a stalled reader then blocks the thread that SIGTERM or
+            # Ctrl-C interrupts, not a writer thread this one would wait for forever.
+            writes.wait()
+            for task in tasks:
+                task()
+        else:
+            writes.submit(tasks)
         return size
     out_of_memory, path, reason, trace = failure
     if out_of_memory:

@@ -244,3 +244,36 @@ def test_closed_standard_descriptors_are_held_by_dev_null(tmp_path):
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert report.read_text().split() == [os.devnull] * 3
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="reads /proc/PID/task")
+@pytest.mark.parametrize("streamed", [False, True])
+def test_sigterm_while_a_stalled_reader_blocks_stdout_ends_the_process(tmp_path, streamed):
+    # `diffconv smooth big.wav - | stalled`: SIGTERM printed "stopped by signal 15" and the
+    # process then waited for ever, for the writer thread blocked in write() on the full
+    # pipe (or, with the write in the main thread, for the flush of stdout at exit).
+    import signal
+    import time
+
+    src = tmp_path / "big.wav"
+    sf.write(src, np.zeros((100_000, 1), np.float32), 8000, subtype="FLOAT")  # > a pipe
+    env = dict(os.environ, **({"DIFFCONV_STREAM_SAMPLES": "1000"} if streamed else {}))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cli", "smooth", src, "-", "-t", "wav", "--device", "cpu"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=REPO,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        tasks = f"/proc/{proc.pid}/task"
+        while not any("pipe_write" in open(f"{tasks}/{t}/wchan").read() for t in os.listdir(tasks)):
+            assert proc.poll() is None and time.monotonic() < deadline, "never blocked"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        returncode = proc.wait(timeout=20)  # the reader never reads
+    finally:
+        proc.kill()
+        stderr = proc.stderr.read().decode()
+        proc.stdout.close()
+        proc.stderr.close()
+    assert returncode == 128 + signal.SIGTERM, stderr
+    assert "Traceback" not in stderr
