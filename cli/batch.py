@@ -56,10 +56,10 @@ def check_outputs(jobs: list[Job], options: RunOptions, *, needs_rate: str | Non
     import soundfile as sf
 
     _check_type(jobs, options)
-    check_usage(options.raw, [job.source for job in jobs if is_raw_input(job, options)])
+    raw_flags = [is_raw_input(job, options) for job in jobs]
+    check_usage(options.raw, [job.source for job, raw in zip(jobs, raw_flags, strict=True) if raw])
     formats = []
-    for job in jobs:
-        raw = is_raw_input(job, options)
+    for job, raw in zip(jobs, raw_flags, strict=True):
         fmt = _output_format(job, options, raw)
         formats.append(fmt)
         if raw:

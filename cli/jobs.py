@@ -113,9 +113,10 @@ def plan_jobs(
     for src in sources:
         if src.is_dir():
             found = _find_files(src, glob, recursive, exclude=out)
-            headerless = 0 if raw or glob else sum(map(is_raw_path, found))
-            if headerless:
-                found = [f for f in found if not is_raw_path(f)]
+            headerless = 0
+            if not (raw or glob):
+                kept = [f for f in found if not is_raw_path(f)]
+                headerless, found = len(found) - len(kept), kept
             if not found:
                 how = f"matching {glob!r}" if glob else "with an audio or .npy extension"
                 hint = (
