@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -258,17 +259,15 @@ def build(
             continue
         tensor = as_tensor(raw[p.name], f"{spec.name} parameter {p.name}", work, dev)
         check_param(spec.name, p, tensor, raw[p.name])
+        high, high_open = upper_bound(spec.name, p, length)
+        if high != p.high and not _in_range(tensor, replace(p, high=high, high_open=high_open)):
+            # A bound that depends on the length (dpss's NW): say what it is here.
+            raise ValueError(
+                f"{spec.name} parameter {p.name} must be {p.range_text()} ({high:g} for length "
+                f"{length}); got {_show(raw[p.name])}"
+            )
         values[p.name] = tensor
         batch = broadcast_shapes(batch, tensor.shape[:-1] if p.vector else tensor.shape)
-    for p in spec.params:  # bounds that depend on the length (dpss's NW)
-        high, high_open = upper_bound(spec.name, p, length)
-        if high == p.high or not isinstance(values[p.name], Tensor):
-            continue
-        if not _in_range(values[p.name], Param(p.name, None, high=high, high_open=high_open)):
-            raise ValueError(
-                f"dpss parameter NW must be > 0 and < length / 2 ({length / 2:g} for length "
-                f"{length}); got {_show(raw['NW'])}"
-            )
 
     # scipy answers [1.0] for any one-tap window, periodic or not.
     m = length if sym or length == 1 else length + 1
