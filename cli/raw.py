@@ -36,6 +36,18 @@ ENDIANS = ("little", "big")
 MAX_CHANNELS = 1024
 
 
+def libsndfile_rate(rate: float | None) -> int:
+    """The whole rate libsndfile is given for headerless samples: any positive one, since
+    the file stores none and reading ignores it, but libsndfile refuses 0 (which a rate
+    below 0.5 Hz rounds to) and fractions.
+
+    Example:
+        >>> libsndfile_rate(0.4), libsndfile_rate(44100.4), libsndfile_rate(None)
+        (1, 44100, 1)
+    """
+    return max(1, int(round(rate or 0)))
+
+
 def is_raw_path(path: str | os.PathLike) -> bool:
     """Whether a file's name says it holds headerless samples.
 
@@ -111,8 +123,7 @@ class RawFormat:
         """Keyword arguments with which soundfile opens the samples (a complete format)."""
         return {
             "format": "RAW",
-            # libsndfile wants a positive whole rate to open RAW, though reading ignores it.
-            "samplerate": max(1, int(round(self.rate))),
+            "samplerate": libsndfile_rate(self.rate),
             "channels": self.channels or 1,
             "subtype": self.subtype,
             "endian": (self.endian or "little").upper(),

@@ -23,6 +23,7 @@ import soundfile as sf
 from cli import interrupts, pcm
 from cli.audio_io import SignalInfo, _libsndfile_reason, audio_format_for
 from cli.errors import FileProblem
+from cli.raw import libsndfile_rate
 
 # Subtypes that store floats; every other subtype is a fixed range (integer PCM, codecs).
 _FLOAT_SUBTYPES = {"FLOAT", "DOUBLE"}
@@ -141,8 +142,9 @@ def _header_rate(spec: OutputSpec) -> int:
         >>> _header_rate(OutputSpec("audio", "WAV", "PCM_16", rate=44100.4))
         44100
     """
-    rate = int(round(spec.rate or 0))  # None: a RAW output of a signal without a rate
-    return max(1, rate) if spec.format == "RAW" else rate
+    if spec.format == "RAW":
+        return libsndfile_rate(spec.rate)  # None: a signal without a rate, written headerless
+    return int(round(spec.rate))
 
 
 def _closest_subtype(fmt: str, wanted: str | None) -> str:
@@ -334,9 +336,7 @@ class AtomicWriter:
             return False
         try:
             self._close(commit=True)
-            keep = self._dest_mode  # replacing a file keeps its permissions
-            os.chmod(self._tmp, keep & 0o777 if keep is not None else _default_mode())
-            os.replace(self._tmp, self._target)
+            _move_into_place(self._tmp, self._target, self._dest_mode)
         except OSError as err:
             self._discard()
             raise FileProblem(self.dest, f"cannot finish writing ({err.strerror or err})") from err
@@ -417,21 +417,27 @@ def atomic_write(
         raise FileProblem(dest, "output exists; use --overwrite to replace it")
     try:
         target = _through_symlink(dest)
-        keep = _existing_mode(target)  # replacing a file keeps its permissions
+        keep = _existing_mode(target)
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
     except OSError as err:
         raise FileProblem(dest, f"cannot write ({err.strerror or err})") from err
     try:
         with os.fdopen(fd, "wb") as f:
             fill(f)
-        os.chmod(tmp, keep & 0o777 if keep is not None else _default_mode())
-        os.replace(tmp, target)
+        _move_into_place(tmp, target, keep)
     except BaseException as err:
         if os.path.exists(tmp):
             os.unlink(tmp)
         if isinstance(err, OSError):
             raise FileProblem(dest, f"cannot write ({err.strerror or err})") from err
         raise
+
+
+def _move_into_place(tmp: str, target: Path, replaced_mode: int | None) -> None:
+    """Rename the finished temporary file onto ``target``, with the permissions of the file
+    it replaces (``replaced_mode``), or the usual ones for a new file."""
+    os.chmod(tmp, replaced_mode & 0o777 if replaced_mode is not None else _default_mode())
+    os.replace(tmp, target)
 
 
 def _through_symlink(dest: Path) -> Path:
