@@ -279,9 +279,7 @@ def chebwin(t: Tensor, m: int, at: Tensor) -> Tensor:
     # window is chebwin_on_grid's bit for bit, with the series' gradient in t.
     position = (t + (m - 1) / 2.0).detach()
     on_grid = position == torch.round(position)
-    index = torch.round(position).clamp(0, m - 1).long()
-    shape = torch.broadcast_shapes(taps.shape[:-1], t.shape[:-1])
-    grid_taps = torch.gather(taps.expand(*shape, m), -1, index.expand(*shape, t.shape[-1]))
+    grid_taps = _between_taps(t.detach(), taps)  # exactly the taps wherever on_grid
     series = torch.where(on_grid, series + (grid_taps - series).detach(), series)
     return series / taps.amax(-1, keepdim=True)
 
