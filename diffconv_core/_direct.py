@@ -80,14 +80,22 @@ def direct_range(x: torch.Tensor, w: torch.Tensor, lo: int, hi: int) -> torch.Te
     return _DirectRange.apply(x, w, lo, hi, fast)
 
 
-def sums_each_output_alone(x: torch.Tensor, w: torch.Tensor) -> bool:
-    """Whether :func:`direct_range` computes each output as its own sum of ``tap * sample``
-    over exactly the samples under its window (the shifted multiply-adds: CPU, few taps,
-    nothing recorded), so NaN and Inf come out as in the direct sum with no separate
-    handling. The Toeplitz GEMMs multiply whole frames, zeros included (0 * inf).
+def direct_sums_alone(x: torch.Tensor, w: torch.Tensor, lo: int, hi: int) -> torch.Tensor | None:
+    """:func:`direct_range` where it computes each output as its own sum of ``tap * sample``
+    over exactly the samples under its window, else None.
+
+    Such sums give NaN and Inf as the direct sum does, so the caller needs no separate
+    handling of non-finite values, nor the host sync that looking for them costs. They are
+    the CPU's shifted multiply-adds and the fused CUDA kernel, with nothing recorded for
+    autograd (a kernel gradient mixes every sample). The Toeplitz GEMMs multiply whole
+    frames, zeros included (0 * inf), and ``conv1d`` may too.
     """
     K = w.shape[-1]
-    return x.device.type == "cpu" and 0 < K <= MAX_SHIFT_ADD_TAPS and not needs_graph(x, w)
+    if K == 0 or needs_graph(x, w):
+        return None
+    if x.device.type == "cpu" and K <= MAX_SHIFT_ADD_TAPS:
+        return direct_range(x, w, lo, hi)
+    return sliding_dot(x, w.flip(-1), K - 1 - lo, hi - lo)  # None off CUDA or without Triton
 
 
 def _cpu_range(x: torch.Tensor, w: torch.Tensor, lo: int, hi: int) -> torch.Tensor:

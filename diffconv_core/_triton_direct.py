@@ -57,7 +57,8 @@ def available(x: torch.Tensor) -> bool:
 
 
 def sliding_dot(x: torch.Tensor, taps: torch.Tensor, shift: int, n_out: int) -> torch.Tensor | None:
-    """``out[m] = sum_j taps[j] x[m + j - shift]`` (x zero outside), or None if unavailable.
+    """``out[m] = sum_j taps[j] x[m + j - shift]`` over the terms with ``0 <= m + j - shift < T``
+    (each output its own direct sum, NaN and Inf included), or None if unavailable.
 
     Shape:
         x ``(*bx, T)``, taps ``(*bt, K)`` -> ``(*broadcast(bx, bt), n_out)``.

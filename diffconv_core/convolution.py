@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from diffconv_core._direct import direct_range, sums_each_output_alone
+from diffconv_core._direct import direct_range, direct_sums_alone
 from diffconv_core._fft import fft_range
 from diffconv_core._nonfinite import with_nonfinite_locality
 from diffconv_core._overlap import overlap_range
@@ -66,12 +66,11 @@ def _run(x: torch.Tensor, w: torch.Tensor, mode: str, padding: str, method: str)
     if out_dtype in HALF_DTYPES and (method != "direct" or x.device.type == "cpu"):
         compute_dtype = torch.float32
     x, w = x.to(compute_dtype), w.to(compute_dtype)
-    # Every method but the shifted sums mixes samples beyond a window's reach (an FFT spreads
+    # Every method but the direct sums mixes samples beyond a window's reach (an FFT spreads
     # over the signal, a Toeplitz GEMM over a frame), so non-finite samples are handled
-    # outside the method; the shifted sums are already each output's IEEE direct sum.
-    if method == "direct" and sums_each_output_alone(x, w):
-        y = direct_range(x, w, lo, hi)
-    else:
+    # outside the method; the direct sums are already each output's IEEE value.
+    y = direct_sums_alone(x, w, lo, hi) if method == "direct" else None
+    if y is None:
         y = with_nonfinite_locality(_RANGE_FUNCTIONS[method], x, w, lo, hi)
     return y.to(out_dtype)
 

@@ -34,6 +34,9 @@ def interpreted(monkeypatch) -> types.ModuleType:
     """
     pytest.importorskip("triton")
     monkeypatch.setenv("TRITON_INTERPRET", "1")
+    # A failed interpreted launch turns the fused path off for the process; undone here so
+    # that it cannot fail the compiled kernel's tests that follow.
+    monkeypatch.setattr(_triton_direct, "_disabled_reason", None)
     path = Path(_triton_direct.__file__).with_name("_triton_kernels.py")
     spec = importlib.util.spec_from_file_location("_triton_kernels_interpreted", path)
     module = importlib.util.module_from_spec(spec)
@@ -57,7 +60,7 @@ def kernel_runs(interpreted, monkeypatch) -> list:
 
 
 def _reference(x, taps, shift, n_out):
-    # out[m] = sum_j taps[j] x[m + j - shift], x zero outside: float64 on the CPU
+    # out[m] = sum_j taps[j] x[m + j - shift] over the terms inside the signal: float64, CPU
     x, taps = x.double().cpu(), taps.double().cpu()
     T, K = x.shape[-1], taps.shape[-1]
     batch = torch.broadcast_shapes(x.shape[:-1], taps.shape[:-1])
@@ -66,9 +69,7 @@ def _reference(x, taps, shift, n_out):
     for j in range(K):
         i = m + j - shift
         inside = (i >= 0) & (i < T)
-        shifted = torch.zeros(*x.shape[:-1], n_out, dtype=torch.float64)
-        shifted[..., inside] = x[..., i[inside]]
-        out += taps[..., j : j + 1] * shifted
+        out[..., inside] += taps[..., j : j + 1] * x[..., i[inside]]
     return out
 
 
@@ -110,6 +111,48 @@ def test_interpreted_kernel_reads_a_strided_signal_in_place(kernel_runs):
     taps = torch.randn(5, dtype=torch.float64)
     got = _triton_direct.sliding_dot(x, taps, 2, 40)
     torch.testing.assert_close(got, _reference(x, taps, 2, 40), rtol=1e-12, atol=1e-12)
+
+
+def _with_nonfinite_values(dtype=torch.float64):
+    # Inf taps at both ends (their terms fall past the signal's ends near its edges), a NaN
+    # tap, and non-finite samples of each kind in the signal.
+    x = torch.randn(2, 30, dtype=dtype)
+    x[0, 3], x[0, 17], x[1, 25] = float("nan"), float("inf"), float("-inf")
+    taps = torch.randn(15, dtype=dtype)
+    taps[0], taps[7], taps[14] = float("inf"), float("nan"), float("-inf")
+    return x, taps
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # numpy's NaN
+def test_interpreted_kernel_leaves_out_terms_past_the_ends(kernel_runs):
+    # The direct sum has no term for a sample past the ends: an Inf tap over that position
+    # must not turn the output into NaN (0 * inf) as a zero-filled load would.
+    x, taps = _with_nonfinite_values()
+    taps[7], taps[14] = 1.0, 2.0  # left: the Inf tap 0, past the start for the first outputs
+    got = _triton_direct.sliding_dot(x, taps, 14, 30)
+    want = _reference(x, taps, 14, 30)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12, equal_nan=True)
+    assert torch.isfinite(want[1, :14]).all(), "the case must have finite outputs at the edge"
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
+@pytest.mark.parametrize("mode", ["full", "same", "valid"])
+def test_direct_method_through_the_kernel_skips_the_nonfinite_scan(kernel_runs, monkeypatch, mode):
+    # Each output its own direct sum: no search for NaN/Inf first (a host sync on CUDA).
+    def scan(*tensors):
+        raise AssertionError("the non-finite scan ran")
+
+    monkeypatch.setattr(diffconv_core._nonfinite, "_magnitudes", scan)
+    x, w = _with_nonfinite_values()
+    w[7] = 0.5
+    K, T = w.shape[-1], x.shape[-1]
+    lo, n_out = {"full": (0, T + K - 1), "same": ((K - 1) // 2, T), "valid": (K - 1, T - K + 1)}[
+        mode
+    ]
+    got = convolve(x, w, mode, method="direct")
+    want = _reference(x, w.flip(-1), K - 1 - lo, n_out)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12, equal_nan=True)
+    assert kernel_runs, "the direct method never reached the kernel"
 
 
 @pytest.mark.parametrize("correlate", [False, True])
@@ -187,3 +230,19 @@ def test_direct_method_uses_it_and_agrees_with_fft():
         diffconv_core.convolve(x, w, method="direct"), convolve(x, w, method="fft")
     )
     assert _triton_direct._disabled_reason is None
+
+
+@needs_cuda_triton
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_compiled_direct_method_keeps_nonfinite_values_local_without_a_scan(monkeypatch, dtype):
+    def scan(*tensors):
+        raise AssertionError("the non-finite scan ran")
+
+    monkeypatch.setattr(diffconv_core._nonfinite, "_magnitudes", scan)
+    x, w = _with_nonfinite_values(dtype)
+    w[7] = 0.5
+    K, T = w.shape[-1], x.shape[-1]
+    got = convolve(x.cuda(), w.cuda(), "full", method="direct")
+    want = _reference(x, w.flip(-1), K - 1, T + K - 1)
+    tol = 1e-12 if dtype == torch.float64 else 1e-5
+    torch.testing.assert_close(got.double().cpu(), want, rtol=tol, atol=tol, equal_nan=True)
