@@ -15,7 +15,9 @@ fi
 export PYTHONPATH=$PWD:${PYTHONPATH:-} PYTHONUNBUFFERED=1 DIFFCONV_CACHE_DIR=$out
 nvidia-smi -L | tee "$out/device.txt"
 python3 -c "import torch, diffconv_core._triton_direct as t; print('torch', torch.__version__, 'triton', t._kernel_module() is not None, t._disabled_reason)" | tee -a "$out/device.txt"
-timeout 150 python3 -m pytest -q -p no:cacheprovider -k "cuda or gpu or triton" tests 2>&1 | tail -15 | tee "$out/tests.txt"
+timeout 150 python3 -m pytest -q -p no:cacheprovider -rf --tb=short -k "cuda or gpu or triton" tests \
+    > "$out/tests.txt" 2>&1
+grep -E "^(FAILED|ERROR)|passed|failed" "$out/tests.txt" | cut -c1-300 | tail -30
 timeout 150 python3 benchmarks/bench_core.py --device cuda --budget 0.1 --no-naive --out "$out/bench.jsonl" 2>/dev/null | tee "$out/bench_core.md"
 timeout 30 python3 benchmarks/bench_memory.py --device cuda | tee "$out/memory.md"
 timeout 90 python3 -m cli tune --device cuda --quick 2>&1 | tail -5 | tee "$out/tune.txt"
