@@ -1,0 +1,63 @@
+"""Where the time of one ``convolve`` call goes on a CUDA device: each piece timed alone.
+
+Small GPU cases are dominated by host time (each PyTorch launch costs ~15-20 us of it on the
+device tool's machines), so this times the pieces of a call with a synchronize after each:
+the NaN/Inf scan (``_magnitudes``, one host sync), ``choose_method``, the direct method's range
+function, and whole calls per method, beside ``conv1d`` and an empty synchronize.
+
+    python3 benchmarks/gpu_call_costs.py        (needs a CUDA device)
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+import torch.nn.functional as F
+
+import diffconv_core as dc
+from diffconv_core import _direct, _nonfinite
+from diffconv_core.methods import choose_method
+
+SHAPES = [(1, 1024, 31), (16, 480000, 3), (4096, 1024, 255)]
+
+
+def per_call_us(fn, reps: int = 300) -> float:
+    for _ in range(5):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        fn()
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return sorted(times)[reps // 2] * 1e6
+
+
+def pieces(B: int, T: int, K: int) -> dict:
+    x = torch.randn(B, T, device="cuda")
+    w = torch.randn(K, device="cuda")
+    lo = (K - 1) // 2
+    return {
+        "sync alone": lambda: None,
+        "conv1d": lambda: F.conv1d(x[:, None], w.flip(0)[None, None], padding=K // 2),
+        "magnitudes": lambda: _nonfinite._magnitudes(x, w),
+        "choose_method": lambda: choose_method(x.shape, w.shape, device=x.device),
+        "direct_range": lambda: _direct.direct_range(x, w, lo, lo + T),
+        **{
+            f"convolve {m}": (lambda m=m: dc.convolve(x, w, method=m))
+            for m in ("direct", "fft", "overlap", "auto")
+        },
+    }
+
+
+def main() -> None:
+    print(f"# torch {torch.__version__}, {torch.cuda.get_device_name()}; median us a call")
+    for B, T, K in SHAPES:
+        costs = ", ".join(f"{name} {per_call_us(fn):.0f}" for name, fn in pieces(B, T, K).items())
+        print(f"- {B},{T},{K}: {costs}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
