@@ -35,9 +35,10 @@ def per_call_us(fn, reps: int = 300) -> float:
     return sorted(times)[reps // 2] * 1e6
 
 
-def pieces(B: int, T: int, K: int) -> dict:
-    x = torch.randn(B, T, device="cuda")
-    w = torch.randn(K, device="cuda")
+def pieces(B: int, T: int, K: int, device: str = "cuda") -> dict:
+    """The timed callables for one shape (any device: the tests run them on the CPU)."""
+    x = torch.randn(B, T, device=device)
+    w = torch.randn(K, device=device)
     lo = (K - 1) // 2
     return {
         "sync alone": lambda: None,

@@ -84,3 +84,11 @@ def test_table_row_without_peers_or_floor_in_rounds(bench_core):
     cells, ratios = bench_core.table_row((1, 10, 3), 0.001, "fft", {"fwd": {}, "fwd+bwd": {}})
     assert ratios == {}
     assert cells == ["1, 10, 3", "1.00", "-", "fft", "-", "-", "-", "-", "-", "-", "-", "-"]
+
+
+def test_gpu_call_costs_pieces_all_run():
+    # Run on the CPU here so that a renamed internal breaks CI, not a scarce GPU session.
+    pieces = _load("gpu_call_costs").pieces(2, 64, 5, device="cpu")
+    assert {"magnitudes", "choose_method", "direct_range", "convolve auto"} <= set(pieces)
+    for fn in pieces.values():
+        fn()
