@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import math
+import operator
 from collections.abc import Sequence
 
 import torch
@@ -79,6 +80,44 @@ _COSTS = {
         "overlap_unit": 5e-3,
     },
 }
+
+
+# CUDA, forward + backward (gradients to both inputs), as whole times: each method's terms
+# (training_terms_cuda) weighted by these, in nanoseconds. Fitted by benchmarks/fit_cuda_costs.py
+# (relative least squares, non-negative) to the 24 shapes `diffconv tune --quick` timed on an
+# H200 (torch 2.11, Triton 3.6; benchmarks/results/gpu_h200_tune_v2.json): the pick was within
+# 10% of the fastest in 23 of 24 (22 of 24 on a second machine's timings of the same grid,
+# taken before the NaN/Inf scan lost five of its launches),
+# where the forward model times _BACKWARD_FACTOR was within 10% in 17 of 24 and up to 2.1x slower
+# (overlap-save's recorded path is the fastest for large batches there).
+_CUDA_TRAINING_COSTS = {
+    "direct": (1_073_974.0, 1.536e-3, 4.130e-4),  # call, per output and tap, FFT unit
+    "fft": (815_807.0, 8.186e-4),  # call, FFT unit
+    "overlap": (1_080_683.0, 1.888e-3),  # call, block-FFT unit
+}
+
+
+def training_terms_cuda(method: str, batch: int, T: int, K: int, mode: str) -> list[float]:
+    """The terms of the CUDA forward+backward model of ``method`` (see _CUDA_TRAINING_COSTS):
+    a call, then the direct sums' multiply-adds and the transforms' ``n log2 n`` units (the
+    direct method's kernel gradient is an FFT).
+
+    Example:
+        >>> training_terms_cuda("fft", 1, 1000, 25, "same")
+        [1.0, 67584.0]
+    """
+    if mode == "valid" and K > T:
+        T, K = K, T
+    L = output_length(T, K, mode)
+    n_fft = fft_length(T + K, torch.device("cuda"))
+    transform = batch * 3 * n_fft * math.log2(max(n_fft, 2))
+    if method == "direct":
+        return [1.0, batch * L * K, transform]
+    if method == "fft":
+        return [1.0, transform]
+    block = block_fft_length(K, L)
+    n_blocks = math.ceil(L / (block - K + 1))
+    return [1.0, batch * n_blocks * 2 * block * math.log2(block)]
 
 
 # Forward + backward (gradients to both inputs) over the recorded forward alone, measured on
@@ -219,6 +258,12 @@ def choose_method(
     )
     if cached is not None:
         return cached
+    if requires_grad and device_type != "cpu":
+        costs = {
+            name: sum(map(operator.mul, terms, training_terms_cuda(name, batch, T, K, mode)))
+            for name, terms in _CUDA_TRAINING_COSTS.items()
+        }
+        return min(costs, key=costs.__getitem__)
     shared = math.prod(kernel_shape[:-1]) == 1
     costs = estimate_costs(batch, T, K, mode, device_type, requires_grad, shared)
     if requires_grad:
