@@ -87,7 +87,7 @@ _COSTS = {
 # (relative least squares, non-negative) to the 24 shapes `diffconv tune --quick` timed on an
 # H200 (torch 2.11, Triton 3.6; benchmarks/results/gpu_h200_tune_v2.json): the pick was within
 # 10% of the fastest in 23 of 24 (22 of 24 on a second machine's timings of the same grid,
-# taken before the NaN/Inf scan lost five of its launches),
+# taken before the NaN/Inf scan went from 7 kernels to 3),
 # where the forward model times _BACKWARD_FACTOR was within 10% in 17 of 24 and up to 2.1x slower
 # (overlap-save's recorded path is the fastest for large batches there).
 _CUDA_TRAINING_COSTS = {
