@@ -43,6 +43,27 @@ def block_fft_length(kernel_length: int, output_length: int) -> int:
 # work arrays stay a fraction of the input (peak extra memory ~ the output plus one chunk).
 CHUNK_SAMPLES = 1 << 20
 
+# On CUDA a chunk costs about seven launches, ~100 us of host time on the H200 machines, and
+# chunks of CHUNK_SAMPLES made the forward pass the slowest path there: 16 rows of 4M samples
+# took 11.2 ms in 73 chunks where the recorded path (no chunks) ran forward and backward in
+# 4.5 ms. There the blocks go in at most this many chunks, whose work arrays stay about a
+# sixteenth of the blocked signal. (The CPU path under this rule peaked at 1.2-1.9x the
+# input, RSS, on bench_memory's shapes; GPU memory under it is still to be measured.)
+CUDA_CHUNKS = 16
+
+
+def blocks_per_chunk(n_fft: int, rows: int, n_blocks: int, device_type: str) -> int:
+    """How many blocks of every row one chunk of the no-autograd path transforms.
+
+    Example:
+        >>> blocks_per_chunk(2048, 16, 2339, "cpu"), blocks_per_chunk(2048, 16, 2339, "cuda")
+        (32, 147)
+    """
+    per_chunk = max(1, CHUNK_SAMPLES // (n_fft * rows))
+    if device_type != "cpu":
+        per_chunk = max(per_chunk, -(-n_blocks // CUDA_CHUNKS))
+    return per_chunk
+
 
 def _blocked(
     source: torch.Tensor, spectrum: torch.Tensor, n_fft: int, step: int, K: int
@@ -75,7 +96,7 @@ def overlap_range(
     batch = broadcast_shapes(x.shape[:-1], w.shape[:-1])
     rows = max(1, math.prod(batch))
     out = torch.empty(*batch, n_out, dtype=x.dtype, device=x.device)
-    per_chunk = max(1, CHUNK_SAMPLES // (n_fft * rows))
+    per_chunk = blocks_per_chunk(n_fft, rows, n_blocks, x.device.type)
     for first in range(0, n_blocks, per_chunk):
         count = min(per_chunk, n_blocks - first)
         start = lo - (K - 1) + first * step

@@ -56,3 +56,14 @@ def test_float32_and_float64_calls_in_turn():
         )
         assert got.dtype == dtype
         np.testing.assert_allclose(got.double().numpy(), expected, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("rows, n_blocks", [(16, 2339), (256, 130), (1, 9), (4096, 1)])
+def test_cuda_takes_few_chunks_and_the_cpu_small_ones(rows, n_blocks):
+    # A chunk is ~7 launches on CUDA (host time), a cache-sized piece on the CPU.
+    n_fft = 2048
+    cuda = _overlap.blocks_per_chunk(n_fft, rows, n_blocks, "cuda")
+    cpu = _overlap.blocks_per_chunk(n_fft, rows, n_blocks, "cpu")
+    assert -(-n_blocks // cuda) <= _overlap.CUDA_CHUNKS
+    assert cpu == max(1, _overlap.CHUNK_SAMPLES // (n_fft * rows))
+    assert cuda >= cpu
