@@ -28,7 +28,9 @@ METHOD_NAMES = ("direct", "fft", "overlap")
 # How far (in log2 units, per axis) a measured shape may be from the asked one.
 MAX_LOG2_DISTANCE = 1.0
 
-_loaded: dict[str, object] = {"path": None, "mtime": None, "data": {}}
+# The cache file's entries as last read, and the answers lookup has given from them (a scan
+# of every entry costs more than a small convolution; cleared whenever the entries change).
+_loaded: dict[str, object] = {"path": None, "mtime": None, "data": {}, "answers": {}}
 
 
 def cache_path() -> Path:
@@ -67,10 +69,11 @@ def _cache() -> dict:
     try:
         mtime = path.stat().st_mtime
     except OSError:
-        _loaded.update(path=path, mtime=None, data={})
+        _loaded.update(path=path, mtime=None, data={}, answers={})
         return {}
     if _loaded["path"] != path or _loaded["mtime"] != mtime:
-        _loaded.update(path=path, mtime=mtime, data=_usable_entries(_read_json(path)))
+        data = _usable_entries(_read_json(path))
+        _loaded.update(path=path, mtime=mtime, data=data, answers={})
     return _loaded["data"]  # type: ignore[return-value]
 
 
@@ -131,7 +134,19 @@ def lookup(
     cache = _cache()
     if not cache:
         return None
-    entries = _entries_for(cache, device_key(device or device_type, dtype))
+    key = device_key(device or device_type, dtype)
+    asked = (key, batch, T, K, mode, requires_grad)
+    answers: dict = _loaded["answers"]  # type: ignore[assignment]
+    if asked not in answers:
+        if len(answers) >= 4096:  # a process seeing ever new shapes: start over
+            answers.clear()
+        answers[asked] = _nearest(_entries_for(cache, key), batch, T, K, mode, requires_grad)
+    return answers[asked]
+
+
+def _nearest(
+    entries: list[dict] | None, batch: int, T: int, K: int, mode: str, requires_grad: bool
+) -> str | None:
     if not entries:
         return None
     point = (math.log2(max(batch, 1)), math.log2(_outputs(T, K, mode)), math.log2(K))

@@ -194,3 +194,26 @@ def test_saved_cache_has_the_users_usual_permissions(cache_dir):
         assert stat.S_IMODE(path.stat().st_mode) == 0o640
     finally:
         os.umask(umask)
+
+
+def test_answers_follow_a_changed_cache_file(cache_dir):
+    # Lookups are remembered per cache content: a rewritten file (another tune run, another
+    # process) must be seen once it is rechecked, not the remembered answer.
+    tuning.save(_fake_records("overlap"), "cpu", torch.float32)
+    assert choose_method((4, 4096), (31,)) == "overlap"
+    path = cache_dir / "methods.json"
+    data = json.loads(path.read_text())
+    for record in next(iter(data.values())):
+        record["method"] = record["method_forward"] = "fft"
+    path.write_text(json.dumps(data))
+    os.utime(path, ns=(1, 1))  # a new mtime even on coarse-timestamp filesystems
+    tuning._loaded["checked"] = -float("inf")  # past RECHECK_SECONDS
+    assert choose_method((4, 4096), (31,)) == "fft"
+
+
+def test_remembered_answers_stay_bounded(cache_dir, monkeypatch):
+    tuning.save(_fake_records("overlap"), "cpu", torch.float32)
+    for T in range(4000, 4000 + 5000):
+        tuning.lookup("cpu", 4, T, 31, "same", torch.float32)
+    assert len(tuning._loaded["answers"]) <= 4096
+    assert tuning.lookup("cpu", 4, 4096, 31, "same", torch.float32) == "overlap"
