@@ -42,13 +42,20 @@ def option_errors(param_hint: str | None = None) -> Iterator[None]:
         raise click.BadParameter(str(err), param_hint=param_hint) from err
 
 
-def check_outputs(jobs: list[Job], options: RunOptions, *, needs_rate: str | None = None) -> None:
+def check_outputs(
+    jobs: list[Job],
+    options: RunOptions,
+    *,
+    needs_rate: str | None = None,
+    notes: list[str] | None = None,
+) -> None:
     """Usage checks that need only the paths: output formats, ``--type``, ``--subtype``,
     ``--rate``, the options of headerless inputs (and, for stdout without ``--type``, the
     input's header, whose format it keeps).
 
     Args:
         needs_rate: a reason .npy inputs need ``--rate`` (e.g. "filtering in Hz"), or None.
+        notes: gets a line when a fractional ``--rate`` is rounded in the outputs' headers.
 
     Raises:
         click.UsageError: the first problem found.
@@ -59,6 +66,7 @@ def check_outputs(jobs: list[Job], options: RunOptions, *, needs_rate: str | Non
     raw_flags = [is_raw_input(job, options) for job in jobs]
     check_usage(options.raw, [job.source for job, raw in zip(jobs, raw_flags, strict=True) if raw])
     formats = []
+    rounded_into: list[Job] = []  # outputs whose header gets a fractional --rate rounded
     for job, raw in zip(jobs, raw_flags, strict=True):
         fmt = _output_format(job, options, raw)
         formats.append(fmt)
@@ -75,6 +83,9 @@ def check_outputs(jobs: list[Job], options: RunOptions, *, needs_rate: str | Non
                 raise click.UsageError(
                     f"{job.source}: writing audio ({job.dest}) from .npy needs --rate"
                 )
+        rate = options.rate
+        if (raw or from_npy) and fmt not in (None, "RAW", "") and rate not in (None, round(rate)):
+            rounded_into.append(job)
         # fmt "": stdout keeps the format of an input that cannot be read (it fails later).
         if options.subtype and fmt and not sf.check_format(fmt, options.subtype):
             valid = ", ".join(sorted(sf.available_subtypes(fmt)))
@@ -82,6 +93,12 @@ def check_outputs(jobs: list[Job], options: RunOptions, *, needs_rate: str | Non
                 f"{options.subtype!r} is not valid for {fmt} ({job.dest}); use one of {valid}",
                 param_hint="'--subtype'",
             )
+    if rounded_into and notes is not None:
+        notes.append(
+            f"--rate {options.rate:g}: audio headers store whole rates, so "
+            f"{rounded_into[0].dest} will say {round(options.rate)} Hz "
+            f"(the samples are processed at {options.rate:g} Hz)"
+        )
     # .npy keeps the array's float dtype: a --subtype no output can take was silently dropped.
     if options.subtype and jobs and all(fmt is None for fmt in formats):
         raise click.BadParameter(
@@ -155,10 +172,10 @@ def execute(
         raw=options.raw.subtype is not None,
         notes=notes,
     )
+    check_outputs(jobs, options, needs_rate=needs_rate, notes=notes)
     if not options.quiet and distributed.ranks_from_env().is_main:
         for note in notes:
             click.echo(f"note: {note}", err=True)
-    check_outputs(jobs, options, needs_rate=needs_rate)
     with option_errors():
         operation = build()
     from cli.runner import run_jobs

@@ -445,3 +445,26 @@ def test_big_endian_and_long_double_npy(tmp_path, identity, dtype, computed, str
     got = np.load(out)
     assert got.dtype == computed and got.dtype.isnative
     np.testing.assert_array_equal(got, array.astype(computed))
+
+
+def test_a_fractional_rate_rounded_into_audio_headers_is_noted(tmp_path):
+    # WAV headers hold whole rates: the header says 8000 where the filter used 8000.5, which
+    # is said, not left for the user to discover.
+    np.save(tmp_path / "a.npy", np.zeros(64, dtype=np.float32))
+    np.zeros(64, dtype=np.float32).tofile(tmp_path / "b.raw")
+    runs = {
+        ("a.npy", "a.wav", "--rate", "8000.5"): True,
+        ("b.raw", "b.wav", "--rate", "8000.5", "--raw-subtype", "FLOAT"): True,
+        ("a.npy", "c.wav", "--rate", "8000"): False,  # a whole rate
+        ("a.npy", "c.npy", "--rate", "8000.5"): False,  # no header
+        ("b.raw", "c.raw", "--rate", "8000.5", "--raw-subtype", "FLOAT"): False,  # none
+        ("a.npy", "d.wav", "--rate", "8000.5", "--quiet"): False,
+    }
+    for (source, dest, *options), noted in runs.items():
+        r = invoke("smooth", tmp_path / source, tmp_path / dest, *options)
+        assert r.exit_code == 0, r.output
+        assert r.stderr.count("note:") == noted, (source, dest, r.stderr)
+        if noted:
+            assert f"{tmp_path / dest} will say 8000 Hz" in r.stderr
+            assert "processed at 8000.5 Hz" in r.stderr
+            assert sf.info(tmp_path / dest).samplerate == 8000
