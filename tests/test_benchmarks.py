@@ -92,3 +92,32 @@ def test_gpu_call_costs_pieces_all_run():
     assert {"magnitudes", "choose_method", "direct_range", "convolve auto"} <= set(pieces)
     for fn in pieces.values():
         fn()
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # numpy's NaN
+def test_gpu_kernel_candidates_match_the_direct_sum_under_the_interpreter(monkeypatch):
+    # The candidates are timed only on a GPU; their sums are checked here, on the CPU, so a
+    # GPU session never spends its minutes on a wrong kernel. Small blocks give rows with
+    # both interior and edge blocks.
+    pytest.importorskip("triton")
+    import numpy as np
+    import torch
+
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    variants = _load("gpu_kernel_variants")  # triton.jit reads TRITON_INTERPRET here
+    rng = np.random.default_rng(0)
+    for name, kernel in variants.CANDIDATES.items():
+        for T, K, shift, n_out in [(200, 7, 3, 200), (200, 7, 6, 206), (64, 31, 15, 64),
+                                   (50, 1, 0, 50), (30, 40, 39, 69), (100, 5, -3, 40)]:  # fmt: skip
+            x = rng.standard_normal((2, T))
+            taps = rng.standard_normal(K)
+            taps[0] = np.inf  # an Inf tap past the ends must be left out, not make NaN
+            want = np.zeros((2, n_out))
+            for m in range(n_out):
+                for j in range(K):
+                    if 0 <= m + j - shift < T:
+                        want[:, m] += taps[j] * x[:, m + j - shift]
+            got = variants.launch(
+                kernel, torch.from_numpy(x), torch.from_numpy(taps), shift, n_out, block=16
+            )
+            np.testing.assert_allclose(got.numpy(), want, rtol=1e-12, atol=1e-12, err_msg=name)

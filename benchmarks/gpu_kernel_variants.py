@@ -1,0 +1,124 @@
+"""Candidate designs of the fused direct kernel, timed against the shipped one on a GPU.
+
+The shipped kernel (``diffconv_core/_triton_kernels.py``) is instruction-bound: every tap of
+every output does 64-bit index arithmetic, three comparisons, a masked load and a select,
+so 31 taps take ~10x the time of a copy on an H200. The candidate here does the same sums:
+
+- ``interior``: 32-bit offsets within a row, and blocks whose every tap falls inside the
+  signal (all but the first and last blocks of a long row) take a loop with no masks or
+  selects at all; only the edge blocks pay for them.
+
+Each candidate is checked against ``conv1d`` (float32 and float64) before it is timed;
+``tests/test_benchmarks.py`` runs them under Triton's interpreter on the CPU. A candidate
+that wins on every shape should replace the shipped kernel (then rerun gpu_session.sh).
+
+    python3 benchmarks/gpu_kernel_variants.py        (needs a CUDA device and Triton)
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def interior_kernel(
+    x_ptr,
+    taps_ptr,
+    out_ptr,
+    T,
+    n_out,
+    shift,
+    x_row_stride,
+    taps_row_stride,
+    out_row_stride,
+    K,
+    BLOCK: tl.constexpr,
+    WIDE: tl.constexpr,
+):
+    # The shipped kernel's sums (terms past the ends left out), with a mask-free loop for
+    # blocks that need none. Rows are addressed in 64 bits, offsets within a row in 32.
+    program = tl.program_id(0)
+    blocks_per_row = (n_out + BLOCK - 1) // BLOCK
+    row = (program // blocks_per_row).to(tl.int64)
+    start = (program % blocks_per_row) * BLOCK
+    offsets = start + tl.arange(0, BLOCK)
+    x_row = x_ptr + row * x_row_stride
+    taps_row = taps_ptr + row * taps_row_stride
+    if WIDE:
+        acc = tl.full([BLOCK], 0.0, dtype=tl.float64)
+    else:
+        acc = tl.full([BLOCK], 0.0, dtype=tl.float32)
+    interior = (start - shift >= 0) & (start + BLOCK - 1 + K - 1 - shift < T)
+    interior = interior & (start + BLOCK <= n_out)
+    if interior:
+        source = x_row + (offsets - shift)
+        j = 0
+        while j < K:
+            sample = tl.load(source + j).to(acc.dtype)
+            acc += sample * tl.load(taps_row + j).to(acc.dtype)
+            j += 1
+        tl.store(out_ptr + row * out_row_stride + offsets, acc)
+    else:
+        keep = offsets < n_out
+        j = 0
+        while j < K:
+            index = offsets + (j - shift)
+            inside = keep & (index >= 0) & (index < T)
+            sample = tl.load(x_row + index, mask=inside, other=0.0).to(acc.dtype)
+            tap = tl.load(taps_row + j).to(acc.dtype)
+            acc += tl.where(inside, sample * tap, 0.0)
+            j += 1
+        tl.store(out_ptr + row * out_row_stride + offsets, acc, mask=keep)
+
+
+CANDIDATES = {"interior": interior_kernel}
+
+
+def launch(kernel, x, taps, shift: int, n_out: int, block: int = 1024, warps: int = 8):
+    """``out[r, m] = sum_j taps[j] x[r, m + j - shift]`` for a 2-D ``x`` and a 1-D ``taps``."""
+    import torch
+
+    rows, T = x.shape
+    out = torch.empty(rows, n_out, device=x.device, dtype=x.dtype)
+    grid = (-(-n_out // block) * rows,)
+    kernel[grid](x, taps, out, T, n_out, shift, T, 0, n_out, taps.shape[-1],
+                 BLOCK=block, WIDE=x.dtype == torch.float64, num_warps=warps)  # fmt: skip
+    return out
+
+
+def main() -> None:
+    import torch
+    import torch.nn.functional as F
+    from triton.testing import do_bench
+
+    from diffconv_core._triton_kernels import sliding_dot_kernel
+
+    kernels = {"shipped": sliding_dot_kernel, **CANDIDATES}
+    checks = [(3, 5000, 31), (2, 3000, 7), (1, 2049, 16), (2, 40, 31)]
+    for dtype, (B, T, K) in itertools.product((torch.float32, torch.float64), checks):
+        x = torch.randn(B, T, device="cuda", dtype=dtype)
+        taps = torch.randn(K, device="cuda", dtype=dtype)
+        want = F.conv1d(F.pad(x[:, None], (K // 2, K - 1 - K // 2)), taps[None, None])[:, 0]
+        for name, kernel in kernels.items():
+            err = (launch(kernel, x, taps, K // 2, T) - want).abs().max().item()
+            assert err < (1e-4 if dtype == torch.float32 else 1e-10), (name, dtype, B, T, K, err)
+    print("every kernel agrees with conv1d")
+    shapes = [(16, 480000, 3), (16, 480000, 31), (1, 16777216, 31), (4096, 1024, 31),
+              (16, 480000, 127), (1, 1024, 31)]  # fmt: skip
+    print("| kernel, warps | " + " | ".join(f"{B},{T},{K}" for B, T, K in shapes) + " |")
+    for name, kernel in kernels.items():
+        for warps in (4, 8):
+            times = []
+            for B, T, K in shapes:
+                x, taps = torch.randn(B, T, device="cuda"), torch.randn(K, device="cuda")
+                run = functools.partial(launch, kernel, x, taps, K // 2, T, warps=warps)
+                times.append(do_bench(run, warmup=10, rep=30) * 1e3)
+            print(f"| {name}, {warps} | " + " | ".join(f"{t:.1f} us" for t in times) + " |")
+
+
+if __name__ == "__main__":
+    main()
