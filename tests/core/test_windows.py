@@ -149,6 +149,32 @@ def test_dpss_matches_scipy_at_every_length(norm, sym):
             np.testing.assert_allclose(got.numpy(), ref, rtol=0, atol=1e-12, err_msg=f"{length}")
 
 
+@pytest.mark.parametrize("norm", [2, "approximate", "subsample"])
+def test_long_dpss_matches_scipy_without_a_dense_eigensolver(norm, monkeypatch):
+    # From 255 taps the half-size matrix takes the O(n) tridiagonal solver (eigh took 1-6 s
+    # at 4,095 taps); its taps must still be scipy's, across the switch and far past it.
+    def no_eigh(*args, **kwargs):
+        raise AssertionError("the dense eigensolver ran")
+
+    monkeypatch.setattr(torch.linalg, "eigh", no_eigh)
+    for length, nw in [(255, 0.3), (256, 2.5), (257, 100.0), (1000, 4.0), (4095, 3.0)]:
+        ref = sw.dpss(length, nw, norm=norm)
+        got = W.dpss(length, nw, norm=norm, dtype=torch.float64)
+        scale = np.abs(ref).max()
+        np.testing.assert_allclose(got.numpy() / scale, ref / scale, rtol=0, atol=5e-11)
+
+
+def test_dpss_takes_the_same_taps_with_and_without_gradients():
+    # A learnable NW keeps eigh (differentiable); the values must not depend on the path.
+    nw = torch.tensor([2.5, 40.0], dtype=torch.float64)
+    fast = W.get_window(("dpss", nw), 301, dtype=torch.float64)
+    learnable = nw.clone().requires_grad_(True)
+    recorded = W.get_window(("dpss", learnable), 301, dtype=torch.float64)
+    torch.testing.assert_close(recorded.detach(), fast, rtol=0, atol=1e-12)
+    recorded.sum().backward()
+    assert torch.isfinite(learnable.grad).all() and (learnable.grad != 0).all()
+
+
 def test_dpss_conventions():
     # A positive sum (eigh's sign is arbitrary), taps mirrored bit for bit, and the norms:
     # unit energy for norm=2; peak 1 for odd lengths, length^2 / (length^2 + NW) for even.
