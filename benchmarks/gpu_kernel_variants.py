@@ -109,15 +109,21 @@ def main() -> None:
     print("every kernel agrees with conv1d")
     shapes = [(16, 480000, 3), (16, 480000, 31), (1, 16777216, 31), (4096, 1024, 31),
               (16, 480000, 127), (1, 1024, 31)]  # fmt: skip
-    print("| kernel, warps | " + " | ".join(f"{B},{T},{K}" for B, T, K in shapes) + " |")
+    print("| kernel, block, warps | " + " | ".join(f"{B},{T},{K}" for B, T, K in shapes) + " |")
     for name, kernel in kernels.items():
-        for warps in (4, 8):
+        for block, warps in itertools.product((1024, 2048), (4, 8)):
             times = []
             for B, T, K in shapes:
                 x, taps = torch.randn(B, T, device="cuda"), torch.randn(K, device="cuda")
-                run = functools.partial(launch, kernel, x, taps, K // 2, T, warps=warps)
+                run = functools.partial(launch, kernel, x, taps, K // 2, T, block, warps)
                 times.append(do_bench(run, warmup=10, rep=30) * 1e3)
-            print(f"| {name}, {warps} | " + " | ".join(f"{t:.1f} us" for t in times) + " |")
+            cells = " | ".join(f"{t:.1f} us" for t in times)
+            print(f"| {name}, {block}, {warps} | {cells} |", flush=True)
+    copies = []
+    for B, T, _ in shapes:
+        x = torch.randn(B, T, device="cuda")
+        copies.append(do_bench(functools.partial(torch.clone, x), warmup=10, rep=30) * 1e3)
+    print("| copy (clone) | " + " | ".join(f"{t:.1f} us" for t in copies) + " |")
 
 
 if __name__ == "__main__":
