@@ -221,7 +221,8 @@ def choose_method(
 
     ``method="auto"`` in :func:`diffconv_core.convolve` calls this, with ``requires_grad``
     set when a gradient will be taken (the backward pass then counts too). A cache written
-    by ``diffconv tune`` for the device takes precedence over the built-in cost model.
+    by ``diffconv tune`` for the device takes precedence over the built-in cost model for
+    one kernel shared by every row (what it measures).
 
     Shape:
         signal_shape ``(..., T)``, kernel_shape ``(..., K)`` (leading dims broadcast).
@@ -253,18 +254,21 @@ def choose_method(
     device_type = check_device(device).type
     from diffconv_core import tuning  # the measured cache, if any
 
-    cached = tuning.lookup(
-        device_type, batch, T, K, mode, dtype, device=device, requires_grad=requires_grad
-    )
-    if cached is not None:
-        return cached
+    shared = math.prod(kernel_shape[:-1]) == 1
+    # `diffconv tune` times one kernel shared by every row; a kernel per row takes other
+    # paths (batched GEMMs, grouped convolutions), which the model prices on its own.
+    if shared:
+        cached = tuning.lookup(
+            device_type, batch, T, K, mode, dtype, device=device, requires_grad=requires_grad
+        )
+        if cached is not None:
+            return cached
     if requires_grad and device_type != "cpu":
         costs = {
             name: sum(map(operator.mul, terms, training_terms_cuda(name, batch, T, K, mode)))
             for name, terms in _CUDA_TRAINING_COSTS.items()
         }
         return min(costs, key=costs.__getitem__)
-    shared = math.prod(kernel_shape[:-1]) == 1
     costs = estimate_costs(batch, T, K, mode, device_type, requires_grad, shared)
     if requires_grad:
         # The backward pass costs each method a different multiple of its forward pass.

@@ -217,3 +217,17 @@ def test_remembered_answers_stay_bounded(cache_dir, monkeypatch):
         tuning.lookup("cpu", 4, T, 31, "same", torch.float32)
     assert len(tuning._loaded["answers"]) <= 4096
     assert tuning.lookup("cpu", 4, 4096, 31, "same", torch.float32) == "overlap"
+
+
+def test_a_kernel_per_row_is_priced_by_the_model_not_the_shared_kernel_cache(
+    cache_dir, monkeypatch
+):
+    # The cache times one shared kernel; a kernel per row runs other code (batched GEMMs).
+    tuning.save(_fake_records("overlap"), "cpu", torch.float32)
+    assert choose_method((4, 4096), (31,)) == "overlap"
+    monkeypatch.setenv("DIFFCONV_NO_TUNING", "1")
+    model = choose_method((4, 4096), (4, 31))
+    monkeypatch.delenv("DIFFCONV_NO_TUNING")
+    assert model != "overlap"  # else this test shows nothing
+    assert choose_method((4, 4096), (4, 31)) == model
+    assert choose_method((4, 4096), (1, 31)) == "overlap"  # still one kernel for all rows
