@@ -94,10 +94,11 @@ def check_outputs(
                 param_hint="'--subtype'",
             )
     if rounded_into and notes is not None:
+        # The rate as given (repr), not :g, whose six digits rounded it in the note too.
         notes.append(
-            f"--rate {options.rate:g}: audio headers store whole rates, so "
+            f"--rate {options.rate}: audio headers store whole rates, so "
             f"{rounded_into[0].dest} will say {round(options.rate)} Hz "
-            f"(the samples are processed at {options.rate:g} Hz)"
+            f"(the samples are processed at {options.rate} Hz)"
         )
     # .npy keeps the array's float dtype: a --subtype no output can take was silently dropped.
     if options.subtype and jobs and all(fmt is None for fmt in formats):

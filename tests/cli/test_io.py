@@ -468,3 +468,14 @@ def test_a_fractional_rate_rounded_into_audio_headers_is_noted(tmp_path):
             assert f"{tmp_path / dest} will say 8000 Hz" in r.stderr
             assert "processed at 8000.5 Hz" in r.stderr
             assert sf.info(tmp_path / dest).samplerate == 8000
+
+
+@pytest.mark.parametrize("rate", ["44100.25", "8000.0000001"])
+def test_the_rounded_rate_note_says_the_rate_as_given(tmp_path, rate):
+    # Six significant digits made 44100.25 "44100.2", and 8000.0000001 a note that 8000 Hz
+    # will be written as 8000 Hz.
+    np.save(tmp_path / "a.npy", np.zeros(64, dtype=np.float32))
+    r = invoke("smooth", tmp_path / "a.npy", tmp_path / "a.wav", "--rate", rate)
+    assert r.exit_code == 0, r.output
+    assert f"--rate {rate}:" in r.stderr
+    assert f"processed at {rate} Hz" in r.stderr
