@@ -173,10 +173,12 @@ def execute(
         raw=options.raw.subtype is not None,
         notes=notes,
     )
-    check_outputs(jobs, options, needs_rate=needs_rate, notes=notes)
-    if not options.quiet and distributed.ranks_from_env().is_main:
-        for note in notes:
-            click.echo(f"note: {note}", err=True)
+    try:
+        check_outputs(jobs, options, needs_rate=needs_rate, notes=notes)
+    finally:  # plan_jobs' notes also explain a usage error here (raw files left out need --rate)
+        if not options.quiet and distributed.ranks_from_env().is_main:
+            for note in notes:
+                click.echo(f"note: {note}", err=True)
     with option_errors():
         operation = build()
     from cli.runner import run_jobs

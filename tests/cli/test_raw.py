@@ -352,6 +352,19 @@ def test_directories_give_raw_files_once_raw_subtype_says_how_to_read_them(tmp_p
     assert "(1 headerless .raw/.pcm left out: their format was not given)" in r.stderr
 
 
+def test_the_left_out_note_comes_with_a_usage_error_too(tmp_path):
+    # The .npy beside the left-out raw file needs --rate: the note says that the raw file
+    # needs it as well, before the error stops the run.
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "a.raw").write_bytes(np.zeros(64, dtype="<i2").tobytes())
+    np.save(folder / "b.npy", np.zeros(64, dtype=np.float32))
+    r = invoke("filter", "--lowpass", "1000", folder, tmp_path / "out")
+    assert r.exit_code == 2
+    assert ".npy input needs --rate" in r.stderr
+    assert f"note: {folder}: 1 headerless .raw/.pcm file left out" in r.stderr
+
+
 def test_grad_refuses_a_raw_input_clearly(tmp_path):
     # grad (and fit) have no --raw-subtype: a raw INPUT fails saying what to do.
     raw = tmp_path / "x.raw"
