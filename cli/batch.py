@@ -85,6 +85,12 @@ def check_outputs(
                 )
         rate = options.rate
         if (raw or from_npy) and fmt not in (None, "RAW", "") and rate not in (None, round(rate)):
+            if round(rate) < 1:  # libsndfile refuses a header rate of 0 ("SF_INFO incomplete")
+                raise click.BadParameter(
+                    f"{rate} Hz rounds to 0 in the whole-number rate of {job.dest}'s header; "
+                    "audio outputs need a rate above 0.5 Hz (.npy and .raw outputs store none)",
+                    param_hint="'--rate'",
+                )
             rounded_into.append(job)
         # fmt "": stdout keeps the format of an input that cannot be read (it fails later).
         if options.subtype and fmt and not sf.check_format(fmt, options.subtype):

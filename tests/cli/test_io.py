@@ -479,3 +479,18 @@ def test_the_rounded_rate_note_says_the_rate_as_given(tmp_path, rate):
     assert r.exit_code == 0, r.output
     assert f"--rate {rate}:" in r.stderr
     assert f"processed at {rate} Hz" in r.stderr
+
+
+def test_a_rate_that_rounds_to_zero_in_an_audio_header_is_a_usage_error(tmp_path):
+    # libsndfile refuses a 0 Hz header ("SF_INFO struct incomplete") after the work is done.
+    np.save(tmp_path / "a.npy", np.zeros(64, dtype=np.float32))
+    for rate in ("0.4", "0.5"):
+        r = invoke("smooth", tmp_path / "a.npy", tmp_path / "a.wav", "--rate", rate)
+        assert r.exit_code == 2, r.output
+        assert f"{rate} Hz rounds to 0" in r.stderr and "a.wav" in r.stderr
+        assert not (tmp_path / "a.wav").exists()
+    r = invoke("smooth", tmp_path / "a.npy", tmp_path / "a.npy.out.npy", "--rate", "0.4")
+    assert r.exit_code == 0, r.output  # .npy stores no rate
+    r = invoke("smooth", tmp_path / "a.npy", tmp_path / "b.wav", "--rate", "0.6")
+    assert r.exit_code == 0, r.output
+    assert sf.info(tmp_path / "b.wav").samplerate == 1
