@@ -263,6 +263,9 @@ def main() -> None:
         grad = torch.randn(B, T, device=device)
         floor = median_time(x.clone, device, args.budget)
         method = diffconv_core.choose_method(x.shape, w.shape, device=device)
+        method_grad = diffconv_core.choose_method(
+            x.shape, w.shape, device=device, requires_grad=True
+        )
         forward, both = {}, {}
         for peer in ["diffconv", *peers]:
             fn = run_diffconv if peer == "diffconv" else TORCH_PEERS.get(peer) or NUMPY_PEERS[peer]
@@ -281,14 +284,16 @@ def main() -> None:
         }
         if device.startswith("cuda"):
             torch.cuda.empty_cache()
-        emit({"case": [B, T, K], "device": name, "copy_alone_s": floor, "method": method, **times})
-        rows.append(((B, T, K), floor, method, times))
+        emit({"case": [B, T, K], "device": name, "copy_alone_s": floor, "method": method,
+              "method_grad": method_grad, **times})  # fmt: skip
+        rows.append(((B, T, K), floor, f"{method} / {method_grad}", times))
         print(f"# done {(B, T, K)}", file=sys.stderr, flush=True)
 
     print(f"\n## {name}: median ms; ratio = diffconv / fastest peer\n")
     print(
-        "| B, T, K | copy alone | copy in rounds | auto | diffconv fwd | best peer fwd | ratio | "
-        "diffconv fwd+bwd | best peer fwd+bwd | ratio | fwd / copy alone | fwd / copy in rounds |"
+        "| B, T, K | copy alone | copy in rounds | auto (fwd / grad) | diffconv fwd | "
+        "best peer fwd | ratio | diffconv fwd+bwd | best peer fwd+bwd | ratio | "
+        "fwd / copy alone | fwd / copy in rounds |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     ratios: dict[str, list[float]] = {"fwd": [], "fwd+bwd": []}
