@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from diffconv_core._fft import gradients_from_pieces
 from diffconv_core._shift_add import MAX_SHIFT_ADD_TAPS, shift_add_correlate
 from diffconv_core._toeplitz import toeplitz_correlate, toeplitz_lagged_products
+from diffconv_core._triton_direct import available as fused_kernel_available
 from diffconv_core._triton_direct import sliding_dot
 from diffconv_core._validation import batched_gradient, broadcast_shapes, needs_graph
 
@@ -95,7 +96,9 @@ def direct_sums_alone(x: torch.Tensor, w: torch.Tensor, lo: int, hi: int) -> tor
         return None
     if x.device.type == "cpu" and K <= MAX_SHIFT_ADD_TAPS:
         return direct_range(x, w, lo, hi)
-    return sliding_dot(x, w.flip(-1), K - 1 - lo, hi - lo)  # None off CUDA or without Triton
+    if not fused_kernel_available(x):  # off CUDA, or without Triton: no flipped copy made
+        return None
+    return sliding_dot(x, w.flip(-1), K - 1 - lo, hi - lo)  # None if its launch fails
 
 
 def _cpu_range(x: torch.Tensor, w: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
