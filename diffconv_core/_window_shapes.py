@@ -26,7 +26,7 @@ from torch import Tensor
 
 from diffconv_core._transforms import transforms_active
 from diffconv_core._tridiagonal import largest_eigenvector
-from diffconv_core._validation import needs_graph
+from diffconv_core._validation import broadcast_shapes, needs_graph
 
 
 def _cosine_sum(t: Tensor, m: int, coefficients: list[float] | Tensor) -> Tensor:
@@ -206,7 +206,7 @@ def _between_taps(t: Tensor, taps: Tensor) -> Tensor:
     position = t + (m - 1) / 2.0
     left = torch.floor(position.detach()).clamp(0, m - 2)
     fraction = position - left
-    shape = torch.broadcast_shapes(taps.shape[:-1], t.shape[:-1])
+    shape = broadcast_shapes(taps.shape[:-1], t.shape[:-1])
     index = left.long().expand(*shape, t.shape[-1])
     taps = taps.expand(*shape, m)
     lo = torch.gather(taps, -1, index)
