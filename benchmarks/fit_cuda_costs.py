@@ -17,12 +17,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import operator
 
 import numpy as np
 from scipy.optimize import nnls
 
-from diffconv_core.methods import _CUDA_TRAINING_COSTS, training_terms_cuda
+from diffconv_core.methods import _CUDA_TRAINING_COSTS, training_costs_cuda, training_terms_cuda
 
 
 def load(path: str) -> list[tuple[int, int, int, str, dict[str, float]]]:
@@ -52,9 +51,7 @@ def regret(records, weights) -> tuple[float, float, int]:
     """Geometric-mean and worst ratio of the pick's time to the fastest; picks within 10%."""
     logs = []
     for B, T, K, mode, s in records:
-        modelled = {
-            m: sum(map(operator.mul, weights[m], training_terms_cuda(m, B, T, K, mode))) for m in s
-        }
+        modelled = training_costs_cuda(B, T, K, mode, {m: weights[m] for m in s})
         pick = min(modelled, key=modelled.get)
         logs.append(math.log(s[pick] / min(s.values())))
     near = sum(v <= math.log(1.1) for v in logs)

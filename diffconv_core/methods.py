@@ -120,6 +120,25 @@ def training_terms_cuda(method: str, batch: int, T: int, K: int, mode: str) -> l
     return [1.0, batch * n_blocks * 2 * block * math.log2(block)]
 
 
+def training_costs_cuda(
+    batch: int, T: int, K: int, mode: str, weights: dict | None = None
+) -> dict[str, float]:
+    """Modelled CUDA forward+backward time of each method in nanoseconds: its terms times
+    ``weights`` (default ``_CUDA_TRAINING_COSTS``; ``benchmarks/fit_cuda_costs.py`` passes
+    fitted ones).
+
+    Example:
+        >>> costs = training_costs_cuda(256, 262_144, 127, "same")
+        >>> min(costs, key=costs.get)
+        'overlap'
+    """
+    weights = _CUDA_TRAINING_COSTS if weights is None else weights
+    return {
+        name: sum(map(operator.mul, terms, training_terms_cuda(name, batch, T, K, mode)))
+        for name, terms in weights.items()
+    }
+
+
 # Forward + backward (gradients to both inputs) over the recorded forward alone, measured on
 # CPU (medians over 33 shapes, 3-8,191 taps): the direct method's backward is two more passes
 # (the signal gradient, then the kernel gradient's GEMMs, which waste more multiply-adds than
@@ -264,10 +283,7 @@ def choose_method(
         if cached is not None:
             return cached
     if requires_grad and device_type != "cpu":
-        costs = {
-            name: sum(map(operator.mul, terms, training_terms_cuda(name, batch, T, K, mode)))
-            for name, terms in _CUDA_TRAINING_COSTS.items()
-        }
+        costs = training_costs_cuda(batch, T, K, mode)
         return min(costs, key=costs.__getitem__)
     costs = estimate_costs(batch, T, K, mode, device_type, requires_grad, shared)
     if requires_grad:
