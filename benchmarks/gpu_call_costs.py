@@ -10,8 +10,6 @@ function, and whole calls per method, beside ``conv1d`` and an empty synchronize
 
 from __future__ import annotations
 
-import time
-
 import torch
 import torch.nn.functional as F
 
@@ -20,19 +18,6 @@ from diffconv_core import _direct, _nonfinite
 from diffconv_core.methods import choose_method
 
 SHAPES = [(1, 1024, 31), (16, 480000, 3), (4096, 1024, 255)]
-
-
-def per_call_us(fn, reps: int = 300) -> float:
-    for _ in range(5):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        fn()
-        torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return sorted(times)[reps // 2] * 1e6
 
 
 def pieces(B: int, T: int, K: int, device: str = "cuda") -> dict:
@@ -54,9 +39,14 @@ def pieces(B: int, T: int, K: int, device: str = "cuda") -> dict:
 
 
 def main() -> None:
+    import bench_core  # beside this script: its timer synchronizes after every call
+
     print(f"# torch {torch.__version__}, {torch.cuda.get_device_name()}; median us a call")
     for B, T, K in SHAPES:
-        costs = ", ".join(f"{name} {per_call_us(fn):.0f}" for name, fn in pieces(B, T, K).items())
+        costs = ", ".join(
+            f"{name} {bench_core.median_time(fn, 'cuda', budget_s=0.1) * 1e6:.0f}"
+            for name, fn in pieces(B, T, K).items()
+        )
         print(f"- {B},{T},{K}: {costs}", flush=True)
 
 
