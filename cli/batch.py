@@ -66,7 +66,7 @@ def check_outputs(
     raw_flags = [is_raw_input(job, options) for job in jobs]
     check_usage(options.raw, [job.source for job, raw in zip(jobs, raw_flags, strict=True) if raw])
     formats = []
-    rounded_into: list[Job] = []  # outputs whose header gets a fractional --rate rounded
+    rounded_into: Job | None = None  # the first output whose header rounds a fractional --rate
     for job, raw in zip(jobs, raw_flags, strict=True):
         fmt = _output_format(job, options, raw)
         formats.append(fmt)
@@ -91,7 +91,7 @@ def check_outputs(
                     "audio outputs need a rate above 0.5 Hz (.npy and .raw outputs store none)",
                     param_hint="'--rate'",
                 )
-            rounded_into.append(job)
+            rounded_into = rounded_into or job
         # fmt "": stdout keeps the format of an input that cannot be read (it fails later).
         if options.subtype and fmt and not sf.check_format(fmt, options.subtype):
             valid = ", ".join(sorted(sf.available_subtypes(fmt)))
@@ -103,7 +103,7 @@ def check_outputs(
         # The rate as given (repr), not :g, whose six digits rounded it in the note too.
         notes.append(
             f"--rate {options.rate}: audio headers store whole rates, so "
-            f"{rounded_into[0].dest} will say {round(options.rate)} Hz "
+            f"{rounded_into.dest} will say {round(options.rate)} Hz "
             f"(the samples are processed at {options.rate} Hz)"
         )
     # .npy keeps the array's float dtype: a --subtype no output can take was silently dropped.
