@@ -59,6 +59,16 @@ def kernel_runs(interpreted, monkeypatch) -> list:
     return launches
 
 
+@pytest.fixture
+def no_scan(monkeypatch) -> None:
+    """Fail the test if the search for NaN/Inf (``_nonfinite._magnitudes``) runs."""
+
+    def scan(*tensors):
+        raise AssertionError("the non-finite scan ran")
+
+    monkeypatch.setattr(diffconv_core._nonfinite, "_magnitudes", scan)
+
+
 def _reference(x, taps, shift, n_out):
     # out[m] = sum_j taps[j] x[m + j - shift] over the terms inside the signal: float64, CPU
     x, taps = x.double().cpu(), taps.double().cpu()
@@ -137,12 +147,8 @@ def test_interpreted_kernel_leaves_out_terms_past_the_ends(kernel_runs):
 
 @pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
 @pytest.mark.parametrize("mode", ["full", "same", "valid"])
-def test_direct_method_through_the_kernel_skips_the_nonfinite_scan(kernel_runs, monkeypatch, mode):
+def test_direct_method_through_the_kernel_skips_the_nonfinite_scan(kernel_runs, no_scan, mode):
     # Each output its own direct sum: no search for NaN/Inf first (a host sync on CUDA).
-    def scan(*tensors):
-        raise AssertionError("the non-finite scan ran")
-
-    monkeypatch.setattr(diffconv_core._nonfinite, "_magnitudes", scan)
     x, w = _with_nonfinite_values()
     w[7] = 0.5
     K, T = w.shape[-1], x.shape[-1]
@@ -234,11 +240,7 @@ def test_direct_method_uses_it_and_agrees_with_fft():
 
 @needs_cuda_triton
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_compiled_direct_method_keeps_nonfinite_values_local_without_a_scan(monkeypatch, dtype):
-    def scan(*tensors):
-        raise AssertionError("the non-finite scan ran")
-
-    monkeypatch.setattr(diffconv_core._nonfinite, "_magnitudes", scan)
+def test_compiled_direct_method_keeps_nonfinite_values_local_without_a_scan(no_scan, dtype):
     x, w = _with_nonfinite_values(dtype)
     w[7] = 0.5
     K, T = w.shape[-1], x.shape[-1]
