@@ -21,7 +21,6 @@ import torch.nn.functional as F
 from diffconv_core._fft import gradients_from_pieces
 from diffconv_core._shift_add import MAX_SHIFT_ADD_TAPS, shift_add_correlate
 from diffconv_core._toeplitz import toeplitz_correlate, toeplitz_lagged_products
-from diffconv_core._triton_direct import available as fused_kernel_available
 from diffconv_core._triton_direct import sliding_dot
 from diffconv_core._validation import batched_gradient, broadcast_shapes, needs_graph
 
@@ -38,7 +37,7 @@ def _source(x: torch.Tensor, K: int, lo: int, n_out: int) -> torch.Tensor:
 
 def _direct_forward(x: torch.Tensor, w: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
     K = w.shape[-1]
-    fused = sliding_dot(x, w.flip(-1), K - 1 - lo, hi - lo)
+    fused = sliding_dot(x, w, K - 1 - lo, hi - lo, taps_reversed=True)
     return fused if fused is not None else conv1d_range(x, w, lo, hi)
 
 
@@ -96,9 +95,7 @@ def direct_sums_alone(x: torch.Tensor, w: torch.Tensor, lo: int, hi: int) -> tor
         return None
     if x.device.type == "cpu" and K <= MAX_SHIFT_ADD_TAPS:
         return direct_range(x, w, lo, hi)
-    if not fused_kernel_available(x):  # off CUDA, or without Triton: no flipped copy made
-        return None
-    return sliding_dot(x, w.flip(-1), K - 1 - lo, hi - lo)  # None if its launch fails
+    return sliding_dot(x, w, K - 1 - lo, hi - lo, taps_reversed=True)  # None off CUDA
 
 
 def _cpu_range(x: torch.Tensor, w: torch.Tensor, lo: int, hi: int) -> torch.Tensor:

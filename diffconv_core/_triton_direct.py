@@ -6,10 +6,10 @@ signal about once from memory and writing the output once. No padded copy is mad
 mask stands for the samples past the ends, whose terms are left out of each sum, so every
 output is its own direct sum and NaN/Inf need no separate handling (no host sync).
 
-Measured on an H200 (kernel alone, 16 x 480,000 float32): 24 us for 3 taps, about the copy's
-20 us; 185 us for 31 taps, about cuDNN's time, so instruction-bound (masks and index
-arithmetic per tap), not memory-bound. A kernel that loads each block once for all taps is
-the next step.
+Blocks whose every term lies inside the signal (all but a row's first and last) run a loop
+with no masks. Measured on an H200 (kernel alone, float32; ``benchmarks/gpu_kernel_variants.py``):
+16 x 480,000 samples take 20 us with 3 taps (a copy: 20 us) and 127 us with 31 (a masked loop
+on every block: 187 us); 4,096 x 1,024 samples 74 us with 31 taps (masked: 106 us).
 
 Used only when Triton imports and the tensors are on a CUDA device; otherwise (and if a launch
 ever fails) the caller falls back to ``conv1d``. ``DIFFCONV_NO_TRITON=1`` disables it.
@@ -27,10 +27,11 @@ import torch
 from diffconv_core._validation import broadcast_shapes
 
 _BLOCK = 1024
-# On an H200 (torch 2.11, Triton 3.6) 8 warps a block were as fast as 4 or faster in every
-# case measured (31 taps over 16 x 480,000: 185 vs 199 us; one 1,024-sample row: 8.8 vs
-# 12.8 us); unrolling the tap loop 4-16 times was slower, not faster.
-_WARPS = 8
+# On an H200 (torch 2.11, Triton 3.6) 1,024 outputs and 4 warps a block were the fastest or
+# within 5% of it in every case measured with the mask-free interior loop (8 warps had been
+# best with masks on every block); 2,048 outputs doubled the time for 4,096 rows of 1,024.
+# Unrolling the tap loop 4-16 times was slower, not faster.
+_WARPS = 4
 
 # The module holding the compiled kernels once Triton has imported; the reason the fused path
 # is off otherwise (Triton absent, or a launch that failed), after which it is never retried.
@@ -65,9 +66,14 @@ def available(x: torch.Tensor) -> bool:
     return _kernels_for(x) is not None
 
 
-def sliding_dot(x: torch.Tensor, taps: torch.Tensor, shift: int, n_out: int) -> torch.Tensor | None:
+def sliding_dot(
+    x: torch.Tensor, taps: torch.Tensor, shift: int, n_out: int, *, taps_reversed: bool = False
+) -> torch.Tensor | None:
     """``out[m] = sum_j taps[j] x[m + j - shift]`` over the terms with ``0 <= m + j - shift < T``
     (each output its own direct sum, NaN and Inf included), or None if unavailable.
+
+    ``taps_reversed`` says that ``taps`` holds the taps last to first (a convolution kernel as
+    given), read so in place instead of from a flipped copy (a launch of its own on CUDA).
 
     Shape:
         x ``(*bx, T)``, taps ``(*bt, K)`` -> ``(*broadcast(bx, bt), n_out)``.
@@ -94,7 +100,8 @@ def sliding_dot(x: torch.Tensor, taps: torch.Tensor, shift: int, n_out: int) -> 
     try:
         kernels.sliding_dot_kernel[grid](
             x2, taps2, out, T, n_out, shift, T, taps_stride, n_out, K,
-            BLOCK=_BLOCK, WIDE=x.dtype == torch.float64, num_warps=_WARPS,
+            BLOCK=_BLOCK, WIDE=x.dtype == torch.float64, REVERSED=taps_reversed,
+            num_warps=_WARPS,
         )  # fmt: skip
     except Exception as error:  # a broken toolchain must not break convolution
         _disabled_reason = f"{type(error).__name__}: {error}"

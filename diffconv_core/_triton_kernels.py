@@ -22,32 +22,54 @@ def sliding_dot_kernel(
     K,
     BLOCK: tl.constexpr,
     WIDE: tl.constexpr,
+    REVERSED: tl.constexpr,
 ):
-    # out[row, m] = sum of taps[row, j] * x[row, m + j - shift] over j with 0 <= m + j - shift < T
+    # out[row, m] = sum of tap(j) * x[row, m + j - shift] over j with 0 <= m + j - shift < T,
+    # tap(j) = taps[row, j], or taps[row, K - 1 - j] when REVERSED (a convolution kernel as
+    # given: no flipped copy to make first).
     # Builtins only, no tl.cdiv or tl.zeros: those are jit functions of Triton's library, which
     # its interpreter cannot run when Triton was imported before TRITON_INTERPRET was set.
-    # A while loop, not range(K): Triton 3.6's interpreter converts a runtime K to an int
+    # While loops, not range(K): Triton 3.6's interpreter converts a runtime K to an int
     # through a one-element array, which numpy >= 2.4 refuses.
     # A flat grid: rows times blocks can exceed the 65,535 limit of grid axes 1 and 2.
     program = tl.program_id(0).to(tl.int64)
     blocks_per_row = (n_out + BLOCK - 1) // BLOCK
     row = program // blocks_per_row
-    offsets = (program % blocks_per_row) * BLOCK + tl.arange(0, BLOCK)
-    keep = offsets < n_out
+    start = (program % blocks_per_row) * BLOCK
+    offsets = start + tl.arange(0, BLOCK)
     x_row = x_ptr + row * x_row_stride
     taps_row = taps_ptr + row * taps_row_stride
+    if REVERSED:
+        taps_row += K - 1
+        tap_step = -1
+    else:
+        tap_step = 1
     if WIDE:
         acc = tl.full([BLOCK], 0.0, dtype=tl.float64)
     else:
         acc = tl.full([BLOCK], 0.0, dtype=tl.float32)
-    j = 0
-    while j < K:
-        index = offsets + (j - shift)
-        inside = keep & (index >= 0) & (index < T)
-        sample = tl.load(x_row + index, mask=inside, other=0.0).to(acc.dtype)
-        tap = tl.load(taps_row + j).to(acc.dtype)
-        # Terms past the signal's ends are left out, not multiplied by a zero: an Inf tap
-        # there would make 0 * inf = NaN where the direct sum has no such term.
-        acc += tl.where(inside, sample * tap, 0.0)
-        j += 1
-    tl.store(out_ptr + row * out_row_stride + offsets, acc, mask=keep)
+    # Every block but those at a row's ends reads only samples inside the signal: a loop with
+    # no masks or selects (31 taps over 16 x 480,000 on an H200: 127 us, against 187 us with
+    # them on every tap).
+    interior = (start - shift >= 0) & (start + BLOCK + K - 2 - shift < T) & (start + BLOCK <= n_out)
+    if interior:
+        source = x_row + (offsets - shift)
+        j = 0
+        while j < K:
+            sample = tl.load(source + j).to(acc.dtype)
+            acc += sample * tl.load(taps_row + j * tap_step).to(acc.dtype)
+            j += 1
+        tl.store(out_ptr + row * out_row_stride + offsets, acc)
+    else:
+        keep = offsets < n_out
+        j = 0
+        while j < K:
+            index = offsets + (j - shift)
+            inside = keep & (index >= 0) & (index < T)
+            sample = tl.load(x_row + index, mask=inside, other=0.0).to(acc.dtype)
+            tap = tl.load(taps_row + j * tap_step).to(acc.dtype)
+            # Terms past the signal's ends are left out, not multiplied by a zero: an Inf tap
+            # there would make 0 * inf = NaN where the direct sum has no such term.
+            acc += tl.where(inside, sample * tap, 0.0)
+            j += 1
+        tl.store(out_ptr + row * out_row_stride + offsets, acc, mask=keep)

@@ -94,6 +94,13 @@ def test_gpu_call_costs_pieces_all_run():
         fn()
 
 
+def test_gpu_profile_reports_both_passes():
+    # On the CPU here, so that a change that breaks the script breaks CI, not a GPU session.
+    text = _load("gpu_profile").report(2, 64, 5, device="cpu", calls=2)
+    assert "2, 64, 5 fwd:" in text and "2, 64, 5 fwd+bwd:" in text
+    assert text.count("| op | calls a step |") == 2
+
+
 @pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # numpy's NaN
 def test_gpu_kernel_candidates_match_the_direct_sum_under_the_interpreter(monkeypatch):
     # The candidates are timed only on a GPU; their sums are checked here, on the CPU, so a

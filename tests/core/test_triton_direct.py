@@ -116,6 +116,43 @@ def test_interpreted_kernel_matches_the_definition(
     assert kernel_runs == ([] if n_out == 0 else [(-(-n_out // 1024) * rows,)])
 
 
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # numpy's NaN
+@pytest.mark.parametrize("reversed_taps", [False, True])
+@pytest.mark.parametrize("T,K,shift,n_out", [(200, 7, 3, 200), (200, 7, 6, 206), (64, 31, 15, 64),
+                                             (50, 1, 0, 50), (30, 40, 39, 69), (100, 5, -3, 40),
+                                             (96, 16, 0, 81)])  # fmt: skip
+def test_interpreted_kernel_interior_and_edge_blocks(
+    interpreted, reversed_taps, T, K, shift, n_out
+):
+    # Blocks of 16 outputs: most blocks of a row take the mask-free interior loop, the first
+    # and last the masked one (and a block that ends exactly at a row's end is interior). A
+    # NaN and an Inf sample reach only the outputs whose window covers them.
+    x = torch.randn(2, T, dtype=torch.float64)
+    x[0, T // 2], x[1, T // 3] = float("nan"), float("inf")
+    taps = torch.randn(K, dtype=torch.float64)
+    out = torch.empty(2, n_out, dtype=torch.float64)
+    given = taps.flip(-1) if reversed_taps else taps
+    interpreted.sliding_dot_kernel[(-(-n_out // 16) * 2,)](
+        x, given, out, T, n_out, shift, T, 0, n_out, K, BLOCK=16, WIDE=True, REVERSED=reversed_taps
+    )
+    torch.testing.assert_close(
+        out, _reference(x, taps, shift, n_out), rtol=1e-12, atol=1e-12, equal_nan=True
+    )
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("x_shape,taps_shape,shift,n_out", CASES)
+def test_interpreted_kernel_reads_reversed_taps_in_place(
+    kernel_runs, dtype, x_shape, taps_shape, shift, n_out
+):
+    x = torch.randn(*x_shape, dtype=dtype)
+    kernel = torch.randn(*taps_shape, dtype=dtype)  # taps last to first, as convolve has them
+    got = _triton_direct.sliding_dot(x, kernel, shift, n_out, taps_reversed=True)
+    tol = 1e-12 if dtype == torch.float64 else 1e-5
+    want = _reference(x, kernel.flip(-1), shift, n_out)
+    torch.testing.assert_close(got.double(), want, rtol=tol, atol=tol)
+
+
 def test_interpreted_kernel_reads_a_strided_signal_in_place(kernel_runs):
     x = torch.randn(40, 3, dtype=torch.float64).T  # time is the non-contiguous axis
     taps = torch.randn(5, dtype=torch.float64)
