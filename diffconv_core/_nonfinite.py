@@ -67,14 +67,20 @@ def _without_overflow(
     the forward's did not (an output gradient near the dtype's limit, or a huge kernel over
     a tiny signal, whose gradient is the kernel's scale) is not scaled.
     """
-    n = x.shape[-1] + w.shape[-1]
-    if x.dtype not in (torch.float32, torch.float64) or x_max == 0 or w_max == 0:
-        return range_fn(x, w, lo, hi)
-    worst = math.log2(x_max) + math.log2(w_max) + math.log2(w.shape[-1]) + 2 * math.log2(n)
-    if worst < math.log2(torch.finfo(x.dtype).max) - 2:
+    if not _may_overflow(x, w, x_max, w_max):
         return range_fn(x, w, lo, hi)
     x_exponent, w_exponent = math.frexp(x_max)[1], math.frexp(w_max)[1]
     return _PowerOfTwoScaled.apply(x, w, range_fn, lo, hi, x_exponent, w_exponent)
+
+
+def _may_overflow(x: torch.Tensor, w: torch.Tensor, x_max: float, w_max: float) -> bool:
+    # Whether a transform's intermediate sums could overflow for finite operands of these
+    # largest magnitudes (half types are computed in float32: never scaled).
+    if x.dtype not in (torch.float32, torch.float64) or x_max == 0 or w_max == 0:
+        return False
+    n = x.shape[-1] + w.shape[-1]
+    worst = math.log2(x_max) + math.log2(w_max) + math.log2(w.shape[-1]) + 2 * math.log2(n)
+    return worst >= math.log2(torch.finfo(x.dtype).max) - 2
 
 
 def _scaled_range(
@@ -151,6 +157,10 @@ def with_nonfinite_locality(
 ) -> torch.Tensor:
     """Run ``range_fn(x, w, lo, hi)`` so that non-finite values of ``x`` or ``w`` stay local
     and huge finite ones do not overflow inside the method."""
+    if checks_after(x):
+        y = _kept_if_all_finite(range_fn, x, w, lo, hi)
+        if y is not None:
+            return y
     x_max, w_max = _magnitudes(x, w)
     x_finite, w_finite = math.isfinite(x_max), math.isfinite(w_max)
     if x_finite and w_finite:
@@ -160,6 +170,36 @@ def with_nonfinite_locality(
         return _without_overflow(range_fn, a, b, lo, hi, *_magnitudes(a, b))
 
     return with_direct_sum_nonfinite(range_fn, x, w, lo, hi, x_finite, w_finite, on_finite_parts)
+
+
+def checks_after(x: torch.Tensor) -> bool:
+    """Whether to run the method first and look at its output, rather than scan the operands
+    first: on CUDA, where the scan's host sync would leave the GPU idle while the method's
+    launches are queued after it, and checking afterwards costs one sync at the end instead."""
+    return x.device.type == "cuda"
+
+
+def _kept_if_all_finite(
+    range_fn: RangeFn, x: torch.Tensor, w: torch.Tensor, lo: int, hi: int
+) -> torch.Tensor | None:
+    """``range_fn(x, w, lo, hi)`` if that is all finite and nothing needs scaling, else None
+    (the caller then scans the operands and computes again).
+
+    Every method reads each operand value that some output's direct sum uses, and a NaN or Inf
+    read, or an overflow inside a transform, leaves a NaN or Inf in the output (an FFT
+    spreads it over the whole row). So an all-finite output came from finite operands and is
+    what the scanned path computes. With a graph the operands' magnitudes are read in the
+    same sync: where the scanned path would scale them (:func:`_may_overflow`), its backward
+    pass scales the gradients too, so that path is taken instead.
+    """
+    y = range_fn(x, w, lo, hi)
+    if not y.requires_grad:
+        (y_max,) = _magnitudes(y)
+        return y if math.isfinite(y_max) else None
+    y_max, x_max, w_max = _magnitudes(y, x, w)
+    if math.isfinite(y_max) and not _may_overflow(x, w, x_max, w_max):
+        return y
+    return None
 
 
 def with_direct_sum_nonfinite(

@@ -16,8 +16,11 @@ explicitly and ``test_numpy_pad_matches_periodic_index_definition`` checks the t
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import scipy.signal
 import torch
+
+import diffconv_core._nonfinite
 
 MODES = ("full", "same", "valid")
 PADDINGS = ("zeros", "reflect", "symmetric", "replicate", "circular")
@@ -43,6 +46,16 @@ TOLERANCE = {
     torch.float16: 5e-3,
     torch.bfloat16: 2e-2,
 }
+
+
+@pytest.fixture(params=["scan first", "check after"])
+def nonfinite_order(request, monkeypatch) -> str:
+    """Both ways of keeping NaN/Inf local: the CPU's scan of the operands before the method,
+    and CUDA's look at the method's output after it (``checks_after``), here on the CPU."""
+    if request.param == "check after":
+        monkeypatch.setattr(diffconv_core._nonfinite, "checks_after", lambda x: True)
+    return request.param
+
 
 # (signal shape without T, kernel shape without K, name): the broadcasting patterns.
 BROADCAST_PATTERNS = [

@@ -16,6 +16,8 @@ from diffconv_core._overlap import overlap_range
 
 from .conftest import METHODS, reference, relative_error, same_mode_gradients
 
+pytestmark = pytest.mark.usefixtures("nonfinite_order")
+
 
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize(

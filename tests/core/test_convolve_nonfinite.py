@@ -18,7 +18,7 @@ from .conftest import (
     same_mode_gradients,
 )
 
-pytestmark = pytest.mark.usefixtures("single_thread")
+pytestmark = pytest.mark.usefixtures("single_thread", "nonfinite_order")
 
 VALUES = {"nan": float("nan"), "inf": float("inf"), "-inf": float("-inf")}
 
@@ -238,3 +238,32 @@ def test_a_loss_that_leaves_out_the_nonfinite_outputs_has_finite_gradients(metho
     assert torch.isfinite(x.grad).all() and torch.isfinite(w.grad).all()
     assert relative_error(x.grad, expected_x) <= tolerance
     assert relative_error(w.grad, expected_w) <= tolerance
+
+
+@pytest.mark.parametrize("graph", [False, True])
+@pytest.mark.parametrize("method", ["fft", "overlap"])
+def test_checking_after_runs_the_method_once_and_reads_values_once(monkeypatch, method, graph):
+    # CUDA's order (forced here on the CPU): finite operands cost one run of the method and
+    # one read of values (a host sync there), after the method, not a scan before it.
+    from diffconv_core import _nonfinite, convolution
+
+    monkeypatch.setattr(_nonfinite, "checks_after", lambda x: True)
+    reads, runs = [], []
+    magnitudes, method_fn = _nonfinite._magnitudes, convolution._RANGE_FUNCTIONS[method]
+
+    def read(*tensors):
+        reads.append(len(tensors))
+        return magnitudes(*tensors)
+
+    def run(*args):
+        runs.append(method)
+        return method_fn(*args)
+
+    monkeypatch.setattr(_nonfinite, "_magnitudes", read)
+    monkeypatch.setitem(convolution._RANGE_FUNCTIONS, method, run)
+    x = torch.randn(3, 200, dtype=torch.float64, requires_grad=graph)
+    w = torch.randn(9, dtype=torch.float64)
+    y = diffconv_core.convolve(x, w, method=method)
+    np.testing.assert_allclose(y.detach().numpy(), reference(x.detach(), w, "same"), atol=1e-12)
+    assert runs == [method]
+    assert reads == [3 if graph else 1]  # the output's values, and with a graph the operands'
