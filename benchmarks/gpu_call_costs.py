@@ -3,7 +3,8 @@
 Small GPU cases are dominated by host time (each PyTorch launch costs ~15-20 us of it on the
 device tool's machines), so this times the pieces of a call with a synchronize after each:
 the NaN/Inf scan (``_magnitudes``, one host sync), ``choose_method``, the direct method's range
-function, and whole calls per method, beside ``conv1d`` and an empty synchronize.
+function, and whole calls per method, beside ``conv1d``, the plain power-of-two FFT of
+``bench_core`` and an empty synchronize.
 
     python3 benchmarks/gpu_call_costs.py        (needs a CUDA device)
 """
@@ -17,17 +18,20 @@ import diffconv_core as dc
 from diffconv_core import _direct, _nonfinite
 from diffconv_core.methods import choose_method
 
-SHAPES = [(1, 1024, 31), (16, 480000, 3), (4096, 1024, 255)]
+SHAPES = [(1, 1024, 31), (16, 480000, 3), (4096, 1024, 255), (16, 480000, 255)]
 
 
 def pieces(B: int, T: int, K: int, device: str = "cuda") -> dict:
     """The timed callables for one shape (any device: the tests run them on the CPU)."""
+    import bench_core  # beside this script
+
     x = torch.randn(B, T, device=device)
     w = torch.randn(K, device=device)
     lo = (K - 1) // 2
     return {
         "sync alone": lambda: None,
         "conv1d": lambda: F.conv1d(x[:, None], w.flip(0)[None, None], padding=K // 2),
+        "torch_fft": lambda: bench_core.run_torch_fft(x, w),
         "magnitudes": lambda: _nonfinite._magnitudes(x, w),
         "choose_method": lambda: choose_method(x.shape, w.shape, device=x.device),
         "direct_range": lambda: _direct.direct_range(x, w, lo, lo + T),

@@ -18,6 +18,7 @@ ever fails) the caller falls back to ``conv1d``. ``DIFFCONV_NO_TRITON=1`` disabl
 from __future__ import annotations
 
 import importlib
+import math
 import os
 import types
 import warnings
@@ -83,19 +84,23 @@ def sliding_dot(
     if kernels is None:
         return None
     T, K = x.shape[-1], taps.shape[-1]
-    batch = broadcast_shapes(x.shape[:-1], taps.shape[:-1])
-    rows = 1
-    for size in batch:
-        rows *= size
-    x2 = x.expand(*batch, T).reshape(rows, T).contiguous()
-    if taps.dim() == 1 or taps[..., 0].numel() == 1:
-        taps2, taps_stride = taps.reshape(1, K).contiguous(), 0
+    if taps.dim() == 1 and x.is_contiguous():
+        # The common case in as few host operations as possible (each costs microseconds,
+        # as much as the kernel on short signals): rows read in place, out in its final shape.
+        x2, taps2, taps_stride = x, taps.contiguous(), 0
+        rows, shape = math.prod(x.shape[:-1]), (*x.shape[:-1], n_out)
     else:
-        taps2 = taps.expand(*batch, K).reshape(rows, K).contiguous()
-        taps_stride = K
-    out = torch.empty(rows, n_out, device=x.device, dtype=x.dtype)
+        batch = broadcast_shapes(x.shape[:-1], taps.shape[:-1])
+        rows, shape = math.prod(batch), (*batch, n_out)
+        x2 = x.expand(*batch, T).reshape(rows, T).contiguous()
+        if taps[..., 0].numel() == 1:
+            taps2, taps_stride = taps.reshape(1, K).contiguous(), 0
+        else:
+            taps2 = taps.expand(*batch, K).reshape(rows, K).contiguous()
+            taps_stride = K
+    out = torch.empty(shape, device=x.device, dtype=x.dtype)
     if out.numel() == 0:  # an empty grid is not a launch
-        return out.reshape(*batch, n_out)
+        return out
     grid = (-(-n_out // _BLOCK) * rows,)
     try:
         kernels.sliding_dot_kernel[grid](
@@ -112,4 +117,4 @@ def sliding_dot(
             stacklevel=2,
         )
         return None
-    return out.reshape(*batch, n_out)
+    return out
