@@ -3,8 +3,9 @@
 Small GPU cases are dominated by host time (each PyTorch launch costs ~15-20 us of it on the
 device tool's machines), so this times the pieces of a call with a synchronize after each:
 the NaN/Inf scan (``_magnitudes``, one host sync), ``choose_method``, the direct method's range
-function, and whole calls per method, beside ``conv1d``, the plain power-of-two FFT of
-``bench_core`` and an empty synchronize.
+function, whole calls per method and forward+backward steps ("train") of the direct and FFT
+methods, beside ``conv1d``, the plain power-of-two FFT of ``bench_core`` and an empty
+synchronize.
 
     python3 benchmarks/gpu_call_costs.py        (needs a CUDA device)
 """
@@ -27,6 +28,7 @@ def pieces(B: int, T: int, K: int, device: str = "cuda") -> dict:
 
     x = torch.randn(B, T, device=device)
     w = torch.randn(K, device=device)
+    grad = torch.randn(B, T, device=device)
     lo = (K - 1) // 2
     return {
         "sync alone": lambda: None,
@@ -39,7 +41,12 @@ def pieces(B: int, T: int, K: int, device: str = "cuda") -> dict:
             f"convolve {m}": (lambda m=m: dc.convolve(x, w, method=m))
             for m in ("direct", "fft", "overlap", "auto")
         },
+        **{f"train {m}": bench_core.fwd_bwd(_method(m), x, w, grad) for m in ("direct", "fft")},
     }
+
+
+def _method(name: str):
+    return lambda x, w: dc.convolve(x, w, method=name)
 
 
 def main() -> None:

@@ -7,8 +7,8 @@ CUDA the forward pass is a fused Triton kernel (``_triton_direct``), or ``conv1d
 flipped kernel where Triton is missing. Where a backward pass is needed it is written out
 (:class:`_DirectRange`) rather than left to autograd: the signal gradient is again a direct
 correlation (the same Function, so the gradient of the gradient exists), the kernel gradient
-one frequency-domain cross-correlation summed over the batch, or on CPU the Toeplitz GEMMs'
-lagged products.
+a fused kernel of lagged products on CUDA (up to ``MAX_LAG_TAPS`` taps), the Toeplitz GEMMs'
+lagged products on CPU, else one frequency-domain cross-correlation summed over the batch.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from diffconv_core._fft import gradients_from_pieces
 from diffconv_core._shift_add import MAX_SHIFT_ADD_TAPS, shift_add_correlate
 from diffconv_core._toeplitz import toeplitz_correlate, toeplitz_lagged_products
-from diffconv_core._triton_direct import sliding_dot
+from diffconv_core._triton_direct import lagged_dot, sliding_dot
 from diffconv_core._validation import batched_gradient, broadcast_shapes, needs_graph
 
 # Beyond this many taps the Toeplitz blocks (2P x P) grow too large to pay off.
@@ -116,10 +116,11 @@ class _DirectRange(torch.autograd.Function):
     The backward pass is written out: autograd would route the kernel gradient through
     ``conv1d``'s weight gradient (an order of magnitude slower than an FFT on GPUs). The
     signal gradient is this same Function on the flipped kernel (a correlation); the kernel
-    gradient is one frequency-domain cross-correlation summed over the batch, or for one
-    kernel shared by every row on the fast CPU path the GEMMs' lagged products
-    (:func:`toeplitz_lagged_products`). For a second derivative (``create_graph``) both are
-    built from differentiable pieces.
+    gradient is the lagged products of the fused CUDA kernel (:func:`lagged_dot`, up to
+    ``MAX_LAG_TAPS`` taps) or on the fast CPU path of the GEMMs
+    (:func:`toeplitz_lagged_products`), else one frequency-domain cross-correlation summed
+    over the batch. For a second derivative (``create_graph``) both are built from
+    differentiable pieces.
     """
 
     @staticmethod
@@ -136,12 +137,16 @@ class _DirectRange(torch.autograd.Function):
             needed = (need_x, need_w)
             grad_x, grad_w = gradients_from_pieces(conv1d_range, grad, x, w, ctx.lo, needed)
             return grad_x, grad_w, None, None, None
-        gemms = ctx.fast and not torch.is_grad_enabled()  # the kernel's gradient as GEMMs
-        needed = (need_x, need_w and not gemms)
-        grad_x, grad_w = gradients_from_pieces(direct_range, grad, x, w, ctx.lo, needed)
-        if need_w and gemms:
-            K = w.shape[-1]
-            per_row = w.numel() > K
-            grad_w = toeplitz_lagged_products(grad, x, ctx.lo, K, per_row)
-            grad_w = grad_w.sum_to_size(w.shape) if per_row else grad_w.reshape(w.shape)
-        return grad_x, grad_w, None, None, None
+        K = w.shape[-1]
+        grad_w = None
+        if need_w and not torch.is_grad_enabled():  # no graph of the gradients wanted
+            if ctx.fast:  # the CPU's GEMMs' lagged products
+                per_row = w.numel() > K
+                grad_w = toeplitz_lagged_products(grad, x, ctx.lo, K, per_row)
+                grad_w = grad_w.sum_to_size(w.shape) if per_row else grad_w.reshape(w.shape)
+            else:  # the fused CUDA kernel where it runs; None leaves it to the FFT below
+                lags = lagged_dot(grad, x, ctx.lo, K)
+                grad_w = None if lags is None else lags.sum_to_size(w.shape)
+        needed = (need_x, need_w and grad_w is None)
+        grad_x, grad_w_pieces = gradients_from_pieces(direct_range, grad, x, w, ctx.lo, needed)
+        return grad_x, grad_w if grad_w is not None else grad_w_pieces, None, None, None

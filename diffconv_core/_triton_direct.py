@@ -118,3 +118,51 @@ def sliding_dot(
         )
         return None
     return out
+
+
+#: The kernel gradient's fused kernel takes kernels up to this long (its tile holds a lane a
+#: tap); longer ones, rare on the direct method, keep the frequency-domain products.
+MAX_LAG_TAPS = 64
+# Samples of g each program of the kernel-gradient kernel sums over, and the tile's size.
+_LAG_SPAN = 4096
+_LAG_TILE = 4096
+
+
+def lagged_dot(g: torch.Tensor, x: torch.Tensor, lo: int, K: int) -> torch.Tensor | None:
+    """``c[..., k] = sum_m g[..., m] x[..., m + lo - k]`` for ``0 <= k < K`` over the terms
+    with ``0 <= m + lo - k < T``: the kernel gradient of the direct method on a row each, as
+    one fused kernel; None if unavailable or ``K > MAX_LAG_TAPS``.
+
+    Shape:
+        g ``(*batch, L)``, x ``(*bx, T)`` with ``bx`` broadcasting to ``batch`` ->
+        ``(*batch, K)``.
+    """
+    global _disabled_reason
+    kernels = _kernels_for(g)
+    if kernels is None or not 0 < K <= MAX_LAG_TAPS:
+        return None
+    batch, L, T = g.shape[:-1], g.shape[-1], x.shape[-1]
+    rows = math.prod(batch)
+    g2 = g.to(x.dtype).contiguous()
+    x2 = (x if x.shape[:-1] == batch else x.expand(*batch, T)).contiguous()
+    lanes = max(16, 1 << (K - 1).bit_length())
+    spans = -(-L // _LAG_SPAN)
+    if rows * spans == 0:  # no term at all: an empty grid is not a launch
+        return g.new_zeros(*batch, K, dtype=x.dtype)
+    part = torch.empty(rows * spans, lanes, device=g.device, dtype=x.dtype)
+    try:
+        kernels.lagged_dot_kernel[(rows * spans,)](
+            g2, x2, part, T, L, lo, K, spans,
+            SPAN=_LAG_SPAN, ROWS=_LAG_TILE // lanes, KB=lanes, WIDE=x.dtype == torch.float64,
+            num_warps=_WARPS,
+        )  # fmt: skip
+    except Exception as error:  # a broken toolchain must not break the backward pass
+        _disabled_reason = f"{type(error).__name__}: {error}"
+        warnings.warn(
+            f"diffconv: the Triton kernel-gradient kernel failed ({_disabled_reason}); "
+            "falling back to FFTs",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return None
+    return part.view(rows, spans, lanes)[..., :K].sum(1).reshape(*batch, K)

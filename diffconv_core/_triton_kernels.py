@@ -73,3 +73,51 @@ def sliding_dot_kernel(
             acc += tl.where(inside, sample * tap, 0.0)
             j += 1
         tl.store(out_ptr + row * out_row_stride + offsets, acc, mask=keep)
+
+
+@triton.jit
+def _add(a, b):
+    return a + b
+
+
+@triton.jit
+def lagged_dot_kernel(
+    g_ptr,
+    x_ptr,
+    part_ptr,
+    T,
+    L,
+    lo,
+    K,
+    spans_per_row,
+    SPAN: tl.constexpr,
+    ROWS: tl.constexpr,
+    KB: tl.constexpr,
+    WIDE: tl.constexpr,
+):
+    # part[program, k] = sum of g[row, m] * x[row, m + lo - k] over this program's span of m
+    # (m < L) and the terms with 0 <= m + lo - k < T, for k < K (KB >= K lanes, the rest 0):
+    # the kernel gradient of the direct method, before the spans (and rows) are summed.
+    # A tile of ROWS samples by KB lags accumulates in registers; one reduction a program.
+    program = tl.program_id(0).to(tl.int64)
+    row = program // spans_per_row
+    start = (program % spans_per_row) * SPAN
+    g_row = g_ptr + row * L + start
+    x_row = x_ptr + row * T
+    lags = tl.arange(0, KB)
+    if WIDE:
+        acc = tl.full([ROWS, KB], 0.0, dtype=tl.float64)
+    else:
+        acc = tl.full([ROWS, KB], 0.0, dtype=tl.float32)
+    step = 0
+    while (step < SPAN) & (start + step < L):  # no tl.minimum: a jit function (see above)
+        within = step + tl.arange(0, ROWS)
+        here = (within < SPAN) & (start + within < L)
+        g = tl.load(g_row + within, mask=here, other=0.0).to(acc.dtype)
+        index = (start + within)[:, None] + (lo - lags)[None, :]
+        inside = here[:, None] & (lags < K)[None, :] & (index >= 0) & (index < T)
+        sample = tl.load(x_row + index, mask=inside, other=0.0).to(acc.dtype)
+        # Terms past the signal's ends are left out, not multiplied by a zero (0 * inf).
+        acc += tl.where(inside, g[:, None] * sample, 0.0)
+        step += ROWS
+    tl.store(part_ptr + program * KB + lags, tl.reduce(acc, 0, _add))  # tl.sum is a jit function

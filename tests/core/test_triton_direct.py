@@ -46,15 +46,32 @@ def interpreted(monkeypatch) -> types.ModuleType:
 
 @pytest.fixture
 def kernel_runs(interpreted, monkeypatch) -> list:
-    """Route every tensor through the interpreted kernel; records each launch's grid."""
-    launches = []
+    """Route every tensor through the interpreted kernels; records each launch's grid (the
+    kernel gradient's in the list's ``lags``)."""
+
+    class Launches(list):
+        lags: list
+
+    launches = Launches()
 
     class Recorded:
         def __getitem__(self, grid):
             launches.append(grid)
             return interpreted.sliding_dot_kernel[grid]
 
-    recorded = types.SimpleNamespace(sliding_dot_kernel=Recorded())
+    class RecordedLags:
+        def __getitem__(self, grid):
+            lag_launches.append(grid)
+            return interpreted.lagged_dot_kernel[grid]
+
+    lag_launches = []
+    launches.lags = lag_launches  # the kernel gradient's launches, apart
+    recorded = types.SimpleNamespace(
+        sliding_dot_kernel=Recorded(), lagged_dot_kernel=RecordedLags()
+    )
+    # Small tiles: numpy runs the interpreted kernel a tile at a time, and gradcheck calls it
+    # for every output.
+    monkeypatch.setattr(_triton_direct, "_LAG_TILE", 256)
     monkeypatch.setattr(_triton_direct, "_kernels_for", lambda x: recorded)
     return launches
 
@@ -222,7 +239,74 @@ def test_gradients_through_the_kernel_match_finite_differences(kernel_runs, monk
     x.requires_grad_(True)
     w.requires_grad_(True)
     assert torch.autograd.gradcheck(lambda a, b: convolve(a, b, mode, method="direct"), (x, w))
-    assert kernel_runs
+    assert kernel_runs and kernel_runs.lags, "the forward or the kernel gradient missed the kernel"
+
+
+def _lagged_reference(g, x, lo, K):
+    # c[..., k] = sum_m g[..., m] x[..., m + lo - k] over the terms inside x: float64, CPU
+    g, x = g.double(), x.double()
+    L, T = g.shape[-1], x.shape[-1]
+    x = x.expand(*g.shape[:-1], T)
+    c = torch.zeros(*g.shape[:-1], K, dtype=torch.float64)
+    m = torch.arange(L)
+    for k in range(K):
+        i = m + lo - k
+        inside = (i >= 0) & (i < T)
+        c[..., k] = (g[..., inside] * x[..., i[inside]]).sum(-1)
+    return c
+
+
+LAG_CASES = [
+    ((3, 40), (40,), 2, 5),  # "same": one signal a row
+    ((2, 3, 150), (3, 140), 7, 15),  # several spans a row, g longer than x ("full")
+    ((4, 30), (30,), 29, 31),  # "valid"-like offset, more lags than the tile's 16 lanes
+    ((2, 9), (2, 9), 0, 64),  # the most taps the kernel takes
+    ((1, 5), (5,), 1, 1),  # one tap
+]
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # numpy's NaN
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("g_shape,x_shape,lo,K", LAG_CASES)
+def test_interpreted_kernel_gradient_matches_the_definition(
+    kernel_runs, monkeypatch, dtype, g_shape, x_shape, lo, K
+):
+    # Spans of 64 samples and tiles of 256 cells: several programs a row, several tile steps
+    # a span, and a partial last one. A NaN in g and an Inf in x where only some lags reach.
+    monkeypatch.setattr(_triton_direct, "_LAG_SPAN", 64)
+    monkeypatch.setattr(_triton_direct, "_LAG_TILE", 256)
+    g = torch.randn(*g_shape, dtype=dtype)
+    x = torch.randn(*x_shape, dtype=dtype)
+    if dtype == torch.float64 and g_shape[-1] > 100:
+        g[0, 0, 120], x[1, 2] = float("nan"), float("inf")
+    got = _triton_direct.lagged_dot(g, x, lo, K)
+    assert got is not None, _triton_direct._disabled_reason
+    tol = 1e-12 if dtype == torch.float64 else 1e-4
+    want = _lagged_reference(g, x, lo, K)
+    torch.testing.assert_close(got.double(), want, rtol=tol, atol=tol, equal_nan=True)
+
+
+def test_kernel_gradient_declines_long_kernels_and_cpu_tensors():
+    g, x = torch.randn(2, 100), torch.randn(2, 100)
+    assert _triton_direct.lagged_dot(g, x, 3, 8) is None  # off CUDA
+    assert _triton_direct.MAX_LAG_TAPS == 64
+
+
+@pytest.mark.parametrize(
+    "lead_x,lead_w", [((2, 3), (3,)), ((), (2,)), ((2, 1), (1, 2)), ((3,), ())]
+)
+def test_kernel_gradients_of_every_broadcast_pattern_match_finite_differences(
+    kernel_runs, monkeypatch, lead_x, lead_w
+):
+    # A kernel per channel, a bank over one signal, both broadcast, one shared: the fused
+    # kernel gradient sums its rows back to the kernel's shape.
+    monkeypatch.setattr(_direct, "MAX_TOEPLITZ_TAPS", 0)
+    x, w = make_pair(lead_x, lead_w, 9, 3)
+    x.requires_grad_(True)
+    w.requires_grad_(True)
+    full = lambda a, b: convolve(a, b, "full", method="direct")  # noqa: E731
+    assert torch.autograd.gradcheck(full, (x, w), fast_mode=True)
+    assert kernel_runs.lags
 
 
 def test_a_failed_launch_warns_once_and_falls_back_for_good(monkeypatch):
@@ -285,3 +369,31 @@ def test_compiled_direct_method_keeps_nonfinite_values_local_without_a_scan(no_s
     want = _reference(x, w.flip(-1), K - 1, T + K - 1)
     tol = 1e-12 if dtype == torch.float64 else 1e-5
     torch.testing.assert_close(got.double().cpu(), want, rtol=tol, atol=tol, equal_nan=True)
+
+
+@needs_cuda_triton
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("g_shape,x_shape,lo,K", [*LAG_CASES, ((16, 48_000), (16, 48_000), 15, 31)])
+def test_compiled_kernel_gradient_matches_the_definition(dtype, g_shape, x_shape, lo, K):
+    g = torch.randn(*g_shape, dtype=dtype)
+    x = torch.randn(*x_shape, dtype=dtype)
+    got = _triton_direct.lagged_dot(g.cuda(), x.cuda(), lo, K)
+    assert got is not None, _triton_direct._disabled_reason
+    tol = 1e-10 if dtype == torch.float64 else 1e-3
+    want = _lagged_reference(g, x, lo, K)
+    torch.testing.assert_close(got.double().cpu(), want, rtol=tol, atol=tol * g_shape[-1] ** 0.5)
+
+
+@needs_cuda_triton
+def test_direct_training_on_cuda_takes_the_fused_kernel_gradient(monkeypatch):
+    calls = []
+    lagged = _triton_direct.lagged_dot
+    monkeypatch.setattr(_direct, "lagged_dot", lambda *a: calls.append(1) or lagged(*a))
+    x = torch.randn(4, 20_000, device="cuda", dtype=torch.float64, requires_grad=True)
+    w = torch.randn(31, device="cuda", dtype=torch.float64, requires_grad=True)
+    g = torch.randn(4, 20_000, device="cuda", dtype=torch.float64)
+    grads = torch.autograd.grad(convolve(x, w, method="direct"), (x, w), g)
+    want = torch.autograd.grad(convolve(x, w, method="fft"), (x, w), g)
+    assert calls, "the direct method's kernel gradient did not take the fused kernel"
+    for got, expected in zip(grads, want, strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-9)
