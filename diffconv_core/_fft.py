@@ -108,19 +108,14 @@ def fft_range(
     if needs_graph(x, w) and reduce_to is None:
         return _FFTRange.apply(x, w, lo, hi, n_fft)
     rows = math.prod(x.shape[:-1])
-    if needs_graph(x, w) or reduce_to is not None:
-        return plain_fft_range(x, w, lo, hi, reduce_to)
-    if unchunked(x):
-        # The product overwrites the signal's spectrum where the shapes allow: one buffer
-        # of the transform's size less at the peak (3 instead of 4 while inverting).
-        spectrum = torch.fft.rfft(x, n_fft)
-        kernel_spectrum = torch.fft.rfft(w, n_fft)
-        if kernel_spectrum.dim() == 1 or w.shape[:-1] == x.shape[:-1]:
-            spectrum *= kernel_spectrum
-        else:
-            spectrum = spectrum * kernel_spectrum
-        return torch.fft.irfft(spectrum, n_fft)[..., lo:hi]
-    if w.dim() > 1 or rows < 2:
+    # On a GPU memory is plentiful and every extra launch costs: no chunks there.
+    if (
+        needs_graph(x, w)
+        or reduce_to is not None
+        or w.dim() > 1
+        or rows < 2
+        or x.device.type != "cpu"
+    ):
         return plain_fft_range(x, w, lo, hi, reduce_to)
     kernel_spectrum = torch.fft.rfft(w, n_fft)
     # No graph and one shared kernel: a few rows at a time into the output, so the work
@@ -139,12 +134,6 @@ def fft_range(
         spectrum *= kernel_spectrum
         out[first : first + per_chunk] = torch.fft.irfft(spectrum, n_fft)[..., lo:hi]
     return out.reshape(*x.shape[:-1], hi - lo)
-
-
-def unchunked(x: torch.Tensor) -> bool:
-    """Whether a batch goes through the FFT whole rather than in row chunks: on a GPU, where
-    each extra launch costs a call more than the memory the chunks would save."""
-    return x.device.type != "cpu"
 
 
 def plain_fft_range(

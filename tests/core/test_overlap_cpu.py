@@ -67,24 +67,3 @@ def test_cuda_takes_few_chunks_and_the_cpu_small_ones(rows, n_blocks):
     assert -(-n_blocks // cuda) <= _overlap.CUDA_CHUNKS
     assert cpu == max(1, _overlap.CHUNK_SAMPLES // (n_fft * rows))
     assert cuda >= cpu
-
-
-@pytest.mark.parametrize("lead_x, lead_w", [*PATTERNS, ((), ()), ((1, 3), (3,))])
-def test_the_gpus_unchunked_fft_matches_scipy(monkeypatch, lead_x, lead_w):
-    # The FFT's GPU route (the whole batch at once, the product written over the signal's
-    # spectrum where the shapes allow), taken here by CPU tensors.
-    from diffconv_core import _fft
-
-    monkeypatch.setattr(_fft, "unchunked", lambda x: True)
-    rng = np.random.default_rng(7)
-    x = rng.standard_normal((*lead_x, 300))
-    w = rng.standard_normal((*lead_w, 21))
-    xs, ws = np.broadcast_arrays(x[..., :1], w[..., :1])
-    rows_x = np.broadcast_to(x, (*xs.shape[:-1], 300)).reshape(-1, 300)
-    rows_w = np.broadcast_to(w, (*ws.shape[:-1], 21)).reshape(-1, 21)
-    for mode in ("full", "same", "valid"):
-        expected = np.stack(
-            [scipy.signal.convolve(a, b, mode=mode) for a, b in zip(rows_x, rows_w, strict=True)]
-        ).reshape(*xs.shape[:-1], -1)
-        got = convolve(torch.from_numpy(x), torch.from_numpy(w), mode, method="fft")
-        np.testing.assert_allclose(got.numpy(), expected, rtol=1e-10, atol=1e-10)
