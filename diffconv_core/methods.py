@@ -26,6 +26,7 @@ from diffconv_core._fft import fft_length
 from diffconv_core._overlap import block_fft_length
 from diffconv_core._shift_add import MAX_SHIFT_ADD_TAPS
 from diffconv_core._toeplitz import gemm_work
+from diffconv_core._triton_direct import MAX_LAG_TAPS
 from diffconv_core._validation import MODES, broadcast_shapes, check_choice, check_device
 
 # Per-device constants of the cost model, in nanoseconds: a fixed cost per call, then per
@@ -85,22 +86,22 @@ _COSTS = {
 # CUDA, forward + backward (gradients to both inputs), as whole times: each method's terms
 # (training_terms_cuda) weighted by these, in nanoseconds. Fitted by benchmarks/fit_cuda_costs.py
 # (relative least squares, non-negative) to the 24 shapes `diffconv tune --quick` timed on an
-# H200 (torch 2.11, Triton 3.6; benchmarks/results/gpu_h200_tune_v2.json): the pick was within
-# 10% of the fastest in 23 of 24 (22 of 24 on a second machine's timings of the same grid,
-# taken before the NaN/Inf scan went from 7 kernels to 3),
-# where the forward model times _BACKWARD_FACTOR was within 10% in 17 of 24 and up to 2.1x slower
-# (overlap-save's recorded path is the fastest for large batches there).
+# H200 (torch 2.11, Triton 3.6; benchmarks/results/gpu_h200_tune_v3.json, the direct method's
+# kernel gradient a fused kernel): the pick was within 10% of the fastest in 17 of 24, 7% slower
+# in geometric mean, at worst 1.46x (one signal of 262,144 samples, 3 taps: 1.88 ms, where
+# overlap-save took 1.28 ms). Small calls are host-bound (0.8-1.1 ms for every method) and
+# their timings swing by 20% from run to run, which decides most of the misses.
 _CUDA_TRAINING_COSTS = {
-    "direct": (1_073_974.0, 1.536e-3, 4.130e-4),  # call, per output and tap, FFT unit
-    "fft": (815_807.0, 8.186e-4),  # call, FFT unit
-    "overlap": (1_080_683.0, 1.888e-3),  # call, block-FFT unit
+    "direct": (1_023_000.0, 1.236e-3, 1.056e-4),  # call, per output and tap, FFT unit
+    "fft": (975_700.0, 8.711e-4),  # call, FFT unit
+    "overlap": (1_282_000.0, 1.984e-3),  # call, block-FFT unit
 }
 
 
 def training_terms_cuda(method: str, batch: int, T: int, K: int, mode: str) -> list[float]:
     """The terms of the CUDA forward+backward model of ``method`` (see _CUDA_TRAINING_COSTS):
     a call, then the direct sums' multiply-adds and the transforms' ``n log2 n`` units (the
-    direct method's kernel gradient is an FFT).
+    direct method's kernel gradient is an FFT past ``MAX_LAG_TAPS`` taps).
 
     Example:
         >>> training_terms_cuda("fft", 1, 1000, 25, "same")
@@ -111,8 +112,8 @@ def training_terms_cuda(method: str, batch: int, T: int, K: int, mode: str) -> l
     L = output_length(T, K, mode)
     n_fft = fft_length(T + K, torch.device("cuda"))
     transform = batch * 3 * n_fft * math.log2(max(n_fft, 2))
-    if method == "direct":
-        return [1.0, batch * L * K, transform]
+    if method == "direct":  # its kernel gradient is a fused kernel up to MAX_LAG_TAPS taps
+        return [1.0, batch * L * K, transform if K > MAX_LAG_TAPS else 0.0]
     if method == "fft":
         return [1.0, transform]
     block = block_fft_length(K, L)
