@@ -86,8 +86,10 @@ def test_table_row_without_peers_or_floor_in_rounds(bench_core):
     assert cells == ["1, 10, 3", "1.00", "-", "fft", "-", "-", "-", "-", "-", "-", "-", "-"]
 
 
-def test_gpu_call_costs_pieces_all_run():
-    # Run on the CPU here so that a renamed internal breaks CI, not a scarce GPU session.
+def test_gpu_call_costs_pieces_all_run(bench_core):
+    # Run on the CPU here so that a renamed internal breaks CI, not a scarce GPU session. The
+    # script imports bench_core as its neighbour: the fixture makes it importable so, as the
+    # script's own folder does when it runs (alone, this test failed on a GPU session).
     pieces = _load("gpu_call_costs").pieces(2, 64, 5, device="cpu")
     assert {"magnitudes", "choose_method", "direct_range", "convolve auto"} <= set(pieces)
     for fn in pieces.values():
