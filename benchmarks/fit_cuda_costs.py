@@ -8,8 +8,7 @@ terms of ``training_terms_cuda``), prints them, and for every cache given prints
 fitted model and the current one pick a method within 10% of the measured fastest. Nothing is
 written: paste the weights into ``methods.py``.
 
-    python benchmarks/fit_cuda_costs.py benchmarks/results/gpu_h200_tune_v2.json \\
-        benchmarks/results/gpu_h200_tune_v2_first_machine.json
+    python benchmarks/fit_cuda_costs.py benchmarks/results/gpu_h200_tune_v3.json
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""A fused Triton kernel for the direct method on CUDA (short kernels).
+"""Fused Triton kernels for the direct method on CUDA (short kernels): the sliding dot product
+of the forward pass and of the signal's gradient, and the kernel gradient's lagged products.
 
 One program computes a block of outputs of one row: for each tap it loads the shifted block
 of the signal (from L1/L2 after the first tap) and accumulates in registers, reading the
@@ -7,12 +8,20 @@ mask stands for the samples past the ends, whose terms are left out of each sum,
 output is its own direct sum and NaN/Inf need no separate handling (no host sync).
 
 Blocks whose every term lies inside the signal (all but a row's first and last) run a loop
-with no masks. Measured on an H200 (kernel alone, float32; ``benchmarks/gpu_kernel_variants.py``):
-16 x 480,000 samples take 20 us with 3 taps (a copy: 20 us) and 127 us with 31 (a masked loop
-on every block: 187 us); 4,096 x 1,024 samples 74 us with 31 taps (masked: 106 us).
+with no masks. Measured on H200s (kernel alone, float32; ``benchmarks/gpu_kernel_variants.py``,
+two runs): 16 x 480,000 samples take 20-30 us with 3 taps (a copy: 20 us) and 127-128 us with
+31 (a masked loop on every block: 185-199 us); 4,096 x 1,024 samples with 31 taps 74 us in one
+run and 115 us in the other (masked: 106-114 us).
+
+The kernel gradient (:func:`lagged_dot`) sums ``g[m] * x[m + lo - k]`` for every lag ``k`` at
+once: each program accumulates a tile of samples by lags in registers over a span of ``g``
+and reduces it once; the spans' partial sums are added by one ``sum``. On an H200 it took a
+training step of 16 x 4,194,304 samples and 15 taps to 3.32 ms (6.75 ms with two FFTs, in an
+earlier tune on another H200).
 
 Used only when Triton imports and the tensors are on a CUDA device; otherwise (and if a launch
-ever fails) the caller falls back to ``conv1d``. ``DIFFCONV_NO_TRITON=1`` disables it.
+ever fails) the caller falls back to ``conv1d`` or FFTs. ``DIFFCONV_NO_TRITON=1`` disables
+them.
 """
 
 from __future__ import annotations
