@@ -140,6 +140,14 @@ def training_costs_cuda(
     }
 
 
+@functools.lru_cache(maxsize=4096)
+def _cuda_training_pick(batch: int, T: int, K: int, mode: str) -> str:
+    # Remembered: choose_method runs in every CUDA training step, where its ~10 us of host
+    # time would add to a step that small shapes make host-bound.
+    costs = training_costs_cuda(batch, T, K, mode)
+    return min(costs, key=costs.__getitem__)
+
+
 # Forward + backward (gradients to both inputs) over the recorded forward alone, measured on
 # CPU (medians over 33 shapes, 3-8,191 taps): the direct method's backward is two more passes
 # (the signal gradient, then the kernel gradient's GEMMs, which waste more multiply-adds than
@@ -284,8 +292,7 @@ def choose_method(
         if cached is not None:
             return cached
     if requires_grad and device_type != "cpu":
-        costs = training_costs_cuda(batch, T, K, mode)
-        return min(costs, key=costs.__getitem__)
+        return _cuda_training_pick(batch, T, K, mode)
     costs = estimate_costs(batch, T, K, mode, device_type, requires_grad, shared)
     if requires_grad:
         # The backward pass costs each method a different multiple of its forward pass.
