@@ -135,19 +135,37 @@ def test_interpreted_kernel_matches_the_definition(
 
 @pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # numpy's NaN
 @pytest.mark.parametrize("reversed_taps", [False, True])
-@pytest.mark.parametrize("T,K,shift,n_out", [(200, 7, 3, 200), (200, 7, 6, 206), (64, 31, 15, 64),
-                                             (50, 1, 0, 50), (30, 40, 39, 69), (100, 5, -3, 40),
-                                             (96, 16, 0, 81)])  # fmt: skip
+@pytest.mark.parametrize(
+    "T,K,shift,n_out",
+    [
+        (200, 7, 3, 200),
+        (200, 7, 6, 206),
+        (64, 31, 15, 64),
+        (50, 1, 0, 50),
+        (30, 40, 39, 69),
+        (100, 5, -3, 40),
+        (96, 16, 0, 81),
+        (33, 3, 0, 32),  # a block's last term 1 past the end
+        (60, 20, 17, 50),  # a block's first 1 before the start
+        (40, 3, 1, 31),  # a block 1 past the outputs' end
+    ],
+)
 def test_interpreted_kernel_interior_and_edge_blocks(
     interpreted, reversed_taps, T, K, shift, n_out
 ):
     # Blocks of 16 outputs: most blocks of a row take the mask-free interior loop, the first
     # and last the masked one (and a block that ends exactly at a row's end is interior). A
-    # NaN and an Inf sample reach only the outputs whose window covers them.
-    x = torch.randn(2, T, dtype=torch.float64)
+    # NaN and an Inf sample reach only the outputs whose window covers them. The last three
+    # cases put a block one sample or output past what the interior loop may touch: the rows
+    # lie inside larger buffers whose guard values must neither be read nor written.
+    guard = 1e6
+    x_buffer = torch.full((2 * T + 2,), guard, dtype=torch.float64)
+    x = x_buffer[1 : 1 + 2 * T].view(2, T)
+    x.copy_(torch.randn(2, T, dtype=torch.float64))
     x[0, T // 2], x[1, T // 3] = float("nan"), float("inf")
     taps = torch.randn(K, dtype=torch.float64)
-    out = torch.empty(2, n_out, dtype=torch.float64)
+    out_buffer = torch.full((2 * n_out + 2,), guard, dtype=torch.float64)
+    out = out_buffer[1 : 1 + 2 * n_out].view(2, n_out)
     given = taps.flip(-1) if reversed_taps else taps
     interpreted.sliding_dot_kernel[(-(-n_out // 16) * 2,)](
         x, given, out, T, n_out, shift, T, 0, n_out, K, BLOCK=16, WIDE=True, REVERSED=reversed_taps
@@ -155,6 +173,7 @@ def test_interpreted_kernel_interior_and_edge_blocks(
     torch.testing.assert_close(
         out, _reference(x, taps, shift, n_out), rtol=1e-12, atol=1e-12, equal_nan=True
     )
+    assert out_buffer[0] == guard and out_buffer[-1] == guard, "wrote past the outputs"
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -286,10 +305,87 @@ def test_interpreted_kernel_gradient_matches_the_definition(
     torch.testing.assert_close(got.double(), want, rtol=tol, atol=tol, equal_nan=True)
 
 
-def test_kernel_gradient_declines_long_kernels_and_cpu_tensors():
+def test_kernel_gradient_declines_cpu_tensors():
     g, x = torch.randn(2, 100), torch.randn(2, 100)
-    assert _triton_direct.lagged_dot(g, x, 3, 8) is None  # off CUDA
-    assert _triton_direct.MAX_LAG_TAPS == 64
+    assert _triton_direct.lagged_dot(g, x, 3, 8) is None
+
+
+def test_kernel_gradient_declines_kernels_longer_than_its_lanes(kernel_runs):
+    g, x = torch.randn(2, 100), torch.randn(2, 100)
+    K = _triton_direct.MAX_LAG_TAPS
+    assert _triton_direct.lagged_dot(g, x, 3, K) is not None
+    assert _triton_direct.lagged_dot(g, x, 3, K + 1) is None
+    assert len(kernel_runs.lags) == 1
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # numpy's NaN
+def test_interpreted_kernel_gradient_leaves_out_terms_past_the_ends(kernel_runs):
+    # "full" mode's gradient g is K - 1 samples longer than x: its first sample meets x only
+    # at lag 0, its last only at lag K - 1. An Inf and a NaN there must reach those lags
+    # alone (a zero-filled load would make 0 * inf = NaN at every lag).
+    T, K = 36, 5
+    g = torch.randn(2, T + K - 1, dtype=torch.float64)
+    x = torch.randn(2, T, dtype=torch.float64)
+    g[:, 0], g[:, -1] = float("inf"), float("nan")
+    got = _triton_direct.lagged_dot(g, x, 0, K)
+    want = _lagged_reference(g, x, 0, K)
+    assert torch.isfinite(want[:, 1 : K - 1]).all(), "the case must leave middle lags finite"
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12, equal_nan=True)
+
+
+def test_interpreted_kernel_gradient_at_the_shipped_span_and_tile(kernel_runs, monkeypatch):
+    # The fixture's small tiles undone: 4,096-sample spans, a 4,096-cell tile (128 samples
+    # by 32 lanes), two spans and a partial third a row.
+    monkeypatch.setattr(_triton_direct, "_LAG_TILE", 4096)
+    g = torch.randn(2, 9000, dtype=torch.float64)
+    x = torch.randn(2, 8990, dtype=torch.float64)
+    got = _triton_direct.lagged_dot(g, x, 7, 17)
+    torch.testing.assert_close(got, _lagged_reference(g, x, 7, 17), rtol=1e-11, atol=1e-11)
+    assert kernel_runs.lags == [(6,)]
+
+
+def test_a_failed_kernel_gradient_launch_falls_back_to_ffts(monkeypatch):
+    class Broken:
+        def __getitem__(self, grid):
+            def launch(*args, **kwargs):
+                raise RuntimeError("out of resources: shared memory")
+
+            return launch
+
+    monkeypatch.setattr(_triton_direct, "_disabled_reason", None)
+    monkeypatch.setattr(
+        _triton_direct, "_kernels_for", lambda x: types.SimpleNamespace(lagged_dot_kernel=Broken())
+    )
+    g, x = torch.randn(2, 50), torch.randn(2, 50)
+    with pytest.warns(RuntimeWarning, match="out of resources"):
+        assert _triton_direct.lagged_dot(g, x, 2, 5) is None
+    assert _triton_direct._disabled_reason is not None
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # numpy's NaN
+@pytest.mark.parametrize("nonfinite", [False, True])
+def test_checking_after_the_fused_kernels_with_a_graph_matches_scanning_first(
+    kernel_runs, monkeypatch, nonfinite
+):
+    # CUDA's order (the method first, its output checked) through the fused forward and
+    # kernel gradient, recorded for autograd: the same outputs and gradients as the scan
+    # first, with or without a NaN and an Inf in the signal.
+    monkeypatch.setattr(_direct, "MAX_TOEPLITZ_TAPS", 0)
+    x0, w0 = make_pair((2,), (), 40, 7)
+    if nonfinite:
+        x0[0, 5], x0[1, 30] = float("nan"), float("inf")
+    g = torch.randn(2, 40, dtype=x0.dtype)
+    results = []
+    for after in (False, True):
+        monkeypatch.setattr(diffconv_core._nonfinite, "checks_after", lambda x, a=after: a)
+        x, w = x0.clone().requires_grad_(True), w0.clone().requires_grad_(True)
+        y = convolve(x, w, method="direct")
+        # a loss that leaves out the non-finite outputs: finite gradients either way
+        loss_grad = torch.where(torch.isfinite(y), g, 0.0)
+        results.append((y.detach(), *torch.autograd.grad(y, (x, w), loss_grad)))
+    for scanned, checked in zip(*results, strict=True):
+        torch.testing.assert_close(checked, scanned, rtol=1e-12, atol=1e-12, equal_nan=True)
+    assert kernel_runs.lags
 
 
 @pytest.mark.parametrize(
