@@ -261,6 +261,18 @@ def test_gradients_through_the_kernel_match_finite_differences(kernel_runs, monk
     assert kernel_runs and kernel_runs.lags, "the forward or the kernel gradient missed the kernel"
 
 
+def test_second_derivatives_through_the_kernel_match_finite_differences(kernel_runs, monkeypatch):
+    # create_graph: the backward's pieces are differentiable (the signal gradient is the same
+    # Function again, through the kernel); their own backward passes take the fused kernels.
+    monkeypatch.setattr(_direct, "MAX_TOEPLITZ_TAPS", 0)
+    x, w = make_pair((2,), (), 9, 3)
+    x.requires_grad_(True)
+    w.requires_grad_(True)
+    same = lambda a, b: convolve(a, b, "same", method="direct")  # noqa: E731
+    assert torch.autograd.gradgradcheck(same, (x, w), fast_mode=True)
+    assert kernel_runs and kernel_runs.lags
+
+
 def _lagged_reference(g, x, lo, K):
     # c[..., k] = sum_m g[..., m] x[..., m + lo - k] over the terms inside x: float64, CPU
     g, x = g.double(), x.double()
