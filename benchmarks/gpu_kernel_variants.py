@@ -7,6 +7,10 @@ kept as the baseline that shows what that is worth on the machine at hand:
 - ``masked``: every tap of every block computes its index, three comparisons, a masked load
   and a select (on an H200: 187 us for 31 taps over 16 x 480,000, against 127 us shipped).
 
+The kernel gradient's kernel is timed with its shipped lanes and tile and with candidates
+(``lag_settings``: a lane a tap rounded to a power of two, at least 4; tiles of 2,048-8,192
+cells), after checking each against the FFT's lagged products.
+
 Each candidate is checked against ``conv1d`` (float32 and float64) before it is timed;
 ``tests/test_benchmarks.py`` runs them under Triton's interpreter on the CPU. A candidate
 that wins on every shape should replace the shipped kernel (then rerun gpu_session.sh).
@@ -76,6 +80,65 @@ def launch(kernel, x, taps, shift: int, n_out: int, block: int = 1024, warps: in
     return out
 
 
+def launch_lags(kernel, g, x, lo: int, K: int, lanes: int, tile: int, span: int = 4096):
+    """``c[r, k] = sum_m g[r, m] x[r, m + lo - k]`` (terms inside ``x``) through the kernel
+    gradient's kernel with ``lanes`` lags by ``tile // lanes`` samples a tile; 2-D g and x."""
+    import torch
+
+    rows, L = g.shape
+    spans = -(-L // span)
+    part = torch.empty(rows * spans, lanes, device=g.device, dtype=g.dtype)
+    kernel[(rows * spans,)](g, x, part, x.shape[-1], L, lo, K, spans, SPAN=span,
+                            ROWS=tile // lanes, KB=lanes, WIDE=g.dtype == torch.float64,
+                            num_warps=4)  # fmt: skip
+    return part.view(rows, spans, lanes)[..., :K].sum(1)
+
+
+def lag_settings(K: int) -> dict[str, tuple[int, int]]:
+    """(lanes, tile) of the shipped kernel gradient and its candidates for ``K`` taps: the
+    shipped tile has at least 16 lanes (3 taps leave 13 of them masked)."""
+    from diffconv_core import _triton_direct
+
+    fitted = max(4, 1 << (K - 1).bit_length())
+    return {
+        "shipped": (_triton_direct.lag_lanes(K), _triton_direct._LAG_TILE),
+        "fitted lanes 2048": (fitted, 2048),
+        "fitted lanes 4096": (fitted, 4096),
+        "fitted lanes 8192": (fitted, 8192),
+    }
+
+
+def lag_sweep() -> None:
+    """Check, then time, the kernel gradient's settings (``lag_settings``)."""
+    import torch
+    from triton.testing import do_bench
+
+    from diffconv_core._fft import fft_lagged_products
+    from diffconv_core._triton_kernels import lagged_dot_kernel
+
+    for B, L, K, lo in [(3, 9000, 3, 1), (2, 5000, 31, 15), (1, 300, 17, 20)]:
+        g = torch.randn(B, L, device="cuda", dtype=torch.float64)
+        x = torch.randn(B, L, device="cuda", dtype=torch.float64)
+        want = fft_lagged_products(g, x, lo, K)
+        for name, (lanes, tile) in lag_settings(K).items():
+            got = launch_lags(lagged_dot_kernel, g, x, lo, K, lanes, tile)
+            err = (got - want).abs().max().item()
+            assert err < 1e-8, (name, B, L, K, err)
+    print("every kernel-gradient setting agrees with the FFT's lagged products")
+    shapes = [(16, 480000, 3), (16, 480000, 15), (16, 480000, 31), (4096, 1024, 3),
+              (4096, 1024, 31), (1, 16777216, 31)]  # fmt: skip
+    print("| kernel gradient (lanes >= K) | " + " | ".join(f"{B},{T},{K}" for B, T, K in shapes))
+    print("|---" * (len(shapes) + 1) + "|")
+    for setting in lag_settings(3):
+        cells = []
+        for B, T, K in shapes:
+            lanes, tile = lag_settings(K)[setting]
+            g, x = torch.randn(B, T, device="cuda"), torch.randn(B, T, device="cuda")
+            run = functools.partial(launch_lags, lagged_dot_kernel, g, x, K // 2, K, lanes, tile)
+            cells.append(f"{do_bench(run, warmup=10, rep=30) * 1e3:.1f} us")
+        print(f"| {setting} | " + " | ".join(cells) + " |", flush=True)
+
+
 def main() -> None:
     import torch
     import torch.nn.functional as F
@@ -110,6 +173,7 @@ def main() -> None:
         x = torch.randn(B, T, device="cuda")
         copies.append(do_bench(functools.partial(torch.clone, x), warmup=10, rep=30) * 1e3)
     print("| copy (clone) | " + " | ".join(f"{t:.1f} us" for t in copies) + " |")
+    lag_sweep()
 
 
 if __name__ == "__main__":

@@ -137,6 +137,18 @@ _LAG_SPAN = 4096
 _LAG_TILE = 4096
 
 
+def lag_lanes(K: int) -> int:
+    """The lags a tile of the kernel gradient holds for ``K`` taps: a power of two, at least
+    16 (measured so on an H200; fewer for short kernels is a candidate in
+    ``benchmarks/gpu_kernel_variants.py``).
+
+    Example:
+        >>> [lag_lanes(K) for K in (1, 3, 16, 17, 64)]
+        [16, 16, 16, 32, 64]
+    """
+    return max(16, 1 << (K - 1).bit_length())
+
+
 def lagged_dot(g: torch.Tensor, x: torch.Tensor, lo: int, K: int) -> torch.Tensor | None:
     """``c[..., k] = sum_m g[..., m] x[..., m + lo - k]`` for ``0 <= k < K`` over the terms
     with ``0 <= m + lo - k < T``: the kernel gradient of the direct method on a row each, as
@@ -154,7 +166,7 @@ def lagged_dot(g: torch.Tensor, x: torch.Tensor, lo: int, K: int) -> torch.Tenso
     rows = math.prod(batch)
     g2 = g.to(x.dtype).contiguous()
     x2 = (x if x.shape[:-1] == batch else x.expand(*batch, T)).contiguous()
-    lanes = max(16, 1 << (K - 1).bit_length())
+    lanes = lag_lanes(K)
     spans = -(-L // _LAG_SPAN)
     if rows * spans == 0:  # no term at all: an empty grid is not a launch
         return g.new_zeros(*batch, K, dtype=x.dtype)

@@ -130,3 +130,34 @@ def test_gpu_kernel_candidates_match_the_direct_sum_under_the_interpreter(monkey
                 kernel, torch.from_numpy(x), torch.from_numpy(taps), shift, n_out, block=16
             )
             np.testing.assert_allclose(got.numpy(), want, rtol=1e-12, atol=1e-12, err_msg=name)
+
+
+def test_gpu_kernel_gradient_settings_match_the_direct_sum_under_the_interpreter(monkeypatch):
+    # Every lanes-and-tile setting the GPU session times, checked here first (shipped kernel
+    # source, interpreted), with terms past both ends of x.
+    pytest.importorskip("triton")
+    import importlib.util
+
+    import numpy as np
+    import torch
+
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    path = ROOT / "diffconv_core" / "_triton_kernels.py"
+    spec = importlib.util.spec_from_file_location("_triton_kernels_for_variants", path)
+    kernels = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(kernels)
+    variants = _load("gpu_kernel_variants")
+    rng = np.random.default_rng(1)
+    for L, T, K, lo in [(300, 290, 3, 1), (200, 180, 17, 20)]:
+        g, x = rng.standard_normal((2, L)), rng.standard_normal((2, T))
+        want = np.zeros((2, K))
+        for k in range(K):
+            for m in range(L):
+                if 0 <= m + lo - k < T:
+                    want[:, k] += g[:, m] * x[:, m + lo - k]
+        for name, (lanes, tile) in variants.lag_settings(K).items():
+            got = variants.launch_lags(
+                kernels.lagged_dot_kernel, torch.from_numpy(g), torch.from_numpy(x), lo, K,
+                lanes, tile, span=128,
+            )  # fmt: skip
+            np.testing.assert_allclose(got.numpy(), want, rtol=1e-12, atol=1e-12, err_msg=name)
