@@ -188,14 +188,18 @@ def _kept_if_all_finite(
     Every method reads each operand value that some output's direct sum uses, and a NaN or Inf
     read, or an overflow inside a transform, leaves a NaN or Inf in the output (an FFT
     spreads it over the whole row). So an all-finite output came from finite operands and is
-    what the scanned path computes. With a graph the operands' magnitudes are read in the
-    same sync: where the scanned path would scale them (:func:`_may_overflow`), its backward
-    pass scales the gradients too, so that path is taken instead.
+    what the scanned path computes (an operand value no output uses cannot change it either).
+    Without a graph, the output's sum tells; with one, the output's and the operands'
+    extremes, read in one sync: where the scanned path would scale the operands
+    (:func:`_may_overflow`), its backward pass scales the gradients too, so that path is taken
+    instead.
     """
     y = range_fn(x, w, lo, hi)
     if not y.requires_grad:
-        (y_max,) = _magnitudes(y)
-        return y if math.isfinite(y_max) else None
+        # A sum is finite only if every term is (a huge finite output whose sum overflows
+        # takes the scanned path, still right): one reduction and one read, fewer launches
+        # than the extremes.
+        return y if math.isfinite(y.sum().item()) else None
     y_max, x_max, w_max = _magnitudes(y, x, w)
     if math.isfinite(y_max) and not _may_overflow(x, w, x_max, w_max):
         return y

@@ -266,4 +266,20 @@ def test_checking_after_runs_the_method_once_and_reads_values_once(monkeypatch, 
     y = diffconv_core.convolve(x, w, method=method)
     np.testing.assert_allclose(y.detach().numpy(), reference(x.detach(), w, "same"), atol=1e-12)
     assert runs == [method]
-    assert reads == [3 if graph else 1]  # the output's values, and with a graph the operands'
+    # Without a graph the output's sum is read (no extremes); with one, the output's and the
+    # operands' extremes, in one read.
+    assert reads == ([3] if graph else [])
+
+
+@pytest.mark.parametrize("method", ["fft", "overlap"])
+def test_checking_after_a_huge_output_whose_sum_overflows(monkeypatch, method):
+    # Every output finite (3e37 in float32) but their sum not: the check after the method
+    # cannot tell that from an Inf, so the scanned path computes it, and gets it right.
+    from diffconv_core import _nonfinite
+
+    monkeypatch.setattr(_nonfinite, "checks_after", lambda x: True)
+    x = torch.full((2, 100), 1e37, dtype=torch.float32)
+    w = torch.ones(3, dtype=torch.float32)
+    y = diffconv_core.convolve(x, w, "valid", method=method)
+    assert not torch.isfinite(y.sum())
+    torch.testing.assert_close(y, torch.full((2, 98), 3e37), rtol=1e-5, atol=0)
