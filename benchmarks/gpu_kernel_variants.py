@@ -46,8 +46,10 @@ def masked_kernel(
     BLOCK: tl.constexpr,
     WIDE: tl.constexpr,
     REVERSED: tl.constexpr,
+    LONG: tl.constexpr,
 ):
-    # The shipped kernel's sums with its edge loop on every block (taps in order only).
+    # The shipped kernel's sums with its edge loop on every block, as it was: taps in order
+    # only, 64-bit offsets always (REVERSED and LONG are taken for the shipped signature).
     program = tl.program_id(0).to(tl.int64)
     blocks_per_row = (n_out + BLOCK - 1) // BLOCK
     row = program // blocks_per_row
@@ -71,7 +73,9 @@ def masked_kernel(
 CANDIDATES = {"masked": masked_kernel}
 
 
-def launch(kernel, x, taps, shift: int, n_out: int, block: int = 1024, warps: int = 8):
+def launch(
+    kernel, x, taps, shift: int, n_out: int, block: int = 1024, warps: int = 8, long: bool = False
+):
     """``out[r, m] = sum_j taps[j] x[r, m + j - shift]`` for a 2-D ``x`` and a 1-D ``taps``."""
     import torch
 
@@ -79,7 +83,7 @@ def launch(kernel, x, taps, shift: int, n_out: int, block: int = 1024, warps: in
     out = torch.empty(rows, n_out, device=x.device, dtype=x.dtype)
     grid = (-(-n_out // block) * rows,)
     kernel[grid](x, taps, out, T, n_out, shift, T, 0, n_out, taps.shape[-1],
-                 BLOCK=block, WIDE=x.dtype == torch.float64, REVERSED=False,
+                 BLOCK=block, WIDE=x.dtype == torch.float64, REVERSED=False, LONG=long,
                  num_warps=warps)  # fmt: skip
     return out
 
@@ -94,7 +98,7 @@ def launch_lags(kernel, g, x, lo: int, K: int, lanes: int, tile: int, span: int 
     part = torch.empty(rows * spans, lanes, device=g.device, dtype=g.dtype)
     kernel[(rows * spans,)](g, x, part, x.shape[-1], L, lo, K, spans, SPAN=span,
                             ROWS=tile // lanes, KB=lanes, WIDE=g.dtype == torch.float64,
-                            num_warps=4)  # fmt: skip
+                            LONG=False, num_warps=4)  # fmt: skip
     return part.view(rows, spans, lanes)[..., :K].sum(1)
 
 
@@ -162,22 +166,28 @@ def main() -> None:
     print("every kernel agrees with conv1d")
     shapes = [(16, 480000, 3), (16, 480000, 31), (1, 16777216, 31), (4096, 1024, 31),
               (16, 480000, 127), (1, 1024, 31)]  # fmt: skip
-    print("| kernel, block, warps | " + " | ".join(f"{B},{T},{K}" for B, T, K in shapes) + " |")
+    print(
+        "| kernel, block, warps, offsets | "
+        + " | ".join(f"{B},{T},{K}" for B, T, K in shapes)
+        + " |"
+    )
     settings = {
         # The shipped kernel's interior loop needs blocks inside a row: rows of 1,024 outputs
         # are one block (first and last, all masked) unless blocks are smaller.
-        "shipped": list(itertools.product((256, 512, 1024, 2048), (4, 8))),  # 1,024 and 4 ship
-        "masked": list(itertools.product((1024,), (4, 8))),
+        # (block, warps, 64-bit offsets); 1,024, 4 and 32-bit offsets ship.
+        "shipped": [*itertools.product((256, 512, 1024, 2048), (4, 8), (False,)), (1024, 4, True)],
+        "masked": list(itertools.product((1024,), (4, 8), (True,))),
     }
     for name, kernel in kernels.items():
-        for block, warps in settings[name]:
+        for block, warps, long in settings[name]:
             times = []
             for B, T, K in shapes:
                 x, taps = torch.randn(B, T, device="cuda"), torch.randn(K, device="cuda")
-                run = functools.partial(launch, kernel, x, taps, K // 2, T, block, warps)
+                run = functools.partial(launch, kernel, x, taps, K // 2, T, block, warps, long)
                 times.append(do_bench(run, warmup=10, rep=30) * 1e3)
             cells = " | ".join(f"{t:.1f} us" for t in times)
-            print(f"| {name}, {block}, {warps} | {cells} |", flush=True)
+            bits = 64 if long else 32
+            print(f"| {name}, {block}, {warps}, {bits}-bit | {cells} |", flush=True)
     copies = []
     for B, T, _ in shapes:
         x = torch.randn(B, T, device="cuda")

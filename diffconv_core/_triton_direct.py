@@ -71,6 +71,16 @@ def _kernels_for(x: torch.Tensor) -> types.ModuleType | None:
     return _kernel_module()
 
 
+#: Offsets within a row stay below this in 32-bit arithmetic; longer rows take 64-bit offsets.
+_INT32_LIMIT = 2**31
+
+
+def _needs_long_offsets(*sizes: int) -> bool:
+    # The kernels' offsets within a row are sums of these at most (samples, outputs, taps,
+    # shift, a block), so 32 bits hold them when their sum does.
+    return sum(sizes) >= _INT32_LIMIT
+
+
 def available(x: torch.Tensor) -> bool:
     """Whether the fused kernel can run on ``x``'s device and dtype."""
     return _kernels_for(x) is not None
@@ -115,7 +125,7 @@ def sliding_dot(
         kernels.sliding_dot_kernel[grid](
             x2, taps2, out, T, n_out, shift, T, taps_stride, n_out, K,
             BLOCK=_BLOCK, WIDE=x.dtype == torch.float64, REVERSED=taps_reversed,
-            num_warps=_WARPS,
+            LONG=_needs_long_offsets(T, n_out, K, abs(shift), 2 * _BLOCK), num_warps=_WARPS,
         )  # fmt: skip
     except Exception as error:  # a broken toolchain must not break convolution
         _disabled_reason = f"{type(error).__name__}: {error}"
@@ -175,7 +185,7 @@ def lagged_dot(g: torch.Tensor, x: torch.Tensor, lo: int, K: int) -> torch.Tenso
         kernels.lagged_dot_kernel[(rows * spans,)](
             g2, x2, part, T, L, lo, K, spans,
             SPAN=_LAG_SPAN, ROWS=_LAG_TILE // lanes, KB=lanes, WIDE=x.dtype == torch.float64,
-            num_warps=_WARPS,
+            LONG=_needs_long_offsets(T, L, K, abs(lo), _LAG_SPAN), num_warps=_WARPS,
         )  # fmt: skip
     except Exception as error:  # a broken toolchain must not break the backward pass
         _disabled_reason = f"{type(error).__name__}: {error}"

@@ -47,27 +47,33 @@ def interpreted(monkeypatch) -> types.ModuleType:
 @pytest.fixture
 def kernel_runs(interpreted, monkeypatch) -> list:
     """Route every tensor through the interpreted kernels; records each launch's grid (the
-    kernel gradient's in the list's ``lags``)."""
+    kernel gradient's in the list's ``lags``) and every launch's keyword options
+    (``options``)."""
 
     class Launches(list):
         lags: list
+        options: list
 
     launches = Launches()
+    launches.lags, launches.options = [], []  # the kernel gradient's launches apart
 
     class Recorded:
-        def __getitem__(self, grid):
-            launches.append(grid)
-            return interpreted.sliding_dot_kernel[grid]
+        def __init__(self, name: str, grids: list):
+            self.name, self.grids = name, grids
 
-    class RecordedLags:
         def __getitem__(self, grid):
-            lag_launches.append(grid)
-            return interpreted.lagged_dot_kernel[grid]
+            self.grids.append(grid)
+            launch = getattr(interpreted, self.name)[grid]
 
-    lag_launches = []
-    launches.lags = lag_launches  # the kernel gradient's launches, apart
+            def run(*args, **options):
+                launches.options.append(options)
+                return launch(*args, **options)
+
+            return run
+
     recorded = types.SimpleNamespace(
-        sliding_dot_kernel=Recorded(), lagged_dot_kernel=RecordedLags()
+        sliding_dot_kernel=Recorded("sliding_dot_kernel", launches),
+        lagged_dot_kernel=Recorded("lagged_dot_kernel", launches.lags),
     )
     # Small tiles: numpy runs the interpreted kernel a tile at a time, and gradcheck calls it
     # for every output.
@@ -150,8 +156,9 @@ def test_interpreted_kernel_matches_the_definition(
         (40, 3, 1, 31),  # a block 1 past the outputs' end
     ],
 )
+@pytest.mark.parametrize("long", [False, True], ids=["32-bit offsets", "64-bit offsets"])
 def test_interpreted_kernel_interior_and_edge_blocks(
-    interpreted, reversed_taps, T, K, shift, n_out
+    interpreted, reversed_taps, T, K, shift, n_out, long
 ):
     # Blocks of 16 outputs: most blocks of a row take the mask-free interior loop, the first
     # and last the masked one (and a block that ends exactly at a row's end is interior). A
@@ -168,8 +175,9 @@ def test_interpreted_kernel_interior_and_edge_blocks(
     out = out_buffer[1 : 1 + 2 * n_out].view(2, n_out)
     given = taps.flip(-1) if reversed_taps else taps
     interpreted.sliding_dot_kernel[(-(-n_out // 16) * 2,)](
-        x, given, out, T, n_out, shift, T, 0, n_out, K, BLOCK=16, WIDE=True, REVERSED=reversed_taps
-    )
+        x, given, out, T, n_out, shift, T, 0, n_out, K,
+        BLOCK=16, WIDE=True, REVERSED=reversed_taps, LONG=long,
+    )  # fmt: skip
     torch.testing.assert_close(
         out, _reference(x, taps, shift, n_out), rtol=1e-12, atol=1e-12, equal_nan=True
     )
@@ -187,6 +195,32 @@ def test_interpreted_kernel_reads_reversed_taps_in_place(
     tol = 1e-12 if dtype == torch.float64 else 1e-5
     want = _reference(x, kernel.flip(-1), shift, n_out)
     torch.testing.assert_close(got.double(), want, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_interpreted_kernels_with_64_bit_offsets(kernel_runs, monkeypatch, dtype):
+    # Rows near 2**31 samples take 64-bit offsets; forced here on small ones, through both
+    # kernels and every broadcast route.
+    monkeypatch.setattr(_triton_direct, "_INT32_LIMIT", 0)
+    for x_shape, taps_shape, shift, n_out in CASES:
+        _run_case("cpu", dtype, x_shape, taps_shape, shift, n_out)
+    for g_shape, x_shape, lo, K in LAG_CASES:
+        g, x = torch.randn(*g_shape, dtype=dtype), torch.randn(*x_shape, dtype=dtype)
+        tol = 1e-12 if dtype == torch.float64 else 1e-4
+        want = _lagged_reference(g, x, lo, K)
+        got = _triton_direct.lagged_dot(g, x, lo, K)
+        torch.testing.assert_close(got.double(), want, rtol=tol, atol=tol)
+    assert kernel_runs and kernel_runs.lags
+    assert all(options["LONG"] for options in kernel_runs.options)
+
+
+def test_kernels_take_32_bit_offsets_below_the_limit(kernel_runs):
+    x, taps = torch.randn(2, 300), torch.randn(5)
+    _triton_direct.sliding_dot(x, taps, 2, 300)
+    _triton_direct.lagged_dot(x, x, 2, 5)
+    assert [options["LONG"] for options in kernel_runs.options] == [False, False]
+    assert _triton_direct._needs_long_offsets(2**31 - 100, 50, 50)
+    assert not _triton_direct._needs_long_offsets(2**31 - 101, 50, 50)
 
 
 def test_interpreted_kernel_reads_a_strided_signal_in_place(kernel_runs):
