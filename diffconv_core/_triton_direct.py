@@ -8,10 +8,11 @@ mask stands for the samples past the ends, whose terms are left out of each sum,
 output is its own direct sum and NaN/Inf need no separate handling (no host sync).
 
 Blocks whose every term lies inside the signal (all but a row's first and last) run a loop
-with no masks. Measured on H200s (kernel alone, float32; ``benchmarks/gpu_kernel_variants.py``,
-two runs): 16 x 480,000 samples take 20-30 us with 3 taps (a copy: 20 us) and 127-128 us with
-31 (a masked loop on every block: 185-199 us); 4,096 x 1,024 samples with 31 taps 74 us in one
-run and 115 us in the other (masked: 106-114 us).
+with no masks, and offsets within a row are 32-bit. Measured on H200s (kernel alone, float32;
+``benchmarks/gpu_kernel_variants.py``, two runs): 16 x 480,000 samples take 20-30 us with 3
+taps (a copy: 20 us) and 127-128 us with 31 (a masked loop on every block: 185-199 us). A row
+of 1,024 outputs is one block, all masked: 4,096 of them with 31 taps took 74 us with 32-bit
+offsets and 114-115 us with 64-bit ones.
 
 The kernel gradient (:func:`lagged_dot`) sums ``g[m] * x[m + lo - k]`` for every lag ``k`` at
 once: each program accumulates a tile of samples by lags in registers over a span of ``g``
