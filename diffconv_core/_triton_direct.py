@@ -27,11 +27,13 @@ them.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import math
 import os
 import types
 import warnings
+from collections.abc import Callable
 
 import torch
 
@@ -99,7 +101,6 @@ def sliding_dot(
     Shape:
         x ``(*bx, T)``, taps ``(*bt, K)`` -> ``(*broadcast(bx, bt), n_out)``.
     """
-    global _disabled_reason
     kernels = _kernels_for(x)
     if kernels is None:
         return None
@@ -122,22 +123,13 @@ def sliding_dot(
     if out.numel() == 0:  # an empty grid is not a launch
         return out
     grid = (-(-n_out // _BLOCK) * rows,)
-    try:
-        kernels.sliding_dot_kernel[grid](
-            x2, taps2, out, T, n_out, shift, T, taps_stride, n_out, K,
-            BLOCK=_BLOCK, WIDE=x.dtype == torch.float64, REVERSED=taps_reversed,
-            LONG=_needs_long_offsets(T, n_out, K, abs(shift), 2 * _BLOCK), num_warps=_WARPS,
-        )  # fmt: skip
-    except Exception as error:  # a broken toolchain must not break convolution
-        _disabled_reason = f"{type(error).__name__}: {error}"
-        warnings.warn(
-            f"diffconv: the Triton direct kernel failed ({_disabled_reason}); "
-            "falling back to conv1d",
-            RuntimeWarning,
-            stacklevel=2,
-        )
-        return None
-    return out
+    launch = functools.partial(
+        kernels.sliding_dot_kernel[grid],
+        x2, taps2, out, T, n_out, shift, T, taps_stride, n_out, K,
+        BLOCK=_BLOCK, WIDE=x.dtype == torch.float64, REVERSED=taps_reversed,
+        LONG=_needs_long_offsets(T, n_out, K, abs(shift), 2 * _BLOCK), num_warps=_WARPS,
+    )  # fmt: skip
+    return out if _launched(launch, "direct kernel", "conv1d") else None
 
 
 #: The kernel gradient's fused kernel takes kernels up to this long (its tile holds a lane a
@@ -169,7 +161,6 @@ def lagged_dot(g: torch.Tensor, x: torch.Tensor, lo: int, K: int) -> torch.Tenso
         g ``(*batch, L)``, x ``(*bx, T)`` with ``bx`` broadcasting to ``batch`` ->
         ``(*batch, K)``.
     """
-    global _disabled_reason
     kernels = _kernels_for(g)
     if kernels is None or not 0 < K <= MAX_LAG_TAPS:
         return None
@@ -182,19 +173,31 @@ def lagged_dot(g: torch.Tensor, x: torch.Tensor, lo: int, K: int) -> torch.Tenso
     if rows * spans == 0:  # no term at all: an empty grid is not a launch
         return g.new_zeros(*batch, K, dtype=x.dtype)
     part = torch.empty(rows * spans, lanes, device=g.device, dtype=x.dtype)
-    try:
-        kernels.lagged_dot_kernel[(rows * spans,)](
-            g2, x2, part, T, L, lo, K, spans,
-            SPAN=_LAG_SPAN, ROWS=_LAG_TILE // lanes, KB=lanes, WIDE=x.dtype == torch.float64,
-            LONG=_needs_long_offsets(T, L, K, abs(lo), _LAG_SPAN), num_warps=_WARPS,
-        )  # fmt: skip
-    except Exception as error:  # a broken toolchain must not break the backward pass
-        _disabled_reason = f"{type(error).__name__}: {error}"
-        warnings.warn(
-            f"diffconv: the Triton kernel-gradient kernel failed ({_disabled_reason}); "
-            "falling back to FFTs",
-            RuntimeWarning,
-            stacklevel=2,
-        )
+    launch = functools.partial(
+        kernels.lagged_dot_kernel[(rows * spans,)],
+        g2, x2, part, T, L, lo, K, spans,
+        SPAN=_LAG_SPAN, ROWS=_LAG_TILE // lanes, KB=lanes, WIDE=x.dtype == torch.float64,
+        LONG=_needs_long_offsets(T, L, K, abs(lo), _LAG_SPAN), num_warps=_WARPS,
+    )  # fmt: skip
+    if not _launched(launch, "kernel-gradient kernel", "FFTs"):
         return None
     return part.view(rows, spans, lanes)[..., :K].sum(1).reshape(*batch, K)
+
+
+def _launched(launch: Callable[[], object], kernel: str, fallback: str) -> bool:
+    """Run one kernel launch; if it fails, turn the fused kernels off for the process, warn
+    once, and say so (the caller then takes ``fallback``): a broken toolchain must not break
+    a convolution or its backward pass."""
+    global _disabled_reason
+    try:
+        launch()
+    except Exception as error:
+        _disabled_reason = f"{type(error).__name__}: {error}"
+        warnings.warn(
+            f"diffconv: the Triton {kernel} failed ({_disabled_reason}); "
+            f"falling back to {fallback}",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return False
+    return True
