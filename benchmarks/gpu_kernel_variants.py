@@ -11,6 +11,16 @@ The shipped kernel is timed at blocks of 256-2,048 outputs: a row of 1,024 outpu
 single block at the shipped 1,024 (its first and last, so all masked), while smaller blocks
 give such rows interior blocks too.
 
+A second kind of candidate computes the sums as matrix products (``toeplitz_kernel``): a
+block of ``R x F`` outputs is ``A @ B``, ``A[r, j]`` the samples from output ``r * F`` on and
+``B[j, f]`` tap ``j - f`` (zero off the band), so ``tl.dot`` does the multiply-adds with its
+operands reused from registers or on tensor cores (``tf32x3``: three TF32 products, about
+float32's accuracy) where the shipped loop loads a sample per tap and output. It does
+``2 * F`` multiply-adds an output instead of ``K`` and, multiplying whole rows, makes a NaN or
+Inf spread over up to two rows of ``F`` outputs: shipped, it would need the check after the
+method (one sync) that the shipped kernel's own direct sums do without. Unmeasured on a GPU
+so far; ``toeplitz_settings`` lists what is timed.
+
 The kernel gradient's kernel is timed with its shipped lanes and tile and with candidates
 (``lag_settings``: a lane a tap rounded to a power of two, at least 4; tiles of 2,048-8,192
 cells), after checking each against the FFT's lagged products.
@@ -73,6 +83,78 @@ def masked_kernel(
 CANDIDATES = {"masked": masked_kernel}
 
 
+@triton.jit
+def toeplitz_kernel(
+    x_ptr,
+    taps_ptr,
+    out_ptr,
+    T,
+    n_out,
+    shift,
+    x_row_stride,
+    taps_row_stride,
+    out_row_stride,
+    K,
+    ROWS: tl.constexpr,
+    F: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    # out[n] = sum_j taps[j] x[n + j - shift] for n = start + r * F + f, as A @ B with
+    # A[r, i] = x[start + r * F + i - shift] and B[i, f] = taps[i - f] (i < 2F >= F + K - 1).
+    program = tl.program_id(0)
+    blocks_per_row = (n_out + ROWS * F - 1) // (ROWS * F)
+    row = program // blocks_per_row
+    start = (program % blocks_per_row) * (ROWS * F)
+    r = tl.arange(0, ROWS)
+    i = tl.arange(0, 2 * F)
+    f = tl.arange(0, F)
+    index = start - shift + r[:, None] * F + i[None, :]
+    a = tl.load(x_ptr + row * x_row_stride + index, mask=(index >= 0) & (index < T), other=0.0)
+    lag = i[:, None] - f[None, :]
+    b = tl.load(taps_ptr + row * taps_row_stride + lag, mask=(lag >= 0) & (lag < K), other=0.0)
+    sums = tl.dot(a, b, input_precision=PRECISION)
+    n = start + r[:, None] * F + f[None, :]
+    tl.store(out_ptr + row * out_row_stride + n, sums, mask=n < n_out)
+
+
+def toeplitz_width(K: int) -> int:
+    """``F``, the outputs a row of ``toeplitz_kernel``'s product holds for ``K`` taps: a power
+    of two with ``2 * F >= F + K - 1``, so ``F >= K - 1`` (``tl.dot`` wants at least 16).
+
+    Example:
+        >>> [toeplitz_width(K) for K in (3, 17, 18, 33, 34, 65)]
+        [16, 16, 32, 32, 64, 64]
+    """
+    return max(16, 1 << max(K - 2, 0).bit_length())
+
+
+def launch_toeplitz(
+    x, taps, shift: int, n_out: int, block: int = 4096, warps: int = 4, precision="tf32x3", out=None
+):
+    """:func:`launch`'s sums through ``toeplitz_kernel`` with about ``block`` outputs a program
+    (at least 16 rows of ``F``), into ``out`` if given; rows of ``x`` and ``out`` may be
+    strided, samples and taps contiguous."""
+    import torch
+
+    rows, T = x.shape
+    width = toeplitz_width(taps.shape[-1])
+    product_rows = max(16, block // width)
+    if out is None:
+        out = torch.empty(rows, n_out, device=x.device, dtype=x.dtype)
+    grid = (-(-n_out // (product_rows * width)) * rows,)
+    toeplitz_kernel[grid](x, taps, out, T, n_out, shift, x.stride(0), 0, out.stride(0),
+                          taps.shape[-1], ROWS=product_rows, F=width, PRECISION=precision,
+                          num_warps=warps)  # fmt: skip
+    return out
+
+
+def toeplitz_settings() -> list[tuple[int, int, str]]:
+    """(outputs a program, warps, ``tl.dot`` precision) of the matrix-product candidate timed:
+    on tensor cores (``tf32x3``) and on the FMA units (``ieee``, float32 products exactly as
+    the shipped loop forms them)."""
+    return [(2048, 4, "tf32x3"), (4096, 4, "tf32x3"), (4096, 8, "tf32x3"), (4096, 4, "ieee")]
+
+
 def launch(
     kernel, x, taps, shift: int, n_out: int, block: int = 1024, warps: int = 8, long: bool = False
 ):
@@ -100,6 +182,37 @@ def launch_lags(kernel, g, x, lo: int, K: int, lanes: int, tile: int, span: int 
                             ROWS=tile // lanes, KB=lanes, WIDE=g.dtype == torch.float64,
                             LONG=False, num_warps=4)  # fmt: skip
     return part.view(rows, spans, lanes)[..., :K].sum(1)
+
+
+def toeplitz_row(setting: tuple[int, int, str], checks, shapes) -> str:
+    """One table row for the matrix-product candidate: checked against ``conv1d`` on
+    ``checks`` (relative error 1e-5), then timed on ``shapes`` (K up to 65; a setting that
+    fails to compile or launch, e.g. out of shared memory, reads as its error, so the rest of
+    the session still runs)."""
+    import torch
+    import torch.nn.functional as F
+    from triton.testing import do_bench
+
+    block, warps, precision = setting
+    cells = []
+    try:
+        for B, T, K in checks:
+            x, taps = torch.randn(B, T, device="cuda"), torch.randn(K, device="cuda")
+            want = F.conv1d(F.pad(x[:, None], (K // 2, K - 1 - K // 2)), taps[None, None])[:, 0]
+            got = launch_toeplitz(x, taps, K // 2, T, block, warps, precision)
+            err = (got - want).abs().max().item() / want.abs().max().item()
+            if not err < 1e-5:
+                raise AssertionError(f"{B},{T},{K}: relative error {err:.1e}")
+        for B, T, K in shapes:
+            if K > 65:
+                cells.append("-")
+                continue
+            x, taps = torch.randn(B, T, device="cuda"), torch.randn(K, device="cuda")
+            run = functools.partial(launch_toeplitz, x, taps, K // 2, T, block, warps, precision)
+            cells.append(f"{do_bench(run, warmup=10, rep=30) * 1e3:.1f} us")
+    except Exception as error:  # noqa: BLE001 - reported in the table, the sweep goes on
+        cells.append(f"{type(error).__name__}: {str(error)[:80]}")
+    return f"| toeplitz {precision}, {block}, {warps}, 32-bit | " + " | ".join(cells) + " |"
 
 
 def lag_settings(K: int) -> dict[str, tuple[int, int]]:
@@ -188,6 +301,8 @@ def main() -> None:
             cells = " | ".join(f"{t:.1f} us" for t in times)
             bits = 64 if long else 32
             print(f"| {name}, {block}, {warps}, {bits}-bit | {cells} |", flush=True)
+    for setting in toeplitz_settings():
+        print(toeplitz_row(setting, checks, shapes), flush=True)
     copies = []
     for B, T, _ in shapes:
         x = torch.randn(B, T, device="cuda")

@@ -132,6 +132,47 @@ def test_gpu_kernel_candidates_match_the_direct_sum_under_the_interpreter(monkey
             np.testing.assert_allclose(got.numpy(), want, rtol=1e-12, atol=1e-12, err_msg=name)
 
 
+def test_gpu_matrix_product_candidate_matches_the_direct_sum_under_the_interpreter(monkeypatch):
+    # The tl.dot candidate (not shipped) in every precision setting the GPU session times;
+    # the interpreter multiplies in the inputs' dtype whatever the precision, so this checks
+    # the indexing: outputs past a block, shifts past both ends, widths 16-64. Signal, taps
+    # and outputs lie inside larger buffers whose guards must be neither read (NaN) nor
+    # written.
+    pytest.importorskip("triton")
+    import numpy as np
+    import torch
+
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    variants = _load("gpu_kernel_variants")
+    widths = [variants.toeplitz_width(K) for K in (1, 3, 17, 18, 33, 34, 65)]
+    assert widths == [16, 16, 16, 32, 32, 64, 64]
+    rng = np.random.default_rng(2)
+    for T, K, shift, n_out in [(600, 7, 3, 600), (300, 17, 16, 316), (70, 31, 15, 70),
+                               (50, 1, 0, 50), (30, 40, 39, 69), (400, 65, -5, 290),
+                               (90, 33, 40, 90)]:  # fmt: skip
+        x = rng.standard_normal((2, T))
+        taps = rng.standard_normal(K)
+        want = np.zeros((2, n_out))
+        for m in range(n_out):
+            for j in range(K):
+                if 0 <= m + j - shift < T:
+                    want[:, m] += taps[j] * x[:, m + j - shift]
+        guard = 40
+        x_buffer = torch.full((2, T + 2 * guard), torch.nan, dtype=torch.float64)
+        x_buffer[:, guard:-guard] = torch.from_numpy(x)
+        taps_buffer = torch.full((K + 2 * guard,), torch.nan, dtype=torch.float64)
+        taps_buffer[guard:-guard] = torch.from_numpy(taps)
+        for _, warps, precision in variants.toeplitz_settings():
+            out_buffer = torch.full((2, n_out + 2 * guard), 7.0, dtype=torch.float64)
+            variants.launch_toeplitz(
+                x_buffer[:, guard:-guard], taps_buffer[guard:-guard], shift, n_out, 16, warps,
+                precision, out=out_buffer[:, guard:-guard],
+            )  # fmt: skip
+            got = out_buffer[:, guard:-guard].numpy()
+            np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+            assert (out_buffer[:, :guard] == 7).all() and (out_buffer[:, -guard:] == 7).all()
+
+
 def test_gpu_kernel_gradient_settings_match_the_direct_sum_under_the_interpreter(monkeypatch):
     # Every lanes-and-tile setting the GPU session times, checked here first (shipped kernel
     # source, interpreted), with terms past both ends of x.
