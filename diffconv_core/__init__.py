@@ -29,15 +29,20 @@ _SUBMODULES = {
     "memory",
 }
 
-_CORE_FUNCTIONS = {"convolve", "correlate", "choose_method"}
+# Each public function and the module that defines it.
+_CORE_FUNCTIONS = {
+    "convolve": "convolution",
+    "correlate": "convolution",
+    "choose_method": "methods",
+}
 
-__all__ = sorted(_CORE_FUNCTIONS | _SUBMODULES)
+__all__ = sorted(_CORE_FUNCTIONS.keys() | _SUBMODULES)
 
 
 def __getattr__(name: str) -> Any:
     # Lazy, so that `import diffconv_core` stays cheap and submodules stay independent.
     if name in _CORE_FUNCTIONS:
-        module = importlib.import_module("diffconv_core.convolution")
+        module = importlib.import_module(f"diffconv_core.{_CORE_FUNCTIONS[name]}")
         return getattr(module, name)
     if name in _SUBMODULES:
         return importlib.import_module(f"diffconv_core.{name}")

@@ -120,6 +120,8 @@ def check_pair(signal: torch.Tensor, kernel: torch.Tensor) -> tuple[int, ...]:
             f"signal and kernel must be on the same device; got signal on {signal.device} "
             f"and kernel on {kernel.device}"
         )
+    if kernel.dim() == 1:  # one kernel for every signal: the common case, checked cheaply
+        return tuple(signal.shape[:-1])
     try:
         return broadcast_shapes(signal.shape[:-1], kernel.shape[:-1])
     except ValueError:

@@ -7,6 +7,8 @@ extended) signal do we need?" — and answer it with the chosen method's range f
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from diffconv_core._direct import direct_range, direct_sums_alone
@@ -24,7 +26,7 @@ from diffconv_core._validation import (
     check_tensor,
     needs_graph,
 )
-from diffconv_core.methods import choose_method
+from diffconv_core.methods import pick_method
 from diffconv_core.padding import pad
 
 _RANGE_FUNCTIONS = {"direct": direct_range, "fft": fft_range, "overlap": overlap_range}
@@ -32,7 +34,7 @@ _RANGE_FUNCTIONS = {"direct": direct_range, "fft": fft_range, "overlap": overlap
 
 def _run(x: torch.Tensor, w: torch.Tensor, mode: str, padding: str, method: str) -> torch.Tensor:
     out_dtype = torch.promote_types(x.dtype, w.dtype)
-    check_pair(x, w)
+    batch = check_pair(x, w)
     if mode == "valid" and w.shape[-1] > x.shape[-1]:
         # Convolution commutes; scipy swaps too, so "valid" with K > T has K - T + 1 samples.
         x, w = w, x
@@ -52,27 +54,32 @@ def _run(x: torch.Tensor, w: torch.Tensor, mode: str, padding: str, method: str)
         x, w = x.to(compute_dtype), w.to(compute_dtype)
         return transformable_range(method, x, w, lo, hi).to(out_dtype)
     if method == "auto":
-        method = choose_method(
-            x.shape,
-            w.shape,
-            mode="valid" if lo == K - 1 and hi == x.shape[-1] else mode,
-            device=x.device,
-            dtype=out_dtype,
-            requires_grad=needs_graph(x, w),
+        device = x.device
+        method = pick_method(
+            math.prod(batch),
+            x.shape[-1],
+            K,
+            "valid" if lo == K - 1 and hi == x.shape[-1] else mode,
+            device,
+            device.type,
+            out_dtype,
+            needs_graph(x, w),
+            w.dim() == 1 or math.prod(w.shape[:-1]) == 1,
         )
     # Half types: the CPU FFT refuses them and cuFFT only takes powers of two; conv1d on CPU
     # is slow and inexact in them. Compute in float32 and return the input's dtype.
     compute_dtype = out_dtype
     if out_dtype in HALF_DTYPES and (method != "direct" or x.device.type == "cpu"):
         compute_dtype = torch.float32
-    x, w = x.to(compute_dtype), w.to(compute_dtype)
+    if x.dtype != compute_dtype or w.dtype != compute_dtype:  # a no-op .to still costs 1 us
+        x, w = x.to(compute_dtype), w.to(compute_dtype)
     # Every method but the direct sums mixes samples beyond a window's reach (an FFT spreads
     # over the signal, a Toeplitz GEMM over a frame), so non-finite samples are handled
     # outside the method; the direct sums are already each output's IEEE value.
     y = direct_sums_alone(x, w, lo, hi) if method == "direct" else None
     if y is None:
         y = with_nonfinite_locality(_RANGE_FUNCTIONS[method], x, w, lo, hi)
-    return y.to(out_dtype)
+    return y if y.dtype == out_dtype else y.to(out_dtype)
 
 
 # Under torch.compile the convolution runs eagerly, a graph break of its own: its method

@@ -280,9 +280,25 @@ def choose_method(
             f"shapes do not broadcast: signal {signal_shape}, kernel {kernel_shape}"
         ) from None
     device_type = check_device(device).type
+    shared = math.prod(kernel_shape[:-1]) == 1
+    return pick_method(batch, T, K, mode, device, device_type, dtype, requires_grad, shared)
+
+
+def pick_method(
+    batch: int,
+    T: int,
+    K: int,
+    mode: str,
+    device: str | torch.device,
+    device_type: str,
+    dtype: torch.dtype,
+    requires_grad: bool,
+    shared: bool,
+) -> str:
+    """:func:`choose_method` for arguments already checked (``convolve`` calls it on every
+    call, where the checks' microseconds add to small calls' host time)."""
     from diffconv_core import tuning  # the measured cache, if any
 
-    shared = math.prod(kernel_shape[:-1]) == 1
     # `diffconv tune` times one kernel shared by every row; a kernel per row takes other
     # paths (batched GEMMs, grouped convolutions), which the model prices on its own.
     if shared:

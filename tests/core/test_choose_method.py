@@ -131,6 +131,42 @@ def test_auto_runs_the_chosen_method():
     assert len(seen) >= 2, seen
 
 
+def test_auto_asks_the_model_what_choose_method_would_ask(monkeypatch):
+    # convolve skips choose_method's argument checks (host time on every call) and calls the
+    # model's pick_method itself: with the same arguments choose_method gives it for the
+    # shapes the method then runs on (swapped for "valid" with K > T, extended by padding).
+    from diffconv_core import convolution, methods
+
+    asked = []
+
+    def spy(*args):
+        asked.append(args)
+        return real(*args)
+
+    real = methods.pick_method
+    monkeypatch.setattr(convolution, "pick_method", spy)
+    monkeypatch.setattr(methods, "pick_method", spy)
+    cpu = torch.device("cpu")
+    for x_shape, w_shape, mode, padding, grad, expected in [
+        ((4, 1000), (31,), "same", "zeros", False, ((4, 1000), (31,), "same")),
+        ((4, 1000), (4, 31), "same", "zeros", True, ((4, 1000), (4, 31), "same")),
+        ((3, 1, 500), (1, 5, 7), "full", "zeros", False, ((3, 1, 500), (1, 5, 7), "full")),
+        ((1, 50), (3, 400), "valid", "zeros", False, ((3, 400), (1, 50), "valid")),
+        ((2, 1000), (255,), "same", "reflect", True, ((2, 1254), (255,), "valid")),
+        ((1, 300), (1, 8), "full", "circular", False, ((1, 314), (1, 8), "valid")),
+    ]:
+        x = torch.randn(x_shape, dtype=torch.float64, requires_grad=grad)
+        w = torch.randn(w_shape, requires_grad=grad)  # float32: promoted to float64
+        diffconv_core.convolve(x, w, mode, padding=padding)
+        from_convolve = asked.pop()
+        choose_method(
+            expected[0], expected[1], mode=expected[2], device=cpu, dtype=torch.float64,
+            requires_grad=grad,
+        )  # fmt: skip
+        assert from_convolve == asked.pop(), (x_shape, w_shape, mode, padding)
+        assert not asked
+
+
 def test_cpu_fft_lengths_are_the_smallest_smooth_multiples_of_eight():
     from diffconv_core._fft import fft_length
 
