@@ -7,7 +7,9 @@ nearest step, and codes become floats by the same power-of-two scale libsndfile 
 so reading gives bit-identical floats and writing is exact to half a step (and faster).
 
 The scale is the one every reader uses: code / 2**15 for 16-bit, so +1.0 does not fit and
-becomes the largest code. Samples beyond [-1, 1] are clipped (never wrapped) and counted;
+becomes the largest code. 8-bit samples (signed or unsigned) travel as int16 codes, whose low
+byte libsndfile drops: left to libsndfile, they were floored too (half a step of 8 bits, a DC
+offset of -1/256 of full scale). Samples beyond [-1, 1] are clipped (never wrapped) and counted;
 NaN and Inf have no code and are written as 0, also counted.
 """
 
@@ -18,8 +20,11 @@ from dataclasses import dataclass
 import numpy as np
 
 # subtype -> (numpy dtype handed to soundfile, bits that carry the sample). 24-bit samples
-# travel as int32 whose low 8 bits libsndfile drops, so they are rounded to 24 bits here.
+# travel as int32 whose low 8 bits libsndfile drops, so they are rounded to 24 bits here;
+# 8-bit ones (PCM_U8's offset of 128 is libsndfile's business) as int16, the same way.
 _CODES = {
+    "PCM_S8": (np.dtype("int16"), 8),
+    "PCM_U8": (np.dtype("int16"), 8),
     "PCM_16": (np.dtype("int16"), 16),
     "PCM_24": (np.dtype("int32"), 24),
     "PCM_32": (np.dtype("int32"), 32),
@@ -28,11 +33,13 @@ _CODES = {
 
 def integer_dtype(subtype: str | None) -> np.dtype | None:
     """The integer dtype samples of ``subtype`` are read and written as here, or None when
-    libsndfile converts them itself (float subtypes, 8-bit, companded and lossy codecs).
+    libsndfile converts them itself (float subtypes, companded and lossy codecs).
 
     Example:
         >>> integer_dtype("PCM_16"), integer_dtype("PCM_24"), integer_dtype("FLOAT")
         (dtype('int16'), dtype('int32'), None)
+        >>> integer_dtype("PCM_U8")
+        dtype('int16')
     """
     entry = _CODES.get(subtype or "")
     return entry[0] if entry else None

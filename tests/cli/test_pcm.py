@@ -10,6 +10,7 @@ import soundfile as sf
 from cli import pcm
 from cli.audio_io import SignalInfo, probe, read_blocks, read_signal, read_tail
 from cli.writing import AtomicWriter, output_spec, write_signal
+from tests.cli.conftest import invoke
 
 CASES = [
     ("WAV", "PCM_16"),
@@ -19,12 +20,16 @@ CASES = [
     ("FLAC", "PCM_24"),
     ("AIFF", "PCM_16"),
     ("AIFF", "PCM_24"),
+    # 8-bit: libsndfile floored these (half a step low on average) when left to convert them.
+    ("WAV", "PCM_U8"),
+    ("AU", "PCM_S8"),
+    ("FLAC", "PCM_S8"),
 ]
-EXTENSIONS = {"WAV": ".wav", "FLAC": ".flac", "AIFF": ".aiff"}
+EXTENSIONS = {"WAV": ".wav", "FLAC": ".flac", "AIFF": ".aiff", "AU": ".au"}
 
 
 def _bits(subtype: str) -> int:
-    return int(subtype.split("_")[1])
+    return int(subtype.split("_")[1].lstrip("SU"))
 
 
 def _wide(subtype: str) -> np.dtype:
@@ -66,7 +71,7 @@ def probe_like(x: np.ndarray, fmt: str, subtype: str) -> SignalInfo:
     return SignalInfo("x", "audio", x.shape, x.dtype, 8000.0, fmt, subtype)
 
 
-@pytest.mark.parametrize("subtype", ["PCM_16", "PCM_24", "PCM_32"])
+@pytest.mark.parametrize("subtype", ["PCM_U8", "PCM_S8", "PCM_16", "PCM_24", "PCM_32"])
 def test_encode_clips_and_counts(subtype):
     steps = 2.0 ** (_bits(subtype) - 1)
     x = np.array([[1.0, 1.5, -1.0, -7.0, np.nan, np.inf, -np.inf, 0.25, 1e300]])
@@ -87,7 +92,7 @@ def test_encode_layout_is_frames_by_channels():
 
 
 def test_float_and_companded_subtypes_are_left_to_libsndfile():
-    for subtype in ["FLOAT", "DOUBLE", "PCM_U8", "PCM_S8", "ULAW", "VORBIS", None]:
+    for subtype in ["FLOAT", "DOUBLE", "ULAW", "ALAW", "VORBIS", None]:
         assert pcm.integer_dtype(subtype) is None
 
 
@@ -104,3 +109,27 @@ def test_streamed_writes_match_whole_writes(tmp_path):
     a = sf.read(whole, dtype="int32")[0]
     b = sf.read(streamed, dtype="int32")[0]
     np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize(
+    "ext, subtype", [(".wav", "PCM_U8"), (".raw", "PCM_S8"), (".au", "PCM_S8")]
+)
+def test_8_bit_output_has_no_dc_offset(tmp_path, ext, subtype):
+    # libsndfile floors floats to 8-bit codes: a ramp came back 1/256 of full scale low on
+    # average (half an 8-bit step) and up to a whole step off. Rounded: within half a step.
+    x = np.linspace(-0.9, 0.9, 10001)
+    src, out = tmp_path / "ramp.npy", tmp_path / f"out{ext}"
+    np.save(src, x)
+    np.savetxt(tmp_path / "delta.txt", [1.0])
+    r = invoke(
+        "convolve", src, out, "--kernel", tmp_path / "delta.txt", "--rate", "8000",
+        "--subtype", subtype, "--device", "cpu",
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    if ext == ".raw":
+        back = np.fromfile(out, np.int8) / 128.0
+    else:
+        back = sf.read(out, dtype="float64")[0]
+    error = back - x
+    assert np.abs(error).max() <= 0.5 / 128 + 1e-12
+    assert abs(error.mean()) < 1e-4
