@@ -6,7 +6,8 @@ kernel per row), several times faster than ``conv1d`` there, with or without gra
 CUDA the forward pass is a fused Triton kernel (``_triton_direct``), or ``conv1d`` with the
 flipped kernel where Triton is missing. Where a backward pass is needed it is written out
 (:class:`_DirectRange`) rather than left to autograd: the signal gradient is again a direct
-correlation (the same Function, so the gradient of the gradient exists), the kernel gradient
+correlation (the fused kernel reading the taps in order on CUDA; the same Function where a
+gradient of the gradient is wanted, or on CPU), the kernel gradient
 a fused kernel of lagged products on CUDA (up to ``MAX_LAG_TAPS`` taps), the Toeplitz GEMMs'
 lagged products on CPU, else one frequency-domain cross-correlation summed over the batch.
 """
@@ -138,15 +139,23 @@ class _DirectRange(torch.autograd.Function):
             grad_x, grad_w = gradients_from_pieces(conv1d_range, grad, x, w, ctx.lo, needed)
             return grad_x, grad_w, None, None, None
         K = w.shape[-1]
-        grad_w = None
-        if need_w and not torch.is_grad_enabled():  # no graph of the gradients wanted
-            if ctx.fast:  # the CPU's GEMMs' lagged products
+        grad_x = grad_w = None
+        if not torch.is_grad_enabled():  # no graph of the gradients wanted
+            if need_w and ctx.fast:  # the CPU's GEMMs' lagged products
                 per_row = w.numel() > K
                 grad_w = toeplitz_lagged_products(grad, x, ctx.lo, K, per_row)
                 grad_w = grad_w.sum_to_size(w.shape) if per_row else grad_w.reshape(w.shape)
-            else:  # the fused CUDA kernel where it runs; None leaves it to the FFT below
+            elif need_w:  # the fused CUDA kernel where it runs; None leaves it to the FFT below
                 lags = lagged_dot(grad, x, ctx.lo, K)
                 grad_w = None if lags is None else lags.sum_to_size(w.shape)
-        needed = (need_x, need_w and grad_w is None)
-        grad_x, grad_w_pieces = gradients_from_pieces(direct_range, grad, x, w, ctx.lo, needed)
+            if need_x and not ctx.fast:
+                # A correlation with the kernel: the fused kernel reads the taps in order, so
+                # neither a flipped copy nor this Function again (a launch and host time).
+                sums = sliding_dot(grad, w, ctx.lo, x.shape[-1])
+                grad_x = None if sums is None else sums.sum_to_size(x.shape)
+        needed = (need_x and grad_x is None, need_w and grad_w is None)
+        grad_x_pieces, grad_w_pieces = gradients_from_pieces(
+            direct_range, grad, x, w, ctx.lo, needed
+        )
+        grad_x = grad_x if grad_x is not None else grad_x_pieces
         return grad_x, grad_w if grad_w is not None else grad_w_pieces, None, None, None

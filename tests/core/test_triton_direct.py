@@ -6,6 +6,7 @@ source with numpy. So CI, which has no GPU, still checks the kernel's indexing, 
 dtypes, and the direct method's route through it, against float64 references.
 """
 
+import functools
 import importlib.util
 import types
 import warnings
@@ -293,6 +294,29 @@ def test_gradients_through_the_kernel_match_finite_differences(kernel_runs, monk
     w.requires_grad_(True)
     assert torch.autograd.gradcheck(lambda a, b: convolve(a, b, mode, method="direct"), (x, w))
     assert kernel_runs and kernel_runs.lags, "the forward or the kernel gradient missed the kernel"
+
+
+@pytest.mark.parametrize(
+    "x_shape,w_shape,mode",
+    [((1, 11), (3, 4), "full"), ((2, 1, 9), (3, 3), "same"), ((3, 10), (1, 5), "valid")],
+)
+def test_signal_gradient_reads_the_taps_in_order_through_the_kernel(
+    kernel_runs, monkeypatch, x_shape, w_shape, mode
+):
+    # The signal's gradient is a correlation with the kernel: one launch that reads the taps
+    # in order (REVERSED off), summed back over the dims the signal was broadcast along.
+    monkeypatch.setattr(_direct, "MAX_TOEPLITZ_TAPS", 0)
+    x = torch.randn(x_shape, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(w_shape, dtype=torch.float64, requires_grad=True)
+    run = functools.partial(convolve, mode=mode, method="direct")
+    assert torch.autograd.gradcheck(run, (x, w), fast_mode=True)
+    sliding = [options["REVERSED"] for options in kernel_runs.options if "REVERSED" in options]
+    assert False in sliding
+    kernel_runs.options.clear()
+    convolve(x, w, "same", method="direct").backward(torch.ones(x_shape[:-1] + (1,)).expand(
+        *torch.broadcast_shapes(x_shape[:-1], w_shape[:-1]), x_shape[-1]))  # fmt: skip
+    sliding = [options["REVERSED"] for options in kernel_runs.options if "REVERSED" in options]
+    assert sliding == [True, False]  # the forward, then the signal's gradient
 
 
 def test_second_derivatives_through_the_kernel_match_finite_differences(kernel_runs, monkeypatch):
