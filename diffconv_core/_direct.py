@@ -116,7 +116,8 @@ class _DirectRange(torch.autograd.Function):
 
     The backward pass is written out: autograd would route the kernel gradient through
     ``conv1d``'s weight gradient (an order of magnitude slower than an FFT on GPUs). The
-    signal gradient is this same Function on the flipped kernel (a correlation); the kernel
+    signal gradient is a correlation: the fused CUDA kernel with the taps read in order, or
+    this same Function on the flipped kernel (on CPU, and for a second derivative); the kernel
     gradient is the lagged products of the fused CUDA kernel (:func:`lagged_dot`, up to
     ``MAX_LAG_TAPS`` taps) or on the fast CPU path of the GEMMs
     (:func:`toeplitz_lagged_products`), else one frequency-domain cross-correlation summed
