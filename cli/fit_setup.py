@@ -12,6 +12,7 @@ import os
 import click
 
 from cli.batch import option_errors
+from cli.options import check_list_params
 
 
 def check_options(o: dict) -> None:
@@ -30,6 +31,9 @@ def check_options(o: dict) -> None:
             raise click.BadParameter(
                 "lbfgs is for plain FIR taps; use adam with --window", param_hint="'--optimizer'"
             )
+    window = o["window"] or (o["init"] if o["init"] not in (None, "delta", "zeros") else None)
+    if window is not None:
+        check_list_params(window, o["params"])
     if o["plot"] is not None and not o["plot"].lower().endswith(".png"):
         raise click.BadParameter(f"{o['plot']!r} is not a .png file", param_hint="'--plot'")
 

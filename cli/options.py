@@ -27,11 +27,14 @@ class DeviceType(click.ParamType):
 
 class NameValueType(click.ParamType):
     """``NAME=VALUE``; VALUE becomes an int or float when it reads as one, a bool for
-    true/false (any case).
+    true/false (any case), and a list of numbers when it is several numbers separated by
+    commas (general_cosine's ``a=0.5,0.5``, which could not be given at all).
 
     Example:
         >>> NameValueType().convert("beta=8.6", None, None)
         ('beta', 8.6)
+        >>> NameValueType().convert("a=0.5, 0.5", None, None)
+        ('a', [0.5, 0.5])
     """
 
     name = "NAME=VALUE"
@@ -46,10 +49,42 @@ class NameValueType(click.ParamType):
         return name, _number(raw.strip())
 
 
+def check_list_params(window: str, params) -> None:
+    """A list VALUE (``a=0.5,0.5``) only for a sequence parameter of ``window``
+    (general_cosine's ``a``): for any other the core would build one window per channel.
+
+    Raises:
+        click.BadParameter: a list for a parameter that takes one value.
+    """
+    from diffconv_core._window_registry import lookup
+
+    try:
+        spec, _ = lookup(window)
+    except (ValueError, TypeError):
+        return  # an unknown window: the core names it, with the known ones
+    vectors = {p.name for p in spec.params if p.vector}
+    for name, value in params:
+        if isinstance(value, list) and name not in vectors:
+            raise click.BadParameter(
+                f"{name}={','.join(map(str, value))}: {spec.name}'s {name} takes one value",
+                param_hint="'--param'",
+            )
+
+
 def _number(text: str):
     # Boolean window settings (taylor's norm) as the registry lists them: True or False.
     if text.lower() in ("true", "false"):
         return text.lower() == "true"
+    if "," in text:
+        # Sequence parameters (general_cosine's a): every item a number, else left as text.
+        items = [_scalar(item.strip()) for item in text.strip("[]()").split(",")]
+        if items and all(isinstance(i, (int, float)) for i in items):
+            return items
+        return text
+    return _scalar(text)
+
+
+def _scalar(text: str):
     for kind in (int, float):
         try:
             return kind(text)

@@ -29,6 +29,7 @@ import click
 
 from cli.options import (
     NameValueType,
+    check_list_params,
     device_option,
     glob_option,
     method_option,
@@ -262,6 +263,7 @@ def _window_kernel(opts):
     from diffconv_core.gradients import window_kernel
 
     name = opts["window"] or "hann"
+    check_list_params(name, opts["params"])
     length = 31 if opts["length"] is None else opts["length"]
     normalize = opts["normalize"] or "sum"
     spec = window_kernel(

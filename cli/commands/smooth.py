@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import click
 
-from cli.options import NameValueType, batch_options, width_option
+from cli.options import NameValueType, batch_options, check_list_params, width_option
 
 
 @click.command(name="smooth")
@@ -58,6 +58,7 @@ def smooth(paths, window, length, params, width, edges, nan_policy, **shared) ->
         window_params["width"] = width
 
     def build():
+        check_list_params(window, params)
         return smooth_operation(
             window,
             length,

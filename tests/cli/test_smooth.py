@@ -121,6 +121,22 @@ def test_boolean_window_setting(tmp_path):
     np.testing.assert_allclose(np.load(tmp_path / "out.npy"), want, equal_nan=True)
 
 
+def test_sequence_window_parameter(tmp_path):
+    # `diffconv windows` lists general_cosine's a as "a non-empty sequence of finite numbers",
+    # but every --param value was one number or a word: the window could not be used at all.
+    src = SAMPLES / "multichannel_float.wav"
+    out = tmp_path / "out.npy"
+    r = invoke("smooth", src, out, "--window", "general_cosine", "--param", "a=0.54,0.46")
+    assert r.exit_code == 0, r.output
+    x = sf.read(src, dtype="float64", always_2d=True)[0].T
+    want = scipy_smooth(x, scipy.signal.windows.general_cosine(31, [0.54, 0.46]), "reflect")
+    np.testing.assert_allclose(np.load(out), want, atol=1e-6)
+    # A list for a one-number parameter would be one window per channel: refused.
+    r = invoke("smooth", src, tmp_path / "g.npy", "--window", "gaussian", "--param", "std=1,2")
+    assert r.exit_code == 2 and "std takes one value" in r.stderr
+    assert listing(tmp_path) == ["out.npy"]
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
