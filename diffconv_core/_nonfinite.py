@@ -26,18 +26,38 @@ RangeFn = Callable[[torch.Tensor, torch.Tensor, int, int], torch.Tensor]
 
 def _magnitudes(*tensors: torch.Tensor) -> list[float]:
     """The largest absolute value of each tensor (NaN if it holds a NaN, Inf if an Inf; 0 if
-    empty): one pass over each, one host sync for all.
+    empty): one pass over each, one host sync for all."""
+    return _magnitudes_later(*tensors)()
+
+
+def _magnitudes_later(*tensors: torch.Tensor) -> Callable[[], list[float]]:
+    """:func:`_magnitudes`, its reductions queued now and their values read when the returned
+    function is called: on CUDA that read waits for the reductions alone, not for work queued
+    after them (their values travel to pinned host memory, an event marks their arrival).
 
     Few operations: on CUDA each costs a launch (~10 us of host time), more than the
     reductions themselves for short signals.
     """
     extremes = [e for t in tensors if t.numel() for e in torch.aminmax(t.detach())]
     if not extremes:
-        return [0.0] * len(tensors)
+        return lambda: [0.0] * len(tensors)
     if len({e.dtype for e in extremes}) > 1:
         extremes = [e.to(torch.float64) for e in extremes]
-    values = iter(torch.stack(extremes).tolist())  # aminmax propagates NaN to both
-    return [max(-next(values), next(values)) if t.numel() else 0.0 for t in tensors]
+    stacked = torch.stack(extremes)
+    if stacked.is_cuda:
+        stacked = stacked.to("cpu", non_blocking=True)  # into pinned memory, asynchronously
+        arrived = torch.cuda.Event()
+        arrived.record()
+    else:
+        arrived = None
+
+    def read() -> list[float]:
+        if arrived is not None:
+            arrived.synchronize()
+        values = iter(stacked.tolist())  # aminmax propagates NaN to both
+        return [max(-next(values), next(values)) if t.numel() else 0.0 for t in tensors]
+
+    return read
 
 
 def _finite_part(t: torch.Tensor) -> torch.Tensor:
@@ -156,12 +176,22 @@ def with_nonfinite_locality(
     range_fn: RangeFn, x: torch.Tensor, w: torch.Tensor, lo: int, hi: int
 ) -> torch.Tensor:
     """Run ``range_fn(x, w, lo, hi)`` so that non-finite values of ``x`` or ``w`` stay local
-    and huge finite ones do not overflow inside the method."""
-    if checks_after(x):
-        y = _kept_if_all_finite(range_fn, x, w, lo, hi)
-        if y is not None:
+    and huge finite ones do not overflow inside the method.
+
+    The operands' magnitudes decide which path computes it. On CUDA they are read ahead
+    (:func:`reads_ahead`): the method is queued right behind their reductions, and its output
+    kept when they show finite operands that need no scaling, which is what the path would
+    compute anyway.
+    """
+    if reads_ahead(x):
+        magnitudes = _magnitudes_later(x, w)
+        y = range_fn(x, w, lo, hi)
+        x_max, w_max = magnitudes()
+        if math.isfinite(x_max) and math.isfinite(w_max) and not _may_overflow(x, w, x_max, w_max):
             return y
-    x_max, w_max = _magnitudes(x, w)
+        del y  # computed for nothing: the operands need the path below
+    else:
+        x_max, w_max = _magnitudes(x, w)
     x_finite, w_finite = math.isfinite(x_max), math.isfinite(w_max)
     if x_finite and w_finite:
         return _without_overflow(range_fn, x, w, lo, hi, x_max, w_max)
@@ -172,38 +202,18 @@ def with_nonfinite_locality(
     return with_direct_sum_nonfinite(range_fn, x, w, lo, hi, x_finite, w_finite, on_finite_parts)
 
 
-def checks_after(x: torch.Tensor) -> bool:
-    """Whether to run the method first and look at its output, rather than scan the operands
-    first: on CUDA, where the scan's host sync would leave the GPU idle while the method's
-    launches are queued after it, and checking afterwards costs one sync at the end instead."""
-    return x.device.type == "cuda"
+def reads_ahead(x: torch.Tensor) -> bool:
+    """Whether to queue the method before reading the operands' magnitudes (on CUDA), rather
+    than read them first (on the CPU, where nothing runs ahead).
 
-
-def _kept_if_all_finite(
-    range_fn: RangeFn, x: torch.Tensor, w: torch.Tensor, lo: int, hi: int
-) -> torch.Tensor | None:
-    """``range_fn(x, w, lo, hi)`` if that is all finite and nothing needs scaling, else None
-    (the caller then scans the operands and computes again).
-
-    Every method reads each operand value that some output's direct sum uses, and a NaN or Inf
-    read, or an overflow inside a transform, leaves a NaN or Inf in the output (an FFT
-    spreads it over the whole row). So an all-finite output came from finite operands and is
-    what the scanned path computes (an operand value no output uses cannot change it either).
-    Without a graph, the output's sum tells; with one, the output's and the operands'
-    extremes, read in one sync: where the scanned path would scale the operands
-    (:func:`_may_overflow`), its backward pass scales the gradients too, so that path is taken
-    instead.
+    Read first, the host sync would leave the GPU idle while the method's launches are
+    queued after it; checked after the method, the sync would wait for the whole
+    method, and the GPU would idle while the next call's launches are prepared. Read ahead,
+    the sync waits only for work queued before the reductions, and the method keeps the GPU
+    busy meanwhile; only operands holding NaN, Inf or values near the dtype's limit pay for a
+    second run.
     """
-    y = range_fn(x, w, lo, hi)
-    if not y.requires_grad:
-        # A sum is finite only if every term is (a huge finite output whose sum overflows
-        # takes the scanned path, still right): one reduction and one read, fewer launches
-        # than the extremes.
-        return y if math.isfinite(y.sum().item()) else None
-    y_max, x_max, w_max = _magnitudes(y, x, w)
-    if math.isfinite(y_max) and not _may_overflow(x, w, x_max, w_max):
-        return y
-    return None
+    return x.device.type == "cuda"
 
 
 def with_direct_sum_nonfinite(

@@ -48,12 +48,12 @@ TOLERANCE = {
 }
 
 
-@pytest.fixture(params=["scan first", "check after"])
+@pytest.fixture(params=["scan first", "read ahead"])
 def nonfinite_order(request, monkeypatch) -> str:
     """Both ways of keeping NaN/Inf local: the CPU's scan of the operands before the method,
-    and CUDA's look at the method's output after it (``checks_after``), here on the CPU."""
-    if request.param == "check after":
-        monkeypatch.setattr(diffconv_core._nonfinite, "checks_after", lambda x: True)
+    and CUDA's method queued before the scan is read (``reads_ahead``), here on the CPU."""
+    if request.param == "read ahead":
+        monkeypatch.setattr(diffconv_core._nonfinite, "reads_ahead", lambda x: True)
     return request.param
 
 

@@ -144,3 +144,22 @@ def test_choose_method_for_cuda_tensors():
     explicit = diffconv_core.convolve(x, w, method=got)
     assert relative_error(out, explicit.cpu().double().numpy()) <= 1e-5, got
     check_parity(x, w, "same", "zeros", "auto", correlate=False)
+
+
+def test_magnitudes_read_ahead_on_cuda_match_the_cpu():
+    # CUDA's read-ahead takes the extremes through pinned memory and an event: the values
+    # read after further work was queued are the CPU's (NaN, Inf, mixed dtypes, empty).
+    from diffconv_core import _nonfinite
+
+    a = torch.tensor([1.0, -7.5, 2.0], dtype=torch.float64)
+    b = torch.tensor([3.0, float("-inf")], dtype=torch.float32)
+    c = torch.tensor([float("nan"), 1.0], dtype=torch.float32)
+    empty = torch.empty(0)
+    tensors = [a, b, c, empty]
+    read = _nonfinite._magnitudes_later(*(t.to(DEVICE) for t in tensors))
+    torch.randn(1 << 20, device=DEVICE).sum()  # work queued after the reductions
+    got = read()
+    want = _nonfinite._magnitudes(*tensors)
+    assert got[:2] == want[:2] == [7.5, float("inf")]
+    assert got[2] != got[2] and want[2] != want[2]  # NaN
+    assert got[3] == want[3] == 0.0

@@ -434,10 +434,10 @@ def test_a_failed_kernel_gradient_launch_falls_back_to_ffts(monkeypatch):
 
 @pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # numpy's NaN
 @pytest.mark.parametrize("nonfinite", [False, True])
-def test_checking_after_the_fused_kernels_with_a_graph_matches_scanning_first(
+def test_reading_ahead_through_the_fused_kernels_with_a_graph_matches_scanning_first(
     kernel_runs, monkeypatch, nonfinite
 ):
-    # CUDA's order (the method first, its output checked) through the fused forward and
+    # CUDA's order (the method queued before the scan is read) through the fused forward and
     # kernel gradient, recorded for autograd: the same outputs and gradients as the scan
     # first, with or without a NaN and an Inf in the signal.
     monkeypatch.setattr(_direct, "MAX_TOEPLITZ_TAPS", 0)
@@ -446,8 +446,8 @@ def test_checking_after_the_fused_kernels_with_a_graph_matches_scanning_first(
         x0[0, 5], x0[1, 30] = float("nan"), float("inf")
     g = torch.randn(2, 40, dtype=x0.dtype)
     results = []
-    for after in (False, True):
-        monkeypatch.setattr(diffconv_core._nonfinite, "checks_after", lambda x, a=after: a)
+    for ahead in (False, True):
+        monkeypatch.setattr(diffconv_core._nonfinite, "reads_ahead", lambda x, a=ahead: a)
         x, w = x0.clone().requires_grad_(True), w0.clone().requires_grad_(True)
         y = convolve(x, w, method="direct")
         # a loss that leaves out the non-finite outputs: finite gradients either way
