@@ -45,9 +45,12 @@ def _magnitudes_later(*tensors: torch.Tensor) -> Callable[[], list[float]]:
         extremes = [e.to(torch.float64) for e in extremes]
     stacked = torch.stack(extremes)
     if stacked.is_cuda:
+        # The copy runs on the tensors' device's current stream, which need not be the
+        # current device's: the event marks that stream.
+        stream = torch.cuda.current_stream(stacked.device)
         stacked = stacked.to("cpu", non_blocking=True)  # into pinned memory, asynchronously
         arrived = torch.cuda.Event()
-        arrived.record()
+        arrived.record(stream)
     else:
         arrived = None
 
