@@ -9,6 +9,7 @@ Integer PCM cannot hold values outside [-1, 1]: they are clipped (never wrapped)
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import os
 import stat
@@ -219,7 +220,7 @@ class AtomicWriter:
         self._sound: sf.SoundFile | None = None
         self._array: np.memmap | None = None
         self._encoded: io.BytesIO | None = None
-        self._stream_file: io.BufferedRandom | None = None
+        self._stream_file: _KeepsWriteErrors | None = None
         self._blocks: list[np.ndarray] | None = None
 
     def __enter__(self) -> AtomicWriter:
@@ -258,6 +259,7 @@ class AtomicWriter:
                 self._array = np.lib.format.open_memmap(
                     self._tmp, mode="w+", dtype=spec.dtype, shape=self._npy_shape()
                 )
+                _reserve(self._tmp)
             else:
                 if self.buffered:
                     self._encoded = io.BytesIO()
@@ -267,7 +269,7 @@ class AtomicWriter:
                     # wait for the disk was 90 ms of a 10-minute file's 1.5 s; batch outputs
                     # are not synced either, nor are sox's).
                     fd, self._fd = self._fd, None
-                    self._stream_file = os.fdopen(fd, "w+b")
+                    self._stream_file = _KeepsWriteErrors(os.fdopen(fd, "w+b"))
                 with interrupts.deferred():  # libsndfile calls back into Python
                     self._sound = sf.SoundFile(
                         self._encoded if self.buffered else self._stream_file,
@@ -309,11 +311,23 @@ class AtomicWriter:
                 target[...] = block.reshape(target.shape)
             else:
                 samples = self._samples_for_soundfile(block)
-                with interrupts.deferred():  # libsndfile calls back into Python
-                    self._sound.write(samples)
+                try:
+                    with interrupts.deferred():  # libsndfile calls back into Python
+                        self._sound.write(samples)
+                except AssertionError:
+                    # soundfile asserts that every frame was written; a short write is
+                    # the file's error (a full disk), kept by _KeepsWriteErrors.
+                    self._raise_write_error()
+                    raise
+                self._raise_write_error()
         except (sf.SoundFileError, RuntimeError, OSError, ValueError) as err:
-            raise FileProblem(self.dest, f"write failed: {err}") from err
+            reason = err.strerror if isinstance(err, OSError) and err.strerror else err
+            raise FileProblem(self.dest, f"write failed ({reason})") from err
         self._offset += n
+
+    def _raise_write_error(self) -> None:
+        if self._stream_file is not None and self._stream_file.error is not None:
+            raise self._stream_file.error
 
     def _samples_for_soundfile(self, block: np.ndarray) -> np.ndarray:
         # (C, n) floats -> (n, C) as soundfile takes them: integer codes for integer PCM
@@ -352,8 +366,10 @@ class AtomicWriter:
                 self._sound.close()
             self._sound = None
         if self._stream_file is not None:
-            self._stream_file.close()
-            self._stream_file = None
+            stream, self._stream_file = self._stream_file, None
+            stream.close()
+            if stream.error is not None:
+                raise stream.error
         fd, self._fd = self._fd, None
         opened = open(fd, "wb") if fd is not None else contextlib.nullcontext(target)
         with opened as file:
@@ -396,6 +412,70 @@ class AtomicWriter:
             except OSError:
                 return  # not empty (or gone): its parents are not empty either
             _MADE_DIRS.discard(folder)
+
+
+class _KeepsWriteErrors:
+    """The streamed output file as libsndfile's callbacks see it: a failed write (a full
+    disk) is kept in :attr:`error` and reported as nothing written, rather than raised
+    inside a cffi callback, which printed "Exception ignored ... OSError" with a traceback
+    and left soundfile's bare AssertionError as the file's only reason."""
+
+    def __init__(self, file: io.BufferedRandom):
+        self.file = file
+        self.error: OSError | None = None
+
+    def write(self, data) -> int:
+        if self.error is not None:
+            return 0
+        try:
+            return self.file.write(data)
+        except OSError as err:
+            self.error = err
+            return 0
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        # Seeking flushes the buffered writes: it fails as they do (then nothing more is
+        # written, and where libsndfile thinks it is no longer matters).
+        if self.error is None:
+            try:
+                return self.file.seek(offset, whence)
+            except OSError as err:
+                self.error = err
+        return 0
+
+    def tell(self) -> int:
+        if self.error is None:
+            try:
+                return self.file.tell()
+            except OSError as err:
+                self.error = err
+        return 0
+
+    def close(self) -> None:
+        try:
+            self.file.close()  # flushes what is buffered: it may fail too
+        except OSError as err:
+            self.error = self.error or err
+
+    def __getattr__(self, name: str):
+        return getattr(self.file, name)  # read, readinto, flush, name ...
+
+
+def _reserve(path: str) -> None:
+    """Allocate the blocks of a new (sparse) memory-mapped output up front: storing into a
+    mapped page the disk has no room for kills the process with SIGBUS, which left the
+    temporary file behind; reserved, a full disk is an OSError before any sample is written.
+    """
+    if not hasattr(os, "posix_fallocate"):  # macOS, Windows
+        return
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
+    except OSError as err:
+        if err.errno not in (errno.EINVAL, errno.EOPNOTSUPP, errno.ENOSYS):
+            raise  # ENOSPC, EFBIG ...; a file system without fallocate is left as it was
+    finally:
+        os.close(fd)
 
 
 def atomic_write(

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import errno
+import os
+
 import numpy as np
 import pytest
 import soundfile as sf
@@ -121,6 +124,67 @@ def test_a_failed_block_write_discards_the_streamed_output(tmp_path, long_float_
     assert "smoothed.wav: write failed: disk full" in r.stderr
     assert len(calls) == 3  # nothing was written after the failure
     assert list(tmp_path.iterdir()) == [long_float_wav]  # no output, temporary or its folder
+
+
+class _DiskFillsUp:
+    """A file that takes ``room`` bytes, then fails as a full disk does (buffered: the
+    error comes out of a later write, a seek or the final flush)."""
+
+    def __init__(self, file, room: int):
+        self._file, self._room = file, room
+
+    def write(self, data):
+        if self._file.tell() + len(data) > self._room:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return self._file.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self._file, name)
+
+
+@pytest.mark.parametrize("room", [0, 30_000])
+def test_a_full_disk_fails_the_streamed_audio_file_cleanly(
+    tmp_path, long_float_wav, room, monkeypatch
+):
+    # libsndfile writes a streamed file through Python callbacks: the OSError was raised
+    # inside a cffi callback ("Exception ignored ... Traceback ... OSError" on stderr) and the
+    # file failed as "AssertionError: " (soundfile's check of the frames written), naming the
+    # input rather than the output and not the reason.
+    import cli.writing
+
+    real_fdopen = os.fdopen
+
+    def fdopen(fd, mode="r", *args, **kwargs):
+        file = real_fdopen(fd, mode, *args, **kwargs)
+        return _DiskFillsUp(file, room) if mode == "w+b" else file
+
+    monkeypatch.setattr(cli.writing.os, "fdopen", fdopen)
+    out = tmp_path / "out" / "smoothed.wav"
+    r = invoke("smooth", long_float_wav, out, env=STREAM)
+    assert r.exit_code == 1
+    assert "smoothed.wav: write failed (No space left on device)" in r.stderr
+    assert "Traceback" not in r.stderr and "AssertionError" not in r.stderr
+    assert list(tmp_path.iterdir()) == [long_float_wav]
+
+
+def test_a_full_disk_fails_the_streamed_npy_file_before_mapping_it(tmp_path, monkeypatch):
+    # A streamed .npy is a memory map of a sparse file: storing into a page the disk had no
+    # room for killed the process with SIGBUS, leaving its temporary file behind. Its blocks
+    # are now reserved first, so a full disk is an ordinary error.
+    calls = []
+
+    def posix_fallocate(fd, offset, length):
+        calls.append(length)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "posix_fallocate", posix_fallocate, raising=False)
+    src = tmp_path / "long.npy"
+    np.save(src, np.random.default_rng(5).standard_normal((2, 5000)))
+    out = tmp_path / "smoothed.npy"
+    r = invoke("smooth", src, out, env=STREAM)
+    assert r.exit_code == 1 and calls and calls[0] >= 2 * 5000 * 8
+    assert "smoothed.npy" in r.stderr and "No space left on device" in r.stderr
+    assert list(tmp_path.iterdir()) == [src]
 
 
 def test_an_interrupted_stream_leaves_nothing(tmp_path, long_float_wav, monkeypatch):
