@@ -42,6 +42,8 @@ def tune(device: str, dtype: str, quick: bool, cache: str | None, quiet: bool) -
 
     torch_device = resolve_device(device)
     torch_dtype = getattr(torch, dtype)
+    if cache is not None:
+        _check_not_foreign(Path(cache))
     _check_writable(Path(cache) if cache else tuning.cache_path(), given=cache is not None)
 
     def report(record: dict) -> None:
@@ -65,6 +67,28 @@ def tune(device: str, dtype: str, quick: bool, cache: str | None, quiet: bool) -
         raise click.ClickException(f"cannot write the cache {where}: {error}") from None
     if not quiet:
         click.echo(f"wrote {len(records)} measured shapes to {path}", err=True)
+
+
+def _check_not_foreign(path: Path) -> None:
+    """A --cache that names an existing file other than a method cache is refused: the
+    measurements are merged into the file and anything that is not a JSON object was
+    replaced by them (``--cache song.wav`` lost the recording, without --overwrite)."""
+    import json
+
+    try:
+        if path.stat().st_size == 0:
+            return
+        data = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        return
+    except (OSError, ValueError, RecursionError):
+        data = None
+    if not isinstance(data, dict):
+        raise click.BadParameter(
+            f"{path} exists and is not a diffconv method cache (a JSON object); it is never "
+            "replaced: name a new file or remove it",
+            param_hint="'--cache'",
+        )
 
 
 def _check_writable(path: Path, *, given: bool) -> None:

@@ -46,3 +46,20 @@ def test_writable_cache_leaves_no_scratch_file(tmp_path, measured):
     result = invoke("tune", "--device", "cpu", "--cache", target, "-q")
     assert result.exit_code == 0, result.output
     assert measured and listing(tmp_path) == ["new/methods.json"]
+
+
+def test_cache_option_never_replaces_a_file_that_is_not_a_cache(tmp_path, measured):
+    # The measurements are merged into the cache file, and a file that was not a JSON object
+    # was simply replaced: `--cache song.wav` lost the recording, with no --overwrite asked.
+    song = tmp_path / "song.wav"
+    song.write_bytes(b"RIFF\x24\x00\x00\x00WAVEfmt ")
+    result = invoke("tune", "--device", "cpu", "--cache", song)
+    assert result.exit_code == 2, result.output
+    assert "not a diffconv method cache" in result.stderr and "--cache" in result.stderr
+    assert song.read_bytes() == b"RIFF\x24\x00\x00\x00WAVEfmt " and measured == []
+    # An existing cache (a JSON object) is still merged into.
+    cache = tmp_path / "methods.json"
+    cache.write_text('{"other:device": []}')
+    result = invoke("tune", "--device", "cpu", "--cache", cache, "-q")
+    assert result.exit_code == 0, result.output
+    assert "other:device" in cache.read_text() and len(measured) == 1
