@@ -11,12 +11,14 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from diffconv_core import _window_build as _b
 from diffconv_core._transforms import transforms_active
 from diffconv_core._validation import PADDINGS, check_choice, check_tensor
 from diffconv_core.convolution import convolve
+from diffconv_core.padding import pad
 from diffconv_core.windows import get_window
 
 __all__ = ["smooth", "EDGES", "NAN_POLICIES"]
@@ -60,7 +62,10 @@ def smooth(
             tensors (differentiable).
 
     With "renormalize" or "omit" the divisor is a partial sum of the window: for windows
-    with negative taps (flattop, lanczos) it can get close to zero near gaps and ends.
+    with negative taps (flattop, lanczos) it can get close to zero near gaps and ends. With
+    "omit", an output whose valid samples carry less than 1e-3 of the window's weight (a
+    Gaussian's far tails across a long gap) is summed directly, so its ratio is as exact as
+    its own terms allow whatever the method.
 
     Shape:
         - signal: ``(..., T)``
@@ -121,9 +126,9 @@ def smooth_with_window(
             f"signal contains {count} NaN sample(s) (first at time index {first}); "
             "use nan_policy='omit' to skip them or 'propagate' to keep them"
         )
-    pad = "zeros" if edges == "renormalize" else edges
+    pad_mode = "zeros" if edges == "renormalize" else edges
     if has_nan is False:
-        out = convolve(signal, w, padding=pad, method=method)
+        out = convolve(signal, w, padding=pad_mode, method=method)
         if edges == "renormalize":
             inside = torch.ones(signal.shape[-1], dtype=signal.dtype, device=signal.device)
             out = out / convolve(inside, w, padding="zeros", method=method)
@@ -132,29 +137,68 @@ def smooth_with_window(
     # "omit": zero the NaNs, then divide by the weight of the valid samples under the window.
     # Next to a long gap both are sums of a few small terms; an FFT's round-off is relative
     # to the whole signal instead, so in single precision the ratio could lose three digits.
-    # Below float64 the ratio is therefore formed in float64.
+    # Below float64 the ratio is therefore formed in float64, and outputs whose valid weight
+    # is a sliver of the window's are summed directly (see _omit_sums).
     result_dtype = signal.dtype
     if signal.dtype != torch.float64:
         signal, w = signal.to(torch.float64), w.to(torch.float64)
     filled = torch.where(missing, torch.zeros_like(signal), signal)
-    numerator = convolve(filled, w, padding=pad, method=method)
-    support = (w.detach() != 0).to(signal.dtype)
     valid = (~missing).to(signal.dtype)
+    K = w.shape[-1]
+    left, right = K // 2, (K - 1) // 2  # "same" mode's reach, as convolve extends a signal
     if edges == "zeros":
         # The zeros past the ends are values, not gaps: only NaNs take weight away.
-        gaps = missing.to(signal.dtype)
-        weight = w.sum(-1, keepdim=True) - convolve(gaps, w, padding="zeros", method=method)
-        count = support.sum(-1, keepdim=True) - convolve(gaps, support, method=method)
+        valid_ext = F.pad(valid, (left, right), value=1.0)
     else:
         # Padding the validity mask as the signal is padded keeps the two consistent; with
         # "renormalize" the zero padding marks everything past the ends as missing.
-        weight = convolve(valid, w, padding=pad, method=method)
-        count = convolve(valid, support, padding=pad, method=method)
-    # `count` is a (rounded) number of valid samples under the non-zero taps.
-    empty = count < 0.5
+        valid_ext = pad(valid, left, right, pad_mode)
+    filled_ext = pad(filled, left, right, pad_mode)
+    numerator, weight = _omit_sums(filled_ext, valid_ext, w, method)
+    # How many valid samples lie under the non-zero taps (exact: a sum of small integers).
+    support = (w.detach() != 0).to(signal.dtype)
+    empty = convolve(valid_ext, support, "valid", method=method) < 0.5
     safe_weight = torch.where(empty, torch.ones_like(weight), weight)
     out = numerator / safe_weight
     return torch.where(empty, torch.full_like(out, float("nan")), out).to(result_dtype)
+
+
+# Outputs whose valid weight is below this fraction of the window's absolute sum are summed
+# directly: a transform's round-off is relative to the whole window (about 1e-15 of its sum in
+# float64), so above it the ratio keeps about 12 digits, below it it could keep none (a
+# Gaussian's far taps next to a long gap weigh 1e-22).
+_SLIVER = 1e-3
+
+
+def _omit_sums(
+    filled_ext: Tensor, valid_ext: Tensor, w: Tensor, method: str
+) -> tuple[Tensor, Tensor]:
+    """The "omit" numerator and weight: the NaN-zeroed signal and its validity mask (both
+    extended by "same" mode's reach) under the window, each output's weight accurate to the
+    round-off of its own terms.
+
+    Shape:
+        filled_ext, valid_ext ``(..., T + K - 1)``, w ``(..., K)`` -> two ``(..., T)``.
+    """
+    if transforms_active(filled_ext, valid_ext, w):
+        # No data-dependent selection under torch.func: direct sums for every output.
+        method = "direct"
+    numerator = convolve(filled_ext, w, "valid", method=method)
+    weight = convolve(valid_ext, w, "valid", method=method)
+    if method == "direct":  # each output already its own sum
+        return numerator, weight
+    scale = w.detach().abs().sum(-1, keepdim=True)
+    sliver = weight.detach().abs() < _SLIVER * scale
+    if not bool(sliver.any()):
+        return numerator, weight
+    at = sliver.nonzero(as_tuple=True)
+    batch, T, K = sliver.shape[:-1], sliver.shape[-1], w.shape[-1]
+    taps = w.flip(-1).unsqueeze(-2).expand(*batch, T, K)[at]
+    samples = filled_ext.unfold(-1, K, 1).expand(*batch, T, K)[at]
+    marks = valid_ext.unfold(-1, K, 1).expand(*batch, T, K)[at]
+    numerator = numerator.index_put(at, (samples * taps).sum(-1))
+    weight = weight.index_put(at, (marks * taps).sum(-1))
+    return numerator, weight
 
 
 def _any_nan(missing: Tensor, nan_policy: str) -> bool | None:

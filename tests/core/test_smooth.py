@@ -165,6 +165,56 @@ def test_gradients():
     assert torch.isfinite(x.grad).all() and (x.grad[4:6] == 0).all()
 
 
+@pytest.mark.parametrize("method", ["direct", "fft", "overlap", "auto"])
+@pytest.mark.parametrize("edges", EDGES)
+def test_omit_beside_gaps_where_only_the_window_tails_remain(method, edges):
+    # A Gaussian of std 2 over 41 taps weighs 1e-22 at its ends: across a 39-sample gap the
+    # middle outputs see two such taps. Their ratio is exact as direct sums; as a difference
+    # of window sums, or through a transform (round-off 1e-16 of the window), it gave +-inf,
+    # 0 or -35.7 instead of 49, and each method another. Blackman's 3-tap ends are round-off
+    # (-1.4e-17): the same question at the smallest scale.
+    x = np.arange(100.0)
+    x[30:69] = np.nan
+    w = scipy.signal.windows.gaussian(41, 2.0)
+    got = smooth(torch.from_numpy(x), "gaussian", 41, std=2.0, edges=edges, nan_policy="omit",
+                 method=method).numpy()  # fmt: skip
+    np.testing.assert_allclose(got, reference(x, w, edges, "omit"), rtol=1e-9, atol=1e-9)
+    assert got[49] == pytest.approx(49.0, rel=1e-12)
+    if edges in ("zeros", "renormalize", "reflect", "symmetric", "replicate"):
+        # positive taps: every output a weighted mean of nearby valid samples (or zeros)
+        assert np.all(got >= 0) and np.all(got <= 99)
+    y = np.array([1.0, 2.0, np.nan, 4.0, 5.0])
+    got = smooth(torch.from_numpy(y), "blackman", 3, edges=edges, nan_policy="omit",
+                 method=method).numpy()  # fmt: skip
+    want = reference(y, scipy.signal.windows.blackman(3), edges, "omit")
+    np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
+
+
+def test_omit_gradients_where_only_the_window_tails_remain():
+    # The directly summed outputs beside the gap keep their gradients to the signal and to
+    # the window's parameter (an FFT computes the rest).
+    x = torch.arange(40.0, dtype=torch.float64)
+    x[12:30] = float("nan")
+    x.requires_grad_()
+    std = torch.tensor(1.5, dtype=torch.float64, requires_grad=True)
+
+    def omit(x, std):
+        return smooth(x, "gaussian", 21, edges="zeros", nan_policy="omit", std=std, method="fft")
+
+    assert torch.isfinite(omit(x, std)).all()
+    assert torch.autograd.gradcheck(omit, (x, std))
+
+
+def test_omit_under_vmap_equals_the_batched_call():
+    # torch.func cannot select outputs by value: every output is a direct sum there.
+    x = torch.arange(200.0, dtype=torch.float64).reshape(2, 100)
+    x[0, 30:69] = float("nan")
+    x[1, 5:9] = float("nan")
+    run = lambda row: smooth(row, "gaussian", 41, std=2.0, edges="zeros", nan_policy="omit")  # noqa: E731
+    torch.testing.assert_close(torch.func.vmap(run)(x), run(x), rtol=1e-12, atol=1e-12)
+    assert run(x)[0, 49].item() == pytest.approx(49.0, rel=1e-12)
+
+
 def test_batched_window_parameters_broadcast():
     x = torch.randn(3, 20, dtype=torch.float64)
     std = torch.tensor([[1.0], [2.0], [4.0]], dtype=torch.float64)
