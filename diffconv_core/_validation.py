@@ -15,6 +15,7 @@ PADDINGS = ("zeros", "reflect", "symmetric", "replicate", "circular")
 METHODS = ("auto", "direct", "fft", "overlap")
 
 HALF_DTYPES = (torch.float16, torch.bfloat16)
+FLOAT_DTYPES = (*HALF_DTYPES, torch.float32, torch.float64)
 
 
 def check_choice(name: str, value: object, accepted: tuple[str, ...]) -> str:
@@ -52,11 +53,13 @@ def check_tensor(name: str, value: object) -> torch.Tensor:
         raise TypeError(
             f"{name} must be a real floating-point tensor; got complex dtype {value.dtype}"
         )
-    if not value.is_floating_point():
-        raise TypeError(
+    if value.dtype not in FLOAT_DTYPES:  # float8 types are floating point too, but no
+        raise TypeError(  # operation a convolution needs takes them
             f"{name} must be a floating-point tensor (float16, bfloat16, float32, float64); "
             f"got dtype {value.dtype}"
         )
+    if value.layout != torch.strided:
+        raise TypeError(f"{name} must be a dense (strided) tensor; got layout {value.layout}")
     if value.dim() == 0:
         raise ValueError(f"{name} must have at least one dimension (time last); got a 0-d tensor")
     if value.shape[-1] == 0 or value.numel() == 0:

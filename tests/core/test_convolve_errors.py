@@ -52,6 +52,8 @@ def w():
         (torch.bool, "bool"),
         (torch.complex64, "complex64"),
         (torch.complex128, "complex128"),
+        (torch.float8_e4m3fn, "float8_e4m3fn"),  # floating point, but no FFT or GEMM takes it
+        (torch.float8_e5m2, "float8_e5m2"),
     ],
 )
 def test_non_real_floating_dtypes(func, dtype, name, x, w):
@@ -149,3 +151,9 @@ def test_package_lists_its_lazy_names_and_refuses_unknown_ones():
         assert getattr(diffconv_core, name) is not None
     with pytest.raises(AttributeError, match="no attribute 'convolve2d'"):
         diffconv_core.convolve2d  # noqa: B018
+
+
+@pytest.mark.parametrize("func", FUNCS, ids=FUNC_IDS)
+def test_sparse_tensors_are_refused_by_name(func, x, w):
+    assert_raises(lambda: func(x.to_sparse(), w), "signal", "dense", "sparse_coo", exc=TypeError)
+    assert_raises(lambda: func(x, w.to_sparse()), "kernel", "dense", "sparse_coo", exc=TypeError)
