@@ -34,7 +34,13 @@ import operator
 
 import torch
 
-from diffconv_core._validation import MODES, broadcast_shapes, check_choice, needs_graph
+from diffconv_core._validation import (
+    MODES,
+    broadcast_shapes,
+    check_choice,
+    check_tensor,
+    needs_graph,
+)
 
 __all__ = ["StreamingConvolver", "StreamingSmoother", "stream_convolve", "mode_pads"]
 
@@ -136,6 +142,7 @@ class StreamingConvolver:
             raise TypeError(f"kernel must be a torch.Tensor; got {type(kernel).__name__}")
         if kernel.dim() == 0 or kernel.shape[-1] == 0:
             raise ValueError(f"kernel must have a non-empty last axis; got {tuple(kernel.shape)}")
+        check_tensor("kernel", kernel)  # its dtype and layout, now rather than at the first push
         if circular_tail is not None and padding != "circular":
             raise ValueError(f"circular_tail applies only to padding='circular'; got {padding!r}")
         if circular_tail is not None and not (
@@ -269,7 +276,10 @@ class StreamingConvolver:
         Shape:
             ``(..., n)`` -> ``(..., m)``, ``m`` >= 0.
         """
+        first = self._lead is None
         self._lead = _check_block(block, self._lead, self._flushed)
+        if first:  # the blocks against the kernel, named as the caller gave them
+            self._empty(block)
         self._n_in += block.shape[-1]
         # Slices of views would pin each caller's whole block; cloning keeps memory O(K).
         self._recent = _cat(self._recent, block)[..., -self._keep :].clone()

@@ -283,9 +283,13 @@ def test_errors_name_the_problem():
         StreamingConvolver([1.0, 2.0])
     with pytest.raises(ValueError, match="circular_tail"):
         StreamingConvolver(k, circular_tail=torch.ones(3))
-    for n in (1, 50):  # before any output, and through the core
-        with pytest.raises(ValueError, match="must broadcast"):
+    for n in (1, 50):  # before any output, and through the core: the block as given
+        with pytest.raises(
+            ValueError, match=rf"block \(2, {n}\) and kernel \(3, 4\) must broadcast"
+        ):
             StreamingConvolver(torch.ones(3, 4)).push(torch.ones(2, n))
+    with pytest.raises(TypeError, match="kernel must be a floating-point tensor.*int64"):
+        StreamingConvolver(torch.arange(3))
     conv = StreamingConvolver(k)
     with pytest.raises(ValueError, match="no signal samples"):
         conv.flush()
