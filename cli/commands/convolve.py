@@ -112,7 +112,9 @@ def kernel_operation(kernel, *, mode="same", padding="zeros", correlate=False, m
         if mode == "valid" and taps > info.frames:
             raise ValueError(
                 f"the kernel ({taps} taps) is longer than the signal ({info.frames} samples): "
-                "mode 'valid' has no output"
+                "mode 'valid' filters only where the kernel fits inside the signal (scipy "
+                "would swap the two and filter the kernel by the signal); use mode 'same' "
+                "or 'full'"
             )
 
     def apply(batch, info):

@@ -150,6 +150,8 @@ def test_kernel_longer_than_signal_in_valid_mode(tmp_path):
     )
     assert r.exit_code == 1
     assert "longer than the signal" in r.stderr and "x.npy" in r.stderr
+    assert "only where the kernel fits inside the signal" in r.stderr
+    assert "has no output" not in r.stderr  # it has one in scipy: K - T + 1 samples
     assert not out.exists() and listing(tmp_path) == ["k.npy", "x.npy"]
 
 
