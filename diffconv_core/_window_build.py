@@ -312,5 +312,13 @@ def build(
         w = w * sample_overlap(t, w_tensor.unsqueeze(-1))
     w = w.expand(*broadcast_shapes(batch, w.shape[:-1]), m)
     w = w[..., :length]
-    w = normalize_window(w, normalize, spec.name)
-    return w.to(out_dtype)
+    w = normalize_window(w, normalize, spec.name).to(out_dtype)
+    if not bool(torch.isfinite(readable(w)).all()):
+        # Parameters inside their ranges whose arithmetic (or the dtype) still overflows: a
+        # NaN or Inf window would silently spoil every output.
+        shown = ", ".join(f"{name}={_show(value)}" for name, value in raw.items())
+        raise ValueError(
+            f"the {spec.name} window of length {length} is not finite in {out_dtype} for "
+            f"these parameters{' (' + shown + ')' if shown else ''}"
+        )
+    return w

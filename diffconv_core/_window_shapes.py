@@ -124,7 +124,9 @@ def general_hamming(t: Tensor, m: int, alpha: Tensor) -> Tensor:
 
 
 def gaussian(t: Tensor, m: int, std: Tensor) -> Tensor:
-    return torch.exp(-(t**2) / (2.0 * std * std))
+    # (t / std)**2 rather than scipy's t**2 / (2 std**2): the same to rounding, and a std
+    # whose square underflows (1e-300) gives the one-tap limit, not 0 / 0 at the centre.
+    return torch.exp(-0.5 * (t / std) ** 2)
 
 
 def general_gaussian(t: Tensor, m: int, p: Tensor, sig: Tensor) -> Tensor:

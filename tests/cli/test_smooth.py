@@ -137,6 +137,17 @@ def test_sequence_window_parameter(tmp_path):
     assert listing(tmp_path) == ["out.npy"]
 
 
+def test_gaussian_narrower_than_a_sample_passes_the_signal_through(tmp_path):
+    # std=1e-300 squared underflows: the window was NaN, every sample written as 0 (silence)
+    # with exit 0. Its limit is one tap: the file comes out as it went in.
+    src = SAMPLES / "speech_mono16.wav"
+    out = tmp_path / "out.wav"
+    r = invoke("smooth", src, out, "--window", "gaussian", "--param", "std=1e-300")
+    assert r.exit_code == 0, r.output
+    assert "NaN" not in r.stderr
+    np.testing.assert_array_equal(sf.read(out, dtype="int16")[0], sf.read(src, dtype="int16")[0])
+
+
 @pytest.mark.parametrize(
     "args, message",
     [

@@ -803,6 +803,24 @@ def test_errors(call, exc, match):
         call()
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_gaussian_whose_std_squared_underflows_is_the_one_tap_limit(dtype):
+    # scipy's t**2 / (2 std**2) is 0 / 0 at the centre for std = 1e-300: a NaN window that
+    # silently turned every smoothed sample into NaN (written to PCM as silence).
+    for std in (1e-300, 1e-160):
+        w = W.get_window("gaussian", 5, std=std, normalize="sum", dtype=dtype)
+        torch.testing.assert_close(w, torch.tensor([0.0, 0, 1, 0, 0], dtype=dtype))
+
+
+def test_a_window_not_finite_in_its_dtype_is_refused():
+    # Parameters inside their ranges whose window overflows float32: refused by name rather
+    # than returned as Infs.
+    with pytest.raises(ValueError, match=r"general_cosine window of length 7 is not finite in "
+                                         r"torch.float32 .*a=\[1e\+300\]"):  # fmt: skip
+        W.get_window("general_cosine", 7, a=[1e300], dtype=torch.float32)
+    assert torch.isfinite(W.get_window("general_cosine", 7, a=[1e300], dtype=torch.float64)).all()
+
+
 def test_broadcast_shapes_matches_torch():
     from diffconv_core._window_build import broadcast_shapes
 
