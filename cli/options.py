@@ -49,6 +49,23 @@ class NameValueType(click.ParamType):
         return name, _number(raw.strip())
 
 
+def window_params_option(help: str):
+    """``--param NAME=VALUE`` (repeatable), for every command that builds a window; a NAME
+    given twice is a usage error (the last had silently won)."""
+
+    def distinct(ctx: click.Context, param: click.Parameter, value):
+        seen = set()
+        for name, _ in value:
+            if name in seen:
+                raise click.BadParameter(f"{name} is given twice; give each parameter once")
+            seen.add(name)
+        return value
+
+    return click.option(
+        "--param", "params", type=NameValueType(), multiple=True, callback=distinct, help=help
+    )
+
+
 def check_list_params(window: str, params) -> None:
     """A list VALUE (``a=0.5,0.5``) only for a sequence parameter of ``window``
     (general_cosine's ``a``): for any other the core would build one window per channel.

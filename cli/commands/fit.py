@@ -18,7 +18,6 @@ import click
 
 from cli import interrupts
 from cli.options import (
-    NameValueType,
     device_option,
     glob_option,
     overwrite_option,
@@ -27,6 +26,7 @@ from cli.options import (
     rate_option,
     recursive_option,
     verbose_option,
+    window_params_option,
 )
 
 
@@ -69,11 +69,7 @@ KERNEL.ckpt.pt as it goes. Use the kernel with: diffconv convolve IN OUT --kerne
     show_default=True,
     help="With --window: what is learned.",
 )
-@click.option(
-    "--param",
-    "params",
-    multiple=True,
-    type=NameValueType(),
+@window_params_option(
     help="Window parameter NAME=VALUE: the starting value of a learned one, or the "
     "fixed value (repeatable). Without --window: parameters of the --init window.",
 )

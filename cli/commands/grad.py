@@ -28,7 +28,6 @@ from typing import Any
 import click
 
 from cli.options import (
-    NameValueType,
     check_list_params,
     device_option,
     glob_option,
@@ -41,6 +40,7 @@ from cli.options import (
     recursive_option,
     verbose_option,
     width_option,
+    window_params_option,
 )
 
 OBJECTIVES = ["energy", "mse", "l1"]
@@ -59,12 +59,8 @@ SUFFIXES = {
 @click.command(name="grad")
 @click.option("--window", default=None, help="Window name (see diffconv windows) [default: hann].")
 @click.option("--length", type=int, default=None, help="Window taps [default: 31].")
-@click.option(
-    "--param",
-    "params",
-    type=NameValueType(),
-    multiple=True,
-    help="Window parameter NAME=VALUE, e.g. std=5 (repeatable); its gradient is reported.",
+@window_params_option(
+    help="Window parameter NAME=VALUE, e.g. std=5 (repeatable); its gradient is reported."
 )
 @width_option
 @click.option(

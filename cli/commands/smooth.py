@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import click
 
-from cli.options import NameValueType, batch_options, check_list_params, width_option
+from cli.options import batch_options, check_list_params, width_option, window_params_option
 
 
 @click.command(name="smooth")
@@ -16,13 +16,7 @@ from cli.options import NameValueType, batch_options, check_list_params, width_o
     "--window", default="hann", show_default=True, help="Window name (see diffconv windows)."
 )
 @click.option("--length", type=int, default=31, show_default=True, help="Window taps.")
-@click.option(
-    "--param",
-    "params",
-    type=NameValueType(),
-    multiple=True,
-    help="Window parameter NAME=VALUE, e.g. std=5 for gaussian (repeatable).",
-)
+@window_params_option(help="Window parameter NAME=VALUE, e.g. std=5 for gaussian (repeatable).")
 @width_option
 @click.option(
     "--edges",

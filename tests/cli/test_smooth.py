@@ -161,6 +161,8 @@ def test_gaussian_narrower_than_a_sample_passes_the_signal_through(tmp_path):
         (["--nan-policy", "drop"], "drop"),
         (["--width", "-1"], "width"),
         (["--method", "magic"], "magic"),
+        # the last of two had silently won
+        (["--window", "gaussian", "--param", "std=1", "--param", "std=2"], "std is given twice"),
     ],
 )
 def test_bad_options_are_usage_errors_and_write_nothing(tmp_path, args, message):
