@@ -65,7 +65,7 @@ def check_destinations(paths: dict, o: dict, checkpoint) -> None:
 
 def window_setup(o: dict) -> dict:
     """Which window parameters are learned or fixed, with their starting values."""
-    from diffconv_core._window_registry import is_continuous
+    from diffconv_core._window_registry import is_continuous, is_learnable
     from diffconv_core.windows import list_windows
 
     name = o["window"].lower()
@@ -93,16 +93,25 @@ def window_setup(o: dict) -> dict:
         )
     for key, value in params.items():
         # Settings such as dpss's norm=subsample are words; get_window checks them below.
-        if is_continuous(entry["name"], key) and not isinstance(value, (int, float)):
+        # Sequences (general_cosine's a=0.5,0.5) arrive as lists of numbers.
+        number = isinstance(value, (int, float)) or (
+            isinstance(value, list) and not is_learnable(entry["name"], key)
+        )
+        if is_continuous(entry["name"], key) and not number:
             raise click.BadParameter(f"{key}={value!r} is not a number", param_hint="'--param'")
-    if o["learn"] == "params" and not params:
+    if o["learn"] == "params" and not any(is_learnable(entry["name"], k) for k in params):
+        # Settings (taylor's nbar) and sequences (general_cosine's a) are given, not learned.
+        fixed = f" ({', '.join(sorted(params))}: given, not learned)" if params else ""
         raise click.BadParameter(
-            f"{entry['name']} has no parameters to learn; use --learn width",
+            f"{entry['name']} has no parameters to learn{fixed}; use --learn width",
             param_hint="'--learn'",
         )
     # Continuous parameters are stored as floats; integer and boolean settings (taylor's
     # nbar and norm) as given.
-    params = {k: float(v) if is_continuous(entry["name"], k) else v for k, v in params.items()}
+    params = {
+        k: float(v) if is_continuous(entry["name"], k) and not isinstance(v, list) else v
+        for k, v in params.items()
+    }
     return {"window": entry["name"], "params": params}
 
 

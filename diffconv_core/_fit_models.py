@@ -14,7 +14,7 @@ from torch import nn
 
 from diffconv_core._validation import check_choice
 from diffconv_core._window_build import clamp_straight_through, upper_bound
-from diffconv_core._window_registry import is_continuous, lookup
+from diffconv_core._window_registry import is_learnable, lookup
 
 
 def _upper_bound(window: str, name: str, length: int) -> float | None:
@@ -83,12 +83,14 @@ class WindowKernel(nn.Module):
         self.fixed = dict(params or {})
         self.width = float(length if width is None else width)
         if learn == "params":
-            # Integer and boolean settings (taylor's nbar) stay fixed: only the rest is learned.
-            names = sorted(n for n in self.fixed if is_continuous(window, n))
+            # Integer and boolean settings (taylor's nbar) and sequences (general_cosine's
+            # coefficients) stay fixed: only single numbers are learned.
+            names = sorted(n for n in self.fixed if is_learnable(window, n))
             if not names:
                 raise ValueError(
                     f"window {window!r}: learn='params' needs at least one parameter to learn "
-                    f"(integer and boolean settings stay fixed); got {sorted(self.fixed) or 'none'}"
+                    "(integer, boolean and sequence settings stay fixed); got "
+                    f"{sorted(self.fixed) or 'none'}"
                 )
             self.names = names
             values = [float(self.fixed[n]) for n in names]
@@ -154,6 +156,13 @@ class WindowKernel(nn.Module):
             out["params"] = {**settings, **values}
             out["width"] = self.width
         else:
-            out["params"] = {k: float(v) for k, v in self.fixed.items()}
+            out["params"] = {k: _plain(v) for k, v in self.fixed.items()}
             out["width"] = values["width"]
         return out
+
+
+def _plain(value: object) -> object:
+    # A fixed setting as JSON takes it: a number as a float, a sequence as a list of them.
+    if isinstance(value, (list, tuple, torch.Tensor)):
+        return [float(v) for v in (value.tolist() if isinstance(value, torch.Tensor) else value)]
+    return float(value)

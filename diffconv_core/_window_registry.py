@@ -216,6 +216,20 @@ def is_continuous(window: str, name: str) -> bool:
     return param is None or param.continuous
 
 
+def is_learnable(window: str, name: str) -> bool:
+    """Whether parameter ``name`` of ``window`` is one continuous number, which a fit can
+    learn: not a setting (taylor's ``nbar``) nor a sequence (general_cosine's ``a``, whose
+    coefficients are given, not learned).
+
+    Example:
+        >>> is_learnable("gaussian", "std"), is_learnable("general_cosine", "a")
+        (True, False)
+    """
+    spec, _ = lookup(window)
+    param = next((p for p in spec.params if p.name == name), None)
+    return param is None or (param.continuous and not param.vector)
+
+
 def describe() -> list[dict[str, Any]]:
     out = []
     for s in SPECS:

@@ -218,6 +218,28 @@ def test_window_with_a_word_setting(tmp_path):
     assert result.exit_code == 2 and "norm must be one of" in result.stderr
 
 
+def test_window_with_a_sequence_setting(tmp_path):
+    # general_cosine's a=0.54,0.46 with a learned width was refused ("not a number"): a
+    # sequence is a fixed setting, kept as a list in the learned record.
+    from diffconv_core.windows import get_window
+
+    in_dir, tg_dir = write_pairs(tmp_path, n=1, frames=400)
+    args = [in_dir, tg_dir, "--taps", 9, "--window", "general_cosine", "--steps", 2, "--crop", 0]
+    result = invoke(
+        *args, "--learn", "width", "--param", "a=0.54,0.46", "--out", tmp_path / "c.npy"
+    )
+    assert result.exit_code == 0, result.output
+    learned = json.loads((tmp_path / "c.json").read_text())["learned"]
+    assert learned["params"] == {"a": [0.54, 0.46]}
+    expected = get_window("general_cosine", 9, a=[0.54, 0.46], width=learned["width"],
+                          normalize="sum", dtype=torch.float64)  # fmt: skip
+    np.testing.assert_allclose(np.load(tmp_path / "c.npy"), expected.numpy(), rtol=1e-5)
+    # learning "params" would have nothing to learn: a usage error that says so
+    result = invoke(*args, "--param", "a=0.54,0.46", "--out", tmp_path / "p.npy")
+    assert result.exit_code == 2
+    assert "no parameters to learn (a: given, not learned); use --learn width" in result.stderr
+
+
 def test_bad_pairs_listed_in_one_error(tmp_path):
     in_dir, tg_dir = write_pairs(tmp_path, n=2, frames=300)
     rng = np.random.default_rng(0)
