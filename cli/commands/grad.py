@@ -430,6 +430,9 @@ def _grad_one(job, setup: _Setup, device, outdir: Path, report) -> str:
         "grad_kernel": result.grad_kernel,
         "jacobian": jac,
     }
+    # Every output is made before any is written: one that fails to render (the figure)
+    # must not leave the others behind as an incomplete set.
+    outputs = []
     for name, value in arrays.items():
         if name in paths and value is not None:
             data = value.cpu().numpy()
@@ -439,12 +442,14 @@ def _grad_one(job, setup: _Setup, device, outdir: Path, report) -> str:
                 # d output / d input depends only on the kernel: one (L, T) block per
                 # kernel, shared by the channels (and .npy rows) that use it.
                 data = data.reshape(-1, *result.kernel.shape[:-1], *data.shape[-2:])[0]
-            _write_npy(paths[name], data, setup.overwrite)
+            outputs.append((_write_npy, paths[name], data))
     if "grad_params" in paths:
-        _write_bytes(paths["grad_params"], _params_json(job, setup, result), setup.overwrite)
+        outputs.append((_write_bytes, paths["grad_params"], _params_json(job, setup, result)))
     if "figure" in paths:
         png = _figure(job, signal[..., first:last], setup, result, jac, rate, first, last)
-        _write_bytes(paths["figure"], png, setup.overwrite)
+        outputs.append((_write_bytes, paths["figure"], png))
+    for write, path, payload in outputs:
+        write(path, payload, setup.overwrite)
     return str(job.dest.parent / job.dest.stem) + ".grad.*"
 
 

@@ -94,6 +94,22 @@ def test_figure_has_the_expected_size_and_is_not_blank(short_wav, tmp_path):
     assert len(np.unique(codes)) > 50  # curves, colour bars, heat maps, text
 
 
+def test_a_figure_that_fails_leaves_no_incomplete_set(short_wav, tmp_path, monkeypatch):
+    # The arrays were written one by one before the figure was drawn: a figure that failed
+    # left them behind without it. Now every output is made first, then written.
+    from cli.commands import grad as grad_command
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("the figure could not be drawn")
+
+    monkeypatch.setattr(grad_command, "_figure", broken)
+    out = tmp_path / "out"
+    result = invoke("grad", short_wav, out, "--format", "both")
+    assert result.exit_code == 1
+    assert "tone.wav" in result.stderr and "could not be drawn" in result.stderr
+    assert not out.exists() or listing(out) == []
+
+
 def test_long_input_gets_a_time_frequency_panel(tmp_path):
     rng = np.random.default_rng(1)
     long = write_wav(tmp_path / "long.wav", 0.3 * rng.standard_normal(12000), RATE)
