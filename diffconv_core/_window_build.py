@@ -183,7 +183,7 @@ def normalize_window(w: Tensor, normalize: str | None, name: str) -> Tensor:
     if bool(readable(degenerate).any()):
         raise ValueError(
             f"cannot normalize={normalize!r}: the {name} window of length {w.shape[-1]} "
-            f"has a {normalize} of zero"
+            f"has {'an' if normalize == 'energy' else 'a'} {normalize} of zero"
         )
     return w / scale
 
@@ -273,6 +273,8 @@ def build(
     m = length if sym or length == 1 else length + 1
     w_tensor = None
     if width is not None:
+        if isinstance(width, bool):  # as length=True is refused: not a number of samples
+            raise TypeError(f"width must be a number or a tensor; got {width!r}")
         w_tensor = as_tensor(width, "width", work, dev)
         if not _in_range(w_tensor, Param("width", None, 0.0, float(length), low_open=True)):
             raise ValueError(f"width must be in (0, {length}] (the length); got {_show(width)}")

@@ -821,6 +821,13 @@ def test_a_window_not_finite_in_its_dtype_is_refused():
     assert torch.isfinite(W.get_window("general_cosine", 7, a=[1e300], dtype=torch.float64)).all()
 
 
+def test_width_true_and_a_zero_energy_are_refused_in_plain_words():
+    with pytest.raises(TypeError, match="width must be a number or a tensor; got True"):
+        W.get_window("hann", 9, width=True)
+    with pytest.raises(ValueError, match="has an energy of zero"):
+        W.get_window("general_cosine", 5, a=[0.0], normalize="energy")
+
+
 def test_broadcast_shapes_matches_torch():
     from diffconv_core._window_build import broadcast_shapes
 
