@@ -154,10 +154,10 @@ def smooth_with_window(
         # "renormalize" the zero padding marks everything past the ends as missing.
         valid_ext = pad(valid, left, right, pad_mode)
     filled_ext = pad(filled, left, right, pad_mode)
-    numerator, weight = _omit_sums(filled_ext, valid_ext, w, method)
     # How many valid samples lie under the non-zero taps (exact: a sum of small integers).
     support = (w.detach() != 0).to(signal.dtype)
     empty = convolve(valid_ext, support, "valid", method=method) < 0.5
+    numerator, weight = _omit_sums(filled_ext, valid_ext, w, method, empty)
     safe_weight = torch.where(empty, torch.ones_like(weight), weight)
     out = numerator / safe_weight
     return torch.where(empty, torch.full_like(out, float("nan")), out).to(result_dtype)
@@ -168,17 +168,20 @@ def smooth_with_window(
 # float64), so above it the ratio keeps about 12 digits, below it it could keep none (a
 # Gaussian's far taps next to a long gap weigh 1e-22).
 _SLIVER = 1e-3
+# At most this many window samples are gathered at a time for those direct sums.
+_GATHERED = 1 << 22
 
 
 def _omit_sums(
-    filled_ext: Tensor, valid_ext: Tensor, w: Tensor, method: str
+    filled_ext: Tensor, valid_ext: Tensor, w: Tensor, method: str, empty: Tensor
 ) -> tuple[Tensor, Tensor]:
     """The "omit" numerator and weight: the NaN-zeroed signal and its validity mask (both
     extended by "same" mode's reach) under the window, each output's weight accurate to the
-    round-off of its own terms.
+    round-off of its own terms (``empty`` marks the outputs with no valid sample, left out).
 
     Shape:
-        filled_ext, valid_ext ``(..., T + K - 1)``, w ``(..., K)`` -> two ``(..., T)``.
+        filled_ext, valid_ext ``(..., T + K - 1)``, w ``(..., K)``, empty ``(..., T)`` ->
+        two ``(..., T)``.
     """
     if transforms_active(filled_ext, valid_ext, w):
         # No data-dependent selection under torch.func: direct sums for every output.
@@ -188,16 +191,24 @@ def _omit_sums(
     if method == "direct":  # each output already its own sum
         return numerator, weight
     scale = w.detach().abs().sum(-1, keepdim=True)
-    sliver = weight.detach().abs() < _SLIVER * scale
+    sliver = (weight.detach().abs() < _SLIVER * scale) & ~empty
     if not bool(sliver.any()):
         return numerator, weight
     at = sliver.nonzero(as_tuple=True)
     batch, T, K = sliver.shape[:-1], sliver.shape[-1], w.shape[-1]
-    taps = w.flip(-1).unsqueeze(-2).expand(*batch, T, K)[at]
-    samples = filled_ext.unfold(-1, K, 1).expand(*batch, T, K)[at]
-    marks = valid_ext.unfold(-1, K, 1).expand(*batch, T, K)[at]
-    numerator = numerator.index_put(at, (samples * taps).sum(-1))
-    weight = weight.index_put(at, (marks * taps).sum(-1))
+    # Views of every output's window (nothing copied until indexed).
+    taps = w.flip(-1).unsqueeze(-2).expand(*batch, T, K)
+    samples = filled_ext.unfold(-1, K, 1).expand(*batch, T, K)
+    marks = valid_ext.unfold(-1, K, 1).expand(*batch, T, K)
+    sums: tuple[list[Tensor], list[Tensor]] = ([], [])
+    step = max(1, _GATHERED // K)  # a signal that is mostly gaps: memory stays bounded
+    for first in range(0, at[0].numel(), step):
+        part = tuple(index[first : first + step] for index in at)
+        these_taps = taps[part]
+        sums[0].append((samples[part] * these_taps).sum(-1))
+        sums[1].append((marks[part] * these_taps).sum(-1))
+    numerator = numerator.index_put(at, torch.cat(sums[0]))
+    weight = weight.index_put(at, torch.cat(sums[1]))
     return numerator, weight
 
 
