@@ -18,8 +18,8 @@ operands reused from registers or on tensor cores (``tf32x3``: three TF32 produc
 float32's accuracy) where the shipped loop loads a sample per tap and output. It does
 ``2 * F`` multiply-adds an output instead of ``K`` and, multiplying whole rows, makes a NaN or
 Inf spread over up to two rows of ``F`` outputs: shipped, it would need the NaN/Inf scan
-(one sync, read ahead of the method) that the shipped kernel's own direct sums do without. Unmeasured on a GPU
-so far; ``toeplitz_settings`` lists what is timed.
+(one sync, read ahead of the method) that the shipped kernel's own direct sums do without.
+Unmeasured on a GPU so far; ``toeplitz_settings`` lists what is timed.
 
 The kernel gradient's kernel is timed with its shipped lanes and tile and with candidates
 (``lag_settings``: a lane a tap rounded to a power of two, at least 4; tiles of 2,048-8,192
