@@ -23,7 +23,7 @@ head -2 "$out/tests.txt"
 grep -E "^(FAILED|ERROR)|passed|failed" "$out/tests.txt" | cut -c1-300 | tail -30
 timeout 150 python3 benchmarks/bench_core.py --device cuda --budget 0.1 --no-naive --out "$out/bench.jsonl" 2>/dev/null | tee "$out/bench_core.md"
 timeout 30 python3 benchmarks/bench_memory.py --device cuda | tee "$out/memory.md"
-{ timeout 60 python3 benchmarks/gpu_call_costs.py; timeout 120 python3 benchmarks/gpu_kernel_variants.py; } \
+{ timeout 75 python3 benchmarks/gpu_call_costs.py; timeout 120 python3 benchmarks/gpu_kernel_variants.py; } \
     2>&1 | tee "$out/call_costs.md"
 timeout 60 python3 benchmarks/gpu_profile.py > "$out/profile.md" 2>&1
 timeout 90 python3 -m cli tune --device cuda --quick 2>&1 | tail -5 | tee "$out/tune.txt"

@@ -86,6 +86,19 @@ def test_table_row_without_peers_or_floor_in_rounds(bench_core):
     assert cells == ["1, 10, 3", "1.00", "-", "fft", "-", "-", "-", "-", "-", "-", "-", "-"]
 
 
+def test_gpu_fft_size_table_runs_on_the_cpu(bench_core):
+    costs = _load("gpu_call_costs")
+    assert costs.fft_sizes(16_777_246) == {
+        "power of two": 33_554_432, "2**a * 3": 25_165_824, "5-smooth x 8": 16_796_160
+    }  # fmt: skip
+    assert costs.fft_sizes(480_030) == {"power of two": 524_288, "5-smooth x 8": 486_000}
+    for n in (1000, 1054, 480_030, 16_777_246):
+        sizes = costs.fft_sizes(n)
+        assert all(n <= size <= sizes["power of two"] for size in sizes.values())
+    table = costs.fft_size_table("cpu", shapes=((2, 100),))
+    assert table.count("| 2, 100 |") == len(costs.fft_sizes(100))
+
+
 def test_gpu_call_costs_pieces_all_run(bench_core):
     # Run on the CPU here so that a renamed internal breaks CI, not a scarce GPU session. The
     # script imports bench_core as its neighbour: the fixture makes it importable so, as the
