@@ -469,12 +469,11 @@ class StreamingSmoother:
         """Samples (per channel) held between pushes: ``O(length + block)``."""
         return self._n_in - self._start
 
-    def _smooth(self, chunk: torch.Tensor) -> torch.Tensor:
-        from diffconv_core.smooth import smooth_with_window
+    def _window_like(self, chunk: torch.Tensor) -> torch.Tensor:
         from diffconv_core.windows import get_window
 
         params = dict(self.window_params)
-        method = params.pop("method", "auto")
+        params.pop("method", None)
         key = (chunk.dtype, chunk.device)
         # Built once per stream, not once per block (a 4,095-tap window cost 1 ms a block),
         # unless its parameters are learnable: then each chunk gets a fresh graph.
@@ -489,9 +488,22 @@ class StreamingSmoother:
                 **params,
             )
             self._window_for = None if learnable else key
+        return self._window
+
+    def _smooth(self, chunk: torch.Tensor) -> torch.Tensor:
+        from diffconv_core.smooth import smooth_with_window
+
+        method = self.window_params.get("method", "auto")
+        window = self._window_like(chunk)
         return smooth_with_window(
-            chunk, self._window, edges=self.edges, nan_policy=self.nan_policy, method=method
+            chunk, window, edges=self.edges, nan_policy=self.nan_policy, method=method
         )
+
+    def _nothing_yet(self, block: torch.Tensor) -> torch.Tensor:
+        # No output yet, shaped as the outputs will be: window parameters with leading dims
+        # (one window per row) broadcast against the signal's.
+        lead = broadcast_shapes(block.shape[:-1], self._window_like(block).shape[:-1])
+        return block.new_zeros((*lead, 0))
 
     def push(self, block: torch.Tensor) -> torch.Tensor:
         """Feed the next ``block``; return the smoothed samples it completes.
@@ -510,7 +522,7 @@ class StreamingSmoother:
         # Until 2 * margin + 2 samples have arrived the signal may still turn out shorter than
         # its edge pads (which then wrap around), so nothing is final yet.
         if not self._local or self._n_in < 2 * margin + 2:
-            return block.new_zeros((*block.shape[:-1], 0))
+            return self._nothing_yet(block)
         chunk = self._joined()
         end = self._n_in - margin  # outputs before `end` do not reach the chunk's fake end
         out = self._smooth(chunk)[..., self._n_out - self._start : end - self._start]

@@ -347,6 +347,21 @@ def test_streamed_smooth_equals_smooth(case):
     torch.testing.assert_close(streamed, whole, rtol=1e-9, atol=1e-9, equal_nan=True, msg=config)
 
 
+@pytest.mark.parametrize("edges", ["reflect", "circular"])
+def test_smoother_pieces_before_the_first_output_have_the_outputs_shape(edges):
+    # A window per row (std of shape (2, 1, 1)) adds a leading dim: the empty pieces before
+    # the first output were shaped as the block, so the pieces did not concatenate.
+    from diffconv_core.smooth import smooth
+
+    x = torch.randn(2, 3, 100, dtype=torch.float64)
+    std = torch.tensor([[[1.5]], [[4.0]]], dtype=torch.float64)
+    sm = StreamingSmoother("gaussian", 41, edges=edges, nan_policy="omit", std=std)
+    pieces = [sm.push(x[..., :10]), sm.push(x[..., 10:]), sm.flush()]
+    assert pieces[0].shape == (2, 2, 3, 0)
+    whole = smooth(x, "gaussian", 41, edges=edges, nan_policy="omit", std=std)
+    torch.testing.assert_close(torch.cat(pieces, dim=-1), whole)
+
+
 @pytest.mark.parametrize("edges", ["reflect", "renormalize", "zeros"])
 def test_smoother_memory_bounded_and_converts_blocks(edges):
     from diffconv_core.smooth import smooth
