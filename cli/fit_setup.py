@@ -86,9 +86,12 @@ def window_setup(o: dict) -> dict:
     params = {k: v for k, v in {**entry["params"], **given}.items() if v is not None}
     missing = [k for k in entry["required"] if k not in params]
     if missing:
+        first = missing[0]
+        # A sequence (general_cosine's a) is a fixed setting, given as comma-separated numbers.
+        sequence = not is_learnable(entry["name"], first) and is_continuous(entry["name"], first)
         raise click.BadParameter(
-            f"{entry['name']} needs a starting value for {', '.join(missing)} "
-            f"(e.g. --param {missing[0]}=4)",
+            f"{entry['name']} needs {'a value' if sequence else 'a starting value'} for "
+            f"{', '.join(missing)} (e.g. --param {first}={'0.54,0.46' if sequence else '4'})",
             param_hint="'--param'",
         )
     for key, value in params.items():

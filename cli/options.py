@@ -28,13 +28,15 @@ class DeviceType(click.ParamType):
 class NameValueType(click.ParamType):
     """``NAME=VALUE``; VALUE becomes an int or float when it reads as one, a bool for
     true/false (any case), and a list of numbers when it is several numbers separated by
-    commas (general_cosine's ``a=0.5,0.5``, which could not be given at all).
+    commas (general_cosine's ``a=0.5,0.5``; one number and a comma for a one-item list).
 
     Example:
         >>> NameValueType().convert("beta=8.6", None, None)
         ('beta', 8.6)
         >>> NameValueType().convert("a=0.5, 0.5", None, None)
         ('a', [0.5, 0.5])
+        >>> NameValueType().convert("a=1,", None, None)
+        ('a', [1])
     """
 
     name = "NAME=VALUE"
@@ -93,8 +95,11 @@ def _number(text: str):
     if text.lower() in ("true", "false"):
         return text.lower() == "true"
     if "," in text:
-        # Sequence parameters (general_cosine's a): every item a number, else left as text.
+        # Sequence parameters (general_cosine's a): every item a number, else left as text;
+        # a trailing comma makes a one-item sequence (a=1,), as in Python.
         items = [_scalar(item.strip()) for item in text.strip("[]()").split(",")]
+        if items and items[-1] == "":
+            items.pop()
         if items and all(isinstance(i, (int, float)) for i in items):
             return items
         return text

@@ -162,7 +162,10 @@ class WindowKernel(nn.Module):
 
 
 def _plain(value: object) -> object:
-    # A fixed setting as JSON takes it: a number as a float, a sequence as a list of them.
+    # A fixed setting as JSON takes it: integer and boolean settings (taylor's nbar and norm)
+    # and words as given, a sequence as a list of floats, any other number as a float.
+    if isinstance(value, (bool, int, str)):
+        return value
     if isinstance(value, (list, tuple, torch.Tensor)):
         return [float(v) for v in (value.tolist() if isinstance(value, torch.Tensor) else value)]
     return float(value)

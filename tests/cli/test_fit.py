@@ -195,6 +195,11 @@ def test_window_with_integer_and_boolean_settings(tmp_path):
     result = invoke(*args, "--param", "norm=false", "--out", tmp_path / "f.npy")
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "f.json").read_text())["learned"]["params"]["norm"] is False
+    # With the width learned the settings are all fixed: kept as given, not made floats.
+    result = invoke(*args, "--learn", "width", "--param", "norm=false", "--out", tmp_path / "w.npy")
+    assert result.exit_code == 0, result.output
+    params = json.loads((tmp_path / "w.json").read_text())["learned"]["params"]
+    assert params["nbar"] == 4 and isinstance(params["nbar"], int) and params["norm"] is False
 
 
 def test_window_with_a_word_setting(tmp_path):
@@ -346,6 +351,11 @@ def test_npy_pairs_need_rate_to_crop_in_seconds(tmp_path):
         (["--window", "hann"], "no parameters to learn; use --learn width"),
         (["--window", "nope"], "unknown window 'nope'"),
         (["--window", "gaussian"], "needs a starting value for std"),
+        # a sequence is given, not learned; a=4 would be refused as not a sequence
+        (
+            ["--window", "general_cosine", "--learn", "width"],
+            "needs a value for a (e.g. --param a=0.54,0.46)",
+        ),
         (["--window", "gaussian", "--param", "beta=2"], "gaussian has no parameter beta"),
         (["--window", "gaussian", "--param", "std=-1"], "'--param': learned parameter std"),
         (["--window", "gaussian", "--param", "std=wide"], "std='wide' is not a number"),

@@ -131,6 +131,12 @@ def test_sequence_window_parameter(tmp_path):
     x = sf.read(src, dtype="float64", always_2d=True)[0].T
     want = scipy_smooth(x, scipy.signal.windows.general_cosine(31, [0.54, 0.46]), "reflect")
     np.testing.assert_allclose(np.load(out), want, atol=1e-6)
+    # One number and a comma: a one-item sequence (a constant window, the boxcar's).
+    r = invoke("smooth", src, tmp_path / "one.npy", "--window", "general_cosine", "--param", "a=1,")
+    assert r.exit_code == 0, r.output
+    want = scipy_smooth(x, np.ones(31), "reflect")
+    np.testing.assert_allclose(np.load(tmp_path / "one.npy"), want, atol=1e-6)
+    (tmp_path / "one.npy").unlink()
     # A list for a one-number parameter would be one window per channel: refused.
     r = invoke("smooth", src, tmp_path / "g.npy", "--window", "gaussian", "--param", "std=1,2")
     assert r.exit_code == 2 and "std takes one value" in r.stderr
