@@ -183,22 +183,36 @@ def test_gaussian_std_learned_from_files(tmp_path):
     np.testing.assert_allclose(np.load(tmp_path / "g.npy"), window.numpy(), rtol=1e-5)
 
 
+def _window_fit(folder: Path, window: str):
+    """Two steps of fitting a 9-tap ``window`` to one pair of files: a function of extra
+    options and the output's name, giving the result and the learned record (None if the
+    command failed)."""
+    in_dir, tg_dir = write_pairs(folder, n=1, frames=400)
+    args = [in_dir, tg_dir, "--taps", 9, "--window", window, "--steps", 2, "--crop", 0]
+
+    def run(*extra, out: str):
+        result = invoke(*args, *extra, "--out", folder / out)
+        if result.exit_code != 0:
+            return result, None
+        return result, json.loads((folder / out).with_suffix(".json").read_text())["learned"]
+
+    return run
+
+
 def test_window_with_integer_and_boolean_settings(tmp_path):
     # taylor's defaults nbar=4 and norm=True were turned into floats, and norm=1.0 was then
     # refused ("norm must be True or False") although no --param was given.
-    in_dir, tg_dir = write_pairs(tmp_path, n=1, frames=400)
-    args = [in_dir, tg_dir, "--taps", 9, "--window", "taylor", "--steps", 2, "--crop", 0]
-    result = invoke(*args, "--out", tmp_path / "t.npy")
+    fit = _window_fit(tmp_path, "taylor")
+    result, learned = fit(out="t.npy")
     assert result.exit_code == 0, result.output
-    learned = json.loads((tmp_path / "t.json").read_text())["learned"]
     assert learned["params"] == {"nbar": 4, "sll": pytest.approx(30.0, rel=0.1), "norm": True}
-    result = invoke(*args, "--param", "norm=false", "--out", tmp_path / "f.npy")
+    result, learned = fit("--param", "norm=false", out="f.npy")
     assert result.exit_code == 0, result.output
-    assert json.loads((tmp_path / "f.json").read_text())["learned"]["params"]["norm"] is False
+    assert learned["params"]["norm"] is False
     # With the width learned the settings are all fixed: kept as given, not made floats.
-    result = invoke(*args, "--learn", "width", "--param", "norm=false", "--out", tmp_path / "w.npy")
+    result, learned = fit("--learn", "width", "--param", "norm=false", out="w.npy")
     assert result.exit_code == 0, result.output
-    params = json.loads((tmp_path / "w.json").read_text())["learned"]["params"]
+    params = learned["params"]
     assert params["nbar"] == 4 and isinstance(params["nbar"], int) and params["norm"] is False
 
 
@@ -206,20 +220,14 @@ def test_window_with_a_word_setting(tmp_path):
     # dpss's norm takes words ("subsample"): fit refused any non-number --param value.
     from diffconv_core.windows import dpss
 
-    in_dir, tg_dir = write_pairs(tmp_path, n=1, frames=400)
-    args = [in_dir, tg_dir, "--taps", 9, "--window", "dpss", "--steps", 2, "--crop", 0]
-    result = invoke(
-        *args, "--param", "NW=2", "--param", "norm=subsample", "--out", tmp_path / "d.npy"
-    )
+    fit = _window_fit(tmp_path, "dpss")
+    result, learned = fit("--param", "NW=2", "--param", "norm=subsample", out="d.npy")
     assert result.exit_code == 0, result.output
-    learned = json.loads((tmp_path / "d.json").read_text())["learned"]
     assert learned["params"]["norm"] == "subsample"
     nw = learned["params"]["NW"]
     expected = dpss(9, nw, norm="subsample", normalize="sum", dtype=torch.float64).numpy()
     np.testing.assert_allclose(np.load(tmp_path / "d.npy"), expected, rtol=1e-5)
-    result = invoke(
-        *args, "--param", "NW=2", "--param", "norm=sideways", "--out", tmp_path / "e.npy"
-    )
+    result, _ = fit("--param", "NW=2", "--param", "norm=sideways", out="e.npy")
     assert result.exit_code == 2 and "norm must be one of" in result.stderr
 
 
@@ -228,19 +236,15 @@ def test_window_with_a_sequence_setting(tmp_path):
     # sequence is a fixed setting, kept as a list in the learned record.
     from diffconv_core.windows import get_window
 
-    in_dir, tg_dir = write_pairs(tmp_path, n=1, frames=400)
-    args = [in_dir, tg_dir, "--taps", 9, "--window", "general_cosine", "--steps", 2, "--crop", 0]
-    result = invoke(
-        *args, "--learn", "width", "--param", "a=0.54,0.46", "--out", tmp_path / "c.npy"
-    )
+    fit = _window_fit(tmp_path, "general_cosine")
+    result, learned = fit("--learn", "width", "--param", "a=0.54,0.46", out="c.npy")
     assert result.exit_code == 0, result.output
-    learned = json.loads((tmp_path / "c.json").read_text())["learned"]
     assert learned["params"] == {"a": [0.54, 0.46]}
     expected = get_window("general_cosine", 9, a=[0.54, 0.46], width=learned["width"],
                           normalize="sum", dtype=torch.float64)  # fmt: skip
     np.testing.assert_allclose(np.load(tmp_path / "c.npy"), expected.numpy(), rtol=1e-5)
     # learning "params" would have nothing to learn: a usage error that says so
-    result = invoke(*args, "--param", "a=0.54,0.46", "--out", tmp_path / "p.npy")
+    result, _ = fit("--param", "a=0.54,0.46", out="p.npy")
     assert result.exit_code == 2
     assert "no parameters to learn (a: given, not learned); use --learn width" in result.stderr
 
