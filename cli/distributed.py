@@ -10,6 +10,7 @@ exit code.
 
 from __future__ import annotations
 
+import datetime
 import os
 from dataclasses import dataclass
 
@@ -55,15 +56,22 @@ def ranks_from_env(environ: dict | None = None) -> Ranks:
     return Ranks(int(env.get("RANK", "0")), world, int(local) if local is not None else None)
 
 
-def start(ranks: Ranks, backend: str = "gloo") -> None:
-    """Join the process group (env:// rendezvous set up by torchrun); no-op outside torchrun."""
+#: How long a rank of a batch command waits for the others at the end. Files are dealt out
+#: before any is read, so one rank may finish hours before another (torch's default, 30
+#: minutes, then failed the early rank with a gloo traceback and lost the other's file).
+BATCH_WAIT_SECONDS = 7 * 24 * 3600
+
+
+def start(ranks: Ranks, backend: str = "gloo", wait_seconds: float | None = None) -> None:
+    """Join the process group (env:// rendezvous set up by torchrun); no-op outside torchrun.
+    ``wait_seconds`` bounds each collective's wait (torch's default if None)."""
     import torch.distributed as dist
 
     if ranks.distributed and not dist.is_initialized():
-        join_process_group(ranks, backend)
+        join_process_group(ranks, backend, wait_seconds)
 
 
-def join_process_group(ranks: Ranks, backend: str) -> None:
+def join_process_group(ranks: Ranks, backend: str, wait_seconds: float | None = None) -> None:
     """``init_process_group`` such that ``destroy_process_group`` really ends the group.
 
     ``torch.distributed.nn.functional`` takes ``group.WORLD`` as a default argument when it
@@ -76,7 +84,8 @@ def join_process_group(ranks: Ranks, backend: str) -> None:
     import torch.distributed as dist
     import torch.distributed.nn.functional  # noqa: F401  (see above: before the group)
 
-    dist.init_process_group(backend, rank=ranks.rank, world_size=ranks.world_size)
+    options = {} if wait_seconds is None else {"timeout": datetime.timedelta(seconds=wait_seconds)}
+    dist.init_process_group(backend, rank=ranks.rank, world_size=ranks.world_size, **options)
 
 
 def gather(ranks: Ranks, payload: object) -> list:

@@ -166,7 +166,7 @@ def run_sharded(
     """
     startup.end()  # the imports are done (see cli.startup)
     ranks = distributed.ranks_from_env()
-    distributed.start(ranks)
+    distributed.start(ranks, wait_seconds=distributed.BATCH_WAIT_SECONDS)
     try:
         report = Report(quiet=quiet, verbose=verbose)
         work(ranks.shard(list(jobs)), report, ranks)

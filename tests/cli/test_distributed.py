@@ -97,3 +97,28 @@ def test_finishing_ends_the_process_group_after_dynamo_is_imported(tmp_path):
     assert r.returncode == 0, r.stderr
     counts = [line.split()[1:] for line in r.stdout.splitlines() if line.startswith("threads")]
     assert len(counts) == 1 and counts[0][0] == counts[0][1], r.stdout
+
+
+def test_batch_ranks_wait_days_for_each_other(monkeypatch):
+    # Files are dealt out before any is read: one rank may finish hours before another, and
+    # torch's default 30-minute wait then failed it with a gloo traceback at the closing
+    # gather (its SIGTERM cost the other rank's file in progress).
+    import datetime
+
+    import torch.distributed as dist
+
+    from cli import distributed, runner
+
+    given = {}
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(dist, "init_process_group", lambda *args, **kwargs: given.update(kwargs))
+    distributed.start(distributed.Ranks(0, 2), wait_seconds=distributed.BATCH_WAIT_SECONDS)
+    assert given["timeout"] >= datetime.timedelta(days=1)
+    asked = []
+    monkeypatch.setattr(
+        distributed,
+        "start",
+        lambda ranks, backend="gloo", wait_seconds=None: asked.append(wait_seconds),
+    )
+    runner.run_sharded([], lambda jobs, report, ranks: None, quiet=True, verbose=False)
+    assert asked == [distributed.BATCH_WAIT_SECONDS]
