@@ -55,8 +55,9 @@ def info(files: tuple[str, ...], **raw_options) -> None:
             except FileProblem as err:
                 report.failed(err.path, err.reason)
             continue
-        if not os.path.lexists(path):
-            report.failed(path, "no such file or directory")
+        if not os.path.exists(path):  # a dangling link is missing too, as in every command
+            dangling = os.path.islink(path)
+            report.failed(path, "a link to no file" if dangling else "no such file or directory")
             missing = True
             continue
         try:

@@ -211,6 +211,9 @@ def test_info_command(tmp_path, bad_inputs):
     assert "text.wav" in r.stderr and len(lines) == 2
     r = invoke("info", tmp_path / "missing.wav")
     assert r.exit_code == 2 and "missing.wav" in r.stderr
+    (tmp_path / "dangling.wav").symlink_to(tmp_path / "nowhere.wav")
+    r = invoke("info", tmp_path / "dangling.wav")  # exit 1 before, as a failed read
+    assert r.exit_code == 2 and "dangling.wav: a link to no file" in r.stderr
 
 
 def test_info_describes_every_file_around_missing_ones_and_directories(tmp_path):
