@@ -66,6 +66,12 @@ class LazyGroup(click.Group):
         except KeyboardInterrupt:
             click.echo("\ndiffconv: interrupted", err=True)
             raise click.exceptions.Exit(interrupts.EXIT_CTRL_C) from None
+        except click.UsageError as err:
+            from cli.distributed import ranks_from_env  # reads the environment only
+
+            if not ranks_from_env().is_main:  # under torchrun every rank fails alike: rank 0
+                raise click.exceptions.Exit(err.exit_code) from None  # says why, once
+            raise
         except OSError as err:
             # What no command turned into a message of its own: text for stdout on a full
             # disk or a closed stream (`info ... > /dev/full`). A runtime failure, no traceback.
@@ -98,7 +104,7 @@ def main() -> None:
     startup.begin()  # rare collections while torch imports (see cli.startup)
     errors.stand_in_for_closed_streams()
     interrupts.unwind_on_sigterm()
-    cli()
+    cli(prog_name="diffconv")  # also when run as `python -m cli` (torchrun -m cli)
 
 
 if __name__ == "__main__":

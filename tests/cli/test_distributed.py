@@ -122,3 +122,17 @@ def test_batch_ranks_wait_days_for_each_other(monkeypatch):
     )
     runner.run_sharded([], lambda jobs, report, ranks: None, quiet=True, verbose=False)
     assert asked == [distributed.BATCH_WAIT_SECONDS]
+
+
+def test_a_usage_error_under_torchrun_is_reported_once(tmp_path):
+    # Every rank parsed the same arguments and printed the same usage error: N copies.
+    (tmp_path / "empty").mkdir()
+    r = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         "-m", "cli", "smooth", str(tmp_path / "empty"), str(tmp_path / "out"), "--length", "0"],
+        capture_output=True, text=True, cwd=REPO, env=dict(os.environ, OMP_NUM_THREADS="1"),
+        timeout=300,
+    )  # fmt: skip
+    assert r.returncode != 0
+    assert r.stderr.count("Error: no input files") == 1, r.stderr
+    assert r.stderr.count("Usage: diffconv smooth") == 1  # named as installed, not python -m cli
