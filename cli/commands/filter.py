@@ -11,7 +11,7 @@ import math
 
 import click
 
-from cli.options import batch_options
+from cli.options import batch_options, check_list_params, window_params_option
 
 _BANDS = ("lowpass", "highpass", "bandpass", "bandstop")
 
@@ -25,8 +25,11 @@ _BANDS = ("lowpass", "highpass", "bandpass", "bandstop")
 @click.option(
     "--window", default="hamming", show_default=True, help="Design window (diffconv windows)."
 )
+@window_params_option(
+    help="Design window parameter NAME=VALUE, e.g. beta=8.6 for kaiser (repeatable)."
+)
 @batch_options
-def filter(paths, lowpass, highpass, bandpass, bandstop, taps, window, **shared) -> None:
+def filter(paths, lowpass, highpass, bandpass, bandstop, taps, window, params, **shared) -> None:
     """Filter INPUT files (or directories) with a designed FIR filter, writing OUTPUT.
 
     Give exactly one of --lowpass, --highpass, --bandpass, --bandstop. Frequencies are in Hz
@@ -57,8 +60,15 @@ def filter(paths, lowpass, highpass, bandpass, bandstop, taps, window, **shared)
     options = RunOptions.from_shared(shared)
 
     def build():
+        check_list_params(window, params)
         return filter_operation(
-            band, cutoff, taps=taps, window=window, rate=options.rate, method=shared["method"]
+            band,
+            cutoff,
+            taps=taps,
+            window=window,
+            rate=options.rate,
+            method=shared["method"],
+            window_params=dict(params),
         )
 
     execute(
@@ -71,8 +81,9 @@ def filter(paths, lowpass, highpass, bandpass, bandstop, taps, window, **shared)
     )
 
 
-def design(band: str, cutoff, *, taps: int, window: str, rate: float):
-    """The FIR taps for ``band`` at sample rate ``rate``, from :mod:`diffconv_core.filters`.
+def design(band: str, cutoff, *, taps: int, window: str, rate: float, window_params=None):
+    """The FIR taps for ``band`` at sample rate ``rate``, from :mod:`diffconv_core.filters`
+    (``window_params``: the window's parameters, e.g. ``{"beta": 8.6}`` for kaiser).
 
     Shape:
         returns ``(taps,)`` float64 tensor.
@@ -86,10 +97,13 @@ def design(band: str, cutoff, *, taps: int, window: str, rate: float):
     from diffconv_core import filters
 
     function = getattr(filters, band)
-    return function(taps, cutoff, window=window, fs=rate, dtype=torch.float64)
+    params = window_params or {}
+    return function(taps, cutoff, window=window, fs=rate, dtype=torch.float64, **params)
 
 
-def filter_operation(band, cutoff, *, taps=101, window="hamming", rate=None, method="auto"):
+def filter_operation(
+    band, cutoff, *, taps=101, window="hamming", rate=None, method="auto", window_params=None
+):
     """The :class:`~cli.runner.Operation` filtering each file at its own sample rate.
 
     The design is validated up front at a rate where the cutoffs are legal, so that bad
@@ -101,7 +115,8 @@ def filter_operation(band, cutoff, *, taps=101, window="hamming", rate=None, met
     from cli.runner import Operation
 
     highest = max(cutoff) if isinstance(cutoff, tuple) else cutoff
-    design(band, cutoff, taps=taps, window=window, rate=4.0 * abs(highest) + 4.0)
+    shape = {"taps": taps, "window": window, "window_params": window_params}
+    design(band, cutoff, rate=4.0 * abs(highest) + 4.0, **shape)
     kernel_operation([1.0], method=method)  # validates --method with the core
     per_rate: dict = {}
 
@@ -109,7 +124,7 @@ def filter_operation(band, cutoff, *, taps=101, window="hamming", rate=None, met
         fs = info.rate or rate
         if fs not in per_rate:
             try:
-                kernel = design(band, cutoff, taps=taps, window=window, rate=fs).numpy()
+                kernel = design(band, cutoff, rate=fs, **shape).numpy()
             except ValueError as err:
                 # The options passed the check up front, so this file's rate is the reason.
                 source = "this file's rate" if info.rate else f"--rate {fs:g}"

@@ -35,6 +35,21 @@ def test_filter_equals_firwin_then_convolve(tmp_path, args, cutoff, pass_zero):
     np.testing.assert_allclose(got, want, atol=2e-6)
 
 
+def test_a_window_with_parameters_designs_as_firwin_does(tmp_path):
+    # kaiser, the usual design window, needs its beta: there was no way to give it
+    # ("kaiser window requires parameter 'beta'" with exit 2, and no --param option).
+    src = SAMPLES / "multichannel_float.wav"
+    out = tmp_path / "out.wav"
+    r = invoke("filter", src, out, "--lowpass", "1000", "--window", "kaiser", "--param", "beta=8.6")
+    assert r.exit_code == 0, r.output
+    h = scipy.signal.firwin(101, 1000.0, window=("kaiser", 8.6), fs=8000)
+    x = sf.read(src, dtype="float64", always_2d=True)[0].T
+    want = np.stack([scipy.signal.convolve(c, h, "same") for c in x])
+    np.testing.assert_allclose(sf.read(out, dtype="float64", always_2d=True)[0].T, want, atol=2e-6)
+    r = invoke("filter", src, tmp_path / "b.wav", "--lowpass", "1000", "--window", "kaiser")
+    assert r.exit_code == 2 and "requires parameter 'beta'" in r.stderr
+
+
 def test_npy_needs_rate_and_uses_it(tmp_path):
     src = SAMPLES / "sensor_gaps.npy"
     out = tmp_path / "out.npy"
