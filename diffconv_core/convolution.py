@@ -54,17 +54,15 @@ def _run(x: torch.Tensor, w: torch.Tensor, mode: str, padding: str, method: str)
         x, w = x.to(compute_dtype), w.to(compute_dtype)
         return transformable_range(method, x, w, lo, hi).to(out_dtype)
     if method == "auto":
-        device = x.device
         method = pick_method(
             math.prod(batch),
             x.shape[-1],
             K,
             "valid" if lo == K - 1 and hi == x.shape[-1] else mode,
-            device,
-            device.type,
+            x.device,
             out_dtype,
             needs_graph(x, w),
-            w.dim() == 1 or math.prod(w.shape[:-1]) == 1,
+            math.prod(w.shape[:-1]) == 1,
         )
     # Half types: the CPU FFT refuses them and cuFFT only takes powers of two; conv1d on CPU
     # is slow and inexact in them. Compute in float32 and return the input's dtype.

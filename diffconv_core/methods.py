@@ -279,9 +279,8 @@ def choose_method(
         raise ValueError(
             f"shapes do not broadcast: signal {signal_shape}, kernel {kernel_shape}"
         ) from None
-    device_type = check_device(device).type
     shared = math.prod(kernel_shape[:-1]) == 1
-    return pick_method(batch, T, K, mode, device, device_type, dtype, requires_grad, shared)
+    return pick_method(batch, T, K, mode, check_device(device), dtype, requires_grad, shared)
 
 
 def pick_method(
@@ -289,8 +288,7 @@ def pick_method(
     T: int,
     K: int,
     mode: str,
-    device: str | torch.device,
-    device_type: str,
+    device: torch.device,
     dtype: torch.dtype,
     requires_grad: bool,
     shared: bool,
@@ -298,6 +296,8 @@ def pick_method(
     """:func:`choose_method` for arguments already checked (``convolve`` calls it on every
     call, where the checks' microseconds add to small calls' host time)."""
     from diffconv_core import tuning  # the measured cache, if any
+
+    device_type = device.type
 
     # `diffconv tune` times one kernel shared by every row; a kernel per row takes other
     # paths (batched GEMMs, grouped convolutions), which the model prices on its own.
