@@ -424,32 +424,25 @@ class _KeepsWriteErrors:
         self.file = file
         self.error: OSError | None = None
 
+    def _kept(self, call: Callable[..., int], *args) -> int:
+        # ``call(*args)`` until the first error, which is kept; 0 (nothing done) from then on.
+        if self.error is None:
+            try:
+                return call(*args)
+            except OSError as err:
+                self.error = err
+        return 0
+
     def write(self, data) -> int:
-        if self.error is not None:
-            return 0
-        try:
-            return self.file.write(data)
-        except OSError as err:
-            self.error = err
-            return 0
+        return self._kept(self.file.write, data)
 
     def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
         # Seeking flushes the buffered writes: it fails as they do (then nothing more is
         # written, and where libsndfile thinks it is no longer matters).
-        if self.error is None:
-            try:
-                return self.file.seek(offset, whence)
-            except OSError as err:
-                self.error = err
-        return 0
+        return self._kept(self.file.seek, offset, whence)
 
     def tell(self) -> int:
-        if self.error is None:
-            try:
-                return self.file.tell()
-            except OSError as err:
-                self.error = err
-        return 0
+        return self._kept(self.file.tell)
 
     def close(self) -> None:
         try:
