@@ -138,11 +138,7 @@ class StreamingConvolver:
 
         # The core's own checks, so that errors read the same as convolve()'s.
         _check_options(mode, padding, method)
-        if not isinstance(kernel, torch.Tensor):
-            raise TypeError(f"kernel must be a torch.Tensor; got {type(kernel).__name__}")
-        if kernel.dim() == 0 or kernel.shape[-1] == 0:
-            raise ValueError(f"kernel must have a non-empty last axis; got {tuple(kernel.shape)}")
-        check_tensor("kernel", kernel)  # its dtype and layout, now rather than at the first push
+        check_tensor("kernel", kernel)  # now rather than at the first push
         if circular_tail is not None and padding != "circular":
             raise ValueError(f"circular_tail applies only to padding='circular'; got {padding!r}")
         if circular_tail is not None and not (
