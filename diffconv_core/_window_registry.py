@@ -211,8 +211,7 @@ def is_continuous(window: str, name: str) -> bool:
         >>> is_continuous("taylor", "sll"), is_continuous("taylor", "nbar")
         (True, False)
     """
-    spec, _ = lookup(window)
-    param = next((p for p in spec.params if p.name == name), None)
+    param = _param(window, name)
     return param is None or param.continuous
 
 
@@ -225,9 +224,13 @@ def is_learnable(window: str, name: str) -> bool:
         >>> is_learnable("gaussian", "std"), is_learnable("general_cosine", "a")
         (True, False)
     """
-    spec, _ = lookup(window)
-    param = next((p for p in spec.params if p.name == name), None)
+    param = _param(window, name)
     return param is None or (param.continuous and not param.vector)
+
+
+def _param(window: str, name: str) -> Param | None:
+    spec, _ = lookup(window)
+    return next((p for p in spec.params if p.name == name), None)
 
 
 def describe() -> list[dict[str, Any]]:
