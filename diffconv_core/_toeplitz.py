@@ -9,7 +9,9 @@ than an FFT even for three taps).
 multiply-adds, long ones run the GEMM nearer its peak). The GEMMs read the source in place
 through strided views, a cache-sized piece at a time: one GEMM per residue of the frame index
 mod J for a kernel shared by every signal, written straight into the result, or one batched
-GEMM per residue for a kernel per signal. Nothing here is recorded by autograd: gradients take
+GEMM per residue for a kernel per signal. In float32 with oneDNN, a kernel shared by every
+signal takes one convolution per piece instead (``_framed_conv``), with frames of its own
+length. Nothing here is recorded by autograd: gradients take
 the same paths through ``_direct._DirectRange``, a shared kernel's own gradient as
 :func:`toeplitz_lagged_products`.
 """
@@ -23,6 +25,7 @@ from collections.abc import Callable, Iterator
 import torch
 import torch.nn.functional as F
 
+from diffconv_core import _framed_conv
 from diffconv_core._pieces import pieces
 from diffconv_core._validation import broadcast_shapes
 from diffconv_core._workspace import scratch
@@ -109,6 +112,8 @@ def toeplitz_correlate(
     signal, none of the output either. A kernel per row has a matrix per row: a piece of
     one row still takes plain GEMMs; several rows take one batched GEMM per residue, into a
     work array (a batched GEMM into a strided output ran 60 times slower).
+    In float32 with oneDNN a shared kernel's products are one convolution a piece instead
+    (:mod:`diffconv_core._framed_conv`).
 
     Shape:
         source ``(*bs, T)``, taps ``(*bt, K)`` -> ``(*broadcast(bs, bt), n_out)``.
@@ -121,13 +126,15 @@ def toeplitz_correlate(
                 [0., 0., 1.]])
     """
     K = taps.shape[-1]
-    P, J = frame_plan(K)
     batch = broadcast_shapes(source.shape[:-1], taps.shape[:-1])
     per_row = taps.dim() > 1
+    framed = not per_row and taps.dtype == source.dtype and _framed_conv.usable(source)
+    P, J = _framed_conv.frame_plan(K) if framed else frame_plan(K)
     if per_row:
         source = source.expand(*batch, source.shape[-1])
         taps = taps.expand(*batch, K).reshape(-1, K)
     matrices = F.pad(taps, (0, 1))[..., _toeplitz_index(K, P, taps.device, J)]  # (J*P, P)
+    weight = _framed_conv.filters(matrices, P, J) if framed else None
     out = torch.empty(math.prod(source.shape[:-1]), n_out, dtype=source.dtype, device=source.device)
     for rows, start, stop, piece in pieces(
         source,
@@ -141,6 +148,9 @@ def toeplitz_correlate(
         n = stop - start
         dest = out[rows, start:stop]
         piece = piece.contiguous()  # a view but for a strided source
+        if weight is not None:
+            dest.copy_(_framed_conv.correlate_frames(piece, weight)[:, :n])
+            continue
         batched = per_row and count_rows > 1
         # The GEMMs write whole frames: straight into the result where it has whole frames
         # in rows of its own (a batched GEMM's frames are copied there from a work array).

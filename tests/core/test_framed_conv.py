@@ -1,0 +1,155 @@
+"""The float32 CPU direct path's oneDNN convolution over polyphase frames (``_framed_conv``):
+taken where it is exact, in every piece layout against scipy in float64, and left to the
+GEMMs wherever oneDNN would not compute float32 in float32."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from diffconv_core import _framed_conv, _toeplitz, convolve
+
+from .conftest import reference
+
+pytestmark = pytest.mark.skipif(
+    not _framed_conv.usable(torch.zeros(1)), reason="torch here has no oneDNN"
+)
+
+# Piece sizes that force each layout: several short rows a piece, one row cut into many
+# pieces (down to a few frames each), and everything in one piece.
+PIECE_BYTES = [256, 4096, 2**22]
+
+
+@pytest.fixture
+def calls(monkeypatch):
+    """How many pieces the convolution computed."""
+    count = []
+    real = _framed_conv.correlate_frames
+
+    def counted(piece, weight):
+        count.append(piece.shape)
+        return real(piece, weight)
+
+    monkeypatch.setattr(_framed_conv, "correlate_frames", counted)
+    return count
+
+
+def _float32_case(seed, signal_shape, K):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(signal_shape).astype(np.float32)
+    w = rng.standard_normal(K).astype(np.float32)
+    return x, w
+
+
+def _close_to_float64(got, x, w, mode):
+    # float32 sums of K products: relative to the largest output, a few ulps times sqrt(K).
+    expected = reference(torch.from_numpy(x).double(), torch.from_numpy(w).double(), mode)
+    scale = max(np.abs(expected).max(), 1.0)
+    np.testing.assert_allclose(got.numpy(), expected, rtol=0, atol=2e-6 * scale * len(w) ** 0.5)
+
+
+@pytest.mark.parametrize("piece_bytes", PIECE_BYTES)
+@pytest.mark.parametrize("mode", ["full", "same", "valid"])
+@pytest.mark.parametrize("K", [13, 16, 17, 31, 33, 64, 255, 1024])
+@pytest.mark.parametrize("shape", [(700,), (3, 700), (2, 3, 90), (2, 5000)])
+def test_matches_float64_scipy_in_every_piece_layout(
+    monkeypatch, calls, piece_bytes, mode, K, shape
+):
+    if mode == "valid" and K > shape[-1]:
+        pytest.skip("valid needs T >= K here")
+    monkeypatch.setattr(_toeplitz, "CHUNK_BYTES", piece_bytes)
+    x, w = _float32_case(K * 7 + shape[-1], shape, K)
+    got = convolve(torch.from_numpy(x), torch.from_numpy(w), mode=mode, method="direct")
+    assert got.dtype == torch.float32 and got.shape[:-1] == shape[:-1]
+    assert calls, "the convolution was not used"
+    _close_to_float64(got, x, w, mode)
+
+
+@pytest.mark.parametrize("K", [13, 31, 200])
+def test_strided_source_is_read_and_left_alone(monkeypatch, calls, K):
+    monkeypatch.setattr(_toeplitz, "CHUNK_BYTES", 4096)
+    rng = np.random.default_rng(K)
+    x = torch.from_numpy(rng.standard_normal((3000, 3)).astype(np.float32)).T  # time stride 3
+    before = x.clone()
+    w = rng.standard_normal(K).astype(np.float32)
+    got = convolve(x, torch.from_numpy(w), mode="same", method="direct")
+    assert calls
+    _close_to_float64(got, before.numpy(), w, "same")
+    assert torch.equal(x, before)
+
+
+def test_agrees_with_the_gemms(monkeypatch, calls):
+    # The same sums of products, once per path: equal to float32 rounding.
+    x, w = _float32_case(1, (4, 20_000), 63)
+    x, w = torch.from_numpy(x), torch.from_numpy(w)
+    framed = convolve(x, w, mode="same", method="direct")
+    assert calls
+    monkeypatch.setattr(_framed_conv, "usable", lambda x: False)
+    calls.clear()
+    gemms = convolve(x, w, mode="same", method="direct")
+    assert not calls
+    torch.testing.assert_close(framed, gemms, rtol=1e-5, atol=1e-5)
+
+
+def test_signal_gradient_takes_it_and_matches_float64(calls):
+    # The signal gradient is a correlation on the same path; the kernel gradient stays with
+    # the GEMMs' lagged products. Against float64 (the GEMMs, checked by gradcheck elsewhere).
+    x, w = _float32_case(2, (3, 4000), 31)
+    xs = torch.from_numpy(x).requires_grad_()
+    ws = torch.from_numpy(w).requires_grad_()
+    g = torch.from_numpy(np.random.default_rng(3).standard_normal((3, 4000)).astype(np.float32))
+    convolve(xs, ws, mode="same", method="direct").backward(g)
+    assert calls
+    x64 = torch.from_numpy(x).double().requires_grad_()
+    w64 = torch.from_numpy(w).double().requires_grad_()
+    convolve(x64, w64, mode="same", method="direct").backward(g.double())
+    torch.testing.assert_close(xs.grad.double(), x64.grad, rtol=0, atol=1e-4)
+    torch.testing.assert_close(ws.grad.double(), w64.grad, rtol=0, atol=1e-3)
+
+
+def _gemms_only(calls):
+    x, w = _float32_case(4, (2, 3000), 31)
+    got = convolve(torch.from_numpy(x), torch.from_numpy(w), mode="same", method="direct")
+    _close_to_float64(got, x, w, "same")
+    return not calls
+
+
+def test_float64_and_kernels_per_row_take_the_gemms(calls):
+    x = torch.randn(2, 3000, dtype=torch.float64)
+    convolve(x, torch.randn(31, dtype=torch.float64), mode="same", method="direct")
+    convolve(x.float(), torch.randn(2, 31), mode="same", method="direct")
+    assert not calls
+
+
+@pytest.mark.filterwarnings("ignore:TF32 acceleration on top of oneDNN")  # torch's own note
+def test_not_taken_with_onednn_disabled(calls):
+    with torch.backends.mkldnn.flags(enabled=False):
+        assert not _framed_conv.usable(torch.zeros(1))
+        assert _gemms_only(calls)
+
+
+@pytest.mark.parametrize("setting", ["conv", "mkldnn", "all"])
+def test_not_taken_when_reduced_precision_is_allowed(monkeypatch, calls, setting):
+    # With "bf16" allowed oneDNN may round float32 inputs to bfloat16 (3 significant digits).
+    target = {
+        "conv": torch.backends.mkldnn.conv,
+        "mkldnn": torch.backends.mkldnn,
+        "all": torch.backends,
+    }[setting]
+    if not hasattr(target, "fp32_precision"):
+        pytest.skip("this torch has no fp32_precision setting")
+    before = target.fp32_precision
+    try:
+        target.fp32_precision = "bf16"
+        assert not _framed_conv.usable(torch.zeros(1))
+        assert _gemms_only(calls)
+    finally:
+        target.fp32_precision = before
+    assert _framed_conv.usable(torch.zeros(1))
+
+
+def test_frame_plan_reads_every_tap():
+    for K in range(1, 1025):
+        P, J = _framed_conv.frame_plan(K)
+        assert (J - 1) * P >= K - 1
