@@ -2,7 +2,9 @@
 
 Times every method of ``diffconv_core.convolve`` on a grid of batch, length and kernel sizes,
 fits the constants of ``diffconv_core.methods._COSTS["cpu"]`` to them (least squares on
-relative error, one method at a time, with the same features the model uses) and prints the
+relative error, one method at a time, with the same features the model uses; float32, whose
+direct method is oneDNN's convolutions, and that method again by the Toeplitz GEMMs that
+other dtypes take, for their terms) and prints the
 fitted table, how often the model then picks a method within 10% of the measured fastest,
 and each case's timings. Nothing is written: paste the table into ``methods.py`` and the
 output into ``benchmarks/results/``.
@@ -37,7 +39,7 @@ import numpy as np
 import torch
 
 import diffconv_core
-from diffconv_core import methods
+from diffconv_core import _framed_conv, methods
 from diffconv_core._direct import MAX_TOEPLITZ_TAPS
 from diffconv_core._fft import fft_length
 from diffconv_core._overlap import block_fft_length
@@ -61,7 +63,7 @@ def features(method: str, B: int, T: int, K: int) -> list[float]:
     if method == "direct":
         if K <= MAX_SHIFT_ADD_TAPS:
             return []  # the shifted sums: kept out of this fit
-        return [1.0, B * L, B * L * gemm_work(K)]
+        return [1.0, B * L, B * L * _framed_conv.work(K)]  # float32: oneDNN's convolutions
     if method == "fft":
         n = fft_length(T + K, torch.device("cpu"))
         log_n = math.log2(n)
@@ -70,6 +72,17 @@ def features(method: str, B: int, T: int, K: int) -> list[float]:
     block = block_fft_length(K, L)
     n_blocks = math.ceil(L / (block - K + 1))
     return [1.0, B * n_blocks * 2 * block * math.log2(block)]
+
+
+def direct_by_gemms(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """The direct method with the Toeplitz GEMMs where float32 would take oneDNN's
+    convolutions (the path of other dtypes, or of a torch without oneDNN)."""
+    usable = _framed_conv.usable
+    _framed_conv.usable = lambda x: False
+    try:
+        return diffconv_core.convolve(x, w, method="direct")
+    finally:
+        _framed_conv.usable = usable
 
 
 def fit(rows: list[tuple[list[float], float]]) -> np.ndarray:
@@ -177,7 +190,7 @@ def main() -> None:
     if args.per_row:
         fit_per_row(args.budget)
         return
-    cases = []
+    cases, gemm_cases = [], []
     with torch.no_grad():
         for (B, T), K in itertools.product(SHAPES, TAPS):
             x = torch.randn(B, T)
@@ -188,13 +201,18 @@ def main() -> None:
                 )
                 for m in METHODS
             }
+            gemms = None
+            if MAX_SHIFT_ADD_TAPS < K <= MAX_TOEPLITZ_TAPS:
+                gemms = median_time(lambda x=x, w=w: direct_by_gemms(x, w), args.budget)
             cases.append((B, T, K, times))
+            gemm_cases.append((B, T, K, gemms))
             print(
                 f"# {B} x {T}, {K} taps: "
                 + ", ".join(f"{m} {s * 1e3:.3f} ms" for m, s in times.items())
+                + ("" if gemms is None else f" (direct by GEMMs {gemms * 1e3:.3f} ms)")
             )
     names = {
-        "direct": ("direct_call", "direct_sample", "direct_gemm_tap"),
+        "direct": ("framed_call", "framed_sample", "framed_tap"),
         "fft": ("fft_call", "fft_unit", "fft_unit_per_octave"),
         "overlap": ("overlap_call", "overlap_unit"),
     }
@@ -206,6 +224,14 @@ def main() -> None:
             if features(method, B, T, K)
         ]
         table.update(zip(names[method], (float(c) for c in fit(rows)), strict=True))
+    # The GEMMs' terms, for other dtypes or without oneDNN: the same cases, timed alike.
+    rows = [
+        ([1.0, B * T, B * T * gemm_work(K)], gemms * 1e9)
+        for B, T, K, gemms in gemm_cases
+        if gemms is not None
+    ]
+    names_gemm = ("direct_call", "direct_sample", "direct_gemm_tap")
+    table.update(zip(names_gemm, (float(c) for c in fit(rows)), strict=True))
     print("\n_COSTS['cpu'] = {")
     for key, value in table.items():
         print(f"    {key!r}: {value:.4g},")
@@ -228,7 +254,9 @@ def agreement(
     try:
         near, misses = 0, []
         for B, T, K, times in cases:
-            costs = methods.estimate_costs(B, T, K, "same", "cpu", shared_kernel=shared_kernel)
+            costs = methods.estimate_costs(
+                B, T, K, "same", "cpu", shared_kernel=shared_kernel, framed_conv=shared_kernel
+            )
             picked = min(costs, key=costs.__getitem__)
             fastest = min(times, key=times.__getitem__)
             if times[picked] <= 1.1 * times[fastest]:

@@ -2,7 +2,8 @@
 
 On CPU, short kernels run as shifted multiply-adds (up to 12 taps, ``_shift_add``), longer
 ones as block-Toeplitz matrix products in cache-sized pieces (``_toeplitz``; batched for a
-kernel per row), several times faster than ``conv1d`` there, with or without gradients. On
+kernel per row; in float32 one oneDNN convolution a piece for a shared kernel,
+``_framed_conv``), several times faster than ``conv1d`` there, with or without gradients. On
 CUDA the forward pass is a fused Triton kernel (``_triton_direct``), or ``conv1d`` with the
 flipped kernel where Triton is missing. Where a backward pass is needed it is written out
 (:class:`_DirectRange`) rather than left to autograd: the signal gradient is again a direct

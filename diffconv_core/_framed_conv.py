@@ -33,7 +33,12 @@ _EXACT = ("ieee", "none")
 def usable(x: torch.Tensor) -> bool:
     """Whether the convolution computes ``x``'s products exactly as the GEMMs would (in its
     own dtype, float32, on a CPU with oneDNN enabled and no reduced precision asked for)."""
-    if x.dtype != torch.float32 or x.device.type != "cpu":
+    return usable_for(x.dtype, x.device)
+
+
+def usable_for(dtype: torch.dtype, device: torch.device) -> bool:
+    """:func:`usable` for a tensor of this dtype on this device."""
+    if dtype != torch.float32 or device.type != "cpu":
         return False
     backends = torch.backends
     if not (backends.mkldnn.is_available() and backends.mkldnn.enabled):
@@ -50,6 +55,18 @@ def frame_plan(K: int) -> tuple[int, int]:
         ((16, 2), (16, 3), (16, 17))
     """
     return FRAME, 1 + -(-(K - 1) // FRAME)
+
+
+def work(K: int) -> int:
+    """Multiply-adds per output of the convolution for ``K`` taps (``J * P``; the cost
+    model's measure of this path's work).
+
+    Example:
+        >>> work(31)
+        48
+    """
+    P, J = frame_plan(K)
+    return J * P
 
 
 def filters(matrix: torch.Tensor, P: int, J: int) -> torch.Tensor:

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 
 import torch
 
+from diffconv_core import _framed_conv
 from diffconv_core._direct import MAX_TOEPLITZ_TAPS
 from diffconv_core._fft import fft_length
 from diffconv_core._overlap import block_fft_length
@@ -35,8 +36,10 @@ from diffconv_core._validation import MODES, broadcast_shapes, check_choice, che
 # project's 2-core machines (torch 2.13). On the CPU the paths without autograd differ from
 # the recorded ones (direct in cache-sized pieces, shifted sums up to 12 taps, batched FFTs in
 # chunks), so each has its own table: "cpu" is fitted by benchmarks/fit_cpu_costs.py
-# (relative least squares, 81 shapes: batch 1-512, length 1,024-4,194,304, 3-1,023 taps,
-# freed memory retained; the shifted sums' terms from an earlier fit of 70 timings);
+# (relative least squares, 81 float32 shapes: batch 1-512, length 1,024-4,194,304, 3-1,023
+# taps, freed memory retained; the direct terms are oneDNN's convolutions ("framed"); the
+# shifted sums' terms are from an earlier fit of 70 timings, the GEMMs' ("direct", for other
+# dtypes or without oneDNN) from the fit before the convolutions);
 # "cpu_autograd" prices the recorded forward of the FFT methods and of a kernel per row (one
 # shared kernel takes the fast path also when recorded), and _BACKWARD_FACTOR the backward.
 # benchmarks/results/ holds the measurements.
@@ -48,11 +51,14 @@ _COSTS = {
         "direct_call": 145_000.0,
         "direct_sample": 0.439,
         "direct_gemm_tap": 0.0179,  # GEMM: per output and multiply-add (_toeplitz.gemm_work)
-        "fft_call": 94_000.0,
-        "fft_unit": 0.0538,
-        "fft_unit_per_octave": 0.0112,  # above 2**11 points
-        "overlap_call": 140_000.0,
-        "overlap_unit": 0.0819,
+        "framed_call": 196_800.0,
+        "framed_sample": 0.5609,
+        "framed_tap": 0.01128,  # oneDNN: per output and multiply-add (_framed_conv.work)
+        "fft_call": 94_720.0,
+        "fft_unit": 0.05453,
+        "fft_unit_per_octave": 0.01191,  # above 2**11 points
+        "overlap_call": 146_900.0,
+        "overlap_unit": 0.1195,
     },
     "cpu_autograd": {
         # A kernel per row (batched GEMMs in pieces, recorded or not, its own backward):
@@ -149,12 +155,14 @@ def _cuda_training_pick(batch: int, T: int, K: int, mode: str) -> str:
 
 
 # Forward + backward (gradients to both inputs) over the recorded forward alone, measured on
-# CPU (medians over 33 shapes, 3-8,191 taps): the direct method's backward is two more passes
-# (the signal gradient, then the kernel gradient's GEMMs, which waste more multiply-adds than
-# the forward's shifted sums), the FFT's reuses the forward spectra, and overlap-save's adds
-# block gradients back (unfold's adjoint). With these, choose_method's pick was within 10% of
-# the fastest forward+backward in 32 of the 33 shapes (30 with direct at 2.0).
-_BACKWARD_FACTOR = {"direct": 3.9, "fft": 2.0, "overlap": 3.8}
+# CPU (medians over 33-36 shapes, 3-8,191 taps): the direct method's backward is two more
+# passes (the signal gradient, then the kernel gradient's GEMMs, which waste more
+# multiply-adds than the forward's shifted sums or float32 convolutions), the FFT's reuses the
+# forward spectra, and overlap-save's adds block gradients back (unfold's adjoint). Direct's
+# factor rose from 3.9 to 4.6 (the median of 36 shapes) when its float32 forward became
+# oneDNN's convolutions and the kernel gradient did not; with these, choose_method's pick was
+# within 10% of the fastest forward+backward in 35 of those 36 shapes (33 at 3.9).
+_BACKWARD_FACTOR = {"direct": 4.6, "fft": 2.0, "overlap": 3.8}
 
 # The shifted sums with a kernel per row (a column of weights per tap) over one shared
 # kernel's: 1.2-1.5x (one thread, 256-4 rows of 1,024-480,000 samples, 3-12 taps).
@@ -184,9 +192,12 @@ def estimate_costs(
     device_type: str,
     requires_grad: bool = False,
     shared_kernel: bool = True,
+    framed_conv: bool = False,
 ) -> dict[str, float]:
     """Modelled forward time of each method in nanoseconds (the ranking is what counts), for
-    the path each takes: with autograd recording or not, one kernel for all rows or not.
+    the path each takes: with autograd recording or not, one kernel for all rows or not, a
+    shared kernel's direct products as oneDNN convolutions (``framed_conv``, float32) or
+    GEMMs.
 
     Example:
         >>> costs = estimate_costs(16, 480_000, 31, "same", "cuda")
@@ -217,6 +228,11 @@ def estimate_costs(
         a = _COSTS["cpu_autograd"]
         call = a["direct_call"]
         per_sample = a["direct_sample"] + a["direct_gemm_tap"] * gemm_work(K)
+    elif framed_conv:
+        # One kernel for every row in float32: oneDNN convolutions in pieces, also recorded.
+        f = _COSTS["cpu"]
+        call = f["framed_call"]
+        per_sample = f["framed_sample"] + f["framed_tap"] * _framed_conv.work(K)
     else:
         # One kernel for every row: the GEMMs in pieces, also when recorded.
         f = _COSTS["cpu"]
@@ -309,7 +325,8 @@ def pick_method(
             return cached
     if requires_grad and device_type != "cpu":
         return _cuda_training_pick(batch, T, K, mode)
-    costs = estimate_costs(batch, T, K, mode, device_type, requires_grad, shared)
+    framed = shared and _framed_conv.usable_for(dtype, device)
+    costs = estimate_costs(batch, T, K, mode, device_type, requires_grad, shared, framed)
     if requires_grad:
         # The backward pass costs each method a different multiple of its forward pass.
         costs = {name: cost * _BACKWARD_FACTOR[name] for name, cost in costs.items()}

@@ -195,6 +195,26 @@ def test_the_model_prices_the_path_each_call_takes():
     assert choose_method((1, 1 << 22), (255,)) == "overlap"
 
 
+@pytest.mark.filterwarnings("ignore:TF32 acceleration on top of oneDNN")  # torch's own note
+def test_float32_is_priced_as_onednn_convolutions_and_other_dtypes_as_gemms():
+    # A shared float32 kernel's direct products are oneDNN's convolutions, faster than the
+    # GEMMs that float64, a kernel per row, or a torch with oneDNN off take (_framed_conv).
+    from diffconv_core import _framed_conv
+    from diffconv_core.methods import estimate_costs
+
+    onednn = _framed_conv.usable(torch.zeros(1))
+    shape = (4, 480_000)
+    for K in (31, 127, 255, 511):
+        framed = estimate_costs(*shape, K, "same", "cpu", framed_conv=True)
+        gemms = estimate_costs(*shape, K, "same", "cpu")
+        assert framed["direct"] < gemms["direct"]
+        assert framed["fft"] == gemms["fft"] and framed["overlap"] == gemms["overlap"]
+        for dtype, costs in ((torch.float32, framed if onednn else gemms), (torch.float64, gemms)):
+            assert choose_method(shape, (K,), dtype=dtype) == min(costs, key=costs.get), K
+        with torch.backends.mkldnn.flags(enabled=False):
+            assert choose_method(shape, (K,)) == min(gemms, key=gemms.get), K
+
+
 @pytest.mark.parametrize("name,near_at_least,geomean", [("gpu_h200_tune_v3.json", 17, 1.08)])
 def test_cuda_training_picks_against_h200_timings(name, near_at_least, geomean):
     # `diffconv tune --quick` on an H200: forward+backward of every method on 24 shapes. The
