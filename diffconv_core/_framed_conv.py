@@ -87,6 +87,11 @@ def correlate_frames(piece: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         piece ``(rows, F * P)`` contiguous, weight ``(P, P, 1, J)`` ->
         ``(rows, (F - J + 1) * P)`` (a view of the convolution's own output).
     """
+    if torch.is_autocast_enabled("cpu"):
+        # conv2d is on autocast's lower-precision list, where the GEMMs' out= forms are not:
+        # float32 products must not become bfloat16 ones behind a float32 result.
+        with torch.autocast("cpu", enabled=False):
+            return correlate_frames(piece, weight)
     P = weight.shape[0]
     rows, length = piece.shape
     image = piece.view(rows, 1, length // P, P).permute(0, 3, 1, 2)

@@ -28,7 +28,13 @@ from diffconv_core._overlap import block_fft_length
 from diffconv_core._shift_add import MAX_SHIFT_ADD_TAPS
 from diffconv_core._toeplitz import gemm_work
 from diffconv_core._triton_direct import MAX_LAG_TAPS
-from diffconv_core._validation import MODES, broadcast_shapes, check_choice, check_device
+from diffconv_core._validation import (
+    HALF_DTYPES,
+    MODES,
+    broadcast_shapes,
+    check_choice,
+    check_device,
+)
 
 # Per-device constants of the cost model, in nanoseconds: a fixed cost per call, then per
 # output sample (direct) or per n*log2(n) unit of transform (fft, overlap). CUDA numbers are
@@ -325,7 +331,9 @@ def pick_method(
             return cached
     if requires_grad and device_type != "cpu":
         return _cuda_training_pick(batch, T, K, mode)
-    framed = shared and _framed_conv.usable_for(dtype, device)
+    # Half types are computed in float32 on a CPU (convolution.py), there by oneDNN too.
+    compute_dtype = torch.float32 if dtype in HALF_DTYPES and device_type == "cpu" else dtype
+    framed = shared and _framed_conv.usable_for(compute_dtype, device)
     costs = estimate_costs(batch, T, K, mode, device_type, requires_grad, shared, framed)
     if requires_grad:
         # The backward pass costs each method a different multiple of its forward pass.

@@ -209,7 +209,14 @@ def test_float32_is_priced_as_onednn_convolutions_and_other_dtypes_as_gemms():
         gemms = estimate_costs(*shape, K, "same", "cpu")
         assert framed["direct"] < gemms["direct"]
         assert framed["fft"] == gemms["fft"] and framed["overlap"] == gemms["overlap"]
-        for dtype, costs in ((torch.float32, framed if onednn else gemms), (torch.float64, gemms)):
+        # Half types are computed in float32 on a CPU, so priced as float32.
+        float32 = framed if onednn else gemms
+        for dtype, costs in (
+            (torch.float32, float32),
+            (torch.bfloat16, float32),
+            (torch.float16, float32),
+            (torch.float64, gemms),
+        ):
             assert choose_method(shape, (K,), dtype=dtype) == min(costs, key=costs.get), K
         with torch.backends.mkldnn.flags(enabled=False):
             assert choose_method(shape, (K,)) == min(gemms, key=gemms.get), K

@@ -108,6 +108,17 @@ def test_signal_gradient_takes_it_and_matches_float64(calls):
     torch.testing.assert_close(ws.grad.double(), w64.grad, rtol=0, atol=1e-3)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_autocast_leaves_the_products_in_float32(calls, dtype):
+    # conv2d is on CPU autocast's lower-precision list: left to it, the products would be
+    # rounded to bfloat16 (3e-3 relative) behind a float32 result.
+    x, w = _float32_case(6, (2, 4000), 31)
+    with torch.autocast("cpu", dtype=dtype):
+        got = convolve(torch.from_numpy(x), torch.from_numpy(w), mode="same", method="direct")
+    assert got.dtype == torch.float32 and calls
+    _close_to_float64(got, x, w, "same")
+
+
 def _gemms_only(calls):
     x, w = _float32_case(4, (2, 3000), 31)
     got = convolve(torch.from_numpy(x), torch.from_numpy(w), mode="same", method="direct")
