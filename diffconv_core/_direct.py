@@ -20,6 +20,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from diffconv_core._autocast import autocast_off
 from diffconv_core._fft import gradients_from_pieces
 from diffconv_core._shift_add import MAX_SHIFT_ADD_TAPS, shift_add_correlate
 from diffconv_core._toeplitz import toeplitz_correlate, toeplitz_lagged_products
@@ -56,15 +57,16 @@ def conv1d_range(x: torch.Tensor, w: torch.Tensor, lo: int, hi: int) -> torch.Te
     source = _source(x, K, lo, n_out)
     taps = w.flip(-1)
     n_src = source.shape[-1]
-    if math.prod(w.shape[:-1]) == 1:  # one kernel shared by every signal
-        out = F.conv1d(source.reshape(-1, 1, n_src), taps.reshape(1, 1, K))
-    elif math.prod(x.shape[:-1]) == 1:  # one signal, many kernels
-        out = F.conv1d(source.reshape(1, 1, n_src), taps.reshape(-1, 1, K))
-    else:  # a kernel per signal: one group per channel
-        channels = math.prod(batch)
-        source = source.expand(*batch, n_src).reshape(1, channels, n_src)
-        taps = taps.expand(*batch, K).reshape(channels, 1, K)
-        out = F.conv1d(source, taps, groups=channels)
+    with autocast_off(x.device.type):  # conv1d is on autocast's lower-precision lists
+        if math.prod(w.shape[:-1]) == 1:  # one kernel shared by every signal
+            out = F.conv1d(source.reshape(-1, 1, n_src), taps.reshape(1, 1, K))
+        elif math.prod(x.shape[:-1]) == 1:  # one signal, many kernels
+            out = F.conv1d(source.reshape(1, 1, n_src), taps.reshape(-1, 1, K))
+        else:  # a kernel per signal: one group per channel
+            channels = math.prod(batch)
+            source = source.expand(*batch, n_src).reshape(1, channels, n_src)
+            taps = taps.expand(*batch, K).reshape(channels, 1, K)
+            out = F.conv1d(source, taps, groups=channels)
     return out.reshape(*batch, n_out)
 
 

@@ -26,6 +26,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from diffconv_core._autocast import autocast_off
+
 #: Frames of 16 samples were fastest at every kernel length from 13 to 511 taps and batch
 #: shape tried (4 x 480,000, 1 x 4,194,304, 512 x 1,024, 64 x 8,000): 8 and 32 were up to
 #: 1.8x and 1.4x slower.
@@ -87,12 +89,10 @@ def correlate_frames(piece: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         piece ``(rows, F * P)`` contiguous, weight ``(P, P, 1, J)`` ->
         ``(rows, (F - J + 1) * P)`` (a view of the convolution's own output).
     """
-    if torch.is_autocast_enabled("cpu"):
-        # conv2d is on autocast's lower-precision list, where the GEMMs' out= forms are not:
-        # float32 products must not become bfloat16 ones behind a float32 result.
-        with torch.autocast("cpu", enabled=False):
-            return correlate_frames(piece, weight)
     P = weight.shape[0]
     rows, length = piece.shape
     image = piece.view(rows, 1, length // P, P).permute(0, 3, 1, 2)
-    return F.conv2d(image, weight).permute(0, 2, 3, 1).reshape(rows, -1)
+    # conv2d is on autocast's lower-precision list, where the GEMMs' out= forms are not.
+    with autocast_off("cpu"):
+        frames = F.conv2d(image, weight)
+    return frames.permute(0, 2, 3, 1).reshape(rows, -1)

@@ -105,3 +105,34 @@ def test_mixed_dtype_gradients(method):
     diffconv_core.correlate(xr, wr, "full", method=method).sum().backward()
     assert torch.allclose(x.grad.double(), xr.grad, rtol=1e-6, atol=1e-6)
     assert torch.allclose(w.grad, wr.grad, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("autocast_dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize(
+    "lead_x, lead_w, T, K",
+    [
+        ((3,), (), 2000, 31),
+        ((2,), (2,), 2000, 31),
+        ((2,), (), 3000, 1100),
+        ((2,), (2,), 3000, 1100),
+        ((1,), (3,), 3000, 1100),
+    ],
+    ids=["shared", "per-row", "long-shared", "long-per-row", "one-signal-many-kernels"],
+)
+def test_float32_stays_float32_under_cpu_autocast(autocast_dtype, method, lead_x, lead_w, T, K):
+    # autocast lowers the float32 operands of conv1d/conv2d/matmul to bfloat16 or float16 and
+    # still returns float32: the direct paths through those ops (oneDNN frames up to 1,024
+    # taps, conv1d beyond) must keep float32 numerics, forward and backward.
+    x, w = make_pair(lead_x, lead_w, T, K, dtype=torch.float32, seed=K)
+    with torch.autocast("cpu", dtype=autocast_dtype):
+        check_parity(x, w, "same", "zeros", method, correlate=False)
+        xg, wg = x.clone().requires_grad_(), w.clone().requires_grad_()
+        out = diffconv_core.convolve(xg, wg, "same", method=method)
+        out.backward(torch.ones_like(out))
+    x64, w64 = x.double().requires_grad_(), w.double().requires_grad_()
+    out64 = diffconv_core.convolve(x64, w64, "same", method=method)
+    out64.backward(torch.ones_like(out64))
+    for got, expected in ((xg.grad, x64.grad), (wg.grad, w64.grad)):
+        scale = expected.abs().max().item()
+        assert (got.double() - expected).abs().max().item() <= 1e-5 * scale
