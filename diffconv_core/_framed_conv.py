@@ -19,6 +19,7 @@ faster only for long single rows up to 127 taps, 1.6-2x slower for stacked short
 
 oneDNN computes float32 in float32 only while torch's fp32 precision settings for it are
 left at "ieee" (or unset); with "bf16" or "tf32" asked for, or without oneDNN, the GEMMs run.
+``torch.autocast`` would lower conv2d's operands too, so the convolution runs with it off.
 """
 
 from __future__ import annotations
@@ -88,6 +89,14 @@ def correlate_frames(piece: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     Shape:
         piece ``(rows, F * P)`` contiguous, weight ``(P, P, 1, J)`` ->
         ``(rows, (F - J + 1) * P)`` (a view of the convolution's own output).
+
+    Example:
+        >>> from diffconv_core._toeplitz import _toeplitz_index
+        >>> taps = torch.tensor([1.0, 2.0, 0.0])  # out[m] = x[m] + 2 x[m + 1]; index 2: zero
+        >>> matrix = taps[_toeplitz_index(2, 16, torch.device("cpu"), 2)]  # (32, 16)
+        >>> out = correlate_frames(torch.arange(48.0)[None], filters(matrix, 16, 2))
+        >>> out.shape, out[0, :3].tolist()
+        (torch.Size([1, 32]), [2.0, 5.0, 8.0])
     """
     P = weight.shape[0]
     rows, length = piece.shape
