@@ -145,8 +145,13 @@ def _mismatch(x: SignalInfo, y: SignalInfo, rate: float | None) -> str | None:
     if x.shape[:-1] != y.shape[:-1]:
         return f"channel counts differ: {x.shape[:-1]} vs {y.shape[:-1]}"
     if _rate(x, rate) != _rate(y, rate):
-        return f"sample rates differ: {_rate(x, rate):g} vs {_rate(y, rate):g} Hz"
+        return f"sample rates differ: {_hertz(_rate(x, rate))} vs {_hertz(_rate(y, rate))}"
     return None
+
+
+def _hertz(rate: float | None) -> str:
+    # A .npy file carries no rate: it takes --rate, and without it matches no audio file.
+    return "none (.npy: give --rate)" if rate is None else f"{rate:g} Hz"
 
 
 def pair_problem(name: str, err: FileProblem) -> str:

@@ -235,14 +235,20 @@ class AtomicWriter:
         if self._dest_mode is not None and not self.overwrite:
             raise FileProblem(dest, "output exists; use --overwrite to replace it")
         try:
-            fd, self._tmp = _temporary_beside(self._target, self._made_dirs)
-            if self.spec.kind == "npy" and not self.buffered:
-                os.close(fd)  # numpy's memmap opens the file by name
-            else:
-                self._fd = fd  # everything else is written through this descriptor
+            # A Ctrl-C raised inside mkstemp, after it made the file but before it returned
+            # the name, would leave the file behind: hold it until the name is kept here.
+            with interrupts.deferred():
+                fd, self._tmp = _temporary_beside(self._target, self._made_dirs)
+                if self.spec.kind == "npy" and not self.buffered:
+                    os.close(fd)  # numpy's memmap opens the file by name
+                else:
+                    self._fd = fd  # everything else is written through this descriptor
         except OSError as err:
             self._remove_made_dirs()
             raise FileProblem(dest, f"cannot create output ({err.strerror or err})") from err
+        except BaseException:  # the held Ctrl-C or SIGTERM, raised as the block ended
+            self._discard()
+            raise
         try:
             self._open()
         except BaseException:
@@ -488,18 +494,22 @@ def atomic_write(
     dest = Path(dest)
     if not overwrite and dest.exists():
         raise FileProblem(dest, "output exists; use --overwrite to replace it")
+    fd = tmp = None
     try:
-        target = _through_symlink(dest)
-        keep = _existing_mode(target)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
-    except OSError as err:
-        raise FileProblem(dest, f"cannot write ({err.strerror or err})") from err
-    try:
+        # As in AtomicWriter: a Ctrl-C is held until mkstemp's file has its name here.
+        with interrupts.deferred():
+            target = _through_symlink(dest)
+            keep = _existing_mode(target)
+            prefix = f".{target.name}."
+            fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=".part", dir=target.parent)
         with os.fdopen(fd, "wb") as f:
+            fd = None  # closed by the with block from here on
             fill(f)
         _move_into_place(tmp, target, keep)
     except BaseException as err:
-        if os.path.exists(tmp):
+        if fd is not None:
+            os.close(fd)
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
         if isinstance(err, OSError):
             raise FileProblem(dest, f"cannot write ({err.strerror or err})") from err

@@ -359,14 +359,14 @@ def _run(trainer, o, ranks, save) -> None:
         dynamic_ncols=True,
     )
     last_val = [trainer.history["val"][-1] if trainer.history["val"] else None]
-    requested = [False]
+    requested: list[int | None] = [None]  # the signal that asked to stop, if any
     device = next(trainer.model.parameters()).device
 
     def stop_requested() -> bool:
         if not ranks.distributed:
-            return requested[0]
+            return requested[0] is not None
         # Ranks may see the signal at different steps: agree, or one would wait forever.
-        flag = torch.tensor([float(requested[0])], device=device)
+        flag = torch.tensor([float(requested[0] is not None)], device=device)
         _all_reduce_sum(flag)
         return bool(flag.item() > 0)
 
@@ -390,7 +390,7 @@ def _run(trainer, o, ranks, save) -> None:
 
     def on_signal(signum, frame) -> None:
         # The first signal finishes the current step; a second one stops at once.
-        requested[0] = True
+        requested[0] = signum
         signal.signal(signum, previous[signum] or signal.SIG_DFL)
 
     previous = {}
@@ -409,7 +409,8 @@ def _run(trainer, o, ranks, save) -> None:
                 "with --resume",
                 err=True,
             )
-        sys.exit(interrupts.EXIT_CTRL_C)
+        # 128 + the signal, as a shell reports it (a rank that saw none: as for Ctrl-C).
+        sys.exit(128 + requested[0] if requested[0] is not None else interrupts.EXIT_CTRL_C)
     except RuntimeError as err:
         # torch refuses a step size beyond the parameters' dtype (Adam's first step is 10x
         # --lr) instead of making it Inf: the same divergence, caught one step earlier.

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from pathlib import Path
 
 import click
 
+from cli import interrupts
 from cli.options import device_option, quiet_option
 
 
@@ -33,7 +35,9 @@ from cli.options import device_option, quiet_option
 @quiet_option
 def tune(device: str, dtype: str, quick: bool, cache: str | None, quiet: bool) -> None:
     """Time direct, FFT and overlap-save convolution on a grid of shapes on DEVICE and cache the
-    fastest per shape; method "auto" consults the cache from then on (nearest measured shape).
+    fastest per shape; method "auto" consults the default cache from then on (nearest measured
+    shape). A --cache file elsewhere is read only where DIFFCONV_CACHE_DIR names its folder
+    and it is called methods.json.
     """
     import torch
 
@@ -61,7 +65,8 @@ def tune(device: str, dtype: str, quick: bool, cache: str | None, quiet: bool) -
     shapes = tuning.default_shapes(torch_device.type, quick=quick)
     records = tuning.measure(torch_device, torch_dtype, shapes, progress=report)
     try:
-        path = tuning.save(records, torch_device, torch_dtype, cache)
+        with interrupts.deferred():  # a Ctrl-C in mid-save would leave its temporary file
+            path = tuning.save(records, torch_device, torch_dtype, cache)
     except OSError as error:
         where = cache or tuning.cache_path()
         raise click.ClickException(f"cannot write the cache {where}: {error}") from None
@@ -79,7 +84,7 @@ def _check_not_foreign(path: Path) -> None:
         if path.stat().st_size == 0:
             return
         data = json.loads(path.read_bytes())
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # nothing there to lose
         return
     except (OSError, ValueError, RecursionError):
         data = None
@@ -96,6 +101,8 @@ def _check_writable(path: Path, *, given: bool) -> None:
     written: make its folder and a scratch file in it (as root, permission bits alone do not
     tell; a read-only file system or a file where a folder should be still refuses)."""
     try:
+        if path.parent.exists() and not path.parent.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, f"{path.parent} is not a folder")
         path.parent.mkdir(parents=True, exist_ok=True)
         handle, scratch = tempfile.mkstemp(dir=path.parent, prefix=".methods-", suffix=".probe")
         os.close(handle)

@@ -35,6 +35,22 @@ def run_diffconv(*args, env: dict | None = None, cwd: Path = REPO):
     )
 
 
+@pytest.fixture
+def sigterm_handler():
+    """diffconv's own SIGTERM/Ctrl-C handlers (cli.interrupts), the previous ones restored."""
+    import signal
+
+    from cli import interrupts
+
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    interrupts.unwind_on_sigterm()
+    yield
+    for sig, handler in previous.items():
+        signal.signal(sig, handler)
+
+
 def listing(folder: Path) -> list[str]:
     """Every file under ``folder`` (hidden temporaries included), relative, sorted."""
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())

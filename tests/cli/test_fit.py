@@ -249,6 +249,24 @@ def test_window_with_a_sequence_setting(tmp_path):
     assert "no parameters to learn (a: given, not learned); use --learn width" in result.stderr
 
 
+@pytest.mark.parametrize("npy_side", ["input", "target"])
+def test_npy_paired_with_audio_needs_a_rate(tmp_path, npy_side):
+    # A .npy file has no sample rate: without --rate it cannot match an audio file's, and
+    # the error says so (it was a TypeError traceback formatting None as a rate).
+    rng = np.random.default_rng(1)
+    x, y = rng.standard_normal(300), rng.standard_normal(300)
+    npy, wav = (tmp_path / "x.npy", tmp_path / "y.wav")
+    np.save(npy, x if npy_side == "input" else y)
+    sf.write(wav, y if npy_side == "input" else x, RATE, subtype="FLOAT")
+    pair = (npy, wav) if npy_side == "input" else (wav, npy)
+    result = invoke(*pair, "--out", tmp_path / "k.npy", *FAST)
+    assert result.exit_code == 2
+    assert "sample rates differ" in result.stderr and "give --rate" in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "k.npy").exists()
+    result = invoke(*pair, "--out", tmp_path / "k.npy", "--rate", RATE, *FAST)
+    assert result.exit_code == 0, result.stderr
+
+
 def test_bad_pairs_listed_in_one_error(tmp_path):
     in_dir, tg_dir = write_pairs(tmp_path, n=2, frames=300)
     rng = np.random.default_rng(0)
@@ -272,7 +290,7 @@ def test_bad_pairs_listed_in_one_error(tmp_path):
     assert "only_target.wav: target" in err and "has no input" in err
     assert "short.wav: lengths differ: 300 vs 250 frames" in err
     assert "mono.wav: channel counts differ" in err
-    assert "rate.wav: sample rates differ: 8000 vs 16000 Hz" in err
+    assert "rate.wav: sample rates differ: 8000 Hz vs 16000 Hz" in err
     assert "broken.wav:" in err and "not a readable sound file" in err
     assert "p0.wav" not in err and "Traceback" not in err
     assert err.count("Error:") == 1
@@ -429,8 +447,14 @@ def test_torchrun_two_processes_equal_one(tmp_path):
     assert double.stderr.count("fitted 7 taps") == 1
 
 
-def test_interrupt_checkpoints_and_resume_reaches_the_same_kernel(tmp_path):
-    """Ctrl-C finishes the running step, checkpoints, exits 130; --resume completes it."""
+@pytest.mark.parametrize(
+    "signum, status, resume",
+    [(signal.SIGINT, 130, True), (signal.SIGTERM, 143, False)],
+    ids=["ctrl-c", "sigterm"],
+)
+def test_interrupt_checkpoints_and_resume_reaches_the_same_kernel(tmp_path, signum, status, resume):
+    """Ctrl-C (SIGTERM) finishes the running step, checkpoints, exits 130 (143, as the other
+    commands do); --resume completes it."""
     in_dir, tg_dir = write_pairs(tmp_path, n=2, frames=600)
     common = [in_dir, tg_dir, "--taps", 7, "--steps", 400, "--lr", 0.02, "--crop", 0.01]
     common += ["--batch-size", 2, "--val-every", 50, "--device", "cpu"]
@@ -442,16 +466,18 @@ def test_interrupt_checkpoints_and_resume_reaches_the_same_kernel(tmp_path):
         deadline = time.monotonic() + 60
         while not ckpt.exists() and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.02)
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signum)
         _, err = proc.communicate(timeout=60)
     finally:
         proc.kill()
     step = torch.load(ckpt, weights_only=True)["trainer"]["step"]
     if proc.returncode == 0:
         pytest.skip(f"the fit finished before the signal arrived (step {step})")
-    assert proc.returncode == 130, err.decode()
+    assert proc.returncode == status, err.decode()
     assert "interrupted after step" in err.decode() and "Traceback" not in err.decode()
     assert 1 <= step < 400 and not (tmp_path / "cut.npy").exists()
+    if not resume:
+        return
 
     resumed = invoke(*common, "--out", tmp_path / "cut.npy", "--resume", ckpt)
     assert resumed.exit_code == 0, resumed.output

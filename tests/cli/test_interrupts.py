@@ -16,17 +16,6 @@ from cli.writing import AtomicWriter, output_spec
 from tests.cli.conftest import REPO
 
 
-@pytest.fixture
-def sigterm_handler():
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    interrupts.unwind_on_sigterm()
-    yield
-    for sig, handler in previous.items():
-        signal.signal(sig, handler)
-
-
 def test_sigterm_outside_a_deferred_block_stops_at_once(sigterm_handler):
     with pytest.raises(SystemExit) as stop:
         os.kill(os.getpid(), signal.SIGTERM)
@@ -161,3 +150,47 @@ def test_a_deferred_block_on_another_thread_does_not_hold_the_main_threads_signa
         release.set()
         thread.join(10)
     assert raised_there == []
+
+
+def _signal_as_mkstemp_returns(monkeypatch, signum):
+    # The window the review found: the temporary file exists, mkstemp has not yet returned
+    # its name. A signal then used to leave a hidden .part file behind (grad: 5 runs in 12).
+    import tempfile
+
+    real = tempfile.mkstemp
+
+    def made_then_signalled(*args, **kwargs):
+        made = real(*args, **kwargs)
+        os.kill(os.getpid(), signum)
+        for _ in range(10_000):  # the handler runs here, before the name is returned
+            pass
+        return made
+
+    monkeypatch.setattr(tempfile, "mkstemp", made_then_signalled)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+@pytest.mark.parametrize("buffered", [False, True], ids=["streamed", "buffered"])
+@pytest.mark.parametrize("name", ["out.wav", "out.npy"])
+def test_a_signal_as_the_temporary_is_made_leaves_nothing(
+    sigterm_handler, monkeypatch, tmp_path, signum, buffered, name
+):
+    info = probe(REPO / "sample_data" / "speech_mono16.wav")
+    dest = tmp_path / "made" / name  # a folder the writer makes, and must remove again
+    _signal_as_mkstemp_returns(monkeypatch, signum)
+    with pytest.raises((KeyboardInterrupt, SystemExit)):
+        with AtomicWriter(dest, output_spec(dest, info), (1, 1000), buffered=buffered) as w:
+            w.write(np.zeros((1, 1000)))
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_a_signal_as_atomic_writes_temporary_is_made_leaves_nothing(
+    sigterm_handler, monkeypatch, tmp_path, signum
+):
+    from cli.writing import atomic_write
+
+    _signal_as_mkstemp_returns(monkeypatch, signum)
+    with pytest.raises((KeyboardInterrupt, SystemExit)):
+        atomic_write(tmp_path / "params.json", lambda f: f.write(b"{}"))
+    assert list(tmp_path.iterdir()) == []
