@@ -105,7 +105,8 @@ def _usable_entry(entry: object) -> bool:
     for axis in ("batch", "T", "K"):
         value = entry.get(axis)
         real = isinstance(value, (int, float)) and not isinstance(value, bool)
-        if not (real and math.isfinite(value) and value >= 1):
+        # An int is finite however long (isfinite would overflow converting one to float).
+        if not (real and value >= 1 and (isinstance(value, int) or math.isfinite(value))):
             return False
     return True
 
@@ -184,7 +185,7 @@ def _entries_for(cache: dict, key: str) -> list[dict] | None:
         parts = other.split(":")
         if len(parts) == 3 and parts[0] == "cpu" and parts[2] == dtype_name:
             count = parts[1].removeprefix("cpux")
-            if count.isdigit():
+            if count.isascii() and count.isdigit():  # "²" is a digit to isdigit, not to int
                 others.append((abs(int(count) - threads), other))
     return cache[min(others)[1]] if others else None
 
@@ -276,8 +277,11 @@ def measure(
 
 
 def save(records: list[dict], device: str | torch.device, dtype: torch.dtype, path=None) -> Path:
-    """Merge ``records`` into the cache under this device's key, atomically; return the path."""
+    """Merge ``records`` into the cache under this device's key, atomically; return the path
+    (a symlink's target, which is written through it, as the CLI writes its outputs)."""
     path = Path(path) if path is not None else cache_path()
+    if path.is_symlink():
+        path = Path(os.path.realpath(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     with _locked_folder(path.parent):
         data = _read_json(path)

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+
 import pytest
 
 from diffconv_core import tuning
@@ -29,6 +33,7 @@ def test_unwritable_cache_option_is_a_usage_error_before_measuring(tmp_path, mea
     result = invoke("tune", "--device", "cpu", "--cache", target)
     assert result.exit_code == 2, result.output
     assert str(target) in result.stderr and "--cache" in result.stderr
+    assert "is not a folder" in result.stderr and "exists" not in result.stderr
     assert measured == []
 
 
@@ -63,3 +68,41 @@ def test_cache_option_never_replaces_a_file_that_is_not_a_cache(tmp_path, measur
     result = invoke("tune", "--device", "cpu", "--cache", cache, "-q")
     assert result.exit_code == 0, result.output
     assert "other:device" in cache.read_text() and len(measured) == 1
+
+
+def test_cache_option_through_a_symlink_updates_its_target(tmp_path, measured):
+    # The link itself used to be replaced by a file, the shared cache it named left stale.
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "real.json").write_text("{}")
+    link = tmp_path / "link.json"
+    link.symlink_to(shared / "real.json")
+    result = invoke("tune", "--device", "cpu", "--cache", link, "-q")
+    assert result.exit_code == 0, result.output
+    assert link.is_symlink() and json.loads((shared / "real.json").read_text())
+    assert listing(tmp_path) == ["link.json", "shared/real.json"]
+
+
+@pytest.mark.parametrize("signum, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_while_saving_finishes_the_save_and_leaves_no_temporary(
+    tmp_path, measured, monkeypatch, sigterm_handler, signum, status
+):
+    # A signal inside mkstemp (the file made, its name not yet returned) left a .methods-*
+    # file behind: the save now holds the signal until it is done.
+    import tempfile
+
+    real = tempfile.mkstemp
+
+    def made_then_signalled(*args, **kwargs):
+        made = real(*args, **kwargs)
+        if str(kwargs.get("suffix")) == ".json":  # the save's temporary, not the probe's
+            os.kill(os.getpid(), signum)
+            for _ in range(10_000):
+                pass
+        return made
+
+    monkeypatch.setattr(tempfile, "mkstemp", made_then_signalled)
+    target = tmp_path / "methods.json"
+    result = invoke("tune", "--device", "cpu", "--cache", target, "-q")
+    assert result.exit_code == status, result.output
+    assert listing(tmp_path) == ["methods.json"] and json.loads(target.read_text())

@@ -81,6 +81,27 @@ def test_another_thread_count_serves_when_this_one_was_not_measured(cache_dir, m
     assert tuning.lookup("cpu", 4, 4096, 31, "same", torch.float32) == "direct"
 
 
+def test_a_thread_count_that_is_no_number_is_skipped(cache_dir, monkeypatch):
+    # "²" passes str.isdigit but not int(): every auto convolve then failed.
+    records = json.dumps(_fake_records("overlap"))
+    fewer = torch.get_num_threads() + 5
+    monkeypatch.setattr(torch, "get_num_threads", lambda: fewer)
+    (cache_dir / "methods.json").write_text(f'{{"cpu:cpux\u00b2:float32": {records}}}')
+    assert tuning.lookup("cpu", 4, 4096, 31, "same", torch.float32) is None
+    x, w = torch.randn(4, 4096), torch.randn(31)
+    torch.testing.assert_close(convolve(x, w), convolve(x, w, method="fft"))
+
+
+def test_save_through_a_symlink_writes_its_target(cache_dir, tmp_path):
+    real = tmp_path / "elsewhere" / "real.json"
+    real.parent.mkdir()
+    real.write_text("{}")
+    link = cache_dir / "methods.json"
+    link.symlink_to(real)
+    assert tuning.save(_fake_records("fft"), "cpu", torch.float32) == real
+    assert link.is_symlink() and tuning.lookup("cpu", 4, 4096, 31, "same", torch.float32) == "fft"
+
+
 def test_cache_can_be_ignored_and_broken_caches_are_harmless(cache_dir, monkeypatch):
     tuning.save(_fake_records("overlap"), "cpu", torch.float32)
     monkeypatch.setenv("DIFFCONV_NO_TUNING", "1")
@@ -140,6 +161,7 @@ def test_a_save_is_seen_at_once_by_the_same_process(cache_dir):
         [dict(_fake_records("fft")[0], K="31")],
         [dict(_fake_records("fft")[0], T=None)],
         [dict(_fake_records("fft")[0], batch=True)],
+        [dict(_fake_records("fft")[0], T=10**400)],  # isfinite() overflowed on it
     ],
 )
 def test_malformed_records_are_skipped_not_raised_inside_convolve(cache_dir, entries):
