@@ -39,6 +39,25 @@ def clamp_straight_through(value: Tensor, low: float | None, high: float | None)
     return torch.clamp(value.detach(), min=low, max=high) + (value - value.detach())
 
 
+def check_param_names(spec: Spec, params: dict[str, Any]) -> None:
+    """Refuse parameters that ``spec``'s window does not take (a TypeError naming them).
+
+    Example:
+        >>> check_param_names(lookup("hann")[0], {"beta": 8.0})
+        Traceback (most recent call last):
+        ...
+        TypeError: hann window got unexpected parameter(s) beta; accepted: none
+    """
+    names = {p.name for p in spec.params}
+    unknown = sorted(set(params) - names)
+    if unknown:
+        accepted = ", ".join(sorted(names)) or "none"
+        raise TypeError(
+            f"{spec.name} window got unexpected parameter(s) {', '.join(unknown)}; "
+            f"accepted: {accepted}"
+        )
+
+
 def upper_bound(window: str, p: Param, length: int) -> tuple[float | None, bool]:
     """The bound above parameter ``p`` of a ``length``-tap window, and whether it is open
     (excluded). Fixed in the registry for most; dpss's NW must stay below length / 2 (as
@@ -218,14 +237,7 @@ def build(
         raise ValueError(
             f"normalize must be one of None, 'sum', 'peak', 'energy'; got {normalize!r}"
         )
-    names = {p.name for p in spec.params}
-    unknown = sorted(set(params) - names)
-    if unknown:
-        accepted = ", ".join(sorted(names)) or "none"
-        raise TypeError(
-            f"{spec.name} window got unexpected parameter(s) {', '.join(unknown)}; "
-            f"accepted: {accepted}"
-        )
+    check_param_names(spec, params)
     raw = {}
     for p in spec.params:
         value = params.get(p.name, p.default)

@@ -218,7 +218,8 @@ class FIRFilter(nn.Module):
         dtype, device: of the parameters and buffers.
 
     Cutoffs that an optimiser pushes outside ``(0, fs/2)`` are clamped into it in
-    ``forward``.
+    ``forward``, and band edges that cross are taken in order; the gradient passes through
+    as if unclamped, so that they can come back.
 
     Shape:
         - input: ``(..., T)``
@@ -262,6 +263,10 @@ class FIRFilter(nn.Module):
         self.kind = kind
         self.numtaps = _b.check_length(numtaps, "numtaps")
         self.spec, forced = _resolve_name(window, window_params)
+        _b.check_param_names(self.spec, window_params)  # not silently dropped below
+        if kind in ("lowpass", "highpass") and isinstance(cutoff, (list, tuple)):
+            # As filters.lowpass: a list is not a batch (a tensor of cutoffs is one).
+            raise ValueError(f"a {kind} filter takes one cutoff; got {cutoff!r}")
         # The design keeps a _symmetric/_periodic suffix (firwin honours it).
         suffix = "" if forced is None else "_symmetric" if forced else "_periodic"
         self._window_name = self.spec.name + suffix
@@ -285,6 +290,11 @@ class FIRFilter(nn.Module):
                 self._window_learned.append(p.name)
             elif p.name in window_params:
                 self._window_fixed[p.name] = _keep(self, f"window_{p.name}", given)
+        if learn_window and not self._window_learned:
+            raise ValueError(
+                f"the {self.spec.name} window has no continuous parameter to learn; "
+                "use learn_window=False"
+            )
         # Design once with the values as given, so that impossible designs fail right here
         # (later, in training, cutoffs are clamped into range instead).
         self._design(self.cutoff)
@@ -297,7 +307,16 @@ class FIRFilter(nn.Module):
         """
         nyq = 1.0 if self.fs is None else self.fs / 2.0
         eps = torch.finfo(self.cutoff.dtype).eps * nyq
-        return self._design(torch.clamp(self.cutoff, min=eps, max=nyq - eps))
+        # The gradient passes straight through the clamps (_clamp_to_range says why).
+        cutoff = _b.clamp_straight_through(self.cutoff, eps, nyq - eps)
+        if self.kind in ("bandpass", "bandstop"):
+            # An optimiser may also take the edges past each other, or onto one value at a
+            # bound: the design takes them in order and at least eps apart.
+            low, high = torch.sort(cutoff, dim=-1).values.unbind(-1)
+            low = _b.clamp_straight_through(low, None, nyq - 2 * eps)
+            high = _b.clamp_straight_through(high, low.detach() + eps, None)
+            cutoff = torch.stack([low, high], dim=-1)
+        return self._design(cutoff)
 
     def _design(self, cutoff: Tensor) -> Tensor:
         params = _resolve(self, self._window_fixed)

@@ -435,6 +435,18 @@ class StreamingSmoother:
         if not valid_length:
             raise ValueError(f"length must be a positive integer; got {length!r}")
         length = operator.index(length)
+        # Checked now, as StreamingConvolver checks its options, rather than once a block
+        # has filled or at flush().
+        from diffconv_core._window_build import check_param_names
+        from diffconv_core.smooth import EDGES, NAN_POLICIES
+        from diffconv_core.windows import _resolve_name
+
+        check_choice("edges", edges, EDGES)
+        check_choice("nan_policy", nan_policy, NAN_POLICIES)
+        # get_window's own keywords (sym, width) and smooth's method are not the window's.
+        params = {k: v for k, v in window_params.items() if k not in ("method", "sym", "width")}
+        spec, _ = _resolve_name(window, params)
+        check_param_names(spec, params)
         self.window = window
         self.length = length
         self.edges = edges

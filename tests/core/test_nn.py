@@ -254,6 +254,15 @@ def test_fir_filter_learnable_flags():
         (lambda: FIRFilter("highpass", 0.3, numtaps=20), ValueError, "odd number of taps"),
         (lambda: FIRFilter("lowpass", 0.0), ValueError, "greater than 0"),
         (lambda: FIRFilter("bandpass", [0.5, 0.2]), ValueError, "strictly increasing"),
+        # Keywords the window does not take were dropped without a word (firwin's `width`,
+        # a Kaiser `beta` with the default Hamming window, a misspelt `sampling_rate`).
+        (lambda: FIRFilter("lowpass", 0.3, width=0.05), TypeError, "unexpected.*width"),
+        (lambda: FIRFilter("lowpass", 0.3, beta=8.0), TypeError, "hamming.*unexpected.*beta"),
+        (lambda: FIRFilter("lowpass", 0.3, sampling_rate=8e3), TypeError, "sampling_rate"),
+        (lambda: FIRFilter("lowpass", 0.3, learn_window=True), ValueError, "nothing|no cont"),
+        # A list is one cutoff too many for a lowpass (it became a batch of two filters).
+        (lambda: FIRFilter("lowpass", [0.3, 0.5]), ValueError, "takes one cutoff"),
+        (lambda: FIRFilter("highpass", (0.3, 0.5), numtaps=21), ValueError, "takes one cutoff"),
         # Convolution options fail at construction, not at the first forward pass.
         (lambda: WindowConv("hann", 9, mode="sme"), ValueError, "mode must be one of.*'sme'"),
         (lambda: WindowConv("hann", 9, method="fast"), ValueError, "method must be.*'fast'"),
@@ -264,6 +273,51 @@ def test_fir_filter_learnable_flags():
 def test_errors(call, exc, match):
     with pytest.raises(exc, match=match):
         call()
+
+
+def test_fir_filter_batch_of_cutoffs_is_a_tensor():
+    lp = FIRFilter("lowpass", torch.tensor([0.3, 0.5]), numtaps=31, dtype=torch.float64)
+    expected = torch.stack([F.lowpass(31, c, dtype=torch.float64) for c in (0.3, 0.5)])
+    torch.testing.assert_close(lp.kernel(), expected)
+
+
+@pytest.mark.parametrize("kind", ["bandpass", "bandstop"])
+def test_band_edges_that_cross_or_meet_are_taken_in_order(kind):
+    # An optimiser step can take the edges past each other (or both past Nyquist, onto one
+    # clamped value): firwin then refused them mid-training.
+    f = FIRFilter(kind, (0.2, 0.4), numtaps=31, dtype=torch.float64)
+    with torch.no_grad():
+        f.cutoff.copy_(torch.tensor([0.32, 0.28]))
+    torch.testing.assert_close(f.kernel(), getattr(F, kind)(31, [0.28, 0.32], dtype=torch.float64))
+    with torch.no_grad():
+        f.cutoff.copy_(torch.tensor([1.2, 1.1]))
+    assert torch.isfinite(f.kernel()).all()
+    weights = torch.randn(31, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    (f.kernel() * weights).sum().backward()  # not the sum: a bandstop's DC gain is always 1
+    assert torch.isfinite(f.cutoff.grad).all() and f.cutoff.grad.abs().sum() > 0
+
+
+def test_band_training_that_crosses_the_edges_runs_on():
+    torch.manual_seed(0)
+    x = torch.randn(2, 2000, dtype=torch.float64)
+    target = convolve(x, F.bandpass(31, [0.295, 0.305], dtype=torch.float64))
+    f = FIRFilter("bandpass", (0.2, 0.4), numtaps=31, dtype=torch.float64)
+    opt = torch.optim.Adam(f.parameters(), lr=0.05)
+    for _ in range(30):  # the edges crossed at step 3 and raised a ValueError
+        opt.zero_grad()
+        loss = (f(x) - target).pow(2).mean()
+        loss.backward()
+        opt.step()
+    assert torch.isfinite(loss)
+
+
+def test_a_cutoff_pushed_past_nyquist_gets_its_gradient():
+    f = FIRFilter("lowpass", 0.3, numtaps=31, dtype=torch.float64)
+    with torch.no_grad():
+        f.cutoff.fill_(1.05)
+    x = torch.randn(2, 400, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    f(x).pow(2).sum().backward()
+    assert f.cutoff.grad != 0  # a plain clamp's zero gradient left it stuck there
 
 
 # ---------------------------------------------------------------- optimisation

@@ -449,3 +449,20 @@ def test_smoother_blocks_of_mixed_precision_promote_as_cat_does():
     assert second.dtype == torch.float64
     out = torch.cat([first.double(), second, sm.flush()])
     assert out.shape == (400,)
+
+
+@pytest.mark.parametrize(
+    "kwargs, exc, match",
+    [
+        (dict(edges="bogus"), ValueError, "edges must be one of"),
+        (dict(nan_policy="skip"), ValueError, "nan_policy must be one of"),
+        (dict(window="nope"), ValueError, "unknown window 'nope'"),
+        (dict(window="hann", beta=2.0), TypeError, "unexpected parameter.*beta"),
+    ],
+)
+def test_smoother_options_are_checked_at_construction(kwargs, exc, match):
+    # They were taken, then refused once 2 * length + 2 samples had arrived, or at flush().
+    with pytest.raises(exc, match=match):
+        StreamingSmoother(length=5, **kwargs)
+    # get_window's own keywords and smooth's method are not the window's parameters.
+    StreamingSmoother("gaussian", 9, std=2.0, sym=False, width=7.5, method="fft")
