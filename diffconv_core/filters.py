@@ -86,7 +86,7 @@ def _edges(cutoff: Any, work: torch.dtype, device: Any) -> Tensor:
 
 def _show(cutoffs: Tensor) -> str:
     # The cutoffs as given, not edges / nyq * nyq: 1000 Hz at fs=12004 read 999.9999999999999.
-    values = cutoffs.detach().cpu().tolist()
+    values = _b.readable(cutoffs).cpu().tolist()  # under vmap: the whole batch
     return repr(values[0] if len(values) == 1 else values)
 
 
@@ -155,11 +155,14 @@ def firwin(
     cutoffs = _edges(cutoff, work, dev)
     edges = cutoffs / nyq
     limit = "fs/2" if fs is not None else "1 (the Nyquist frequency)"
-    if not bool(((edges > 0) & (edges < 1)).all()):
+    # The checks read numbers: through readable(), so that torch.func.vmap can batch a design.
+    readable_edges = _b.readable(edges)
+    if not bool(((readable_edges > 0) & (readable_edges < 1)).all()):
         raise ValueError(
             f"cutoff frequencies must be greater than 0 and less than {limit}; got {_show(cutoffs)}"
         )
-    if edges.shape[-1] > 1 and not bool((edges[..., 1:] > edges[..., :-1]).all()):
+    increasing = readable_edges[..., 1:] > readable_edges[..., :-1]
+    if edges.shape[-1] > 1 and not bool(increasing.all()):
         raise ValueError(f"cutoff frequencies must be strictly increasing; got {_show(cutoffs)}")
 
     n_edges = edges.shape[-1]
@@ -217,7 +220,7 @@ def firwin(
         c = torch.cos(math.pi * m * frequency.unsqueeze(-1))
         gain = (h * c).sum(-1, keepdim=True)
         noise = numtaps * torch.finfo(work).eps * (h * c).detach().abs().sum(-1, keepdim=True)
-        if bool((gain.detach().abs() <= noise).any()):
+        if bool((_b.readable(gain).abs() <= _b.readable(noise)).any()):
             # e.g. a 2-tap Hann window is all zeros: nothing to scale (scipy returns nan).
             raise ValueError(
                 f"cannot scale this design: its gain at the centre of the first pass band is "

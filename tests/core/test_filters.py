@@ -297,3 +297,26 @@ def test_random_designs_match_firwin(numtaps, edges, pass_zero, scale, window, f
         return
     got = F.firwin(numtaps, cutoff, dtype=torch.float64, **kwargs)
     np.testing.assert_allclose(got.numpy(), ref, rtol=1e-9, atol=1e-12)
+
+
+def test_designs_batch_under_vmap():
+    # The range checks called bool() on batched tensors: vmap refused any design.
+    from torch import func
+
+    f64 = torch.float64
+    cutoffs = torch.tensor([0.1, 0.2, 0.45], dtype=f64)
+    got = func.vmap(lambda c: F.lowpass(31, c, dtype=f64))(cutoffs)
+    expected = np.stack([scipy.signal.firwin(31, float(c)) for c in cutoffs])
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-12, atol=1e-12)
+    bands = torch.tensor([[0.1, 0.3], [0.2, 0.5]], dtype=f64)
+    got = func.vmap(lambda c: F.bandpass(31, c, dtype=f64))(bands)
+    expected = np.stack([scipy.signal.firwin(31, b.tolist(), pass_zero=False) for b in bands])
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-12, atol=1e-12)
+    betas = torch.tensor([2.0, 8.0], dtype=f64)
+    got = func.vmap(lambda b: F.firwin(31, 0.3, window="kaiser", beta=b, dtype=f64))(betas)
+    expected = np.stack([scipy.signal.firwin(31, 0.3, window=("kaiser", float(b))) for b in betas])
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-12, atol=1e-12)
+    jac = func.vmap(func.jacrev(lambda c: F.lowpass(31, c, dtype=f64)))(cutoffs)
+    assert jac.shape == (3, 31) and torch.isfinite(jac).all()
+    with pytest.raises(ValueError, match="greater than 0 and less than 1"):
+        func.vmap(lambda c: F.lowpass(31, c))(torch.tensor([0.1, 1.5]))
