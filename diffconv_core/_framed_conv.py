@@ -6,14 +6,13 @@ exactly torch's channels-last layout of a ``(rows, P, 1, frames)`` image: the sa
 lie, no copy. Output frame ``q`` is the source frames ``q .. q + J - 1`` times a ``(J * P,
 P)`` Toeplitz matrix, which is a 2-D convolution of that image with ``P`` filters of ``P``
 channels and ``J`` columns, and its channels-last output is again the samples in order.
-oneDNN runs that convolution 1.3-2x faster than ``_toeplitz``'s strided GEMMs from 13 to 511
-taps (2 cores, AVX-512, interleaved, pieces of 4 MiB: 4 x 480,000 with 31 taps 3.0 against
-4.8 ms, 1 x 4,194,304 with 127 taps 7.9 against 12.5 ms; 0.58-0.93x the GEMMs' time with
-oneDNN and MKL held to AVX2 by ONEDNN_MAX_CPU_ISA and MKL_ENABLE_INSTRUCTIONS, 31-255 taps).
-Whole ``convolve`` calls gain
-less, as the copies into and out of the pieces, the NaN/Inf scan and page faults stay: 0.77-
-0.95x of the GEMMs' forward time and 0.75-1.03x forward+backward (interleaved A/B, 31-127
-taps, glibc's default allocator).
+oneDNN runs that convolution 1.15-1.8x faster than ``_toeplitz``'s strided GEMMs from 13 to
+511 taps (2 cores, AVX-512, interleaved, pieces of 4 MiB: 4 x 480,000 with 31 taps 3.0
+against 4.8 ms, 1 x 4,194,304 with 127 taps 7.9 against 12.5 ms), and in 0.58-0.93x their
+time with oneDNN and MKL held to AVX2 (ONEDNN_MAX_CPU_ISA, MKL_ENABLE_INSTRUCTIONS; 31-255
+taps). Whole ``convolve`` calls gain less, as the copies into and out of the pieces, the
+NaN/Inf scan and page faults stay: 0.77-0.95x of the GEMMs' forward time and 0.75-1.03x
+forward+backward (interleaved A/B, 31-127 taps, glibc's default allocator).
 
 The kernel gradient stays with the GEMMs: oneDNN's weight gradient of this convolution was
 faster only for long single rows up to 127 taps, 1.6-2x slower for stacked short rows and
