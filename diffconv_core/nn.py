@@ -174,8 +174,7 @@ class WindowConv(nn.Module):
                 )
         width = self.width
         if self.learn == "width":
-            eps = torch.finfo(width.dtype).eps
-            width = _b.clamp_straight_through(width, eps, float(self.length))
+            width = _b.clamp_straight_through(width, self._narrowest(), float(self.length))
         return get_window(
             self.spec.name,
             self.length,
@@ -184,6 +183,16 @@ class WindowConv(nn.Module):
             width=width,
             **params,
         )
+
+    def _narrowest(self) -> float:
+        # A symmetric window with an even number of taps has none at its centre: the middle
+        # two sit half a sample off it, and from width length / (length - 1) down they are
+        # the window's ends, zero for hann and its kind. Normalising such a window fails, so
+        # a learned width stays just above that (one ulp above zero otherwise).
+        eps = torch.finfo(self.width.dtype).eps
+        if self.normalize is None or not self.sym or self.length % 2 or self.length == 2:
+            return eps
+        return self.length / (self.length - 1) * (1 + 1e-6)
 
     def forward(self, signal: Tensor) -> Tensor:
         return convolve(signal, self.window(), self.mode, padding=self.padding, method=self.method)

@@ -275,6 +275,21 @@ def test_errors(call, exc, match):
         call()
 
 
+@pytest.mark.parametrize("length, sym", [(32, True), (4, True), (31, True), (32, False)])
+def test_a_learned_width_pushed_below_one_sample_still_gives_a_window(length, sym):
+    # An even symmetric hann narrower than length / (length - 1) has no non-zero tap, and
+    # normalising it raised mid-training; the learned width now stays just above that.
+    layer = WindowConv("hann", length, learn="width", sym=sym, dtype=torch.float64)
+    x = torch.randn(2, 200, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    for pushed in (1.01, 0.5, 1e-9):
+        with torch.no_grad():
+            layer.width.fill_(pushed)
+        window = layer.window()
+        assert torch.isfinite(window).all() and window.sum().item() == pytest.approx(1.0)
+        layer(x).pow(2).sum().backward()
+        assert torch.isfinite(layer.width.grad).all()
+
+
 def test_fir_filter_batch_of_cutoffs_is_a_tensor():
     lp = FIRFilter("lowpass", torch.tensor([0.3, 0.5]), numtaps=31, dtype=torch.float64)
     expected = torch.stack([F.lowpass(31, c, dtype=torch.float64) for c in (0.3, 0.5)])
