@@ -14,9 +14,11 @@ taps). Whole ``convolve`` calls gain less, as the copies into and out of the pie
 NaN/Inf scan and page faults stay: 0.77-0.95x of the GEMMs' forward time and 0.75-1.03x
 forward+backward (interleaved A/B, 31-127 taps, glibc's default allocator).
 
-The kernel gradient stays with the GEMMs: oneDNN's weight gradient of this convolution was
-faster only for long single rows up to 127 taps, 1.6-2x slower for stacked short rows and
-5-7x slower from 255 taps.
+A shared kernel's gradient is this convolution's weight gradient (:func:`frame_products`)
+where pieces hold several rows, up to ``MAX_GRADIENT_TAPS``: 0.7-0.8x the lagged-product
+GEMMs' time for 4 x 480,000, 64 x 8,000 and 512 x 1,024 at 127-191 taps, 0.65-0.9x at 13-63
+(interleaved, 2 cores). For one long row a piece it was 1.0-1.3x their time, and from 255 taps
+5-9x, so the GEMMs keep those.
 
 oneDNN computes float32 in float32 only while torch's fp32 precision settings for it are
 left at "ieee" (or unset); with "bf16" or "tf32" asked for, or without oneDNN, the GEMMs run.
@@ -34,6 +36,9 @@ from diffconv_core._autocast import autocast_off
 #: shape tried (4 x 480,000, 1 x 4,194,304, 512 x 1,024, 64 x 8,000): 8 and 32 were up to
 #: 1.8x and 1.4x slower.
 FRAME = 16
+#: Up to this many taps (13 frames read per output frame) oneDNN's weight gradient beat the
+#: GEMMs' lagged products; at 255 taps it took 5-9x their time.
+MAX_GRADIENT_TAPS = 191
 _EXACT = ("ieee", "none")
 
 
@@ -106,3 +111,40 @@ def correlate_frames(piece: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     with autocast_off("cpu"):
         frames = F.conv2d(image, weight)
     return frames.permute(0, 2, 3, 1).reshape(rows, -1)
+
+
+def frame_products(piece: torch.Tensor, grad_frames: torch.Tensor, P: int, J: int) -> torch.Tensor:
+    """The sum over rows and frames ``q`` of the outer product of the ``J * P`` source
+    samples from frame ``q`` on with gradient frame ``q``: the Toeplitz matrix's gradient,
+    as the convolution's weight gradient.
+
+    Shape:
+        piece ``(rows, F * P)`` and grad_frames ``(rows, (F - J + 1) * P)``, both
+        contiguous -> ``(J * P, P)`` (entry ``(j * P + r, s)`` as in :func:`filters`).
+
+    Example:
+        >>> piece, grad = torch.arange(48.0)[None], torch.zeros(1, 32)
+        >>> grad[0, 0] = 1.0  # output 0 only: its products are source samples 0 .. 31
+        >>> products = frame_products(piece, grad, 16, 2)
+        >>> products.shape, products[:3, 0].tolist(), products[:3, 1].tolist()
+        (torch.Size([32, 16]), [0.0, 1.0, 2.0], [0.0, 0.0, 0.0])
+    """
+    rows, length = piece.shape
+    image = piece.view(rows, 1, length // P, P).permute(0, 3, 1, 2)
+    grad = grad_frames.view(rows, 1, -1, P).permute(0, 3, 1, 2)
+    weight = torch.empty((P, P, 1, J), dtype=piece.dtype, device=piece.device)
+    with autocast_off("cpu"):
+        _, grad_weight, _ = torch.ops.aten.convolution_backward(
+            grad,
+            image,
+            weight.contiguous(memory_format=torch.channels_last),
+            None,
+            [1, 1],
+            [0, 0],
+            [1, 1],
+            False,
+            [0, 0],
+            1,
+            [False, True, False],
+        )
+    return grad_weight[:, :, 0, :].permute(2, 1, 0).reshape(J * P, P)

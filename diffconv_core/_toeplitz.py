@@ -203,12 +203,13 @@ def toeplitz_lagged_products(
         tensor([[ 210.,   21.],
                 [-210.,  -21.]])
     """
-    P, J = frame_plan(K)
     L = g.shape[-1]
     if g.numel() == 0:
         return g.new_zeros(*g.shape[:-1] if per_row else (), K)
     x = x.expand(*g.shape[:-1], x.shape[-1])
     grads = g.reshape(-1, L)
+    framed = _stacked_rows_framed(grads, x, K, per_row)
+    P, J = _framed_conv.frame_plan(K) if framed else frame_plan(K)
     products = torch.zeros(
         *grads.shape[:1] if per_row else (), J * P, P, dtype=g.dtype, device=g.device
     )
@@ -220,16 +221,23 @@ def toeplitz_lagged_products(
         piece_samples=_piece_samples(P, J, x.element_size()),
         align=P,
     ):
-        # The gradient laid out like the piece: each row's stretch, then zeros, so windows
-        # that run into the next row (or stop short at the very end) add nothing.
         count_rows, length = piece.shape
         n = stop - start
+        piece = piece.contiguous()  # a view but for a strided source
+        if framed:  # each row's gradient, then zeros to whole frames
+            frames = scratch("lag grad", count_rows * -(-n // P) * P, g.dtype, g.device)
+            frames = frames.view(count_rows, -1)
+            frames[:, :n].copy_(grads[rows, start:stop])
+            frames[:, n:].zero_()
+            products += _framed_conv.frame_products(piece, frames, P, J)
+            continue
+        # The gradient laid out like the piece: each row's stretch, then zeros, so windows
+        # that run into the next row (or stop short at the very end) add nothing.
         frames = scratch("lag grad", count_rows * length, g.dtype, g.device).view(
             count_rows, length
         )
         frames[:, :n].copy_(grads[rows, start:stop])
         frames[:, n:].zero_()
-        piece = piece.contiguous()  # a view but for a strided source
         if per_row:
             for windows, grad_frames in _by_residue_rows(piece, frames, -(-n // P), P, J):
                 products[rows].baddbmm_(windows.transpose(1, 2), grad_frames)
@@ -243,6 +251,19 @@ def toeplitz_lagged_products(
         (*products.shape[:-2], K, P), (*products.stride()[:-2], P, P + 1)
     ).sum(-1)
     return lags.flip(-1).reshape(*g.shape[:-1], K) if per_row else lags.flip(-1)
+
+
+def _stacked_rows_framed(grads: torch.Tensor, x: torch.Tensor, K: int, per_row: bool) -> bool:
+    """Whether a shared kernel's gradient takes oneDNN's weight gradient: in float32, up to
+    ``_framed_conv.MAX_GRADIENT_TAPS``, where its pieces hold whole rows, two or more (for
+    one long row a piece the GEMMs were as fast or faster)."""
+    if per_row or K > _framed_conv.MAX_GRADIENT_TAPS or grads.shape[0] < 2:
+        return False
+    if grads.dtype != x.dtype or not _framed_conv.usable(x):
+        return False
+    P, J = _framed_conv.frame_plan(K)
+    row_samples = _frames_source_length(P, J)(grads.shape[-1])
+    return 2 * row_samples <= _piece_samples(P, J, x.element_size())
 
 
 def _by_residue(

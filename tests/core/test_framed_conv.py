@@ -164,3 +164,83 @@ def test_frame_plan_reads_every_tap():
     for K in range(1, 1025):
         P, J = _framed_conv.frame_plan(K)
         assert (J - 1) * P >= K - 1
+
+
+@pytest.fixture
+def gradient_calls(monkeypatch):
+    """How many pieces oneDNN's weight gradient summed."""
+    count = []
+    real = _framed_conv.frame_products
+
+    def counted(piece, grad_frames, P, J):
+        count.append(piece.shape)
+        return real(piece, grad_frames, P, J)
+
+    monkeypatch.setattr(_framed_conv, "frame_products", counted)
+    return count
+
+
+def _lagged_reference(g, x, lo, K):
+    # c[k] = sum over rows and m of g[m] x[m + lo - k], in float64 with numpy.
+    T, L = x.shape[-1], g.shape[-1]
+    xs = np.broadcast_to(x, (*g.shape[:-1], T)).reshape(-1, T).astype(np.float64)
+    padded = np.pad(xs, ((0, 0), (K + L, K + L)))
+    rows = g.reshape(-1, L).astype(np.float64)
+    pairs = list(zip(rows, padded, strict=True))
+    return np.array(
+        [sum(r @ p[K + L + lo - k : K + L + lo - k + L] for r, p in pairs) for k in range(K)]
+    )
+
+
+@pytest.mark.parametrize("piece_bytes", [8192, 2**22])
+@pytest.mark.parametrize("K", [13, 31, 64, 191])
+@pytest.mark.parametrize("shape", [(3, 700), (2, 3, 90), (64, 500)])
+def test_kernel_gradient_of_stacked_rows_matches_float64(
+    monkeypatch, gradient_calls, piece_bytes, K, shape
+):
+    monkeypatch.setattr(_toeplitz, "CHUNK_BYTES", piece_bytes)
+    rng = np.random.default_rng(K + shape[-1])
+    x = rng.standard_normal(shape).astype(np.float32)
+    T = shape[-1]
+    for lo, L in [(0, T + K - 1), ((K - 1) // 2, T), (K - 1, max(T - K + 1, 0)), (5, 40)]:
+        if L == 0:
+            continue
+        g = rng.standard_normal((*shape[:-1], L)).astype(np.float32)
+        got = _toeplitz.toeplitz_lagged_products(torch.from_numpy(g), torch.from_numpy(x), lo, K)
+        expected = _lagged_reference(g, x, lo, K)
+        scale = np.abs(g).sum() * np.abs(x).max()
+        np.testing.assert_allclose(got.numpy(), expected, rtol=0, atol=1e-6 * scale)
+    assert gradient_calls, "the weight gradient was not used"
+
+
+@pytest.mark.parametrize(
+    "shape, K, dtype",
+    [
+        ((1, 5000), 31, torch.float32),  # one row
+        ((4, 700), 255, torch.float32),  # past MAX_GRADIENT_TAPS
+        ((4, 700), 31, torch.float64),
+    ],
+    ids=["one-row", "long-kernel", "float64"],
+)
+def test_kernel_gradient_keeps_the_gemms_elsewhere(gradient_calls, shape, K, dtype):
+    rng = np.random.default_rng(7)
+    x = torch.from_numpy(rng.standard_normal(shape)).to(dtype)
+    g = torch.from_numpy(rng.standard_normal(shape)).to(dtype)
+    got = _toeplitz.toeplitz_lagged_products(g, x, (K - 1) // 2, K)
+    expected = _lagged_reference(g.numpy(), x.numpy(), (K - 1) // 2, K)
+    scale = np.abs(g.numpy()).sum() * np.abs(x.numpy()).max()
+    np.testing.assert_allclose(got.numpy(), expected, rtol=0, atol=1e-6 * scale)
+    assert not gradient_calls
+
+
+def test_convolve_kernel_gradient_takes_it_and_matches_float64(gradient_calls):
+    x, w = _float32_case(8, (8, 3000), 63)
+    g = np.random.default_rng(9).standard_normal((8, 3000)).astype(np.float32)
+    ws = torch.from_numpy(w).requires_grad_()
+    convolve(torch.from_numpy(x), ws, mode="same", method="direct").backward(torch.from_numpy(g))
+    assert gradient_calls
+    w64 = torch.from_numpy(w).double().requires_grad_()
+    convolve(torch.from_numpy(x).double(), w64, mode="same", method="direct").backward(
+        torch.from_numpy(g).double()
+    )
+    torch.testing.assert_close(ws.grad.double(), w64.grad, rtol=0, atol=1e-3)
