@@ -185,14 +185,16 @@ class WindowConv(nn.Module):
         )
 
     def _narrowest(self) -> float:
-        # A symmetric window with an even number of taps has none at its centre: the middle
-        # two sit half a sample off it, and from width length / (length - 1) down they are
+        # A window built from an even number of taps (a symmetric one of even length, or the
+        # periodic one of odd length, cut from length + 1) has none at its centre: the middle
+        # two sit half a sample off it, and from a width of length / (taps - 1) down they are
         # the window's ends, zero for hann and its kind. Normalising such a window fails, so
         # a learned width stays just above that (one ulp above zero otherwise).
         eps = torch.finfo(self.width.dtype).eps
-        if self.normalize is None or not self.sym or self.length % 2 or self.length == 2:
+        taps = self.length if self.sym else self.length + 1
+        if self.normalize is None or taps % 2 or self.length / (taps - 1) >= self.length:
             return eps
-        return self.length / (self.length - 1) * (1 + 1e-6)
+        return self.length / (taps - 1) * (1 + 1e-6)
 
     def forward(self, signal: Tensor) -> Tensor:
         return convolve(signal, self.window(), self.mode, padding=self.padding, method=self.method)
@@ -315,16 +317,24 @@ class FIRFilter(nn.Module):
             - output: ``(numtaps,)`` (or ``(*S, numtaps)`` for a batch of cutoffs)
         """
         nyq = 1.0 if self.fs is None else self.fs / 2.0
-        eps = torch.finfo(self.cutoff.dtype).eps * nyq
+        # Kept this far (sqrt(eps) of Nyquist) from 0, from Nyquist and from each other: an
+        # eps-wide band's design is round-off, and its gradient 1e13 (float64) where this
+        # margin gives the design's true one.
+        margin = torch.finfo(self.cutoff.dtype).eps ** 0.5 * nyq
         # The gradient passes straight through the clamps (_clamp_to_range says why).
-        cutoff = _b.clamp_straight_through(self.cutoff, eps, nyq - eps)
-        if self.kind in ("bandpass", "bandstop"):
+        cutoff = _b.clamp_straight_through(self.cutoff, margin, nyq - margin)
+        if self.kind in ("bandpass", "bandstop") and cutoff.dim() > 0:
             # An optimiser may also take the edges past each other, or onto one value at a
-            # bound: the design takes them in order and at least eps apart.
-            low, high = torch.sort(cutoff, dim=-1).values.unbind(-1)
-            low = _b.clamp_straight_through(low, None, nyq - 2 * eps)
-            high = _b.clamp_straight_through(high, low.detach() + eps, None)
-            cutoff = torch.stack([low, high], dim=-1)
+            # bound: the design takes them in order, each a margin above the one below and
+            # leaving room below Nyquist for the ones above.
+            edges = torch.sort(cutoff, dim=-1).values.unbind(-1)
+            kept: list[Tensor] = []
+            for i, edge in enumerate(edges):
+                edge = _b.clamp_straight_through(edge, None, nyq - (len(edges) - i) * margin)
+                if kept:
+                    edge = _b.clamp_straight_through(edge, kept[-1].detach() + margin, None)
+                kept.append(edge)
+            cutoff = torch.stack(kept, dim=-1)
         return self._design(cutoff)
 
     def _design(self, cutoff: Tensor) -> Tensor:

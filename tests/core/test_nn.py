@@ -275,10 +275,13 @@ def test_errors(call, exc, match):
         call()
 
 
-@pytest.mark.parametrize("length, sym", [(32, True), (4, True), (31, True), (32, False)])
+@pytest.mark.parametrize(
+    "length, sym", [(32, True), (4, True), (31, True), (32, False), (7, False), (3, False)]
+)
 def test_a_learned_width_pushed_below_one_sample_still_gives_a_window(length, sym):
-    # An even symmetric hann narrower than length / (length - 1) has no non-zero tap, and
-    # normalising it raised mid-training; the learned width now stays just above that.
+    # A hann built from an even number of taps (symmetric of even length, periodic of odd)
+    # narrower than about one sample has no non-zero tap, and normalising it raised
+    # mid-training; the learned width now stays just above that.
     layer = WindowConv("hann", length, learn="width", sym=sym, dtype=torch.float64)
     x = torch.randn(2, 200, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
     for pushed in (1.01, 0.5, 1e-9):
@@ -310,6 +313,28 @@ def test_band_edges_that_cross_or_meet_are_taken_in_order(kind):
     weights = torch.randn(31, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
     (f.kernel() * weights).sum().backward()  # not the sum: a bandstop's DC gain is always 1
     assert torch.isfinite(f.cutoff.grad).all() and f.cutoff.grad.abs().sum() > 0
+
+
+def test_multiband_edges_are_kept_and_ordered():
+    # The ordering assumed two edges: four made kernel() fail to unpack them.
+    f = FIRFilter("bandpass", [0.1, 0.2, 0.3, 0.4], numtaps=63, dtype=torch.float64)
+    design = F.firwin(63, [0.1, 0.2, 0.3, 0.4], pass_zero="bandpass", dtype=torch.float64)
+    torch.testing.assert_close(f.kernel(), design)
+    with torch.no_grad():
+        f.cutoff.copy_(torch.tensor([0.3, 0.2, 0.1, 0.4]))
+    torch.testing.assert_close(f.kernel(), design)
+
+
+@pytest.mark.parametrize("edges", [(0.4, 0.4), (1.2, 1.5)], ids=["met", "past-nyquist"])
+def test_met_band_edges_have_a_sane_gradient(edges):
+    # Kept eps apart, the design was round-off and the float64 gradient 1e13; kept sqrt(eps)
+    # of Nyquist apart, it is the narrow band's true gradient.
+    f = FIRFilter("bandpass", (0.1, 0.4), numtaps=31, dtype=torch.float64)
+    with torch.no_grad():
+        f.cutoff.copy_(torch.tensor(edges))
+    x = torch.randn(2, 400, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    f(x).pow(2).mean().backward()
+    assert torch.isfinite(f.cutoff.grad).all() and f.cutoff.grad.abs().max() < 10
 
 
 def test_band_training_that_crosses_the_edges_runs_on():
