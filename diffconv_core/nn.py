@@ -276,8 +276,11 @@ class FIRFilter(nn.Module):
         self.spec, forced = _resolve_name(window, window_params)
         _b.check_param_names(self.spec, window_params)  # not silently dropped below
         if kind in ("lowpass", "highpass") and isinstance(cutoff, (list, tuple)):
-            # As filters.lowpass: a list is not a batch (a tensor of cutoffs is one).
-            raise ValueError(f"a {kind} filter takes one cutoff; got {cutoff!r}")
+            # As filters.lowpass: a list holds the one cutoff, not a batch (a tensor of
+            # cutoffs is one).
+            if len(cutoff) != 1:
+                raise ValueError(f"a {kind} filter takes one cutoff; got {cutoff!r}")
+            cutoff = cutoff[0]
         # The design keeps a _symmetric/_periodic suffix (firwin honours it).
         suffix = "" if forced is None else "_symmetric" if forced else "_periodic"
         self._window_name = self.spec.name + suffix

@@ -293,6 +293,12 @@ def test_a_learned_width_pushed_below_one_sample_still_gives_a_window(length, sy
         assert torch.isfinite(layer.width.grad).all()
 
 
+def test_fir_filter_one_cutoff_in_a_list_is_one_filter():
+    lp = FIRFilter("lowpass", [0.3], numtaps=31, dtype=torch.float64)
+    torch.testing.assert_close(lp.kernel(), F.lowpass(31, [0.3], dtype=torch.float64))
+    assert lp.kernel().shape == (31,)
+
+
 def test_fir_filter_batch_of_cutoffs_is_a_tensor():
     lp = FIRFilter("lowpass", torch.tensor([0.3, 0.5]), numtaps=31, dtype=torch.float64)
     expected = torch.stack([F.lowpass(31, c, dtype=torch.float64) for c in (0.3, 0.5)])
