@@ -162,13 +162,13 @@ def _cuda_training_pick(batch: int, T: int, K: int, mode: str) -> str:
 
 # Forward + backward (gradients to both inputs) over the recorded forward alone, measured on
 # CPU (medians over 33-36 shapes, 3-8,191 taps): the direct method's backward is two more
-# passes (the signal gradient, then the kernel gradient's GEMMs, which waste more
-# multiply-adds than the forward's shifted sums or float32 convolutions), the FFT's reuses the
-# forward spectra, and overlap-save's adds block gradients back (unfold's adjoint). Direct's
-# factor rose from 3.9 to 4.6 (the median of 36 shapes) when its float32 forward became
-# oneDNN's convolutions and the kernel gradient did not; with these, choose_method's pick was
-# within 10% of the fastest forward+backward in 35 of those 36 shapes (33 at 3.9).
-_BACKWARD_FACTOR = {"direct": 4.6, "fft": 2.0, "overlap": 3.8}
+# passes (the signal gradient, then the kernel gradient's products, which waste more
+# multiply-adds than the forward's shifted sums), the FFT's reuses the forward spectra, and
+# overlap-save's adds block gradients back (unfold's adjoint). Direct's factor is the median
+# of 36 shapes after its float32 forward and kernel gradient became oneDNN's convolutions
+# (3.66; 4.56 with the kernel gradient still on the GEMMs); with these, choose_method's pick
+# was within 10% of the fastest forward+backward in 34 of those 36 shapes, at worst 1.32x.
+_BACKWARD_FACTOR = {"direct": 3.7, "fft": 2.0, "overlap": 3.8}
 
 # The shifted sums with a kernel per row (a column of weights per tap) over one shared
 # kernel's: 1.2-1.5x (one thread, 256-4 rows of 1,024-480,000 samples, 3-12 taps).
