@@ -224,21 +224,16 @@ def toeplitz_lagged_products(
         count_rows, length = piece.shape
         n = stop - start
         piece = piece.contiguous()  # a view but for a strided source
-        if framed:  # each row's gradient, then zeros to whole frames
-            frames = scratch("lag grad", count_rows * -(-n // P) * P, g.dtype, g.device)
-            frames = frames.view(count_rows, -1)
-            frames[:, :n].copy_(grads[rows, start:stop])
-            frames[:, n:].zero_()
-            products += _framed_conv.frame_products(piece, frames, P, J)
-            continue
-        # The gradient laid out like the piece: each row's stretch, then zeros, so windows
-        # that run into the next row (or stop short at the very end) add nothing.
-        frames = scratch("lag grad", count_rows * length, g.dtype, g.device).view(
-            count_rows, length
-        )
+        # Each row's gradient, then zeros: to whole frames for the convolution; for the GEMMs
+        # laid out like the piece, so that windows running into the next row (or stopping
+        # short at the very end) add nothing.
+        width = -(-n // P) * P if framed else length
+        frames = scratch("lag grad", count_rows * width, g.dtype, g.device).view(count_rows, width)
         frames[:, :n].copy_(grads[rows, start:stop])
         frames[:, n:].zero_()
-        if per_row:
+        if framed:
+            products += _framed_conv.frame_products(piece, frames, P, J)
+        elif per_row:
             for windows, grad_frames in _by_residue_rows(piece, frames, -(-n // P), P, J):
                 products[rows].baddbmm_(windows.transpose(1, 2), grad_frames)
         else:
