@@ -331,9 +331,10 @@ def pick_method(
             return cached
     if requires_grad and device_type != "cpu":
         return _cuda_training_pick(batch, T, K, mode)
-    # Half types are computed in float32 on a CPU (convolution.py), there by oneDNN too.
+    # Half types are computed in float32 on a CPU (convolution.py), there by oneDNN too. The
+    # shifted sums take the fewest taps: no need to read torch's oneDNN settings for them.
     compute_dtype = torch.float32 if dtype in HALF_DTYPES and device_type == "cpu" else dtype
-    framed = shared and _framed_conv.usable_for(compute_dtype, device)
+    framed = shared and K > MAX_SHIFT_ADD_TAPS and _framed_conv.usable_for(compute_dtype, device)
     costs = estimate_costs(batch, T, K, mode, device_type, requires_grad, shared, framed)
     if requires_grad:
         # The backward pass costs each method a different multiple of its forward pass.
