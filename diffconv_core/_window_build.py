@@ -84,7 +84,15 @@ def readable(value: Tensor) -> Tensor:
     return unwrapped(value.detach())
 
 
+def has_values(value: Tensor) -> bool:
+    """Whether ``value`` holds numbers to check: a meta tensor (a model built on the meta
+    device) has a shape and a dtype only, and passes every value check."""
+    return value.device.type != "meta"
+
+
 def _in_range(values: Tensor, p: Param) -> bool:
+    if not has_values(values):
+        return True
     v = readable(values)
     ok = torch.isfinite(v).all()
     if p.low is not None:
@@ -120,7 +128,8 @@ def as_tensor(value: Any, name: str, dtype: torch.dtype, device: Any) -> Tensor:
 
 def check_param(window: str, p: Param, value: Tensor, raw: Any) -> None:
     if p.vector:
-        if value.dim() < 1 or value.shape[-1] == 0 or not bool(readable(value).isfinite().all()):
+        finite = not has_values(value) or bool(readable(value).isfinite().all())
+        if value.dim() < 1 or value.shape[-1] == 0 or not finite:
             raise ValueError(f"{window} parameter {p.name} must be {p.range_text()}; got {raw!r}")
         return
     if not _in_range(value, p):
@@ -181,7 +190,9 @@ def result_device(device: Any, values: Sequence[Any]) -> torch.device:
     for v in _flat(values):
         if isinstance(v, Tensor):
             return v.device
-    return torch.device("cpu")
+    # torch's default device, as its factory functions take it (``torch.set_default_device``
+    # or a ``with torch.device(...)`` block): an empty tensor reads it in under a microsecond.
+    return torch.empty(0).device
 
 
 def normalize_window(w: Tensor, normalize: str | None, name: str) -> Tensor:
@@ -199,7 +210,7 @@ def normalize_window(w: Tensor, normalize: str | None, name: str) -> Tensor:
     else:
         scale = torch.sqrt((w * w).sum(-1, keepdim=True))
         degenerate = scale.detach() == 0
-    if bool(readable(degenerate).any()):
+    if has_values(degenerate) and bool(readable(degenerate).any()):
         raise ValueError(
             f"cannot normalize={normalize!r}: the {name} window of length {w.shape[-1]} "
             f"has {'an' if normalize == 'energy' else 'a'} {normalize} of zero"
@@ -327,7 +338,7 @@ def build(
     w = w.expand(*broadcast_shapes(batch, w.shape[:-1]), m)
     w = w[..., :length]
     w = normalize_window(w, normalize, spec.name).to(out_dtype)
-    if not bool(torch.isfinite(readable(w)).all()):
+    if has_values(w) and not bool(torch.isfinite(readable(w)).all()):
         # Parameters inside their ranges whose arithmetic (or the dtype) still overflows: a
         # NaN or Inf window would silently spoil every output.
         shown = ", ".join(f"{name}={_show(value)}" for name, value in raw.items())

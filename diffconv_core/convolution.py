@@ -11,7 +11,7 @@ import math
 
 import torch
 
-from diffconv_core._direct import direct_range, direct_sums_alone
+from diffconv_core._direct import conv1d_range, direct_range, direct_sums_alone
 from diffconv_core._fft import fft_range
 from diffconv_core._nonfinite import with_nonfinite_locality
 from diffconv_core._overlap import overlap_range
@@ -49,6 +49,12 @@ def _run(x: torch.Tensor, w: torch.Tensor, mode: str, padding: str, method: str)
         left, right = (K // 2, (K - 1) // 2) if mode == "same" else (K - 1, K - 1)
         x = pad(x, left, right, padding)
         lo, hi = K - 1, x.shape[-1]
+    if x.device.type == "meta":
+        # Shapes without values (model construction on the meta device, shape inference):
+        # conv1d gives the output's shape, dtype and autograd graph; no method has anything
+        # to choose, and the non-finite scan has nothing to read.
+        compute_dtype = torch.float32 if out_dtype in HALF_DTYPES else out_dtype
+        return conv1d_range(x.to(compute_dtype), w.to(compute_dtype), lo, hi).to(out_dtype)
     if transforms_active(x, w):  # torch.func or forward-mode AD: plain torch operations
         compute_dtype = torch.float32 if out_dtype in HALF_DTYPES else out_dtype
         x, w = x.to(compute_dtype), w.to(compute_dtype)

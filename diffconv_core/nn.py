@@ -53,7 +53,8 @@ def _resolve(module: nn.Module, fixed: dict[str, Any]) -> dict[str, Any]:
 
 def _short(value: Any) -> str:
     if isinstance(value, Tensor):
-        return repr(value.item()) if value.numel() == 1 else f"tensor{tuple(value.shape)}"
+        known = value.numel() == 1 and _b.has_values(value)  # a meta tensor has no value
+        return repr(value.item()) if known else f"tensor{tuple(value.shape)}"
     return repr(value)
 
 

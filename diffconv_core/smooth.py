@@ -214,7 +214,10 @@ def _omit_sums(
 
 def _any_nan(missing: Tensor, nan_policy: str) -> bool | None:
     """Whether ``missing`` marks a sample; None inside ``torch.func.vmap``, which cannot answer
-    a question about the data ("omit" then takes its NaN-aware path, exact either way)."""
+    a question about the data ("omit" then takes its NaN-aware path, exact either way).
+    False on the meta device, which has no data: both paths give the same shape and dtype."""
+    if missing.device.type == "meta":
+        return False
     try:
         return bool(missing.any())
     except RuntimeError:

@@ -16,7 +16,8 @@ Common arguments of every window function:
 - ``width``: fractional support, ``0 < width <= length`` (float or tensor); see
   :func:`get_window`.
 - ``dtype``/``device``: of the result. By default the floating dtype and device of the tensor
-  parameters, else ``torch.get_default_dtype()`` on the CPU.
+  parameters, else ``torch.get_default_dtype()`` on torch's default device (the CPU unless
+  ``torch.set_default_device`` or a ``with torch.device(...)`` block says otherwise).
 
 Parameters may be tensors of any shape ``S`` (a batch of windows); the result is then
 ``(*S, length)``.
