@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from diffconv_core._validation import check_choice
-from diffconv_core._window_build import clamp_straight_through, upper_bound
+from diffconv_core._window_build import clamp_straight_through, narrowest_width, upper_bound
 from diffconv_core._window_registry import is_learnable, lookup
 
 
@@ -101,9 +101,19 @@ class WindowKernel(nn.Module):
         # values() clamps into them so that a step past one does not fail mid-training, but
         # a start past one is the caller's mistake, refused as get_window refuses it.
         self.highs = [_upper_bound(window, name, length) for name in self.names]
+        # The log keeps every value positive; a width also stays above the narrowest that
+        # can be built (an even-length window has no centre tap: narrowest_width).
+        eps = torch.finfo(dtype).eps
+        narrowest = narrowest_width(length, True, normalize, eps)
+        self.lows = [narrowest if name == "width" else None for name in self.names]
         for name, value, high in zip(self.names, values, self.highs, strict=True):
             if not value > 0:
                 raise ValueError(f"learned parameter {name} must start positive; got {value}")
+            if name == "width" and value < narrowest:
+                raise ValueError(
+                    f"learned parameter width must start at least {narrowest:.7g} (narrower, "
+                    f"the {length}-tap window has no non-zero tap to normalize); got {value}"
+                )
             if high is not None and value > high:
                 raise ValueError(
                     f"learned parameter {name} must start at most {high:g}"
@@ -123,8 +133,8 @@ class WindowKernel(nn.Module):
 
     def values(self) -> dict[str, torch.Tensor]:
         raw = self.log_values.exp().unbind()
-        pairs = zip(raw, self.highs, strict=True)
-        clamped = [clamp_straight_through(v, None, high) for v, high in pairs]
+        bounds = zip(raw, self.lows, self.highs, strict=True)
+        clamped = [clamp_straight_through(v, low, high) for v, low, high in bounds]
         return dict(zip(self.names, clamped, strict=True))
 
     def forward(self) -> torch.Tensor:

@@ -39,6 +39,32 @@ def clamp_straight_through(value: Tensor, low: float | None, high: float | None)
     return torch.clamp(value.detach(), min=low, max=high) + (value - value.detach())
 
 
+def narrowest_width(length: int, sym: bool, normalize: str | None, eps: float) -> float:
+    """The smallest learned width a window of ``length`` taps is built with.
+
+    A window built from an even number of taps (a symmetric one of even length, or the
+    periodic one of odd length, cut from length + 1) has none at its centre: the middle two
+    sit half a sample off it, and from a width of length / (taps - 1) down they are the
+    window's ends, zero for hann and its kind. Normalising such a window fails, so a learned
+    width stays just above that; ``eps`` (a dtype's) above zero otherwise.
+
+    Example:
+        >>> narrowest_width(8, True, "sum", 1e-7) > 8 / 7
+        True
+    """
+    taps = length if sym else length + 1
+    if normalize is None or taps % 2 or length / (taps - 1) >= length:
+        return eps
+    return length / (taps - 1) * (1 + 1e-6)
+
+
+def widened(value: Tensor) -> Tensor:
+    """A float16/bfloat16 learned value in float32 (others as they are), so that clamping it
+    to its range does not round the bounds themselves out of the range (259 is 260 in
+    bfloat16); the window is evaluated in float64 and returned in the module's dtype anyway."""
+    return value.float() if value.dtype in (torch.float16, torch.bfloat16) else value
+
+
 def check_param_names(spec: Spec, params: dict[str, Any]) -> None:
     """Refuse parameters that ``spec``'s window does not take (a TypeError naming them).
 

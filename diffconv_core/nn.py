@@ -39,10 +39,14 @@ class _Buffer(str):
     """Marks a fixed window parameter stored as a buffer (so that ``.to()`` moves it)."""
 
 
-def _keep(module: nn.Module, name: str, value: Any) -> Any:
+def _keep(module: nn.Module, name: str, value: Any, factory: dict[str, Any]) -> Any:
     # Fixed tensor values become buffers: they follow .to()/.double() and enter state_dict.
+    # Made in the module's dtype and device (``factory``), as its parameters are.
     if isinstance(value, Tensor):
-        module.register_buffer(name, value.detach().clone())
+        dtype = factory["dtype"] if value.is_floating_point() else value.dtype
+        module.register_buffer(
+            name, torch.as_tensor(value.detach(), dtype=dtype, device=factory["device"]).clone()
+        )
         return _Buffer(name)
     return value
 
@@ -149,7 +153,7 @@ class WindowConv(nn.Module):
                     self.register_parameter(p.name, nn.Parameter(tensor))
                     learnable.append(p.name)
                 else:
-                    self._fixed[p.name] = _keep(self, p.name, value)
+                    self._fixed[p.name] = _keep(self, p.name, value, factory)
             if learn == "params" and not learnable:
                 raise ValueError(
                     f"the {self.spec.name} window has no continuous parameter to learn; "
@@ -168,34 +172,27 @@ class WindowConv(nn.Module):
         if self.learn in (None, "taps"):
             return self.taps
         params = _resolve(self, self._fixed)
+        learned: list[Tensor] = []
         for p in self.spec.params:
             if p.name not in params:
-                params[p.name] = _clamp_to_range(
-                    getattr(self, p.name), p, self.spec.name, self.length
-                )
+                value = getattr(self, p.name)
+                learned.append(value)
+                params[p.name] = _clamp_to_range(_b.widened(value), p, self.spec.name, self.length)
         width = self.width
         if self.learn == "width":
-            width = _b.clamp_straight_through(width, self._narrowest(), float(self.length))
+            learned.append(width)
+            eps = torch.finfo(width.dtype).eps
+            narrowest = _b.narrowest_width(self.length, self.sym, self.normalize, eps)
+            width = _b.clamp_straight_through(_b.widened(width), narrowest, float(self.length))
         return get_window(
             self.spec.name,
             self.length,
             sym=self.sym,
             normalize=self.normalize,
             width=width,
+            dtype=_b.result_dtype(None, learned),  # the learned values' own, not widened
             **params,
         )
-
-    def _narrowest(self) -> float:
-        # A window built from an even number of taps (a symmetric one of even length, or the
-        # periodic one of odd length, cut from length + 1) has none at its centre: the middle
-        # two sit half a sample off it, and from a width of length / (taps - 1) down they are
-        # the window's ends, zero for hann and its kind. Normalising such a window fails, so
-        # a learned width stays just above that (one ulp above zero otherwise).
-        eps = torch.finfo(self.width.dtype).eps
-        taps = self.length if self.sym else self.length + 1
-        if self.normalize is None or taps % 2 or self.length / (taps - 1) >= self.length:
-            return eps
-        return self.length / (taps - 1) * (1 + 1e-6)
 
     def forward(self, signal: Tensor) -> Tensor:
         return convolve(signal, self.window(), self.mode, padding=self.padding, method=self.method)
@@ -304,7 +301,7 @@ class FIRFilter(nn.Module):
                 self.register_parameter(f"window_{p.name}", nn.Parameter(tensor))
                 self._window_learned.append(p.name)
             elif p.name in window_params:
-                self._window_fixed[p.name] = _keep(self, f"window_{p.name}", given)
+                self._window_fixed[p.name] = _keep(self, f"window_{p.name}", given, factory)
         if learn_window and not self._window_learned:
             raise ValueError(
                 f"the {self.spec.name} window has no continuous parameter to learn; "
@@ -321,12 +318,15 @@ class FIRFilter(nn.Module):
             - output: ``(numtaps,)`` (or ``(*S, numtaps)`` for a batch of cutoffs)
         """
         nyq = 1.0 if self.fs is None else self.fs / 2.0
-        # Kept this far (sqrt(eps) of Nyquist) from 0, from Nyquist and from each other: an
-        # eps-wide band's design is round-off, and its gradient 1e13 (float64) where this
-        # margin gives the design's true one.
-        margin = torch.finfo(self.cutoff.dtype).eps ** 0.5 * nyq
+        # The design is computed in float64 (float32 on MPS), whatever the parameter's dtype:
+        # clamp there too, so that bounds are not rounded in the parameter's dtype.
+        work = torch.float32 if self.cutoff.device.type == "mps" else torch.float64
+        # Kept this far (sqrt(eps) of Nyquist in the design's dtype) from 0, from Nyquist
+        # and from each other: an eps-wide band's design is round-off, and its gradient 1e13
+        # where this margin gives the design's true one. A cutoff inside it is used as given.
+        margin = torch.finfo(work).eps ** 0.5 * nyq
         # The gradient passes straight through the clamps (_clamp_to_range says why).
-        cutoff = _b.clamp_straight_through(self.cutoff, margin, nyq - margin)
+        cutoff = _b.clamp_straight_through(self.cutoff.to(work), margin, nyq - margin)
         if self.kind in ("bandpass", "bandstop") and cutoff.dim() > 0:
             # An optimiser may also take the edges past each other, or onto one value at a
             # bound: the design takes them in order, each a margin above the one below and
@@ -346,7 +346,7 @@ class FIRFilter(nn.Module):
         for name in self._window_learned:
             p = next(q for q in self.spec.params if q.name == name)
             params[name] = _clamp_to_range(
-                getattr(self, f"window_{name}"), p, self.spec.name, self.numtaps
+                _b.widened(getattr(self, f"window_{name}")), p, self.spec.name, self.numtaps
             )
         design = getattr(_filters, self.kind)
         return design(

@@ -14,6 +14,7 @@ import pytest
 import scipy.signal
 import torch
 
+from diffconv_core import convolve
 from diffconv_core.fitting import (
     FIRKernel,
     FitConfig,
@@ -538,3 +539,18 @@ def test_window_kernel_learns_only_the_continuous_parameters():
     assert learned["nbar"] == 4 and learned["sll"] == pytest.approx(30.0)
     with pytest.raises(ValueError, match="needs at least one parameter.*stay fixed"):
         WindowKernel("taylor", 9, learn="params", params={"nbar": 4})
+
+
+def test_window_kernel_width_stays_buildable_in_training():
+    # A 2-tap box as the target pulls an 8-tap Hann's width down past 8/7, where the window
+    # has no non-zero tap left; WindowConv stops just above, and so must the fitted kernel.
+    torch.manual_seed(0)
+    x = torch.randn(1, 500)
+    y = convolve(x, torch.tensor([0.0, 0.0, 0.0, 0.5, 0.5, 0.0, 0.0, 0.0]))
+    kernel = WindowKernel("hann", 8, learn="width", width=6.0)
+    Trainer(kernel, make_data([x], [y], 8), FitConfig(steps=200, lr=0.2, schedule="constant")).run()
+    assert kernel.learned()["width"] >= 8 / 7
+    assert bool(torch.isfinite(kernel()).all())
+    with pytest.raises(ValueError, match="width must start at least 1.14"):
+        WindowKernel("hann", 8, learn="width", width=1.1)
+    assert WindowKernel("hann", 9, learn="width", width=0.5)().shape == (9,)  # a centre tap

@@ -412,3 +412,67 @@ def test_recovers_a_lowpass_cutoff(noise):
     model = FIRFilter("lowpass", 0.2, numtaps=63, dtype=torch.float64)
     _fit(model, noise, target)
     assert model.cutoff.item() == pytest.approx(0.3, rel=0.01)
+
+
+# --- cutoffs, widths and fixed values in the module's dtype ---------------------------------
+
+
+@pytest.mark.parametrize(
+    "kind,cutoff,numtaps,fs",
+    [
+        ("highpass", 5.0, 4001, 48000.0),  # a DC blocker: 2e-4 of Nyquist
+        ("lowpass", 23995.0, 401, 48000.0),  # 2e-4 of Nyquist below it
+        ("bandpass", [300.0, 300.5], 2001, 16000.0),  # edges 6e-5 of Nyquist apart
+    ],
+)
+def test_fir_filter_uses_cutoffs_near_the_band_ends_as_given(kind, cutoff, numtaps, fs):
+    # The margin kept from 0, from Nyquist and between edges is the design's (float64), not
+    # the parameter's: float32's (3.5e-4 of Nyquist) moved a 5 Hz cutoff to 8.3 Hz.
+    layer = FIRFilter(kind, cutoff, numtaps, fs=fs)
+    pass_zero = {"highpass": False, "lowpass": True, "bandpass": False}[kind]
+    expected = scipy.signal.firwin(numtaps, cutoff, pass_zero=pass_zero, fs=fs)
+    got = layer.kernel().detach().double().numpy()
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6 * np.abs(expected).max())
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_fir_filter_in_half_precision_is_the_rounded_design(dtype):
+    layer = FIRFilter("lowpass", 500.0, 101, fs=16000.0).to(dtype)
+    expected = F.lowpass(101, 500.0, fs=16000.0, dtype=dtype)  # designed in float64
+    assert layer.kernel().dtype == dtype
+    torch.testing.assert_close(layer.kernel().detach(), expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("length", [8, 10, 16, 32, 64, 259, 2051])
+def test_learned_width_in_half_precision_builds_at_both_limits(dtype, length):
+    # Clamped in float32: in the parameter's dtype the bounds themselves rounded out of
+    # range (259 is 260 in bfloat16; the narrowest width of 8 taps fell to 8/7 exactly).
+    layer = WindowConv("hann", length, "width", dtype=dtype)
+    x = torch.randn(1, 3 * length, dtype=dtype)
+    assert layer(x).dtype == dtype
+    # Even lengths have no centre tap: their narrowest buildable width is length/(length-1).
+    narrowest = length / (length - 1) * (1 + 1e-6) if length % 2 == 0 else 0.5
+    for start, limit in [(2.0 * length, float(length)), (0.5, narrowest)]:
+        with torch.no_grad():
+            layer.width.fill_(start)
+        w = layer.window()
+        assert w.dtype == dtype and bool(torch.isfinite(w).all())
+        expected = W.get_window("hann", length, width=limit, normalize="sum")
+        torch.testing.assert_close(w.float(), expected, rtol=0, atol=2e-2 * expected.max())
+
+
+def test_fixed_window_tensors_take_the_modules_dtype_and_device():
+    beta = torch.tensor(5.0)
+    layer = WindowConv("kaiser", 9, "width", beta=beta, dtype=torch.float16)
+    assert {n: t.dtype for n, t in layer.state_dict().items()} == {
+        "width": torch.float16,
+        "beta": torch.float16,
+    }
+    assert layer(torch.randn(2, 32, dtype=torch.float16)).dtype == torch.float16
+    layer = WindowConv("kaiser", 9, "width", beta=beta, device="meta")
+    assert {t.device.type for t in layer.state_dict().values()} == {"meta"}
+    assert layer(torch.empty(2, 32, device="meta")).shape == (2, 32)
+    fir = FIRFilter("lowpass", 0.3, 31, window="kaiser", beta=beta, dtype=torch.float64)
+    assert fir.state_dict()["window_beta"].dtype == torch.float64
+    assert fir(torch.randn(2, 40, dtype=torch.float64)).dtype == torch.float64
