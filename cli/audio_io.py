@@ -316,6 +316,8 @@ def _probe_npy(path: str, source: io.BytesIO | None = None) -> SignalInfo:
         raise FileProblem(
             path, f"array of shape {shape} ({len(shape)}-D); expected (T,), (C, T) or (N, C, T)"
         )
+    if any(not isinstance(n, int) or n < 0 for n in shape):  # numpy's np.load refuses these
+        raise FileProblem(path, f"corrupt .npy header: shape {shape} has a negative dimension")
     if 0 in shape:
         raise FileProblem(path, f"array of shape {shape} holds no samples")
     # Always native float32 or float64: torch takes neither big-endian arrays ('>f4', as

@@ -25,10 +25,14 @@ from cli.options import split_paths
 from cli.raw import check_usage, is_raw_path
 from cli.runner import Operation, RunOptions
 
+# libsndfile keeps a sample rate in a C int.
+MAX_HEADER_RATE = 2**31 - 1
+
 
 @contextmanager
 def option_errors(param_hint: str | None = None) -> Iterator[None]:
-    """Turn a library ``ValueError``/``TypeError`` raised by an option into a usage error.
+    """Turn a library ``ValueError``/``TypeError`` raised by an option into a usage error, and
+    so a value too large to build (a window of 10**10 taps: no memory for it).
 
     Example:
         >>> with option_errors("'--length'"):
@@ -40,6 +44,14 @@ def option_errors(param_hint: str | None = None) -> Iterator[None]:
         yield
     except (ValueError, TypeError) as err:
         raise click.BadParameter(str(err), param_hint=param_hint) from err
+    except (MemoryError, OverflowError, RuntimeError) as err:
+        # torch's allocators raise RuntimeError (OutOfMemoryError on CUDA) saying "allocate";
+        # Python's own int conversions raise OverflowError.
+        if isinstance(err, RuntimeError) and "allocate" not in str(err):
+            raise
+        reason = "more memory than there is" if not isinstance(err, OverflowError) else err
+        what = "too large" if param_hint else "the options ask for a kernel too large"
+        raise click.BadParameter(f"{what} to build ({reason})", param_hint=param_hint) from err
 
 
 def check_outputs(
@@ -84,7 +96,14 @@ def check_outputs(
                     f"{job.source}: writing audio ({job.dest}) from .npy needs --rate"
                 )
         rate = options.rate
-        if (raw or from_npy) and fmt not in (None, "RAW", "") and rate not in (None, round(rate)):
+        header = (raw or from_npy) and fmt not in (None, "RAW", "")  # gets --rate as its rate
+        if header and rate is not None and round(rate) > MAX_HEADER_RATE:
+            raise click.BadParameter(
+                f"{rate:g} Hz is above the {MAX_HEADER_RATE} Hz an audio header can say "
+                f"({job.dest}); .npy and .raw outputs store no rate",
+                param_hint="'--rate'",
+            )
+        if header and rate not in (None, round(rate)):
             if round(rate) < 1:  # libsndfile refuses a header rate of 0 ("SF_INFO incomplete")
                 raise click.BadParameter(
                     f"{rate} Hz rounds to 0 in the whole-number rate of {job.dest}'s header; "

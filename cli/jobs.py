@@ -198,7 +198,14 @@ def _check_parent(path: Path) -> None:
 
 def _find_files(folder: Path, glob: str | None, recursive: bool, exclude: Path) -> list[Path]:
     pattern = glob or "*"
-    candidates = folder.rglob(pattern) if recursive else folder.glob(pattern)
+    try:  # pathlib checks the pattern on the first step of the walk
+        candidates = list(folder.rglob(pattern) if recursive else folder.glob(pattern))
+    except NotImplementedError:  # an absolute pattern
+        raise click.UsageError(
+            f"--glob {pattern!r}: give a pattern relative to the directory, like '*.wav'"
+        ) from None
+    except ValueError as error:  # e.g. '**' inside a path component
+        raise click.UsageError(f"--glob {pattern!r}: {error}") from None
     # Outputs written inside the input tree are not inputs on a rerun. Resolving every file
     # costs a system call per path component, so only when OUTPUT lies inside the folder.
     inside = exclude.resolve()

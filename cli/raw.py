@@ -39,13 +39,15 @@ MAX_CHANNELS = 1024
 def libsndfile_rate(rate: float | None) -> int:
     """The whole rate libsndfile is given for headerless samples: any positive one, since
     the file stores none and reading ignores it, but libsndfile refuses 0 (which a rate
-    below 0.5 Hz rounds to) and fractions.
+    below 0.5 Hz rounds to), fractions, and rates past a C int.
 
     Example:
         >>> libsndfile_rate(0.4), libsndfile_rate(44100.4), libsndfile_rate(None)
         (1, 44100, 1)
+        >>> libsndfile_rate(3e9)
+        2147483647
     """
-    return max(1, int(round(rate or 0)))
+    return min(max(1, int(round(rate or 0))), 2**31 - 1)  # libsndfile's is a C int
 
 
 def is_raw_path(path: str | os.PathLike) -> bool:

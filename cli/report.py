@@ -2,7 +2,8 @@
 
 Every file ends as *done* or *failed*; warnings (clipping, NaN written as zero) are attached
 to a done file. Messages go to stderr as they happen; :meth:`Report.summary` gives the closing
-line and :attr:`Report.return_code` the exit code (1 if anything failed).
+line and :attr:`Report.return_code` the exit code (1 if anything failed, 2 if a failure was a
+usage error found only once the file was read, e.g. a .npy behind a pipe without --rate).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from dataclasses import dataclass, field
 
 import click
 
-from cli.errors import EXIT_OK, EXIT_RUNTIME
+from cli.errors import EXIT_OK, EXIT_RUNTIME, EXIT_USAGE
 
 
 @dataclass
@@ -39,6 +40,8 @@ class Report:
     done_paths: list[tuple[str, str]] = field(default_factory=list)
     #: (path, reason) of every failure.
     failures: list[tuple[str, str]] = field(default_factory=list)
+    #: whether a failure was a usage error (exit code 2 rather than 1).
+    usage_failed: bool = False
 
     def done(self, source: str, dest: str, *, streamed: bool = False) -> None:
         """Record a file written successfully."""
@@ -48,9 +51,11 @@ class Report:
             how = " (streamed)" if streamed else ""
             click.echo(f"done: {source} -> {dest}{how}", err=True)
 
-    def failed(self, path: str, reason: str) -> None:
-        """Record a failure; printed even with ``--quiet`` (an error must never be silent)."""
+    def failed(self, path: str, reason: str, exit_code: int = EXIT_RUNTIME) -> None:
+        """Record a failure; printed even with ``--quiet`` (an error must never be silent).
+        ``exit_code`` 2: the options did not suit this file (a usage error)."""
         self.failure_count += 1
+        self.usage_failed = self.usage_failed or exit_code == EXIT_USAGE
         self.failures.append((str(path), reason))
         click.secho(f"error: {path}: {reason}", err=True, fg="red")
 
@@ -62,6 +67,8 @@ class Report:
 
     @property
     def return_code(self) -> int:
+        if self.usage_failed:
+            return EXIT_USAGE
         return EXIT_RUNTIME if self.failure_count else EXIT_OK
 
     def merge(self, other: dict) -> None:
@@ -71,6 +78,7 @@ class Report:
         self.warning_count += other["warning_count"]
         self.done_paths.extend(tuple(p) for p in other["done_paths"])
         self.failures.extend(tuple(f) for f in other["failures"])
+        self.usage_failed = self.usage_failed or other["usage_failed"]
 
     def as_dict(self) -> dict:
         """Plain data, picklable for ``torch.distributed.all_gather_object``."""
@@ -80,6 +88,7 @@ class Report:
             "warning_count": self.warning_count,
             "done_paths": list(self.done_paths),
             "failures": list(self.failures),
+            "usage_failed": self.usage_failed,
         }
 
     def summary(self) -> str:

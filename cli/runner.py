@@ -27,7 +27,7 @@ import numpy as np
 from cli import distributed, interrupts, pipes, startup
 from cli.audio_io import SignalInfo, probe, probe_bytes, read_blocks, read_signal
 from cli.devices import initial_batch_size, is_out_of_memory, release_cached_memory
-from cli.errors import FileProblem
+from cli.errors import EXIT_RUNTIME, FileProblem
 from cli.jobs import Job
 from cli.raw import RawFormat
 from cli.report import Report
@@ -258,13 +258,16 @@ def _failed(
     report: Report, options: RunOptions, path: str, reason: str, err: BaseException | None
 ) -> None:
     trace = "".join(traceback.format_exception(err)) if options.verbose and err else ""
-    _report_failure(report, path, reason, trace)
+    exit_code = err.exit_code if isinstance(err, FileProblem) else EXIT_RUNTIME
+    _report_failure(report, path, reason, trace, exit_code)
 
 
-def _report_failure(report: Report, path: str, reason: str, trace: str) -> None:
+def _report_failure(
+    report: Report, path: str, reason: str, trace: str, exit_code: int = EXIT_RUNTIME
+) -> None:
     if trace:
         sys.stderr.write(trace)
-    report.failed(path, reason)
+    report.failed(path, reason, exit_code)
 
 
 class _Writes:

@@ -286,7 +286,7 @@ class AtomicWriter:
                         subtype=spec.subtype,
                         endian=spec.endian,
                     )
-        except (sf.SoundFileError, RuntimeError, OSError, ValueError) as err:
+        except (sf.SoundFileError, RuntimeError, OSError, ValueError, OverflowError) as err:
             raise FileProblem(self.dest, self._open_failure(err)) from err
 
     def _open_failure(self, err: Exception) -> str:
@@ -500,7 +500,7 @@ def atomic_write(
         with interrupts.deferred():
             target = _through_symlink(dest)
             keep = _existing_mode(target)
-            prefix = f".{target.name}."
+            prefix = temporary_prefix(target.name)
             fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=".part", dir=target.parent)
         with os.fdopen(fd, "wb") as f:
             fd = None  # closed by the with block from here on
@@ -555,6 +555,30 @@ def _existing_mode(path: Path) -> int | None:
 _MADE_DIRS: set[str] = set()
 
 
+# A file name's longest, in bytes, on the usual file systems (ext4, XFS, btrfs, APFS, NTFS's
+# 255 UTF-16 units are at least as many): the temporary must fit it where the output does.
+_NAME_MAX = 255
+# What mkstemp adds to the prefix: 8 random characters and ".part".
+_TEMPORARY_EXTRA = 8 + len(".part")
+
+
+def temporary_prefix(name: str) -> str:
+    """``.NAME.``, the prefix of ``name``'s hidden temporary, with ``NAME`` cut short where
+    the temporary's whole name would pass 255 bytes (an output name of 241 to 255 bytes is
+    valid, its temporary 15 bytes longer).
+
+    Example:
+        >>> temporary_prefix("out.wav")
+        '.out.wav.'
+        >>> len(os.fsencode(temporary_prefix("é" * 127 + ".wav")) + b"12345678.part")
+        255
+    """
+    room = _NAME_MAX - _TEMPORARY_EXTRA - 2  # the two dots
+    while len(os.fsencode(name)) > room:  # by whole characters: none is cut in two
+        name = name[: -max(1, (len(os.fsencode(name)) - room) // 4)]
+    return f".{name}."
+
+
 def _temporary_beside(dest: Path, made: list[str]) -> tuple[int, str]:
     """A new hidden file in ``dest``'s directory (created if missing): ``(fd, path)``.
 
@@ -567,7 +591,8 @@ def _temporary_beside(dest: Path, made: list[str]) -> tuple[int, str]:
             made[:0] = _make_dirs(dest.parent)
             _MADE_DIRS.add(parent)
         try:
-            return tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=parent)
+            prefix = temporary_prefix(dest.name)
+            return tempfile.mkstemp(prefix=prefix, suffix=".part", dir=parent)
         except FileNotFoundError:
             # Removed during the run (a writer that made it failed and removed it while
             # still empty, between our mkdir and mkstemp): make it again.

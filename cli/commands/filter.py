@@ -122,6 +122,12 @@ def filter_operation(
 
     def operation_for(info):
         fs = info.rate or rate
+        if fs is None:
+            # A .npy behind a pipe (<(cmd), a FIFO): its kind was known only once read, after
+            # the up-front check that a .npy path gets. A usage error all the same.
+            from cli.errors import EXIT_USAGE, FileProblem
+
+            raise FileProblem(info.path, ".npy input needs --rate for filtering in Hz", EXIT_USAGE)
         if fs not in per_rate:
             try:
                 kernel = design(band, cutoff, rate=fs, **shape).numpy()

@@ -341,7 +341,7 @@ def _run(jobs, setup: _Setup, opts, outdir: Path):
             try:
                 base = _grad_one(job, setup, device, outdir, report)
             except FileProblem as err:
-                _failed(report, setup, err.path, err.reason)
+                _failed(report, setup, err.path, err.reason, err.exit_code)
             except (ValueError, TypeError) as err:
                 _failed(report, setup, str(job.source), str(err))
             except Exception as err:  # one bad file never stops the batch
@@ -352,10 +352,10 @@ def _run(jobs, setup: _Setup, opts, outdir: Path):
     return run_sharded(jobs, work, quiet=opts["quiet"], verbose=opts["verbose"])
 
 
-def _failed(report, setup: _Setup, path: str, reason: str) -> None:
+def _failed(report, setup: _Setup, path: str, reason: str, exit_code: int = 1) -> None:
     if setup.verbose:
         traceback.print_exc(file=sys.stderr)
-    report.failed(path, reason)
+    report.failed(path, reason, exit_code)
 
 
 def output_paths(dest: Path, setup: _Setup, parametric: bool) -> dict[str, Path]:
@@ -381,7 +381,7 @@ def _grad_one(job, setup: _Setup, device, outdir: Path, report) -> str:
     import torch
 
     from cli.audio_io import probe, read_signal
-    from cli.errors import FileProblem
+    from cli.errors import EXIT_USAGE, FileProblem
     from diffconv_core.gradients import ParametricKernel, gradient_map, jacobian
 
     parametric = isinstance(setup.kernel, ParametricKernel)
@@ -397,6 +397,12 @@ def _grad_one(job, setup: _Setup, device, outdir: Path, report) -> str:
             f"the kernel has {kernel.shape[0]} channels but the signal has {info.channels}"
         )
     rate = info.rate or setup.rate
+    if rate is None and (setup.start or setup.duration is not None):
+        # A .npy behind a pipe (<(cmd), a FIFO), known as one only now that it is read: the
+        # up-front check (_setup) catches .npy paths. A usage error all the same.
+        raise FileProblem(
+            job.source, "--start/--duration are in seconds; .npy input needs --rate", EXIT_USAGE
+        )
     first, last = _excerpt(info.frames, rate, setup.start, setup.duration)
     signal = read_signal(info)
     x = torch.from_numpy(signal).to(device)
