@@ -102,8 +102,13 @@ def _may_overflow(x: torch.Tensor, w: torch.Tensor, x_max: float, w_max: float) 
     if x.dtype not in (torch.float32, torch.float64) or x_max == 0 or w_max == 0:
         return False
     n = x.shape[-1] + w.shape[-1]
+    limit = math.log2(torch.finfo(x.dtype).max) - 2
     worst = math.log2(x_max) + math.log2(w_max) + math.log2(w.shape[-1]) + 2 * math.log2(n)
-    return worst >= math.log2(torch.finfo(x.dtype).max) - 2
+    # Each operand's own spectrum too (its sums reach n times its largest value), whatever
+    # the other's size: float32 samples near 1e36 under a 1e-9 kernel have a finite product
+    # bound and a result near 1e28, but an Inf DC bin that turned every output into NaN.
+    alone = max(math.log2(x_max), math.log2(w_max)) + math.log2(n)
+    return worst >= limit or alone >= limit
 
 
 def _scaled_range(

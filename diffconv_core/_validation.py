@@ -46,7 +46,8 @@ def check_count(value: object, what: str, minimum: int = 1) -> int:
 
 
 def check_tensor(name: str, value: object) -> torch.Tensor:
-    """A real floating-point tensor with at least one dimension and no empty time axis."""
+    """A real floating-point tensor with at least one dimension and no empty time axis (an
+    empty batch, ``(0, T)``, is a tensor like any other)."""
     if not isinstance(value, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor; got {type(value).__name__}")
     if value.is_complex():
@@ -62,8 +63,10 @@ def check_tensor(name: str, value: object) -> torch.Tensor:
         raise TypeError(f"{name} must be a dense (strided) tensor; got layout {value.layout}")
     if value.dim() == 0:
         raise ValueError(f"{name} must have at least one dimension (time last); got a 0-d tensor")
-    if value.shape[-1] == 0 or value.numel() == 0:
-        raise ValueError(f"{name} must not be empty; got shape {tuple(value.shape)}")
+    if value.shape[-1] == 0:
+        raise ValueError(
+            f"{name} must not be empty along time (the last axis); got shape {tuple(value.shape)}"
+        )
     return value
 
 

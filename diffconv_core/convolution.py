@@ -26,7 +26,7 @@ from diffconv_core._validation import (
     check_tensor,
     needs_graph,
 )
-from diffconv_core.methods import pick_method
+from diffconv_core.methods import output_length, pick_method
 from diffconv_core.padding import pad
 
 _RANGE_FUNCTIONS = {"direct": direct_range, "fft": fft_range, "overlap": overlap_range}
@@ -39,6 +39,11 @@ def _run(x: torch.Tensor, w: torch.Tensor, mode: str, padding: str, method: str)
         # Convolution commutes; scipy swaps too, so "valid" with K > T has K - T + 1 samples.
         x, w = w, x
     T, K = x.shape[-1], w.shape[-1]
+    if math.prod(batch) == 0:
+        # An empty batch (a data loader's last, filtered batch): an empty result, shaped and
+        # typed as any other and connected to both operands for autograd.
+        none = (x.sum(-1, keepdim=True) * w.sum(-1, keepdim=True) * 0).to(out_dtype)
+        return none.expand(*batch, output_length(T, K, mode))
     if mode == "valid":
         lo, hi = K - 1, T
     elif padding == "zeros":

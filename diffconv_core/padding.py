@@ -38,6 +38,8 @@ def padding_index(length: int, left: int, right: int, mode: str, device=None) ->
 
 def _check_widths(left: object, right: object) -> tuple[int, int]:
     try:
+        if isinstance(left, bool) or isinstance(right, bool):  # True is not a pad width
+            raise TypeError
         left, right = operator.index(left), operator.index(right)
     except TypeError:
         raise TypeError(

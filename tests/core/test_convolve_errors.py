@@ -63,12 +63,47 @@ def test_non_real_floating_dtypes(func, dtype, name, x, w):
 
 
 @pytest.mark.parametrize("func", FUNCS, ids=FUNC_IDS)
-def test_empty_signal_or_kernel(func, x, w):
+def test_empty_time_axis_of_signal_or_kernel(func, x, w):
     assert_raises(lambda: func(torch.ones(3, 0), w), "signal", shape_pattern(3, 0))
     assert_raises(lambda: func(torch.ones(0), w), "signal", shape_pattern(0))
-    assert_raises(lambda: func(torch.ones(0, 10), w), "signal", shape_pattern(0, 10))
+    assert_raises(lambda: func(torch.ones(0, 0), w), "signal", shape_pattern(0, 0))
     assert_raises(lambda: func(x, torch.ones(0)), "kernel", shape_pattern(0))
     assert_raises(lambda: func(x, torch.ones(5, 0)), "kernel", shape_pattern(5, 0))
+
+
+@pytest.mark.parametrize("func", FUNCS, ids=FUNC_IDS)
+@pytest.mark.parametrize("method", ["auto", "direct", "fft", "overlap"])
+@pytest.mark.parametrize(
+    "mode,padding",
+    [("full", "zeros"), ("same", "reflect"), ("same", "circular"), ("valid", "zeros")],
+)
+@pytest.mark.parametrize(
+    "signal_shape,kernel_shape",
+    [((0, 10), (5,)), ((0, 3, 10), (3, 5)), ((10,), (0, 2, 5)), ((2, 0, 4), (12,))],
+)
+def test_an_empty_batch_gives_an_empty_result(
+    func, method, mode, padding, signal_shape, kernel_shape
+):
+    # As conv1d and torch.func.vmap do: an empty batch is no error (a data loader's last
+    # batch, filtered to nothing). Shape and dtype as for a batch of one; gradients too.
+    signal = torch.zeros(signal_shape, dtype=torch.float64, requires_grad=True)
+    kernel = torch.zeros(kernel_shape, dtype=torch.float32, requires_grad=True)
+    expected = func(
+        torch.zeros(signal_shape[-1], dtype=torch.float64),
+        torch.zeros(kernel_shape[-1]),
+        mode,
+        padding=padding,
+        method=method,
+    )
+    out = func(signal, kernel, mode, padding=padding, method=method)
+    batch = torch.broadcast_shapes(signal_shape[:-1], kernel_shape[:-1])
+    assert out.shape == (*batch, expected.shape[-1]) and out.dtype == torch.float64
+    out.sum().backward()
+    assert signal.grad.shape == signal.shape and kernel.grad.shape == kernel.shape
+    assert kernel.grad.abs().sum() == 0  # an empty sum
+    mapped = torch.func.vmap(lambda a: func(a, kernel.detach(), mode, padding=padding))
+    if len(signal_shape) == 2 and len(kernel_shape) == 1:
+        assert mapped(signal.detach()).shape == out.shape
 
 
 @pytest.mark.parametrize("func", FUNCS, ids=FUNC_IDS)

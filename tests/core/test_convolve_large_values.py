@@ -26,6 +26,9 @@ pytestmark = pytest.mark.usefixtures("nonfinite_order")
         (torch.float32, 1e34, 1.0, 1e-5),  # the FFTs overflowed here
         (torch.float32, 1e20, 1e15, 1e-5),  # both operands large
         (torch.float32, 1e-20, 1e36, 1e-5),  # a tiny signal under a huge kernel
+        (torch.float32, 1e36, 1e-9, 1e-5),  # the signal's own spectrum overflowed
+        (torch.float32, 1e-30, 1e37, 1e-5),  # the kernel's own spectrum overflowed
+        (torch.float64, 1e306, 1e-30, 1e-12),
         (torch.float64, 1e300, 1.0, 1e-12),
     ],
 )
@@ -37,6 +40,29 @@ def test_large_values_do_not_overflow(method, dtype, signal_scale, kernel_scale,
     assert np.abs(expected).max() < torch.finfo(dtype).max / 100  # representable
     out = diffconv_core.convolve(x, w, method=method)
     assert out.dtype == dtype
+    assert torch.isfinite(out).all(), f"{method}: non-finite outputs from finite inputs"
+    assert relative_error(out, expected) <= tolerance
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize(
+    "dtype, signal_scale, kernel_scale, tolerance",
+    [
+        (torch.float32, 1e36, 1e-9, 1e-5),
+        (torch.float32, 1e-9, 1e36, 1e-5),
+        (torch.float64, 1e306, 1e-30, 1e-12),
+    ],
+)
+def test_one_operands_own_spectrum_does_not_overflow(
+    method, dtype, signal_scale, kernel_scale, tolerance
+):
+    # All positive: the DC bin is the sum of the samples, T times the largest, an Inf for
+    # 4,000 float32 samples near 1e36 although the result (1e28) is far from the limit.
+    gen = torch.Generator().manual_seed(0)
+    x = (torch.rand(2, 4000, generator=gen, dtype=torch.float64) * signal_scale).to(dtype)
+    w = (torch.rand(31, generator=gen, dtype=torch.float64) * kernel_scale).to(dtype)
+    expected = reference(x.double(), w.double(), "same")
+    out = diffconv_core.convolve(x, w, method=method)
     assert torch.isfinite(out).all(), f"{method}: non-finite outputs from finite inputs"
     assert relative_error(out, expected) <= tolerance
 

@@ -222,6 +222,8 @@ def test_pad_refuses_fractional_widths_and_empty_signals_by_name(padding):
     x = torch.arange(4.0)
     with pytest.raises(TypeError, match=r"pad widths must be integers.*left=2\.5"):
         pad(x, 2.5, 1, padding)
+    with pytest.raises(TypeError, match=r"pad widths must be integers.*left=True"):
+        pad(x, True, 1, padding)  # a bool is an int to Python, not a number of samples
     assert pad(x, np.int64(2), 1, padding).shape == (7,)  # integer-like widths are fine
     if padding != "zeros":
         with pytest.raises(ValueError, match=rf"empty signal.*{padding}.*\(2, 0\)"):
