@@ -159,10 +159,17 @@ def device_option(f):
     )(f)
 
 
-def overwrite_option(f):
-    return click.option(
-        "--overwrite", is_flag=True, help="Replace existing outputs (also OUTPUT equal to INPUT)."
-    )(f)
+def _overwrite_option(help: str):
+    def decorate(f):
+        return click.option("--overwrite", is_flag=True, help=help)(f)
+
+    return decorate
+
+
+#: ``--overwrite`` of the commands writing OUTPUT from INPUT (smooth, convolve, filter).
+overwrite_option = _overwrite_option("Replace existing outputs (also OUTPUT equal to INPUT).")
+#: ``--overwrite`` of the commands writing files of their own (grad's maps, fit's kernel).
+overwrite_files_option = _overwrite_option("Replace existing output files.")
 
 
 def quiet_option(f):
@@ -216,8 +223,15 @@ def _rate_option(help: str):
 
 _NPY_RATE = "Sample rate of .npy inputs (needed to filter them or write them as audio)"
 
-#: ``--rate`` of the commands that read .npy but no headerless inputs (``grad``, ``fit``).
-rate_option = _rate_option(f"{_NPY_RATE}.")
+#: ``--rate`` of ``grad``, which reads .npy but no headerless inputs.
+grad_rate_option = _rate_option(
+    "Sample rate of .npy inputs (needed for --start/--duration, which are in seconds)."
+)
+#: ``--rate`` of ``fit``.
+fit_rate_option = _rate_option(
+    "Sample rate of .npy inputs and targets (needed to crop them in seconds, and to pair "
+    "them with audio files)."
+)
 
 
 def raw_input_options(

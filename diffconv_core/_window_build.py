@@ -255,7 +255,16 @@ def sample_overlap(t: Tensor, width: Tensor) -> Tensor:
     return torch.clamp(hi - lo, min=0.0)
 
 
-def build(
+def build(spec: Spec, length: Any, **kwargs: Any) -> Tensor:
+    """:func:`build_window`, run eagerly under ``torch.compile``: its checks read numbers
+    (graph breaks at every ``.item()``, and recompiles per dtype), and a window is a few
+    taps' arithmetic, nothing a compiler would speed up. Gradients flow as usual."""
+    if torch.compiler.is_compiling():
+        return _build_eagerly(spec, length, **kwargs)
+    return build_window(spec, length, **kwargs)
+
+
+def build_window(
     spec: Spec,
     length: Any,
     *,
@@ -373,3 +382,6 @@ def build(
             f"these parameters{' (' + shown + ')' if shown else ''}"
         )
     return w
+
+
+_build_eagerly = getattr(torch, "_disable_dynamo", lambda fn: fn)(build_window)

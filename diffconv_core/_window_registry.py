@@ -100,7 +100,7 @@ SPECS: tuple[Spec, ...] = (
         ["cheb"],
         # Past ~6,150 dB the Chebyshev spectrum overflows float64 (scipy: OverflowError).
         [Param("at", REQUIRED, **_POSITIVE, high=6000.0, text="> 0 and <= 6000")],
-        "Dolph-Chebyshev: equiripple side lobes at dB below the main lobe",
+        "Dolph-Chebyshev: equiripple side lobes `at` dB below the main lobe",
     ),
     _spec("cosine", ["halfcosine"], [], "half a period of a sine"),
     _spec(
@@ -169,7 +169,7 @@ SPECS: tuple[Spec, ...] = (
             Param("sll", 30.0, **_POSITIVE),
             Param("norm", True, kind="bool"),
         ],
-        "Taylor window: nbar nearly constant side lobes sll dB below the main lobe",
+        "Taylor window: `nbar` nearly constant side lobes `sll` dB below the main lobe",
     ),
     _spec("triang", ["triangle", "tri"], [], "triangle with non-zero end taps"),
     _spec(

@@ -110,10 +110,21 @@ def room_impulse_response(rate: int = 16000, seconds: float = 0.12, seed: int = 
     return ir / np.abs(ir).max()
 
 
+def clear_peak_timestamp(path: Path) -> None:
+    """Zero the write time libsndfile records in a float WAV's PEAK chunk, the one part of
+    these files that changed from run to run."""
+    data = bytearray(path.read_bytes())
+    at = data.find(b"PEAK", 12)  # after the RIFF header: chunk id, size, version, time
+    if at >= 0:
+        data[at + 12 : at + 16] = bytes(4)
+        path.write_bytes(bytes(data))
+
+
 def main(folder: Path = HERE) -> None:
     sf.write(folder / "speech_mono16.wav", speech_like(), 16000, subtype="PCM_16")
     sf.write(folder / "music_stereo24.wav", music_like(), 48000, subtype="PCM_24")
     sf.write(folder / "multichannel_float.wav", multichannel(), 8000, subtype="FLOAT")
+    clear_peak_timestamp(folder / "multichannel_float.wav")
     np.save(folder / "sensor_gaps.npy", sensor_with_gaps())
     sf.write(folder / "impulse_response.wav", room_impulse_response(), 16000, subtype="PCM_16")
 

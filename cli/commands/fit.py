@@ -19,13 +19,14 @@ import click
 from cli import interrupts
 from cli.options import (
     device_option,
+    fit_rate_option,
     glob_option,
-    overwrite_option,
+    overwrite_files_option,
     padding_option,
     quiet_option,
-    rate_option,
     recursive_option,
     verbose_option,
+    version_option,
     window_params_option,
 )
 
@@ -162,10 +163,11 @@ KERNEL.ckpt.pt as it goes. Use the kernel with: diffconv convolve IN OUT --kerne
 @device_option
 @glob_option
 @recursive_option
-@rate_option
-@overwrite_option
+@fit_rate_option
+@overwrite_files_option
 @quiet_option
 @verbose_option
+@version_option
 def fit(**options) -> None:
     """Learn an FIR kernel (or window parameters) mapping INPUTS to TARGETS.
 

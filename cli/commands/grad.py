@@ -31,14 +31,15 @@ from cli.options import (
     check_list_params,
     device_option,
     glob_option,
+    grad_rate_option,
     method_option,
     mode_option,
-    overwrite_option,
+    overwrite_files_option,
     padding_option,
     quiet_option,
-    rate_option,
     recursive_option,
     verbose_option,
+    version_option,
     width_option,
     window_params_option,
 )
@@ -133,10 +134,11 @@ SUFFIXES = {
 @device_option
 @glob_option
 @recursive_option
-@rate_option
-@overwrite_option
+@grad_rate_option
+@overwrite_files_option
 @quiet_option
 @verbose_option
+@version_option
 def grad(paths, **opts) -> None:
     """Write gradient maps: how an objective on the filtered output depends on every input
     sample, every kernel tap and every window parameter.

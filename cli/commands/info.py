@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import click
 
-from cli.options import raw_input_options
+from cli.options import raw_input_options, version_option
 
 
 @click.command(name="info")
 @click.argument("files", nargs=-1, required=True, type=click.Path())
 @raw_input_options("Sample rate of headerless .raw/.pcm FILEs (needed to read them).")
+@version_option
 def info(files: tuple[str, ...], **raw_options) -> None:
     """Describe audio and .npy FILES: frames, rate, channels, format/subtype, duration
     (shape and dtype for .npy). FILE - reads stdin. Headerless .raw/.pcm FILEs need --rate

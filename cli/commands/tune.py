@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from cli import interrupts
-from cli.options import device_option, quiet_option
+from cli.options import device_option, quiet_option, version_option
 
 
 @click.command(name="tune")
@@ -33,11 +33,15 @@ from cli.options import device_option, quiet_option
     ),
 )
 @quiet_option
+@version_option
 def tune(device: str, dtype: str, quick: bool, cache: str | None, quiet: bool) -> None:
     """Time direct, FFT and overlap-save convolution on a grid of shapes on DEVICE and cache the
     fastest per shape; method "auto" consults the default cache from then on (nearest measured
     shape). A --cache file elsewhere is read only where DIFFCONV_CACHE_DIR names its folder
     and it is called methods.json.
+
+    The full grid (84 shapes) takes about 6 minutes on 2 CPU cores, --quick about one; a GPU
+    is faster. Progress goes to stderr unless -q.
     """
     import torch
 
@@ -63,6 +67,8 @@ def tune(device: str, dtype: str, quick: bool, cache: str | None, quiet: bool) -
         )
 
     shapes = tuning.default_shapes(torch_device.type, quick=quick)
+    if not quiet:
+        click.echo(f"timing 3 methods on {len(shapes)} shapes, one line each", err=True)
     records = tuning.measure(torch_device, torch_dtype, shapes, progress=report)
     try:
         with interrupts.deferred():  # a Ctrl-C in mid-save would leave its temporary file

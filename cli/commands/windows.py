@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import click
 
+from cli.options import version_option
+
 
 @click.command(name="windows")
+@version_option
 def windows() -> None:
     """List the windows (for --window) with their aliases, parameters and defaults.
 
-    Parameters are given to smooth as --param NAME=VALUE (e.g. --window gaussian --param
-    std=5).
+    Parameters are given to smooth, filter, grad and fit as --param NAME=VALUE (e.g.
+    --window gaussian --param std=5).
     """
     from diffconv_core.windows import list_windows
 

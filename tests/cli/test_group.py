@@ -14,6 +14,32 @@ def test_version():
     assert __version__ in result.output
 
 
+def _command_names() -> list[str]:
+    import click
+
+    return cli.list_commands(click.Context(cli))
+
+
+def test_every_command_takes_version():
+    assert len(_command_names()) >= 8
+    for name in _command_names():
+        result = CliRunner().invoke(cli, [name, "--version"])
+        assert result.exit_code == 0, (name, result.output)
+        assert __version__ in result.output, name
+
+
+def test_each_commands_rate_and_overwrite_help_says_what_it_is_for():
+    # grad and fit write no audio and take no OUTPUT equal to INPUT: their help says so.
+    helps = {name: CliRunner().invoke(cli, [name, "--help"]).output for name in _command_names()}
+    assert "OUTPUT equal to INPUT" in " ".join(helps["smooth"].split())
+    for name in ("grad", "fit"):
+        flat = " ".join(helps[name].split())
+        assert "OUTPUT equal to INPUT" not in flat and "write them as audio" not in flat
+    assert "--start/--duration" in " ".join(helps["grad"].split())
+    assert "crop them in seconds" in " ".join(helps["fit"].split())
+    assert "smooth, filter, grad and fit" in " ".join(helps["windows"].split())
+
+
 def test_help_lists_commands_without_importing_torch():
     code = (
         "import sys\n"

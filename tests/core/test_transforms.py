@@ -433,6 +433,35 @@ def test_torch_compile_runs_the_convolution_eagerly_without_recompiling_per_leng
     assert counter.frame_count == settled
 
 
+def test_torch_compile_of_a_learnable_window_builds_it_eagerly():
+    # Traced, the window's range checks broke the graph at each .item(), recompiled per
+    # dtype, and dynamo warned that it cannot trace functorch's wrapper test. Built eagerly
+    # (one graph break), the values and gradients are the eager module's.
+    import warnings
+
+    from torch._dynamo.testing import CompileCounter
+
+    from diffconv_core.nn import WindowConv
+
+    torch._dynamo.reset()
+    eager = WindowConv("gaussian", 41, learn="params", std=3.0, dtype=torch.float64)
+    layer = WindowConv("gaussian", 41, learn="params", std=3.0, dtype=torch.float64)
+    counter = CompileCounter()
+    compiled = torch.compile(layer, backend=counter)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for T in (300, 350, 410, 500, 700):
+            x = torch.randn(2, T, dtype=torch.float64)
+            compiled(x).pow(2).sum().backward()
+            eager(x).pow(2).sum().backward()
+            torch.testing.assert_close(compiled(x), eager(x), rtol=0, atol=0)
+            torch.testing.assert_close(layer.std.grad, eager.std.grad, rtol=1e-12, atol=0)
+            if T == 410:
+                settled = counter.frame_count
+    assert counter.frame_count == settled
+    assert not [w for w in caught if "functorch" in str(w.message)]
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("method", METHODS)
 def test_transforms_on_cuda(method):
