@@ -35,6 +35,12 @@ def _upper_bound(window: str, name: str, length: int) -> float | None:
 class FIRKernel(nn.Module):
     """Every tap is a free parameter.
 
+    ``init`` is copied (detached) into the parameter ``taps``; ``forward()`` returns it.
+
+    Shape:
+        - init: ``(K,)``
+        - output: ``(K,)``
+
     Example:
         >>> import torch
         >>> FIRKernel(torch.ones(3))().tolist()
@@ -49,6 +55,14 @@ class FIRKernel(nn.Module):
         return self.taps
 
     def learned(self) -> dict[str, object]:
+        """The kernel as plain data for the fit's JSON: its kind and number of taps (the
+        tap values are ``forward()``'s, not repeated here).
+
+        Example:
+            >>> import torch
+            >>> FIRKernel(torch.zeros(5)).learned()
+            {'kind': 'fir', 'taps': 5}
+        """
         return {"kind": "fir", "taps": len(self.taps)}
 
 
@@ -58,6 +72,9 @@ class WindowKernel(nn.Module):
     ``learn="params"`` learns the window's continuous parameters (e.g. a Gaussian's ``std``),
     ``learn="width"`` the fractional width of its support. Every learned value is positive,
     kept so by a log parametrisation (Adam then takes steps relative to the value's size).
+
+    Shape:
+        - output: ``(length,)``, in ``dtype``
 
     Example:
         >>> import torch
@@ -132,6 +149,26 @@ class WindowKernel(nn.Module):
         self.log_values = nn.Parameter(logs)
 
     def values(self) -> dict[str, torch.Tensor]:
+        """The learned values by name (``"width"`` when learning the width), as
+        differentiable tensors clamped into their ranges (a width into
+        ``[narrowest, length]``, tukey's ``alpha`` to at most 1, ...); the clamp passes the
+        gradient through unchanged, so a value an optimiser step took out of range can come
+        back.
+
+        Shape:
+            - each value: ``()``
+
+        Example:
+            >>> import math
+            >>> import torch
+            >>> k = WindowKernel("tukey", 9, params={"alpha": 0.5})
+            >>> round(float(k.values()["alpha"].detach()), 6)
+            0.5
+            >>> with torch.no_grad():
+            ...     _ = k.log_values.fill_(math.log(3.0))  # a step past alpha's upper bound
+            >>> float(k.values()["alpha"].detach())
+            1.0
+        """
         raw = self.log_values.exp().unbind()
         bounds = zip(raw, self.lows, self.highs, strict=True)
         clamped = [clamp_straight_through(v, low, high) for v, low, high in bounds]
@@ -158,6 +195,17 @@ class WindowKernel(nn.Module):
         )
 
     def learned(self) -> dict[str, object]:
+        """The window as plain data for the fit's JSON: ``kind`` ("window"), ``window``,
+        ``taps``, ``normalize``, ``params`` (fixed settings and learned values, as Python
+        numbers) and ``width``: what :func:`diffconv_core.windows.get_window` needs to build
+        the kernel again.
+
+        Example:
+            >>> k = WindowKernel("hann", 9, learn="width", width=6.0)
+            >>> out = k.learned()
+            >>> out["window"], out["taps"], out["params"], round(out["width"], 4)
+            ('hann', 9, {}, 6.0)
+        """
         values = {k: float(v.detach()) for k, v in self.values().items()}
         out: dict[str, object] = {"kind": "window", "window": self.window, "taps": self.length}
         out["normalize"] = self.normalize

@@ -38,6 +38,9 @@ _PASS_ZERO = (True, False, "lowpass", "highpass", "bandpass", "bandstop")
 def kaiser_beta(a: float) -> float:
     """Kaiser ``beta`` for a stop-band attenuation of ``a`` dB (``scipy.signal.kaiser_beta``).
 
+    Shape:
+        - no tensors: a number (dB) in, a float out
+
     Example:
         >>> round(kaiser_beta(65.0), 4)
         6.2043
@@ -53,6 +56,9 @@ def kaiser_atten(numtaps: int, width: float) -> float:
     """Attenuation (dB) of a Kaiser FIR filter (``scipy.signal.kaiser_atten``).
 
     ``width`` is the transition width normalised so that 1 is the Nyquist frequency.
+
+    Shape:
+        - no tensors: numbers in, a float (dB) out
 
     Example:
         >>> round(kaiser_atten(101, 0.05), 3)
@@ -268,6 +274,15 @@ def highpass(numtaps: int, cutoff: Any, **kwargs: Any) -> Tensor:
 
     Shape:
         - output: ``(numtaps,)`` or ``(*S, numtaps)`` for a cutoff tensor of shape ``S``
+
+    Example:
+        >>> import scipy.signal
+        >>> h = highpass(31, 0.3, dtype=torch.float64)
+        >>> ref = scipy.signal.firwin(31, 0.3, pass_zero=False)
+        >>> bool(torch.allclose(h, torch.from_numpy(ref)))
+        True
+        >>> highpass(31, torch.tensor([0.2, 0.3, 0.4])).shape  # a batch of three filters
+        torch.Size([3, 31])
     """
     return firwin(numtaps, _single(cutoff), pass_zero="highpass", **kwargs)
 
@@ -278,6 +293,15 @@ def bandpass(numtaps: int, cutoff: Any, **kwargs: Any) -> Tensor:
     Shape:
         - cutoff: a pair, or a tensor ``(*S, 2)``
         - output: ``(numtaps,)`` or ``(*S, numtaps)``
+
+    Example:
+        >>> import scipy.signal
+        >>> h = bandpass(31, [0.2, 0.5], dtype=torch.float64)
+        >>> ref = scipy.signal.firwin(31, [0.2, 0.5], pass_zero="bandpass")
+        >>> bool(torch.allclose(h, torch.from_numpy(ref)))
+        True
+        >>> bandpass(30, torch.tensor([[0.1, 0.2], [0.3, 0.4]])).shape  # two filters
+        torch.Size([2, 30])
     """
     return firwin(numtaps, cutoff, pass_zero="bandpass", **kwargs)
 
@@ -288,6 +312,13 @@ def bandstop(numtaps: int, cutoff: Any, **kwargs: Any) -> Tensor:
     Shape:
         - cutoff: a pair, or a tensor ``(*S, 2)``
         - output: ``(numtaps,)`` or ``(*S, numtaps)``
+
+    Example:
+        >>> import scipy.signal
+        >>> h = bandstop(31, [1000.0, 2000.0], fs=8000.0, dtype=torch.float64)  # in Hz
+        >>> ref = scipy.signal.firwin(31, [1000.0, 2000.0], pass_zero="bandstop", fs=8000.0)
+        >>> bool(torch.allclose(h, torch.from_numpy(ref)))
+        True
     """
     return firwin(numtaps, cutoff, pass_zero="bandstop", **kwargs)
 

@@ -193,6 +193,10 @@ def crop_plan(
     proportional to its training length (every sample equally likely), then a uniform start.
     The generator is seeded with ``(seed, step)`` only.
 
+    Shape:
+        - no tensors: a list of ``(pair, start, samples)`` tuples, one per pair with
+          training samples (``crop=None``) or ``batch_size`` of them
+
     Example:
         >>> crop_plan(0, 0, [100, 50], None, 4)
         [(0, 0, 100), (1, 0, 50)]
@@ -218,7 +222,26 @@ def crop_plan(
 
 @dataclass
 class FitConfig:
-    """How to train. ``crop`` in samples (None: whole training regions, full batch)."""
+    """How to train. ``crop`` in samples (None: whole training regions, full batch).
+
+    ``steps`` optimiser steps with learning rate ``lr`` (``schedule`` "cosine" decays it
+    towards 0 over the steps for Adam; L-BFGS always uses ``lr``), ``batch_size`` crops per
+    step when ``crop`` is set, ``loss`` one of :data:`LOSSES`, ``optimizer`` "adam" or
+    "lbfgs", ``seed`` for the crop plan, and a validation every ``val_every`` steps. Invalid
+    values raise ValueError when the config is made.
+
+    Shape:
+        - no tensors: plain settings
+
+    Example:
+        >>> config = FitConfig(steps=100, crop=256)
+        >>> config.crop, config.batch_size, config.optimizer
+        (256, 8, 'adam')
+        >>> FitConfig(loss="huber")
+        Traceback (most recent call last):
+            ...
+        ValueError: loss must be one of 'mse', 'l1', 'spectral'; got 'huber'
+    """
 
     steps: int = 500
     lr: float = 1e-2
@@ -243,6 +266,12 @@ class FitConfig:
             raise ValueError(f"lr must be positive; got {self.lr}")
 
     def as_dict(self) -> dict[str, object]:
+        """Every setting by field name, as plain values (what a checkpoint stores).
+
+        Example:
+            >>> FitConfig(steps=3).as_dict()["steps"]
+            3
+        """
         return asdict(self)
 
 
@@ -255,6 +284,19 @@ class FitData:
     shard. ``train_lengths`` and ``channels`` list every pair (global), so each rank can draw
     the global crop plan and normalise by the global number of samples. The first
     ``train_lengths[i]`` samples of a pair train, the rest (if any) validate.
+    ``lengths[i]`` is ``T_i`` and ``channels[i]`` is ``C_i``. :func:`make_data` builds it
+    for all pairs in one process.
+
+    Shape:
+        - inputs[i]: ``(C_i, T_i + K - 1)`` for a kernel of ``K`` taps
+        - targets[i]: ``(C_i, T_i)``
+
+    Example:
+        >>> import torch
+        >>> x, y = torch.randn(2, 100), torch.randn(2, 100)
+        >>> data = FitData({0: extend_input(x, 5)}, {0: y}, [90], [100], [2])
+        >>> tuple(data.inputs[0].shape), tuple(data.targets[0].shape)
+        ((2, 104), (2, 100))
     """
 
     inputs: dict[int, torch.Tensor]
@@ -293,6 +335,12 @@ class Trainer:
 
     ``reduce(tensor)`` must sum a tensor in place over all processes (identity when alone);
     every process must call :meth:`step` and :meth:`validate` in lockstep.
+
+    Shape:
+        - model: ``model()`` returns the kernel ``(K,)``
+        - data: inputs ``(C_i, T_i + K - 1)`` and targets ``(C_i, T_i)`` (see :class:`FitData`)
+        - :meth:`step` and :meth:`validate` return Python floats, the global mean loss
+          (:meth:`validate` None when no pair has validation samples)
 
     Example:
         >>> import torch
@@ -459,6 +507,11 @@ def make_data(
 
 def split_length(length: int, val_split: float) -> int:
     """Training samples of a pair of ``length`` samples (at least 1).
+
+    The last ``round(val_split * length)`` samples validate; ``val_split`` is in [0, 1).
+
+    Shape:
+        - no tensors: an int in, an int out
 
     Example:
         >>> split_length(1000, 0.1), split_length(5, 0.0)

@@ -57,6 +57,10 @@ class ParametricKernel:
     signal's), so kernels without any parameter are built at the signal's precision too.
     ``fixed`` records the non-differentiable settings, for display.
 
+    Shape:
+        - params: each a number, or a floating tensor of any shape
+        - built kernel (``build(**params)``): ``(K,)`` or ``(..., K)``
+
     Example:
         >>> import torch
         >>> pk = ParametricKernel(lambda gain: gain * torch.ones(3), {"gain": 2.0}, "ones")
@@ -96,6 +100,23 @@ class GradientMap:
         grad_kernel: d objective / d kernel, the kernel's shape; ``None`` if not asked.
         grad_params: d objective / d parameter by name; empty for a plain tensor kernel.
         params: the parameter values used, by name (tensors).
+
+    Shape:
+        - output: as :func:`diffconv_core.convolve` returns it (``(..., T)`` in mode "same")
+        - value: ``()``
+        - kernel: ``(K,)`` or ``(..., K)``
+        - grad_signal: like the signal, ``(..., T)``; grad_kernel: like ``kernel``
+        - grad_params, params: each like its parameter (``()`` for a scalar)
+
+    Example:
+        >>> import torch
+        >>> g = gradient_map(torch.randn(2, 100), ("gaussian", 9, {"std": 2.0}))
+        >>> g.objective, g.value.shape, g.output.shape, g.kernel.shape
+        ('energy', torch.Size([]), torch.Size([2, 100]), torch.Size([9]))
+        >>> g.grad_signal.shape, g.grad_kernel.shape, g.grad_params["std"].shape
+        (torch.Size([2, 100]), torch.Size([9]), torch.Size([]))
+        >>> g.params
+        {'std': tensor(2.)}
     """
 
     output: Tensor

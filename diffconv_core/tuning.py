@@ -34,7 +34,21 @@ _loaded: dict[str, object] = {"path": None, "mtime": None, "data": {}, "answers"
 
 
 def cache_path() -> Path:
-    """Where the measured choices are stored."""
+    """Where the measured choices are stored.
+
+    ``$DIFFCONV_CACHE_DIR/methods.json`` when that variable is set, else
+    ``$XDG_CACHE_HOME/diffconv/methods.json``, else ``~/.cache/diffconv/methods.json``. The
+    environment is read on every call.
+
+    Example:
+        >>> import os, tempfile
+        >>> from pathlib import Path
+        >>> from unittest import mock
+        >>> folder = tempfile.mkdtemp()
+        >>> with mock.patch.dict(os.environ, {"DIFFCONV_CACHE_DIR": folder}):
+        ...     cache_path() == Path(folder) / "methods.json"
+        True
+    """
     return _cache_path(os.environ.get("DIFFCONV_CACHE_DIR"), os.environ.get("XDG_CACHE_HOME"))
 
 
@@ -46,7 +60,17 @@ def _cache_path(base: str | None, xdg: str | None) -> Path:
 
 
 def device_key(device: str | torch.device, dtype: torch.dtype) -> str:
-    """The cache key of a device and dtype, e.g. ``"cuda:NVIDIA H200:float32"``."""
+    """The cache key of a device and dtype, e.g. ``"cuda:NVIDIA H200:float32"``.
+
+    A CUDA device is named by its model; any other device by its type and torch's current
+    number of intra-op threads (``"cpu:cpux8:float64"``), since the fastest method on a CPU
+    depends on how many cores it runs on.
+
+    Example:
+        >>> import torch
+        >>> device_key("cpu", torch.float64) == f"cpu:cpux{torch.get_num_threads()}:float64"
+        True
+    """
     device = torch.device(device)
     if device.type == "cuda" and torch.cuda.is_available():
         name = torch.cuda.get_device_name(device)
@@ -129,6 +153,21 @@ def lookup(
     and "full" find the "same" shapes ``diffconv tune`` measures. On a CPU, a cache measured
     with another thread count serves when none was measured with this one (the CLI's
     streaming gives one core to the writer).
+
+    Example:
+        >>> import os, tempfile
+        >>> import torch
+        >>> from unittest import mock
+        >>> record = {"batch": 1, "T": 1024, "K": 15, "mode": "same",
+        ...           "method": "fft", "method_forward": "direct"}
+        >>> env = {"DIFFCONV_CACHE_DIR": tempfile.mkdtemp(), "DIFFCONV_NO_TUNING": "0"}
+        >>> with mock.patch.dict(os.environ, env):  # a scratch cache, not the user's
+        ...     _ = save([record], "cpu", torch.float32)
+        ...     near = lookup("cpu", 1, 1000, 16, "same", torch.float32)
+        ...     near_grad = lookup("cpu", 1, 1000, 16, "same", torch.float32, requires_grad=True)
+        ...     far = lookup("cpu", 64, 1_000_000, 255, "same", torch.float32)
+        >>> near, near_grad, far  # far from every measured shape: the cost model decides
+        ('direct', 'fft', None)
     """
     if os.environ.get("DIFFCONV_NO_TUNING") == "1":
         return None
@@ -191,7 +230,18 @@ def _entries_for(cache: dict, key: str) -> list[dict] | None:
 
 
 def default_shapes(device_type: str, quick: bool = False) -> list[tuple[int, int, int]]:
-    """The (batch, T, K) grid that ``diffconv tune`` measures."""
+    """The (batch, T, K) grid that ``diffconv tune`` measures.
+
+    Every combination of a few batch sizes, signal lengths (1024 to ``2**22`` samples for
+    ``"cuda"``, to ``2**21`` for other device types) and tap counts (3 to 16383), less the
+    kernels longer than the signal and the batches of more than ``2**23`` samples on a CPU
+    (``2**26`` elsewhere); ``quick`` keeps every fourth shape.
+
+    Example:
+        >>> shapes = default_shapes("cpu")
+        >>> shapes[:2], len(shapes), len(default_shapes("cpu", quick=True))
+        ([(1, 1024, 3), (1, 1024, 15)], 84, 21)
+    """
     if device_type == "cuda":
         lengths = (1024, 16_384, 262_144, 4_194_304)
         batches = (1, 16, 256)
@@ -240,6 +290,21 @@ def measure(
 
     With ``backward`` the time of forward plus backward (gradients to both inputs) decides,
     since training is where the time goes; the forward time is recorded too.
+
+    Each record holds the shape (``batch``, ``T``, ``K``, ``mode``), the median
+    ``seconds`` of every method (``{"forward": ..., "total": ...}``), and the winners
+    ``method`` (by total) and ``method_forward`` (by forward time alone). Each timing is the median
+    of at least 3 runs after a warm-up, more (up to 20) while within about ``budget_s``
+    seconds; ``progress(record)`` is called after each shape. Without ``shapes`` the grid
+    is :func:`default_shapes`, minutes of work.
+
+    Example:
+        >>> import torch
+        >>> records = measure("cpu", torch.float32, [(1, 64, 3)], budget_s=0.0)
+        >>> len(records), sorted(records[0]["seconds"])
+        (1, ['direct', 'fft', 'overlap'])
+        >>> records[0]["method"] in METHOD_NAMES  # which one wins varies from run to run
+        True
     """
     from diffconv_core.convolution import convolve
 
@@ -278,7 +343,20 @@ def measure(
 
 def save(records: list[dict], device: str | torch.device, dtype: torch.dtype, path=None) -> Path:
     """Merge ``records`` into the cache under this device's key, atomically; return the path
-    (a symlink's target, which is written through it, as the CLI writes its outputs)."""
+    (a symlink's target, which is written through it, as the CLI writes its outputs).
+
+    ``path`` defaults to :func:`cache_path`. The records of other devices and dtypes
+    already in the file are kept; this key's are replaced.
+
+    Example:
+        >>> import json, tempfile
+        >>> import torch
+        >>> from pathlib import Path
+        >>> records = measure("cpu", torch.float32, [(1, 64, 3)], budget_s=0.0, backward=False)
+        >>> path = save(records, "cpu", torch.float32, Path(tempfile.mkdtemp()) / "methods.json")
+        >>> list(json.loads(path.read_text())) == [device_key("cpu", torch.float32)]
+        True
+    """
     path = Path(path) if path is not None else cache_path()
     if path.is_symlink():
         path = Path(os.path.realpath(path))

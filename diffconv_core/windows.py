@@ -229,6 +229,10 @@ def triang(length: int, sym: bool = True, **kw: Any) -> Tensor:
 
     Shape:
         - output: ``(length,)``, or ``(*S, length)`` for tensor parameters of shape ``S``
+
+    Example:
+        >>> triang(5)
+        tensor([0.3333, 0.6667, 1.0000, 0.6667, 0.3333])
     """
     return _make("triang", length, sym, kw)
 
@@ -238,6 +242,10 @@ def bartlett(length: int, sym: bool = True, **kw: Any) -> Tensor:
 
     Shape:
         - output: ``(length,)``, or ``(*S, length)`` for tensor parameters of shape ``S``
+
+    Example:
+        >>> bartlett(5)
+        tensor([0.0000, 0.5000, 1.0000, 0.5000, 0.0000])
     """
     return _make("bartlett", length, sym, kw)
 
@@ -257,6 +265,10 @@ def hamming(length: int, sym: bool = True, **kw: Any) -> Tensor:
 
     Shape:
         - output: ``(length,)``, or ``(*S, length)`` for tensor parameters of shape ``S``
+
+    Example:
+        >>> hamming(5)
+        tensor([0.0800, 0.5400, 1.0000, 0.5400, 0.0800])
     """
     return _make("hamming", length, sym, kw)
 
@@ -266,6 +278,12 @@ def blackman(length: int, sym: bool = True, **kw: Any) -> Tensor:
 
     Shape:
         - output: ``(length,)``, or ``(*S, length)`` for tensor parameters of shape ``S``
+
+    Example:
+        >>> import scipy.signal
+        >>> w = blackman(7, dtype=torch.float64)
+        >>> bool(torch.allclose(w, torch.from_numpy(scipy.signal.windows.blackman(7))))
+        True
     """
     return _make("blackman", length, sym, kw)
 
@@ -275,6 +293,12 @@ def blackmanharris(length: int, sym: bool = True, **kw: Any) -> Tensor:
 
     Shape:
         - output: ``(length,)``, or ``(*S, length)`` for tensor parameters of shape ``S``
+
+    Example:
+        >>> import scipy.signal
+        >>> w = blackmanharris(7, dtype=torch.float64)
+        >>> bool(torch.allclose(w, torch.from_numpy(scipy.signal.windows.blackmanharris(7))))
+        True
     """
     return _make("blackmanharris", length, sym, kw)
 
@@ -284,6 +308,12 @@ def nuttall(length: int, sym: bool = True, **kw: Any) -> Tensor:
 
     Shape:
         - output: ``(length,)``, or ``(*S, length)`` for tensor parameters of shape ``S``
+
+    Example:
+        >>> import scipy.signal
+        >>> w = nuttall(7, dtype=torch.float64)
+        >>> bool(torch.allclose(w, torch.from_numpy(scipy.signal.windows.nuttall(7))))
+        True
     """
     return _make("nuttall", length, sym, kw)
 
@@ -293,6 +323,12 @@ def flattop(length: int, sym: bool = True, **kw: Any) -> Tensor:
 
     Shape:
         - output: ``(length,)``, or ``(*S, length)`` for tensor parameters of shape ``S``
+
+    Example:
+        >>> import scipy.signal
+        >>> w = flattop(7, dtype=torch.float64)
+        >>> bool(torch.allclose(w, torch.from_numpy(scipy.signal.windows.flattop(7))))
+        True
     """
     return _make("flattop", length, sym, kw)
 
@@ -302,6 +338,12 @@ def bohman(length: int, sym: bool = True, **kw: Any) -> Tensor:
 
     Shape:
         - output: ``(length,)``, or ``(*S, length)`` for tensor parameters of shape ``S``
+
+    Example:
+        >>> import scipy.signal
+        >>> w = bohman(7, dtype=torch.float64)
+        >>> bool(torch.allclose(w, torch.from_numpy(scipy.signal.windows.bohman(7))))
+        True
     """
     return _make("bohman", length, sym, kw)
 
@@ -311,6 +353,10 @@ def parzen(length: int, sym: bool = True, **kw: Any) -> Tensor:
 
     Shape:
         - output: ``(length,)``, or ``(*S, length)`` for tensor parameters of shape ``S``
+
+    Example:
+        >>> parzen(5)
+        tensor([0.0160, 0.4240, 1.0000, 0.4240, 0.0160])
     """
     return _make("parzen", length, sym, kw)
 
@@ -320,6 +366,10 @@ def cosine(length: int, sym: bool = True, **kw: Any) -> Tensor:
 
     Shape:
         - output: ``(length,)``, or ``(*S, length)`` for tensor parameters of shape ``S``
+
+    Example:
+        >>> cosine(5)
+        tensor([0.3090, 0.8090, 1.0000, 0.8090, 0.3090])
     """
     return _make("cosine", length, sym, kw)
 
@@ -329,6 +379,12 @@ def lanczos(length: int, sym: bool = True, **kw: Any) -> Tensor:
 
     Shape:
         - output: ``(length,)``, or ``(*S, length)`` for tensor parameters of shape ``S``
+
+    Example:
+        >>> import scipy.signal
+        >>> w = lanczos(7, dtype=torch.float64)
+        >>> bool(torch.allclose(w, torch.from_numpy(scipy.signal.windows.lanczos(7))))
+        True
     """
     return _make("lanczos", length, sym, kw)
 
@@ -338,6 +394,12 @@ def barthann(length: int, sym: bool = True, **kw: Any) -> Tensor:
 
     Shape:
         - output: ``(length,)``, or ``(*S, length)`` for tensor parameters of shape ``S``
+
+    Example:
+        >>> import scipy.signal
+        >>> w = barthann(7, dtype=torch.float64)
+        >>> bool(torch.allclose(w, torch.from_numpy(scipy.signal.windows.barthann(7))))
+        True
     """
     return _make("barthann", length, sym, kw)
 
@@ -365,6 +427,10 @@ def general_hamming(length: int, alpha: Number, sym: bool = True, **kw: Any) -> 
 
     Shape:
         - output: ``(length,)``, or ``(*S, length)`` for tensor parameters of shape ``S``
+
+    Example:
+        >>> general_hamming(5, 0.54)  # the Hamming window
+        tensor([0.0800, 0.5400, 1.0000, 0.5400, 0.0800])
     """
     return _make("general_hamming", length, sym, kw, alpha=alpha)
 
@@ -390,6 +456,10 @@ def general_gaussian(length: int, p: Number, sig: Number, sym: bool = True, **kw
 
     Shape:
         - output: ``(length,)``, or ``(*S, length)`` for tensor parameters of shape ``S``
+
+    Example:
+        >>> general_gaussian(5, 1.5, 1.0)
+        tensor([0.0183, 0.6065, 1.0000, 0.6065, 0.0183])
     """
     return _make("general_gaussian", length, sym, kw, p=p, sig=sig)
 
@@ -399,6 +469,13 @@ def kaiser(length: int, beta: Number, sym: bool = True, **kw: Any) -> Tensor:
 
     Shape:
         - output: ``(length,)``, or ``(*S, length)`` for tensor parameters of shape ``S``
+
+    Example:
+        >>> kaiser(5, 4.0)
+        tensor([0.0885, 0.6334, 1.0000, 0.6334, 0.0885])
+        >>> beta = torch.tensor([0.0, 4.0, 8.0], requires_grad=True)
+        >>> kaiser(5, beta).shape  # a batch of three windows, differentiable in beta
+        torch.Size([3, 5])
     """
     return _make("kaiser", length, sym, kw, beta=beta)
 
@@ -505,6 +582,12 @@ def taylor(
 
     Shape:
         - output: ``(length,)``, or ``(*S, length)`` for an ``sll`` tensor of shape ``S``
+
+    Example:
+        >>> import scipy.signal
+        >>> w = taylor(16, nbar=4, sll=30.0, dtype=torch.float64)
+        >>> bool(torch.allclose(w, torch.from_numpy(scipy.signal.windows.taylor(16, 4, 30))))
+        True
     """
     return _make("taylor", length, sym, kw, nbar=nbar, sll=sll, norm=norm)
 
@@ -534,5 +617,9 @@ def exponential(
 
     Shape:
         - output: ``(length,)``, or ``(*S, length)`` for tensor parameters of shape ``S``
+
+    Example:
+        >>> exponential(5)  # tau = 1: exp(-2), exp(-1), 1, ...
+        tensor([0.1353, 0.3679, 1.0000, 0.3679, 0.1353])
     """
     return _make("exponential", length, sym, kw, center=center, tau=tau)
