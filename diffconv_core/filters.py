@@ -139,6 +139,12 @@ def firwin(
         >>> bool(torch.allclose(h, torch.from_numpy(ref)))
         True
     """
+    if torch.compiler.is_compiling():
+        # Designed eagerly under torch.compile (one graph break): its checks read numbers,
+        # and a design is a few taps' arithmetic. Gradients flow as usual.
+        options = {"width": width, "window": window, "pass_zero": pass_zero, "scale": scale}
+        options.update(fs=fs, dtype=dtype, device=device, **window_params)
+        return _firwin_eagerly(numtaps, cutoff, **options)
     numtaps = _b.check_length(numtaps, "numtaps")
     fs = _check_fs(fs)
     nyq = 1.0 if fs is None else fs / 2.0
@@ -364,3 +370,6 @@ def frequency_response(
     span = (2 * math.pi if fs is None else fs) * (1.0 if whole else 0.5)
     freqs = torch.arange(n, dtype=real, device=x.device) * (span / n)
     return freqs, response
+
+
+_firwin_eagerly = getattr(torch, "_disable_dynamo", lambda fn: fn)(firwin)

@@ -497,7 +497,7 @@ def jacobian(
             f"{(*batch, length, n)} ({work:,} elements to compute), above the limit of "
             f"{max_elements:,}: crop the signal to fewer samples (e.g. "
             f"signal[..., start:start + n], or --start/--duration in `diffconv grad`), "
-            f"use fewer channels, or raise max_elements"
+            f"use fewer channels, or (in Python) raise max_elements"
         )
 
     nb = len(batch)

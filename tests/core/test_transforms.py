@@ -433,19 +433,25 @@ def test_torch_compile_runs_the_convolution_eagerly_without_recompiling_per_leng
     assert counter.frame_count == settled
 
 
-def test_torch_compile_of_a_learnable_window_builds_it_eagerly():
-    # Traced, the window's range checks broke the graph at each .item(), recompiled per
-    # dtype, and dynamo warned that it cannot trace functorch's wrapper test. Built eagerly
-    # (one graph break), the values and gradients are the eager module's.
+@pytest.mark.parametrize("kind", ["window", "filter"])
+def test_torch_compile_of_a_learnable_window_or_filter_designs_it_eagerly(kind):
+    # Traced, the design's range checks broke the graph at each .item(), recompiled per
+    # dtype, and dynamo warned that it cannot trace functorch's wrapper test. Designed
+    # eagerly (one graph break), the values and gradients are the eager module's.
     import warnings
 
     from torch._dynamo.testing import CompileCounter
 
-    from diffconv_core.nn import WindowConv
+    from diffconv_core.nn import FIRFilter, WindowConv
+
+    def make():
+        if kind == "window":
+            return WindowConv("gaussian", 41, learn="params", std=3.0, dtype=torch.float64)
+        return FIRFilter("bandpass", [300.0, 3400.0], 63, fs=16000.0, dtype=torch.float64)
 
     torch._dynamo.reset()
-    eager = WindowConv("gaussian", 41, learn="params", std=3.0, dtype=torch.float64)
-    layer = WindowConv("gaussian", 41, learn="params", std=3.0, dtype=torch.float64)
+    eager, layer = make(), make()
+    parameter = "std" if kind == "window" else "cutoff"
     counter = CompileCounter()
     compiled = torch.compile(layer, backend=counter)
     with warnings.catch_warnings(record=True) as caught:
@@ -455,7 +461,8 @@ def test_torch_compile_of_a_learnable_window_builds_it_eagerly():
             compiled(x).pow(2).sum().backward()
             eager(x).pow(2).sum().backward()
             torch.testing.assert_close(compiled(x), eager(x), rtol=0, atol=0)
-            torch.testing.assert_close(layer.std.grad, eager.std.grad, rtol=1e-12, atol=0)
+            got, expected = getattr(layer, parameter).grad, getattr(eager, parameter).grad
+            torch.testing.assert_close(got, expected, rtol=1e-12, atol=0)
             if T == 410:
                 settled = counter.frame_count
     assert counter.frame_count == settled
