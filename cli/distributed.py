@@ -13,6 +13,9 @@ from __future__ import annotations
 import datetime
 import os
 from dataclasses import dataclass
+from typing import NoReturn
+
+import click
 
 
 @dataclass(frozen=True)
@@ -71,6 +74,21 @@ def start(ranks: Ranks, backend: str = "gloo", wait_seconds: float | None = None
         join_process_group(ranks, backend, wait_seconds)
 
 
+# How long a rank other than 0 waits before exiting on an error every rank meets: torchrun
+# stops the remaining workers as soon as one exits, and rank 0, which says why, could be
+# stopped before it had (a usage error then ended in silence, rank 0 with 143).
+MAIN_SPEAKS_SECONDS = 2.0
+
+
+def leave_after_main(exit_code: int) -> NoReturn:
+    """Exit with ``exit_code`` (a rank other than 0, on an error every rank meets), once rank
+    0 has had time to report it."""
+    import time
+
+    time.sleep(MAIN_SPEAKS_SECONDS)
+    raise SystemExit(exit_code)
+
+
 def join_process_group(ranks: Ranks, backend: str, wait_seconds: float | None = None) -> None:
     """``init_process_group`` such that ``destroy_process_group`` really ends the group.
 
@@ -85,7 +103,14 @@ def join_process_group(ranks: Ranks, backend: str, wait_seconds: float | None = 
     import torch.distributed.nn.functional  # noqa: F401  (see above: before the group)
 
     options = {} if wait_seconds is None else {"timeout": datetime.timedelta(seconds=wait_seconds)}
-    dist.init_process_group(backend, rank=ranks.rank, world_size=ranks.world_size, **options)
+    try:
+        dist.init_process_group(backend, rank=ranks.rank, world_size=ranks.world_size, **options)
+    except ValueError as err:
+        # RANK/WORLD_SIZE set by hand (or left over) without torchrun's MASTER_ADDR/PORT.
+        raise click.UsageError(
+            f"RANK={ranks.rank} and WORLD_SIZE={ranks.world_size} are set, but the process "
+            f"group cannot start ({err}); run under torchrun, or unset them"
+        ) from None
 
 
 def gather(ranks: Ranks, payload: object) -> list:

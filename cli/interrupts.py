@@ -13,8 +13,10 @@ they return (``SystemExit(143)`` and ``KeyboardInterrupt`` as usual).
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import threading
+import time
 from collections.abc import Iterator
 
 import click
@@ -22,13 +24,22 @@ import click
 # What a shell reports for a process ended by Ctrl-C; the command group exits with it.
 EXIT_CTRL_C = 128 + signal.SIGINT
 
+# A stop signal this soon after the first is that one's echo, not the user insisting:
+# torchrun forwards to its workers the Ctrl-C or SIGTERM that the terminal or scheduler has
+# already sent the whole process group. The echo must not cut the clean-up short (a hidden
+# temporary left behind, fit's checkpoint unwritten); a later one stops at once, as before.
+ECHO_SECONDS = 3.0
+
 _depth = 0
 _pending: int | None = None
+_first_stop_at: float | None = None
 
 
 def unwind_on_sigterm() -> None:
     """Install the handlers where the defaults are in place (an embedding program's own are
     left alone); ``fit`` installs its own while it trains."""
+    global _first_stop_at, _pending
+    _first_stop_at, _pending = None, None  # a new command: no signal seen yet
     if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
         signal.signal(signal.SIGTERM, _on_signal)
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
@@ -60,10 +71,33 @@ def deferred() -> Iterator[None]:
             _stop(signum)
 
 
+def note_stop_signal() -> bool:
+    """Record a stop signal (SIGINT or SIGTERM); whether it is an echo of one already being
+    acted on (see ``ECHO_SECONDS``), to be ignored.
+
+    Example:
+        >>> unwind_on_sigterm(); note_stop_signal(), note_stop_signal()
+        (False, True)
+    """
+    global _first_stop_at
+    now = time.monotonic()
+    if _first_stop_at is not None and now - _first_stop_at < ECHO_SECONDS:
+        return True
+    if _first_stop_at is None:
+        _first_stop_at = now
+    return False
+
+
 def _on_signal(signum: int, frame) -> None:
     global _pending
-    if signum == signal.SIGTERM:
-        signal.signal(signum, signal.SIG_DFL)  # a second SIGTERM ends the process at once
+    insisting = _first_stop_at is not None
+    if note_stop_signal():
+        return  # torchrun's copy of the signal being acted on: let the clean-up finish
+    if insisting and signum == signal.SIGTERM:
+        # Asked again, later: the default action, at once.
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+        return
     if _depth:
         _pending = signum
     else:

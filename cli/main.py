@@ -67,10 +67,10 @@ class LazyGroup(click.Group):
             click.echo("\ndiffconv: interrupted", err=True)
             raise click.exceptions.Exit(interrupts.EXIT_CTRL_C) from None
         except click.UsageError as err:
-            from cli.distributed import ranks_from_env  # reads the environment only
+            from cli.distributed import leave_after_main, ranks_from_env  # environment only
 
             if not ranks_from_env().is_main:  # under torchrun every rank fails alike: rank 0
-                raise click.exceptions.Exit(err.exit_code) from None  # says why, once
+                leave_after_main(err.exit_code)  # says why, once
             raise
         except OSError as err:
             # What no command turned into a message of its own: text for stdout on a full

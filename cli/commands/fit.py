@@ -173,14 +173,15 @@ def fit(**options) -> None:
 
     INPUTS and TARGETS are two files or two directories matched by relative path.
     """
+    from cli import distributed
     from cli.distributed import ranks_from_env
 
     ranks = ranks_from_env()
     try:
         _fit(ranks, options)
     except click.ClickException as err:
-        if not ranks.is_main:
-            sys.exit(err.exit_code)  # every rank fails alike; rank 0 says why
+        if not ranks.is_main:  # every rank fails alike; rank 0 says why
+            distributed.leave_after_main(err.exit_code)
         raise
 
 
@@ -391,7 +392,10 @@ def _run(trainer, o, ranks, save) -> None:
             raise _Interrupted
 
     def on_signal(signum, frame) -> None:
-        # The first signal finishes the current step; a second one stops at once.
+        # The first signal finishes the current step; a second one stops at once, unless it
+        # is the first's echo from torchrun (interrupts.ECHO_SECONDS), which the handler put
+        # back (interrupts' own) then ignores.
+        interrupts.note_stop_signal()
         requested[0] = signum
         signal.signal(signum, previous[signum] or signal.SIG_DFL)
 

@@ -35,6 +35,11 @@ def info(files: tuple[str, ...], **raw_options) -> None:
 
     if files.count(pipes.DASH) > 1:
         raise click.UsageError("- (stdin) can be given only once")
+    if pipes.DASH in files:
+        from cli.distributed import ranks_from_env
+
+        if ranks_from_env().distributed:  # one stdin, read by one rank, empty for the others
+            raise click.UsageError("- (stdin) cannot be used under torchrun; use files")
     if pipes.DASH in files and pipes.stdin_is_terminal():
         raise click.UsageError(
             "no input on stdin; pipe (cat in.wav | ...) or redirect (< in.wav) a file"

@@ -136,3 +136,52 @@ def test_a_usage_error_under_torchrun_is_reported_once(tmp_path):
     assert r.returncode != 0
     assert r.stderr.count("Error: no input files") == 1, r.stderr
     assert r.stderr.count("Usage: diffconv smooth") == 1  # named as installed, not python -m cli
+
+
+def test_ranks_other_than_0_leave_a_usage_error_after_rank_0_has_said_it(monkeypatch):
+    # torchrun stops every worker once one exits: a rank 1 leaving at once got rank 0
+    # stopped (143) before it printed, and the run ended without a word of why.
+    from cli import distributed
+    from tests.cli.conftest import invoke
+
+    slept = []
+    monkeypatch.setattr("time.sleep", slept.append)
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    result = invoke("smooth", "no-such-input.wav", "out.wav")
+    assert result.exit_code == 2 and result.stderr == ""
+    assert slept == [distributed.MAIN_SPEAKS_SECONDS]
+    slept.clear()
+    result = invoke("fit", "no-inputs", "no-targets", "--out", "k.npy")  # fit's own path
+    assert result.exit_code == 2 and result.stderr == ""
+    assert slept == [distributed.MAIN_SPEAKS_SECONDS]
+    monkeypatch.setenv("RANK", "0")
+    slept.clear()
+    result = invoke("smooth", "no-such-input.wav", "out.wav")
+    assert result.exit_code == 2 and "no-such-input.wav" in result.stderr and not slept
+
+
+def test_rank_variables_without_torchrun_are_a_usage_error(tmp_path):
+    # RANK/WORLD_SIZE left in the environment, no MASTER_ADDR: a traceback from
+    # init_process_group before; now what is wrong and what to do, exit 2, nothing written.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MASTER_")}
+    env.update(RANK="0", WORLD_SIZE="2")
+    out = tmp_path / "out.wav"
+    r = subprocess.run(
+        [sys.executable, "-m", "cli", "smooth", str(REPO / "sample_data" / "speech_mono16.wav"),
+         str(out)],
+        capture_output=True, text=True, cwd=REPO, env=env, timeout=120,
+    )  # fmt: skip
+    assert r.returncode == 2, r.stderr
+    assert "RANK=0 and WORLD_SIZE=2 are set" in r.stderr and "run under torchrun" in r.stderr
+    assert "Traceback" not in r.stderr and not out.exists()
+
+
+def test_info_of_stdin_is_refused_under_torchrun(monkeypatch):
+    from tests.cli.conftest import invoke
+
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    result = invoke("info", "-")
+    assert result.exit_code == 2
+    assert "- (stdin) cannot be used under torchrun" in result.stderr

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -36,7 +38,8 @@ def test_sigterm_inside_a_deferred_block_is_raised_when_it_ends(sigterm_handler)
     assert finished and stop.value.code == 128 + signal.SIGTERM
 
 
-def test_ctrl_c_inside_a_deferred_block_is_raised_when_it_ends(sigterm_handler):
+def test_ctrl_c_inside_a_deferred_block_is_raised_when_it_ends(sigterm_handler, monkeypatch):
+    monkeypatch.setattr(interrupts, "ECHO_SECONDS", 0.0)  # the second one is not an echo
     finished = False
     with pytest.raises(KeyboardInterrupt):
         with interrupts.deferred():
@@ -49,6 +52,52 @@ def test_ctrl_c_inside_a_deferred_block_is_raised_when_it_ends(sigterm_handler):
         os.kill(os.getpid(), signal.SIGINT)
         for _ in range(10_000):
             pass
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_an_echo_of_the_stop_signal_does_not_cut_the_clean_up_short(sigterm_handler, signum):
+    # torchrun forwards to its workers the signal a terminal or scheduler already sent the
+    # whole process group: the copy arrived during the clean-up, and (the handler reset to
+    # the default for SIGTERM, a second KeyboardInterrupt for Ctrl-C) left a hidden
+    # temporary behind.
+    stop = SystemExit if signum == signal.SIGTERM else KeyboardInterrupt
+    cleaned = False
+    with pytest.raises(stop):
+        try:
+            os.kill(os.getpid(), signum)
+            for _ in range(10_000):
+                pass
+            pytest.fail("the signal did not stop the loop")
+        finally:
+            os.kill(os.getpid(), signum)  # the echo, during the clean-up
+            os.kill(os.getpid(), signal.SIGTERM if signum == signal.SIGINT else signal.SIGINT)
+            for _ in range(10_000):
+                pass
+            cleaned = True
+    assert cleaned
+
+
+def test_a_later_second_sigterm_ends_the_process_at_once(tmp_path):
+    # Past the echo window a repeated SIGTERM is the user insisting: the default action.
+    code = (
+        "import os, signal, time\n"
+        "from cli import interrupts\n"
+        "interrupts.ECHO_SECONDS = 0.05\n"
+        "interrupts.unwind_on_sigterm()\n"
+        "try:\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    time.sleep(5)\n"
+        "finally:\n"
+        "    time.sleep(0.1)\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    time.sleep(5)\n"
+        "    print('clean-up ran to its end')\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == -signal.SIGTERM, result
+    assert "clean-up ran to its end" not in result.stdout
 
 
 def test_a_streamed_write_finishes_its_libsndfile_call_then_stops_and_cleans_up(
