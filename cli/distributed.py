@@ -80,6 +80,11 @@ def start(ranks: Ranks, backend: str = "gloo", wait_seconds: float | None = None
 MAIN_SPEAKS_SECONDS = 2.0
 
 
+class GroupUnavailable(click.UsageError):
+    """RANK/WORLD_SIZE are set but the process group cannot start: no torchrun, so perhaps no
+    rank 0 to report it; every rank reports it."""
+
+
 def leave_after_main(exit_code: int) -> NoReturn:
     """Exit with ``exit_code`` (a rank other than 0, on an error every rank meets), once rank
     0 has had time to report it."""
@@ -107,7 +112,7 @@ def join_process_group(ranks: Ranks, backend: str, wait_seconds: float | None = 
         dist.init_process_group(backend, rank=ranks.rank, world_size=ranks.world_size, **options)
     except ValueError as err:
         # RANK/WORLD_SIZE set by hand (or left over) without torchrun's MASTER_ADDR/PORT.
-        raise click.UsageError(
+        raise GroupUnavailable(
             f"RANK={ranks.rank} and WORLD_SIZE={ranks.world_size} are set, but the process "
             f"group cannot start ({err}); run under torchrun, or unset them"
         ) from None

@@ -71,15 +71,26 @@ def deferred() -> Iterator[None]:
             _stop(signum)
 
 
+def _under_torchrun() -> bool:
+    # Only torchrun echoes signals; elsewhere a second one is the user's, acted on at once.
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
 def note_stop_signal() -> bool:
-    """Record a stop signal (SIGINT or SIGTERM); whether it is an echo of one already being
-    acted on (see ``ECHO_SECONDS``), to be ignored.
+    """Record a stop signal (SIGINT or SIGTERM) under torchrun; whether it is an echo of one
+    already being acted on (see ``ECHO_SECONDS``), to be ignored. Outside torchrun nothing
+    is recorded and nothing is an echo.
 
     Example:
-        >>> unwind_on_sigterm(); note_stop_signal(), note_stop_signal()
+        >>> from unittest import mock
+        >>> with mock.patch.dict(os.environ, {"RANK": "0", "WORLD_SIZE": "2"}):
+        ...     unwind_on_sigterm(); note_stop_signal(), note_stop_signal()
         (False, True)
+        >>> forget_stop_signal()
     """
     global _first_stop_at
+    if not _under_torchrun():
+        return False
     now = time.monotonic()
     if _first_stop_at is not None and now - _first_stop_at < ECHO_SECONDS:
         return True
@@ -88,16 +99,27 @@ def note_stop_signal() -> bool:
     return False
 
 
+def forget_stop_signal() -> None:
+    """Forget the stop signal recorded (a command that caught one and ended, e.g. ``fit``):
+    the next command in this process starts afresh."""
+    global _first_stop_at
+    _first_stop_at = None
+
+
 def _on_signal(signum: int, frame) -> None:
     global _pending
-    insisting = _first_stop_at is not None
-    if note_stop_signal():
-        return  # torchrun's copy of the signal being acted on: let the clean-up finish
-    if insisting and signum == signal.SIGTERM:
-        # Asked again, later: the default action, at once.
-        signal.signal(signum, signal.SIG_DFL)
-        os.kill(os.getpid(), signum)
-        return
+    if not _under_torchrun():
+        if signum == signal.SIGTERM:
+            signal.signal(signum, signal.SIG_DFL)  # a second SIGTERM ends the process at once
+    else:
+        insisting = _first_stop_at is not None
+        if note_stop_signal():
+            return  # torchrun's copy of the signal being acted on: let the clean-up finish
+        if insisting and signum == signal.SIGTERM:
+            # Asked again, later: the default action, at once.
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
     if _depth:
         _pending = signum
     else:

@@ -90,13 +90,21 @@ def _without_overflow(
     the forward's did not (an output gradient near the dtype's limit, or a huge kernel over
     a tiny signal, whose gradient is the kernel's scale) is not scaled.
     """
-    if not _may_overflow(x, w, x_max, w_max):
+    if not _may_overflow(x, w, x_max, w_max, _transforms(range_fn)):
         return range_fn(x, w, lo, hi)
     x_exponent, w_exponent = math.frexp(x_max)[1], math.frexp(w_max)[1]
     return _PowerOfTwoScaled.apply(x, w, range_fn, lo, hi, x_exponent, w_exponent)
 
 
-def _may_overflow(x: torch.Tensor, w: torch.Tensor, x_max: float, w_max: float) -> bool:
+def _transforms(range_fn: RangeFn) -> bool:
+    # Whether the method transforms each operand on its own (an FFT, overlap-save's blocks),
+    # whose spectra can overflow where the direct sums' products cannot.
+    return getattr(range_fn, "__module__", "") != "diffconv_core._direct"
+
+
+def _may_overflow(
+    x: torch.Tensor, w: torch.Tensor, x_max: float, w_max: float, transforms: bool = True
+) -> bool:
     # Whether a transform's intermediate sums could overflow for finite operands of these
     # largest magnitudes (half types are computed in float32: never scaled).
     if x.dtype not in (torch.float32, torch.float64) or x_max == 0 or w_max == 0:
@@ -108,7 +116,7 @@ def _may_overflow(x: torch.Tensor, w: torch.Tensor, x_max: float, w_max: float) 
     # the other's size: float32 samples near 1e36 under a 1e-9 kernel have a finite product
     # bound and a result near 1e28, but an Inf DC bin that turned every output into NaN.
     alone = max(math.log2(x_max), math.log2(w_max)) + math.log2(n)
-    return worst >= limit or alone >= limit
+    return worst >= limit or (transforms and alone >= limit)
 
 
 def _scaled_range(
@@ -195,7 +203,8 @@ def with_nonfinite_locality(
         magnitudes = _magnitudes_later(x, w)
         y = range_fn(x, w, lo, hi)
         x_max, w_max = magnitudes()
-        if math.isfinite(x_max) and math.isfinite(w_max) and not _may_overflow(x, w, x_max, w_max):
+        finite = math.isfinite(x_max) and math.isfinite(w_max)
+        if finite and not _may_overflow(x, w, x_max, w_max, _transforms(range_fn)):
             return y
         del y  # computed for nothing: the operands need the path below
     else:

@@ -41,12 +41,12 @@ class _Buffer(str):
 
 def _keep(module: nn.Module, name: str, value: Any, factory: dict[str, Any]) -> Any:
     # Fixed tensor values become buffers: they follow .to()/.double() and enter state_dict.
-    # Made in the module's dtype and device (``factory``), as its parameters are.
+    # Made on the module's device (``factory``), in their own dtype: a fixed value keeps its
+    # precision (chebwin's at=6000 is 6016 in bfloat16, out of range); the window comes out
+    # in the learned values' dtype all the same (WindowConv.window).
     if isinstance(value, Tensor):
-        dtype = factory["dtype"] if value.is_floating_point() else value.dtype
-        module.register_buffer(
-            name, torch.as_tensor(value.detach(), dtype=dtype, device=factory["device"]).clone()
-        )
+        kept = torch.as_tensor(value.detach(), device=factory["device"]).clone()
+        module.register_buffer(name, kept)
         return _Buffer(name)
     return value
 

@@ -180,8 +180,8 @@ def fit(**options) -> None:
     try:
         _fit(ranks, options)
     except click.ClickException as err:
-        if not ranks.is_main:  # every rank fails alike; rank 0 says why
-            distributed.leave_after_main(err.exit_code)
+        if not ranks.is_main and not isinstance(err, distributed.GroupUnavailable):
+            distributed.leave_after_main(err.exit_code)  # every rank fails alike; rank 0 says why
         raise
 
 
@@ -427,6 +427,7 @@ def _run(trainer, o, ranks, save) -> None:
         bar.close()
         for sig, handler in previous.items():
             signal.signal(sig, handler or signal.SIG_DFL)
+        interrupts.forget_stop_signal()  # a later command in this process starts afresh
     save()
 
 

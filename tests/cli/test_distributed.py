@@ -177,6 +177,21 @@ def test_rank_variables_without_torchrun_are_a_usage_error(tmp_path):
     assert "Traceback" not in r.stderr and not out.exists()
 
 
+def test_rank_variables_without_torchrun_are_reported_by_any_rank(monkeypatch):
+    # With no group there may be no rank 0 to speak: rank 1 says it too, without waiting.
+    from tests.cli.conftest import invoke
+
+    slept = []
+    monkeypatch.setattr("time.sleep", slept.append)
+    for name in ("MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    result = invoke("smooth", REPO / "sample_data" / "speech_mono16.wav", "never.wav")
+    assert result.exit_code == 2 and "RANK=1 and WORLD_SIZE=2 are set" in result.stderr
+    assert not slept
+
+
 def test_info_of_stdin_is_refused_under_torchrun(monkeypatch):
     from tests.cli.conftest import invoke
 

@@ -55,11 +55,15 @@ def test_ctrl_c_inside_a_deferred_block_is_raised_when_it_ends(sigterm_handler, 
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-def test_an_echo_of_the_stop_signal_does_not_cut_the_clean_up_short(sigterm_handler, signum):
+def test_an_echo_of_the_stop_signal_does_not_cut_the_clean_up_short(
+    sigterm_handler, signum, monkeypatch
+):
     # torchrun forwards to its workers the signal a terminal or scheduler already sent the
     # whole process group: the copy arrived during the clean-up, and (the handler reset to
     # the default for SIGTERM, a second KeyboardInterrupt for Ctrl-C) left a hidden
     # temporary behind.
+    monkeypatch.setenv("RANK", "0")  # only torchrun echoes signals
+    monkeypatch.setenv("WORLD_SIZE", "2")
     stop = SystemExit if signum == signal.SIGTERM else KeyboardInterrupt
     cleaned = False
     with pytest.raises(stop):
@@ -93,11 +97,38 @@ def test_a_later_second_sigterm_ends_the_process_at_once(tmp_path):
         "    time.sleep(5)\n"
         "    print('clean-up ran to its end')\n"
     )
+    env = dict(os.environ, RANK="0", WORLD_SIZE="2")
     result = subprocess.run(
-        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60, env=env
     )
     assert result.returncode == -signal.SIGTERM, result
     assert "clean-up ran to its end" not in result.stdout
+
+
+def test_outside_torchrun_a_second_ctrl_c_interrupts_the_clean_up(sigterm_handler, monkeypatch):
+    # No torchrun, no echo: a second Ctrl-C is the user's, acted on at once, as ever.
+    monkeypatch.delenv("RANK", raising=False)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    with pytest.raises(KeyboardInterrupt):
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            for _ in range(10_000):
+                pass
+        finally:
+            os.kill(os.getpid(), signal.SIGINT)
+            for _ in range(10_000):
+                pass
+            pytest.fail("the second Ctrl-C was ignored")
+
+
+def test_a_stop_signal_fit_caught_is_forgotten_for_the_next_command(monkeypatch):
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    interrupts.unwind_on_sigterm()
+    assert interrupts.note_stop_signal() is False  # fit's first signal, recorded
+    interrupts.forget_stop_signal()  # as fit does when it ends
+    assert interrupts.note_stop_signal() is False  # the next command's first: not an echo
+    interrupts.forget_stop_signal()
 
 
 def test_a_streamed_write_finishes_its_libsndfile_call_then_stops_and_cleans_up(

@@ -462,17 +462,22 @@ def test_learned_width_in_half_precision_builds_at_both_limits(dtype, length):
         torch.testing.assert_close(w.float(), expected, rtol=0, atol=2e-2 * expected.max())
 
 
-def test_fixed_window_tensors_take_the_modules_dtype_and_device():
+def test_fixed_window_tensors_take_the_modules_device_and_keep_their_precision():
     beta = torch.tensor(5.0)
     layer = WindowConv("kaiser", 9, "width", beta=beta, dtype=torch.float16)
     assert {n: t.dtype for n, t in layer.state_dict().items()} == {
         "width": torch.float16,
-        "beta": torch.float16,
+        "beta": torch.float32,  # as given: chebwin's at=6000 would be 6016 in bfloat16
     }
     assert layer(torch.randn(2, 32, dtype=torch.float16)).dtype == torch.float16
+    cheb = WindowConv("chebwin", 31, "width", width=10.0, at=torch.tensor(6000.0),
+                      dtype=torch.bfloat16)  # fmt: skip
+    assert cheb.window().dtype == torch.bfloat16
+    fir = FIRFilter("lowpass", 0.3, 31, window="chebwin", at=torch.tensor(6000.0),
+                    dtype=torch.bfloat16)  # fmt: skip
+    assert fir.kernel().dtype == torch.bfloat16
     layer = WindowConv("kaiser", 9, "width", beta=beta, device="meta")
     assert {t.device.type for t in layer.state_dict().values()} == {"meta"}
     assert layer(torch.empty(2, 32, device="meta")).shape == (2, 32)
     fir = FIRFilter("lowpass", 0.3, 31, window="kaiser", beta=beta, dtype=torch.float64)
-    assert fir.state_dict()["window_beta"].dtype == torch.float64
     assert fir(torch.randn(2, 40, dtype=torch.float64)).dtype == torch.float64
