@@ -22,11 +22,8 @@ from cli import distributed, pipes
 from cli.audio_io import is_npy
 from cli.jobs import Job, plan_jobs
 from cli.options import split_paths
-from cli.raw import check_usage, is_raw_path
+from cli.raw import MAX_HEADER_RATE, check_usage, is_raw_path
 from cli.runner import Operation, RunOptions
-
-# libsndfile keeps a sample rate in a C int.
-MAX_HEADER_RATE = 2**31 - 1
 
 
 @contextmanager

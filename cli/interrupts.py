@@ -21,6 +21,8 @@ from collections.abc import Iterator
 
 import click
 
+from cli import distributed
+
 # What a shell reports for a process ended by Ctrl-C; the command group exits with it.
 EXIT_CTRL_C = 128 + signal.SIGINT
 
@@ -73,7 +75,7 @@ def deferred() -> Iterator[None]:
 
 def _under_torchrun() -> bool:
     # Only torchrun echoes signals; elsewhere a second one is the user's, acted on at once.
-    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+    return distributed.ranks_from_env().distributed
 
 
 def note_stop_signal() -> bool:

@@ -36,6 +36,10 @@ ENDIANS = ("little", "big")
 MAX_CHANNELS = 1024
 
 
+# libsndfile keeps a sample rate in a C int.
+MAX_HEADER_RATE = 2**31 - 1
+
+
 def libsndfile_rate(rate: float | None) -> int:
     """The whole rate libsndfile is given for headerless samples: any positive one, since
     the file stores none and reading ignores it, but libsndfile refuses 0 (which a rate
@@ -47,7 +51,7 @@ def libsndfile_rate(rate: float | None) -> int:
         >>> libsndfile_rate(3e9)
         2147483647
     """
-    return min(max(1, int(round(rate or 0))), 2**31 - 1)  # libsndfile's is a C int
+    return min(max(1, int(round(rate or 0))), MAX_HEADER_RATE)
 
 
 def is_raw_path(path: str | os.PathLike) -> bool:

@@ -39,6 +39,21 @@ def transforms_active(*tensors: torch.Tensor) -> bool:
     return any(forward_ad.unpack_dual(t).tangent is not None for t in tensors)
 
 
+def empty_range(x: torch.Tensor, w: torch.Tensor, length: int) -> torch.Tensor:
+    """The result for an empty batch: shaped from both operands, so autograd sees them.
+
+    Shape:
+        x ``(*bx, T)``, w ``(*bw, K)`` with an empty ``broadcast(bx, bw)`` ->
+        ``(*broadcast(bx, bw), length)``.
+
+    Example:
+        >>> empty_range(torch.ones(0, 10), torch.ones(3), 10).shape
+        torch.Size([0, 10])
+    """
+    none = x.sum(-1, keepdim=True) * w.sum(-1, keepdim=True) * 0
+    return none.expand(*none.shape[:-1], length)
+
+
 def transformable_range(
     method: str, x: torch.Tensor, w: torch.Tensor, lo: int, hi: int
 ) -> torch.Tensor:
@@ -49,9 +64,8 @@ def transformable_range(
     """
     if unwrapped(x).numel() == 0 or unwrapped(w).numel() == 0:
         # vmap over an empty batch: nothing to compute, and MKL refuses an empty FFT plan
-        # (conv1d's reshape as well). Shaped from both operands, so autograd sees them.
-        none = x.sum(-1, keepdim=True) * w.sum(-1, keepdim=True) * 0
-        return none.expand(*none.shape[:-1], hi - lo)
+        # (conv1d's reshape as well).
+        return empty_range(x, w, hi - lo)
     # conv1d on one channel is slow on a CPU (64 x 8,000 with 31 taps: 4.2 ms, an rFFT 0.8 ms):
     # there only an explicit "direct" takes it.
     short = w.shape[-1] <= MAX_CONV1D_TAPS and x.device.type != "cpu"

@@ -15,7 +15,7 @@ from diffconv_core._direct import conv1d_range, direct_range, direct_sums_alone
 from diffconv_core._fft import fft_range
 from diffconv_core._nonfinite import with_nonfinite_locality
 from diffconv_core._overlap import overlap_range
-from diffconv_core._transforms import transformable_range, transforms_active
+from diffconv_core._transforms import empty_range, transformable_range, transforms_active
 from diffconv_core._validation import (
     HALF_DTYPES,
     METHODS,
@@ -42,8 +42,7 @@ def _run(x: torch.Tensor, w: torch.Tensor, mode: str, padding: str, method: str)
     if math.prod(batch) == 0:
         # An empty batch (a data loader's last, filtered batch): an empty result, shaped and
         # typed as any other and connected to both operands for autograd.
-        none = (x.sum(-1, keepdim=True) * w.sum(-1, keepdim=True) * 0).to(out_dtype)
-        return none.expand(*batch, output_length(T, K, mode))
+        return empty_range(x, w, output_length(T, K, mode)).to(out_dtype)
     if mode == "valid":
         lo, hi = K - 1, T
     elif padding == "zeros":
