@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from diffconv_core._compile import eager_under_compile
 from diffconv_core._validation import broadcast_shapes, check_count, check_device, unwrapped
 from diffconv_core._window_registry import REQUIRED, SPECS, Param, Spec, describe, lookup
 
@@ -255,16 +256,8 @@ def sample_overlap(t: Tensor, width: Tensor) -> Tensor:
     return torch.clamp(hi - lo, min=0.0)
 
 
-def build(spec: Spec, length: Any, **kwargs: Any) -> Tensor:
-    """:func:`build_window`, run eagerly under ``torch.compile``: its checks read numbers
-    (graph breaks at every ``.item()``, and recompiles per dtype), and a window is a few
-    taps' arithmetic, nothing a compiler would speed up. Gradients flow as usual."""
-    if torch.compiler.is_compiling():
-        return _build_eagerly(spec, length, **kwargs)
-    return build_window(spec, length, **kwargs)
-
-
-def build_window(
+@eager_under_compile  # its checks read numbers; a window is a few taps' arithmetic
+def build(
     spec: Spec,
     length: Any,
     *,
@@ -382,6 +375,3 @@ def build_window(
             f"these parameters{' (' + shown + ')' if shown else ''}"
         )
     return w
-
-
-_build_eagerly = getattr(torch, "_disable_dynamo", lambda fn: fn)(build_window)

@@ -11,6 +11,7 @@ import math
 
 import torch
 
+from diffconv_core._compile import eager_under_compile
 from diffconv_core._direct import conv1d_range, direct_range, direct_sums_alone
 from diffconv_core._fft import fft_range
 from diffconv_core._nonfinite import with_nonfinite_locality
@@ -93,14 +94,8 @@ def _run(x: torch.Tensor, w: torch.Tensor, mode: str, padding: str, method: str)
 # Under torch.compile the convolution runs eagerly, a graph break of its own: its method
 # choice and piece plans depend on the shapes, so traced it recompiled for every new signal
 # length (3-6 s each on 2 cores) and met fake-tensor limits on strided blocks. Its kernels are
-# already what a compiler would emit. The wrapper imports torch._dynamo only when called, and
-# it is called only while compiling (torch.compiler.is_compiling()).
-_run_eagerly = getattr(torch, "_disable_dynamo", lambda fn: fn)(_run)
-
-
-def _dispatch(x: torch.Tensor, w: torch.Tensor, mode: str, padding: str, method: str):
-    run = _run_eagerly if torch.compiler.is_compiling() else _run
-    return run(x, w, mode, padding, method)
+# already what a compiler would emit.
+_dispatch = eager_under_compile(_run)
 
 
 def _check_options(mode: str, padding: str, method: str) -> None:

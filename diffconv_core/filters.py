@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from diffconv_core import _window_build as _b
+from diffconv_core._compile import eager_under_compile
 from diffconv_core.windows import get_window
 
 __all__ = [
@@ -96,6 +97,7 @@ def _show(cutoffs: Tensor) -> str:
     return repr(values[0] if len(values) == 1 else values)
 
 
+@eager_under_compile  # its checks read numbers; a design is a few taps' arithmetic
 def firwin(
     numtaps: int,
     cutoff: Any,
@@ -139,12 +141,6 @@ def firwin(
         >>> bool(torch.allclose(h, torch.from_numpy(ref)))
         True
     """
-    if torch.compiler.is_compiling():
-        # Designed eagerly under torch.compile (one graph break): its checks read numbers,
-        # and a design is a few taps' arithmetic. Gradients flow as usual.
-        options = {"width": width, "window": window, "pass_zero": pass_zero, "scale": scale}
-        options.update(fs=fs, dtype=dtype, device=device, **window_params)
-        return _firwin_eagerly(numtaps, cutoff, **options)
     numtaps = _b.check_length(numtaps, "numtaps")
     fs = _check_fs(fs)
     nyq = 1.0 if fs is None else fs / 2.0
@@ -370,6 +366,3 @@ def frequency_response(
     span = (2 * math.pi if fs is None else fs) * (1.0 if whole else 0.5)
     freqs = torch.arange(n, dtype=real, device=x.device) * (span / n)
     return freqs, response
-
-
-_firwin_eagerly = getattr(torch, "_disable_dynamo", lambda fn: fn)(firwin)
