@@ -125,7 +125,9 @@ def test_a_signal_mid_write_leaves_no_temporary(tmp_path, signal_name):
     signum = getattr(signal, signal_name)
 
     src = tmp_path / "long.wav"
-    sf.write(src, np.zeros((400_000, 1), np.float32), 8000, subtype="FLOAT")
+    # Long enough (seconds of streaming) that a test process descheduled on a loaded machine
+    # still signals mid-write: at 400,000 samples the write once finished first.
+    sf.write(src, np.zeros((2_000_000, 1), np.float32), 8000, subtype="FLOAT")
     out = tmp_path / "out"
     env = dict(os.environ, DIFFCONV_STREAM_SAMPLES="1000", DIFFCONV_BLOCK_FRAMES="64")
     proc = subprocess.Popen(
