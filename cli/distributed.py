@@ -10,8 +10,12 @@ exit code.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
+import signal
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import NoReturn
 
@@ -65,13 +69,25 @@ def ranks_from_env(environ: dict | None = None) -> Ranks:
 BATCH_WAIT_SECONDS = 7 * 24 * 3600
 
 
+#: How long each rank waits for the others to join. torchrun starts them together, so one
+#: still missing after this long is not coming (torch's own default wait).
+RENDEZVOUS_SECONDS = 30 * 60
+
+# The group that ``gather`` uses: the default one, or one with a longer wait (``start``).
+_gather_group = None
+
+
 def start(ranks: Ranks, backend: str = "gloo", wait_seconds: float | None = None) -> None:
     """Join the process group (env:// rendezvous set up by torchrun); no-op outside torchrun.
-    ``wait_seconds`` bounds each collective's wait (torch's default if None)."""
+    ``wait_seconds`` bounds ``gather``'s wait (torch's default if None); the ranks wait for
+    each other to join for ``RENDEZVOUS_SECONDS`` whatever it is."""
     import torch.distributed as dist
 
+    global _gather_group
     if ranks.distributed and not dist.is_initialized():
-        join_process_group(ranks, backend, wait_seconds)
+        join_process_group(ranks, backend)
+        if wait_seconds is not None:
+            _gather_group = dist.new_group(timeout=datetime.timedelta(seconds=wait_seconds))
 
 
 # How long a rank other than 0 waits before exiting on an error every rank meets: torchrun
@@ -85,6 +101,16 @@ class GroupUnavailable(click.UsageError):
     rank 0 to report it; every rank reports it."""
 
 
+class PeersMissing(click.ClickException):
+    """The other ranks did not join within ``RENDEZVOUS_SECONDS``; every rank that waited
+    reports it, as there may be no rank 0 to do so (a runtime failure, exit 1)."""
+
+
+def said_by_every_rank(err: click.ClickException) -> bool:
+    """Whether each rank reports ``err`` itself, rather than leaving it to rank 0."""
+    return isinstance(err, (GroupUnavailable, PeersMissing))
+
+
 def leave_after_main(exit_code: int) -> NoReturn:
     """Exit with ``exit_code`` (a rank other than 0, on an error every rank meets), once rank
     0 has had time to report it."""
@@ -95,7 +121,10 @@ def leave_after_main(exit_code: int) -> NoReturn:
 
 
 def join_process_group(ranks: Ranks, backend: str, wait_seconds: float | None = None) -> None:
-    """``init_process_group`` such that ``destroy_process_group`` really ends the group.
+    """``init_process_group`` such that ``destroy_process_group`` really ends the group, and
+    a stop signal or missing peers end the wait for the others.
+
+    ``wait_seconds`` bounds the wait for the others (``RENDEZVOUS_SECONDS`` if None).
 
     ``torch.distributed.nn.functional`` takes ``group.WORLD`` as a default argument when it
     is first imported, and torch._dynamo imports it (creating any optimizer does). Imported
@@ -107,15 +136,56 @@ def join_process_group(ranks: Ranks, backend: str, wait_seconds: float | None = 
     import torch.distributed as dist
     import torch.distributed.nn.functional  # noqa: F401  (see above: before the group)
 
-    options = {} if wait_seconds is None else {"timeout": datetime.timedelta(seconds=wait_seconds)}
+    wait_seconds = RENDEZVOUS_SECONDS if wait_seconds is None else wait_seconds
+    timeout = datetime.timedelta(seconds=wait_seconds)
     try:
-        dist.init_process_group(backend, rank=ranks.rank, world_size=ranks.world_size, **options)
+        with _stop_signals_at_once():
+            dist.init_process_group(
+                backend, rank=ranks.rank, world_size=ranks.world_size, timeout=timeout
+            )
     except ValueError as err:
         # RANK/WORLD_SIZE set by hand (or left over) without torchrun's MASTER_ADDR/PORT.
         raise GroupUnavailable(
             f"RANK={ranks.rank} and WORLD_SIZE={ranks.world_size} are set, but the process "
             f"group cannot start ({err}); run under torchrun, or unset them"
         ) from None
+    except dist.DistError as err:
+        where = f"{os.environ.get('MASTER_ADDR', '?')}:{os.environ.get('MASTER_PORT', '?')}"
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise PeersMissing(
+            f"rank {ranks.rank} of {ranks.world_size}: the other ranks did not join at {where} "
+            f"within {wait_seconds:g} s ({reason})"
+        ) from None
+
+
+@contextlib.contextmanager
+def _stop_signals_at_once() -> Iterator[None]:
+    """Restore the default actions of SIGTERM and Ctrl-C while the rendezvous blocks.
+
+    The wait runs in C++ and never returns to the interpreter until every rank has joined, so
+    a Python handler (``cli.interrupts``) would hold the signal until then: torchrun's SIGTERM
+    after another rank failed, or the user's Ctrl-C, went unheeded. Nothing has been written
+    yet, so ending at once loses nothing.
+    """
+    from cli import interrupts  # not at the top: it imports this module
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    # Only handlers that hold the signal: an ignored one (a background job's SIGINT) or an
+    # embedding program's own stays as it is.
+    saved = {
+        signum: handler
+        for signum in (signal.SIGTERM, signal.SIGINT)
+        if interrupts.is_ours_or_pythons(handler := signal.getsignal(signum))
+    }
+    try:
+        for signum in saved:
+            signal.signal(signum, signal.SIG_DFL)
+        yield
+    finally:
+        for signum, handler in saved.items():
+            signal.signal(signum, handler)
 
 
 def gather(ranks: Ranks, payload: object) -> list:
@@ -125,11 +195,13 @@ def gather(ranks: Ranks, payload: object) -> list:
     import torch.distributed as dist
 
     gathered: list = [None] * ranks.world_size
-    dist.all_gather_object(gathered, payload)
+    dist.all_gather_object(gathered, payload, group=_gather_group)
     return gathered
 
 
 def finish(ranks: Ranks) -> None:
+    global _gather_group
+    _gather_group = None  # ended with the default group
     if ranks.distributed:
         import torch.distributed as dist
 

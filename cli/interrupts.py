@@ -48,6 +48,17 @@ def unwind_on_sigterm() -> None:
         signal.signal(signal.SIGINT, _on_signal)
 
 
+def is_ours_or_pythons(handler: object) -> bool:
+    """Whether ``handler`` is this module's or Python's own Ctrl-C handler (as opposed to an
+    ignored signal, the default action or an embedding program's handler).
+
+    Example:
+        >>> is_ours_or_pythons(signal.default_int_handler), is_ours_or_pythons(signal.SIG_IGN)
+        (True, False)
+    """
+    return handler is _on_signal or handler is signal.default_int_handler
+
+
 @contextlib.contextmanager
 def deferred() -> Iterator[None]:
     """Hold a SIGTERM or Ctrl-C that arrives inside the block until the block ends.

@@ -67,11 +67,11 @@ class LazyGroup(click.Group):
             click.echo("\ndiffconv: interrupted", err=True)
             raise click.exceptions.Exit(interrupts.EXIT_CTRL_C) from None
         except click.UsageError as err:
-            from cli.distributed import GroupUnavailable, leave_after_main, ranks_from_env
+            from cli.distributed import leave_after_main, ranks_from_env, said_by_every_rank
 
             # Under torchrun every rank fails alike: rank 0 says why, once. Without a group
             # there may be no rank 0 at all: each says it.
-            if not ranks_from_env().is_main and not isinstance(err, GroupUnavailable):
+            if not ranks_from_env().is_main and not said_by_every_rank(err):
                 leave_after_main(err.exit_code)
             raise
         except OSError as err:

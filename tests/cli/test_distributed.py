@@ -11,6 +11,8 @@ import soundfile as sf
 
 from tests.cli.conftest import REPO, listing
 
+SAMPLE = REPO / "sample_data" / "speech_mono16.wav"
+
 
 def test_two_gloo_ranks_split_the_files(tmp_path, bad_inputs):
     folder = tmp_path / "in"
@@ -102,18 +104,31 @@ def test_finishing_ends_the_process_group_after_dynamo_is_imported(tmp_path):
 def test_batch_ranks_wait_days_for_each_other(monkeypatch):
     # Files are dealt out before any is read: one rank may finish hours before another, and
     # torch's default 30-minute wait then failed it with a gloo traceback at the closing
-    # gather (its SIGTERM cost the other rank's file in progress).
+    # gather (its SIGTERM cost the other rank's file in progress). The ranks' wait for each
+    # other to *join* stays short: a rank not there by then is not coming.
     import datetime
 
     import torch.distributed as dist
 
     from cli import distributed, runner
 
-    given = {}
+    joined, grouped, gathered_in = {}, {}, []
     monkeypatch.setattr(dist, "is_initialized", lambda: False)
-    monkeypatch.setattr(dist, "init_process_group", lambda *args, **kwargs: given.update(kwargs))
-    distributed.start(distributed.Ranks(0, 2), wait_seconds=distributed.BATCH_WAIT_SECONDS)
-    assert given["timeout"] >= datetime.timedelta(days=1)
+    monkeypatch.setattr(dist, "init_process_group", lambda *args, **kw: joined.update(kw))
+    monkeypatch.setattr(dist, "new_group", lambda **kw: grouped.update(kw) or "long-wait")
+    monkeypatch.setattr(
+        dist, "all_gather_object", lambda out, obj, group=None: gathered_in.append(group)
+    )
+    monkeypatch.setattr(dist, "destroy_process_group", lambda: None)
+    ranks = distributed.Ranks(0, 2)
+    distributed.start(ranks, wait_seconds=distributed.BATCH_WAIT_SECONDS)
+    assert joined["timeout"] == datetime.timedelta(seconds=distributed.RENDEZVOUS_SECONDS)
+    assert grouped["timeout"] >= datetime.timedelta(days=1)
+    distributed.gather(ranks, "report")
+    assert gathered_in == ["long-wait"]
+    distributed.finish(ranks)
+    distributed.gather(ranks, "report")  # a later group starts with the default wait again
+    assert gathered_in == ["long-wait", None]
     asked = []
     monkeypatch.setattr(
         distributed,
@@ -122,6 +137,73 @@ def test_batch_ranks_wait_days_for_each_other(monkeypatch):
     )
     runner.run_sharded([], lambda jobs, report, ranks: None, quiet=True, verbose=False)
     assert asked == [distributed.BATCH_WAIT_SECONDS]
+
+
+def test_a_stop_signal_ends_the_wait_for_the_other_ranks(monkeypatch):
+    # The rendezvous blocks in C++ until every rank has joined, so the Python handlers held
+    # SIGTERM and Ctrl-C until then: a rank whose peer never came ignored torchrun's SIGTERM
+    # and the user's Ctrl-C. While it waits they act at once; an ignored signal stays ignored.
+    import signal
+
+    import torch.distributed as dist
+
+    from cli import distributed, interrupts
+
+    during = {}
+
+    def init_process_group(*args, **kwargs):
+        during.update({n: signal.getsignal(n) for n in (signal.SIGTERM, signal.SIGINT)})
+
+    monkeypatch.setattr(dist, "init_process_group", init_process_group)
+    saved = {n: signal.getsignal(n) for n in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        for n in saved:
+            signal.signal(n, signal.SIG_DFL if n == signal.SIGTERM else signal.default_int_handler)
+        interrupts.unwind_on_sigterm()
+        ours = {n: signal.getsignal(n) for n in saved}
+        assert all(interrupts.is_ours_or_pythons(h) for h in ours.values())
+        distributed.join_process_group(distributed.Ranks(0, 2), "gloo")
+        assert during == {signal.SIGTERM: signal.SIG_DFL, signal.SIGINT: signal.SIG_DFL}
+        assert {n: signal.getsignal(n) for n in saved} == ours  # put back afterwards
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # as in a shell's background job
+        distributed.join_process_group(distributed.Ranks(0, 2), "gloo")
+        assert during[signal.SIGINT] is signal.SIG_IGN
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        for n, handler in saved.items():
+            signal.signal(n, handler)
+
+
+MISSING_PEER = """
+import sys
+from cli import distributed
+from cli.main import main
+distributed.RENDEZVOUS_SECONDS = 2
+sys.argv[0] = "diffconv"
+main()
+"""
+
+
+def test_a_rank_whose_peers_never_come_says_so(tmp_path):
+    # RANK/WORLD_SIZE/MASTER_ADDR set by hand and the other rank never started: each rank,
+    # server (0) or client (1), waited 30 minutes at most (a batch command, 7 days) and then
+    # ended with a torch traceback. Now it is a runtime failure that says what is missing.
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    for rank in (0, 1):
+        env = dict(os.environ, RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1")
+        env.update(MASTER_PORT=str(port), PYTHONPATH=str(REPO))
+        r = subprocess.run(
+            [sys.executable, "-c", MISSING_PEER, "smooth", str(SAMPLE), str(tmp_path / "o.wav")],
+            capture_output=True, text=True, cwd=REPO, env=env, timeout=120,
+        )  # fmt: skip
+        assert r.returncode == 1, r.stderr
+        said = f"rank {rank} of 2: the other ranks did not join at 127.0.0.1:{port} within 2 s"
+        assert said in r.stderr and "Traceback" not in r.stderr
+        assert listing(tmp_path) == []
 
 
 def test_a_usage_error_under_torchrun_is_reported_once(tmp_path):
