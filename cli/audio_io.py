@@ -55,7 +55,7 @@ INPUT_EXTENSIONS = OUTPUT_EXTENSIONS - RAW_EXTENSIONS
 NPY_MAGIC = b"\x93NUMPY"
 
 # Subtypes whose samples need more than float32's 24-bit mantissa to survive a round trip.
-_WIDE_SUBTYPES = {"PCM_32", "DOUBLE"}
+_WIDE_SUBTYPES = {"PCM_32", "ALAC_32", "DOUBLE"}
 
 
 @dataclass

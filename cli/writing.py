@@ -9,6 +9,7 @@ Integer PCM cannot hold values outside [-1, 1]: they are clipped (never wrapped)
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import io
 import os
@@ -24,7 +25,7 @@ import soundfile as sf
 from cli import interrupts, pcm
 from cli.audio_io import SignalInfo, _libsndfile_reason, audio_format_for
 from cli.errors import FileProblem
-from cli.raw import libsndfile_rate
+from cli.raw import SAMPLE_BYTES, libsndfile_rate
 
 # Subtypes that store floats; every other subtype is a fixed range (integer PCM, codecs).
 _FLOAT_SUBTYPES = {"FLOAT", "DOUBLE"}
@@ -119,6 +120,11 @@ def spec_for_format(
         endian = info.endian if fmt == info.format else None
     else:
         chosen = _closest_subtype(fmt, info.subtype if info.kind == "audio" else "FLOAT")
+    if fmt == "WAV" and info.kind == "audio" and info.format in _WAV_FAMILY:
+        # A .wav name is all that the other RIFF containers get too: an RF64, Wave64 or
+        # extensible input written to .wav stays what it was.
+        fmt = info.format
+        endian = info.endian if subtype is None else endian
     if not sf.check_format(fmt, chosen):
         valid = ", ".join(sorted(sf.available_subtypes(fmt)))
         raise FileProblem(
@@ -131,6 +137,21 @@ def spec_for_format(
 # the next one down that it can (float or 32-bit audio into FLAC becomes 24-bit, as sox
 # makes it, not the format's default 16 bits).
 _PRECISION_LADDER = ("DOUBLE", "FLOAT", "PCM_32", "PCM_24", "PCM_16")
+# Where a lossless codec's samples enter the ladder: the PCM that holds all of their bits.
+_LADDER_ENTRY = {"ALAC_16": "PCM_16", "ALAC_20": "PCM_24", "ALAC_24": "PCM_24", "ALAC_32": "PCM_32"}
+
+# The RIFF containers that all go by .wav: plain, extensible (channel masks), and the two
+# whose sizes are 64-bit (EBU RF64 and Sony Wave64).
+_WAV_FAMILY = ("WAV", "WAVEX", "RF64", "W64")
+
+# The data a 32-bit RIFF or AIFF size field can describe, less room for the header chunks.
+# libsndfile writes a longer file anyway, with a header that hides what lies past 4 GiB.
+_SIZE_FIELD_LIMIT = 2**32 - 2**16
+_32_BIT_SIZES = ("WAV", "WAVEX", "AIFF", "AU")
+
+# libvorbis crashes the process (SIGSEGV) beyond these rather than refusing them.
+VORBIS_MAX_RATE = 200_000
+VORBIS_MAX_CHANNELS = 255
 
 
 def _header_rate(spec: OutputSpec) -> int:
@@ -154,12 +175,52 @@ def _closest_subtype(fmt: str, wanted: str | None) -> str:
     Example:
         >>> _closest_subtype("FLAC", "DOUBLE"), _closest_subtype("OGG", "FLOAT")
         ('PCM_24', 'VORBIS')
+        >>> _closest_subtype("WAV", "ALAC_20")
+        'PCM_24'
     """
+    wanted = _LADDER_ENTRY.get(wanted, wanted)
     if wanted in _PRECISION_LADDER:
         for candidate in _PRECISION_LADDER[_PRECISION_LADDER.index(wanted) :]:
             if sf.check_format(fmt, candidate):
                 return candidate
     return sf.default_subtype(fmt)
+
+
+def sized_container(spec: OutputSpec, shape: tuple[int, ...], dest) -> OutputSpec:
+    """``spec`` for an audio output of ``shape`` ``(C, T)``: plain WAV becomes RF64 where its
+    32-bit sizes cannot describe the data (the EBU convention for long .wav files), and what
+    the format cannot hold, or what would crash libvorbis, is refused.
+
+    Raises:
+        FileProblem: the output cannot be written in ``spec``'s format.
+
+    Example:
+        >>> spec = OutputSpec("audio", "WAV", "DOUBLE", rate=48000.0)
+        >>> sized_container(spec, (1, 600_000_000), "long.wav").format
+        'RF64'
+        >>> sized_container(spec, (1, 48_000), "short.wav").format
+        'WAV'
+    """
+    channels, frames = shape[-2], shape[-1]
+    if spec.format == "OGG" and spec.subtype == "VORBIS":
+        if channels > VORBIS_MAX_CHANNELS or (spec.rate or 0) > VORBIS_MAX_RATE:
+            raise FileProblem(
+                dest,
+                f"Ogg Vorbis holds at most {VORBIS_MAX_CHANNELS} channels at up to "
+                f"{VORBIS_MAX_RATE} Hz; this is {channels} channel"
+                f"{'' if channels == 1 else 's'} at {spec.rate or 0:g} Hz",
+            )
+    # Compressed subtypes (ADPCM, GSM) take a byte a sample at most.
+    data_bytes = frames * channels * SAMPLE_BYTES.get(spec.subtype, 1)
+    if spec.format not in _32_BIT_SIZES or data_bytes <= _SIZE_FIELD_LIMIT:
+        return spec
+    if spec.format in ("WAV", "WAVEX") and sf.check_format("RF64", spec.subtype):
+        return dataclasses.replace(spec, format="RF64")
+    raise FileProblem(
+        dest,
+        f"{data_bytes / 2**30:.1f} GiB of {spec.subtype} is more than {spec.format}'s 4 GiB "
+        "size fields can describe; write .rf64, .w64, .caf or .flac instead",
+    )
 
 
 class AtomicWriter:
@@ -267,6 +328,7 @@ class AtomicWriter:
                 )
                 _reserve(self._tmp)
             else:
+                self.spec = spec = sized_container(spec, self.shape, self.dest)
                 if self.buffered:
                     self._encoded = io.BytesIO()
                 else:

@@ -1,0 +1,110 @@
+"""Containers and subtypes an output keeps, and the limits of formats that cannot say no."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from cli.errors import FileProblem
+from cli.writing import AtomicWriter, OutputSpec, sized_container
+from tests.cli.conftest import invoke, listing
+
+
+@pytest.fixture
+def identity(tmp_path):
+    path = tmp_path / "identity.npy"
+    np.save(path, np.array([1.0]))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("container", "subtype", "channels"),
+    [("RF64", "PCM_24", 2), ("WAVEX", "PCM_16", 6), ("W64", "FLOAT", 1)],
+)
+def test_the_other_riff_containers_named_wav_stay_what_they_were(
+    tmp_path, identity, container, subtype, channels
+):
+    # A .wav output meant plain WAV, so an RF64 input (the EBU convention for long .wav
+    # files), an extensible one (channel masks) or a Wave64 one came out as something else.
+    data = np.random.default_rng(0).uniform(-0.5, 0.5, (300, channels))
+    sf.write(tmp_path / "in.wav", data, 8000, format=container, subtype=subtype)
+    r = invoke("convolve", tmp_path / "in.wav", tmp_path / "out.wav", "--kernel", identity)
+    assert r.exit_code == 0, r.stderr
+    info = sf.info(tmp_path / "out.wav")
+    assert (info.format, info.subtype, info.channels) == (container, subtype, channels)
+    expected = sf.read(tmp_path / "in.wav")[0]
+    np.testing.assert_array_equal(sf.read(tmp_path / "out.wav")[0], expected)
+
+
+def alac(tmp_path, bits: int):
+    codes = np.random.default_rng(bits).integers(-(2**31), 2**31 - 1, (500, 2), np.int64)
+    codes = (codes >> (32 - bits) << (32 - bits)).astype(np.int32)
+    codes[0] = [-(2**31), (2**31 - 1) >> (32 - bits) << (32 - bits)]  # both extremes
+    path = tmp_path / f"alac{bits}.caf"
+    sf.write(path, codes, 44100, format="CAF", subtype=f"ALAC_{bits}")
+    return path
+
+
+@pytest.mark.parametrize(
+    ("bits", "wav", "flac"), [(24, "PCM_24", "PCM_24"), (32, "PCM_32", "PCM_24")]
+)
+def test_alac_keeps_its_bits_in_other_formats_and_round_trips_exactly(
+    tmp_path, identity, bits, wav, flac
+):
+    # ALAC was not on the precision ladder: to .wav or .flac it fell to the formats' default
+    # 16 bits. And 32-bit ALAC was computed in float32, so even an identity kernel changed
+    # half of its samples (by up to 64 codes).
+    source = alac(tmp_path, bits)
+    codes = sf.read(source, dtype="int32")[0]
+    for name, subtype in [("out.caf", f"ALAC_{bits}"), ("out.wav", wav), ("out.flac", flac)]:
+        r = invoke("convolve", source, tmp_path / name, "--kernel", identity)
+        assert r.exit_code == 0, r.stderr
+        assert sf.info(tmp_path / name).subtype == subtype
+        if name != "out.flac" or bits == 24:
+            np.testing.assert_array_equal(sf.read(tmp_path / name, dtype="int32")[0], codes)
+
+
+@pytest.mark.parametrize(("rate", "channels"), [(384_000, 1), (8_000, 256)])
+def test_ogg_vorbis_beyond_its_limits_is_refused_not_a_crash(tmp_path, identity, rate, channels):
+    # libvorbis ended the whole process with SIGSEGV above 200 kHz or 255 channels, leaving
+    # a temporary file and no message.
+    sf.write(tmp_path / "in.wav", np.zeros((100, channels)), rate, subtype="FLOAT")
+    r = invoke("convolve", tmp_path / "in.wav", tmp_path / "out.ogg", "--kernel", identity)
+    assert r.exit_code == 1
+    said = f"out.ogg: Ogg Vorbis holds at most 255 channels at up to 200000 Hz; this is {channels}"
+    assert said in r.stderr
+    assert listing(tmp_path) == ["identity.npy", "in.wav"]
+
+
+def test_ogg_vorbis_at_its_limits_is_written(tmp_path, identity):
+    sf.write(tmp_path / "in.wav", np.zeros((100, 255)), 200_000, subtype="FLOAT")
+    r = invoke("convolve", tmp_path / "in.wav", tmp_path / "out.ogg", "--kernel", identity)
+    assert r.exit_code == 0, r.stderr
+    info = sf.info(tmp_path / "out.ogg")
+    assert (info.samplerate, info.channels) == (200_000, 255)
+
+
+def test_a_wav_past_4_gib_is_written_as_rf64(tmp_path):
+    # libsndfile wrote such a file with a header whose 32-bit sizes hid everything past
+    # 4 GiB (the command said it succeeded). RF64 is the .wav that holds it.
+    spec = OutputSpec("audio", "WAV", "DOUBLE", rate=48000.0)
+    limit_frames = (2**32 - 2**16) // 8
+    assert sized_container(spec, (1, limit_frames), "x.wav").format == "WAV"
+    assert sized_container(spec, (1, limit_frames + 1), "x.wav").format == "RF64"
+    pcm16 = OutputSpec("audio", "WAVEX", "PCM_16", rate=48000.0)
+    assert sized_container(pcm16, (2, limit_frames * 2), "x.wav").format == "WAVEX"
+    assert sized_container(pcm16, (2, limit_frames * 2 + 1), "x.wav").format == "RF64"
+    # The writer applies it before the header is made (nothing written here: a header only).
+    with AtomicWriter(tmp_path / "long.wav", spec, (1, limit_frames + 1)) as writer:
+        writer.write(np.zeros((1, 10)))
+    assert sf.info(tmp_path / "long.wav").format == "RF64"
+    assert sf.read(tmp_path / "long.wav")[0].shape == (10,)
+
+
+@pytest.mark.parametrize("container", ["AIFF", "AU"])
+def test_past_4_gib_formats_without_a_64_bit_variant_are_refused(container):
+    spec = OutputSpec("audio", container, "PCM_16", rate=48000.0)
+    with pytest.raises(FileProblem, match="more than .* 4 GiB size fields can describe"):
+        sized_container(spec, (2, 2**30), "x")
+    assert sized_container(spec, (2, 2**29), "x") == spec
