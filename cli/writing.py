@@ -149,6 +149,10 @@ _WAV_FAMILY = ("WAV", "WAVEX", "RF64", "W64")
 _SIZE_FIELD_LIMIT = 2**32 - 2**16
 _32_BIT_SIZES = ("WAV", "WAVEX", "AIFF", "AU")
 
+# The most frames handed to libsndfile in one call: its Vorbis encoder takes stack space in
+# proportion (a 3-million-frame write overflowed it, SIGSEGV, the whole batch lost).
+ENCODER_FRAMES = 1 << 16
+
 # libvorbis crashes the process (SIGSEGV) beyond these rather than refusing them.
 VORBIS_MAX_RATE = 200_000
 VORBIS_MAX_CHANNELS = 255
@@ -381,7 +385,8 @@ class AtomicWriter:
                 samples = self._samples_for_soundfile(block)
                 try:
                     with interrupts.deferred():  # libsndfile calls back into Python
-                        self._sound.write(samples)
+                        for start in range(0, len(samples), ENCODER_FRAMES):
+                            self._sound.write(samples[start : start + ENCODER_FRAMES])
                 except AssertionError:
                     # soundfile asserts that every frame was written; a short write is
                     # the file's error (a full disk), kept by _KeepsWriteErrors.

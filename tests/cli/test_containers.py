@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import soundfile as sf
 
 from cli.errors import FileProblem
 from cli.writing import AtomicWriter, OutputSpec, sized_container
-from tests.cli.conftest import invoke, listing
+from tests.cli.conftest import invoke, listing, run_diffconv
 
 
 @pytest.fixture
@@ -108,3 +110,17 @@ def test_past_4_gib_formats_without_a_64_bit_variant_are_refused(container):
     with pytest.raises(FileProblem, match="more than .* 4 GiB size fields can describe"):
         sized_container(spec, (2, 2**30), "x")
     assert sized_container(spec, (2, 2**29), "x") == spec
+
+
+def test_a_long_ogg_vorbis_result_written_in_one_piece_does_not_crash(tmp_path):
+    # Results that fit in memory were handed to libsndfile in one call, and its Vorbis
+    # encoder takes stack space in proportion: 3 million frames ended the process (SIGSEGV,
+    # a temporary left, the rest of the batch lost). In a subprocess, so a crash is a failure.
+    source = tmp_path / "long.wav"
+    noise = 0.1 * np.random.default_rng(0).standard_normal(3_000_000)
+    sf.write(source, noise, 48000, subtype="PCM_16")
+    env = dict(os.environ, DIFFCONV_STREAM_SAMPLES=str(10**9))  # in memory, whole
+    r = run_diffconv("smooth", source, tmp_path / "long.ogg", "--length", "3", env=env)
+    assert r.returncode == 0, r.stderr
+    assert sf.info(tmp_path / "long.ogg").frames == 3_000_000
+    assert listing(tmp_path) == ["long.ogg", "long.wav"]
