@@ -54,6 +54,12 @@ INPUT_EXTENSIONS = OUTPUT_EXTENSIONS - RAW_EXTENSIONS
 #: The first bytes of every .npy file (a stream has no extension to tell it by).
 NPY_MAGIC = b"\x93NUMPY"
 
+# Subtypes whose frames libsndfile seeks to exactly (FLAC's too); in the others it lands near.
+_EXACT_SEEK_SUBTYPES = {
+    "PCM_S8", "PCM_U8", "PCM_16", "PCM_24", "PCM_32", "FLOAT", "DOUBLE", "ULAW", "ALAW"
+}  # fmt: skip
+_TAIL_BLOCK_FRAMES = 1 << 16
+
 # Subtypes whose samples need more than float32's 24-bit mantissa to survive a round trip.
 _WIDE_SUBTYPES = {"PCM_32", "ALAC_32", "DOUBLE"}
 
@@ -456,7 +462,15 @@ def read_tail(info: SignalInfo, frames: int) -> np.ndarray:
         return np.array(_npy_map(info)[..., info.frames - frames :], dtype=info.dtype, order="C")
     try:
         with _open_sound(info) as f:
-            f.seek(info.frames - frames)
-            return _read_frames(f, info, frames)
+            if info.subtype in _EXACT_SEEK_SUBTYPES or info.format == "FLAC":
+                f.seek(info.frames - frames)
+                return _read_frames(f, info, frames)
+            # libsndfile's seek in Vorbis, Opus and MP3 lands near the frame asked for, not
+            # on it (a circular convolution then found its tail differing from the signal's
+            # end and failed): decode the whole file in order, keeping only its end.
+            tail = np.zeros((info.shape[0], 0), info.dtype)
+            while (block := _read_frames(f, info, _TAIL_BLOCK_FRAMES)).shape[-1]:
+                tail = np.concatenate([tail, block], axis=-1)[:, -frames:] if frames else tail
+            return np.ascontiguousarray(tail)
     except (sf.SoundFileError, RuntimeError) as err:
         raise FileProblem(info.path, f"cannot read audio ({_libsndfile_reason(err)})") from err
