@@ -393,11 +393,16 @@ class StreamingSmoother:
     the chunk's real ends, so the edge rule applies exactly there; no smoothing math is
     repeated here, and the result is ``smooth(whole, ...)`` to float tolerance.
 
-    ``edges="circular"`` wraps the end around to the start, which is not local: the whole
+    ``edges="circular"`` wraps the end around to the start, which is not local: given the
+    signal's end up front (``circular_tail=``, e.g. read from a seekable file), the stream
+    starts from it and keeps the first ``length`` samples for the end; without it, the whole
     signal is kept and smoothed at :meth:`flush`.
 
     Args:
         window, length, edges, nan_policy, **window_params: as :func:`diffconv_core.smooth.smooth`.
+        circular_tail: only for ``edges="circular"``: the whole signal's last samples
+            ``(..., n)`` (at least ``length``, or all of a shorter signal), checked at
+            :meth:`flush`.
         dtype, device: if given, every pushed block is first moved to them (e.g. a file's
             float32 blocks to float64 on a GPU).
 
@@ -426,6 +431,7 @@ class StreamingSmoother:
         nan_policy: str = "propagate",
         dtype: torch.dtype | None = None,
         device: torch.device | str | None = None,
+        circular_tail: torch.Tensor | None = None,
         **window_params,
     ) -> None:
         try:
@@ -443,6 +449,15 @@ class StreamingSmoother:
 
         check_choice("edges", edges, EDGES)
         check_choice("nan_policy", nan_policy, NAN_POLICIES)
+        if circular_tail is not None and edges != "circular":
+            raise ValueError(f"circular_tail applies only to edges='circular'; got {edges!r}")
+        if circular_tail is not None and not (
+            isinstance(circular_tail, torch.Tensor) and circular_tail.dim() > 0
+        ):
+            raise TypeError(
+                "circular_tail must be a torch.Tensor (..., n) of the signal's last samples; "
+                f"got {circular_tail!r}"
+            )
         # get_window's own keywords (sym, width) and smooth's method are not the window's.
         params = {k: v for k, v in window_params.items() if k not in ("method", "sym", "width")}
         spec, _ = _resolve_name(window, params)
@@ -457,7 +472,8 @@ class StreamingSmoother:
         # Reach of one output in each direction, generously rounded up so that any centring
         # convention of even lengths is covered.
         self._margin = length
-        self._local = edges != "circular"
+        self.circular_tail = circular_tail
+        self._local = edges != "circular" or circular_tail is not None
         self._window: torch.Tensor | None = None
         self._window_for: tuple | None = None
         self._store: torch.Tensor | None = None
@@ -471,6 +487,8 @@ class StreamingSmoother:
         self._n_in = 0
         self._n_out = 0
         self._flushed = False
+        self._head: torch.Tensor | None = None  # the first samples: the end's circular pad
+        self._wrapped = False  # the signal's end was put before its start (circular_tail)
 
     @property
     def buffered_samples(self) -> int:
@@ -527,10 +545,18 @@ class StreamingSmoother:
         self._pieces.append(block)
         self._n_in += block.shape[-1]
         margin = self._margin
+        if self.circular_tail is not None and (self._head is None or self._head_short()):
+            self._head = block if self._head is None else torch.cat([self._head, block], -1)
+            self._head = self._head[..., :margin]
         # Until 2 * margin + 2 samples have arrived the signal may still turn out shorter than
         # its edge pads (which then wrap around), so nothing is final yet.
         if not self._local or self._n_in < 2 * margin + 2:
             return self._nothing_yet(block)
+        if self.circular_tail is not None and not self._wrapped:
+            # The first outputs: their left context is the signal's end, wrapped around. The
+            # chunk's own (circular) edges then lie beyond every output kept, as elsewhere.
+            self._pieces.insert(0, self._tail_like(block)[..., -margin:])
+            self._start, self._wrapped = -margin, True
         chunk = self._joined()
         end = self._n_in - margin  # outputs before `end` do not reach the chunk's fake end
         out = self._smooth(chunk)[..., self._n_out - self._start : end - self._start]
@@ -592,7 +618,40 @@ class StreamingSmoother:
         self._flushed = True
         chunk = torch.cat(self._pieces, dim=-1)
         self._pieces = []
-        return self._smooth(chunk)[..., self._n_out - self._start :]
+        if not self._wrapped:  # the chunk's ends are the signal's
+            return self._smooth(chunk)[..., self._n_out - self._start :]
+        self._check_circular_tail(chunk)
+        # The end's right context is the signal's start, wrapped around.
+        chunk = torch.cat([chunk, self._head.to(chunk).expand(*chunk.shape[:-1], -1)], dim=-1)
+        return self._smooth(chunk)[..., self._n_out - self._start : self._n_in - self._start]
+
+    def _head_short(self) -> bool:
+        return self._head.shape[-1] < self._margin
+
+    def _tail_like(self, block: torch.Tensor) -> torch.Tensor:
+        tail = self.circular_tail.to(block)
+        if tail.shape[-1] < self._margin:
+            raise ValueError(
+                f"circular_tail must hold the signal's last {self._margin} samples (the "
+                f"window's reach); got {tail.shape[-1]}"
+            )
+        try:
+            return tail.expand(*block.shape[:-1], tail.shape[-1])
+        except RuntimeError:
+            raise ValueError(
+                f"circular_tail of shape {tuple(tail.shape)} does not broadcast to the blocks' "
+                f"leading dims {tuple(block.shape[:-1])}"
+            ) from None
+
+    def _check_circular_tail(self, chunk: torch.Tensor) -> None:
+        given = self._tail_like(chunk)[..., -self._margin :]
+        actual = chunk[..., -self._margin :]
+        # NaN != NaN, yet a NaN in the tail matches one in the signal.
+        if not bool(((given == actual) | given.isnan() & actual.isnan()).all()):
+            raise ValueError(
+                f"circular_tail does not match the signal's last {self._margin} samples; "
+                "the outputs at the start are wrong"
+            )
 
 
 def _same_storage(a: torch.Tensor, b: torch.Tensor) -> bool:

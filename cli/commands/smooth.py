@@ -92,6 +92,7 @@ def smooth_operation(
     """
     import torch
 
+    from cli.audio_io import read_tail
     from cli.runner import Operation
     from diffconv_core.smooth import smooth as core_smooth
     from diffconv_core.streaming import StreamingSmoother
@@ -107,7 +108,14 @@ def smooth_operation(
 
     def streamer(info, device):
         dtype = torch.float64 if info.dtype.itemsize == 8 else torch.float32
-        made = StreamingSmoother(window, length, dtype=dtype, device=device, **options)
+        tail = None
+        if edges == "circular":
+            # The start's pad is the file's end: read it first so the output can stream
+            # (else the smoother keeps the whole signal until the end).
+            tail = torch.as_tensor(read_tail(info, length), device=device)
+        made = StreamingSmoother(
+            window, length, dtype=dtype, device=device, circular_tail=tail, **options
+        )
         return made, info.frames
 
     return Operation(apply=apply, streamer=streamer)

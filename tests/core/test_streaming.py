@@ -388,6 +388,66 @@ def test_smoother_circular_keeps_the_signal_until_flush():
     torch.testing.assert_close(sm.flush(), smooth(x, "hamming", 9, edges="circular"))
 
 
+@settings(max_examples=50, deadline=None)
+@given(smooth_cases(), st.integers(0, 7))
+def test_streamed_circular_smooth_with_the_tail_given_equals_smooth(case, extra):
+    # Given the signal's end up front (as a file's is), circular edges stream too; before,
+    # the whole signal was kept until flush (smooth --edges circular held a long file).
+    from diffconv_core.smooth import smooth
+
+    T, length, _, nan_policy, (window, params), sizes, gaps = case
+    x = torch.randn(2, T, dtype=torch.float64, generator=torch.Generator().manual_seed(T))
+    for start, width in gaps:
+        x[0, start : start + width] = float("nan")
+    tail = x[..., -(length + extra) :]  # any longer tail; all of a shorter signal
+    config = f"T={T} {window}{params} length={length} {nan_policy} sizes={sizes} tail={extra}"
+    whole = smooth(x, window, length, edges="circular", nan_policy=nan_policy, **params)
+    sm = StreamingSmoother(
+        window, length, edges="circular", nan_policy=nan_policy, circular_tail=tail, **params
+    )
+    streamed = smooth_stream(sm, x, sizes)
+    torch.testing.assert_close(streamed, whole, rtol=1e-9, atol=1e-9, equal_nan=True, msg=config)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_smoother_circular_with_its_tail_streams_in_bounded_memory(dtype):
+    from diffconv_core.smooth import smooth
+
+    x = torch.randn(3, 3000, dtype=dtype)
+    x[1, 2990:] = float("nan")  # a NaN in the tail matches itself
+    sm = StreamingSmoother(
+        "hann", 31, edges="circular", nan_policy="omit", circular_tail=x[..., -40:]
+    )
+    pieces = []
+    for block in x.split(100, dim=-1):
+        pieces.append(sm.push(block))
+        assert sm.buffered_samples <= 2 * 31 + 2 + 100
+    assert sum(p.shape[-1] for p in pieces) > 2800  # emitted as it went
+    out = torch.cat(pieces + [sm.flush()], dim=-1)
+    whole = smooth(x, "hann", 31, edges="circular", nan_policy="omit")
+    torch.testing.assert_close(out, whole, equal_nan=True)
+
+
+def test_smoother_circular_tail_errors():
+    x = torch.randn(2, 300, dtype=torch.float64)
+    with pytest.raises(ValueError, match="circular_tail applies only to edges='circular'"):
+        StreamingSmoother("hann", 9, edges="reflect", circular_tail=x[..., -9:])
+    with pytest.raises(TypeError, match="circular_tail must be a torch.Tensor"):
+        StreamingSmoother("hann", 9, edges="circular", circular_tail=[1.0] * 9)
+    sm = StreamingSmoother("hann", 9, edges="circular", circular_tail=x[..., -5:])
+    with pytest.raises(ValueError, match="must hold the signal's last 9 samples"):
+        sm.push(x)
+    wrong = x[..., -9:].clone()
+    wrong[1, 4] += 1
+    sm = StreamingSmoother("hann", 9, edges="circular", circular_tail=wrong)
+    sm.push(x)
+    with pytest.raises(ValueError, match="does not match the signal's last 9 samples"):
+        sm.flush()
+    sm = StreamingSmoother("hann", 9, edges="circular", circular_tail=torch.zeros(3, 9))
+    with pytest.raises(ValueError, match="does not broadcast to the blocks' leading dims"):
+        sm.push(x)
+
+
 def test_smoother_errors():
     with pytest.raises(ValueError, match="length must be a positive integer; got 0"):
         StreamingSmoother("hann", 0)
