@@ -462,6 +462,15 @@ class StreamingSmoother:
         params = {k: v for k, v in window_params.items() if k not in ("method", "sym", "width")}
         spec, _ = _resolve_name(window, params)
         check_param_names(spec, params)
+        if not any(isinstance(v, torch.Tensor) for v in window_params.values()):
+            # A missing parameter or a window that sums to zero (hann of length 2) fails
+            # here rather than at the first push; tensor parameters are checked there.
+            from diffconv_core.windows import get_window
+
+            shape_options = {k: window_params[k] for k in ("sym", "width") if k in window_params}
+            get_window(
+                window, length, normalize="sum", dtype=torch.float64, **params, **shape_options
+            )
         self.window = window
         self.length = length
         self.edges = edges

@@ -451,6 +451,11 @@ def test_smoother_circular_tail_errors():
 def test_smoother_errors():
     with pytest.raises(ValueError, match="length must be a positive integer; got 0"):
         StreamingSmoother("hann", 0)
+    # Checked when built, not at the first push (the options' check promised so).
+    with pytest.raises(ValueError, match="gaussian window requires parameter 'std'"):
+        StreamingSmoother("gaussian", 5)
+    with pytest.raises(ValueError, match="hann window of length 2 has a sum of zero"):
+        StreamingSmoother("hann", 2)
     sm = StreamingSmoother("hann", 5)
     with pytest.raises(ValueError, match="no signal samples"):
         sm.flush()
