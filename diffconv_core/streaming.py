@@ -462,13 +462,14 @@ class StreamingSmoother:
         params = {k: v for k, v in window_params.items() if k not in ("method", "sym", "width")}
         spec, _ = _resolve_name(window, params)
         check_param_names(spec, params)
+        trial = None
         if not any(isinstance(v, torch.Tensor) for v in window_params.values()):
             # A missing parameter or a window that sums to zero (hann of length 2) fails
             # here rather than at the first push; tensor parameters are checked there.
             from diffconv_core.windows import get_window
 
             shape_options = {k: window_params[k] for k in ("sym", "width") if k in window_params}
-            get_window(
+            trial = get_window(
                 window, length, normalize="sum", dtype=torch.float64, **params, **shape_options
             )
         self.window = window
@@ -483,8 +484,8 @@ class StreamingSmoother:
         self._margin = length
         self.circular_tail = circular_tail
         self._local = edges != "circular" or circular_tail is not None
-        self._window: torch.Tensor | None = None
-        self._window_for: tuple | None = None
+        self._window: torch.Tensor | None = trial  # kept for float64 blocks where it was built
+        self._window_for: tuple | None = None if trial is None else (trial.dtype, trial.device)
         self._store: torch.Tensor | None = None
         self.reset()
 
