@@ -30,6 +30,9 @@ from diffconv_core._validation import batched_gradient, broadcast_shapes, needs_
 # Beyond this many taps the Toeplitz blocks (2P x P) grow too large to pay off.
 MAX_TOEPLITZ_TAPS = 1024
 
+# The most samples (rows x outputs x taps) one CPU conv1d call may unfold (128 MB of float64).
+CONV1D_CPU_ELEMENTS = 1 << 24
+
 
 def _source(x: torch.Tensor, K: int, lo: int, n_out: int) -> torch.Tensor:
     # A sliding dot product out[m] = sum_j v[j] src[m + j] with v the flipped kernel reads
@@ -47,6 +50,7 @@ def _direct_forward(x: torch.Tensor, w: torch.Tensor, lo: int, hi: int) -> torch
 def conv1d_range(x: torch.Tensor, w: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
     """Samples ``lo <= n < hi`` of the full linear convolution through ``F.conv1d``: plain
     differentiable torch operations (forward-mode AD, ``torch.func`` transforms included).
+    On CPU, in pieces of the outputs of at most ``CONV1D_CPU_ELEMENTS`` unfolded samples.
 
     Shape:
         x ``(*bx, T)``, w ``(*bw, K)`` -> ``(*broadcast(bx, bw), hi - lo)``.
@@ -54,6 +58,13 @@ def conv1d_range(x: torch.Tensor, w: torch.Tensor, lo: int, hi: int) -> torch.Te
     K = w.shape[-1]
     n_out = hi - lo
     batch = broadcast_shapes(x.shape[:-1], w.shape[:-1])
+    piece = max(1, CONV1D_CPU_ELEMENTS // max(1, math.prod(batch) * K))
+    if x.device.type == "cpu" and n_out > piece:
+        # conv1d on CPU unfolds rows x outputs x taps samples where oneDNN does not take the
+        # dtype (float64: 536 GB asked for 1,024 rows, 4,096 outputs, 4,000 taps): a piece
+        # of the outputs at a time, each from only the samples under it.
+        ends = range(lo, hi, piece)
+        return torch.cat([conv1d_range(x, w, a, min(a + piece, hi)) for a in ends], dim=-1)
     source = _source(x, K, lo, n_out)
     taps = w.flip(-1)
     n_src = source.shape[-1]

@@ -290,3 +290,42 @@ def test_cpu_convolutions_import_neither_sympy_nor_triton():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("mode", ["full", "same", "valid"])
+@pytest.mark.parametrize(
+    "x_shape, w_shape", [((3, 200), (40,)), ((2, 1, 150), (3, 40)), ((300,), (2, 40))]
+)
+def test_long_kernels_go_through_conv1d_in_bounded_pieces(monkeypatch, mode, x_shape, w_shape):
+    # Past the Toeplitz paths' 1,024 taps conv1d runs, and on CPU in float64 it unfolds
+    # rows x outputs x taps samples: 1,024 rows of 4,096 with 4,000 taps asked for 536 GB
+    # (an exact Jacobian of a long kernel, or method="direct"). It now runs a piece of the
+    # outputs at a time; here both limits are made small enough to cut every case into pieces.
+    from diffconv_core import _direct
+
+    budget = 2_000
+    monkeypatch.setattr(_direct, "MAX_TOEPLITZ_TAPS", 16)
+    monkeypatch.setattr(_direct, "CONV1D_CPU_ELEMENTS", budget)
+    unfolded = []
+    real = torch.nn.functional.conv1d
+
+    def spy(source, taps, *args, **kwargs):
+        rows = source.shape[0] * source.shape[1]
+        per_output = taps.shape[-1] * (rows if taps.shape[0] == 1 else taps.shape[0])
+        unfolded.append(per_output * (source.shape[-1] - taps.shape[-1] + 1))
+        return real(source, taps, *args, **kwargs)
+
+    monkeypatch.setattr(_direct.F, "conv1d", spy)
+    rng = np.random.default_rng(0)
+    x = torch.tensor(rng.standard_normal(x_shape), requires_grad=True)
+    w = torch.tensor(rng.standard_normal(w_shape), requires_grad=True)
+    out = convolve(x, w, mode, method="direct")
+    assert len(unfolded) > 1 and max(unfolded) <= budget
+    np.testing.assert_allclose(out.detach().numpy(), reference(x, w, mode), atol=1e-10)
+    # The pieces are plain differentiable operations: gradients as for the whole.
+    grad = torch.randn_like(out)
+    gx, gw = torch.autograd.grad(out, (x, w), grad)
+    monkeypatch.setattr(_direct, "CONV1D_CPU_ELEMENTS", 1 << 40)
+    whole = convolve(x, w, mode, method="direct")
+    torch.testing.assert_close(out, whole)
+    torch.testing.assert_close(torch.autograd.grad(whole, (x, w), grad), (gx, gw))
