@@ -339,8 +339,8 @@ def gradient_map(
         target: the reference for "mse" and "l1", the output's shape.
         wrt: which gradients to compute, any of "signal", "kernel", "params" ("params"
             gives an empty dict for a plain tensor kernel).
-        **convolve_options: ``mode``, ``padding``, ``method`` as in
-            :func:`diffconv_core.convolve`.
+        **convolve_options: ``mode``, ``padding`` (and ``method``, checked but not needed)
+            as in :func:`diffconv_core.convolve`.
 
     Shape:
         - signal: ``(..., T)``; kernel: ``(K,)`` or ``(..., K)``
@@ -433,23 +433,22 @@ def jacobian(
 ) -> Tensor:
     """The exact Jacobian of ``convolve(signal, kernel, ...)`` for each channel.
 
-    The output is linear in the signal and in the kernel separately (every padding mode is
-    a linear map), so column ``j`` of the Jacobian is the output for a unit impulse in
-    position ``j``. All columns come from one batched call of
-    :func:`diffconv_core.convolve`, which also gives the padding's edge rows exactly.
-    With respect to the signal this is the banded Toeplitz matrix of the kernel plus the
-    padding's edge effects; with respect to the kernel, a Toeplitz matrix of the (padded)
-    signal. Channels are independent, so each gets its own ``L x T`` (or ``L x K``) block
-    and the zero blocks between channels are not stored. With respect to the signal the
-    blocks depend only on the kernel: channels that share a kernel share one block, and the
-    result is a broadcast view of it (``.contiguous()`` makes copies). The result is
-    detached.
+    The output is linear in the signal and in the kernel separately (every padding mode is a
+    linear map). With respect to the signal the Jacobian is the banded Toeplitz matrix of the
+    kernel plus the padding's edge effects (taps folded back onto the samples a padding
+    copies); with respect to the kernel, a Toeplitz matrix of the (padded) signal. Both are
+    assembled from the taps and samples themselves, so every entry is exact: zeros off the
+    band, the taps bit for bit, whatever ``method`` (only checked here) would have chosen.
+    Channels are independent, so each gets its own ``L x T`` (or ``L x K``) block and the zero
+    blocks between channels are not stored. With respect to the signal the blocks depend only
+    on the kernel: channels that share a kernel share one block, and the result is a broadcast
+    view of it (``.contiguous()`` makes copies). The result is detached.
 
     Args:
         wrt: "signal" or "kernel".
         max_elements: refuse Jacobians larger than this (crop the signal first).
-        **convolve_options: ``mode``, ``padding``, ``method`` as in
-            :func:`diffconv_core.convolve`.
+        **convolve_options: ``mode``, ``padding`` (and ``method``, checked but not needed)
+            as in :func:`diffconv_core.convolve`.
 
     Shape:
         - signal: ``(..., T)``; kernel: ``(K,)`` or ``(..., K)``; ``...`` broadcast to ``B``
@@ -489,25 +488,68 @@ def jacobian(
     # With respect to the signal only the kernel's leading dims give distinct blocks (the
     # map does not depend on the signal); the other channels are a broadcast view.
     computed = batch if wrt == "kernel" else tuple(w.shape[:-1])
-    # The batched impulse responses also hold n x n inputs while they run.
-    work = max(math.prod(computed) * length * n, n * n)
+    work = math.prod(computed) * length * n
     if work > max_elements:
+        blocks = math.prod(computed)
+        fewer = "kernels" if wrt == "signal" else "channels"
         raise ValueError(
             f"the Jacobian with respect to the {wrt} would have shape "
-            f"{(*batch, length, n)} ({work:,} elements to compute), above the limit of "
-            f"{max_elements:,}: crop the signal to fewer samples (e.g. "
-            f"signal[..., start:start + n], or --start/--duration in `diffconv grad`), "
-            f"use fewer channels, or (in Python) raise max_elements"
+            f"{(*batch, length, n)} ({blocks:,} distinct block{'s' if blocks != 1 else ''} "
+            f"of {length:,} x {n:,}, {work:,} elements), above the limit of "
+            f"{max_elements:,}: crop the signal to fewer samples (--start/--duration in "
+            f"`diffconv grad`; signal[..., start:start + n] in Python)"
+            + (f", use fewer {fewer}" if blocks > 1 else "")
+            + (", use a shorter kernel" if wrt == "kernel" else "")
+            + ", or (in Python) raise max_elements"
         )
 
-    nb = len(batch)
-    impulses = torch.eye(n, dtype=probe.dtype, device=probe.device).reshape(n, *([1] * nb), n)
-    with torch.no_grad():
-        if wrt == "signal":
-            # Linear in the signal: only the kernel (and its leading dims) matter.
-            cols = convolve(impulses, w.to(probe.dtype), **convolve_options)
-        else:
-            xb = x.to(probe.dtype).expand(*batch, t)
-            cols = convolve(xb, impulses, **convolve_options)
-    # cols: (n, *b, L) with b broadcastable to batch -> (*batch, L, n)
-    return cols.movedim(0, -1).expand(*batch, length, n)
+    padding = convolve_options.get("padding", "zeros")
+    # Padded position feeding output l through tap k, and which signal sample sits there.
+    src = _padded_sources(t, k, mode, padding, probe.device)
+    span = src.shape[-1]
+    start = k - 1 if span >= k else span - 1  # where the mode's outputs start in the full one
+    if wrt == "kernel":
+        # J[l, k] = padded signal at start + l - k: a gather of samples, exact.
+        where = start + torch.arange(length, device=probe.device)[:, None] - torch.arange(k)
+        sample = torch.where((where >= 0) & (where < span), src[where.clamp(0, span - 1)], -1)
+        padded = torch.cat(
+            [x.to(probe.dtype), x.new_zeros(*x.shape[:-1], 1, dtype=probe.dtype)], -1
+        )
+        return padded.expand(*batch, t + 1)[..., sample]
+    # J[l, j] = the taps k whose padded position start + l - k holds sample j (several where
+    # a padding folds samples back; none beyond a zero pad), summed: exact taps, not the
+    # round-off of the convolution method.
+    taps = w.to(probe.dtype)
+    blocks = taps.new_zeros(*taps.shape[:-1], length, t + 1)  # column t collects zero pads
+    rows_at_once = max(1, _SCATTER_ELEMENTS // (k * max(1, math.prod(taps.shape[:-1]))))
+    for first in range(0, length, rows_at_once):
+        rows = torch.arange(first, min(first + rows_at_once, length), device=probe.device)
+        where = start + rows[:, None] - torch.arange(k, device=probe.device)
+        sample = torch.where((where >= 0) & (where < span), src[where.clamp(0, span - 1)], -1)
+        column = torch.where(sample >= 0, sample, t)  # (rows, k)
+        block = blocks[..., first : first + len(rows), :]
+        values = taps.unsqueeze(-2).expand(*taps.shape[:-1], len(rows), k)
+        block.scatter_add_(-1, column.expand(*taps.shape[:-1], len(rows), k), values)
+    return blocks[..., :t].expand(*batch, length, t)
+
+
+# Index entries one step of the signal Jacobian's scatter takes (rows x taps x kernels).
+_SCATTER_ELEMENTS = 1 << 22
+
+
+def _padded_sources(t: int, k: int, mode: str, padding: str, device) -> torch.Tensor:
+    """Which signal sample each position of the padded signal holds (-1: a zero pad); the
+    mode's output is the full convolution of that padded signal, from ``start`` on.
+
+    Example:
+        >>> _padded_sources(4, 3, "same", "reflect", None).tolist()
+        [1, 0, 1, 2, 3, 2]
+    """
+    from diffconv_core.padding import padding_index
+    from diffconv_core.streaming import mode_pads
+
+    left, right = mode_pads(mode, k)
+    if padding != "zeros":
+        return padding_index(t, left, right, padding, device=device)
+    inside = torch.arange(t, device=device)
+    return torch.cat([inside.new_full((left,), -1), inside, inside.new_full((right,), -1)])

@@ -464,6 +464,38 @@ def test_jacobian_too_large_says_how_to_crop():
     # The default limit refuses a minute of 48 kHz audio without allocating anything.
     with pytest.raises(ValueError, match="crop the signal"):
         jacobian(torch.zeros(48000 * 60), torch.ones(31))
+    # What to cut names what makes it large: channels sharing a kernel cost nothing with
+    # respect to the signal (the message said "use fewer channels" and counted them).
+    with pytest.raises(
+        ValueError, match=r"\(2, 100, 100\) \(1 distinct block of 100 x 100, 10,000 "
+    ):
+        jacobian(torch.zeros(2, 100), torch.ones(5), max_elements=1000)
+    with pytest.raises(ValueError, match="use fewer kernels"):
+        jacobian(torch.zeros(100), torch.ones(3, 5), max_elements=1000)
+    with pytest.raises(ValueError, match="use fewer channels, use a shorter kernel"):
+        jacobian(torch.zeros(2, 100), torch.ones(50), "kernel", max_elements=1000)
+
+
+@pytest.mark.parametrize("method", ["auto", "fft", "overlap", "direct"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_jacobian_entries_are_exact_taps_and_zeros_whatever_the_method(method, dtype):
+    # Built from impulses through convolve, the Jacobian carried the method's round-off:
+    # with a 1,001-tap kernel "auto" picked an FFT, and 2 million of the 2.2 million entries
+    # off the band were nonzero (up to 5.7e-7 in float32). Now each entry is a tap (or a sum
+    # of taps a padding folds together), exactly.
+    T, K = 1500, 1001
+    w = torch.randn(K, dtype=dtype, generator=torch.Generator().manual_seed(5))
+    J = jacobian(torch.zeros(T, dtype=dtype), w, method=method).numpy()
+    i, j = np.ogrid[:T, :T]
+    index = i - j + (K - 1) // 2
+    inside = (index >= 0) & (index < K)
+    expected = np.where(inside, w.numpy()[np.clip(index, 0, K - 1)], 0)
+    np.testing.assert_array_equal(J, expected)
+    x = torch.randn(T, dtype=dtype)
+    Jk = jacobian(x, w, "kernel", method=method, padding="reflect").numpy()
+    padded = np.pad(x.numpy(), ((K - 1) // 2 + (K % 2 == 0), (K - 1) // 2), mode="reflect")
+    expected = np.array([[padded[n + K - 1 - k] for k in range(K)] for n in range(0, T, 97)])
+    np.testing.assert_array_equal(Jk[::97], expected)
 
 
 @pytest.mark.parametrize(
