@@ -134,6 +134,8 @@ def _is_continuous(value: Any) -> bool:
         return False
     if isinstance(value, (int, float)):
         return True
+    if isinstance(value, (list, tuple)):  # coefficients, e.g. general_cosine's a=[...]
+        return bool(value) and all(_is_continuous(v) for v in value)
     return isinstance(value, Tensor) and value.is_floating_point()
 
 

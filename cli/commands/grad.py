@@ -16,6 +16,7 @@ writes into OUTDIR (mirroring directory inputs):
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -456,9 +457,33 @@ def _grad_one(job, setup: _Setup, device, outdir: Path, report) -> str:
     if "figure" in paths:
         png = _figure(job, signal[..., first:last], setup, result, jac, rate, first, last)
         outputs.append((_write_bytes, paths["figure"], png))
-    for write, path, payload in outputs:
-        write(path, payload, setup.overwrite)
-    return str(job.dest.parent / job.dest.stem) + ".grad.*"
+    _write_set(outputs, setup.overwrite)
+    # What was written, in the shell's brace notation: out/a.{grad_signal.npy,grad.png}
+    names = [path.name[len(job.dest.stem) + 1 :] for _, path, _ in outputs]
+    return f"{job.dest.parent / job.dest.stem}.{{{','.join(names)}}}"
+
+
+def _write_set(outputs: list, overwrite: bool) -> None:
+    """Write one input's outputs as a set: what can be seen to fail (a directory in an
+    output's place) fails before any is written, and the files this set created are removed
+    again if a later one fails (files it replaced cannot be brought back)."""
+    from cli.errors import FileProblem
+
+    for _, path, _ in outputs:
+        if path.is_dir():
+            raise FileProblem(path, "output is a directory")
+    created = []
+    try:
+        for write, path, payload in outputs:
+            existed = os.path.lexists(path)
+            write(path, payload, overwrite)
+            if not existed:
+                created.append(path)
+    except BaseException:
+        for path in created:
+            with contextlib.suppress(OSError):
+                path.unlink()
+        raise
 
 
 def _excerpt(frames: int, rate, start: float, duration) -> tuple[int, int]:

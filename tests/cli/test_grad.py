@@ -180,6 +180,59 @@ def test_target_of_another_shape_fails_that_file_only(tmp_path, short_wav):
     assert (out / "tone.grad_signal.npy").exists()
 
 
+def test_a_set_that_cannot_be_completed_is_not_started(short_wav, tmp_path, monkeypatch):
+    # A directory where the second output goes: the first was written before the second
+    # failed, and with --overwrite an older set was left half replaced.
+    out = tmp_path / "out"
+    (out / "tone.grad_kernel.npy").mkdir(parents=True)
+    result = invoke("grad", short_wav, out, "--format", "npy", "--overwrite")
+    assert result.exit_code == 1
+    assert "tone.grad_kernel.npy: output is a directory" in result.stderr
+    assert listing(out) == []  # files only: the directory stays, nothing was written
+    # A write failing later removes what this set had created (nothing older is touched).
+    (out / "tone.grad_kernel.npy").rmdir()
+    (out / "tone.grad_signal.npy").write_bytes(b"older")
+    from cli.commands import grad as grad_command
+    from cli.errors import FileProblem
+
+    real = grad_command._write_bytes
+
+    def full_disk(path, data, overwrite):
+        raise FileProblem(path, "write failed (No space left on device)")
+
+    monkeypatch.setattr(grad_command, "_write_bytes", full_disk)
+    result = invoke("grad", short_wav, out, "--format", "npy", "--overwrite")
+    assert result.exit_code == 1 and "No space left on device" in result.stderr
+    assert listing(out) == ["tone.grad_signal.npy"]  # the new kernel gradient removed again
+    monkeypatch.setattr(grad_command, "_write_bytes", real)
+    result = invoke("grad", short_wav, out, "--format", "npy", "--overwrite", "-v")
+    assert result.exit_code == 0
+    said = f"-> {out / 'tone'}.{{grad_signal.npy,grad_kernel.npy,grad_params.json}}"
+    assert said in result.stderr  # the files written, not a pattern none of them matches
+
+
+def test_vector_window_parameters_get_their_gradient(tmp_path):
+    # general_cosine's coefficients a=0.5,0.3,0.2 were taken as a fixed setting: --help
+    # says a window parameter's gradient is reported, and the library computes it.
+    x = np.random.default_rng(0).standard_normal(500)
+    np.save(tmp_path / "vec.npy", x)
+    args = ["--window", "general_cosine", "--length", "21", "--param", "a=0.5,0.3,0.2"]
+    result = invoke("grad", tmp_path / "vec.npy", tmp_path / "out", *args, "--format", "npy")
+    assert result.exit_code == 0, result.stderr
+    saved = json.loads((tmp_path / "out" / "vec.grad_params.json").read_text())
+    a = np.array([0.5, 0.3, 0.2])
+    from diffconv_core import convolve
+    from diffconv_core.windows import get_window
+
+    def energy(coefficients):
+        w = get_window("general_cosine", 21, a=torch.tensor(coefficients), normalize="sum")
+        return convolve(torch.tensor(x), w.double()).pow(2).sum().item()
+
+    step = 1e-6
+    numeric = [(energy(a + step * e) - energy(a - step * e)) / (2 * step) for e in np.eye(3)]
+    np.testing.assert_allclose(saved["grad_params"]["a"], numeric, rtol=1e-6)
+
+
 def test_too_large_jacobian_says_how_to_crop(tmp_path):
     big = write_wav(tmp_path / "big.wav", np.zeros(5000), RATE)
     out = tmp_path / "out"
