@@ -25,7 +25,7 @@ from diffconv_core._fft import gradients_from_pieces
 from diffconv_core._shift_add import MAX_SHIFT_ADD_TAPS, shift_add_correlate
 from diffconv_core._toeplitz import toeplitz_correlate, toeplitz_lagged_products
 from diffconv_core._triton_direct import lagged_dot, sliding_dot
-from diffconv_core._validation import batched_gradient, broadcast_shapes, needs_graph
+from diffconv_core._validation import batched_gradient, broadcast_shapes, needs_graph, owned
 
 # Beyond this many taps the Toeplitz blocks (2P x P) grow too large to pay off.
 MAX_TOEPLITZ_TAPS = 1024
@@ -143,7 +143,7 @@ class _DirectRange(torch.autograd.Function):
     def forward(ctx, x, w, lo, hi, fast):  # noqa: D102
         ctx.save_for_backward(x, w)
         ctx.lo, ctx.fast = lo, fast
-        return _cpu_range(x, w, lo, hi) if fast else _direct_forward(x, w, lo, hi)
+        return owned(_cpu_range(x, w, lo, hi) if fast else _direct_forward(x, w, lo, hi), x, w)
 
     @staticmethod
     def backward(ctx, grad):  # noqa: D102

@@ -15,7 +15,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from diffconv_core._validation import needs_graph
+from diffconv_core._validation import needs_graph, owned
 
 # Without autograd, rows of a batch go through the FFT in chunks of about this many samples:
 # short transforms a cache-sized chunk at a time (2 cores, 512 rows of 1,280 points: 0.92 ms
@@ -172,7 +172,7 @@ class _FFTRange(torch.autograd.Function):
         kernel_spectrum = torch.fft.rfft(w, n_fft)
         ctx.save_for_backward(x, w, signal_spectrum, kernel_spectrum)
         ctx.range = (lo, hi, n_fft)
-        return torch.fft.irfft(signal_spectrum * kernel_spectrum, n_fft)[..., lo:hi]
+        return owned(torch.fft.irfft(signal_spectrum * kernel_spectrum, n_fft)[..., lo:hi])
 
     @staticmethod
     def backward(ctx, grad):  # noqa: D102

@@ -19,7 +19,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from diffconv_core._validation import batched_gradient, broadcast_shapes
+from diffconv_core._validation import batched_gradient, broadcast_shapes, owned
 
 RangeFn = Callable[[torch.Tensor, torch.Tensor, int, int], torch.Tensor]
 
@@ -144,7 +144,7 @@ class _PowerOfTwoScaled(torch.autograd.Function):
     def forward(ctx, x, w, range_fn, lo, hi, x_exp, w_exp):  # noqa: D102
         ctx.save_for_backward(x, w)
         ctx.settings = (range_fn, lo, hi, x_exp, w_exp)
-        return _scaled_range(range_fn, x, w, lo, hi, x_exp, w_exp)
+        return owned(_scaled_range(range_fn, x, w, lo, hi, x_exp, w_exp), x, w)
 
     @staticmethod
     def backward(ctx, grad):  # noqa: D102

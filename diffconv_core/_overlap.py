@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from diffconv_core._fft import CPU_FFT_MULTIPLE, gradients_from_pieces, next_fast_len
-from diffconv_core._validation import broadcast_shapes, needs_graph
+from diffconv_core._validation import broadcast_shapes, needs_graph, owned
 
 # Block FFT length bounds: big enough to amortise the K - 1 overlap, small enough to stay
 # in cache. Measured on CPU and CUDA by benchmarks/bench_core.py.
@@ -131,7 +131,7 @@ class _OverlapRange(torch.autograd.Function):
         ctx.save_for_backward(x, w, block_spectra, kernel_spectrum)
         ctx.geometry = (lo, hi, n_fft, pads)
         kept = torch.fft.irfft(block_spectra * kernel_spectrum, n_fft)[..., K - 1 :]
-        return kept.reshape(*kept.shape[:-2], n_blocks * step)[..., : hi - lo]
+        return owned(kept.reshape(*kept.shape[:-2], n_blocks * step)[..., : hi - lo])
 
     @staticmethod
     def backward(ctx, grad):  # noqa: D102

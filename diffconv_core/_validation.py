@@ -144,3 +144,30 @@ def unwrapped(t: torch.Tensor) -> torch.Tensor:
     while torch._C._functorch.is_functorch_wrapped_tensor(t):
         t = torch._C._functorch.get_unwrapped(t)
     return t
+
+
+def owned(out: torch.Tensor, *inputs: torch.Tensor) -> torch.Tensor:
+    """A custom autograd Function's result as a tensor of its own rather than a view.
+
+    A view of a buffer made inside ``forward`` cannot be modified in place while autograd
+    records (``relu_()``, ``nn.ReLU(inplace=True)`` after a convolution: "Output 0 of ... is a
+    view and is being modified inplace"). A view spanning at least half its buffer is wrapped
+    anew without a copy (no Function here saves its output for backward); a smaller one, or
+    one that shares memory with an input, is copied, which also frees the rest of the buffer.
+
+    Example:
+        >>> buffer = torch.arange(6.0)
+        >>> owned(buffer.reshape(2, 3))._base is None
+        True
+    """
+    base = out._base
+    if base is None:
+        return out
+    storage = out.untyped_storage()
+    if 2 * out.numel() < base.numel() or any(
+        t.untyped_storage().data_ptr() == storage.data_ptr()
+        for t in inputs
+        if t.device == out.device
+    ):
+        return out.clone()
+    return out.new_empty(0).set_(storage, out.storage_offset(), out.shape, out.stride())

@@ -7,6 +7,7 @@ import torch
 from torch.autograd import gradcheck, gradgradcheck
 
 import diffconv_core
+from diffconv_core import convolve, correlate
 from diffconv_core.padding import pad
 
 from .conftest import METHODS, MODE_PADDINGS, PADDINGS
@@ -134,3 +135,53 @@ def test_fft_backward_uses_real_transforms_only(method):
     assert counts.get("aten::_fft_r2c") == 1, counts
     assert counts.get("aten::_fft_c2r") == 2, counts
     assert "aten::_fft_c2c" not in counts, counts
+
+
+@pytest.mark.parametrize("method", ["direct", "fft", "overlap", "auto"])
+@pytest.mark.parametrize("mode", ["full", "same", "valid"])
+@pytest.mark.parametrize(
+    "x_shape, w_shape", [((3, 300), (41,)), ((2, 3, 200), (3, 7)), ((150,), (2, 150))]
+)
+@pytest.mark.parametrize("function", [convolve, correlate])
+def test_the_output_can_be_modified_in_place_while_autograd_records(
+    method, mode, x_shape, w_shape, function
+):
+    # Every method returned a view of a buffer made inside its autograd Function, which
+    # autograd forbids modifying in place: relu_() or nn.ReLU(inplace=True) after a
+    # convolution raised "Output 0 of _DirectRange is a view and is being modified inplace".
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(x_shape, dtype=torch.float64, generator=gen, requires_grad=True)
+    w = torch.randn(w_shape, dtype=torch.float64, generator=gen, requires_grad=True)
+    expected = torch.autograd.grad(function(x, w, mode, method=method).relu().sum(), (x, w))
+    y = function(x, w, mode, method=method)
+    y.relu_()
+    assert all(y.untyped_storage().data_ptr() != t.untyped_storage().data_ptr() for t in (x, w))
+    torch.testing.assert_close(torch.autograd.grad(y.sum(), (x, w)), expected)
+    # Assigning into the output: those outputs no longer depend on anything.
+    z = function(x, w, mode, method=method)
+    z[..., :3] = 0.0
+    keep = torch.ones_like(z)
+    keep[..., :3] = 0.0
+    reference = torch.autograd.grad((function(x, w, mode, method=method) * keep).sum(), (x, w))
+    torch.testing.assert_close(torch.autograd.grad(z.sum(), (x, w)), reference)
+
+
+def test_an_output_slice_does_not_keep_the_whole_transform_buffer():
+    # A "valid" FFT output is a small slice of the inverse transform: returned as a view it
+    # kept the whole buffer alive (3.2 MB for a 320 kB result).
+    x = torch.randn(8, 100_000, requires_grad=True)
+    w = torch.randn(90_001, requires_grad=True)
+    for method in ("fft", "overlap"):
+        y = convolve(x, w, "valid", method=method)
+        assert y.untyped_storage().nbytes() <= 2 * y.numel() * y.element_size()
+
+
+def test_in_place_activation_after_a_window_layer():
+    from diffconv_core.nn import WindowConv
+
+    layer = WindowConv("hann", 31, learn="taps")
+    model = torch.nn.Sequential(layer, torch.nn.ReLU(inplace=True))
+    x = torch.randn(2, 200, requires_grad=True)
+    model(x).sum().backward()
+    reference = torch.autograd.grad(torch.relu(layer(x)).sum(), x)[0]
+    torch.testing.assert_close(x.grad, reference)
