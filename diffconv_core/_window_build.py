@@ -305,6 +305,8 @@ def build(
     values: dict[str, Any] = {}
     batch: tuple[int, ...] = ()
     for p in spec.params:
+        if raw[p.name] is None and p.continuous and not p.allow_none:
+            raise TypeError(f"{spec.name} parameter {p.name} must be {p.range_text()}; got None")
         if raw[p.name] is None or not p.continuous:
             values[p.name] = _discrete(spec.name, p, raw[p.name])
             continue

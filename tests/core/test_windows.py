@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from diffconv_core import windows as W
+from diffconv_core.windows import get_window
 
 from .conftest import DEVICES
 
@@ -930,3 +931,48 @@ def test_random_parameters_match_scipy(data, name, length, sym):
     # 1e-6 for windows of unit scale; a Taylor window with a low sll peaks far above 1, and
     # float32 spacing grows with it.
     np.testing.assert_allclose(got32.numpy(), ref, rtol=0, atol=1e-6 * max(1.0, abs(ref).max()))
+
+
+@pytest.mark.parametrize(("length", "sym"), [(8194, True), (10002, True), (16385, False)])
+def test_long_even_dpss_matches_scipy(length, sym):
+    # The even-length matrix's corner entry m * m / 8 was built in float32 (two Python
+    # numbers in torch.where), 3e-5 off scipy's window from length 8194 on.
+    got = get_window("dpss", length, NW=2.5, sym=sym, dtype=torch.float64).numpy()
+    expected = scipy.signal.windows.dpss(length, 2.5, sym=sym)
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-8)
+
+
+def test_parzen_is_continuous_in_a_fractional_width():
+    # The two cubic pieces meet at |t| = m / 4; switching at scipy's (m - 1) / 4 moved taps
+    # onto the wrong piece as the width changed: a jump of 1.4e-3 at width 9 - 1e-12.
+    at = get_window("parzen", 9, width=9.0, dtype=torch.float64)
+    below = get_window("parzen", 9, width=9.0 - 1e-12, dtype=torch.float64)
+    torch.testing.assert_close(below, at, rtol=0, atol=1e-10)
+    widths = torch.linspace(5.0, 9.0, 4001, dtype=torch.float64)
+    sweep = torch.stack([get_window("parzen", 9, width=w, dtype=torch.float64) for w in widths])
+    assert sweep.diff(dim=0).abs().max() < 2e-3 * (widths[1] - widths[0]) * 100
+    for length in range(1, 40):
+        for sym in (True, False):
+            got = get_window("parzen", length, sym=sym, dtype=torch.float64).numpy()
+            np.testing.assert_allclose(
+                got, scipy.signal.windows.parzen(length, sym=sym), atol=1e-15
+            )
+
+
+@pytest.mark.parametrize(
+    ("window", "params", "name"),
+    [
+        ("gaussian", {"std": None}, "std"),
+        ("kaiser", {"beta": None}, "beta"),
+        ("tukey", {"alpha": None}, "alpha"),
+        ("chebwin", {"at": None}, "at"),
+        ("general_cosine", {"a": None}, "a"),
+        ("exponential", {"tau": None}, "tau"),
+    ],
+)
+def test_a_continuous_parameter_given_as_none_is_refused_by_name(window, params, name):
+    # None fell through to the formula: "unsupported operand type(s) for /: 'Tensor' and
+    # 'NoneType'". exponential's center is the one parameter None is meant for.
+    with pytest.raises(TypeError, match=f"{window} parameter {name} must be .*; got None"):
+        get_window(window, 9, **params)
+    get_window("exponential", 9, center=None, tau=2.0)
