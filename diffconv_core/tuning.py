@@ -16,6 +16,7 @@ import functools
 import json
 import math
 import os
+import stat
 import statistics
 import tempfile
 import time
@@ -105,6 +106,8 @@ def _read_json(path: Path) -> object:
     """The parsed cache file, or None when it cannot be read or parsed (an unreadable cache
     is no cache: the cost model still answers)."""
     try:
+        if not stat.S_ISREG(path.stat().st_mode):
+            return None  # a FIFO would block every convolve that looks the method up
         return json.loads(path.read_text())
     except (OSError, ValueError, RecursionError):  # RecursionError: absurdly nested JSON
         return None
@@ -360,6 +363,9 @@ def save(records: list[dict], device: str | torch.device, dtype: torch.dtype, pa
     path = Path(path) if path is not None else cache_path()
     if path.is_symlink():
         path = Path(os.path.realpath(path))
+    if path.exists() and not path.is_file():
+        # The rename below would replace a device or FIFO (as root, /dev/null itself).
+        raise ValueError(f"{path} is not a regular file; the method cache is never written there")
     path.parent.mkdir(parents=True, exist_ok=True)
     with _locked_folder(path.parent):
         data = _read_json(path)

@@ -85,8 +85,17 @@ def _check_not_foreign(path: Path) -> None:
     measurements are merged into the file and anything that is not a JSON object was
     replaced by them (``--cache song.wav`` lost the recording, without --overwrite)."""
     import json
+    import stat
 
     try:
+        mode = path.stat().st_mode
+        if not stat.S_ISREG(mode):
+            # A device, FIFO or socket: replaced by a rename (as root, --cache /dev/null
+            # destroyed the device), or read forever (a FIFO).
+            raise click.BadParameter(
+                f"{path} exists and is not a regular file; it is never replaced: name a new file",
+                param_hint="'--cache'",
+            )
         if path.stat().st_size == 0:
             return
         data = json.loads(path.read_bytes())
@@ -94,10 +103,12 @@ def _check_not_foreign(path: Path) -> None:
         return
     except (OSError, ValueError, RecursionError):
         data = None
-    if not isinstance(data, dict):
+    # A method cache maps device keys to lists of records; another JSON object (a
+    # package.json) was merged into and rewritten.
+    if not isinstance(data, dict) or not all(isinstance(v, list) for v in data.values()):
         raise click.BadParameter(
-            f"{path} exists and is not a diffconv method cache (a JSON object); it is never "
-            "replaced: name a new file or remove it",
+            f"{path} exists and is not a diffconv method cache (a JSON object of measured "
+            "records); it is never replaced: name a new file or remove it",
             param_hint="'--cache'",
         )
 

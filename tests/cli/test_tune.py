@@ -70,6 +70,30 @@ def test_cache_option_never_replaces_a_file_that_is_not_a_cache(tmp_path, measur
     assert "other:device" in cache.read_text() and len(measured) == 1
 
 
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+def test_cache_option_never_replaces_a_special_file_or_another_json_object(tmp_path, measured):
+    # Devices report size 0 and were taken for an empty cache, then replaced by the rename:
+    # as root, --cache /dev/null made it a regular file. A FIFO was read forever. And any
+    # JSON object (a package.json) was merged into and rewritten.
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    result = invoke("tune", "--device", "cpu", "--cache", fifo)
+    assert result.exit_code == 2, result.output
+    assert "exists and is not a regular file" in result.stderr and "--cache" in result.stderr
+    assert fifo.is_fifo() and measured == []
+    package = tmp_path / "package.json"
+    package.write_text('{"name": "pkg", "version": "1.0"}')
+    result = invoke("tune", "--device", "cpu", "--cache", package)
+    assert result.exit_code == 2 and "not a diffconv method cache" in result.stderr
+    assert package.read_text() == '{"name": "pkg", "version": "1.0"}' and measured == []
+    # The library refuses too, and a FIFO where the cache should be is no cache.
+    import torch
+
+    with pytest.raises(ValueError, match="is not a regular file"):
+        tuning.save([], "cpu", torch.float32, fifo)
+    assert fifo.is_fifo() and tuning._read_json(fifo) is None
+
+
 def test_cache_option_through_a_symlink_updates_its_target(tmp_path, measured):
     # The link itself used to be replaced by a file, the shared cache it named left stale.
     shared = tmp_path / "shared"
