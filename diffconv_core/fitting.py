@@ -149,8 +149,6 @@ def least_squares_fir(
     taps = check_length(taps, "taps")
     if not (isinstance(ridge, (int, float)) and math.isfinite(ridge) and ridge >= 0):
         raise ValueError(f"ridge must be a finite number >= 0; got {ridge!r}")
-    gram = torch.zeros(taps, taps, dtype=torch.float64)
-    rhs = torch.zeros(taps, dtype=torch.float64)
     for i, (x, y) in enumerate(zip(inputs, targets, strict=True)):
         if x.shape != y.shape:
             raise ValueError(
@@ -159,11 +157,31 @@ def least_squares_fir(
         for what, value in (("input", x), ("target", y)):
             if not bool(torch.isfinite(value).all()):
                 raise ValueError(f"pair {i}: the {what} has NaN or Inf samples")
-        A = design_matrix(extend_input(x.double().cpu(), taps, padding), taps)
+    # The normal equations square the samples: at 1e-160 they underflowed (NaN, or a zero
+    # kernel at 1e-200) and at 1e160 they overflowed. Solved for inputs and targets scaled
+    # near 1 by powers of two (exact), the kernel is then scaled back.
+    x_scale, y_scale = _power_of_two_scale(inputs), _power_of_two_scale(targets)
+    gram = torch.zeros(taps, taps, dtype=torch.float64)
+    rhs = torch.zeros(taps, dtype=torch.float64)
+    for x, y in zip(inputs, targets, strict=True):
+        A = design_matrix(extend_input(x.double().cpu() / x_scale, taps, padding), taps)
         A = A.reshape(-1, taps)
         gram += A.T @ A
-        rhs += A.T @ y.double().cpu().reshape(-1)
-    gram += ridge * torch.eye(taps, dtype=torch.float64)
+        rhs += A.T @ (y.double().cpu().reshape(-1) / y_scale)
+    scaled_ridge = ridge / x_scale / x_scale if ridge else 0.0
+    if not math.isfinite(scaled_ridge):  # a ridge beyond any data: the kernel it allows
+        return torch.zeros(taps, dtype=torch.float64)
+    gram.diagonal().add_(scaled_ridge)
+    return _solve_min_norm(gram, rhs, taps) * (y_scale / x_scale)
+
+
+def _power_of_two_scale(signals: Sequence[torch.Tensor]) -> float:
+    """A power of two near the largest magnitude in ``signals`` (1 for all zeros)."""
+    peak = max(float(s.detach().abs().max()) if s.numel() else 0.0 for s in signals)
+    return math.ldexp(1.0, math.frexp(peak)[1]) if peak > 0 else 1.0
+
+
+def _solve_min_norm(gram: torch.Tensor, rhs: torch.Tensor, taps: int) -> torch.Tensor:
     eigenvalues, vectors = torch.linalg.eigh(gram)
     # numpy's matrix_rank tolerance on the Gram matrix: directions below it are not
     # determined by the data (exactly, up to the rounding of A^T A).

@@ -554,3 +554,31 @@ def test_window_kernel_width_stays_buildable_in_training():
     with pytest.raises(ValueError, match="width must start at least 1.14"):
         WindowKernel("hann", 8, learn="width", width=1.1)
     assert WindowKernel("hann", 9, learn="width", width=0.5)().shape == (9,)  # a centre tap
+
+
+@pytest.mark.parametrize("scale", [1e-300, 1e-200, 1e-160, 1e160, 1e300])
+def test_least_squares_fir_at_extreme_sample_scales(scale):
+    # The normal equations square the samples: at 1e-160 the kernel came out NaN, at 1e-200
+    # zero, and at 1e160 eigh failed to converge, where numpy's lstsq recovers it.
+    from diffconv_core import convolve
+    from diffconv_core.fitting import design_matrix, extend_input, least_squares_fir
+
+    h = torch.tensor([0.5, 1.0, -0.25], dtype=torch.float64)
+    x = scale * torch.randn(2, 400, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    y = convolve(x, h)
+    got = least_squares_fir([x], [y], 3)
+    A = design_matrix(extend_input(x / scale, 3, "zeros"), 3).reshape(-1, 3).numpy()
+    expected = np.linalg.lstsq(A, (y / scale).reshape(-1).numpy(), rcond=None)[0]
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-12)
+    np.testing.assert_allclose(got.numpy(), h.numpy(), rtol=1e-12)
+
+
+def test_least_squares_fir_ridge_scales_with_the_samples():
+    from diffconv_core.fitting import least_squares_fir
+
+    x = torch.randn(400, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    y = convolve(x, torch.tensor([0.5, 1.0, -0.25], dtype=torch.float64))
+    unit = least_squares_fir([x], [y], 3, ridge=10.0)
+    for scale in (1e-100, 1e100):
+        shrunk = least_squares_fir([scale * x], [scale * y], 3, ridge=10.0 * scale**2)
+        np.testing.assert_allclose(shrunk.numpy(), unit.numpy(), rtol=1e-12)
