@@ -172,6 +172,8 @@ def fit_setup(o: dict, pairs) -> dict:
         "padding": o["padding"],
         "pairs": [p.name for p in pairs],
         "frames": [p.frames for p in pairs],
+        # Which part of each pair validates: changed on --resume, the history mixed two.
+        "val_split": o["val_split"],
     }
     if o["window"] is None:
         setup.update(kind="fir", init=o["init"] or "delta", params=dict(o["params"]))

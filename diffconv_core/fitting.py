@@ -483,10 +483,23 @@ class Trainer:
         ]
         if changed:
             raise ValueError("checkpoint was made with other settings: " + "; ".join(changed))
+        step = state["step"]
+        if (
+            isinstance(step, bool)
+            or not isinstance(step, int)
+            or not 0 <= step <= self.config.steps
+        ):
+            raise ValueError(
+                f"checkpoint step must be an integer in [0, {self.config.steps}]; got {step!r}"
+            )
+        for name, value in state["model"].items():
+            if isinstance(value, torch.Tensor) and not value.is_floating_point():
+                raise ValueError(f"checkpoint {name} must hold real floats; got {value.dtype}")
+        history = {k: list(v) for k, v in state["history"].items()}
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.step_index = int(state["step"])
-        self.history = {k: list(v) for k, v in state["history"].items()}
+        self.step_index = step
+        self.history = history
 
 
 def make_data(

@@ -301,8 +301,21 @@ def _train(ranks, o, pairs, rate, crop, paths, checkpoint, state) -> None:
         reduce = _all_reduce_sum if ranks.distributed else None
         trainer = Trainer(model, data, config, reduce=reduce)
         if state is not None:
-            with option_errors("'--resume'"):
+            try:
                 trainer.load_state_dict(state["trainer"])
+            except (
+                KeyError,
+                IndexError,
+                AttributeError,
+                RuntimeError,
+                ValueError,
+                TypeError,
+            ) as err:
+                # A checkpoint edited or damaged inside: say which file, not a traceback.
+                raise click.BadParameter(
+                    f"{o['resume']}: not a checkpoint this fit can resume ({err})",
+                    param_hint="'--resume'",
+                ) from None
             model.to(device)
 
         def save() -> None:

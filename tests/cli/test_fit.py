@@ -162,6 +162,41 @@ def test_stop_and_resume_reaches_the_uninterrupted_kernel(tmp_path):
     assert s_part["final_val_loss"] == s_whole["final_val_loss"]
 
 
+def test_resume_refuses_another_validation_split_and_damaged_checkpoints(tmp_path):
+    in_dir, tg_dir = write_pairs(tmp_path)
+    part = tmp_path / "part.npy"
+    checkpoint = tmp_path / "part.ckpt.pt"
+    args = [in_dir, tg_dir, "--out", part, *FAST, "--val-every", 5]
+    assert invoke(*args, "--stop-after", 7).exit_code == 0
+    # --val-split was not part of what a checkpoint must match: the resumed run validated on
+    # another part of each pair and its history mixed the two.
+    other = invoke(*args, "--val-split", 0.3, "--resume", checkpoint)
+    assert other.exit_code == 2 and "val_split" in other.stderr, other.stderr
+    # A checkpoint damaged or edited inside failed with a traceback (KeyError: 'config'), or
+    # resumed from a step that makes no sense.
+    state = torch.load(checkpoint, weights_only=True)
+    damaged = [
+        {**state, "trainer": {}},
+        {**state, "setup": []},
+        {**state, "trainer": {**state["trainer"], "step": -5}},
+        {**state, "trainer": {**state["trainer"], "step": 10**6}},
+        {**state, "trainer": {**state["trainer"], "model": {"taps": torch.zeros(3)}}},
+        {**state, "trainer": {**state["trainer"], "history": 3}},
+    ]
+    for i, bad in enumerate(damaged):
+        path = tmp_path / f"bad{i}.pt"
+        torch.save(bad, path)
+        result = invoke(*args, "--resume", path, "--checkpoint", tmp_path / f"new{i}.pt")
+        assert result.exit_code == 2, (i, result.stderr)
+        assert str(path) in result.stderr and "Traceback" not in result.stderr, (i, result.stderr)
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(os.urandom(300))
+    result = invoke(*args, "--resume", junk, "--checkpoint", tmp_path / "new.pt")
+    assert result.exit_code == 2 and "not a readable diffconv fit checkpoint" in result.stderr
+    assert "weights_only" not in result.stderr  # torch's advice to unpickle it is not ours
+    assert invoke(*args, "--resume", checkpoint).exit_code == 0  # the real one still resumes
+
+
 def test_gaussian_std_learned_from_files(tmp_path):
     from diffconv_core.windows import get_window
 
