@@ -7,12 +7,16 @@ value, an out-of-range parameter (checked by building the kernel once).
 
 from __future__ import annotations
 
+import math
 import os
 
 import click
 
 from cli.batch import option_errors
 from cli.options import check_list_params
+
+#: The largest --seed whose per-step seeds stay 64-bit integers.
+MAX_SEED = (2**63 - 1) // 1_000_004
 
 
 def check_options(o: dict) -> None:
@@ -36,6 +40,19 @@ def check_options(o: dict) -> None:
         check_list_params(window, o["params"])
     if o["plot"] is not None and not o["plot"].lower().endswith(".png"):
         raise click.BadParameter(f"{o['plot']!r} is not a .png file", param_hint="'--plot'")
+    # click's float ranges let NaN through, and inf passes a lower bound.
+    for name in ("crop", "val_split", "lr"):
+        value = o.get(name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise click.BadParameter(
+                f"must be a finite number; got {value}", param_hint=f"'--{name.replace('_', '-')}'"
+            )
+    if abs(o["seed"]) > MAX_SEED:
+        # Each step's seed is derived as seed * 1_000_003 + step, a 64-bit integer: past
+        # this the run failed at its first step ("Overflow when unpacking long long").
+        raise click.BadParameter(
+            f"must be between -{MAX_SEED} and {MAX_SEED}; got {o['seed']}", param_hint="'--seed'"
+        )
 
 
 def check_destinations(paths: dict, o: dict, checkpoint) -> None:
@@ -45,6 +62,12 @@ def check_destinations(paths: dict, o: dict, checkpoint) -> None:
     would throw away an interrupted fit.
     """
     wanted = list(paths.values()) + ([o["plot"]] if o["plot"] else [])
+    same = [os.fspath(p) for p in wanted if os.path.abspath(p) == os.path.abspath(checkpoint)]
+    if same:  # the kernel would overwrite the checkpoint, or a checkpoint the kernel
+        raise click.BadParameter(
+            f"{same[0]} is also an output of the fit; name another checkpoint",
+            param_hint="'--checkpoint'",
+        )
     if not o["overwrite"]:
         existing = [os.fspath(p) for p in wanted if os.path.exists(p)]
         if existing:

@@ -197,6 +197,29 @@ def test_resume_refuses_another_validation_split_and_damaged_checkpoints(tmp_pat
     assert invoke(*args, "--resume", checkpoint).exit_code == 0  # the real one still resumes
 
 
+@pytest.mark.parametrize(
+    ("option", "value", "said"),
+    [
+        ("--crop", "inf", "must be a finite number"),
+        ("--crop", "nan", "must be a finite number"),
+        ("--val-split", "nan", "must be a finite number"),
+        ("--lr", "nan", "must be a finite number"),
+        ("--seed", "-10000000000000", "must be between"),
+        ("--checkpoint", "OUT.npy", "is also an output of the fit"),
+        ("--checkpoint", "OUT.txt", "is also an output of the fit"),
+    ],
+)
+def test_option_values_that_cannot_work_are_usage_errors(tmp_path, option, value, said):
+    # Each was a traceback (OverflowError for --crop inf, a NaN check deep in the trainer,
+    # a seed overflowing at the first step), or a checkpoint that the kernel overwrote.
+    in_dir, tg_dir = write_pairs(tmp_path)
+    value = value.replace("OUT", str(tmp_path / "k"))
+    result = invoke(in_dir, tg_dir, "--out", tmp_path / "k.npy", *FAST, option, value)
+    assert result.exit_code == 2, result.stderr
+    assert said in result.stderr and f"'{option}'" in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "k.npy").exists()
+
+
 def test_gaussian_std_learned_from_files(tmp_path):
     from diffconv_core.windows import get_window
 
