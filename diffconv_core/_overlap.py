@@ -85,7 +85,11 @@ def overlap_range(
     """
     T, K = x.shape[-1], w.shape[-1]
     n_out = hi - lo
-    n_fft = block_fft or block_fft_length(K, n_out)
+    # Never blocks longer than one FFT of the whole output needs: with the cost model's
+    # floor of MIN_BLOCK_FFT, 200,000 rows of 8 samples became 2,048-point blocks (4.7 GB).
+    n_fft = block_fft or min(
+        block_fft_length(K, n_out), next_fast_len(max(n_out + K - 1, 2 * K), CPU_FFT_MULTIPLE)
+    )
     step = n_fft - K + 1  # output samples per block
     n_blocks = -(-n_out // step)
     # Output n reads x[n - K + 1 .. n]: block b's source starts at x[lo - (K - 1) + b * step]
