@@ -286,13 +286,16 @@ def choose_method(
         'fft'
     """
     check_choice("mode", mode, MODES)
-    signal_shape, kernel_shape = tuple(signal_shape), tuple(kernel_shape)
+    signal_shape = _shape("signal_shape", signal_shape)
+    kernel_shape = _shape("kernel_shape", kernel_shape)
+    if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise TypeError(f"dtype must be a floating torch.dtype; got {dtype!r}")
     if len(signal_shape) == 0 or len(kernel_shape) == 0:
         raise ValueError(
             "signal_shape and kernel_shape need at least one dimension (time last); "
             f"got {signal_shape} and {kernel_shape}"
         )
-    T, K = int(signal_shape[-1]), int(kernel_shape[-1])
+    T, K = signal_shape[-1], kernel_shape[-1]
     if T < 1 or K < 1:
         raise ValueError(f"signal and kernel lengths must be positive; got T={T}, K={K}")
     try:
@@ -303,6 +306,27 @@ def choose_method(
         ) from None
     shared = math.prod(kernel_shape[:-1]) == 1
     return pick_method(batch, T, K, mode, check_device(device), dtype, requires_grad, shared)
+
+
+def _shape(name: str, shape: object) -> tuple[int, ...]:
+    """``shape`` as a tuple of non-negative ints (a torch.Size, a tuple or list of ints),
+    else a TypeError/ValueError naming ``name``: a float length was truncated, a tensor
+    passed by mistake failed with torch's "only one element tensors" message."""
+    if isinstance(shape, torch.Tensor):
+        raise TypeError(f"{name} must be a shape such as x.shape; got a tensor (pass its .shape)")
+    if not isinstance(shape, (tuple, list)):  # torch.Size is a tuple
+        raise TypeError(f"{name} must be a tuple of ints such as x.shape; got {shape!r}")
+    sizes = []
+    for size in shape:
+        if isinstance(size, bool):
+            raise TypeError(f"{name} must hold ints; got {shape!r}")
+        try:
+            sizes.append(operator.index(size))
+        except TypeError:
+            raise TypeError(f"{name} must hold ints; got {shape!r}") from None
+    if any(size < 0 for size in sizes):
+        raise ValueError(f"{name} must not hold negative sizes; got {shape!r}")
+    return tuple(sizes)
 
 
 def pick_method(

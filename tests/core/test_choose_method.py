@@ -239,3 +239,27 @@ def test_cuda_training_picks_against_h200_timings(name, near_at_least, geomean):
     assert len(ratios) == 24
     assert sum(ratio <= 1.1 for ratio in ratios) >= near_at_least, ratios
     assert math.exp(sum(map(math.log, ratios)) / len(ratios)) < geomean, ratios
+
+
+@pytest.mark.parametrize(
+    ("args", "options", "error", "message"),
+    [
+        (((4, 10), (3,)), {"dtype": torch.int64}, TypeError, "dtype must be a floating"),
+        (((4, 10), (3,)), {"dtype": "float32"}, TypeError, "dtype must be a floating"),
+        (((4, 10.5), (3,)), {}, TypeError, "signal_shape must hold ints"),
+        (((-4, 10), (3,)), {}, ValueError, "signal_shape must not hold negative sizes"),
+        ((10, (3,)), {}, TypeError, "signal_shape must be a tuple of ints"),
+        ((torch.zeros(4, 10), (3,)), {}, TypeError, "got a tensor \\(pass its .shape\\)"),
+        (((4, 10), 3), {}, TypeError, "kernel_shape must be a tuple of ints"),
+    ],
+)
+def test_choose_method_names_a_bad_argument(args, options, error, message):
+    # A float length was truncated, a negative batch and an integer dtype were accepted, and
+    # a tensor or an int failed inside with messages that named nothing.
+    with pytest.raises(error, match=message):
+        choose_method(*args, **options)
+    assert choose_method(torch.Size([4, 10]), [3], dtype=torch.float16) in (
+        "direct",
+        "fft",
+        "overlap",
+    )
