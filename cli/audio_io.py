@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import io
+import math
 import os
 import stat
 from collections.abc import Iterator
@@ -114,7 +115,7 @@ class SignalInfo:
             return f"{self.path}: shape {self.original_shape}, {self.file_dtype}"
         frames = "frame" if self.frames == 1 else "frames"
         ch = "channel" if self.channels == 1 else "channels"
-        rate = f"{self.rate:g} Hz"
+        rate = f"{self.rate:.15g} Hz"  # every digit: :g printed 1234567 Hz as 1.23457e+06
         kind = f"{self.format}/{self.subtype}"
         if self.format == "RAW" and SAMPLE_BYTES.get(self.subtype, 1) > 1:
             kind += f" {self.endian.lower()}-endian"  # the command line said so: no header
@@ -310,8 +311,12 @@ def _probe_npy(path: str, source: io.BytesIO | None = None) -> SignalInfo:
             version = np.lib.format.read_magic(f)
             if version == (1, 0):
                 shape, _, dtype = np.lib.format.read_array_header_1_0(f)
-            else:
+            elif version == (2, 0):
                 shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+            else:  # 3.0 only adds unicode field names: structured arrays, refused anyway
+                raise ValueError(f"unsupported .npy format version {version[0]}.{version[1]}")
+            data_offset = f.tell()
+            size = os.fstat(f.fileno()).st_size if source is None else len(source.getbuffer())
     except (ValueError, OSError, EOFError) as err:
         raise FileProblem(path, f"not a valid .npy file ({err})") from err
     if dtype.hasobject:
@@ -326,6 +331,15 @@ def _probe_npy(path: str, source: io.BytesIO | None = None) -> SignalInfo:
         raise FileProblem(path, f"corrupt .npy header: shape {shape} has a negative dimension")
     if 0 in shape:
         raise FileProblem(path, f"array of shape {shape} holds no samples")
+    expected = math.prod(shape) * dtype.itemsize
+    if size - data_offset < expected:
+        # Read only when its block is reached, a short file failed late, or as the output's
+        # error ("No space left" for a header claiming 8 TB); info listed it as sound.
+        raise FileProblem(
+            path,
+            f"truncated .npy: its header promises {expected:,} bytes of samples, the file "
+            f"holds {max(0, size - data_offset):,}",
+        )
     # Always native float32 or float64: torch takes neither big-endian arrays ('>f4', as
     # some instruments write) nor long doubles, and a file's byte order is no output choice.
     wide = dtype.itemsize >= 8 if dtype.kind == "f" else dtype.itemsize >= 4

@@ -438,9 +438,12 @@ def _write(item: _Item, result: np.ndarray, options: RunOptions, report: Report)
 
 def _warn_clipping(writer: AtomicWriter, report: Report) -> None:
     if writer.clipped:
-        report.warn(str(writer.dest), f"{writer.clipped} samples clipped to [-1, 1]")
+        count = writer.clipped
+        report.warn(str(writer.dest), f"{count} sample{'s' * (count != 1)} clipped to [-1, 1]")
     if writer.nonfinite:
-        report.warn(str(writer.dest), f"{writer.nonfinite} NaN/Inf samples written as 0")
+        count = writer.nonfinite
+        said = f"{count} NaN/Inf sample{'s' * (count != 1)} written as 0"
+        report.warn(str(writer.dest), said)
 
 
 def _stream_one(item: _Item, operation, options, device, report, show_progress, writes) -> None:

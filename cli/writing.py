@@ -212,7 +212,7 @@ def sized_container(spec: OutputSpec, shape: tuple[int, ...], dest) -> OutputSpe
                 dest,
                 f"Ogg Vorbis holds at most {VORBIS_MAX_CHANNELS} channels at up to "
                 f"{VORBIS_MAX_RATE} Hz; this is {channels} channel"
-                f"{'' if channels == 1 else 's'} at {spec.rate or 0:g} Hz",
+                f"{'' if channels == 1 else 's'} at {spec.rate or 0:.15g} Hz",
             )
     # Compressed subtypes (ADPCM, GSM) take a byte a sample at most.
     data_bytes = frames * channels * SAMPLE_BYTES.get(spec.subtype, 1)
@@ -366,7 +366,7 @@ class AtomicWriter:
         channels = self.shape[-2]
         return (
             f"cannot write {spec.format}/{spec.subtype} with {channels} "
-            f"channel{'' if channels == 1 else 's'} at {spec.rate or 0:g} Hz ({reason})"
+            f"channel{'' if channels == 1 else 's'} at {spec.rate or 0:.15g} Hz ({reason})"
         )
 
     def _npy_shape(self) -> tuple[int, ...]:

@@ -165,7 +165,7 @@ def test_nan_into_integer_pcm_is_written_as_zero_and_reported(tmp_path):
         "--subtype",
         "PCM_16",
     )
-    assert r.exit_code == 0 and "1 NaN/Inf samples written as 0" in r.stderr
+    assert r.exit_code == 0 and "1 NaN/Inf sample written as 0" in r.stderr
     assert sf.read(out, dtype="int16")[0].tolist()[1] == 0
 
 
@@ -497,3 +497,37 @@ def test_a_rate_that_rounds_to_zero_in_an_audio_header_is_a_usage_error(tmp_path
     r = invoke("smooth", tmp_path / "a.npy", tmp_path / "b.wav", "--rate", "0.6")
     assert r.exit_code == 0, r.output
     assert sf.info(tmp_path / "b.wav").samplerate == 1
+
+
+def test_npy_headers_that_promise_more_than_the_file_holds_are_refused_up_front(tmp_path):
+    # info listed such files as sound; converting one blamed the output ("No space left on
+    # device", a memmap of the 8 TB the header claimed); a short file failed only late.
+    data = np.random.default_rng(0).standard_normal((2, 1000)).astype(np.float32)
+    np.save(tmp_path / "ok.npy", data)
+    whole = (tmp_path / "ok.npy").read_bytes()
+    (tmp_path / "short.npy").write_bytes(whole[:-100])
+    with open(tmp_path / "huge.npy", "wb") as f:
+        header = {"descr": "<f4", "fortran_order": False, "shape": (2, 10**12)}
+        np.lib.format.write_array_header_1_0(f, header)
+        f.write(bytes(4000))
+    version9 = bytearray(whole)
+    version9[6] = 9
+    (tmp_path / "v9.npy").write_bytes(bytes(version9))
+    r = invoke("info", tmp_path / "ok.npy", tmp_path / "short.npy", tmp_path / "huge.npy",
+               tmp_path / "v9.npy")  # fmt: skip
+    assert r.exit_code == 1
+    assert "ok.npy: shape (2, 1000), float32" in r.stdout
+    said = "truncated .npy: its header promises 8,000 bytes of samples, the file holds 7,900"
+    assert f"short.npy: {said}" in r.stderr
+    assert "huge.npy: truncated .npy: its header promises 8,000,000,000,000 bytes" in r.stderr
+    assert "v9.npy: not a valid .npy file (unsupported .npy format version 9.0)" in r.stderr
+    r = invoke("smooth", tmp_path / "huge.npy", tmp_path / "out.npy")
+    assert r.exit_code == 1 and "huge.npy: truncated .npy" in r.stderr
+    assert not (tmp_path / "out.npy").exists()
+
+
+def test_info_prints_every_digit_of_a_rate(tmp_path):
+    for rate in (1234567, 2822400, 11025):
+        sf.write(tmp_path / f"r{rate}.wav", np.zeros(10), rate)
+        r = invoke("info", tmp_path / f"r{rate}.wav")
+        assert f", {rate} Hz, " in r.stdout, r.stdout
