@@ -127,6 +127,14 @@ def discover_pairs(
         else:
             pairs.append(Pair(name, x, y))
     rates = sorted({_rate(p.input, rate) for p in pairs} - {None})
+    unknown = [p.name for p in pairs if _rate(p.input, rate) is None]
+    if unknown and rates:
+        # Else the rate came from whichever pair sorted first: the .npy pairs trained as if
+        # at the audio's rate, or the run was refused, depending on the files' names.
+        problems.append(
+            f"{', '.join(unknown)}: .npy pairs carry no sample rate, the others are at "
+            f"{', '.join(f'{r:g} Hz' for r in rates)}; give --rate"
+        )
     if len(rates) > 1:
         listing = ", ".join(f"{p.name} at {_rate(p.input, rate):g} Hz" for p in pairs)
         problems.append(f"pairs at different sample rates ({listing}); resample them to one rate")

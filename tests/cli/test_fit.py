@@ -411,6 +411,21 @@ def test_pairs_at_different_rates_refused(tmp_path):
     assert "different sample rates (fast.wav at 16000 Hz, p0.wav at 8000 Hz)" in result.stderr
 
 
+@pytest.mark.parametrize("npy_name", ["a.npy", "z.npy"])
+def test_npy_pairs_beside_audio_pairs_need_a_rate_whatever_their_names(tmp_path, npy_name):
+    # The rate came from the first pair by name: z.npy beside p0.wav trained as if at the
+    # audio's rate, a.npy was refused. Same data, same answer now: give --rate.
+    in_dir, tg_dir = write_pairs(tmp_path, n=1, frames=600)
+    np.save(in_dir / npy_name, np.zeros((2, 600)))
+    np.save(tg_dir / npy_name, np.zeros((2, 600)))
+    result = invoke(in_dir, tg_dir, "--out", tmp_path / "k.npy", *FAST)
+    assert result.exit_code == 2, result.stderr
+    said = f"{npy_name}: .npy pairs carry no sample rate, the others are at {RATE:g} Hz"
+    assert said in result.stderr and "give --rate" in result.stderr
+    result = invoke(in_dir, tg_dir, "--out", tmp_path / "k.npy", *FAST, "--rate", RATE)
+    assert result.exit_code == 0, result.stderr
+
+
 def test_npy_pairs_need_rate_to_crop_in_seconds(tmp_path):
     rng = np.random.default_rng(0)
     x = rng.standard_normal(500)
