@@ -309,6 +309,7 @@ def measure(
         >>> records[0]["method"] in METHOD_NAMES  # which one wins varies from run to run
         True
     """
+    from diffconv_core._direct import MAX_TOEPLITZ_TAPS
     from diffconv_core.convolution import convolve
 
     device = torch.device(device)
@@ -319,8 +320,13 @@ def measure(
         grad = torch.randn(batch, T, device=device, dtype=dtype)
         record: dict = {"batch": batch, "T": T, "K": K, "mode": mode, "seconds": {}}
         for method in METHOD_NAMES:
-            if method == "direct" and batch * T * K > 2e10:
-                continue  # minutes; never the winner at that size
+            if method == "direct" and (
+                batch * T * K > 2e10 or (device.type == "cpu" and K > MAX_TOEPLITZ_TAPS)
+            ):
+                # Minutes, and never the winner: past the Toeplitz paths' taps the CPU runs
+                # conv1d (12 s a pass at 262,144 x 16,383, which made `tune --quick` take
+                # several minutes instead of about one).
+                continue
             with torch.no_grad():
                 forward = _time(
                     lambda m=method, x=x, w=w: convolve(x, w, mode, method=m), device, budget_s

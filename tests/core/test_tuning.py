@@ -253,3 +253,15 @@ def test_a_kernel_per_row_is_priced_by_the_model_not_the_shared_kernel_cache(
     assert model != "overlap"  # else this test shows nothing
     assert choose_method((4, 4096), (4, 31)) == model
     assert choose_method((4, 4096), (1, 31)) == "overlap"  # still one kernel for all rows
+
+
+def test_the_cpu_measurement_skips_direct_past_the_toeplitz_taps(monkeypatch):
+    # Past 1,024 taps the CPU's direct method is conv1d: 12 s a pass at 262,144 x 16,383,
+    # measured eight times, never the winner; `tune --quick` took minutes instead of about one.
+    from diffconv_core import _direct
+
+    monkeypatch.setattr(_direct, "MAX_TOEPLITZ_TAPS", 8)
+    records = tuning.measure("cpu", torch.float32, [(1, 64, 8), (1, 64, 9)], budget_s=0.0)
+    assert set(records[0]["seconds"]) == {"direct", "fft", "overlap"}
+    assert set(records[1]["seconds"]) == {"fft", "overlap"}
+    assert records[1]["method"] in ("fft", "overlap")
