@@ -86,6 +86,8 @@ class SignalInfo:
     #: The whole file, for one read from a stream (stdin) rather than a path; ``path`` then
     #: only names it in messages ("<stdin>").
     buffer: bytes | None = field(default=None, repr=False)
+    #: Text tags (title, artist, comment, date ...), written to audio outputs again.
+    tags: dict[str, str] = field(default_factory=dict, repr=False)
 
     @property
     def frames(self) -> int:
@@ -255,7 +257,20 @@ def _probe_audio(path: str, source: str | io.BytesIO | None = None) -> SignalInf
         format=info.format,
         subtype=info.subtype,
         endian=info.endian,
+        tags=_tags(path, source),
     )
+
+
+def _tags(path: str, source: str | io.BytesIO | None) -> dict[str, str]:
+    """The file's text tags, as sox and ffmpeg carry them over ({} where there are none, or
+    where they cannot be read: they are never a reason to fail a file)."""
+    if isinstance(source, io.BytesIO):
+        source = io.BytesIO(source.getbuffer())  # the caller's position stays where it was
+    try:
+        with sf.SoundFile(_not_stdin(path) if source is None else source) as f:
+            return f.copy_metadata()
+    except Exception:  # noqa: BLE001  (optional: libsndfile and cffi raise several types)
+        return {}
 
 
 def _probe_raw(

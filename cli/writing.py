@@ -42,6 +42,7 @@ class OutputSpec:
     rate: float | None = None
     dtype: np.dtype | None = None
     squeeze_channel: bool = False  # .npy (T,) input written back as (T,)
+    tags: dict[str, str] | None = None  # the input's text tags, where the format holds them
 
     @property
     def clips(self) -> bool:
@@ -130,7 +131,9 @@ def spec_for_format(
         raise FileProblem(
             dest, f"subtype {chosen!r} is not valid for {fmt}; use one of {valid}", exit_code=2
         )
-    return OutputSpec(kind="audio", format=fmt, subtype=chosen, endian=endian, rate=out_rate)
+    return OutputSpec(
+        kind="audio", format=fmt, subtype=chosen, endian=endian, rate=out_rate, tags=info.tags
+    )
 
 
 # From the finest to the coarsest: where the output format cannot keep the input's subtype,
@@ -352,6 +355,11 @@ class AtomicWriter:
                         subtype=spec.subtype,
                         endian=spec.endian,
                     )
+                    for key, value in (spec.tags or {}).items():
+                        # Before any samples (WAV writes its tags with the header); a format
+                        # without a place for a tag just goes without it.
+                        with contextlib.suppress(RuntimeError, ValueError, sf.SoundFileError):
+                            setattr(self._sound, key, value)
         except (sf.SoundFileError, RuntimeError, OSError, ValueError, OverflowError) as err:
             raise FileProblem(self.dest, self._open_failure(err)) from err
 

@@ -124,3 +124,19 @@ def test_a_long_ogg_vorbis_result_written_in_one_piece_does_not_crash(tmp_path):
     assert r.returncode == 0, r.stderr
     assert sf.info(tmp_path / "long.ogg").frames == 3_000_000
     assert listing(tmp_path) == ["long.ogg", "long.wav"]
+
+
+@pytest.mark.parametrize(("container", "ext"), [("WAV", "wav"), ("FLAC", "flac"), ("OGG", "ogg")])
+def test_text_tags_are_carried_to_the_output(tmp_path, container, ext):
+    # Titles, artists and comments were dropped; sox and ffmpeg carry them over.
+    tags = {"title": "A title", "artist": "Someone", "comment": "a note", "date": "2026"}
+    source = tmp_path / f"in.{ext}"
+    with sf.SoundFile(source, "w", 8000, 1, format=container) as f:
+        for key, value in tags.items():
+            setattr(f, key, value)
+        f.write(np.zeros(4000))
+    streamed = {"DIFFCONV_STREAM_SAMPLES": "100", "DIFFCONV_BLOCK_FRAMES": "333"}
+    for env, out in [(None, f"out.{ext}"), (streamed, f"streamed.{ext}"), (None, "other.flac")]:
+        r = invoke("smooth", source, tmp_path / out, env=env)
+        assert r.exit_code == 0, r.stderr
+        assert sf.SoundFile(tmp_path / out).copy_metadata() == tags, out
