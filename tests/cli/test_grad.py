@@ -211,6 +211,15 @@ def test_a_set_that_cannot_be_completed_is_not_started(short_wav, tmp_path, monk
     assert said in result.stderr  # the files written, not a pattern none of them matches
 
 
+def test_parameters_of_a_float32_input_are_written_as_given(short_wav, tmp_path):
+    # A WAV is computed in float32: the JSON said "std": 3.299999952316284 for std=3.3.
+    args = ["--window", "gaussian", "--param", "std=3.3", "--width", "20.1", "--length", "31"]
+    result = invoke("grad", short_wav, tmp_path / "out", *args, "--format", "npy")
+    assert result.exit_code == 0, result.stderr
+    saved = json.loads((tmp_path / "out" / "tone.grad_params.json").read_text())
+    assert saved["params"] == {"std": 3.3, "width": 20.1}
+
+
 def test_vector_window_parameters_get_their_gradient(tmp_path):
     # general_cosine's coefficients a=0.5,0.3,0.2 were taken as a fixed setting: --help
     # says a window parameter's gradient is reported, and the library computes it.
