@@ -134,6 +134,13 @@ class WindowConv(nn.Module):
             **window_params,
         )
         self._fixed: dict[str, Any] = {}
+        # What the fixed or starting window was built with, for the repr (the taps alone
+        # do not say that kaiser's beta was 5).
+        self._built_with = (
+            {p.name: window_params[p.name] for p in self.spec.params if p.name in window_params}
+            if learn in (None, "taps")
+            else {}
+        )
         if learn == "params" and isinstance(width, Tensor):
             # A fixed tensor width is used at every forward: a buffer, so that it follows
             # .to()/.double() and enters state_dict like the fixed window parameters.
@@ -199,7 +206,7 @@ class WindowConv(nn.Module):
 
     def extra_repr(self) -> str:
         parts = [self.spec.name, f"length={self.length}", f"learn={self.learn!r}"]
-        fixed = _resolve(self, self._fixed)
+        fixed = {**self._built_with, **_resolve(self, self._fixed)}
         parts += [f"{k}={_short(v)}" for k, v in fixed.items() if v is not None]
         if self.width is not None and self.learn != "width":
             parts.append(f"width={self.width!r}")
@@ -207,6 +214,8 @@ class WindowConv(nn.Module):
             parts.append("sym=False")
         parts += [f"normalize={self.normalize!r}", f"mode={self.mode!r}"]
         parts.append(f"padding={self.padding!r}")
+        if self.method != "auto":
+            parts.append(f"method={self.method!r}")
         return ", ".join(parts)
 
 
@@ -374,4 +383,6 @@ class FIRFilter(nn.Module):
         parts += [f"learnable={self.learnable}", f"mode={self.mode!r}"]
         if self.padding != "zeros":
             parts.append(f"padding={self.padding!r}")
+        if self.method != "auto":
+            parts.append(f"method={self.method!r}")
         return ", ".join(parts)

@@ -196,6 +196,13 @@ def test_reprs():
         "FIRFilter(bandstop, numtaps=31, window='kaiser', beta=5.0, fs=1000.0, "
         "learnable=True, mode='same')"
     )
+    # A fixed (or starting) window's parameters and a chosen method were left out.
+    assert repr(WindowConv("kaiser", 15, beta=5.0, method="fft")) == (
+        "WindowConv(kaiser, length=15, learn=None, beta=5.0, normalize='sum', mode='same', "
+        "padding='zeros', method='fft')"
+    )
+    assert "std=2.0" in repr(WindowConv("gaussian", 15, learn="taps", std=2.0))
+    assert repr(FIRFilter("lowpass", 0.3, 31, method="direct")).endswith("method='direct')")
 
 
 @pytest.mark.parametrize("kind", ["lowpass", "highpass", "bandpass", "bandstop"])
