@@ -208,7 +208,11 @@ def _between_taps(t: Tensor, taps: Tensor) -> Tensor:
     (every offset when no width is given) the taps come back exactly."""
     m = taps.shape[-1]
     position = t + (m - 1) / 2.0
-    left = torch.floor(position.detach()).clamp(0, m - 2)
+    # On a tap, the segment on its outer side: a narrower width moves the offsets outwards,
+    # and at width == length the gradient is that left derivative (floor alone took the
+    # inner segment on the negative half: a symmetric window with a lopsided gradient).
+    on = position.detach()
+    left = torch.where(t.detach() < 0, torch.ceil(on) - 1.0, torch.floor(on)).clamp(0, m - 2)
     fraction = position - left
     shape = broadcast_shapes(taps.shape[:-1], t.shape[:-1])
     index = left.long().expand(*shape, t.shape[-1])

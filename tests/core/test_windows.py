@@ -976,3 +976,26 @@ def test_a_continuous_parameter_given_as_none_is_refused_by_name(window, params,
     with pytest.raises(TypeError, match=f"{window} parameter {name} must be .*; got None"):
         get_window(window, 9, **params)
     get_window("exponential", 9, center=None, tau=2.0)
+
+
+@pytest.mark.parametrize(
+    ("name", "params", "length", "sym"),
+    [
+        ("dpss", {"NW": 2.0}, 8, True),
+        ("dpss", {"NW": 2.0}, 9, False),
+        ("kaiser_bessel_derived", {"beta": 4.0}, 8, True),
+    ],
+)
+def test_width_gradient_of_tap_defined_windows_at_full_width_is_the_left_derivative(
+    name, params, length, sym
+):
+    # Windows known only at their taps are interpolated between them. On a tap, the segment
+    # was always the one to the right: the inner one on the negative half, so the gradient
+    # of a symmetric window at width == length (where learn="width" starts) was lopsided.
+    width = torch.tensor(float(length), dtype=torch.float64, requires_grad=True)
+    w = get_window(name, length, width=width, sym=sym, **params)
+    rows = [torch.autograd.grad(w[i], width, retain_graph=True)[0] for i in range(length)]
+    step = 1e-7
+    narrower = get_window(name, length, width=length - step, sym=sym, dtype=torch.float64, **params)
+    left = (w.detach() - narrower) / step
+    torch.testing.assert_close(torch.stack(rows), left, rtol=0, atol=1e-6)
