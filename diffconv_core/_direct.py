@@ -25,7 +25,13 @@ from diffconv_core._fft import gradients_from_pieces
 from diffconv_core._shift_add import MAX_SHIFT_ADD_TAPS, shift_add_correlate
 from diffconv_core._toeplitz import toeplitz_correlate, toeplitz_lagged_products
 from diffconv_core._triton_direct import lagged_dot, sliding_dot
-from diffconv_core._validation import batched_gradient, broadcast_shapes, needs_graph, owned
+from diffconv_core._validation import (
+    batched_gradient,
+    broadcast_shapes,
+    carries_tangent,
+    needs_graph,
+    owned,
+)
 
 # Beyond this many taps the Toeplitz blocks (2P x P) grow too large to pay off.
 MAX_TOEPLITZ_TAPS = 1024
@@ -149,7 +155,8 @@ class _DirectRange(torch.autograd.Function):
     def backward(ctx, grad):  # noqa: D102
         x, w = ctx.saved_tensors
         need_x, need_w = ctx.needs_input_grad[:2]
-        if batched_gradient(grad):  # the CPU sums write in place, which vmap cannot batch
+        # The CPU sums write in place, which vmap cannot batch; a tangent needs jvp rules.
+        if batched_gradient(grad) or carries_tangent(grad):
             needed = (need_x, need_w)
             grad_x, grad_w = gradients_from_pieces(conv1d_range, grad, x, w, ctx.lo, needed)
             return grad_x, grad_w, None, None, None

@@ -15,7 +15,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from diffconv_core._validation import needs_graph, owned
+from diffconv_core._validation import carries_tangent, needs_graph, owned
 
 # Without autograd, rows of a batch go through the FFT in chunks of about this many samples:
 # short transforms a cache-sized chunk at a time (2 cores, 512 rows of 1,280 points: 0.92 ms
@@ -180,8 +180,11 @@ class _FFTRange(torch.autograd.Function):
         lo, hi, n_fft = ctx.range
         T, K = x.shape[-1], w.shape[-1]
         need_x, need_w = ctx.needs_input_grad[:2]
+        needed = (need_x, need_w)
+        if carries_tangent(grad):  # forward-over-reverse: plain operations, with jvp rules
+            pieces = gradients_from_pieces(plain_fft_range, grad, x, w, lo, needed)
+            return *pieces, None, None, None
         if torch.is_grad_enabled():  # create_graph: every piece must be differentiable
-            needed = (need_x, need_w)
             return *gradients_from_pieces(fft_range, grad, x, w, lo, needed), None, None, None
         grad_x = grad_w = None
         # The output is samples lo..hi of a circular convolution of length n_fft: its adjoint

@@ -14,8 +14,13 @@ import math
 import torch
 import torch.nn.functional as F
 
-from diffconv_core._fft import CPU_FFT_MULTIPLE, gradients_from_pieces, next_fast_len
-from diffconv_core._validation import broadcast_shapes, needs_graph, owned
+from diffconv_core._fft import (
+    CPU_FFT_MULTIPLE,
+    gradients_from_pieces,
+    next_fast_len,
+    plain_fft_range,
+)
+from diffconv_core._validation import broadcast_shapes, carries_tangent, needs_graph, owned
 
 # Block FFT length bounds: big enough to amortise the K - 1 overlap, small enough to stay
 # in cache. Measured on CPU and CUDA by benchmarks/bench_core.py.
@@ -143,8 +148,11 @@ class _OverlapRange(torch.autograd.Function):
         lo, hi, n_fft, pads = ctx.geometry
         K = w.shape[-1]
         need_x, need_w = ctx.needs_input_grad[:2]
+        needed = (need_x, need_w)
+        if carries_tangent(grad):  # forward-over-reverse: plain operations, with jvp rules
+            pieces = gradients_from_pieces(plain_fft_range, grad, x, w, lo, needed)
+            return *pieces, None, None, None
         if torch.is_grad_enabled():  # create_graph: every piece must be differentiable
-            needed = (need_x, need_w)
             return *gradients_from_pieces(overlap_range, grad, x, w, lo, needed), None, None, None
         grad_x = grad_w = None
         step = n_fft - K + 1

@@ -100,6 +100,15 @@ def batched_gradient(grad: torch.Tensor) -> bool:
     return torch._C._functorch.is_legacy_batchedtensor(grad)
 
 
+def carries_tangent(grad: torch.Tensor) -> bool:
+    """Whether ``grad`` carries a forward-mode tangent: a backward pass under forward-mode AD
+    (forward-over-reverse Hessian-vector products, ``gradgradcheck``'s ``check_fwd_over_rev``).
+    Custom Functions have no jvp rule, so such a backward is built of plain operations."""
+    import torch.autograd.forward_ad as forward_ad
+
+    return forward_ad._current_level >= 0 and forward_ad.unpack_dual(grad).tangent is not None
+
+
 def broadcast_shapes(*shapes: Sequence[int]) -> tuple[int, ...]:
     """``torch.broadcast_shapes`` without its cost (its first call imports sympy, ~0.3 s, and
     every call takes tens of microseconds): raises ``ValueError`` if the shapes don't broadcast.

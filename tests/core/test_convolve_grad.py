@@ -185,3 +185,20 @@ def test_in_place_activation_after_a_window_layer():
     model(x).sum().backward()
     reference = torch.autograd.grad(torch.relu(layer(x)).sum(), x)[0]
     torch.testing.assert_close(x.grad, reference)
+
+
+@pytest.mark.parametrize("method", ["direct", "fft", "overlap", "auto"])
+@pytest.mark.parametrize("mode", ["full", "same", "valid"])
+@pytest.mark.parametrize("kernel_learns", [True, False])
+def test_forward_over_reverse_second_derivatives(method, mode, kernel_learns):
+    # A tangent entering through the backward pass (forward-over-reverse Hessian-vector
+    # products) reached the custom Functions, which have no jvp: "You must implement the jvp
+    # function", or forward AD through an out= product on the direct path.
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn(2, 12, dtype=torch.float64, generator=gen, requires_grad=True)
+    w = torch.randn(5, dtype=torch.float64, generator=gen, requires_grad=kernel_learns)
+    if kernel_learns:
+        inputs, function = (x, w), lambda a, b: convolve(a, b, mode, method=method)
+    else:
+        inputs, function = (x,), lambda a: convolve(a, w, mode, method=method)
+    assert gradgradcheck(function, inputs, check_fwd_over_rev=True)
