@@ -159,6 +159,11 @@ def grad(paths, **opts) -> None:
             "a file or directory named - is ./-"
         )
     # OUTDIR is always a directory, even for one input.
+    if os.path.exists(outdir) and not os.path.isdir(outdir):
+        raise click.UsageError(
+            f"OUTDIR {outdir} is a file; grad writes its outputs (several per input) into a "
+            "directory"
+        )
     jobs = plan_jobs(
         inputs, os.path.join(outdir, ""), glob=opts["glob"], recursive=opts["recursive"]
     )

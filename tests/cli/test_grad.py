@@ -220,6 +220,16 @@ def test_parameters_of_a_float32_input_are_written_as_given(short_wav, tmp_path)
     assert saved["params"] == {"std": 3.3, "width": 20.1}
 
 
+def test_an_outdir_that_is_a_file_is_named_as_such(short_wav, tmp_path):
+    # The batch commands' message said OUTPUT "must be a directory when the input is a
+    # directory or several files", for grad's single input too.
+    (tmp_path / "taken").write_text("a file")
+    result = invoke("grad", short_wav, tmp_path / "taken")
+    assert result.exit_code == 2
+    assert f"OUTDIR {tmp_path / 'taken'} is a file; grad writes its outputs" in result.stderr
+    assert (tmp_path / "taken").read_text() == "a file"
+
+
 def test_vector_window_parameters_get_their_gradient(tmp_path):
     # general_cosine's coefficients a=0.5,0.3,0.2 were taken as a fixed setting: --help
     # says a window parameter's gradient is reported, and the library computes it.
