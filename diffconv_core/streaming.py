@@ -85,6 +85,19 @@ def _check_block(block: object, lead: torch.Size | None, flushed: bool) -> torch
     return block.shape[:-1]
 
 
+def _check_circular_tail_option(tail: object, option: str, value: str) -> None:
+    """``circular_tail`` is given only with circular padding (``option``), as a tensor."""
+    if tail is None:
+        return
+    if value != "circular":
+        raise ValueError(f"circular_tail applies only to {option}='circular'; got {value!r}")
+    if not (isinstance(tail, torch.Tensor) and tail.dim() > 0):
+        raise TypeError(
+            "circular_tail must be a torch.Tensor (..., n) of the signal's last samples; "
+            f"got {tail!r}"
+        )
+
+
 def _check_flush(flushed: bool, n_in: int) -> None:
     """Refuse a second flush, and a flush of a signal that never had a sample."""
     if flushed:
@@ -139,15 +152,7 @@ class StreamingConvolver:
         # The core's own checks, so that errors read the same as convolve()'s.
         _check_options(mode, padding, method)
         check_tensor("kernel", kernel)  # now rather than at the first push
-        if circular_tail is not None and padding != "circular":
-            raise ValueError(f"circular_tail applies only to padding='circular'; got {padding!r}")
-        if circular_tail is not None and not (
-            isinstance(circular_tail, torch.Tensor) and circular_tail.dim() > 0
-        ):
-            raise TypeError(
-                "circular_tail must be a torch.Tensor (..., n) of the signal's last samples; "
-                f"got {circular_tail!r}"
-            )
+        _check_circular_tail_option(circular_tail, "padding", padding)
         self.kernel = kernel
         self.mode = mode
         self.padding = padding
@@ -449,15 +454,7 @@ class StreamingSmoother:
 
         check_choice("edges", edges, EDGES)
         check_choice("nan_policy", nan_policy, NAN_POLICIES)
-        if circular_tail is not None and edges != "circular":
-            raise ValueError(f"circular_tail applies only to edges='circular'; got {edges!r}")
-        if circular_tail is not None and not (
-            isinstance(circular_tail, torch.Tensor) and circular_tail.dim() > 0
-        ):
-            raise TypeError(
-                "circular_tail must be a torch.Tensor (..., n) of the signal's last samples; "
-                f"got {circular_tail!r}"
-            )
+        _check_circular_tail_option(circular_tail, "edges", edges)
         # get_window's own keywords (sym, width) and smooth's method are not the window's.
         params = {k: v for k, v in window_params.items() if k not in ("method", "sym", "width")}
         spec, _ = _resolve_name(window, params)

@@ -36,6 +36,14 @@ def run_diffconv(*args, env: dict | None = None, cwd: Path = REPO):
 
 
 @pytest.fixture
+def identity(tmp_path):
+    """A one-tap kernel of 1.0 (--kernel): the output is the input."""
+    path = tmp_path / "identity.npy"
+    np.save(path, np.array([1.0]))
+    return path
+
+
+@pytest.fixture
 def sigterm_handler():
     """diffconv's own SIGTERM/Ctrl-C handlers (cli.interrupts), the previous ones restored."""
     import signal

@@ -13,13 +13,6 @@ from cli.writing import AtomicWriter, OutputSpec, sized_container
 from tests.cli.conftest import invoke, listing, run_diffconv
 
 
-@pytest.fixture
-def identity(tmp_path):
-    path = tmp_path / "identity.npy"
-    np.save(path, np.array([1.0]))
-    return path
-
-
 @pytest.mark.parametrize(
     ("container", "subtype", "channels"),
     [("RF64", "PCM_24", 2), ("WAVEX", "PCM_16", 6), ("W64", "FLOAT", 1)],

@@ -18,13 +18,6 @@ from cli.writing import AtomicWriter, output_spec
 from tests.cli.conftest import SAMPLES, invoke, listing, write_wav
 
 
-@pytest.fixture
-def identity(tmp_path):
-    path = tmp_path / "identity.npy"
-    np.save(path, np.array([1.0]))
-    return path
-
-
 @pytest.mark.parametrize(
     "name, fmt, subtype, rate, channels",
     [
