@@ -151,10 +151,14 @@ def write_grad_figure(
             ylabel=f"d {objective} / d x",
         )
 
-        if n > LONG_INPUT:
+        if n > LONG_INPUT and grad_signal is None:
+            ax = next(row)  # said, as in the panel above, rather than a spectrogram of zeros
+            ax.text(0.5, 0.5, "signal gradient not requested", ha="center", va="center",
+                    transform=ax.transAxes)  # fmt: skip
+            ax.set(title="Signal gradient, time-frequency (channel 0)")
+        elif n > LONG_INPUT:
             ax = next(row)
-            g = grad_signal[0] if grad_signal is not None else np.zeros(n)
-            times, freqs, power = _spectrogram(np.nan_to_num(g), rate or 1.0)
+            times, freqs, power = _spectrogram(np.nan_to_num(grad_signal[0]), rate or 1.0)
             db = 10 * np.log10(power + np.finfo(float).tiny)
             finite_max = float(db.max())
             mesh = ax.pcolormesh(

@@ -121,6 +121,15 @@ def test_long_input_gets_a_time_frequency_panel(tmp_path):
     short_h = _pixels(out / "short.grad.png").shape[0]
     assert long_h == figure_pixels(panel_count(12000, True, False))[1]
     assert long_h - short_h == figure_pixels(1)[1]  # one more panel: the heat map
+    # Without the signal gradient that panel was a heat map of zeros (a flat -3080 dB
+    # image): now it says that the signal gradient was not requested, as the one above.
+    result = invoke("grad", long, out, "--format", "png", "--length", "9", "--wrt", "kernel",
+                    "--overwrite")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    panel = figure_pixels(1)[1]
+    band = _pixels(out / "long.grad.png")[2 * panel : 3 * panel, :, :3]  # floats in [0, 1]
+    white = np.mean(np.all(band > 0.94, axis=-1))
+    assert white > 0.8, white  # a heat map covers most of its panel in colour
 
 
 def test_format_npy_and_kernel_file(short_wav, tmp_path):
