@@ -151,6 +151,10 @@ _WAV_FAMILY = ("WAV", "WAVEX", "RF64", "W64")
 # libsndfile writes a longer file anyway, with a header that hides what lies past 4 GiB.
 _SIZE_FIELD_LIMIT = 2**32 - 2**16
 _32_BIT_SIZES = ("WAV", "WAVEX", "AIFF", "AU")
+_64_BIT_SIZES = ((".rf64", "RF64"), (".w64", "W64"), (".caf", "CAF"), (".flac", "FLAC"))
+# Bits a sample of the compressed subtypes (GSM 6.10: 33 bytes a 160-sample frame).
+_CODEC_BITS = {"IMA_ADPCM": 4, "MS_ADPCM": 4, "G721_32": 4, "G723_24": 3, "G723_40": 5,
+               "VOX_ADPCM": 4, "GSM610": 2}  # fmt: skip
 
 # The most frames handed to libsndfile in one call: its Vorbis encoder takes stack space in
 # proportion (a 3-million-frame write overflowed it, SIGSEGV, the whole batch lost).
@@ -217,16 +221,19 @@ def sized_container(spec: OutputSpec, shape: tuple[int, ...], dest) -> OutputSpe
                 f"{VORBIS_MAX_RATE} Hz; this is {channels} channel"
                 f"{'' if channels == 1 else 's'} at {spec.rate or 0:.15g} Hz",
             )
-    # Compressed subtypes (ADPCM, GSM) take a byte a sample at most.
-    data_bytes = frames * channels * SAMPLE_BYTES.get(spec.subtype, 1)
+    bits = 8 * SAMPLE_BYTES[spec.subtype] if spec.subtype in SAMPLE_BYTES else None
+    bits = bits or _CODEC_BITS.get(spec.subtype, 8)  # others: a byte a sample at most
+    data_bytes = frames * channels * bits // 8
     if spec.format not in _32_BIT_SIZES or data_bytes <= _SIZE_FIELD_LIMIT:
         return spec
     if spec.format in ("WAV", "WAVEX") and sf.check_format("RF64", spec.subtype):
         return dataclasses.replace(spec, format="RF64")
+    roomy = [ext for ext, fmt in _64_BIT_SIZES if sf.check_format(fmt, spec.subtype)]
+    instead = " or ".join(roomy) if roomy else ".flac or .w64 with another --subtype"
     raise FileProblem(
         dest,
         f"{data_bytes / 2**30:.1f} GiB of {spec.subtype} is more than {spec.format}'s 4 GiB "
-        "size fields can describe; write .rf64, .w64, .caf or .flac instead",
+        f"size fields can describe; write {instead} instead",
     )
 
 

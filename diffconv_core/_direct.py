@@ -36,8 +36,8 @@ from diffconv_core._validation import (
 # Beyond this many taps the Toeplitz blocks (2P x P) grow too large to pay off.
 MAX_TOEPLITZ_TAPS = 1024
 
-# The most samples (rows x outputs x taps) one CPU conv1d call may unfold (128 MB of float64).
-CONV1D_CPU_ELEMENTS = 1 << 24
+# The most samples (rows x outputs x taps) one CPU conv1d call may unfold (512 MB of float64).
+CONV1D_CPU_ELEMENTS = 1 << 26
 
 
 def _source(x: torch.Tensor, K: int, lo: int, n_out: int) -> torch.Tensor:
@@ -65,10 +65,11 @@ def conv1d_range(x: torch.Tensor, w: torch.Tensor, lo: int, hi: int) -> torch.Te
     n_out = hi - lo
     batch = broadcast_shapes(x.shape[:-1], w.shape[:-1])
     piece = max(1, CONV1D_CPU_ELEMENTS // max(1, math.prod(batch) * K))
-    if x.device.type == "cpu" and n_out > piece:
+    if x.device.type == "cpu" and torch.result_type(x, w) != torch.float32 and n_out > piece:
         # conv1d on CPU unfolds rows x outputs x taps samples where oneDNN does not take the
         # dtype (float64: 536 GB asked for 1,024 rows, 4,096 outputs, 4,000 taps): a piece
-        # of the outputs at a time, each from only the samples under it.
+        # of the outputs at a time, each from only the samples under it. (float32 goes to
+        # oneDNN whole: in pieces it was 3-9x slower.)
         ends = range(lo, hi, piece)
         return torch.cat([conv1d_range(x, w, a, min(a + piece, hi)) for a in ends], dim=-1)
     source = _source(x, K, lo, n_out)

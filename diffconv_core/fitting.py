@@ -160,25 +160,39 @@ def least_squares_fir(
     # The normal equations square the samples: at 1e-160 they underflowed (NaN, or a zero
     # kernel at 1e-200) and at 1e160 they overflowed. Solved for inputs and targets scaled
     # near 1 by powers of two (exact), the kernel is then scaled back.
-    x_scale, y_scale = _power_of_two_scale(inputs), _power_of_two_scale(targets)
+    x_exp, y_exp = _peak_exponent(inputs), _peak_exponent(targets)
     gram = torch.zeros(taps, taps, dtype=torch.float64)
     rhs = torch.zeros(taps, dtype=torch.float64)
     for x, y in zip(inputs, targets, strict=True):
-        A = design_matrix(extend_input(x.double().cpu() / x_scale, taps, padding), taps)
+        A = design_matrix(extend_input(_scaled(x, -x_exp), taps, padding), taps)
         A = A.reshape(-1, taps)
         gram += A.T @ A
-        rhs += A.T @ (y.double().cpu().reshape(-1) / y_scale)
-    scaled_ridge = ridge / x_scale / x_scale if ridge else 0.0
-    if not math.isfinite(scaled_ridge):  # a ridge beyond any data: the kernel it allows
-        return torch.zeros(taps, dtype=torch.float64)
-    gram.diagonal().add_(scaled_ridge)
-    return _solve_min_norm(gram, rhs, taps) * (y_scale / x_scale)
+        rhs += A.T @ _scaled(y, -y_exp).reshape(-1)
+    if ridge:
+        ridge_mantissa, ridge_exp = math.frexp(ridge)
+        if ridge_exp - 2 * x_exp > 1000:
+            # A ridge that dwarfs A^T A (it overflows once scaled): the solution is then
+            # A^T y / ridge, in the exponents so that only the result's own range limits it.
+            return _scaled(rhs / ridge_mantissa, y_exp + x_exp - ridge_exp)
+        gram.diagonal().add_(math.ldexp(ridge_mantissa, max(ridge_exp - 2 * x_exp, -1074)))
+    return _scaled(_solve_min_norm(gram, rhs, taps), y_exp - x_exp)
 
 
-def _power_of_two_scale(signals: Sequence[torch.Tensor]) -> float:
-    """A power of two near the largest magnitude in ``signals`` (1 for all zeros)."""
+def _peak_exponent(signals: Sequence[torch.Tensor]) -> int:
+    """``e`` with the largest magnitude in ``signals`` in ``[2**(e-1), 2**e)`` (0 for zeros)."""
     peak = max(float(s.detach().abs().max()) if s.numel() else 0.0 for s in signals)
-    return math.ldexp(1.0, math.frexp(peak)[1]) if peak > 0 else 1.0
+    return math.frexp(peak)[1] if peak > 0 else 0
+
+
+def _scaled(t: torch.Tensor, exponent: int) -> torch.Tensor:
+    """``t`` (as float64 on the CPU) times ``2**exponent``, in steps that never overflow on
+    the way (a scale of 2**1024 does not exist as a float)."""
+    t = t.detach().double().cpu()
+    while exponent:
+        step = max(-1000, min(1000, exponent))
+        t = t * math.ldexp(1.0, step)
+        exponent -= step
+    return t
 
 
 def _solve_min_norm(gram: torch.Tensor, rhs: torch.Tensor, taps: int) -> torch.Tensor:
@@ -496,6 +510,14 @@ class Trainer:
             if isinstance(value, torch.Tensor) and not value.is_floating_point():
                 raise ValueError(f"checkpoint {name} must hold real floats; got {value.dtype}")
         history = {k: list(v) for k, v in state["history"].items()}
+        if set(history) != set(self.history) or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool)
+            for values in history.values()
+            for v in values
+        ):
+            raise ValueError(
+                f"checkpoint history must map {sorted(self.history)} to lists of numbers"
+            )
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.step_index = step

@@ -512,7 +512,8 @@ def jacobian(
     start = k - 1 if span >= k else span - 1  # where the mode's outputs start in the full one
     if wrt == "kernel":
         # J[l, k] = padded signal at start + l - k: a gather of samples, exact.
-        where = start + torch.arange(length, device=probe.device)[:, None] - torch.arange(k)
+        rows = torch.arange(length, device=probe.device)[:, None]
+        where = start + rows - torch.arange(k, device=probe.device)
         sample = torch.where((where >= 0) & (where < span), src[where.clamp(0, span - 1)], -1)
         padded = torch.cat(
             [x.to(probe.dtype), x.new_zeros(*x.shape[:-1], 1, dtype=probe.dtype)], -1

@@ -133,3 +133,12 @@ def test_text_tags_are_carried_to_the_output(tmp_path, container, ext):
         r = invoke("smooth", source, tmp_path / out, env=env)
         assert r.exit_code == 0, r.stderr
         assert sf.SoundFile(tmp_path / out).copy_metadata() == tags, out
+
+
+def test_compressed_subtypes_are_sized_by_their_own_bits():
+    # IMA ADPCM takes 4 bits a sample: 5 billion samples (2.3 GiB) fit a plain WAV, where a
+    # byte a sample refused them and suggested .rf64, which cannot hold IMA ADPCM at all.
+    spec = OutputSpec("audio", "WAV", "IMA_ADPCM", rate=8000.0)
+    assert sized_container(spec, (1, 5_000_000_000), "x.wav") == spec
+    with pytest.raises(FileProblem, match="4.2 GiB of IMA_ADPCM .* write .w64 instead"):
+        sized_container(spec, (1, 9_000_000_000), "x.wav")

@@ -175,6 +175,7 @@ def test_resume_refuses_another_validation_split_and_damaged_checkpoints(tmp_pat
     # A checkpoint damaged or edited inside failed with a traceback (KeyError: 'config'), or
     # resumed from a step that makes no sense.
     state = torch.load(checkpoint, weights_only=True)
+    hist = state["trainer"]["history"]
     damaged = [
         {**state, "trainer": {}},
         {**state, "setup": []},
@@ -182,6 +183,8 @@ def test_resume_refuses_another_validation_split_and_damaged_checkpoints(tmp_pat
         {**state, "trainer": {**state["trainer"], "step": 10**6}},
         {**state, "trainer": {**state["trainer"], "model": {"taps": torch.zeros(3)}}},
         {**state, "trainer": {**state["trainer"], "history": 3}},
+        {**state, "trainer": {**state["trainer"], "history": {}}},
+        {**state, "trainer": {**state["trainer"], "history": {**hist, "train": ["a"] * 5}}},
     ]
     for i, bad in enumerate(damaged):
         path = tmp_path / f"bad{i}.pt"

@@ -329,3 +329,18 @@ def test_long_kernels_go_through_conv1d_in_bounded_pieces(monkeypatch, mode, x_s
     whole = convolve(x, w, mode, method="direct")
     torch.testing.assert_close(out, whole)
     torch.testing.assert_close(torch.autograd.grad(whole, (x, w), grad), (gx, gw))
+
+
+def test_float32_long_kernels_go_to_conv1d_whole(monkeypatch):
+    # oneDNN takes float32 without unfolding: in pieces it was 3-9x slower.
+    from diffconv_core import _direct
+
+    monkeypatch.setattr(_direct, "MAX_TOEPLITZ_TAPS", 16)
+    monkeypatch.setattr(_direct, "CONV1D_CPU_ELEMENTS", 2_000)
+    calls = []
+    real = torch.nn.functional.conv1d
+    monkeypatch.setattr(_direct.F, "conv1d", lambda *a, **k: calls.append(1) or real(*a, **k))
+    x, w = torch.randn(3, 200), torch.randn(40)
+    out = convolve(x, w, method="direct")
+    assert len(calls) == 1
+    np.testing.assert_allclose(out.numpy(), reference(x, w), rtol=1e-4, atol=1e-4)

@@ -582,3 +582,21 @@ def test_least_squares_fir_ridge_scales_with_the_samples():
     for scale in (1e-100, 1e100):
         shrunk = least_squares_fir([scale * x], [scale * y], 3, ridge=10.0 * scale**2)
         np.testing.assert_allclose(shrunk.numpy(), unit.numpy(), rtol=1e-12)
+
+
+def test_least_squares_fir_with_a_ridge_that_dwarfs_the_data_and_peaks_near_the_limit():
+    # Scaled, the ridge overflowed and the kernel came back zero although the answer,
+    # A^T y / ridge, is representable; peaks of 2**1023 and above made the scale itself
+    # overflow (OverflowError: math range error).
+    from diffconv_core.fitting import design_matrix, extend_input, least_squares_fir
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(200, dtype=torch.float64, generator=gen)
+    y = torch.randn(200, dtype=torch.float64, generator=gen)
+    A = design_matrix(extend_input(x, 5, "zeros"), 5).reshape(-1, 5)
+    limit = (A.T @ y).numpy()
+    got = least_squares_fir([x * 1e-200], [y * 1e200], 5, ridge=1e-80)
+    np.testing.assert_allclose(got.numpy(), limit * 1e80, rtol=1e-9)
+    ones = torch.ones(50, dtype=torch.float64)
+    np.testing.assert_allclose(least_squares_fir([ones * 1e308], [ones], 1).numpy(), [1e-308])
+    np.testing.assert_allclose(least_squares_fir([ones], [ones * 1.2e308], 1).numpy(), [1.2e308])

@@ -476,6 +476,14 @@ def test_jacobian_too_large_says_how_to_crop():
         jacobian(torch.zeros(2, 100), torch.ones(50), "kernel", max_elements=1000)
 
 
+@pytest.mark.parametrize("wrt", ["signal", "kernel"])
+def test_jacobian_on_the_meta_device(wrt):
+    # An index built without device= mixed the CPU into a meta (or CUDA) kernel Jacobian.
+    J = jacobian(torch.randn(2, 50, device="meta"), torch.randn(5, device="meta"), wrt,
+                 padding="reflect")  # fmt: skip
+    assert J.device.type == "meta" and J.shape == (2, 50, 50 if wrt == "signal" else 5)
+
+
 @pytest.mark.parametrize("method", ["auto", "fft", "overlap", "direct"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_jacobian_entries_are_exact_taps_and_zeros_whatever_the_method(method, dtype):
