@@ -32,6 +32,7 @@ from torch import nn
 
 from diffconv_core._fit_losses import LOSSES, compute_loss, spectral_loss
 from diffconv_core._fit_models import FIRKernel, WindowKernel
+from diffconv_core._nonfinite import _times_power_of_two
 from diffconv_core._validation import PADDINGS, check_choice
 from diffconv_core._window_build import check_length
 from diffconv_core.convolution import convolve
@@ -185,14 +186,9 @@ def _peak_exponent(signals: Sequence[torch.Tensor]) -> int:
 
 
 def _scaled(t: torch.Tensor, exponent: int) -> torch.Tensor:
-    """``t`` (as float64 on the CPU) times ``2**exponent``, in steps that never overflow on
-    the way (a scale of 2**1024 does not exist as a float)."""
-    t = t.detach().double().cpu()
-    while exponent:
-        step = max(-1000, min(1000, exponent))
-        t = t * math.ldexp(1.0, step)
-        exponent -= step
-    return t
+    """``t`` (as float64 on the CPU) times ``2**exponent``, exactly and without overflowing
+    on the way (a scale of 2**1024 does not exist as a float)."""
+    return _times_power_of_two(t.detach().double().cpu(), exponent)
 
 
 def _solve_min_norm(gram: torch.Tensor, rhs: torch.Tensor, taps: int) -> torch.Tensor:

@@ -341,8 +341,8 @@ def gradient_map(
         target: the reference for "mse" and "l1", the output's shape.
         wrt: which gradients to compute, any of "signal", "kernel", "params" ("params"
             gives an empty dict for a plain tensor kernel).
-        **convolve_options: ``mode``, ``padding`` (and ``method``, checked but not needed)
-            as in :func:`diffconv_core.convolve`.
+        **convolve_options: ``mode``, ``padding``, ``method`` as in
+            :func:`diffconv_core.convolve`.
 
     Shape:
         - signal: ``(..., T)``; kernel: ``(K,)`` or ``(..., K)``
@@ -512,9 +512,7 @@ def jacobian(
     start = k - 1 if span >= k else span - 1  # where the mode's outputs start in the full one
     if wrt == "kernel":
         # J[l, k] = padded signal at start + l - k: a gather of samples, exact.
-        rows = torch.arange(length, device=probe.device)[:, None]
-        where = start + rows - torch.arange(k, device=probe.device)
-        sample = torch.where((where >= 0) & (where < span), src[where.clamp(0, span - 1)], -1)
+        sample = _samples_read(src, start, torch.arange(length, device=probe.device), k)
         padded = torch.cat(
             [x.to(probe.dtype), x.new_zeros(*x.shape[:-1], 1, dtype=probe.dtype)], -1
         )
@@ -527,8 +525,7 @@ def jacobian(
     rows_at_once = max(1, _SCATTER_ELEMENTS // (k * max(1, math.prod(taps.shape[:-1]))))
     for first in range(0, length, rows_at_once):
         rows = torch.arange(first, min(first + rows_at_once, length), device=probe.device)
-        where = start + rows[:, None] - torch.arange(k, device=probe.device)
-        sample = torch.where((where >= 0) & (where < span), src[where.clamp(0, span - 1)], -1)
+        sample = _samples_read(src, start, rows, k)
         column = torch.where(sample >= 0, sample, t)  # (rows, k)
         block = blocks[..., first : first + len(rows), :]
         values = taps.unsqueeze(-2).expand(*taps.shape[:-1], len(rows), k)
@@ -538,6 +535,14 @@ def jacobian(
 
 # Index entries one step of the signal Jacobian's scatter takes (rows x taps x kernels).
 _SCATTER_ELEMENTS = 1 << 22
+
+
+def _samples_read(src: torch.Tensor, start: int, rows: torch.Tensor, k: int) -> torch.Tensor:
+    """``(len(rows), k)``: the signal sample that output row ``l`` reads through tap ``k``,
+    at padded position ``start + l - k`` (-1 for a zero pad or beyond the padded signal)."""
+    span = src.shape[-1]
+    where = start + rows[:, None] - torch.arange(k, device=rows.device)
+    return torch.where((where >= 0) & (where < span), src[where.clamp(0, span - 1)], -1)
 
 
 def _padded_sources(t: int, k: int, mode: str, padding: str, device) -> torch.Tensor:
