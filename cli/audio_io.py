@@ -242,7 +242,9 @@ def _read_pipe(path: str) -> bytes:
 
 def _probe_audio(path: str, source: str | io.BytesIO | None = None) -> SignalInfo:
     try:
-        info = sf.info(_not_stdin(path) if source is None else source)
+        # One open for the header and the tags (sf.info would be a second).
+        with sf.SoundFile(_not_stdin(path) if source is None else source) as info:
+            tags = _tags(info)
     except (sf.SoundFileError, RuntimeError) as err:
         raise FileProblem(path, f"not a readable sound file ({_libsndfile_reason(err)})") from err
     if info.frames <= 0:
@@ -257,18 +259,15 @@ def _probe_audio(path: str, source: str | io.BytesIO | None = None) -> SignalInf
         format=info.format,
         subtype=info.subtype,
         endian=info.endian,
-        tags=_tags(path, source),
+        tags=tags,
     )
 
 
-def _tags(path: str, source: str | io.BytesIO | None) -> dict[str, str]:
-    """The file's text tags, as sox and ffmpeg carry them over ({} where there are none, or
-    where they cannot be read: they are never a reason to fail a file)."""
-    if isinstance(source, io.BytesIO):
-        source = io.BytesIO(source.getbuffer())  # the caller's position stays where it was
+def _tags(f: sf.SoundFile) -> dict[str, str]:
+    """The file's text tags, as sox and ffmpeg carry them over ({} where they cannot be
+    read: they are never a reason to fail a file)."""
     try:
-        with sf.SoundFile(_not_stdin(path) if source is None else source) as f:
-            return f.copy_metadata()
+        return f.copy_metadata()
     except Exception:  # noqa: BLE001  (optional: libsndfile and cffi raise several types)
         return {}
 
@@ -487,6 +486,8 @@ def read_tail(info: SignalInfo, frames: int) -> np.ndarray:
         (2, 5)
     """
     frames = min(frames, info.frames)
+    if frames == 0:
+        return np.zeros((*info.shape[:-1], 0), info.dtype)
     if info.kind == "npy":
         return np.array(_npy_map(info)[..., info.frames - frames :], dtype=info.dtype, order="C")
     try:
@@ -499,7 +500,7 @@ def read_tail(info: SignalInfo, frames: int) -> np.ndarray:
             # end and failed): decode the whole file in order, keeping only its end.
             tail = np.zeros((info.shape[0], 0), info.dtype)
             while (block := _read_frames(f, info, _TAIL_BLOCK_FRAMES)).shape[-1]:
-                tail = np.concatenate([tail, block], axis=-1)[:, -frames:] if frames else tail
+                tail = np.concatenate([tail, block], axis=-1)[:, -frames:]
             return np.ascontiguousarray(tail)
     except (sf.SoundFileError, RuntimeError) as err:
         raise FileProblem(info.path, f"cannot read audio ({_libsndfile_reason(err)})") from err

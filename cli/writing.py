@@ -221,8 +221,10 @@ def sized_container(spec: OutputSpec, shape: tuple[int, ...], dest) -> OutputSpe
                 f"{VORBIS_MAX_RATE} Hz; this is {channels} channel"
                 f"{'' if channels == 1 else 's'} at {spec.rate or 0:.15g} Hz",
             )
-    bits = 8 * SAMPLE_BYTES[spec.subtype] if spec.subtype in SAMPLE_BYTES else None
-    bits = bits or _CODEC_BITS.get(spec.subtype, 8)  # others: a byte a sample at most
+    if spec.subtype in SAMPLE_BYTES:
+        bits = 8 * SAMPLE_BYTES[spec.subtype]
+    else:
+        bits = _CODEC_BITS.get(spec.subtype, 8)  # others: a byte a sample at most
     data_bytes = frames * channels * bits // 8
     if spec.format not in _32_BIT_SIZES or data_bytes <= _SIZE_FIELD_LIMIT:
         return spec

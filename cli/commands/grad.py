@@ -516,6 +516,14 @@ def _target_for(job, setup: _Setup, outdir: Path):
     return setup.target
 
 
+def _shortest_single(value):
+    if isinstance(value, list):
+        return [_shortest_single(v) for v in value]
+    import numpy as np
+
+    return float(str(np.float32(value)))
+
+
 def _nan_to_none(value):
     if isinstance(value, list):
         return [_nan_to_none(v) for v in value]
@@ -527,16 +535,13 @@ def _params_json(job, setup: _Setup, result) -> bytes:
 
     def plain(t):
         # Strict JSON has no NaN/Infinity: a non-finite number is written as null.
-        value = t.detach().cpu()
-        if value.dtype in (torch.float16, torch.bfloat16, torch.float32):
-            # The shortest decimals that are the same float32 (--param std=3.3 of a WAV,
-            # computed in float32, was written 3.299999952316284).
-            single = value.float().numpy()
-            listed = [float(str(v)) for v in single.reshape(-1)]
-            value = torch.tensor(listed, dtype=torch.float64).reshape(value.shape)
-        value = value.double()
+        value = t.detach().cpu().double()
         value = torch.where(value.isfinite(), value, torch.nan)
         listed = value.item() if value.numel() == 1 else value.tolist()
+        if t.dtype in (torch.float16, torch.bfloat16, torch.float32):
+            # The shortest decimals of the same float32: --param std=3.3 of a WAV, computed
+            # in float32, was written 3.299999952316284.
+            listed = _shortest_single(listed)
         return _nan_to_none(listed)
 
     doc = {
