@@ -15,12 +15,11 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.autograd.forward_ad as forward_ad
 
 from diffconv_core._direct import conv1d_range
 from diffconv_core._fft import plain_fft_range
 from diffconv_core._nonfinite import _magnitudes, with_direct_sum_nonfinite
-from diffconv_core._validation import unwrapped
+from diffconv_core._validation import carries_tangent, unwrapped
 
 # Under "auto" on a GPU, conv1d's direct sums up to this many taps, one rFFT product beyond.
 MAX_CONV1D_TAPS = 64
@@ -34,9 +33,7 @@ def transforms_active(*tensors: torch.Tensor) -> bool:
     # autograd records) must take the plain path as well.
     if torch._C._are_functorch_transforms_active():
         return True
-    if forward_ad._current_level < 0:  # no dual level entered: no tangents anywhere
-        return False
-    return any(forward_ad.unpack_dual(t).tangent is not None for t in tensors)
+    return any(carries_tangent(t) for t in tensors)
 
 
 def empty_range(x: torch.Tensor, w: torch.Tensor, length: int) -> torch.Tensor:

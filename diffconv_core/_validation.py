@@ -100,13 +100,15 @@ def batched_gradient(grad: torch.Tensor) -> bool:
     return torch._C._functorch.is_legacy_batchedtensor(grad)
 
 
-def carries_tangent(grad: torch.Tensor) -> bool:
-    """Whether ``grad`` carries a forward-mode tangent: a backward pass under forward-mode AD
-    (forward-over-reverse Hessian-vector products, ``gradgradcheck``'s ``check_fwd_over_rev``).
-    Custom Functions have no jvp rule, so such a backward is built of plain operations."""
+def carries_tangent(t: torch.Tensor) -> bool:
+    """Whether ``t`` carries a forward-mode tangent (``torch.autograd.forward_ad``). Custom
+    Functions have no jvp rule: an operand with one takes the plain path, and so does a
+    backward pass whose incoming gradient has one (forward-over-reverse Hessian-vector
+    products, ``gradgradcheck``'s ``check_fwd_over_rev``)."""
     import torch.autograd.forward_ad as forward_ad
 
-    return forward_ad._current_level >= 0 and forward_ad.unpack_dual(grad).tangent is not None
+    # No dual level entered: no tangents anywhere, and nothing to unpack.
+    return forward_ad._current_level >= 0 and forward_ad.unpack_dual(t).tangent is not None
 
 
 def broadcast_shapes(*shapes: Sequence[int]) -> tuple[int, ...]:
