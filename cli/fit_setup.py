@@ -13,7 +13,7 @@ import os
 import click
 
 from cli.batch import option_errors
-from cli.options import check_list_params
+from cli.options import check_window_params
 
 #: The largest --seed whose per-step seeds stay 64-bit integers.
 MAX_SEED = (2**63 - 1) // 1_000_004
@@ -37,7 +37,7 @@ def check_options(o: dict) -> None:
             )
     window = o["window"] or (o["init"] if o["init"] not in (None, "delta", "zeros") else None)
     if window is not None:
-        check_list_params(window, o["params"])
+        check_window_params(window, o["params"])
     if o["plot"] is not None and not o["plot"].lower().endswith(".png"):
         raise click.BadParameter(f"{o['plot']!r} is not a .png file", param_hint="'--plot'")
     # click's float ranges let NaN through, and inf passes a lower bound.

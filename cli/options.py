@@ -68,12 +68,18 @@ def window_params_option(help: str):
     )
 
 
-def check_list_params(window: str, params) -> None:
-    """A list VALUE (``a=0.5,0.5``) only for a sequence parameter of ``window``
+def check_window_params(window: str, params) -> None:
+    """Every ``--param`` NAME must be a parameter of ``window`` (as ``diffconv windows``
+    lists them), and a list VALUE (``a=0.5,0.5``) only for a sequence parameter
     (general_cosine's ``a``): for any other the core would build one window per channel.
 
+    A name the design function also takes (``width`` makes firwin a Kaiser design, ``scale``
+    or ``normalize`` change the gain) would otherwise reach it silently, and a name the
+    command passes itself (``fs``, ``edges``) ended in a Python "multiple values" error.
+
     Raises:
-        click.BadParameter: a list for a parameter that takes one value.
+        click.BadParameter: a name ``window`` does not take, or a list for a parameter that
+            takes one value.
     """
     from diffconv_core._window_registry import lookup
 
@@ -81,13 +87,33 @@ def check_list_params(window: str, params) -> None:
         spec, _ = lookup(window)
     except (ValueError, TypeError):
         return  # an unknown window: the core names it, with the known ones
+    accepted = {p.name for p in spec.params}
     vectors = {p.name for p in spec.params if p.vector}
     for name, value in params:
+        if name not in accepted:
+            known = (
+                f"its parameters: {', '.join(sorted(accepted))}" if accepted else "it takes none"
+            )
+            raise click.BadParameter(
+                f"{spec.name} has no parameter {name!r} ({known}){_option_hint(name)}",
+                param_hint="'--param'",
+            )
         if isinstance(value, list) and name not in vectors:
             raise click.BadParameter(
                 f"{name}={','.join(map(str, value))}: {spec.name}'s {name} takes one value",
                 param_hint="'--param'",
             )
+
+
+def _option_hint(name: str) -> str:
+    """Where a --param NAME is really an option of the running command, say so."""
+    if name == "sym":
+        return "; for a periodic window add _periodic to its name (e.g. --window hann_periodic)"
+    context = click.get_current_context(silent=True)
+    flag = "--" + name.replace("_", "-")
+    if context is not None and any(flag in p.opts for p in context.command.params):
+        return f"; use {flag}"
+    return ""
 
 
 def _number(text: str):

@@ -11,7 +11,7 @@ import math
 
 import click
 
-from cli.options import batch_options, check_list_params, window_params_option
+from cli.options import batch_options, check_window_params, window_params_option
 
 _BANDS = ("lowpass", "highpass", "bandpass", "bandstop")
 
@@ -60,7 +60,7 @@ def filter(paths, lowpass, highpass, bandpass, bandstop, taps, window, params, *
     options = RunOptions.from_shared(shared)
 
     def build():
-        check_list_params(window, params)
+        check_window_params(window, params)
         return filter_operation(
             band,
             cutoff,

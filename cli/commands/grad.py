@@ -29,7 +29,7 @@ from typing import Any
 import click
 
 from cli.options import (
-    check_list_params,
+    check_window_params,
     device_option,
     glob_option,
     grad_rate_option,
@@ -267,7 +267,7 @@ def _window_kernel(opts):
     from diffconv_core.gradients import window_kernel
 
     name = opts["window"] or "hann"
-    check_list_params(name, opts["params"])
+    check_window_params(name, opts["params"])
     length = 31 if opts["length"] is None else opts["length"]
     normalize = opts["normalize"] or "sum"
     spec = window_kernel(

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import click
 
-from cli.options import batch_options, check_list_params, width_option, window_params_option
+from cli.options import batch_options, check_window_params, width_option, window_params_option
 
 
 @click.command(name="smooth")
@@ -52,7 +52,7 @@ def smooth(paths, window, length, params, width, edges, nan_policy, **shared) ->
         window_params["width"] = width
 
     def build():
-        check_list_params(window, params)
+        check_window_params(window, params)
         return smooth_operation(
             window,
             length,

@@ -137,3 +137,30 @@ def test_non_finite_rate_is_a_usage_error(tmp_path, rate):
         "filter", tmp_path / "trace.npy", tmp_path / "o.npy", "--lowpass", "1", "--rate", rate
     )
     assert r.exit_code == 2 and "'--rate'" in r.stderr and "fs" not in r.stderr
+
+
+@pytest.mark.parametrize("param", ["width=400", "scale=false", "fs=16000", "numtaps=11"])
+def test_param_that_is_not_the_windows_is_refused(tmp_path, param):
+    # firwin's own keywords reached it through --param: width=400 turned a hamming design
+    # into a Kaiser one and scale=false dropped the gain scaling, both with exit 0.
+    out = tmp_path / "out.wav"
+    r = invoke(
+        "filter", SAMPLES / "multichannel_float.wav", out, "--lowpass", "1000", "--param", param
+    )
+    assert r.exit_code == 2, r.output
+    assert f"hamming has no parameter '{param.split('=')[0]}'" in r.stderr
+    assert not out.exists()
+    r = invoke(
+        "filter",
+        SAMPLES / "multichannel_float.wav",
+        out,
+        "--lowpass",
+        "1000",
+        "--window",
+        "kaiser",
+        "--param",
+        "beta=8.6",
+        "--param",
+        param,
+    )
+    assert r.exit_code == 2 and "its parameters: beta" in r.stderr

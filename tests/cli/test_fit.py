@@ -454,7 +454,7 @@ def test_npy_pairs_need_rate_to_crop_in_seconds(tmp_path):
             ["--window", "general_cosine", "--learn", "width"],
             "needs a value for a (e.g. --param a=0.54,0.46)",
         ),
-        (["--window", "gaussian", "--param", "beta=2"], "gaussian has no parameter beta"),
+        (["--window", "gaussian", "--param", "beta=2"], "gaussian has no parameter 'beta'"),
         (["--window", "gaussian", "--param", "std=-1"], "'--param': learned parameter std"),
         (["--window", "gaussian", "--param", "std=wide"], "std='wide' is not a number"),
         (["--window", "tukey", "--param", "alpha=1.5"], "'--param': learned parameter alpha"),

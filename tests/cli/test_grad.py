@@ -306,6 +306,10 @@ def test_kernel_file_conflicts_and_params(tmp_path, short_wav):
         "grad", short_wav, tmp_path / "o", "--kernel", tmp_path / "k.npy", "--wrt", "params"
     )
     assert params.exit_code == 2 and "params needs a --window kernel" in params.output
+    # A --param the window does not take: named as such (it had been blamed on --window).
+    width = invoke("grad", short_wav, tmp_path / "o", "--param", "width=4")
+    assert width.exit_code == 2 and "hann has no parameter 'width'" in width.stderr
+    assert "use --width" in width.stderr
 
 
 def test_start_past_the_end_is_a_file_error(short_wav, tmp_path):

@@ -241,3 +241,20 @@ def test_method_option_reaches_the_core(tmp_path, monkeypatch, method):
     r = invoke("smooth", SAMPLES / "speech_mono16.wav", out, "--method", method)
     assert r.exit_code == 0, r.output
     assert seen and set(seen) == {method}
+
+
+@pytest.mark.parametrize(
+    "param, hint",
+    [
+        ("width=3", "use --width"),  # had silently lost to --width, or replaced it
+        ("edges=zeros", "use --edges"),  # had been a Python "multiple values" message
+        ("normalize=peak", "it takes none"),
+        ("sym=false", "--window hann_periodic"),
+    ],
+)
+def test_param_takes_only_the_windows_own_parameters(tmp_path, param, hint):
+    out = tmp_path / "out.npy"
+    r = invoke("smooth", SAMPLES / "speech_mono16.wav", out, "--param", param)
+    assert r.exit_code == 2, r.output
+    assert "hann has no parameter" in r.stderr and hint in r.stderr
+    assert "multiple values" not in r.stderr and not out.exists()
