@@ -390,7 +390,7 @@ def _grad_one(job, setup: _Setup, device, outdir: Path, report) -> str:
 
     from cli.audio_io import probe, read_signal
     from cli.errors import EXIT_USAGE, FileProblem
-    from diffconv_core.gradients import ParametricKernel, gradient_map, jacobian
+    from diffconv_core.gradients import ParametricKernel, gradient_map
 
     parametric = isinstance(setup.kernel, ParametricKernel)
     paths = output_paths(job.dest, setup, parametric)
@@ -419,7 +419,7 @@ def _grad_one(job, setup: _Setup, device, outdir: Path, report) -> str:
     jac = None
     if setup.jacobian:
         # First: a Jacobian too large to build fails the file before any other work.
-        jac = jacobian(x[..., first:last], w, "signal", **setup.convolve)
+        jac = _excerpt_jacobian(x, w, first, last, setup.convolve)
     target = None
     if setup.target is not None:
         target = torch.from_numpy(_target_for(job, setup, outdir)).to(device=device, dtype=x.dtype)
@@ -502,6 +502,30 @@ def _excerpt(frames: int, rate, start: float, duration) -> tuple[int, int]:
         )
     last = frames if duration is None else min(frames, first + max(1, int(round(duration * scale))))
     return first, last
+
+
+def _excerpt_jacobian(x, w, first: int, last: int, convolve_options: dict):
+    """d output / d input of the samples [first, last): the excerpt's block of the whole
+    file's Jacobian.
+
+    The file's padding rule applies at the file's ends only: an excerpt cut from the middle
+    has real samples beyond its edges, not reflected or wrapped ones (taking the excerpt's
+    Jacobian alone had wrapped its end onto its start under circular padding). So the
+    Jacobian is built over the excerpt plus ``K`` samples each side where the file has them,
+    wider than any pad, and its middle block is kept. Zero padding needs no margin.
+    """
+    from diffconv_core.gradients import jacobian
+
+    if convolve_options.get("padding", "zeros") == "zeros":
+        return jacobian(x[..., first:last], w, "signal", **convolve_options)
+    taps = w.shape[-1]
+    begin, end = max(0, first - taps), min(x.shape[-1], last + taps)
+    wide = jacobian(x[..., begin:end], w, "signal", **convolve_options)
+    # Every mode's outputs line up with the inputs at one fixed offset, the same for the
+    # excerpt and the wider piece: the excerpt's outputs start first - begin rows in.
+    rows = wide.shape[-2] - (end - begin) + (last - first)
+    offset = first - begin
+    return wide[..., offset : offset + rows, offset : offset + last - first]
 
 
 def _target_for(job, setup: _Setup, outdir: Path):

@@ -432,3 +432,32 @@ def test_dash_is_not_a_stream_for_grad(tmp_path, monkeypatch):
     result = invoke("grad", "x.npy", "./-", "--window", "hann", "--length", "5")
     assert result.exit_code == 0, result.output
     assert (tmp_path / "-" / "x.grad_signal.npy").exists()
+
+
+@pytest.mark.parametrize("padding", ["reflect", "symmetric", "replicate", "circular", "zeros"])
+@pytest.mark.parametrize("mode", ["same", "full"])
+@pytest.mark.parametrize("start, duration", [(0.0, 0.3), (0.5, 0.6), (1.6, 0.4)])
+def test_excerpt_jacobian_is_the_files_block(tmp_path, padding, mode, start, duration):
+    # The Jacobian of an excerpt from the middle took the excerpt's own ends for the file's:
+    # circular padding wrapped its end onto its start, reflect folded taps back at its edges.
+    # It must be the excerpt's block of the whole file's Jacobian.
+    x = np.random.default_rng(3).standard_normal(200)
+    np.save(tmp_path / "x.npy", x)
+    kernel = np.array([1.0, 2.0, 3.0, 4.0, 5.0])
+    np.save(tmp_path / "k.npy", kernel)
+    r = invoke(
+        "grad", tmp_path / "x.npy", tmp_path / "o", "--rate", "100", "--kernel",
+        tmp_path / "k.npy", "--jacobian", "--start", str(start), "--duration", str(duration),
+        "--mode", mode, "--padding", padding, "--format", "npy", "--wrt", "signal",
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    written = _load(tmp_path / "o" / "x.jacobian.npy").reshape(-1, int(round(duration * 100)))
+    from diffconv_core import convolve
+
+    whole = torch.autograd.functional.jacobian(
+        lambda s: convolve(s, torch.from_numpy(kernel), mode, padding=padding),
+        torch.from_numpy(x)[None],
+    )[0, :, 0, :]
+    first, last = int(round(start * 100)), int(round((start + duration) * 100))
+    rows = written.shape[0]
+    np.testing.assert_allclose(written, whole[first : first + rows, first:last].numpy(), atol=1e-12)
