@@ -419,7 +419,8 @@ def _grad_one(job, setup: _Setup, device, outdir: Path, report) -> str:
     jac = None
     if setup.jacobian:
         # First: a Jacobian too large to build fails the file before any other work.
-        jac = _excerpt_jacobian(x, w, first, last, setup.convolve)
+        taps = setup.kernel_info.get("taps", setup.kernel_info.get("length"))
+        jac = _excerpt_jacobian(x, w, taps, first, last, setup.convolve)
     target = None
     if setup.target is not None:
         target = torch.from_numpy(_target_for(job, setup, outdir)).to(device=device, dtype=x.dtype)
@@ -504,7 +505,7 @@ def _excerpt(frames: int, rate, start: float, duration) -> tuple[int, int]:
     return first, last
 
 
-def _excerpt_jacobian(x, w, first: int, last: int, convolve_options: dict):
+def _excerpt_jacobian(x, w, taps: int, first: int, last: int, convolve_options: dict):
     """d output / d input of the samples [first, last): the excerpt's block of the whole
     file's Jacobian.
 
@@ -518,7 +519,6 @@ def _excerpt_jacobian(x, w, first: int, last: int, convolve_options: dict):
 
     if convolve_options.get("padding", "zeros") == "zeros":
         return jacobian(x[..., first:last], w, "signal", **convolve_options)
-    taps = w.shape[-1]
     begin, end = max(0, first - taps), min(x.shape[-1], last + taps)
     wide = jacobian(x[..., begin:end], w, "signal", **convolve_options)
     # Every mode's outputs line up with the inputs at one fixed offset, the same for the
