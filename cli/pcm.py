@@ -28,6 +28,11 @@ _CODES = {
     "PCM_16": (np.dtype("int16"), 16),
     "PCM_24": (np.dtype("int32"), 24),
     "PCM_32": (np.dtype("int32"), 32),
+    # ALAC is lossless integer audio too: libsndfile floored floats written to it.
+    "ALAC_16": (np.dtype("int16"), 16),
+    "ALAC_20": (np.dtype("int32"), 20),
+    "ALAC_24": (np.dtype("int32"), 24),
+    "ALAC_32": (np.dtype("int32"), 32),
 }
 
 

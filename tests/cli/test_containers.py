@@ -60,6 +60,20 @@ def test_alac_keeps_its_bits_in_other_formats_and_round_trips_exactly(
             np.testing.assert_array_equal(sf.read(tmp_path / name, dtype="int32")[0], codes)
 
 
+@pytest.mark.parametrize("bits", [16, 20, 24, 32])
+def test_alac_is_written_to_the_nearest_code(tmp_path, identity, bits):
+    # libsndfile floors floats written as ALAC: every sample was biased by half a step (a
+    # value 0.6 codes above a step came out a step below the nearest), as PCM once was.
+    steps = np.arange(-100, 100) + 0.6
+    np.save(tmp_path / "in.npy", (steps / 2 ** (bits - 1))[None])
+    out = tmp_path / "out.caf"
+    r = invoke("convolve", tmp_path / "in.npy", out, "--kernel", identity, "--rate", "44100",
+               "--subtype", f"ALAC_{bits}")  # fmt: skip
+    assert r.exit_code == 0, r.stderr
+    codes = sf.read(out, dtype="int32")[0] >> (32 - bits)
+    np.testing.assert_array_equal(codes, np.rint(steps))
+
+
 @pytest.mark.parametrize(("rate", "channels"), [(384_000, 1), (8_000, 256)])
 def test_ogg_vorbis_beyond_its_limits_is_refused_not_a_crash(tmp_path, identity, rate, channels):
     # libvorbis ended the whole process with SIGSEGV above 200 kHz or 255 channels, leaving
