@@ -118,7 +118,7 @@ def test_impulse_response_wav_and_per_channel_kernel(tmp_path):
     assert r.exit_code == 0, r.output
     want2 = np.stack([scipy.signal.convolve(c, kc, "full") for c, kc in zip(x, k2, strict=True)])
     got2 = np.load(out2)
-    assert got2.dtype == np.float32 and got2.shape == (2, 96000 + 15)
+    assert got2.dtype == np.float64 and got2.shape == (2, 96000 + 15)
     np.testing.assert_allclose(got2, want2, atol=1e-5)
     # ...and refuses a file with another channel count, naming both counts.
     out3 = tmp_path / "mono.wav"

@@ -85,8 +85,8 @@ def test_cross_format_writes(tmp_path, identity):
         == 0
     )
     d = np.load(tmp_path / "d.npy")
-    assert d.shape == (2, 96000) and d.dtype == np.float32
-    np.testing.assert_array_equal(d, sf.read(src, dtype="float32")[0].T)
+    assert d.shape == (2, 96000) and d.dtype == np.float64
+    np.testing.assert_array_equal(d, sf.read(src, dtype="float64")[0].T)
     r = invoke(
         "convolve",
         tmp_path / "d.npy",

@@ -33,7 +33,7 @@ def _bits(subtype: str) -> int:
 
 
 def _wide(subtype: str) -> np.dtype:
-    return np.dtype("float64" if subtype == "PCM_32" else "float32")
+    return np.dtype("float64" if subtype in ("PCM_24", "PCM_32") else "float32")
 
 
 @pytest.mark.parametrize("fmt, subtype", CASES)

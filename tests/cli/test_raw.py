@@ -42,7 +42,7 @@ def codes_and_floats(subtype: str, channels: int, endian: str, frames: int = 600
         codes = rng.integers(-(2**23), 2**23, size=shape)
         as_bytes = codes.astype("<i4").view(np.uint8).reshape(*shape, 4)[..., :3]
         data = (as_bytes if order == "<" else as_bytes[..., ::-1]).tobytes()
-        return data, (codes / 2.0**23).T.astype(np.float32)
+        return data, (codes / 2.0**23).T  # 24-bit samples are computed in float64
     if subtype in ("FLOAT", "DOUBLE"):
         dtype = np.dtype(f"{order}f{4 if subtype == 'FLOAT' else 8}")
         values = rng.uniform(-1.5, 1.5, size=shape).astype(dtype)

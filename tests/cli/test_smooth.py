@@ -31,8 +31,8 @@ def test_default_smooth_equals_scipy_on_stereo_24bit(tmp_path, length):
     x = sf.read(src, dtype="float64", always_2d=True)[0].T
     want = scipy_smooth(x, scipy.signal.windows.hann(length), "reflect")
     got = np.load(out)
-    assert got.shape == x.shape and got.dtype == np.float32
-    np.testing.assert_allclose(got, want, atol=1e-6)
+    assert got.shape == x.shape and got.dtype == np.float64  # 24-bit input: computed in float64
+    np.testing.assert_allclose(got, want, atol=1e-12)
 
 
 def test_speech_wav_written_equals_core(tmp_path):
@@ -258,3 +258,19 @@ def test_param_takes_only_the_windows_own_parameters(tmp_path, param, hint):
     assert r.exit_code == 2, r.output
     assert "hann has no parameter" in r.stderr and hint in r.stderr
     assert "multiple values" not in r.stderr and not out.exists()
+
+
+@pytest.mark.parametrize(("suffix", "subtype"), [(".wav", "PCM_24"), (".flac", "PCM_24")])
+def test_24_bit_outputs_are_the_nearest_codes(tmp_path, suffix, subtype):
+    # 24-bit files were filtered in float32, whose rounding is about one 24-bit step: 1 in 7
+    # output codes were one off scipy's float64 result (up to 2 off in FLAC).
+    x = np.clip(0.4 * np.random.default_rng(0).standard_normal((4000, 2)), -0.95, 0.95)
+    src, out = tmp_path / f"in{suffix}", tmp_path / f"out{suffix}"
+    sf.write(src, x, 48000, subtype=subtype)
+    r = invoke("smooth", src, out)
+    assert r.exit_code == 0, r.output
+    x = sf.read(src, dtype="float64")[0].T
+    w = scipy.signal.windows.hann(31)
+    want = np.rint(scipy_smooth(x, w, "reflect") * 2**23)
+    got = sf.read(out, dtype="int32")[0].T >> 8
+    np.testing.assert_array_equal(got, want)
