@@ -41,8 +41,8 @@ import torch
 import diffconv_core
 from diffconv_core import _framed_conv, methods
 from diffconv_core._direct import MAX_TOEPLITZ_TAPS
-from diffconv_core._fft import fft_length
-from diffconv_core._overlap import block_fft_length
+from diffconv_core._fft import range_fft_length
+from diffconv_core._overlap import overlap_fft_length
 from diffconv_core._shift_add import MAX_SHIFT_ADD_TAPS
 from diffconv_core._toeplitz import gemm_work
 from diffconv_core.memory import retain_freed_memory
@@ -65,11 +65,11 @@ def features(method: str, B: int, T: int, K: int) -> list[float]:
             return []  # the shifted sums: kept out of this fit
         return [1.0, B * L, B * L * _framed_conv.work(K)]  # float32: oneDNN's convolutions
     if method == "fft":
-        n = fft_length(T + K, torch.device("cpu"))
+        n = range_fft_length(T, K, *methods.output_range(T, K, "same"), torch.device("cpu"))
         log_n = math.log2(n)
         work = B * 3 * n * log_n * (2 if B == 1 else 1)
         return [1.0, work, work * max(0.0, log_n - 11)]
-    block = block_fft_length(K, L)
+    block = overlap_fft_length(K, L)
     n_blocks = math.ceil(L / (block - K + 1))
     return [1.0, B * n_blocks * 2 * block * math.log2(block)]
 

@@ -80,6 +80,20 @@ def fft_length(n: int, device: torch.device) -> int:
     return 1 << max(0, n - 1).bit_length()
 
 
+def range_fft_length(T: int, K: int, lo: int, hi: int, device: torch.device) -> int:
+    """The FFT length :func:`fft_range` takes for samples ``lo <= n < hi`` of ``T`` samples
+    convolved with ``K`` taps: circular aliasing may fall anywhere outside ``[lo, hi)``, so
+    "valid" needs about T points, "same" about T + K/2 (the cost model prices this length too).
+
+    Example:
+        >>> import torch
+        >>> cpu = torch.device("cpu")
+        >>> [range_fft_length(8192, 8000, lo, hi, cpu) for lo, hi in ((7999, 8192), (0, 16191))]
+        [8192, 16200]
+    """
+    return fft_length(max(hi, T + K - 1 - lo, T, K, 1), device)
+
+
 def _sum_spectrum_to(spectrum: torch.Tensor, batch_shape: tuple[int, ...] | None) -> torch.Tensor:
     if batch_shape is None:
         return spectrum
@@ -104,7 +118,7 @@ def fft_range(
         ``0 <= lo <= hi <= T + K - 1``.
     """
     T, K = x.shape[-1], w.shape[-1]
-    n_fft = fft_length(max(hi, T + K - 1 - lo, T, K, 1), x.device)
+    n_fft = range_fft_length(T, K, lo, hi, x.device)
     if needs_graph(x, w) and reduce_to is None:
         return _FFTRange.apply(x, w, lo, hi, n_fft)
     rows = math.prod(x.shape[:-1])
@@ -150,7 +164,7 @@ def plain_fft_range(
         x ``(*bx, T)``, w ``(*bw, K)`` -> ``(*broadcast(bx, bw), hi - lo)`` (or ``reduce_to``).
     """
     T, K = x.shape[-1], w.shape[-1]
-    n_fft = fft_length(max(hi, T + K - 1 - lo, T, K, 1), x.device)
+    n_fft = range_fft_length(T, K, lo, hi, x.device)
     spectrum = torch.fft.rfft(x, n_fft) * torch.fft.rfft(w, n_fft)
     return torch.fft.irfft(_sum_spectrum_to(spectrum, reduce_to), n_fft)[..., lo:hi]
 

@@ -44,6 +44,22 @@ def block_fft_length(kernel_length: int, output_length: int) -> int:
     return next_fast_len(length, CPU_FFT_MULTIPLE)
 
 
+def overlap_fft_length(kernel_length: int, output_length: int) -> int:
+    """The block FFT length :func:`overlap_range` takes (and the cost model prices):
+    :func:`block_fft_length`, but never longer than one FFT of the whole output needs.
+
+    Example:
+        >>> block_fft_length(3, 8), overlap_fft_length(3, 8)
+        (2048, 16)
+    """
+    # With block_fft_length's floor of MIN_BLOCK_FFT alone, 200,000 rows of 8 samples became
+    # 2,048-point blocks (4.7 GB).
+    full = next_fast_len(
+        max(output_length + kernel_length - 1, 2 * kernel_length), CPU_FFT_MULTIPLE
+    )
+    return min(block_fft_length(kernel_length, output_length), full)
+
+
 # Without autograd, blocks are processed a chunk at a time into a preallocated output, so the
 # work arrays stay a fraction of the input (peak extra memory ~ the output plus one chunk).
 CHUNK_SAMPLES = 1 << 20
@@ -90,11 +106,7 @@ def overlap_range(
     """
     T, K = x.shape[-1], w.shape[-1]
     n_out = hi - lo
-    # Never blocks longer than one FFT of the whole output needs: with the cost model's
-    # floor of MIN_BLOCK_FFT, 200,000 rows of 8 samples became 2,048-point blocks (4.7 GB).
-    n_fft = block_fft or min(
-        block_fft_length(K, n_out), next_fast_len(max(n_out + K - 1, 2 * K), CPU_FFT_MULTIPLE)
-    )
+    n_fft = block_fft or overlap_fft_length(K, n_out)
     step = n_fft - K + 1  # output samples per block
     n_blocks = -(-n_out // step)
     # Output n reads x[n - K + 1 .. n]: block b's source starts at x[lo - (K - 1) + b * step]

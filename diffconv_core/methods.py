@@ -23,8 +23,8 @@ import torch
 
 from diffconv_core import _framed_conv
 from diffconv_core._direct import MAX_TOEPLITZ_TAPS
-from diffconv_core._fft import fft_length
-from diffconv_core._overlap import block_fft_length
+from diffconv_core._fft import fft_length, range_fft_length
+from diffconv_core._overlap import block_fft_length, overlap_fft_length
 from diffconv_core._shift_add import MAX_SHIFT_ADD_TAPS
 from diffconv_core._toeplitz import gemm_work
 from diffconv_core._triton_direct import MAX_LAG_TAPS
@@ -189,6 +189,21 @@ def output_length(T: int, K: int, mode: str) -> int:
     return max(T, K) - min(T, K) + 1
 
 
+def output_range(T: int, K: int, mode: str) -> tuple[int, int]:
+    """Samples ``lo <= n < hi`` of the full convolution that ``mode`` keeps, with zero padding
+    (``convolve`` asks its methods for these; "valid" with ``T >= K``, as convolve swaps).
+
+    Example:
+        >>> [output_range(100, 7, m) for m in ("full", "same", "valid")]
+        [(0, 106), (3, 103), (6, 100)]
+    """
+    if mode == "valid":
+        return K - 1, T
+    if mode == "same":
+        return (K - 1) // 2, (K - 1) // 2 + T
+    return 0, T + K - 1
+
+
 @functools.lru_cache(maxsize=4096)
 def estimate_costs(
     batch: int,
@@ -245,13 +260,16 @@ def estimate_costs(
         call = f["direct_call"]
         per_sample = f["direct_sample"] + f["direct_gemm_tap"] * gemm_work(K)
     direct = call + batch * L * per_sample
-    n_fft = fft_length(T + K, torch.device(device_type))
+    # The transforms the FFT path takes for this mode: about T points for "valid", T + K/2
+    # for "same" (pricing T + K whatever the mode, auto took overlap-save for (1, 8192) *
+    # 8000 "valid", 0.40 ms, over its own FFT path's 0.12 ms).
+    n_fft = range_fft_length(T, K, *output_range(T, K, mode), torch.device(device_type))
     log_n = math.log2(max(n_fft, 2))
     unit = c["fft_unit"] + c["fft_unit_per_octave"] * max(0.0, log_n - 11)
     # One row's transforms run on one thread; a batch's rows spread over two.
     serial = 2 if device_type == "cpu" and batch == 1 and not requires_grad else 1
     fft = c["fft_call"] + unit * batch * 3 * n_fft * log_n * serial
-    block = block_fft_length(K, L)
+    block = overlap_fft_length(K, L)  # the blocks overlap_range takes
     n_blocks = math.ceil(L / (block - K + 1))
     overlap_units = batch * n_blocks * 2 * block * math.log2(block)
     overlap = c["overlap_call"] + c["overlap_unit"] * overlap_units

@@ -263,3 +263,41 @@ def test_choose_method_names_a_bad_argument(args, options, error, message):
         "fft",
         "overlap",
     )
+
+
+def test_the_fft_is_priced_at_the_length_each_mode_transforms():
+    # fft_range transforms only what the mode keeps (about T points for "valid", T + K/2 for
+    # "same"); priced at T + K whatever the mode, auto took overlap-save for a kernel nearly
+    # as long as the signal in "valid", 1.8-3.3x slower than the FFT path.
+    from diffconv_core import _fft, _overlap
+    from diffconv_core.methods import estimate_costs, output_length, output_range
+
+    cpu = torch.device("cpu")
+    seen: list[int] = []
+    rfft = torch.fft.rfft
+
+    def recording_rfft(x, n=None, *args, **kwargs):
+        seen.append(n)
+        return rfft(x, n, *args, **kwargs)
+
+    for T, K in [(8192, 8000), (1000, 31), (1000, 999), (5000, 300)]:
+        for mode in MODES:
+            lo, hi = output_range(T, K, mode)
+            assert hi - lo == output_length(T, K, mode), (T, K, mode)
+            # The model prices the transforms that the FFT and overlap-save paths take.
+            for run, length in (
+                (_fft.fft_range, _fft.range_fft_length(T, K, lo, hi, cpu)),
+                (_overlap.overlap_range, _overlap.overlap_fft_length(K, hi - lo)),
+            ):
+                seen.clear()
+                torch.fft.rfft = recording_rfft
+                try:
+                    run(torch.randn(2, T), torch.randn(K), lo, hi)
+                finally:
+                    torch.fft.rfft = rfft
+                assert set(seen) == {length}, (run.__name__, T, K, mode, seen)
+    valid = estimate_costs(1, 8192, 8000, "valid", "cpu")
+    full = estimate_costs(1, 8192, 8000, "full", "cpu")
+    assert valid["fft"] < full["fft"]
+    assert choose_method((1, 8192), (8000,), mode="valid") == "fft"
+    assert choose_method((4, 100_000), (90_000,), mode="valid") == "fft"
