@@ -170,6 +170,13 @@ def _cuda_training_pick(batch: int, T: int, K: int, mode: str) -> str:
 # was within 10% of the fastest forward+backward in 34 of those 36 shapes, at worst 1.32x.
 _BACKWARD_FACTOR = {"direct": 3.7, "fft": 2.0, "overlap": 3.8}
 
+# float64 over float32 on the CPU GEMMs, relative to the transforms (the constants above are
+# float32 fits): the direct GEMMs took 3.28x their float32 time, the faster of fft and
+# overlap-save 2.17x (medians, one thread, min of 9 reps, 24 shapes: 1-512 rows of
+# 1,024-1,048,576 samples, 13-255 taps), so direct is 1.5x dearer against them in float64.
+# Priced as float32, auto kept direct at (64, 8000) * 63 taps (4.1 ms where fft took 2.3).
+_FLOAT64_GEMM_FACTOR = 1.5
+
 # The shifted sums with a kernel per row (a column of weights per tap) over one shared
 # kernel's: 1.2-1.5x (one thread, 256-4 rows of 1,024-480,000 samples, 3-12 taps).
 _PER_ROW_SHIFT_FACTOR = 1.25
@@ -214,11 +221,12 @@ def estimate_costs(
     requires_grad: bool = False,
     shared_kernel: bool = True,
     framed_conv: bool = False,
+    float64: bool = False,
 ) -> dict[str, float]:
     """Modelled forward time of each method in nanoseconds (the ranking is what counts), for
     the path each takes: with autograd recording or not, one kernel for all rows or not, a
     shared kernel's direct products as oneDNN convolutions (``framed_conv``, float32) or
-    GEMMs.
+    GEMMs (dearer in ``float64``, which the CPU computes in double precision).
 
     Example:
         >>> costs = estimate_costs(16, 480_000, 31, "same", "cuda")
@@ -249,6 +257,8 @@ def estimate_costs(
         a = _COSTS["cpu_autograd"]
         call = a["direct_call"]
         per_sample = a["direct_sample"] + a["direct_gemm_tap"] * gemm_work(K)
+        if float64:
+            per_sample *= _FLOAT64_GEMM_FACTOR
     elif framed_conv:
         # One kernel for every row in float32: oneDNN convolutions in pieces, also recorded.
         f = _COSTS["cpu"]
@@ -259,6 +269,8 @@ def estimate_costs(
         f = _COSTS["cpu"]
         call = f["direct_call"]
         per_sample = f["direct_sample"] + f["direct_gemm_tap"] * gemm_work(K)
+        if float64:
+            per_sample *= _FLOAT64_GEMM_FACTOR
     direct = call + batch * L * per_sample
     # The transforms the FFT path takes for this mode: about T points for "valid", T + K/2
     # for "same" (pricing T + K whatever the mode, auto took overlap-save for (1, 8192) *
@@ -377,7 +389,8 @@ def pick_method(
     # shifted sums take the fewest taps: no need to read torch's oneDNN settings for them.
     compute_dtype = torch.float32 if dtype in HALF_DTYPES and device_type == "cpu" else dtype
     framed = shared and K > MAX_SHIFT_ADD_TAPS and _framed_conv.usable_for(compute_dtype, device)
-    costs = estimate_costs(batch, T, K, mode, device_type, requires_grad, shared, framed)
+    float64 = compute_dtype == torch.float64 and device_type == "cpu"
+    costs = estimate_costs(batch, T, K, mode, device_type, requires_grad, shared, framed, float64)
     if requires_grad:
         # The backward pass costs each method a different multiple of its forward pass.
         costs = {name: cost * _BACKWARD_FACTOR[name] for name, cost in costs.items()}

@@ -207,7 +207,9 @@ def test_float32_is_priced_as_onednn_convolutions_and_other_dtypes_as_gemms():
     for K in (31, 127, 255, 511):
         framed = estimate_costs(*shape, K, "same", "cpu", framed_conv=True)
         gemms = estimate_costs(*shape, K, "same", "cpu")
-        assert framed["direct"] < gemms["direct"]
+        gemms64 = estimate_costs(*shape, K, "same", "cpu", float64=True)
+        assert framed["direct"] < gemms["direct"] < gemms64["direct"]
+        assert gemms64["fft"] == gemms["fft"] and gemms64["overlap"] == gemms["overlap"]
         assert framed["fft"] == gemms["fft"] and framed["overlap"] == gemms["overlap"]
         # Half types are computed in float32 on a CPU, so priced as float32.
         float32 = framed if onednn else gemms
@@ -215,7 +217,7 @@ def test_float32_is_priced_as_onednn_convolutions_and_other_dtypes_as_gemms():
             (torch.float32, float32),
             (torch.bfloat16, float32),
             (torch.float16, float32),
-            (torch.float64, gemms),
+            (torch.float64, gemms64),
         ):
             assert choose_method(shape, (K,), dtype=dtype) == min(costs, key=costs.get), K
         with torch.backends.mkldnn.flags(enabled=False):
@@ -301,3 +303,18 @@ def test_the_fft_is_priced_at_the_length_each_mode_transforms():
     assert valid["fft"] < full["fft"]
     assert choose_method((1, 8192), (8000,), mode="valid") == "fft"
     assert choose_method((4, 100_000), (90_000,), mode="valid") == "fft"
+
+
+@pytest.mark.filterwarnings("ignore:TF32 acceleration on top of oneDNN")  # torch's own note
+def test_float64_direct_gives_way_to_the_transforms_sooner():
+    # float64 GEMMs cost 3.3x their float32 time where the transforms cost 2.2x: priced as
+    # float32, auto kept direct at 63 taps where fft or overlap-save ran 1.4-1.6x faster.
+    for shape in [(64, 8000), (1, 1 << 20)]:
+        assert choose_method(shape, (63,), dtype=torch.float64) in ("fft", "overlap"), shape
+        # float32 keeps its picks: oneDNN's convolutions, or the GEMMs with oneDNN off.
+        assert choose_method(shape, (63,), dtype=torch.float32) == "direct", shape
+        with torch.backends.mkldnn.flags(enabled=False):
+            assert choose_method(shape, (63,)) == "direct", shape
+    # A handful of taps stays direct in float64 (the shifted sums; and 31 taps of 4 long rows).
+    assert choose_method((64, 8000), (7,), dtype=torch.float64) == "direct"
+    assert choose_method((4, 480_000), (31,), dtype=torch.float64) == "direct"
