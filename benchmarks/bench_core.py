@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import random
 import statistics
 import sys
 import time
@@ -47,12 +48,18 @@ def median_time(fn, device: str, budget_s: float = 0.3, max_reps: int = 40) -> f
 
 
 def interleaved_medians(
-    fns: dict, device: str, budget_s: float = 0.3, max_reps: int = 40, context: str = ""
+    fns: dict,
+    device: str,
+    budget_s: float = 0.3,
+    max_reps: int = 40,
+    context: str = "",
+    seed: int = 0,
 ) -> dict[str, float]:
     """Median seconds per call of each function, timed in rounds that call every function
-    once, in rotating order: a machine whose speed drifts over seconds (shared 2-core runners
-    swing up to 2x) then slows all contenders alike instead of whichever happened to run
-    during a slow spell, and none always follows the same neighbour.
+    once, in an order shuffled every round (by a generator seeded with ``seed``, so a rerun
+    calls them in the same orders): a machine whose speed drifts over seconds (shared 2-core
+    runners swing up to 2x) then slows all contenders alike instead of whichever happened to
+    run during a slow spell, and none always follows the same neighbour.
     ``budget_s`` is per function; a function that raises is dropped, its error reported."""
     alive: dict = {}
     for label, fn in fns.items():
@@ -67,12 +74,14 @@ def interleaved_medians(
     deadline = time.perf_counter() + budget_s * max(1, len(alive))
     rounds = 0
     order = list(alive.items())
+    rng = random.Random(seed)
     while order and rounds < max_reps and (rounds < 5 or time.perf_counter() < deadline):
-        # Each round starts one contender later: what ran just before a call (another tool's
-        # cache footprint, threads gone to sleep during a single-threaded peer) costs small
-        # cases up to 5x here, so every contender takes every place in turn.
-        shift = rounds % len(order)
-        for label, fn in order[shift:] + order[:shift]:
+        # A new order every round: what ran just before a call (another tool's cache
+        # footprint, threads gone to sleep during a single-threaded peer) costs small cases up
+        # to 5x here. A rotation kept the cyclic order, so each contender nearly always ran
+        # right after the same one (diffconv after x.clone() of the same input).
+        rng.shuffle(order)
+        for label, fn in order:
             start = time.perf_counter()
             fn()
             sync(device)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import sys
 from pathlib import Path
 
@@ -24,7 +25,7 @@ def bench_core():
     return _load("bench_core")
 
 
-def test_interleaved_medians_alternate_contenders_and_drop_failures(bench_core, capsys):
+def test_interleaved_medians_shuffle_contenders_and_drop_failures(bench_core, capsys):
     calls: list[str] = []
 
     def broken():
@@ -35,17 +36,33 @@ def test_interleaved_medians_alternate_contenders_and_drop_failures(bench_core, 
         "b": lambda: calls.append("b"),
         "broken": broken,
     }
-    medians = bench_core.interleaved_medians(fns, "cpu", budget_s=0.0, max_reps=7, context=" here")
-    assert set(medians) == {"a", "b"}
+    for name in "cd":
+        fns[name] = lambda name=name: calls.append(name)
+    medians = bench_core.interleaved_medians(
+        fns, "cpu", budget_s=0.0, max_reps=12, context=" here", seed=1
+    )
+    assert set(medians) == {"a", "b", "c", "d"}
     assert all(m >= 0 for m in medians.values())
-    # Two warm-up calls each, then rounds that call every survivor once, each round starting
-    # one contender later.
-    assert calls[:4] == ["a", "a", "b", "b"]
-    timed = calls[4:]
-    rounds = len(timed) // 2
-    assert 5 <= rounds <= 7
-    assert timed == (["a", "b", "b", "a"] * rounds)[: 2 * rounds]
     assert "# broken failed here: RuntimeError: cannot do this case" in capsys.readouterr().out
+    # Two warm-up calls each, then rounds that call every survivor once, in an order shuffled
+    # every round: no contender always runs right after the same neighbour (a rotation kept
+    # the cyclic order, so "a" always followed "d" within a round).
+    assert calls[:8] == ["a", "a", "b", "b", "c", "c", "d", "d"]
+    timed = calls[8:]
+    assert len(timed) % 4 == 0 and len(timed) >= 5 * 4
+    rounds = [timed[i : i + 4] for i in range(0, len(timed), 4)]
+    assert all(sorted(r) == ["a", "b", "c", "d"] for r in rounds)
+    before: dict[str, set[str]] = {name: set() for name in "abcd"}
+    for r in rounds:
+        for earlier, later in itertools.pairwise(r):
+            before[later].add(earlier)
+    assert all(len(names) >= 2 for names in before.values()), before
+    # Seeded: a rerun calls them in the same orders.
+    first = list(calls)
+    calls.clear()
+    bench_core.interleaved_medians(fns, "cpu", budget_s=0.0, max_reps=12, seed=1)
+    capsys.readouterr()
+    assert calls[8 : 8 + len(timed)] == first[8:]
 
 
 def test_sox_benchmark_skips_cleanly_without_sox(monkeypatch, capsys):
