@@ -76,7 +76,8 @@ def load_kernel(path: str | os.PathLike) -> np.ndarray:
 
 def _load_text(path: str) -> np.ndarray:
     try:
-        with open(path, encoding="utf-8") as f:
+        # utf-8-sig: spreadsheets and Notepad write a byte-order mark first.
+        with open(path, encoding="utf-8-sig") as f:
             text = f.read()
     except (OSError, UnicodeDecodeError) as err:
         raise FileProblem(path, f"cannot read kernel text ({err})") from err

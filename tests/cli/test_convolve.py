@@ -78,9 +78,12 @@ def test_text_kernel_formats_like_sox(tmp_path):
     # sox's fir effect takes coefficients separated by whitespace, commas or newlines.
     (tmp_path / "k.csv").write_text("# a comment line\n0.25, 0.5\n 0.25 \n")
     (tmp_path / "k.txt").write_text("0.25 0.5\t0.25")
+    # Excel's "CSV UTF-8" and Notepad start the file with a byte-order mark: it was read as
+    # part of the first number ("holds a non-number").
+    (tmp_path / "bom.csv").write_bytes(b"\xef\xbb\xbf0.25,0.5,0.25\r\n")
     x = np.arange(10, dtype=np.float64)
     np.save(tmp_path / "x.npy", x)
-    for name in ("k.csv", "k.txt"):
+    for name in ("k.csv", "k.txt", "bom.csv"):
         out = tmp_path / f"y_{name}.npy"
         r = invoke("convolve", tmp_path / "x.npy", out, "--kernel", tmp_path / name)
         assert r.exit_code == 0, r.output
