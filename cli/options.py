@@ -198,15 +198,32 @@ overwrite_option = _overwrite_option("Replace existing outputs (also OUTPUT equa
 overwrite_files_option = _overwrite_option("Replace existing output files.")
 
 
+def _not_both_quiet_and_verbose(ctx: click.Context, param: click.Parameter, value: bool):
+    # Each flag's callback checks the other: click runs them in command-line order, so the
+    # second one given sees the first.
+    other = "verbose" if param.name == "quiet" else "quiet"
+    if value and ctx.params.get(other):
+        raise click.UsageError("-q/--quiet and -v/--verbose contradict each other; give one")
+    return value
+
+
 def quiet_option(f):
     return click.option(
-        "-q", "--quiet", is_flag=True, help="Print errors only: no progress, warnings, summary."
+        "-q",
+        "--quiet",
+        is_flag=True,
+        callback=_not_both_quiet_and_verbose,
+        help="Print errors only: no progress, warnings, summary.",
     )(f)
 
 
 def verbose_option(f):
     return click.option(
-        "-v", "--verbose", is_flag=True, help="One line per file; tracebacks for failures."
+        "-v",
+        "--verbose",
+        is_flag=True,
+        callback=_not_both_quiet_and_verbose,
+        help="One line per file; tracebacks for failures.",
     )(f)
 
 

@@ -177,3 +177,14 @@ def test_a_npy_header_with_a_negative_dimension_is_corrupt(tmp_path):
         assert result.exit_code == 1, result.output
         assert "negative dimension" in result.stderr
     assert listing(tmp_path) == ["neg.npy"]
+
+
+@pytest.mark.parametrize("command", ["smooth", "grad", "fit"])
+@pytest.mark.parametrize("flags", [["-q", "-v"], ["-v", "-q"], ["-qv"]])
+def test_quiet_and_verbose_together_are_a_usage_error(tmp_path, command, flags):
+    # -q promises errors only, yet -q -v printed a line per file.
+    src = SAMPLES / "speech_mono16.wav"
+    args = [src, src, tmp_path / "k.npy"] if command == "fit" else [src, tmp_path / "out"]
+    r = invoke(command, *args, *flags)
+    assert r.exit_code == 2 and "contradict each other" in r.stderr
+    assert listing(tmp_path) == []
