@@ -1,11 +1,11 @@
 """Splitting a batch command's files across the ranks of a torchrun launch.
 
-``torchrun --nproc_per_node=N -m cli smooth IN OUT`` starts N processes with ``WORLD_SIZE``,
-``RANK`` and ``LOCAL_RANK`` set. Every rank plans the same sorted job list and takes every
-``world_size``-th job starting at its rank, so each file is processed exactly once. At the
-end the ranks exchange their reports (gloo, which carries Python objects on CPU whatever
-device computed), so rank 0 prints the merged summary and every rank exits with the merged
-exit code.
+``torchrun --nproc_per_node=N --no-python diffconv smooth IN OUT`` starts N processes with
+``WORLD_SIZE``, ``RANK`` and ``LOCAL_RANK`` set. Every rank plans the same sorted job list
+and takes every ``world_size``-th job starting at its rank, so each file is processed exactly
+once. At the end the ranks exchange their reports (gloo, which carries Python objects on CPU
+whatever device computed), so rank 0 prints the merged summary and every rank exits with the
+merged exit code.
 """
 
 from __future__ import annotations

@@ -39,7 +39,8 @@ Examples:
   diffconv fit noisy.wav clean.wav --out denoise.npy --taps 63
   diffconv fit noisy/ clean/ --out k.npy --loss spectral --plot loss.png
   diffconv fit in.wav out.wav --out g.npy --window gaussian --param std=4 --learn params
-  torchrun --nproc_per_node=4 -m cli fit noisy/ clean/ --out k.npy   (see docs/distributed.md)
+  torchrun --nproc_per_node=4 --no-python diffconv fit noisy/ clean/ --out k.npy
+  (torchrun: see docs/distributed.md)
 
 \b
 Writes KERNEL.npy (float64), KERNEL.txt (one coefficient per line, as sox's fir effect
