@@ -40,8 +40,8 @@ def tune(device: str, dtype: str, quick: bool, cache: str | None, quiet: bool) -
     shape). A --cache file elsewhere is read only where DIFFCONV_CACHE_DIR names its folder
     and it is called methods.json.
 
-    The full grid (84 shapes on CPU, 93 on CUDA) takes under a minute on 2 CPU cores (43 s measured), --quick
-    about 15 s; a GPU is faster. Progress goes to stderr unless -q.
+    The full grid (84 shapes on CPU, 93 on CUDA) takes under a minute on 2 CPU cores (43 s
+    measured), --quick about 15 s; a GPU is faster. Progress goes to stderr unless -q.
     """
     import torch
 
