@@ -49,7 +49,12 @@ def check_tensor(name: str, value: object) -> torch.Tensor:
     """A real floating-point tensor with at least one dimension and no empty time axis (an
     empty batch, ``(0, T)``, is a tensor like any other)."""
     if not isinstance(value, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor; got {type(value).__name__}")
+        hint = (
+            "; convert it with torch.from_numpy(...) or torch.as_tensor(...)"
+            if type(value).__module__ == "numpy" or isinstance(value, (list, tuple))
+            else ""
+        )
+        raise TypeError(f"{name} must be a torch.Tensor; got {type(value).__name__}{hint}")
     if value.is_complex():
         raise TypeError(
             f"{name} must be a real floating-point tensor; got complex dtype {value.dtype}"
@@ -58,6 +63,7 @@ def check_tensor(name: str, value: object) -> torch.Tensor:
         raise TypeError(  # operation a convolution needs takes them
             f"{name} must be a floating-point tensor (float16, bfloat16, float32, float64); "
             f"got dtype {value.dtype}"
+            + ("; convert it with .float() or .double()" if not value.is_floating_point() else "")
         )
     if value.layout != torch.strided:
         raise TypeError(f"{name} must be a dense (strided) tensor; got layout {value.layout}")

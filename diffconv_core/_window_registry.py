@@ -6,6 +6,7 @@ One row per window. :mod:`diffconv_core._window_build` evaluates them; the publi
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -198,7 +199,9 @@ def lookup(name: str) -> tuple[Spec, bool | None]:
         key, forced = key[: -len("_periodic")], False
     if key not in _BY_NAME:
         known = ", ".join(s.name for s in SPECS)
-        raise ValueError(f"unknown window {name!r}; known windows: {known}")
+        close = difflib.get_close_matches(key, list(_BY_NAME), n=1)
+        guess = f" (did you mean {_BY_NAME[close[0]].name!r}?)" if close else ""
+        raise ValueError(f"unknown window {name!r}{guess}; known windows: {known}")
     return _BY_NAME[key], forced
 
 

@@ -192,3 +192,21 @@ def test_package_lists_its_lazy_names_and_refuses_unknown_ones():
 def test_sparse_tensors_are_refused_by_name(func, x, w):
     assert_raises(lambda: func(x.to_sparse(), w), "signal", "dense", "sparse_coo", exc=TypeError)
     assert_raises(lambda: func(x, w.to_sparse()), "kernel", "dense", "sparse_coo", exc=TypeError)
+
+
+def test_common_input_mistakes_name_the_fix():
+    # A numpy array or an integer tensor is the usual first mistake; the message named the
+    # problem but not the conversion that fixes it.
+    import numpy as np
+
+    from diffconv_core import convolve
+    from diffconv_core.windows import get_window
+
+    with pytest.raises(TypeError, match=r"got ndarray; convert it with torch\.from_numpy"):
+        convolve(np.ones(10), torch.ones(3))
+    with pytest.raises(TypeError, match=r"got dtype torch\.int64; convert it with \.float\(\)"):
+        convolve(torch.arange(10), torch.ones(3))
+    with pytest.raises(ValueError, match=r"unknown window 'hanm' \(did you mean 'hann'\?\)"):
+        get_window("hanm", 5)
+    with pytest.raises(ValueError, match=r"unknown window 'zzz'; known windows"):
+        get_window("zzz", 5)  # nothing close: no guess
