@@ -19,6 +19,7 @@ import sys
 import traceback
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import click
@@ -213,7 +214,7 @@ def _run_local(jobs, operation, options, device, report, *, show_progress: bool)
 
 def _prepare(job: Job, operation: Operation, options: RunOptions, report: Report):
     try:
-        if not job.to_stdout and job.dest.exists() and not options.overwrite:
+        if not job.to_stdout and _dest_exists(job.dest) and not options.overwrite:
             # Checked before reading so that a rerun over a finished batch costs nothing.
             raise FileProblem(job.dest, "output exists; use --overwrite to replace it")
         if job.from_stdin:
@@ -234,6 +235,16 @@ def _prepare(job: Job, operation: Operation, options: RunOptions, report: Report
         _failed(report, options, path, _reason(err), err)
         return None
     return _Item(job, info, spec)
+
+
+def _dest_exists(dest: Path) -> bool:
+    """Whether ``dest`` exists; a path that cannot even be checked (a folder without search
+    permission, a name too long) fails this one file rather than the batch: Path.exists
+    swallows only "not there" errors and raises the others."""
+    try:
+        return dest.exists()
+    except OSError as err:
+        raise FileProblem(dest, f"cannot write there ({err.strerror or err})") from err
 
 
 def _guard(report: Report, item: _Item, options: RunOptions, work: Callable[[], None]) -> None:

@@ -228,3 +228,24 @@ def test_recursive_search_skips_hidden_folders_like_hidden_files(tree, tmp_path)
     # A hidden folder named as the INPUT itself is still searched.
     r = invoke("convolve", tree / ".ipynb_checkpoints", tmp_path / "h", "--kernel", KERNEL)
     assert r.exit_code == 0 and listing(tmp_path / "h") == ["copy.wav"]
+
+
+def test_an_output_path_that_cannot_be_checked_fails_only_that_file(tree, tmp_path, monkeypatch):
+    # Path.exists raises for anything but "not there" (no search permission on a folder, a
+    # name too long); that used to stop the whole batch before anything was written.
+    from pathlib import Path
+
+    out = tmp_path / "out"
+    exists = Path.exists
+
+    def refusing(self, *args, **kwargs):
+        if self == out / "b.wav":
+            raise PermissionError(13, "Permission denied", str(self))
+        return exists(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "exists", refusing)
+    r = invoke("convolve", tree, out, "--kernel", KERNEL)
+    assert r.exit_code == 1
+    assert f"{out / 'b.wav'}: cannot write there (Permission denied)" in r.stderr
+    assert "1 file processed, 1 file failed." in r.stderr
+    assert listing(out) == ["a.wav"]
