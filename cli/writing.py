@@ -309,6 +309,7 @@ class AtomicWriter:
             raise FileProblem(dest, f"cannot write there ({err.strerror or err})") from err
         if self._dest_mode is not None and stat.S_ISDIR(self._dest_mode):
             raise FileProblem(dest, "output is a directory")
+        _refuse_special(dest, self._dest_mode)
         if self._dest_mode is not None and not self.overwrite:
             raise FileProblem(dest, "output exists; use --overwrite to replace it")
         try:
@@ -584,6 +585,7 @@ def atomic_write(
         with interrupts.deferred():
             target = _through_symlink(dest)
             keep = _existing_mode(target)
+            _refuse_special(dest, keep)
             prefix = temporary_prefix(target.name)
             fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=".part", dir=target.parent)
         with os.fdopen(fd, "wb") as f:
@@ -626,6 +628,22 @@ def _through_symlink(dest: Path) -> Path:
     if not os.path.islink(dest):
         return dest
     return Path(os.path.realpath(dest, strict=os.path.exists(dest)))
+
+
+def _refuse_special(dest: Path, mode: int | None) -> None:
+    """Refuse to replace a FIFO, a device or a socket: the rename would swap it for a plain
+    file (``--overwrite`` onto a named pipe, or a link to one, left a regular file there and
+    nothing reached the reader). Writing into it in place is not atomic, so that is left to
+    the shell: ``-`` and a redirection."""
+    if mode is None or stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return
+    if stat.S_ISFIFO(mode):
+        kind = "a FIFO"
+    elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        kind = "a device"
+    else:
+        kind = "a socket" if stat.S_ISSOCK(mode) else "not a plain file"
+    raise FileProblem(dest, f"is {kind}, not a regular file; write to - and redirect")
 
 
 def _existing_mode(path: Path) -> int | None:

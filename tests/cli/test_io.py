@@ -524,3 +524,27 @@ def test_info_prints_every_digit_of_a_rate(tmp_path):
         sf.write(tmp_path / f"r{rate}.wav", np.zeros(10), rate)
         r = invoke("info", tmp_path / f"r{rate}.wav")
         assert f", {rate} Hz, " in r.stdout, r.stdout
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+@pytest.mark.parametrize("name", ["out.wav", "out.npy"])
+def test_overwrite_refuses_to_replace_a_fifo_or_a_device(tmp_path, streamed, name):
+    # The rename would swap the pipe (or /dev/null behind a link) for a plain file, and the
+    # reader would get nothing.
+    fifo = tmp_path / ("fifo_" + name)
+    os.mkfifo(fifo)
+    link = tmp_path / ("link_" + name)
+    link.symlink_to(fifo.name)
+    cases = [(fifo, "a FIFO"), (link, "a FIFO")]
+    device = tmp_path / ("null_" + name)
+    with contextlib.suppress(PermissionError):  # a device of our own (not /dev/null) as root
+        os.mknod(device, stat.S_IFCHR | 0o666, os.makedev(1, 3))
+        cases.append((device, "a device"))
+    env = {"DIFFCONV_STREAM_SAMPLES": "1000"} if streamed else None
+    src = SAMPLES / "speech_mono16.wav"
+    for dest, kind in cases:
+        r = invoke("smooth", src, dest, "--overwrite", env=env)
+        assert r.exit_code == 1
+        assert f"{dest}: is {kind}, not a regular file; write to - and redirect" in r.stderr
+        assert not dest.resolve().is_file()
+    assert link.is_symlink() and listing(tmp_path) == []
