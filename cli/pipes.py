@@ -263,6 +263,7 @@ class StdoutWriter(AtomicWriter):
         # would hold the whole output twice); .npy is encoded here, from its blocks.
         encoded = self._encoded
         try:
+            self._check_complete()
             if encoded is None:
                 encoded = io.BytesIO()
                 self._close(commit=True, target=encoded)

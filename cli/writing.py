@@ -440,6 +440,7 @@ class AtomicWriter:
             self._discard()
             return False
         try:
+            self._check_complete()
             self._close(commit=True)
             _move_into_place(self._tmp, self._target, self._dest_mode)
         except OSError as err:
@@ -449,6 +450,17 @@ class AtomicWriter:
             self._discard()
             raise
         return False
+
+    def _check_complete(self) -> None:
+        """Refuse a .npy that received fewer frames than its shape says: its header and
+        memory map are sized up front, so the frames never written would be committed as
+        zeros (a damaged Ogg decodes fewer frames than its header counts). Audio headers are
+        written at close with the frames actually written, so they need no check."""
+        expected = self.shape[-1]
+        if self.spec.kind == "npy" and self._offset != expected:
+            raise FileProblem(
+                self.dest, f"input ended at frame {self._offset} of {expected}; nothing written"
+            )
 
     def _close(self, commit: bool = False, target: io.BufferedIOBase | None = None) -> None:
         # ``target``: where a buffered result goes when there is no temporary file (stdout).

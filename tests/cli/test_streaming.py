@@ -293,3 +293,25 @@ def test_a_bad_streaming_setting_is_a_usage_error_naming_it(tmp_path, long_float
     assert r.exit_code == 2, r.stderr
     assert name in r.stderr and repr(value) in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "out.wav").exists()
+
+
+@pytest.mark.parametrize("dest", ["streamed.npy", "-"])
+def test_a_stream_that_ends_before_its_header_says_fails_instead_of_padding(tmp_path, dest):
+    # A damaged Ogg decodes fewer frames than its header counts; the .npy, sized up front from
+    # the header, was committed with zeros where the missing frames would be.
+    rng = np.random.default_rng(5)
+    sf.write(tmp_path / "full.ogg", 0.1 * rng.standard_normal((100_000, 2)), 44100)
+    data = bytearray((tmp_path / "full.ogg").read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 2000] = rng.integers(0, 256, 2000, dtype=np.uint8).tobytes()
+    garbled = tmp_path / "garbled.ogg"
+    garbled.write_bytes(bytes(data))
+    header, decoded = sf.info(garbled).frames, len(sf.read(garbled)[0])
+    assert decoded < header == 100_000
+    out = tmp_path / dest if dest != "-" else "-"
+    extra = ["-t", "npy"] if dest == "-" else []
+    r = invoke("smooth", garbled, out, *extra, env=STREAM)
+    assert r.exit_code == 1
+    assert f"input ended at frame {decoded} of {header}" in r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["full.ogg", "garbled.ogg"]
+    assert r.stdout_bytes == b""
