@@ -8,11 +8,12 @@ usage error found only once the file was read, e.g. a .npy behind a pipe without
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 
 import click
 
-from cli.errors import EXIT_OK, EXIT_RUNTIME, EXIT_USAGE
+from cli.errors import EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, discard_further_output
 
 
 @dataclass
@@ -49,7 +50,7 @@ class Report:
         self.done_paths.append((str(source), str(dest)))
         if self.verbose:
             how = " (streamed)" if streamed else ""
-            click.echo(f"done: {source} -> {dest}{how}", err=True)
+            _say(f"done: {source} -> {dest}{how}")
 
     def failed(self, path: str, reason: str, exit_code: int = EXIT_RUNTIME) -> None:
         """Record a failure; printed even with ``--quiet`` (an error must never be silent).
@@ -57,13 +58,13 @@ class Report:
         self.failure_count += 1
         self.usage_failed = self.usage_failed or exit_code == EXIT_USAGE
         self.failures.append((str(path), reason))
-        click.secho(f"error: {path}: {reason}", err=True, fg="red")
+        _say(f"error: {path}: {reason}", fg="red")
 
     def warn(self, path: str, message: str) -> None:
         """A problem that did not stop the file (e.g. samples clipped on writing)."""
         self.warning_count += 1
         if not self.quiet:
-            click.secho(f"warning: {path}: {message}", err=True, fg="yellow")
+            _say(f"warning: {path}: {message}", fg="yellow")
 
     @property
     def return_code(self) -> int:
@@ -101,7 +102,18 @@ class Report:
 
     def print_summary(self) -> None:
         if not self.quiet:
-            click.echo(self.summary(), err=True)
+            _say(self.summary())
+
+
+def _say(message: str, fg: str | None = None) -> None:
+    """Print one line to stderr, best effort: a stderr that cannot be written (``2>/dev/full``,
+    a closed pipe) must not stop the batch at its first message; the exit code still says
+    whether anything failed."""
+    try:
+        click.secho(message, err=True, fg=fg)
+    except OSError:
+        # Python flushes stderr once more at exit and would fail there again.
+        discard_further_output(sys.stderr)
 
 
 def _plural(n: int, word: str) -> str:

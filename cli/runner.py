@@ -277,7 +277,10 @@ def _report_failure(
     report: Report, path: str, reason: str, trace: str, exit_code: int = EXIT_RUNTIME
 ) -> None:
     if trace:
-        sys.stderr.write(trace)
+        # Best effort, as the report's own lines: an unwritable stderr must not stop the batch.
+        with contextlib.suppress(OSError):
+            sys.stderr.write(trace)
+            sys.stderr.flush()
     report.failed(path, reason, exit_code)
 
 

@@ -281,3 +281,23 @@ def test_sigterm_while_a_stalled_reader_blocks_stdout_ends_the_process(tmp_path,
         proc.stderr.close()
     assert returncode == 128 + signal.SIGTERM, stderr
     assert "Traceback" not in stderr
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+@pytest.mark.parametrize("verbose", [[], ["-v"]])
+def test_an_unwritable_stderr_does_not_stop_the_batch(tmp_path, verbose):
+    # `2>/dev/full`: the first error message raised OSError out of the report, and the files
+    # after it were never written.
+    (tmp_path / "bad.wav").write_bytes(b"junk")
+    good = SAMPLES / "speech_mono16.wav"
+    out = tmp_path / "out"
+    with open("/dev/full", "w") as full:
+        result = subprocess.run(
+            [sys.executable, "-m", "cli", "smooth", tmp_path / "bad.wav", good, out, *verbose],
+            stdout=subprocess.PIPE,
+            stderr=full,
+            cwd=REPO,
+            timeout=120,
+        )
+    assert result.returncode == 1
+    assert listing(out) == ["speech_mono16.wav"]
