@@ -18,7 +18,9 @@ from cli.options import raw_input_options, version_option
 
 
 @click.command(name="info")
-@click.argument("files", nargs=-1, required=True, type=click.Path())
+# readable=False: click would refuse the whole command (exit 2, nothing described) for one
+# unreadable FILE; the probe reports it as that file's failure instead.
+@click.argument("files", nargs=-1, required=True, type=click.Path(readable=False))
 @raw_input_options("Sample rate of headerless .raw/.pcm FILEs (needed to read them).")
 @version_option
 def info(files: tuple[str, ...], **raw_options) -> None:

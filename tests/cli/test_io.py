@@ -548,3 +548,17 @@ def test_overwrite_refuses_to_replace_a_fifo_or_a_device(tmp_path, streamed, nam
         assert f"{dest}: is {kind}, not a regular file; write to - and redirect" in r.stderr
         assert not dest.resolve().is_file()
     assert link.is_symlink() and listing(tmp_path) == []
+
+
+def test_info_describes_the_files_around_an_unreadable_one(tmp_path, monkeypatch):
+    # click.Path's readable check made one unreadable FILE a usage error (exit 2) that
+    # described none of the others. (os.access is what that check asks; as root it says yes.)
+    wav, npy = SAMPLES / "speech_mono16.wav", SAMPLES / "sensor_gaps.npy"
+    locked = tmp_path / "locked.wav"
+    shutil.copy(wav, locked)
+    access = os.access
+    monkeypatch.setattr(os, "access", lambda p, m, **k: p != str(locked) and access(p, m, **k))
+    r = invoke("info", wav, locked, npy)
+    assert r.exit_code != 2, r.output
+    names = [line.split(":")[0] for line in r.stdout.splitlines()]
+    assert str(wav) in names and str(npy) in names
