@@ -231,6 +231,14 @@ def _check_readable(path: str) -> int:
         raise FileProblem(path, "is a directory, not a file")
     if status.st_size == 0 and stat.S_ISREG(status.st_mode):
         raise FileProblem(path, "file is empty")
+    if stat.S_ISREG(status.st_mode):
+        # libsndfile says only "System error" for a file it may not open: ask the system.
+        # Regular files only: opening a FIFO would unblock its writer, which a close right
+        # after would leave writing into no reader.
+        try:
+            os.close(os.open(path, os.O_RDONLY))
+        except OSError as err:
+            raise FileProblem(path, f"cannot read ({err.strerror or err})") from err
     return status.st_mode
 
 
