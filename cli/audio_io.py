@@ -213,10 +213,12 @@ def _source(info: SignalInfo) -> str | io.BytesIO:
     return io.BytesIO(info.buffer) if info.buffer is not None else _not_stdin(info.path)
 
 
-def _not_stdin(path: str) -> str:
+def _not_stdin(path: str) -> bytes:
     # libsndfile opens a path "-" as stdin; a file named "-" (given as ./-, which pathlib
-    # shortens to -) is a file.
-    return os.path.join(os.curdir, path) if path == "-" else path
+    # shortens to -) is a file. Bytes, as the file system has them: soundfile encodes a str
+    # path without surrogateescape, so a name that is not UTF-8 (b"bad\xff.wav", legal on
+    # POSIX) raised UnicodeEncodeError.
+    return os.fsencode(os.path.join(os.curdir, path) if path == "-" else path)
 
 
 def _check_readable(path: str) -> int:

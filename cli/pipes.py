@@ -136,7 +136,7 @@ def input_format(source: str | os.PathLike | bytes, *, raw: bool = False) -> str
         source = _not_stdin(os.fspath(source))
     try:
         return sf.info(source).format
-    except (sf.SoundFileError, RuntimeError, OSError):
+    except (sf.SoundFileError, RuntimeError, OSError, ValueError):  # ValueError: a bad name
         return ""
 
 

@@ -591,3 +591,20 @@ def test_an_unreadable_input_says_permission_denied(tmp_path):
     assert r.returncode == 1, r.stderr
     assert f"error: {locked}: cannot read (Permission denied)" in r.stderr
     assert [line.split(":")[0] for line in r.stdout.splitlines()] == [str(wav), str(npy)]
+
+
+@pytest.mark.skipif(sys.platform == "darwin", reason="macOS names must be UTF-8")
+@pytest.mark.parametrize("streamed", [False, True])
+def test_names_that_are_not_utf8_can_be_read(tmp_path, streamed):
+    # soundfile encodes a str path strictly: b"bad\xff.wav" (legal on POSIX) ended in a
+    # UnicodeEncodeError traceback in info and in `smooth X -`.
+    wav = tmp_path / os.fsdecode(b"bad\xff.wav")
+    shutil.copy(SAMPLES / "speech_mono16.wav", wav)
+    env = {**os.environ, "DIFFCONV_STREAM_SAMPLES": "1000"} if streamed else None
+    out = tmp_path / os.fsdecode(b"out\xff.wav")
+    for args in (["info", wav], ["smooth", wav, "-"], ["smooth", wav, out]):
+        command = [sys.executable, "-m", "cli", *map(os.fsencode, args)]
+        r = subprocess.run(command, capture_output=True, cwd=REPO, env=env, timeout=120)
+        assert r.returncode == 0, r.stderr.decode(errors="replace")
+        assert b"Traceback" not in r.stderr
+    assert sf.info(os.fsencode(out)).frames == 32000
