@@ -46,6 +46,9 @@ class Job:
     dest: Path
     stdin: bytes | None = field(default=None, repr=False, compare=False)
     to_stdout: bool = False
+    #: why this entry of a directory INPUT fails, known while listing it (a folder that
+    #: cannot be read, a dangling symlink); the run reports it as a failed file.
+    problem: str | None = None
 
     @property
     def from_stdin(self) -> bool:
@@ -112,12 +115,12 @@ def plan_jobs(
     jobs: list[Job] = []
     for src in sources:
         if src.is_dir():
-            found = _find_files(src, glob, recursive, exclude=out)
+            found, problems = _find_files(src, glob, recursive, exclude=out)
             headerless = 0
             if not (raw or glob):
                 kept = [f for f in found if not is_raw_path(f)]
                 headerless, found = len(found) - len(kept), kept
-            if not found:
+            if not found and not problems:
                 how = f"matching {glob!r}" if glob else "with an audio or .npy extension"
                 hint = (
                     f" ({headerless} headerless .raw/.pcm left out: their format was not given)"
@@ -131,7 +134,9 @@ def plan_jobs(
                     f"{src}: {headerless} headerless .raw/.pcm {files} left out (read them "
                     "with --rate and --raw-subtype)"
                 )
-            jobs.extend(Job(f, out / f.relative_to(src)) for f in found)
+            entries = [Job(f, out / f.relative_to(src)) for f in found]
+            entries += [Job(p, _problem_dest(src, p, out), problem=r) for p, r in problems]
+            jobs.extend(sorted(entries, key=lambda job: job.source))
         else:
             jobs.append(Job(src, out / src.name))
     _check_unique(jobs)
@@ -196,7 +201,48 @@ def _check_parent(path: Path) -> None:
             return
 
 
-def _find_files(folder: Path, glob: str | None, recursive: bool, exclude: Path) -> list[Path]:
+def _problem_dest(folder: Path, path: Path, out: Path) -> Path:
+    # A failed entry is never written; a folder's gets a .npy name only so that the output
+    # checks every job goes through (the format its extension names) pass it.
+    dest = out / path.relative_to(folder)
+    return dest if not path.is_dir() else dest.parent / f"{path.name}.npy"
+
+
+def _unreadable_folders(folder: Path, recursive: bool) -> list[tuple[Path, str]]:
+    """The folders under ``folder`` (itself included) that cannot be listed, with why:
+    pathlib's glob skips them silently, and their files would be missing from the batch
+    without a word (an unreadable INPUT folder said "no input files")."""
+    problems: list[tuple[Path, str]] = []
+
+    def failed(err: OSError) -> None:
+        path = Path(err.filename) if err.filename else folder
+        problems.append((path, f"cannot read the folder ({err.strerror or err})"))
+
+    for _root, dirs, _files in os.walk(folder, onerror=failed):
+        # Hidden folders are not searched (see _find_files), so not checked either.
+        dirs[:] = [d for d in dirs if not d.startswith(".")] if recursive else []
+    return problems
+
+
+def _broken_link_reason(path: Path) -> str | None:
+    """Why ``path``, a name in a listed folder that is not a file, fails as an input: a
+    dangling symlink or a symlink loop (None: a folder or the like, not an input)."""
+    if not path.is_symlink():
+        return None
+    try:
+        os.stat(path)
+    except FileNotFoundError:
+        return "a link to no file"
+    except OSError as err:  # a loop: "Too many levels of symbolic links"
+        return f"cannot read ({err.strerror or err})"
+    return None
+
+
+def _find_files(
+    folder: Path, glob: str | None, recursive: bool, exclude: Path
+) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """The input files in ``folder``, sorted, and the entries that fail as inputs (folders
+    that cannot be listed, broken symlinks with an input's name), with the reason."""
     pattern = glob or "*"
     try:  # pathlib checks the pattern on the first step of the walk
         candidates = list(folder.rglob(pattern) if recursive else folder.glob(pattern))
@@ -211,19 +257,23 @@ def _find_files(folder: Path, glob: str | None, recursive: bool, exclude: Path) 
     inside = exclude.resolve()
     skip_inside = inside != folder.resolve() and folder.resolve() in inside.parents
     files = []
+    problems = _unreadable_folders(folder, recursive)
     for path in candidates:
         # Hidden files include our own temporary outputs (".name.xxx.part"); hidden folders
         # (.git, .ipynb_checkpoints, .Trash) hold copies and clutter, never a tree's inputs.
         if any(part.startswith(".") for part in path.relative_to(folder).parts):
             continue
-        if not path.is_file():
-            continue
         if glob is None and not (path.suffix.lower() in INPUT_EXTENSIONS or is_raw_path(path)):
+            continue
+        if not path.is_file():
+            reason = _broken_link_reason(path)
+            if reason is not None:
+                problems.append((path, reason))
             continue
         if skip_inside and inside in path.resolve().parents:
             continue
         files.append(path)
-    return sorted(files)
+    return sorted(files), problems
 
 
 def _check_unique(jobs: list[Job]) -> None:

@@ -214,6 +214,8 @@ def _run_local(jobs, operation, options, device, report, *, show_progress: bool)
 
 def _prepare(job: Job, operation: Operation, options: RunOptions, report: Report):
     try:
+        if job.problem is not None:  # found while listing a directory INPUT
+            raise FileProblem(job.source, job.problem)
         if not job.to_stdout and _dest_exists(job.dest) and not options.overwrite:
             # Checked before reading so that a rerun over a finished batch costs nothing.
             raise FileProblem(job.dest, "output exists; use --overwrite to replace it")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import pickle
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -90,3 +92,17 @@ def write_wav(path: Path, data: np.ndarray, rate: int = 8000, subtype: str = "PC
     """Write ``(C, T)`` or ``(T,)`` samples as a sound file."""
     sf.write(path, np.asarray(data).T, rate, subtype=subtype)
     return path
+
+
+def without_root_overrides() -> list[str]:
+    """A command prefix that runs without root's permission overrides (nothing when not
+    root); skips the test where that cannot be had."""
+    if os.geteuid() != 0:
+        return []
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("root without setpriv: permissions are not enforced")
+    prefix = [setpriv, "--bounding-set=-dac_override,-dac_read_search,-fowner"]
+    if subprocess.run([*prefix, "true"], capture_output=True).returncode != 0:
+        pytest.skip("setpriv cannot drop capabilities here")
+    return prefix

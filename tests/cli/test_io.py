@@ -17,7 +17,7 @@ import soundfile as sf
 from cli.audio_io import probe, read_signal
 from cli.errors import FileProblem
 from cli.writing import AtomicWriter, output_spec
-from tests.cli.conftest import REPO, SAMPLES, invoke, listing, write_wav
+from tests.cli.conftest import REPO, SAMPLES, invoke, listing, without_root_overrides, write_wav
 
 
 @pytest.mark.parametrize(
@@ -566,27 +566,13 @@ def test_info_describes_the_files_around_an_unreadable_one(tmp_path, monkeypatch
     assert str(wav) in names and str(npy) in names
 
 
-def _without_root_overrides() -> list[str]:
-    """A command prefix that runs without root's permission overrides (nothing when not
-    root); skips the test where that cannot be had."""
-    if os.geteuid() != 0:
-        return []
-    setpriv = shutil.which("setpriv")
-    if setpriv is None:
-        pytest.skip("root without setpriv: permissions are not enforced")
-    prefix = [setpriv, "--bounding-set=-dac_override,-dac_read_search,-fowner"]
-    if subprocess.run([*prefix, "true"], capture_output=True).returncode != 0:
-        pytest.skip("setpriv cannot drop capabilities here")
-    return prefix
-
-
 def test_an_unreadable_input_says_permission_denied(tmp_path):
     # libsndfile's reason was "System error"; the other files are still described.
     wav, npy = SAMPLES / "speech_mono16.wav", SAMPLES / "sensor_gaps.npy"
     locked = tmp_path / "locked.wav"
     shutil.copy(wav, locked)
     locked.chmod(0)
-    command = [*_without_root_overrides(), sys.executable, "-m", "cli", "info", wav, locked, npy]
+    command = [*without_root_overrides(), sys.executable, "-m", "cli", "info", wav, locked, npy]
     r = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=120)
     assert r.returncode == 1, r.stderr
     assert f"error: {locked}: cannot read (Permission denied)" in r.stderr

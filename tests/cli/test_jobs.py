@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
 
 import click
@@ -11,6 +12,7 @@ import pytest
 from cli.distributed import Ranks, ranks_from_env
 from cli.jobs import plan_jobs
 from cli.runner import Operation, RunOptions, run_jobs
+from tests.cli.conftest import REPO, invoke, listing, without_root_overrides
 
 
 def make(path, n=16):
@@ -76,3 +78,51 @@ def test_progress_bar_only_on_a_terminal(tmp_path, monkeypatch, capsys):
     assert "0/3 [" in capsys.readouterr().err  # tqdm drew the bar (and cleared it)
     run_jobs(jobs, op, RunOptions(device="cpu", quiet=True, overwrite=True))
     assert capsys.readouterr().err == ""
+
+
+def test_folders_that_cannot_be_read_are_failed_entries(tmp_path):
+    # rglob skipped a subfolder it could not list without a word, and an unreadable INPUT
+    # folder said "no input files".
+    tree = tmp_path / "in"
+    make(tree / "a.npy")
+    make(tree / "locked" / "b.npy")
+    (tree / "locked").chmod(0)
+    top = tmp_path / "top"
+    make(top / "c.npy")
+    top.chmod(0)
+    try:
+        prefix = [*without_root_overrides(), sys.executable, "-m", "cli", "smooth"]
+        out = tmp_path / "out"
+        r = subprocess.run([*prefix, tree, out, "-r"], capture_output=True, text=True, cwd=REPO)
+        assert r.returncode == 1, r.stderr
+        assert f"error: {tree / 'locked'}: cannot read the folder (Permission denied)" in r.stderr
+        assert listing(out) == ["a.npy"]
+        r = subprocess.run(
+            [*prefix, top, tmp_path / "o2"], capture_output=True, text=True, cwd=REPO
+        )
+        assert r.returncode == 1, r.stderr
+        assert f"error: {top}: cannot read the folder (Permission denied)" in r.stderr
+    finally:
+        (tree / "locked").chmod(0o755)
+        top.chmod(0o755)
+
+
+def test_broken_symlinks_in_a_folder_are_failed_entries(tmp_path):
+    # A dangling link or a link loop with an input's name was skipped without a word.
+    tree = tmp_path / "in"
+    make(tree / "a.npy")
+    (tree / "dangling.wav").symlink_to("nowhere.wav")
+    (tree / "loop.npy").symlink_to("loop.npy")
+    (tree / "notes.txt").symlink_to("nowhere.txt")  # not an input's name: not an entry
+    jobs = plan_jobs([tree], tmp_path / "out")
+    assert [(j.source.name, j.problem) for j in jobs] == [
+        ("a.npy", None),
+        ("dangling.wav", "a link to no file"),
+        ("loop.npy", "cannot read (Too many levels of symbolic links)"),
+    ]
+    r = invoke("smooth", tree, tmp_path / "out")
+    assert r.exit_code == 1
+    assert f"{tree / 'dangling.wav'}: a link to no file" in r.stderr
+    assert f"{tree / 'loop.npy'}: cannot read (Too many levels" in r.stderr
+    assert "1 file processed, 2 files failed." in r.stderr
+    assert listing(tmp_path / "out") == ["a.npy"]
