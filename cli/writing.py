@@ -116,7 +116,7 @@ def spec_for_format(
         chosen = subtype.upper()
         if fmt == info.format == "RAW":
             endian = info.endian  # headerless: the bytes stay in the order they came in
-    elif info.kind == "audio" and sf.check_format(fmt, info.subtype):
+    elif info.kind == "audio" and _carries_over(info.subtype, info.format, fmt):
         chosen = info.subtype
         endian = info.endian if fmt == info.format else None
     else:
@@ -142,6 +142,11 @@ def spec_for_format(
 _PRECISION_LADDER = ("DOUBLE", "FLOAT", "PCM_32", "PCM_24", "PCM_16")
 # Where a lossless codec's samples enter the ladder: the PCM that holds all of their bits.
 _LADDER_ENTRY = {"ALAC_16": "PCM_16", "ALAC_20": "PCM_24", "ALAC_24": "PCM_24", "ALAC_32": "PCM_32"}
+# Lossy codecs: kept only within their own format. sf.check_format says WAV can hold MPEG
+# Layer III, but libsndfile cannot encode it there ("unsupported encoding"); their decoded
+# samples enter the ladder as 16-bit, as a decoder's output usually is.
+_LOSSY_CODECS = ("VORBIS", "OPUS", "MPEG_LAYER_I", "MPEG_LAYER_II", "MPEG_LAYER_III")
+_LADDER_ENTRY.update(dict.fromkeys(_LOSSY_CODECS, "PCM_16"))
 
 # The RIFF containers that all go by .wav: plain, extensible (channel masks), and the two
 # whose sizes are 64-bit (EBU RF64 and Sony Wave64).
@@ -180,21 +185,34 @@ def _header_rate(spec: OutputSpec) -> int:
     return int(round(spec.rate))
 
 
+def _carries_over(subtype: str | None, from_fmt: str | None, to_fmt: str) -> bool:
+    """Whether an output in ``to_fmt`` keeps the input's ``subtype`` (from ``from_fmt``).
+
+    Example:
+        >>> _carries_over("PCM_24", "WAV", "FLAC"), _carries_over("MPEG_LAYER_III", "MP3", "WAV")
+        (True, False)
+    """
+    if subtype in _LOSSY_CODECS and from_fmt != to_fmt:
+        return False
+    return sf.check_format(to_fmt, subtype)
+
+
 def _closest_subtype(fmt: str, wanted: str | None) -> str:
     """The subtype of ``fmt`` nearest below ``wanted`` in precision, else ``fmt``'s default.
 
     Example:
         >>> _closest_subtype("FLAC", "DOUBLE"), _closest_subtype("OGG", "FLOAT")
         ('PCM_24', 'VORBIS')
-        >>> _closest_subtype("WAV", "ALAC_20")
-        'PCM_24'
+        >>> _closest_subtype("WAV", "ALAC_20"), _closest_subtype("RAW", "VORBIS")
+        ('PCM_24', 'PCM_16')
     """
     wanted = _LADDER_ENTRY.get(wanted, wanted)
     if wanted in _PRECISION_LADDER:
         for candidate in _PRECISION_LADDER[_PRECISION_LADDER.index(wanted) :]:
             if sf.check_format(fmt, candidate):
                 return candidate
-    return sf.default_subtype(fmt)
+    # RAW has no default subtype (None); 16-bit is the usual headerless sample.
+    return sf.default_subtype(fmt) or "PCM_16"
 
 
 def sized_container(spec: OutputSpec, shape: tuple[int, ...], dest) -> OutputSpec:

@@ -594,3 +594,24 @@ def test_names_that_are_not_utf8_can_be_read(tmp_path, streamed):
         assert r.returncode == 0, r.stderr.decode(errors="replace")
         assert b"Traceback" not in r.stderr
     assert sf.info(os.fsencode(out)).frames == 32000
+
+
+@pytest.mark.parametrize(
+    "fmt, subtype, name", [("MP3", "MPEG_LAYER_III", "in.mp3"), ("OGG", "VORBIS", "in.ogg")]
+)
+def test_a_lossy_codec_is_not_carried_into_another_format(tmp_path, fmt, subtype, name):
+    # sf.check_format says WAV holds MPEG Layer III, which libsndfile cannot encode there
+    # ("cannot write WAV/MPEG_LAYER_III"), and RAW's default subtype is None ("subtype None
+    # is not valid for RAW"): the decoded samples are written as 16-bit PCM.
+    if subtype not in sf.available_subtypes(fmt):
+        pytest.skip(f"this libsndfile cannot write {fmt}/{subtype}")
+    src = tmp_path / name
+    sf.write(src, 0.1 * np.random.default_rng(0).standard_normal((8000, 2)), 16000, subtype=subtype)
+    for out in ("out.wav", "out.raw", "out.flac", "same" + src.suffix):
+        r = invoke("smooth", src, tmp_path / out)
+        assert r.exit_code == 0, r.output
+    assert sf.info(tmp_path / "out.wav").subtype == "PCM_16"
+    assert (tmp_path / "out.raw").stat().st_size == 8000 * 2 * 2
+    assert sf.info(tmp_path / ("same" + src.suffix)).subtype == subtype  # its own format
+    r = invoke("smooth", src, "-", "-t", "raw")
+    assert r.exit_code == 0 and len(r.stdout_bytes) == 8000 * 2 * 2
