@@ -64,7 +64,7 @@ _TAIL_BLOCK_FRAMES = 1 << 16
 # Subtypes computed in float64: those whose samples need more than float32's 24-bit mantissa
 # to survive a round trip, and those of 20 and 24 bits, which float32 holds but whose filtered
 # values it does not (its rounding is about one 24-bit step: 1 in 7 codes came out one off).
-_WIDE_SUBTYPES = {"PCM_24", "PCM_32", "ALAC_20", "ALAC_24", "ALAC_32", "DOUBLE"}
+FLOAT64_SUBTYPES = {"PCM_24", "PCM_32", "ALAC_20", "ALAC_24", "ALAC_32", "DOUBLE"}
 
 
 @dataclass
@@ -261,7 +261,7 @@ def _probe_audio(path: str, source: str | io.BytesIO | None = None) -> SignalInf
         raise FileProblem(path, f"not a readable sound file ({_libsndfile_reason(err)})") from err
     if info.frames <= 0:
         raise FileProblem(path, "sound file holds no samples")
-    dtype = np.dtype("float64" if info.subtype in _WIDE_SUBTYPES else "float32")
+    dtype = np.dtype("float64" if info.subtype in FLOAT64_SUBTYPES else "float32")
     return SignalInfo(
         path=path,
         kind="audio",
@@ -309,7 +309,7 @@ def _probe_raw(
         path=path,
         kind="audio",
         shape=(args["channels"], frames),
-        dtype=np.dtype("float64" if raw.subtype in _WIDE_SUBTYPES else "float32"),
+        dtype=np.dtype("float64" if raw.subtype in FLOAT64_SUBTYPES else "float32"),
         rate=float(raw.rate),
         format="RAW",
         subtype=raw.subtype,

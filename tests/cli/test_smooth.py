@@ -274,3 +274,16 @@ def test_24_bit_outputs_are_the_nearest_codes(tmp_path, suffix, subtype):
     want = np.rint(scipy_smooth(x, w, "reflect") * 2**23)
     got = sf.read(out, dtype="int32")[0].T >> 8
     np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("subtype", ["DOUBLE", "PCM_32"])
+def test_a_16_bit_input_written_wider_is_computed_in_float64(tmp_path, subtype):
+    # The compute dtype followed the input only: a 16-bit file written as DOUBLE carried
+    # float32's error (1.4e-7, some 300 steps of a 32-bit output).
+    src, out = SAMPLES / "speech_mono16.wav", tmp_path / "out.wav"
+    r = invoke("smooth", src, out, "--subtype", subtype)
+    assert r.exit_code == 0, r.output
+    x = sf.read(src, dtype="float64", always_2d=True)[0].T
+    want = scipy_smooth(x, scipy.signal.windows.hann(31), "reflect")
+    got = sf.read(out, dtype="float64", always_2d=True)[0].T
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-9)
