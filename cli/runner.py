@@ -237,11 +237,42 @@ def _prepare(job: Job, operation: Operation, options: RunOptions, report: Report
             info = dataclasses.replace(info, dtype=np.dtype("float64"))
         if operation.check is not None:
             operation.check(info)
+        if _looks_channels_last(info):
+            channels, frames = info.original_shape
+            report.warn(
+                str(job.source),
+                f"read as {channels} signals of {frames} samples each (.npy arrays are "
+                "(channels, samples)); if it holds (samples, channels), as soundfile.read "
+                "returns, save its transpose",
+            )
     except (FileProblem, ValueError, TypeError) as err:
         path = err.path if isinstance(err, FileProblem) else str(job.source)
         _failed(report, options, path, _reason(err), err)
         return None
     return _Item(job, info, spec)
+
+
+#: A 2-D .npy with this many rows or more per column reads as very short signals, most likely
+#: audio saved as (samples, channels).
+_CHANNELS_LAST_RATIO = 64
+
+
+def _looks_channels_last(info: SignalInfo) -> bool:
+    """A (T, C) array of a few channels, read as T signals of C samples.
+
+    Example:
+        >>> _looks_channels_last(SignalInfo("a.npy", "npy", (96000, 2), np.dtype("float64"),
+        ...                                 original_shape=(96000, 2)))
+        True
+    """
+    shape = info.original_shape
+    return (
+        info.kind == "npy"
+        and shape is not None
+        and len(shape) == 2
+        and shape[1] > 0
+        and shape[0] >= _CHANNELS_LAST_RATIO * shape[1]
+    )
 
 
 def _dest_exists(dest: Path) -> bool:

@@ -287,3 +287,17 @@ def test_a_16_bit_input_written_wider_is_computed_in_float64(tmp_path, subtype):
     want = scipy_smooth(x, scipy.signal.windows.hann(31), "reflect")
     got = sf.read(out, dtype="float64", always_2d=True)[0].T
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-9)
+
+
+def test_a_channels_last_npy_is_warned_about(tmp_path):
+    # soundfile.read gives (samples, channels): saved as is, every row was smoothed as a
+    # 2-sample signal with exit 0 and no word.
+    x = sf.read(SAMPLES / "music_stereo24.wav")[0]
+    np.save(tmp_path / "tc.npy", x)
+    np.save(tmp_path / "ct.npy", x.T)
+    r = invoke("smooth", tmp_path / "tc.npy", tmp_path / "tc_out.npy")
+    assert r.exit_code == 0
+    assert "read as 96000 signals of 2 samples each" in r.stderr
+    assert "save its transpose" in r.stderr
+    r = invoke("smooth", tmp_path / "ct.npy", tmp_path / "ct_out.npy")
+    assert r.exit_code == 0 and "warning" not in r.stderr
