@@ -6,8 +6,8 @@ The rules (every violation is a usage error, exit code 2, raised before a file i
 - several inputs, a directory input, an existing OUTPUT directory or an OUTPUT ending in a
   path separator: OUTPUT is a directory (created if missing). Files from a directory INPUT
   keep their path relative to it (``--glob`` picks them, ``--recursive`` descends; hidden
-  files and folders are skipped; headerless ``*.raw``/``*.pcm`` files only with ``raw``);
-  single files keep their name;
+  files and folders are skipped, hidden files not when the pattern starts with a dot;
+  headerless ``*.raw``/``*.pcm`` files only with ``raw``); single files keep their name;
 - every input must exist, an OUTPUT that must be a directory must not be a file, and no two
   inputs may map to one output.
 
@@ -258,10 +258,15 @@ def _find_files(
     skip_inside = inside != folder.resolve() and folder.resolve() in inside.parents
     files = []
     problems = _unreadable_folders(folder, recursive)
+    # A pattern whose file part starts with a dot asks for hidden files by name.
+    wants_hidden = pattern.rsplit("/", 1)[-1].startswith(".")
     for path in candidates:
         # Hidden files include our own temporary outputs (".name.xxx.part"); hidden folders
         # (.git, .ipynb_checkpoints, .Trash) hold copies and clutter, never a tree's inputs.
-        if any(part.startswith(".") for part in path.relative_to(folder).parts):
+        *folders, name = path.relative_to(folder).parts
+        if any(part.startswith(".") for part in folders) or name.endswith(".part"):
+            continue
+        if name.startswith(".") and not wants_hidden:
             continue
         if glob is None and not (path.suffix.lower() in INPUT_EXTENSIONS or is_raw_path(path)):
             continue

@@ -233,7 +233,8 @@ def glob_option(f):
         "glob",
         metavar="PATTERN",
         default=None,
-        help="Files to take from directory inputs [default: audio and .npy extensions].",
+        help="Files to take from directory inputs (hidden ones only by a pattern starting "
+        "with '.') [default: audio and .npy extensions].",
     )(f)
 
 

@@ -228,6 +228,11 @@ def test_recursive_search_skips_hidden_folders_like_hidden_files(tree, tmp_path)
     # A hidden folder named as the INPUT itself is still searched.
     r = invoke("convolve", tree / ".ipynb_checkpoints", tmp_path / "h", "--kernel", KERNEL)
     assert r.exit_code == 0 and listing(tmp_path / "h") == ["copy.wav"]
+    # A pattern starting with a dot asks for hidden files by name (it said "no input files
+    # matching '.*.wav'" with .dot.wav right there); hidden folders stay out.
+    r = invoke("convolve", tree, tmp_path / "d", "--kernel", KERNEL, "-r", "--glob", ".*.wav")
+    assert r.exit_code == 0, r.output
+    assert listing(tmp_path / "d") == [".dot.wav"]
 
 
 def test_an_output_path_that_cannot_be_checked_fails_only_that_file(tree, tmp_path, monkeypatch):
