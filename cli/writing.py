@@ -634,8 +634,15 @@ def atomic_write(
 
 def _move_into_place(tmp: str, target: Path, replaced_mode: int | None) -> None:
     """Rename the finished temporary file onto ``target``, with the permissions of the file
-    it replaces (``replaced_mode``), or the usual ones for a new file."""
+    it replaces (``replaced_mode``) and, where allowed, its owner (``--overwrite`` as root
+    had handed another user's file to root, as sox and cp do not), or the usual ones for a
+    new file."""
     os.chmod(tmp, replaced_mode & 0o777 if replaced_mode is not None else _default_mode())
+    if replaced_mode is not None:
+        with contextlib.suppress(OSError):  # only root (or the owner, for the group) may
+            old = os.stat(target)
+            if (old.st_uid, old.st_gid) != (os.getuid(), os.getgid()):
+                os.chown(tmp, old.st_uid, old.st_gid)
     os.replace(tmp, target)
 
 

@@ -278,6 +278,18 @@ def test_replacing_keeps_permissions_and_leaves_no_temporary(tmp_path):
     assert listing(tmp_path) == ["out.wav"]
 
 
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="chown needs root")
+def test_replacing_as_root_keeps_the_owner(tmp_path):
+    # The rename handed another user's file to root (sox and cp keep the owner).
+    dest = tmp_path / "out.wav"
+    write_wav(dest, np.zeros((1, 100)), 8000)
+    os.chown(dest, 65534, 65534)
+    result = invoke("smooth", SAMPLES / "speech_mono16.wav", dest, "--overwrite")
+    assert result.exit_code == 0, result.output
+    assert (dest.stat().st_uid, dest.stat().st_gid) == (65534, 65534)
+    assert sf.info(dest).frames > 100
+
+
 @pytest.mark.parametrize("streamed", [False, True])
 @pytest.mark.parametrize("name", ["out.wav", "out.npy"])
 def test_overwriting_a_symlink_writes_the_file_it_names(tmp_path, streamed, name):
