@@ -13,6 +13,7 @@ INPUT ``-`` reads stdin and OUTPUT ``-`` writes stdout (:mod:`cli.pipes`).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -40,7 +41,7 @@ def option_errors(param_hint: str | None = None) -> Iterator[None]:
     try:
         yield
     except (ValueError, TypeError) as err:
-        raise click.BadParameter(str(err), param_hint=param_hint) from err
+        raise click.BadParameter(in_option_terms(str(err)), param_hint=param_hint) from err
     except (MemoryError, OverflowError, RuntimeError) as err:
         # torch's allocators raise RuntimeError (OutOfMemoryError on CUDA) saying "allocate";
         # Python's own int conversions raise OverflowError.
@@ -49,6 +50,36 @@ def option_errors(param_hint: str | None = None) -> Iterator[None]:
         reason = "more memory than there is" if not isinstance(err, OverflowError) else err
         what = "too large" if param_hint else "the options ask for a kernel too large"
         raise click.BadParameter(f"{what} to build ({reason})", param_hint=param_hint) from err
+
+
+# The library's messages name its keyword arguments; on the command line the same things are
+# options. (pattern, replacement) pairs, tried in order.
+_OPTION_TERMS = (
+    (r"numtaps=(\d+)", r"--taps \1"),
+    (r"padding='(\w+)'", r"--padding \1"),
+    (r"mode '(\w+)'/'(\w+)'", r"--mode \1 or \2"),
+    (r"mode '(\w+)'", r"--mode \1"),
+    (r"cannot normalize='sum'", "cannot scale the window to a unit sum"),
+    (r"requires parameter '(\w+)'", r"requires parameter '\1' (give --param \1=VALUE)"),
+    (
+        r"(\w+) window: center must be None when sym=True",
+        r"\1 window: center needs its periodic form (--window \1_periodic)",
+    ),
+)
+
+
+def in_option_terms(message: str) -> str:
+    """A library error message in the command line's words.
+
+    Example:
+        >>> in_option_terms("a highpass filter needs an odd number of taps; got numtaps=100")
+        'a highpass filter needs an odd number of taps; got --taps 100'
+        >>> in_option_terms("gaussian window requires parameter 'std'")
+        "gaussian window requires parameter 'std' (give --param std=VALUE)"
+    """
+    for pattern, replacement in _OPTION_TERMS:
+        message = re.sub(pattern, replacement, message)
+    return message
 
 
 def check_outputs(

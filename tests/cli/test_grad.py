@@ -284,7 +284,10 @@ def test_too_large_jacobian_says_how_to_crop(tmp_path):
         (["--wrt", "signal,taps"], "give a comma-separated list of signal, kernel, params"),
         (["--window", "nope"], "nope"),
         (["--window", "gaussian"], "std"),
-        (["--mode", "valid", "--padding", "reflect"], "padding='reflect'"),
+        (
+            ["--mode", "valid", "--padding", "reflect"],
+            "--padding reflect has no effect in --mode valid",
+        ),
         (["--start", "0.1"], "--start/--duration are in seconds; .npy input needs --rate"),
     ],
 )

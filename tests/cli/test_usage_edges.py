@@ -188,3 +188,24 @@ def test_quiet_and_verbose_together_are_a_usage_error(tmp_path, command, flags):
     r = invoke(command, *args, *flags)
     assert r.exit_code == 2 and "contradict each other" in r.stderr
     assert listing(tmp_path) == []
+
+
+@pytest.mark.parametrize(
+    "args, said",
+    [
+        (["filter", "--highpass", "300", "--taps", "100"], "got --taps 100"),
+        (["smooth", "--window", "hann", "--length", "2"], "cannot scale the window to a unit sum"),
+        (["smooth", "--window", "gaussian"], "(give --param std=VALUE)"),
+        (
+            ["smooth", "--window", "exponential", "--param", "center=3"],
+            "(--window exponential_periodic)",
+        ),
+    ],
+)
+def test_library_errors_are_said_in_option_terms(tmp_path, args, said):
+    # They named the library's keywords (numtaps=100, normalize='sum', sym=True), which
+    # the command line does not have.
+    command, *options = args
+    r = invoke(command, SAMPLES / "speech_mono16.wav", tmp_path / "o.wav", *options)
+    assert r.exit_code == 2 and said in r.stderr
+    assert "numtaps" not in r.stderr and "normalize=" not in r.stderr
