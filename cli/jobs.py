@@ -127,6 +127,8 @@ def plan_jobs(
                     if headerless
                     else ""
                 )
+                if not recursive and not hint and _has_visible_folder(src):
+                    hint = " (its subfolders are searched with -r/--recursive)"
                 raise click.UsageError(f"no input files {how} in {src}{hint}")
             if headerless and notes is not None:
                 files = "file" if headerless == 1 else "files"
@@ -236,6 +238,14 @@ def _broken_link_reason(path: Path) -> str | None:
     except OSError as err:  # a loop: "Too many levels of symbolic links"
         return f"cannot read ({err.strerror or err})"
     return None
+
+
+def _has_visible_folder(folder: Path) -> bool:
+    try:
+        with os.scandir(folder) as entries:
+            return any(e.is_dir() and not e.name.startswith(".") for e in entries)
+    except OSError:
+        return False
 
 
 def _find_files(

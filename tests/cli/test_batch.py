@@ -254,3 +254,16 @@ def test_an_output_path_that_cannot_be_checked_fails_only_that_file(tree, tmp_pa
     assert f"{out / 'b.wav'}: cannot write there (Permission denied)" in r.stderr
     assert "1 file processed, 1 file failed." in r.stderr
     assert listing(out) == ["a.wav"]
+
+
+def test_a_folder_of_folders_without_r_says_to_give_it(tmp_path):
+    # "no input files" alone left the user to guess that subfolders need -r.
+    (tmp_path / "in" / "day1").mkdir(parents=True)
+    write_wav(tmp_path / "in" / "day1" / "a.wav", np.zeros((1, 400)), subtype="FLOAT")
+    r = invoke("convolve", tmp_path / "in", tmp_path / "out", "--kernel", KERNEL)
+    assert r.exit_code == 2
+    assert "no input files" in r.stderr and "searched with -r/--recursive" in r.stderr
+    (tmp_path / "in" / "day1" / "a.wav").unlink()
+    (tmp_path / "in" / "day1").rmdir()
+    r = invoke("convolve", tmp_path / "in", tmp_path / "out", "--kernel", KERNEL)
+    assert r.exit_code == 2 and "recursive" not in r.stderr  # no subfolder: no hint
