@@ -34,5 +34,9 @@ def scratch(name: str, numel: int, dtype: torch.dtype, device: torch.device) -> 
     key = (name, dtype, device)
     array = kept.get(key)
     if array is None or array.numel() < numel:
-        array = kept[key] = torch.empty(numel, dtype=dtype, device=device)
+        # Kept arrays outlive the call: one first made under torch.inference_mode() would be an
+        # inference tensor, which no later call outside that mode may write into. A normal
+        # tensor, by contrast, can be written in place inside inference mode too.
+        with torch.inference_mode(False):
+            array = kept[key] = torch.empty(numel, dtype=dtype, device=device)
     return array[:numel]

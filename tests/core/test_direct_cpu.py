@@ -164,6 +164,52 @@ def test_work_arrays_are_per_thread_and_large_ones_not_kept(monkeypatch):
     assert _workspace.scratch("big", 64, torch.float32, cpu).data_ptr() != big.data_ptr()
 
 
+def test_work_arrays_first_made_under_inference_mode_serve_later_calls():
+    # A kept array first made under torch.inference_mode() was an inference tensor, which no
+    # later call on that thread outside the mode could write into. A fresh thread starts with
+    # no kept arrays, so each is first made inside the mode here.
+    import threading
+
+    from diffconv_core import _workspace
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 44100, dtype=torch.float64, generator=gen)
+    shared = torch.randn(31, dtype=torch.float64, generator=gen)
+    per_row = torch.randn(2, 1, 31, dtype=torch.float64, generator=gen)
+    expected = {w.dim(): convolve(x, w, method="fft") for w in (shared, per_row)}
+    weight = shared.clone().requires_grad_()
+    (expected_grad,) = torch.autograd.grad(convolve(x, weight, method="fft").sum(), weight)
+    outcome: dict[str, object] = {}
+
+    def calls() -> None:
+        try:
+            weight = shared.clone().requires_grad_()
+            loss = convolve(x, weight, method="direct").sum()
+            with torch.inference_mode():
+                for w in (shared, per_row):  # the pieces, the GEMMs' work arrays
+                    convolve(x, w, method="direct")
+                torch.autograd.grad(loss, weight)  # the lagged products' work array
+            kept = _workspace._local.arrays
+            outcome["kept"] = {name for name, _, _ in kept}
+            outcome["inference"] = [a.is_inference() for a in kept.values()]
+            for w in (shared, per_row):  # without autograd, then with it
+                got = convolve(x, w, method="direct")
+                torch.testing.assert_close(got, expected[w.dim()], rtol=1e-10, atol=1e-10)
+            weight = shared.clone().requires_grad_()
+            (grad,) = torch.autograd.grad(convolve(x, weight, method="direct").sum(), weight)
+            torch.testing.assert_close(grad, expected_grad, rtol=1e-10, atol=1e-8)
+        except Exception as error:  # noqa: BLE001 - reported to the test's thread
+            outcome["error"] = error
+
+    worker = threading.Thread(target=calls)
+    worker.start()
+    worker.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    assert outcome["kept"] >= {"piece", "gemm out", "gemm rows", "lag grad"}
+    assert not any(outcome["inference"])
+
+
 @pytest.mark.parametrize("K", [1, 3, 12, 13, 31, 64, 200, 1000])
 @pytest.mark.parametrize("shape", [(700,), (3, 700), (2, 5000)], ids=["one", "rows", "long"])
 def test_kernel_gradient_gemms_match_numpy(K, shape):
