@@ -131,7 +131,7 @@ def smooth_with_window(
         out = convolve(signal, w, padding=pad_mode, method=method)
         if edges == "renormalize":
             inside = torch.ones(signal.shape[-1], dtype=signal.dtype, device=signal.device)
-            out = out / convolve(inside, w, padding="zeros", method=method)
+            out = _divide_finite(out, convolve(inside, w, padding="zeros", method=method))
         return out
 
     # "omit": zero the NaNs, then divide by the weight of the valid samples under the window.
@@ -159,8 +159,29 @@ def smooth_with_window(
     empty = convolve(valid_ext, support, "valid", method=method) < 0.5
     numerator, weight = _omit_sums(filled_ext, valid_ext, w, method, empty)
     safe_weight = torch.where(empty, torch.ones_like(weight), weight)
-    out = numerator / safe_weight
+    out = _divide_finite(numerator, safe_weight)
     return torch.where(empty, torch.full_like(out, float("nan")), out).to(result_dtype)
+
+
+def _divide_finite(numerator: Tensor, denominator: Tensor) -> Tensor:
+    """``numerator / denominator`` whose gradient stays finite for the finite outputs.
+
+    A quotient's gradient with respect to the denominator is ``-grad * out / den**2``: at a
+    non-finite output that the loss leaves out, ``0 * inf`` is NaN, and the denominator (the
+    window's weight, a function of its parameters) sums it into every parameter's gradient.
+    Those outputs are divided by a detached denominator instead (same values).
+
+    Example:
+        >>> den = torch.tensor([2.0, 4.0], requires_grad=True)
+        >>> out = _divide_finite(torch.tensor([float("inf"), 2.0]), den)
+        >>> out.detach()
+        tensor([   inf, 0.5000])
+        >>> torch.autograd.grad(out[1], den)[0]  # a plain quotient: tensor([nan, -0.1250])
+        tensor([-0.0000, -0.1250])
+    """
+    bad = ~torch.isfinite(numerator)
+    quotient = torch.where(bad, torch.zeros_like(numerator), numerator) / denominator
+    return torch.where(bad, numerator / denominator.detach(), quotient)
 
 
 # Outputs whose valid weight is below this fraction of the window's absolute sum are summed
@@ -204,8 +225,19 @@ def _omit_sums(
     step = max(1, _GATHERED // K)  # a signal that is mostly gaps: memory stays bounded
     for first in range(0, at[0].numel(), step):
         part = tuple(index[first : first + step] for index in at)
-        these_taps = taps[part]
-        sums[0].append((samples[part] * these_taps).sum(-1))
+        these_taps, these_samples = taps[part], samples[part]
+        # An infinite sample times a tap: its gradient to the tap is inf times the output's
+        # (zero where the loss leaves that non-finite output out), a NaN. Such outputs take
+        # their sums with detached taps, the others with those samples zeroed (same values).
+        finite = torch.isfinite(these_samples)
+        clean = torch.where(finite, these_samples, torch.zeros_like(these_samples))
+        sums[0].append(
+            torch.where(
+                finite.all(-1),
+                (clean * these_taps).sum(-1),
+                (these_samples * these_taps.detach()).sum(-1),
+            )
+        )
         sums[1].append((marks[part] * these_taps).sum(-1))
     numerator = numerator.index_put(at, torch.cat(sums[0]))
     weight = weight.index_put(at, torch.cat(sums[1]))

@@ -165,6 +165,34 @@ def test_gradients():
     assert torch.isfinite(x.grad).all() and (x.grad[4:6] == 0).all()
 
 
+@pytest.mark.parametrize("layout", ["scattered", "beside_a_gap"])
+@pytest.mark.parametrize("method", ["direct", "fft"])
+@pytest.mark.parametrize("nan_policy", ["propagate", "omit"])
+@pytest.mark.parametrize("edges", EDGES)
+def test_window_gradient_is_finite_beside_non_finite_samples(edges, nan_policy, method, layout):
+    # A quotient's gradient to its denominator is -grad * out / den**2: at a non-finite output
+    # the loss leaves out, 0 * inf gave a NaN that the window's weight summed into d/d std.
+    # Beside a long gap "omit" also sums some outputs directly (inf * tap there, the same).
+    x = torch.from_numpy(np.random.default_rng(9).standard_normal(200))
+    if layout == "scattered":
+        x[50], x[120] = float("nan"), float("inf")
+    else:
+        x[60:140], x[55], x[142] = float("nan"), float("inf"), float("inf")
+    std = torch.tensor(3.0, dtype=torch.float64, requires_grad=True)
+
+    def smoothed(std):
+        return smooth(x, "gaussian", 41, std=std, edges=edges, nan_policy=nan_policy, method=method)
+
+    y = smoothed(std)
+    kept = torch.isfinite(y)
+    assert kept.any() and not kept.all()
+    (grad,) = torch.autograd.grad(y[kept].sum(), std)
+    step = 1e-6
+    with torch.no_grad():
+        ahead, behind = smoothed(std + step)[kept].sum(), smoothed(std - step)[kept].sum()
+    np.testing.assert_allclose(grad.item(), (ahead - behind).item() / (2 * step), rtol=1e-6)
+
+
 @pytest.mark.parametrize("method", ["direct", "fft", "overlap", "auto"])
 @pytest.mark.parametrize("edges", EDGES)
 def test_omit_beside_gaps_where_only_the_window_tails_remain(method, edges):
