@@ -90,6 +90,27 @@ def test_a_true_overflow_is_still_inf():
     assert torch.isinf(out[0, 1:-1]).all() and (out > 0).all()
 
 
+@pytest.mark.parametrize("recorded", [False, True], ids=["plain", "recorded"])
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("mode", ["full", "same", "valid"])
+@pytest.mark.parametrize("K", [2, 5, 12])
+def test_products_that_overflow_give_every_paths_sums(K, mode, method, recorded):
+    # Samples of 0 and +-1e160, taps of +-1e160: each output is (sum of signs) * 1e320, an Inf
+    # of that sign or a 0 whose products overflow. The shifted sums without autograd (up to
+    # 12 taps) did not scale their operands as the other paths do: Inf for some of the zeros.
+    gen = torch.Generator().manual_seed(K)
+    x_signs = torch.randint(-1, 2, (2, 40), generator=gen).double()
+    w_signs = torch.randint(0, 2, (K,), generator=gen).double() * 2 - 1
+    x, w = x_signs * 1e160, w_signs * 1e160
+    signs = diffconv_core.convolve(x_signs, w_signs, mode, method="direct")  # exact integers
+    assert (signs == 0).any() and (signs != 0).any()
+    out = diffconv_core.convolve(x, w.requires_grad_(recorded), mode, method=method).detach()
+    assert torch.equal(torch.isposinf(out), signs > 0)
+    assert torch.equal(torch.isneginf(out), signs < 0)
+    # The zeros come out as round-off of the scaled products (~1e-16 of 1e320, as the FFT's).
+    assert (out[signs == 0].abs() * 2.0**-1064 < 1e-12).all()
+
+
 @pytest.mark.parametrize("method", METHODS)
 def test_large_values_recorded_for_autograd_give_the_same_forward(method):
     # The scaled path records its own backward, so a recorded forward is the unrecorded one.
