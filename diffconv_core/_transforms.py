@@ -7,7 +7,12 @@ without ``setup_context``/``jvp``. Under any of these the core computes with pla
 operations instead: ``conv1d`` for the direct method (and short kernels on a GPU under
 "auto"), one rFFT product otherwise. Non-finite values keep the same semantics as everywhere
 else (each output is its direct sum's IEEE value, and such outputs are constants to
-autograd). The overflow scaling of huge values is not done here.
+autograd). Where huge finite values overflowed inside the method, it is run again on operands
+scaled by powers of two, as eager mode does (here plain multiplications, which every
+transform sees through): the values and tangents then match eager's, but reverse-mode
+gradients taken under a transform go through those recorded multiplications (the incoming
+gradient times the result's scale) and can overflow where eager's, which rescale that
+gradient, do not.
 """
 
 from __future__ import annotations
@@ -18,7 +23,14 @@ import torch
 
 from diffconv_core._direct import conv1d_range
 from diffconv_core._fft import plain_fft_range
-from diffconv_core._nonfinite import _magnitudes, with_direct_sum_nonfinite
+from diffconv_core._nonfinite import (
+    RangeFn,
+    _magnitudes,
+    _may_overflow,
+    _scaled_range,
+    _transforms,
+    with_direct_sum_nonfinite,
+)
 from diffconv_core._validation import carries_tangent, unwrapped
 
 # Under "auto" on a GPU, conv1d's direct sums up to this many taps, one rFFT product beyond.
@@ -68,23 +80,78 @@ def transformable_range(
     short = w.shape[-1] <= MAX_CONV1D_TAPS and x.device.type != "cpu"
     direct = method == "direct" or (method == "auto" and short)
     range_fn = conv1d_range if direct else plain_fft_range
-    x_finite, w_finite = _finiteness(x, w)
+    x_max, w_max = _largest(x, w)
+    x_finite, w_finite = math.isfinite(x_max), math.isfinite(w_max)
     if x_finite and w_finite:
-        return range_fn(x, w, lo, hi)
+        return _without_overflow(range_fn, x, w, lo, hi, x_max, w_max)
 
     def on_finite_parts(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        return range_fn(a, b, lo, hi)
+        return _without_overflow(range_fn, a, b, lo, hi, *_largest(a, b))
 
     return with_direct_sum_nonfinite(range_fn, x, w, lo, hi, x_finite, w_finite, on_finite_parts)
 
 
-def _finiteness(x: torch.Tensor, w: torch.Tensor) -> tuple[bool, bool]:
-    """Whether each operand is all finite, read from the tensors under the transforms' wrappers
-    (``vmap`` refuses to read a batched value: "Cannot access data pointer"). Under vmap the
-    answer covers the whole batch, one decision for every element. (False, False) where no
-    value can be read: the non-finite handling then runs in any case."""
+def _without_overflow(
+    range_fn: RangeFn,
+    x: torch.Tensor,
+    w: torch.Tensor,
+    lo: int,
+    hi: int,
+    x_max: float,
+    w_max: float,
+) -> torch.Tensor:
+    # Eager mode's power-of-two scaling (_nonfinite._without_overflow) without its autograd
+    # Function, which the transforms refuse: an rFFT of 1,000 float32 samples near 1e37
+    # overflowed to Inf, and every output to NaN, where the result (~3e35) is finite.
+    if not (math.isfinite(x_max) and math.isfinite(w_max)):
+        return range_fn(x, w, lo, hi)  # nothing readable: left unscaled, as before
+    y = range_fn(x, w, lo, hi)
+    if not _may_overflow(x, w, x_max, w_max, _transforms(range_fn)):
+        return y
+    # The scalings are recorded as plain products: a backward pass through them multiplies
+    # the incoming gradient by the result's scale. Eager mode's (largest values near 1:
+    # 2**121 for float32 1e36 under a unit kernel) then overflowed in the FFT where the
+    # unscaled gradient (31) did not. So they are used only where the unscaled sums did
+    # overflow (one reduction, readable under vmap), and only as far as the bounds need.
+    try:
+        (y_max,) = _magnitudes(unwrapped(y))
+    except RuntimeError:
+        return y
+    if math.isfinite(y_max):
+        return y
+    return _scaled_range(range_fn, x, w, lo, hi, *_least_scaling(x, w, x_max, w_max, range_fn))
+
+
+def _least_scaling(
+    x: torch.Tensor, w: torch.Tensor, x_max: float, w_max: float, range_fn: RangeFn
+) -> tuple[int, int]:
+    """Powers of two to divide ``x`` and ``w`` by (>= 0 each), just enough that
+    :func:`_nonfinite._may_overflow`'s bounds hold, with a margin of 2**4."""
+    n, K = x.shape[-1] + w.shape[-1], w.shape[-1]
+    limit = math.log2(torch.finfo(x.dtype).max) - 6
+    x_log, w_log = math.log2(x_max), math.log2(w_max)
+    x_exp = w_exp = 0
+    if _transforms(range_fn):  # each operand's own spectrum
+        x_exp = max(0, math.ceil(x_log + math.log2(n) - limit))
+        w_exp = max(0, math.ceil(w_log + math.log2(n) - limit))
+    worst = x_log - x_exp + w_log - w_exp + math.log2(K) + 2 * math.log2(n)
+    rest = max(0, math.ceil(worst - limit))
+    # The rest from the larger operand first, then evenly: neither nearer the subnormals.
+    gap = (x_log - x_exp) - (w_log - w_exp)
+    to_x = min(rest, max(0, math.floor(gap))) if gap > 0 else 0
+    to_w = min(rest, max(0, math.floor(-gap))) if gap < 0 else 0
+    even = rest - to_x - to_w
+    return x_exp + to_x + even // 2, w_exp + to_w + even - even // 2
+
+
+def _largest(x: torch.Tensor, w: torch.Tensor) -> tuple[float, float]:
+    """Each operand's largest magnitude (NaN or Inf where it has a non-finite value), read from
+    the tensors under the transforms' wrappers (``vmap`` refuses to read a batched value:
+    "Cannot access data pointer"). Under vmap it covers the whole batch, one decision for
+    every element. (NaN, NaN) where no value can be read: the non-finite handling then runs
+    in any case, unscaled."""
     try:
         x_max, w_max = _magnitudes(unwrapped(x), unwrapped(w))
     except RuntimeError:
-        return False, False
-    return math.isfinite(x_max), math.isfinite(w_max)
+        return math.nan, math.nan
+    return x_max, w_max

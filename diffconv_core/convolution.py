@@ -130,7 +130,10 @@ def convolve(
     ``scipy.signal.convolve`` for every mode, even kernels and kernels longer than the signal
     included. Differentiable with respect to both inputs, twice; also under ``torch.func``
     transforms (``vmap``, ``grad``, ``jacrev``, ``jacfwd``, ``jvp``, ``hessian``) and
-    forward-mode AD, where it runs as plain torch operations (``conv1d`` or one rFFT).
+    forward-mode AD, where it runs as plain torch operations (``conv1d`` or one rFFT). There,
+    huge values whose sums overflow inside the method are scaled by powers of two as in eager
+    mode, but as recorded products: a reverse-mode gradient taken under a transform can
+    overflow near the dtype's limit where eager's (which rescales it) stays finite.
 
     Args:
         signal: real floating-point tensor, time last.

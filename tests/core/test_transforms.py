@@ -182,6 +182,63 @@ def test_jvp_and_dual_tensors_give_the_bilinear_tangent(method):
 
 
 @pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("with_nan", [False, True], ids=["finite", "with_nan"])
+def test_huge_float32_values_are_scaled_under_transforms(method, with_nan):
+    # An rFFT of 1,000 float32 samples near 1e37 overflowed: vmap and forward-mode AD gave
+    # NaN everywhere where eager mode (which scales by powers of two) gives ~3e35.
+    gen = torch.Generator().manual_seed(3)
+    x = (torch.rand(2, 1000, generator=gen, dtype=torch.float64) * 1e37 + 1e36).float()
+    w = (torch.rand(31, generator=gen, dtype=torch.float64) * 1e-3).float()
+    if with_nan:  # the finite parts beside a NaN take the same scaling
+        x[1, 200] = float("nan")
+
+    def conv(a, b):
+        return diffconv_core.convolve(a, b, method=method)
+
+    expected = np.stack(
+        [scipy.signal.convolve(r, w.double().numpy(), "same") for r in x.double().numpy()]
+    )
+    finite = np.isfinite(expected)
+    assert np.abs(expected[finite]).max() < torch.finfo(torch.float32).max / 100
+    for got in (
+        conv(x, w),
+        func.vmap(lambda a: conv(a, w))(x),
+        func.jvp(conv, (x, w), (torch.zeros_like(x), torch.zeros_like(w)))[0],
+    ):
+        assert np.array_equal(np.isfinite(got.numpy()), finite)
+        assert relative_error(got.numpy()[finite], expected[finite]) <= 1e-5
+    dx = torch.rand(2, 1000, generator=gen)  # the tangent's own scale is ordinary
+    with forward_ad.dual_level():
+        out = forward_ad.unpack_dual(conv(forward_ad.make_dual(x, dx), w))
+    assert np.array_equal(np.isfinite(out.primal.numpy()), finite)
+    assert relative_error(out.primal.numpy()[finite], expected[finite]) <= 1e-5
+    tangent = np.stack(
+        [scipy.signal.convolve(r, w.double().numpy(), "same") for r in dx.double().numpy()]
+    )
+    tangent_finite = np.isfinite(out.tangent.numpy())
+    assert tangent_finite[0].all()
+    assert relative_error(out.tangent[0].numpy(), tangent[0]) <= 1e-5
+    # Per-sample gradients through the scaled sums: the signal's is the kernel's sum, finite.
+    per_sample = func.vmap(func.grad(lambda a: conv(a, w).sum()))(x[:1])
+    torch.testing.assert_close(per_sample, func.grad(lambda a: conv(a, w).sum())(x[:1]))
+    assert torch.isfinite(per_sample).all()
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_scaling_under_transforms_leaves_per_sample_gradients_finite(method):
+    # Scaled to largest values near 1 (eager's choice), float32 samples near 1e36 under a unit
+    # kernel multiplied the incoming gradient by 2**121 inside the FFT: NaN instead of 31.
+    x, w = torch.full((2, 1000), 1e36), torch.ones(31)
+    out = func.vmap(lambda a: diffconv_core.convolve(a, w, method=method))(x)
+    torch.testing.assert_close(out, diffconv_core.convolve(x, w, method=method))
+    grads = func.vmap(func.grad(lambda a: diffconv_core.convolve(a, w, method=method).sum()))(x)
+    eager = x.clone().requires_grad_()
+    diffconv_core.convolve(eager, w, method=method).sum().backward()
+    torch.testing.assert_close(grads, eager.grad)
+    assert grads[0, 500] == 31
+
+
+@pytest.mark.parametrize("method", METHODS)
 def test_nonfinite_values_stay_local_under_vmap(method):
     x, w = make_pair((3,), (), 80, 7, dtype=torch.float32)
     x[0, 10], x[1, 40], x[2, 79] = float("nan"), float("inf"), float("-inf")
