@@ -116,7 +116,17 @@ def direct_sums_alone(x: torch.Tensor, w: torch.Tensor, lo: int, hi: int) -> tor
     if K == 0 or needs_graph(x, w):
         return None
     if x.device.type == "cpu" and K <= MAX_SHIFT_ADD_TAPS:
-        return direct_range(x, w, lo, hi)
+        y = direct_range(x, w, lo, hi)
+        if float(w.abs().amax()) > 1.0 and not math.isfinite(float(y.sum())):
+            # Products that overflow where the sum need not (1e160 * 1e160 - 1e160 * 1e160)
+            # gave Inf here but a finite value from every other path: those scale their
+            # operands by powers of two first, so the caller takes that path. No product can
+            # overflow with taps of at most 1 in magnitude (every unit-sum window), so only
+            # other kernels pay for the check: one sum (a quarter of the shifted sums' time
+            # at 3 taps, where isfinite().all() took four times theirs) finds the rare case;
+            # a finite sum that overflows, or a NaN input, only reruns for the same values.
+            return None
+        return y
     return sliding_dot(x, w, K - 1 - lo, hi - lo, taps_reversed=True)  # None off CUDA
 
 

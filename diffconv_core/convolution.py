@@ -86,20 +86,6 @@ def _run(x: torch.Tensor, w: torch.Tensor, mode: str, padding: str, method: str)
     # over the signal, a Toeplitz GEMM over a frame), so non-finite samples are handled
     # outside the method; the direct sums are already each output's IEEE value.
     y = direct_sums_alone(x, w, lo, hi) if method == "direct" else None
-    if (
-        y is not None
-        and y.device.type == "cpu"
-        and float(w.abs().amax()) > 1.0
-        and not math.isfinite(float(y.sum()))
-    ):
-        # Products that overflow where the sum need not (1e160 * 1e160 - 1e160 * 1e160) gave
-        # Inf here but a finite value from every other path: those scale their operands by
-        # powers of two first. No product can overflow with taps of at most 1 in magnitude
-        # (every unit-sum window), so only other kernels pay for the check: one sum (a quarter
-        # of the shifted sums' time at 3 taps, where isfinite().all() took four times theirs)
-        # finds the rare case, which alone pays for the rerun; a finite sum that overflows,
-        # or a NaN input, only reruns for the same values.
-        y = None
     if y is None:
         y = with_nonfinite_locality(_RANGE_FUNCTIONS[method], x, w, lo, hi)
     return y if y.dtype == out_dtype else y.to(out_dtype)
