@@ -67,11 +67,14 @@ def features(method: str, B: int, T: int, K: int) -> list[float]:
     if method == "fft":
         n = range_fft_length(T, K, *methods.output_range(T, K, "same"), torch.device("cpu"))
         log_n = math.log2(n)
-        work = B * 3 * n * log_n * (2 if B == 1 else 1)
+        work = B * 3 * n * log_n * methods.single_row_factor(B, n)
         return [1.0, work, work * max(0.0, log_n - 11)]
     block = overlap_fft_length(K, L)
     n_blocks = math.ceil(L / (block - K + 1))
-    return [1.0, B * n_blocks * 2 * block * math.log2(block)]
+    units = B * n_blocks * 2 * block * math.log2(block)
+    if block > methods._SINGLE_ROW_FFT_CLIFF:  # a lone block past the cliff, as the model
+        units *= methods.single_row_factor(B * n_blocks, block)
+    return [1.0, units]
 
 
 def direct_by_gemms(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:

@@ -182,6 +182,31 @@ _FLOAT64_GEMM_FACTOR = 1.5
 _PER_ROW_SHIFT_FACTOR = 1.25
 
 
+# A lone row's rfft+irfft (torch on the CPU, without autograd) costs more per point past
+# 8,192 points: 7.0-7.2 ns per point up to 8,192, then 19.1-20.2 from 8,640 to 262,144 at one
+# thread and 8.0-11.2 at two, while 4 rows cost 2.2-2.5 per point at two threads on either side
+# (5-smooth multiples of 8, min of 15 timings). Batches of rows have no such cliff, so only
+# one row's transforms are stepped: a batch of 1 on the FFT path, and overlap-save's single
+# block (then priced like that row). 1.5x is the step at two threads for 8,640-20,000 points,
+# where fft and overlap-save are close: (1, 8193) * 255 "same" took 0.23 ms by fft and 0.11 by
+# overlap-save (min of 150, interleaved), which auto now picks.
+_SINGLE_ROW_FFT_CLIFF = 8192
+_SINGLE_ROW_FFT_STEP = 1.5
+
+
+def single_row_factor(rows: int, n_fft: int) -> float:
+    """The factor on the CPU forward's transform cost of ``rows`` rows of ``n_fft`` points:
+    one row runs on one thread (a batch's rows spread over two), and dearer past the cliff.
+
+    Example:
+        >>> single_row_factor(1, 8192), single_row_factor(1, 8640), single_row_factor(4, 8640)
+        (2.0, 3.0, 1.0)
+    """
+    if rows > 1:
+        return 1.0
+    return 2.0 * (_SINGLE_ROW_FFT_STEP if n_fft > _SINGLE_ROW_FFT_CLIFF else 1.0)
+
+
 def output_length(T: int, K: int, mode: str) -> int:
     """Output length of a convolution of ``T`` samples with ``K`` taps in ``mode``.
 
@@ -278,12 +303,17 @@ def estimate_costs(
     n_fft = range_fft_length(T, K, *output_range(T, K, mode), torch.device(device_type))
     log_n = math.log2(max(n_fft, 2))
     unit = c["fft_unit"] + c["fft_unit_per_octave"] * max(0.0, log_n - 11)
-    # One row's transforms run on one thread; a batch's rows spread over two.
-    serial = 2 if device_type == "cpu" and batch == 1 and not requires_grad else 1
+    forward_cpu = device_type == "cpu" and not requires_grad
+    serial = single_row_factor(batch, n_fft) if forward_cpu else 1.0
     fft = c["fft_call"] + unit * batch * 3 * n_fft * log_n * serial
     block = overlap_fft_length(K, L)  # the blocks overlap_range takes
     n_blocks = math.ceil(L / (block - K + 1))
     overlap_units = batch * n_blocks * 2 * block * math.log2(block)
+    if forward_cpu and block > _SINGLE_ROW_FFT_CLIFF:
+        # A single block past the cliff is the FFT path's lone row: with fft stepped alone,
+        # auto took overlap-save's one 18,432-point block for (1, 10000) * 8191 (0.37 ms; fft
+        # 0.31). Below the cliff, and for more blocks, overlap_unit is as fitted.
+        overlap_units *= single_row_factor(batch * n_blocks, block)
     overlap = c["overlap_call"] + c["overlap_unit"] * overlap_units
     return {"direct": direct, "fft": fft, "overlap": overlap}
 

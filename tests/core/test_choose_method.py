@@ -318,3 +318,21 @@ def test_float64_direct_gives_way_to_the_transforms_sooner():
     # A handful of taps stays direct in float64 (the shifted sums; and 31 taps of 4 long rows).
     assert choose_method((64, 8000), (7,), dtype=torch.float64) == "direct"
     assert choose_method((4, 480_000), (31,), dtype=torch.float64) == "direct"
+
+
+def test_a_lone_row_past_the_fft_cliff_is_priced_dearer():
+    # torch's CPU rfft+irfft of one row costs 1.5x more per point past 8,192 points at two
+    # threads (2.7x at one); unpriced, auto took fft for (1, 8193) * 255, 0.23 ms where
+    # overlap-save's batched 2,048-point blocks took 0.11.
+    from diffconv_core.methods import estimate_costs, single_row_factor
+
+    assert single_row_factor(1, 8192) == 2.0 < single_row_factor(1, 8640)
+    assert single_row_factor(4, 8640) == 1.0  # batches of rows have no cliff
+    for shape, K in [((1, 8193), 255), ((1, 10_000), 31), ((1, 10_000), 1023)]:
+        assert choose_method(shape, (K,)) == "overlap", (shape, K)
+    # overlap-save's single block past the cliff is such a row too, stepped alike: fft stays
+    # (0.31 ms where one 18,432-point block took 0.37).
+    for shape, K in [((1, 10_000), 8191), ((1, 16_000), 4095), ((1, 20_000), 8191)]:
+        assert choose_method(shape, (K,)) == "fft", (shape, K)
+    # Batches keep their prices: the bench grid's picks did not change.
+    assert estimate_costs(4, 8193, 255, "same", "cpu")["fft"] < 210_000
