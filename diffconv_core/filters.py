@@ -43,6 +43,7 @@ def kaiser_beta(a: float) -> float:
         - no tensors: a number (dB) in, a float out
 
     Example:
+        >>> from diffconv_core.filters import kaiser_beta
         >>> round(kaiser_beta(65.0), 4)
         6.2043
     """
@@ -62,6 +63,7 @@ def kaiser_atten(numtaps: int, width: float) -> float:
         - no tensors: numbers in, a float (dB) out
 
     Example:
+        >>> from diffconv_core.filters import kaiser_atten
         >>> round(kaiser_atten(101, 0.05), 3)
         43.843
     """
@@ -136,6 +138,8 @@ def firwin(
 
     Example:
         >>> import scipy.signal
+        >>> import torch
+        >>> from diffconv_core.filters import firwin
         >>> h = firwin(31, [0.2, 0.5], pass_zero=False, dtype=torch.float64)
         >>> ref = scipy.signal.firwin(31, [0.2, 0.5], pass_zero=False)
         >>> bool(torch.allclose(h, torch.from_numpy(ref)))
@@ -263,6 +267,8 @@ def lowpass(numtaps: int, cutoff: Any, **kwargs: Any) -> Tensor:
         - output: ``(numtaps,)`` or ``(*S, numtaps)``
 
     Example:
+        >>> import torch
+        >>> from diffconv_core.filters import lowpass
         >>> cutoff = torch.tensor(0.3, dtype=torch.float64, requires_grad=True)
         >>> h = lowpass(21, cutoff)
         >>> h.shape, h.requires_grad
@@ -279,6 +285,8 @@ def highpass(numtaps: int, cutoff: Any, **kwargs: Any) -> Tensor:
 
     Example:
         >>> import scipy.signal
+        >>> import torch
+        >>> from diffconv_core.filters import highpass
         >>> h = highpass(31, 0.3, dtype=torch.float64)
         >>> ref = scipy.signal.firwin(31, 0.3, pass_zero=False)
         >>> bool(torch.allclose(h, torch.from_numpy(ref)))
@@ -298,6 +306,8 @@ def bandpass(numtaps: int, cutoff: Any, **kwargs: Any) -> Tensor:
 
     Example:
         >>> import scipy.signal
+        >>> import torch
+        >>> from diffconv_core.filters import bandpass
         >>> h = bandpass(31, [0.2, 0.5], dtype=torch.float64)
         >>> ref = scipy.signal.firwin(31, [0.2, 0.5], pass_zero="bandpass")
         >>> bool(torch.allclose(h, torch.from_numpy(ref)))
@@ -317,6 +327,8 @@ def bandstop(numtaps: int, cutoff: Any, **kwargs: Any) -> Tensor:
 
     Example:
         >>> import scipy.signal
+        >>> import torch
+        >>> from diffconv_core.filters import bandstop
         >>> h = bandstop(31, [1000.0, 2000.0], fs=8000.0, dtype=torch.float64)  # in Hz
         >>> ref = scipy.signal.firwin(31, [1000.0, 2000.0], pass_zero="bandstop", fs=8000.0)
         >>> bool(torch.allclose(h, torch.from_numpy(ref)))
@@ -339,6 +351,8 @@ def frequency_response(
         - output: frequencies ``(n,)`` and response ``(..., n)`` (complex)
 
     Example:
+        >>> import torch
+        >>> from diffconv_core.filters import frequency_response
         >>> freqs, response = frequency_response(torch.ones(4) / 4, n=4, fs=8.0)
         >>> freqs
         tensor([0., 1., 2., 3.])

@@ -80,6 +80,7 @@ def extend_input(signal: torch.Tensor, taps: int, padding: str = "zeros") -> tor
     Example:
         >>> import torch
         >>> from diffconv_core import convolve
+        >>> from diffconv_core.fitting import extend_input
         >>> x, h = torch.randn(100), torch.randn(8)
         >>> same = convolve(x, h, "same", padding="reflect")
         >>> bool(torch.allclose(convolve(extend_input(x, 8, "reflect"), h, "valid"), same))
@@ -102,9 +103,10 @@ def design_matrix(extended: torch.Tensor, taps: int) -> torch.Tensor:
 
     Example:
         >>> import torch
+        >>> from diffconv_core import convolve
+        >>> from diffconv_core.fitting import design_matrix
         >>> x, h = torch.randn(50, dtype=torch.float64), torch.randn(5, dtype=torch.float64)
         >>> A = design_matrix(x, 5)
-        >>> from diffconv_core import convolve
         >>> bool(torch.allclose(A @ h, convolve(x, h, "valid")))
         True
     """
@@ -137,6 +139,7 @@ def least_squares_fir(
     Example:
         >>> import torch
         >>> from diffconv_core import convolve
+        >>> from diffconv_core.fitting import least_squares_fir
         >>> x = torch.randn(2, 400, dtype=torch.float64)
         >>> h = torch.tensor([0.5, 1.0, -0.25], dtype=torch.float64)
         >>> least_squares_fir([x], [convolve(x, h)], 3)
@@ -226,6 +229,7 @@ def crop_plan(
           training samples (``crop=None``) or ``batch_size`` of them
 
     Example:
+        >>> from diffconv_core.fitting import crop_plan
         >>> crop_plan(0, 0, [100, 50], None, 4)
         [(0, 0, 100), (1, 0, 50)]
         >>> crop_plan(3, 1, [100, 50], 20, 2) == crop_plan(3, 1, [100, 50], 20, 2)
@@ -262,6 +266,7 @@ class FitConfig:
         - no tensors: plain settings
 
     Example:
+        >>> from diffconv_core.fitting import FitConfig
         >>> config = FitConfig(steps=100, crop=256)
         >>> config.crop, config.batch_size, config.optimizer
         (256, 8, 'adam')
@@ -297,6 +302,7 @@ class FitConfig:
         """Every setting by field name, as plain values (what a checkpoint stores).
 
         Example:
+            >>> from diffconv_core.fitting import FitConfig
             >>> FitConfig(steps=3).as_dict()["steps"]
             3
         """
@@ -321,6 +327,7 @@ class FitData:
 
     Example:
         >>> import torch
+        >>> from diffconv_core.fitting import FitData, extend_input
         >>> x, y = torch.randn(2, 100), torch.randn(2, 100)
         >>> data = FitData({0: extend_input(x, 5)}, {0: y}, [90], [100], [2])
         >>> tuple(data.inputs[0].shape), tuple(data.targets[0].shape)
@@ -373,6 +380,7 @@ class Trainer:
     Example:
         >>> import torch
         >>> from diffconv_core import convolve
+        >>> from diffconv_core.fitting import FIRKernel, FitConfig, Trainer, make_data
         >>> x = torch.randn(1, 300)
         >>> y = convolve(x, torch.tensor([0.25, 0.5, 0.25]))
         >>> data = make_data([x], [y], 3)
@@ -537,6 +545,7 @@ def make_data(
 
     Example:
         >>> import torch
+        >>> from diffconv_core.fitting import make_data
         >>> d = make_data([torch.randn(2, 100)], [torch.randn(2, 100)], 5, val_split=0.1)
         >>> d.train_lengths, d.lengths, d.channels, tuple(d.inputs[0].shape)
         ([90], [100], [2], (2, 104))
@@ -563,6 +572,7 @@ def split_length(length: int, val_split: float) -> int:
         - no tensors: an int in, an int out
 
     Example:
+        >>> from diffconv_core.fitting import split_length
         >>> split_length(1000, 0.1), split_length(5, 0.0)
         (900, 5)
     """

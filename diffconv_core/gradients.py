@@ -63,6 +63,7 @@ class ParametricKernel:
 
     Example:
         >>> import torch
+        >>> from diffconv_core.gradients import ParametricKernel
         >>> pk = ParametricKernel(lambda gain: gain * torch.ones(3), {"gain": 2.0}, "ones")
         >>> pk.params
         {'gain': 2.0}
@@ -110,6 +111,7 @@ class GradientMap:
 
     Example:
         >>> import torch
+        >>> from diffconv_core.gradients import gradient_map
         >>> g = gradient_map(torch.randn(2, 100), ("gaussian", 9, {"std": 2.0}))
         >>> g.objective, g.value.shape, g.output.shape, g.kernel.shape
         ('energy', torch.Size([]), torch.Size([2, 100]), torch.Size([9]))
@@ -159,6 +161,7 @@ def window_kernel(
         The built kernel is ``(length,)``.
 
     Example:
+        >>> from diffconv_core.gradients import window_kernel
         >>> pk = window_kernel("gaussian", 7, std=1.5, normalize="sum")
         >>> sorted(pk.params), pk.name
         (['std'], 'gaussian')
@@ -208,6 +211,7 @@ def filter_kernel(
         The built kernel is ``(numtaps,)``.
 
     Example:
+        >>> from diffconv_core.gradients import filter_kernel
         >>> pk = filter_kernel("bandpass", (0.1, 0.3), 31)
         >>> sorted(pk.params)
         ['cutoff_high', 'cutoff_low']
@@ -352,6 +356,7 @@ def gradient_map(
 
     Example:
         >>> import torch
+        >>> from diffconv_core.gradients import gradient_map
         >>> x = torch.tensor([0.0, 1.0, 0.0, 0.0])
         >>> g = gradient_map(x, torch.tensor([1.0, 2.0, 1.0]), method="direct")  # exact sums
         >>> g.output
@@ -459,6 +464,7 @@ def jacobian(
 
     Example:
         >>> import torch
+        >>> from diffconv_core.gradients import jacobian
         >>> jacobian(torch.zeros(4), torch.tensor([1.0, 2.0, 3.0]))
         tensor([[2., 1., 0., 0.],
                 [3., 2., 1., 0.],

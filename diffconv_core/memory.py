@@ -44,6 +44,7 @@ def retain_freed_memory(limit_bytes: int = 64 * 2**20) -> bool:
     made every allocation a fresh mapping, ~90,000 page faults where the default took 500).
 
     Example:
+        >>> from diffconv_core.memory import retain_freed_memory
         >>> isinstance(retain_freed_memory(), bool)
         True
     """

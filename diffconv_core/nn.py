@@ -87,6 +87,8 @@ class WindowConv(nn.Module):
         - output: ``(..., L)``, ``L`` given by ``mode`` (``T`` for "same")
 
     Example:
+        >>> import torch
+        >>> from diffconv_core.nn import WindowConv
         >>> layer = WindowConv("gaussian", 9, learn="params", std=2.0)
         >>> layer
         WindowConv(gaussian, length=9, learn='params', normalize='sum', ...)
@@ -244,6 +246,8 @@ class FIRFilter(nn.Module):
         - output: ``(..., L)``, ``L`` given by ``mode`` (``T`` for "same")
 
     Example:
+        >>> import torch
+        >>> from diffconv_core.nn import FIRFilter
         >>> lp = FIRFilter("lowpass", 1000.0, numtaps=63, fs=16000.0)
         >>> lp
         FIRFilter(lowpass, numtaps=63, window='hamming', fs=16000.0, learnable=True, mode='same')

@@ -23,6 +23,7 @@ def padding_index(length: int, left: int, right: int, mode: str, device=None) ->
         returns ``(left + length + right,)`` int64.
 
     Example:
+        >>> from diffconv_core.padding import padding_index
         >>> padding_index(4, 3, 2, "reflect").tolist()
         [3, 2, 1, 0, 1, 2, 3, 2, 1]
         >>> padding_index(4, 3, 2, "symmetric").tolist()
@@ -82,6 +83,7 @@ def pad(signal: torch.Tensor, left: int, right: int, mode: str = "zeros") -> tor
 
     Example:
         >>> import torch
+        >>> from diffconv_core.padding import pad
         >>> pad(torch.tensor([1.0, 2.0, 3.0]), 4, 1, "reflect")
         tensor([1., 2., 3., 2., 1., 2., 3., 2.])
     """

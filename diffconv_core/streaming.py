@@ -54,6 +54,7 @@ def mode_pads(mode: str, kernel_length: int) -> tuple[int, int]:
         returns two ints.
 
     Example:
+        >>> from diffconv_core.streaming import mode_pads
         >>> mode_pads("same", 4), mode_pads("full", 4), mode_pads("valid", 4)
         ((2, 1), (3, 3), (0, 0))
     """
@@ -130,6 +131,7 @@ class StreamingConvolver:
     Example:
         >>> import torch
         >>> from diffconv_core import convolve
+        >>> from diffconv_core.streaming import StreamingConvolver
         >>> x, k = torch.randn(2, 100, dtype=torch.float64), torch.rand(7, dtype=torch.float64)
         >>> conv = StreamingConvolver(k, mode="same", padding="reflect")
         >>> pieces = [conv.push(b) for b in x.split(13, dim=-1)] + [conv.flush()]
@@ -373,6 +375,7 @@ def stream_convolve(
 
     Example:
         >>> import torch
+        >>> from diffconv_core.streaming import stream_convolve
         >>> x = torch.arange(10.0)
         >>> pieces = stream_convolve(x.split(3), torch.ones(3), "full")
         >>> torch.cat(list(pieces)).round().tolist()
@@ -418,6 +421,7 @@ class StreamingSmoother:
     Example:
         >>> import torch
         >>> from diffconv_core.smooth import smooth
+        >>> from diffconv_core.streaming import StreamingSmoother
         >>> x = torch.randn(2, 300, dtype=torch.float64)
         >>> x[0, 100:120] = float("nan")
         >>> sm = StreamingSmoother("hann", 15, edges="renormalize", nan_policy="omit")

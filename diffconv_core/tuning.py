@@ -45,6 +45,7 @@ def cache_path() -> Path:
         >>> import os, tempfile
         >>> from pathlib import Path
         >>> from unittest import mock
+        >>> from diffconv_core.tuning import cache_path
         >>> folder = tempfile.mkdtemp()
         >>> with mock.patch.dict(os.environ, {"DIFFCONV_CACHE_DIR": folder}):
         ...     cache_path() == Path(folder) / "methods.json"
@@ -69,6 +70,7 @@ def device_key(device: str | torch.device, dtype: torch.dtype) -> str:
 
     Example:
         >>> import torch
+        >>> from diffconv_core.tuning import device_key
         >>> device_key("cpu", torch.float64) == f"cpu:cpux{torch.get_num_threads()}:float64"
         True
     """
@@ -161,6 +163,7 @@ def lookup(
         >>> import os, tempfile
         >>> import torch
         >>> from unittest import mock
+        >>> from diffconv_core.tuning import lookup, save
         >>> record = {"batch": 1, "T": 1024, "K": 15, "mode": "same",
         ...           "method": "fft", "method_forward": "direct"}
         >>> env = {"DIFFCONV_CACHE_DIR": tempfile.mkdtemp(), "DIFFCONV_NO_TUNING": "0"}
@@ -241,6 +244,7 @@ def default_shapes(device_type: str, quick: bool = False) -> list[tuple[int, int
     (``2**26`` elsewhere); ``quick`` keeps every fourth shape.
 
     Example:
+        >>> from diffconv_core.tuning import default_shapes
         >>> shapes = default_shapes("cpu")
         >>> shapes[:2], len(shapes), len(default_shapes("cpu", quick=True))
         ([(1, 1024, 3), (1, 1024, 15)], 84, 21)
@@ -303,6 +307,7 @@ def measure(
 
     Example:
         >>> import torch
+        >>> from diffconv_core.tuning import METHOD_NAMES, measure
         >>> records = measure("cpu", torch.float32, [(1, 64, 3)], budget_s=0.0)
         >>> len(records), sorted(records[0]["seconds"])
         (1, ['direct', 'fft', 'overlap'])
@@ -361,6 +366,7 @@ def save(records: list[dict], device: str | torch.device, dtype: torch.dtype, pa
         >>> import json, tempfile
         >>> import torch
         >>> from pathlib import Path
+        >>> from diffconv_core.tuning import device_key, measure, save
         >>> records = measure("cpu", torch.float32, [(1, 64, 3)], budget_s=0.0, backward=False)
         >>> path = save(records, "cpu", torch.float32, Path(tempfile.mkdtemp()) / "methods.json")
         >>> list(json.loads(path.read_text())) == [device_key("cpu", torch.float32)]

@@ -131,6 +131,8 @@ def get_window(
 
     Example:
         >>> import scipy.signal
+        >>> import torch
+        >>> from diffconv_core.windows import get_window
         >>> w = get_window("hann", 8, dtype=torch.float64)
         >>> bool(torch.allclose(w, torch.from_numpy(scipy.signal.windows.hann(8))))
         True
@@ -191,6 +193,7 @@ def list_windows() -> list[dict[str, Any]]:
         - no tensors: a list with one dict per window
 
     Example:
+        >>> from diffconv_core.windows import list_windows
         >>> [w for w in list_windows() if w["name"] == "tukey"][0]["params"]
         {'alpha': 0.5}
     """
@@ -218,6 +221,7 @@ def boxcar(length: int, sym: bool = True, **kw: Any) -> Tensor:
     """Rectangular window (all ones). Shape: ``(length,)``.
 
     Example:
+        >>> from diffconv_core.windows import boxcar
         >>> boxcar(3)
         tensor([1., 1., 1.])
     """
@@ -231,6 +235,7 @@ def triang(length: int, sym: bool = True, **kw: Any) -> Tensor:
         - output: ``(length,)``, or ``(*S, length)`` for tensor parameters of shape ``S``
 
     Example:
+        >>> from diffconv_core.windows import triang
         >>> triang(5)
         tensor([0.3333, 0.6667, 1.0000, 0.6667, 0.3333])
     """
@@ -244,6 +249,7 @@ def bartlett(length: int, sym: bool = True, **kw: Any) -> Tensor:
         - output: ``(length,)``, or ``(*S, length)`` for tensor parameters of shape ``S``
 
     Example:
+        >>> from diffconv_core.windows import bartlett
         >>> bartlett(5)
         tensor([0.0000, 0.5000, 1.0000, 0.5000, 0.0000])
     """
@@ -254,6 +260,7 @@ def hann(length: int, sym: bool = True, **kw: Any) -> Tensor:
     """Hann window: ``0.5 - 0.5 cos(2 pi n / (length - 1))``. Shape: ``(length,)``.
 
     Example:
+        >>> from diffconv_core.windows import hann
         >>> hann(5)
         tensor([0.0000, 0.5000, 1.0000, 0.5000, 0.0000])
     """
@@ -267,6 +274,7 @@ def hamming(length: int, sym: bool = True, **kw: Any) -> Tensor:
         - output: ``(length,)``, or ``(*S, length)`` for tensor parameters of shape ``S``
 
     Example:
+        >>> from diffconv_core.windows import hamming
         >>> hamming(5)
         tensor([0.0800, 0.5400, 1.0000, 0.5400, 0.0800])
     """
@@ -281,6 +289,8 @@ def blackman(length: int, sym: bool = True, **kw: Any) -> Tensor:
 
     Example:
         >>> import scipy.signal
+        >>> import torch
+        >>> from diffconv_core.windows import blackman
         >>> w = blackman(7, dtype=torch.float64)
         >>> bool(torch.allclose(w, torch.from_numpy(scipy.signal.windows.blackman(7))))
         True
@@ -296,6 +306,8 @@ def blackmanharris(length: int, sym: bool = True, **kw: Any) -> Tensor:
 
     Example:
         >>> import scipy.signal
+        >>> import torch
+        >>> from diffconv_core.windows import blackmanharris
         >>> w = blackmanharris(7, dtype=torch.float64)
         >>> bool(torch.allclose(w, torch.from_numpy(scipy.signal.windows.blackmanharris(7))))
         True
@@ -311,6 +323,8 @@ def nuttall(length: int, sym: bool = True, **kw: Any) -> Tensor:
 
     Example:
         >>> import scipy.signal
+        >>> import torch
+        >>> from diffconv_core.windows import nuttall
         >>> w = nuttall(7, dtype=torch.float64)
         >>> bool(torch.allclose(w, torch.from_numpy(scipy.signal.windows.nuttall(7))))
         True
@@ -326,6 +340,8 @@ def flattop(length: int, sym: bool = True, **kw: Any) -> Tensor:
 
     Example:
         >>> import scipy.signal
+        >>> import torch
+        >>> from diffconv_core.windows import flattop
         >>> w = flattop(7, dtype=torch.float64)
         >>> bool(torch.allclose(w, torch.from_numpy(scipy.signal.windows.flattop(7))))
         True
@@ -341,6 +357,8 @@ def bohman(length: int, sym: bool = True, **kw: Any) -> Tensor:
 
     Example:
         >>> import scipy.signal
+        >>> import torch
+        >>> from diffconv_core.windows import bohman
         >>> w = bohman(7, dtype=torch.float64)
         >>> bool(torch.allclose(w, torch.from_numpy(scipy.signal.windows.bohman(7))))
         True
@@ -355,6 +373,7 @@ def parzen(length: int, sym: bool = True, **kw: Any) -> Tensor:
         - output: ``(length,)``, or ``(*S, length)`` for tensor parameters of shape ``S``
 
     Example:
+        >>> from diffconv_core.windows import parzen
         >>> parzen(5)
         tensor([0.0160, 0.4240, 1.0000, 0.4240, 0.0160])
     """
@@ -368,6 +387,7 @@ def cosine(length: int, sym: bool = True, **kw: Any) -> Tensor:
         - output: ``(length,)``, or ``(*S, length)`` for tensor parameters of shape ``S``
 
     Example:
+        >>> from diffconv_core.windows import cosine
         >>> cosine(5)
         tensor([0.3090, 0.8090, 1.0000, 0.8090, 0.3090])
     """
@@ -382,6 +402,8 @@ def lanczos(length: int, sym: bool = True, **kw: Any) -> Tensor:
 
     Example:
         >>> import scipy.signal
+        >>> import torch
+        >>> from diffconv_core.windows import lanczos
         >>> w = lanczos(7, dtype=torch.float64)
         >>> bool(torch.allclose(w, torch.from_numpy(scipy.signal.windows.lanczos(7))))
         True
@@ -397,6 +419,8 @@ def barthann(length: int, sym: bool = True, **kw: Any) -> Tensor:
 
     Example:
         >>> import scipy.signal
+        >>> import torch
+        >>> from diffconv_core.windows import barthann
         >>> w = barthann(7, dtype=torch.float64)
         >>> bool(torch.allclose(w, torch.from_numpy(scipy.signal.windows.barthann(7))))
         True
@@ -414,6 +438,7 @@ def general_cosine(length: int, a: Any, sym: bool = True, **kw: Any) -> Tensor:
         - output: ``(length,)`` or ``(*S, length)``
 
     Example:
+        >>> from diffconv_core.windows import general_cosine
         >>> general_cosine(5, [0.5, 0.5])  # the Hann window
         tensor([0.0000, 0.5000, 1.0000, 0.5000, 0.0000])
     """
@@ -429,6 +454,7 @@ def general_hamming(length: int, alpha: Number, sym: bool = True, **kw: Any) -> 
         - output: ``(length,)``, or ``(*S, length)`` for tensor parameters of shape ``S``
 
     Example:
+        >>> from diffconv_core.windows import general_hamming
         >>> general_hamming(5, 0.54)  # the Hamming window
         tensor([0.0800, 0.5400, 1.0000, 0.5400, 0.0800])
     """
@@ -442,6 +468,8 @@ def gaussian(length: int, std: Number, sym: bool = True, **kw: Any) -> Tensor:
         - output: ``(length,)``, or ``(*S, length)`` for tensor parameters of shape ``S``
 
     Example:
+        >>> import torch
+        >>> from diffconv_core.windows import gaussian
         >>> std = torch.tensor(1.5, dtype=torch.float64, requires_grad=True)
         >>> w = gaussian(7, std)
         >>> w.sum().backward()
@@ -458,6 +486,7 @@ def general_gaussian(length: int, p: Number, sig: Number, sym: bool = True, **kw
         - output: ``(length,)``, or ``(*S, length)`` for tensor parameters of shape ``S``
 
     Example:
+        >>> from diffconv_core.windows import general_gaussian
         >>> general_gaussian(5, 1.5, 1.0)
         tensor([0.0183, 0.6065, 1.0000, 0.6065, 0.0183])
     """
@@ -471,6 +500,8 @@ def kaiser(length: int, beta: Number, sym: bool = True, **kw: Any) -> Tensor:
         - output: ``(length,)``, or ``(*S, length)`` for tensor parameters of shape ``S``
 
     Example:
+        >>> import torch
+        >>> from diffconv_core.windows import kaiser
         >>> kaiser(5, 4.0)
         tensor([0.0885, 0.6334, 1.0000, 0.6334, 0.0885])
         >>> beta = torch.tensor([0.0, 4.0, 8.0], requires_grad=True)
@@ -493,6 +524,8 @@ def kaiser_bessel_derived(length: int, beta: Number, *, sym: bool = True, **kw: 
         - output: ``(length,)``, or ``(*S, length)`` for tensor parameters of shape ``S``
 
     Example:
+        >>> import torch
+        >>> from diffconv_core.windows import kaiser_bessel_derived
         >>> w = kaiser_bessel_derived(6, 4.0, dtype=torch.float64)
         >>> torch.allclose(w[:3] ** 2 + w[3:] ** 2, torch.ones(3, dtype=torch.float64))
         True
@@ -514,6 +547,8 @@ def chebwin(length: int, at: Number, sym: bool = True, **kw: Any) -> Tensor:
         - output: ``(length,)``, or ``(*S, length)`` for tensor parameters of shape ``S``
 
     Example:
+        >>> import torch
+        >>> from diffconv_core.windows import chebwin
         >>> chebwin(5, 50.0, dtype=torch.float64)
         tensor([0.2055, 0.7010, 1.0000, 0.7010, 0.2055], dtype=torch.float64)
     """
@@ -549,6 +584,8 @@ def dpss(
         - output: ``(length,)``, or ``(*S, length)`` for tensor parameters of shape ``S``
 
     Example:
+        >>> import torch
+        >>> from diffconv_core.windows import dpss
         >>> NW = torch.tensor(2.5, dtype=torch.float64, requires_grad=True)
         >>> w = dpss(16, NW)
         >>> w.sum().backward()  # a wider band: a narrower window
@@ -585,6 +622,8 @@ def taylor(
 
     Example:
         >>> import scipy.signal
+        >>> import torch
+        >>> from diffconv_core.windows import taylor
         >>> w = taylor(16, nbar=4, sll=30.0, dtype=torch.float64)
         >>> bool(torch.allclose(w, torch.from_numpy(scipy.signal.windows.taylor(16, 4, 30))))
         True
@@ -601,6 +640,7 @@ def tukey(length: int, alpha: Number = 0.5, sym: bool = True, **kw: Any) -> Tens
         - output: ``(length,)``, or ``(*S, length)`` for tensor parameters of shape ``S``
 
     Example:
+        >>> from diffconv_core.windows import tukey
         >>> tukey(7, 0.5)
         tensor([0.0000, 0.7500, 1.0000, 1.0000, 1.0000, 0.7500, 0.0000])
     """
@@ -619,6 +659,7 @@ def exponential(
         - output: ``(length,)``, or ``(*S, length)`` for tensor parameters of shape ``S``
 
     Example:
+        >>> from diffconv_core.windows import exponential
         >>> exponential(5)  # tau = 1: exp(-2), exp(-1), 1, ...
         tensor([0.1353, 0.3679, 1.0000, 0.3679, 0.1353])
     """
