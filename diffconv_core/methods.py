@@ -116,6 +116,7 @@ def training_terms_cuda(method: str, batch: int, T: int, K: int, mode: str) -> l
     direct method's kernel gradient is an FFT past ``MAX_LAG_TAPS`` taps).
 
     Example:
+        >>> from diffconv_core.methods import training_terms_cuda
         >>> training_terms_cuda("fft", 1, 1000, 25, "same")
         [1.0, 67584.0]
     """
@@ -141,6 +142,7 @@ def training_costs_cuda(
     fitted ones).
 
     Example:
+        >>> from diffconv_core.methods import training_costs_cuda
         >>> costs = training_costs_cuda(256, 262_144, 127, "same")
         >>> min(costs, key=costs.get)
         'overlap'
@@ -199,6 +201,7 @@ def single_row_factor(rows: int, n_fft: int) -> float:
     one row runs on one thread (a batch's rows spread over two), and dearer past the cliff.
 
     Example:
+        >>> from diffconv_core.methods import single_row_factor
         >>> single_row_factor(1, 8192), single_row_factor(1, 8640), single_row_factor(4, 8640)
         (2.0, 3.0, 1.0)
     """
@@ -211,6 +214,7 @@ def output_length(T: int, K: int, mode: str) -> int:
     """Output length of a convolution of ``T`` samples with ``K`` taps in ``mode``.
 
     Example:
+        >>> from diffconv_core.methods import output_length
         >>> [output_length(100, 7, m) for m in ("full", "same", "valid")]
         [106, 100, 94]
     """
@@ -226,6 +230,7 @@ def output_range(T: int, K: int, mode: str) -> tuple[int, int]:
     (``convolve`` asks its methods for these; "valid" with ``T >= K``, as convolve swaps).
 
     Example:
+        >>> from diffconv_core.methods import output_range
         >>> [output_range(100, 7, m) for m in ("full", "same", "valid")]
         [(0, 106), (3, 103), (6, 100)]
     """
@@ -254,6 +259,7 @@ def estimate_costs(
     GEMMs (dearer in ``float64``, which the CPU computes in double precision).
 
     Example:
+        >>> from diffconv_core.methods import estimate_costs
         >>> costs = estimate_costs(16, 480_000, 31, "same", "cuda")
         >>> min(costs, key=costs.get)
         'direct'
@@ -338,6 +344,7 @@ def choose_method(
         signal_shape ``(..., T)``, kernel_shape ``(..., K)`` (leading dims broadcast).
 
     Example:
+        >>> from diffconv_core import choose_method
         >>> choose_method((1, 64), (3,))
         'direct'
         >>> choose_method((1, 1 << 22), (1023,))

@@ -72,6 +72,8 @@ def smooth(
         - output: ``(..., T)`` (window parameters of shape ``S`` broadcast as leading dims)
 
     Example:
+        >>> import torch
+        >>> from diffconv_core.smooth import smooth
         >>> x = torch.tensor([0.0, 0.0, 3.0, 0.0, 0.0])
         >>> smooth(x, "boxcar", 3, edges="zeros")
         tensor([0., 1., 1., 1., 0.])
@@ -109,6 +111,8 @@ def smooth_with_window(
         - output: ``(..., T)``
 
     Example:
+        >>> import torch
+        >>> from diffconv_core.smooth import smooth_with_window
         >>> box = torch.full((3,), 1 / 3)
         >>> smooth_with_window(torch.tensor([0.0, 3.0, 0.0]), box, edges="zeros")
         tensor([1., 1., 1.])
