@@ -102,6 +102,9 @@ def check_outputs(
     """
     import soundfile as sf
 
+    # Entries that failed while their folder was listed are reported as failed files; no
+    # output of theirs is ever written, so there is nothing to check.
+    jobs = [job for job in jobs if job.problem is None]
     _check_type(jobs, options)
     raw_flags = [is_raw_input(job, options) for job in jobs]
     check_usage(options.raw, [job.source for job, raw in zip(jobs, raw_flags, strict=True) if raw])

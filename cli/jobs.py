@@ -137,7 +137,7 @@ def plan_jobs(
                     "with --rate and --raw-subtype)"
                 )
             entries = [Job(f, out / f.relative_to(src)) for f in found]
-            entries += [Job(p, _problem_dest(src, p, out), problem=r) for p, r in problems]
+            entries += [Job(p, out / p.relative_to(src), problem=r) for p, r in problems]
             jobs.extend(sorted(entries, key=lambda job: job.source))
         else:
             jobs.append(Job(src, out / src.name))
@@ -201,13 +201,6 @@ def _check_parent(path: Path) -> None:
             if not parent.is_dir():
                 raise click.UsageError(f"output directory {parent} is a file")
             return
-
-
-def _problem_dest(folder: Path, path: Path, out: Path) -> Path:
-    # A failed entry is never written; a folder's gets a .npy name only so that the output
-    # checks every job goes through (the format its extension names) pass it.
-    dest = out / path.relative_to(folder)
-    return dest if not path.is_dir() else dest.parent / f"{path.name}.npy"
 
 
 def _unreadable_folders(folder: Path, recursive: bool) -> list[tuple[Path, str]]:
