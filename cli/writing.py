@@ -310,7 +310,7 @@ class AtomicWriter:
         self._offset = 0
         self._tmp: str | None = None
         self._fd: int | None = None
-        self._dest_mode: int | None = None
+        self._replaced: os.stat_result | None = None  # the file the output replaces
         self._made_dirs: list[str] = []  # directories this writer created, deepest first
         self._sound: sf.SoundFile | None = None
         self._array: np.memmap | None = None
@@ -322,13 +322,13 @@ class AtomicWriter:
         dest = self.dest
         try:
             self._target = _through_symlink(dest)
-            self._dest_mode = _existing_mode(self._target)
+            self._replaced = _existing_status(self._target)
         except OSError as err:  # a symlink loop, a path through a file ...
             raise FileProblem(dest, f"cannot write there ({err.strerror or err})") from err
-        if self._dest_mode is not None and stat.S_ISDIR(self._dest_mode):
+        if self._replaced is not None and stat.S_ISDIR(self._replaced.st_mode):
             raise FileProblem(dest, "output is a directory")
-        _refuse_special(dest, self._dest_mode)
-        if self._dest_mode is not None and not self.overwrite:
+        _refuse_special(dest, self._replaced)
+        if self._replaced is not None and not self.overwrite:
             raise FileProblem(dest, "output exists; use --overwrite to replace it")
         try:
             # A Ctrl-C raised inside mkstemp, after it made the file but before it returned
@@ -460,7 +460,7 @@ class AtomicWriter:
         try:
             self._check_complete()
             self._close(commit=True)
-            _move_into_place(self._tmp, self._target, self._dest_mode)
+            _move_into_place(self._tmp, self._target, self._replaced)
         except OSError as err:
             self._discard()
             raise FileProblem(self.dest, f"cannot finish writing ({err.strerror or err})") from err
@@ -614,14 +614,14 @@ def atomic_write(
         # As in AtomicWriter: a Ctrl-C is held until mkstemp's file has its name here.
         with interrupts.deferred():
             target = _through_symlink(dest)
-            keep = _existing_mode(target)
-            _refuse_special(dest, keep)
+            replaced = _existing_status(target)
+            _refuse_special(dest, replaced)
             prefix = temporary_prefix(target.name)
             fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=".part", dir=target.parent)
         with os.fdopen(fd, "wb") as f:
             fd = None  # closed by the with block from here on
             fill(f)
-        _move_into_place(tmp, target, keep)
+        _move_into_place(tmp, target, replaced)
     except BaseException as err:
         if fd is not None:
             os.close(fd)
@@ -632,17 +632,15 @@ def atomic_write(
         raise
 
 
-def _move_into_place(tmp: str, target: Path, replaced_mode: int | None) -> None:
+def _move_into_place(tmp: str, target: Path, replaced: os.stat_result | None) -> None:
     """Rename the finished temporary file onto ``target``, with the permissions of the file
-    it replaces (``replaced_mode``) and, where allowed, its owner (``--overwrite`` as root
-    had handed another user's file to root, as sox and cp do not), or the usual ones for a
-    new file."""
-    os.chmod(tmp, replaced_mode & 0o777 if replaced_mode is not None else _default_mode())
-    if replaced_mode is not None:
+    it replaces (``replaced``) and, where allowed, its owner (``--overwrite`` as root had
+    handed another user's file to root, as sox and cp do not), or the usual ones for a new
+    file."""
+    os.chmod(tmp, replaced.st_mode & 0o777 if replaced is not None else _default_mode())
+    if replaced is not None and (replaced.st_uid, replaced.st_gid) != (os.getuid(), os.getgid()):
         with contextlib.suppress(OSError):  # only root (or the owner, for the group) may
-            old = os.stat(target)
-            if (old.st_uid, old.st_gid) != (os.getuid(), os.getgid()):
-                os.chown(tmp, old.st_uid, old.st_gid)
+            os.chown(tmp, replaced.st_uid, replaced.st_gid)
     os.replace(tmp, target)
 
 
@@ -667,13 +665,14 @@ def _through_symlink(dest: Path) -> Path:
     return Path(os.path.realpath(dest, strict=os.path.exists(dest)))
 
 
-def _refuse_special(dest: Path, mode: int | None) -> None:
+def _refuse_special(dest: Path, status: os.stat_result | None) -> None:
     """Refuse to replace a FIFO, a device or a socket: the rename would swap it for a plain
     file (``--overwrite`` onto a named pipe, or a link to one, left a regular file there and
     nothing reached the reader). Writing into it in place is not atomic, so that is left to
     the shell: ``-`` and a redirection."""
-    if mode is None or stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+    if status is None or stat.S_ISREG(status.st_mode) or stat.S_ISDIR(status.st_mode):
         return
+    mode = status.st_mode
     if stat.S_ISFIFO(mode):
         kind = "a FIFO"
     elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
@@ -683,10 +682,10 @@ def _refuse_special(dest: Path, mode: int | None) -> None:
     raise FileProblem(dest, f"is {kind}, not a regular file; write to - and redirect")
 
 
-def _existing_mode(path: Path) -> int | None:
-    """``st_mode`` of what ``path`` names, or None when nothing is there (one system call)."""
+def _existing_status(path: Path) -> os.stat_result | None:
+    """``os.stat`` of what ``path`` names, or None when nothing is there (one system call)."""
     try:
-        return os.stat(path).st_mode
+        return os.stat(path)
     except FileNotFoundError:
         return None
 
