@@ -27,7 +27,7 @@ from diffconv_core._validation import (
     check_tensor,
     needs_graph,
 )
-from diffconv_core.methods import output_length, pick_method
+from diffconv_core.methods import output_length, output_range, pick_method
 from diffconv_core.padding import pad
 
 _RANGE_FUNCTIONS = {"direct": direct_range, "fft": fft_range, "overlap": overlap_range}
@@ -44,11 +44,8 @@ def _run(x: torch.Tensor, w: torch.Tensor, mode: str, padding: str, method: str)
         # An empty batch (a data loader's last, filtered batch): an empty result, shaped and
         # typed as any other and connected to both operands for autograd.
         return empty_range(x, w, output_length(T, K, mode)).to(out_dtype)
-    if mode == "valid":
-        lo, hi = K - 1, T
-    elif padding == "zeros":
-        lo = (K - 1) // 2 if mode == "same" else 0
-        hi = lo + T if mode == "same" else T + K - 1
+    if mode == "valid" or padding == "zeros":
+        lo, hi = output_range(T, K, mode)
     else:
         # Extend the signal by the mode's reach, then take the valid part.
         left, right = (K // 2, (K - 1) // 2) if mode == "same" else (K - 1, K - 1)
