@@ -83,15 +83,15 @@ def transformable_range(
     x_max, w_max = _largest(x, w)
     x_finite, w_finite = math.isfinite(x_max), math.isfinite(w_max)
     if x_finite and w_finite:
-        return _without_overflow(range_fn, x, w, lo, hi, x_max, w_max)
+        return _rescaled_if_overflowed(range_fn, x, w, lo, hi, x_max, w_max)
 
     def on_finite_parts(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        return _without_overflow(range_fn, a, b, lo, hi, *_largest(a, b))
+        return _rescaled_if_overflowed(range_fn, a, b, lo, hi, *_largest(a, b))
 
     return with_direct_sum_nonfinite(range_fn, x, w, lo, hi, x_finite, w_finite, on_finite_parts)
 
 
-def _without_overflow(
+def _rescaled_if_overflowed(
     range_fn: RangeFn,
     x: torch.Tensor,
     w: torch.Tensor,
