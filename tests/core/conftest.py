@@ -48,12 +48,17 @@ TOLERANCE = {
 }
 
 
-@pytest.fixture(params=["scan first", "read ahead"])
+@pytest.fixture(params=["scan first", "read ahead", "check after"])
 def nonfinite_order(request, monkeypatch) -> str:
-    """Both ways of keeping NaN/Inf local: the CPU's scan of the operands before the method,
-    and CUDA's method queued before the scan is read (``reads_ahead``), here on the CPU."""
+    """The three ways of keeping NaN/Inf local: a scan of the operands before the method
+    (the CPU with a graph to record), CUDA's method queued before the scan is read
+    (``reads_ahead``) and the CPU's check of the method's output, the scan only where that
+    is not all finite (``checks_after``, without a graph), each here on the CPU."""
+    nonfinite = diffconv_core._nonfinite
     if request.param == "read ahead":
-        monkeypatch.setattr(diffconv_core._nonfinite, "reads_ahead", lambda x: True)
+        monkeypatch.setattr(nonfinite, "reads_ahead", lambda x: True)
+    elif request.param == "scan first":
+        monkeypatch.setattr(nonfinite, "checks_after", lambda x, w: False)
     return request.param
 
 
