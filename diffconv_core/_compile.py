@@ -24,10 +24,31 @@ def eager_under_compile(fn: F) -> F:
         >>> double(torch.ones(2))
         tensor([2., 2.])
     """
-    eager = getattr(torch, "_disable_dynamo", lambda f: f)(fn)
+
+    def unaliased_result(*args, **kwargs):
+        result = fn(*args, **kwargs)
+        return _fresh_tensor(result) if isinstance(result, torch.Tensor) else result
+
+    eager = getattr(torch, "_disable_dynamo", lambda f: f)(unaliased_result)
 
     @functools.wraps(fn)
     def dispatch(*args, **kwargs):
         return (eager if torch.compiler.is_compiling() else fn)(*args, **kwargs)
 
     return dispatch  # type: ignore[return-value]
+
+
+def _fresh_tensor(t: torch.Tensor) -> torch.Tensor:
+    # The compiled code resumed after the graph break guards on what it was traced with: a
+    # view's base, the storage offset and the strides included. A result that is a view on
+    # some paths and not on others, starts inside its buffer or is strided (the convolution's
+    # FFT and overlap-save, whichever the length picks) recompiled it when the path changed.
+    # Without autograd a contiguous view from the buffer's start is wrapped anew (no copy);
+    # anything else is copied (a rewrap would drop its graph, or keep most of a buffer alive).
+    base = t._base
+    fresh = t.storage_offset() == 0 and t.is_contiguous()
+    if fresh and base is None:
+        return t
+    if fresh and not t.requires_grad and 2 * t.numel() >= base.numel():
+        return t.new_empty(0).set_(t.untyped_storage(), 0, t.shape, t.stride())
+    return t.clone(memory_format=torch.contiguous_format)

@@ -490,6 +490,34 @@ def test_torch_compile_runs_the_convolution_eagerly_without_recompiling_per_leng
     assert counter.frame_count == settled
 
 
+@pytest.mark.parametrize("grad", [False, True])
+def test_torch_compile_does_not_recompile_when_the_picked_method_changes(monkeypatch, grad):
+    # The FFT path's result was a view, overlap-save's not: code compiled after the graph
+    # break guarded on the view's base and recompiled when a new length changed the pick.
+    from torch._dynamo.testing import CompileCounter
+
+    from diffconv_core import convolution
+
+    monkeypatch.setattr(
+        convolution, "pick_method", lambda batch, T, *rest: "fft" if T < 4000 else "overlap"
+    )
+    counter = CompileCounter()
+    w = torch.hann_window(31, periodic=False, dtype=torch.float64, requires_grad=grad)
+
+    def model(a, b):
+        return torch.tanh(diffconv_core.convolve(a * 2, b)).sum(-1)
+
+    compiled = torch.compile(model, backend=counter)
+    for T in (3000, 3500, 3700):
+        x = torch.randn(4, T, dtype=torch.float64)
+        torch.testing.assert_close(compiled(x, w), model(x, w))
+    settled = counter.frame_count
+    for T in (5000, 7000, 3800, 9000):
+        x = torch.randn(4, T, dtype=torch.float64)
+        torch.testing.assert_close(compiled(x, w), model(x, w))
+    assert counter.frame_count == settled
+
+
 @pytest.mark.parametrize("kind", ["window", "filter"])
 def test_torch_compile_of_a_learnable_window_or_filter_designs_it_eagerly(kind):
     # Traced, the design's range checks broke the graph at each .item(), recompiled per
