@@ -2,14 +2,16 @@
 
 Times every method of ``diffconv_core.convolve`` on a grid of batch, length and kernel sizes,
 fits the constants of ``diffconv_core.methods._COSTS["cpu"]`` to them (least squares on
-relative error, one method at a time, with the same features the model uses; float32, whose
-direct method is oneDNN's convolutions, and that method again by the Toeplitz GEMMs that
-other dtypes take, for their terms) and prints the
-fitted table, how often the model then picks a method within 10% of the measured fastest,
-and each case's timings. Nothing is written: paste the table into ``methods.py`` and the
-output into ``benchmarks/results/``.
+relative error, one method and path at a time, with the same features the model uses;
+float32, whose direct method takes the shifted sums for the fewest taps, then oneDNN's
+convolutions, over all rows at once where they are whole frames of 16 samples, in pieces
+elsewhere; and that method again by the Toeplitz GEMMs that other dtypes take, for their
+terms) and prints the fitted table, how often the model then picks a method within 10% of
+the measured fastest, and each case's timings. Nothing is written: paste the table into
+``methods.py`` and the output into ``benchmarks/results/``.
 
-    python benchmarks/fit_cpu_costs.py            # about 4 minutes on 2 cores
+    python benchmarks/fit_cpu_costs.py            # about 7 minutes on 2 cores
+    python benchmarks/fit_cpu_costs.py --from-log run.txt  # refit an earlier run's timings
     python benchmarks/fit_cpu_costs.py --backward # the backward factors, about 4 minutes
     python benchmarks/fit_cpu_costs.py --per-row  # a kernel per row, about 3 minutes
 
@@ -32,15 +34,17 @@ from __future__ import annotations
 import argparse
 import itertools
 import math
+import re
 import statistics
 
 import bench_core  # beside this script
 import numpy as np
 import torch
+from scipy.optimize import nnls
 
 import diffconv_core
 from diffconv_core import _framed_conv, methods
-from diffconv_core._direct import MAX_TOEPLITZ_TAPS
+from diffconv_core._direct import MAX_TOEPLITZ_TAPS, MIN_WHOLE_ROWS_TAPS
 from diffconv_core._fft import range_fft_length
 from diffconv_core._overlap import overlap_fft_length
 from diffconv_core._shift_add import MAX_SHIFT_ADD_TAPS
@@ -49,7 +53,9 @@ from diffconv_core.memory import retain_freed_memory
 
 SHAPES = [(4, 480_000), (1, 4_194_304), (512, 1024), (64, 8000), (16, 2000), (1, 20_000)]
 SHAPES += [(8, 100_000), (1, 2000), (128, 16_000)]
-TAPS = [3, 8, 13, 31, 63, 127, 255, 511, 1023]
+# Rows that are not whole frames of 16 samples: the direct method's convolutions in pieces.
+SHAPES += [(512, 1000), (4, 480_008), (64, 8004)]
+TAPS = [3, 5, 8, 13, 31, 63, 127, 255, 511, 1023]
 METHODS = ("direct", "fft", "overlap")
 
 
@@ -57,13 +63,30 @@ def median_time(fn, budget_s: float) -> float:
     return bench_core.median_time(fn, "cpu", budget_s)
 
 
-def features(method: str, B: int, T: int, K: int) -> list[float]:
-    """The model's terms for one method and case (see ``methods.estimate_costs``)."""
+def direct_path(T: int, K: int) -> str | None:
+    """Which terms the direct method's float32 time of mode "same" fits: "shift" (the shifted
+    sums), "whole" (one oneDNN convolution over all rows) or "pieces" (convolutions in
+    pieces, for rows that are not whole frames)."""
+    plan = _framed_conv.whole_rows_plan(T, K, T, K - 1 - (K - 1) // 2)
+    if K < MIN_WHOLE_ROWS_TAPS or (K <= MAX_SHIFT_ADD_TAPS and plan is None):
+        return "shift"
+    return "whole" if plan is not None else "pieces"
+
+
+def features(method: str, B: int, T: int, K: int, path: str | None = None) -> list[float]:
+    """The model's terms for one method and case (see ``methods.estimate_costs``); for
+    "direct" only where it takes ``path`` (see :func:`direct_path`)."""
     L = T  # mode "same"
     if method == "direct":
-        if K <= MAX_SHIFT_ADD_TAPS:
-            return []  # the shifted sums: kept out of this fit
-        return [1.0, B * L, B * L * _framed_conv.work(K)]  # float32: oneDNN's convolutions
+        if direct_path(T, K) != path:
+            return []
+        if path == "shift":
+            return [1.0, B * L, B * L * K]
+        if path == "pieces":
+            return [1.0, B * L, B * L * _framed_conv.work(K)]
+        plan = _framed_conv.whole_rows_plan(T, K, L, K - 1 - (K - 1) // 2)
+        # float32: one oneDNN convolution over all rows, J frames of P samples per output
+        return [1.0, B * L, B * L * plan[2] * _framed_conv.FRAME]
     if method == "fft":
         n = range_fft_length(T, K, *methods.output_range(T, K, "same"), torch.device("cpu"))
         log_n = math.log2(n)
@@ -89,10 +112,32 @@ def direct_by_gemms(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
 
 
 def fit(rows: list[tuple[list[float], float]]) -> np.ndarray:
+    # Non-negative: a negative call cost (unconstrained, the pieces' fit gave -27 us) makes
+    # the model's price of a small call negative, so it would always win there.
     A = np.array([f for f, _ in rows])
     y = np.array([t for _, t in rows])
-    coef, *_ = np.linalg.lstsq(A / y[:, None], np.ones_like(y), rcond=None)
+    coef, _ = nnls(A / y[:, None], np.ones_like(y))
     return coef
+
+
+TIMING_LINE = re.compile(
+    r"# (\d+) x (\d+), (\d+) taps: direct ([\d.]+) ms, fft ([\d.]+) ms, overlap ([\d.]+) ms"
+    r"(?: \(direct by GEMMs ([\d.]+) ms\))?"
+)
+
+
+def timings_from_log(path: str) -> tuple[list, list]:
+    """The cases (and GEMM timings) of an earlier run's printed timing lines."""
+    cases, gemm_cases = [], []
+    for line in open(path):
+        match = TIMING_LINE.match(line)
+        if match:
+            B, T, K = (int(v) for v in match.groups()[:3])
+            times = dict(zip(METHODS, (float(v) / 1e3 for v in match.groups()[3:6]), strict=True))
+            gemms = match.group(7)
+            cases.append((B, T, K, times))
+            gemm_cases.append((B, T, K, None if gemms is None else float(gemms) / 1e3))
+    return cases, gemm_cases
 
 
 BACKWARD_SHAPES = [(4, 480_000), (1, 1_048_576), (512, 1024), (64, 8000), (16, 20_000)]
@@ -184,6 +229,7 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=0.2, help="seconds per timing")
     parser.add_argument("--backward", action="store_true", help="fit the backward factors")
     parser.add_argument("--per-row", action="store_true", help="fit a kernel per row's terms")
+    parser.add_argument("--from-log", help="refit from the timings an earlier run printed")
     args = parser.parse_args()
     retain_freed_memory()
     torch.manual_seed(0)
@@ -193,9 +239,9 @@ def main() -> None:
     if args.per_row:
         fit_per_row(args.budget)
         return
-    cases, gemm_cases = [], []
+    cases, gemm_cases = timings_from_log(args.from_log) if args.from_log else ([], [])
     with torch.no_grad():
-        for (B, T), K in itertools.product(SHAPES, TAPS):
+        for (B, T), K in [] if args.from_log else itertools.product(SHAPES, TAPS):
             x = torch.randn(B, T)
             w = torch.hann_window(K, periodic=False)
             times = {
@@ -215,18 +261,20 @@ def main() -> None:
                 + ("" if gemms is None else f" (direct by GEMMs {gemms * 1e3:.3f} ms)")
             )
     names = {
-        "direct": ("framed_call", "framed_sample", "framed_tap"),
-        "fft": ("fft_call", "fft_unit", "fft_unit_per_octave"),
-        "overlap": ("overlap_call", "overlap_unit"),
+        ("direct", "shift"): ("shift_call", "shift_sample", "shift_tap"),
+        ("direct", "whole"): ("whole_call", "whole_sample", "whole_tap"),
+        ("direct", "pieces"): ("framed_call", "framed_sample", "framed_tap"),
+        ("fft", None): ("fft_call", "fft_unit", "fft_unit_per_octave"),
+        ("overlap", None): ("overlap_call", "overlap_unit"),
     }
     table = dict(methods._COSTS["cpu"])
-    for method in METHODS:
+    for (method, path), terms in names.items():
         rows = [
-            (features(method, B, T, K), times[method] * 1e9)
+            (features(method, B, T, K, path), times[method] * 1e9)
             for B, T, K, times in cases
-            if features(method, B, T, K)
+            if features(method, B, T, K, path)
         ]
-        table.update(zip(names[method], (float(c) for c in fit(rows)), strict=True))
+        table.update(zip(terms, (float(c) for c in fit(rows)), strict=True))
     # The GEMMs' terms, for other dtypes or without oneDNN: the same cases, timed alike.
     rows = [
         ([1.0, B * T, B * T * gemm_work(K)], gemms * 1e9)

@@ -20,6 +20,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from diffconv_core import _framed_conv
 from diffconv_core._autocast import autocast_off
 from diffconv_core._fft import gradients_from_pieces
 from diffconv_core._shift_add import MAX_SHIFT_ADD_TAPS, shift_add_correlate
@@ -35,6 +36,13 @@ from diffconv_core._validation import (
 
 # Beyond this many taps the Toeplitz blocks (2P x P) grow too large to pay off.
 MAX_TOEPLITZ_TAPS = 1024
+
+#: From this many taps on, one oneDNN convolution over rows of whole frames beats the shifted
+#: sums (2 cores, float32, interleaved medians, 7 taps: 0.75 against 0.90 ms for 4 x 480,000,
+#: 1.74 against 2.47 for 1 x 4,194,304, 0.72 against 0.85 for 128 x 16,000, even for 512 x
+#: 1,024 and 16 x 2,000; at 5 taps the sums were faster but on one signal of 4,194,304).
+#: Rows that are not whole frames keep the sums up to ``MAX_SHIFT_ADD_TAPS``.
+MIN_WHOLE_ROWS_TAPS = 7
 
 # The most samples (rows x outputs x taps) one CPU conv1d call may unfold (512 MB of float64).
 CONV1D_CPU_ELEMENTS = 1 << 26
@@ -115,7 +123,7 @@ def direct_sums_alone(x: torch.Tensor, w: torch.Tensor, lo: int, hi: int) -> tor
     K = w.shape[-1]
     if K == 0 or needs_graph(x, w):
         return None
-    if x.device.type == "cpu" and K <= MAX_SHIFT_ADD_TAPS:
+    if x.device.type == "cpu" and takes_shifted_sums(x, w, lo, hi):
         y = direct_range(x, w, lo, hi)
         if float(w.abs().amax()) > 1.0 and not math.isfinite(float(y.sum())):
             # Products that overflow where the sum need not (1e160 * 1e160 - 1e160 * 1e160)
@@ -130,12 +138,25 @@ def direct_sums_alone(x: torch.Tensor, w: torch.Tensor, lo: int, hi: int) -> tor
     return sliding_dot(x, w, K - 1 - lo, hi - lo, taps_reversed=True)  # None off CUDA
 
 
+def takes_shifted_sums(x: torch.Tensor, w: torch.Tensor, lo: int, hi: int) -> bool:
+    """Whether the CPU's direct path computes these samples as shifted multiply-adds (else
+    as Toeplitz products: oneDNN convolutions or GEMMs): up to ``MAX_SHIFT_ADD_TAPS`` taps,
+    but only below ``MIN_WHOLE_ROWS_TAPS`` where one convolution can take all rows at once
+    (``_framed_conv.takes_whole_rows``)."""
+    K = w.shape[-1]
+    if K > MAX_SHIFT_ADD_TAPS:
+        return False
+    if K < MIN_WHOLE_ROWS_TAPS or w.numel() != K or x.dtype != w.dtype:
+        return True
+    return not _framed_conv.takes_whole_rows(x, K, hi - lo, K - 1 - lo)
+
+
 def _cpu_range(x: torch.Tensor, w: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
     # Nothing recorded (CPU): one kernel for every row as (K,), or a kernel per row.
     K = w.shape[-1]
     taps = w.flip(-1) if w.numel() > K else w.flip(-1).reshape(K)
     shape = (*broadcast_shapes(x.shape[:-1], w.shape[:-1]), hi - lo)
-    if K <= MAX_SHIFT_ADD_TAPS:
+    if takes_shifted_sums(x, w, lo, hi):
         return shift_add_correlate(x, taps, hi - lo, K - 1 - lo).reshape(shape)
     return toeplitz_correlate(x, taps, hi - lo, K - 1 - lo).reshape(shape)
 

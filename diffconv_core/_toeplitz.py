@@ -11,9 +11,9 @@ through strided views, a cache-sized piece at a time: one GEMM per residue of th
 mod J for a kernel shared by every signal, written straight into the result, or one batched
 GEMM per residue for a kernel per signal. In float32 with oneDNN, a kernel shared by every
 signal takes one convolution per piece instead (``_framed_conv``), with frames of its own
-length. Nothing here is recorded by autograd: gradients take
-the same paths through ``_direct._DirectRange``, a shared kernel's own gradient as
-:func:`toeplitz_lagged_products`.
+length, or one for all rows where they are whole frames. Nothing here is recorded by
+autograd: gradients take the same paths through ``_direct._DirectRange``, a shared kernel's
+own gradient as :func:`toeplitz_lagged_products`.
 """
 
 from __future__ import annotations
@@ -129,6 +129,12 @@ def toeplitz_correlate(
     batch = broadcast_shapes(source.shape[:-1], taps.shape[:-1])
     per_row = taps.dim() > 1
     framed = not per_row and taps.dtype == source.dtype and _framed_conv.usable(source)
+    if framed:
+        whole = _framed_conv.correlate_rows(
+            source.reshape(-1, source.shape[-1]), taps, n_out, shift
+        )
+        if whole is not None:
+            return whole.reshape(*batch, n_out)
     P, J = _framed_conv.frame_plan(K) if framed else frame_plan(K)
     if per_row:
         source = source.expand(*batch, source.shape[-1])

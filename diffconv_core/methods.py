@@ -22,7 +22,7 @@ from collections.abc import Sequence
 import torch
 
 from diffconv_core import _framed_conv
-from diffconv_core._direct import MAX_TOEPLITZ_TAPS
+from diffconv_core._direct import MAX_TOEPLITZ_TAPS, MIN_WHOLE_ROWS_TAPS
 from diffconv_core._fft import fft_length, range_fft_length
 from diffconv_core._overlap import block_fft_length, overlap_fft_length
 from diffconv_core._shift_add import MAX_SHIFT_ADD_TAPS
@@ -42,29 +42,34 @@ from diffconv_core._validation import (
 # project's 2-core machines (torch 2.13). On the CPU the paths without autograd differ from
 # the recorded ones (direct in cache-sized pieces, shifted sums up to 12 taps, batched FFTs in
 # chunks), so each has its own table: "cpu" is fitted by benchmarks/fit_cpu_costs.py
-# (relative least squares, 81 float32 shapes: batch 1-512, length 1,024-4,194,304, 3-1,023
-# taps, freed memory retained; the direct terms are oneDNN's convolutions ("framed"); the
-# shifted sums' terms are from an earlier fit of 70 timings, the GEMMs' ("direct", for other
-# dtypes or without oneDNN) from the fit before the convolutions);
+# (relative least squares, non-negative, 120 float32 shapes: batch 1-512, length
+# 1,000-4,194,304, 3-1,023 taps, freed memory retained): the shifted sums' terms ("shift",
+# up to 6 taps, or 12 where rows are not whole frames), oneDNN's one convolution over rows
+# of whole frames ("whole"), its convolutions in pieces elsewhere ("framed"; that grid had
+# no small call to fix a call cost, the fit's 0 is replaced by the one convolution's), the
+# GEMMs ("direct", for other dtypes or without oneDNN) and the transforms, all from one run;
 # "cpu_autograd" prices the recorded forward of the FFT methods and of a kernel per row (one
 # shared kernel takes the fast path also when recorded), and _BACKWARD_FACTOR the backward.
 # benchmarks/results/ holds the measurements.
 _COSTS = {
     "cpu": {
-        "shift_call": 71_000.0,
-        "shift_sample": 0.235,
-        "shift_tap": 0.089,  # per output sample and tap
-        "direct_call": 145_000.0,
-        "direct_sample": 0.439,
-        "direct_gemm_tap": 0.0179,  # GEMM: per output and multiply-add (_toeplitz.gemm_work)
-        "framed_call": 196_800.0,
-        "framed_sample": 0.5609,
-        "framed_tap": 0.01128,  # oneDNN: per output and multiply-add (_framed_conv.work)
-        "fft_call": 94_720.0,
-        "fft_unit": 0.05453,
-        "fft_unit_per_octave": 0.01191,  # above 2**11 points
-        "overlap_call": 146_900.0,
-        "overlap_unit": 0.1195,
+        "shift_call": 39_240.0,
+        "shift_sample": 0.0,
+        "shift_tap": 0.05359,  # per output sample and tap
+        "direct_call": 71_400.0,
+        "direct_sample": 0.07519,
+        "direct_gemm_tap": 0.01273,  # GEMM: per output and multiply-add (_toeplitz.gemm_work)
+        "whole_call": 60_740.0,
+        "whole_sample": 0.07188,
+        "whole_tap": 0.004666,  # one convolution: per output and multiply-add (J * P)
+        "framed_call": 60_740.0,
+        "framed_sample": 0.4243,
+        "framed_tap": 0.004305,  # in pieces: per output and multiply-add (_framed_conv.work)
+        "fft_call": 43_640.0,
+        "fft_unit": 0.02945,
+        "fft_unit_per_octave": 0.006157,  # above 2**11 points
+        "overlap_call": 55_180.0,
+        "overlap_unit": 0.05083,
     },
     "cpu_autograd": {
         # A kernel per row (batched GEMMs in pieces, recorded or not, its own backward):
@@ -272,11 +277,15 @@ def estimate_costs(
         T, K = K, T
     L = output_length(T, K, mode)
     call = c["direct_call"]
+    whole = None  # oneDNN's layout of all rows at once (float32, rows of whole frames)
+    if framed_conv and device_type == "cpu":
+        lo, hi = output_range(T, K, mode)
+        whole = _framed_conv.whole_rows_plan(T, K, hi - lo, K - 1 - lo)
     if device_type != "cpu":
         per_sample = c["direct_tap"] * K
     elif K > MAX_TOEPLITZ_TAPS:
         per_sample = 0.68 * K  # conv1d, per output and tap: far slower than the GEMMs
-    elif K <= MAX_SHIFT_ADD_TAPS:
+    elif K < MIN_WHOLE_ROWS_TAPS or (K <= MAX_SHIFT_ADD_TAPS and whole is None):
         # The shifted sums, also when recorded (their own backward).
         f = _COSTS["cpu"]
         call = f["shift_call"]
@@ -291,10 +300,15 @@ def estimate_costs(
         if float64:
             per_sample *= _FLOAT64_GEMM_FACTOR
     elif framed_conv:
-        # One kernel for every row in float32: oneDNN convolutions in pieces, also recorded.
+        # One kernel for every row in float32: oneDNN convolutions, also recorded; over all
+        # rows at once where they are whole frames, else in pieces.
         f = _COSTS["cpu"]
-        call = f["framed_call"]
-        per_sample = f["framed_sample"] + f["framed_tap"] * _framed_conv.work(K)
+        if whole is not None:
+            call = f["whole_call"]
+            per_sample = f["whole_sample"] + f["whole_tap"] * whole[2] * _framed_conv.FRAME
+        else:
+            call = f["framed_call"]
+            per_sample = f["framed_sample"] + f["framed_tap"] * _framed_conv.work(K)
     else:
         # One kernel for every row: the GEMMs in pieces, also when recorded.
         f = _COSTS["cpu"]
@@ -321,6 +335,12 @@ def estimate_costs(
         # 0.31). Below the cliff, and for more blocks, overlap_unit is as fitted.
         overlap_units *= single_row_factor(batch * n_blocks, block)
     overlap = c["overlap_call"] + c["overlap_unit"] * overlap_units
+    if n_blocks == 1:
+        # One block is the FFT path's work on a transform at least as long (the block holds
+        # the outputs and the kernel's reach; fft's only the outputs' range), plus the
+        # blocking: never cheaper. Fitted terms alone priced (1, 16000) * 4095 and (1, 20000)
+        # * 8191 below fft, which took 0.28 and 0.36 ms against 0.32 and 0.42.
+        overlap = max(overlap, fft)
     return {"direct": direct, "fft": fft, "overlap": overlap}
 
 
@@ -425,7 +445,7 @@ def pick_method(
     # Half types are computed in float32 on a CPU (convolution.py), there by oneDNN too. The
     # shifted sums take the fewest taps: no need to read torch's oneDNN settings for them.
     compute_dtype = torch.float32 if dtype in HALF_DTYPES and device_type == "cpu" else dtype
-    framed = shared and K > MAX_SHIFT_ADD_TAPS and _framed_conv.usable_for(compute_dtype, device)
+    framed = shared and K >= MIN_WHOLE_ROWS_TAPS and _framed_conv.usable_for(compute_dtype, device)
     float64 = compute_dtype == torch.float64 and device_type == "cpu"
     costs = estimate_costs(batch, T, K, mode, device_type, requires_grad, shared, framed, float64)
     if requires_grad:

@@ -23,15 +23,23 @@ PIECE_BYTES = [256, 4096, 2**22]
 
 @pytest.fixture
 def calls(monkeypatch):
-    """How many pieces the convolution computed."""
+    """The convolutions computed: each piece's shape, or ("whole", rows' shape) for all rows
+    at once (``correlate_rows``, where it applies)."""
     count = []
-    real = _framed_conv.correlate_frames
+    real, real_rows = _framed_conv.correlate_frames, _framed_conv.correlate_rows
 
     def counted(piece, weight):
         count.append(piece.shape)
         return real(piece, weight)
 
+    def counted_rows(rows, taps, n_out, shift):
+        out = real_rows(rows, taps, n_out, shift)
+        if out is not None:
+            count.append(("whole", rows.shape))
+        return out
+
     monkeypatch.setattr(_framed_conv, "correlate_frames", counted)
+    monkeypatch.setattr(_framed_conv, "correlate_rows", counted_rows)
     return count
 
 
@@ -64,6 +72,68 @@ def test_matches_float64_scipy_in_every_piece_layout(
     assert got.dtype == torch.float32 and got.shape[:-1] == shape[:-1]
     assert calls, "the convolution was not used"
     _close_to_float64(got, x, w, mode)
+
+
+@pytest.mark.parametrize("mode", ["full", "same", "valid"])
+@pytest.mark.parametrize("K", [13, 16, 17, 31, 32, 33, 64, 255, 1024])
+@pytest.mark.parametrize("shape", [(1024,), (3, 1024), (2, 3, 96), (2, 4096)])
+def test_rows_of_whole_frames_take_one_convolution_and_match_float64(calls, mode, K, shape):
+    # Rows of whole frames: one convolution over every row, the zeros past their ends its
+    # padding (the shift short of a frame folded into the taps), its output the result.
+    if mode == "valid" and K > shape[-1]:
+        pytest.skip("valid needs T >= K here")
+    x, w = _float32_case(K * 5 + shape[-1], shape, K)
+    got = convolve(torch.from_numpy(x), torch.from_numpy(w), mode=mode, method="direct")
+    assert calls == [("whole", (int(np.prod(shape[:-1])), shape[-1]))]
+    assert got.is_contiguous() and got.shape[:-1] == shape[:-1]
+    _close_to_float64(got, x, w, mode)
+
+
+@pytest.mark.parametrize("T", [32, 48, 160])
+@pytest.mark.parametrize("K", [1, 2, 3, 15, 16, 17, 40])
+def test_whole_rows_agree_with_the_gemms_for_every_shift_and_length(T, K):
+    # Every shift from none to past the kernel and output lengths from one sample to three
+    # times the rows: where the plan applies, the sums of the GEMMs (float64) to rounding.
+    gen = torch.Generator().manual_seed(T * 100 + K)
+    x, taps = torch.randn(3, T, generator=gen), torch.randn(K, generator=gen)
+    taken = 0
+    for shift in range(0, K + 40, 3):
+        for n_out in sorted({1, 16, 17, T, T + K - 1, max(1, T - K + 1), 3 * T}):
+            got = _framed_conv.correlate_rows(x, taps, n_out, shift)
+            plan = _framed_conv.whole_rows_plan(T, K, n_out, shift)
+            assert (got is None) == (plan is None)
+            if got is None:
+                continue
+            taken += 1
+            want = _toeplitz.toeplitz_correlate(x.double(), taps.double(), n_out, shift)
+            assert got.shape == (3, n_out) and got.is_contiguous()
+            torch.testing.assert_close(got.double(), want, rtol=0, atol=1e-5 * K**0.5)
+    assert taken
+
+
+@pytest.mark.parametrize("K", [3, 6, 7, 9, 12])
+@pytest.mark.parametrize("T", [1024, 1000])
+def test_short_kernels_take_the_sums_or_whole_rows(calls, K, T):
+    # From 7 taps one convolution over rows of whole frames beats the shifted sums; rows that
+    # are not whole frames keep the sums up to 12 taps. Both give the float64 answer, and a
+    # NaN stays under its window on the convolution's path too.
+    x, w = _float32_case(K + T, (3, T), K)
+    got = convolve(torch.from_numpy(x), torch.from_numpy(w), mode="same", method="direct")
+    assert calls == ([("whole", (3, T))] if K >= 7 and T % 16 == 0 else [])
+    _close_to_float64(got, x, w, "same")
+    x[1, 500] = np.nan
+    got = convolve(torch.from_numpy(x), torch.from_numpy(w), mode="same", method="direct")
+    nan_rows, nan_cols = np.nonzero(np.isnan(got.numpy()))
+    first = 500 - (K - 1) // 2  # the first output of mode "same" whose window covers it
+    assert set(nan_rows) == {1} and list(nan_cols) == list(range(first, first + K))
+
+
+def test_whole_rows_are_declined_where_the_frames_do_not_fit():
+    x = torch.randn(2, 64)
+    assert _framed_conv.correlate_rows(x[:, :60], torch.ones(3), 60, 1) is None  # T % 16
+    assert _framed_conv.correlate_rows(x[:, ::2], torch.ones(3), 32, 1) is None  # strided
+    assert _framed_conv.correlate_rows(x, torch.ones(3), 64, -1) is None  # shift < 0
+    assert _framed_conv.correlate_rows(x, torch.ones(3), 64 * 5, 1) is None  # too unaligned
 
 
 @pytest.mark.parametrize("K", [13, 31, 200])
