@@ -142,14 +142,15 @@ def timings_from_log(path: str) -> tuple[list, list]:
 
 BACKWARD_SHAPES = [(4, 480_000), (1, 1_048_576), (512, 1024), (64, 8000), (16, 20_000)]
 BACKWARD_SHAPES += [(8, 100_000)]
-BACKWARD_TAPS = [3, 31, 127, 511, 2047, 8191]
+BACKWARD_TAPS = [3, 31, 127, 255, 511, 2047, 8191]
 
 
 def fit_backward(budget_s: float) -> None:
-    """Time recorded forward and forward+backward per method; print the factors and how
-    often the model's pick with gradients is within 10% of the fastest."""
-    factors: dict[str, list[float]] = {m: [] for m in METHODS}
-    near = total = 0
+    """Time recorded forward and forward+backward per method; print the factors (the direct
+    method's split at ``_framed_conv.MAX_GRADIENT_TAPS``) and how often the model's pick with
+    gradients is within 10% of the fastest, with the current and the fitted factors."""
+    factors: dict[str, list[float]] = {name: [] for name in methods._BACKWARD_FACTOR}
+    cases = []
     for (B, T), K in itertools.product(BACKWARD_SHAPES, BACKWARD_TAPS):
         x = torch.randn(B, T, requires_grad=True)
         w = torch.hann_window(K, periodic=False).requires_grad_()
@@ -167,21 +168,40 @@ def fit_backward(budget_s: float) -> None:
 
             forward = median_time(forward_only, budget_s)
             both[m] = median_time(step, budget_s)
-            factors[m].append(both[m] / forward)
-        picked = diffconv_core.choose_method(x.shape, w.shape, requires_grad=True)
-        fastest = min(both, key=both.__getitem__)
-        total += 1
-        near += both[picked] <= 1.1 * both[fastest]
+            long = m == "direct" and K > _framed_conv.MAX_GRADIENT_TAPS
+            factors["direct_long" if long else m].append(both[m] / forward)
+        cases.append((B, T, K, both))
         print(
             f"# {B} x {T}, {K} taps, fwd+bwd: "
             + ", ".join(f"{m} {s * 1e3:.2f} ms" for m, s in both.items())
-            + f"; picked {picked}"
         )
+    fitted = {name: round(statistics.median(v), 2) for name, v in factors.items() if v}
     print("\n_BACKWARD_FACTOR (medians) = {")
-    for m, values in factors.items():
-        print(f"    {m!r}: {statistics.median(values):.2f},")
+    for name, value in fitted.items():
+        print(f"    {name!r}: {value:.2f},")
     print("}")
-    print(f"\ncurrent model's pick within 10% of the fastest fwd+bwd: {near} of {total} cases")
+    for label, table in (("current", methods._BACKWARD_FACTOR), ("fitted", fitted)):
+        saved = methods._BACKWARD_FACTOR
+        methods._BACKWARD_FACTOR = {**saved, **table}
+        try:
+            near, misses = 0, []
+            for B, T, K, both in cases:
+                picked = diffconv_core.choose_method((B, T), (K,), requires_grad=True)
+                fastest = min(both, key=both.__getitem__)
+                if both[picked] <= 1.1 * both[fastest]:
+                    near += 1
+                else:
+                    misses.append(
+                        f"{B} x {T}, {K} taps: picked {picked} {both[picked] * 1e3:.2f} ms, "
+                        f"{fastest} {both[fastest] * 1e3:.2f} ms"
+                    )
+        finally:
+            methods._BACKWARD_FACTOR = saved
+        print(
+            f"\n{label} factors: pick within 10% of the fastest fwd+bwd in {near} of {len(cases)}"
+        )
+        for line in misses:
+            print(f"  {line}")
 
 
 PER_ROW_SHAPES = [(32, 16_000), (128, 4000), (8, 100_000), (4, 480_000), (256, 1024)]

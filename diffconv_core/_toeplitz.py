@@ -214,6 +214,10 @@ def toeplitz_lagged_products(
         return g.new_zeros(*g.shape[:-1] if per_row else (), K)
     x = x.expand(*g.shape[:-1], x.shape[-1])
     grads = g.reshape(-1, L)
+    if not per_row and g.dtype == x.dtype and x.is_contiguous() and _framed_conv.usable(x):
+        whole = _framed_conv.lagged_products_rows(grads, x.reshape(grads.shape[0], -1), lo, K)
+        if whole is not None:
+            return whole
     framed = _stacked_rows_framed(grads, x, K, per_row)
     P, J = _framed_conv.frame_plan(K) if framed else frame_plan(K)
     products = torch.zeros(

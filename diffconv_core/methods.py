@@ -168,14 +168,36 @@ def _cuda_training_pick(batch: int, T: int, K: int, mode: str) -> str:
 
 
 # Forward + backward (gradients to both inputs) over the recorded forward alone, measured on
-# CPU (medians over 33-36 shapes, 3-8,191 taps): the direct method's backward is two more
+# CPU (medians over 33-42 shapes, 3-8,191 taps): the direct method's backward is two more
 # passes (the signal gradient, then the kernel gradient's products, which waste more
 # multiply-adds than the forward's shifted sums), the FFT's reuses the forward spectra, and
 # overlap-save's adds block gradients back (unfold's adjoint). Direct's factor is the median
 # of 36 shapes after its float32 forward and kernel gradient became oneDNN's convolutions
-# (3.66; 4.56 with the kernel gradient still on the GEMMs); with these, choose_method's pick
-# was within 10% of the fastest forward+backward in 34 of those 36 shapes, at worst 1.32x.
-_BACKWARD_FACTOR = {"direct": 3.7, "fft": 2.0, "overlap": 3.8}
+# (3.66, and 3.65 again over 42 shapes after rows of whole frames took one convolution each
+# way). Past MAX_GRADIENT_TAPS (191) its kernel gradient is the GEMMs' lagged products, which
+# cost 2-3x the forward alone ("direct_long"): their median ratio is 5.4, but with it auto
+# still took direct for 255-511 taps where fft or overlap-save ran 1.2-2.5x faster (the
+# forward model prices those rows of whole frames cheaply); 10 puts the pick within 10% of
+# the fastest in all 42 shapes of that run (35 of 42 at 5.4, 33 at 3.7; the measured
+# direct_long ratios reach 7.0). benchmarks/results/cpu_2core_fit_backward_whole_rows.md.
+_BACKWARD_FACTOR = {"direct": 3.7, "direct_long": 10.0, "fft": 2.0, "overlap": 3.8}
+
+
+def backward_factor(method: str, K: int) -> float:
+    """Forward+backward over the recorded forward of ``method`` on the CPU, for ``K`` taps:
+    the direct method's kernel gradient is oneDNN's weight gradient up to
+    ``_framed_conv.MAX_GRADIENT_TAPS`` taps and the GEMMs' lagged products past them
+    ("direct_long").
+
+    Example:
+        >>> from diffconv_core.methods import backward_factor
+        >>> backward_factor("fft", 31) == backward_factor("fft", 4095)
+        True
+    """
+    if method == "direct" and K > _framed_conv.MAX_GRADIENT_TAPS:
+        return _BACKWARD_FACTOR["direct_long"]
+    return _BACKWARD_FACTOR[method]
+
 
 # float64 over float32 on the CPU GEMMs, relative to the transforms (the constants above are
 # float32 fits): the direct GEMMs took 3.28x their float32 time, the faster of fft and
@@ -450,5 +472,5 @@ def pick_method(
     costs = estimate_costs(batch, T, K, mode, device_type, requires_grad, shared, framed, float64)
     if requires_grad:
         # The backward pass costs each method a different multiple of its forward pass.
-        costs = {name: cost * _BACKWARD_FACTOR[name] for name, cost in costs.items()}
+        costs = {name: cost * backward_factor(name, K) for name, cost in costs.items()}
     return min(costs, key=costs.__getitem__)

@@ -340,3 +340,16 @@ def test_a_lone_row_past_the_fft_cliff_is_priced_dearer():
         assert choose_method(shape, (K,)) == "fft", (shape, K)
     # Batches keep their prices: the bench grid's picks did not change.
     assert estimate_costs(4, 8193, 255, "same", "cpu")["fft"] < 210_000
+
+
+def test_training_past_the_fast_kernel_gradient_leaves_direct():
+    # Past 191 taps the direct kernel gradient is the GEMMs' lagged products: fwd+bwd took
+    # 5.1 ms at 512 x 1,024 with 255 taps where fft took 2.0, and 22.8 ms at 4 x 480,000 with
+    # 511 taps where overlap-save took 15.0. Up to 191 the direct method keeps short kernels.
+    from diffconv_core.methods import backward_factor
+
+    assert backward_factor("direct", 255) > backward_factor("direct", 191)
+    assert choose_method((512, 1024), (255,), requires_grad=True) == "fft"
+    assert choose_method((4, 480_000), (511,), requires_grad=True) == "overlap"
+    assert choose_method((512, 1024), (127,), requires_grad=True) == "direct"
+    assert choose_method((4, 480_000), (31,), requires_grad=True) == "direct"

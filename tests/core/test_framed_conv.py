@@ -238,15 +238,23 @@ def test_frame_plan_reads_every_tap():
 
 @pytest.fixture
 def gradient_calls(monkeypatch):
-    """How many pieces oneDNN's weight gradient summed."""
+    """The pieces oneDNN's weight gradient summed: each piece's shape, or ("whole", rows'
+    shape) for all rows at once (``lagged_products_rows``, where it applies)."""
     count = []
-    real = _framed_conv.frame_products
+    real, real_rows = _framed_conv.frame_products, _framed_conv.lagged_products_rows
 
     def counted(piece, grad_frames, P, J):
         count.append(piece.shape)
         return real(piece, grad_frames, P, J)
 
+    def counted_rows(g, rows, lo, K):
+        out = real_rows(g, rows, lo, K)
+        if out is not None:
+            count.append(("whole", rows.shape))
+        return out
+
     monkeypatch.setattr(_framed_conv, "frame_products", counted)
+    monkeypatch.setattr(_framed_conv, "lagged_products_rows", counted_rows)
     return count
 
 
@@ -301,6 +309,29 @@ def test_kernel_gradient_keeps_the_gemms_elsewhere(gradient_calls, shape, K, dty
     scale = np.abs(g.numpy()).sum() * np.abs(x.numpy()).max()
     np.testing.assert_allclose(got.numpy(), expected, rtol=0, atol=1e-6 * scale)
     assert not gradient_calls
+
+
+@pytest.mark.parametrize("K", [1, 3, 16, 17, 31, 63, 191])
+@pytest.mark.parametrize("shape", [(1, 1024), (5, 96), (2, 3, 160)])
+def test_whole_rows_kernel_gradient_matches_float64(gradient_calls, shape, K):
+    # Rows of whole frames: one weight gradient over every row, for the lags of mode "same",
+    # "full" and "valid" and gradients of other lengths (zeros to whole frames).
+    rng = np.random.default_rng(K + shape[-1])
+    x = torch.from_numpy(rng.standard_normal(shape).astype(np.float32))
+    T = shape[-1]
+    for lo, L in [((K - 1) // 2, T), (0, T + K - 1), (K - 1, T - K + 1), (3, 40)]:
+        if L <= 0:
+            continue
+        g = torch.from_numpy(rng.standard_normal((*shape[:-1], L)).astype(np.float32))
+        gradient_calls.clear()
+        got = _toeplitz.toeplitz_lagged_products(g, x, lo, K)
+        taken = _framed_conv.whole_rows_plan(T, K, L, K - 1 - lo) is not None
+        whole = [call for call in gradient_calls if call[0] == "whole"]
+        assert whole == ([("whole", (int(np.prod(shape[:-1])), T))] if taken else [])
+        assert not taken or len(gradient_calls) == 1  # no pieces beside it
+        expected = _lagged_reference(g.numpy(), x.numpy(), lo, K)
+        scale = np.abs(g.numpy()).sum() * np.abs(x.numpy()).max()
+        np.testing.assert_allclose(got.numpy(), expected, rtol=0, atol=1e-6 * scale)
 
 
 def test_convolve_kernel_gradient_takes_it_and_matches_float64(gradient_calls):
