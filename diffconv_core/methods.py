@@ -73,14 +73,15 @@ _COSTS = {
     },
     "cpu_autograd": {
         # A kernel per row (batched GEMMs in pieces, recorded or not, its own backward):
-        # fitted to 24 timings of 2-256 rows of 1,024-480,000 samples and 7-63 taps (7 then
-        # also ran as GEMMs; up to 12 now take the shifted sums), freed memory retained;
-        # the same per-output rates as one shared kernel, a higher call cost (a matrix per
-        # row). Picks within 10% of the fastest in 33 of 36 shapes up to 255 taps
-        # (`fit_cpu_costs.py --per-row`, benchmarks/results/).
-        "direct_call": 216_000.0,
-        "direct_sample": 0.4365,
-        "direct_gemm_tap": 0.01767,  # per output and multiply-add (_toeplitz.gemm_work)
+        # fitted to 24 timings of 2-256 rows of 1,024-480,000 samples and 13-63 taps (up to
+        # 12 take the shifted sums), freed memory retained, refit on 2026-11-28 with the
+        # "cpu" table (the earlier terms, from a machine 1.5-2x slower, priced it against
+        # that table's transforms and picked them in 10 of 36 shapes where direct was up to
+        # 2.6x faster); picks within 10% of the fastest in 35 of 36 shapes up to 255 taps
+        # (`fit_cpu_costs.py --per-row`, benchmarks/results/cpu_2core_fit_per_row.md).
+        "direct_call": 91_590.0,
+        "direct_sample": 0.08554,
+        "direct_gemm_tap": 0.01297,  # per output and multiply-add (_toeplitz.gemm_work)
         "fft_call": 25_000.0,
         "fft_unit": 0.1,
         "fft_unit_per_octave": 0.02,
