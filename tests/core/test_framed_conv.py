@@ -345,3 +345,28 @@ def test_convolve_kernel_gradient_takes_it_and_matches_float64(gradient_calls):
         torch.from_numpy(g).double()
     )
     torch.testing.assert_close(ws.grad.double(), w64.grad, rtol=0, atol=1e-3)
+
+
+@pytest.mark.parametrize("setting", ["conv", "mkldnn", "all"])
+def test_fast_settings_read_agrees_with_torchs_attributes(monkeypatch, setting):
+    # usable_for reads torch's private getters (2.7 -> 1 us a call) where they exist; the
+    # public attributes must give the same answer under every setting.
+    target = {
+        "conv": torch.backends.mkldnn.conv,
+        "mkldnn": torch.backends.mkldnn,
+        "all": torch.backends,
+    }[setting]
+    if not hasattr(target, "fp32_precision") or _framed_conv._precision_getter is None:
+        pytest.skip("this torch reads its fp32 precision settings otherwise")
+    cpu = torch.device("cpu")
+    before = target.fp32_precision
+    try:
+        for value in ("bf16", before):
+            target.fp32_precision = value
+            fast = _framed_conv.usable_for(torch.float32, cpu)
+            with monkeypatch.context() as patch:
+                patch.setattr(_framed_conv, "_precision_getter", None)
+                assert _framed_conv.usable_for(torch.float32, cpu) == fast
+            assert fast == (value == before)
+    finally:
+        target.fp32_precision = before
