@@ -53,7 +53,8 @@ from diffconv_core.memory import retain_freed_memory
 
 SHAPES = [(4, 480_000), (1, 4_194_304), (512, 1024), (64, 8000), (16, 2000), (1, 20_000)]
 SHAPES += [(8, 100_000), (1, 2000), (128, 16_000)]
-# Rows that are not whole frames of 16 samples: the direct method's convolutions in pieces.
+# Rows that are not whole frames of 16 samples: copied to whole frames for one convolution
+# (up to _framed_conv.PADDED_ROWS_BYTES), else the convolutions in pieces.
 SHAPES += [(512, 1000), (4, 480_008), (64, 8004)]
 TAPS = [3, 5, 8, 13, 31, 63, 127, 255, 511, 1023]
 METHODS = ("direct", "fft", "overlap")
@@ -63,12 +64,13 @@ def median_time(fn, budget_s: float) -> float:
     return bench_core.median_time(fn, "cpu", budget_s)
 
 
-def direct_path(T: int, K: int) -> str | None:
+def direct_path(B: int, T: int, K: int) -> str | None:
     """Which terms the direct method's float32 time of mode "same" fits: "shift" (the shifted
     sums), "whole" (one oneDNN convolution over all rows) or "pieces" (convolutions in
     pieces, for rows that are not whole frames)."""
-    plan = _framed_conv.whole_rows_plan(T, K, T, K - 1 - (K - 1) // 2)
-    if K < MIN_WHOLE_ROWS_TAPS or (K <= MAX_SHIFT_ADD_TAPS and plan is None):
+    plan = _framed_conv.whole_rows_plan(T, K, T, K - 1 - (K - 1) // 2, B)
+    frames = T % _framed_conv.FRAME == 0
+    if K < MIN_WHOLE_ROWS_TAPS or (K <= MAX_SHIFT_ADD_TAPS and (plan is None or not frames)):
         return "shift"
     return "whole" if plan is not None else "pieces"
 
@@ -78,13 +80,13 @@ def features(method: str, B: int, T: int, K: int, path: str | None = None) -> li
     "direct" only where it takes ``path`` (see :func:`direct_path`)."""
     L = T  # mode "same"
     if method == "direct":
-        if direct_path(T, K) != path:
+        if direct_path(B, T, K) != path:
             return []
         if path == "shift":
             return [1.0, B * L, B * L * K]
         if path == "pieces":
             return [1.0, B * L, B * L * _framed_conv.work(K)]
-        plan = _framed_conv.whole_rows_plan(T, K, L, K - 1 - (K - 1) // 2)
+        plan = _framed_conv.whole_rows_plan(T, K, L, K - 1 - (K - 1) // 2, B)
         # float32: one oneDNN convolution over all rows, J frames of P samples per output
         return [1.0, B * L, B * L * plan[2] * _framed_conv.FRAME]
     if method == "fft":
@@ -294,7 +296,8 @@ def main() -> None:
             for B, T, K, times in cases
             if features(method, B, T, K, path)
         ]
-        table.update(zip(terms, (float(c) for c in fit(rows)), strict=True))
+        if rows:  # (no shape of this run took the path: its terms stay)
+            table.update(zip(terms, (float(c) for c in fit(rows)), strict=True))
     # The GEMMs' terms, for other dtypes or without oneDNN: the same cases, timed alike.
     rows = [
         ([1.0, B * T, B * T * gemm_work(K)], gemms * 1e9)

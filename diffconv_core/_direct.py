@@ -41,7 +41,8 @@ MAX_TOEPLITZ_TAPS = 1024
 #: sums (2 cores, float32, interleaved medians, 7 taps: 0.75 against 0.90 ms for 4 x 480,000,
 #: 1.74 against 2.47 for 1 x 4,194,304, 0.72 against 0.85 for 128 x 16,000, even for 512 x
 #: 1,024 and 16 x 2,000; at 5 taps the sums were faster but on one signal of 4,194,304).
-#: Rows that are not whole frames keep the sums up to ``MAX_SHIFT_ADD_TAPS``.
+#: Rows that are not whole frames keep the sums up to ``MAX_SHIFT_ADD_TAPS`` (copied into
+#: whole frames first, the convolution caught up only at 9-12 taps).
 MIN_WHOLE_ROWS_TAPS = 7
 
 # The most samples (rows x outputs x taps) one CPU conv1d call may unfold (512 MB of float64).
@@ -148,6 +149,8 @@ def takes_shifted_sums(x: torch.Tensor, w: torch.Tensor, lo: int, hi: int) -> bo
         return False
     if K < MIN_WHOLE_ROWS_TAPS or w.numel() != K or x.dtype != w.dtype:
         return True
+    if x.shape[-1] % _framed_conv.FRAME:
+        return True  # copied to whole frames first, the convolution won only from 9-12 taps
     return not _framed_conv.takes_whole_rows(x, K, hi - lo, K - 1 - lo)
 
 

@@ -14,10 +14,11 @@ taps). Whole ``convolve`` calls gain less, as the copies into and out of the pie
 NaN/Inf scan and page faults stay: 0.77-0.95x of the GEMMs' forward time and 0.75-1.03x
 forward+backward (interleaved A/B, 31-127 taps, glibc's default allocator).
 
-Rows that are whole frames (``T % FRAME == 0``, contiguous) skip the pieces altogether
-(:func:`correlate_rows`): one convolution over every row, the zeros past their ends its own
-padding and its output the result, with no copy of the signal into pieces nor of the pieces'
-outputs into the result (0.5-0.96x the time in pieces, 31-255 taps).
+Contiguous rows skip the pieces altogether (:func:`correlate_rows`): one convolution over
+every row, the zeros past their ends its own padding and its output the result, with no copy
+of the signal into pieces nor of the pieces' outputs into the result where the rows are whole
+frames (``T % FRAME == 0``; 0.5-0.96x the time in pieces, 31-255 taps). Other rows are first
+copied into whole frames, up to ``PADDED_ROWS_BYTES`` (0.52-0.81x the time in pieces).
 
 A shared kernel's gradient is this convolution's weight gradient (:func:`frame_products`)
 where pieces hold several rows, up to ``MAX_GRADIENT_TAPS``: 0.7-0.8x the lagged-product
@@ -41,6 +42,7 @@ import torch
 import torch.nn.functional as F
 
 from diffconv_core._autocast import autocast_off
+from diffconv_core._workspace import scratch
 
 #: Frames of 16 samples were fastest at every kernel length from 13 to 511 taps and batch
 #: shape tried (4 x 480,000, 1 x 4,194,304, 512 x 1,024, 64 x 8,000): 8 and 32 were up to
@@ -161,25 +163,40 @@ def correlate_frames(piece: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 MAX_ALIGNING_FRAMES = 1
 
 
-def whole_rows_plan(T: int, K: int, n_out: int, shift: int) -> tuple[int, int, int] | None:
-    """How :func:`correlate_rows` lays out rows of ``T`` samples, ``K`` taps, ``n_out``
-    outputs and a ``shift``: ``(pad, lead, J)``, the frames of zeros on both sides of each
-    row, the zero taps before the kernel and the frames each output frame reads (the taps
-    padded with zeros after them to ``J * P``); None where it does not apply.
+#: Rows that are not whole frames are copied, zeros after, into a work array of whole
+#: frames for :func:`correlate_rows` up to this many bytes (those the work array is kept at,
+#: ``_workspace.MAX_KEPT_BYTES``); longer batches go in pieces, whose work arrays stay small.
+PADDED_ROWS_BYTES = 16 * 2**20
+
+
+def whole_rows_plan(
+    T: int, K: int, n_out: int, shift: int, rows: int = 1
+) -> tuple[int, int, int] | None:
+    """How :func:`correlate_rows` lays out ``rows`` rows of ``T`` samples (zeros after them
+    to whole frames), ``K`` taps, ``n_out`` outputs and a ``shift``: ``(pad, lead, J)``, the
+    frames of zeros on both sides of each row, the zero taps before the kernel and the frames
+    each output frame reads (the taps padded with zeros after them to ``J * P``); None where
+    it does not apply (a negative shift, too unaligned an output, or rows that are not whole
+    frames past ``PADDED_ROWS_BYTES`` of float32).
 
     Example:
         >>> whole_rows_plan(1024, 31, 1024, 15)  # mode "same": 15 = 1 frame less 1 sample
         (1, 1, 3)
-        >>> whole_rows_plan(1000, 31, 1000, 15) is None  # rows not whole frames
+        >>> whole_rows_plan(1000, 31, 1000, 15)  # copied to 1,008 samples a row
+        (1, 1, 3)
+        >>> whole_rows_plan(1000, 31, 1000, 15, rows=10_000) is None  # 40 MB to copy
         True
     """
     P = FRAME
-    if T % P or shift < 0 or n_out <= 0 or T <= 0:
+    frames = -(-T // P)
+    if T % P and rows * frames * P * 4 > PADDED_ROWS_BYTES:
+        return None
+    if shift < 0 or n_out <= 0 or T <= 0:
         return None
     pad = -(-shift // P)
     lead = pad * P - shift
     J = 1 + -(-(K + lead - 1) // P)
-    surplus = T // P + 2 * pad - J + 1 - -(-n_out // P)  # frames the symmetric padding gives
+    surplus = frames + 2 * pad - J + 1 - -(-n_out // P)  # frames the symmetric padding gives
     if abs(surplus) > MAX_ALIGNING_FRAMES:
         return None
     if surplus < 0:  # too few zeros after: a frame more on both sides, taps delayed by it
@@ -197,12 +214,27 @@ def _lags(J: int, P: int, device: torch.device) -> torch.Tensor:
 
 def takes_whole_rows(source: torch.Tensor, K: int, n_out: int, shift: int) -> bool:
     """Whether a shared kernel of ``K`` taps over ``source`` (its dtype's, every row) takes
-    :func:`correlate_rows`: float32 oneDNN, contiguous rows of whole frames, a plan."""
+    :func:`correlate_rows`: float32 oneDNN, contiguous rows, a plan."""
+    T = source.shape[-1]
+    rows = source.numel() // max(T, 1)
     return (
         usable(source)
         and source.is_contiguous()
-        and whole_rows_plan(source.shape[-1], K, n_out, shift) is not None
+        and whole_rows_plan(T, K, n_out, shift, rows) is not None
     )
+
+
+def _in_whole_frames(rows: torch.Tensor) -> torch.Tensor:
+    # The rows as they lie where they are whole frames, else copied with zeros after them to
+    # whole frames into this thread's work array (read only until the next call).
+    R, T = rows.shape
+    width = -(-T // FRAME) * FRAME
+    if width == T:
+        return rows
+    padded = scratch("whole rows", R * width, rows.dtype, rows.device).view(R, width)
+    padded[:, :T].copy_(rows)
+    padded[:, T:].zero_()
+    return padded
 
 
 def correlate_rows(
@@ -210,8 +242,10 @@ def correlate_rows(
 ) -> torch.Tensor | None:
     """``out[r, m] = sum_j taps[j] * rows[r, m + j - shift]`` for ``0 <= m < n_out`` (zero
     outside the rows), every row at once: one convolution reading the rows where they lie
-    and writing the result as its own output. None where the rows are not whole frames
-    (``T % FRAME``), not contiguous, or the shift is negative (:func:`whole_rows_plan`).
+    and writing the result as its own output (rows that are not whole frames of ``FRAME``
+    samples are copied to whole frames first, and an output that is not whole frames is
+    copied out of the convolution's). None where the rows are not contiguous, or
+    :func:`whole_rows_plan` has no plan (a negative shift, or too much to copy).
 
     In pieces (``_toeplitz``) each piece of short rows is first copied into frames with zeros
     around, and each piece's output copied into the result. Here the zeros before and after
@@ -222,7 +256,8 @@ def correlate_rows(
     ``convolve(method="direct")``, freed memory retained, 2 cores, interleaved medians: 512 x
     1,024 with 31 taps 0.33 against 0.41 ms in pieces, 4 x 480,000 with 31 taps 0.64
     against 1.30 ms, 1 x 4,194,304 with 127 taps 2.9 against 4.0 ms, 512 x 1,024 with 255
-    taps 0.98 against 1.02 ms.
+    taps 0.98 against 1.02 ms; rows that are not whole frames, 4 x 480,008 with 31 taps 0.94
+    against 1.15 ms, 1 x 44,100 with 31 taps 0.065 against 0.124 ms.
 
     Shape:
         rows ``(R, T)``, taps ``(K,)`` -> ``(R, n_out)``.
@@ -231,14 +266,16 @@ def correlate_rows(
         >>> x = torch.arange(32.0).reshape(1, 32)  # out[m] = x[m - 1] + 2 x[m]
         >>> correlate_rows(x, torch.tensor([1.0, 2.0, 0.0]), 32, 1)[0, :4].tolist()
         [0.0, 2.0, 5.0, 8.0]
-        >>> correlate_rows(x[:, :30], torch.tensor([1.0]), 30, 0) is None  # not whole frames
+        >>> correlate_rows(x[:, :30], torch.tensor([1.0]), 30, -1) is None  # a negative shift
         True
     """
     R, T = rows.shape
-    plan = whole_rows_plan(T, taps.shape[-1], n_out, shift)
+    plan = whole_rows_plan(T, taps.shape[-1], n_out, shift, R)
     if plan is None or R == 0 or not rows.is_contiguous():
         return None
     P, (pad, lead, J) = FRAME, plan
+    rows = _in_whole_frames(rows)
+    T = rows.shape[-1]
     aligned = F.pad(taps, (lead, J * P - lead - taps.shape[-1]))  # (J * P,) taps
     matrix = F.pad(aligned, (0, 1))[_lags(J, P, taps.device)]
     image = rows.view(R, 1, T // P, P).permute(0, 3, 1, 2)
@@ -269,10 +306,12 @@ def lagged_products_rows(
     """
     R, L = g.shape
     T = rows.shape[-1]
-    plan = whole_rows_plan(T, K, L, K - 1 - lo)
+    plan = whole_rows_plan(T, K, L, K - 1 - lo, R)
     if plan is None or K > MAX_GRADIENT_TAPS or not rows.is_contiguous() or R == 0:
         return None
     P, (pad, lead, J) = FRAME, plan
+    rows = _in_whole_frames(rows)
+    T = rows.shape[-1]
     frames_out = -(-L // P)
     if frames_out * P != L or not g.is_contiguous():
         g = F.pad(g, (0, frames_out * P - L))  # whole frames, zeros after

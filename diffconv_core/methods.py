@@ -303,12 +303,14 @@ def estimate_costs(
     whole = None  # oneDNN's layout of all rows at once (float32, rows of whole frames)
     if framed_conv and device_type == "cpu":
         lo, hi = output_range(T, K, mode)
-        whole = _framed_conv.whole_rows_plan(T, K, hi - lo, K - 1 - lo)
+        whole = _framed_conv.whole_rows_plan(T, K, hi - lo, K - 1 - lo, batch)
     if device_type != "cpu":
         per_sample = c["direct_tap"] * K
     elif K > MAX_TOEPLITZ_TAPS:
         per_sample = 0.68 * K  # conv1d, per output and tap: far slower than the GEMMs
-    elif K < MIN_WHOLE_ROWS_TAPS or (K <= MAX_SHIFT_ADD_TAPS and whole is None):
+    elif K < MIN_WHOLE_ROWS_TAPS or (
+        K <= MAX_SHIFT_ADD_TAPS and (whole is None or T % _framed_conv.FRAME)
+    ):
         # The shifted sums, also when recorded (their own backward).
         f = _COSTS["cpu"]
         call = f["shift_call"]

@@ -67,6 +67,7 @@ def test_matches_float64_scipy_in_every_piece_layout(
     if mode == "valid" and K > shape[-1]:
         pytest.skip("valid needs T >= K here")
     monkeypatch.setattr(_toeplitz, "CHUNK_BYTES", piece_bytes)
+    monkeypatch.setattr(_framed_conv, "PADDED_ROWS_BYTES", 0)  # no copy to whole frames
     x, w = _float32_case(K * 7 + shape[-1], shape, K)
     got = convolve(torch.from_numpy(x), torch.from_numpy(w), mode=mode, method="direct")
     assert got.dtype == torch.float32 and got.shape[:-1] == shape[:-1]
@@ -115,8 +116,8 @@ def test_whole_rows_agree_with_the_gemms_for_every_shift_and_length(T, K):
 @pytest.mark.parametrize("T", [1024, 1000])
 def test_short_kernels_take_the_sums_or_whole_rows(calls, K, T):
     # From 7 taps one convolution over rows of whole frames beats the shifted sums; rows that
-    # are not whole frames keep the sums up to 12 taps. Both give the float64 answer, and a
-    # NaN stays under its window on the convolution's path too.
+    # are not whole frames (copied first) keep the sums up to 12 taps. Both give the float64
+    # answer, and a NaN stays under its window on the convolution's path too.
     x, w = _float32_case(K + T, (3, T), K)
     got = convolve(torch.from_numpy(x), torch.from_numpy(w), mode="same", method="direct")
     assert calls == ([("whole", (3, T))] if K >= 7 and T % 16 == 0 else [])
@@ -128,9 +129,37 @@ def test_short_kernels_take_the_sums_or_whole_rows(calls, K, T):
     assert set(nan_rows) == {1} and list(nan_cols) == list(range(first, first + K))
 
 
+@pytest.mark.parametrize("mode", ["full", "same", "valid"])
+@pytest.mark.parametrize("K", [13, 31, 64])
+@pytest.mark.parametrize("shape", [(1000,), (3, 700), (2, 3, 90)])
+def test_rows_that_are_not_whole_frames_are_copied_for_one_convolution(calls, mode, K, shape):
+    # Copied with zeros after them into whole frames (the zeros are the signal's own zero
+    # padding), up to PADDED_ROWS_BYTES: one convolution, the float64 answer, input unchanged.
+    if mode == "valid" and K > shape[-1]:
+        pytest.skip("valid needs T >= K here")
+    x, w = _float32_case(K + shape[-1], shape, K)
+    before = x.copy()
+    got = convolve(torch.from_numpy(x), torch.from_numpy(w), mode=mode, method="direct")
+    assert calls == [("whole", (int(np.prod(shape[:-1])), shape[-1]))]
+    assert got.is_contiguous()
+    _close_to_float64(got, x, w, mode)
+    np.testing.assert_array_equal(x, before)
+
+
+def test_rows_too_large_to_copy_go_in_pieces(monkeypatch, calls):
+    monkeypatch.setattr(_framed_conv, "PADDED_ROWS_BYTES", 4 * 3 * 1008 - 1)
+    x, w = _float32_case(1, (3, 1000), 31)
+    got = convolve(torch.from_numpy(x), torch.from_numpy(w), method="direct")
+    assert calls and all(call[0] != "whole" for call in calls)
+    _close_to_float64(got, x, w, "same")
+    calls.clear()
+    monkeypatch.setattr(_framed_conv, "PADDED_ROWS_BYTES", 4 * 3 * 1008)
+    convolve(torch.from_numpy(x), torch.from_numpy(w), method="direct")
+    assert calls == [("whole", (3, 1000))]
+
+
 def test_whole_rows_are_declined_where_the_frames_do_not_fit():
     x = torch.randn(2, 64)
-    assert _framed_conv.correlate_rows(x[:, :60], torch.ones(3), 60, 1) is None  # T % 16
     assert _framed_conv.correlate_rows(x[:, ::2], torch.ones(3), 32, 1) is None  # strided
     assert _framed_conv.correlate_rows(x, torch.ones(3), 64, -1) is None  # shift < 0
     assert _framed_conv.correlate_rows(x, torch.ones(3), 64 * 5, 1) is None  # too unaligned
@@ -300,7 +329,8 @@ def test_kernel_gradient_of_stacked_rows_matches_float64(
     ],
     ids=["one-row", "long-kernel", "float64"],
 )
-def test_kernel_gradient_keeps_the_gemms_elsewhere(gradient_calls, shape, K, dtype):
+def test_kernel_gradient_keeps_the_gemms_elsewhere(monkeypatch, gradient_calls, shape, K, dtype):
+    monkeypatch.setattr(_framed_conv, "PADDED_ROWS_BYTES", 0)  # 5,000: not whole frames
     rng = np.random.default_rng(7)
     x = torch.from_numpy(rng.standard_normal(shape)).to(dtype)
     g = torch.from_numpy(rng.standard_normal(shape)).to(dtype)
@@ -312,7 +342,7 @@ def test_kernel_gradient_keeps_the_gemms_elsewhere(gradient_calls, shape, K, dty
 
 
 @pytest.mark.parametrize("K", [1, 3, 16, 17, 31, 63, 191])
-@pytest.mark.parametrize("shape", [(1, 1024), (5, 96), (2, 3, 160)])
+@pytest.mark.parametrize("shape", [(1, 1024), (5, 96), (2, 3, 160), (3, 1000)])
 def test_whole_rows_kernel_gradient_matches_float64(gradient_calls, shape, K):
     # Rows of whole frames: one weight gradient over every row, for the lags of mode "same",
     # "full" and "valid" and gradients of other lengths (zeros to whole frames).
@@ -325,7 +355,8 @@ def test_whole_rows_kernel_gradient_matches_float64(gradient_calls, shape, K):
         g = torch.from_numpy(rng.standard_normal((*shape[:-1], L)).astype(np.float32))
         gradient_calls.clear()
         got = _toeplitz.toeplitz_lagged_products(g, x, lo, K)
-        taken = _framed_conv.whole_rows_plan(T, K, L, K - 1 - lo) is not None
+        rows = int(np.prod(shape[:-1]))
+        taken = _framed_conv.whole_rows_plan(T, K, L, K - 1 - lo, rows) is not None
         whole = [call for call in gradient_calls if call[0] == "whole"]
         assert whole == ([("whole", (int(np.prod(shape[:-1])), T))] if taken else [])
         assert not taken or len(gradient_calls) == 1  # no pieces beside it
