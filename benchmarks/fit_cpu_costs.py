@@ -186,17 +186,9 @@ def fit_backward(budget_s: float) -> None:
         saved = methods._BACKWARD_FACTOR
         methods._BACKWARD_FACTOR = {**saved, **table}
         try:
-            near, misses = 0, []
-            for B, T, K, both in cases:
-                picked = diffconv_core.choose_method((B, T), (K,), requires_grad=True)
-                fastest = min(both, key=both.__getitem__)
-                if both[picked] <= 1.1 * both[fastest]:
-                    near += 1
-                else:
-                    misses.append(
-                        f"{B} x {T}, {K} taps: picked {picked} {both[picked] * 1e3:.2f} ms, "
-                        f"{fastest} {both[fastest] * 1e3:.2f} ms"
-                    )
+            near, misses = near_fastest(
+                cases, lambda B, T, K: diffconv_core.choose_method((B, T), (K,), requires_grad=True)
+            )
         finally:
             methods._BACKWARD_FACTOR = saved
         print(
@@ -317,6 +309,23 @@ def main() -> None:
             print(f"  {line}")
 
 
+def near_fastest(cases: list, pick) -> tuple[int, list[str]]:
+    """How many of the timed ``cases`` ``(B, T, K, {method: seconds})`` ``pick(B, T, K)``
+    answers with a method within 10% of the fastest, and a line for each it misses."""
+    near, misses = 0, []
+    for B, T, K, times in cases:
+        picked = pick(B, T, K)
+        fastest = min(times, key=times.__getitem__)
+        if times[picked] <= 1.1 * times[fastest]:
+            near += 1
+        else:
+            misses.append(
+                f"{B} x {T}, {K} taps: picked {picked} {times[picked] * 1e3:.3f} ms, "
+                f"{fastest} {times[fastest] * 1e3:.3f} ms"
+            )
+    return near, misses
+
+
 def agreement(
     table: dict[str, float], cases: list, key: str = "cpu", shared_kernel: bool = True
 ) -> tuple[int, list[str]]:
@@ -325,22 +334,15 @@ def agreement(
     saved = methods._COSTS[key]
     methods._COSTS[key] = table
     methods.estimate_costs.cache_clear()
+
+    def pick(B: int, T: int, K: int) -> str:
+        costs = methods.estimate_costs(
+            B, T, K, "same", "cpu", shared_kernel=shared_kernel, framed_conv=shared_kernel
+        )
+        return min(costs, key=costs.__getitem__)
+
     try:
-        near, misses = 0, []
-        for B, T, K, times in cases:
-            costs = methods.estimate_costs(
-                B, T, K, "same", "cpu", shared_kernel=shared_kernel, framed_conv=shared_kernel
-            )
-            picked = min(costs, key=costs.__getitem__)
-            fastest = min(times, key=times.__getitem__)
-            if times[picked] <= 1.1 * times[fastest]:
-                near += 1
-            else:
-                misses.append(
-                    f"{B} x {T}, {K} taps: picked {picked} {times[picked] * 1e3:.3f} ms, "
-                    f"{fastest} {times[fastest] * 1e3:.3f} ms"
-                )
-        return near, misses
+        return near_fastest(cases, pick)
     finally:
         methods._COSTS[key] = saved
         methods.estimate_costs.cache_clear()

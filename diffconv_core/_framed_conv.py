@@ -311,30 +311,12 @@ def lagged_products_rows(
         return None
     P, (pad, lead, J) = FRAME, plan
     rows = _in_whole_frames(rows)
-    T = rows.shape[-1]
     frames_out = -(-L // P)
     if frames_out * P != L or not g.is_contiguous():
         g = F.pad(g, (0, frames_out * P - L))  # whole frames, zeros after
-    image = rows.view(R, 1, T // P, P).permute(0, 3, 1, 2)
-    grad = g.view(R, 1, frames_out, P).permute(0, 3, 1, 2)
-    weight = torch.empty((P, P, 1, J), dtype=rows.dtype, device=rows.device)
-    with autocast_off("cpu"):
-        _, grad_weight, _ = torch.ops.aten.convolution_backward(
-            grad,
-            image,
-            weight.contiguous(memory_format=torch.channels_last),
-            None,
-            [1, 1],
-            [0, pad],
-            [1, 1],
-            False,
-            [0, 0],
-            1,
-            [False, True, False],
-        )
     # Entry (c, s) of the Toeplitz matrix's gradient adds to aligned tap c - s; the kernel's
     # taps are the aligned ones from ``lead`` on, in correlation order (the last tap first).
-    matrix = grad_weight[:, :, 0, :].permute(2, 1, 0).reshape(J * P, P).contiguous()
+    matrix = _toeplitz_gradient(rows, g, P, J, pad).contiguous()
     taps = matrix.as_strided((K, P), (P, P + 1), matrix.storage_offset() + lead * P).sum(-1)
     return taps.flip(-1)
 
@@ -355,6 +337,14 @@ def frame_products(piece: torch.Tensor, grad_frames: torch.Tensor, P: int, J: in
         >>> products.shape, products[:3, 0].tolist(), products[:3, 1].tolist()
         (torch.Size([32, 16]), [0.0, 1.0, 2.0], [0.0, 0.0, 0.0])
     """
+    return _toeplitz_gradient(piece, grad_frames, P, J, 0)
+
+
+def _toeplitz_gradient(
+    piece: torch.Tensor, grad_frames: torch.Tensor, P: int, J: int, pad: int
+) -> torch.Tensor:
+    # frame_products with `pad` frames of zeros on both sides of each row, as correlate_rows
+    # convolves: grad_frames (rows, (F + 2 * pad - J + 1) * P).
     rows, length = piece.shape
     image = piece.view(rows, 1, length // P, P).permute(0, 3, 1, 2)
     grad = grad_frames.view(rows, 1, -1, P).permute(0, 3, 1, 2)
@@ -366,7 +356,7 @@ def frame_products(piece: torch.Tensor, grad_frames: torch.Tensor, P: int, J: in
             weight.contiguous(memory_format=torch.channels_last),
             None,
             [1, 1],
-            [0, 0],
+            [0, pad],
             [1, 1],
             False,
             [0, 0],

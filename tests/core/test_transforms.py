@@ -471,20 +471,27 @@ def test_torch_compile_gives_the_eager_values_and_gradients():
 def test_torch_compile_runs_the_convolution_eagerly_without_recompiling_per_length():
     # Traced, the method choice and piece plans depend on the shapes: every new signal length
     # compiled the convolution again (28 frames for 6 lengths, 3-6 s each with inductor).
+
+    w = torch.hann_window(301, periodic=False, dtype=torch.float64)
+    _assert_compiled_lengths_settle(w, (3000, 3500, 4100), (5000, 7000, 9000))
+
+
+def _assert_compiled_lengths_settle(w, first_lengths, later_lengths):
+    # A compiled model around convolve: once the first lengths have been seen (dynamic shapes
+    # from the second on), the later ones compile nothing more, with eager's values.
     from torch._dynamo.testing import CompileCounter
 
     counter = CompileCounter()
-    w = torch.hann_window(301, periodic=False, dtype=torch.float64)
 
     def model(a, b):
         return torch.tanh(diffconv_core.convolve(a * 2, b)).sum(-1)
 
     compiled = torch.compile(model, backend=counter)
-    for T in (3000, 3500, 4100):
+    for T in first_lengths:
         x = torch.randn(4, T, dtype=torch.float64)
         torch.testing.assert_close(compiled(x, w), model(x, w))
     settled = counter.frame_count
-    for T in (5000, 7000, 9000):
+    for T in later_lengths:
         x = torch.randn(4, T, dtype=torch.float64)
         torch.testing.assert_close(compiled(x, w), model(x, w))
     assert counter.frame_count == settled
@@ -494,28 +501,13 @@ def test_torch_compile_runs_the_convolution_eagerly_without_recompiling_per_leng
 def test_torch_compile_does_not_recompile_when_the_picked_method_changes(monkeypatch, grad):
     # The FFT path's result was a view, overlap-save's not: code compiled after the graph
     # break guarded on the view's base and recompiled when a new length changed the pick.
-    from torch._dynamo.testing import CompileCounter
-
     from diffconv_core import convolution
 
     monkeypatch.setattr(
         convolution, "pick_method", lambda batch, T, *rest: "fft" if T < 4000 else "overlap"
     )
-    counter = CompileCounter()
     w = torch.hann_window(31, periodic=False, dtype=torch.float64, requires_grad=grad)
-
-    def model(a, b):
-        return torch.tanh(diffconv_core.convolve(a * 2, b)).sum(-1)
-
-    compiled = torch.compile(model, backend=counter)
-    for T in (3000, 3500, 3700):
-        x = torch.randn(4, T, dtype=torch.float64)
-        torch.testing.assert_close(compiled(x, w), model(x, w))
-    settled = counter.frame_count
-    for T in (5000, 7000, 3800, 9000):
-        x = torch.randn(4, T, dtype=torch.float64)
-        torch.testing.assert_close(compiled(x, w), model(x, w))
-    assert counter.frame_count == settled
+    _assert_compiled_lengths_settle(w, (3000, 3500, 3700), (5000, 7000, 3800, 9000))
 
 
 @pytest.mark.parametrize("kind", ["window", "filter"])
