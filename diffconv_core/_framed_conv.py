@@ -205,10 +205,15 @@ def whole_rows_plan(
 
 
 @functools.lru_cache(maxsize=64)
-def _lags(J: int, P: int, device: torch.device) -> torch.Tensor:
-    # Entry (c, s) of the (J * P, P) Toeplitz matrix holds tap c - s, or (for c < s) the zero
-    # appended at index J * P.
-    lag = torch.arange(J * P, device=device)[:, None] - torch.arange(P, device=device)
+def _filter_taps(J: int, P: int, device: torch.device) -> torch.Tensor:
+    # Which of J * P aligned taps (or, for a negative lag, the zero appended at index J * P)
+    # filter entry (s, r, 0, j) of :func:`filters`' layout holds: tap j * P + r - s. Laid out
+    # (s, 0, j, r), so that the gathered taps permuted to (s, r, 0, j) are channels-last as
+    # they stand (one gather, no copy into that layout).
+    s = torch.arange(P, device=device).view(P, 1, 1, 1)
+    j = torch.arange(J, device=device).view(1, 1, J, 1)
+    r = torch.arange(P, device=device).view(1, 1, 1, P)
+    lag = j * P + r - s
     return torch.where(lag >= 0, lag, J * P)
 
 
@@ -276,11 +281,12 @@ def correlate_rows(
     P, (pad, lead, J) = FRAME, plan
     rows = _in_whole_frames(rows)
     T = rows.shape[-1]
-    aligned = F.pad(taps, (lead, J * P - lead - taps.shape[-1]))  # (J * P,) taps
-    matrix = F.pad(aligned, (0, 1))[_lags(J, P, taps.device)]
+    # The aligned taps and one zero after them: (J * P + 1,).
+    aligned = F.pad(taps, (lead, J * P + 1 - lead - taps.shape[-1]))
+    weight = aligned[_filter_taps(J, P, taps.device)].permute(0, 3, 1, 2)
     image = rows.view(R, 1, T // P, P).permute(0, 3, 1, 2)
     with autocast_off("cpu"):
-        frames = F.conv2d(image, filters(matrix, P, J), padding=(0, pad))
+        frames = F.conv2d(image, weight, padding=(0, pad))
     frames_out = -(-n_out // P)
     out = frames.permute(0, 2, 3, 1).reshape(R, frames_out * P)
     return out if frames_out * P == n_out else out[:, :n_out].contiguous()
