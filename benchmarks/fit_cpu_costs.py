@@ -99,7 +99,8 @@ def features(method: str, B: int, T: int, K: int, path: str | None = None) -> li
     units = B * n_blocks * 2 * block * math.log2(block)
     if block > methods._SINGLE_ROW_FFT_CLIFF:  # a lone block past the cliff, as the model
         units *= methods.single_row_factor(B * n_blocks, block)
-    return [1.0, units]
+    streamed = B * L > methods.OVERLAP_IN_CACHE_SAMPLES
+    return [1.0, units, units if streamed else 0.0]
 
 
 def direct_by_gemms(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -279,7 +280,7 @@ def main() -> None:
         ("direct", "whole"): ("whole_call", "whole_sample", "whole_tap"),
         ("direct", "pieces"): ("framed_call", "framed_sample", "framed_tap"),
         ("fft", None): ("fft_call", "fft_unit", "fft_unit_per_octave"),
-        ("overlap", None): ("overlap_call", "overlap_unit"),
+        ("overlap", None): ("overlap_call", "overlap_unit", "overlap_unit_streamed"),
     }
     table = dict(methods._COSTS["cpu"])
     for (method, path), terms in names.items():

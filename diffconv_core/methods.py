@@ -68,8 +68,9 @@ _COSTS = {
         "fft_call": 43_640.0,
         "fft_unit": 0.02945,
         "fft_unit_per_octave": 0.006157,  # above 2**11 points
-        "overlap_call": 55_180.0,
-        "overlap_unit": 0.05083,
+        "overlap_call": 57_560.0,
+        "overlap_unit": 0.0461,
+        "overlap_unit_streamed": 0.0131,  # added past OVERLAP_IN_CACHE_SAMPLES outputs
     },
     "cpu_autograd": {
         # A kernel per row (batched GEMMs in pieces, recorded or not, its own backward):
@@ -210,6 +211,16 @@ _FLOAT64_GEMM_FACTOR = 1.5
 # The shifted sums with a kernel per row (a column of weights per tap) over one shared
 # kernel's: 1.2-1.5x (one thread, 256-4 rows of 1,024-480,000 samples, 3-12 taps).
 _PER_ROW_SHIFT_FACTOR = 1.25
+
+
+# Overlap-save's blocks cost more per transform unit once the batch's outputs no longer stay
+# in cache between its passes: priced as fitted alone, 4 x 480,000, 1 x 4,194,304 and 128 x
+# 16,000 with 255 taps were modelled 24-36% under their measured 3.3, 6.6 and 3.7 ms (and
+# picked over the one convolution's 2.8, 5.7 and 3.1), where batches of up to 800,000
+# outputs were within 10%. A term of its own past 2**20 outputs (4 MiB of float32), fitted
+# with the others (benchmarks/results/cpu_2core_fit_costs_whole_rows.md): mean error over
+# the 120 shapes 1.074x from 1.121x, picks within 10% of the fastest 116 from 113.
+OVERLAP_IN_CACHE_SAMPLES = 2**20
 
 
 # A lone row's rfft+irfft (torch on the CPU, without autograd) costs more per point past
@@ -359,7 +370,10 @@ def estimate_costs(
         # auto took overlap-save's one 18,432-point block for (1, 10000) * 8191 (0.37 ms; fft
         # 0.31). Below the cliff, and for more blocks, overlap_unit is as fitted.
         overlap_units *= single_row_factor(batch * n_blocks, block)
-    overlap = c["overlap_call"] + c["overlap_unit"] * overlap_units
+    unit = c["overlap_unit"]
+    if batch * L > OVERLAP_IN_CACHE_SAMPLES:
+        unit += c.get("overlap_unit_streamed", 0.0)
+    overlap = c["overlap_call"] + unit * overlap_units
     if n_blocks == 1:
         # One block is the FFT path's work on a transform at least as long (the block holds
         # the outputs and the kernel's reach; fft's only the outputs' range), plus the
