@@ -68,9 +68,9 @@ _COSTS = {
         "fft_call": 43_640.0,
         "fft_unit": 0.02945,
         "fft_unit_per_octave": 0.006157,  # above 2**11 points
-        "overlap_call": 57_560.0,
-        "overlap_unit": 0.0461,
-        "overlap_unit_streamed": 0.0131,  # added past OVERLAP_IN_CACHE_SAMPLES outputs
+        "overlap_call": 55_180.0,
+        "overlap_unit": 0.05083,
+        "overlap_unit_streamed": 0.0084,  # added past OVERLAP_IN_CACHE_SAMPLES outputs
     },
     "cpu_autograd": {
         # A kernel per row (batched GEMMs in pieces, recorded or not, its own backward):
@@ -218,8 +218,9 @@ _PER_ROW_SHIFT_FACTOR = 1.25
 # 16,000 with 255 taps were modelled 24-36% under their measured 3.3, 6.6 and 3.7 ms (and
 # picked over the one convolution's 2.8, 5.7 and 3.1), where batches of up to 800,000
 # outputs were within 10%. A term of its own past 2**20 outputs (4 MiB of float32), fitted
-# with the others (benchmarks/results/cpu_2core_fit_costs_whole_rows.md): mean error over
-# the 120 shapes 1.074x from 1.121x, picks within 10% of the fastest 116 from 113.
+# to those batches' timings with the other terms kept: picks within 10% of the fastest in
+# 116 and 115 of the 120 shapes of two runs, from 112 and 111
+# (benchmarks/results/cpu_2core_fit_costs_whole_rows.md).
 OVERLAP_IN_CACHE_SAMPLES = 2**20
 
 
