@@ -1,16 +1,18 @@
 """Direct (sliding dot product) convolution for short kernels.
 
-On CPU, short kernels run as shifted multiply-adds (up to 12 taps, ``_shift_add``), longer
-ones as block-Toeplitz matrix products in cache-sized pieces (``_toeplitz``; batched for a
-kernel per row; in float32 one oneDNN convolution a piece for a shared kernel,
-``_framed_conv``), several times faster than ``conv1d`` there, with or without gradients. On
+On CPU, the shortest kernels run as shifted multiply-adds (``_shift_add``: up to 6 taps,
+or 12 where the rows are not whole frames), longer ones as block-Toeplitz matrix products
+(``_toeplitz``): in float32 one oneDNN convolution over every row for a shared kernel
+(``_framed_conv``), else GEMMs in cache-sized pieces (batched for a kernel per row), several
+times faster than ``conv1d`` there, with or without gradients. On
 CUDA the forward pass is a fused Triton kernel (``_triton_direct``), or ``conv1d`` with the
 flipped kernel where Triton is missing. Where a backward pass is needed it is written out
 (:class:`_DirectRange`) rather than left to autograd: the signal gradient is again a direct
 correlation (the fused kernel reading the taps in order on CUDA; the same Function where a
 gradient of the gradient is wanted, or on CPU), the kernel gradient
-a fused kernel of lagged products on CUDA (up to ``MAX_LAG_TAPS`` taps), the Toeplitz GEMMs'
-lagged products on CPU, else one frequency-domain cross-correlation summed over the batch.
+a fused kernel of lagged products on CUDA (up to ``MAX_LAG_TAPS`` taps), on CPU oneDNN's
+weight gradient (float32, a shared kernel) or the Toeplitz GEMMs' lagged products, else one
+frequency-domain cross-correlation summed over the batch.
 """
 
 from __future__ import annotations

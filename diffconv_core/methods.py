@@ -40,8 +40,8 @@ from diffconv_core._validation import (
 # output sample (direct) or per n*log2(n) unit of transform (fft, overlap). CUDA numbers are
 # from an H200 (torch 2.11, Triton direct kernel, power-of-two cuFFT), CPU numbers from this
 # project's 2-core machines (torch 2.13). On the CPU the paths without autograd differ from
-# the recorded ones (direct in cache-sized pieces, shifted sums up to 12 taps, batched FFTs in
-# chunks), so each has its own table: "cpu" is fitted by benchmarks/fit_cpu_costs.py
+# the recorded ones (the direct path's one convolution or pieces, the shifted sums, batched
+# FFTs in chunks), so each has its own table: "cpu" is fitted by benchmarks/fit_cpu_costs.py
 # (relative least squares, non-negative, 120 float32 shapes: batch 1-512, length
 # 1,000-4,194,304, 3-1,023 taps, freed memory retained): the shifted sums' terms ("shift",
 # up to 6 taps, or 12 where rows are not whole frames), oneDNN's one convolution over rows
