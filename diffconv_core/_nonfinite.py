@@ -244,17 +244,17 @@ def checks_after(x: torch.Tensor, w: torch.Tensor) -> bool:
     """Whether to run the method on the operands as they are and look at its output instead
     of at the operands first (on the CPU, with no graph to record).
 
-    An all-finite output is then exactly what the scanned path returns: a NaN or an Inf
-    can only spread as NaN or Inf through the methods' sums and products (no division, no
+    An all-finite output is then what the scanned path returns. A NaN or an Inf can only
+    spread as NaN or Inf through the methods' sums and products (no division, no
     comparison), so a non-finite sample that enters the sums of any output (as it does of
     every output whose window covers it) leaves that output non-finite, and one that enters
-    none changes nothing. An overflow inside a transform gives Inf or NaN
-    too, and where none occurred, scaling the operands by powers of two (what the scanned
-    path does near the dtype's limit) changes no bit. The one sum over the output costs
-    less than the scan of the signal (512 x 1,024 float32 samples: 13 against 45 us), and
-    a short call saves most of the scan's four operations; operands holding NaN or Inf
-    pay for the method twice. With a graph the scanned path keeps its scaled gradients
-    for values near the limit.
+    none changes nothing. An overflow inside a transform gives Inf or NaN too; where none
+    occurred, the scanned path's scaling by powers of two (near the dtype's limit) would
+    change no bit but for values it pushed below the dtype's normal range, which the
+    unscaled result keeps. The one sum over the output costs less than the scan of the
+    signal (512 x 1,024 float32 samples: 13 against 45 us), and a short call saves most of
+    the scan's four operations; operands holding NaN or Inf pay for the method twice. With
+    a graph the scanned path keeps its scaled gradients for values near the limit.
     """
     return x.device.type == "cpu" and not needs_graph(x, w)
 
