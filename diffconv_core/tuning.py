@@ -7,6 +7,8 @@ None otherwise, so the built-in cost model decides.
 
 The cache lives in ``$DIFFCONV_CACHE_DIR/methods.json`` (default
 ``$XDG_CACHE_HOME/diffconv`` or ``~/.cache/diffconv``); ``DIFFCONV_NO_TUNING=1`` ignores it.
+Records measured on methods this version no longer runs (another ``CACHE_GENERATION``) are
+ignored too.
 """
 
 from __future__ import annotations
@@ -26,6 +28,12 @@ from pathlib import Path
 import torch
 
 METHOD_NAMES = ("direct", "fft", "overlap")
+#: Which implementation of the methods a cache's timings describe. Bumped when one of them
+#: changes speed enough to change picks: a record of another generation measured code this
+#: library no longer runs, so lookups skip it and the cost model decides until ``diffconv
+#: tune`` runs again (2: the CPU direct path became one oneDNN convolution over all rows,
+#: 1.3-2x faster, 2026-11-28; records written before had no generation).
+CACHE_GENERATION = 2
 # How far (in log2 units, per axis) a measured shape may be from the asked one.
 MAX_LOG2_DISTANCE = 1.0
 
@@ -131,6 +139,8 @@ def _usable_entries(data: object) -> dict[str, list[dict]]:
 def _usable_entry(entry: object) -> bool:
     if not isinstance(entry, dict) or not isinstance(entry.get("mode", "same"), str):
         return False
+    if entry.get("generation") != CACHE_GENERATION:
+        return False  # timings of another implementation
     for axis in ("batch", "T", "K"):
         value = entry.get(axis)
         real = isinstance(value, (int, float)) and not isinstance(value, bool)
@@ -383,7 +393,9 @@ def save(records: list[dict], device: str | torch.device, dtype: torch.dtype, pa
         data = _read_json(path)
         if not isinstance(data, dict):
             data = {}
-        data[device_key(device, dtype)] = records
+        data[device_key(device, dtype)] = [
+            dict(record, generation=CACHE_GENERATION) for record in records
+        ]
         handle, temp = tempfile.mkstemp(dir=path.parent, prefix=".methods-", suffix=".json")
         try:
             with os.fdopen(handle, "w") as stream:

@@ -39,6 +39,7 @@ def _fake_records(method):
             "method": method,
             "method_forward": method,
             "seconds": {},
+            "generation": tuning.CACHE_GENERATION,
         }
     ]
 
@@ -265,3 +266,20 @@ def test_the_cpu_measurement_skips_direct_past_the_toeplitz_taps(monkeypatch):
     assert set(records[0]["seconds"]) == {"direct", "fft", "overlap"}
     assert set(records[1]["seconds"]) == {"fft", "overlap"}
     assert records[1]["method"] in ("fft", "overlap")
+
+
+@pytest.mark.parametrize("generation", [None, 1, "2"])
+def test_records_of_another_implementation_are_not_used(cache_dir, generation):
+    # Timings of methods this library no longer runs (a cache tuned before the CPU direct
+    # path became one convolution, whose records carry no generation) would keep their old
+    # picks: they are skipped and the cost model decides, until tune writes new ones.
+    key = tuning.device_key("cpu", torch.float32)
+    stale = [dict(_fake_records("overlap")[0], generation=generation)]
+    if generation is None:
+        del stale[0]["generation"]
+    (cache_dir / "methods.json").write_text(json.dumps({key: stale}))
+    assert tuning.lookup("cpu", 4, 4096, 31, "same", torch.float32) is None
+    tuning.save([{k: v for k, v in stale[0].items() if k != "generation"}], "cpu", torch.float32)
+    saved = json.loads((cache_dir / "methods.json").read_text())[key]
+    assert [record["generation"] for record in saved] == [tuning.CACHE_GENERATION]
+    assert tuning.lookup("cpu", 4, 4096, 31, "same", torch.float32) == "overlap"
