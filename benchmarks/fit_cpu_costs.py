@@ -44,7 +44,7 @@ from scipy.optimize import nnls
 
 import diffconv_core
 from diffconv_core import _framed_conv, methods
-from diffconv_core._direct import MAX_TOEPLITZ_TAPS, MIN_WHOLE_ROWS_TAPS
+from diffconv_core._direct import MAX_TOEPLITZ_TAPS, shifted_sums_for
 from diffconv_core._fft import range_fft_length
 from diffconv_core._overlap import overlap_fft_length
 from diffconv_core._shift_add import MAX_SHIFT_ADD_TAPS
@@ -69,8 +69,7 @@ def direct_path(B: int, T: int, K: int) -> str | None:
     sums), "whole" (one oneDNN convolution over all rows) or "pieces" (convolutions in
     pieces, for rows that are not whole frames)."""
     plan = _framed_conv.whole_rows_plan(T, K, T, K - 1 - (K - 1) // 2, B)
-    frames = T % _framed_conv.FRAME == 0
-    if K < MIN_WHOLE_ROWS_TAPS or (K <= MAX_SHIFT_ADD_TAPS and (plan is None or not frames)):
+    if shifted_sums_for(K, T, plan is not None):
         return "shift"
     return "whole" if plan is not None else "pieces"
 

@@ -141,19 +141,33 @@ def direct_sums_alone(x: torch.Tensor, w: torch.Tensor, lo: int, hi: int) -> tor
     return sliding_dot(x, w, K - 1 - lo, hi - lo, taps_reversed=True)  # None off CUDA
 
 
-def takes_shifted_sums(x: torch.Tensor, w: torch.Tensor, lo: int, hi: int) -> bool:
-    """Whether the CPU's direct path computes these samples as shifted multiply-adds (else
-    as Toeplitz products: oneDNN convolutions or GEMMs): up to ``MAX_SHIFT_ADD_TAPS`` taps,
-    but only below ``MIN_WHOLE_ROWS_TAPS`` where one convolution can take all rows at once
-    (``_framed_conv.takes_whole_rows``)."""
-    K = w.shape[-1]
+def shifted_sums_for(K: int, T: int, whole_rows: bool) -> bool:
+    """Whether ``K`` taps over rows of ``T`` samples take the shifted multiply-adds, given
+    whether one convolution can take all the rows at once (``whole_rows``): up to
+    ``MAX_SHIFT_ADD_TAPS`` taps, but only below ``MIN_WHOLE_ROWS_TAPS`` where that convolution
+    reads rows of whole frames as they lie (rows it copies first won only from 9-12 taps).
+    The cost model prices by the same rule.
+
+    Example:
+        >>> shifted_sums_for(9, 1024, True), shifted_sums_for(9, 1000, True)
+        (False, True)
+    """
     if K > MAX_SHIFT_ADD_TAPS:
         return False
-    if K < MIN_WHOLE_ROWS_TAPS or w.numel() != K or x.dtype != w.dtype:
-        return True
-    if x.shape[-1] % _framed_conv.FRAME:
-        return True  # copied to whole frames first, the convolution won only from 9-12 taps
-    return not _framed_conv.takes_whole_rows(x, K, hi - lo, K - 1 - lo)
+    return K < MIN_WHOLE_ROWS_TAPS or T % _framed_conv.FRAME != 0 or not whole_rows
+
+
+def takes_shifted_sums(x: torch.Tensor, w: torch.Tensor, lo: int, hi: int) -> bool:
+    """:func:`shifted_sums_for` these operands (one kernel for every row, in the signal's
+    dtype, can take all rows at once: ``_framed_conv.takes_whole_rows``)."""
+    K, T = w.shape[-1], x.shape[-1]
+    whole_rows = (
+        MIN_WHOLE_ROWS_TAPS <= K <= MAX_SHIFT_ADD_TAPS  # else the plan decides nothing
+        and w.numel() == K
+        and x.dtype == w.dtype
+        and _framed_conv.takes_whole_rows(x, K, hi - lo, K - 1 - lo)
+    )
+    return shifted_sums_for(K, T, whole_rows)
 
 
 def _cpu_range(x: torch.Tensor, w: torch.Tensor, lo: int, hi: int) -> torch.Tensor:

@@ -22,10 +22,9 @@ from collections.abc import Sequence
 import torch
 
 from diffconv_core import _framed_conv
-from diffconv_core._direct import MAX_TOEPLITZ_TAPS, MIN_WHOLE_ROWS_TAPS
+from diffconv_core._direct import MAX_TOEPLITZ_TAPS, MIN_WHOLE_ROWS_TAPS, shifted_sums_for
 from diffconv_core._fft import fft_length, range_fft_length
 from diffconv_core._overlap import block_fft_length, overlap_fft_length
-from diffconv_core._shift_add import MAX_SHIFT_ADD_TAPS
 from diffconv_core._toeplitz import gemm_work
 from diffconv_core._triton_direct import MAX_LAG_TAPS
 from diffconv_core._validation import (
@@ -320,9 +319,7 @@ def estimate_costs(
         per_sample = c["direct_tap"] * K
     elif K > MAX_TOEPLITZ_TAPS:
         per_sample = 0.68 * K  # conv1d, per output and tap: far slower than the GEMMs
-    elif K < MIN_WHOLE_ROWS_TAPS or (
-        K <= MAX_SHIFT_ADD_TAPS and (whole is None or T % _framed_conv.FRAME)
-    ):
+    elif shifted_sums_for(K, T, whole is not None):
         # The shifted sums, also when recorded (their own backward).
         f = _COSTS["cpu"]
         call = f["shift_call"]
