@@ -25,7 +25,7 @@ where pieces hold several rows, up to ``MAX_GRADIENT_TAPS``: 0.7-0.8x the lagged
 GEMMs' time for 4 x 480,000, 64 x 8,000 and 512 x 1,024 at 127-191 taps, 0.65-0.9x at 13-63
 (interleaved, 2 cores). For one long row a piece it was 1.0-1.3x their time, and from 255 taps
 5-9x, so the GEMMs keep those. Rows of whole frames take one weight gradient over every row
-(:func:`lagged_products_rows`), reading them where they lie: 0.54-0.84x the time of the
+(:func:`gradient_products_rows`), reading them where they lie: 0.54-0.84x the time of the
 pieces or GEMMs they replace (1 x 4,194,304 with 31 taps 3.7 against 6.4 ms, 512 x 1,024 with
 127 taps 0.43 against 0.57 ms), one long row included.
 
@@ -292,23 +292,26 @@ def correlate_rows(
     return out if frames_out * P == n_out else out[:, :n_out].contiguous()
 
 
-def lagged_products_rows(
+def gradient_products_rows(
     g: torch.Tensor, rows: torch.Tensor, lo: int, K: int
 ) -> torch.Tensor | None:
-    """``c[k] = sum over rows and m of g[r, m] * rows[r, m + lo - k]`` for ``0 <= k < K``
-    (zero outside the rows): the gradient of a kernel shared by every row, as the weight
-    gradient of :func:`correlate_rows`' one convolution, reading the rows where they lie.
-    None where that convolution does not apply, or past ``MAX_GRADIENT_TAPS``.
+    """The lagged products of ``g`` with ``rows`` (zero outside them) summed over every row,
+    laid out as ``_toeplitz.toeplitz_lagged_products`` sums them into a shared kernel's
+    gradient (lag ``j``: the sum of entries ``(i + j, i)``): the weight gradient of
+    :func:`correlate_rows`' one convolution, reading the rows where they lie, from the
+    kernel's first tap on. None where that convolution does not apply, or past
+    ``MAX_GRADIENT_TAPS``.
 
     Shape:
-        g ``(R, L)``, rows ``(R, T)`` -> ``(K,)``.
+        g ``(R, L)``, rows ``(R, T)`` -> ``(N, P)`` with ``N >= K + P - 1``.
 
     Example:
         >>> x = torch.arange(32.0).reshape(1, 32)
         >>> g = torch.zeros(1, 32)
-        >>> g[0, 5] = 1.0  # c[k] = x[5 + lo - k]
-        >>> lagged_products_rows(g, x, 1, 3).tolist()
-        [6.0, 5.0, 4.0]
+        >>> g[0, 5] = 1.0  # lag j (the last tap first): x[5 + 1 - (2 - j)]
+        >>> products = gradient_products_rows(g, x, 1, 3)
+        >>> [float(products.diagonal(-j)[:16].sum()) for j in range(3)]
+        [4.0, 5.0, 6.0]
     """
     R, L = g.shape
     T = rows.shape[-1]
@@ -320,11 +323,9 @@ def lagged_products_rows(
     frames_out = -(-L // P)
     if frames_out * P != L or not g.is_contiguous():
         g = F.pad(g, (0, frames_out * P - L))  # whole frames, zeros after
-    # Entry (c, s) of the Toeplitz matrix's gradient adds to aligned tap c - s; the kernel's
-    # taps are the aligned ones from ``lead`` on, in correlation order (the last tap first).
-    matrix = _toeplitz_gradient(rows, g, P, J, pad).contiguous()
-    taps = matrix.as_strided((K, P), (P, P + 1), matrix.storage_offset() + lead * P).sum(-1)
-    return taps.flip(-1)
+    # Entry (c, s) adds to aligned tap c - s; the kernel's taps are the aligned ones from
+    # ``lead`` on.
+    return _toeplitz_gradient(rows, g, P, J, pad).contiguous()[lead:]
 
 
 def frame_products(piece: torch.Tensor, grad_frames: torch.Tensor, P: int, J: int) -> torch.Tensor:

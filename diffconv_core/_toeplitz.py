@@ -214,14 +214,35 @@ def toeplitz_lagged_products(
         return g.new_zeros(*g.shape[:-1] if per_row else (), K)
     x = x.expand(*g.shape[:-1], x.shape[-1])
     grads = g.reshape(-1, L)
+    products = None
     if not per_row and g.dtype == x.dtype and x.is_contiguous() and _framed_conv.usable(x):
-        whole = _framed_conv.lagged_products_rows(grads, x.reshape(grads.shape[0], -1), lo, K)
-        if whole is not None:
-            return whole
+        products = _framed_conv.gradient_products_rows(grads, x.reshape(len(grads), -1), lo, K)
+    if products is None:
+        products = _products_in_pieces(grads, x, lo, K, per_row)
+    # lags[..., j] = sum_i products[..., i + j, i]
+    P = products.shape[-1]
+    lags = products.as_strided(
+        (*products.shape[:-2], K, P), (*products.stride()[:-2], P, P + 1)
+    ).sum(-1)
+    return lags.flip(-1).reshape(*g.shape[:-1], K) if per_row else lags.flip(-1)
+
+
+def _products_in_pieces(
+    grads: torch.Tensor, x: torch.Tensor, lo: int, K: int, per_row: bool
+) -> torch.Tensor:
+    """The ``(J * P, P)`` matrix of lagged products that :func:`toeplitz_lagged_products`
+    sums along its diagonals (one per row with ``per_row``), a cache-sized piece at a time:
+    oneDNN's weight gradient for stacked rows, else GEMMs.
+
+    Shape:
+        grads ``(rows, L)``, x ``(*batch, T)`` with ``rows`` rows -> ``(J * P, P)`` or
+        ``(rows, J * P, P)``.
+    """
+    L = grads.shape[-1]
     framed = _stacked_rows_framed(grads, x, K, per_row)
     P, J = _framed_conv.frame_plan(K) if framed else frame_plan(K)
     products = torch.zeros(
-        *grads.shape[:1] if per_row else (), J * P, P, dtype=g.dtype, device=g.device
+        *grads.shape[:1] if per_row else (), J * P, P, dtype=grads.dtype, device=grads.device
     )
     for rows, start, stop, piece in pieces(
         x,
@@ -238,7 +259,9 @@ def toeplitz_lagged_products(
         # laid out like the piece, so that windows running into the next row (or stopping
         # short at the very end) add nothing.
         width = -(-n // P) * P if framed else length
-        frames = scratch("lag grad", count_rows * width, g.dtype, g.device).view(count_rows, width)
+        frames = scratch("lag grad", count_rows * width, grads.dtype, grads.device).view(
+            count_rows, width
+        )
         frames[:, :n].copy_(grads[rows, start:stop])
         frames[:, n:].zero_()
         if framed:
@@ -251,11 +274,7 @@ def toeplitz_lagged_products(
             n_frames = frames.numel() // P - J + 1
             for windows, grad_frames in _by_residue(source, frames, n_frames, P, J):
                 products.addmm_(windows.t(), grad_frames)
-    # lags[..., j] = sum_i products[..., i + j, i]
-    lags = products.as_strided(
-        (*products.shape[:-2], K, P), (*products.stride()[:-2], P, P + 1)
-    ).sum(-1)
-    return lags.flip(-1).reshape(*g.shape[:-1], K) if per_row else lags.flip(-1)
+    return products
 
 
 def _stacked_rows_framed(grads: torch.Tensor, x: torch.Tensor, K: int, per_row: bool) -> bool:

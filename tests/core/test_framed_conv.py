@@ -268,9 +268,9 @@ def test_frame_plan_reads_every_tap():
 @pytest.fixture
 def gradient_calls(monkeypatch):
     """The pieces oneDNN's weight gradient summed: each piece's shape, or ("whole", rows'
-    shape) for all rows at once (``lagged_products_rows``, where it applies)."""
+    shape) for all rows at once (``gradient_products_rows``, where it applies)."""
     count = []
-    real, real_rows = _framed_conv.frame_products, _framed_conv.lagged_products_rows
+    real, real_rows = _framed_conv.frame_products, _framed_conv.gradient_products_rows
 
     def counted(piece, grad_frames, P, J):
         count.append(piece.shape)
@@ -283,7 +283,7 @@ def gradient_calls(monkeypatch):
         return out
 
     monkeypatch.setattr(_framed_conv, "frame_products", counted)
-    monkeypatch.setattr(_framed_conv, "lagged_products_rows", counted_rows)
+    monkeypatch.setattr(_framed_conv, "gradient_products_rows", counted_rows)
     return count
 
 
