@@ -29,6 +29,12 @@ GEMMs' time for 4 x 480,000, 64 x 8,000 and 512 x 1,024 at 127-191 taps, 0.65-0.
 pieces or GEMMs they replace (1 x 4,194,304 with 31 taps 3.7 against 6.4 ms, 512 x 1,024 with
 127 taps 0.43 against 0.57 ms), one long row included.
 
+Every row is a line of one image (a batch of one), and the convolution is chosen by its work:
+torch's native one (an unfold and a GEMM) for small calls, where oneDNN's ~30 us a call
+doubled the time of short signals, oneDNN's beyond (``NATIVE_MAX_WORK``). torch's own choice
+goes by the batch: it sent any batch of two rows or more to oneDNN and kept one short row
+native however long its kernel (1 x 16,384 with 1,023 taps: 308 us, oneDNN's 107).
+
 oneDNN computes float32 in float32 only while torch's fp32 precision settings for it are
 left at "ieee" (or unset); with "bf16" or "tf32" asked for, or without oneDNN, the GEMMs run.
 ``torch.autocast`` would lower conv2d's operands too, so the convolution runs with it off.
@@ -52,6 +58,30 @@ FRAME = 16
 #: GEMMs' lagged products; at 255 taps it took 5-9x their time.
 MAX_GRADIENT_TAPS = 191
 _EXACT = ("ieee", "none")
+
+#: Up to this much work (samples times frames read per output frame), torch's native
+#: convolution (an unfold and one GEMM: ~10 us a call) beats oneDNN's (~30 us a call, but
+#: 3-4x faster per unit of work): 1 x 1,024 with 31 taps 10 against 30 us, 4 x 1,024 with 31
+#: taps 13 against 30, 1 x 4,096 with 255 taps 29 against 35, 16 x 1,024 with 63 taps 33
+#: against 40; past it oneDNN (1 x 16,384 with 1,023 taps: 107 against 308; 16 x 1,024 with
+#: 255 taps 53 against 84; 2 cores, medians).
+NATIVE_MAX_WORK = 81920
+#: The same for the weight gradient: native 21-28 us where oneDNN took 43-52 for 1,024-4,096
+#: samples with 7-127 taps, 36-38 against 43-45 for 8,192 samples with 7-31 taps; 1.2-2x
+#: oneDNN's time beyond (8,192 samples with 127 taps, 16,384 with 7 or more).
+NATIVE_MAX_GRADIENT_WORK = 24576
+
+
+def _conv2d(image, weight, bias, padding, stride, dilation, groups):
+    # torch's own choice of convolution, where this torch lacks oneDNN's entry point.
+    return F.conv2d(image, weight, bias, stride, padding, dilation, groups)
+
+
+# torch's native convolution (an unfold and one GEMM), where this torch exposes it, and
+# oneDNN's, called by name: torch's own choice depends on the batch, not on the work.
+_native_conv2d = getattr(torch._C._nn, "thnn_conv2d", None)
+_onednn_conv2d = getattr(torch, "mkldnn_convolution", _conv2d)
+_convolution_backward = torch.ops.aten.convolution_backward
 
 
 def usable(x: torch.Tensor) -> bool:
@@ -149,13 +179,24 @@ def correlate_frames(piece: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         >>> out.shape, out[0, :3].tolist()
         (torch.Size([1, 32]), [2.0, 5.0, 8.0])
     """
-    P = weight.shape[0]
-    rows, length = piece.shape
-    image = piece.view(rows, 1, length // P, P).permute(0, 3, 1, 2)
+    return _convolve_frames(piece, weight, 0)
+
+
+def _convolve_frames(rows: torch.Tensor, weight: torch.Tensor, pad: int) -> torch.Tensor:
+    # Every row's output frames, with `pad` frames of zeros on both sides of each row. The
+    # rows are the lines of one image (a batch of one; as a batch of rows, oneDNN's
+    # convolution took the same time), and which convolution runs is chosen here:
+    # torch's own heuristic sends a batch of more than one to oneDNN whatever its size.
+    R, length = rows.shape
+    P, J = weight.shape[0], weight.shape[-1]
+    image = rows.view(1, R, length // P, P).permute(0, 3, 1, 2)
     # conv2d is on autocast's lower-precision list, where the GEMMs' out= forms are not.
     with autocast_off("cpu"):
-        frames = F.conv2d(image, weight)
-    return frames.permute(0, 2, 3, 1).reshape(rows, -1)
+        if R * length * J <= NATIVE_MAX_WORK and _native_conv2d is not None:
+            frames = _native_conv2d(image, weight, (1, J), None, (1, 1), (0, pad))
+        else:
+            frames = _onednn_conv2d(image, weight, None, (0, pad), (1, 1), (1, 1), 1)
+    return frames.permute(0, 2, 3, 1).reshape(R, -1)
 
 
 #: The most frames of zero taps :func:`correlate_rows` adds to line its output up with the
@@ -284,11 +325,8 @@ def correlate_rows(
     # The aligned taps and one zero after them: (J * P + 1,).
     aligned = F.pad(taps, (lead, J * P + 1 - lead - taps.shape[-1]))
     weight = aligned[_filter_taps(J, P, taps.device)].permute(0, 3, 1, 2)
-    image = rows.view(R, 1, T // P, P).permute(0, 3, 1, 2)
-    with autocast_off("cpu"):
-        frames = F.conv2d(image, weight, padding=(0, pad))
+    out = _convolve_frames(rows, weight, pad)
     frames_out = -(-n_out // P)
-    out = frames.permute(0, 2, 3, 1).reshape(R, frames_out * P)
     return out if frames_out * P == n_out else out[:, :n_out].contiguous()
 
 
@@ -353,11 +391,14 @@ def _toeplitz_gradient(
     # frame_products with `pad` frames of zeros on both sides of each row, as correlate_rows
     # convolves: grad_frames (rows, (F + 2 * pad - J + 1) * P).
     rows, length = piece.shape
-    image = piece.view(rows, 1, length // P, P).permute(0, 3, 1, 2)
-    grad = grad_frames.view(rows, 1, -1, P).permute(0, 3, 1, 2)
+    # As one image (a batch of one) torch takes its native weight gradient below 20,480
+    # samples, which beats oneDNN's up to about NATIVE_MAX_GRADIENT_WORK (see there).
+    lines = (1, rows) if rows * length * J <= NATIVE_MAX_GRADIENT_WORK else (rows, 1)
+    image = piece.view(*lines, length // P, P).permute(0, 3, 1, 2)
+    grad = grad_frames.view(*lines, -1, P).permute(0, 3, 1, 2)
     weight = torch.empty((P, P, 1, J), dtype=piece.dtype, device=piece.device)
     with autocast_off("cpu"):
-        _, grad_weight, _ = torch.ops.aten.convolution_backward(
+        _, grad_weight, _ = _convolution_backward(
             grad,
             image,
             weight.contiguous(memory_format=torch.channels_last),

@@ -401,3 +401,100 @@ def test_fast_settings_read_agrees_with_torchs_attributes(monkeypatch, setting):
             assert fast == (value == before)
     finally:
         target.fp32_precision = before
+
+
+@pytest.fixture
+def convolutions_run(monkeypatch):
+    """Which convolution :func:`_framed_conv._convolve_frames` ran, "native" or "onednn",
+    once per call."""
+    ran = []
+    native, onednn = _framed_conv._native_conv2d, _framed_conv._onednn_conv2d
+
+    def counted_native(*args):
+        ran.append("native")
+        return native(*args)
+
+    def counted_onednn(*args):
+        ran.append("onednn")
+        return onednn(*args)
+
+    if native is not None:
+        monkeypatch.setattr(_framed_conv, "_native_conv2d", counted_native)
+    monkeypatch.setattr(_framed_conv, "_onednn_conv2d", counted_onednn)
+    return ran
+
+
+@pytest.mark.parametrize(
+    "shape, K, expected",
+    [
+        ((1024,), 31, "native"),  # ~10 us where oneDNN takes ~30
+        ((4, 1024), 31, "native"),  # torch alone would send a batch to oneDNN
+        ((1, 16384), 1023, "onednn"),  # torch alone would keep one short row native
+        ((16, 1024), 255, "onednn"),
+        ((512, 1024), 31, "onednn"),
+    ],
+)
+def test_the_work_chooses_the_convolution(convolutions_run, shape, K, expected):
+    if expected == "native" and _framed_conv._native_conv2d is None:
+        pytest.skip("this torch exposes no native convolution")
+    x, w = _float32_case(K, shape, K)
+    got = convolve(torch.from_numpy(x), torch.from_numpy(w), "same", method="direct")
+    assert convolutions_run == [expected]
+    _close_to_float64(got, x, w, "same")
+
+
+@pytest.mark.parametrize("route", ["native", "onednn", "torch's choice"])
+@pytest.mark.parametrize("mode", ["full", "same", "valid"])
+@pytest.mark.parametrize("shape, K", [((3, 1000), 13), ((2, 4096), 255), ((5, 96), 17)])
+def test_each_convolution_matches_float64(monkeypatch, convolutions_run, route, mode, shape, K):
+    if route == "native" and _framed_conv._native_conv2d is None:
+        pytest.skip("this torch exposes no native convolution")
+    if route == "torch's choice":  # neither entry point: F.conv2d decides
+        monkeypatch.setattr(_framed_conv, "_native_conv2d", None)
+        monkeypatch.setattr(_framed_conv, "_onednn_conv2d", _framed_conv._conv2d)
+    limit = 10**12 if route == "native" else 0
+    monkeypatch.setattr(_framed_conv, "NATIVE_MAX_WORK", limit)
+    x, w = _float32_case(len(shape) + K, shape, K)
+    got = convolve(torch.from_numpy(x), torch.from_numpy(w), mode, method="direct")
+    assert convolutions_run == ([] if route == "torch's choice" else [route])
+    _close_to_float64(got, x, w, mode)
+
+
+@pytest.mark.parametrize("as_one_image", [True, False])
+@pytest.mark.parametrize("shape, K", [((4, 1024), 31), ((2, 3, 160), 63), ((64, 256), 7)])
+def test_kernel_gradient_in_either_layout_matches_float64(monkeypatch, as_one_image, shape, K):
+    # Rows as the lines of one image (torch's native weight gradient on small work) or as a
+    # batch of images (oneDNN's): the same lagged products.
+    batches = []
+    backward = _framed_conv._convolution_backward
+
+    def recorded(grad, image, *args):
+        batches.append(image.shape[0])
+        return backward(grad, image, *args)
+
+    monkeypatch.setattr(_framed_conv, "_convolution_backward", recorded)
+    monkeypatch.setattr(_framed_conv, "NATIVE_MAX_GRADIENT_WORK", 10**12 if as_one_image else 0)
+    rng = np.random.default_rng(K)
+    x = torch.from_numpy(rng.standard_normal(shape).astype(np.float32))
+    g = torch.from_numpy(rng.standard_normal(shape).astype(np.float32))
+    got = _toeplitz.toeplitz_lagged_products(g, x, (K - 1) // 2, K)
+    rows = int(np.prod(shape[:-1]))
+    assert batches == [1 if as_one_image else rows]
+    expected = _lagged_reference(g.numpy(), x.numpy(), (K - 1) // 2, K)
+    scale = np.abs(g.numpy()).sum() * np.abs(x.numpy()).max()
+    np.testing.assert_allclose(got.numpy(), expected, rtol=0, atol=1e-6 * scale)
+
+
+def test_small_kernel_gradients_read_the_rows_as_one_image(monkeypatch):
+    batches = []
+    backward = _framed_conv._convolution_backward
+
+    def recorded(grad, image, *args):
+        batches.append(image.shape[0])
+        return backward(grad, image, *args)
+
+    monkeypatch.setattr(_framed_conv, "_convolution_backward", recorded)
+    for rows, T in [(4, 1024), (64, 1024)]:  # 12,288 and 196,608 units of work at 31 taps
+        x, g = torch.randn(rows, T), torch.randn(rows, T)
+        _toeplitz.toeplitz_lagged_products(g, x, 15, 31)
+    assert batches == [1, 64]
