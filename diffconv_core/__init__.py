@@ -43,7 +43,10 @@ def __getattr__(name: str) -> Any:
     # Lazy, so that `import diffconv_core` stays cheap and submodules stay independent.
     if name in _CORE_FUNCTIONS:
         module = importlib.import_module(f"diffconv_core.{_CORE_FUNCTIONS[name]}")
-        return getattr(module, name)
+        # Kept as an attribute, so that later lookups skip this hook (~3 us a call for
+        # `diffconv_core.convolve(...)` in a loop). Submodules are set by the import itself.
+        globals()[name] = function = getattr(module, name)
+        return function
     if name in _SUBMODULES:
         return importlib.import_module(f"diffconv_core.{name}")
     raise AttributeError(f"module 'diffconv_core' has no attribute {name!r}")

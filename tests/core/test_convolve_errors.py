@@ -188,6 +188,18 @@ def test_package_lists_its_lazy_names_and_refuses_unknown_ones():
         diffconv_core.convolve2d  # noqa: B018
 
 
+def test_lazy_functions_are_looked_up_once(monkeypatch):
+    # After the first lookup a function is a plain attribute of the package: the hook that
+    # imported it (an import_module call each time) is not asked again.
+    import diffconv_core
+
+    first = diffconv_core.correlate
+    asked = []
+    monkeypatch.setattr(diffconv_core.importlib, "import_module", asked.append)
+    assert diffconv_core.correlate is first and "correlate" in vars(diffconv_core)
+    assert not asked
+
+
 @pytest.mark.parametrize("func", FUNCS, ids=FUNC_IDS)
 def test_sparse_tensors_are_refused_by_name(func, x, w):
     assert_raises(lambda: func(x.to_sparse(), w), "signal", "dense", "sparse_coo", exc=TypeError)
