@@ -10,7 +10,7 @@ terms) and prints the fitted table, how often the model then picks a method with
 the measured fastest, and each case's timings. Nothing is written: paste the table into
 ``methods.py`` and the output into ``benchmarks/results/``.
 
-    python benchmarks/fit_cpu_costs.py            # about 7 minutes on 2 cores
+    python benchmarks/fit_cpu_costs.py            # about 9 minutes on 2 cores
     python benchmarks/fit_cpu_costs.py --from-log run.txt  # refit an earlier run's timings
     python benchmarks/fit_cpu_costs.py --backward # the backward factors, about 4 minutes
     python benchmarks/fit_cpu_costs.py --per-row  # a kernel per row, about 3 minutes
@@ -43,8 +43,8 @@ import torch
 from scipy.optimize import nnls
 
 import diffconv_core
-from diffconv_core import _framed_conv, methods
-from diffconv_core._direct import MAX_TOEPLITZ_TAPS, shifted_sums_for
+from diffconv_core import _direct, _framed_conv, methods
+from diffconv_core._direct import MAX_TOEPLITZ_TAPS, TINY_PRODUCTS, shifted_sums_for
 from diffconv_core._fft import range_fft_length
 from diffconv_core._overlap import overlap_fft_length
 from diffconv_core._shift_add import MAX_SHIFT_ADD_TAPS
@@ -56,6 +56,10 @@ SHAPES += [(8, 100_000), (1, 2000), (128, 16_000)]
 # Rows that are not whole frames of 16 samples: copied to whole frames for one convolution
 # (up to _framed_conv.PADDED_ROWS_BYTES), else the convolutions in pieces.
 SHAPES += [(512, 1000), (4, 480_008), (64, 8004)]
+# Small calls, where the call costs decide and the direct method's convolution is torch's
+# native one (_framed_conv.NATIVE_MAX_WORK): a row or a few of 256-16,384 samples.
+SMALL_SHAPES = [(1, 256), (1, 1024), (4, 1024), (1, 4096), (16, 512), (2, 8192), (1, 16384)]
+SHAPES += SMALL_SHAPES
 TAPS = [3, 5, 8, 13, 31, 63, 127, 255, 511, 1023]
 METHODS = ("direct", "fft", "overlap")
 
@@ -65,13 +69,18 @@ def median_time(fn, budget_s: float) -> float:
 
 
 def direct_path(B: int, T: int, K: int) -> str | None:
-    """Which terms the direct method's float32 time of mode "same" fits: "shift" (the shifted
-    sums), "whole" (one oneDNN convolution over all rows) or "pieces" (convolutions in
-    pieces, for rows that are not whole frames)."""
+    """Which terms the direct method's float32 time of mode "same" fits: "tiny" (one native
+    convolution, for small calls), "shift" (the shifted sums), "whole" (one oneDNN
+    convolution over all rows), "native" (that convolution by torch's native one, for small
+    work) or "pieces" (convolutions in pieces, for rows that are not whole frames)."""
+    if B * T * K <= TINY_PRODUCTS and _framed_conv._native_conv2d is not None:
+        return "tiny"
     plan = _framed_conv.whole_rows_plan(T, K, T, K - 1 - (K - 1) // 2, B)
     if shifted_sums_for(K, T, plan is not None):
         return "shift"
-    return "whole" if plan is not None else "pieces"
+    if plan is None:
+        return "pieces"
+    return "native" if _framed_conv.runs_native(B, T, plan[2]) else "whole"
 
 
 def features(method: str, B: int, T: int, K: int, path: str | None = None) -> list[float]:
@@ -81,12 +90,15 @@ def features(method: str, B: int, T: int, K: int, path: str | None = None) -> li
     if method == "direct":
         if direct_path(B, T, K) != path:
             return []
+        if path == "tiny":
+            return [1.0, B * L * K]
         if path == "shift":
             return [1.0, B * L, B * L * K]
         if path == "pieces":
             return [1.0, B * L, B * L * _framed_conv.work(K)]
         plan = _framed_conv.whole_rows_plan(T, K, L, K - 1 - (K - 1) // 2, B)
-        # float32: one oneDNN convolution over all rows, J frames of P samples per output
+        # float32: one convolution over all rows (oneDNN's, or torch's native one for small
+        # work), J frames of P samples per output
         return [1.0, B * L, B * L * plan[2] * _framed_conv.FRAME]
     if method == "fft":
         n = range_fft_length(T, K, *methods.output_range(T, K, "same"), torch.device("cpu"))
@@ -104,13 +116,14 @@ def features(method: str, B: int, T: int, K: int, path: str | None = None) -> li
 
 def direct_by_gemms(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """The direct method with the Toeplitz GEMMs where float32 would take oneDNN's
-    convolutions (the path of other dtypes, or of a torch without oneDNN)."""
-    usable = _framed_conv.usable
-    _framed_conv.usable = lambda x: False
+    convolutions (the path of other dtypes, or of a torch without oneDNN), also for small
+    calls (which every dtype hands to one native convolution)."""
+    usable, tiny = _framed_conv.usable, _direct.TINY_PRODUCTS
+    _framed_conv.usable, _direct.TINY_PRODUCTS = (lambda x: False), 0
     try:
         return diffconv_core.convolve(x, w, method="direct")
     finally:
-        _framed_conv.usable = usable
+        _framed_conv.usable, _direct.TINY_PRODUCTS = usable, tiny
 
 
 def fit(rows: list[tuple[list[float], float]]) -> np.ndarray:
@@ -275,8 +288,10 @@ def main() -> None:
                 + ("" if gemms is None else f" (direct by GEMMs {gemms * 1e3:.3f} ms)")
             )
     names = {
+        ("direct", "tiny"): ("tiny_call", "tiny_product"),
         ("direct", "shift"): ("shift_call", "shift_sample", "shift_tap"),
         ("direct", "whole"): ("whole_call", "whole_sample", "whole_tap"),
+        ("direct", "native"): ("native_call", "native_sample", "native_tap"),
         ("direct", "pieces"): ("framed_call", "framed_sample", "framed_tap"),
         ("fft", None): ("fft_call", "fft_unit", "fft_unit_per_octave"),
         ("overlap", None): ("overlap_call", "overlap_unit", "overlap_unit_streamed"),
@@ -339,7 +354,7 @@ def agreement(
         costs = methods.estimate_costs(
             B, T, K, "same", "cpu", shared_kernel=shared_kernel, framed_conv=shared_kernel
         )
-        return min(costs, key=costs.__getitem__)
+        return methods.cheapest(costs)
 
     try:
         return near_fastest(cases, pick)

@@ -50,6 +50,14 @@ MIN_WHOLE_ROWS_TAPS = 7
 # The most samples (rows x outputs x taps) one CPU conv1d call may unfold (512 MB of float64).
 CONV1D_CPU_ELEMENTS = 1 << 26
 
+#: Up to this many products (rows x outputs x taps) a shared kernel's direct convolution on
+#: the CPU is one call of torch's native convolution, the rows as the lines of one image
+#: (:func:`tiny_range`): 8.5-11 us where the shifted sums or the framed convolution took
+#: 24-32 (3 to 1,024 samples, 3-31 taps), 17-20 against 29 for 4 x 1,024 or 1 x 4,096 with
+#: 31 taps, 29-32 against 34-45 at 2**18 (1 x 1,024 with 255 taps, 1 x 256 with 1,023);
+#: past it the others are faster (1 x 4,096 with 127 taps: 48 against 37; 2 cores, float32).
+TINY_PRODUCTS = 2**18
+
 
 def _source(x: torch.Tensor, K: int, lo: int, n_out: int) -> torch.Tensor:
     # A sliding dot product out[m] = sum_j v[j] src[m + j] with v the flipped kernel reads
@@ -157,9 +165,51 @@ def shifted_sums_for(K: int, T: int, whole_rows: bool) -> bool:
     return K < MIN_WHOLE_ROWS_TAPS or T % _framed_conv.FRAME != 0 or not whole_rows
 
 
+def takes_tiny_range(x: torch.Tensor, w: torch.Tensor, lo: int, hi: int) -> bool:
+    """Whether :func:`_cpu_range` takes :func:`tiny_range`: one kernel for every row, in
+    the signal's dtype (float32 or float64), at most ``TINY_PRODUCTS`` products, and a torch
+    that exposes its native convolution."""
+    K = w.shape[-1]
+    rows = x.numel() // max(x.shape[-1], 1)
+    return (
+        rows * (hi - lo) * K <= TINY_PRODUCTS
+        and w.numel() == K
+        and x.dtype == w.dtype
+        and x.dtype in (torch.float32, torch.float64)
+        and x.device.type == "cpu"
+        and _framed_conv._native_conv2d is not None
+    )
+
+
+def tiny_range(x: torch.Tensor, w: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+    """:func:`direct_range` for a small call on the CPU: torch's native convolution (an
+    unfold and one GEMM) over every row at once, the rows as the lines of one image (as a
+    batch, torch would send them to oneDNN: ~30 us a call). Nothing recorded.
+
+    Shape:
+        x ``(*bx, T)``, w ``(K,)`` -> ``(*bx, hi - lo)``.
+
+    Example:
+        >>> tiny_range(torch.tensor([[1.0, 2.0, 3.0]]), torch.tensor([0.0, 1.0, 0.5]), 0, 5)
+        tensor([[0.0000, 1.0000, 2.5000, 4.0000, 1.5000]])
+    """
+    K, T = w.shape[-1], x.shape[-1]
+    n_out = hi - lo
+    rows = x.reshape(-1, T)
+    source = _source(rows, K, lo, n_out).view(1, 1, rows.shape[0], n_out + K - 1)
+    with autocast_off("cpu"):
+        out = _framed_conv._native_conv2d(
+            source, w.flip(-1).view(1, 1, 1, K), (1, K), None, (1, 1), (0, 0)
+        )
+    return out.view(*x.shape[:-1], n_out)
+
+
 def takes_shifted_sums(x: torch.Tensor, w: torch.Tensor, lo: int, hi: int) -> bool:
     """:func:`shifted_sums_for` these operands (one kernel for every row, in the signal's
-    dtype, can take all rows at once: ``_framed_conv.takes_whole_rows``)."""
+    dtype, can take all rows at once: ``_framed_conv.takes_whole_rows``), where the call is
+    not small enough for :func:`tiny_range`."""
+    if takes_tiny_range(x, w, lo, hi):
+        return False
     K, T = w.shape[-1], x.shape[-1]
     whole_rows = (
         MIN_WHOLE_ROWS_TAPS <= K <= MAX_SHIFT_ADD_TAPS  # else the plan decides nothing
@@ -173,6 +223,8 @@ def takes_shifted_sums(x: torch.Tensor, w: torch.Tensor, lo: int, hi: int) -> bo
 def _cpu_range(x: torch.Tensor, w: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
     # Nothing recorded (CPU): one kernel for every row as (K,), or a kernel per row.
     K = w.shape[-1]
+    if takes_tiny_range(x, w, lo, hi):
+        return tiny_range(x, w.reshape(K), lo, hi)
     taps = w.flip(-1) if w.numel() > K else w.flip(-1).reshape(K)
     shape = (*broadcast_shapes(x.shape[:-1], w.shape[:-1]), hi - lo)
     if takes_shifted_sums(x, w, lo, hi):

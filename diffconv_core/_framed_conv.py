@@ -182,6 +182,18 @@ def correlate_frames(piece: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return _convolve_frames(piece, weight, 0)
 
 
+def runs_native(rows: int, T: int, J: int) -> bool:
+    """Whether the convolution over ``rows`` rows of ``T`` samples (zeros after them to
+    whole frames), each output frame reading ``J`` frames, is torch's native one (see
+    ``NATIVE_MAX_WORK``; the cost model prices the two apart).
+
+    Example:
+        >>> runs_native(4, 1024, 3), runs_native(512, 1024, 3)
+        (True, False)
+    """
+    return rows * -(-T // FRAME) * FRAME * J <= NATIVE_MAX_WORK and _native_conv2d is not None
+
+
 def _convolve_frames(rows: torch.Tensor, weight: torch.Tensor, pad: int) -> torch.Tensor:
     # Every row's output frames, with `pad` frames of zeros on both sides of each row. The
     # rows are the lines of one image (a batch of one; as a batch of rows, oneDNN's
@@ -192,7 +204,7 @@ def _convolve_frames(rows: torch.Tensor, weight: torch.Tensor, pad: int) -> torc
     image = rows.view(1, R, length // P, P).permute(0, 3, 1, 2)
     # conv2d is on autocast's lower-precision list, where the GEMMs' out= forms are not.
     with autocast_off("cpu"):
-        if R * length * J <= NATIVE_MAX_WORK and _native_conv2d is not None:
+        if runs_native(R, length, J):
             frames = _native_conv2d(image, weight, (1, J), None, (1, 1), (0, pad))
         else:
             frames = _onednn_conv2d(image, weight, None, (0, pad), (1, 1), (1, 1), 1)

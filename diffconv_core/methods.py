@@ -22,7 +22,12 @@ from collections.abc import Sequence
 import torch
 
 from diffconv_core import _framed_conv
-from diffconv_core._direct import MAX_TOEPLITZ_TAPS, MIN_WHOLE_ROWS_TAPS, shifted_sums_for
+from diffconv_core._direct import (
+    MAX_TOEPLITZ_TAPS,
+    MIN_WHOLE_ROWS_TAPS,
+    TINY_PRODUCTS,
+    shifted_sums_for,
+)
 from diffconv_core._fft import fft_length, range_fft_length
 from diffconv_core._overlap import block_fft_length, overlap_fft_length
 from diffconv_core._toeplitz import gemm_work
@@ -41,35 +46,43 @@ from diffconv_core._validation import (
 # project's 2-core machines (torch 2.13). On the CPU the paths without autograd differ from
 # the recorded ones (the direct path's one convolution or pieces, the shifted sums, batched
 # FFTs in chunks), so each has its own table: "cpu" is fitted by benchmarks/fit_cpu_costs.py
-# (relative least squares, non-negative, 120 float32 shapes: batch 1-512, length
-# 1,000-4,194,304, 3-1,023 taps, freed memory retained): the shifted sums' terms ("shift",
-# up to 6 taps, or 12 where rows are not whole frames), oneDNN's one convolution over rows
-# of whole frames ("whole"), its convolutions in pieces elsewhere ("framed"; that grid had
-# no small call to fix a call cost, the fit's 0 is replaced by the one convolution's), the
+# (relative least squares, non-negative, 190 float32 shapes: batch 1-512, length
+# 256-4,194,304, 3-1,023 taps, 70 of them small calls of 1-16 rows, freed memory retained;
+# refit on 2026-11-29): small calls' one native convolution ("tiny", up to 2**18 products),
+# the shifted sums' terms ("shift", up to 6 taps, or 12 where rows are not whole frames),
+# the one convolution over rows of whole frames by oneDNN ("whole") or,
+# for small work, by torch's native convolution ("native"), the convolutions in pieces
+# elsewhere ("framed"; from the fit before, as no shape of that grid takes them; its grid
+# had no small call to fix a call cost, the fit's 0 is replaced by the one convolution's), the
 # GEMMs ("direct", for other dtypes or without oneDNN) and the transforms, all from one run;
 # "cpu_autograd" prices the recorded forward of the FFT methods and of a kernel per row (one
 # shared kernel takes the fast path also when recorded), and _BACKWARD_FACTOR the backward.
 # benchmarks/results/ holds the measurements.
 _COSTS = {
     "cpu": {
-        "shift_call": 39_240.0,
-        "shift_sample": 0.0,
-        "shift_tap": 0.05359,  # per output sample and tap
-        "direct_call": 71_400.0,
-        "direct_sample": 0.07519,
-        "direct_gemm_tap": 0.01273,  # GEMM: per output and multiply-add (_toeplitz.gemm_work)
-        "whole_call": 60_740.0,
-        "whole_sample": 0.07188,
-        "whole_tap": 0.004666,  # one convolution: per output and multiply-add (J * P)
+        "tiny_call": 23_250.0,  # small calls: one native convolution (_direct.tiny_range)
+        "tiny_product": 0.1115,  # per row, output and tap
+        "shift_call": 17_780.0,
+        "shift_sample": 0.02727,
+        "shift_tap": 0.05041,  # per output sample and tap
+        "direct_call": 73_290.0,
+        "direct_sample": 0.01514,
+        "direct_gemm_tap": 0.01342,  # GEMM: per output and multiply-add (_toeplitz.gemm_work)
+        "whole_call": 74_160.0,
+        "whole_sample": 0.05688,
+        "whole_tap": 0.004726,  # one convolution: per output and multiply-add (J * P)
+        "native_call": 40_880.0,  # the same convolution by torch's native one (small work)
+        "native_sample": 0.0,
+        "native_tap": 0.01905,
         "framed_call": 60_740.0,
         "framed_sample": 0.4243,
         "framed_tap": 0.004305,  # in pieces: per output and multiply-add (_framed_conv.work)
-        "fft_call": 43_640.0,
-        "fft_unit": 0.02945,
-        "fft_unit_per_octave": 0.006157,  # above 2**11 points
-        "overlap_call": 55_180.0,
-        "overlap_unit": 0.05083,
-        "overlap_unit_streamed": 0.0084,  # added past OVERLAP_IN_CACHE_SAMPLES outputs
+        "fft_call": 32_710.0,
+        "fft_unit": 0.03018,
+        "fft_unit_per_octave": 0.006388,  # above 2**11 points
+        "overlap_call": 46_250.0,
+        "overlap_unit": 0.04752,
+        "overlap_unit_streamed": 0.01407,  # added past OVERLAP_IN_CACHE_SAMPLES outputs
     },
     "cpu_autograd": {
         # A kernel per row (batched GEMMs in pieces, recorded or not, its own backward):
@@ -230,23 +243,33 @@ OVERLAP_IN_CACHE_SAMPLES = 2**20
 # one row's transforms are stepped: a batch of 1 on the FFT path, and overlap-save's single
 # block (then priced like that row). 1.5x is the step at two threads for 8,640-20,000 points,
 # where fft and overlap-save are close: (1, 8193) * 255 "same" took 0.23 ms by fft and 0.11 by
-# overlap-save (min of 150, interleaved), which auto now picks.
+# overlap-save (min of 150, interleaved), which auto now picks. Two or three rows take the
+# step too (fewer than _FEW_ROWS): each thread transforms a lone row then, and 2 x 8,192
+# took 0.14 ms by fft where overlap-save took 0.08 and the one convolution 0.05-0.09; priced
+# as a batch, auto took fft there. With that step the 190 shapes of that fit run were
+# picked within 10% of the fastest in 181 cases, 177 without
+# (benchmarks/results/cpu_2core_fit_costs_native.md, its first run).
 _SINGLE_ROW_FFT_CLIFF = 8192
 _SINGLE_ROW_FFT_STEP = 1.5
+_FEW_ROWS = 4
 
 
 def single_row_factor(rows: int, n_fft: int) -> float:
     """The factor on the CPU forward's transform cost of ``rows`` rows of ``n_fft`` points:
-    one row runs on one thread (a batch's rows spread over two), and dearer past the cliff.
+    one row runs on one thread (a batch's rows spread over two), and dearer past the cliff,
+    as are two or three rows (a lone row on each thread).
 
     Example:
         >>> from diffconv_core.methods import single_row_factor
-        >>> single_row_factor(1, 8192), single_row_factor(1, 8640), single_row_factor(4, 8640)
-        (2.0, 3.0, 1.0)
+        >>> single_row_factor(1, 8192), single_row_factor(1, 8640), single_row_factor(2, 8640)
+        (2.0, 3.0, 1.5)
+        >>> single_row_factor(2, 8192), single_row_factor(4, 8640)
+        (1.0, 1.0)
     """
-    if rows > 1:
+    if rows >= _FEW_ROWS:
         return 1.0
-    return 2.0 * (_SINGLE_ROW_FFT_STEP if n_fft > _SINGLE_ROW_FFT_CLIFF else 1.0)
+    step = _SINGLE_ROW_FFT_STEP if n_fft > _SINGLE_ROW_FFT_CLIFF else 1.0
+    return 2.0 * step if rows == 1 else step
 
 
 def output_length(T: int, K: int, mode: str) -> int:
@@ -317,6 +340,11 @@ def estimate_costs(
         whole = _framed_conv.whole_rows_plan(T, K, hi - lo, K - 1 - lo, batch)
     if device_type != "cpu":
         per_sample = c["direct_tap"] * K
+    elif shared_kernel and batch * L * K <= TINY_PRODUCTS and _framed_conv._native_conv2d:
+        # A small call: one native convolution over every row (_direct.tiny_range).
+        f = _COSTS["cpu"]
+        call = f["tiny_call"]
+        per_sample = f["tiny_product"] * K
     elif K > MAX_TOEPLITZ_TAPS:
         per_sample = 0.68 * K  # conv1d, per output and tap: far slower than the GEMMs
     elif shifted_sums_for(K, T, whole is not None):
@@ -338,8 +366,10 @@ def estimate_costs(
         # rows at once where they are whole frames, else in pieces.
         f = _COSTS["cpu"]
         if whole is not None:
-            call = f["whole_call"]
-            per_sample = f["whole_sample"] + f["whole_tap"] * whole[2] * _framed_conv.FRAME
+            # torch's native convolution for small work, oneDNN's beyond: their own terms.
+            path = "native" if _framed_conv.runs_native(batch, T, whole[2]) else "whole"
+            call = f[f"{path}_call"]
+            per_sample = f[f"{path}_sample"] + f[f"{path}_tap"] * whole[2] * _framed_conv.FRAME
         else:
             call = f["framed_call"]
             per_sample = f["framed_sample"] + f["framed_tap"] * _framed_conv.work(K)
@@ -402,7 +432,7 @@ def choose_method(
 
     Example:
         >>> from diffconv_core import choose_method
-        >>> choose_method((1, 64), (3,))
+        >>> choose_method((64, 1024), (3,))
         'direct'
         >>> choose_method((1, 1 << 22), (1023,))
         'overlap'
@@ -467,6 +497,12 @@ def pick_method(
     call, where the checks' microseconds add to small calls' host time)."""
     from diffconv_core import tuning  # the measured cache, if any
 
+    if K == 1:
+        # One tap is a gain: direct multiplies each sample once, exactly (an identity kernel
+        # gives the signal back bit for bit), where an FFT rounds every output. On one short
+        # signal the model prices the CPU's lone FFT lower (16 us against the shifted sums'
+        # 25 for one sample), a few microseconds not worth an inexact gain.
+        return "direct"
     device_type = device.type
 
     # `diffconv tune` times one kernel shared by every row; a kernel per row takes other
@@ -488,4 +524,29 @@ def pick_method(
     if requires_grad:
         # The backward pass costs each method a different multiple of its forward pass.
         costs = {name: cost * backward_factor(name, K) for name, cost in costs.items()}
-    return min(costs, key=costs.__getitem__)
+    return cheapest(costs)
+
+
+#: Direct sums round each output on its own (a zero stays zero, a delta returns the signal),
+#: where a transform spreads the rounding of the whole signal over every output (9.5e-8 for
+#: an exact 0 of a 3-sample example). Where the model prices direct within this many
+#: nanoseconds of the cheapest method (small calls, all host time), direct is picked: over
+#: the last fit run's 190 shapes that gave 186 picks within 10% of the fastest, 184 without
+#: (it adds two misses, 1 x 256 with 511 taps and 1 x 1,024 with 127: direct 35 and 37 us
+#: where fft took 23 and 32; and mends four where direct was priced too high).
+EXACT_DIRECT_MARGIN_NS = 10_000.0
+
+
+def cheapest(costs: dict[str, float]) -> str:
+    """The method to run for these modelled costs: the cheapest, or direct where it is within
+    ``EXACT_DIRECT_MARGIN_NS`` of it.
+
+    Example:
+        >>> from diffconv_core.methods import cheapest
+        >>> cheapest({"direct": 40_000.0, "fft": 32_000.0, "overlap": 45_000.0})
+        'direct'
+        >>> cheapest({"direct": 90_000.0, "fft": 32_000.0, "overlap": 45_000.0})
+        'fft'
+    """
+    best = min(costs, key=costs.__getitem__)
+    return "direct" if costs["direct"] <= costs[best] + EXACT_DIRECT_MARGIN_NS else best

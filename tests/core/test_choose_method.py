@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import diffconv_core
-from diffconv_core import choose_method
+from diffconv_core import choose_method, convolve
 
 from .conftest import MODES, check_parity, make_pair
 
@@ -66,8 +66,10 @@ def test_deterministic():
 @pytest.mark.parametrize("device", ["cpu", "cuda"])
 def test_sensible_for_extreme_shapes(device):
     for mode in MODES:
-        # A handful of taps: nothing beats the sliding dot product.
-        for s, k in [((1,), (1,)), ((64,), (3,)), ((16, 4096), (1,)), ((1, 10**6), (2,))]:
+        # A handful of taps over long or many signals: nothing beats the sliding dot
+        # product. (On one short signal the CPU's lone FFT has the least host time: 16 us
+        # for one sample where the shifted sums took 25.)
+        for s, k in [((64, 1024), (3,)), ((16, 4096), (1,)), ((1, 10**6), (2,))]:
             got = choose_method(s, k, mode=mode, device=device)
             assert got == "direct", (s, k, mode, device, got)
     # Billions of multiply-adds for a direct sum: an FFT method must be chosen.
@@ -196,6 +198,60 @@ def test_the_model_prices_the_path_each_call_takes():
     # 6.6-6.9, two runs), overlap-save for 1,023 (7.6 against 29-30).
     assert choose_method((1, 1 << 22), (255,)) == "direct"
     assert choose_method((1, 1 << 22), (1023,)) == "overlap"
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+@pytest.mark.parametrize("shape", [(1,), (300,), (2, 1000), (8, 10**6)])
+def test_one_tap_is_always_direct_and_exact(device, shape):
+    # A one-tap kernel is a gain: direct computes it exactly, an FFT would round it.
+    for mode in MODES:
+        for requires_grad in (False, True):
+            got = choose_method(shape, (1,), mode=mode, device=device, requires_grad=requires_grad)
+            assert got == "direct", (shape, mode, requires_grad)
+    x = torch.randn(300, dtype=torch.float32)
+    assert torch.equal(convolve(x, torch.tensor([1.0])), x)
+    assert torch.equal(convolve(x.double(), torch.tensor([0.5], dtype=torch.float64)), x * 0.5)
+
+
+def test_small_calls_are_priced_as_one_native_convolution(monkeypatch):
+    # Up to _direct.TINY_PRODUCTS products, direct is one native convolution: its own terms.
+    from diffconv_core import _direct, _framed_conv, methods
+
+    if _framed_conv._native_conv2d is None:
+        pytest.skip("this torch exposes no native convolution")
+    monkeypatch.setitem(methods._COSTS, "cpu", dict(methods._COSTS["cpu"], tiny_call=1e12))
+    methods.estimate_costs.cache_clear()
+    try:
+        for shape, K in [((1, 3), 3), ((4, 1024), 31), ((1, 16384), 31), ((64, 1024), 7)]:
+            costs = methods.estimate_costs(*shape, K, "same", "cpu", framed_conv=True)
+            tiny = shape[0] * shape[1] * K <= _direct.TINY_PRODUCTS
+            assert (costs["direct"] >= 1e12) == tiny, shape
+        # A kernel per row takes the batched GEMMs, whatever the size.
+        costs = methods.estimate_costs(4, 1024, 31, "same", "cpu", shared_kernel=False)
+        assert costs["direct"] < 1e12
+    finally:
+        methods.estimate_costs.cache_clear()
+
+
+def test_small_work_is_priced_as_the_native_convolution(monkeypatch):
+    # The one convolution over all rows runs torch's native convolution for small work
+    # (~10 us a call where oneDNN's takes ~30) and oneDNN's beyond: each priced by its terms.
+    from diffconv_core import _framed_conv, methods
+
+    if _framed_conv._native_conv2d is None:
+        pytest.skip("this torch exposes no native convolution")
+    table = dict(methods._COSTS["cpu"], native_call=1e12)
+    monkeypatch.setitem(methods._COSTS, "cpu", table)
+    methods.estimate_costs.cache_clear()
+    try:
+        # Past the small calls of _direct.TINY_PRODUCTS (one native convolution of their own).
+        for shape, native in [((1, 16384), True), ((3, 5000), True), ((512, 1024), False)]:
+            costs = methods.estimate_costs(*shape, 31, "same", "cpu", framed_conv=True)
+            assert (costs["direct"] >= 1e12) == native, shape
+            rows, T = shape
+            assert _framed_conv.runs_native(rows, T, 3) == native
+    finally:
+        methods.estimate_costs.cache_clear()
 
 
 @pytest.mark.filterwarnings("ignore:TF32 acceleration on top of oneDNN")  # torch's own note

@@ -121,7 +121,10 @@ def test_large_values_recorded_for_autograd_give_the_same_forward(method):
         plain = diffconv_core.convolve(x, w, method=method)
     recorded = diffconv_core.convolve(x.requires_grad_(), w.requires_grad_(), method=method)
     assert torch.isfinite(plain).all()
-    torch.testing.assert_close(recorded.detach(), plain, rtol=1e-6, atol=0)
+    # "auto" may pick another method when recording (the backward's cost counts): then the
+    # two agree to that method's round-off, relative to the largest output.
+    atol = 1e-6 * float(plain.abs().max()) if method == "auto" else 0.0
+    torch.testing.assert_close(recorded.detach(), plain, rtol=1e-6, atol=atol)
 
 
 @pytest.mark.parametrize("method", METHODS)

@@ -9,13 +9,20 @@ import pytest
 import scipy.signal
 import torch
 
-from diffconv_core import _pieces, _shift_add, _toeplitz, convolve, correlate
+from diffconv_core import _direct, _pieces, _shift_add, _toeplitz, convolve, correlate
 
 from .conftest import reference
 
 # Piece sizes that force each layout: several short signals per piece, one signal cut into
 # many pieces (down to two frames a piece), and everything in one piece.
 PIECE_BYTES = [64, 1024, 2**20]
+
+
+@pytest.fixture(autouse=True)
+def no_tiny_calls(monkeypatch):
+    # The pieces, sums and GEMMs themselves, also for the small shapes that convolve would
+    # otherwise hand to one native convolution (_direct.tiny_range, tested on its own).
+    monkeypatch.setattr(_direct, "TINY_PRODUCTS", 0)
 
 
 @pytest.fixture(params=PIECE_BYTES, ids=lambda b: f"piece{b}B")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from diffconv_core import _framed_conv, _toeplitz, convolve
+from diffconv_core import _direct, _framed_conv, _toeplitz, convolve
 
 from .conftest import reference
 
@@ -19,6 +19,13 @@ pytestmark = pytest.mark.skipif(
 # Piece sizes that force each layout: several short rows a piece, one row cut into many
 # pieces (down to a few frames each), and everything in one piece.
 PIECE_BYTES = [256, 4096, 2**22]
+
+
+@pytest.fixture(autouse=True)
+def no_tiny_calls(monkeypatch):
+    # The framed convolutions themselves, also for the small shapes that convolve would
+    # otherwise hand to one native convolution (_direct.tiny_range).
+    monkeypatch.setattr(_direct, "TINY_PRODUCTS", 0)
 
 
 @pytest.fixture
