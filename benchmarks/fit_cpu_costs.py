@@ -10,8 +10,9 @@ terms) and prints the fitted table, how often the model then picks a method with
 the measured fastest, and each case's timings. Nothing is written: paste the table into
 ``methods.py`` and the output into ``benchmarks/results/``.
 
-    python benchmarks/fit_cpu_costs.py            # about 9 minutes on 2 cores
+    python benchmarks/fit_cpu_costs.py            # about 4 minutes on 2 cores
     python benchmarks/fit_cpu_costs.py --from-log run.txt  # refit an earlier run's timings
+    cat run1.txt run2.txt > both.txt  # then --from-log both.txt: several runs at once
     python benchmarks/fit_cpu_costs.py --backward # the backward factors, about 4 minutes
     python benchmarks/fit_cpu_costs.py --per-row  # a kernel per row, about 3 minutes
 
@@ -44,7 +45,7 @@ from scipy.optimize import nnls
 
 import diffconv_core
 from diffconv_core import _direct, _framed_conv, methods
-from diffconv_core._direct import MAX_TOEPLITZ_TAPS, TINY_PRODUCTS, shifted_sums_for
+from diffconv_core._direct import MAX_TOEPLITZ_TAPS, shifted_sums_for, tiny_products
 from diffconv_core._fft import range_fft_length
 from diffconv_core._overlap import overlap_fft_length
 from diffconv_core._shift_add import MAX_SHIFT_ADD_TAPS
@@ -73,7 +74,7 @@ def direct_path(B: int, T: int, K: int) -> str | None:
     convolution, for small calls), "shift" (the shifted sums), "whole" (one oneDNN
     convolution over all rows), "native" (that convolution by torch's native one, for small
     work) or "pieces" (convolutions in pieces, for rows that are not whole frames)."""
-    if B * T * K <= TINY_PRODUCTS and _framed_conv._native_conv2d is not None:
+    if B * T * K <= tiny_products(4) and _framed_conv._native_conv2d is not None:
         return "tiny"
     plan = _framed_conv.whole_rows_plan(T, K, T, K - 1 - (K - 1) // 2, B)
     if shifted_sums_for(K, T, plan is not None):
@@ -118,12 +119,12 @@ def direct_by_gemms(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """The direct method with the Toeplitz GEMMs where float32 would take oneDNN's
     convolutions (the path of other dtypes, or of a torch without oneDNN), also for small
     calls (which every dtype hands to one native convolution)."""
-    usable, tiny = _framed_conv.usable, _direct.TINY_PRODUCTS
-    _framed_conv.usable, _direct.TINY_PRODUCTS = (lambda x: False), 0
+    usable, tiny = _framed_conv.usable, _direct.TINY_COLUMN_BYTES
+    _framed_conv.usable, _direct.TINY_COLUMN_BYTES = (lambda x: False), 0
     try:
         return diffconv_core.convolve(x, w, method="direct")
     finally:
-        _framed_conv.usable, _direct.TINY_PRODUCTS = usable, tiny
+        _framed_conv.usable, _direct.TINY_COLUMN_BYTES = usable, tiny
 
 
 def fit(rows: list[tuple[list[float], float]]) -> np.ndarray:
@@ -326,11 +327,13 @@ def main() -> None:
 
 def near_fastest(cases: list, pick) -> tuple[int, list[str]]:
     """How many of the timed ``cases`` ``(B, T, K, {method: seconds})`` ``pick(B, T, K)``
-    answers with a method within 10% of the fastest, and a line for each it misses."""
-    near, misses = 0, []
+    answers with a method within 10% of the fastest, and a line for each it misses, then
+    one with the geometric mean and the worst of the picked method's time over the fastest."""
+    near, misses, ratios = 0, [], []
     for B, T, K, times in cases:
         picked = pick(B, T, K)
         fastest = min(times, key=times.__getitem__)
+        ratios.append(times[picked] / times[fastest])
         if times[picked] <= 1.1 * times[fastest]:
             near += 1
         else:
@@ -338,6 +341,9 @@ def near_fastest(cases: list, pick) -> tuple[int, list[str]]:
                 f"{B} x {T}, {K} taps: picked {picked} {times[picked] * 1e3:.3f} ms, "
                 f"{fastest} {times[fastest] * 1e3:.3f} ms"
             )
+    if ratios:
+        geomean = math.exp(statistics.fmean(math.log(r) for r in ratios))
+        misses.append(f"picked / fastest: geometric mean {geomean:.3f}, worst {max(ratios):.2f}x")
     return near, misses
 
 

@@ -50,13 +50,26 @@ MIN_WHOLE_ROWS_TAPS = 7
 # The most samples (rows x outputs x taps) one CPU conv1d call may unfold (512 MB of float64).
 CONV1D_CPU_ELEMENTS = 1 << 26
 
-#: Up to this many products (rows x outputs x taps) a shared kernel's direct convolution on
-#: the CPU is one call of torch's native convolution, the rows as the lines of one image
-#: (:func:`tiny_range`): 8.5-11 us where the shifted sums or the framed convolution took
-#: 24-32 (3 to 1,024 samples, 3-31 taps), 17-20 against 29 for 4 x 1,024 or 1 x 4,096 with
-#: 31 taps, 29-32 against 34-45 at 2**18 (1 x 1,024 with 255 taps, 1 x 256 with 1,023);
-#: past it the others are faster (1 x 4,096 with 127 taps: 48 against 37; 2 cores, float32).
-TINY_PRODUCTS = 2**18
+#: Small calls of a shared kernel's direct convolution on the CPU are one call of torch's
+#: native convolution, the rows as the lines of one image (:func:`tiny_range`): 8.5-11 us
+#: where the shifted sums or the framed convolution took 24-32 (3 to 1,024 samples, 3-31
+#: taps). It unfolds every product's sample into a work array (rows x outputs x taps items),
+#: which must stay under glibc's default mmap threshold (128 KiB): larger ones were mapped
+#: and faulted in afresh on every call of a training step (4 x 1,024 with 31 taps, 0.5 MiB:
+#: 438 us a forward+backward against 287 by the framed convolution; 1 x 1,024 with 31
+#: taps, 124 KiB: 151 against 241; 2 cores, interleaved, glibc's default allocator).
+TINY_COLUMN_BYTES = 2**17 - 4096
+
+
+def tiny_products(itemsize: int) -> int:
+    """The most products (rows x outputs x taps) :func:`tiny_range` takes for items of this
+    many bytes.
+
+    Example:
+        >>> tiny_products(4), tiny_products(8)  # float32: 1 x 1,024 samples with 31 taps
+        (31744, 15872)
+    """
+    return TINY_COLUMN_BYTES // itemsize
 
 
 def _source(x: torch.Tensor, K: int, lo: int, n_out: int) -> torch.Tensor:
@@ -167,12 +180,12 @@ def shifted_sums_for(K: int, T: int, whole_rows: bool) -> bool:
 
 def takes_tiny_range(x: torch.Tensor, w: torch.Tensor, lo: int, hi: int) -> bool:
     """Whether :func:`_cpu_range` takes :func:`tiny_range`: one kernel for every row, in
-    the signal's dtype (float32 or float64), at most ``TINY_PRODUCTS`` products, and a torch
+    the signal's dtype (float32 or float64), at most :func:`tiny_products`, and a torch
     that exposes its native convolution."""
     K = w.shape[-1]
     rows = x.numel() // max(x.shape[-1], 1)
     return (
-        rows * (hi - lo) * K <= TINY_PRODUCTS
+        rows * (hi - lo) * K <= tiny_products(x.element_size())
         and w.numel() == K
         and x.dtype == w.dtype
         and x.dtype in (torch.float32, torch.float64)
@@ -202,6 +215,55 @@ def tiny_range(x: torch.Tensor, w: torch.Tensor, lo: int, hi: int) -> torch.Tens
             source, w.flip(-1).view(1, 1, 1, K), (1, K), None, (1, 1), (0, 0)
         )
     return out.view(*x.shape[:-1], n_out)
+
+
+# The weight gradient of torch's native convolution, where this torch exposes it by name.
+_native_conv2d_backward = getattr(
+    getattr(torch.ops.aten, "_slow_conv2d_backward", None), "output_mask", None
+)
+
+
+def tiny_lagged_products(g: torch.Tensor, x: torch.Tensor, lo: int, K: int) -> torch.Tensor | None:
+    """``c[k] = sum over rows and m of g[m] * x[m + lo - k]`` for ``0 <= k < K`` (``x`` zero
+    outside its samples), the gradient of a kernel shared by every row, for a small call:
+    the weight gradient of :func:`tiny_range`'s native convolution, every row at once (7.6
+    us for 1 x 1,024 with 31 taps, 14.5 for 4 x 1,024, where the framed convolution's took
+    ~40). None past :func:`tiny_products`, or where :func:`tiny_range` would not take
+    the dtypes.
+
+    Shape:
+        g ``(*batch, L)``, x ``(*bx, T)`` (broadcasting to ``batch``) -> ``(K,)``.
+
+    Example:
+        >>> g, x = torch.tensor([1.0, 2.0]), torch.tensor([1.0, 10.0, 100.0])
+        >>> tiny_lagged_products(g, x, 1, 2)  # c[k] = g[0] x[1 - k] + g[1] x[2 - k]
+        tensor([210.,  21.])
+    """
+    L, T = g.shape[-1], x.shape[-1]
+    grads = g.reshape(-1, L)
+    R = grads.shape[0]
+    if (
+        R * L * K > tiny_products(x.element_size())
+        or _native_conv2d_backward is None
+        or g.dtype != x.dtype
+        or x.dtype not in (torch.float32, torch.float64)
+        or x.device.type != "cpu"
+        or _framed_conv._native_conv2d is None
+    ):
+        return None
+    source = _source(x.expand(*g.shape[:-1], T).reshape(R, T), K, lo, L)
+    taps = source.new_empty(1, 1, 1, K)  # only its shape is read
+    with autocast_off("cpu"):
+        _, lags, _ = _native_conv2d_backward(
+            grads.contiguous().view(1, 1, R, L),
+            source.view(1, 1, R, L + K - 1),
+            taps,
+            [1, K],
+            [1, 1],
+            [0, 0],
+            [False, True, False],
+        )
+    return lags.reshape(K).flip(0)  # the forward reads the taps reversed
 
 
 def takes_shifted_sums(x: torch.Tensor, w: torch.Tensor, lo: int, hi: int) -> bool:
@@ -266,10 +328,12 @@ class _DirectRange(torch.autograd.Function):
         K = w.shape[-1]
         grad_x = grad_w = None
         if not torch.is_grad_enabled():  # no graph of the gradients wanted
-            if need_w and ctx.fast:  # the CPU's GEMMs' lagged products
+            if need_w and ctx.fast:  # a small call's one convolution, or the GEMMs'
                 per_row = w.numel() > K
-                grad_w = toeplitz_lagged_products(grad, x, ctx.lo, K, per_row)
-                grad_w = grad_w.sum_to_size(w.shape) if per_row else grad_w.reshape(w.shape)
+                lags = None if per_row else tiny_lagged_products(grad, x, ctx.lo, K)
+                if lags is None:
+                    lags = toeplitz_lagged_products(grad, x, ctx.lo, K, per_row)
+                grad_w = lags.sum_to_size(w.shape) if per_row else lags.reshape(w.shape)
             elif need_w:  # the fused CUDA kernel where it runs; None leaves it to the FFT below
                 lags = lagged_dot(grad, x, ctx.lo, K)
                 grad_w = None if lags is None else lags.sum_to_size(w.shape)

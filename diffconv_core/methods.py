@@ -25,8 +25,8 @@ from diffconv_core import _framed_conv
 from diffconv_core._direct import (
     MAX_TOEPLITZ_TAPS,
     MIN_WHOLE_ROWS_TAPS,
-    TINY_PRODUCTS,
     shifted_sums_for,
+    tiny_products,
 )
 from diffconv_core._fft import fft_length, range_fft_length
 from diffconv_core._overlap import block_fft_length, overlap_fft_length
@@ -48,53 +48,54 @@ from diffconv_core._validation import (
 # FFTs in chunks), so each has its own table: "cpu" is fitted by benchmarks/fit_cpu_costs.py
 # (relative least squares, non-negative, 190 float32 shapes: batch 1-512, length
 # 256-4,194,304, 3-1,023 taps, 70 of them small calls of 1-16 rows, freed memory retained;
-# refit on 2026-11-29): small calls' one native convolution ("tiny", up to 2**18 products),
-# the shifted sums' terms ("shift", up to 6 taps, or 12 where rows are not whole frames),
-# the one convolution over rows of whole frames by oneDNN ("whole") or,
-# for small work, by torch's native convolution ("native"), the convolutions in pieces
-# elsewhere ("framed"; from the fit before, as no shape of that grid takes them; its grid
-# had no small call to fix a call cost, the fit's 0 is replaced by the one convolution's), the
-# GEMMs ("direct", for other dtypes or without oneDNN) and the transforms, all from one run;
+# refit on 2026-11-29 to two runs' timings at once): small calls' one native convolution
+# ("tiny", up to 124 KiB of unfolded products: _direct.tiny_products), the shifted sums'
+# terms ("shift", up to 6 taps, or 12 where rows are not whole frames), the one convolution
+# over rows of whole frames by oneDNN ("whole") or, for small work, by torch's native
+# convolution ("native"), the convolutions in pieces elsewhere ("framed"; from an earlier
+# fit, as no shape of these grids takes them; its grid had no small call to fix a call
+# cost, the fit's 0 is replaced by the one convolution's), the GEMMs ("direct", for other
+# dtypes or without oneDNN) and the transforms, all from the same two runs;
 # "cpu_autograd" prices the recorded forward of the FFT methods and of a kernel per row (one
 # shared kernel takes the fast path also when recorded), and _BACKWARD_FACTOR the backward.
 # benchmarks/results/ holds the measurements.
 _COSTS = {
     "cpu": {
-        "tiny_call": 23_250.0,  # small calls: one native convolution (_direct.tiny_range)
-        "tiny_product": 0.1115,  # per row, output and tap
-        "shift_call": 17_780.0,
-        "shift_sample": 0.02727,
-        "shift_tap": 0.05041,  # per output sample and tap
-        "direct_call": 73_290.0,
-        "direct_sample": 0.01514,
-        "direct_gemm_tap": 0.01342,  # GEMM: per output and multiply-add (_toeplitz.gemm_work)
-        "whole_call": 74_160.0,
-        "whole_sample": 0.05688,
-        "whole_tap": 0.004726,  # one convolution: per output and multiply-add (J * P)
-        "native_call": 40_880.0,  # the same convolution by torch's native one (small work)
+        "tiny_call": 25_430.0,  # small calls: one native convolution (_direct.tiny_range)
+        "tiny_product": 0.2912,  # per row, output and tap
+        "shift_call": 40_890.0,
+        "shift_sample": 0.0,
+        "shift_tap": 0.05452,  # per output sample and tap
+        "direct_call": 94_030.0,
+        "direct_sample": 0.04903,
+        "direct_gemm_tap": 0.01388,  # GEMM: per output and multiply-add (_toeplitz.gemm_work)
+        "whole_call": 92_230.0,
+        "whole_sample": 0.03675,
+        "whole_tap": 0.004863,  # one convolution: per output and multiply-add (J * P)
+        "native_call": 51_560.0,  # the same convolution by torch's native one (small work)
         "native_sample": 0.0,
-        "native_tap": 0.01905,
+        "native_tap": 0.02818,
         "framed_call": 60_740.0,
         "framed_sample": 0.4243,
         "framed_tap": 0.004305,  # in pieces: per output and multiply-add (_framed_conv.work)
-        "fft_call": 32_710.0,
-        "fft_unit": 0.03018,
-        "fft_unit_per_octave": 0.006388,  # above 2**11 points
-        "overlap_call": 46_250.0,
-        "overlap_unit": 0.04752,
-        "overlap_unit_streamed": 0.01407,  # added past OVERLAP_IN_CACHE_SAMPLES outputs
+        "fft_call": 33_170.0,
+        "fft_unit": 0.04285,
+        "fft_unit_per_octave": 0.004955,  # above 2**11 points
+        "overlap_call": 52_300.0,
+        "overlap_unit": 0.05223,
+        "overlap_unit_streamed": 0.01016,  # added past OVERLAP_IN_CACHE_SAMPLES outputs
     },
     "cpu_autograd": {
         # A kernel per row (batched GEMMs in pieces, recorded or not, its own backward):
         # fitted to 24 timings of 2-256 rows of 1,024-480,000 samples and 13-63 taps (up to
-        # 12 take the shifted sums), freed memory retained, refit on 2026-11-28 with the
-        # "cpu" table (the earlier terms, from a machine 1.5-2x slower, priced it against
-        # that table's transforms and picked them in 10 of 36 shapes where direct was up to
-        # 2.6x faster); picks within 10% of the fastest in 35 of 36 shapes up to 255 taps
+        # 12 take the shifted sums), freed memory retained, refit on 2026-11-29 with the
+        # "cpu" table, the same hour (first fitted 2026-11-28: before, terms from a machine
+        # 1.5-2x slower picked the transforms in 10 of 36 shapes where direct was up to 2.6x
+        # faster); picks within 10% of the fastest in 35 of 36 shapes up to 255 taps
         # (`fit_cpu_costs.py --per-row`, benchmarks/results/cpu_2core_fit_per_row.md).
-        "direct_call": 91_590.0,
-        "direct_sample": 0.08554,
-        "direct_gemm_tap": 0.01297,  # per output and multiply-add (_toeplitz.gemm_work)
+        "direct_call": 92_310.0,
+        "direct_sample": 0.06059,
+        "direct_gemm_tap": 0.0131,  # per output and multiply-add (_toeplitz.gemm_work)
         "fft_call": 25_000.0,
         "fft_unit": 0.1,
         "fft_unit_per_octave": 0.02,
@@ -340,7 +341,11 @@ def estimate_costs(
         whole = _framed_conv.whole_rows_plan(T, K, hi - lo, K - 1 - lo, batch)
     if device_type != "cpu":
         per_sample = c["direct_tap"] * K
-    elif shared_kernel and batch * L * K <= TINY_PRODUCTS and _framed_conv._native_conv2d:
+    elif (
+        shared_kernel
+        and batch * L * K <= tiny_products(8 if float64 else 4)
+        and _framed_conv._native_conv2d
+    ):
         # A small call: one native convolution over every row (_direct.tiny_range).
         f = _COSTS["cpu"]
         call = f["tiny_call"]
@@ -530,10 +535,11 @@ def pick_method(
 #: Direct sums round each output on its own (a zero stays zero, a delta returns the signal),
 #: where a transform spreads the rounding of the whole signal over every output (9.5e-8 for
 #: an exact 0 of a 3-sample example). Where the model prices direct within this many
-#: nanoseconds of the cheapest method (small calls, all host time), direct is picked: over
-#: the last fit run's 190 shapes that gave 186 picks within 10% of the fastest, 184 without
-#: (it adds two misses, 1 x 256 with 511 taps and 1 x 1,024 with 127: direct 35 and 37 us
-#: where fft took 23 and 32; and mends four where direct was priced too high).
+#: nanoseconds of the cheapest method (small calls, all host time), direct is picked: on the
+#: two last fit runs (190 shapes each) 170 and 171 picks within 10% of the fastest, geometric
+#: mean 1.025-1.027x the fastest's time, where without it 160 and 161, 1.041-1.042x (the
+#: model prices small direct calls high; it keeps direct at 1 x 256 with 8-63 taps, 26-31 us
+#: where fft took 23).
 EXACT_DIRECT_MARGIN_NS = 10_000.0
 
 

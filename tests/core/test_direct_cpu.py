@@ -22,7 +22,7 @@ PIECE_BYTES = [64, 1024, 2**20]
 def no_tiny_calls(monkeypatch):
     # The pieces, sums and GEMMs themselves, also for the small shapes that convolve would
     # otherwise hand to one native convolution (_direct.tiny_range, tested on its own).
-    monkeypatch.setattr(_direct, "TINY_PRODUCTS", 0)
+    monkeypatch.setattr(_direct, "TINY_COLUMN_BYTES", 0)
 
 
 @pytest.fixture(params=PIECE_BYTES, ids=lambda b: f"piece{b}B")

@@ -25,7 +25,7 @@ PIECE_BYTES = [256, 4096, 2**22]
 def no_tiny_calls(monkeypatch):
     # The framed convolutions themselves, also for the small shapes that convolve would
     # otherwise hand to one native convolution (_direct.tiny_range).
-    monkeypatch.setattr(_direct, "TINY_PRODUCTS", 0)
+    monkeypatch.setattr(_direct, "TINY_COLUMN_BYTES", 0)
 
 
 @pytest.fixture

@@ -45,21 +45,27 @@ def test_matches_float64_scipy(tiny_calls, dtype, mode, K, shape):
     eps = torch.finfo(dtype).eps
     atol = 8 * eps * scale * K**0.5
     np.testing.assert_allclose(got.double().numpy(), expected, rtol=0, atol=atol)
-    products = int(np.prod(shape[:-1])) * expected.shape[-1] * K
     # "valid" with the kernel longer swaps the two: a batch of signals becomes kernels.
-    per_row = mode == "valid" and K > shape[-1] and len(shape) > 1
-    assert bool(tiny_calls) == (products <= _direct.TINY_PRODUCTS and not per_row)
+    swapped = mode == "valid" and K > shape[-1]
+    per_row = swapped and len(shape) > 1
+    products = int(np.prod(shape[:-1])) * expected.shape[-1] * (shape[-1] if swapped else K)
+    small = products <= _direct.tiny_products(x.element_size())
+    assert bool(tiny_calls) == (small and not per_row)
 
 
 def test_taken_only_for_small_calls_of_one_kernel(tiny_calls):
-    x = torch.randn(4, 1024)
-    convolve(x, torch.randn(31), method="direct")  # 126,976 products
-    assert tiny_calls == [(4, 1024)]
+    # Up to 124 KiB of unfolded products: 31,744 in float32, 15,872 in float64.
+    x = torch.randn(1, 1024)
+    convolve(x, torch.randn(31), method="direct")  # 31,744 products
+    assert tiny_calls == [(1, 1024)]
     tiny_calls.clear()
-    convolve(torch.randn(16, 4096), torch.randn(31), method="direct")  # 2 million
-    convolve(x, torch.randn(4, 31), method="direct")  # a kernel per row
-    convolve(x.double(), torch.randn(31), method="direct")  # mixed dtypes: promoted first
-    assert tiny_calls == [(4, 1024)]  # only the last, after promotion to float64
+    convolve(torch.randn(1, 1025), torch.randn(31), method="direct")  # one output more
+    convolve(x.double(), torch.randn(31, dtype=torch.float64), method="direct")
+    convolve(torch.randn(4, 1024), torch.randn(4, 31), method="direct")  # a kernel per row
+    assert tiny_calls == []
+    convolve(x.double(), torch.randn(15, dtype=torch.float64), method="direct")
+    convolve(x, torch.randn(15, dtype=torch.float64), method="direct")  # promoted first
+    assert tiny_calls == [(1, 1024), (1, 1024)]
 
 
 def test_a_delta_returns_the_signal_exactly():
@@ -105,3 +111,42 @@ def test_gradients_match_finite_differences(tiny_calls):
             lambda a, b, m=mode: convolve(a, b, m, method="direct"), (x, w)
         )
     assert tiny_calls
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("mode", ["full", "same", "valid"])
+@pytest.mark.parametrize("shape, K", [((1, 1024), 31), ((3, 100), 7), ((2, 3, 50), 12)])
+def test_kernel_gradient_of_a_small_call_is_one_native_convolution(
+    monkeypatch, dtype, mode, shape, K
+):
+    # The kernel's gradient: lagged products of the output gradient with the signal, summed
+    # over every row, by the native convolution's weight gradient (tiny_lagged_products).
+    taken = []
+    real = _direct.tiny_lagged_products
+
+    def counted(g, x, lo, taps):
+        lags = real(g, x, lo, taps)
+        taken.append(lags is not None)
+        return lags
+
+    monkeypatch.setattr(_direct, "tiny_lagged_products", counted)
+    rng = np.random.default_rng(K)
+    x = torch.from_numpy(rng.standard_normal(shape)).to(dtype)
+    w = torch.from_numpy(rng.standard_normal(K)).to(dtype).requires_grad_()
+    y = convolve(x, w, mode, method="direct")
+    g = torch.from_numpy(rng.standard_normal(tuple(y.shape))).to(dtype)
+    (grad_w,) = torch.autograd.grad(y, w, g)
+    # d/dw[j] of sum(g * y) is the sum over rows of g correlated with x at lag j.
+    x64, g64 = x.double().numpy().reshape(-1, shape[-1]), g.double().numpy()
+    g64 = g64.reshape(-1, g64.shape[-1])
+    expected = np.zeros(K)
+    for j in range(K):
+        e = np.zeros(K)
+        e[j] = 1.0
+        responses = reference(torch.from_numpy(x64), torch.from_numpy(e), mode)
+        expected[j] = float((responses * g64).sum())
+    scale = np.abs(g64).sum() * np.abs(x64).max()
+    eps = torch.finfo(dtype).eps
+    np.testing.assert_allclose(grad_w.double().numpy(), expected, rtol=0, atol=4 * eps * scale)
+    products = g64.size * K  # float64 takes half as many: 1 x 1,024 with 31 taps is past it
+    assert taken == [products <= _direct.tiny_products(x.element_size())]
