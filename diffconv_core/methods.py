@@ -536,16 +536,20 @@ def pick_method(
 #: where a transform spreads the rounding of the whole signal over every output (9.5e-8 for
 #: an exact 0 of a 3-sample example). Where the model prices direct within this many
 #: nanoseconds of the cheapest method (small calls, all host time), direct is picked: on the
-#: two last fit runs (190 shapes each) 170 and 171 picks within 10% of the fastest, geometric
-#: mean 1.025-1.027x the fastest's time, where without it 160 and 161, 1.041-1.042x (the
+#: two last fit runs (190 shapes each) 169 and 170 picks within 10% of the fastest, geometric
+#: mean 1.026-1.027x the fastest's time, where without it 160 and 161, 1.041-1.042x (the
 #: model prices small direct calls high; it keeps direct at 1 x 256 with 8-63 taps, 26-31 us
 #: where fft took 23).
 EXACT_DIRECT_MARGIN_NS = 10_000.0
+#: ... for calls modelled under this many nanoseconds: in larger ones the margin would only
+#: break near-ties (512 x 1,024 with 255 taps, modelled 805.0 us by direct and 804.3 by
+#: fft: direct took 1.27 ms in the benchmark's rounds, where fft took 1.16).
+EXACT_DIRECT_CALLS_NS = 100_000.0
 
 
 def cheapest(costs: dict[str, float]) -> str:
-    """The method to run for these modelled costs: the cheapest, or direct where it is within
-    ``EXACT_DIRECT_MARGIN_NS`` of it.
+    """The method to run for these modelled costs: the cheapest, or in a small call direct
+    where it is within ``EXACT_DIRECT_MARGIN_NS`` of it.
 
     Example:
         >>> from diffconv_core.methods import cheapest
@@ -553,6 +557,9 @@ def cheapest(costs: dict[str, float]) -> str:
         'direct'
         >>> cheapest({"direct": 90_000.0, "fft": 32_000.0, "overlap": 45_000.0})
         'fft'
+        >>> cheapest({"direct": 805_000.0, "fft": 804_300.0, "overlap": 900_000.0})
+        'fft'
     """
     best = min(costs, key=costs.__getitem__)
-    return "direct" if costs["direct"] <= costs[best] + EXACT_DIRECT_MARGIN_NS else best
+    small = costs[best] < EXACT_DIRECT_CALLS_NS
+    return "direct" if small and costs["direct"] <= costs[best] + EXACT_DIRECT_MARGIN_NS else best
