@@ -467,11 +467,9 @@ def test_each_convolution_matches_float64(monkeypatch, convolutions_run, route, 
     _close_to_float64(got, x, w, mode)
 
 
-@pytest.mark.parametrize("as_one_image", [True, False])
-@pytest.mark.parametrize("shape, K", [((4, 1024), 31), ((2, 3, 160), 63), ((64, 256), 7)])
-def test_kernel_gradient_in_either_layout_matches_float64(monkeypatch, as_one_image, shape, K):
-    # Rows as the lines of one image (torch's native weight gradient on small work) or as a
-    # batch of images (oneDNN's): the same lagged products.
+@pytest.fixture
+def gradient_batches(monkeypatch):
+    """The batch of each weight gradient's image: 1 where the rows are the lines of one."""
     batches = []
     backward = _framed_conv._convolution_backward
 
@@ -480,28 +478,30 @@ def test_kernel_gradient_in_either_layout_matches_float64(monkeypatch, as_one_im
         return backward(grad, image, *args)
 
     monkeypatch.setattr(_framed_conv, "_convolution_backward", recorded)
+    return batches
+
+
+@pytest.mark.parametrize("as_one_image", [True, False])
+@pytest.mark.parametrize("shape, K", [((4, 1024), 31), ((2, 3, 160), 63), ((64, 256), 7)])
+def test_kernel_gradient_in_either_layout_matches_float64(
+    monkeypatch, gradient_batches, as_one_image, shape, K
+):
+    # Rows as the lines of one image (torch's native weight gradient on small work) or as a
+    # batch of images (oneDNN's): the same lagged products.
     monkeypatch.setattr(_framed_conv, "NATIVE_MAX_GRADIENT_WORK", 10**12 if as_one_image else 0)
     rng = np.random.default_rng(K)
     x = torch.from_numpy(rng.standard_normal(shape).astype(np.float32))
     g = torch.from_numpy(rng.standard_normal(shape).astype(np.float32))
     got = _toeplitz.toeplitz_lagged_products(g, x, (K - 1) // 2, K)
     rows = int(np.prod(shape[:-1]))
-    assert batches == [1 if as_one_image else rows]
+    assert gradient_batches == [1 if as_one_image else rows]
     expected = _lagged_reference(g.numpy(), x.numpy(), (K - 1) // 2, K)
     scale = np.abs(g.numpy()).sum() * np.abs(x.numpy()).max()
     np.testing.assert_allclose(got.numpy(), expected, rtol=0, atol=1e-6 * scale)
 
 
-def test_small_kernel_gradients_read_the_rows_as_one_image(monkeypatch):
-    batches = []
-    backward = _framed_conv._convolution_backward
-
-    def recorded(grad, image, *args):
-        batches.append(image.shape[0])
-        return backward(grad, image, *args)
-
-    monkeypatch.setattr(_framed_conv, "_convolution_backward", recorded)
+def test_small_kernel_gradients_read_the_rows_as_one_image(gradient_batches):
     for rows, T in [(4, 1024), (64, 1024)]:  # 12,288 and 196,608 units of work at 31 taps
         x, g = torch.randn(rows, T), torch.randn(rows, T)
         _toeplitz.toeplitz_lagged_products(g, x, 15, 31)
-    assert batches == [1, 64]
+    assert gradient_batches == [1, 64]
