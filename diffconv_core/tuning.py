@@ -32,8 +32,10 @@ METHOD_NAMES = ("direct", "fft", "overlap")
 #: changes speed enough to change picks: a record of another generation measured code this
 #: library no longer runs, so lookups skip it and the cost model decides until ``diffconv
 #: tune`` runs again (2: the CPU direct path became one oneDNN convolution over all rows,
-#: 1.3-2x faster, 2026-11-28; records written before had no generation).
-CACHE_GENERATION = 2
+#: 1.3-2x faster, 2026-11-28; records written before had no generation. 3: small CPU calls
+#: became one native convolution, and small work of the one convolution torch's native
+#: one, 1.4-2.2x faster for the tune grid's rows of 1,024 samples, 2026-11-29).
+CACHE_GENERATION = 3
 # How far (in log2 units, per axis) a measured shape may be from the asked one.
 MAX_LOG2_DISTANCE = 1.0
 
