@@ -150,3 +150,33 @@ def test_kernel_gradient_of_a_small_call_is_one_native_convolution(
     np.testing.assert_allclose(grad_w.double().numpy(), expected, rtol=0, atol=4 * eps * scale)
     products = g64.size * K  # float64 takes half as many: 1 x 1,024 with 31 taps is past it
     assert taken == [products <= _direct.tiny_products(x.element_size())]
+
+
+def test_a_small_call_skips_the_pick_and_keeps_a_finite_output(monkeypatch, tiny_calls):
+    # Small calls are all host time: auto and direct run the one convolution straight away,
+    # and only a non-finite output sends them down the careful path (the pick, the scan).
+    from diffconv_core import convolution
+
+    picks = []
+    pick = convolution.pick_method
+
+    def counted_pick(*args):
+        picks.append(args[:3])
+        return pick(*args)
+
+    monkeypatch.setattr(convolution, "pick_method", counted_pick)
+    x, w = torch.randn(2, 300), torch.rand(9)
+    for method in ("auto", "direct"):
+        got = convolve(x, w, method=method)
+        np.testing.assert_allclose(
+            got.numpy(), reference(x.double(), w.double(), "same"), atol=1e-5
+        )
+    assert picks == [] and tiny_calls == [(2, 300), (2, 300)]
+    x[1, 100] = float("nan")
+    y = convolve(x, w)
+    assert picks == [(2, 300, 9)]  # the careful path ran after the one convolution
+    assert torch.isnan(y[1, 96:105]).all() and torch.isfinite(y[1, :96]).all()
+    assert torch.isfinite(y[0]).all()
+    with torch.enable_grad():
+        convolve(x, w.requires_grad_())  # recorded: the pick as before
+    assert len(picks) == 2
