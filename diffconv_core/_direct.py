@@ -197,7 +197,8 @@ def takes_tiny_range(x: torch.Tensor, w: torch.Tensor, lo: int, hi: int) -> bool
 def tiny_range(x: torch.Tensor, w: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
     """:func:`direct_range` for a small call on the CPU: torch's native convolution (an
     unfold and one GEMM) over every row at once, the rows as the lines of one image (as a
-    batch, torch would send them to oneDNN: ~30 us a call). Nothing recorded.
+    batch, torch would send them to oneDNN: ~30 us a call). Recorded by autograd where the
+    operands need it.
 
     Shape:
         x ``(*bx, T)``, w ``(K,)`` -> ``(*bx, hi - lo)``.
@@ -217,10 +218,15 @@ def tiny_range(x: torch.Tensor, w: torch.Tensor, lo: int, hi: int) -> torch.Tens
     else:
         source = _source(rows, K, lo, n_out).view(1, 1, rows.shape[0], n_out + K - 1)
         padding = (0, 0)
+    taps = w.flip(-1).view(1, 1, 1, K)
     with autocast_off("cpu"):
-        out = _framed_conv._native_conv2d(
-            source, w.flip(-1).view(1, 1, 1, K), (1, K), None, (1, 1), padding
-        )
+        if needs_graph(x, w):
+            # Recorded: conv2d, whose backward has forward-mode rules too (forward-over-
+            # reverse Hessian products); torch takes its native convolution for a batch of
+            # one this small.
+            out = F.conv2d(source, taps, None, 1, padding)
+        else:
+            out = _framed_conv._native_conv2d(source, taps, (1, K), None, (1, 1), padding)
     return out.view(*x.shape[:-1], n_out)
 
 

@@ -120,7 +120,11 @@ def test_kernel_gradient_of_a_small_call_is_one_native_convolution(
     monkeypatch, dtype, mode, shape, K
 ):
     # The kernel's gradient: lagged products of the output gradient with the signal, summed
-    # over every row, by the native convolution's weight gradient (tiny_lagged_products).
+    # over every row, by the native convolution's weight gradient (tiny_lagged_products) in
+    # the direct method's Function (which convolve takes for a small call where the operands
+    # need the careful path: NaN/Inf, or sums that could overflow).
+    from diffconv_core.methods import output_range
+
     taken = []
     real = _direct.tiny_lagged_products
 
@@ -133,9 +137,12 @@ def test_kernel_gradient_of_a_small_call_is_one_native_convolution(
     rng = np.random.default_rng(K)
     x = torch.from_numpy(rng.standard_normal(shape)).to(dtype)
     w = torch.from_numpy(rng.standard_normal(K)).to(dtype).requires_grad_()
-    y = convolve(x, w, mode, method="direct")
+    y = _direct.direct_range(x, w, *output_range(shape[-1], K, mode))
     g = torch.from_numpy(rng.standard_normal(tuple(y.shape))).to(dtype)
     (grad_w,) = torch.autograd.grad(y, w, g)
+    (through_convolve,) = torch.autograd.grad(convolve(x, w, mode, method="direct"), w, g)
+    torch.testing.assert_close(through_convolve, grad_w)
+    del taken[1:]
     # d/dw[j] of sum(g * y) is the sum over rows of g correlated with x at lag j.
     x64, g64 = x.double().numpy().reshape(-1, shape[-1]), g.double().numpy()
     g64 = g64.reshape(-1, g64.shape[-1])
@@ -180,3 +187,30 @@ def test_a_small_call_skips_the_pick_and_keeps_a_finite_output(monkeypatch, tiny
     with torch.enable_grad():
         convolve(x, w.requires_grad_())  # recorded: the pick as before
     assert len(picks) == 2
+
+
+def _recorded_by(y: torch.Tensor) -> set[str]:
+    # The autograd nodes within two steps of the output.
+    nodes, names = [y.grad_fn], set()
+    for _ in range(2):
+        names |= {type(node).__name__ for node in nodes if node is not None}
+        nodes = [n for node in nodes if node is not None for n, _ in node.next_functions]
+    return names
+
+
+def test_a_recorded_small_call_is_recorded_by_autograd_after_the_scan():
+    # With a graph a small call is conv2d recorded by autograd (its backward a C++ node),
+    # once the scan finds finite operands whose sums cannot overflow; else the careful path.
+    x = torch.randn(2, 100, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(7, dtype=torch.float64, requires_grad=True)
+    assert "ConvolutionBackward0" in _recorded_by(convolve(x, w))
+    assert torch.autograd.gradcheck(lambda a, b: convolve(a, b, "full"), (x, w))
+    assert torch.autograd.gradgradcheck(lambda a, b: convolve(a, b, "same"), (x, w))
+    huge = (x.detach() * 1e305).requires_grad_()  # sums that could overflow: scaled
+    assert "ConvolutionBackward0" not in _recorded_by(convolve(huge, w))
+    nan = x.detach().clone()
+    nan[0, 50] = float("nan")
+    y = convolve(nan.requires_grad_(), w)  # NaN kept local, its outputs constants
+    assert "ConvolutionBackward0" not in _recorded_by(y)
+    (grad_w,) = torch.autograd.grad(y[1].sum() + y[0, :40].sum(), w)
+    assert torch.isfinite(grad_w).all()

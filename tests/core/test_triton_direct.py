@@ -20,6 +20,14 @@ from diffconv_core import _direct, _triton_direct, convolve
 
 from .conftest import check_parity, make_pair
 
+
+@pytest.fixture(autouse=True)
+def no_small_calls(monkeypatch):
+    # The fused kernels themselves, also for the small shapes that convolve would otherwise
+    # hand to one native convolution (_direct.tiny_range).
+    monkeypatch.setattr(_direct, "TINY_COLUMN_BYTES", 0)
+
+
 has_cuda_triton = torch.cuda.is_available() and importlib.util.find_spec("triton") is not None
 needs_cuda_triton = pytest.mark.skipif(
     not has_cuda_triton, reason="needs a CUDA device with Triton"
