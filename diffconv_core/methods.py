@@ -430,7 +430,9 @@ def choose_method(
     ``method="auto"`` in :func:`diffconv_core.convolve` calls this, with ``requires_grad``
     set when a gradient will be taken (the backward pass then counts too). A cache written
     by ``diffconv tune`` for the device takes precedence over the built-in cost model for
-    one kernel shared by every row (what it measures).
+    one kernel shared by every row (what it measures). Two answers come before either: a
+    one-tap kernel, and a small CPU call of one kernel (up to ``_direct.tiny_products``),
+    are "direct" (exact sums; the small call is one native convolution of ~10 us).
 
     Shape:
         signal_shape ``(..., T)``, kernel_shape ``(..., K)`` (leading dims broadcast).
@@ -509,6 +511,16 @@ def pick_method(
         # 25 for one sample), a few microseconds not worth an inexact gain.
         return "direct"
     device_type = device.type
+    if (
+        device_type == "cpu"
+        and shared
+        and dtype in (torch.float32, torch.float64)
+        and batch * output_length(T, K, mode) * K <= tiny_products(dtype.itemsize)
+        and _framed_conv._native_conv2d is not None
+    ):
+        # A small call: convolve runs it as one native convolution before asking (exact
+        # sums in ~10 us, recorded or not); say so, whatever the model or a tuning cache.
+        return "direct"
 
     # `diffconv tune` times one kernel shared by every row; a kernel per row takes other
     # paths (batched GEMMs, grouped convolutions), which the model prices on its own.

@@ -416,3 +416,31 @@ def test_training_past_the_fast_kernel_gradient_leaves_direct():
     assert choose_method((4, 480_000), (511,), requires_grad=True) == "overlap"
     assert choose_method((512, 1024), (127,), requires_grad=True) == "direct"
     assert choose_method((4, 480_000), (31,), requires_grad=True) == "direct"
+
+
+@pytest.mark.parametrize("requires_grad", [False, True])
+def test_small_calls_are_direct_whatever_the_model_says(monkeypatch, requires_grad):
+    # convolve runs a small call of one kernel as one native convolution before asking (or
+    # recorded by autograd): choose_method says so, even where the model prices fft lower.
+    from diffconv_core import _direct, methods
+
+    if _framed_conv_missing():
+        pytest.skip("this torch exposes no native convolution")
+    cheap_fft = dict(methods._COSTS["cpu"], fft_call=0.0, fft_unit=0.0, fft_unit_per_octave=0.0)
+    monkeypatch.setitem(methods._COSTS, "cpu", cheap_fft)
+    monkeypatch.setitem(methods._COSTS, "cpu_autograd", cheap_fft)
+    methods.estimate_costs.cache_clear()
+    try:
+        for shape, K in [((1, 1024), 31), ((1, 256), 7), ((3, 5), 2)]:
+            assert choose_method(shape, (K,), requires_grad=requires_grad) == "direct", shape
+        assert 4 * 1024 * 31 > _direct.tiny_products(4)
+        assert choose_method((4, 1024), (31,), requires_grad=requires_grad) == "fft"
+        assert choose_method((1, 1024), (31,), dtype=torch.float64) == "fft"  # 15,872 there
+    finally:
+        methods.estimate_costs.cache_clear()
+
+
+def _framed_conv_missing() -> bool:
+    from diffconv_core import _framed_conv
+
+    return _framed_conv._native_conv2d is None
