@@ -45,7 +45,7 @@ from scipy.optimize import nnls
 
 import diffconv_core
 from diffconv_core import _direct, _framed_conv, methods
-from diffconv_core._direct import MAX_TOEPLITZ_TAPS, shifted_sums_for, tiny_products
+from diffconv_core._direct import MAX_TOEPLITZ_TAPS, shifted_sums_for, small_call
 from diffconv_core._fft import range_fft_length
 from diffconv_core._overlap import overlap_fft_length
 from diffconv_core._shift_add import MAX_SHIFT_ADD_TAPS
@@ -74,7 +74,7 @@ def direct_path(B: int, T: int, K: int) -> str | None:
     convolution, for small calls), "shift" (the shifted sums), "whole" (one oneDNN
     convolution over all rows), "native" (that convolution by torch's native one, for small
     work) or "pieces" (convolutions in pieces, for rows that are not whole frames)."""
-    if B * T * K <= tiny_products(4) and _framed_conv._native_conv2d is not None:
+    if small_call(B, T, K, torch.float32):
         return "tiny"
     plan = _framed_conv.whole_rows_plan(T, K, T, K - 1 - (K - 1) // 2, B)
     if shifted_sums_for(K, T, plan is not None):

@@ -178,19 +178,33 @@ def shifted_sums_for(K: int, T: int, whole_rows: bool) -> bool:
     return K < MIN_WHOLE_ROWS_TAPS or T % _framed_conv.FRAME != 0 or not whole_rows
 
 
+def small_call(rows: int, n_out: int, K: int, dtype: torch.dtype) -> bool:
+    """Whether ``rows`` rows of ``n_out`` outputs of ``K`` taps in ``dtype`` make a small
+    call, one native convolution (:func:`tiny_range`): float32 or float64, at most
+    :func:`tiny_products`, and a torch that exposes its native convolution. The direct path,
+    ``choose_method`` and the cost model ask this one rule.
+
+    Example:
+        >>> small_call(1, 1024, 31, torch.float32), small_call(1, 1024, 31, torch.float64)
+        (True, False)
+    """
+    return (
+        dtype in (torch.float32, torch.float64)
+        and rows * n_out * K <= tiny_products(dtype.itemsize)
+        and _framed_conv._native_conv2d is not None
+    )
+
+
 def takes_tiny_range(x: torch.Tensor, w: torch.Tensor, lo: int, hi: int) -> bool:
     """Whether :func:`_cpu_range` takes :func:`tiny_range`: one kernel for every row, in
-    the signal's dtype (float32 or float64), at most :func:`tiny_products`, and a torch
-    that exposes its native convolution."""
+    the signal's dtype, on the CPU, in a :func:`small_call`."""
     K = w.shape[-1]
     rows = x.numel() // max(x.shape[-1], 1)
     return (
-        rows * (hi - lo) * K <= tiny_products(x.element_size())
-        and w.numel() == K
+        w.numel() == K
         and x.dtype == w.dtype
-        and x.dtype in (torch.float32, torch.float64)
         and x.device.type == "cpu"
-        and _framed_conv._native_conv2d is not None
+        and small_call(rows, hi - lo, K, x.dtype)
     )
 
 
@@ -256,12 +270,10 @@ def tiny_lagged_products(g: torch.Tensor, x: torch.Tensor, lo: int, K: int) -> t
     grads = g.reshape(-1, L)
     R = grads.shape[0]
     if (
-        R * L * K > tiny_products(x.element_size())
-        or _native_conv2d_backward is None
+        _native_conv2d_backward is None
         or g.dtype != x.dtype
-        or x.dtype not in (torch.float32, torch.float64)
         or x.device.type != "cpu"
-        or _framed_conv._native_conv2d is None
+        or not small_call(R, L, K, x.dtype)
     ):
         return None
     source = _source(x.expand(*g.shape[:-1], T).reshape(R, T), K, lo, L)

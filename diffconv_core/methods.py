@@ -26,7 +26,7 @@ from diffconv_core._direct import (
     MAX_TOEPLITZ_TAPS,
     MIN_WHOLE_ROWS_TAPS,
     shifted_sums_for,
-    tiny_products,
+    small_call,
 )
 from diffconv_core._fft import fft_length, range_fft_length
 from diffconv_core._overlap import block_fft_length, overlap_fft_length
@@ -341,11 +341,7 @@ def estimate_costs(
         whole = _framed_conv.whole_rows_plan(T, K, hi - lo, K - 1 - lo, batch)
     if device_type != "cpu":
         per_sample = c["direct_tap"] * K
-    elif (
-        shared_kernel
-        and batch * L * K <= tiny_products(8 if float64 else 4)
-        and _framed_conv._native_conv2d
-    ):
+    elif shared_kernel and small_call(batch, L, K, torch.float64 if float64 else torch.float32):
         # A small call: one native convolution over every row (_direct.tiny_range).
         f = _COSTS["cpu"]
         call = f["tiny_call"]
@@ -511,13 +507,7 @@ def pick_method(
         # 25 for one sample), a few microseconds not worth an inexact gain.
         return "direct"
     device_type = device.type
-    if (
-        device_type == "cpu"
-        and shared
-        and dtype in (torch.float32, torch.float64)
-        and batch * output_length(T, K, mode) * K <= tiny_products(dtype.itemsize)
-        and _framed_conv._native_conv2d is not None
-    ):
+    if device_type == "cpu" and shared and small_call(batch, output_length(T, K, mode), K, dtype):
         # A small call: convolve runs it as one native convolution before asking (exact
         # sums in ~10 us, recorded or not); say so, whatever the model or a tuning cache.
         return "direct"
