@@ -204,8 +204,7 @@ def with_nonfinite_locality(
         magnitudes = _magnitudes_later(x, w)
         y = range_fn(x, w, lo, hi)
         x_max, w_max = magnitudes()
-        finite = math.isfinite(x_max) and math.isfinite(w_max)
-        if finite and not _may_overflow(x, w, x_max, w_max, _transforms(range_fn)):
+        if _need_no_care(x, w, x_max, w_max, _transforms(range_fn)):
             return y
         del y  # computed for nothing: the operands need the path below
     elif checks_after(x, w):
@@ -224,6 +223,27 @@ def with_nonfinite_locality(
         return _without_overflow(range_fn, a, b, lo, hi, *_magnitudes(a, b))
 
     return with_direct_sum_nonfinite(range_fn, x, w, lo, hi, x_finite, w_finite, on_finite_parts)
+
+
+def need_no_care(x: torch.Tensor, w: torch.Tensor, transforms: bool) -> bool:
+    """Whether the operands are finite and no sum inside a method (one that ``transforms``
+    each operand, or direct sums) can overflow: its own output is then what
+    :func:`with_nonfinite_locality` returns. One scan of both, one host sync.
+
+    Example:
+        >>> need_no_care(torch.ones(4), torch.ones(2), False)
+        True
+        >>> need_no_care(torch.tensor([1.0, float("nan")]), torch.ones(2), False)
+        False
+    """
+    return _need_no_care(x, w, *_magnitudes(x, w), transforms)
+
+
+def _need_no_care(
+    x: torch.Tensor, w: torch.Tensor, x_max: float, w_max: float, transforms: bool
+) -> bool:
+    finite = math.isfinite(x_max) and math.isfinite(w_max)
+    return finite and not _may_overflow(x, w, x_max, w_max, transforms)
 
 
 def reads_ahead(x: torch.Tensor) -> bool:
