@@ -295,8 +295,11 @@ def takes_shifted_sums(x: torch.Tensor, w: torch.Tensor, lo: int, hi: int) -> bo
     """:func:`shifted_sums_for` these operands (one kernel for every row, in the signal's
     dtype, can take all rows at once: ``_framed_conv.takes_whole_rows``), where the call is
     not small enough for :func:`tiny_range`."""
-    if takes_tiny_range(x, w, lo, hi):
-        return False
+    return not takes_tiny_range(x, w, lo, hi) and _past_tiny_takes_shifted_sums(x, w, lo, hi)
+
+
+def _past_tiny_takes_shifted_sums(x: torch.Tensor, w: torch.Tensor, lo: int, hi: int) -> bool:
+    # takes_shifted_sums for a call already known not to take tiny_range.
     K, T = w.shape[-1], x.shape[-1]
     whole_rows = (
         MIN_WHOLE_ROWS_TAPS <= K <= MAX_SHIFT_ADD_TAPS  # else the plan decides nothing
@@ -314,7 +317,7 @@ def _cpu_range(x: torch.Tensor, w: torch.Tensor, lo: int, hi: int) -> torch.Tens
         return tiny_range(x, w.reshape(K), lo, hi)
     taps = w.flip(-1) if w.numel() > K else w.flip(-1).reshape(K)
     shape = (*broadcast_shapes(x.shape[:-1], w.shape[:-1]), hi - lo)
-    if takes_shifted_sums(x, w, lo, hi):
+    if _past_tiny_takes_shifted_sums(x, w, lo, hi):
         return shift_add_correlate(x, taps, hi - lo, K - 1 - lo).reshape(shape)
     return toeplitz_correlate(x, taps, hi - lo, K - 1 - lo).reshape(shape)
 
