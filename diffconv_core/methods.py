@@ -48,42 +48,44 @@ from diffconv_core._validation import (
 # FFTs in chunks), so each has its own table: "cpu" is fitted by benchmarks/fit_cpu_costs.py
 # (relative least squares, non-negative, 190 float32 shapes: batch 1-512, length
 # 256-4,194,304, 3-1,023 taps, 70 of them small calls of 1-16 rows, freed memory retained;
-# refit on 2026-11-29 to two runs' timings at once): small calls' one native convolution
-# ("tiny", up to 124 KiB of unfolded products: _direct.tiny_products), the shifted sums'
-# terms ("shift", up to 6 taps, or 12 where rows are not whole frames), the one convolution
-# over rows of whole frames by oneDNN ("whole") or, for small work, by torch's native
-# convolution ("native"), the convolutions in pieces elsewhere ("framed"; from an earlier
-# fit, as no shape of these grids takes them; its grid had no small call to fix a call
-# cost, the fit's 0 is replaced by the one convolution's), the GEMMs ("direct", for other
-# dtypes or without oneDNN) and the transforms, all from the same two runs;
+# refit on 2026-11-29 to two runs' timings at once, after small calls past tiny_products
+# became one native convolution in frames): small calls' one native convolution ("tiny", up
+# to 124 KiB of unfolded products: _direct.tiny_products), the shifted sums' terms
+# ("shift", up to 6 taps, or 12 where rows are not whole frames), the one convolution over
+# rows of whole frames by oneDNN ("whole") or, for small work, by torch's native convolution
+# straight from convolve ("native": _direct.native_rows_range), the convolutions in pieces
+# elsewhere ("framed"; from an earlier fit, as no shape of these grids takes them; its grid
+# had no small call to fix a call cost, the fit's 0 is replaced by the one convolution's),
+# the GEMMs ("direct", for other dtypes or without oneDNN) and the transforms, all from the
+# same two runs;
 # "cpu_autograd" prices the recorded forward of the FFT methods and of a kernel per row (one
 # shared kernel takes the fast path also when recorded), and _BACKWARD_FACTOR the backward.
 # benchmarks/results/ holds the measurements.
 _COSTS = {
     "cpu": {
-        "tiny_call": 25_430.0,  # small calls: one native convolution (_direct.tiny_range)
-        "tiny_product": 0.2912,  # per row, output and tap
-        "shift_call": 40_890.0,
+        "tiny_call": 18_780.0,  # small calls: one native convolution (_direct.tiny_range)
+        "tiny_product": 0.2026,  # per row, output and tap
+        "shift_call": 43_830.0,
         "shift_sample": 0.0,
-        "shift_tap": 0.05452,  # per output sample and tap
-        "direct_call": 94_030.0,
-        "direct_sample": 0.04903,
-        "direct_gemm_tap": 0.01388,  # GEMM: per output and multiply-add (_toeplitz.gemm_work)
-        "whole_call": 92_230.0,
-        "whole_sample": 0.03675,
-        "whole_tap": 0.004863,  # one convolution: per output and multiply-add (J * P)
-        "native_call": 51_560.0,  # the same convolution by torch's native one (small work)
+        "shift_tap": 0.05102,  # per output sample and tap
+        "direct_call": 98_280.0,
+        "direct_sample": 0.04546,
+        "direct_gemm_tap": 0.01321,  # GEMM: per output and multiply-add (_toeplitz.gemm_work)
+        "whole_call": 99_600.0,
+        "whole_sample": 0.029,
+        "whole_tap": 0.00466,  # one convolution: per output and multiply-add (J * P)
+        "native_call": 35_700.0,  # the same convolution by torch's native one (small work)
         "native_sample": 0.0,
-        "native_tap": 0.02818,
+        "native_tap": 0.02711,
         "framed_call": 60_740.0,
         "framed_sample": 0.4243,
         "framed_tap": 0.004305,  # in pieces: per output and multiply-add (_framed_conv.work)
-        "fft_call": 33_170.0,
-        "fft_unit": 0.04285,
-        "fft_unit_per_octave": 0.004955,  # above 2**11 points
-        "overlap_call": 52_300.0,
-        "overlap_unit": 0.05223,
-        "overlap_unit_streamed": 0.01016,  # added past OVERLAP_IN_CACHE_SAMPLES outputs
+        "fft_call": 33_210.0,
+        "fft_unit": 0.03968,
+        "fft_unit_per_octave": 0.004874,  # above 2**11 points
+        "overlap_call": 52_080.0,
+        "overlap_unit": 0.0499,
+        "overlap_unit_streamed": 0.004024,  # added past OVERLAP_IN_CACHE_SAMPLES outputs
     },
     "cpu_autograd": {
         # A kernel per row (batched GEMMs in pieces, recorded or not, its own backward):
@@ -537,12 +539,13 @@ def pick_method(
 #: Direct sums round each output on its own (a zero stays zero, a delta returns the signal),
 #: where a transform spreads the rounding of the whole signal over every output (9.5e-8 for
 #: an exact 0 of a 3-sample example). Where the model prices direct within this many
-#: nanoseconds of the cheapest method (small calls, all host time), direct is picked: on the
-#: two last fit runs (190 shapes each) 169 and 170 picks within 10% of the fastest, geometric
-#: mean 1.026-1.027x the fastest's time, where without it 160 and 161, 1.041-1.042x (the
-#: model prices small direct calls high; it keeps direct at 1 x 256 with 8-63 taps, 26-31 us
-#: where fft took 23).
-EXACT_DIRECT_MARGIN_NS = 10_000.0
+#: nanoseconds of the cheapest method (small calls, all host time), direct is picked. On the
+#: last two fit runs at once (380 timings, after small calls past tiny_products became one
+#: native convolution in frames): 347 picks within 10% of the fastest, geometric mean 1.022x
+#: the fastest's time, worst 1.71x (1 x 256 with 255 taps, direct 41 us where fft took 24);
+#: with 10 us 343, 1.033x, worst 2.64x (1 x 256 with 1,023 taps); with 2 us or none 339,
+#: 1.026x, worst 1.36x.
+EXACT_DIRECT_MARGIN_NS = 5_000.0
 #: ... for calls modelled under this many nanoseconds: in larger ones the margin would only
 #: break near-ties (512 x 1,024 with 255 taps, modelled 805.0 us by direct and 804.3 by
 #: fft: direct took 1.27 ms in the benchmark's rounds, where fft took 1.16).
@@ -555,7 +558,7 @@ def cheapest(costs: dict[str, float]) -> str:
 
     Example:
         >>> from diffconv_core.methods import cheapest
-        >>> cheapest({"direct": 40_000.0, "fft": 32_000.0, "overlap": 45_000.0})
+        >>> cheapest({"direct": 36_000.0, "fft": 32_000.0, "overlap": 45_000.0})
         'direct'
         >>> cheapest({"direct": 90_000.0, "fft": 32_000.0, "overlap": 45_000.0})
         'fft'

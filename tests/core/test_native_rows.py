@@ -1,0 +1,195 @@
+"""Small float32 CPU calls past ``_direct.tiny_products`` run as one native convolution over
+every row in frames (``_direct.native_rows_range``): taken where it applies (also by auto),
+scipy's answer in every mode and padding, exact for a delta, NaN kept local, and gradients of
+first and second order that match float64."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from diffconv_core import _direct, _framed_conv, choose_method, convolve
+
+from .conftest import reference
+
+pytestmark = pytest.mark.skipif(
+    _framed_conv._native_conv2d is None or not _framed_conv.usable(torch.zeros(1)),
+    reason="this torch exposes no native convolution, or reads float32 inexactly",
+)
+
+
+@pytest.fixture
+def native_calls(monkeypatch):
+    """The signals' shapes of each call of ``native_rows_range``."""
+    calls = []
+    real = _direct.native_rows_range
+
+    def counted(x, w, lo, hi, plan):
+        calls.append(tuple(x.shape))
+        return real(x, w, lo, hi, plan)
+
+    monkeypatch.setattr(_direct, "native_rows_range", counted)
+    return calls
+
+
+def _close(got: torch.Tensor, expected: np.ndarray, K: int) -> None:
+    scale = max(float(np.abs(expected).max()), 1.0)
+    atol = 8 * torch.finfo(torch.float32).eps * scale * K**0.5
+    np.testing.assert_allclose(got.double().numpy(), expected, rtol=0, atol=atol)
+
+
+@pytest.mark.parametrize("mode", ["full", "same", "valid"])
+@pytest.mark.parametrize("K", [7, 9, 16, 31, 64, 127, 255])
+@pytest.mark.parametrize("shape", [(4096,), (1, 4096), (4, 1000), (2, 3, 1024), (16, 512)])
+def test_matches_float64_scipy(native_calls, mode, K, shape):
+    rng = np.random.default_rng(K + shape[-1])
+    x = torch.from_numpy(rng.standard_normal(shape)).float()
+    w = torch.from_numpy(rng.standard_normal(K)).float()
+    got = convolve(x, w, mode, method="direct")
+    _close(got, reference(x.double(), w.double(), mode), K)
+    assert got.shape[:-1] == x.shape[:-1] and got.dtype == torch.float32
+    from diffconv_core.methods import output_range
+
+    lo, hi = output_range(shape[-1], K, mode)
+    rows = int(np.prod(shape[:-1]))
+    tiny = rows * (hi - lo) * K <= _direct.tiny_products(4)
+    plan = _framed_conv.native_rows_plan(rows, shape[-1], K, hi - lo, K - 1 - lo)
+    takes = plan is not None and not tiny and not _direct.shifted_sums_for(K, shape[-1], True)
+    assert bool(native_calls) == takes
+    if mode == "same" and shape[-1] % 16 == 0 and not tiny and rows * shape[-1] * K <= 2**17:
+        assert native_calls  # the calls this path is for: every row at once, whole frames
+
+
+@pytest.mark.parametrize("padding", ["reflect", "symmetric", "replicate", "circular"])
+def test_paddings_match_scipy_on_the_extended_signal(native_calls, padding):
+    rng = np.random.default_rng(3)
+    x = torch.from_numpy(rng.standard_normal((2, 2048))).float()
+    w = torch.from_numpy(rng.standard_normal(31)).float()
+    got = convolve(x, w, "same", padding=padding, method="direct")
+    numpy_mode = {"replicate": "edge", "circular": "wrap"}.get(padding, padding)
+    extended = np.pad(x.double().numpy(), ((0, 0), (15, 15)), mode=numpy_mode)
+    expected = reference(torch.from_numpy(extended), w.double(), "valid")
+    _close(got, expected, 31)
+    assert native_calls == [(2, 2078)]
+
+
+def test_auto_takes_it_where_the_model_prices_it_cheapest(native_calls):
+    for shape, K in [((1, 4096), 31), ((4, 1024), 31), ((16, 512), 15), ((1, 8192), 31)]:
+        assert choose_method(shape, (K,)) == "direct"
+        x, w = torch.randn(shape), torch.rand(K)
+        _close(convolve(x, w), reference(x.double(), w.double(), "same"), K)
+    assert native_calls == [(1, 4096), (4, 1024), (16, 512), (1, 8192)]
+
+
+def test_not_taken_where_it_does_not_apply(native_calls):
+    x, w = torch.randn(2, 4096), torch.randn(31)
+    convolve(x.double(), w.double(), method="direct")  # float64: the GEMMs
+    convolve(torch.randn(4096, 2).T, w, method="direct")  # rows not contiguous
+    convolve(x, torch.randn(2, 31), method="direct")  # a kernel per row
+    convolve(x, torch.randn(5), method="direct")  # few taps: the shifted sums
+    convolve(torch.randn(64, 4096), w, method="direct")  # work past NATIVE_MAX_WORK
+    assert native_calls == []
+    convolve(x, w, method="direct")
+    assert native_calls == [(2, 4096)]
+
+
+def test_not_taken_when_reduced_precision_is_allowed(native_calls):
+    target = torch.backends.mkldnn.conv
+    if not hasattr(target, "fp32_precision"):
+        pytest.skip("this torch has no fp32_precision setting")
+    before = target.fp32_precision
+    x, w = torch.randn(1, 4096), torch.randn(31)
+    try:
+        target.fp32_precision = "bf16"
+        got = convolve(x, w, method="direct")
+    finally:
+        target.fp32_precision = before
+    assert native_calls == []
+    _close(got, reference(x.double(), w.double(), "same"), 31)
+
+
+def test_a_delta_returns_the_signal_exactly(native_calls):
+    x = torch.randn(3, 4000)
+    delta = torch.zeros(31)
+    delta[15] = 1.0
+    assert torch.equal(convolve(x, delta, method="direct"), x)
+    assert native_calls == [(3, 4000)]
+
+
+def test_autocast_leaves_the_products_in_float32(native_calls):
+    x, w = torch.randn(1, 4096), torch.randn(63)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = convolve(x, w, method="direct")
+    assert got.dtype == torch.float32 and native_calls
+    _close(got, reference(x.double(), w.double(), "same"), 63)
+
+
+def test_nan_and_inf_stay_within_the_kernels_reach(native_calls):
+    x = torch.randn(2, 4096)
+    x[1, 2000] = float("nan")
+    x[0, 100] = float("inf")
+    w = torch.rand(31) + 0.1
+    y = convolve(x, w, method="direct")
+    assert native_calls  # tried first; its NaNs spread a frame wide, so the careful path ran
+    assert torch.isnan(y[1, 1985:2016]).all()
+    assert torch.isfinite(y[1, :1985]).all() and torch.isfinite(y[1, 2016:]).all()
+    assert torch.isposinf(y[0, 85:116]).all()
+    assert torch.isfinite(y[0, :85]).all() and torch.isfinite(y[0, 116:]).all()
+
+
+def _graph_nodes(y: torch.Tensor) -> list:
+    # Every autograd node behind y.
+    found, stack = {}, [y.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is not None and id(node) not in found:
+            found[id(node)] = node
+            stack.extend(parent for parent, _ in node.next_functions)
+    return list(found.values())
+
+
+def _float64_gradients(x, w, g, mode):
+    x64 = x.detach().double().requires_grad_()
+    w64 = w.detach().double().requires_grad_()
+    y64 = convolve(x64, w64, mode, method="fft")
+    return torch.autograd.grad(y64, (x64, w64), g.double())
+
+
+@pytest.mark.parametrize("mode", ["full", "same", "valid"])
+@pytest.mark.parametrize("shape, K", [((1, 4096), 31), ((4, 1000), 63), ((2, 3, 1024), 9)])
+def test_gradients_match_float64(native_calls, mode, shape, K):
+    rng = np.random.default_rng(K)
+    x = torch.from_numpy(rng.standard_normal(shape)).float().requires_grad_()
+    w = torch.from_numpy(rng.standard_normal(K)).float().requires_grad_()
+    y = convolve(x, w, mode, method="direct")
+    g = torch.from_numpy(rng.standard_normal(tuple(y.shape))).float()
+    grad_x, grad_w = torch.autograd.grad(y, (x, w), g)
+    expected_x, expected_w = _float64_gradients(x, w, g, mode)
+    _close(grad_x, expected_x.numpy(), K)
+    _close(grad_w, expected_w.numpy(), int(np.prod(y.shape)))
+    if mode == "same":
+        assert native_calls  # recorded by autograd: no Python on the way back
+        names = {type(node).__name__ for node in _graph_nodes(y)}
+        assert "SlowConv2DBackward0" in names
+        assert not any("DirectRange" in name for name in names)
+
+
+def test_second_derivatives_match_float64(native_calls):
+    # A Hessian-vector product: d/dw of <grad_x(sum(g * y)), v>, through the native
+    # convolution's double backward.
+    rng = np.random.default_rng(5)
+    x = torch.from_numpy(rng.standard_normal((2, 1024))).float().requires_grad_()
+    w = torch.from_numpy(rng.standard_normal(31)).float().requires_grad_()
+    g = torch.from_numpy(rng.standard_normal((2, 1024))).float()
+    v = torch.from_numpy(rng.standard_normal((2, 1024))).float()
+
+    def hvp(a, b):
+        y = convolve(a, b, method="direct" if a.dtype == torch.float32 else "fft")
+        (grad_a,) = torch.autograd.grad(y, a, g.to(a.dtype), create_graph=True)
+        return torch.autograd.grad((grad_a * v.to(a.dtype)).sum(), b)[0]
+
+    got = hvp(x, w)
+    expected = hvp(x.detach().double().requires_grad_(), w.detach().double().requires_grad_())
+    assert native_calls
+    _close(got, expected.numpy(), 2048)
