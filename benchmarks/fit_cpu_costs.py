@@ -212,6 +212,45 @@ def fit_backward(budget_s: float) -> None:
             print(f"  {line}")
 
 
+# Small training steps: where the direct method's recorded forward is one native convolution
+# in frames (_direct.native_rows_range, its backward torch's), and the transforms' recorded
+# paths cost most of their time in host work.
+SMALL_TRAINING_SHAPES = [(1, 256), (1, 1024), (4, 1024), (1, 4096), (16, 512), (2, 8192)]
+SMALL_TRAINING_SHAPES += [(1, 16384), (1, 2000), (4, 1000)]
+SMALL_TRAINING_TAPS = [8, 13, 31, 63, 127, 255, 511]
+
+
+def check_small_training(budget_s: float) -> None:
+    """Time forward+backward of each method (gradients to signal and kernel) in interleaved
+    rounds, for the small calls whose direct method is one native convolution over every row,
+    and print how often ``choose_method(..., requires_grad=True)`` is within 10% of the
+    fastest (the "cpu_autograd" transforms' call costs are set by these)."""
+    cases = []
+    for (B, T), K in itertools.product(SMALL_TRAINING_SHAPES, SMALL_TRAINING_TAPS):
+        lo, hi = methods.output_range(T, K, "same")
+        x = torch.randn(B, T, requires_grad=True)
+        w = torch.hann_window(K, periodic=False).requires_grad_()
+        if _direct.native_rows_call(x, w, lo, hi) is None or small_call(B, T, K, x.dtype):
+            continue
+        grad = torch.randn(B, T)
+
+        def step(m, x=x, w=w, grad=grad):
+            return lambda: torch.autograd.grad(diffconv_core.convolve(x, w, method=m), (x, w), grad)
+
+        times = bench_core.interleaved_medians({m: step(m) for m in METHODS}, "cpu", budget_s)
+        cases.append((B, T, K, times))
+        print(
+            f"# {B} x {T}, {K} taps, fwd+bwd: "
+            + ", ".join(f"{m} {s * 1e3:.3f} ms" for m, s in times.items())
+        )
+    near, misses = near_fastest(
+        cases, lambda B, T, K: diffconv_core.choose_method((B, T), (K,), requires_grad=True)
+    )
+    print(f"\npick within 10% of the fastest fwd+bwd in {near} of {len(cases)}")
+    for line in misses:
+        print(f"  {line}")
+
+
 PER_ROW_SHAPES = [(32, 16_000), (128, 4000), (8, 100_000), (4, 480_000), (256, 1024)]
 PER_ROW_SHAPES += [(2, 20_000)]
 PER_ROW_TAPS = [7, 15, 31, 63, 127, 255]
@@ -257,6 +296,9 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=0.2, help="seconds per timing")
     parser.add_argument("--backward", action="store_true", help="fit the backward factors")
     parser.add_argument("--per-row", action="store_true", help="fit a kernel per row's terms")
+    parser.add_argument(
+        "--small-training", action="store_true", help="check small calls' fwd+bwd picks"
+    )
     parser.add_argument("--from-log", help="refit from the timings an earlier run printed")
     args = parser.parse_args()
     retain_freed_memory()
@@ -266,6 +308,9 @@ def main() -> None:
         return
     if args.per_row:
         fit_per_row(args.budget)
+        return
+    if args.small_training:
+        check_small_training(args.budget)
         return
     cases, gemm_cases = timings_from_log(args.from_log) if args.from_log else ([], [])
     with torch.no_grad():

@@ -98,7 +98,14 @@ _COSTS = {
         "direct_call": 92_310.0,
         "direct_sample": 0.06059,
         "direct_gemm_tap": 0.0131,  # per output and multiply-add (_toeplitz.gemm_work)
-        "fft_call": 25_000.0,
+        # The transforms' recorded forward: set by hand, the call cost since 2026-11-29 to
+        # small training steps (`fit_cpu_costs.py --small-training`, 42 shapes of 1-16 rows,
+        # whose direct forward+backward is one native convolution each way: 0.14-0.24 ms;
+        # fft's 0.13-0.23 ms up to 4,096 samples, 0.39-0.67 ms beyond): picks within 10% of
+        # the fastest in 38-40 of 42, worst 1.25x, where 25 us picked 31, worst 1.71x
+        # (benchmarks/results/cpu_2core_small_training.md). One near-tie of the backward
+        # fit's grid moved with it: 8 x 100,000 with 8,191 taps, overlap (7.6 ms) for fft (6.2).
+        "fft_call": 66_000.0,
         "fft_unit": 0.1,
         "fft_unit_per_octave": 0.02,
         "overlap_call": 60_000.0,

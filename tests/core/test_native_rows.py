@@ -193,3 +193,19 @@ def test_second_derivatives_match_float64(native_calls):
     expected = hvp(x.detach().double().requires_grad_(), w.detach().double().requires_grad_())
     assert native_calls
     _close(got, expected.numpy(), 2048)
+
+
+def test_auto_takes_it_for_a_small_training_step(native_calls):
+    # Recorded, the transforms cost ~0.13 ms a step in host work alone; the one convolution
+    # each way 0.14-0.17 ms for these (benchmarks/results/cpu_2core_small_training.md).
+    for shape, K in [((1, 4096), 31), ((4, 1024), 8), ((1, 2000), 31), ((1, 16384), 63)]:
+        assert choose_method(shape, (K,), requires_grad=True) == "direct"
+        x = torch.randn(shape, requires_grad=True)
+        w = torch.rand(K, requires_grad=True)
+        y = convolve(x, w)
+        g = torch.randn(shape)
+        grad_x, grad_w = torch.autograd.grad(y, (x, w), g)
+        expected_x, expected_w = _float64_gradients(x, w, g, "same")
+        _close(grad_x, expected_x.numpy(), K)
+        _close(grad_w, expected_w.numpy(), shape[0] * shape[1])
+    assert native_calls == [(1, 4096), (4, 1024), (1, 2000), (1, 16384)]
