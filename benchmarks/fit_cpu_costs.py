@@ -213,7 +213,7 @@ def fit_backward(budget_s: float) -> None:
 
 
 # Small training steps: where the direct method's recorded forward is one native convolution
-# in frames (_direct.native_rows_range, its backward torch's), and the transforms' recorded
+# in frames (_direct.rows_range, its backward torch's), and the transforms' recorded
 # paths cost most of their time in host work.
 SMALL_TRAINING_SHAPES = [(1, 256), (1, 1024), (4, 1024), (1, 4096), (16, 512), (2, 8192)]
 SMALL_TRAINING_SHAPES += [(1, 16384), (1, 2000), (4, 1000)]
@@ -230,7 +230,7 @@ def check_small_training(budget_s: float) -> None:
         lo, hi = methods.output_range(T, K, "same")
         x = torch.randn(B, T, requires_grad=True)
         w = torch.hann_window(K, periodic=False).requires_grad_()
-        if _direct.native_rows_call(x, w, lo, hi) is None or small_call(B, T, K, x.dtype):
+        if _direct.rows_call(x, w, lo, hi) is None or small_call(B, T, K, x.dtype):
             continue
         grad = torch.randn(B, T)
 

@@ -208,18 +208,16 @@ def takes_tiny_range(x: torch.Tensor, w: torch.Tensor, lo: int, hi: int) -> bool
     )
 
 
-def native_rows_call(
-    x: torch.Tensor, w: torch.Tensor, lo: int, hi: int
-) -> tuple[int, int, int] | None:
-    """The plan (``_framed_conv.native_rows_plan``) where a call past :func:`tiny_range`
-    is still one native convolution over every row (:func:`native_rows_range`): one float32
-    kernel for contiguous float32 rows on the CPU, oneDNN's exact settings, more taps than
-    the shifted sums take and small work; else None.
+def rows_call(x: torch.Tensor, w: torch.Tensor, lo: int, hi: int) -> tuple[int, int, int] | None:
+    """The plan (``_framed_conv.direct_rows_plan``) where a call past :func:`tiny_range`
+    is one convolution over every row (:func:`rows_range`): one float32 kernel for
+    contiguous float32 rows on the CPU, oneDNN's exact settings, more taps than the shifted
+    sums take, and native work where autograd records it; else None.
 
     Example:
-        >>> native_rows_call(torch.ones(1, 4096), torch.ones(31), 15, 4111)
+        >>> rows_call(torch.ones(1, 4096), torch.ones(31), 15, 4111)
         (1, 1, 3)
-        >>> native_rows_call(torch.ones(1, 4096), torch.ones(5), 2, 4098) is None  # shifted sums
+        >>> rows_call(torch.ones(1, 4096), torch.ones(5), 2, 4098) is None  # shifted sums
         True
     """
     K, T = w.shape[-1], x.shape[-1]
@@ -233,29 +231,30 @@ def native_rows_call(
         or not _framed_conv.usable(x)
     ):
         return None
-    return _framed_conv.native_rows_plan(x.numel() // max(T, 1), T, K, hi - lo, K - 1 - lo)
+    rows = x.numel() // max(T, 1)
+    recorded = needs_graph(x, w)
+    return _framed_conv.direct_rows_plan(rows, T, K, hi - lo, K - 1 - lo, recorded)
 
 
-def native_rows_range(
+def rows_range(
     x: torch.Tensor, w: torch.Tensor, lo: int, hi: int, plan: tuple[int, int, int]
 ) -> torch.Tensor:
-    """:func:`direct_range` for a :func:`native_rows_call` (its ``plan``): one native
-    convolution over every row, recorded by autograd where the operands need it.
+    """:func:`direct_range` for a :func:`rows_call` (its ``plan``): one convolution over
+    every row, recorded by autograd where the operands need it.
 
     Shape:
         x ``(*bx, T)``, w ``(K,)`` -> ``(*bx, hi - lo)``.
 
     Example:
         >>> x, w = torch.arange(64.0), torch.tensor([1.0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2.0])
-        >>> plan = native_rows_call(x, w, 0, 64)
-        >>> native_rows_range(x, w, 0, 64, plan)[8:12].tolist()  # x[m] + 2 x[m - 10]
+        >>> rows_range(x, w, 0, 64, rows_call(x, w, 0, 64))[8:12].tolist()  # x[m] + 2 x[m - 10]
         [8.0, 9.0, 10.0, 13.0]
-        >>> native_rows_range(x, w, 10, 74, native_rows_call(x, w, 10, 74))[:2].tolist()
+        >>> rows_range(x, w, 10, 74, rows_call(x, w, 10, 74))[:2].tolist()
         [10.0, 13.0]
     """
     T, n_out = x.shape[-1], hi - lo
     K = w.shape[-1]
-    out = _framed_conv.correlate_rows_native(x.reshape(-1, T), w.reshape(K), n_out, plan)
+    out = _framed_conv.correlate_rows_direct(x.reshape(-1, T), w.reshape(K), n_out, plan)
     return out.view(*x.shape[:-1], n_out)
 
 

@@ -342,19 +342,22 @@ def correlate_rows(
     return out if frames_out * P == n_out else out[:, :n_out].contiguous()
 
 
-def native_rows_plan(
-    rows: int, T: int, K: int, n_out: int, shift: int
+def direct_rows_plan(
+    rows: int, T: int, K: int, n_out: int, shift: int, recorded: bool
 ) -> tuple[int, int, int] | None:
-    """:func:`whole_rows_plan` where torch's native convolution runs it (:func:`runs_native`):
-    the small calls past ``_direct.tiny_products`` that :func:`correlate_rows_native` takes
-    whole, else None.
+    """:func:`whole_rows_plan` for :func:`correlate_rows_direct`, else None: recorded by
+    autograd only where torch's native convolution runs it (:func:`runs_native`; oneDNN's
+    weight gradient took 5-9x the GEMMs' from 255 taps, and the direct method's own backward
+    chooses per piece).
 
     Example:
-        >>> native_rows_plan(1, 4096, 31, 4096, 15), native_rows_plan(512, 1024, 31, 1024, 15)
-        ((1, 1, 3), None)
+        >>> direct_rows_plan(512, 1024, 31, 1024, 15, recorded=False)
+        (1, 1, 3)
+        >>> direct_rows_plan(512, 1024, 31, 1024, 15, recorded=True) is None
+        True
     """
     plan = whole_rows_plan(T, K, n_out, shift, rows)
-    if plan is None or not runs_native(rows, T, plan[2]):
+    if plan is None or (recorded and not runs_native(rows, T, plan[2])):
         return None
     return plan
 
@@ -369,25 +372,26 @@ def _kernel_filter_taps(K: int, lead: int, J: int, device: torch.device) -> torc
     return torch.where((aligned < J * FRAME) & (tap >= 0) & (tap < K), tap, K)
 
 
-def correlate_rows_native(
+def correlate_rows_direct(
     rows: torch.Tensor, kernel: torch.Tensor, n_out: int, plan: tuple[int, int, int]
 ) -> torch.Tensor:
     """:func:`correlate_rows` with the kernel as given (``out[r, m] = sum_k kernel[K - 1 -
-    k] * rows[r, m + k - shift]``) and a :func:`native_rows_plan`, in as few operations as
-    host time allows: the taps' one gather, torch's native convolution and the output's
-    layout. Autograd records every step, so with operands that require gradients it is
-    differentiable to any order (torch's native backward, no Python on the way back); rows
-    that are not whole frames are then padded by ``F.pad`` rather than copied into the
-    work array. A small call past ``_direct.tiny_products`` (1 x 4,096 with 31 taps: ~21
-    us, where the direct method's layers took 44 and ``conv1d`` 14-17).
+    k] * rows[r, m + k - shift]``) and a :func:`direct_rows_plan`, in as few operations as
+    host time allows: the taps' one gather, the one convolution and the output's layout.
+    Autograd records every step, so with operands that require gradients (native work only)
+    it is differentiable to any order, torch's native backward with no Python on the way
+    back; rows that are not whole frames are then padded by ``F.pad`` rather than copied
+    into the work array. ``convolve`` calls it straight away (1 x 4,096 with 31 taps:
+    ~21 us alone, where the direct method's layers took 44 and ``conv1d`` 14-17; 512 x
+    1,024 with 31 taps 201 us against 238, interleaved).
 
     Shape:
         rows ``(R, T)`` contiguous, kernel ``(K,)`` -> ``(R, n_out)``.
 
     Example:
         >>> x = torch.arange(32.0).reshape(1, 32)  # "same" with [0, 2, 1]: x[m - 1] + 2 x[m]
-        >>> plan = native_rows_plan(1, 32, 3, 32, 1)
-        >>> correlate_rows_native(x, torch.tensor([0.0, 2.0, 1.0]), 32, plan)[0, :4].tolist()
+        >>> plan = direct_rows_plan(1, 32, 3, 32, 1, recorded=False)
+        >>> correlate_rows_direct(x, torch.tensor([0.0, 2.0, 1.0]), 32, plan)[0, :4].tolist()
         [0.0, 2.0, 5.0, 8.0]
     """
     R, T = rows.shape
@@ -400,10 +404,7 @@ def correlate_rows_native(
     index = _kernel_filter_taps(K, lead, J, kernel.device)
     # take: ~1 us less than indexing with the same tensor.
     weight = torch.take(torch.constant_pad_nd(kernel, (0, 1)), index).permute(0, 3, 1, 2)
-    image = rows.view(1, R, width // FRAME, FRAME).permute(0, 3, 1, 2)
-    with autocast_off("cpu"):
-        frames = _native_conv2d(image, weight, (1, J), None, (1, 1), (0, pad))
-    out = frames.permute(0, 2, 3, 1).reshape(R, -1)
+    out = _convolve_frames(rows, weight, pad)
     return out if out.shape[-1] == n_out else out[:, :n_out].contiguous()
 
 

@@ -62,14 +62,14 @@ def _run(x: torch.Tensor, w: torch.Tensor, mode: str, padding: str, method: str)
         compute_dtype = torch.float32 if out_dtype in HALF_DTYPES else out_dtype
         x, w = x.to(compute_dtype), w.to(compute_dtype)
         return transformable_range(method, x, w, lo, hi).to(out_dtype)
-    native_rows = None
+    rows_plan = None
     if method in ("auto", "direct"):
         if _direct.takes_tiny_range(x, w, lo, hi):
-            y = _small_call(x, w, lo, hi, None)
+            y = _one_convolution(x, w, lo, hi, None)
             if y is not None:
                 return y
         else:
-            native_rows = _direct.native_rows_call(x, w, lo, hi)
+            rows_plan = _direct.rows_call(x, w, lo, hi)
     if method == "auto":
         method = pick_method(
             math.prod(batch),
@@ -81,8 +81,8 @@ def _run(x: torch.Tensor, w: torch.Tensor, mode: str, padding: str, method: str)
             needs_graph(x, w),
             math.prod(w.shape[:-1]) == 1,
         )
-    if native_rows is not None and method == "direct":
-        y = _small_call(x, w, lo, hi, native_rows)
+    if rows_plan is not None and method == "direct":
+        y = _one_convolution(x, w, lo, hi, rows_plan)
         if y is not None:
             return y
     # Half types: the CPU FFT refuses them and cuFFT only takes powers of two; conv1d on CPU
@@ -101,25 +101,25 @@ def _run(x: torch.Tensor, w: torch.Tensor, mode: str, padding: str, method: str)
     return y if y.dtype == out_dtype else y.to(out_dtype)
 
 
-def _small_call(
-    x: torch.Tensor, w: torch.Tensor, lo: int, hi: int, native_rows: tuple[int, int, int] | None
+def _one_convolution(
+    x: torch.Tensor, w: torch.Tensor, lo: int, hi: int, rows_plan: tuple[int, int, int] | None
 ) -> torch.Tensor | None:
-    # A small call (all host time): one native convolution, without the NaN/Inf handling's
-    # layers (nor the method's pick, which says "direct" for the smallest), or None where
-    # the careful path must run: the taps unfolded (tiny_range), or past tiny_products the
-    # rows in frames (native_rows_range, given its plan). Without a graph its output is
-    # kept when one sum over it is finite, as the methods' are. With one, after the scan the
-    # careful path makes first (finite operands whose sums cannot overflow; else it scales
-    # them, or keeps NaN/Inf local), autograd records the convolution itself, its backward a
-    # C++ node: a training step of 1 x 1,024 with 31 taps took 71 us, 132 through the
-    # direct method's Function.
+    # The direct method as one convolution over every row, straight away: without the NaN/Inf
+    # handling's layers (nor, for the smallest calls, the method's pick, which says "direct"
+    # for them), or None where the careful path must run. The taps unfolded for a small call
+    # (tiny_range; rows_plan None), else the rows in frames (rows_range, given its plan).
+    # Without a graph its output is kept when one sum over it is finite, as the methods' are.
+    # With one, after the scan the careful path makes first (finite operands whose sums
+    # cannot overflow; else it scales them, or keeps NaN/Inf local), autograd records the
+    # convolution itself, its backward a C++ node: a training step of 1 x 1,024 with 31 taps
+    # took 71 us, 132 through the direct method's Function.
     recorded = needs_graph(x, w)
     if recorded and not need_no_care(x, w, transforms=False):
         return None
-    if native_rows is None:
+    if rows_plan is None:
         y = _direct.tiny_range(x, w.reshape(-1), lo, hi)
     else:
-        y = _direct.native_rows_range(x, w, lo, hi, native_rows)
+        y = _direct.rows_range(x, w, lo, hi, rows_plan)
     return y if recorded or math.isfinite(float(y.sum())) else None
 
 

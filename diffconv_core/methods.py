@@ -53,7 +53,7 @@ from diffconv_core._validation import (
 # to 124 KiB of unfolded products: _direct.tiny_products), the shifted sums' terms
 # ("shift", up to 6 taps, or 12 where rows are not whole frames), the one convolution over
 # rows of whole frames by oneDNN ("whole") or, for small work, by torch's native convolution
-# straight from convolve ("native": _direct.native_rows_range), the convolutions in pieces
+# straight from convolve ("native": _direct.rows_range), the convolutions in pieces
 # elsewhere ("framed"; from an earlier fit, as no shape of these grids takes them; its grid
 # had no small call to fix a call cost, the fit's 0 is replaced by the one convolution's),
 # the GEMMs ("direct", for other dtypes or without oneDNN) and the transforms, all from the

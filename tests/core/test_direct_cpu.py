@@ -21,10 +21,10 @@ PIECE_BYTES = [64, 1024, 2**20]
 @pytest.fixture(autouse=True)
 def no_tiny_calls(monkeypatch):
     # The pieces, sums and GEMMs themselves, also for the small shapes that convolve would
-    # otherwise hand to one native convolution (_direct.tiny_range, native_rows_range:
+    # otherwise hand to one native convolution (_direct.tiny_range, rows_range:
     # tested on their own).
     monkeypatch.setattr(_direct, "TINY_COLUMN_BYTES", 0)
-    monkeypatch.setattr(_direct, "native_rows_call", lambda *operands: None)
+    monkeypatch.setattr(_direct, "rows_call", lambda *operands: None)
 
 
 @pytest.fixture(params=PIECE_BYTES, ids=lambda b: f"piece{b}B")

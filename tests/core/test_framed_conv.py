@@ -24,9 +24,9 @@ PIECE_BYTES = [256, 4096, 2**22]
 @pytest.fixture(autouse=True)
 def no_tiny_calls(monkeypatch):
     # The framed convolutions themselves, also for the small shapes that convolve would
-    # otherwise hand to one native convolution (_direct.tiny_range, native_rows_range).
+    # otherwise hand to one native convolution (_direct.tiny_range, rows_range).
     monkeypatch.setattr(_direct, "TINY_COLUMN_BYTES", 0)
-    monkeypatch.setattr(_direct, "native_rows_call", lambda *operands: None)
+    monkeypatch.setattr(_direct, "rows_call", lambda *operands: None)
 
 
 @pytest.fixture

@@ -24,9 +24,9 @@ from .conftest import check_parity, make_pair
 @pytest.fixture(autouse=True)
 def no_small_calls(monkeypatch):
     # The fused kernels themselves, also for the small shapes that convolve would otherwise
-    # hand to one native convolution (_direct.tiny_range, native_rows_range).
+    # hand to one native convolution (_direct.tiny_range, rows_range).
     monkeypatch.setattr(_direct, "TINY_COLUMN_BYTES", 0)
-    monkeypatch.setattr(_direct, "native_rows_call", lambda *operands: None)
+    monkeypatch.setattr(_direct, "rows_call", lambda *operands: None)
 
 
 has_cuda_triton = torch.cuda.is_available() and importlib.util.find_spec("triton") is not None

@@ -1,7 +1,8 @@
-"""Small float32 CPU calls past ``_direct.tiny_products`` run as one native convolution over
-every row in frames (``_direct.native_rows_range``): taken where it applies (also by auto),
-scipy's answer in every mode and padding, exact for a delta, NaN kept local, and gradients of
-first and second order that match float64."""
+"""float32 CPU calls of one kernel past ``_direct.tiny_products`` run as one convolution over
+every row in frames straight from ``convolve`` (``_direct.rows_range``; recorded by autograd
+for native work): taken where it applies (also by auto), scipy's answer in every mode and
+padding, exact for a delta, NaN kept local, and gradients of first and second order that
+match float64."""
 
 from __future__ import annotations
 
@@ -20,16 +21,16 @@ pytestmark = pytest.mark.skipif(
 
 
 @pytest.fixture
-def native_calls(monkeypatch):
-    """The signals' shapes of each call of ``native_rows_range``."""
+def rows_calls(monkeypatch):
+    """The signals' shapes of each call of ``rows_range``."""
     calls = []
-    real = _direct.native_rows_range
+    real = _direct.rows_range
 
     def counted(x, w, lo, hi, plan):
         calls.append(tuple(x.shape))
         return real(x, w, lo, hi, plan)
 
-    monkeypatch.setattr(_direct, "native_rows_range", counted)
+    monkeypatch.setattr(_direct, "rows_range", counted)
     return calls
 
 
@@ -42,7 +43,7 @@ def _close(got: torch.Tensor, expected: np.ndarray, K: int) -> None:
 @pytest.mark.parametrize("mode", ["full", "same", "valid"])
 @pytest.mark.parametrize("K", [7, 9, 16, 31, 64, 127, 255])
 @pytest.mark.parametrize("shape", [(4096,), (1, 4096), (4, 1000), (2, 3, 1024), (16, 512)])
-def test_matches_float64_scipy(native_calls, mode, K, shape):
+def test_matches_float64_scipy(rows_calls, mode, K, shape):
     rng = np.random.default_rng(K + shape[-1])
     x = torch.from_numpy(rng.standard_normal(shape)).float()
     w = torch.from_numpy(rng.standard_normal(K)).float()
@@ -54,15 +55,33 @@ def test_matches_float64_scipy(native_calls, mode, K, shape):
     lo, hi = output_range(shape[-1], K, mode)
     rows = int(np.prod(shape[:-1]))
     tiny = rows * (hi - lo) * K <= _direct.tiny_products(4)
-    plan = _framed_conv.native_rows_plan(rows, shape[-1], K, hi - lo, K - 1 - lo)
+    plan = _framed_conv.direct_rows_plan(rows, shape[-1], K, hi - lo, K - 1 - lo, False)
     takes = plan is not None and not tiny and not _direct.shifted_sums_for(K, shape[-1], True)
-    assert bool(native_calls) == takes
+    assert bool(rows_calls) == takes
     if mode == "same" and shape[-1] % 16 == 0 and not tiny and rows * shape[-1] * K <= 2**17:
-        assert native_calls  # the calls this path is for: every row at once, whole frames
+        assert rows_calls  # the calls this path is for: every row at once, whole frames
+
+
+@pytest.mark.parametrize("shape, K", [((512, 1024), 31), ((64, 8000), 63), ((3, 48_000), 255)])
+def test_large_calls_without_a_graph_are_one_onednn_convolution(rows_calls, shape, K):
+    # Past NATIVE_MAX_WORK the convolution is oneDNN's; without a graph convolve still calls
+    # it straight away, NaN handling by the one sum as for every method.
+    rng = np.random.default_rng(K)
+    x = torch.from_numpy(rng.standard_normal(shape)).float()
+    w = torch.from_numpy(rng.standard_normal(K)).float()
+    rows = shape[0]
+    assert not _framed_conv.runs_native(rows, shape[1], _framed_conv.frame_plan(K)[1])
+    for mode in ("same", "full", "valid"):
+        got = convolve(x, w, mode, method="direct")
+        _close(got, reference(x.double(), w.double(), mode), K)
+    assert rows_calls[0] == shape
+    x[rows // 2, 5000 % shape[1]] = float("nan")
+    y = convolve(x, w.abs() + 0.1)
+    assert torch.isnan(y).sum() == K and torch.isfinite(y[: rows // 2]).all()
 
 
 @pytest.mark.parametrize("padding", ["reflect", "symmetric", "replicate", "circular"])
-def test_paddings_match_scipy_on_the_extended_signal(native_calls, padding):
+def test_paddings_match_scipy_on_the_extended_signal(rows_calls, padding):
     rng = np.random.default_rng(3)
     x = torch.from_numpy(rng.standard_normal((2, 2048))).float()
     w = torch.from_numpy(rng.standard_normal(31)).float()
@@ -71,30 +90,32 @@ def test_paddings_match_scipy_on_the_extended_signal(native_calls, padding):
     extended = np.pad(x.double().numpy(), ((0, 0), (15, 15)), mode=numpy_mode)
     expected = reference(torch.from_numpy(extended), w.double(), "valid")
     _close(got, expected, 31)
-    assert native_calls == [(2, 2078)]
+    assert rows_calls == [(2, 2078)]
 
 
-def test_auto_takes_it_where_the_model_prices_it_cheapest(native_calls):
+def test_auto_takes_it_where_the_model_prices_it_cheapest(rows_calls):
     for shape, K in [((1, 4096), 31), ((4, 1024), 31), ((16, 512), 15), ((1, 8192), 31)]:
         assert choose_method(shape, (K,)) == "direct"
         x, w = torch.randn(shape), torch.rand(K)
         _close(convolve(x, w), reference(x.double(), w.double(), "same"), K)
-    assert native_calls == [(1, 4096), (4, 1024), (16, 512), (1, 8192)]
+    assert rows_calls == [(1, 4096), (4, 1024), (16, 512), (1, 8192)]
 
 
-def test_not_taken_where_it_does_not_apply(native_calls):
+def test_not_taken_where_it_does_not_apply(rows_calls):
     x, w = torch.randn(2, 4096), torch.randn(31)
     convolve(x.double(), w.double(), method="direct")  # float64: the GEMMs
     convolve(torch.randn(4096, 2).T, w, method="direct")  # rows not contiguous
     convolve(x, torch.randn(2, 31), method="direct")  # a kernel per row
     convolve(x, torch.randn(5), method="direct")  # few taps: the shifted sums
-    convolve(torch.randn(64, 4096), w, method="direct")  # work past NATIVE_MAX_WORK
-    assert native_calls == []
+    big = torch.randn(64, 4096, requires_grad=True)
+    convolve(big, w, method="direct")  # recorded past NATIVE_MAX_WORK: the method's Function
+    assert rows_calls == []
     convolve(x, w, method="direct")
-    assert native_calls == [(2, 4096)]
+    convolve(big.detach(), w, method="direct")  # oneDNN's convolution, not recorded
+    assert rows_calls == [(2, 4096), (64, 4096)]
 
 
-def test_not_taken_when_reduced_precision_is_allowed(native_calls):
+def test_not_taken_when_reduced_precision_is_allowed(rows_calls):
     target = torch.backends.mkldnn.conv
     if not hasattr(target, "fp32_precision"):
         pytest.skip("this torch has no fp32_precision setting")
@@ -105,33 +126,33 @@ def test_not_taken_when_reduced_precision_is_allowed(native_calls):
         got = convolve(x, w, method="direct")
     finally:
         target.fp32_precision = before
-    assert native_calls == []
+    assert rows_calls == []
     _close(got, reference(x.double(), w.double(), "same"), 31)
 
 
-def test_a_delta_returns_the_signal_exactly(native_calls):
+def test_a_delta_returns_the_signal_exactly(rows_calls):
     x = torch.randn(3, 4000)
     delta = torch.zeros(31)
     delta[15] = 1.0
     assert torch.equal(convolve(x, delta, method="direct"), x)
-    assert native_calls == [(3, 4000)]
+    assert rows_calls == [(3, 4000)]
 
 
-def test_autocast_leaves_the_products_in_float32(native_calls):
+def test_autocast_leaves_the_products_in_float32(rows_calls):
     x, w = torch.randn(1, 4096), torch.randn(63)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         got = convolve(x, w, method="direct")
-    assert got.dtype == torch.float32 and native_calls
+    assert got.dtype == torch.float32 and rows_calls
     _close(got, reference(x.double(), w.double(), "same"), 63)
 
 
-def test_nan_and_inf_stay_within_the_kernels_reach(native_calls):
+def test_nan_and_inf_stay_within_the_kernels_reach(rows_calls):
     x = torch.randn(2, 4096)
     x[1, 2000] = float("nan")
     x[0, 100] = float("inf")
     w = torch.rand(31) + 0.1
     y = convolve(x, w, method="direct")
-    assert native_calls  # tried first; its NaNs spread a frame wide, so the careful path ran
+    assert rows_calls  # tried first; its NaNs spread a frame wide, so the careful path ran
     assert torch.isnan(y[1, 1985:2016]).all()
     assert torch.isfinite(y[1, :1985]).all() and torch.isfinite(y[1, 2016:]).all()
     assert torch.isposinf(y[0, 85:116]).all()
@@ -158,7 +179,7 @@ def _float64_gradients(x, w, g, mode):
 
 @pytest.mark.parametrize("mode", ["full", "same", "valid"])
 @pytest.mark.parametrize("shape, K", [((1, 4096), 31), ((4, 1000), 63), ((2, 3, 1024), 9)])
-def test_gradients_match_float64(native_calls, mode, shape, K):
+def test_gradients_match_float64(rows_calls, mode, shape, K):
     rng = np.random.default_rng(K)
     x = torch.from_numpy(rng.standard_normal(shape)).float().requires_grad_()
     w = torch.from_numpy(rng.standard_normal(K)).float().requires_grad_()
@@ -169,13 +190,13 @@ def test_gradients_match_float64(native_calls, mode, shape, K):
     _close(grad_x, expected_x.numpy(), K)
     _close(grad_w, expected_w.numpy(), int(np.prod(y.shape)))
     if mode == "same":
-        assert native_calls  # recorded by autograd: no Python on the way back
+        assert rows_calls  # recorded by autograd: no Python on the way back
         names = {type(node).__name__ for node in _graph_nodes(y)}
         assert "SlowConv2DBackward0" in names
         assert not any("DirectRange" in name for name in names)
 
 
-def test_second_derivatives_match_float64(native_calls):
+def test_second_derivatives_match_float64(rows_calls):
     # A Hessian-vector product: d/dw of <grad_x(sum(g * y)), v>, through the native
     # convolution's double backward.
     rng = np.random.default_rng(5)
@@ -191,11 +212,11 @@ def test_second_derivatives_match_float64(native_calls):
 
     got = hvp(x, w)
     expected = hvp(x.detach().double().requires_grad_(), w.detach().double().requires_grad_())
-    assert native_calls
+    assert rows_calls
     _close(got, expected.numpy(), 2048)
 
 
-def test_auto_takes_it_for_a_small_training_step(native_calls):
+def test_auto_takes_it_for_a_small_training_step(rows_calls):
     # Recorded, the transforms cost ~0.13 ms a step in host work alone; the one convolution
     # each way 0.14-0.17 ms for these (benchmarks/results/cpu_2core_small_training.md).
     for shape, K in [((1, 4096), 31), ((4, 1024), 8), ((1, 2000), 31), ((1, 16384), 63)]:
@@ -208,4 +229,4 @@ def test_auto_takes_it_for_a_small_training_step(native_calls):
         expected_x, expected_w = _float64_gradients(x, w, g, "same")
         _close(grad_x, expected_x.numpy(), K)
         _close(grad_w, expected_w.numpy(), shape[0] * shape[1])
-    assert native_calls == [(1, 4096), (4, 1024), (1, 2000), (1, 16384)]
+    assert rows_calls == [(1, 4096), (4, 1024), (1, 2000), (1, 16384)]
