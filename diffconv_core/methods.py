@@ -48,12 +48,12 @@ from diffconv_core._validation import (
 # FFTs in chunks), so each has its own table: "cpu" is fitted by benchmarks/fit_cpu_costs.py
 # (relative least squares, non-negative, 190 float32 shapes: batch 1-512, length
 # 256-4,194,304, 3-1,023 taps, 70 of them small calls of 1-16 rows, freed memory retained;
-# refit on 2026-11-29 to two runs' timings at once, after small calls past tiny_products
-# became one native convolution in frames): small calls' one native convolution ("tiny", up
-# to 124 KiB of unfolded products: _direct.tiny_products), the shifted sums' terms
-# ("shift", up to 6 taps, or 12 where rows are not whole frames), the one convolution over
-# rows of whole frames by oneDNN ("whole") or, for small work, by torch's native convolution
-# straight from convolve ("native": _direct.rows_range), the convolutions in pieces
+# refit on 2026-11-29 to two runs' timings at once, after convolve began calling the direct
+# method's one convolution over every row straight away): small calls' one native
+# convolution ("tiny", up to 124 KiB of unfolded products: _direct.tiny_products), the
+# shifted sums' terms ("shift", up to 6 taps, or 12 where rows are not whole frames), the
+# one convolution over rows of whole frames (_direct.rows_range) by oneDNN ("whole") or, for
+# small work, by torch's native convolution ("native"), the convolutions in pieces
 # elsewhere ("framed"; from an earlier fit, as no shape of these grids takes them; its grid
 # had no small call to fix a call cost, the fit's 0 is replaced by the one convolution's),
 # the GEMMs ("direct", for other dtypes or without oneDNN) and the transforms, all from the
@@ -63,29 +63,29 @@ from diffconv_core._validation import (
 # benchmarks/results/ holds the measurements.
 _COSTS = {
     "cpu": {
-        "tiny_call": 18_780.0,  # small calls: one native convolution (_direct.tiny_range)
-        "tiny_product": 0.2026,  # per row, output and tap
-        "shift_call": 43_830.0,
-        "shift_sample": 0.0,
-        "shift_tap": 0.05102,  # per output sample and tap
-        "direct_call": 98_280.0,
-        "direct_sample": 0.04546,
-        "direct_gemm_tap": 0.01321,  # GEMM: per output and multiply-add (_toeplitz.gemm_work)
-        "whole_call": 99_600.0,
-        "whole_sample": 0.029,
-        "whole_tap": 0.00466,  # one convolution: per output and multiply-add (J * P)
-        "native_call": 35_700.0,  # the same convolution by torch's native one (small work)
+        "tiny_call": 19_160.0,  # small calls: one native convolution (_direct.tiny_range)
+        "tiny_product": 0.01166,  # per row, output and tap
+        "shift_call": 43_880.0,
+        "shift_sample": 0.01144,
+        "shift_tap": 0.05322,  # per output sample and tap
+        "direct_call": 82_060.0,
+        "direct_sample": 0.0504,
+        "direct_gemm_tap": 0.01356,  # GEMM: per output and multiply-add (_toeplitz.gemm_work)
+        "whole_call": 59_060.0,
+        "whole_sample": 0.05072,
+        "whole_tap": 0.004842,  # one convolution: per output and multiply-add (J * P)
+        "native_call": 29_070.0,  # the same convolution by torch's native one (small work)
         "native_sample": 0.0,
-        "native_tap": 0.02711,
+        "native_tap": 0.01961,
         "framed_call": 60_740.0,
         "framed_sample": 0.4243,
         "framed_tap": 0.004305,  # in pieces: per output and multiply-add (_framed_conv.work)
-        "fft_call": 33_210.0,
-        "fft_unit": 0.03968,
-        "fft_unit_per_octave": 0.004874,  # above 2**11 points
-        "overlap_call": 52_080.0,
-        "overlap_unit": 0.0499,
-        "overlap_unit_streamed": 0.004024,  # added past OVERLAP_IN_CACHE_SAMPLES outputs
+        "fft_call": 35_190.0,
+        "fft_unit": 0.03235,
+        "fft_unit_per_octave": 0.005989,  # above 2**11 points
+        "overlap_call": 48_990.0,
+        "overlap_unit": 0.05072,
+        "overlap_unit_streamed": 0.01394,  # added past OVERLAP_IN_CACHE_SAMPLES outputs
     },
     "cpu_autograd": {
         # A kernel per row (batched GEMMs in pieces, recorded or not, its own backward):
@@ -547,11 +547,10 @@ def pick_method(
 #: where a transform spreads the rounding of the whole signal over every output (9.5e-8 for
 #: an exact 0 of a 3-sample example). Where the model prices direct within this many
 #: nanoseconds of the cheapest method (small calls, all host time), direct is picked. On the
-#: last two fit runs at once (380 timings, after small calls past tiny_products became one
-#: native convolution in frames): 347 picks within 10% of the fastest, geometric mean 1.022x
-#: the fastest's time, worst 1.71x (1 x 256 with 255 taps, direct 41 us where fft took 24);
-#: with 10 us 343, 1.033x, worst 2.64x (1 x 256 with 1,023 taps); with 2 us or none 339,
-#: 1.026x, worst 1.36x.
+#: last two fit runs at once (380 timings, benchmarks/results/cpu_2core_fit_costs_direct_rows.md):
+#: 360 picks within 10% of the fastest, geometric mean 1.017x the fastest's time; 358-359
+#: with 0-3 us, 356 with 10 us. (The fit before, when only native work went straight to the
+#: convolution: 347 with 5 us, 343 with 10 us, 339 with none.)
 EXACT_DIRECT_MARGIN_NS = 5_000.0
 #: ... for calls modelled under this many nanoseconds: in larger ones the margin would only
 #: break near-ties (512 x 1,024 with 255 taps, modelled 805.0 us by direct and 804.3 by

@@ -38,7 +38,10 @@ METHOD_NAMES = ("direct", "fft", "overlap")
 #: 31 taps: 36 and 39 us before, 24 and 26 after; 4 x 1,024 with 31: 65 and 37), 2026-11-29.
 #: 4: small CPU calls past those of 3 became one native convolution in frames straight from
 #: convolve, recorded by autograd: 1.3-1.4x faster forward and 1.6-1.8x forward+backward,
-#: interleaved (1 x 4,096 with 31 taps: 78 and 299 us before, 56 and 174 after), 2026-11-29).
+#: interleaved (1 x 4,096 with 31 taps: 78 and 299 us before, 56 and 174 after); larger
+#: ones without a graph the same oneDNN convolution as before without the layers around it,
+#: 1.1-1.6x faster (512 x 1,024 with 31 taps 238 against 201 us; 16 x 2,000 104 against
+#: 65), 2026-11-29).
 CACHE_GENERATION = 4
 # How far (in log2 units, per axis) a measured shape may be from the asked one.
 MAX_LOG2_DISTANCE = 1.0
