@@ -212,7 +212,7 @@ def rows_call(x: torch.Tensor, w: torch.Tensor, lo: int, hi: int) -> tuple[int, 
     """The plan (``_framed_conv.direct_rows_plan``) where a call past :func:`tiny_range`
     is one convolution over every row (:func:`rows_range`): one float32 kernel for
     contiguous float32 rows on the CPU, oneDNN's exact settings, more taps than the shifted
-    sums take, and native work where autograd records it; else None.
+    sums take, and where autograd records it ``_framed_conv.recorded_directly``; else None.
 
     Example:
         >>> rows_call(torch.ones(1, 4096), torch.ones(31), 15, 4111)

@@ -342,22 +342,40 @@ def correlate_rows(
     return out if frames_out * P == n_out else out[:, :n_out].contiguous()
 
 
+#: Recorded by autograd, oneDNN's convolution (past native work) runs straight from convolve
+#: up to this many taps, its backward oneDNN's: a training step of 512 x 1,024 with 31 taps
+#: 1.44 ms against 1.78 through the direct method's Function, 16 x 2,000 with 127 taps 0.38
+#: against 0.53, but 512 x 1,024 with 127 taps 2.18 against 2.10 (interleaved, 2 cores).
+MAX_RECORDED_ONEDNN_TAPS = 63
+
+
+def recorded_directly(rows: int, T: int, K: int, J: int) -> bool:
+    """Whether autograd records the one convolution over ``rows`` rows of ``T`` samples
+    (``K`` taps, ``J`` frames read per output frame) as it stands: native work, or oneDNN's
+    up to ``MAX_RECORDED_ONEDNN_TAPS``. Elsewhere the direct method's own Function runs
+    (oneDNN's weight gradient took 5-9x the GEMMs' from 255 taps).
+
+    Example:
+        >>> recorded_directly(512, 1024, 31, 3), recorded_directly(512, 1024, 127, 9)
+        (True, False)
+    """
+    return K <= MAX_RECORDED_ONEDNN_TAPS or runs_native(rows, T, J)
+
+
 def direct_rows_plan(
     rows: int, T: int, K: int, n_out: int, shift: int, recorded: bool
 ) -> tuple[int, int, int] | None:
-    """:func:`whole_rows_plan` for :func:`correlate_rows_direct`, else None: recorded by
-    autograd only where torch's native convolution runs it (:func:`runs_native`; oneDNN's
-    weight gradient took 5-9x the GEMMs' from 255 taps, and the direct method's own backward
-    chooses per piece).
+    """:func:`whole_rows_plan` for :func:`correlate_rows_direct`, else None (recorded by
+    autograd only where :func:`recorded_directly`).
 
     Example:
-        >>> direct_rows_plan(512, 1024, 31, 1024, 15, recorded=False)
-        (1, 1, 3)
-        >>> direct_rows_plan(512, 1024, 31, 1024, 15, recorded=True) is None
+        >>> direct_rows_plan(512, 1024, 127, 1024, 63, recorded=False)
+        (4, 1, 9)
+        >>> direct_rows_plan(512, 1024, 127, 1024, 63, recorded=True) is None
         True
     """
     plan = whole_rows_plan(T, K, n_out, shift, rows)
-    if plan is None or (recorded and not runs_native(rows, T, plan[2])):
+    if plan is None or (recorded and not recorded_directly(rows, T, K, plan[2])):
         return None
     return plan
 
@@ -378,9 +396,9 @@ def correlate_rows_direct(
     """:func:`correlate_rows` with the kernel as given (``out[r, m] = sum_k kernel[K - 1 -
     k] * rows[r, m + k - shift]``) and a :func:`direct_rows_plan`, in as few operations as
     host time allows: the taps' one gather, the one convolution and the output's layout.
-    Autograd records every step, so with operands that require gradients (native work only)
-    it is differentiable to any order, torch's native backward with no Python on the way
-    back; rows that are not whole frames are then padded by ``F.pad`` rather than copied
+    Autograd records every step, so with operands that require gradients it is
+    differentiable to any order, torch's backward (native or oneDNN's) with no Python on the
+    way back; rows that are not whole frames are then padded by ``F.pad`` rather than copied
     into the work array. ``convolve`` calls it straight away (1 x 4,096 with 31 taps:
     ~21 us alone, where the direct method's layers took 44 and ``conv1d`` 14-17; 512 x
     1,024 with 31 taps 201 us against 238, interleaved).

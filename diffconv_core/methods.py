@@ -73,7 +73,12 @@ _COSTS = {
         "direct_gemm_tap": 0.01356,  # GEMM: per output and multiply-add (_toeplitz.gemm_work)
         "whole_call": 59_060.0,
         "whole_sample": 0.05072,
-        "whole_tap": 0.004842,  # one convolution: per output and multiply-add (J * P)
+        "whole_tap": 0.004842,
+        # Recorded where autograd does not record it as it stands (_framed_conv.
+        # recorded_directly), the direct method's own Function runs that convolution, with its
+        # layers: the call cost fitted before convolve called it straight away
+        # (cpu_2core_fit_costs_native_rows.md).
+        "whole_recorded_call": 99_600.0,  # one convolution: per output and multiply-add (J * P)
         "native_call": 29_070.0,  # the same convolution by torch's native one (small work)
         "native_sample": 0.0,
         "native_tap": 0.01961,
@@ -378,7 +383,8 @@ def estimate_costs(
         if whole is not None:
             # torch's native convolution for small work, oneDNN's beyond: their own terms.
             path = "native" if _framed_conv.runs_native(batch, T, whole[2]) else "whole"
-            call = f[f"{path}_call"]
+            direct_rows = not requires_grad or _framed_conv.recorded_directly(batch, T, K, whole[2])
+            call = f[f"{path}_call" if direct_rows else "whole_recorded_call"]
             per_sample = f[f"{path}_sample"] + f[f"{path}_tap"] * whole[2] * _framed_conv.FRAME
         else:
             call = f["framed_call"]

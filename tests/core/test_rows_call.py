@@ -37,7 +37,7 @@ def rows_calls(monkeypatch):
 def _close(got: torch.Tensor, expected: np.ndarray, K: int) -> None:
     scale = max(float(np.abs(expected).max()), 1.0)
     atol = 8 * torch.finfo(torch.float32).eps * scale * K**0.5
-    np.testing.assert_allclose(got.double().numpy(), expected, rtol=0, atol=atol)
+    np.testing.assert_allclose(got.detach().double().numpy(), expected, rtol=0, atol=atol)
 
 
 @pytest.mark.parametrize("mode", ["full", "same", "valid"])
@@ -107,12 +107,13 @@ def test_not_taken_where_it_does_not_apply(rows_calls):
     convolve(torch.randn(4096, 2).T, w, method="direct")  # rows not contiguous
     convolve(x, torch.randn(2, 31), method="direct")  # a kernel per row
     convolve(x, torch.randn(5), method="direct")  # few taps: the shifted sums
-    big = torch.randn(64, 4096, requires_grad=True)
-    convolve(big, w, method="direct")  # recorded past NATIVE_MAX_WORK: the method's Function
+    big, w127 = torch.randn(64, 4096, requires_grad=True), torch.randn(127)
+    convolve(big, w127, method="direct")  # recorded, oneDNN's, too many taps: the Function
     assert rows_calls == []
     convolve(x, w, method="direct")
-    convolve(big.detach(), w, method="direct")  # oneDNN's convolution, not recorded
-    assert rows_calls == [(2, 4096), (64, 4096)]
+    convolve(big.detach(), w127, method="direct")  # oneDNN's convolution, not recorded
+    convolve(big, w, method="direct")  # recorded, oneDNN's, up to MAX_RECORDED_ONEDNN_TAPS
+    assert rows_calls == [(2, 4096), (64, 4096), (64, 4096)]
 
 
 def test_not_taken_when_reduced_precision_is_allowed(rows_calls):
@@ -194,6 +195,33 @@ def test_gradients_match_float64(rows_calls, mode, shape, K):
         names = {type(node).__name__ for node in _graph_nodes(y)}
         assert "SlowConv2DBackward0" in names
         assert not any("DirectRange" in name for name in names)
+
+
+@pytest.mark.parametrize("shape, K", [((64, 4096), 31), ((16, 8000), 63)])
+def test_recorded_onednn_convolution_gradients_match_float64(rows_calls, shape, K):
+    # Past native work, autograd records oneDNN's convolution up to 63 taps: its backward is
+    # oneDNN's, first and second order.
+    rng = np.random.default_rng(K)
+    x = torch.from_numpy(rng.standard_normal(shape)).float().requires_grad_()
+    w = torch.from_numpy(rng.standard_normal(K)).float().requires_grad_()
+    assert not _framed_conv.runs_native(shape[0], shape[1], _framed_conv.frame_plan(K)[1])
+    y = convolve(x, w, method="direct")
+    assert "MkldnnConvolutionBackward0" in {type(n).__name__ for n in _graph_nodes(y)}
+    g = torch.from_numpy(rng.standard_normal(shape)).float()
+    grad_x, grad_w = torch.autograd.grad(y, (x, w), g, create_graph=True)
+    expected_x, expected_w = _float64_gradients(x, w, g, "same")
+    _close(grad_x, expected_x.numpy(), K)
+    _close(grad_w, expected_w.numpy(), int(np.prod(shape)))
+    v = torch.from_numpy(rng.standard_normal(shape)).float()
+    (hvp,) = torch.autograd.grad((grad_x * v).sum(), w)
+    x64 = x.detach().double().requires_grad_()
+    w64 = w.detach().double().requires_grad_()
+    (gx64,) = torch.autograd.grad(
+        convolve(x64, w64, method="fft"), x64, g.double(), create_graph=True
+    )
+    (expected_hvp,) = torch.autograd.grad((gx64 * v.double()).sum(), w64)
+    _close(hvp, expected_hvp.numpy(), int(np.prod(shape)))
+    assert rows_calls == [shape]
 
 
 def test_second_derivatives_match_float64(rows_calls):
