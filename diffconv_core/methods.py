@@ -513,8 +513,7 @@ def pick_method(
 ) -> str:
     """:func:`choose_method` for arguments already checked (``convolve`` calls it on every
     call, where the checks' microseconds add to small calls' host time)."""
-    from diffconv_core import tuning  # the measured cache, if any
-
+    tuning = _tuning or _import_tuning()  # the measured cache, if any
     if K == 1:
         # One tap is a gain: direct multiplies each sample once, exactly (an identity kernel
         # gives the signal back bit for bit), where an FFT rounds every output. On one short
@@ -547,6 +546,19 @@ def pick_method(
         # The backward pass costs each method a different multiple of its forward pass.
         costs = {name: cost * backward_factor(name, K) for name, cost in costs.items()}
     return cheapest(costs)
+
+
+_tuning = None
+
+
+def _import_tuning():
+    # tuning imports this module: imported on first use, then kept (an import statement on
+    # every call cost ~0.2 us of a small call's host time).
+    global _tuning
+    from diffconv_core import tuning
+
+    _tuning = tuning
+    return tuning
 
 
 #: Direct sums round each output on its own (a zero stays zero, a delta returns the signal),
