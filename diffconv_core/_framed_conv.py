@@ -396,10 +396,11 @@ def correlate_rows_direct(
     """:func:`correlate_rows` with the kernel as given (``out[r, m] = sum_k kernel[K - 1 -
     k] * rows[r, m + k - shift]``) and a :func:`direct_rows_plan`, in as few operations as
     host time allows: the taps' one gather, the one convolution and the output's layout.
-    Autograd records every step, so with operands that require gradients it is
-    differentiable to any order, torch's backward (native or oneDNN's) with no Python on the
-    way back; rows that are not whole frames are then padded by ``F.pad`` rather than copied
-    into the work array. ``convolve`` calls it straight away (1 x 4,096 with 31 taps:
+    Autograd records every step (the convolution as conv2d, which takes the same native or
+    oneDNN convolution), so with operands that require gradients it is differentiable to any
+    order, forward-over-reverse included, with no Python on the way back; rows that are
+    not whole frames are then padded by ``F.pad`` rather than copied into the work array.
+    ``convolve`` calls it straight away (1 x 4,096 with 31 taps:
     ~21 us alone, where the direct method's layers took 44 and ``conv1d`` 14-17; 512 x
     1,024 with 31 taps 201 us against 238, interleaved).
 
@@ -415,14 +416,22 @@ def correlate_rows_direct(
     R, T = rows.shape
     pad, lead, J = plan
     K = kernel.shape[-1]
+    recorded = torch.is_grad_enabled() and (rows.requires_grad or kernel.requires_grad)
     width = -(-T // FRAME) * FRAME
     if width != T:
-        recorded = rows.requires_grad and torch.is_grad_enabled()
         rows = F.pad(rows, (0, width - T)) if recorded else _in_whole_frames(rows)
     index = _kernel_filter_taps(K, lead, J, kernel.device)
     # take: ~1 us less than indexing with the same tensor.
     weight = torch.take(torch.constant_pad_nd(kernel, (0, 1)), index).permute(0, 3, 1, 2)
-    out = _convolve_frames(rows, weight, pad)
+    if recorded:
+        # conv2d, recorded as a convolution: its backward has forward-mode rules too
+        # (forward-over-reverse Hessian products), which torch's native convolution called
+        # by name lacks. It takes the same native convolution for small work.
+        image = rows.view(1, R, -1, FRAME).permute(0, 3, 1, 2)
+        with autocast_off("cpu"):
+            out = F.conv2d(image, weight, None, 1, (0, pad)).permute(0, 2, 3, 1).reshape(R, -1)
+    else:
+        out = _convolve_frames(rows, weight, pad)
     return out if out.shape[-1] == n_out else out[:, :n_out].contiguous()
 
 
