@@ -212,7 +212,8 @@ def rows_call(x: torch.Tensor, w: torch.Tensor, lo: int, hi: int) -> tuple[int, 
     """The plan (``_framed_conv.direct_rows_plan``) where a call past :func:`tiny_range`
     is one convolution over every row (:func:`rows_range`): one float32 kernel for
     contiguous float32 rows on the CPU, oneDNN's exact settings, more taps than the shifted
-    sums take, and where autograd records it ``_framed_conv.recorded_directly``; else None.
+    sums take and at most ``MAX_TOEPLITZ_TAPS``, and where autograd records it
+    ``_framed_conv.recorded_directly``; else None.
 
     Example:
         >>> rows_call(torch.ones(1, 4096), torch.ones(31), 15, 4111)
@@ -223,6 +224,7 @@ def rows_call(x: torch.Tensor, w: torch.Tensor, lo: int, hi: int) -> tuple[int, 
     K, T = w.shape[-1], x.shape[-1]
     if (
         w.numel() != K
+        or K > MAX_TOEPLITZ_TAPS  # conv1d's, as the direct method's (and the model's)
         or x.dtype != torch.float32
         or w.dtype != torch.float32
         or x.device.type != "cpu"

@@ -107,6 +107,7 @@ def test_not_taken_where_it_does_not_apply(rows_calls):
     convolve(torch.randn(4096, 2).T, w, method="direct")  # rows not contiguous
     convolve(x, torch.randn(2, 31), method="direct")  # a kernel per row
     convolve(x, torch.randn(5), method="direct")  # few taps: the shifted sums
+    convolve(x, torch.randn(1025), method="direct")  # past MAX_TOEPLITZ_TAPS: conv1d
     big, w127 = torch.randn(64, 4096, requires_grad=True), torch.randn(127)
     convolve(big, w127, method="direct")  # recorded, oneDNN's, too many taps: the Function
     assert rows_calls == []
