@@ -283,3 +283,12 @@ def test_forward_over_reverse_hessian_products(rows_calls, shape, K):
     _close(tangent_x, expected_x.numpy(), K)
     _close(tangent_w, expected_w.numpy(), int(np.prod(shape)))
     assert rows_calls == [shape]
+
+
+def test_a_strided_kernel_is_read_as_it_is(rows_calls):
+    x = torch.randn(2, 4096)
+    base = torch.randn(31, 3)
+    for w in (base[:, 1], torch.randn(100)[5:98:3]):
+        assert not w.is_contiguous() or w.storage_offset()
+        _close(convolve(x, w, method="direct"), reference(x.double(), w.double(), "same"), 31)
+    assert rows_calls == [(2, 4096), (2, 4096)]
