@@ -292,3 +292,45 @@ def test_a_strided_kernel_is_read_as_it_is(rows_calls):
         assert not w.is_contiguous() or w.storage_offset()
         _close(convolve(x, w, method="direct"), reference(x.double(), w.double(), "same"), 31)
     assert rows_calls == [(2, 4096), (2, 4096)]
+
+
+def test_filters_are_reused_only_for_a_kernel_of_the_same_bits(monkeypatch, rows_calls):
+    # Without a graph the last filters are kept per thread; a kernel changed in place, or
+    # another with one zero's sign flipped, gets filters of its own.
+    built = []
+    real_take = torch.take
+
+    def counted_take(*args):
+        built.append(1)
+        return real_take(*args)
+
+    monkeypatch.setattr(torch, "take", counted_take)
+    x = torch.randn(2, 4096)
+    w = torch.rand(31)
+    w[3] = 0.0
+    first = convolve(x, w, method="direct")
+    again = convolve(x.clone(), w.clone(), method="direct")  # equal bits: reused
+    assert torch.equal(first, again) and len(built) == 1
+    w.mul_(2.0)  # in place: same tensor, other values
+    _close(convolve(x, w, method="direct"), reference(x.double(), w.double(), "same"), 31)
+    assert len(built) == 2
+    signed = w.clone()
+    signed[3] = -0.0
+    convolve(x, signed, method="direct")
+    assert len(built) == 3
+    with torch.enable_grad():
+        convolve(x, w.clone().requires_grad_(), method="direct")  # recorded: built anew
+    assert len(built) == 4 and len(rows_calls) == 5
+
+
+def test_threads_keep_their_own_filters(rows_calls):
+    from concurrent.futures import ThreadPoolExecutor
+
+    x = torch.randn(2, 4096)
+    kernels = [torch.rand(31) for _ in range(8)]
+    expected = [reference(x.double(), w.double(), "same") for w in kernels]
+    with ThreadPoolExecutor(4) as pool:
+        for _ in range(5):
+            got = list(pool.map(lambda w: convolve(x, w, method="direct"), kernels))
+            for y, e in zip(got, expected, strict=True):
+                _close(y, e, 31)
