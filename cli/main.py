@@ -13,15 +13,26 @@ import sys
 
 import click
 
+
+def _command_name(args: list[str]) -> str | None:
+    """The subcommand named on the command line (the first argument not an option)."""
+    return next((arg for arg in args if not arg.startswith("-")), None)
+
+
 # Before anything imports torch: idle OpenMP threads spinning between parallel regions steal
 # the cores that reading, encoding and writing files need (a 10-minute stereo file took 13 s
-# with spinning threads and 3.5 s without on 2 cores). A user's own setting wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# with spinning threads and 3.5 s without on 2 cores). A user's own setting wins. `tune`
+# keeps OpenMP's default: its timings go into the cache that "auto" consults in every
+# process, most of which keep that default, and sleeping threads woken for each parallel
+# region made small direct calls time 3x slower there (1 x 1,024 with 127 taps, forward and
+# backward: 0.64 ms against 0.15; its cache then said fft, 0.12).
+if _command_name(sys.argv[1:]) != "tune":
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # numpy's OpenBLAS starts a thread per core that polls for work; the command layer does no
 # linear algebra in numpy, and on 2 cores those threads took 2% of a batch run's CPU time.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-from cli import __version__, errors, interrupts, startup
+from cli import __version__, errors, interrupts, startup  # noqa: E402 (after the settings)
 
 # name -> (module under cli.commands, one-line help shown by `diffconv --help`)
 COMMANDS: dict[str, tuple[str, str]] = {

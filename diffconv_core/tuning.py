@@ -338,6 +338,15 @@ def measure(
 
     device = torch.device(device)
     records = []
+    # Each method once before any timing, recorded by autograd too: a process's first calls
+    # pay one-off set-up (oneDNN's, the transforms'), which had the first shape of `diffconv
+    # tune --quick` time direct at 65 us where it takes 20 (1 x 1,024 with 3 taps).
+    for method in METHOD_NAMES:
+        warm_x = torch.randn(2, 1024, device=device, dtype=dtype, requires_grad=backward)
+        warm_w = torch.randn(31, device=device, dtype=dtype, requires_grad=backward)
+        warm = convolve(warm_x, warm_w, mode, method=method)
+        if backward:
+            warm.sum().backward()
     for batch, T, K in shapes if shapes is not None else default_shapes(device.type):
         x = torch.randn(batch, T, device=device, dtype=dtype)
         w = torch.randn(K, device=device, dtype=dtype)

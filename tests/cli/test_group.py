@@ -84,6 +84,19 @@ def test_thread_settings_default_but_never_override_the_users():
     assert out.stdout.split() == ["ACTIVE", "4"], out.stderr
 
 
+def test_tune_measures_with_openmps_default_wait_policy():
+    # Its timings serve "auto" in every process, which keep OpenMP's default: no PASSIVE.
+    code = (
+        "import os, sys; sys.argv = ['diffconv', {args}]; import cli.main; "
+        "print(os.environ.get('OMP_WAIT_POLICY'))"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    for args, policy in (("'tune', '--quick'", "None"), ("'smooth', 'tune.wav'", "PASSIVE")):
+        command = [sys.executable, "-c", code.format(args=args)]
+        out = subprocess.run(command, env=env, capture_output=True, text=True)
+        assert out.stdout.split() == [policy], out.stderr
+
+
 def _run_one(tmp_path):
     import numpy as np
 

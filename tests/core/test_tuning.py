@@ -283,3 +283,21 @@ def test_records_of_another_implementation_are_not_used(cache_dir, generation):
     saved = json.loads((cache_dir / "methods.json").read_text())[key]
     assert [record["generation"] for record in saved] == [tuning.CACHE_GENERATION]
     assert tuning.lookup("cpu", 4, 4096, 31, "same", torch.float32) == "overlap"
+
+
+def test_measure_warms_every_method_up_before_timing(monkeypatch):
+    # A process's first calls pay one-off set-up, which had the first shape's direct time
+    # three times its later one.
+    from diffconv_core import convolution
+
+    calls = []
+    real = convolution.convolve
+
+    def counted(x, w, mode, method):
+        calls.append((tuple(x.shape), method, x.requires_grad))
+        return real(x, w, mode, method=method)
+
+    monkeypatch.setattr(convolution, "convolve", counted)
+    tuning.measure("cpu", torch.float32, [(1, 64, 3)], budget_s=0.0)
+    warm = [((2, 1024), method, True) for method in tuning.METHOD_NAMES]
+    assert calls[:3] == warm and calls[3][0] == (1, 64)
