@@ -251,6 +251,38 @@ def check_small_training(budget_s: float) -> None:
         print(f"  {line}")
 
 
+FLOAT64_SHAPES = [(1, 256), (1, 1024), (4, 1024), (1, 4096), (16, 512), (2, 8192)]
+FLOAT64_SHAPES += [(1, 16384), (64, 1024), (8, 8192)]
+FLOAT64_TAPS = [8, 13, 31, 63, 127, 255]
+
+
+def check_float64(budget_s: float) -> None:
+    """Time each method's float64 forward in interleaved rounds on small and mid-size calls
+    and print how often the model's pick is within 10% of the fastest (float64 is priced
+    from the float32 terms: the GEMMs by _FLOAT64_GEMM_FACTOR, the native convolution as
+    float32's)."""
+    cases = []
+    with torch.no_grad():
+        for (B, T), K in itertools.product(FLOAT64_SHAPES, FLOAT64_TAPS):
+            x = torch.randn(B, T, dtype=torch.float64)
+            w = torch.hann_window(K, periodic=False, dtype=torch.float64)
+            fns = {
+                m: (lambda m=m, x=x, w=w: diffconv_core.convolve(x, w, method=m)) for m in METHODS
+            }
+            times = bench_core.interleaved_medians(fns, "cpu", budget_s)
+            cases.append((B, T, K, times))
+            print(
+                f"# {B} x {T}, {K} taps, float64: "
+                + ", ".join(f"{m} {s * 1e3:.3f} ms" for m, s in times.items())
+            )
+    near, misses = near_fastest(
+        cases, lambda B, T, K: diffconv_core.choose_method((B, T), (K,), dtype=torch.float64)
+    )
+    print(f"\nfloat64: pick within 10% of the fastest in {near} of {len(cases)}")
+    for line in misses:
+        print(f"  {line}")
+
+
 PER_ROW_SHAPES = [(32, 16_000), (128, 4000), (8, 100_000), (4, 480_000), (256, 1024)]
 PER_ROW_SHAPES += [(2, 20_000)]
 PER_ROW_TAPS = [7, 15, 31, 63, 127, 255]
@@ -299,6 +331,7 @@ def main() -> None:
     parser.add_argument(
         "--small-training", action="store_true", help="check small calls' fwd+bwd picks"
     )
+    parser.add_argument("--float64", action="store_true", help="check float64 picks")
     parser.add_argument("--from-log", help="refit from the timings an earlier run printed")
     args = parser.parse_args()
     retain_freed_memory()
@@ -311,6 +344,9 @@ def main() -> None:
         return
     if args.small_training:
         check_small_training(args.budget)
+        return
+    if args.float64:
+        check_float64(args.budget)
         return
     cases, gemm_cases = timings_from_log(args.from_log) if args.from_log else ([], [])
     with torch.no_grad():

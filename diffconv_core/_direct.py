@@ -210,9 +210,10 @@ def takes_tiny_range(x: torch.Tensor, w: torch.Tensor, lo: int, hi: int) -> bool
 
 def rows_call(x: torch.Tensor, w: torch.Tensor, lo: int, hi: int) -> tuple[int, int, int] | None:
     """The plan (``_framed_conv.direct_rows_plan``) where a call past :func:`tiny_range`
-    is one convolution over every row (:func:`rows_range`): one float32 kernel for
-    contiguous float32 rows on the CPU, oneDNN's exact settings, more taps than the shifted
-    sums take and at most ``MAX_TOEPLITZ_TAPS``, and where autograd records it
+    is one convolution over every row (:func:`rows_range`): one kernel for contiguous rows on
+    the CPU, in float32 with oneDNN's exact settings or in float64 for native work (an
+    unfold and a GEMM in double precision; oneDNN takes no float64), more taps than the
+    shifted sums take and at most ``MAX_TOEPLITZ_TAPS``, and where autograd records it
     ``_framed_conv.recorded_directly``; else None.
 
     Example:
@@ -222,20 +223,24 @@ def rows_call(x: torch.Tensor, w: torch.Tensor, lo: int, hi: int) -> tuple[int, 
         True
     """
     K, T = w.shape[-1], x.shape[-1]
+    float64 = x.dtype == torch.float64
     if (
         w.numel() != K
         or K > MAX_TOEPLITZ_TAPS  # conv1d's, as the direct method's (and the model's)
-        or x.dtype != torch.float32
-        or w.dtype != torch.float32
+        or w.dtype != x.dtype
+        or not (float64 or x.dtype == torch.float32)
         or x.device.type != "cpu"
-        or shifted_sums_for(K, T, True)
+        # float64 has no oneDNN, so its direct path takes the shifted sums as for rows that
+        # are not whole frames
+        or shifted_sums_for(K, T, not float64)
         or not x.is_contiguous()
-        or not _framed_conv.usable(x)
+        or not (float64 or _framed_conv.usable(x))
     ):
         return None
     rows = x.numel() // max(T, 1)
     recorded = needs_graph(x, w)
-    return _framed_conv.direct_rows_plan(rows, T, K, hi - lo, K - 1 - lo, recorded)
+    plan = _framed_conv.direct_rows_plan
+    return plan(rows, T, K, hi - lo, K - 1 - lo, recorded, native_only=float64)
 
 
 def rows_range(

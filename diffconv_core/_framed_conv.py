@@ -364,19 +364,24 @@ def recorded_directly(rows: int, T: int, K: int, J: int) -> bool:
 
 
 def direct_rows_plan(
-    rows: int, T: int, K: int, n_out: int, shift: int, recorded: bool
+    rows: int, T: int, K: int, n_out: int, shift: int, recorded: bool, native_only: bool = False
 ) -> tuple[int, int, int] | None:
-    """:func:`whole_rows_plan` for :func:`correlate_rows_direct`, else None (recorded by
-    autograd only where :func:`recorded_directly`).
+    """:func:`whole_rows_plan` for :func:`correlate_rows_direct`, else None: recorded by
+    autograd only where :func:`recorded_directly`, and only for native work with
+    ``native_only`` (float64, which oneDNN does not take).
 
     Example:
         >>> direct_rows_plan(512, 1024, 127, 1024, 63, recorded=False)
         (4, 1, 9)
         >>> direct_rows_plan(512, 1024, 127, 1024, 63, recorded=True) is None
         True
+        >>> direct_rows_plan(512, 1024, 127, 1024, 63, False, native_only=True) is None
+        True
     """
     plan = whole_rows_plan(T, K, n_out, shift, rows)
-    if plan is None or (recorded and not recorded_directly(rows, T, K, plan[2])):
+    if plan is None or (native_only and not runs_native(rows, T, plan[2])):
+        return None
+    if recorded and not recorded_directly(rows, T, K, plan[2]):
         return None
     return plan
 
@@ -401,17 +406,23 @@ def _filters_of(kernel: torch.Tensor, lead: int, J: int, recorded: bool) -> torc
     # where building them took ~4 (a third of a small call's own time).
     K = kernel.shape[-1]
     key = (K, lead, J, kernel.dtype, kernel.device)
-    if not recorded:
+    bits_dtype = _BITS.get(kernel.dtype)
+    if not recorded and bits_dtype is not None:
         last = getattr(_last_filters, "entry", None)
-        bits = kernel.view(torch.int32) if kernel.dtype == torch.float32 else None
-        if last is not None and last[0] == key and bits is not None and torch.equal(last[1], bits):
+        bits = kernel.view(bits_dtype)
+        if last is not None and last[0] == key and torch.equal(last[1], bits):
             return last[2]
     index = _kernel_filter_taps(K, lead, J, kernel.device)
     # take: ~1 us less than indexing with the same tensor.
     weight = torch.take(torch.constant_pad_nd(kernel, (0, 1)), index).permute(0, 3, 1, 2)
-    if not recorded and kernel.dtype == torch.float32:
-        _last_filters.entry = (key, kernel.view(torch.int32).clone(), weight)
+    if not recorded and bits_dtype is not None:
+        _last_filters.entry = (key, kernel.view(bits_dtype).clone(), weight)
     return weight
+
+
+#: The integer dtype whose values are a float dtype's bits (NaN payloads and signed zeros
+#: compared as they are).
+_BITS = {torch.float32: torch.int32, torch.float64: torch.int64}
 
 
 def correlate_rows_direct(

@@ -350,9 +350,14 @@ def estimate_costs(
     L = output_length(T, K, mode)
     call = c["direct_call"]
     whole = None  # oneDNN's layout of all rows at once (float32, rows of whole frames)
-    if framed_conv and device_type == "cpu":
+    native64 = None  # the same layout in float64, for torch's native convolution alone
+    if (framed_conv or float64) and device_type == "cpu":
         lo, hi = output_range(T, K, mode)
-        whole = _framed_conv.whole_rows_plan(T, K, hi - lo, K - 1 - lo, batch)
+        plan = _framed_conv.whole_rows_plan(T, K, hi - lo, K - 1 - lo, batch)
+        if framed_conv:
+            whole = plan
+        elif shared_kernel and plan is not None and _framed_conv.runs_native(batch, T, plan[2]):
+            native64 = plan
     if device_type != "cpu":
         per_sample = c["direct_tap"] * K
     elif shared_kernel and small_call(batch, L, K, torch.float64 if float64 else torch.float32):
@@ -389,6 +394,13 @@ def estimate_costs(
         else:
             call = f["framed_call"]
             per_sample = f["framed_sample"] + f["framed_tap"] * _framed_conv.work(K)
+    elif native64 is not None:
+        # float64's one native convolution over every row (_direct.rows_range), priced as
+        # float32's: its GEMM in double took ~2x float32's time (2 x 8,192 with 63 taps,
+        # 16 x 1,024 with 63, 1 x 16,384 with 31), about what the transforms take in double.
+        f = _COSTS["cpu"]
+        call = f["native_call"]
+        per_sample = f["native_sample"] + f["native_tap"] * native64[2] * _framed_conv.FRAME
     else:
         # One kernel for every row: the GEMMs in pieces, also when recorded.
         f = _COSTS["cpu"]

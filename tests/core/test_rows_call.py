@@ -103,7 +103,7 @@ def test_auto_takes_it_where_the_model_prices_it_cheapest(rows_calls):
 
 def test_not_taken_where_it_does_not_apply(rows_calls):
     x, w = torch.randn(2, 4096), torch.randn(31)
-    convolve(x.double(), w.double(), method="direct")  # float64: the GEMMs
+    convolve(torch.randn(64, 4096).double(), w.double(), method="direct")  # float64, past native
     convolve(torch.randn(4096, 2).T, w, method="direct")  # rows not contiguous
     convolve(x, torch.randn(2, 31), method="direct")  # a kernel per row
     convolve(x, torch.randn(5), method="direct")  # few taps: the shifted sums
@@ -334,3 +334,36 @@ def test_threads_keep_their_own_filters(rows_calls):
             got = list(pool.map(lambda w: convolve(x, w, method="direct"), kernels))
             for y, e in zip(got, expected, strict=True):
                 _close(y, e, 31)
+
+
+@pytest.mark.parametrize("mode", ["full", "same", "valid"])
+@pytest.mark.parametrize("shape, K", [((1, 4096), 31), ((4, 1000), 63), ((16, 512), 15)])
+def test_float64_native_work_is_one_convolution_too(rows_calls, mode, shape, K):
+    # oneDNN takes no float64; torch's native convolution (an unfold and a GEMM in double
+    # precision) does, and float64 takes it for native work.
+    rng = np.random.default_rng(K)
+    x = torch.from_numpy(rng.standard_normal(shape))
+    w = torch.from_numpy(rng.standard_normal(K))
+    got = convolve(x, w, mode, method="direct")
+    expected = reference(x, w, mode)
+    scale = max(float(np.abs(expected).max()), 1.0)
+    atol = 8 * torch.finfo(torch.float64).eps * scale * K**0.5
+    np.testing.assert_allclose(got.numpy(), expected, rtol=0, atol=atol)
+    assert got.dtype == torch.float64 and rows_calls == [shape]
+    assert choose_method(shape, (K,), mode=mode, dtype=torch.float64) == "direct"
+
+
+def test_float64_past_native_work_keeps_the_gemms(rows_calls):
+    x, w = torch.randn(64, 4096, dtype=torch.float64), torch.randn(31, dtype=torch.float64)
+    got = convolve(x, w, method="direct")
+    np.testing.assert_allclose(got.numpy(), reference(x, w, "same"), rtol=0, atol=1e-12)
+    convolve(torch.randn(1, 4096, dtype=torch.float64), torch.randn(9, dtype=torch.float64))
+    assert rows_calls == []  # 9 taps in float64: the shifted sums, as rows not whole frames
+
+
+def test_float64_gradients_pass_gradcheck(rows_calls):
+    x = torch.randn(1, 1040, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(31, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, b: convolve(a, b, method="direct"), (x, w))
+    assert torch.autograd.gradgradcheck(lambda a, b: convolve(a, b, method="direct"), (x, w))
+    assert rows_calls and set(rows_calls) == {(1, 1040)}
