@@ -336,18 +336,16 @@ def main() -> None:
     args = parser.parse_args()
     retain_freed_memory()
     torch.manual_seed(0)
-    if args.backward:
-        fit_backward(args.budget)
-        return
-    if args.per_row:
-        fit_per_row(args.budget)
-        return
-    if args.small_training:
-        check_small_training(args.budget)
-        return
-    if args.float64:
-        check_float64(args.budget)
-        return
+    modes = {
+        "backward": fit_backward,
+        "per_row": fit_per_row,
+        "small_training": check_small_training,
+        "float64": check_float64,
+    }
+    for name, run in modes.items():
+        if getattr(args, name):
+            run(args.budget)
+            return
     cases, gemm_cases = timings_from_log(args.from_log) if args.from_log else ([], [])
     with torch.no_grad():
         for (B, T), K in [] if args.from_log else itertools.product(SHAPES, TAPS):
