@@ -467,6 +467,60 @@ def correlate_rows_direct(
     return out if out.shape[-1] == n_out else out[:, :n_out].contiguous()
 
 
+@functools.lru_cache(maxsize=64)
+def _bank_filter_taps(K: int, lead: int, J: int, count: int, device: torch.device) -> torch.Tensor:
+    # _kernel_filter_taps for `count` kernels of K taps, each with its zero appended, laid end
+    # to end: kernel f's entries offset by f * (K + 1). (count * P, 1, J, P), as one gather
+    # gives the filters of every kernel, kernel after kernel.
+    one = _kernel_filter_taps(K, lead, J, device)
+    offsets = torch.arange(count, device=device).view(count, 1, 1, 1, 1) * (K + 1)
+    return (one.unsqueeze(0) + offsets).reshape(count * FRAME, 1, J, FRAME)
+
+
+def correlate_bank_direct(
+    rows: torch.Tensor, kernels: torch.Tensor, n_out: int, plan: tuple[int, int, int]
+) -> torch.Tensor:
+    """:func:`correlate_rows_direct` for a bank of kernels: every row with every kernel
+    (``out[r, f, m] = sum_k kernels[f, K - 1 - k] * rows[r, m + k - shift]``), as one
+    convolution with the filters of all kernels as its output channels (what ``conv1d`` does
+    with one input channel and a filter per output channel). Recorded by autograd as
+    ``conv2d`` where the operands need it; the output is copied once, from frames of every
+    kernel to rows of one kernel each.
+
+    Shape:
+        rows ``(R, T)`` contiguous, kernels ``(F, K)`` -> ``(R, F, n_out)``.
+
+    Example:
+        >>> x = torch.arange(32.0).reshape(1, 32)
+        >>> bank = torch.tensor([[0.0, 1.0, 0.0], [0.0, 2.0, 1.0]])  # x[m]; x[m - 1] + 2 x[m]
+        >>> plan = direct_rows_plan(1, 32, 3, 32, 1, recorded=False)
+        >>> correlate_bank_direct(x, bank, 32, plan)[0, :, :3].tolist()
+        [[0.0, 1.0, 2.0], [0.0, 2.0, 5.0]]
+    """
+    R, T = rows.shape
+    count, K = kernels.shape
+    pad, lead, J = plan
+    recorded = torch.is_grad_enabled() and (rows.requires_grad or kernels.requires_grad)
+    width = -(-T // FRAME) * FRAME
+    if width != T:
+        rows = F.pad(rows, (0, width - T)) if recorded else _in_whole_frames(rows)
+    index = _bank_filter_taps(K, lead, J, count, kernels.device)
+    padded = torch.constant_pad_nd(kernels, (0, 1))
+    weight = torch.take(padded, index).permute(0, 3, 1, 2)  # (count * P, P, 1, J)
+    image = rows.view(1, R, width // FRAME, FRAME).permute(0, 3, 1, 2)
+    with autocast_off("cpu"):
+        if recorded:
+            frames = F.conv2d(image, weight, None, 1, (0, pad))
+        elif runs_native(R * count, width, J):
+            frames = _native_conv2d(image, weight, (1, J), None, (1, 1), (0, pad))
+        else:
+            frames = _onednn_conv2d(image, weight, None, (0, pad), (1, 1), (1, 1), 1)
+    # (1, count * P, R, q) -> (R, count, q * P): one copy, frames of every kernel to rows.
+    q = frames.shape[-1]
+    out = frames.view(count, FRAME, R, q).permute(2, 0, 3, 1).reshape(R, count, q * FRAME)
+    return out if q * FRAME == n_out else out[..., :n_out].contiguous()
+
+
 def gradient_products_rows(
     g: torch.Tensor, rows: torch.Tensor, lo: int, K: int
 ) -> torch.Tensor | None:

@@ -23,8 +23,10 @@ import torch
 
 from diffconv_core import _framed_conv
 from diffconv_core._direct import (
+    MAX_BANK_TAPS,
     MAX_TOEPLITZ_TAPS,
     MIN_WHOLE_ROWS_TAPS,
+    is_bank,
     shifted_sums_for,
     small_call,
 )
@@ -329,6 +331,7 @@ def estimate_costs(
     shared_kernel: bool = True,
     framed_conv: bool = False,
     float64: bool = False,
+    bank: bool = False,
 ) -> dict[str, float]:
     """Modelled forward time of each method in nanoseconds (the ranking is what counts), for
     the path each takes: with autograd recording or not, one kernel for all rows or not, a
@@ -356,8 +359,17 @@ def estimate_costs(
         plan = _framed_conv.whole_rows_plan(T, K, hi - lo, K - 1 - lo, batch)
         if framed_conv:
             whole = plan
-        elif shared_kernel and plan is not None and _framed_conv.runs_native(batch, T, plan[2]):
-            native64 = plan
+        elif (shared_kernel or bank) and plan is not None:
+            native64 = plan if _framed_conv.runs_native(batch, T, plan[2]) else None
+    # A bank of kernels (every row with every kernel, `batch` counting both) takes the one
+    # convolution as one kernel for every row does, where it applies (_direct.bank_call);
+    # else the batched GEMMs.
+    bank_direct = (
+        bank
+        and not requires_grad
+        and K <= MAX_BANK_TAPS
+        and (whole is not None or native64 is not None)
+    )
     if device_type != "cpu":
         per_sample = c["direct_tap"] * K
     elif shared_kernel and small_call(batch, L, K, torch.float64 if float64 else torch.float32):
@@ -374,7 +386,7 @@ def estimate_costs(
         per_sample = f["shift_sample"] + f["shift_tap"] * K
         if not shared_kernel:
             per_sample *= _PER_ROW_SHIFT_FACTOR
-    elif not shared_kernel:
+    elif not shared_kernel and not bank_direct:
         # Batched block-Toeplitz GEMMs in pieces, recorded or not (its own backward).
         a = _COSTS["cpu_autograd"]
         call = a["direct_call"]
@@ -489,7 +501,9 @@ def choose_method(
             f"shapes do not broadcast: signal {signal_shape}, kernel {kernel_shape}"
         ) from None
     shared = math.prod(kernel_shape[:-1]) == 1
-    return pick_method(batch, T, K, mode, check_device(device), dtype, requires_grad, shared)
+    bank = not shared and is_bank(signal_shape, kernel_shape)
+    device = check_device(device)
+    return pick_method(batch, T, K, mode, device, dtype, requires_grad, shared, bank)
 
 
 def _shape(name: str, shape: object) -> tuple[int, ...]:
@@ -522,9 +536,11 @@ def pick_method(
     dtype: torch.dtype,
     requires_grad: bool,
     shared: bool,
+    bank: bool = False,
 ) -> str:
     """:func:`choose_method` for arguments already checked (``convolve`` calls it on every
-    call, where the checks' microseconds add to small calls' host time)."""
+    call, where the checks' microseconds add to small calls' host time); ``bank``: several
+    kernels, each for every signal (``_direct.is_bank``)."""
     tuning = _tuning or _import_tuning()  # the measured cache, if any
     if K == 1:
         # One tap is a gain: direct multiplies each sample once, exactly (an identity kernel
@@ -551,13 +567,29 @@ def pick_method(
     # Half types are computed in float32 on a CPU (convolution.py), there by oneDNN too. The
     # shifted sums take the fewest taps: no need to read torch's oneDNN settings for them.
     compute_dtype = torch.float32 if dtype in HALF_DTYPES and device_type == "cpu" else dtype
-    framed = shared and K >= MIN_WHOLE_ROWS_TAPS and _framed_conv.usable_for(compute_dtype, device)
+    framed = (
+        (shared or bank)
+        and K >= MIN_WHOLE_ROWS_TAPS
+        and _framed_conv.usable_for(compute_dtype, device)
+    )
     float64 = compute_dtype == torch.float64 and device_type == "cpu"
-    costs = estimate_costs(batch, T, K, mode, device_type, requires_grad, shared, framed, float64)
+    costs = estimate_costs(
+        batch, T, K, mode, device_type, requires_grad, shared, framed, float64, bank
+    )
     if requires_grad:
         # The backward pass costs each method a different multiple of its forward pass.
         costs = {name: cost * backward_factor(name, K) for name, cost in costs.items()}
+        if bank:
+            costs["direct"] *= _BANK_RECORDED_FACTOR
     return cheapest(costs)
+
+
+#: A bank's direct training step (the batched GEMMs' Function over every row-kernel pair)
+#: over what the per-row terms and backward factor price: it took 1.4-3.8x the FFT's time in
+#: 9 banks of 8-80 kernels of 15-251 taps over 1-128 signals of 400-16,000 samples, where
+#: the model picked it in 8 (2 cores, interleaved; this factor picks the FFT or overlap-save
+#: in all 9).
+_BANK_RECORDED_FACTOR = 4.0
 
 
 _tuning = None

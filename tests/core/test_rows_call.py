@@ -368,3 +368,64 @@ def test_float64_gradients_pass_gradcheck(rows_calls):
     assert torch.autograd.gradcheck(lambda a, b: convolve(a, b, method="direct"), (x, w))
     assert torch.autograd.gradgradcheck(lambda a, b: convolve(a, b, method="direct"), (x, w))
     assert rows_calls and set(rows_calls) == {(1, 1040)}
+
+
+@pytest.fixture
+def bank_calls(monkeypatch):
+    """The signals' and kernels' shapes of each call of ``bank_range``."""
+    calls = []
+    real = _direct.bank_range
+
+    def counted(x, w, lo, hi, plan):
+        calls.append((tuple(x.shape), tuple(w.shape)))
+        return real(x, w, lo, hi, plan)
+
+    monkeypatch.setattr(_direct, "bank_range", counted)
+    return calls
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("mode", ["full", "same", "valid"])
+@pytest.mark.parametrize(
+    "x_shape, w_shape", [((4, 1, 1000), (6, 31)), ((2048,), (5, 63)), ((2, 3, 1, 512), (4, 15))]
+)
+def test_a_bank_of_kernels_is_one_convolution(bank_calls, dtype, mode, x_shape, w_shape):
+    # Every signal with every kernel (a filter bank): kernels as the output channels.
+    rng = np.random.default_rng(w_shape[-1])
+    x = torch.from_numpy(rng.standard_normal(x_shape)).to(dtype)
+    w = torch.from_numpy(rng.standard_normal(w_shape)).to(dtype)
+    got = convolve(x, w, mode, method="direct")
+    rows = x.reshape(-1, x_shape[-1]).double().numpy()
+    kernels = w.double().numpy()
+    expected = np.stack(
+        [reference(torch.from_numpy(r), torch.from_numpy(k), mode) for r in rows for k in kernels]
+    ).reshape(got.shape)
+    scale = max(float(np.abs(expected).max()), 1.0)
+    atol = 8 * torch.finfo(dtype).eps * scale * w_shape[-1] ** 0.5
+    np.testing.assert_allclose(got.double().numpy(), expected, rtol=0, atol=atol)
+    assert got.shape[:-1] == torch.broadcast_shapes(x_shape[:-1], w_shape[:-1])
+    assert bank_calls == [(x_shape, w_shape)]
+
+
+def test_a_bank_is_not_taken_where_it_does_not_apply(bank_calls):
+    x, w = torch.randn(8, 1, 4096), torch.randn(16, 31)
+    convolve(torch.randn(16, 4096), w, method="direct")  # a kernel per row
+    convolve(x, torch.randn(16, 127), method="direct")  # past MAX_BANK_TAPS
+    with torch.enable_grad():
+        convolve(x, w.clone().requires_grad_(), method="direct")  # recorded: the Function
+    assert bank_calls == []
+    assert choose_method((8, 1, 16000), (40, 63)) == "direct"
+    assert choose_method((8, 1, 16000), (40, 63), requires_grad=True) != "direct"
+    convolve(x, w)
+    assert bank_calls == [((8, 1, 4096), (16, 31))]
+
+
+def test_a_bank_keeps_nan_within_the_signal_and_reach(bank_calls):
+    x = torch.randn(3, 1, 2048)
+    x[1, 0, 1000] = float("nan")
+    w = torch.rand(4, 31) + 0.1
+    y = convolve(x, w, method="direct")
+    assert bank_calls and y.shape == (3, 4, 2048)
+    assert torch.isnan(y[1, :, 985:1016]).all()
+    y[1, :, 985:1016] = 0.0
+    assert torch.isfinite(y).all()
