@@ -41,6 +41,7 @@ import statistics
 import bench_core  # beside this script
 import numpy as np
 import torch
+import torch.nn.functional as F
 from scipy.optimize import nnls
 
 import diffconv_core
@@ -283,6 +284,58 @@ def check_float64(budget_s: float) -> None:
         print(f"  {line}")
 
 
+# Filter banks: B signals (B, 1, T) with F kernels (F, K) -> (B, F, T).
+BANKS = [(16, 3200, 80, 251), (16, 3200, 80, 63), (8, 16000, 40, 63), (1, 16000, 40, 63)]
+BANKS += [(32, 1024, 16, 31), (4, 8000, 64, 127), (64, 1024, 8, 15), (1, 4096, 8, 31)]
+BANKS += [(128, 400, 40, 31)]
+_BANK_COUNTS = {(B, T, K): count for B, T, count, K in BANKS}
+
+
+def check_banks(budget_s: float) -> None:
+    """Time each method on filter banks, forward and forward+backward, with ``conv1d`` (one
+    input channel, a filter per output channel) beside them, and print how often the pick
+    is within 10% of the fastest method."""
+    for grad in (False, True):
+        cases = []
+        for B, T, count, K in BANKS:
+            x = torch.randn(B, 1, T, requires_grad=grad)
+            w = torch.randn(count, K, requires_grad=grad)
+            g = torch.randn(B, count, T)
+
+            def step(fn, x=x, w=w, g=g, grad=grad):
+                if grad:
+                    return lambda: torch.autograd.grad(fn(x, w), (x, w), g)
+                return lambda: fn(x, w)
+
+            def conv1d(x, w):
+                return F.conv1d(x, w.flip(-1).unsqueeze(1), padding=w.shape[-1] // 2)
+
+            fns = {
+                m: step(lambda x, w, m=m: diffconv_core.convolve(x, w, method=m)) for m in METHODS
+            }
+            fns["conv1d"] = step(conv1d)
+            with torch.set_grad_enabled(grad):
+                times = bench_core.interleaved_medians(fns, "cpu", budget_s)
+            peer = times.pop("conv1d")
+            cases.append((B, T, K, times, count))
+            pick = diffconv_core.choose_method((B, 1, T), (count, K), requires_grad=grad)
+            print(
+                f"# {B} x {T}, {count} kernels of {K} taps, {'fwd+bwd' if grad else 'fwd'}: "
+                + ", ".join(f"{m} {s * 1e3:.2f} ms" for m, s in times.items())
+                + f", conv1d {peer * 1e3:.2f} ms; auto {times[pick] / peer:.2f}x conv1d"
+            )
+        near, misses = near_fastest(
+            [case[:4] for case in cases],
+            lambda B, T, K, grad=grad: diffconv_core.choose_method(
+                (B, 1, T), (_BANK_COUNTS[B, T, K], K), requires_grad=grad
+            ),
+        )
+        kind = "fwd+bwd" if grad else "fwd"
+        print(f"\nbanks, {kind}: pick within 10% of the fastest in {near} of {len(cases)}")
+        for line in misses:
+            print(f"  {line}")
+
+
 PER_ROW_SHAPES = [(32, 16_000), (128, 4000), (8, 100_000), (4, 480_000), (256, 1024)]
 PER_ROW_SHAPES += [(2, 20_000)]
 PER_ROW_TAPS = [7, 15, 31, 63, 127, 255]
@@ -332,6 +385,7 @@ def main() -> None:
         "--small-training", action="store_true", help="check small calls' fwd+bwd picks"
     )
     parser.add_argument("--float64", action="store_true", help="check float64 picks")
+    parser.add_argument("--banks", action="store_true", help="check filter banks' picks")
     parser.add_argument("--from-log", help="refit from the timings an earlier run printed")
     args = parser.parse_args()
     retain_freed_memory()
@@ -341,6 +395,7 @@ def main() -> None:
         "per_row": fit_per_row,
         "small_training": check_small_training,
         "float64": check_float64,
+        "banks": check_banks,
     }
     for name, run in modes.items():
         if getattr(args, name):
