@@ -223,24 +223,29 @@ def rows_call(x: torch.Tensor, w: torch.Tensor, lo: int, hi: int) -> tuple[int, 
         True
     """
     K, T = w.shape[-1], x.shape[-1]
-    float64 = x.dtype == torch.float64
-    if (
-        w.numel() != K
-        or K > MAX_TOEPLITZ_TAPS  # conv1d's, as the direct method's (and the model's)
-        or w.dtype != x.dtype
-        or not (float64 or x.dtype == torch.float32)
-        or x.device.type != "cpu"
-        # float64 has no oneDNN, so its direct path takes the shifted sums as for rows that
-        # are not whole frames
-        or shifted_sums_for(K, T, not float64)
-        or not x.is_contiguous()
-        or not (float64 or _framed_conv.usable(x))
-    ):
+    # K past MAX_TOEPLITZ_TAPS: conv1d's, as the direct method's (and the model's)
+    if w.numel() != K or K > MAX_TOEPLITZ_TAPS or not _one_convolution_takes(x, w):
         return None
     rows = x.numel() // max(T, 1)
     recorded = needs_graph(x, w)
     plan = _framed_conv.direct_rows_plan
+    float64 = x.dtype == torch.float64
     return plan(rows, T, K, hi - lo, K - 1 - lo, recorded, native_only=float64)
+
+
+def _one_convolution_takes(x: torch.Tensor, w: torch.Tensor) -> bool:
+    # The operands' side of rows_call and bank_call: float32 with oneDNN's exact settings or
+    # float64, on the CPU, contiguous rows, more taps than the shifted sums take (float64
+    # has no oneDNN, so its direct path takes them as for rows that are not whole frames).
+    float64 = x.dtype == torch.float64
+    return (
+        w.dtype == x.dtype
+        and (float64 or x.dtype == torch.float32)
+        and x.device.type == "cpu"
+        and not shifted_sums_for(w.shape[-1], x.shape[-1], not float64)
+        and x.is_contiguous()
+        and (float64 or _framed_conv.usable(x))
+    )
 
 
 def rows_range(
@@ -304,19 +309,14 @@ def bank_call(x: torch.Tensor, w: torch.Tensor, lo: int, hi: int) -> tuple[int, 
         (1, 1, 3)
     """
     K, T = w.shape[-1], x.shape[-1]
-    float64 = x.dtype == torch.float64
     if (
         not is_bank(tuple(x.shape), tuple(w.shape))
         or K > MAX_BANK_TAPS
         or needs_graph(x, w)
-        or w.dtype != x.dtype
-        or not (float64 or x.dtype == torch.float32)
-        or x.device.type != "cpu"
-        or shifted_sums_for(K, T, not float64)
-        or not x.is_contiguous()
-        or not (float64 or _framed_conv.usable(x))
+        or not _one_convolution_takes(x, w)
     ):
         return None
+    float64 = x.dtype == torch.float64
     rows = x.numel() // max(T, 1)
     work_rows = rows * (w.numel() // K)  # output rows: the convolution's work
     plan = _framed_conv.whole_rows_plan(T, K, hi - lo, K - 1 - lo, rows)

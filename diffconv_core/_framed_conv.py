@@ -425,6 +425,15 @@ def _filters_of(kernel: torch.Tensor, lead: int, J: int, recorded: bool) -> torc
 _BITS = {torch.float32: torch.int32, torch.float64: torch.int64}
 
 
+def _rows_in_frames(rows: torch.Tensor, recorded: bool) -> torch.Tensor:
+    # The rows padded with zeros to whole frames: by F.pad where autograd records it, else
+    # copied into this thread's work array (_in_whole_frames).
+    width = -(-rows.shape[-1] // FRAME) * FRAME
+    if width == rows.shape[-1]:
+        return rows
+    return F.pad(rows, (0, width - rows.shape[-1])) if recorded else _in_whole_frames(rows)
+
+
 def correlate_rows_direct(
     rows: torch.Tensor, kernel: torch.Tensor, n_out: int, plan: tuple[int, int, int]
 ) -> torch.Tensor:
@@ -448,12 +457,10 @@ def correlate_rows_direct(
         >>> correlate_rows_direct(x, torch.tensor([0.0, 2.0, 1.0]), 32, plan)[0, :4].tolist()
         [0.0, 2.0, 5.0, 8.0]
     """
-    R, T = rows.shape
     pad, lead, J = plan
     recorded = torch.is_grad_enabled() and (rows.requires_grad or kernel.requires_grad)
-    width = -(-T // FRAME) * FRAME
-    if width != T:
-        rows = F.pad(rows, (0, width - T)) if recorded else _in_whole_frames(rows)
+    rows = _rows_in_frames(rows, recorded)
+    R = rows.shape[0]
     weight = _filters_of(kernel, lead, J, recorded)
     if recorded:
         # conv2d, recorded as a convolution: its backward has forward-mode rules too
@@ -497,13 +504,11 @@ def correlate_bank_direct(
         >>> correlate_bank_direct(x, bank, 32, plan)[0, :, :3].tolist()
         [[0.0, 1.0, 2.0], [0.0, 2.0, 5.0]]
     """
-    R, T = rows.shape
     count, K = kernels.shape
     pad, lead, J = plan
     recorded = torch.is_grad_enabled() and (rows.requires_grad or kernels.requires_grad)
-    width = -(-T // FRAME) * FRAME
-    if width != T:
-        rows = F.pad(rows, (0, width - T)) if recorded else _in_whole_frames(rows)
+    rows = _rows_in_frames(rows, recorded)
+    R, width = rows.shape
     index = _bank_filter_taps(K, lead, J, count, kernels.device)
     padded = torch.constant_pad_nd(kernels, (0, 1))
     weight = torch.take(padded, index).permute(0, 3, 1, 2)  # (count * P, P, 1, J)
