@@ -35,6 +35,12 @@ doubled the time of short signals, oneDNN's beyond (``NATIVE_MAX_WORK``). torch'
 goes by the batch: it sent any batch of two rows or more to oneDNN and kept one short row
 native however long its kernel (1 x 16,384 with 1,023 taps: 308 us, oneDNN's 107).
 
+``convolve`` calls that one convolution straight away (:func:`correlate_rows_direct`, from
+the kernel as given: its filters are one gather), recorded by autograd as ``conv2d`` where a
+gradient is wanted; float64 takes its native form for small work (oneDNN takes no float64),
+and a bank of kernels, every row with every kernel, the filters of all kernels as output
+channels (:func:`correlate_bank_direct`).
+
 oneDNN computes float32 in float32 only while torch's fp32 precision settings for it are
 left at "ieee" (or unset); with "bf16" or "tf32" asked for, or without oneDNN, the GEMMs run.
 ``torch.autocast`` would lower conv2d's operands too, so the convolution runs with it off.
