@@ -255,7 +255,7 @@ def rows_range(
     every row, recorded by autograd where the operands need it.
 
     Shape:
-        x ``(*bx, T)``, w ``(K,)`` -> ``(*bx, hi - lo)``.
+        x ``(*bx, T)``, w ``(K,)`` or ``(1, ..., 1, K)`` -> ``(*broadcast(bx, bw), hi - lo)``.
 
     Example:
         >>> x, w = torch.arange(64.0), torch.tensor([1.0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2.0])
@@ -267,7 +267,7 @@ def rows_range(
     T, n_out = x.shape[-1], hi - lo
     K = w.shape[-1]
     out = _framed_conv.correlate_rows_direct(x.reshape(-1, T), w.reshape(K), n_out, plan)
-    return out.view(*x.shape[:-1], n_out)
+    return out.view(*broadcast_shapes(x.shape[:-1], w.shape[:-1]), n_out)
 
 
 def is_bank(x_shape: tuple[int, ...], w_shape: tuple[int, ...]) -> bool:
@@ -352,7 +352,7 @@ def tiny_range(x: torch.Tensor, w: torch.Tensor, lo: int, hi: int) -> torch.Tens
     operands need it.
 
     Shape:
-        x ``(*bx, T)``, w ``(K,)`` -> ``(*bx, hi - lo)``.
+        x ``(*bx, T)``, w ``(K,)`` or ``(1, ..., 1, K)`` -> ``(*broadcast(bx, bw), hi - lo)``.
 
     Example:
         >>> tiny_range(torch.tensor([[1.0, 2.0, 3.0]]), torch.tensor([0.0, 1.0, 0.5]), 0, 5)
@@ -378,7 +378,8 @@ def tiny_range(x: torch.Tensor, w: torch.Tensor, lo: int, hi: int) -> torch.Tens
             out = F.conv2d(source, taps, None, 1, padding)
         else:
             out = _framed_conv._native_conv2d(source, taps, (1, K), None, (1, 1), padding)
-    return out.view(*x.shape[:-1], n_out)
+    # A kernel (1, ..., 1, K) adds its leading ones to the result's shape, as broadcasting does.
+    return out.view(*broadcast_shapes(x.shape[:-1], w.shape[:-1]), n_out)
 
 
 # The weight gradient of torch's native convolution, where this torch exposes it by name.
@@ -451,7 +452,7 @@ def _cpu_range(x: torch.Tensor, w: torch.Tensor, lo: int, hi: int) -> torch.Tens
     # Nothing recorded (CPU): one kernel for every row as (K,), or a kernel per row.
     K = w.shape[-1]
     if takes_tiny_range(x, w, lo, hi):
-        return tiny_range(x, w.reshape(K), lo, hi)
+        return tiny_range(x, w, lo, hi)
     taps = w.flip(-1) if w.numel() > K else w.flip(-1).reshape(K)
     shape = (*broadcast_shapes(x.shape[:-1], w.shape[:-1]), hi - lo)
     if _past_tiny_takes_shifted_sums(x, w, lo, hi):

@@ -126,7 +126,7 @@ def _one_convolution(
     if recorded and not need_no_care(x, w, transforms=False):
         return None
     if rows_plan is None:
-        y = _direct.tiny_range(x, w.reshape(-1), lo, hi)
+        y = _direct.tiny_range(x, w, lo, hi)
     elif bank:
         y = _direct.bank_range(x, w, lo, hi, rows_plan)
     else:

@@ -429,3 +429,14 @@ def test_a_bank_keeps_nan_within_the_signal_and_reach(bank_calls):
     assert torch.isnan(y[1, :, 985:1016]).all()
     y[1, :, 985:1016] = 0.0
     assert torch.isfinite(y).all()
+
+
+@pytest.mark.parametrize("method", ["auto", "direct", "fft", "overlap"])
+@pytest.mark.parametrize("T", [256, 1024, 4096])
+def test_a_kernel_with_leading_ones_broadcasts_as_every_method_does(method, T):
+    # A kernel (1, K) over a signal (T,) gives (1, T) as broadcasting does, whichever path
+    # runs it (the small call's, the one convolution's or the transforms').
+    x, w = torch.randn(T), torch.rand(1, 31)
+    y = convolve(x, w, method=method)
+    assert y.shape == (1, T)
+    _close(y[0], reference(x.double(), w[0].double(), "same"), 31)
