@@ -210,52 +210,55 @@ def takes_tiny_range(x: torch.Tensor, w: torch.Tensor, lo: int, hi: int) -> bool
 
 def rows_call(x: torch.Tensor, w: torch.Tensor, lo: int, hi: int) -> tuple[int, int, int] | None:
     """The plan (``_framed_conv.direct_rows_plan``) where a call past :func:`tiny_range`
-    is one convolution over every row (:func:`rows_range`): one kernel for contiguous rows on
-    the CPU, in float32 with oneDNN's exact settings or in float64 for native work (an
-    unfold and a GEMM in double precision; oneDNN takes no float64), more taps than the
-    shifted sums take and at most ``MAX_TOEPLITZ_TAPS``, and where autograd records it
-    ``_framed_conv.recorded_directly``; else None.
+    is one convolution over every row (:func:`rows_range`): one kernel for every row (at
+    most ``MAX_TOEPLITZ_TAPS``, and where autograd records it
+    ``_framed_conv.recorded_directly``) or a bank of kernels (:func:`is_bank`, at most
+    ``MAX_BANK_TAPS``, nothing recorded); contiguous rows on the CPU, in float32 with
+    oneDNN's exact settings or in float64 for native work (an unfold and a GEMM in double
+    precision; oneDNN takes no float64), more taps than the shifted sums take; else None.
 
     Example:
         >>> rows_call(torch.ones(1, 4096), torch.ones(31), 15, 4111)
         (1, 1, 3)
         >>> rows_call(torch.ones(1, 4096), torch.ones(5), 2, 4098) is None  # shifted sums
         True
+        >>> rows_call(torch.ones(8, 1, 4096), torch.ones(40, 31), 15, 4111)  # a bank
+        (1, 1, 3)
     """
     K, T = w.shape[-1], x.shape[-1]
-    # K past MAX_TOEPLITZ_TAPS: conv1d's, as the direct method's (and the model's)
-    if w.numel() != K or K > MAX_TOEPLITZ_TAPS or not _one_convolution_takes(x, w):
-        return None
-    rows = x.numel() // max(T, 1)
+    kernels = w.numel() // max(K, 1)
     recorded = needs_graph(x, w)
-    plan = _framed_conv.direct_rows_plan
+    if kernels > 1:
+        if recorded or K > MAX_BANK_TAPS or not is_bank(tuple(x.shape), tuple(w.shape)):
+            return None
+    elif K > MAX_TOEPLITZ_TAPS:  # conv1d's, as the direct method's (and the model's)
+        return None
     float64 = x.dtype == torch.float64
-    return plan(rows, T, K, hi - lo, K - 1 - lo, recorded, native_only=float64)
-
-
-def _one_convolution_takes(x: torch.Tensor, w: torch.Tensor) -> bool:
-    # The operands' side of rows_call and bank_call: float32 with oneDNN's exact settings or
-    # float64, on the CPU, contiguous rows, more taps than the shifted sums take (float64
-    # has no oneDNN, so its direct path takes them as for rows that are not whole frames).
-    float64 = x.dtype == torch.float64
-    return (
+    if not (
         w.dtype == x.dtype
         and (float64 or x.dtype == torch.float32)
         and x.device.type == "cpu"
-        and not shifted_sums_for(w.shape[-1], x.shape[-1], not float64)
+        # float64 has no oneDNN, so its direct path takes the shifted sums as for rows that
+        # are not whole frames
+        and not shifted_sums_for(K, T, not float64)
         and x.is_contiguous()
         and (float64 or _framed_conv.usable(x))
-    )
+    ):
+        return None
+    rows = x.numel() // max(T, 1)
+    plan = _framed_conv.direct_rows_plan
+    return plan(rows, T, K, hi - lo, K - 1 - lo, recorded, native_only=float64, kernels=kernels)
 
 
 def rows_range(
     x: torch.Tensor, w: torch.Tensor, lo: int, hi: int, plan: tuple[int, int, int]
 ) -> torch.Tensor:
     """:func:`direct_range` for a :func:`rows_call` (its ``plan``): one convolution over
-    every row, recorded by autograd where the operands need it.
+    every row with every kernel, recorded by autograd where the operands need it.
 
     Shape:
-        x ``(*bx, T)``, w ``(K,)`` or ``(1, ..., 1, K)`` -> ``(*broadcast(bx, bw), hi - lo)``.
+        x ``(*bx, T)``, w ``(*bw, K)`` (one kernel, or a bank) ->
+        ``(*broadcast(bx, bw), hi - lo)``.
 
     Example:
         >>> x, w = torch.arange(64.0), torch.tensor([1.0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2.0])
@@ -263,10 +266,12 @@ def rows_range(
         [8.0, 9.0, 10.0, 13.0]
         >>> rows_range(x, w, 10, 74, rows_call(x, w, 10, 74))[:2].tolist()
         [10.0, 13.0]
+        >>> bank = torch.eye(9)[[0, 4]]  # delays of 0 and 4 samples
+        >>> rows_range(x, bank, 8, 72, rows_call(x, bank, 8, 72))[:, 8:10].tolist()  # n = 16
+        [[16.0, 17.0], [12.0, 13.0]]
     """
-    T, n_out = x.shape[-1], hi - lo
-    K = w.shape[-1]
-    out = _framed_conv.correlate_rows_direct(x.reshape(-1, T), w.reshape(K), n_out, plan)
+    T, K, n_out = x.shape[-1], w.shape[-1], hi - lo
+    out = _framed_conv.correlate_rows_direct(x.reshape(-1, T), w.reshape(-1, K), n_out, plan)
     return out.view(*broadcast_shapes(x.shape[:-1], w.shape[:-1]), n_out)
 
 
@@ -296,53 +301,6 @@ def is_bank(x_shape: tuple[int, ...], w_shape: tuple[int, ...]) -> bool:
 #: output channels a kernel) took 1.4x the FFT's for 31 taps, so a graph keeps the batched
 #: GEMMs' Function.
 MAX_BANK_TAPS = 63
-
-
-def bank_call(x: torch.Tensor, w: torch.Tensor, lo: int, hi: int) -> tuple[int, int, int] | None:
-    """:func:`rows_call` for a bank of kernels (:func:`is_bank`): every row with every
-    kernel as one convolution (:func:`bank_range`), where it applies (the same dtypes,
-    devices and layouts as :func:`rows_call`, up to ``MAX_BANK_TAPS`` taps, nothing
-    recorded, the work counted over every kernel); else None.
-
-    Example:
-        >>> bank_call(torch.ones(8, 1, 4096), torch.ones(40, 31), 15, 4111)
-        (1, 1, 3)
-    """
-    K, T = w.shape[-1], x.shape[-1]
-    if (
-        not is_bank(tuple(x.shape), tuple(w.shape))
-        or K > MAX_BANK_TAPS
-        or needs_graph(x, w)
-        or not _one_convolution_takes(x, w)
-    ):
-        return None
-    float64 = x.dtype == torch.float64
-    rows = x.numel() // max(T, 1)
-    work_rows = rows * (w.numel() // K)  # output rows: the convolution's work
-    plan = _framed_conv.whole_rows_plan(T, K, hi - lo, K - 1 - lo, rows)
-    if plan is None:
-        return None
-    if float64 and not _framed_conv.runs_native(work_rows, T, plan[2]):
-        return None
-    return plan
-
-
-def bank_range(
-    x: torch.Tensor, w: torch.Tensor, lo: int, hi: int, plan: tuple[int, int, int]
-) -> torch.Tensor:
-    """:func:`direct_range` for a :func:`bank_call` (its ``plan``).
-
-    Shape:
-        x ``(*bx, T)``, w ``(*bw, K)`` -> ``(*broadcast(bx, bw), hi - lo)``.
-
-    Example:
-        >>> x, bank = torch.arange(64.0), torch.eye(9)[[0, 4]]  # delays of 0 and 4 samples
-        >>> bank_range(x, bank, 8, 72, bank_call(x, bank, 8, 72))[:, 8:10].tolist()  # n = 16
-        [[16.0, 17.0], [12.0, 13.0]]
-    """
-    T, K, n_out = x.shape[-1], w.shape[-1], hi - lo
-    out = _framed_conv.correlate_bank_direct(x.reshape(-1, T), w.reshape(-1, K), n_out, plan)
-    return out.view(*broadcast_shapes(x.shape[:-1], w.shape[:-1]), n_out)
 
 
 def tiny_range(x: torch.Tensor, w: torch.Tensor, lo: int, hi: int) -> torch.Tensor:

@@ -36,10 +36,10 @@ goes by the batch: it sent any batch of two rows or more to oneDNN and kept one 
 native however long its kernel (1 x 16,384 with 1,023 taps: 308 us, oneDNN's 107).
 
 ``convolve`` calls that one convolution straight away (:func:`correlate_rows_direct`, from
-the kernel as given: its filters are one gather), recorded by autograd as ``conv2d`` where a
-gradient is wanted; float64 takes its native form for small work (oneDNN takes no float64),
-and a bank of kernels, every row with every kernel, the filters of all kernels as output
-channels (:func:`correlate_bank_direct`).
+the kernels as given: their filters are one gather), recorded by autograd as ``conv2d`` where
+a gradient is wanted; float64 takes its native form for small work (oneDNN takes no
+float64), and a bank of kernels, every row with every kernel, the filters of all kernels as
+output channels.
 
 oneDNN computes float32 in float32 only while torch's fp32 precision settings for it are
 left at "ieee" (or unset); with "bf16" or "tf32" asked for, or without oneDNN, the GEMMs run.
@@ -370,11 +370,19 @@ def recorded_directly(rows: int, T: int, K: int, J: int) -> bool:
 
 
 def direct_rows_plan(
-    rows: int, T: int, K: int, n_out: int, shift: int, recorded: bool, native_only: bool = False
+    rows: int,
+    T: int,
+    K: int,
+    n_out: int,
+    shift: int,
+    recorded: bool,
+    native_only: bool = False,
+    kernels: int = 1,
 ) -> tuple[int, int, int] | None:
-    """:func:`whole_rows_plan` for :func:`correlate_rows_direct`, else None: recorded by
-    autograd only where :func:`recorded_directly`, and only for native work with
-    ``native_only`` (float64, which oneDNN does not take).
+    """:func:`whole_rows_plan` for :func:`correlate_rows_direct` with ``kernels`` kernels,
+    else None: recorded by autograd only where :func:`recorded_directly`, and only for
+    native work with ``native_only`` (float64, which oneDNN does not take); the work counted
+    over every row and kernel.
 
     Example:
         >>> direct_rows_plan(512, 1024, 127, 1024, 63, recorded=False)
@@ -385,44 +393,49 @@ def direct_rows_plan(
         True
     """
     plan = whole_rows_plan(T, K, n_out, shift, rows)
-    if plan is None or (native_only and not runs_native(rows, T, plan[2])):
+    work_rows = rows * kernels
+    if plan is None or (native_only and not runs_native(work_rows, T, plan[2])):
         return None
-    if recorded and not recorded_directly(rows, T, K, plan[2]):
+    if recorded and not recorded_directly(work_rows, T, K, plan[2]):
         return None
     return plan
 
 
 @functools.lru_cache(maxsize=64)
-def _kernel_filter_taps(K: int, lead: int, J: int, device: torch.device) -> torch.Tensor:
-    # _filter_taps read from the kernel as given, with a zero appended: aligned tap a is the
-    # reversed kernel's tap a - lead, which is the kernel's K - 1 - (a - lead); every other
-    # entry the zero at index K. The reversal and the alignment are then one gather.
+def _filters_index(K: int, lead: int, J: int, count: int, device: torch.device) -> torch.Tensor:
+    # _filter_taps read from `count` kernels of K taps as given, each with a zero appended and
+    # laid end to end: aligned tap a of kernel f is its reversed tap a - lead, the kernel's
+    # K - 1 - (a - lead), at f * (K + 1) + that; every other entry the kernel's zero. The
+    # reversal and the alignment of every kernel are then one gather, kernel after kernel:
+    # (count * P, 1, J, P), channels-last filters once permuted.
     aligned = _filter_taps(J, FRAME, device)
     tap = K - 1 + lead - aligned
-    return torch.where((aligned < J * FRAME) & (tap >= 0) & (tap < K), tap, K)
+    one = torch.where((aligned < J * FRAME) & (tap >= 0) & (tap < K), tap, K)
+    offsets = torch.arange(count, device=device).view(count, 1, 1, 1, 1) * (K + 1)
+    return (one.unsqueeze(0) + offsets).reshape(count * FRAME, 1, J, FRAME)
 
 
 _last_filters = threading.local()
 
 
-def _filters_of(kernel: torch.Tensor, lead: int, J: int, recorded: bool) -> torch.Tensor:
-    # The (P, P, 1, J) filters of the kernel as given (_kernel_filter_taps), recorded by
-    # autograd where asked. Without a graph this thread's last filters are reused for a kernel
-    # of the same bits (a window applied to signal after signal): one comparison, ~0.5 us,
-    # where building them took ~4 (a third of a small call's own time).
-    K = kernel.shape[-1]
-    key = (K, lead, J, kernel.dtype, kernel.device)
-    bits_dtype = _BITS.get(kernel.dtype)
+def _filters_of(kernels: torch.Tensor, lead: int, J: int, recorded: bool) -> torch.Tensor:
+    # The (count * P, P, 1, J) filters of the kernels (count, K) as given (_filters_index),
+    # recorded by autograd where asked. Without a graph this thread's last filters are reused
+    # for kernels of the same bits (a window applied to signal after signal): one
+    # comparison, ~0.5 us, where building them took ~4 (a third of a small call's own time).
+    count, K = kernels.shape
+    key = (count, K, lead, J, kernels.dtype, kernels.device)
+    bits_dtype = _BITS.get(kernels.dtype)
     if not recorded and bits_dtype is not None:
         last = getattr(_last_filters, "entry", None)
-        bits = kernel.view(bits_dtype)
+        bits = kernels.view(bits_dtype)
         if last is not None and last[0] == key and torch.equal(last[1], bits):
             return last[2]
-    index = _kernel_filter_taps(K, lead, J, kernel.device)
+    index = _filters_index(K, lead, J, count, kernels.device)
     # take: ~1 us less than indexing with the same tensor.
-    weight = torch.take(torch.constant_pad_nd(kernel, (0, 1)), index).permute(0, 3, 1, 2)
+    weight = torch.take(torch.constant_pad_nd(kernels, (0, 1)), index).permute(0, 3, 1, 2)
     if not recorded and bits_dtype is not None:
-        _last_filters.entry = (key, kernel.view(bits_dtype).clone(), weight)
+        _last_filters.entry = (key, kernels.view(bits_dtype).clone(), weight)
     return weight
 
 
@@ -441,94 +454,59 @@ def _rows_in_frames(rows: torch.Tensor, recorded: bool) -> torch.Tensor:
 
 
 def correlate_rows_direct(
-    rows: torch.Tensor, kernel: torch.Tensor, n_out: int, plan: tuple[int, int, int]
-) -> torch.Tensor:
-    """:func:`correlate_rows` with the kernel as given (``out[r, m] = sum_k kernel[K - 1 -
-    k] * rows[r, m + k - shift]``) and a :func:`direct_rows_plan`, in as few operations as
-    host time allows: the taps' one gather, the one convolution and the output's layout.
-    Autograd records every step (the convolution as conv2d, which takes the same native or
-    oneDNN convolution), so with operands that require gradients it is differentiable to any
-    order, forward-over-reverse included, with no Python on the way back; rows that are
-    not whole frames are then padded by ``F.pad`` rather than copied into the work array.
-    ``convolve`` calls it straight away (1 x 4,096 with 31 taps:
-    ~21 us alone, where the direct method's layers took 44 and ``conv1d`` 14-17; 512 x
-    1,024 with 31 taps 201 us against 238, interleaved).
-
-    Shape:
-        rows ``(R, T)`` contiguous, kernel ``(K,)`` -> ``(R, n_out)``.
-
-    Example:
-        >>> x = torch.arange(32.0).reshape(1, 32)  # "same" with [0, 2, 1]: x[m - 1] + 2 x[m]
-        >>> plan = direct_rows_plan(1, 32, 3, 32, 1, recorded=False)
-        >>> correlate_rows_direct(x, torch.tensor([0.0, 2.0, 1.0]), 32, plan)[0, :4].tolist()
-        [0.0, 2.0, 5.0, 8.0]
-    """
-    pad, lead, J = plan
-    recorded = torch.is_grad_enabled() and (rows.requires_grad or kernel.requires_grad)
-    rows = _rows_in_frames(rows, recorded)
-    R = rows.shape[0]
-    weight = _filters_of(kernel, lead, J, recorded)
-    if recorded:
-        # conv2d, recorded as a convolution: its backward has forward-mode rules too
-        # (forward-over-reverse Hessian products), which torch's native convolution called
-        # by name lacks. It takes the same native convolution for small work.
-        image = rows.view(1, R, -1, FRAME).permute(0, 3, 1, 2)
-        with autocast_off("cpu"):
-            out = F.conv2d(image, weight, None, 1, (0, pad)).permute(0, 2, 3, 1).reshape(R, -1)
-    else:
-        out = _convolve_frames(rows, weight, pad)
-    return out if out.shape[-1] == n_out else out[:, :n_out].contiguous()
-
-
-@functools.lru_cache(maxsize=64)
-def _bank_filter_taps(K: int, lead: int, J: int, count: int, device: torch.device) -> torch.Tensor:
-    # _kernel_filter_taps for `count` kernels of K taps, each with its zero appended, laid end
-    # to end: kernel f's entries offset by f * (K + 1). (count * P, 1, J, P), as one gather
-    # gives the filters of every kernel, kernel after kernel.
-    one = _kernel_filter_taps(K, lead, J, device)
-    offsets = torch.arange(count, device=device).view(count, 1, 1, 1, 1) * (K + 1)
-    return (one.unsqueeze(0) + offsets).reshape(count * FRAME, 1, J, FRAME)
-
-
-def correlate_bank_direct(
     rows: torch.Tensor, kernels: torch.Tensor, n_out: int, plan: tuple[int, int, int]
 ) -> torch.Tensor:
-    """:func:`correlate_rows_direct` for a bank of kernels: every row with every kernel
-    (``out[r, f, m] = sum_k kernels[f, K - 1 - k] * rows[r, m + k - shift]``), as one
-    convolution with the filters of all kernels as its output channels (what ``conv1d`` does
-    with one input channel and a filter per output channel). Recorded by autograd as
-    ``conv2d`` where the operands need it; the output is copied once, from frames of every
-    kernel to rows of one kernel each.
+    """:func:`correlate_rows` with kernels as given, every row with every kernel (``out[r, f,
+    m] = sum_k kernels[f, K - 1 - k] * rows[r, m + k - shift]``; one kernel for every row
+    is a bank of one), and a :func:`direct_rows_plan`, in as few operations as host time
+    allows: the taps' one gather, one convolution with every kernel's filters as its output
+    channels (what ``conv1d`` does with one input channel and a filter per output channel),
+    and the output's layout (a copy from frames of every kernel to rows of one kernel each,
+    a view for one kernel). Autograd records every step (the convolution as conv2d, which
+    takes the same native or oneDNN convolution), so with operands that require gradients
+    it is differentiable to any order, forward-over-reverse included, with no Python on the
+    way back; rows that are not whole frames are then padded by ``F.pad`` rather than copied
+    into the work array. ``convolve`` calls it straight away (1 x 4,096 with 31 taps: ~21 us
+    alone, where the direct method's layers took 44 and ``conv1d`` 14-17; 512 x 1,024 with
+    31 taps 201 us against 238, interleaved).
 
     Shape:
         rows ``(R, T)`` contiguous, kernels ``(F, K)`` -> ``(R, F, n_out)``.
 
     Example:
-        >>> x = torch.arange(32.0).reshape(1, 32)
-        >>> bank = torch.tensor([[0.0, 1.0, 0.0], [0.0, 2.0, 1.0]])  # x[m]; x[m - 1] + 2 x[m]
+        >>> x = torch.arange(32.0).reshape(1, 32)  # "same" with [0, 2, 1]: x[m - 1] + 2 x[m]
         >>> plan = direct_rows_plan(1, 32, 3, 32, 1, recorded=False)
-        >>> correlate_bank_direct(x, bank, 32, plan)[0, :, :3].tolist()
+        >>> correlate_rows_direct(x, torch.tensor([[0.0, 2.0, 1.0]]), 32, plan)[0, 0, :4].tolist()
+        [0.0, 2.0, 5.0, 8.0]
+        >>> bank = torch.tensor([[0.0, 1.0, 0.0], [0.0, 2.0, 1.0]])  # x[m]; x[m - 1] + 2 x[m]
+        >>> correlate_rows_direct(x, bank, 32, plan)[0, :, :3].tolist()
         [[0.0, 1.0, 2.0], [0.0, 2.0, 5.0]]
     """
-    count, K = kernels.shape
+    count = kernels.shape[0]
     pad, lead, J = plan
     recorded = torch.is_grad_enabled() and (rows.requires_grad or kernels.requires_grad)
     rows = _rows_in_frames(rows, recorded)
     R, width = rows.shape
-    index = _bank_filter_taps(K, lead, J, count, kernels.device)
-    padded = torch.constant_pad_nd(kernels, (0, 1))
-    weight = torch.take(padded, index).permute(0, 3, 1, 2)  # (count * P, P, 1, J)
+    weight = _filters_of(kernels, lead, J, recorded)
     image = rows.view(1, R, width // FRAME, FRAME).permute(0, 3, 1, 2)
+    # conv2d is on autocast's lower-precision list, where the GEMMs' out= forms are not.
     with autocast_off("cpu"):
         if recorded:
+            # conv2d, recorded as a convolution: its backward has forward-mode rules too
+            # (forward-over-reverse Hessian products), which torch's native convolution
+            # called by name lacks. It takes the same native convolution for small work.
             frames = F.conv2d(image, weight, None, 1, (0, pad))
         elif runs_native(R * count, width, J):
             frames = _native_conv2d(image, weight, (1, J), None, (1, 1), (0, pad))
         else:
             frames = _onednn_conv2d(image, weight, None, (0, pad), (1, 1), (1, 1), 1)
-    # (1, count * P, R, q) -> (R, count, q * P): one copy, frames of every kernel to rows.
+    # (1, count * P, R, q), channels-last -> (R, count, q * P): for one kernel a view (its
+    # frames are its rows' samples in order), with one autograd node fewer than the bank's.
     q = frames.shape[-1]
-    out = frames.view(count, FRAME, R, q).permute(2, 0, 3, 1).reshape(R, count, q * FRAME)
+    if count == 1:
+        out = frames.permute(0, 2, 3, 1).reshape(R, 1, q * FRAME)
+    else:
+        out = frames.view(count, FRAME, R, q).permute(2, 0, 3, 1).reshape(R, count, q * FRAME)
     return out if q * FRAME == n_out else out[..., :n_out].contiguous()
 
 

@@ -67,6 +67,7 @@ def _run(x: torch.Tensor, w: torch.Tensor, mode: str, padding: str, method: str)
         if y is not None:
             return y
     if method == "auto":
+        shared = w.dim() == 1 or math.prod(w.shape[:-1]) == 1
         method = pick_method(
             math.prod(batch),
             x.shape[-1],
@@ -75,19 +76,17 @@ def _run(x: torch.Tensor, w: torch.Tensor, mode: str, padding: str, method: str)
             x.device,
             out_dtype,
             needs_graph(x, w),
-            w.dim() == 1 or math.prod(w.shape[:-1]) == 1,
-            w.dim() > 1 and _direct.is_bank(tuple(x.shape), tuple(w.shape)),
+            shared,
+            not shared and _direct.is_bank(tuple(x.shape), tuple(w.shape)),
         )
     # The direct method's one convolution over every row (with every kernel of a bank), asked
     # for only once direct is the method (asked before the pick, it cost auto ~3 us where
     # the pick was a transform).
-    if method == "direct":
-        bank = w.dim() > 1 and _direct.is_bank(tuple(x.shape), tuple(w.shape))
-        plan = _direct.bank_call(x, w, lo, hi) if bank else _direct.rows_call(x, w, lo, hi)
-        if plan is not None:
-            y = _one_convolution(x, w, lo, hi, plan, bank)
-            if y is not None:
-                return y
+    rows_plan = _direct.rows_call(x, w, lo, hi) if method == "direct" else None
+    if rows_plan is not None:
+        y = _one_convolution(x, w, lo, hi, rows_plan)
+        if y is not None:
+            return y
     # Half types: the CPU FFT refuses them and cuFFT only takes powers of two; conv1d on CPU
     # is slow and inexact in them. Compute in float32 and return the input's dtype.
     compute_dtype = out_dtype
@@ -110,13 +109,12 @@ def _one_convolution(
     lo: int,
     hi: int,
     rows_plan: tuple[int, int, int] | None,
-    bank: bool = False,
 ) -> torch.Tensor | None:
     # The direct method as one convolution over every row, straight away: without the NaN/Inf
     # handling's layers (nor, for the smallest calls, the method's pick, which says "direct"
     # for them), or None where the careful path must run. The taps unfolded for a small call
-    # (tiny_range; rows_plan None), else the rows in frames (rows_range, given its plan; with
-    # every kernel of a bank, bank_range).
+    # (tiny_range; rows_plan None), else the rows in frames with every kernel (rows_range,
+    # given its plan).
     # Without a graph its output is kept when one sum over it is finite, as the methods' are.
     # With one, after the scan the careful path makes first (finite operands whose sums
     # cannot overflow; else it scales them, or keeps NaN/Inf local), autograd records the
@@ -127,8 +125,6 @@ def _one_convolution(
         return None
     if rows_plan is None:
         y = _direct.tiny_range(x, w, lo, hi)
-    elif bank:
-        y = _direct.bank_range(x, w, lo, hi, rows_plan)
     else:
         y = _direct.rows_range(x, w, lo, hi, rows_plan)
     return y if recorded or math.isfinite(float(y.sum())) else None

@@ -362,7 +362,7 @@ def estimate_costs(
         elif (shared_kernel or bank) and plan is not None:
             native64 = plan if _framed_conv.runs_native(batch, T, plan[2]) else None
     # A bank of kernels (every row with every kernel, `batch` counting both) takes the one
-    # convolution as one kernel for every row does, where it applies (_direct.bank_call);
+    # convolution as one kernel for every row does, where it applies (_direct.rows_call);
     # else the batched GEMMs.
     bank_direct = (
         bank
