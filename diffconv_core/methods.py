@@ -75,12 +75,12 @@ _COSTS = {
         "direct_gemm_tap": 0.01356,  # GEMM: per output and multiply-add (_toeplitz.gemm_work)
         "whole_call": 59_060.0,
         "whole_sample": 0.05072,
-        "whole_tap": 0.004842,
+        "whole_tap": 0.004842,  # one convolution: per output and multiply-add (J * P)
         # Recorded where autograd does not record it as it stands (_framed_conv.
         # recorded_directly), the direct method's own Function runs that convolution, with its
         # layers: the call cost fitted before convolve called it straight away
         # (cpu_2core_fit_costs_native_rows.md).
-        "whole_recorded_call": 99_600.0,  # one convolution: per output and multiply-add (J * P)
+        "whole_recorded_call": 99_600.0,
         "native_call": 29_070.0,  # the same convolution by torch's native one (small work)
         "native_sample": 0.0,
         "native_tap": 0.01961,
@@ -352,24 +352,19 @@ def estimate_costs(
         T, K = K, T
     L = output_length(T, K, mode)
     call = c["direct_call"]
-    whole = None  # oneDNN's layout of all rows at once (float32, rows of whole frames)
-    native64 = None  # the same layout in float64, for torch's native convolution alone
+    # The one convolution's layout of all rows at once (rows of whole frames): oneDNN's or
+    # torch's native one in float32, the native one alone in float64 (oneDNN takes none).
+    whole = None
     if (framed_conv or float64) and device_type == "cpu":
         lo, hi = output_range(T, K, mode)
         plan = _framed_conv.whole_rows_plan(T, K, hi - lo, K - 1 - lo, batch)
-        if framed_conv:
+        native = plan is not None and _framed_conv.runs_native(batch, T, plan[2])
+        if framed_conv or ((shared_kernel or bank) and native):
             whole = plan
-        elif (shared_kernel or bank) and plan is not None:
-            native64 = plan if _framed_conv.runs_native(batch, T, plan[2]) else None
     # A bank of kernels (every row with every kernel, `batch` counting both) takes the one
     # convolution as one kernel for every row does, where it applies (_direct.rows_call);
     # else the batched GEMMs.
-    bank_direct = (
-        bank
-        and not requires_grad
-        and K <= MAX_BANK_TAPS
-        and (whole is not None or native64 is not None)
-    )
+    bank_direct = bank and not requires_grad and K <= MAX_BANK_TAPS and whole is not None
     if device_type != "cpu":
         per_sample = c["direct_tap"] * K
     elif shared_kernel and small_call(batch, L, K, torch.float64 if float64 else torch.float32):
@@ -379,7 +374,7 @@ def estimate_costs(
         per_sample = f["tiny_product"] * K
     elif K > MAX_TOEPLITZ_TAPS:
         per_sample = 0.68 * K  # conv1d, per output and tap: far slower than the GEMMs
-    elif shifted_sums_for(K, T, whole is not None):
+    elif shifted_sums_for(K, T, framed_conv and whole is not None):
         # The shifted sums, also when recorded (their own backward).
         f = _COSTS["cpu"]
         call = f["shift_call"]
@@ -393,26 +388,23 @@ def estimate_costs(
         per_sample = a["direct_sample"] + a["direct_gemm_tap"] * gemm_work(K)
         if float64:
             per_sample *= _FLOAT64_GEMM_FACTOR
+    elif whole is not None:
+        # The one convolution over every row (with every kernel of a bank), also recorded:
+        # torch's native one for small work, oneDNN's beyond, with their own terms. float64's
+        # native one is priced as float32's: its GEMM in double took ~2x float32's time
+        # (2 x 8,192 with 63 taps, 16 x 1,024 with 63, 1 x 16,384 with 31), about what the
+        # transforms take in double.
+        f = _COSTS["cpu"]
+        path = "native" if _framed_conv.runs_native(batch, T, whole[2]) else "whole"
+        direct_rows = not requires_grad or _framed_conv.recorded_directly(batch, T, K, whole[2])
+        call = f[f"{path}_call" if direct_rows else "whole_recorded_call"]
+        per_sample = f[f"{path}_sample"] + f[f"{path}_tap"] * whole[2] * _framed_conv.FRAME
     elif framed_conv:
-        # One kernel for every row in float32: oneDNN convolutions, also recorded; over all
-        # rows at once where they are whole frames, else in pieces.
+        # One kernel for every row in float32, rows that are not whole frames: oneDNN
+        # convolutions in pieces.
         f = _COSTS["cpu"]
-        if whole is not None:
-            # torch's native convolution for small work, oneDNN's beyond: their own terms.
-            path = "native" if _framed_conv.runs_native(batch, T, whole[2]) else "whole"
-            direct_rows = not requires_grad or _framed_conv.recorded_directly(batch, T, K, whole[2])
-            call = f[f"{path}_call" if direct_rows else "whole_recorded_call"]
-            per_sample = f[f"{path}_sample"] + f[f"{path}_tap"] * whole[2] * _framed_conv.FRAME
-        else:
-            call = f["framed_call"]
-            per_sample = f["framed_sample"] + f["framed_tap"] * _framed_conv.work(K)
-    elif native64 is not None:
-        # float64's one native convolution over every row (_direct.rows_range), priced as
-        # float32's: its GEMM in double took ~2x float32's time (2 x 8,192 with 63 taps,
-        # 16 x 1,024 with 63, 1 x 16,384 with 31), about what the transforms take in double.
-        f = _COSTS["cpu"]
-        call = f["native_call"]
-        per_sample = f["native_sample"] + f["native_tap"] * native64[2] * _framed_conv.FRAME
+        call = f["framed_call"]
+        per_sample = f["framed_sample"] + f["framed_tap"] * _framed_conv.work(K)
     else:
         # One kernel for every row: the GEMMs in pieces, also when recorded.
         f = _COSTS["cpu"]
