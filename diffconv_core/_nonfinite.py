@@ -14,7 +14,7 @@ Both operands are handled alike: convolution commutes, and ``convolve`` swaps th
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -41,6 +41,11 @@ def _magnitudes_later(*tensors: torch.Tensor) -> Callable[[], list[float]]:
     extremes = [e for t in tensors if t.numel() for e in torch.aminmax(t.detach())]
     if not extremes:
         return lambda: [0.0] * len(tensors)
+    if not extremes[0].is_cuda:
+        # Nothing runs ahead on the CPU: each value is read as it is (stacked and read at
+        # once, they took ~3 us more of a small training step's ~8 us scan).
+        values = [e.item() for e in extremes]
+        return lambda: _largest(iter(values), tensors)
     if len({e.dtype for e in extremes}) > 1:
         extremes = [e.to(torch.float64) for e in extremes]
     stacked = torch.stack(extremes)
@@ -57,10 +62,15 @@ def _magnitudes_later(*tensors: torch.Tensor) -> Callable[[], list[float]]:
     def read() -> list[float]:
         if arrived is not None:
             arrived.synchronize()
-        values = iter(stacked.tolist())  # aminmax propagates NaN to both
-        return [max(-next(values), next(values)) if t.numel() else 0.0 for t in tensors]
+        return _largest(iter(stacked.tolist()), tensors)
 
     return read
+
+
+def _largest(extremes: Iterator[float], tensors: tuple[torch.Tensor, ...]) -> list[float]:
+    # Each non-empty tensor's (min, max) in turn -> its largest magnitude; aminmax propagates
+    # NaN to both.
+    return [max(-next(extremes), next(extremes)) if t.numel() else 0.0 for t in tensors]
 
 
 def _finite_part(t: torch.Tensor) -> torch.Tensor:
