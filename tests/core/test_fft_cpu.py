@@ -1,0 +1,65 @@
+"""The FFT method without autograd on the CPU: rows that make one chunk go through one
+product of spectra, more rows a chunk at a time into the output. Both layouts must give
+scipy's answer for every mode and broadcast pattern, and take the transforms they are meant
+to (one per chunk, plus the kernel's)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from diffconv_core import _fft, convolve
+from diffconv_core.methods import output_range
+
+from .conftest import assert_matches, reference
+
+
+@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 9])
+@pytest.mark.parametrize("mode", ["full", "same", "valid"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_one_chunk_and_chunks_match_scipy(monkeypatch, rows, mode, dtype):
+    T, K = 300, 45
+    n_fft = _fft.range_fft_length(T, K, *output_range(T, K, mode), torch.device("cpu"))
+    # Chunks of 4 rows (at least the thread count, 2 here): 1-4 rows make one chunk.
+    monkeypatch.setattr(_fft, "SHORT_CHUNK_SAMPLES", 4 * n_fft)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    rng = np.random.default_rng(rows)
+    x = rng.standard_normal((rows, T))
+    w = rng.standard_normal(K)
+    xt, wt = torch.tensor(x, dtype=dtype), torch.tensor(w, dtype=dtype)
+    got = convolve(xt, wt, mode, method="fft")
+    assert_matches(got, reference(xt, wt, mode), dtype, f"{rows} rows, {mode}")
+
+
+@pytest.mark.parametrize("rows, transforms", [(1, 2), (4, 2), (5, 3), (9, 4)])
+def test_transforms_per_chunk(monkeypatch, rows, transforms):
+    T, K = 300, 45
+    n_fft = _fft.range_fft_length(T, K, *output_range(T, K, "same"), torch.device("cpu"))
+    monkeypatch.setattr(_fft, "SHORT_CHUNK_SAMPLES", 4 * n_fft)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    calls = []
+    real_rfft = torch.fft.rfft
+
+    def counting_rfft(t, *args, **kwargs):
+        calls.append(tuple(t.shape))
+        return real_rfft(t, *args, **kwargs)
+
+    monkeypatch.setattr(torch.fft, "rfft", counting_rfft)
+    x, w = torch.randn(rows, T), torch.randn(K)
+    y = _fft.fft_range(x, w, *output_range(T, K, "same"))
+    # The kernel once, then the signals: all at once in one chunk, else 4 rows at a time.
+    assert len(calls) == transforms
+    assert sorted(calls).count((K,)) == 1
+    assert_matches(y, reference(x, w, "same"), torch.float32, f"{rows} rows")
+
+
+@pytest.mark.parametrize(
+    "x_shape, w_shape", [((3, 1, 200), (2, 31)), ((200,), (2, 31)), ((2, 200), (1, 31))]
+)
+def test_batched_kernels_match_scipy(x_shape, w_shape):
+    # A kernel per row or a batch of kernels: one product of broadcast spectra.
+    rng = np.random.default_rng(len(x_shape) + len(w_shape))
+    x, w = rng.standard_normal(x_shape), rng.standard_normal(w_shape)
+    got = convolve(torch.tensor(x), torch.tensor(w), "full", method="fft")
+    assert_matches(got, reference(x, w, "full"), torch.float64, f"{x_shape} with {w_shape}")
