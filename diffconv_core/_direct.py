@@ -335,10 +335,8 @@ def tiny_range(x: torch.Tensor, w: torch.Tensor, lo: int, hi: int) -> torch.Tens
             out = F.conv2d(source, taps, None, 1, padding)
         else:
             out = _framed_conv._native_conv2d(source, taps, (1, K), None, (1, 1), padding)
-    # A kernel (1, ..., 1, K) adds its leading ones to the result's shape, as broadcasting
-    # does (a kernel (K,) none: ~1 us less than asking broadcast_shapes).
-    batch = x.shape[:-1] if w.dim() == 1 else broadcast_shapes(x.shape[:-1], w.shape[:-1])
-    return out.view(*batch, n_out)
+    # A kernel (1, ..., 1, K) adds its leading ones to the result's shape, as broadcasting does.
+    return out.view(*broadcast_shapes(x.shape[:-1], w.shape[:-1]), n_out)
 
 
 # The weight gradient of torch's native convolution, where this torch exposes it by name.

@@ -122,9 +122,17 @@ def broadcast_shapes(*shapes: Sequence[int]) -> tuple[int, ...]:
     every call takes tens of microseconds): raises ``ValueError`` if the shapes don't broadcast.
 
     Example:
-        >>> broadcast_shapes((4, 1), (3,))
-        (4, 3)
+        >>> broadcast_shapes((4, 1), (3,)), broadcast_shapes((2, 5), ()), broadcast_shapes((), (3,))
+        ((4, 3), (2, 5), (3,))
     """
+    if len(shapes) == 2:
+        # A shared kernel (K,) has no batch, and a kernel per row the signals' batch: both
+        # are the rule's answer without the loops (~0.2 against ~1 us, on every call).
+        first, second = shapes
+        if not second or first == second:
+            return tuple(first)
+        if not first:
+            return tuple(second)
     ndim = max((len(s) for s in shapes), default=0)
     out = [1] * ndim
     for shape in shapes:
