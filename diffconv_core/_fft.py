@@ -119,8 +119,11 @@ def fft_range(
     """
     T, K = x.shape[-1], w.shape[-1]
     n_fft = range_fft_length(T, K, lo, hi, x.device)
-    if needs_graph(x, w) and reduce_to is None:
+    graph = needs_graph(x, w)
+    if graph and reduce_to is None:
         return _FFTRange.apply(x, w, lo, hi, n_fft)
+    if graph or reduce_to is not None or w.dim() > 1:
+        return _spectra_product_range(x, w, lo, hi, n_fft, reduce_to)
     rows = math.prod(x.shape[:-1])
     # The FFT spreads a batch's rows over threads: no fewer rows than threads per chunk,
     # except for huge transforms, which are faster and leaner one row at a time (2 cores,
@@ -128,8 +131,6 @@ def fft_range(
     chunk = SHORT_CHUNK_SAMPLES if n_fft <= SHORT_FFT else CHUNK_SAMPLES
     floor = 1 if n_fft > HUGE_FFT else torch.get_num_threads()
     per_chunk = max(floor, chunk // n_fft)
-    if needs_graph(x, w) or reduce_to is not None or w.dim() > 1:
-        return _spectra_product_range(x, w, lo, hi, n_fft, reduce_to)
     # No graph and one kernel: its spectrum multiplies the signals' in place. On a GPU memory
     # is plentiful and every extra launch costs: no chunks there. Nor for rows that make one
     # chunk: the loop's output array and copy cost host time (2 x 1,024 with 255 taps: 33

@@ -55,6 +55,7 @@ import torch
 import torch.nn.functional as F
 
 from diffconv_core._autocast import autocast_off
+from diffconv_core._validation import needs_graph
 from diffconv_core._workspace import scratch
 
 #: Frames of 16 samples were fastest at every kernel length from 13 to 511 taps and batch
@@ -426,16 +427,16 @@ def _filters_of(kernels: torch.Tensor, lead: int, J: int, recorded: bool) -> tor
     count, K = kernels.shape
     key = (count, K, lead, J, kernels.dtype, kernels.device)
     bits_dtype = _BITS.get(kernels.dtype)
-    if not recorded and bits_dtype is not None:
+    bits = None if recorded or bits_dtype is None else kernels.view(bits_dtype)
+    if bits is not None:
         last = getattr(_last_filters, "entry", None)
-        bits = kernels.view(bits_dtype)
         if last is not None and last[0] == key and torch.equal(last[1], bits):
             return last[2]
     index = _filters_index(K, lead, J, count, kernels.device)
     # take: ~1 us less than indexing with the same tensor.
     weight = torch.take(torch.constant_pad_nd(kernels, (0, 1)), index).permute(0, 3, 1, 2)
-    if not recorded and bits_dtype is not None:
-        _last_filters.entry = (key, kernels.view(bits_dtype).clone(), weight)
+    if bits is not None:
+        _last_filters.entry = (key, bits.clone(), weight)
     return weight
 
 
@@ -484,7 +485,7 @@ def correlate_rows_direct(
     """
     count = kernels.shape[0]
     pad, lead, J = plan
-    recorded = torch.is_grad_enabled() and (rows.requires_grad or kernels.requires_grad)
+    recorded = needs_graph(rows, kernels)
     rows = _rows_in_frames(rows, recorded)
     R, width = rows.shape
     weight = _filters_of(kernels, lead, J, recorded)
