@@ -16,9 +16,11 @@ import torch.nn.functional as F
 
 from diffconv_core._fft import (
     CPU_FFT_MULTIPLE,
+    fft_range,
     gradients_from_pieces,
     next_fast_len,
     plain_fft_range,
+    range_fft_length,
 )
 from diffconv_core._validation import broadcast_shapes, carries_tangent, needs_graph, owned
 
@@ -127,6 +129,52 @@ def overlap_range(
         end = min(begin + count * step, n_out)
         out[..., begin:end] = _blocked(source, spectrum, n_fft, step, K)[..., : end - begin]
     return out
+
+
+#: On the CPU, one transform of a row longer than this many points is slower and far larger
+#: than overlap-save's blocks: a row of 4,194,304 samples with 1,023 taps took 95 ms by one
+#: transform against 7.1 ms in blocks, 1 x 16,777,216 with 1,023 taps 488 against 47 ms, 4 x
+#: 4,194,304 with 4,095 taps 311 against 54 (2 cores, torch 2.13, MKL), and the one transform
+#: peaked at 2.3-5x the input's size (MKL's work arrays span the whole row) where the blocks
+#: peak at 1.2-1.5x. From 2**18 points the blocks were faster for every shape timed (1 and 4
+#: rows, 255 and 8,191 taps: 1.2-16x); this bound keeps the FFT method's one transform for
+#: rows up to 4 MiB of float32, where its work arrays are small in any case.
+MAX_CPU_TRANSFORM = 1 << 20
+
+
+def transforms_in_blocks(T: int, K: int, lo: int, hi: int, device_type: str) -> bool:
+    """Whether the FFT method computes samples ``lo <= n < hi`` of ``T`` samples convolved
+    with ``K`` taps in overlap-save's blocks: on the CPU, where its one transform would pass
+    ``MAX_CPU_TRANSFORM`` points and the blocks stay within it (more than one block).
+
+    Example:
+        >>> transforms_in_blocks(4_194_304, 1023, 511, 4_194_815, "cpu")
+        True
+        >>> transforms_in_blocks(480_000, 1023, 511, 480_511, "cpu")  # one transform
+        False
+        >>> transforms_in_blocks(4_194_304, 1023, 511, 4_194_815, "cuda")  # cuFFT: one
+        False
+    """
+    if device_type != "cpu" or range_fft_length(T, K, lo, hi, _CPU) <= MAX_CPU_TRANSFORM:
+        return False
+    block = overlap_fft_length(K, hi - lo)
+    return block <= MAX_CPU_TRANSFORM and hi - lo > block - K + 1
+
+
+_CPU = torch.device("cpu")
+
+
+def fft_method_range(x: torch.Tensor, w: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+    """The FFT method (``convolve(method="fft")``): :func:`~diffconv_core._fft.fft_range`'s
+    one transform a row, or overlap-save's blocks on the CPU for rows past
+    ``MAX_CPU_TRANSFORM`` points (:func:`transforms_in_blocks`).
+
+    Shape:
+        x ``(*bx, T)``, w ``(*bw, K)`` -> ``(*broadcast(bx, bw), hi - lo)``.
+    """
+    if transforms_in_blocks(x.shape[-1], w.shape[-1], lo, hi, x.device.type):
+        return overlap_range(x, w, lo, hi)
+    return fft_range(x, w, lo, hi)
 
 
 class _OverlapRange(torch.autograd.Function):

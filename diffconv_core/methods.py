@@ -31,7 +31,7 @@ from diffconv_core._direct import (
     small_call,
 )
 from diffconv_core._fft import fft_length, range_fft_length
-from diffconv_core._overlap import block_fft_length, overlap_fft_length
+from diffconv_core._overlap import block_fft_length, overlap_fft_length, transforms_in_blocks
 from diffconv_core._toeplitz import gemm_work
 from diffconv_core._triton_direct import MAX_LAG_TAPS
 from diffconv_core._validation import (
@@ -440,7 +440,26 @@ def estimate_costs(
         # blocking: never cheaper. Fitted terms alone priced (1, 16000) * 4095 and (1, 20000)
         # * 8191 below fft, which took 0.28 and 0.36 ms against 0.32 and 0.42.
         overlap = max(overlap, fft)
+    elif fft_runs_blocks(T, K, mode, device_type):
+        # The FFT method runs these blocks itself (rows past _overlap.MAX_CPU_TRANSFORM
+        # points on the CPU): the same work, never the one to name.
+        fft = overlap + 1.0
     return {"direct": direct, "fft": fft, "overlap": overlap}
+
+
+def fft_runs_blocks(T: int, K: int, mode: str, device_type: str) -> bool:
+    """Whether the FFT method runs overlap-save's blocks for these sizes
+    (:func:`diffconv_core._overlap.transforms_in_blocks`: rows past
+    ``MAX_CPU_TRANSFORM`` points on the CPU), which the model prices as such.
+
+    Example:
+        >>> from diffconv_core.methods import fft_runs_blocks
+        >>> [fft_runs_blocks(T, 1023, "same", "cpu") for T in (1 << 22, 8192)]
+        [True, False]
+    """
+    if mode == "valid" and K > T:
+        T, K = K, T
+    return transforms_in_blocks(T, K, *output_range(T, K, mode), device_type)
 
 
 def choose_method(
@@ -571,6 +590,8 @@ def pick_method(
     if requires_grad:
         # The backward pass costs each method a different multiple of its forward pass.
         costs = {name: cost * backward_factor(name, K) for name, cost in costs.items()}
+        if fft_runs_blocks(T, K, mode, device_type):  # its backward is the blocks' too
+            costs["fft"] = costs["overlap"] + 1.0
         if bank:
             costs["direct"] *= _BANK_RECORDED_FACTOR
     return cheapest(costs)
