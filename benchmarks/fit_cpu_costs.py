@@ -103,6 +103,8 @@ def features(method: str, B: int, T: int, K: int, path: str | None = None) -> li
         # work), J frames of P samples per output
         return [1.0, B * L, B * L * plan[2] * _framed_conv.FRAME]
     if method == "fft":
+        if methods.fft_runs_blocks(T, K, "same", "cpu"):
+            return []  # the FFT method runs overlap-save's blocks there, priced as such
         n = range_fft_length(T, K, *methods.output_range(T, K, "same"), torch.device("cpu"))
         log_n = math.log2(n)
         work = B * 3 * n * log_n * methods.single_row_factor(B, n)
