@@ -140,6 +140,7 @@ def overlap_range(
 #: rows, 255 and 8,191 taps: 1.2-16x); this bound keeps the FFT method's one transform for
 #: rows up to 4 MiB of float32, where its work arrays are small in any case.
 MAX_CPU_TRANSFORM = 1 << 20
+_CPU = torch.device("cpu")
 
 
 def transforms_in_blocks(T: int, K: int, lo: int, hi: int, device_type: str) -> bool:
@@ -159,9 +160,6 @@ def transforms_in_blocks(T: int, K: int, lo: int, hi: int, device_type: str) -> 
         return False
     block = overlap_fft_length(K, hi - lo)
     return block <= MAX_CPU_TRANSFORM and hi - lo > block - K + 1
-
-
-_CPU = torch.device("cpu")
 
 
 def fft_method_range(x: torch.Tensor, w: torch.Tensor, lo: int, hi: int) -> torch.Tensor:

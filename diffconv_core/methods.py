@@ -447,6 +447,7 @@ def estimate_costs(
     return {"direct": direct, "fft": fft, "overlap": overlap}
 
 
+@functools.lru_cache(maxsize=4096)  # asked on every recorded CPU pick (0.8 us uncached)
 def fft_runs_blocks(T: int, K: int, mode: str, device_type: str) -> bool:
     """Whether the FFT method runs overlap-save's blocks for these sizes
     (:func:`diffconv_core._overlap.transforms_in_blocks`: rows past
