@@ -47,8 +47,9 @@ from scipy.optimize import nnls
 import diffconv_core
 from diffconv_core import _direct, _framed_conv, methods
 from diffconv_core._direct import MAX_TOEPLITZ_TAPS, shifted_sums_for, small_call
-from diffconv_core._fft import range_fft_length
-from diffconv_core._overlap import overlap_fft_length
+from diffconv_core._fft import range_fft_length, rows_per_chunk
+from diffconv_core._half_fft import half_fft_shape
+from diffconv_core._overlap import blocks_per_chunk, overlap_fft_length
 from diffconv_core._shift_add import MAX_SHIFT_ADD_TAPS
 from diffconv_core._toeplitz import gemm_work
 from diffconv_core.memory import retain_freed_memory
@@ -107,15 +108,41 @@ def features(method: str, B: int, T: int, K: int, path: str | None = None) -> li
             return []  # the FFT method runs overlap-save's blocks there, priced as such
         n = range_fft_length(T, K, *methods.output_range(T, K, "same"), torch.device("cpu"))
         log_n = math.log2(n)
+        half = half_fft_shape(n, min(B, rows_per_chunk(n)))
+        if half != (path == "half"):
+            return []
+        if half:
+            return half_features(B, n)
         work = B * 3 * n * log_n * methods.single_row_factor(B, n)
         return [1.0, work, work * max(0.0, log_n - 11)]
     block = overlap_fft_length(K, L)
     n_blocks = math.ceil(L / (block - K + 1))
+    at_once = min(n_blocks, blocks_per_chunk(block, B, n_blocks, "cpu"))
+    half = half_fft_shape(block, B * at_once)
+    if half != (path == "half"):
+        return []
+    if half:
+        return half_features(B * n_blocks, block)
     units = B * n_blocks * 2 * block * math.log2(block)
     if block > methods._SINGLE_ROW_FFT_CLIFF:  # a lone block past the cliff, as the model
         units *= methods.single_row_factor(B * n_blocks, block)
     streamed = B * L > methods.OVERLAP_IN_CACHE_SAMPLES
     return [1.0, units, units if streamed else 0.0]
+
+
+def half_features(rows: int, n: int) -> list[float]:
+    """The terms of complex transforms of half the length (``methods._half_fft_cost``):
+    a call, per point, then per ``n log2 n`` of a lone row, of each of a few rows, and of
+    each of those per octave past 2**16 points (out of cache)."""
+    log_n = math.log2(n)
+    lone, few = (1.0, 0.0) if rows == 1 else (0.0, float(rows))
+    return [
+        1.0,
+        rows * n,
+        lone * n * log_n,
+        few * n * log_n,
+        few * n * log_n * max(0.0, log_n - 16),
+    ]
 
 
 def direct_by_gemms(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -254,6 +281,58 @@ def check_small_training(budget_s: float) -> None:
         print(f"  {line}")
 
 
+# One row or a few of more than 8,192 points, where the FFT method's transforms are complex
+# ones of half the length (_half_fft), with short and long kernels.
+HALF_FFT_BATCHES = [1, 2, 3, 4, 8, 16]
+HALF_FFT_LENGTHS = [8192, 12_000, 16_384, 32_768, 65_536, 131_072, 262_144, 480_000]
+HALF_TERMS = ("half_call", "half_sample", "half_row_unit", "half_rows_unit", "half_rows_octave")
+
+
+def fit_half_fft(budget_s: float) -> None:
+    """Time the three methods in interleaved rounds where the FFT method takes complex
+    transforms of half the length, fit ``_COSTS["cpu"]``'s half-transform terms to the
+    timings of the FFT method and of overlap-save's few long blocks (the same transforms),
+    and print how often the model picks within 10% of the fastest, with the
+    current and the fitted terms."""
+    cases = []
+    with torch.no_grad():
+        for B, T in itertools.product(HALF_FFT_BATCHES, HALF_FFT_LENGTHS):
+            if B * T > 1 << 21:
+                continue
+            for K in sorted({255, 1023, T // 8 + 1, T // 32 + 1}):
+                x = torch.randn(B, T)
+                w = torch.hann_window(K, periodic=False)
+                # conv1d past MAX_TOEPLITZ_TAPS: seconds, never the fastest
+                timed = [m for m in METHODS if m != "direct" or K <= MAX_TOEPLITZ_TAPS]
+                fns = {
+                    m: (lambda m=m, x=x, w=w: diffconv_core.convolve(x, w, method=m)) for m in timed
+                }
+                times = bench_core.interleaved_medians(fns, "cpu", budget_s)
+                cases.append((B, T, K, times))
+                print(
+                    f"# {B} x {T}, {K} taps: "
+                    + ", ".join(f"{m} {s * 1e3:.3f} ms" for m, s in times.items()),
+                    flush=True,
+                )
+    terms = HALF_TERMS
+    rows = [
+        (features(m, B, T, K, "half"), times[m] * 1e9)
+        for B, T, K, times in cases
+        for m in ("fft", "overlap")
+        if features(m, B, T, K, "half")
+    ]
+    table = dict(methods._COSTS["cpu"])
+    table.update(zip(terms, (float(c) for c in fit(rows)), strict=True))
+    print(
+        "\n_COSTS['cpu'] half-transform terms: " + ", ".join(f"{n} {table[n]:.4g}" for n in terms)
+    )
+    for label, costs in (("current", methods._COSTS["cpu"]), ("fitted", table)):
+        near, misses = agreement(costs, cases)
+        print(f"\n{label} table: pick within 10% of the fastest in {near} of {len(cases)} cases")
+        for line in misses:
+            print(f"  {line}")
+
+
 FLOAT64_SHAPES = [(1, 256), (1, 1024), (4, 1024), (1, 4096), (16, 512), (2, 8192)]
 FLOAT64_SHAPES += [(1, 16384), (64, 1024), (8, 8192)]
 FLOAT64_TAPS = [8, 13, 31, 63, 127, 255]
@@ -388,6 +467,7 @@ def main() -> None:
     )
     parser.add_argument("--float64", action="store_true", help="check float64 picks")
     parser.add_argument("--banks", action="store_true", help="check filter banks' picks")
+    parser.add_argument("--half-fft", action="store_true", help="fit the half transforms' terms")
     parser.add_argument("--from-log", help="refit from the timings an earlier run printed")
     args = parser.parse_args()
     retain_freed_memory()
@@ -398,6 +478,7 @@ def main() -> None:
         "small_training": check_small_training,
         "float64": check_float64,
         "banks": check_banks,
+        "half_fft": fit_half_fft,
     }
     for name, run in modes.items():
         if getattr(args, name):
@@ -431,6 +512,7 @@ def main() -> None:
         ("direct", "native"): ("native_call", "native_sample", "native_tap"),
         ("direct", "pieces"): ("framed_call", "framed_sample", "framed_tap"),
         ("fft", None): ("fft_call", "fft_unit", "fft_unit_per_octave"),
+        ("fft", "half"): HALF_TERMS,
         ("overlap", None): ("overlap_call", "overlap_unit", "overlap_unit_streamed"),
     }
     table = dict(methods._COSTS["cpu"])

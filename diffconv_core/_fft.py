@@ -15,6 +15,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from diffconv_core._half_fft import half_fft_circular, kernel_factors, takes_half_fft
 from diffconv_core._validation import carries_tangent, needs_graph, owned
 
 # Without autograd, rows of a batch go through the FFT in chunks of about this many samples:
@@ -100,6 +101,22 @@ def _sum_spectrum_to(spectrum: torch.Tensor, batch_shape: tuple[int, ...] | None
     return spectrum.sum_to_size(*batch_shape, spectrum.shape[-1])
 
 
+def rows_per_chunk(n_fft: int) -> int:
+    """How many rows of ``n_fft`` points :func:`fft_range` transforms at a time without
+    autograd on the CPU.
+
+    Example:
+        >>> rows_per_chunk(1152) >= 227, rows_per_chunk(1 << 21)
+        (True, 2)
+    """
+    # The FFT spreads a batch's rows over threads: no fewer rows than threads per chunk,
+    # except for huge transforms, which are faster and leaner one row at a time (2 cores,
+    # 4 rows of 4M points: 417 ms one by one, 545 ms two by two; peak 2x the input, not 3x).
+    chunk = SHORT_CHUNK_SAMPLES if n_fft <= SHORT_FFT else CHUNK_SAMPLES
+    floor = 1 if n_fft > HUGE_FFT else torch.get_num_threads()
+    return max(floor, chunk // n_fft)
+
+
 def fft_range(
     x: torch.Tensor,
     w: torch.Tensor,
@@ -125,30 +142,33 @@ def fft_range(
     if graph or reduce_to is not None or w.dim() > 1:
         return _spectra_product_range(x, w, lo, hi, n_fft, reduce_to)
     rows = math.prod(x.shape[:-1])
-    # The FFT spreads a batch's rows over threads: no fewer rows than threads per chunk,
-    # except for huge transforms, which are faster and leaner one row at a time (2 cores,
-    # 4 rows of 4M points: 417 ms one by one, 545 ms two by two; peak 2x the input, not 3x).
-    chunk = SHORT_CHUNK_SAMPLES if n_fft <= SHORT_FFT else CHUNK_SAMPLES
-    floor = 1 if n_fft > HUGE_FFT else torch.get_num_threads()
-    per_chunk = max(floor, chunk // n_fft)
-    # No graph and one kernel: its spectrum multiplies the signals' in place. On a GPU memory
-    # is plentiful and every extra launch costs: no chunks there. Nor for rows that make one
-    # chunk: the loop's output array and copy cost host time (2 x 1,024 with 255 taps: 33
-    # us, 27 without; 64 x 1,024: 105 against 94).
+    per_chunk = rows_per_chunk(n_fft)
+    if takes_half_fft(x, w, n_fft, min(rows, per_chunk)):
+        # One row or a few, long transforms: complex FFTs of half the length (_half_fft).
+        factors = kernel_factors(w, n_fft)
+
+        def circular(part: torch.Tensor) -> torch.Tensor:
+            return half_fft_circular(part, factors, n_fft)
+    else:
+        kernel_spectrum = torch.fft.rfft(w, n_fft)
+
+        def circular(part: torch.Tensor) -> torch.Tensor:
+            # No graph and one kernel: its spectrum multiplies the signals' in place.
+            spectrum = torch.fft.rfft(part, n_fft)
+            spectrum *= kernel_spectrum
+            return torch.fft.irfft(spectrum, n_fft)
+
+    # On a GPU memory is plentiful and every extra launch costs: no chunks there. Nor for
+    # rows that make one chunk: the loop's output array and copy cost host time (2 x 1,024
+    # with 255 taps: 33 us, 27 without; 64 x 1,024: 105 against 94).
     if rows <= per_chunk or x.device.type != "cpu":
-        spectrum = torch.fft.rfft(x, n_fft)
-        spectrum *= torch.fft.rfft(w, n_fft)
-        return torch.fft.irfft(spectrum, n_fft)[..., lo:hi]
-    kernel_spectrum = torch.fft.rfft(w, n_fft)
+        return circular(x)[..., lo:hi]
     # Many rows: a few at a time into the output, so the work arrays stay a fraction of the
     # input.
     flat = x.reshape(rows, T)
     out = torch.empty(rows, hi - lo, dtype=x.dtype, device=x.device)
     for first in range(0, rows, per_chunk):
-        part = flat[first : first + per_chunk]
-        spectrum = torch.fft.rfft(part, n_fft)
-        spectrum *= kernel_spectrum
-        out[first : first + per_chunk] = torch.fft.irfft(spectrum, n_fft)[..., lo:hi]
+        out[first : first + per_chunk] = circular(flat[first : first + per_chunk])[..., lo:hi]
     return out.reshape(*x.shape[:-1], hi - lo)
 
 

@@ -30,8 +30,14 @@ from diffconv_core._direct import (
     shifted_sums_for,
     small_call,
 )
-from diffconv_core._fft import fft_length, range_fft_length
-from diffconv_core._overlap import block_fft_length, overlap_fft_length, transforms_in_blocks
+from diffconv_core._fft import fft_length, range_fft_length, rows_per_chunk
+from diffconv_core._half_fft import half_fft_shape
+from diffconv_core._overlap import (
+    block_fft_length,
+    blocks_per_chunk,
+    overlap_fft_length,
+    transforms_in_blocks,
+)
 from diffconv_core._toeplitz import gemm_work
 from diffconv_core._triton_direct import MAX_LAG_TAPS
 from diffconv_core._validation import (
@@ -93,6 +99,18 @@ _COSTS = {
         "overlap_call": 48_990.0,
         "overlap_unit": 0.05072,
         "overlap_unit_streamed": 0.01394,  # added past OVERLAP_IN_CACHE_SAMPLES outputs
+        # The FFT method's complex transforms of half the length (_half_fft: up to 16 rows
+        # of more than 8,192 points, also overlap-save's few long blocks): per call, per
+        # point and row, per n*log2(n) of one row (a lone row's transforms spread over the
+        # threads) or of each of a few rows, and that per octave past 2**16 points. Fitted
+        # by `fit_cpu_costs.py --half-fft` to 180 shapes of 1-16 rows of 8,192-480,000
+        # samples and 255 to T/8 taps (2026-11-29): picks within 10% of the fastest in 156,
+        # geometric mean 1.03x, worst 1.40x (benchmarks/results/cpu_2core_fit_half_fft.md).
+        "half_call": 130_800.0,
+        "half_sample": 0.0,
+        "half_row_unit": 0.2593,
+        "half_rows_unit": 0.1377,
+        "half_rows_octave": 0.03671,
     },
     "cpu_autograd": {
         # A kernel per row (batched GEMMs in pieces, recorded or not, its own backward):
@@ -420,20 +438,30 @@ def estimate_costs(
     log_n = math.log2(max(n_fft, 2))
     unit = c["fft_unit"] + c["fft_unit_per_octave"] * max(0.0, log_n - 11)
     forward_cpu = device_type == "cpu" and not requires_grad
-    serial = single_row_factor(batch, n_fft) if forward_cpu else 1.0
-    fft = c["fft_call"] + unit * batch * 3 * n_fft * log_n * serial
+    half = forward_cpu and shared_kernel
+    if half and half_fft_shape(n_fft, min(batch, rows_per_chunk(n_fft))):
+        fft = _half_fft_cost(c, batch, n_fft)
+    else:
+        serial = single_row_factor(batch, n_fft) if forward_cpu else 1.0
+        fft = c["fft_call"] + unit * batch * 3 * n_fft * log_n * serial
     block = overlap_fft_length(K, L)  # the blocks overlap_range takes
     n_blocks = math.ceil(L / (block - K + 1))
-    overlap_units = batch * n_blocks * 2 * block * math.log2(block)
-    if forward_cpu and block > _SINGLE_ROW_FFT_CLIFF:
-        # A single block past the cliff is the FFT path's lone row: with fft stepped alone,
-        # auto took overlap-save's one 18,432-point block for (1, 10000) * 8191 (0.37 ms; fft
-        # 0.31). Below the cliff, and for more blocks, overlap_unit is as fitted.
-        overlap_units *= single_row_factor(batch * n_blocks, block)
-    unit = c["overlap_unit"]
-    if batch * L > OVERLAP_IN_CACHE_SAMPLES:
-        unit += c.get("overlap_unit_streamed", 0.0)
-    overlap = c["overlap_call"] + unit * overlap_units
+    blocks_at_once = min(n_blocks, blocks_per_chunk(block, batch, n_blocks, device_type))
+    if half and half_fft_shape(block, batch * blocks_at_once):
+        # A few long blocks: the same transforms of half the length as the FFT method's.
+        overlap = _half_fft_cost(c, batch * n_blocks, block)
+    else:
+        overlap_units = batch * n_blocks * 2 * block * math.log2(block)
+        if forward_cpu and block > _SINGLE_ROW_FFT_CLIFF:
+            # A single block past the cliff is the FFT path's lone row: with fft stepped
+            # alone, auto took overlap-save's one 18,432-point block for (1, 10000) * 8191
+            # (0.37 ms; fft 0.31). Below the cliff, and for more blocks, overlap_unit is as
+            # fitted.
+            overlap_units *= single_row_factor(batch * n_blocks, block)
+        unit = c["overlap_unit"]
+        if batch * L > OVERLAP_IN_CACHE_SAMPLES:
+            unit += c.get("overlap_unit_streamed", 0.0)
+        overlap = c["overlap_call"] + unit * overlap_units
     if n_blocks == 1:
         # One block is the FFT path's work on a transform at least as long (the block holds
         # the outputs and the kernel's reach; fft's only the outputs' range), plus the
@@ -445,6 +473,17 @@ def estimate_costs(
         # points on the CPU): the same work, never the one to name.
         fft = overlap + 1.0
     return {"direct": direct, "fft": fft, "overlap": overlap}
+
+
+def _half_fft_cost(costs: dict[str, float], rows: int, n_fft: int) -> float:
+    # Complex transforms of half the length (_half_fft), with terms of their own: a lone
+    # row's spread over the threads, a few rows' one per thread, dearer past 2**16 points.
+    log_n = math.log2(n_fft)
+    if rows == 1:
+        per_row_unit = costs["half_row_unit"]
+    else:
+        per_row_unit = costs["half_rows_unit"] + costs["half_rows_octave"] * max(0.0, log_n - 16)
+    return costs["half_call"] + rows * n_fft * (costs["half_sample"] + per_row_unit * log_n)
 
 
 @functools.lru_cache(maxsize=4096)  # asked on every recorded CPU pick (0.8 us uncached)

@@ -339,11 +339,15 @@ def test_the_fft_is_priced_at_the_length_each_mode_transforms():
 
     cpu = torch.device("cpu")
     seen: list[int] = []
-    rfft = torch.fft.rfft
+    rfft, fft = torch.fft.rfft, torch.fft.fft
 
     def recording_rfft(x, n=None, *args, **kwargs):
         seen.append(n)
         return rfft(x, n, *args, **kwargs)
+
+    def recording_fft(x, *args, **kwargs):
+        seen.append(2 * x.shape[-1])  # the rows' samples read as complex pairs (_half_fft)
+        return fft(x, *args, **kwargs)
 
     for T, K in [(8192, 8000), (1000, 31), (1000, 999), (5000, 300)]:
         for mode in MODES:
@@ -355,11 +359,11 @@ def test_the_fft_is_priced_at_the_length_each_mode_transforms():
                 (_overlap.overlap_range, _overlap.overlap_fft_length(K, hi - lo)),
             ):
                 seen.clear()
-                torch.fft.rfft = recording_rfft
+                torch.fft.rfft, torch.fft.fft = recording_rfft, recording_fft
                 try:
                     run(torch.randn(2, T), torch.randn(K), lo, hi)
                 finally:
-                    torch.fft.rfft = rfft
+                    torch.fft.rfft, torch.fft.fft = rfft, fft
                 assert set(seen) == {length}, (run.__name__, T, K, mode, seen)
     valid = estimate_costs(1, 8192, 8000, "valid", "cpu")
     full = estimate_costs(1, 8192, 8000, "full", "cpu")
@@ -386,23 +390,38 @@ def test_float64_direct_gives_way_to_the_transforms_sooner():
 
 
 def test_a_lone_row_past_the_fft_cliff_is_priced_dearer():
-    # torch's CPU rfft+irfft of one row costs 1.5x more per point past 8,192 points at two
-    # threads (2.7x at one); unpriced, auto took fft for (1, 8193) * 255, 0.23 ms where
-    # overlap-save's batched 2,048-point blocks took 0.11.
-    from diffconv_core.methods import estimate_costs, single_row_factor
+    # torch's CPU rfft+irfft of one row costs more per point past 8,192 points; unpriced,
+    # auto took fft for (1, 8193) * 255. Past that length the FFT method now takes complex
+    # transforms of half the length (_half_fft), priced by terms of their own (below), so
+    # the step stays for the real transforms alone: rows up to 8,192 points, and overlap-save's
+    # lone blocks with a kernel per row.
+    from diffconv_core.methods import single_row_factor
 
     assert single_row_factor(1, 8192) == 2.0 < single_row_factor(1, 8640)
     assert single_row_factor(4, 8640) == 1.0  # batches of rows have no cliff
-    for shape, K in [((1, 8193), 255), ((1, 10_000), 1023)]:
-        assert choose_method(shape, (K,)) == "overlap", (shape, K)
-    # (31 taps now go direct: one convolution, 0.057 ms where overlap-save took 0.075.)
+    assert choose_method((1, 8193), (255,)) != "fft"
     assert choose_method((1, 10_000), (31,)) == "direct"
-    # overlap-save's single block past the cliff is such a row too, stepped alike: fft stays
-    # (0.31 ms where one 18,432-point block took 0.37).
-    for shape, K in [((1, 10_000), 8191), ((1, 16_000), 4095), ((1, 20_000), 8191)]:
-        assert choose_method(shape, (K,)) == "fft", (shape, K)
-    # Batches keep their prices: the bench grid's picks did not change.
-    assert estimate_costs(4, 8193, 255, "same", "cpu")["fft"] < 210_000
+
+
+def test_few_long_rows_are_priced_as_half_length_transforms():
+    # Up to 16 rows of more than 8,192 points: the FFT method's transforms, and overlap-save's
+    # few long blocks, are complex ones of half the length, priced by the "half" terms
+    # (fit_cpu_costs.py --half-fft: picks within 10% of the fastest in 156 of 180 shapes,
+    # 142 before the fit). Measured in that run: 1 x 32,768 with 4,097 taps took 0.27 ms by
+    # fft, 0.36 by overlap-save; 1 x 480,000 with 15,001 taps 2.75 by fft, 1.73 by
+    # overlap-save; 1 x 262,144 with 1,023 taps 1.48 by fft, 1.39 direct, 0.51 overlap-save.
+    from diffconv_core.methods import estimate_costs
+
+    assert choose_method((1, 32_768), (4097,)) == "fft"
+    assert choose_method((1, 480_000), (15_001,)) == "overlap"
+    assert choose_method((1, 262_144), (1023,)) == "overlap"
+    # A kernel per row takes the real transforms, priced as before.
+    half = estimate_costs(1, 32_768, 4097, "same", "cpu")
+    per_row = estimate_costs(1, 32_768, 4097, "same", "cpu", shared_kernel=False)
+    assert half["fft"] < per_row["fft"]
+    # So does a recorded call (its own backward): the half terms are the forward's alone.
+    recorded = estimate_costs(1, 32_768, 4097, "same", "cpu", requires_grad=True)
+    assert recorded["fft"] != half["fft"]
 
 
 def test_training_past_the_fast_kernel_gradient_leaves_direct():
