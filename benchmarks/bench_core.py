@@ -166,16 +166,28 @@ SMALL_CALLS = [(1, 256, 7), (1, 1024, 3), (1, 1024, 31), (4, 1024, 31), (1, 4096
 SMALL_CALLS += [(16, 512, 15), (32, 1024, 31)]
 
 
+#: A few long rows with long kernels, beyond the issue's grids: a second of audio or ten
+#: through a long FIR or a room's impulse response, mono or stereo, where one row's
+#: transforms decide (the CPU FFT method's complex transforms of half the length).
+FEW_ROWS = [(1, 16_384, 2047), (1, 48_000, 4095), (1, 65_536, 8191), (1, 262_144, 32767)]
+FEW_ROWS += [(1, 480_000, 16383), (2, 480_000, 4095), (4, 131_072, 16383), (8, 65_536, 8191)]
+
+
 def grid(device: str, size: str) -> list[tuple[int, int, int]]:
     """The cases of a run: the issue's grid for the device ("full", every third case for
-    "small"), or "calls", small calls of one to 32 rows.
+    "small"), "calls", small calls of one to 32 rows, or "rows", a few long rows with long
+    kernels.
 
     Example:
         >>> grid("cpu", "calls")[:2], len(grid("cpu", "full")), len(grid("cpu", "small"))
         ([(1, 256, 7), (1, 1024, 3)], 11, 4)
+        >>> grid("cpu", "rows")[0]
+        (1, 16384, 2047)
     """
     if size == "calls":
         return list(SMALL_CALLS)
+    if size == "rows":
+        return list(FEW_ROWS)
     if device.startswith("cuda"):
         cases = [(16, 480_000, k) for k in (3, 31, 255, 1023, 4095, 16383, 65535)]
         cases += [(1, 1 << 24, k) for k in (31, 1023, 16383)]
@@ -231,7 +243,7 @@ def _ms(seconds: float | None) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--grid", choices=("small", "full", "calls"), default="full")
+    parser.add_argument("--grid", choices=("small", "full", "calls", "rows"), default="full")
     parser.add_argument("--out", help="also write one JSON line per measurement here")
     parser.add_argument("--no-naive", action="store_true", help="skip the ~3 s naive-loop row")
     parser.add_argument("--budget", type=float, default=0.3, help="seconds per measurement")

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 _COMPLEX = {torch.float32: torch.complex64, torch.float64: torch.complex128}
+_REAL = {complex_dtype: real for real, complex_dtype in _COMPLEX.items()}
 
 
 #: The identity pays from this many points up (2 cores, "same" with T / 8 taps, against
@@ -161,3 +162,56 @@ def half_fft_circular(
     _add_mirrored_product(spectrum, reversed_conj, Q_ahead)
     result = torch.view_as_real(torch.fft.ifft(spectrum))
     return result.view(*x.shape[:-1], n_fft)
+
+
+@functools.lru_cache(maxsize=32)
+def _unpacking_weights(n_fft: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    # X[k] = a Z[k] + b conj(Z[M - k]) for k = 0..M with a = (1 - i W^k) / 2, b = (1 + i W^k)
+    # / 2, the packed spectrum Z extended by Z[M] = Z[0]; packing back inverts it with the
+    # conjugate weights (Z[k] = conj(a) X[k] + conj(b) conj(X[M - k]), k < M). Computed in
+    # float64 once per length and kept in the working precision.
+    t = torch.arange(n_fft // 2 + 1, dtype=torch.float64) * (2 * math.pi / n_fft)
+    twiddle = torch.complex(torch.cos(t), -torch.sin(t))
+    a, b = (1 - 1j * twiddle) / 2, (1 + 1j * twiddle) / 2
+    complex_dtype = _COMPLEX[dtype]
+    return a.to(complex_dtype), b.to(complex_dtype)
+
+
+def half_rfft(x: torch.Tensor, n_fft: int) -> torch.Tensor:
+    """``torch.fft.rfft(x, n_fft)`` through a complex FFT of ``n_fft / 2`` points (for
+    :func:`half_fft_shape` lengths; differentiable like the operations it is made of).
+
+    Shape:
+        x ``(*batch, T)`` with ``T <= n_fft`` (even) -> complex ``(*batch, n_fft // 2 + 1)``.
+
+    Example:
+        >>> import torch
+        >>> x = torch.tensor([1.0, 2.0, 3.0, 4.0])
+        >>> torch.allclose(half_rfft(x, 6), torch.fft.rfft(x, 6), atol=1e-6)
+        True
+    """
+    a, b = _unpacking_weights(n_fft, x.dtype)
+    spectrum = torch.fft.fft(_packed(x, n_fft))
+    extended = torch.cat((spectrum, spectrum[..., :1]), -1)  # Z[M] = Z[0]
+    return extended * a + extended.flip(-1).conj_physical_() * b
+
+
+def half_irfft(spectrum: torch.Tensor, n_fft: int) -> torch.Tensor:
+    """``torch.fft.irfft(spectrum, n_fft)`` through an inverse complex FFT of ``n_fft / 2``
+    points: the inverse of :func:`half_rfft` (the imaginary parts of the first and last
+    bins, which a real signal's spectrum lacks, are ignored only up to round-off).
+
+    Shape:
+        spectrum ``(*batch, n_fft // 2 + 1)`` -> real ``(*batch, n_fft)``.
+
+    Example:
+        >>> import torch
+        >>> x = torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0, 6.0])
+        >>> torch.allclose(half_irfft(torch.fft.rfft(x), 6), x, atol=1e-6)
+        True
+    """
+    a, b = _unpacking_weights(n_fft, _REAL[spectrum.dtype])
+    M = n_fft // 2
+    mirrored = spectrum.flip(-1).conj_physical_()[..., :M]  # conj(X[M - k]), k < M
+    packed = spectrum[..., :M] * a[:M].conj() + mirrored * b[:M].conj()
+    return torch.view_as_real(torch.fft.ifft(packed)).reshape(*spectrum.shape[:-1], n_fft)

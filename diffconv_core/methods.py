@@ -447,9 +447,11 @@ def estimate_costs(
     block = overlap_fft_length(K, L)  # the blocks overlap_range takes
     n_blocks = math.ceil(L / (block - K + 1))
     blocks_at_once = min(n_blocks, blocks_per_chunk(block, batch, n_blocks, device_type))
+    half_blocks = False
     if half and half_fft_shape(block, batch * blocks_at_once):
         # A few long blocks: the same transforms of half the length as the FFT method's.
         overlap = _half_fft_cost(c, batch * n_blocks, block)
+        half_blocks = True
     else:
         overlap_units = batch * n_blocks * 2 * block * math.log2(block)
         if forward_cpu and block > _SINGLE_ROW_FFT_CLIFF:
@@ -462,11 +464,14 @@ def estimate_costs(
         if batch * L > OVERLAP_IN_CACHE_SAMPLES:
             unit += c.get("overlap_unit_streamed", 0.0)
         overlap = c["overlap_call"] + unit * overlap_units
-    if n_blocks == 1:
+    if n_blocks == 1 or (half_blocks and n_blocks == 2):
         # One block is the FFT path's work on a transform at least as long (the block holds
         # the outputs and the kernel's reach; fft's only the outputs' range), plus the
         # blocking: never cheaper. Fitted terms alone priced (1, 16000) * 4095 and (1, 20000)
-        # * 8191 below fft, which took 0.28 and 0.36 ms against 0.32 and 0.42.
+        # * 8191 below fft, which took 0.28 and 0.36 ms against 0.32 and 0.42. Two long
+        # blocks of half-length transforms hold more points than fft's one and were slower
+        # in all 48 such shapes of two `fit_cpu_costs.py --half-fft` runs (1-16 rows,
+        # 1.07-1.94x), where the fitted terms priced them within a few percent of it.
         overlap = max(overlap, fft)
     elif fft_runs_blocks(T, K, mode, device_type):
         # The FFT method runs these blocks itself (rows past _overlap.MAX_CPU_TRANSFORM

@@ -232,3 +232,64 @@ def test_overlap_save_in_chunks_of_few_blocks(monkeypatch, overlap_half_calls):
     y = convolve(x, w, method="overlap")
     assert overlap_half_calls == [2, 2, 2, 1] and len(factor_calls) == 1
     np.testing.assert_allclose(y.numpy(), reference(x, w), atol=1e-9)
+
+
+def test_half_rfft_and_irfft_match_torch():
+    for dtype in (torch.float32, torch.float64):
+        for n, T in [(6, 4), (10_000, 9_000), (17_496, 16_384), (8, 8)]:
+            x = torch.randn(3, T, dtype=torch.float64)
+            expected = np.fft.rfft(x.numpy(), n)
+            got = _half_fft.half_rfft(x.to(dtype), n).to(torch.complex128).numpy()
+            scale = np.abs(expected).max()
+            assert np.abs(got - expected).max() <= TOLERANCE[dtype] * scale
+            complex_dtype = torch.complex64 if dtype == torch.float32 else torch.complex128
+            back = _half_fft.half_irfft(torch.from_numpy(expected).to(complex_dtype), n)
+            expected_back = np.fft.irfft(expected, n)
+            assert np.abs(back.numpy() - expected_back).max() <= TOLERANCE[dtype] * scale
+
+
+def gradients_reference(x, w, g, mode):
+    """dL/dx and dL/dw of L = sum(g * convolve(x, w, mode)), from scipy in float64: the
+    output gradient placed where mode's samples lie in the full convolution, correlated
+    with the other operand."""
+    T, K = x.shape[-1], w.shape[-1]
+    lo = {"full": 0, "same": (K - 1) // 2, "valid": K - 1}[mode]
+    placed = np.zeros(T + K - 1)
+    placed[lo : lo + g.shape[-1]] = g
+    return (
+        scipy.signal.correlate(placed, w, mode="valid", method="direct"),
+        scipy.signal.correlate(placed, x, mode="valid", method="direct"),
+    )
+
+
+@pytest.mark.parametrize("mode", ["full", "same", "valid"])
+def test_recorded_single_row_takes_half_transforms(monkeypatch, mode):
+    # One row and one kernel, recorded: the FFT method's own Function transforms with the
+    # half-length complex FFTs, forward and backward, and its gradients are scipy's.
+    used = []
+    for name in ("half_rfft", "half_irfft"):
+        original = getattr(_fft, name)
+        monkeypatch.setattr(
+            _fft, name, lambda *a, original=original, name=name: used.append(name) or original(*a)
+        )
+    rng = np.random.default_rng(len(mode))
+    x_np, w_np = rng.standard_normal(10_000), rng.standard_normal(999)
+    x = torch.from_numpy(x_np).requires_grad_()
+    w = torch.from_numpy(w_np).requires_grad_()
+    y = convolve(x, w, mode, method="fft")
+    g = rng.standard_normal(y.shape[-1])
+    y.backward(torch.from_numpy(g))
+    assert used.count("half_rfft") == 3 and used.count("half_irfft") == 3
+    np.testing.assert_allclose(y.detach().numpy(), reference(x_np, w_np, mode), atol=1e-9)
+    grad_x, grad_w = gradients_reference(x_np, w_np, g, mode)
+    np.testing.assert_allclose(x.grad.numpy(), grad_x, atol=1e-9)
+    np.testing.assert_allclose(w.grad.numpy(), grad_w, atol=1e-9)
+
+
+def test_recorded_batches_keep_torch_transforms(monkeypatch):
+    used = []
+    monkeypatch.setattr(_fft, "half_rfft", lambda *a: used.append(a))
+    x = torch.randn(2, 10_000, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(999, dtype=torch.float64, requires_grad=True)
+    convolve(x, w, method="fft").sum().backward()
+    assert used == []
