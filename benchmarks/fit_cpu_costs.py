@@ -118,7 +118,7 @@ def features(method: str, B: int, T: int, K: int, path: str | None = None) -> li
     block = overlap_fft_length(K, L)
     n_blocks = math.ceil(L / (block - K + 1))
     at_once = min(n_blocks, blocks_per_chunk(block, B, n_blocks, "cpu"))
-    half = half_fft_shape(block, B * at_once)
+    half = B == 1 and half_fft_shape(block, at_once)  # a lone row's blocks (_overlap)
     if half != (path == "half"):
         return []
     if half:
@@ -184,6 +184,39 @@ def timings_from_log(path: str) -> tuple[list, list]:
             cases.append((B, T, K, times))
             gemm_cases.append((B, T, K, None if gemms is None else float(gemms) / 1e3))
     return cases, gemm_cases
+
+
+FORWARD_LINE = re.compile(r"# (\d+) x (\d+), (\d+) taps: ((?:direct|fft) .*)")
+
+
+def forward_cases_from_log(path: str) -> list:
+    """The forward timings ``(B, T, K, {method: seconds})`` an earlier run printed, also
+    those without the direct method (``--half-fft`` runs past 1,023 taps)."""
+    cases = []
+    for line in open(path):
+        match = FORWARD_LINE.match(line)
+        if match:
+            B, T, K = (int(v) for v in match.groups()[:3])
+            found = re.findall(r"(direct|fft|overlap) ([\d.]+) ms", match.group(4))
+            cases.append((B, T, K, {m: float(v) / 1e3 for m, v in found}))
+    return cases
+
+
+def check_logs(paths: list[str], settings: list[str]) -> None:
+    """How often the current table picks within 10% of the fastest on earlier runs' printed
+    forward timings, and with each ``NAME=VALUE`` of ``settings`` (in ``_COSTS["cpu"]``)
+    instead: a change to one term checked against every run at hand, nothing timed."""
+    tables = {"current": methods._COSTS["cpu"]}
+    for setting in settings:
+        name, value = setting.split("=")
+        tables[setting] = dict(methods._COSTS["cpu"], **{name: float(value)})
+    for label, table in tables.items():
+        results = []
+        for path in paths:
+            cases = forward_cases_from_log(path)
+            near, misses = agreement(table, cases)
+            results.append(f"{path}: {near} of {len(cases)} ({misses[-1]})")
+        print(f"{label}:\n  " + "\n  ".join(results))
 
 
 BACKWARD_SHAPES = [(4, 480_000), (1, 1_048_576), (512, 1024), (64, 8000), (16, 20_000)]
@@ -469,7 +502,16 @@ def main() -> None:
     parser.add_argument("--banks", action="store_true", help="check filter banks' picks")
     parser.add_argument("--half-fft", action="store_true", help="fit the half transforms' terms")
     parser.add_argument("--from-log", help="refit from the timings an earlier run printed")
+    parser.add_argument(
+        "--check-logs", nargs="+", metavar="LOG", help="check picks on earlier runs' timings"
+    )
+    parser.add_argument(
+        "--set", nargs="*", default=[], metavar="NAME=VALUE", help="with --check-logs"
+    )
     args = parser.parse_args()
+    if args.check_logs:
+        check_logs(args.check_logs, args.set)
+        return
     retain_freed_memory()
     torch.manual_seed(0)
     modes = {

@@ -105,12 +105,15 @@ def _blocked(
 
 
 def _circular_convolution(
-    x: torch.Tensor, w: torch.Tensor, n_fft: int, rows_per_call: int
+    x: torch.Tensor, w: torch.Tensor, n_fft: int, rows: int, blocks_at_once: int
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     # The blocks' circular convolution with the kernel, its spectrum computed once per call:
-    # complex transforms of half the length for a few long blocks (_half_fft: 2 cores, 1 x
-    # 65,536 with 8,193 taps in two blocks took 0.83 ms by rfft/irfft), else real ones.
-    if takes_half_fft(x, w, n_fft, rows_per_call):
+    # complex transforms of half the length for a lone row's few long blocks (_half_fft),
+    # else real ones. On 2 cores the lone row's blocks were 1.13-1.22x faster so (1 x 65,536
+    # with 8,193 taps: 0.92 ms, 1.12 by rfft/irfft; 1 x 480,000 with 16,383: 1.35 against
+    # 1.54), a batch's mixed (2 x 131,072 with 16,385 taps 1.15x faster, 4 x 65,536 with
+    # 8,193 1.2x slower, 4 x 480,000 with 16,383 1.16x slower): batches keep the real ones.
+    if rows == 1 and takes_half_fft(x, w, n_fft, blocks_at_once):
         factors = kernel_factors(w, n_fft)
         return lambda blocks: half_fft_circular(blocks, factors, n_fft)
     spectrum = torch.fft.rfft(w, n_fft).unsqueeze(-2)  # shared by all blocks
@@ -139,7 +142,7 @@ def overlap_range(
     rows = max(1, math.prod(batch))
     out = torch.empty(*batch, n_out, dtype=x.dtype, device=x.device)
     per_chunk = blocks_per_chunk(n_fft, rows, n_blocks, x.device.type)
-    circular = _circular_convolution(x, w, n_fft, rows * min(per_chunk, n_blocks))
+    circular = _circular_convolution(x, w, n_fft, rows, min(per_chunk, n_blocks))
     for first in range(0, n_blocks, per_chunk):
         count = min(per_chunk, n_blocks - first)
         start = lo - (K - 1) + first * step

@@ -177,7 +177,8 @@ def convolve(
             (mirror, edge sample repeated), "replicate" (edge sample repeated) or "circular".
             Any pad width works, also wider than the signal. Only "zeros" with "valid".
         method: "direct", "fft" (one transform a row; on the CPU, rows past 2**20 points go
-            in overlap-save's blocks, 6-18x faster there and a third of the memory), "overlap"
+            in overlap-save's blocks, 6-18x faster there and a third of the memory, and one to
+            16 rows past 8,192 points as complex transforms of half the length), "overlap"
             (overlap-save: long signals, shorter kernels) or "auto" (asks
             :func:`diffconv_core.choose_method`). All agree to float round-off.
 

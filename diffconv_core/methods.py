@@ -96,7 +96,14 @@ _COSTS = {
         "fft_call": 35_190.0,
         "fft_unit": 0.03235,
         "fft_unit_per_octave": 0.005989,  # above 2**11 points
-        "overlap_call": 48_990.0,
+        # Overlap-save's call cost: not 48,990 as fitted with the rest, which priced a row or
+        # a few of 8,192-480,000 samples with 255-1,023 taps up to 40% below their time (1 x
+        # 8,192 with 255 taps: 0.09-0.11 ms, modelled 0.06, so auto took it over the direct
+        # method's 0.08-0.09). Of 49k, 70k, 85k, 100k, 120k and 150k (`fit_cpu_costs.py
+        # --check-logs`), 120k picked best in each of the three `--half-fft` runs (165, 170
+        # and 169 of 180 within 10% of the fastest; 158, 129 and 130 at 49k) and as well as
+        # any on the main grid's two runs (363 of 380; 360 at 49k).
+        "overlap_call": 120_000.0,
         "overlap_unit": 0.05072,
         "overlap_unit_streamed": 0.01394,  # added past OVERLAP_IN_CACHE_SAMPLES outputs
         # The FFT method's complex transforms of half the length (_half_fft: up to 16 rows
@@ -447,11 +454,10 @@ def estimate_costs(
     block = overlap_fft_length(K, L)  # the blocks overlap_range takes
     n_blocks = math.ceil(L / (block - K + 1))
     blocks_at_once = min(n_blocks, blocks_per_chunk(block, batch, n_blocks, device_type))
-    half_blocks = False
-    if half and half_fft_shape(block, batch * blocks_at_once):
-        # A few long blocks: the same transforms of half the length as the FFT method's.
+    if half and batch == 1 and half_fft_shape(block, blocks_at_once):
+        # A lone row's few long blocks: the same transforms of half the length as the FFT
+        # method's.
         overlap = _half_fft_cost(c, batch * n_blocks, block)
-        half_blocks = True
     else:
         overlap_units = batch * n_blocks * 2 * block * math.log2(block)
         if forward_cpu and block > _SINGLE_ROW_FFT_CLIFF:
@@ -464,14 +470,15 @@ def estimate_costs(
         if batch * L > OVERLAP_IN_CACHE_SAMPLES:
             unit += c.get("overlap_unit_streamed", 0.0)
         overlap = c["overlap_call"] + unit * overlap_units
-    if n_blocks == 1 or (half_blocks and n_blocks == 2):
+    if n_blocks == 1 or (forward_cpu and n_blocks == 2 and block > _SINGLE_ROW_FFT_CLIFF):
         # One block is the FFT path's work on a transform at least as long (the block holds
         # the outputs and the kernel's reach; fft's only the outputs' range), plus the
         # blocking: never cheaper. Fitted terms alone priced (1, 16000) * 4095 and (1, 20000)
-        # * 8191 below fft, which took 0.28 and 0.36 ms against 0.32 and 0.42. Two long
-        # blocks of half-length transforms hold more points than fft's one and were slower
-        # in all 48 such shapes of two `fit_cpu_costs.py --half-fft` runs (1-16 rows,
-        # 1.07-1.94x), where the fitted terms priced them within a few percent of it.
+        # * 8191 below fft, which took 0.28 and 0.36 ms against 0.32 and 0.42. Two blocks
+        # past 8,192 points hold more points than fft's one transform and were slower in
+        # every such shape of three `fit_cpu_costs.py --half-fft` runs (a lone row's, of
+        # half-length transforms: 1.19-1.41x; batches' 1.07-1.94x, 1.2-1.4x by rfft), where
+        # the fitted terms priced them within a few percent of it.
         overlap = max(overlap, fft)
     elif fft_runs_blocks(T, K, mode, device_type):
         # The FFT method runs these blocks itself (rows past _overlap.MAX_CPU_TRANSFORM

@@ -42,8 +42,11 @@ METHOD_NAMES = ("direct", "fft", "overlap")
 #: ones without a graph the same oneDNN convolution as before without the layers around it,
 #: 1.1-1.6x faster (512 x 1,024 with 31 taps 238 against 201 us; 16 x 2,000 104 against
 #: 65); small float64 calls the same native convolution, 1.5-3x faster than their GEMMs
-#: (1 x 4,096 with 31 taps 34 against 81 us), 2026-11-29).
-CACHE_GENERATION = 4
+#: (1 x 4,096 with 31 taps 34 against 81 us), 2026-11-29. 5: the FFT method (and
+#: overlap-save's few long blocks) on 1-16 CPU rows past 8,192 points became complex
+#: transforms of half the length, 1.1-2.3x faster forward, and the recorded FFT of one row
+#: 2x faster forward+backward (1 x 48,000 with 4,095 taps: 1.57 against 0.80 ms), 2026-11-29).
+CACHE_GENERATION = 5
 # How far (in log2 units, per axis) a measured shape may be from the asked one.
 MAX_LOG2_DISTANCE = 1.0
 

@@ -424,6 +424,22 @@ def test_few_long_rows_are_priced_as_half_length_transforms():
     assert recorded["fft"] != half["fft"]
 
 
+def test_two_long_blocks_and_overlap_saves_call_cost():
+    # Two overlap-save blocks past 8,192 points were slower than fft's one transform in every
+    # such shape of three runs (2 x 16,384 with 2,049 taps: 0.44 against 0.35 ms); priced by
+    # the fitted terms they were within a few percent of it. And overlap-save's call costs
+    # ~120 us: 1 x 8,192 with 255 taps took 0.09-0.11 ms by it, 0.08-0.09 direct
+    # (benchmarks/results/cpu_2core_fit_half_fft.md).
+    from diffconv_core.methods import estimate_costs
+
+    for batch, T, K in [(1, 16_384, 2049), (2, 16_384, 2049), (8, 32_768, 4097)]:
+        costs = estimate_costs(batch, T, K, "same", "cpu")
+        assert costs["overlap"] >= costs["fft"], (batch, T, K)
+        assert choose_method((batch, T), (K,)) == "fft", (batch, T, K)
+    for shape in [(1, 8192), (2, 12_000)]:
+        assert choose_method(shape, (255,)) == "direct", shape
+
+
 def test_training_past_the_fast_kernel_gradient_leaves_direct():
     # Past 191 taps the direct kernel gradient is the GEMMs' lagged products: fwd+bwd took
     # 5.1 ms at 512 x 1,024 with 255 taps where fft took 2.0, and 22.8 ms at 4 x 480,000 with
