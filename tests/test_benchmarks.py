@@ -232,3 +232,52 @@ def test_gpu_kernel_gradient_settings_match_the_direct_sum_under_the_interpreter
                 lanes, tile, span=128,
             )  # fmt: skip
             np.testing.assert_allclose(got.numpy(), want, rtol=1e-12, atol=1e-12, err_msg=name)
+
+
+def test_rows_grid_is_a_few_long_rows_with_long_kernels(bench_core):
+    rows = bench_core.grid("cpu", "rows")
+    assert rows and all(B <= 8 and T >= 16_384 and K >= 2047 for B, T, K in rows)
+    assert bench_core.grid("cuda", "rows") == rows
+
+
+def test_check_logs_reads_every_forward_timing_and_scores_the_picks(bench_core, tmp_path, capsys):
+    # fit_cpu_costs --check-logs: lines with and without the direct method (--half-fft runs
+    # skip it past 1,023 taps), backward lines ignored; the current table and each setting.
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        fit = _load("fit_cpu_costs")
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    log = tmp_path / "run.txt"
+    log.write_text(
+        "# 1 x 8192, 255 taps: direct 0.083 ms, fft 0.148 ms, overlap 0.089 ms\n"
+        "# 1 x 32768, 4097 taps: fft 0.273 ms, overlap 0.361 ms\n"
+        "# 4 x 1024, 31 taps, fwd+bwd: direct 0.10 ms, fft 0.20 ms, overlap 0.30 ms\n"
+        "unrelated line\n"
+    )
+    cases = fit.forward_cases_from_log(str(log))
+    assert [(B, T, K) for B, T, K, _ in cases] == [(1, 8192, 255), (1, 32768, 4097)]
+    assert cases[1][3] == {"fft": 0.273e-3, "overlap": 0.361e-3}
+    fit.check_logs([str(log)], ["half_call=0"])
+    out = capsys.readouterr().out
+    assert "current:" in out and "half_call=0:" in out
+    # The current table picks direct and fft there (both the fastest); with the half
+    # transforms' call free, fft would be picked for the first and miss (1.8x).
+    assert "2 of 2" in out.split("half_call=0:")[0]
+    assert "1 of 2" in out.split("half_call=0:")[1]
+
+
+def test_half_fft_features_follow_the_paths_the_methods_take(bench_core):
+    # fit_cpu_costs --half-fft fits the half terms to the FFT method's rows that take the
+    # half-length transforms and to a lone row's overlap-save blocks, never to batches' blocks.
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        fit = _load("fit_cpu_costs")
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    assert len(fit.features("fft", 1, 16_384, 2047, "half")) == len(fit.HALF_TERMS)
+    assert fit.features("fft", 1, 16_384, 2047, None) == []
+    assert fit.features("fft", 1, 4000, 255, "half") == []  # short rows: rfft
+    assert len(fit.features("overlap", 1, 65_536, 8193, "half")) == len(fit.HALF_TERMS)
+    assert fit.features("overlap", 4, 65_536, 8193, "half") == []
+    assert fit.features("overlap", 4, 65_536, 8193, None) != []
