@@ -202,6 +202,19 @@ def forward_cases_from_log(path: str) -> list:
     return cases
 
 
+def forward_times(x, w, timed, budget_s: float, label: str) -> dict[str, float]:
+    """Forward seconds of each method in ``timed``, interleaved in rounds, printed as a
+    timing line ("# B x T, <label>: method t ms, ...")."""
+    fns = {m: (lambda m=m: diffconv_core.convolve(x, w, method=m)) for m in timed}
+    times = bench_core.interleaved_medians(fns, "cpu", budget_s)
+    B, T = math.prod(x.shape[:-1]), x.shape[-1]
+    print(
+        f"# {B} x {T}, {label}: " + ", ".join(f"{m} {s * 1e3:.3f} ms" for m, s in times.items()),
+        flush=True,
+    )
+    return times
+
+
 def check_logs(paths: list[str], settings: list[str]) -> None:
     """How often the current table picks within 10% of the fastest on earlier runs' printed
     forward timings, and with each ``NAME=VALUE`` of ``settings`` (in ``_COSTS["cpu"]``)
@@ -337,16 +350,7 @@ def fit_half_fft(budget_s: float) -> None:
                 w = torch.hann_window(K, periodic=False)
                 # conv1d past MAX_TOEPLITZ_TAPS: seconds, never the fastest
                 timed = [m for m in METHODS if m != "direct" or K <= MAX_TOEPLITZ_TAPS]
-                fns = {
-                    m: (lambda m=m, x=x, w=w: diffconv_core.convolve(x, w, method=m)) for m in timed
-                }
-                times = bench_core.interleaved_medians(fns, "cpu", budget_s)
-                cases.append((B, T, K, times))
-                print(
-                    f"# {B} x {T}, {K} taps: "
-                    + ", ".join(f"{m} {s * 1e3:.3f} ms" for m, s in times.items()),
-                    flush=True,
-                )
+                cases.append((B, T, K, forward_times(x, w, timed, budget_s, f"{K} taps")))
     terms = HALF_TERMS
     rows = [
         (features(m, B, T, K, "half"), times[m] * 1e9)
@@ -381,15 +385,7 @@ def check_float64(budget_s: float) -> None:
         for (B, T), K in itertools.product(FLOAT64_SHAPES, FLOAT64_TAPS):
             x = torch.randn(B, T, dtype=torch.float64)
             w = torch.hann_window(K, periodic=False, dtype=torch.float64)
-            fns = {
-                m: (lambda m=m, x=x, w=w: diffconv_core.convolve(x, w, method=m)) for m in METHODS
-            }
-            times = bench_core.interleaved_medians(fns, "cpu", budget_s)
-            cases.append((B, T, K, times))
-            print(
-                f"# {B} x {T}, {K} taps, float64: "
-                + ", ".join(f"{m} {s * 1e3:.3f} ms" for m, s in times.items())
-            )
+            cases.append((B, T, K, forward_times(x, w, METHODS, budget_s, f"{K} taps, float64")))
     near, misses = near_fastest(
         cases, lambda B, T, K: diffconv_core.choose_method((B, T), (K,), dtype=torch.float64)
     )

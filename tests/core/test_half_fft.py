@@ -92,18 +92,23 @@ def test_which_calls_take_it():
     assert not _half_fft.takes_half_fft(x, torch.ones(2, 3), 10_240, 1)
 
 
+def _rows_per_identity_call(monkeypatch, module) -> list[int]:
+    # The number of rows (or blocks) each call of the identity transformed, in ``module``.
+    calls = []
+    original = module.half_fft_circular
+
+    def recording(rows, factors, n_fft):
+        calls.append(rows.numel() // rows.shape[-1])
+        return original(rows, factors, n_fft)
+
+    monkeypatch.setattr(module, "half_fft_circular", recording)
+    return calls
+
+
 @pytest.fixture
 def half_fft_calls(monkeypatch):
     """The number of rows each call of the identity transformed, in fft_range."""
-    calls = []
-    original = _fft.half_fft_circular
-
-    def recording(part, factors, n_fft):
-        calls.append(part.numel() // part.shape[-1])
-        return original(part, factors, n_fft)
-
-    monkeypatch.setattr(_fft, "half_fft_circular", recording)
-    return calls
+    return _rows_per_identity_call(monkeypatch, _fft)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -187,15 +192,7 @@ def test_rows_in_chunks_of_huge_transforms(monkeypatch, half_fft_calls, rows):
 @pytest.fixture
 def overlap_half_calls(monkeypatch):
     """The number of blocks each call of the identity transformed, in overlap-save."""
-    calls = []
-    original = _overlap.half_fft_circular
-
-    def recording(blocks, factors, n_fft):
-        calls.append(blocks.numel() // blocks.shape[-1])
-        return original(blocks, factors, n_fft)
-
-    monkeypatch.setattr(_overlap, "half_fft_circular", recording)
-    return calls
+    return _rows_per_identity_call(monkeypatch, _overlap)
 
 
 @pytest.mark.parametrize("mode", ["full", "same", "valid"])
