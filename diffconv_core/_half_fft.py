@@ -75,21 +75,29 @@ def takes_half_fft(x: torch.Tensor, w: torch.Tensor, n_fft: int, rows: int) -> b
     )
 
 
+#: Twiddle tables (n/2 + 1 complex numbers) are kept per length up to this many points,
+#: 512 KiB each in complex64; longer ones are computed per call, so that a few huge lengths
+#: never pin megabytes (kept four times over as weights, a 2**20-point length held 16 MiB).
+CACHED_POINTS = 1 << 17
+
+
+def _twiddles(n_fft: int, dtype: torch.dtype) -> torch.Tensor:
+    # W^k = exp(-2 pi i k / n_fft) for k = 0 .. n_fft / 2, complex, in dtype's precision.
+    if n_fft <= CACHED_POINTS:
+        return _kept_twiddles(n_fft, dtype)
+    return _computed_twiddles(n_fft, dtype)
+
+
 @functools.lru_cache(maxsize=32)
-def _factor_weights(n_fft: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    # With R[k] = conj(Z_w[-k]) for the kernel's packed spectrum Z_w, the factors are
-    # P = a Z_w + (1 - a) R and Q = c Z_w - c R, a = (1 + i W^k sin t) / 2, c = W^k cos t / 2
-    # (S and D written out): ((a, c), (1 - a, -c)), computed in float64 once per length and
-    # kept in the working precision, so that both factors take one product each (the
-    # mirrored weights one place ahead, as _add_mirrored_product takes them).
-    t = torch.arange(n_fft // 2, dtype=torch.float64) * (2 * math.pi / n_fft)
-    cos, sin = torch.cos(t), torch.sin(t)
-    twiddle = torch.complex(cos, -sin)
-    a = (1 + 1j * twiddle * sin) / 2
-    c = twiddle * cos / 2
-    complex_dtype = _COMPLEX[dtype]
-    mirrored_ahead = torch.stack((1 - a, -c)).roll(-1, -1)  # see _add_mirrored_product
-    return torch.stack((a, c)).to(complex_dtype), mirrored_ahead.to(complex_dtype)
+def _kept_twiddles(n_fft: int, dtype: torch.dtype) -> torch.Tensor:
+    return _computed_twiddles(n_fft, dtype)
+
+
+def _computed_twiddles(n_fft: int, dtype: torch.dtype) -> torch.Tensor:
+    # In the working precision (float64 tables cost float32 calls 2x their work arrays):
+    # the angles of float32 are within an ulp, as are their cosines and sines.
+    angles = torch.arange(n_fft // 2 + 1, dtype=dtype).mul_(-2 * math.pi / n_fft)
+    return torch.complex(angles.cos(), angles.sin_())
 
 
 def _packed(rows: torch.Tensor, n_fft: int) -> torch.Tensor:
@@ -103,40 +111,45 @@ def _packed(rows: torch.Tensor, n_fft: int) -> torch.Tensor:
     return torch.view_as_complex(extended.view(*extended.shape[:-1], n_fft // 2, 2))
 
 
+def _transformed_in_place(packed: torch.Tensor, inverse: bool = False) -> torch.Tensor:
+    # The complex FFT (or its inverse) written over its input: one buffer a row fewer (a row
+    # of 2**20 points peaked at 7.2x its size with a buffer per transform).
+    transform = torch.fft.ifft if inverse else torch.fft.fft
+    return transform(packed, out=packed)
+
+
 def _conj_reversed(spectrum: torch.Tensor) -> torch.Tensor:
-    # conj(spectrum[M - 1 - j]): the mirror image conj(spectrum[-k mod M]) is this shifted
-    # by one, which the callers take as slices (a roll would be one more copy, 20% of a
+    # conj(spectrum[M - 1 - j]): the mirror image conj(spectrum[-k mod M]) is this one place
+    # on, which _add_mirrored takes as slices (a roll would be one more copy, 20% of a
     # transform at 2**17 points).
     return spectrum.flip(-1).conj_physical_()
 
 
-def _add_mirrored_product(
-    target: torch.Tensor, reversed_conj: torch.Tensor, factor_ahead: torch.Tensor
-) -> torch.Tensor:
-    # target[k] += factor[k] * conj(spectrum[-k mod M]), given _conj_reversed(spectrum) and
-    # the factor one ahead (factor_ahead[j] = factor[j + 1 mod M]): the product lines up
-    # with the reversal, and lands one place on. (A plain product and add: complex addcmul_
-    # took 5.9 us on 4,608 points where they take 3.4.)
-    product = reversed_conj * factor_ahead
-    target[..., 1:] += product[..., :-1]
-    target[..., :1] += product[..., -1:]
-    return target
+def _add_mirrored(target: torch.Tensor, reversed_conj: torch.Tensor, alpha: float = 1.0) -> None:
+    # target[k] += alpha * conj(spectrum[-k mod M]), given _conj_reversed(spectrum).
+    target[..., 1:].add_(reversed_conj[..., :-1], alpha=alpha)
+    target[..., :1].add_(reversed_conj[..., -1:], alpha=alpha)
 
 
 def kernel_factors(w: torch.Tensor, n_fft: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The factors ``P`` and ``Q`` of a real kernel ``w`` (see the module's docstring) for
-    circular convolutions of ``n_fft`` points, ``Q`` one place ahead (``Q[k + 1 mod M]``
-    at ``k``), as :func:`half_fft_circular` takes them.
+    circular convolutions of ``n_fft`` points, as :func:`half_fft_circular` takes them.
 
     Shape:
         w ``(K,)`` with ``K <= n_fft`` -> two complex ``(n_fft // 2,)``.
     """
-    direct_weights, mirrored_weights = _factor_weights(n_fft, w.dtype)
-    spectrum = torch.fft.fft(_packed(w, n_fft))
-    factors = spectrum * direct_weights  # P and Q, stacked
-    _add_mirrored_product(factors, _conj_reversed(spectrum), mirrored_weights)
-    # Q one place ahead, as half_fft_circular's _add_mirrored_product takes it
-    return factors[0], factors[1].roll(-1, -1)
+    twiddle = _twiddles(n_fft, w.dtype)[: n_fft // 2]
+    spectrum = _transformed_in_place(_packed(w, n_fft))  # Z_w
+    reversed_conj = _conj_reversed(spectrum)
+    difference = spectrum.clone()
+    _add_mirrored(difference, reversed_conj, alpha=-1.0)  # Z_w - R
+    _add_mirrored(spectrum, reversed_conj)  # Z_w + R
+    del reversed_conj
+    half_difference = difference.mul_(twiddle).mul_(-0.5j)  # D = W^k (Z_w - R) / 2i
+    # P = S - D sin(t) with S = (Z_w + R) / 2 and sin(t) = -Im(W^k); Q = i cos(t) D.
+    P = spectrum.mul_(0.5).addcmul_(half_difference, twiddle.imag)
+    Q = half_difference.mul_(twiddle.real).mul_(1j)
+    return P, Q
 
 
 def half_fft_circular(
@@ -155,26 +168,17 @@ def half_fft_circular(
         >>> half_fft_circular(x, kernel_factors(w, 6), 6).round(decimals=4)
         tensor([0.0000, 1.0000, 2.5000, 4.0000, 1.5000, 0.0000])
     """
-    P, Q_ahead = factors
-    spectrum = torch.fft.fft(_packed(x, n_fft))
+    P, Q = factors
+    spectrum = _transformed_in_place(_packed(x, n_fft))
     reversed_conj = _conj_reversed(spectrum)
+    # Q[k] conj(Z[-k]): reversed_conj[j] pairs with Q[j + 1], multiplied in place.
+    reversed_conj[..., :-1] *= Q[1:]
+    reversed_conj[..., -1:] *= Q[:1]
     spectrum *= P
-    _add_mirrored_product(spectrum, reversed_conj, Q_ahead)
-    result = torch.view_as_real(torch.fft.ifft(spectrum))
+    _add_mirrored(spectrum, reversed_conj)
+    del reversed_conj
+    result = torch.view_as_real(_transformed_in_place(spectrum, inverse=True))
     return result.view(*x.shape[:-1], n_fft)
-
-
-@functools.lru_cache(maxsize=32)
-def _unpacking_weights(n_fft: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    # X[k] = a Z[k] + b conj(Z[M - k]) for k = 0..M with a = (1 - i W^k) / 2, b = (1 + i W^k)
-    # / 2, the packed spectrum Z extended by Z[M] = Z[0]; packing back inverts it with the
-    # conjugate weights (Z[k] = conj(a) X[k] + conj(b) conj(X[M - k]), k < M). Computed in
-    # float64 once per length and kept in the working precision.
-    t = torch.arange(n_fft // 2 + 1, dtype=torch.float64) * (2 * math.pi / n_fft)
-    twiddle = torch.complex(torch.cos(t), -torch.sin(t))
-    a, b = (1 - 1j * twiddle) / 2, (1 + 1j * twiddle) / 2
-    complex_dtype = _COMPLEX[dtype]
-    return a.to(complex_dtype), b.to(complex_dtype)
 
 
 def half_rfft(x: torch.Tensor, n_fft: int) -> torch.Tensor:
@@ -190,10 +194,17 @@ def half_rfft(x: torch.Tensor, n_fft: int) -> torch.Tensor:
         >>> torch.allclose(half_rfft(x, 6), torch.fft.rfft(x, 6), atol=1e-6)
         True
     """
-    a, b = _unpacking_weights(n_fft, x.dtype)
-    spectrum = torch.fft.fft(_packed(x, n_fft))
-    extended = torch.cat((spectrum, spectrum[..., :1]), -1)  # Z[M] = Z[0]
-    return extended * a + extended.flip(-1).conj_physical_() * b
+    # X[k] = (Z[k] + R[k]) / 2 - (i / 2) W^k (Z[k] - R[k]) for k = 0..M, R[k] = conj(Z[M - k])
+    # with Z extended by Z[M] = Z[0].
+    spectrum = _transformed_in_place(_packed(x, n_fft))
+    extended = torch.cat((spectrum, spectrum[..., :1]), -1)
+    del spectrum
+    mirrored = extended.flip(-1).conj_physical_()
+    difference = extended - mirrored
+    extended += mirrored
+    del mirrored
+    difference.mul_(_twiddles(n_fft, x.dtype)).mul_(-0.5j)
+    return extended.mul_(0.5).add_(difference)
 
 
 def half_irfft(spectrum: torch.Tensor, n_fft: int) -> torch.Tensor:
@@ -210,8 +221,15 @@ def half_irfft(spectrum: torch.Tensor, n_fft: int) -> torch.Tensor:
         >>> torch.allclose(half_irfft(torch.fft.rfft(x), 6), x, atol=1e-6)
         True
     """
-    a, b = _unpacking_weights(n_fft, _REAL[spectrum.dtype])
+    # Z[k] = (X[k] + R[k]) / 2 + (i / 2) conj(W^k) (X[k] - R[k]) for k < M, R[k] = conj(X[M - k]).
     M = n_fft // 2
-    mirrored = spectrum.flip(-1).conj_physical_()[..., :M]  # conj(X[M - k]), k < M
-    packed = spectrum[..., :M] * a[:M].conj() + mirrored * b[:M].conj()
-    return torch.view_as_real(torch.fft.ifft(packed)).reshape(*spectrum.shape[:-1], n_fft)
+    head = spectrum[..., :M]
+    mirrored = spectrum.flip(-1).conj_physical_()[..., :M]
+    difference = head - mirrored
+    packed = head + mirrored
+    del mirrored
+    difference.mul_(_twiddles(n_fft, _REAL[spectrum.dtype])[:M].conj()).mul_(0.5j)
+    packed.mul_(0.5).add_(difference)
+    del difference
+    result = torch.view_as_real(_transformed_in_place(packed, inverse=True))
+    return result.reshape(*spectrum.shape[:-1], n_fft)

@@ -300,3 +300,40 @@ def test_recorded_batches_keep_torch_transforms(monkeypatch):
     w = torch.randn(999, dtype=torch.float64, requires_grad=True)
     convolve(x, w, method="fft").sum().backward()
     assert used == []
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_twiddles_computed_per_call_past_the_kept_lengths(monkeypatch, dtype):
+    # Past CACHED_POINTS the twiddle table is computed per call (no table is kept): the same
+    # answers, and nothing added to the cache.
+    monkeypatch.setattr(_half_fft, "CACHED_POINTS", 64)
+    _half_fft._kept_twiddles.cache_clear()
+    rng = np.random.default_rng(11)
+    x, w = rng.standard_normal((2, 900)), rng.standard_normal(101)
+    xt, wt = torch.from_numpy(x).to(dtype), torch.from_numpy(w).to(dtype)
+    n = 1000
+    got = half_fft_circular(xt, kernel_factors(wt, n), n)
+    expected = circular_reference(xt.double().numpy(), wt.double().numpy(), n)
+    scale = np.abs(expected).max()
+    assert np.abs(got.double().numpy() - expected).max() <= TOLERANCE[dtype] * scale
+    spectrum = _half_fft.half_rfft(xt, n)
+    assert np.abs(spectrum.numpy() - np.fft.rfft(xt.double().numpy(), n)).max() <= (
+        TOLERANCE[dtype] * np.abs(spectrum.numpy()).max()
+    )
+    back = _half_fft.half_irfft(spectrum, n)[..., :900]
+    assert np.abs(back.double().numpy() - x).max() <= TOLERANCE[dtype] * np.abs(x).max() * 10
+    assert _half_fft._kept_twiddles.cache_info().currsize == 0
+
+
+@pytest.mark.parametrize("T", [9000, 9216], ids=["zero-extended", "whole length"])
+def test_the_callers_tensors_are_never_written(T):
+    # The transforms run in place over buffers of their own, never over the inputs.
+    x = torch.randn(2, T, dtype=torch.float64)
+    w = torch.randn(255, dtype=torch.float64)
+    x_before, w_before = x.clone(), w.clone()
+    half_fft_circular(x, kernel_factors(w, 9216), 9216)
+    spectrum = _half_fft.half_rfft(x, 9216)
+    spectrum_before = spectrum.clone()
+    _half_fft.half_irfft(spectrum, 9216)
+    assert torch.equal(x, x_before) and torch.equal(w, w_before)
+    assert torch.equal(spectrum, spectrum_before)
