@@ -19,6 +19,9 @@ spectrum ``H`` and packing the product back the same way gives
     ``S = (H[k] + H[k + M]) / 2``, ``D = (H[k] - H[k + M]) / 2``,
 
 and ``S``, ``D`` are the kernel's own ``E`` and ``W^k O`` (its packed spectrum, likewise).
+:func:`half_rfft` and :func:`half_irfft` are ``rfft``/``irfft`` themselves the same way,
+for the FFT method's recorded Function. Every transform runs in place over a buffer of
+the identity's own, never over the caller's tensors.
 """
 
 from __future__ import annotations
@@ -113,8 +116,12 @@ def _packed(rows: torch.Tensor, n_fft: int) -> torch.Tensor:
 
 def _transformed_in_place(packed: torch.Tensor, inverse: bool = False) -> torch.Tensor:
     # The complex FFT (or its inverse) written over its input: one buffer a row fewer (a row
-    # of 2**20 points peaked at 7.2x its size with a buffer per transform).
+    # of 2**20 points peaked at 7.2x its size with a buffer per transform). Not under vmap
+    # (a backward pass with batched gradients): out= has no batching rule there.
     transform = torch.fft.ifft if inverse else torch.fft.fft
+    functorch = torch._C._functorch
+    if functorch.is_legacy_batchedtensor(packed) or functorch.is_batchedtensor(packed):
+        return transform(packed)
     return transform(packed, out=packed)
 
 

@@ -337,3 +337,41 @@ def test_the_callers_tensors_are_never_written(T):
     _half_fft.half_irfft(spectrum, 9216)
     assert torch.equal(x, x_before) and torch.equal(w, w_before)
     assert torch.equal(spectrum, spectrum_before)
+
+
+def test_recorded_single_row_with_batched_gradients():
+    # autograd.grad(..., is_grads_batched=True) runs the backward under vmap, where the
+    # transforms cannot write in place: the same gradients as one at a time.
+    x = torch.randn(10_000, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(999, dtype=torch.float64, requires_grad=True)
+    y = convolve(x, w, method="fft")
+    grads = torch.randn(3, *y.shape, dtype=torch.float64)
+    batched = torch.autograd.grad(y, (x, w), grads, is_grads_batched=True)
+    for i in range(3):
+        one = torch.autograd.grad(convolve(x, w, method="fft"), (x, w), grads[i])
+        torch.testing.assert_close(batched[0][i], one[0], rtol=0, atol=1e-10)
+        torch.testing.assert_close(batched[1][i], one[1], rtol=0, atol=1e-10)
+
+
+def test_recorded_single_row_second_derivative_matches_finite_differences():
+    # A Hessian-vector product through the half-length transforms (create_graph) against
+    # central differences of the first gradient, in float64.
+    torch.manual_seed(3)
+    x = torch.randn(10_000, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(999, dtype=torch.float64, requires_grad=True)
+    v_x, v_w = torch.randn_like(x), torch.randn_like(w)
+
+    def gradient(x, w, create_graph=False):
+        loss = convolve(x, w, method="fft").pow(2).sum() / 2
+        return torch.autograd.grad(loss, (x, w), create_graph=create_graph)
+
+    g_x, g_w = gradient(x, w, create_graph=True)
+    hvp = torch.autograd.grad((g_x * v_x).sum() + (g_w * v_w).sum(), (x, w))
+    eps = 1e-4
+    with torch.no_grad():
+        plus = [t.detach().requires_grad_() for t in (x + eps * v_x, w + eps * v_w)]
+        minus = [t.detach().requires_grad_() for t in (x - eps * v_x, w - eps * v_w)]
+    g_plus, g_minus = gradient(*plus), gradient(*minus)
+    for analytic, up, down in zip(hvp, g_plus, g_minus, strict=True):
+        numeric = (up - down) / (2 * eps)
+        torch.testing.assert_close(analytic, numeric, rtol=1e-6, atol=1e-6 * numeric.abs().max())
