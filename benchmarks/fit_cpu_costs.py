@@ -166,40 +166,36 @@ def fit(rows: list[tuple[list[float], float]]) -> np.ndarray:
     return coef
 
 
-TIMING_LINE = re.compile(
-    r"# (\d+) x (\d+), (\d+) taps: direct ([\d.]+) ms, fft ([\d.]+) ms, overlap ([\d.]+) ms"
-    r"(?: \(direct by GEMMs ([\d.]+) ms\))?"
-)
-
-
-def timings_from_log(path: str) -> tuple[list, list]:
-    """The cases (and GEMM timings) of an earlier run's printed timing lines."""
-    cases, gemm_cases = [], []
-    for line in open(path):
-        match = TIMING_LINE.match(line)
-        if match:
-            B, T, K = (int(v) for v in match.groups()[:3])
-            times = dict(zip(METHODS, (float(v) / 1e3 for v in match.groups()[3:6]), strict=True))
-            gemms = match.group(7)
-            cases.append((B, T, K, times))
-            gemm_cases.append((B, T, K, None if gemms is None else float(gemms) / 1e3))
-    return cases, gemm_cases
-
-
 FORWARD_LINE = re.compile(r"# (\d+) x (\d+), (\d+) taps: ((?:direct|fft) .*)")
+GEMMS_TIME = re.compile(r"\(direct by GEMMs ([\d.]+) ms\)")
 
 
-def forward_cases_from_log(path: str) -> list:
-    """The forward timings ``(B, T, K, {method: seconds})`` an earlier run printed, also
-    those without the direct method (``--half-fft`` runs past 1,023 taps)."""
-    cases = []
+def _forward_lines(path: str) -> list:
+    """``(B, T, K, {method: seconds}, GEMM seconds or None)`` of every forward timing line an
+    earlier run printed ("# B x T, K taps: direct ... ms, fft ... ms, overlap ... ms")."""
+    lines = []
     for line in open(path):
         match = FORWARD_LINE.match(line)
         if match:
             B, T, K = (int(v) for v in match.groups()[:3])
             found = re.findall(r"(direct|fft|overlap) ([\d.]+) ms", match.group(4))
-            cases.append((B, T, K, {m: float(v) / 1e3 for m, v in found}))
-    return cases
+            gemms = GEMMS_TIME.search(match.group(4))
+            gemm_s = None if gemms is None else float(gemms.group(1)) / 1e3
+            lines.append((B, T, K, {m: float(v) / 1e3 for m, v in found}, gemm_s))
+    return lines
+
+
+def timings_from_log(path: str) -> tuple[list, list]:
+    """The cases timed by all three methods (and their GEMM timings) of an earlier run's
+    printed timing lines, as the main fit takes them."""
+    whole = [line for line in _forward_lines(path) if set(line[3]) == set(METHODS)]
+    return [line[:4] for line in whole], [(B, T, K, gemms) for B, T, K, _, gemms in whole]
+
+
+def forward_cases_from_log(path: str) -> list:
+    """The forward timings ``(B, T, K, {method: seconds})`` an earlier run printed, also
+    those without the direct method (``--half-fft`` runs past 1,023 taps)."""
+    return [line[:4] for line in _forward_lines(path)]
 
 
 def forward_times(x, w, timed, budget_s: float, label: str) -> dict[str, float]:
