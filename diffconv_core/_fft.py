@@ -149,21 +149,8 @@ def fft_range(
         return _spectra_product_range(x, w, lo, hi, n_fft, reduce_to)
     rows = math.prod(x.shape[:-1])
     per_chunk = rows_per_chunk(n_fft)
-    if takes_half_fft(x, w, n_fft, min(rows, per_chunk)):
-        # One row or a few, long transforms: complex FFTs of half the length (_half_fft).
-        factors = kernel_factors(w, n_fft)
-
-        def circular(part: torch.Tensor) -> torch.Tensor:
-            return half_fft_circular(part, factors, n_fft)
-    else:
-        kernel_spectrum = torch.fft.rfft(w, n_fft)
-
-        def circular(part: torch.Tensor) -> torch.Tensor:
-            # No graph and one kernel: its spectrum multiplies the signals' in place.
-            spectrum = torch.fft.rfft(part, n_fft)
-            spectrum *= kernel_spectrum
-            return torch.fft.irfft(spectrum, n_fft)
-
+    # One row or a few, long transforms: complex FFTs of half the length (_half_fft).
+    circular = circular_convolution(w, n_fft, takes_half_fft(x, w, n_fft, min(rows, per_chunk)))
     # On a GPU memory is plentiful and every extra launch costs: no chunks there. Nor for
     # rows that make one chunk: the loop's output array and copy cost host time (2 x 1,024
     # with 255 taps: 33 us, 27 without; 64 x 1,024: 105 against 94).
@@ -176,6 +163,40 @@ def fft_range(
     for first in range(0, rows, per_chunk):
         out[first : first + per_chunk] = circular(flat[first : first + per_chunk])[..., lo:hi]
     return out.reshape(*x.shape[:-1], hi - lo)
+
+
+def circular_convolution(
+    w: torch.Tensor, n_fft: int, half_length: bool
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The circular convolution of ``n_fft`` points with the kernel ``w``, as a function of
+    the rows to convolve, the kernel's part computed once: by complex transforms of half the
+    length (``half_length``, :func:`~diffconv_core._half_fft.takes_half_fft`) or by
+    rfft/irfft, a one-dimensional kernel's spectrum multiplying the rows' in place.
+
+    Shape:
+        w ``(K,)``, or dims that broadcast against the rows' leading ones, then ``K``;
+        rows ``(*batch, T)`` with ``T <= n_fft`` -> ``(*broadcast, n_fft)``.
+
+    Example:
+        >>> import torch
+        >>> circular = circular_convolution(torch.tensor([0.0, 1.0, 0.5]), 6, False)
+        >>> circular(torch.tensor([1.0, 2.0, 3.0])).round(decimals=4)
+        tensor([0.0000, 1.0000, 2.5000, 4.0000, 1.5000, 0.0000])
+    """
+    if half_length:
+        factors = kernel_factors(w, n_fft)
+        return lambda rows: half_fft_circular(rows, factors, n_fft)
+    kernel_spectrum = torch.fft.rfft(w, n_fft)
+
+    def circular(rows: torch.Tensor) -> torch.Tensor:
+        spectrum = torch.fft.rfft(rows, n_fft)
+        if w.dim() == 1:
+            spectrum *= kernel_spectrum
+        else:  # kernels of their own: the product may be larger than the rows' spectrum
+            spectrum = spectrum * kernel_spectrum
+        return torch.fft.irfft(spectrum, n_fft)
+
+    return circular
 
 
 def plain_fft_range(

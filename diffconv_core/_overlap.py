@@ -17,13 +17,14 @@ import torch.nn.functional as F
 
 from diffconv_core._fft import (
     CPU_FFT_MULTIPLE,
+    circular_convolution,
     fft_range,
     gradients_from_pieces,
     next_fast_len,
     plain_fft_range,
     range_fft_length,
 )
-from diffconv_core._half_fft import half_fft_circular, kernel_factors, takes_half_fft
+from diffconv_core._half_fft import takes_half_fft
 from diffconv_core._validation import broadcast_shapes, carries_tangent, needs_graph, owned
 
 # Block FFT length bounds: big enough to amortise the K - 1 overlap, small enough to stay
@@ -104,22 +105,6 @@ def _blocked(
     return kept.reshape(*kept.shape[:-2], kept.shape[-2] * step)
 
 
-def _circular_convolution(
-    x: torch.Tensor, w: torch.Tensor, n_fft: int, rows: int, blocks_at_once: int
-) -> Callable[[torch.Tensor], torch.Tensor]:
-    # The blocks' circular convolution with the kernel, its spectrum computed once per call:
-    # complex transforms of half the length for a lone row's few long blocks (_half_fft),
-    # else real ones. On 2 cores the lone row's blocks were 1.13-1.22x faster so (1 x 65,536
-    # with 8,193 taps: 0.92 ms, 1.12 by rfft/irfft; 1 x 480,000 with 16,383: 1.35 against
-    # 1.54), a batch's mixed (2 x 131,072 with 16,385 taps 1.15x faster, 4 x 65,536 with
-    # 8,193 1.2x slower, 4 x 480,000 with 16,383 1.16x slower): batches keep the real ones.
-    if rows == 1 and takes_half_fft(x, w, n_fft, blocks_at_once):
-        factors = kernel_factors(w, n_fft)
-        return lambda blocks: half_fft_circular(blocks, factors, n_fft)
-    spectrum = torch.fft.rfft(w, n_fft).unsqueeze(-2)  # shared by all blocks
-    return lambda blocks: torch.fft.irfft(torch.fft.rfft(blocks, n_fft) * spectrum, n_fft)
-
-
 def overlap_range(
     x: torch.Tensor, w: torch.Tensor, lo: int, hi: int, block_fft: int | None = None
 ) -> torch.Tensor:
@@ -142,7 +127,14 @@ def overlap_range(
     rows = max(1, math.prod(batch))
     out = torch.empty(*batch, n_out, dtype=x.dtype, device=x.device)
     per_chunk = blocks_per_chunk(n_fft, rows, n_blocks, x.device.type)
-    circular = _circular_convolution(x, w, n_fft, rows, min(per_chunk, n_blocks))
+    # A lone row's few long blocks take complex transforms of half the length (_half_fft):
+    # on 2 cores 1.13-1.22x faster (1 x 65,536 with 8,193 taps: 0.92 ms, 1.12 by rfft/irfft;
+    # 1 x 480,000 with 16,383: 1.35 against 1.54). A batch's were mixed (2 x 131,072 with
+    # 16,385 taps 1.15x faster, 4 x 65,536 with 8,193 1.2x slower, 4 x 480,000 with 16,383
+    # 1.16x slower): batches keep rfft/irfft.
+    half_length = rows == 1 and takes_half_fft(x, w, n_fft, min(per_chunk, n_blocks))
+    # Kernels of their own face the blocks of their rows: (*bw, 1, K).
+    circular = circular_convolution(w if w.dim() == 1 else w.unsqueeze(-2), n_fft, half_length)
     for first in range(0, n_blocks, per_chunk):
         count = min(per_chunk, n_blocks - first)
         start = lo - (K - 1) + first * step

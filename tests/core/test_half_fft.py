@@ -92,23 +92,24 @@ def test_which_calls_take_it():
     assert not _half_fft.takes_half_fft(x, torch.ones(2, 3), 10_240, 1)
 
 
-def _rows_per_identity_call(monkeypatch, module) -> list[int]:
-    # The number of rows (or blocks) each call of the identity transformed, in ``module``.
+def _rows_per_identity_call(monkeypatch) -> list[int]:
+    # The number of rows (or blocks) each call of the identity transformed: the FFT method
+    # and overlap-save both reach it through _fft.circular_convolution.
     calls = []
-    original = module.half_fft_circular
+    original = _fft.half_fft_circular
 
     def recording(rows, factors, n_fft):
         calls.append(rows.numel() // rows.shape[-1])
         return original(rows, factors, n_fft)
 
-    monkeypatch.setattr(module, "half_fft_circular", recording)
+    monkeypatch.setattr(_fft, "half_fft_circular", recording)
     return calls
 
 
 @pytest.fixture
 def half_fft_calls(monkeypatch):
     """The number of rows each call of the identity transformed, in fft_range."""
-    return _rows_per_identity_call(monkeypatch, _fft)
+    return _rows_per_identity_call(monkeypatch)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -192,7 +193,7 @@ def test_rows_in_chunks_of_huge_transforms(monkeypatch, half_fft_calls, rows):
 @pytest.fixture
 def overlap_half_calls(monkeypatch):
     """The number of blocks each call of the identity transformed, in overlap-save."""
-    return _rows_per_identity_call(monkeypatch, _overlap)
+    return _rows_per_identity_call(monkeypatch)
 
 
 @pytest.mark.parametrize("mode", ["full", "same", "valid"])
@@ -231,9 +232,9 @@ def test_overlap_save_in_chunks_of_few_blocks(monkeypatch, overlap_half_calls):
     block = _overlap.overlap_fft_length(2049, 100_000)  # 17,280 points: 7 blocks
     monkeypatch.setattr(_overlap, "CHUNK_SAMPLES", 2 * block)
     factor_calls = []
-    original_factors = _overlap.kernel_factors
+    original_factors = _fft.kernel_factors
     monkeypatch.setattr(
-        _overlap, "kernel_factors", lambda w, n: factor_calls.append(n) or original_factors(w, n)
+        _fft, "kernel_factors", lambda w, n: factor_calls.append(n) or original_factors(w, n)
     )
     x, w = torch.randn(100_000, dtype=torch.float64), torch.randn(2049, dtype=torch.float64)
     y = convolve(x, w, method="overlap")
