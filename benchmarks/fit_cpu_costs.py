@@ -49,7 +49,7 @@ from diffconv_core import _direct, _framed_conv, methods
 from diffconv_core._direct import MAX_TOEPLITZ_TAPS, shifted_sums_for, small_call
 from diffconv_core._fft import range_fft_length, rows_per_chunk
 from diffconv_core._half_fft import half_fft_shape
-from diffconv_core._overlap import blocks_per_chunk, overlap_fft_length
+from diffconv_core._overlap import blocks_in_half_length, blocks_per_chunk, overlap_fft_length
 from diffconv_core._shift_add import MAX_SHIFT_ADD_TAPS
 from diffconv_core._toeplitz import gemm_work
 from diffconv_core.memory import retain_freed_memory
@@ -118,7 +118,7 @@ def features(method: str, B: int, T: int, K: int, path: str | None = None) -> li
     block = overlap_fft_length(K, L)
     n_blocks = math.ceil(L / (block - K + 1))
     at_once = min(n_blocks, blocks_per_chunk(block, B, n_blocks, "cpu"))
-    half = B == 1 and half_fft_shape(block, at_once)  # a lone row's blocks (_overlap)
+    half = blocks_in_half_length(B, block, at_once)
     if half != (path == "half"):
         return []
     if half:

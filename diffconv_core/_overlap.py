@@ -24,7 +24,7 @@ from diffconv_core._fft import (
     plain_fft_range,
     range_fft_length,
 )
-from diffconv_core._half_fft import takes_half_fft
+from diffconv_core._half_fft import half_fft_shape, takes_half_fft
 from diffconv_core._validation import broadcast_shapes, carries_tangent, needs_graph, owned
 
 # Block FFT length bounds: big enough to amortise the K - 1 overlap, small enough to stay
@@ -105,6 +105,23 @@ def _blocked(
     return kept.reshape(*kept.shape[:-2], kept.shape[-2] * step)
 
 
+def blocks_in_half_length(rows: int, n_fft: int, blocks_at_once: int) -> bool:
+    """Whether overlap-save's blocks of ``n_fft`` points, ``blocks_at_once`` at a time, of
+    ``rows`` rows go through complex transforms of half the length (for real float32/float64
+    rows with one kernel on the CPU): a lone row's few long blocks. The cost model asks this
+    too.
+
+    Example:
+        >>> blocks_in_half_length(1, 17_280, 3), blocks_in_half_length(4, 17_280, 3)
+        (True, False)
+    """
+    # On 2 cores a lone row's blocks were 1.13-1.22x faster so (1 x 65,536 with 8,193 taps:
+    # 0.92 ms, 1.12 by rfft/irfft; 1 x 480,000 with 16,383: 1.35 against 1.54). A batch's
+    # were mixed (2 x 131,072 with 16,385 taps 1.15x faster, 4 x 65,536 with 8,193 1.2x
+    # slower, 4 x 480,000 with 16,383 1.16x slower): batches keep rfft/irfft.
+    return rows == 1 and half_fft_shape(n_fft, blocks_at_once)
+
+
 def overlap_range(
     x: torch.Tensor, w: torch.Tensor, lo: int, hi: int, block_fft: int | None = None
 ) -> torch.Tensor:
@@ -127,12 +144,9 @@ def overlap_range(
     rows = max(1, math.prod(batch))
     out = torch.empty(*batch, n_out, dtype=x.dtype, device=x.device)
     per_chunk = blocks_per_chunk(n_fft, rows, n_blocks, x.device.type)
-    # A lone row's few long blocks take complex transforms of half the length (_half_fft):
-    # on 2 cores 1.13-1.22x faster (1 x 65,536 with 8,193 taps: 0.92 ms, 1.12 by rfft/irfft;
-    # 1 x 480,000 with 16,383: 1.35 against 1.54). A batch's were mixed (2 x 131,072 with
-    # 16,385 taps 1.15x faster, 4 x 65,536 with 8,193 1.2x slower, 4 x 480,000 with 16,383
-    # 1.16x slower): batches keep rfft/irfft.
-    half_length = rows == 1 and takes_half_fft(x, w, n_fft, min(per_chunk, n_blocks))
+    at_once = min(per_chunk, n_blocks)
+    half_length = blocks_in_half_length(rows, n_fft, at_once)
+    half_length = half_length and takes_half_fft(x, w, n_fft, at_once)
     # Kernels of their own face the blocks of their rows: (*bw, 1, K).
     circular = circular_convolution(w if w.dim() == 1 else w.unsqueeze(-2), n_fft, half_length)
     for first in range(0, n_blocks, per_chunk):

@@ -34,6 +34,7 @@ from diffconv_core._fft import fft_length, range_fft_length, rows_per_chunk
 from diffconv_core._half_fft import half_fft_shape
 from diffconv_core._overlap import (
     block_fft_length,
+    blocks_in_half_length,
     blocks_per_chunk,
     overlap_fft_length,
     transforms_in_blocks,
@@ -454,7 +455,7 @@ def estimate_costs(
     block = overlap_fft_length(K, L)  # the blocks overlap_range takes
     n_blocks = math.ceil(L / (block - K + 1))
     blocks_at_once = min(n_blocks, blocks_per_chunk(block, batch, n_blocks, device_type))
-    if half and batch == 1 and half_fft_shape(block, blocks_at_once):
+    if half and blocks_in_half_length(batch, block, blocks_at_once):
         # A lone row's few long blocks: the same transforms of half the length as the FFT
         # method's.
         overlap = _half_fft_cost(c, batch * n_blocks, block)
