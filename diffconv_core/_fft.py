@@ -25,11 +25,20 @@ from diffconv_core._half_fft import (
 from diffconv_core._validation import carries_tangent, needs_graph, owned
 
 # Without autograd, rows of a batch go through the FFT in chunks of about this many samples:
-# short transforms a cache-sized chunk at a time (2 cores, 512 rows of 1,280 points: 0.92 ms
-# in chunks of 2**18 samples, 2.5 ms at once), long ones in large chunks that merely bound
+# short transforms a cache-sized chunk at a time, long ones in large chunks that merely bound
 # the memory (32 rows of 101,376 points: 12 ms in chunks of 2**22, 22 ms in 2**18).
 CHUNK_SAMPLES = 1 << 22
 SHORT_CHUNK_SAMPLES = 1 << 18
+#: A batch of at most this many points (rows x FFT length) goes through the FFT at once,
+#: whatever its transforms' length: chunks of it cost a copy of every output and a call per
+#: chunk, and saved nothing at these sizes (2 cores, interleaved with torch_fft and conv1d,
+#: glibc's default allocator / freed memory retained, chunks of 2**18 against at once:
+#: 512 x 1,024 with 255 taps 1.21 / 1.09 ms against 0.78 / 0.73; 768 x 1,024 with 255
+#: 1.48 / 1.47 against 1.13 / 1.03; 1,024 x 1,024 with 255 1.67 / 1.90 against 1.33 /
+#: 1.68; 128 x 4,096 with 511 1.23 / 1.18 against 0.85 / 0.77; 256 x 4,096 with 511 2.03 /
+#: 2.07 against 1.63 / 1.65). Larger batches were mixed (1,536 x 1,024 with 255 taps: 2.72
+#: / 2.74 in chunks, 5.09 / 2.32 at once), so they keep the chunks.
+WHOLE_BATCH_POINTS = 3 << 19
 SHORT_FFT = 1 << 13
 HUGE_FFT = 1 << 20
 
@@ -152,9 +161,10 @@ def fft_range(
     # One row or a few, long transforms: complex FFTs of half the length (_half_fft).
     circular = circular_convolution(w, n_fft, takes_half_fft(x, w, n_fft, min(rows, per_chunk)))
     # On a GPU memory is plentiful and every extra launch costs: no chunks there. Nor for
-    # rows that make one chunk: the loop's output array and copy cost host time (2 x 1,024
-    # with 255 taps: 33 us, 27 without; 64 x 1,024: 105 against 94).
-    if rows <= per_chunk or x.device.type != "cpu":
+    # rows that make one chunk, or a batch of at most WHOLE_BATCH_POINTS: the loop's output
+    # array and copy cost host time (2 x 1,024 with 255 taps: 33 us, 27 without; 64 x 1,024:
+    # 105 against 94) and memory traffic.
+    if rows <= per_chunk or rows * n_fft <= WHOLE_BATCH_POINTS or x.device.type != "cpu":
         return circular(x)[..., lo:hi]
     # Many rows: a few at a time into the output, so the work arrays stay a fraction of the
     # input.

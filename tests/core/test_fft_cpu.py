@@ -23,6 +23,7 @@ def test_one_chunk_and_chunks_match_scipy(monkeypatch, rows, mode, dtype):
     n_fft = _fft.range_fft_length(T, K, *output_range(T, K, mode), torch.device("cpu"))
     # Chunks of 4 rows (at least the thread count, 2 here): 1-4 rows make one chunk.
     monkeypatch.setattr(_fft, "SHORT_CHUNK_SAMPLES", 4 * n_fft)
+    monkeypatch.setattr(_fft, "WHOLE_BATCH_POINTS", 4 * n_fft)
     monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
     rng = np.random.default_rng(rows)
     x = rng.standard_normal((rows, T))
@@ -37,6 +38,7 @@ def test_transforms_per_chunk(monkeypatch, rows, transforms):
     T, K = 300, 45
     n_fft = _fft.range_fft_length(T, K, *output_range(T, K, "same"), torch.device("cpu"))
     monkeypatch.setattr(_fft, "SHORT_CHUNK_SAMPLES", 4 * n_fft)
+    monkeypatch.setattr(_fft, "WHOLE_BATCH_POINTS", 4 * n_fft)
     monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
     calls = []
     real_rfft = torch.fft.rfft
@@ -52,6 +54,29 @@ def test_transforms_per_chunk(monkeypatch, rows, transforms):
     assert len(calls) == transforms
     assert sorted(calls).count((K,)) == 1
     assert_matches(y, reference(x, w, "same"), torch.float32, f"{rows} rows")
+
+
+@pytest.mark.parametrize("rows, signal_transforms", [(512, 1), (1024, 1), (2048, 10)])
+def test_whole_batch_at_once_up_to_its_points(monkeypatch, rows, signal_transforms):
+    # 1,152-point transforms, 227 rows a chunk (2**18 points): a batch of at most
+    # WHOLE_BATCH_POINTS goes at once (1,024 rows: 1.2 M points), a larger one in chunks.
+    T, K = 1024, 255
+    lo, hi = output_range(T, K, "same")
+    assert _fft.range_fft_length(T, K, lo, hi, torch.device("cpu")) == 1152
+    assert _fft.rows_per_chunk(1152) == 227
+    calls = []
+    real_rfft = torch.fft.rfft
+
+    def counting_rfft(t, *args, **kwargs):
+        calls.append(tuple(t.shape))
+        return real_rfft(t, *args, **kwargs)
+
+    monkeypatch.setattr(torch.fft, "rfft", counting_rfft)
+    x, w = torch.randn(rows, T, dtype=torch.float64), torch.randn(K, dtype=torch.float64)
+    y = _fft.fft_range(x, w, lo, hi)
+    assert calls.count((K,)) == 1
+    assert len(calls) - 1 == signal_transforms
+    np.testing.assert_allclose(y.numpy(), reference(x, w, "same"), atol=1e-9)
 
 
 @pytest.mark.parametrize(
