@@ -235,20 +235,6 @@ def with_nonfinite_locality(
     return with_direct_sum_nonfinite(range_fn, x, w, lo, hi, x_finite, w_finite, on_finite_parts)
 
 
-def need_no_care(x: torch.Tensor, w: torch.Tensor, transforms: bool) -> bool:
-    """Whether the operands are finite and no sum inside a method (one that ``transforms``
-    each operand, or direct sums) can overflow: its own output is then what
-    :func:`with_nonfinite_locality` returns. One scan of both, one host sync.
-
-    Example:
-        >>> need_no_care(torch.ones(4), torch.ones(2), False)
-        True
-        >>> need_no_care(torch.tensor([1.0, float("nan")]), torch.ones(2), False)
-        False
-    """
-    return _need_no_care(x, w, *_magnitudes(x, w), transforms)
-
-
 def _need_no_care(
     x: torch.Tensor, w: torch.Tensor, x_max: float, w_max: float, transforms: bool
 ) -> bool:

@@ -14,7 +14,7 @@ import torch
 from diffconv_core import _direct
 from diffconv_core._compile import eager_under_compile
 from diffconv_core._direct import conv1d_range, direct_range, direct_sums_alone
-from diffconv_core._nonfinite import need_no_care, with_nonfinite_locality
+from diffconv_core._nonfinite import with_nonfinite_locality
 from diffconv_core._overlap import fft_method_range, overlap_range
 from diffconv_core._transforms import empty_range, transformable_range, transforms_active
 from diffconv_core._validation import (
@@ -114,19 +114,19 @@ def _one_convolution(
     # for them), or None where the careful path must run. The taps unfolded for a small call
     # (tiny_range; rows_plan None), else the rows in frames with every kernel (rows_range,
     # given its plan).
-    # Without a graph its output is kept when one sum over it is finite, as the methods' are.
-    # With one, after the scan the careful path makes first (finite operands whose sums
-    # cannot overflow; else it scales them, or keeps NaN/Inf local), autograd records the
-    # convolution itself, its backward a C++ node: a training step of 1 x 1,024 with 31 taps
-    # took 71 us, 132 through the direct method's Function.
-    recorded = needs_graph(x, w)
-    if recorded and not need_no_care(x, w, transforms=False):
-        return None
+    # Its output is kept when one sum over it is finite, as the methods' are without a graph
+    # (_nonfinite.checks_after): its sums are direct sums, so a NaN or Inf in an operand, or
+    # an overflow, leaves an output non-finite. With a graph autograd records the convolution
+    # itself, its backward a C++ node (a training step of 1 x 1,024 with 31 taps took 71 us,
+    # 132 through the direct method's Function); its backward is direct sums too, which the
+    # careful path's scaling near the dtype's limit would not spare an overflow but where
+    # partial sums cancel. The operands' scan that preceded it cost 8-15 us of a small
+    # training step's 59-129 (2 cores: 1 x 256 with 7 taps, 1 x 1,024 and 1 x 4,096 with 31).
     if rows_plan is None:
         y = _direct.tiny_range(x, w, lo, hi)
     else:
         y = _direct.rows_range(x, w, lo, hi, rows_plan)
-    return y if recorded or math.isfinite(float(y.sum())) else None
+    return y if math.isfinite(float(y.detach().sum())) else None
 
 
 # Under torch.compile the convolution runs eagerly, a graph break of its own: its method

@@ -163,6 +163,25 @@ def test_nan_and_inf_stay_within_the_kernels_reach(rows_calls, value, row, at):
     assert torch.equal(y[reach], torch.full_like(y[reach], value)) or torch.isnan(y[reach]).all()
 
 
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_recorded_nan_and_inf_stay_local_with_finite_gradients_elsewhere(rows_calls, value):
+    # With a graph too the convolution's non-finite output sends the call down the careful
+    # path: the value only within the kernel's reach, constants to autograd there, and a loss
+    # over the other outputs has finite gradients.
+    x = torch.randn(2, 4096)
+    x[1, 2000] = value
+    x.requires_grad_()
+    w = (torch.rand(31) + 0.1).requires_grad_()
+    y = convolve(x, w, method="direct")
+    assert rows_calls
+    assert "ConvolutionBackward0" not in {type(n).__name__ for n in _graph_nodes(y)}
+    reach = torch.zeros(2, 4096, dtype=torch.bool)
+    reach[1, 1985:2016] = True
+    assert torch.isfinite(y[~reach]).all() and not torch.isfinite(y[reach]).any()
+    grad_x, grad_w = torch.autograd.grad(y[~reach].sum(), (x, w))
+    assert torch.isfinite(grad_w).all() and torch.isfinite(grad_x).all()
+
+
 def _graph_nodes(y: torch.Tensor) -> list:
     # Every autograd node behind y.
     found, stack = {}, [y.grad_fn]

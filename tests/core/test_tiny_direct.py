@@ -198,16 +198,41 @@ def _recorded_by(y: torch.Tensor) -> set[str]:
     return names
 
 
-def test_a_recorded_small_call_is_recorded_by_autograd_after_the_scan():
+def test_a_recorded_small_call_is_recorded_by_autograd_when_its_output_is_finite():
     # With a graph a small call is conv2d recorded by autograd (its backward a C++ node),
-    # once the scan finds finite operands whose sums cannot overflow; else the careful path.
+    # kept when its output is finite (no scan of the operands first); else the careful path.
     x = torch.randn(2, 100, dtype=torch.float64, requires_grad=True)
     w = torch.randn(7, dtype=torch.float64, requires_grad=True)
     assert "ConvolutionBackward0" in _recorded_by(convolve(x, w))
     assert torch.autograd.gradcheck(lambda a, b: convolve(a, b, "full"), (x, w))
     assert torch.autograd.gradgradcheck(lambda a, b: convolve(a, b, "same"), (x, w))
-    huge = (x.detach() * 1e305).requires_grad_()  # sums that could overflow: scaled
-    assert "ConvolutionBackward0" not in _recorded_by(convolve(huge, w))
+    # Operands near the dtype's limit whose direct sums stay finite: recorded as they are,
+    # values and both gradients exactly the ordinary operands' scaled by the same powers
+    # of two (which the careful path's scaling would give).
+    scale = 2.0**1010
+    huge = (x.detach() * scale).requires_grad_()
+    g = torch.randn(2, 100, dtype=torch.float64)
+    y_huge = convolve(huge, w)
+    assert "ConvolutionBackward0" in _recorded_by(y_huge)
+    grad_huge, grad_w_huge = torch.autograd.grad(y_huge, (huge, w), g)
+    y, (grad_x, grad_w) = convolve(x, w), torch.autograd.grad(convolve(x, w), (x, w), g)
+    assert torch.equal(y_huge.detach(), y.detach() * scale)
+    assert torch.equal(grad_huge, grad_x) and torch.equal(grad_w_huge, grad_w * scale)
+    # Sums that overflow (every sample 2**1021, 13 unit taps: 13 * 2**1021 > max, the first
+    # output's 7 terms not): the careful path, whose scaling gives the true overflow, Inf,
+    # where it is one, and finite gradients of the finite outputs.
+    flat = torch.full((2, 100), 2.0**1021, dtype=torch.float64, requires_grad=True)
+    ones = torch.full((13,), 1.0, dtype=torch.float64, requires_grad=True)
+    y_flat = convolve(flat, ones)
+    assert "ConvolutionBackward0" not in _recorded_by(y_flat)
+    assert torch.isinf(y_flat[:, 6:-6]).all()
+    assert torch.equal(y_flat[:, 0].detach(), torch.full((2,), 7 * 2.0**1021, dtype=torch.float64))
+    grad_flat, grad_ones = torch.autograd.grad(y_flat[:, 0].sum(), (flat, ones))
+    assert torch.equal(grad_flat[:, :7], torch.ones(2, 7, dtype=torch.float64))
+    # the first output's terms: taps 0-6, each over one sample of each row
+    want = torch.zeros(13, dtype=torch.float64)
+    want[:7] = 2 * 2.0**1021
+    assert torch.equal(grad_ones, want)
     nan = x.detach().clone()
     nan[0, 50] = float("nan")
     y = convolve(nan.requires_grad_(), w)  # NaN kept local, its outputs constants
