@@ -169,8 +169,8 @@ def test_auto_asks_the_model_what_choose_method_would_ask(monkeypatch):
         assert not asked
 
 
-def test_cpu_fft_lengths_are_the_smallest_smooth_multiples_of_eight():
-    from diffconv_core._fft import fft_length
+def test_cpu_fft_lengths_are_smooth_multiples_of_eight_or_a_power_of_two_close_above():
+    from diffconv_core._fft import CPU_POWER_OF_TWO_MARGIN, fft_length
 
     def smooth(n: int) -> bool:
         for p in (2, 3, 5):
@@ -179,9 +179,22 @@ def test_cpu_fft_lengths_are_the_smallest_smooth_multiples_of_eight():
         return n == 1
 
     cpu = torch.device("cpu")
-    for n in range(9, 3000):
+    took_power = 0
+    for n in list(range(9, 3000)) + list(range(15_000, 17_000, 7)) + [480_000, 950_000]:
         expected = next(m for m in range(n, 4 * n) if m % 8 == 0 and smooth(m))
+        power = 1 << (n - 1).bit_length()
+        if power <= CPU_POWER_OF_TWO_MARGIN * expected:
+            expected, took_power = power, took_power + (power != expected)
         assert fft_length(n, cpu) == expected, n
+    assert took_power > 100  # the rule is exercised
+    # 8% is the margin: 16,200 -> 16,384 (1.1%), 486,000 -> 524,288 (7.9%) but not 960,000
+    # -> 1,048,576 (9.2%), nor 1,152 -> 2,048.
+    assert [fft_length(n, cpu) for n in (16_127, 485_000, 950_000, 1_151)] == [
+        16_384,
+        524_288,
+        960_000,
+        1_152,
+    ]
 
 
 def test_the_model_prices_the_path_each_call_takes():
