@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from diffconv_core._fft import (
     CPU_FFT_MULTIPLE,
+    CPU_POWER_OF_TWO_MARGIN,
     circular_convolution,
     fft_range,
     gradients_from_pieces,
@@ -33,25 +34,53 @@ MIN_BLOCK_FFT = 2048
 MAX_BLOCK_FFT = 1 << 16
 
 
-def block_fft_length(kernel_length: int, output_length: int) -> int:
-    """The FFT length of one overlap-save block for a kernel of ``kernel_length`` taps.
+def block_fft_length(kernel_length: int, output_length: int, device_type: str = "cpu") -> int:
+    """The FFT length of one overlap-save block for a kernel of ``kernel_length`` taps on
+    ``device_type``: about eight times the kernel, a smooth length (5-smooth, a multiple of
+    8), which the CPU takes as a power of two (:func:`_cpu_block_length`).
 
     Example:
         >>> block_fft_length(31, 10_000_000)
         2048
         >>> block_fft_length(4095, 10_000_000)
         32768
+        >>> block_fft_length(1000, 10_000_000), block_fft_length(1000, 10_000_000, "cuda")
+        (8192, 8000)
+        >>> block_fft_length(3000, 10_000_000), block_fft_length(3000, 10_000_000, "cuda")
+        (16384, 24000)
     """
     target = max(MIN_BLOCK_FFT, 8 * kernel_length)
     # no point in blocks much longer than the output itself
     target = min(target, max(MIN_BLOCK_FFT, output_length + kernel_length - 1))
     length = min(max(target, 2 * kernel_length), max(MAX_BLOCK_FFT, 2 * kernel_length))
-    return next_fast_len(length, CPU_FFT_MULTIPLE)
+    smooth = next_fast_len(length, CPU_FFT_MULTIPLE)
+    return _cpu_block_length(smooth, kernel_length) if device_type == "cpu" else smooth
 
 
-def overlap_fft_length(kernel_length: int, output_length: int) -> int:
-    """The block FFT length :func:`overlap_range` takes (and the cost model prices):
-    :func:`block_fft_length`, but never longer than one FFT of the whole output needs.
+def _cpu_block_length(smooth: int, kernel_length: int) -> int:
+    # The power of two just above a smooth length (at most CPU_POWER_OF_TWO_MARGIN longer),
+    # else the one below, where it still holds twice the kernel and MIN_BLOCK_FFT: MKL's
+    # power-of-two transforms outran the extra blocks. Overlap-save, 2 cores, interleaved
+    # rounds, two or three seeds, the power of two's time over the smooth length's:
+    # 8,000 -> 8,192 points (1,000 taps) 0.84-0.87; 15,360 -> 16,384 (1,900) 0.85-0.89;
+    # 32,000 -> 32,768 (3,900) 0.85-0.87; 64,000 -> 65,536 (7,800) 0.96-0.97; the one below:
+    # 2,400 -> 2,048 (300 taps) 0.87-0.89; 3,200 -> 2,048 (400) 0.90-0.91; 4,800 -> 4,096
+    # (600) 0.84-0.86; 7,200 -> 4,096 (900) 0.87-0.90; 9,600 -> 8,192 (1,200) 0.85-0.87;
+    # 12,000 -> 8,192 (1,500) 0.86; 20,000 -> 16,384 (2,500) 0.85-0.87; 24,000 -> 16,384
+    # (3,000) 0.81-0.85; 48,000 -> 32,768 (6,000) 0.85-0.86 (4 x 480,000, 1 x 2,000,000,
+    # 1 x 4,194,304, 16 x 100,000 and 32 x 48,000 samples). The power of two above instead
+    # was less even (0.81-1.03).
+    above = 1 << (smooth - 1).bit_length()
+    if above <= CPU_POWER_OF_TWO_MARGIN * smooth:
+        return above
+    below = above // 2
+    return below if below >= max(2 * kernel_length, MIN_BLOCK_FFT) else smooth
+
+
+def overlap_fft_length(kernel_length: int, output_length: int, device_type: str = "cpu") -> int:
+    """The block FFT length :func:`overlap_range` takes (and the cost model prices) on
+    ``device_type``: :func:`block_fft_length`, but never longer than one FFT of the whole
+    output needs.
 
     Example:
         >>> block_fft_length(3, 8), overlap_fft_length(3, 8)
@@ -62,7 +91,7 @@ def overlap_fft_length(kernel_length: int, output_length: int) -> int:
     full = next_fast_len(
         max(output_length + kernel_length - 1, 2 * kernel_length), CPU_FFT_MULTIPLE
     )
-    return min(block_fft_length(kernel_length, output_length), full)
+    return min(block_fft_length(kernel_length, output_length, device_type), full)
 
 
 # Without autograd, blocks are processed a chunk at a time into a preallocated output, so the
@@ -133,7 +162,7 @@ def overlap_range(
     """
     T, K = x.shape[-1], w.shape[-1]
     n_out = hi - lo
-    n_fft = block_fft or overlap_fft_length(K, n_out)
+    n_fft = block_fft or overlap_fft_length(K, n_out, x.device.type)
     step = n_fft - K + 1  # output samples per block
     n_blocks = -(-n_out // step)
     # Output n reads x[n - K + 1 .. n]: block b's source starts at x[lo - (K - 1) + b * step]

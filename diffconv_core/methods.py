@@ -191,7 +191,7 @@ def training_terms_cuda(method: str, batch: int, T: int, K: int, mode: str) -> l
         return [1.0, batch * L * K, transform if K > MAX_LAG_TAPS else 0.0]
     if method == "fft":
         return [1.0, transform]
-    block = block_fft_length(K, L)
+    block = block_fft_length(K, L, "cuda")
     n_blocks = math.ceil(L / (block - K + 1))
     return [1.0, batch * n_blocks * 2 * block * math.log2(block)]
 
@@ -452,7 +452,7 @@ def estimate_costs(
     else:
         serial = single_row_factor(batch, n_fft) if forward_cpu else 1.0
         fft = c["fft_call"] + unit * batch * 3 * n_fft * log_n * serial
-    block = overlap_fft_length(K, L)  # the blocks overlap_range takes
+    block = overlap_fft_length(K, L, device_type)  # the blocks overlap_range takes
     n_blocks = math.ceil(L / (block - K + 1))
     blocks_at_once = min(n_blocks, blocks_per_chunk(block, batch, n_blocks, device_type))
     if half and blocks_in_half_length(batch, block, blocks_at_once):

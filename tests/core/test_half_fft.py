@@ -230,7 +230,7 @@ def test_overlap_save_many_blocks_or_a_kernel_per_row_keep_real_transforms(overl
 
 def test_overlap_save_in_chunks_of_few_blocks(monkeypatch, overlap_half_calls):
     # Chunks of few blocks each take the identity, the kernel's factors computed once.
-    block = _overlap.overlap_fft_length(2049, 100_000)  # 17,280 points: 7 blocks
+    block = _overlap.overlap_fft_length(2049, 100_000)  # 16,384 points: 7 blocks
     monkeypatch.setattr(_overlap, "CHUNK_SAMPLES", 2 * block)
     factor_calls = []
     original_factors = _fft.kernel_factors

@@ -86,3 +86,30 @@ def test_short_outputs_get_blocks_no_longer_than_one_fft_of_them(monkeypatch, gr
     assert sizes and max(sizes) <= 16
     expected = scipy.signal.convolve(x.detach().numpy(), w.detach().numpy()[None], "full")
     np.testing.assert_allclose(out.detach().numpy(), expected, atol=1e-12)
+
+
+@pytest.mark.parametrize("K", [3, 31, 255, 300, 400, 600, 900, 1000, 1200, 1900, 3000, 6000])
+def test_cpu_blocks_are_powers_of_two_that_hold_the_kernel(K):
+    # The CPU takes the power of two just above the smooth length (at most 8% longer) or the
+    # one below; CUDA keeps the smooth length. Every block holds at least twice the kernel.
+    smooth = _overlap.block_fft_length(K, 10_000_000, "cuda")
+    block = _overlap.block_fft_length(K, 10_000_000)
+    assert block & (block - 1) == 0 and block >= max(2 * K, _overlap.MIN_BLOCK_FFT)
+    assert smooth / 2 < block <= 1.08 * smooth
+    assert smooth == _overlap.next_fast_len(max(2048, 8 * K), 8)
+
+
+def test_cpu_blocks_keep_the_smooth_length_where_no_power_of_two_holds_the_kernel():
+    # 40,000 taps: 80,000-point blocks (2K, past MAX_BLOCK_FFT); 65,536 is too short and
+    # 131,072 1.6x longer.
+    assert _overlap.block_fft_length(40_000, 10_000_000) == 80_000
+
+
+@pytest.mark.parametrize("T, K", [(20_000, 300), (20_000, 1000), (30_000, 3000), (2000, 300)])
+def test_power_of_two_blocks_match_scipy(T, K):
+    rng = np.random.default_rng(K)
+    x, w = rng.standard_normal((2, T)), rng.standard_normal(K)
+    for mode in ("full", "same", "valid"):
+        got = convolve(torch.from_numpy(x), torch.from_numpy(w), mode, method="overlap")
+        want = np.stack([scipy.signal.convolve(row, w, mode=mode, method="direct") for row in x])
+        np.testing.assert_allclose(got.numpy(), want, atol=1e-9 * np.abs(want).max())
