@@ -23,21 +23,25 @@ from diffconv_core._half_fft import (
     takes_half_fft,
 )
 from diffconv_core._validation import carries_tangent, needs_graph, owned
+from diffconv_core._workspace import scratch
 
 # Without autograd, rows of a batch go through the FFT in chunks of about this many samples:
 # short transforms a cache-sized chunk at a time, long ones in large chunks that merely bound
 # the memory (32 rows of 101,376 points: 12 ms in chunks of 2**22, 22 ms in 2**18).
 CHUNK_SAMPLES = 1 << 22
 SHORT_CHUNK_SAMPLES = 1 << 18
-#: A batch of at most this many points (rows x FFT length) goes through the FFT at once,
-#: whatever its transforms' length: chunks of it cost a copy of every output and a call per
-#: chunk, and saved nothing at these sizes (2 cores, interleaved with torch_fft and conv1d,
-#: glibc's default allocator / freed memory retained, chunks of 2**18 against at once:
-#: 512 x 1,024 with 255 taps 1.21 / 1.09 ms against 0.78 / 0.73; 768 x 1,024 with 255
-#: 1.48 / 1.47 against 1.13 / 1.03; 1,024 x 1,024 with 255 1.67 / 1.90 against 1.33 /
-#: 1.68; 128 x 4,096 with 511 1.23 / 1.18 against 0.85 / 0.77; 256 x 4,096 with 511 2.03 /
-#: 2.07 against 1.63 / 1.65). Larger batches were mixed (1,536 x 1,024 with 255 taps: 2.72
-#: / 2.74 in chunks, 5.09 / 2.32 at once), so they keep the chunks.
+#: A batch of more rows than a chunk holds, but at most this many points (rows x FFT
+#: length), goes through the FFT at once (:func:`_rows_in_kept_arrays`): chunks of it cost a
+#: copy of every output and a call per chunk, and saved nothing at these sizes (2 cores,
+#: interleaved with torch_fft and conv1d, glibc's default allocator / freed memory retained,
+#: chunks of 2**18 against at once: 512 x 1,024 with 255 taps 1.21 / 1.09 ms against 0.78 /
+#: 0.73; 768 x 1,024 with 255 1.48 / 1.47 against 1.13 / 1.03; 1,024 x 1,024 with 255
+#: 1.67 / 1.90 against 1.33 / 1.68; 128 x 4,096 with 511 1.23 / 1.18 against 0.85 / 0.77;
+#: 256 x 4,096 with 511 2.03 / 2.07 against 1.63 / 1.65). Larger batches were mixed (1,536
+#: x 1,024 with 255 taps: 2.72 / 2.74 in chunks, 5.09 / 2.32 at once), so they keep the
+#: chunks, whose arrays are allocated afresh: through kept arrays (out= transforms, which
+#: copy their result) 2,048 x 1,024 with 255 taps took 3.6 against 2.9 ms, and those
+#: chunks' arrays did not fault.
 WHOLE_BATCH_POINTS = 3 << 19
 SHORT_FFT = 1 << 13
 HUGE_FFT = 1 << 20
@@ -173,12 +177,18 @@ def fft_range(
     rows = math.prod(x.shape[:-1])
     per_chunk = rows_per_chunk(n_fft)
     # One row or a few, long transforms: complex FFTs of half the length (_half_fft).
-    circular = circular_convolution(w, n_fft, takes_half_fft(x, w, n_fft, min(rows, per_chunk)))
+    half_length = takes_half_fft(x, w, n_fft, min(rows, per_chunk))
+    cpu = x.device.type == "cpu"
+    if cpu and per_chunk < rows and rows * n_fft <= WHOLE_BATCH_POINTS and not _batched(x):
+        # Past one chunk, up to WHOLE_BATCH_POINTS: the batch at once, through work arrays
+        # kept between calls.
+        flat = x.reshape(rows, T)
+        return _rows_in_kept_arrays(flat, w, n_fft, lo, hi).view(*x.shape[:-1], hi - lo)
+    circular = circular_convolution(w, n_fft, half_length)
     # On a GPU memory is plentiful and every extra launch costs: no chunks there. Nor for
-    # rows that make one chunk, or a batch of at most WHOLE_BATCH_POINTS: the loop's output
-    # array and copy cost host time (2 x 1,024 with 255 taps: 33 us, 27 without; 64 x 1,024:
-    # 105 against 94) and memory traffic.
-    if rows <= per_chunk or rows * n_fft <= WHOLE_BATCH_POINTS or x.device.type != "cpu":
+    # rows that make one chunk: the loop's output array and copy cost host time (2 x 1,024
+    # with 255 taps: 33 us, 27 without; 64 x 1,024: 105 against 94).
+    if rows <= per_chunk or not cpu:
         return circular(x)[..., lo:hi]
     # Many rows: a few at a time into the output, so the work arrays stay a fraction of the
     # input.
@@ -187,6 +197,45 @@ def fft_range(
     for first in range(0, rows, per_chunk):
         out[first : first + per_chunk] = circular(flat[first : first + per_chunk])[..., lo:hi]
     return out.reshape(*x.shape[:-1], hi - lo)
+
+
+def _batched(x: torch.Tensor) -> bool:
+    # Under vmap (a backward pass with batched gradients) out= has no batching rule.
+    functorch = torch._C._functorch
+    return functorch.is_legacy_batchedtensor(x) or functorch.is_batchedtensor(x)
+
+
+def _rows_in_kept_arrays(
+    flat: torch.Tensor, w: torch.Tensor, n_fft: int, lo: int, hi: int
+) -> torch.Tensor:
+    """Samples ``lo <= n < hi`` of the rows' circular convolutions of ``n_fft`` points with
+    the one kernel ``w``: the zero-extended rows, their spectra and their inverse in two work
+    arrays kept between calls (``_workspace``), the samples copied into a fresh output.
+
+    Allocated afresh, a batch's spectra (megabytes) were handed back to the kernel on every
+    call under glibc's default policy and faulted in again page by page: 1,121-3,426 page
+    faults a call in a fresh process, 512 x 1,024 with 255 taps 1.1-2.6 ms, 128 x 4,096 with
+    511 2.1-2.7, 1,024 x 1,024 with 255 3.5-5.5, against 0.64-0.74, 0.80-0.85 and 1.29-1.62
+    here (and 0.83-0.91, 0.99-1.06 and 1.59-1.70 in chunks of 2**18 points; 2 cores). Once
+    freed memory is retained no path faults, and this took 0.67 against 0.60 ms allocating.
+    Batches within one chunk allocate as before: their arrays did not fault, and the out=
+    transforms' copies made them 10-25% slower here (64 x 2,048 with 255 taps, 16 x 4,096,
+    32 x 16,384 with 1,023).
+
+    Shape:
+        flat ``(rows, T)``, w ``(K,)`` -> ``(rows, hi - lo)``.
+    """
+    rows, T = flat.shape
+    kernel_spectrum = torch.fft.rfft(w, n_fft)
+    signal = scratch("fft rows", rows * n_fft, flat.dtype, flat.device).view(rows, n_fft)
+    signal[:, :T] = flat
+    signal[:, T:] = 0
+    bins = n_fft // 2 + 1
+    spectrum = scratch("fft spectrum", rows * bins, kernel_spectrum.dtype, flat.device)
+    spectrum = torch.fft.rfft(signal, out=spectrum.view(rows, bins))
+    spectrum *= kernel_spectrum
+    torch.fft.irfft(spectrum, n_fft, out=signal)  # the rows are no longer needed
+    return signal[:, lo:hi].clone(memory_format=torch.contiguous_format)
 
 
 def circular_convolution(

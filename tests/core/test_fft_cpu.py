@@ -88,3 +88,48 @@ def test_batched_kernels_match_scipy(x_shape, w_shape):
     x, w = rng.standard_normal(x_shape), rng.standard_normal(w_shape)
     got = convolve(torch.tensor(x), torch.tensor(w), "full", method="fft")
     assert_matches(got, reference(x, w, "full"), torch.float64, f"{x_shape} with {w_shape}")
+
+
+@pytest.mark.parametrize("mode", ["full", "same", "valid"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_a_batch_through_kept_arrays_matches_scipy_and_owns_its_output(mode, dtype):
+    # 300 rows of 1,000 samples (past one chunk, within WHOLE_BATCH_POINTS): the work arrays
+    # are kept between calls, the results never: a second call leaves the first's intact.
+    T, K = 1000, 255
+    lo, hi = output_range(T, K, mode)
+    n_fft = _fft.range_fft_length(T, K, lo, hi, torch.device("cpu"))
+    assert _fft.rows_per_chunk(n_fft) < 300 and 300 * n_fft <= _fft.WHOLE_BATCH_POINTS
+    rng = np.random.default_rng(0)
+    x = torch.from_numpy(rng.standard_normal((3, 100, T))).to(dtype)
+    w = torch.from_numpy(rng.standard_normal(K)).to(dtype)
+    first = convolve(x, w, mode, method="fft")
+    kept = first.clone()
+    second = convolve(-x, w, mode, method="fft")
+    assert torch.equal(first, kept) and first.data_ptr() != second.data_ptr()
+    assert first.is_contiguous()
+    assert_matches(first, reference(x, w, mode), dtype, mode)
+    assert_matches(second, -reference(x, w, mode), dtype, mode)
+
+
+def test_kept_arrays_are_reused_from_call_to_call(monkeypatch):
+    from diffconv_core import _workspace
+
+    asked = []
+    real_scratch = _workspace.scratch
+
+    def spying_scratch(name, *args):
+        array = real_scratch(name, *args)
+        asked.append((name, array.data_ptr()))
+        return array
+
+    monkeypatch.setattr(_fft, "scratch", spying_scratch)
+    x, w = torch.randn(512, 1024), torch.randn(255)
+    for _ in range(2):
+        convolve(x, w, method="fft")
+    assert [name for name, _ in asked] == ["fft rows", "fft spectrum"] * 2
+    assert asked[:2] == asked[2:]
+    # Within one chunk (and past WHOLE_BATCH_POINTS, in chunks) the arrays are allocated.
+    asked.clear()
+    convolve(torch.randn(64, 1024), w, method="fft")
+    convolve(torch.randn(2048, 1024), w, method="fft")
+    assert asked == []
