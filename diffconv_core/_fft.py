@@ -22,7 +22,7 @@ from diffconv_core._half_fft import (
     kernel_factors,
     takes_half_fft,
 )
-from diffconv_core._validation import carries_tangent, needs_graph, owned
+from diffconv_core._validation import carries_tangent, needs_graph, owned, under_vmap
 from diffconv_core._workspace import scratch
 
 # Without autograd, rows of a batch go through the FFT in chunks of about this many samples:
@@ -179,7 +179,7 @@ def fft_range(
     # One row or a few, long transforms: complex FFTs of half the length (_half_fft).
     half_length = takes_half_fft(x, w, n_fft, min(rows, per_chunk))
     cpu = x.device.type == "cpu"
-    if cpu and per_chunk < rows and rows * n_fft <= WHOLE_BATCH_POINTS and not _batched(x):
+    if cpu and per_chunk < rows and rows * n_fft <= WHOLE_BATCH_POINTS and not under_vmap(x):
         # Past one chunk, up to WHOLE_BATCH_POINTS: the batch at once, through work arrays
         # kept between calls.
         flat = x.reshape(rows, T)
@@ -197,12 +197,6 @@ def fft_range(
     for first in range(0, rows, per_chunk):
         out[first : first + per_chunk] = circular(flat[first : first + per_chunk])[..., lo:hi]
     return out.reshape(*x.shape[:-1], hi - lo)
-
-
-def _batched(x: torch.Tensor) -> bool:
-    # Under vmap (a backward pass with batched gradients) out= has no batching rule.
-    functorch = torch._C._functorch
-    return functorch.is_legacy_batchedtensor(x) or functorch.is_batchedtensor(x)
 
 
 def _rows_in_kept_arrays(

@@ -32,6 +32,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from diffconv_core._validation import under_vmap
+
 _COMPLEX = {torch.float32: torch.complex64, torch.float64: torch.complex128}
 _REAL = {complex_dtype: real for real, complex_dtype in _COMPLEX.items()}
 
@@ -119,8 +121,7 @@ def _transformed_in_place(packed: torch.Tensor, inverse: bool = False) -> torch.
     # of 2**20 points peaked at 7.2x its size with a buffer per transform). Not under vmap
     # (a backward pass with batched gradients): out= has no batching rule there.
     transform = torch.fft.ifft if inverse else torch.fft.fft
-    functorch = torch._C._functorch
-    if functorch.is_legacy_batchedtensor(packed) or functorch.is_batchedtensor(packed):
+    if under_vmap(packed):
         return transform(packed)
     return transform(packed, out=packed)
 

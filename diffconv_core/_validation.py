@@ -106,6 +106,18 @@ def batched_gradient(grad: torch.Tensor) -> bool:
     return torch._C._functorch.is_legacy_batchedtensor(grad)
 
 
+def under_vmap(t: torch.Tensor) -> bool:
+    """Whether ``t`` is batched by vmap (``torch.func.vmap``, or a backward pass with batched
+    gradients): operations with ``out=`` have no batching rule there.
+
+    Example:
+        >>> under_vmap(torch.ones(3))
+        False
+    """
+    functorch = torch._C._functorch
+    return functorch.is_legacy_batchedtensor(t) or functorch.is_batchedtensor(t)
+
+
 def carries_tangent(t: torch.Tensor) -> bool:
     """Whether ``t`` carries a forward-mode tangent (``torch.autograd.forward_ad``). Custom
     Functions have no jvp rule: an operand with one takes the plain path, and so does a
