@@ -24,6 +24,7 @@ from diffconv_core._half_fft import (
 )
 from diffconv_core._validation import carries_tangent, needs_graph, owned, under_vmap
 from diffconv_core._workspace import scratch
+from diffconv_core.memory import retained_bytes
 
 # Without autograd, rows of a batch go through the FFT in chunks of about this many samples:
 # short transforms a cache-sized chunk at a time, long ones in large chunks that merely bound
@@ -179,11 +180,13 @@ def fft_range(
     # One row or a few, long transforms: complex FFTs of half the length (_half_fft).
     half_length = takes_half_fft(x, w, n_fft, min(rows, per_chunk))
     cpu = x.device.type == "cpu"
-    if cpu and per_chunk < rows and rows * n_fft <= WHOLE_BATCH_POINTS and not under_vmap(x):
+    if cpu and not half_length and per_chunk < rows and rows * n_fft <= WHOLE_BATCH_POINTS:
         # Past one chunk, up to WHOLE_BATCH_POINTS: the batch at once, through work arrays
-        # kept between calls.
-        flat = x.reshape(rows, T)
-        return _rows_in_kept_arrays(flat, w, n_fft, lo, hi).view(*x.shape[:-1], hi - lo)
+        # kept between calls where glibc may hand freed ones back to the kernel.
+        if rows * n_fft * x.element_size() > retained_bytes() and not under_vmap(x):
+            flat = x.reshape(rows, T)
+            return _rows_in_kept_arrays(flat, w, n_fft, lo, hi).view(*x.shape[:-1], hi - lo)
+        per_chunk = rows
     circular = circular_convolution(w, n_fft, half_length)
     # On a GPU memory is plentiful and every extra launch costs: no chunks there. Nor for
     # rows that make one chunk: the loop's output array and copy cost host time (2 x 1,024
@@ -211,7 +214,9 @@ def _rows_in_kept_arrays(
     faults a call in a fresh process, 512 x 1,024 with 255 taps 1.1-2.6 ms, 128 x 4,096 with
     511 2.1-2.7, 1,024 x 1,024 with 255 3.5-5.5, against 0.64-0.74, 0.80-0.85 and 1.29-1.62
     here (and 0.83-0.91, 0.99-1.06 and 1.59-1.70 in chunks of 2**18 points; 2 cores). Once
-    freed memory is retained no path faults, and this took 0.67 against 0.60 ms allocating.
+    freed memory is retained no path faults, and allocating was faster (0.60 against 0.67 ms;
+    512 x 1,024 with 1,023 taps 0.76 against 0.87): there (:func:`~diffconv_core.memory.
+    retained_bytes`) :func:`fft_range` allocates.
     Batches within one chunk allocate as before: their arrays did not fault, and the out=
     transforms' copies made them 10-25% slower here (64 x 2,048 with 255 taps, 16 x 4,096,
     32 x 16,384 with 1,023).

@@ -32,6 +32,23 @@ _MAX_MMAP_THRESHOLD = 32 * 2**20
 #: more than glibc already does.
 _GLIBC_DEFAULT_THRESHOLD = 128 * 2**10
 
+# The largest block glibc now serves from its heap and keeps once freed (retain_freed_memory).
+_retained_bytes = 0
+
+
+def retained_bytes() -> int:
+    """The largest block glibc serves from its heap and keeps for reuse once freed, as set by
+    :func:`retain_freed_memory` (0 before it, or where it could not be set): paths that keep
+    work arrays of their own to spare page faults (the CPU FFT of a batch) allocate afresh
+    within it.
+
+    Example:
+        >>> from diffconv_core.memory import retained_bytes
+        >>> retained_bytes() >= 0
+        True
+    """
+    return _retained_bytes
+
 
 def retain_freed_memory(limit_bytes: int = 64 * 2**20) -> bool:
     """Let glibc serve blocks of up to ``limit_bytes`` (at most 32 MiB) from its heap and
@@ -54,10 +71,13 @@ def retain_freed_memory(limit_bytes: int = 64 * 2**20) -> bool:
         return False
     if limit_bytes <= _GLIBC_DEFAULT_THRESHOLD:
         return True
+    global _retained_bytes
     limit = min(limit_bytes, 2**31 - 1)  # mallopt takes a C int
-    return bool(mallopt(_M_MMAP_THRESHOLD, min(limit, _MAX_MMAP_THRESHOLD))) and bool(
-        mallopt(_M_TRIM_THRESHOLD, limit)
-    )
+    served = min(limit, _MAX_MMAP_THRESHOLD)
+    if mallopt(_M_MMAP_THRESHOLD, served) and mallopt(_M_TRIM_THRESHOLD, limit):
+        _retained_bytes = max(_retained_bytes, served)
+        return True
+    return False
 
 
 @functools.cache

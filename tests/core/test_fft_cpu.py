@@ -92,9 +92,11 @@ def test_batched_kernels_match_scipy(x_shape, w_shape):
 
 @pytest.mark.parametrize("mode", ["full", "same", "valid"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_a_batch_through_kept_arrays_matches_scipy_and_owns_its_output(mode, dtype):
-    # 300 rows of 1,000 samples (past one chunk, within WHOLE_BATCH_POINTS): the work arrays
-    # are kept between calls, the results never: a second call leaves the first's intact.
+def test_a_batch_through_kept_arrays_matches_scipy_and_owns_its_output(monkeypatch, mode, dtype):
+    # 300 rows of 1,000 samples (past one chunk, within WHOLE_BATCH_POINTS), glibc's default
+    # policy: the work arrays are kept between calls, the results never: a second call
+    # leaves the first's intact.
+    monkeypatch.setattr(_fft, "retained_bytes", lambda: 0)
     T, K = 1000, 255
     lo, hi = output_range(T, K, mode)
     n_fft = _fft.range_fft_length(T, K, lo, hi, torch.device("cpu"))
@@ -123,6 +125,7 @@ def test_kept_arrays_are_reused_from_call_to_call(monkeypatch):
         return array
 
     monkeypatch.setattr(_fft, "scratch", spying_scratch)
+    monkeypatch.setattr(_fft, "retained_bytes", lambda: 0)
     x, w = torch.randn(512, 1024), torch.randn(255)
     for _ in range(2):
         convolve(x, w, method="fft")
@@ -133,3 +136,29 @@ def test_kept_arrays_are_reused_from_call_to_call(monkeypatch):
     convolve(torch.randn(64, 1024), w, method="fft")
     convolve(torch.randn(2048, 1024), w, method="fft")
     assert asked == []
+
+
+def test_with_freed_memory_retained_the_batch_is_allocated_at_once(monkeypatch):
+    # Where glibc keeps freed blocks this large (retain_freed_memory), allocating is faster
+    # than the kept arrays' out= transforms: one rfft of every row, nothing kept.
+    from diffconv_core import _workspace
+
+    asked, shapes = [], []
+    real_scratch, real_rfft = _workspace.scratch, torch.fft.rfft
+    monkeypatch.setattr(
+        _fft, "scratch", lambda name, *a: asked.append(name) or real_scratch(name, *a)
+    )
+    monkeypatch.setattr(
+        torch.fft, "rfft", lambda t, *a, **k: shapes.append(tuple(t.shape)) or real_rfft(t, *a, **k)
+    )
+    monkeypatch.setattr(_fft, "retained_bytes", lambda: 32 * 2**20)
+    x, w = torch.randn(512, 1024, dtype=torch.float64), torch.randn(255, dtype=torch.float64)
+    y = convolve(x, w, method="fft")
+    assert asked == [] and sorted(shapes) == [(255,), (512, 1024)]
+    np.testing.assert_allclose(y.numpy(), reference(x, w, "same"), atol=1e-9)
+    # A batch whose arrays exceed what glibc keeps (512 x 1,152 float64: 4.5 MiB) still
+    # takes the kept arrays.
+    monkeypatch.setattr(_fft, "retained_bytes", lambda: 2**20)
+    y = convolve(x, w, method="fft")
+    assert asked == ["fft rows", "fft spectrum"]
+    np.testing.assert_allclose(y.numpy(), reference(x, w, "same"), atol=1e-9)

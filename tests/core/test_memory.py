@@ -35,6 +35,13 @@ print(json.dumps({"applied": applied, "faults": faults}))
 """
 
 
+@pytest.fixture(autouse=True)
+def _restore_retained_bytes(monkeypatch):
+    # The tests below call retain_freed_memory with a stand-in mallopt: what it records for
+    # the FFT's kept arrays is undone after each.
+    monkeypatch.setattr(memory, "_retained_bytes", 0)
+
+
 def _probe() -> dict:
     done = subprocess.run(
         [sys.executable, "-c", _PROBE], capture_output=True, text=True, check=True
@@ -61,6 +68,19 @@ def test_settings_passed_to_mallopt(monkeypatch):
     assert memory.retain_freed_memory(8 * 2**30) is True
     # The mmap threshold is capped at glibc's 32 MiB; the trim threshold at a C int.
     assert calls == [(memory._M_MMAP_THRESHOLD, 32 * 2**20), (memory._M_TRIM_THRESHOLD, 2**31 - 1)]
+    assert memory.retained_bytes() == 32 * 2**20
+
+
+def test_retained_bytes_only_once_glibc_accepted_the_settings(monkeypatch):
+    assert memory.retained_bytes() == 0
+    monkeypatch.setattr(memory, "_glibc_mallopt", lambda: lambda *args: 0)  # refused
+    assert memory.retain_freed_memory(2**20) is False
+    assert memory.retained_bytes() == 0
+    monkeypatch.setattr(memory, "_glibc_mallopt", lambda: lambda *args: 1)
+    assert memory.retain_freed_memory(2**20) is True
+    assert memory.retained_bytes() == 2**20
+    assert memory.retain_freed_memory(2**10) is True  # glibc's own policy: nothing lowered
+    assert memory.retained_bytes() == 2**20
 
 
 @pytest.mark.parametrize(
