@@ -15,6 +15,20 @@ from diffconv_core.methods import output_range
 from .conftest import assert_matches, reference
 
 
+@pytest.fixture
+def rfft_shapes(monkeypatch):
+    """The shape of every input torch.fft.rfft gets, in order."""
+    shapes = []
+    real_rfft = torch.fft.rfft
+
+    def counting_rfft(t, *args, **kwargs):
+        shapes.append(tuple(t.shape))
+        return real_rfft(t, *args, **kwargs)
+
+    monkeypatch.setattr(torch.fft, "rfft", counting_rfft)
+    return shapes
+
+
 @pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 9])
 @pytest.mark.parametrize("mode", ["full", "same", "valid"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -34,48 +48,32 @@ def test_one_chunk_and_chunks_match_scipy(monkeypatch, rows, mode, dtype):
 
 
 @pytest.mark.parametrize("rows, transforms", [(1, 2), (4, 2), (5, 3), (9, 4)])
-def test_transforms_per_chunk(monkeypatch, rows, transforms):
+def test_transforms_per_chunk(monkeypatch, rfft_shapes, rows, transforms):
     T, K = 300, 45
     n_fft = _fft.range_fft_length(T, K, *output_range(T, K, "same"), torch.device("cpu"))
     monkeypatch.setattr(_fft, "SHORT_CHUNK_SAMPLES", 4 * n_fft)
     monkeypatch.setattr(_fft, "WHOLE_BATCH_POINTS", 4 * n_fft)
     monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
-    calls = []
-    real_rfft = torch.fft.rfft
-
-    def counting_rfft(t, *args, **kwargs):
-        calls.append(tuple(t.shape))
-        return real_rfft(t, *args, **kwargs)
-
-    monkeypatch.setattr(torch.fft, "rfft", counting_rfft)
     x, w = torch.randn(rows, T), torch.randn(K)
     y = _fft.fft_range(x, w, *output_range(T, K, "same"))
     # The kernel once, then the signals: all at once in one chunk, else 4 rows at a time.
-    assert len(calls) == transforms
-    assert sorted(calls).count((K,)) == 1
+    assert len(rfft_shapes) == transforms
+    assert sorted(rfft_shapes).count((K,)) == 1
     assert_matches(y, reference(x, w, "same"), torch.float32, f"{rows} rows")
 
 
 @pytest.mark.parametrize("rows, signal_transforms", [(512, 1), (1024, 1), (2048, 10)])
-def test_whole_batch_at_once_up_to_its_points(monkeypatch, rows, signal_transforms):
+def test_whole_batch_at_once_up_to_its_points(monkeypatch, rfft_shapes, rows, signal_transforms):
     # 1,152-point transforms, 227 rows a chunk (2**18 points): a batch of at most
     # WHOLE_BATCH_POINTS goes at once (1,024 rows: 1.2 M points), a larger one in chunks.
     T, K = 1024, 255
     lo, hi = output_range(T, K, "same")
     assert _fft.range_fft_length(T, K, lo, hi, torch.device("cpu")) == 1152
     assert _fft.rows_per_chunk(1152) == 227
-    calls = []
-    real_rfft = torch.fft.rfft
-
-    def counting_rfft(t, *args, **kwargs):
-        calls.append(tuple(t.shape))
-        return real_rfft(t, *args, **kwargs)
-
-    monkeypatch.setattr(torch.fft, "rfft", counting_rfft)
     x, w = torch.randn(rows, T, dtype=torch.float64), torch.randn(K, dtype=torch.float64)
     y = _fft.fft_range(x, w, lo, hi)
-    assert calls.count((K,)) == 1
-    assert len(calls) - 1 == signal_transforms
+    assert rfft_shapes.count((K,)) == 1
+    assert len(rfft_shapes) - 1 == signal_transforms
     np.testing.assert_allclose(y.numpy(), reference(x, w, "same"), atol=1e-9)
 
 
@@ -138,23 +136,20 @@ def test_kept_arrays_are_reused_from_call_to_call(monkeypatch):
     assert asked == []
 
 
-def test_with_freed_memory_retained_the_batch_is_allocated_at_once(monkeypatch):
+def test_with_freed_memory_retained_the_batch_is_allocated_at_once(monkeypatch, rfft_shapes):
     # Where glibc keeps freed blocks this large (retain_freed_memory), allocating is faster
     # than the kept arrays' out= transforms: one rfft of every row, nothing kept.
     from diffconv_core import _workspace
 
-    asked, shapes = [], []
-    real_scratch, real_rfft = _workspace.scratch, torch.fft.rfft
+    asked = []
+    real_scratch = _workspace.scratch
     monkeypatch.setattr(
         _fft, "scratch", lambda name, *a: asked.append(name) or real_scratch(name, *a)
-    )
-    monkeypatch.setattr(
-        torch.fft, "rfft", lambda t, *a, **k: shapes.append(tuple(t.shape)) or real_rfft(t, *a, **k)
     )
     monkeypatch.setattr(_fft, "retained_bytes", lambda: 32 * 2**20)
     x, w = torch.randn(512, 1024, dtype=torch.float64), torch.randn(255, dtype=torch.float64)
     y = convolve(x, w, method="fft")
-    assert asked == [] and sorted(shapes) == [(255,), (512, 1024)]
+    assert asked == [] and sorted(rfft_shapes) == [(255,), (512, 1024)]
     np.testing.assert_allclose(y.numpy(), reference(x, w, "same"), atol=1e-9)
     # A batch whose arrays exceed what glibc keeps (512 x 1,152 float64: 4.5 MiB) still
     # takes the kept arrays.
