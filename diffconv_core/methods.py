@@ -97,6 +97,13 @@ _COSTS = {
         "fft_call": 35_190.0,
         "fft_unit": 0.03235,
         "fft_unit_per_octave": 0.005989,  # above 2**11 points
+        # The unit of a power-of-two length, relative: MKL runs those 5-20% faster a point
+        # than the smooth lengths (_fft.CPU_POWER_OF_TWO_MARGIN), where the fit (mostly smooth
+        # lengths) priced a power of two up to 8% longer as dearer: auto took the direct
+        # method for 64 x 3,700 with 255 taps (0.37 ms) over the FFT at 4,096 points (0.31).
+        # 0.8 and 0.9 picked as well as 1.0 on this day's six fit runs (183, 183, 183, 181,
+        # 181, 179 of 190 within 10% of the fastest: `fit_cpu_costs.py --check-logs`).
+        "fft_power_of_two": 0.85,
         # Overlap-save's call cost: not 48,990 as fitted with the rest, which priced a row or
         # a few of 8,192-480,000 samples with 255-1,023 taps up to 40% below their time (1 x
         # 8,192 with 255 taps: 0.09-0.11 ms, modelled 0.06, so auto took it over the direct
@@ -445,6 +452,8 @@ def estimate_costs(
     n_fft = range_fft_length(T, K, *output_range(T, K, mode), torch.device(device_type))
     log_n = math.log2(max(n_fft, 2))
     unit = c["fft_unit"] + c["fft_unit_per_octave"] * max(0.0, log_n - 11)
+    if n_fft & (n_fft - 1) == 0:
+        unit *= c.get("fft_power_of_two", 1.0)
     forward_cpu = device_type == "cpu" and not requires_grad
     half = forward_cpu and shared_kernel
     if half and half_fft_shape(n_fft, min(batch, rows_per_chunk(n_fft))):

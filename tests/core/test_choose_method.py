@@ -492,3 +492,32 @@ def _framed_conv_missing() -> bool:
     from diffconv_core import _framed_conv
 
     return _framed_conv._native_conv2d is None
+
+
+def test_power_of_two_fft_lengths_are_priced_cheaper_a_point(monkeypatch):
+    # 64 x 3,700 with 255 taps: the FFT at 4,096 points (the power of two 6.7% above 3,840)
+    # took 0.29-0.31 ms, the direct method 0.37 (2 cores); priced at the smooth lengths'
+    # unit, the longer transform looked dearer and auto took the direct method.
+    from diffconv_core import methods
+    from diffconv_core._fft import range_fft_length
+
+    lo, hi = methods.output_range(3700, 255, "same")
+    assert range_fft_length(3700, 255, lo, hi, torch.device("cpu")) == 4096
+    assert choose_method((64, 3700), (255,), device="cpu") == "fft"
+    plain = dict(methods._COSTS["cpu"], fft_power_of_two=1.0)
+    monkeypatch.setitem(methods._COSTS, "cpu", plain)
+    methods.estimate_costs.cache_clear()
+    try:
+        assert choose_method((64, 3700), (255,), device="cpu") == "direct"
+    finally:
+        monkeypatch.undo()
+        methods.estimate_costs.cache_clear()
+    # A smooth length is priced as fitted: the factor leaves 3,000 samples (3,240 points).
+    smooth = methods.estimate_costs(64, 3000, 255, "same", "cpu")["fft"]
+    monkeypatch.setitem(methods._COSTS, "cpu", plain)
+    methods.estimate_costs.cache_clear()
+    try:
+        assert methods.estimate_costs(64, 3000, 255, "same", "cpu")["fft"] == smooth
+    finally:
+        monkeypatch.undo()
+        methods.estimate_costs.cache_clear()
