@@ -70,6 +70,11 @@ from diffconv_core._validation import (
 # "cpu_autograd" prices the recorded forward of the FFT methods and of a kernel per row (one
 # shared kernel takes the fast path also when recorded), and _BACKWARD_FACTOR the backward.
 # benchmarks/results/ holds the measurements.
+# Shorter power-of-two transforms are priced as fitted: the fit's small calls include them
+# (16 x 2,000 with up to 95 taps runs at 2,048 points, 0.070-0.075 ms as modelled, where the
+# factor took it over the direct method's 0.057-0.062).
+_POWER_OF_TWO_PRICED_FROM = 4096
+
 _COSTS = {
     "cpu": {
         "tiny_call": 19_160.0,  # small calls: one native convolution (_direct.tiny_range)
@@ -100,10 +105,12 @@ _COSTS = {
         # The unit of a power-of-two length, relative: MKL runs those 5-20% faster a point
         # than the smooth lengths (_fft.CPU_POWER_OF_TWO_MARGIN), where the fit (mostly smooth
         # lengths) priced a power of two up to 8% longer as dearer: auto took the direct
-        # method for 64 x 3,700 with 255 taps (0.37 ms) over the FFT at 4,096 points (0.31).
-        # 0.8 and 0.9 picked as well as 1.0 on this day's six fit runs (183, 183, 183, 181,
-        # 181, 179 of 190 within 10% of the fastest: `fit_cpu_costs.py --check-logs`).
-        "fft_power_of_two": 0.85,
+        # method for 64 x 3,700 with 255 taps (0.37 ms) over the FFT at 4,096 points (0.31),
+        # and overlap-save for 128 x 16,000 with 511 (3.3-3.8 ms; the FFT at 16,384 points
+        # 2.6-2.8). On this day's six fit runs it picked within 10% of the fastest in 184,
+        # 184, 184, 182, 182 and 180 of 190, one more in each than 1.0 (`fit_cpu_costs.py
+        # --check-logs`).
+        "fft_power_of_two": 0.85,  # from _POWER_OF_TWO_PRICED_FROM points on
         # Overlap-save's call cost: not 48,990 as fitted with the rest, which priced a row or
         # a few of 8,192-480,000 samples with 255-1,023 taps up to 40% below their time (1 x
         # 8,192 with 255 taps: 0.09-0.11 ms, modelled 0.06, so auto took it over the direct
@@ -452,7 +459,7 @@ def estimate_costs(
     n_fft = range_fft_length(T, K, *output_range(T, K, mode), torch.device(device_type))
     log_n = math.log2(max(n_fft, 2))
     unit = c["fft_unit"] + c["fft_unit_per_octave"] * max(0.0, log_n - 11)
-    if n_fft & (n_fft - 1) == 0:
+    if n_fft >= _POWER_OF_TWO_PRICED_FROM and n_fft & (n_fft - 1) == 0:
         unit *= c.get("fft_power_of_two", 1.0)
     forward_cpu = device_type == "cpu" and not requires_grad
     half = forward_cpu and shared_kernel

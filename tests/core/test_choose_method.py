@@ -496,8 +496,8 @@ def _framed_conv_missing() -> bool:
 
 def test_power_of_two_fft_lengths_are_priced_cheaper_a_point(monkeypatch):
     # 64 x 3,700 with 255 taps: the FFT at 4,096 points (the power of two 6.7% above 3,840)
-    # took 0.29-0.31 ms, the direct method 0.37 (2 cores); priced at the smooth lengths'
-    # unit, the longer transform looked dearer and auto took the direct method.
+    # took 0.29-0.33 ms, the direct method 0.36-0.38 (2 cores); priced at the smooth
+    # lengths' unit, the longer transform looked dearer and auto took the direct method.
     from diffconv_core import methods
     from diffconv_core._fft import range_fft_length
 
@@ -512,6 +512,9 @@ def test_power_of_two_fft_lengths_are_priced_cheaper_a_point(monkeypatch):
     finally:
         monkeypatch.undo()
         methods.estimate_costs.cache_clear()
+    # Short power-of-two transforms are priced as fitted: 16 x 2,000 with 63 taps (2,048
+    # points, 0.070-0.075 ms) stays with the direct method (0.057-0.062).
+    assert choose_method((16, 2000), (63,), device="cpu") == "direct"
     # A smooth length is priced as fitted: the factor leaves 3,000 samples (3,240 points).
     smooth = methods.estimate_costs(64, 3000, 255, "same", "cpu")["fft"]
     monkeypatch.setitem(methods._COSTS, "cpu", plain)
