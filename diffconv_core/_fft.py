@@ -215,11 +215,15 @@ def _rows_in_kept_arrays(
     511 2.1-2.7, 1,024 x 1,024 with 255 3.5-5.5, against 0.64-0.74, 0.80-0.85 and 1.29-1.62
     here (and 0.83-0.91, 0.99-1.06 and 1.59-1.70 in chunks of 2**18 points; 2 cores). Once
     freed memory is retained no path faults, and allocating was faster (0.60 against 0.67 ms;
-    512 x 1,024 with 1,023 taps 0.76 against 0.87): there (:func:`~diffconv_core.memory.
-    retained_bytes`) :func:`fft_range` allocates.
-    Batches within one chunk allocate as before: their arrays did not fault, and the out=
-    transforms' copies made them 10-25% slower here (64 x 2,048 with 255 taps, 16 x 4,096,
-    32 x 16,384 with 1,023).
+    512 x 1,024 with 1,023 taps 0.76 against 0.87): :func:`fft_range` allocates there
+    (``memory.retained_bytes``).
+
+    Batches within one chunk allocate as before. After other shapes in the same process
+    their arrays did not fault, and the out= transforms' copies made them 10-25% slower here
+    (64 x 2,048 with 255 taps, 16 x 4,096, 32 x 16,384 with 1,023). Repeated alone in a fresh
+    process some did fault (32 x 8,000 with 255 taps: 1.14 ms, 0.39 here; 64 x 32,000 with
+    511: 7.4-7.6, 3.9-4.3), but others then faulted on this path's output copy instead
+    (32 x 16,000 with 255 taps: 0.72 ms allocating, 1.34 here).
 
     Shape:
         flat ``(rows, T)``, w ``(K,)`` -> ``(rows, hi - lo)``.
