@@ -108,10 +108,22 @@ def fft_length(n: int, device: torch.device) -> int:
         >>> fft_length(480_000, cpu), fft_length(16_127, cpu), fft_length(480_000, meta)
         (480000, 16384, 524288)
     """
-    power_of_two = 1 << max(0, n - 1).bit_length()
     if device.type != "cpu":
-        return power_of_two
+        return 1 << max(0, n - 1).bit_length()
     smooth = next_fast_len(n, CPU_FFT_MULTIPLE) if n > CPU_FFT_MULTIPLE else next_fast_len(n)
+    return cpu_fast_length(smooth)
+
+
+def cpu_fast_length(smooth: int) -> int:
+    """The power of two just above the smooth length ``smooth`` where it is at most
+    ``CPU_POWER_OF_TWO_MARGIN`` longer, else ``smooth``: the CPU's choice between them, for
+    the FFT method's transforms and overlap-save's blocks.
+
+    Example:
+        >>> cpu_fast_length(16_200), cpu_fast_length(1_152), cpu_fast_length(4_096)
+        (16384, 1152, 4096)
+    """
+    power_of_two = 1 << max(0, smooth - 1).bit_length()
     return power_of_two if power_of_two <= CPU_POWER_OF_TWO_MARGIN * smooth else smooth
 
 
@@ -179,19 +191,19 @@ def fft_range(
     per_chunk = rows_per_chunk(n_fft)
     # One row or a few, long transforms: complex FFTs of half the length (_half_fft).
     half_length = takes_half_fft(x, w, n_fft, min(rows, per_chunk))
-    cpu = x.device.type == "cpu"
-    if cpu and not half_length and per_chunk < rows and rows * n_fft <= WHOLE_BATCH_POINTS:
+    # On a GPU memory is plentiful and every extra launch costs: no chunks there. Nor for
+    # rows that make one chunk: the loop's output array and copy cost host time (2 x 1,024
+    # with 255 taps: 33 us, 27 without; 64 x 1,024: 105 against 94).
+    at_once = rows <= per_chunk or x.device.type != "cpu"
+    if not at_once and not half_length and rows * n_fft <= WHOLE_BATCH_POINTS:
         # Past one chunk, up to WHOLE_BATCH_POINTS: the batch at once, through work arrays
         # kept between calls where glibc may hand freed ones back to the kernel.
         if rows * n_fft * x.element_size() > retained_bytes() and not under_vmap(x):
             flat = x.reshape(rows, T)
             return _rows_in_kept_arrays(flat, w, n_fft, lo, hi).view(*x.shape[:-1], hi - lo)
-        per_chunk = rows
+        at_once = True
     circular = circular_convolution(w, n_fft, half_length)
-    # On a GPU memory is plentiful and every extra launch costs: no chunks there. Nor for
-    # rows that make one chunk: the loop's output array and copy cost host time (2 x 1,024
-    # with 255 taps: 33 us, 27 without; 64 x 1,024: 105 against 94).
-    if rows <= per_chunk or not cpu:
+    if at_once:
         return circular(x)[..., lo:hi]
     # Many rows: a few at a time into the output, so the work arrays stay a fraction of the
     # input.

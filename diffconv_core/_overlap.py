@@ -17,8 +17,8 @@ import torch.nn.functional as F
 
 from diffconv_core._fft import (
     CPU_FFT_MULTIPLE,
-    CPU_POWER_OF_TWO_MARGIN,
     circular_convolution,
+    cpu_fast_length,
     fft_range,
     gradients_from_pieces,
     next_fast_len,
@@ -70,10 +70,10 @@ def _cpu_block_length(smooth: int, kernel_length: int) -> int:
     # (3,000) 0.81-0.85; 48,000 -> 32,768 (6,000) 0.85-0.86 (4 x 480,000, 1 x 2,000,000,
     # 1 x 4,194,304, 16 x 100,000 and 32 x 48,000 samples). The power of two above instead
     # was less even (0.81-1.03).
-    above = 1 << (smooth - 1).bit_length()
-    if above <= CPU_POWER_OF_TWO_MARGIN * smooth:
+    above = cpu_fast_length(smooth)
+    if above != smooth:
         return above
-    below = above // 2
+    below = 1 << (smooth.bit_length() - 1)
     return below if below >= max(2 * kernel_length, MIN_BLOCK_FFT) else smooth
 
 

@@ -49,6 +49,12 @@ from diffconv_core._validation import (
     check_device,
 )
 
+# The CPU table's fft_power_of_two applies from this many points on; shorter power-of-two
+# transforms are priced as fitted, as the fit's small calls include them (16 x 2,000 with up
+# to 95 taps runs at 2,048 points, 0.070-0.075 ms as modelled, where the factor took it over
+# the direct method's 0.057-0.062).
+_POWER_OF_TWO_PRICED_FROM = 4096
+
 # Per-device constants of the cost model, in nanoseconds: a fixed cost per call, then per
 # output sample (direct) or per n*log2(n) unit of transform (fft, overlap). CUDA numbers are
 # from an H200 (torch 2.11, Triton direct kernel, power-of-two cuFFT), CPU numbers from this
@@ -70,11 +76,6 @@ from diffconv_core._validation import (
 # "cpu_autograd" prices the recorded forward of the FFT methods and of a kernel per row (one
 # shared kernel takes the fast path also when recorded), and _BACKWARD_FACTOR the backward.
 # benchmarks/results/ holds the measurements.
-# Shorter power-of-two transforms are priced as fitted: the fit's small calls include them
-# (16 x 2,000 with up to 95 taps runs at 2,048 points, 0.070-0.075 ms as modelled, where the
-# factor took it over the direct method's 0.057-0.062).
-_POWER_OF_TWO_PRICED_FROM = 4096
-
 _COSTS = {
     "cpu": {
         "tiny_call": 19_160.0,  # small calls: one native convolution (_direct.tiny_range)
