@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -137,6 +138,31 @@ def _on_signal(signum: int, frame) -> None:
         _pending = signum
     else:
         _stop(signum)
+
+
+def quiet_after_command() -> None:
+    """From here on a Ctrl-C or SIGTERM ends the process at once, by the signal's default
+    action: for the interpreter's shutdown after the command has returned or raised (its
+    writes finished or discarded, its exit status chosen). Raised during the shutdown, the
+    KeyboardInterrupt of a second Ctrl-C printed "Exception ignored in atexit callback" and a
+    traceback (torch's finalizers run there). Handlers other than ours and Python's own are
+    left alone."""
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        handler = signal.getsignal(signum)
+        if is_ours_or_pythons(handler) or (signum == signal.SIGTERM and handler is signal.SIG_DFL):
+            signal.signal(signum, _end_now)
+
+
+def _end_now(signum: int, frame) -> None:
+    if note_stop_signal():
+        return  # torchrun's copy of the signal the command acted on: the shutdown goes on
+    # Whatever a command printed is out before the process ends (click.echo flushes, but a
+    # buffered write of the interpreter's own may be pending).
+    signal.signal(signum, signal.SIG_DFL)  # a flush stuck on a full pipe: the next one ends it
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os.kill(os.getpid(), signum)
 
 
 def _stop(signum: int) -> None:

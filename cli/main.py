@@ -117,7 +117,10 @@ def main() -> None:
     startup.begin()  # rare collections while torch imports (see cli.startup)
     errors.stand_in_for_closed_streams()
     interrupts.unwind_on_sigterm()
-    cli(prog_name="diffconv")  # also when run as `python -m cli` (torchrun -m cli)
+    try:
+        cli(prog_name="diffconv")  # also when run as `python -m cli` (torchrun -m cli)
+    finally:
+        interrupts.quiet_after_command()
 
 
 if __name__ == "__main__":

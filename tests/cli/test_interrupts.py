@@ -121,6 +121,32 @@ def test_outside_torchrun_a_second_ctrl_c_interrupts_the_clean_up(sigterm_handle
             pytest.fail("the second Ctrl-C was ignored")
 
 
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_stop_signal_during_the_shutdown_ends_the_process_without_a_traceback(signum):
+    # A Ctrl-C pressed again while the interpreter shut down (atexit callbacks: torch's
+    # finalizers) raised its KeyboardInterrupt there: "Exception ignored in atexit callback"
+    # and a traceback. The command is over by then: the signal's default action ends it.
+    code = (
+        "import atexit, os, signal, sys, time\n"
+        "def stop_during_shutdown():\n"
+        f"    os.kill(os.getpid(), {int(signum)})\n"
+        "    time.sleep(0.5)\n"
+        "    print('shutdown went on', file=sys.stderr)\n"
+        "atexit.register(stop_during_shutdown)\n"
+        "sys.argv = ['diffconv', 'windows']\n"
+        "from cli.main import main\n"
+        "main()\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE")}
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60, env=env
+    )
+    assert result.returncode == -signum, result
+    assert "hann" in result.stdout  # the command's output is all there
+    assert "Traceback" not in result.stderr and "Exception ignored" not in result.stderr
+    assert "shutdown went on" not in result.stderr
+
+
 def test_a_stop_signal_fit_caught_is_forgotten_for_the_next_command(monkeypatch):
     monkeypatch.setenv("RANK", "0")
     monkeypatch.setenv("WORLD_SIZE", "2")
