@@ -5,9 +5,10 @@ relative to each directory (``--glob``/``--recursive`` choose the files, as in e
 command). Every pair is checked from the file headers before any sample is read: each input
 needs a target and each target an input, and partners must agree in length, channel count
 and sample rate; all pairs must share one rate (a kernel in samples means another filter at
-another rate). All problems are collected and raised together as one usage error (exit code
-2) listing the offending pairs, because they are problems with what was given, found before
-any work.
+another rate). All problems are collected and raised together as one error listing the
+offending pairs, found before any work: a usage error (exit code 2) where any is a problem
+with what was given (a missing partner, a mismatch), else a runtime failure (exit code 1:
+files that cannot be read, as every command reports them).
 
 Under torchrun every rank discovers and checks the same sorted list (headers only, cheap),
 then reads only its shard of the samples: pair ``i`` belongs to rank ``i % world_size``.
@@ -46,18 +47,19 @@ class Pair:
 
 
 class PairProblems(click.ClickException):
-    """All problems with the pairs, in one message; exit code 2.
+    """All problems with the pairs, in one message; exit code 2 (usage) unless given.
 
     Example:
         >>> err = PairProblems(["a.wav: no target (t/a.wav missing)"])
         >>> err.exit_code, err.format_message()
         (2, 'the input/target pairs cannot be used:\\n  a.wav: no target (t/a.wav missing)')
+        >>> PairProblems(["a.wav: file is empty"], exit_code=1).exit_code
+        1
     """
 
-    exit_code = EXIT_USAGE
-
-    def __init__(self, problems: list[str]) -> None:
+    def __init__(self, problems: list[str], exit_code: int = EXIT_USAGE) -> None:
         self.problems = problems
+        self.exit_code = exit_code
         super().__init__("the input/target pairs cannot be used:\n  " + "\n  ".join(problems))
 
 
@@ -78,7 +80,8 @@ def discover_pairs(
 
     Raises:
         PairProblems: missing partners, unreadable files, length/channel/rate mismatches,
-            pairs at different rates; all listed at once.
+            pairs at different rates; all listed at once (exit code 1 where every one is a
+            file that cannot be read, else 2).
         click.UsageError: a missing path, or a file paired with a directory.
 
     Example:
@@ -97,10 +100,12 @@ def discover_pairs(
             f"({'directory' if dst.is_dir() else 'file'})"
         )
     problems: list[str] = []
+    file_codes: list[int] = []  # the exit codes of the files that could not be read
     if src.is_dir():
         # plan_jobs maps each file of one tree to the same relative path in the other.
-        forward = plan_jobs([src], dst, glob=glob, recursive=recursive)
-        backward = plan_jobs([dst], src, glob=glob, recursive=recursive)
+        # Nothing is written to the other tree: two files there may be one (a symlink).
+        forward = plan_jobs([src], dst, glob=glob, recursive=recursive, writes=False)
+        backward = plan_jobs([dst], src, glob=glob, recursive=recursive, writes=False)
         matched = []
         for job in forward:
             rel = job.source.relative_to(src).as_posix()
@@ -120,6 +125,7 @@ def discover_pairs(
             x, y = probe(x_path), probe(y_path)
         except FileProblem as err:
             problems.append(pair_problem(name, err))
+            file_codes.append(err.exit_code)
             continue
         mismatch = _mismatch(x, y, rate)
         if mismatch:
@@ -139,7 +145,10 @@ def discover_pairs(
         listing = ", ".join(f"{p.name} at {_rate(p.input, rate):g} Hz" for p in pairs)
         problems.append(f"pairs at different sample rates ({listing}); resample them to one rate")
     if problems:
-        raise PairProblems(sorted(problems))
+        # Only unreadable files: a runtime failure, as in every batch command; anything else
+        # is a problem with what was given.
+        only_files = len(file_codes) == len(problems)
+        raise PairProblems(sorted(problems), max(file_codes) if only_files else EXIT_USAGE)
     return sorted(pairs, key=lambda p: p.name)
 
 

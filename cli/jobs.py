@@ -64,6 +64,7 @@ def plan_jobs(
     stdio: bool = False,
     raw: bool = False,
     notes: list[str] | None = None,
+    writes: bool = True,
 ) -> list[Job]:
     """Expand the command line's INPUT... OUTPUT into jobs (see the module docstring).
 
@@ -78,10 +79,12 @@ def plan_jobs(
         raw: directory inputs also give their headerless ``*.raw``/``*.pcm`` files (the
             command line says how to read them); without it they are left out.
         notes: gets a line for each directory whose headerless files were left out.
+        writes: whether the jobs' outputs are to be written (``fit`` only pairs the files of
+            two trees): no two jobs may then write one file.
 
     Raises:
         click.UsageError: a missing input, an OUTPUT that is a file where a directory is
-            needed, no matching files, or two inputs with the same output.
+            needed, no matching files, or two inputs with the same output (``writes``).
 
     Example:
         >>> [(str(j.source), str(j.dest)) for j in plan_jobs(["sample_data/speech_mono16.wav"],
@@ -141,7 +144,8 @@ def plan_jobs(
             jobs.extend(sorted(entries, key=lambda job: job.source))
         else:
             jobs.append(Job(src, out / src.name))
-    _check_unique(jobs)
+    if writes:
+        _check_unique(jobs)
     return jobs
 
 

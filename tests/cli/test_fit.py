@@ -364,9 +364,35 @@ def test_unreadable_file_pair_named_once(tmp_path, monkeypatch):
     Path("text.wav").write_text("this is not audio\n" * 20)
     sf.write("clean.wav", np.zeros(300), RATE, subtype="FLOAT")
     result = invoke("text.wav", "clean.wav", "--out", "k.npy", *FAST)
-    assert result.exit_code == 2, result.output
+    assert result.exit_code == 1, result.output  # a file that cannot be read: runtime failure
     assert "\n  text.wav: not a readable sound file" in result.stderr
     assert "text.wav: text.wav" not in result.stderr and "Traceback" not in result.stderr
+
+
+def test_unreadable_files_alone_exit_1_beside_other_problems_2(tmp_path):
+    # An unreadable or corrupt file is a runtime failure (exit 1) as in every command; a
+    # pair problem of what was given (here a missing partner) makes it a usage error.
+    in_dir, tg_dir = write_pairs(tmp_path, n=2, frames=300)
+    (tg_dir / "p1.wav").write_bytes(b"RIFF....not audio")
+    result = invoke(in_dir, tg_dir, "--out", tmp_path / "k.npy", *FAST)
+    assert result.exit_code == 1, result.stderr
+    assert "p1.wav: not a readable sound file" in result.stderr
+    sf.write(in_dir / "lonely.wav", np.zeros(300), RATE, subtype="FLOAT")
+    result = invoke(in_dir, tg_dir, "--out", tmp_path / "k.npy", *FAST)
+    assert result.exit_code == 2, result.stderr
+    assert "lonely.wav: input" in result.stderr and "p1.wav: not a readable" in result.stderr
+    assert not (tmp_path / "k.npy").exists()
+
+
+def test_a_symlinked_file_in_a_tree_pairs_as_any_file(tmp_path):
+    # fit writes nothing into either tree, yet the batch commands' check that no two jobs
+    # write one file refused this: "tg/p0.wav and tg/p1.wav would both be written to in/p1.wav".
+    in_dir, tg_dir = write_pairs(tmp_path, n=2, frames=300)
+    (in_dir / "p1.wav").unlink()
+    (in_dir / "p1.wav").symlink_to("p0.wav")
+    result = invoke(in_dir, tg_dir, "--out", tmp_path / "k.npy", *FAST)
+    assert result.exit_code == 0, result.stderr
+    assert np.load(tmp_path / "k.npy").shape == (7,)
 
 
 def test_nonfinite_samples_refused_before_training(tmp_path):
