@@ -15,6 +15,7 @@ import functools
 import io
 import math
 import os
+import re
 import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -257,8 +258,16 @@ def _probe_audio(path: str, source: str | io.BytesIO | None = None) -> SignalInf
         # One open for the header and the tags (sf.info would be a second).
         with sf.SoundFile(_not_stdin(path) if source is None else source) as info:
             tags = _tags(info)
+            cut = truncation(info.extra_info)
     except (sf.SoundFileError, RuntimeError) as err:
         raise FileProblem(path, f"not a readable sound file ({_libsndfile_reason(err)})") from err
+    if cut is not None:
+        declared, held = cut
+        raise FileProblem(
+            path,
+            f"truncated: its header declares {declared:,} bytes of samples, the file holds "
+            f"{held:,} (the end is missing)",
+        )
     if info.frames <= 0:
         raise FileProblem(path, "sound file holds no samples")
     dtype = np.dtype("float64" if info.subtype in FLOAT64_SUBTYPES else "float32")
@@ -273,6 +282,38 @@ def _probe_audio(path: str, source: str | io.BytesIO | None = None) -> SignalInf
         endian=info.endian,
         tags=tags,
     )
+
+
+# libsndfile's log of the header it read, where a sample chunk's declared size exceeds what
+# the file holds: "data : 6000 (should be 2978)" (WAV), " SSND : 4008 (should be 1954)"
+# (AIFF), "  Data Size   : 4000 (should be 1976)" (AU). It then reads what is there, and
+# the rest of the recording was silently missing from the output.
+_SHORT_SAMPLE_CHUNK = re.compile(
+    r"^\s*(?:data|SSND|Data Size)\s*:\s*(\d+)\s*\(should be (\d+)\)", re.M
+)
+
+# A writer that could not seek back (to a pipe) leaves a placeholder for the size it did not
+# know yet: 0xFFFFFFFF, 0x7FFFFFFF, sox's 0x7FFFF000. Sizes this large are taken as unknown,
+# not as a promise the file broke.
+_UNKNOWN_SIZE_FROM = 0x7FF00000
+
+
+def truncation(log: str) -> tuple[int, int] | None:
+    """The sample bytes a sound file's header declares and those it holds, where it holds
+    fewer (the file was cut short: an interrupted copy, download or recording), from
+    libsndfile's log of its header (``SoundFile.extra_info``); else None.
+
+    Example:
+        >>> truncation("RIFF : 6036 (should be 3014)\\nWAVE\\ndata : 6000 (should be 2978)\\n")
+        (6000, 2978)
+        >>> truncation("data : 4294967295 (should be 4000)\\n") is None  # streamed: size unknown
+        True
+    """
+    match = _SHORT_SAMPLE_CHUNK.search(log)
+    if match is None:
+        return None
+    declared, held = int(match[1]), int(match[2])
+    return (declared, held) if held < declared < _UNKNOWN_SIZE_FROM else None
 
 
 def _tags(f: sf.SoundFile) -> dict[str, str]:

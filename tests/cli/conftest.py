@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import shutil
@@ -78,6 +79,9 @@ def bad_inputs(tmp_path) -> dict[str, Path]:
         "pickled": folder / "pickled.npy",
         "objects": folder / "objects.npy",
         "4d": folder / "four_d.npy",
+        "truncated": folder / "truncated.wav",
+        "truncated_aiff": folder / "truncated.aiff",
+        "truncated_au": folder / "truncated.au",
     }
     files["empty"].write_bytes(b"")
     files["text"].write_text("this is not audio\n" * 20)
@@ -85,6 +89,12 @@ def bad_inputs(tmp_path) -> dict[str, Path]:
     files["pickled"].write_bytes(pickle.dumps({"evil": 1}))
     np.save(files["objects"], np.array([1, "a", None], dtype=object), allow_pickle=True)
     np.save(files["4d"], np.zeros((2, 2, 2, 8)))
+    for kind in ("truncated", "truncated_aiff", "truncated_au"):
+        # Cut short (an interrupted copy): the header promises 1,000 frames, 400 are there.
+        whole = io.BytesIO()
+        fmt = files[kind].suffix[1:].upper()
+        sf.write(whole, np.zeros((1000, 2)), 8000, subtype="PCM_16", format=fmt)
+        files[kind].write_bytes(whole.getvalue()[: 1600 + 64])
     return files
 
 

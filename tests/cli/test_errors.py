@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import io
+import struct
+
 import numpy as np
 import pytest
+import soundfile as sf
 
 from tests.cli.conftest import SAMPLES, invoke, listing
 
@@ -24,6 +28,9 @@ def convolve(*args):
         ("pickled", "not a valid .npy file"),
         ("objects", "pickled data"),
         ("4d", "4-D"),
+        ("truncated", "truncated: its header declares 4,000 bytes of samples, the file holds"),
+        ("truncated_aiff", "truncated: its header declares"),
+        ("truncated_au", "truncated: its header declares 4,000 bytes"),
     ],
 )
 def test_unreadable_input(bad_inputs, tmp_path, kind, reason):
@@ -35,6 +42,22 @@ def test_unreadable_input(bad_inputs, tmp_path, kind, reason):
     assert str(src) in r.stderr and reason in r.stderr
     assert "Traceback" not in r.output
     assert listing(out_dir) == []
+
+
+def test_a_wav_streamed_with_its_size_unknown_is_read_whole(tmp_path):
+    # Written to a pipe, a WAV's header keeps a placeholder size (0xFFFFFFFF, sox's
+    # 0x7FFFF000): not a truncated file, whatever libsndfile's log says of it.
+    whole = io.BytesIO()
+    sf.write(whole, np.linspace(-0.5, 0.5, 1000), 8000, subtype="PCM_16", format="WAV")
+    data = bytearray(whole.getvalue())
+    at = data.find(b"data")
+    for placeholder in (0xFFFFFFFF, 0x7FFFF000):
+        data[at + 4 : at + 8] = struct.pack("<I", placeholder)
+        src = tmp_path / f"streamed_{placeholder:x}.wav"
+        src.write_bytes(bytes(data))
+        r = convolve(src, tmp_path / f"{src.stem}.npy")
+        assert r.exit_code == 0, r.output
+        assert np.load(tmp_path / f"{src.stem}.npy").shape == (1, 1000)
 
 
 def test_missing_input_is_usage_error(tmp_path):
