@@ -117,16 +117,21 @@ def _may_overflow(
 ) -> bool:
     # Whether a transform's intermediate sums could overflow for finite operands of these
     # largest magnitudes (half types are computed in float32: never scaled).
-    if x.dtype not in (torch.float32, torch.float64) or x_max == 0 or w_max == 0:
+    if x.dtype not in (torch.float32, torch.float64) or max(x_max, w_max) == 0:
         return False
     n = x.shape[-1] + w.shape[-1]
     limit = math.log2(torch.finfo(x.dtype).max) - 2
-    worst = math.log2(x_max) + math.log2(w_max) + math.log2(w.shape[-1]) + 2 * math.log2(n)
     # Each operand's own spectrum too (its sums reach n times its largest value), whatever
     # the other's size: float32 samples near 1e36 under a 1e-9 kernel have a finite product
-    # bound and a result near 1e28, but an Inf DC bin that turned every output into NaN.
-    alone = max(math.log2(x_max), math.log2(w_max)) + math.log2(n)
-    return worst >= limit or (transforms and alone >= limit)
+    # bound and a result near 1e28, but an Inf DC bin that turned every output into NaN. So
+    # under a kernel of zeros, whose result is zeros (Inf times 0 is NaN).
+    alone = math.log2(max(x_max, w_max)) + math.log2(n)
+    if transforms and alone >= limit:
+        return True
+    if x_max == 0 or w_max == 0:
+        return False  # every product is 0
+    worst = math.log2(x_max) + math.log2(w_max) + math.log2(w.shape[-1]) + 2 * math.log2(n)
+    return worst >= limit
 
 
 def _scaled_range(

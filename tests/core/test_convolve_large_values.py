@@ -67,6 +67,36 @@ def test_one_operands_own_spectrum_does_not_overflow(
     assert relative_error(out, expected) <= tolerance
 
 
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("zeros", ["kernel", "signal"])
+@pytest.mark.parametrize("dtype, scale", [(torch.float32, 4e36), (torch.float64, 3e304)])
+def test_zeros_against_an_operand_whose_own_spectrum_overflows_give_zeros(
+    method, zeros, dtype, scale
+):
+    # The guard skipped its own-spectrum check when the other operand's largest value was 0:
+    # an Inf DC bin times 0 made every output and the kernel's gradient NaN.
+    large = torch.full((3000,), scale, dtype=dtype)
+    if zeros == "kernel":
+        x, w, mode, lo = large.expand(2, -1), torch.zeros(40, dtype=dtype), "valid", 39
+    else:
+        x, w, mode, lo = torch.zeros(2, 300, dtype=dtype), large, "full", 0
+    x, w = x.clone().requires_grad_(True), w.clone().requires_grad_(True)
+    out = diffconv_core.convolve(x, w, mode, method=method)
+    assert torch.equal(out, torch.zeros_like(out)), f"{method}: {out.flatten()[:3]}"
+    g = torch.full_like(out, 1e-6)  # the gradients' sums of the large samples stay finite
+    grad_x, grad_w = torch.autograd.grad(out, (x, w), g)
+    # Each operand's gradient correlates g, placed back in the full range, with the other.
+    xs, ws = x.detach().double().numpy(), w.detach().double().numpy()
+    g_full = np.zeros((2, xs.shape[-1] + ws.shape[-1] - 1))
+    g_full[:, lo : lo + out.shape[-1]] = 1e-6
+    expected_x = np.stack([np.correlate(row, ws, "valid") for row in g_full])
+    expected_w = sum(np.correlate(gr, xr, "valid") for gr, xr in zip(g_full, xs, strict=True))
+    tolerance = 1e-4 if dtype == torch.float32 else 1e-10  # sums of 3,000 equal products
+    for got, expected in ((grad_x, expected_x), (grad_w, expected_w)):
+        assert torch.isfinite(got).all(), f"{method}: non-finite gradient"
+        assert relative_error(got, expected) <= tolerance
+
+
 def test_the_direct_sums_are_not_scaled_for_a_spectrum_they_never_form():
     # The guard against one operand's own spectrum overflowing is for the transforms: the
     # direct sums scaled by 2**-120 pushed the small samples beside a 1e36 spike into
