@@ -376,7 +376,7 @@ def tiny_lagged_products(g: torch.Tensor, x: torch.Tensor, lo: int, K: int) -> t
     with autocast_off("cpu"):
         _, lags, _ = _native_conv2d_backward(
             grads.contiguous().view(1, 1, R, L),
-            source.view(1, 1, R, L + K - 1),
+            source.contiguous().view(1, 1, R, L + K - 1),  # one tap: x itself, maybe strided
             taps,
             [1, K],
             [1, 1],

@@ -239,3 +239,27 @@ def test_a_recorded_small_call_is_recorded_by_autograd_when_its_output_is_finite
     assert "ConvolutionBackward0" not in _recorded_by(y)
     (grad_w,) = torch.autograd.grad(y[1].sum() + y[0, :40].sum(), w)
     assert torch.isfinite(grad_w).all()
+
+
+@pytest.mark.parametrize("case", ["nan", "mixed dtypes", "float16"])
+def test_one_tap_over_transposed_rows_has_gradients(case):
+    # With one tap the native weight gradient read the signal itself, stored transposed, and
+    # its view raised ("view size is not compatible with input tensor's size and stride")
+    # wherever the careful path's Function ran: NaN samples, mixed or half dtypes.
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(20, 3, generator=gen, dtype=torch.float64).t()  # (3, 20), time stride 3
+    w = torch.randn(1, generator=gen, dtype=torch.float64)
+    if case == "nan":
+        x[1, 4] = float("nan")
+    elif case == "mixed dtypes":
+        w = w.float()
+    else:
+        x, w = x.half(), w.half()
+    for mode in ("same", "full", "valid"):
+        grads = []
+        for signal in (x, x.contiguous()):
+            xs, ws = signal.detach().requires_grad_(True), w.detach().clone().requires_grad_(True)
+            convolve(xs, ws, mode).nan_to_num(0.0).sum().backward()
+            grads.append((xs.grad, ws.grad))
+        (gx, gw), (cx, cw) = grads
+        assert torch.equal(gx, cx) and torch.allclose(gw, cw, equal_nan=True), mode
