@@ -201,10 +201,7 @@ def takes_tiny_range(x: torch.Tensor, w: torch.Tensor, lo: int, hi: int) -> bool
     K = w.shape[-1]
     rows = x.numel() // max(x.shape[-1], 1)
     return (
-        w.numel() == K
-        and x.dtype == w.dtype
-        and x.device.type == "cpu"
-        and small_call(rows, hi - lo, K, x.dtype)
+        w.numel() == K and x.dtype == w.dtype and x.is_cpu and small_call(rows, hi - lo, K, x.dtype)
     )
 
 
@@ -335,6 +332,8 @@ def tiny_range(x: torch.Tensor, w: torch.Tensor, lo: int, hi: int) -> torch.Tens
             out = F.conv2d(source, taps, None, 1, padding)
         else:
             out = _framed_conv._native_conv2d(source, taps, (1, K), None, (1, 1), padding)
+    if w.dim() == 1:
+        return out.view(x.shape[:-1] + (n_out,))
     # A kernel (1, ..., 1, K) adds its leading ones to the result's shape, as broadcasting does.
     return out.view(*broadcast_shapes(x.shape[:-1], w.shape[:-1]), n_out)
 

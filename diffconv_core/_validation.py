@@ -9,6 +9,7 @@ import operator
 from collections.abc import Sequence
 
 import torch
+import torch.autograd.forward_ad as forward_ad
 
 MODES = ("full", "same", "valid")
 PADDINGS = ("zeros", "reflect", "symmetric", "replicate", "circular")
@@ -123,8 +124,6 @@ def carries_tangent(t: torch.Tensor) -> bool:
     Functions have no jvp rule: an operand with one takes the plain path, and so does a
     backward pass whose incoming gradient has one (forward-over-reverse Hessian-vector
     products, ``gradgradcheck``'s ``check_fwd_over_rev``)."""
-    import torch.autograd.forward_ad as forward_ad
-
     # No dual level entered: no tangents anywhere, and nothing to unpack.
     return forward_ad._current_level >= 0 and forward_ad.unpack_dual(t).tangent is not None
 

@@ -51,7 +51,7 @@ def _run(x: torch.Tensor, w: torch.Tensor, mode: str, padding: str, method: str)
         left, right = (K // 2, (K - 1) // 2) if mode == "same" else (K - 1, K - 1)
         x = pad(x, left, right, padding)
         lo, hi = K - 1, x.shape[-1]
-    if x.device.type == "meta":
+    if x.is_meta:
         # Shapes without values (model construction on the meta device, shape inference):
         # conv1d gives the output's shape, dtype and autograd graph; no method has anything
         # to choose, and the non-finite scan has nothing to read.
