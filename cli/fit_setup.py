@@ -12,7 +12,7 @@ import os
 
 import click
 
-from cli.batch import option_errors
+from cli.batch import check_kernel_memory, option_errors
 from cli.options import check_window_params
 
 #: The largest --seed whose per-step seeds stay 64-bit integers.
@@ -38,6 +38,7 @@ def check_options(o: dict) -> None:
     window = o["window"] or (o["init"] if o["init"] not in (None, "delta", "zeros") else None)
     if window is not None:
         check_window_params(window, o["params"])
+    check_kernel_memory(o["taps"], "'--taps'")
     if o["plot"] is not None and not o["plot"].lower().endswith(".png"):
         raise click.BadParameter(f"{o['plot']!r} is not a .png file", param_hint="'--plot'")
     # click's float ranges let NaN through, and inf passes a lower bound.

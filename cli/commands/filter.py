@@ -39,7 +39,7 @@ def filter(paths, lowpass, highpass, bandpass, bandstop, taps, window, params, *
     8388608) stream in blocks of DIFFCONV_BLOCK_FRAMES frames, in bounded memory. Under
     torchrun the files are split across the ranks.
     """
-    from cli.batch import execute
+    from cli.batch import check_kernel_memory, execute
     from cli.runner import RunOptions
 
     given = {
@@ -61,6 +61,7 @@ def filter(paths, lowpass, highpass, bandpass, bandstop, taps, window, params, *
 
     def build():
         check_window_params(window, params)
+        check_kernel_memory(taps, "'--taps'")
         return filter_operation(
             band,
             cutoff,

@@ -264,11 +264,13 @@ def _file_kernel(path: str, normalize: str):
 
 
 def _window_kernel(opts):
+    from cli.batch import check_kernel_memory
     from diffconv_core.gradients import window_kernel
 
     name = opts["window"] or "hann"
     check_window_params(name, opts["params"])
     length = 31 if opts["length"] is None else opts["length"]
+    check_kernel_memory(length, "'--length'")
     normalize = opts["normalize"] or "sum"
     spec = window_kernel(
         name,

@@ -43,7 +43,7 @@ def smooth(paths, window, length, params, width, edges, nan_policy, **shared) ->
     8388608) stream in blocks of DIFFCONV_BLOCK_FRAMES frames, in bounded memory. Under
     torchrun the files are split across the ranks.
     """
-    from cli.batch import execute
+    from cli.batch import check_kernel_memory, execute
     from cli.runner import RunOptions
 
     options = RunOptions.from_shared(shared)
@@ -53,6 +53,7 @@ def smooth(paths, window, length, params, width, edges, nan_policy, **shared) ->
 
     def build():
         check_window_params(window, params)
+        check_kernel_memory(length, "'--length'")
         return smooth_operation(
             window,
             length,

@@ -58,6 +58,43 @@ def test_option_values_too_large_to_build_are_usage_errors(tmp_path, args):
     assert not out.exists()
 
 
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["smooth", "--length", "20000001"],
+        ["filter", "--lowpass", "100", "--taps", "20000001"],
+        ["grad", "--length", "20000001"],
+        ["fit", "--taps", "20000001"],
+    ],
+)
+def test_a_kernel_longer_than_memory_allows_is_refused_before_it_is_built(
+    tmp_path, monkeypatch, args
+):
+    # Linux grants the allocation and kills the process once its pages are touched: exit 137
+    # and no message (--length 10**9 on a 23 GB machine). The length is checked against the
+    # memory available first; here 1 GiB, so 20 M taps (about 1.2 GiB to build) are refused.
+    from cli import batch
+
+    monkeypatch.setattr(batch, "available_memory", lambda: 2**30)
+    out = tmp_path / ("k.npy" if args[0] == "fit" else "o.wav")
+    target = ["--out", out] if args[0] == "fit" else []
+    result = invoke(args[0], SPEECH, SPEECH if args[0] == "fit" else out, *target, *args[1:])
+    assert result.exit_code == 2, result.output
+    assert "20,000,001 taps: too large to build (about 1 GiB needed, 1.0 GiB" in result.stderr
+    assert "Traceback" not in result.stderr and listing(tmp_path) == []
+
+
+def test_available_memory_reads_the_system_and_the_address_space_limit():
+    import resource
+
+    from cli.batch import available_memory
+
+    found = available_memory()
+    assert found is not None and 0 < found
+    limit = resource.getrlimit(resource.RLIMIT_AS)[0]
+    assert limit == resource.RLIM_INFINITY or found <= limit
+
+
 @pytest.fixture
 def trace(tmp_path):
     path = tmp_path / "trace.npy"
