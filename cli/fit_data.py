@@ -25,7 +25,7 @@ import numpy as np
 
 from cli.audio_io import SignalInfo, probe, read_signal
 from cli.errors import EXIT_USAGE, FileProblem
-from cli.jobs import plan_jobs
+from cli.jobs import plan_jobs, refused_paths, why_missing
 
 
 @dataclass(frozen=True)
@@ -91,8 +91,9 @@ def discover_pairs(
     """
     src, dst = Path(inputs), Path(targets)
     for path, what in ((src, "INPUTS"), (dst, "TARGETS")):
-        if not path.exists():
-            raise click.BadParameter(f"{path}: no such file or directory", param_hint=what)
+        with refused_paths():
+            if not path.exists():
+                raise click.BadParameter(f"{path}: {why_missing(path)}", param_hint=what)
     if src.is_dir() != dst.is_dir():
         raise click.UsageError(
             f"INPUTS and TARGETS must be two files or two directories; got {src} "

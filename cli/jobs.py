@@ -20,8 +20,10 @@ The order is deterministic (sorted), so every rank of a distributed run plans th
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -91,6 +93,33 @@ def plan_jobs(
         ...                                                  "out.wav")]
         [('sample_data/speech_mono16.wav', 'out.wav')]
     """
+    with refused_paths():
+        return _plan_jobs(inputs, output, glob, recursive, stdio, raw, notes, writes)
+
+
+@contextlib.contextmanager
+def refused_paths() -> Iterator[None]:
+    """A path the system refuses outright (a name over 255 bytes, a loop of links), met while
+    the command line's paths are looked at, as a usage error naming it: nothing can be read
+    or written there, whatever the files hold. (Its ``OSError`` reached the command group as
+    "diffconv: error: File name too long", exit 1.)
+
+    Example:
+        >>> with refused_paths():
+        ...     os.stat("x" * 300)
+        Traceback (most recent call last):
+        click.exceptions.UsageError: xxx...: file name too long
+    """
+    try:
+        yield
+    except OSError as err:
+        if err.errno not in (errno.ENAMETOOLONG, errno.ELOOP):
+            raise
+        reason = (err.strerror or str(err)).lower()
+        raise click.UsageError(f"{err.filename}: {reason}") from None
+
+
+def _plan_jobs(inputs, output, glob, recursive, stdio, raw, notes, writes) -> list[Job]:
     if not inputs:
         raise click.UsageError("give at least one INPUT and an OUTPUT")
     if stdio and (pipes.DASH in inputs or os.fspath(output) == pipes.DASH):
@@ -98,7 +127,7 @@ def plan_jobs(
     sources = [Path(p) for p in inputs]
     for src in sources:
         if not src.exists():
-            raise click.BadParameter(f"{src}: no such file or directory", param_hint="INPUT")
+            raise click.BadParameter(f"{src}: {why_missing(src)}", param_hint="INPUT")
     out = Path(output)
     out_is_dir = (
         len(sources) > 1
@@ -181,7 +210,7 @@ def _plan_pipe(inputs: list[str], output: str) -> Job:
     else:
         source, data = Path(inputs[0]), None
         if not source.exists():
-            raise click.BadParameter(f"{source}: no such file or directory", param_hint="INPUT")
+            raise click.BadParameter(f"{source}: {why_missing(source)}", param_hint="INPUT")
         if source.is_dir():
             raise click.UsageError(
                 f"- (stdout) takes one result, but INPUT {source} is a directory"
@@ -196,6 +225,22 @@ def _plan_pipe(inputs: list[str], output: str) -> Job:
         )
     _check_parent(dest)
     return Job(source, dest, stdin=data)
+
+
+def why_missing(path: Path) -> str:
+    """Why ``path``, which does not exist as far as ``Path.exists`` tells, cannot be read:
+    a symbolic link that leads nowhere, or to itself, is there all the same.
+
+    Example:
+        >>> why_missing(Path("no/such/file.wav"))
+        'no such file or directory'
+    """
+    if os.path.islink(path):
+        try:
+            os.stat(path)
+        except OSError as err:
+            return f"a symbolic link that cannot be followed ({(err.strerror or str(err)).lower()})"
+    return "no such file or directory"
 
 
 def _check_parent(path: Path) -> None:

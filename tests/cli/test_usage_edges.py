@@ -204,6 +204,36 @@ def test_names_up_to_the_file_system_limit_are_written(tmp_path, stem, streamed)
     assert listing(tmp_path) == [dest.name]
 
 
+@pytest.mark.parametrize("command", ["smooth", "fit"])
+def test_a_name_past_the_file_system_limit_is_a_usage_error(tmp_path, command):
+    # os.stat's ENAMETOOLONG escaped the planning: "diffconv: error: File name too long",
+    # exit 1, as if a file had failed.
+    dest = tmp_path / f"{'c' * 300}.wav"
+    if command == "fit":
+        result = invoke("fit", dest, SPEECH, "--out", tmp_path / "k.npy")
+    else:
+        result = invoke("smooth", SPEECH, dest)
+    assert result.exit_code == 2, result.output
+    assert f"{dest}: file name too long" in result.stderr and "Traceback" not in result.stderr
+    assert listing(tmp_path) == []
+
+
+@pytest.mark.parametrize("target", ["itself", "nowhere"])
+def test_an_input_link_that_cannot_be_followed_says_so(tmp_path, target):
+    link = tmp_path / "in.wav"
+    if target == "itself":
+        (tmp_path / "other.wav").symlink_to(link)
+        link.symlink_to(tmp_path / "other.wav")
+        reason = "too many levels of symbolic links"
+    else:
+        link.symlink_to(tmp_path / "gone.wav")
+        reason = "no such file or directory"
+    result = invoke("smooth", link, tmp_path / "out.wav")
+    assert result.exit_code == 2, result.output
+    assert f"{link}: a symbolic link that cannot be followed ({reason})" in result.stderr
+    assert not (tmp_path / "out.wav").exists()
+
+
 def test_a_npy_header_with_a_negative_dimension_is_corrupt(tmp_path):
     path = tmp_path / "neg.npy"
     np.save(path, np.zeros(5, np.float32))
