@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from cli.errors import FileProblem
-from cli.writing import atomic_write
+from cli.writing import atomic_write, save_npy
 
 
 def output_paths(out: str | os.PathLike) -> dict[str, Path]:
@@ -58,7 +58,7 @@ def write_kernel_files(
 ) -> None:
     """Write KERNEL.npy (float64, ``(K,)``), KERNEL.txt and KERNEL.json."""
     kernel = np.asarray(kernel, dtype=np.float64).reshape(-1)
-    atomic_write(paths["npy"], lambda f: np.save(f, kernel, allow_pickle=False))
+    atomic_write(paths["npy"], lambda f: save_npy(f, kernel))
     text = sox_text(kernel).encode()
     atomic_write(paths["txt"], lambda f: f.write(text))
     blob = (json.dumps(summary, indent=2, allow_nan=True) + "\n").encode()

@@ -506,7 +506,7 @@ class AtomicWriter:
                         else np.zeros(self.shape)
                     )
                     array = whole.reshape(self._npy_shape()).astype(self.spec.dtype, copy=False)
-                    np.save(file, array, allow_pickle=False)
+                    save_npy(file, array)
                 self._blocks = None
         if self._array is not None:
             # No flush: it would msync, i.e. wait for the disk; unmapping leaves the data in
@@ -590,6 +590,29 @@ def _reserve(path: str) -> None:
             raise  # ENOSPC, EFBIG ...; a file system without fallocate is left as it was
     finally:
         os.close(fd)
+
+
+def save_npy(file: io.BufferedIOBase, array: np.ndarray) -> None:
+    """``np.save(file, array)`` (never pickled) through the file's own ``write`` calls, so a
+    failed write says why. numpy's fast path for a real file (``tofile``) reported a full
+    disk as "cannot finish writing (80000 requested and 8176 written)", where Python's
+    ``write`` raises ``OSError`` with the reason ("No space left on device", "File too
+    large"). Its chunks cost one copy of the array in 16 MiB pieces.
+
+    Example:
+        >>> buffer = io.BytesIO()
+        >>> save_npy(buffer, np.arange(3.0))
+        >>> np.load(io.BytesIO(buffer.getvalue()))
+        array([0., 1., 2.])
+    """
+    np.save(_WriteCalls(file), array, allow_pickle=False)
+
+
+class _WriteCalls:
+    """A file as numpy's writers see a stream: only its ``write``."""
+
+    def __init__(self, file: io.BufferedIOBase):
+        self.write = file.write
 
 
 def atomic_write(

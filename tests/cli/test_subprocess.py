@@ -184,6 +184,33 @@ def test_text_for_a_full_disk_is_a_failure_not_a_traceback(args):
     assert "Traceback" not in result.stderr and "Exception ignored" not in result.stderr
 
 
+@pytest.mark.parametrize("suffix", [".npy", ".wav"])
+def test_a_write_the_system_refuses_says_why(tmp_path, suffix):
+    # A .npy output past the file-size limit (as a full disk) said only "cannot finish
+    # writing (100000 requested and 49968 written)": numpy's tofile drops the reason.
+    source = tmp_path / "in.npy"
+    np.save(source, np.random.default_rng(0).standard_normal((2, 50_000)).astype(np.float32))
+    code = (
+        "import resource, signal, sys\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"  # a write past it fails with EFBIG
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, resource.RLIM_INFINITY))\n"
+        "sys.argv = ['diffconv', *sys.argv[1:]]\n"
+        "from cli.main import main\n"
+        "main()\n"
+    )
+    dest = tmp_path / f"out{suffix}"
+    result = subprocess.run(
+        [sys.executable, "-c", code, "smooth", source, dest, "--rate", "8000"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
+    assert result.returncode == 1, result.stderr
+    assert f"{dest}: cannot finish writing (File too large)" in result.stderr
+    assert listing(tmp_path) == ["in.npy"]
+
+
 def test_text_into_a_closed_pipe_ends_quietly():
     # `diffconv windows | head -1`: the reader is done; no message, no traceback.
     command = f"{sys.executable} -m cli windows | head -1"
