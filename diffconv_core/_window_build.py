@@ -191,7 +191,8 @@ def _discrete(window: str, p: Param, value: Any) -> Any:
         number = operator.index(value)
     except TypeError:
         raise TypeError(f"{window} parameter {p.name} must be an integer; got {value!r}") from None
-    if isinstance(value, bool) or number < p.low:
+    too_large = p.high is not None and number > p.high
+    if isinstance(value, bool) or number < p.low or too_large:
         raise ValueError(f"{window} parameter {p.name} must be {p.range_text()}; got {value!r}")
     return number
 

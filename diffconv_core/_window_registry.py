@@ -52,6 +52,8 @@ class Param:
             return "one of " + ", ".join(map(repr, options))
         if self.kind == "bool":
             return "True or False"
+        if self.kind == "int" and self.high is not None:
+            return f"an integer from {self.low:g} to {self.high:g}"
         if self.kind == "int":
             return f"an integer >= {self.low:g}"
         if self.vector:
@@ -166,7 +168,9 @@ SPECS: tuple[Spec, ...] = (
         "taylor",
         ["taylorwin"],
         [
-            Param("nbar", 4, low=1.0, kind="int"),
+            # Its coefficients take products over (nbar - 1)**2 pairs, which overflow from
+            # nbar ~500 (scipy's are NaN there too): a bound, not a grid past memory.
+            Param("nbar", 4, low=1.0, high=1000.0, kind="int"),
             Param("sll", 30.0, **_POSITIVE),
             Param("norm", True, kind="bool"),
         ],
