@@ -36,6 +36,25 @@ def kernel_from_option(path: str, normalize: str) -> np.ndarray:
         raise click.BadParameter(str(err), param_hint="'--normalize'") from err
 
 
+def kernel_rate(path: str | os.PathLike) -> float | None:
+    """The sample rate of a kernel file: an audio file's (an impulse response is recorded at
+    one), None for .npy and text files, which carry none (or where it cannot be read: then
+    :func:`load_kernel` says why).
+
+    Example:
+        >>> kernel_rate("sample_data/impulse_response.wav"), kernel_rate("k.npy")
+        (16000.0, None)
+    """
+    path = os.fspath(path)
+    suffix = Path(path).suffix.lower()
+    if suffix in _TEXT_SUFFIXES or suffix == ".npy":
+        return None
+    try:
+        return probe(path).rate
+    except FileProblem:
+        return None
+
+
 def load_kernel(path: str | os.PathLike) -> np.ndarray:
     """Read a kernel file.
 

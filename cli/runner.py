@@ -57,6 +57,9 @@ class Operation:
             ``out_frames`` samples per channel in all. None: long files are processed whole.
         check: optional ``check(info)`` raising ``ValueError`` for a file the operation
             cannot take (e.g. a kernel with another channel count), before it is read.
+        advise: optional ``advise(info)`` -> a warning for a file the operation takes but
+            probably should not as it is (e.g. an impulse response at another sample rate),
+            or None.
 
     Shape:
         ``apply``: ``(B, C, T)`` (or ``(B, N, C, T)``) -> ``(B, C, T')``.
@@ -65,6 +68,7 @@ class Operation:
     apply: Callable[[Any, SignalInfo], Any]
     streamer: Callable[[SignalInfo, Any], tuple[Any, int] | None] | None = None
     check: Callable[[SignalInfo], None] | None = None
+    advise: Callable[[SignalInfo], str | None] | None = None
 
 
 @dataclass
@@ -237,6 +241,9 @@ def _prepare(job: Job, operation: Operation, options: RunOptions, report: Report
             info = dataclasses.replace(info, dtype=np.dtype("float64"))
         if operation.check is not None:
             operation.check(info)
+        advice = operation.advise(info) if operation.advise is not None else None
+        if advice:
+            report.warn(str(job.source), advice)
         if _looks_channels_last(info):
             channels, frames = info.original_shape
             report.warn(

@@ -43,7 +43,7 @@ def convolve(paths, kernel_path, mode, padding, correlate, normalize, **shared) 
     torchrun the files are split across the ranks.
     """
     from cli.batch import execute
-    from cli.kernels import kernel_from_option
+    from cli.kernels import kernel_from_option, kernel_rate
     from cli.runner import RunOptions
 
     options = RunOptions.from_shared(shared)
@@ -55,16 +55,29 @@ def convolve(paths, kernel_path, mode, padding, correlate, normalize, **shared) 
             padding=padding,
             correlate=correlate,
             method=shared["method"],
+            rate=kernel_rate(kernel_path),
+            name=kernel_path,
         )
 
     execute(paths, options, build, glob=shared["glob"], recursive=shared["recursive"])
 
 
-def kernel_operation(kernel, *, mode="same", padding="zeros", correlate=False, method="auto"):
+def kernel_operation(
+    kernel,
+    *,
+    mode="same",
+    padding="zeros",
+    correlate=False,
+    method="auto",
+    rate=None,
+    name="the kernel",
+):
     """The :class:`~cli.runner.Operation` that convolves every file with ``kernel``.
 
     Also used by ``filter`` (and usable by other commands with a fixed kernel). Options the
-    core rejects raise ValueError/TypeError here, before any file is read.
+    core rejects raise ValueError/TypeError here, before any file is read. A kernel recorded
+    at a sample ``rate`` (an impulse response from an audio file, called ``name``) is applied
+    sample for sample all the same; a file at another rate gets a warning, once per rate.
 
     Shape:
         kernel ``(K,)`` (every channel) or ``(C, K)`` (one per channel; files must have C
@@ -134,4 +147,17 @@ def kernel_operation(kernel, *, mode="same", padding="zeros", correlate=False, m
         )
         return conv, info.frames + left + right - taps + 1
 
-    return Operation(apply=apply, streamer=streamer, check=check)
+    warned_rates: set[float] = set()
+
+    def advise(info) -> str | None:
+        # A 48 kHz room response on a 16 kHz file is a room three times the size: no error
+        # (a kernel in samples is what convolve takes), but not what most people meant.
+        if rate is None or not info.rate or info.rate == rate or info.rate in warned_rates:
+            return None
+        warned_rates.add(info.rate)
+        return (
+            f"{name} is at {rate:g} Hz and this file at {info.rate:g} Hz: the kernel is "
+            "applied sample for sample (resample one to the other's rate if that is not meant)"
+        )
+
+    return Operation(apply=apply, streamer=streamer, check=check, advise=advise)

@@ -207,3 +207,23 @@ def test_padding_with_valid_mode_is_a_usage_error(tmp_path):
     )
     assert r.exit_code == 2 and "valid" in r.stderr
     assert not (tmp_path / "y.npy").exists()
+
+
+def test_an_impulse_response_at_another_rate_is_warned_about_once_per_rate(tmp_path):
+    # Applied sample for sample, a 16 kHz room response on 8 kHz files is another room: a
+    # warning, once for each rate met (a directory of 2,000 clips gets one line, not 2,000).
+    ir = SAMPLES / "impulse_response.wav"  # 16 kHz
+    folder = tmp_path / "in"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for name, rate in (("a.wav", 8000), ("b.wav", 8000), ("c.wav", 16000)):
+        sf.write(folder / name, 0.1 * rng.standard_normal(4000), rate, subtype="FLOAT")
+    result = invoke("convolve", folder, tmp_path / "out", "--kernel", ir)
+    assert result.exit_code == 0, result.output
+    said = "is at 16000 Hz and this file at 8000 Hz: the kernel is applied sample for sample"
+    assert result.stderr.count(said) == 1 and "in/a.wav" in result.stderr
+    assert listing(tmp_path / "out") == ["a.wav", "b.wav", "c.wav"]
+    # A kernel without a rate (.npy, text) says nothing of it.
+    np.save(tmp_path / "k.npy", sf.read(ir)[0])
+    result = invoke("convolve", folder, tmp_path / "out2", "--kernel", tmp_path / "k.npy")
+    assert result.exit_code == 0 and "sample for sample" not in result.stderr
