@@ -67,10 +67,9 @@ def write_kernel_files(
 
 def write_loss_plot(dest: str | os.PathLike, history: dict[str, list[float]], title: str) -> None:
     """Training and validation loss against the step, log scale, as a PNG."""
-    import matplotlib
+    from cli.agg import pyplot
 
-    matplotlib.use("Agg")  # no display needed, and never a window from a batch job
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
     try:

@@ -85,6 +85,26 @@ def check_destinations(paths: dict, o: dict, checkpoint) -> None:
         parent = os.path.dirname(os.path.abspath(p))
         if not os.path.isdir(parent):
             raise click.UsageError(f"directory {parent} (for {os.fspath(p)}) does not exist")
+        if os.path.isdir(p):  # found after the whole training run otherwise
+            raise click.UsageError(f"{os.fspath(p)} is a directory, not a file to write")
+
+
+def check_outputs_apart(paths: dict, o: dict, checkpoint, pairs) -> None:
+    """No output of the fit may be one of its training files: with ``--overwrite`` the
+    kernel or checkpoint replaced the input or target it was learned from (``--out x.npy``
+    for an input x.npy), and a rerun then failed on "lengths differ"."""
+    outputs = [*paths.values(), checkpoint] + ([o["plot"]] if o["plot"] else [])
+    data = {}
+    for pair in pairs:
+        for side, info in (("input", pair.input), ("target", pair.target)):
+            data.setdefault(os.path.realpath(info.path), f"{pair.name}'s {side} {info.path}")
+    for p in outputs:
+        used = data.get(os.path.realpath(p))
+        if used is not None:
+            raise click.UsageError(
+                f"{os.fspath(p)} is a training file ({used}): the fit's outputs never replace "
+                "its data; name another --out, --checkpoint or --plot"
+            )
 
 
 def window_setup(o: dict) -> dict:

@@ -94,10 +94,9 @@ def write_grad_figure(
     ``start`` is the time of the first sample (seconds with ``rate``, else samples), so an
     excerpt is drawn on the input's time axis.
     """
-    import matplotlib
+    from cli.agg import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     signal = np.atleast_2d(signal)
     output = np.atleast_2d(output)

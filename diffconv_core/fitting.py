@@ -524,8 +524,30 @@ class Trainer:
             )
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+        _check_optimizer_state(self.optimizer)
         self.step_index = step
         self.history = history
+
+
+def _check_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
+    # A checkpoint damaged or edited inside the optimizer's state: moment estimates of
+    # another size, a negative or non-finite step count. load_state_dict takes them, and the
+    # first step then failed deep in torch ("The size of tensor a (13) must match ...").
+    for group in optimizer.param_groups:
+        total = sum(p.numel() for p in group["params"])  # L-BFGS keeps flat vectors
+        for param in group["params"]:
+            for key, value in optimizer.state.get(param, {}).items():
+                if not isinstance(value, torch.Tensor):
+                    continue
+                if value.is_floating_point() and not torch.isfinite(value).all():
+                    raise ValueError(f"checkpoint optimizer state {key!r} is not finite")
+                if key == "step" and (value.numel() != 1 or float(value) < 0):
+                    raise ValueError(f"checkpoint optimizer step must be >= 0; got {value}")
+                if value.dim() > 0 and value.numel() not in (param.numel(), total):
+                    raise ValueError(
+                        f"checkpoint optimizer state {key!r} holds {value.numel()} values for "
+                        f"a parameter of {param.numel()}"
+                    )
 
 
 def make_data(

@@ -190,7 +190,7 @@ def _fit(ranks, o: dict) -> None:
     from cli.errors import FileProblem
     from cli.fit_data import discover_pairs, pairs_rate
     from cli.fit_outputs import default_checkpoint, output_paths
-    from cli.fit_setup import check_destinations, check_options
+    from cli.fit_setup import check_destinations, check_options, check_outputs_apart
 
     # Everything decidable from the command line and the headers comes first (exit 2).
     try:
@@ -203,12 +203,14 @@ def _fit(ranks, o: dict) -> None:
     pairs = discover_pairs(
         o["inputs"], o["targets"], glob=o["glob"], recursive=o["recursive"], rate=o["rate"]
     )
+    check_outputs_apart(paths, o, checkpoint, pairs)
     rate = pairs_rate(pairs, o["rate"])
     if o["crop"] > 0 and rate is None:
         raise click.UsageError(
             ".npy pairs carry no sample rate: give --rate to crop in seconds, or --crop 0"
         )
-    crop = None if o["crop"] == 0 else max(1, round(o["crop"] * rate))
+    # A crop longer than every pair is the whole pair; 1e308 s times the rate overflowed round.
+    crop = None if o["crop"] == 0 else max(1, round(min(o["crop"] * rate, 2.0**62)))
     try:
         state = None
         if o["resume"]:
@@ -437,6 +439,12 @@ def _run(trainer, o, ranks, save) -> None:
         if "overflow" not in str(err):
             raise
         _diverged(trainer, "the step size overflows the kernel's number type")
+    except ValueError as err:
+        # A learned window setting stepped out of its range (std 1e-300 became NaN): the
+        # window refuses it on the next step, as a divergence; it ended in a traceback.
+        if "parameter" not in str(err) and "width" not in str(err):
+            raise
+        _diverged(trainer, f"a learned setting left its range ({err})")
     finally:
         bar.close()
         for sig, handler in previous.items():

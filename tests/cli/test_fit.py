@@ -162,6 +162,12 @@ def test_stop_and_resume_reaches_the_uninterrupted_kernel(tmp_path):
     assert s_part["final_val_loss"] == s_whole["final_val_loss"]
 
 
+def _with_adam_state(state: dict, key: str, value: torch.Tensor) -> dict:
+    optimizer = state["trainer"]["optimizer"]
+    moments = {0: {**optimizer["state"][0], key: value}}
+    return {**state, "trainer": {**state["trainer"], "optimizer": {**optimizer, "state": moments}}}
+
+
 def test_resume_refuses_another_validation_split_and_damaged_checkpoints(tmp_path):
     in_dir, tg_dir = write_pairs(tmp_path)
     part = tmp_path / "part.npy"
@@ -185,6 +191,11 @@ def test_resume_refuses_another_validation_split_and_damaged_checkpoints(tmp_pat
         {**state, "trainer": {**state["trainer"], "history": 3}},
         {**state, "trainer": {**state["trainer"], "history": {}}},
         {**state, "trainer": {**state["trainer"], "history": {**hist, "train": ["a"] * 5}}},
+        # The optimizer's own state: taken by load_state_dict, then a traceback at the first
+        # step ("The size of tensor a (13) must match ...", a ComplexDouble cast).
+        _with_adam_state(state, "exp_avg", torch.zeros(13)),
+        _with_adam_state(state, "step", torch.tensor(-5.0)),
+        _with_adam_state(state, "exp_avg_sq", torch.full((7,), float("nan"))),
     ]
     for i, bad in enumerate(damaged):
         path = tmp_path / f"bad{i}.pt"
@@ -393,6 +404,73 @@ def test_a_symlinked_file_in_a_tree_pairs_as_any_file(tmp_path):
     result = invoke(in_dir, tg_dir, "--out", tmp_path / "k.npy", *FAST)
     assert result.exit_code == 0, result.stderr
     assert np.load(tmp_path / "k.npy").shape == (7,)
+
+
+@pytest.mark.parametrize("which", ["--out", "--checkpoint", "--plot"])
+def test_no_output_replaces_a_training_file_even_with_overwrite(tmp_path, monkeypatch, which):
+    # --out xin.npy --overwrite replaced the input with the 7-tap kernel it learned.
+    monkeypatch.chdir(tmp_path)
+    rng = np.random.default_rng(0)
+    np.save("xin.npy", rng.standard_normal((1, 600)))
+    np.save("yin.npy", rng.standard_normal((1, 600)))
+    before = {name: Path(name).read_bytes() for name in ("xin.npy", "yin.npy")}
+    victim = {"--out": "xin.npy", "--checkpoint": "yin.npy", "--plot": "xin.npy"}[which]
+    outputs = {"--out": "k.npy", which: victim}
+    if which == "--plot":
+        Path("x.png").symlink_to("xin.npy")  # the same file by another name
+        outputs[which] = "x.png"
+    args = [a for pair in outputs.items() for a in pair]
+    result = invoke("xin.npy", "yin.npy", *args, *FAST, "--crop", 0, "--overwrite")
+    assert result.exit_code == 2, result.output
+    assert "is a training file" in result.stderr and "Traceback" not in result.stderr
+    assert {name: Path(name).read_bytes() for name in before} == before
+
+
+def test_an_output_that_is_a_directory_is_refused_before_training(tmp_path):
+    in_dir, tg_dir = write_pairs(tmp_path, n=1, frames=300)
+    (tmp_path / "k.txt").mkdir()  # fit wrote k.npy and k.ckpt.pt, then failed on this
+    result = invoke(in_dir, tg_dir, "--out", tmp_path / "k.npy", *FAST, "--overwrite")
+    assert result.exit_code == 2, result.output
+    assert "k.txt is a directory" in result.stderr
+    assert not (tmp_path / "k.npy").exists() and not (tmp_path / "k.ckpt.pt").exists()
+
+
+def test_a_crop_longer_than_any_pair_trains_on_whole_pairs(tmp_path):
+    # 1e305 s times the rate overflowed round(): a traceback. 1e30 s trained already.
+    in_dir, tg_dir = write_pairs(tmp_path, n=1, frames=300)
+    for crop in (1e30, 1e305):
+        out = tmp_path / f"k{crop:g}.npy"
+        result = invoke(in_dir, tg_dir, "--out", out, *FAST[:-4], "--crop", crop)
+        assert result.exit_code == 0, result.output
+        assert np.isfinite(np.load(out)).all() and np.load(out).shape == (7,)
+
+
+def test_a_learned_setting_leaving_its_range_is_a_divergence(tmp_path):
+    # std=1e-300 became NaN at the first step; the window refused it inside the trainer and
+    # the run ended in a traceback.
+    rng = np.random.default_rng(0)  # float64 pairs: 1e-300 is no float32
+    np.save(tmp_path / "x.npy", rng.standard_normal((1, 300)))
+    np.save(tmp_path / "y.npy", rng.standard_normal((1, 300)))
+    in_dir, tg_dir = tmp_path / "x.npy", tmp_path / "y.npy"
+    result = invoke(
+        in_dir, tg_dir, "--out", tmp_path / "k.npy", "--window", "gaussian",
+        "--param", "std=1e-300", "--steps", 5, "--crop", 0,
+    )  # fmt: skip
+    assert result.exit_code == 1, result.output
+    assert "training diverged: a learned setting left its range" in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "k.npy").exists()
+
+
+def test_an_unknown_matplotlib_backend_in_the_environment_does_not_stop_the_plot(tmp_path):
+    # MPLBACKEND=nonsense made matplotlib's import raise: a traceback after the kernel files.
+    from tests.cli.conftest import run_diffconv
+
+    in_dir, tg_dir = write_pairs(tmp_path, n=1, frames=300)
+    out, plot = tmp_path / "k.npy", tmp_path / "l.png"
+    env = {**os.environ, "MPLBACKEND": "nonsense"}
+    result = run_diffconv("fit", in_dir, tg_dir, "--out", out, *FAST, "--plot", plot, env=env)
+    assert result.returncode == 0, result.stderr
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_nonfinite_samples_refused_before_training(tmp_path):
