@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
 import os
 import sys
 import traceback
@@ -223,6 +224,13 @@ def _setup(jobs, opts) -> _Setup:
         raise click.UsageError(f"--objective {objective} needs --target FILE")
     if objective == "energy" and opts["target_path"]:
         raise click.UsageError("--target is only used by --objective mse or l1")
+    for name in ("start", "duration"):
+        # click's float ranges let NaN through, and inf passes a lower bound: they failed
+        # each file with Python's "cannot convert float NaN to integer".
+        if opts[name] is not None and not math.isfinite(opts[name]):
+            raise click.BadParameter(
+                f"must be a finite number of seconds; got {opts[name]}", param_hint=f"'--{name}'"
+            )
     if opts["rate"] is None and (opts["start"] or opts["duration"] is not None):
         for job in jobs:
             if job.source.suffix.lower() == ".npy":
@@ -497,14 +505,16 @@ def _write_set(outputs: list, overwrite: bool) -> None:
 def _excerpt(frames: int, rate, start: float, duration) -> tuple[int, int]:
     """Sample range [first, last) of the --start/--duration excerpt."""
     scale = rate or 1.0
-    first = int(round(start * scale))
+    # (Products past every length stand for the end: 1e308 s at 8 kHz is no integer.)
+    first = int(round(min(start * scale, frames)))
     if first >= frames:
         unit = "s" if rate else "samples"
         raise ValueError(
             f"--start {start:g} is past the end of the signal ({frames / scale:g} {unit})"
         )
-    last = frames if duration is None else min(frames, first + max(1, int(round(duration * scale))))
-    return first, last
+    if duration is None:
+        return first, frames
+    return first, min(frames, first + max(1, int(round(min(duration * scale, frames)))))
 
 
 def _excerpt_jacobian(x, w, taps: int, first: int, last: int, convolve_options: dict):

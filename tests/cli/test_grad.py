@@ -481,3 +481,25 @@ def test_excerpt_jacobian_of_a_window_is_the_files_block(tmp_path):
     kernel = window_kernel("gaussian", 7, normalize="sum", std=2.0)
     band = jacobian(torch.from_numpy(x)[50:70], kernel)  # zero edges: no wrap inside the file
     np.testing.assert_allclose(written, band.numpy(), atol=1e-12)
+
+
+@pytest.mark.parametrize("option", ["--start", "--duration"])
+@pytest.mark.parametrize("value", ["nan", "inf"])
+def test_an_excerpt_that_is_no_number_of_seconds_is_a_usage_error(
+    short_wav, tmp_path, option, value
+):
+    # click's float ranges let NaN and inf through: each file then failed with Python's
+    # "cannot convert float NaN to integer" (exit 1).
+    result = invoke("grad", short_wav, tmp_path / "out", option, value)
+    assert result.exit_code == 2, result.output
+    assert f"'{option}'" in result.stderr and "must be a finite number of seconds" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_excerpt_far_past_the_end_says_so(short_wav, tmp_path):
+    # 1e308 s times the rate is no integer: an OverflowError named as the file's failure.
+    result = invoke("grad", short_wav, tmp_path / "out", "--start", "1e308")
+    assert result.exit_code == 1, result.output
+    assert "--start 1e+308 is past the end of the signal" in result.stderr
+    result = invoke("grad", short_wav, tmp_path / "out2", "--duration", "1e308")
+    assert result.exit_code == 0, result.output
