@@ -56,11 +56,43 @@ def ranks_from_env(environ: dict | None = None) -> Ranks:
         Ranks(rank=1, world_size=2, local_rank=1)
     """
     env = os.environ if environ is None else environ
+    if env_problem(env) is not None:
+        # Not torchrun's: main() says so and stops. Here (a signal handler asks too) nothing
+        # may raise.
+        return Ranks()
     world = int(env.get("WORLD_SIZE", "1"))
     if world <= 1:
         return Ranks()
     local = env.get("LOCAL_RANK")
     return Ranks(int(env.get("RANK", "0")), world, int(local) if local is not None else None)
+
+
+def env_problem(environ: dict | None = None) -> str | None:
+    """What is wrong with torchrun's variables in the environment, or None: each that is
+    set must be a whole number (RANK=abc ended in a traceback).
+
+    Example:
+        >>> env_problem({"RANK": "abc", "WORLD_SIZE": "2"})
+        "RANK='abc' is not a whole number (torchrun sets RANK, WORLD_SIZE and LOCAL_RANK); unset it"
+        >>> env_problem({"RANK": "1", "WORLD_SIZE": "2"}) is None
+        True
+    """
+    env = os.environ if environ is None else environ
+    for name, least in (("WORLD_SIZE", 1), ("RANK", 0), ("LOCAL_RANK", 0)):
+        value = env.get(name)
+        if value is None:
+            continue
+        try:
+            number = int(value)
+        except ValueError:
+            number = None
+        if number is None or number < least:
+            return (
+                f"{name}={value!r} is not a whole number"
+                + (f" >= {least}" if number is not None else "")
+                + " (torchrun sets RANK, WORLD_SIZE and LOCAL_RANK); unset it"
+            )
+    return None
 
 
 #: How long a rank of a batch command waits for the others at the end. Files are dealt out
@@ -145,9 +177,11 @@ def join_process_group(ranks: Ranks, backend: str, wait_seconds: float | None = 
             )
     except ValueError as err:
         # RANK/WORLD_SIZE set by hand (or left over) without torchrun's MASTER_ADDR/PORT.
+        given = [f"{n}={os.environ[n]}" for n in ("RANK", "WORLD_SIZE") if n in os.environ]
         raise GroupUnavailable(
-            f"RANK={ranks.rank} and WORLD_SIZE={ranks.world_size} are set, but the process "
-            f"group cannot start ({err}); run under torchrun, or unset them"
+            f"{' and '.join(given) or 'WORLD_SIZE'} {'is' if len(given) == 1 else 'are'} set, "
+            f"but the process group cannot start ({err}); run under torchrun, or unset "
+            f"{'it' if len(given) == 1 else 'them'}"
         ) from None
     except dist.DistError as err:
         where = f"{os.environ.get('MASTER_ADDR', '?')}:{os.environ.get('MASTER_PORT', '?')}"

@@ -32,7 +32,7 @@ if _command_name(sys.argv[1:]) != "tune":
 # linear algebra in numpy, and on 2 cores those threads took 2% of a batch run's CPU time.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-from cli import __version__, errors, interrupts, startup  # noqa: E402 (after the settings)
+from cli import __version__, distributed, errors, interrupts, startup  # noqa: E402 (after the settings)
 
 # name -> (module under cli.commands, one-line help shown by `diffconv --help`)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -117,6 +117,10 @@ def main() -> None:
     startup.begin()  # rare collections while torch imports (see cli.startup)
     errors.stand_in_for_closed_streams()
     interrupts.unwind_on_sigterm()
+    problem = distributed.env_problem()
+    if problem is not None:
+        click.echo(f"diffconv: error: {problem}", err=True)
+        raise SystemExit(2)
     try:
         cli(prog_name="diffconv")  # also when run as `python -m cli` (torchrun -m cli)
     finally:

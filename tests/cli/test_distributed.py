@@ -288,3 +288,15 @@ def test_info_of_stdin_is_refused_under_torchrun(monkeypatch):
     result = invoke("info", "-")
     assert result.exit_code == 2
     assert "- (stdin) cannot be used under torchrun" in result.stderr
+
+
+def test_torchrun_variables_that_are_no_numbers_are_a_usage_error():
+    # RANK=abc ended in a traceback from int() in ranks_from_env.
+    from tests.cli.conftest import run_diffconv
+
+    for name, value in (("RANK", "abc"), ("WORLD_SIZE", "0"), ("LOCAL_RANK", "-1")):
+        env = {**os.environ, "WORLD_SIZE": "2", "RANK": "0", name: value}
+        result = run_diffconv("windows", env=env)
+        assert result.returncode == 2, result.stderr
+        assert f"{name}={value!r} is not a whole number" in result.stderr
+        assert "Traceback" not in result.stderr and result.stdout == ""
