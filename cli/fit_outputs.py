@@ -7,6 +7,7 @@ checkpoint that ``--resume`` would trip over). Nothing here imports torch at mod
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import warnings
@@ -56,13 +57,26 @@ def sox_text(kernel: np.ndarray) -> str:
 def write_kernel_files(
     paths: dict[str, Path], kernel: np.ndarray, summary: dict[str, object]
 ) -> None:
-    """Write KERNEL.npy (float64, ``(K,)``), KERNEL.txt and KERNEL.json."""
+    """Write KERNEL.npy (float64, ``(K,)``), KERNEL.txt and KERNEL.json: all three, or
+    (a write failed) none of those this call wrote, so no set is left half new."""
     kernel = np.asarray(kernel, dtype=np.float64).reshape(-1)
-    atomic_write(paths["npy"], lambda f: save_npy(f, kernel))
     text = sox_text(kernel).encode()
-    atomic_write(paths["txt"], lambda f: f.write(text))
     blob = (json.dumps(summary, indent=2, allow_nan=True) + "\n").encode()
-    atomic_write(paths["json"], lambda f: f.write(blob))
+    fills = {
+        "npy": lambda f: save_npy(f, kernel),
+        "txt": lambda f: f.write(text),
+        "json": lambda f: f.write(blob),
+    }
+    written: list[Path] = []
+    try:
+        for key, fill in fills.items():
+            atomic_write(paths[key], fill)
+            written.append(Path(paths[key]))
+    except BaseException:
+        for path in written:
+            with contextlib.suppress(OSError):
+                path.unlink()
+        raise
 
 
 def write_loss_plot(dest: str | os.PathLike, history: dict[str, list[float]], title: str) -> None:
@@ -108,7 +122,12 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
 
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise FileProblem(path, "no such checkpoint file", exit_code=2)
+        what = (
+            "a directory, not a checkpoint file"
+            if os.path.isdir(path)
+            else "no such checkpoint file"
+        )
+        raise FileProblem(path, what, exit_code=2)
     try:
         with warnings.catch_warnings():  # "Detected pickle protocol 4": the file's business
             warnings.simplefilter("ignore")

@@ -695,3 +695,34 @@ def test_progress_bar_on_a_terminal(tmp_path):
     text = b"".join(chunks).decode(errors="replace")
     assert "12/12" in text and "train=" in text and "val=" in text
     assert "fitted 7 taps" in text
+
+
+def test_kernel_files_are_written_all_or_none(tmp_path, monkeypatch):
+    # A failed .json write (a full disk) left KERNEL.npy and KERNEL.txt of the new run beside
+    # nothing: a set that looked finished.
+    from cli import fit_outputs
+    from cli.errors import FileProblem
+
+    real = fit_outputs.atomic_write
+
+    def fail_on_json(dest, fill, **kwargs):
+        if str(dest).endswith(".json"):
+            raise FileProblem(dest, "cannot write (No space left on device)")
+        return real(dest, fill, **kwargs)
+
+    monkeypatch.setattr(fit_outputs, "atomic_write", fail_on_json)
+    in_dir, tg_dir = write_pairs(tmp_path, n=1, frames=300)
+    result = invoke(in_dir, tg_dir, "--out", tmp_path / "k.npy", *FAST)
+    assert result.exit_code == 1, result.output
+    assert "k.json: cannot write (No space left on device)" in result.stderr
+    assert not any((tmp_path / f"k.{ext}").exists() for ext in ("npy", "txt", "json"))
+
+
+def test_resume_from_a_directory_says_so(tmp_path):
+    in_dir, tg_dir = write_pairs(tmp_path, n=1, frames=300)
+    (tmp_path / "ckpt").mkdir()
+    result = invoke(
+        in_dir, tg_dir, "--out", tmp_path / "k.npy", *FAST, "--resume", tmp_path / "ckpt"
+    )
+    assert result.exit_code == 2, result.output
+    assert "ckpt: a directory, not a checkpoint file" in result.stderr
