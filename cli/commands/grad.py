@@ -244,8 +244,15 @@ def _setup(jobs, opts) -> _Setup:
             kernel, kernel_info = _window_kernel(opts)
     wrt = _parse_wrt(opts["wrt"], parametric=not opts["kernel_path"])
     convolve = {"mode": opts["mode"], "padding": opts["padding"], "method": opts["method"]}
-    with option_errors():
-        _trial(kernel, convolve)
+    try:
+        with option_errors():
+            _trial(kernel, convolve)
+    except click.BadParameter as err:
+        # The window is built on this first trial: name the option its message is about.
+        for name in ("width", "length"):
+            if err.param_hint is None and err.message.startswith(name):
+                err.param_hint = f"'--{name}'"
+        raise
     return _Setup(
         kernel=kernel,
         kernel_info=kernel_info,

@@ -503,3 +503,11 @@ def test_an_excerpt_far_past_the_end_says_so(short_wav, tmp_path):
     assert "--start 1e+308 is past the end of the signal" in result.stderr
     result = invoke("grad", short_wav, tmp_path / "out2", "--duration", "1e308")
     assert result.exit_code == 0, result.output
+
+
+@pytest.mark.parametrize("option, value", [("--width", "0"), ("--width", "nan"), ("--length", "0")])
+def test_a_window_option_it_refuses_is_named(short_wav, tmp_path, option, value):
+    # The window is built on a trial run, whose error said only "Invalid value: width ...".
+    result = invoke("grad", short_wav, tmp_path / "out", option, value)
+    assert result.exit_code == 2, result.output
+    assert f"Invalid value for '{option}'" in result.stderr
