@@ -513,6 +513,9 @@ class Trainer:
         for name, value in state["model"].items():
             if isinstance(value, torch.Tensor) and not value.is_floating_point():
                 raise ValueError(f"checkpoint {name} must hold real floats; got {value.dtype}")
+            if isinstance(value, torch.Tensor) and not torch.isfinite(value).all():
+                # (Resumed, the first loss was NaN: "training diverged ... try a lower --lr".)
+                raise ValueError(f"checkpoint {name} holds NaN or Inf")
         history = {k: list(v) for k, v in state["history"].items()}
         if set(history) != set(self.history) or not all(
             isinstance(v, (int, float)) and not isinstance(v, bool)

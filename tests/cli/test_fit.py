@@ -196,6 +196,8 @@ def test_resume_refuses_another_validation_split_and_damaged_checkpoints(tmp_pat
         _with_adam_state(state, "exp_avg", torch.zeros(13)),
         _with_adam_state(state, "step", torch.tensor(-5.0)),
         _with_adam_state(state, "exp_avg_sq", torch.full((7,), float("nan"))),
+        # NaN taps resumed into "training diverged ... Try a lower --lr".
+        {**state, "trainer": {**state["trainer"], "model": {"taps": torch.full((7,), np.nan)}}},
     ]
     for i, bad in enumerate(damaged):
         path = tmp_path / f"bad{i}.pt"
