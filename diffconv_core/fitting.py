@@ -23,7 +23,10 @@ single-process one up to the order of floating-point sums.
 
 from __future__ import annotations
 
+import copy
 import math
+import numbers
+import operator
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 
@@ -290,13 +293,26 @@ class FitConfig:
         check_choice("loss", self.loss, LOSSES)
         check_choice("optimizer", self.optimizer, OPTIMIZERS)
         check_choice("schedule", self.schedule, SCHEDULES)
-        for name in ("steps", "batch_size", "val_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1; got {getattr(self, name)}")
-        if self.crop is not None and self.crop < 1:
-            raise ValueError(f"crop must be at least 1 sample or None; got {self.crop}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be positive; got {self.lr}")
+        # Whole numbers where they count: steps=2.5 ran 3 steps and then refused its own
+        # checkpoint, crop=2.5 failed inside torch.randint, "3" compared as a TypeError.
+        for name in ("steps", "batch_size", "val_every", "crop", "seed"):
+            value = getattr(self, name)
+            if value is None and name == "crop":
+                continue
+            try:
+                value = operator.index(value)  # numpy's integers too
+            except TypeError:
+                value = None
+            if value is None or isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be a whole number; got {getattr(self, name)!r}")
+            setattr(self, name, value)  # a plain int, as a checkpoint stores it
+            if name != "seed" and value < 1:
+                what = " sample or None" if name == "crop" else ""
+                raise ValueError(f"{name} must be at least 1{what}; got {value}")
+        lr = self.lr
+        if isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not 0 < lr < math.inf:
+            raise ValueError(f"lr must be a positive finite number; got {lr!r}")
+        self.lr = float(lr)
 
     def as_dict(self) -> dict[str, object]:
         """Every setting by field name, as plain values (what a checkpoint stores).
@@ -525,9 +541,22 @@ class Trainer:
             raise ValueError(
                 f"checkpoint history must map {sorted(self.history)} to lists of numbers"
             )
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        _check_optimizer_state(self.optimizer)
+        # The model's and optimizer's states are checked once loaded: a load that fails
+        # puts back what was there, so a caller that goes on trains from where it was (not
+        # from the checkpoint's taps with its NaN moments).
+        saved_model = copy.deepcopy(self.model.state_dict())
+        saved_optimizer = copy.deepcopy(self.optimizer.state_dict())
+        try:
+            try:
+                self.model.load_state_dict(state["model"])
+            except RuntimeError as err:  # taps of another size: torch's "size mismatch"
+                raise ValueError(f"checkpoint model does not fit this one: {err}") from None
+            self.optimizer.load_state_dict(state["optimizer"])
+            _check_optimizer_state(self.optimizer)
+        except BaseException:
+            self.model.load_state_dict(saved_model)
+            self.optimizer.load_state_dict(saved_optimizer)
+            raise
         self.step_index = step
         self.history = history
 

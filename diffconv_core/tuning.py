@@ -362,8 +362,23 @@ def measure(
         True
     """
     from diffconv_core._direct import MAX_TOEPLITZ_TAPS
+    from diffconv_core._validation import MODES, check_choice
     from diffconv_core.convolution import convolve
+    from diffconv_core.methods import output_length
 
+    check_choice("mode", mode, MODES)
+    if not (isinstance(budget_s, (int, float)) and 0 <= budget_s < math.inf):
+        raise ValueError(f"budget_s must be a finite number of seconds >= 0; got {budget_s!r}")
+    if shapes is not None:
+        shapes = list(shapes)
+        for shape in shapes:
+            # (A batch of 0 timed nothing, and its record was dropped when the cache was read.)
+            if len(shape) != 3 or any(
+                isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in shape
+            ):
+                raise ValueError(
+                    f"shapes must be (batch, T, K) of whole numbers >= 1; got {shape!r}"
+                )
     device = torch.device(device)
     records = []
     # Each method once before any timing, recorded by autograd too: a process's first calls
@@ -378,7 +393,8 @@ def measure(
     for batch, T, K in shapes if shapes is not None else default_shapes(device.type):
         x = torch.randn(batch, T, device=device, dtype=dtype)
         w = torch.randn(K, device=device, dtype=dtype)
-        grad = torch.randn(batch, T, device=device, dtype=dtype)
+        # Shaped as the output: "full" and "valid" are not T long (the backward refused it).
+        grad = torch.randn(batch, output_length(T, K, mode), device=device, dtype=dtype)
         record: dict = {"batch": batch, "T": T, "K": K, "mode": mode, "seconds": {}}
         for method in METHOD_NAMES:
             if method == "direct" and (

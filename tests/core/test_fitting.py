@@ -396,7 +396,7 @@ def test_sharded_ranks_sum_to_single_process_gradient():
         (dict(optimizer="sgd"), "'sgd'"),
         (dict(steps=0), "steps must be at least 1; got 0"),
         (dict(crop=0), "crop must be at least 1"),
-        (dict(lr=-1.0), "lr must be positive; got -1.0"),
+        (dict(lr=-1.0), "lr must be a positive finite number; got -1.0"),
     ],
 )
 def test_config_errors(bad, message):
@@ -600,3 +600,56 @@ def test_least_squares_fir_with_a_ridge_that_dwarfs_the_data_and_peaks_near_the_
     ones = torch.ones(50, dtype=torch.float64)
     np.testing.assert_allclose(least_squares_fir([ones * 1e308], [ones], 1).numpy(), [1e-308])
     np.testing.assert_allclose(least_squares_fir([ones], [ones * 1.2e308], 1).numpy(), [1.2e308])
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"crop": 2.5},  # failed inside torch.randint at the first step
+        {"steps": 2.5},  # ran 3 steps, then refused its own checkpoint
+        {"steps": True},
+        {"batch_size": 1.5},
+        {"seed": None},
+        {"seed": 1.5},
+        {"steps": "3"},  # TypeError from a bare comparison
+        {"val_every": None},
+        {"lr": float("inf")},  # an Inf kernel after three steps
+        {"lr": "0.1"},
+    ],
+)
+def test_fit_config_refuses_what_no_run_can_use(settings):
+    with pytest.raises(ValueError):
+        FitConfig(**settings)
+
+
+def test_fit_config_takes_numpy_numbers_as_plain_ones():
+    config = FitConfig(steps=np.int64(3), lr=np.float32(0.5), crop=np.int32(64))
+    assert config.as_dict()["steps"] == 3 and type(config.steps) is int
+    assert type(config.lr) is float and type(config.crop) is int
+
+
+@pytest.mark.parametrize("damage", ["moments", "taps"])
+def test_a_refused_checkpoint_leaves_the_trainer_as_it_was(damage):
+    # The model and optimizer states were loaded, then found bad: a caller that caught the
+    # ValueError and trained on got the checkpoint's taps and NaN moments (a NaN kernel).
+    import copy
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 300, generator=gen)
+    y = convolve(x, torch.tensor([0.25, 0.5, 0.25]))
+    config = FitConfig(steps=4)
+    first = Trainer(FIRKernel(torch.zeros(3)), make_data([x], [y], 3), config)
+    first.run(max_steps=2)
+    state = copy.deepcopy(first.state_dict())
+    if damage == "moments":
+        for moments in state["optimizer"]["state"].values():
+            moments["exp_avg"].fill_(float("nan"))
+    else:
+        state["model"] = {"taps": torch.zeros(5)}  # torch's RuntimeError, now a ValueError
+    fresh = Trainer(FIRKernel(torch.zeros(3)), make_data([x], [y], 3), config)
+    untouched = Trainer(FIRKernel(torch.zeros(3)), make_data([x], [y], 3), config)
+    with pytest.raises(ValueError):
+        fresh.load_state_dict(state)
+    fresh.run()
+    untouched.run()
+    assert torch.equal(fresh.model(), untouched.model()) and torch.isfinite(fresh.model()).all()

@@ -301,3 +301,28 @@ def test_measure_warms_every_method_up_before_timing(monkeypatch):
     tuning.measure("cpu", torch.float32, [(1, 64, 3)], budget_s=0.0)
     warm = [((2, 1024), method, True) for method in tuning.METHOD_NAMES]
     assert calls[:3] == warm and calls[3][0] == (1, 64)
+
+
+@pytest.mark.parametrize("mode", ["full", "valid"])
+def test_measure_times_every_mode_with_the_backward_pass(mode):
+    # The backward's incoming gradient was shaped (batch, T), the "same" output only: "full"
+    # and "valid" raised "Mismatch in shape: grad_output[0] ...".
+    (record,) = tuning.measure("cpu", torch.float32, [(1, 64, 3)], mode=mode, budget_s=0.0)
+    assert record["mode"] == mode and record["method"] in tuning.METHOD_NAMES
+    assert all(t["total"] >= t["forward"] > 0 for t in record["seconds"].values())
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [
+        {"shapes": [(0, 64, 3)]},  # timed nothing; its record was dropped on reading
+        {"shapes": [(1, 64)]},
+        {"shapes": [(1, 64.0, 3)]},
+        {"budget_s": -1.0},
+        {"budget_s": float("nan")},
+        {"mode": "sme"},
+    ],
+)
+def test_measure_refuses_what_it_cannot_time(arguments):
+    with pytest.raises(ValueError):
+        tuning.measure("cpu", torch.float32, **{"shapes": [(1, 64, 3)], **arguments})
