@@ -27,8 +27,9 @@ class DeviceType(click.ParamType):
 
 class NameValueType(click.ParamType):
     """``NAME=VALUE``; VALUE becomes an int or float when it reads as one, a bool for
-    true/false (any case), and a list of numbers when it is several numbers separated by
-    commas (general_cosine's ``a=0.5,0.5``; one number and a comma for a one-item list).
+    true/false and None for none (any case), and a list of numbers when it is several numbers
+    separated by commas (general_cosine's ``a=0.5,0.5``; one number and a comma for a
+    one-item list).
 
     Example:
         >>> NameValueType().convert("beta=8.6", None, None)
@@ -37,6 +38,8 @@ class NameValueType(click.ParamType):
         ('a', [0.5, 0.5])
         >>> NameValueType().convert("a=1,", None, None)
         ('a', [1])
+        >>> NameValueType().convert("norm=None", None, None)
+        ('norm', None)
     """
 
     name = "NAME=VALUE"
@@ -120,6 +123,10 @@ def _number(text: str):
     # Boolean window settings (taylor's norm) as the registry lists them: True or False.
     if text.lower() in ("true", "false"):
         return text.lower() == "true"
+    # And the optional ones' None (dpss's norm): listed as a choice, refused as the text
+    # 'None' ("must be one of None, 2, ...; got 'None'").
+    if text.lower() == "none":
+        return None
     if "," in text:
         # Sequence parameters (general_cosine's a): every item a number, else left as text;
         # a trailing comma makes a one-item sequence (a=1,), as in Python.

@@ -301,3 +301,26 @@ def test_a_channels_last_npy_is_warned_about(tmp_path):
     assert "save its transpose" in r.stderr
     r = invoke("smooth", tmp_path / "ct.npy", tmp_path / "ct_out.npy")
     assert r.exit_code == 0 and "warning" not in r.stderr
+
+
+def test_every_listed_value_of_a_window_setting_is_taken(tmp_path):
+    # `diffconv windows` lists dpss's norm as "one of None, 2, ..." and taylor's nbar up to
+    # its bound; --param norm=None was refused as the text 'None', and nbar=1000 (then the
+    # bound) was never finite.
+    source = SAMPLES / "speech_mono16.wav"
+    for params, core in (
+        (["NW=2.5", "norm=None"], {"NW": 2.5, "norm": None}),
+        (["nbar=450", "sll=0.5"], {"nbar": 450, "sll": 0.5}),
+    ):
+        window = "dpss" if "NW" in core else "taylor"
+        dest = tmp_path / f"{window}.npy"
+        args = [a for p in params for a in ("--param", p)]
+        result = invoke("smooth", source, dest, "--window", window, *args, "--edges", "zeros")
+        assert result.exit_code == 0, result.output
+        x = torch.as_tensor(sf.read(source, dtype="float32", always_2d=True)[0].T)
+        expected = core_smooth(x, window, 31, edges="zeros", **core)
+        torch.testing.assert_close(torch.as_tensor(np.load(dest)), expected)
+    result = invoke(
+        "smooth", source, tmp_path / "t.npy", "--window", "taylor", "--param", "nbar=451"
+    )
+    assert result.exit_code == 2 and "an integer from 1 to 450" in result.stderr
