@@ -143,12 +143,35 @@ def said_by_every_rank(err: click.ClickException) -> bool:
     return isinstance(err, (GroupUnavailable, PeersMissing))
 
 
-def leave_after_main(exit_code: int) -> NoReturn:
+def leave_after_main(exit_code: int, err: click.ClickException | None = None) -> NoReturn:
     """Exit with ``exit_code`` (a rank other than 0, on an error every rank meets), once rank
-    0 has had time to report it."""
+    0 has had time to report it.
+
+    torchrun stops this rank (SIGTERM) as soon as rank 0 has exited: it then leaves with
+    ``exit_code`` and no word, where it had said "stopped by signal 15" and exited 143 (every
+    rank of a usage error is to exit 2). Still here after the wait, rank 0 did not report it:
+    the error was this rank's alone (a path missing on one node), and ``err`` is said here,
+    with the rank, rather than nowhere.
+    """
+    import sys
     import time
 
-    time.sleep(MAIN_SPEAKS_SECONDS)
+    def leave(signum, frame) -> None:
+        with contextlib.suppress(Exception):
+            sys.stderr.flush()
+        os._exit(exit_code)  # nothing of this rank's to clean up: it failed before any work
+
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        previous = {stop: signal.signal(stop, leave) for stop in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        time.sleep(MAIN_SPEAKS_SECONDS)
+    finally:  # (main() then exits with this code on torchrun's SIGTERM: quiet_after_command)
+        for stop, handler in previous.items():
+            signal.signal(stop, handler)
+    if err is not None:
+        rank = ranks_from_env().rank
+        click.echo(f"diffconv (rank {rank}): error: {err.format_message()}", err=True)
     raise SystemExit(exit_code)
 
 

@@ -140,13 +140,20 @@ def _on_signal(signum: int, frame) -> None:
         _stop(signum)
 
 
-def quiet_after_command() -> None:
+_chosen_exit: int | None = None
+
+
+def quiet_after_command(exit_code: int | None = None) -> None:
     """From here on a Ctrl-C or SIGTERM ends the process at once, by the signal's default
     action: for the interpreter's shutdown after the command has returned or raised (its
-    writes finished or discarded, its exit status chosen). Raised during the shutdown, the
-    KeyboardInterrupt of a second Ctrl-C printed "Exception ignored in atexit callback" and a
-    traceback (torch's finalizers run there). Handlers other than ours and Python's own are
-    left alone."""
+    writes finished or discarded, its exit status ``exit_code`` chosen). Raised during the
+    shutdown, the KeyboardInterrupt of a second Ctrl-C printed "Exception ignored in atexit
+    callback" and a traceback (torch's finalizers run there). Under torchrun, which stops
+    the other workers as soon as one exits, the process exits with ``exit_code`` instead: a
+    rank that had reported its files failed now and then as killed by SIGTERM (-15). Handlers
+    other than ours and Python's own are left alone."""
+    global _chosen_exit
+    _chosen_exit = exit_code
     for signum in (signal.SIGINT, signal.SIGTERM):
         handler = signal.getsignal(signum)
         if is_ours_or_pythons(handler) or (signum == signal.SIGTERM and handler is signal.SIG_DFL):
@@ -162,6 +169,8 @@ def _end_now(signum: int, frame) -> None:
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):
             stream.flush()
+    if _chosen_exit is not None and _under_torchrun():
+        os._exit(_chosen_exit)
     os.kill(os.getpid(), signum)
 
 

@@ -83,7 +83,7 @@ class LazyGroup(click.Group):
             # Under torchrun every rank fails alike: rank 0 says why, once. Without a group
             # there may be no rank 0 at all: each says it.
             if not ranks_from_env().is_main and not said_by_every_rank(err):
-                leave_after_main(err.exit_code)
+                leave_after_main(err.exit_code, err)
             raise
         except OSError as err:
             # What no command turned into a message of its own: text for stdout on a full
@@ -121,10 +121,14 @@ def main() -> None:
     if problem is not None:
         click.echo(f"diffconv: error: {problem}", err=True)
         raise SystemExit(2)
+    exit_code = None
     try:
         cli(prog_name="diffconv")  # also when run as `python -m cli` (torchrun -m cli)
+    except SystemExit as done:  # click ends every command so, with its status
+        exit_code = done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
+        raise
     finally:
-        interrupts.quiet_after_command()
+        interrupts.quiet_after_command(exit_code)
 
 
 if __name__ == "__main__":

@@ -182,7 +182,7 @@ def fit(**options) -> None:
         _fit(ranks, options)
     except click.ClickException as err:
         if not ranks.is_main and not distributed.said_by_every_rank(err):
-            distributed.leave_after_main(err.exit_code)  # every rank fails alike; rank 0 says why
+            distributed.leave_after_main(err.exit_code, err)  # rank 0 says why
         raise
 
 

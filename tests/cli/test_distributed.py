@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import soundfile as sf
@@ -232,16 +234,23 @@ def test_ranks_other_than_0_leave_a_usage_error_after_rank_0_has_said_it(monkeyp
     from cli import distributed
     from tests.cli.conftest import invoke
 
+    # Still running after the wait (here: not stopped), rank 0 did not say it: the error is
+    # this rank's alone (a path missing on one node), and it says it, with its rank.
     slept = []
     monkeypatch.setattr("time.sleep", slept.append)
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("WORLD_SIZE", "2")
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
     result = invoke("smooth", "no-such-input.wav", "out.wav")
-    assert result.exit_code == 2 and result.stderr == ""
+    assert result.exit_code == 2
+    assert (
+        result.stderr.startswith("diffconv (rank 1): error: ") and "no-such-input" in result.stderr
+    )
     assert slept == [distributed.MAIN_SPEAKS_SECONDS]
+    assert {sig: signal.getsignal(sig) for sig in handlers} == handlers  # put back
     slept.clear()
     result = invoke("fit", "no-inputs", "no-targets", "--out", "k.npy")  # fit's own path
-    assert result.exit_code == 2 and result.stderr == ""
+    assert result.exit_code == 2 and result.stderr.startswith("diffconv (rank 1): error: ")
     assert slept == [distributed.MAIN_SPEAKS_SECONDS]
     monkeypatch.setenv("RANK", "0")
     slept.clear()
@@ -300,3 +309,18 @@ def test_torchrun_variables_that_are_no_numbers_are_a_usage_error():
         assert result.returncode == 2, result.stderr
         assert f"{name}={value!r} is not a whole number" in result.stderr
         assert "Traceback" not in result.stderr and result.stdout == ""
+
+
+def test_a_rank_stopped_while_it_leaves_exits_with_the_usage_errors_code_in_silence():
+    # torchrun stops the other workers once rank 0 has exited 2 on a usage error; a rank
+    # waiting to leave said "diffconv: stopped by signal 15" and exited 143.
+    env = {**os.environ, "RANK": "1", "WORLD_SIZE": "2"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "cli", "smooth", "no-such-input.wav", "out.wav"],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    time.sleep(1.0)  # within the MAIN_SPEAKS_SECONDS wait, after the start-up
+    process.send_signal(signal.SIGTERM)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 2, err
+    assert err == "" and out == ""
