@@ -147,6 +147,24 @@ def test_a_stop_signal_during_the_shutdown_ends_the_process_without_a_traceback(
     assert "shutdown went on" not in result.stderr
 
 
+def test_under_torchrun_a_stop_after_the_command_keeps_its_exit_status():
+    # torchrun stops the other workers once one exits; a rank whose command had ended (its
+    # files reported, status chosen) was then recorded as killed by SIGTERM (-15).
+    code = (
+        "import atexit, os, signal, sys, time\n"
+        "atexit.register(lambda: (os.kill(os.getpid(), signal.SIGTERM), time.sleep(0.5)))\n"
+        "sys.argv = ['diffconv', 'windows']\n"
+        "from cli.main import main\n"
+        "main()\n"
+    )
+    env = {**os.environ, "RANK": "0", "WORLD_SIZE": "2"}
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60, env=env
+    )
+    assert result.returncode == 0, result
+    assert "hann" in result.stdout and "Traceback" not in result.stderr
+
+
 def test_a_stop_signal_fit_caught_is_forgotten_for_the_next_command(monkeypatch):
     monkeypatch.setenv("RANK", "0")
     monkeypatch.setenv("WORLD_SIZE", "2")
