@@ -68,19 +68,22 @@ def ranks_from_env(environ: dict | None = None) -> Ranks:
 
 
 def env_problem(environ: dict | None = None) -> str | None:
-    """What is wrong with torchrun's variables in the environment, or None: each that is
-    set must be a whole number (RANK=abc ended in a traceback).
+    """What is wrong with torchrun's variables in the environment, or None: WORLD_SIZE must
+    be a whole number, and where it is above 1, RANK and LOCAL_RANK too (RANK=abc ended in a
+    traceback). Without WORLD_SIZE, or at 1 or below, the others are not read at all.
 
     Example:
         >>> env_problem({"RANK": "abc", "WORLD_SIZE": "2"})
         "RANK='abc' is not a whole number (torchrun sets RANK, WORLD_SIZE and LOCAL_RANK); unset it"
-        >>> env_problem({"RANK": "1", "WORLD_SIZE": "2"}) is None
-        True
+        >>> env_problem({"RANK": "1", "WORLD_SIZE": "2"}), env_problem({"LOCAL_RANK": "-1"})
+        (None, None)
     """
     env = os.environ if environ is None else environ
-    for name, least in (("WORLD_SIZE", 1), ("RANK", 0), ("LOCAL_RANK", 0)):
+    for name, least in (("WORLD_SIZE", -(2**63)), ("RANK", 0), ("LOCAL_RANK", 0)):
         value = env.get(name)
         if value is None:
+            if name == "WORLD_SIZE":
+                return None
             continue
         try:
             number = int(value)
@@ -92,6 +95,8 @@ def env_problem(environ: dict | None = None) -> str | None:
                 + (f" >= {least}" if number is not None else "")
                 + " (torchrun sets RANK, WORLD_SIZE and LOCAL_RANK); unset it"
             )
+        if name == "WORLD_SIZE" and number <= 1:
+            return None  # one process: RANK and LOCAL_RANK mean nothing
     return None
 
 

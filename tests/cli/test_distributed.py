@@ -303,7 +303,7 @@ def test_torchrun_variables_that_are_no_numbers_are_a_usage_error():
     # RANK=abc ended in a traceback from int() in ranks_from_env.
     from tests.cli.conftest import run_diffconv
 
-    for name, value in (("RANK", "abc"), ("WORLD_SIZE", "0"), ("LOCAL_RANK", "-1")):
+    for name, value in (("RANK", "abc"), ("WORLD_SIZE", "two"), ("LOCAL_RANK", "-1")):
         env = {**os.environ, "WORLD_SIZE": "2", "RANK": "0", name: value}
         result = run_diffconv("windows", env=env)
         assert result.returncode == 2, result.stderr
