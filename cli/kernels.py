@@ -20,43 +20,26 @@ NORMALIZATIONS = ("none", "sum", "peak", "energy")
 _TEXT_SUFFIXES = {".txt", ".csv", ".tsv", ".dat", ".fir"}
 
 
-def kernel_from_option(path: str, normalize: str) -> np.ndarray:
-    """The kernel named by ``--kernel``, normalised by ``--normalize``; problems with either
-    become click usage errors (exit 2) naming the option.
+def kernel_from_option(path: str, normalize: str) -> tuple[np.ndarray, float | None]:
+    """The kernel named by ``--kernel``, normalised by ``--normalize``, and its sample rate
+    (:func:`load_kernel`); problems with either become click usage errors (exit 2) naming
+    the option.
     """
     import click
 
     try:
-        kernel = load_kernel(path)
+        kernel, rate = load_kernel(path)
     except FileProblem as err:
         raise click.BadParameter(f"{err.path}: {err.reason}", param_hint="'--kernel'") from err
     try:
-        return normalize_kernel(kernel, normalize)
+        return normalize_kernel(kernel, normalize), rate
     except ValueError as err:
         raise click.BadParameter(str(err), param_hint="'--normalize'") from err
 
 
-def kernel_rate(path: str | os.PathLike) -> float | None:
-    """The sample rate of a kernel file: an audio file's (an impulse response is recorded at
-    one), None for .npy and text files, which carry none (or where it cannot be read: then
-    :func:`load_kernel` says why).
-
-    Example:
-        >>> kernel_rate("sample_data/impulse_response.wav"), kernel_rate("k.npy")
-        (16000.0, None)
-    """
-    path = os.fspath(path)
-    suffix = Path(path).suffix.lower()
-    if suffix in _TEXT_SUFFIXES or suffix == ".npy":
-        return None
-    try:
-        return probe(path).rate
-    except FileProblem:
-        return None
-
-
-def load_kernel(path: str | os.PathLike) -> np.ndarray:
-    """Read a kernel file.
+def load_kernel(path: str | os.PathLike) -> tuple[np.ndarray, float | None]:
+    """Read a kernel file, and the sample rate it was recorded at: an audio file's (an
+    impulse response), None for .npy and text files, which carry none.
 
     - ``.npy``: ``(K,)`` or ``(C, K)`` (never unpickled);
     - ``.txt``/``.csv``: numbers separated by whitespace, commas, semicolons or newlines;
@@ -70,16 +53,19 @@ def load_kernel(path: str | os.PathLike) -> np.ndarray:
         returns ``(K,)`` float64, or ``(C, K)`` for a multi-channel kernel.
 
     Example:
-        >>> load_kernel("sample_data/impulse_response.wav").shape
-        (1920,)
+        >>> kernel, rate = load_kernel("sample_data/impulse_response.wav")
+        >>> kernel.shape, rate
+        ((1920,), 16000.0)
     """
     path = os.fspath(path)
     suffix = Path(path).suffix.lower()
+    rate = None
     try:
         if suffix in _TEXT_SUFFIXES:
             kernel = _load_text(path)
         else:
-            kernel = read_signal(probe(path)).astype(np.float64)
+            info = probe(path)
+            kernel, rate = read_signal(info).astype(np.float64), info.rate
     except FileProblem as err:
         raise FileProblem(err.path, err.reason, exit_code=EXIT_USAGE) from err
     if kernel.ndim == 2 and kernel.shape[0] == 1:
@@ -90,7 +76,7 @@ def load_kernel(path: str | os.PathLike) -> np.ndarray:
         )
     if not np.isfinite(kernel).all():
         raise FileProblem(path, "kernel holds NaN or Inf values", EXIT_USAGE)
-    return kernel
+    return kernel, rate
 
 
 def _load_text(path: str) -> np.ndarray:

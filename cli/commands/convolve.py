@@ -43,19 +43,20 @@ def convolve(paths, kernel_path, mode, padding, correlate, normalize, **shared) 
     torchrun the files are split across the ranks.
     """
     from cli.batch import execute
-    from cli.kernels import kernel_from_option, kernel_rate
+    from cli.kernels import kernel_from_option
     from cli.runner import RunOptions
 
     options = RunOptions.from_shared(shared)
 
     def build():
+        kernel, rate = kernel_from_option(kernel_path, normalize)
         return kernel_operation(
-            kernel_from_option(kernel_path, normalize),
+            kernel,
             mode=mode,
             padding=padding,
             correlate=correlate,
             method=shared["method"],
-            rate=kernel_rate(kernel_path),
+            rate=rate,
             name=kernel_path,
         )
 

@@ -274,7 +274,7 @@ def _setup(jobs, opts) -> _Setup:
 def _file_kernel(path: str, normalize: str):
     from cli.kernels import kernel_from_option
 
-    kernel = kernel_from_option(path, normalize)
+    kernel, _ = kernel_from_option(path, normalize)
     return kernel, {"file": str(path), "normalize": normalize, "taps": int(kernel.shape[-1])}
 
 
