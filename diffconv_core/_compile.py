@@ -33,7 +33,9 @@ def eager_under_compile(fn: F) -> F:
 
     @functools.wraps(fn)
     def dispatch(*args, **kwargs):
-        return (eager if torch.compiler.is_compiling() else fn)(*args, **kwargs)
+        # torch.export records fn itself (it allows no graph break); fn asks exporting().
+        compiling = torch.compiler.is_compiling() and not torch.compiler.is_exporting()
+        return (eager if compiling else fn)(*args, **kwargs)
 
     return dispatch  # type: ignore[return-value]
 

@@ -75,11 +75,7 @@ def transformable_range(
         # vmap over an empty batch: nothing to compute, and MKL refuses an empty FFT plan
         # (conv1d's reshape as well).
         return empty_range(x, w, hi - lo)
-    # conv1d on one channel is slow on a CPU (64 x 8,000 with 31 taps: 4.2 ms, an rFFT 0.8 ms):
-    # there only an explicit "direct" takes it.
-    short = w.shape[-1] <= MAX_CONV1D_TAPS and x.device.type != "cpu"
-    direct = method == "direct" or (method == "auto" and short)
-    range_fn = conv1d_range if direct else plain_fft_range
+    range_fn = plain_range_function(method, x, w)
     x_max, w_max = _largest(x, w)
     x_finite, w_finite = math.isfinite(x_max), math.isfinite(w_max)
     if x_finite and w_finite:
@@ -89,6 +85,22 @@ def transformable_range(
         return _rescaled_if_overflowed(range_fn, a, b, lo, hi, *_largest(a, b))
 
     return with_direct_sum_nonfinite(range_fn, x, w, lo, hi, x_finite, w_finite, on_finite_parts)
+
+
+def plain_range_function(method: str, x: torch.Tensor, w: torch.Tensor) -> RangeFn:
+    """The range function of plain torch operations that stands for ``method``:
+    ``conv1d_range`` for "direct" (and, under "auto", kernels of up to ``MAX_CONV1D_TAPS``
+    taps off the CPU), else ``plain_fft_range``.
+
+    Example:
+        >>> plain_range_function("auto", torch.ones(8), torch.ones(3)).__name__
+        'plain_fft_range'
+    """
+    # conv1d on one channel is slow on a CPU (64 x 8,000 with 31 taps: 4.2 ms, an rFFT 0.8 ms):
+    # there only an explicit "direct" takes it.
+    short = w.shape[-1] <= MAX_CONV1D_TAPS and x.device.type != "cpu"
+    direct = method == "direct" or (method == "auto" and short)
+    return conv1d_range if direct else plain_fft_range
 
 
 def _rescaled_if_overflowed(

@@ -113,8 +113,10 @@ def readable(value: Tensor) -> Tensor:
 
 def has_values(value: Tensor) -> bool:
     """Whether ``value`` holds numbers to check: a meta tensor (a model built on the meta
-    device) has a shape and a dtype only, and passes every value check."""
-    return value.device.type != "meta"
+    device) has a shape and a dtype only, and passes every value check; so does every tensor
+    while ``torch.export`` records a graph, whose inputs have no values then (the modules of
+    :mod:`diffconv_core.nn` clamp what they learn into range in ``forward``)."""
+    return value.device.type != "meta" and not torch.compiler.is_exporting()
 
 
 def _in_range(values: Tensor, p: Param) -> bool:

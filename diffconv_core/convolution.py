@@ -14,6 +14,7 @@ import torch
 from diffconv_core import _direct
 from diffconv_core._compile import eager_under_compile
 from diffconv_core._direct import conv1d_range, direct_range, direct_sums_alone
+from diffconv_core._export import exported_range, exporting
 from diffconv_core._nonfinite import with_nonfinite_locality
 from diffconv_core._overlap import fft_method_range, overlap_range
 from diffconv_core._transforms import empty_range, transformable_range, transforms_active
@@ -34,6 +35,13 @@ _RANGE_FUNCTIONS = {"direct": direct_range, "fft": fft_method_range, "overlap": 
 
 
 def _run(x: torch.Tensor, w: torch.Tensor, mode: str, padding: str, method: str) -> torch.Tensor:
+    if torch.jit.is_tracing():
+        # Its sizes arrive as tensors there, and a trace keeps one path whatever the values.
+        raise RuntimeError(
+            "torch.jit.trace cannot record diffconv's convolution: its handling of NaN, Inf "
+            "and overflow is a data-dependent branch, which a trace would freeze; use "
+            "torch.export.export, which records it (torch.cond)"
+        )
     out_dtype = torch.promote_types(x.dtype, w.dtype)
     batch = check_pair(x, w)
     if mode == "valid" and w.shape[-1] > x.shape[-1]:
@@ -51,6 +59,10 @@ def _run(x: torch.Tensor, w: torch.Tensor, mode: str, padding: str, method: str)
         left, right = (K // 2, (K - 1) // 2) if mode == "same" else (K - 1, K - 1)
         x = pad(x, left, right, padding)
         lo, hi = K - 1, x.shape[-1]
+    if exporting():  # torch.export: graph operations that read no value on the host
+        compute_dtype = torch.float32 if out_dtype in HALF_DTYPES else out_dtype
+        x, w = x.to(compute_dtype), w.to(compute_dtype)
+        return exported_range(method, x, w, lo, hi).to(out_dtype)
     if x.is_meta:
         # Shapes without values (model construction on the meta device, shape inference):
         # conv1d gives the output's shape, dtype and autograd graph; no method has anything
@@ -165,6 +177,9 @@ def convolve(
     huge values whose sums overflow inside the method are scaled by powers of two as in eager
     mode, but as recorded products: a reverse-mode gradient taken under a transform can
     overflow near the dtype's limit where eager's (which rescales it) stays finite.
+    ``torch.export`` records it as graph operations, eager mode's NaN/Inf and overflow
+    handling included (a ``torch.cond``), static or dynamic shapes; ``torch.jit.trace`` is
+    refused.
 
     Args:
         signal: real floating-point tensor, time last.

@@ -167,16 +167,22 @@ def firwin(
     cutoffs = _edges(cutoff, work, dev)
     edges = cutoffs / nyq
     limit = "fs/2" if fs is not None else "1 (the Nyquist frequency)"
-    # The checks read numbers: through readable(), so that torch.func.vmap can batch a design.
-    readable_edges = _b.readable(edges)
-    known = _b.has_values(edges)  # a design on the meta device has no numbers to check
-    if known and not bool(((readable_edges > 0) & (readable_edges < 1)).all()):
-        raise ValueError(
-            f"cutoff frequencies must be greater than 0 and less than {limit}; got {_show(cutoffs)}"
-        )
-    increasing = readable_edges[..., 1:] > readable_edges[..., :-1]
-    if known and edges.shape[-1] > 1 and not bool(increasing.all()):
-        raise ValueError(f"cutoff frequencies must be strictly increasing; got {_show(cutoffs)}")
+    # A design on the meta device, or one torch.export records, has no numbers to check.
+    known = _b.has_values(edges)
+    if known:
+        # The checks read numbers: through readable(), so that torch.func.vmap can batch a
+        # design.
+        readable_edges = _b.readable(edges)
+        if not bool(((readable_edges > 0) & (readable_edges < 1)).all()):
+            raise ValueError(
+                f"cutoff frequencies must be greater than 0 and less than {limit}; "
+                f"got {_show(cutoffs)}"
+            )
+        increasing = readable_edges[..., 1:] > readable_edges[..., :-1]
+        if edges.shape[-1] > 1 and not bool(increasing.all()):
+            raise ValueError(
+                f"cutoff frequencies must be strictly increasing; got {_show(cutoffs)}"
+            )
 
     n_edges = edges.shape[-1]
     if isinstance(pass_zero, str):

@@ -1,0 +1,253 @@
+"""Convolution recorded into a graph by ``torch.export``: no value read on the host.
+
+Eagerly, the core reads values to decide how to compute (is every sample finite, could a
+transform's sums overflow, which taps are zero) and runs custom autograd Functions. An
+exported graph cannot hold either: its inputs have no values while it is traced, and it must
+serve any input afterwards. Here the same decisions become part of the graph. One
+``torch.cond`` on "every value finite and no overflow possible" runs either the method's
+plain torch operations (``conv1d`` or one rFFT product, as under ``torch.func``) or the
+careful branch: the operands' non-finite values zeroed, their magnitudes scaled by powers of
+two where a transform could overflow (exact: only exponents change), and every output whose
+direct sum has a non-finite term set to that sum's IEEE value through indicator convolutions.
+Values therefore match eager mode's; gradients flow through both branches, the scalings as
+recorded products (as under ``torch.func``: a gradient near the dtype's limit can overflow
+where eager mode rescales it).
+
+Every choice the branches make is taken before the ``cond``, and every size they use comes
+from their operands by arithmetic alone: ``torch.cond`` traces its branches with the sizes
+made symbols, and a Python decision on them inside a branch (an FFT length's search over
+2^a 3^b 5^c) was fixed at the traced values without a guard. A graph exported for 2 x 1,000
+samples that way failed when run, on 2 x 1,000 samples too ("The size of tensor a (0) must
+match the size of tensor b (1000)").
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from diffconv_core._autocast import autocast_off
+from diffconv_core._direct import conv1d_range
+from diffconv_core._fft import range_fft_length
+from diffconv_core._transforms import plain_range_function
+from diffconv_core._validation import broadcast_shapes
+
+#: Steps of a power-of-two scaling: 2**64 and 2**-64 are finite in every float dtype, and
+#: four steps cover float64's exponents (to 2**±1024 each operand, 2**±2048 a product).
+_STEPS = 4
+
+
+def exporting() -> bool:
+    """Whether ``torch.export`` is tracing the caller (strict or not).
+
+    Example:
+        >>> exporting()
+        False
+    """
+    return torch.compiler.is_exporting()
+
+
+def exported_range(method: str, x: torch.Tensor, w: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+    """Samples ``lo <= n < hi`` of the full linear convolution, as graph operations whose
+    result does not depend on reading any value on the host (module docstring).
+
+    Shape:
+        x ``(*bx, T)``, w ``(*bw, K)`` -> ``(*broadcast(bx, bw), hi - lo)``.
+    """
+    T, K = x.shape[-1], w.shape[-1]
+    plan = _Plan.of(method, x, w, lo, hi)
+    finite = torch.isfinite(x).all() & torch.isfinite(w).all()
+    plain = finite & ~plan.may_overflow(_largest(x), _largest(w), T, K)
+    # The branches' output length travels as the size of an empty operand, decided here: a
+    # length computed inside a branch (from sizes cond makes symbols of their own) is one it
+    # cannot prove positive, so its contiguous strides ("Max(1, ...)") fail cond's check.
+    # With symbolic sizes, a length T - K + 1 ("valid") fails it too: the branches then
+    # return every sample from lo on (T of them there), cut to the range afterwards.
+    tail = int(T + K - 1 - hi)  # a number even where T is a symbol: K - 1 - lo for "same"
+    extended = plan.n_fft is None and tail not in (0, K - 1 - lo)
+    length = T + K - 1 - lo if extended else hi - lo
+    y = torch.cond(plain, plan.fresh_range, plan.careful_range, (x, w, x.new_empty(length, 0)))
+    return y.narrow(-1, 0, hi - lo).contiguous() if extended else y
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """One recorded convolution's choices, fixed outside the ``cond``, with every size the
+    branches need taken from the operands there: sizes that are symbols (dynamic shapes)
+    then stay symbols, and no Python decision is made on them (module docstring).
+
+    Shape:
+        the operands ``(*bx, T)`` and ``(*bw, K)``; a range of the full convolution from
+        sample ``lo``, its length given to each branch.
+    """
+
+    direct: bool  # conv1d's direct sums, else one rFFT product
+    lo: int
+    n_fft: int | None  # None where the sizes are symbols: the full length, T + K - 1
+    # Complex transforms at symbolic lengths over a fixed batch of several rows: torch's
+    # irfft then asks that (3 * (T // 2) + 15) % (T // 2 + 5) == 0, which its symbolic
+    # shapes cannot prove ("Constraints violated"); fft/ifft ask nothing (twice the work).
+    complex_rows: bool
+    shared: bool  # one kernel for every signal
+    depth: int  # max(x.dim(), w.dim())
+
+    @classmethod
+    def of(cls, method: str, x: torch.Tensor, w: torch.Tensor, lo: int, hi: int) -> _Plan:
+        T, K = x.shape[-1], w.shape[-1]
+        # Symbolic sizes show as SymInts in a non-strict export; a strict one (dynamo) shows
+        # them as ints, so there every size is taken as a possible symbol.
+        symbols = any(isinstance(size, torch.SymInt) for size in (T, K, lo, hi))
+        static = not symbols and not torch.compiler.is_dynamo_compiling()
+        rows = math.prod(broadcast_shapes(x.shape[:-1], w.shape[:-1]))
+        return cls(
+            complex_rows=not static and not isinstance(rows, torch.SymInt) and rows > 1,
+            direct=plain_range_function(method, x, w) is conv1d_range,
+            lo=lo,
+            n_fft=range_fft_length(T, K, lo, hi, x.device) if static else None,
+            shared=math.prod(w.shape[:-1]) == 1,
+            depth=max(x.dim(), w.dim()),
+        )
+
+    def fft(
+        self, x: torch.Tensor, w: torch.Tensor, length: int, complex_rows: bool | None = None
+    ) -> torch.Tensor:
+        """``length`` samples from ``lo`` through one FFT product (any leading dims that
+        broadcast): real transforms, or complex ones with ``complex_rows`` (the plan's by
+        default)."""
+        n = x.shape[-1] + w.shape[-1] - 1 if self.n_fft is None else self.n_fft
+        if self.complex_rows if complex_rows is None else complex_rows:
+            spectrum = torch.fft.fft(x, n) * torch.fft.fft(w, n)
+            return torch.fft.ifft(spectrum, n).real.narrow(-1, self.lo, length)
+        spectrum = torch.fft.rfft(x, n) * torch.fft.rfft(w, n)
+        return torch.fft.irfft(spectrum, n).narrow(-1, self.lo, length)
+
+    def conv1d(self, x: torch.Tensor, w: torch.Tensor, length: int) -> torch.Tensor:
+        """``length`` samples from ``lo`` through ``F.conv1d``: a sliding dot product of the
+        flipped taps over x delayed by K - 1 - lo samples."""
+        K = w.shape[-1]
+        source = F.pad(x, (K - 1 - self.lo, length + self.lo - x.shape[-1]))
+        taps = w.flip(-1)
+        with autocast_off(x.device.type):
+            if self.shared:
+                rows = source.reshape(-1, 1, source.shape[-1])
+                out = F.conv1d(rows, taps.reshape(1, 1, K))
+                # the kernel's leading ones, then the signals' batch
+                batch = [1] * (self.depth - x.dim()) + list(x.shape[:-1])
+            else:  # a kernel per signal: one group per channel
+                batch = list((x[..., :1] + w[..., :1]).shape[:-1])  # broadcast, as torch does it
+                rows = source.expand(*batch, source.shape[-1]).reshape(1, -1, source.shape[-1])
+                kernels = taps.expand(*batch, K).reshape(-1, 1, K)
+                out = F.conv1d(rows, kernels, groups=kernels.shape[0])
+        return out.reshape(*batch, length)
+
+    def range(self, x: torch.Tensor, w: torch.Tensor, length: int) -> torch.Tensor:
+        return self.conv1d(x, w, length) if self.direct else self.fft(x, w, length)
+
+    def fresh_range(self, x: torch.Tensor, w: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """The range, ``like.shape[0]`` samples long, as a fresh tensor: cond's branches must
+        agree in strides and storage offset, and the range is a slice."""
+        y = self.range(x, w, like.shape[0])
+        return y.clone(memory_format=torch.contiguous_format)
+
+    def careful_range(self, x: torch.Tensor, w: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """Eager mode's careful path as graph operations: the finite parts convolved, scaled
+        where a transform could overflow, then the outputs with non-finite terms set."""
+        zero = torch.zeros((), dtype=x.dtype, device=x.device)
+        x_part = torch.where(torch.isfinite(x), x, zero)
+        w_part = torch.where(torch.isfinite(w), w, zero)
+        x_max, w_max = _largest(x_part), _largest(w_part)
+        # Eager mode's rule (_nonfinite._without_overflow): both operands brought to a
+        # largest value near 1 by their binary exponents, the result scaled back.
+        overflow = self.may_overflow(x_max, w_max, x.shape[-1], w.shape[-1])
+        x_exp = torch.where(overflow, torch.frexp(x_max).exponent, 0)
+        w_exp = torch.where(overflow, torch.frexp(w_max).exponent, 0)
+        length = like.shape[0]
+        y = self.range(
+            _times_power_of_two(x_part, -x_exp), _times_power_of_two(w_part, -w_exp), length
+        )
+        y = _times_power_of_two(y, x_exp + w_exp)
+        nan, plus, minus = self.nonfinite_terms(x.detach(), w.detach(), length)
+        nan = nan | (plus & minus)  # inf - inf
+        value = torch.where(nan, torch.nan, torch.where(plus, torch.inf, -torch.inf))
+        y = torch.where(nan | plus | minus, value.to(y.dtype), y)
+        return y.clone(memory_format=torch.contiguous_format)
+
+    def may_overflow(
+        self, x_max: torch.Tensor, w_max: torch.Tensor, T: int, K: int
+    ) -> torch.Tensor:
+        """``_nonfinite._may_overflow`` as a boolean tensor, for the largest finite
+        magnitudes ``x_max`` and ``w_max`` (log2(0) = -inf: a zero operand's product bound is
+        -inf, as the eager version's "every product is 0")."""
+        if x_max.dtype not in (torch.float32, torch.float64):
+            return torch.zeros((), dtype=torch.bool, device=x_max.device)
+        log_limit = math.log2(torch.finfo(x_max.dtype).max) - 2
+        unit = torch.ones((), dtype=torch.float64, device=x_max.device)
+        log_n, log_k = torch.log2(unit * (T + K)), torch.log2(unit * K)
+        x_log, w_log = torch.log2(x_max.to(torch.float64)), torch.log2(w_max.to(torch.float64))
+        overflow = x_log + w_log + log_k + 2 * log_n >= log_limit
+        if not self.direct:  # each operand's own spectrum, as in eager mode
+            overflow = overflow | (torch.maximum(x_log, w_log) + log_n >= log_limit)
+        return overflow
+
+    def nonfinite_terms(
+        self, x: torch.Tensor, w: torch.Tensor, length: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Which outputs' direct sums have a NaN term, a +Inf term, a -Inf term: a count of
+        marked sample-tap pairs above 1/2, from one float64 indicator rFFT product of twelve
+        groups, as eager mode decides its indicator counts (``_nonfinite._covered``), which
+        looks only for the kinds the operands hold; a graph looks for all of them.
+
+        Shape:
+            x ``(*bx, T)``, w ``(*bw, K)`` -> three ``(*batch, length)`` bool.
+        """
+        samples, taps = _kinds(x), _kinds(w)
+        # (sample kind, tap kind) pairs whose products are NaN, +Inf, -Inf; an Inf also
+        # counts as positive or negative (+Inf * +Inf is found by two pairs: counts only
+        # need to pass 1/2).
+        nan = [("nan", "all"), ("all", "nan"), ("inf", "zero"), ("zero", "inf")]
+        plus = [("+inf", "+"), ("-inf", "-"), ("+", "+inf"), ("-", "-inf")]
+        minus = [("+inf", "-"), ("-inf", "+"), ("+", "-inf"), ("-", "+inf")]
+        pairs = nan + plus + minus
+        a = torch.stack([samples[i] for i, _ in pairs]).to(torch.float64)
+        b = torch.stack([taps[j] for _, j in pairs]).to(torch.float64)
+        # the groups lead; each operand's batch dims broadcast against the other's
+        for _ in range(self.depth - x.dim()):
+            a = a.unsqueeze(1)
+        for _ in range(self.depth - w.dim()):
+            b = b.unsqueeze(1)
+        # twelve groups: a fixed batch of several rows wherever the sizes are symbols
+        covered = self.fft(a, b, length, complex_rows=self.n_fft is None) > 0.5
+        four = len(nan)
+        return covered[:four].any(0), covered[four : 2 * four].any(0), covered[2 * four :].any(0)
+
+
+def _kinds(t: torch.Tensor) -> dict[str, torch.Tensor]:
+    return {
+        "nan": torch.isnan(t),
+        "+inf": t == torch.inf,
+        "-inf": t == -torch.inf,
+        "inf": torch.isinf(t),
+        "zero": t == 0,
+        "+": t > 0,
+        "-": t < 0,
+        "all": torch.ones_like(t, dtype=torch.bool),
+    }
+
+
+def _largest(t: torch.Tensor) -> torch.Tensor:
+    # The largest finite magnitude (0 for none): the overflow bound's operand.
+    zero = torch.zeros((), dtype=t.dtype, device=t.device)
+    return torch.where(torch.isfinite(t), t, zero).abs().amax()
+
+
+def _times_power_of_two(t: torch.Tensor, exponent: torch.Tensor) -> torch.Tensor:
+    # t * 2**exponent for an integer tensor exponent, exactly (only the exponent changes,
+    # unless a value leaves the normal range), in steps every dtype holds.
+    step = torch.div(exponent, _STEPS, rounding_mode="trunc")
+    last = exponent - (_STEPS - 1) * step
+    for part in [step] * (_STEPS - 1) + [last]:
+        t = t * torch.exp2(part.to(t.dtype))
+    return t

@@ -1,0 +1,210 @@
+"""torch.export records the convolution (and the nn modules) as graph operations.
+
+Exported graphs are checked against scipy (float64) and against eager mode on inputs other
+than the ones traced: other batch sizes and lengths (dynamic shapes), NaN/Inf anywhere, values
+near the dtype's limit, and gradients through ``ExportedProgram.module()``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.signal
+import torch
+from torch.export import Dim
+
+from diffconv_core import convolve, correlate
+from diffconv_core.nn import FIRFilter, WindowConv
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # dynamo's notes on lru_cache
+
+
+class Convolution(torch.nn.Module):
+    def __init__(self, kernel: torch.Tensor, mode="same", padding="zeros", method="auto"):
+        super().__init__()
+        self.kernel = torch.nn.Parameter(kernel)
+        self.mode, self.padding, self.method = mode, padding, method
+
+    def forward(self, signal: torch.Tensor) -> torch.Tensor:
+        return convolve(signal, self.kernel, self.mode, padding=self.padding, method=self.method)
+
+
+def _export(module, example, *, strict=False, dynamic=True):
+    shapes = None
+    if dynamic:
+        shapes = ({0: Dim("batch", max=64), 1: Dim("time", min=64, max=100_000)},)
+    return torch.export.export(module, (example,), dynamic_shapes=shapes, strict=strict)
+
+
+def _hann(K, dtype=torch.float64):
+    return torch.hann_window(K + 2, periodic=False, dtype=dtype)[1:-1]
+
+
+@pytest.mark.parametrize("strict", [False, True], ids=["non-strict", "strict"])
+@pytest.mark.parametrize(
+    "mode, method",
+    [("same", "auto"), ("full", "fft"), ("valid", "auto"), ("same", "direct"), ("full", "direct")],
+)
+def test_exported_convolution_matches_scipy_on_other_shapes(strict, mode, method):
+    kernel = _hann(31) * torch.linspace(-1, 2, 31, dtype=torch.float64)
+    program = _export(
+        Convolution(kernel, mode, method=method), torch.randn(2, 1000).double(), strict=strict
+    )
+    generator = torch.Generator().manual_seed(0)
+    for batch, length in [(3, 500), (1, 4097), (5, 64), (2, 1000)]:
+        x = torch.randn(batch, length, dtype=torch.float64, generator=generator)
+        got = program.module()(x).detach().numpy()
+        expected = scipy.signal.convolve(x.numpy(), kernel.detach().numpy()[None], mode=mode)
+        np.testing.assert_allclose(got, expected, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("padding", ["reflect", "circular", "replicate"])
+def test_exported_paddings_match_eager(padding):
+    kernel = _hann(15, torch.float32)
+    module = Convolution(kernel, "same", padding=padding)
+    program = _export(module, torch.randn(2, 300))
+    for shape in [(4, 200), (1, 777)]:
+        x = torch.randn(*shape)
+        torch.testing.assert_close(program.module()(x), module(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["auto", "direct"])
+def test_exported_kernel_per_signal_matches_scipy(method):
+    kernels = torch.stack([_hann(9), -_hann(9), _hann(9) ** 2])  # (3, 9): one per row
+
+    class PerRow(torch.nn.Module):
+        def forward(self, signal, taps):
+            return convolve(signal, taps, "full", method=method)
+
+    x = torch.randn(3, 200, dtype=torch.float64)
+    x2 = torch.randn(3, 333, dtype=torch.float64)
+    program = torch.export.export(
+        PerRow(), (x, kernels), dynamic_shapes=({1: Dim("time", min=16)}, None)
+    )
+    got = program.module()(x2, kernels).numpy()
+    for row in range(3):
+        expected = scipy.signal.convolve(x2[row].numpy(), kernels[row].numpy())
+        np.testing.assert_allclose(got[row], expected, rtol=1e-10, atol=1e-10)
+
+
+def _same_nonfinite(got: torch.Tensor, expected: torch.Tensor) -> None:
+    assert torch.equal(torch.isnan(got), torch.isnan(expected))
+    assert torch.equal(got == torch.inf, expected == torch.inf)
+    assert torch.equal(got == -torch.inf, expected == -torch.inf)
+    finite = torch.isfinite(expected)
+    torch.testing.assert_close(got[finite], expected[finite], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["auto", "direct"])
+def test_exported_graph_keeps_nan_and_inf_local_as_eager_does(method):
+    # A kernel with zero and negative taps: Inf * 0 is NaN, Inf terms of both signs cancel
+    # to NaN, the rest are Infs of the sign the taps give them.
+    kernel = torch.tensor([0.5, -1.0, 0.0, 2.0, 1.0, 0.0, -0.25])
+    module = Convolution(kernel, "same", method=method)
+    program = _export(module, torch.randn(2, 500))
+    x = torch.randn(3, 600)
+    x[0, 10], x[0, 300] = torch.nan, torch.inf
+    x[1, 50], x[1, 53] = torch.inf, -torch.inf
+    x[2, 599] = -torch.inf
+    expected = module(x).detach()
+    assert torch.isnan(expected).any() and torch.isinf(expected).any()
+    _same_nonfinite(program.module()(x).detach(), expected)
+    # what deployment tools take: the graph in core ATen operations, cond kept
+    _same_nonfinite(program.run_decompositions().module()(x).detach(), expected)
+    # where nothing is non-finite the graph takes its plain branch: the same values
+    x_finite = torch.randn(3, 600)
+    torch.testing.assert_close(program.module()(x_finite), module(x_finite), rtol=1e-5, atol=1e-5)
+
+
+def test_exported_graph_handles_a_nonfinite_kernel():
+    kernel = torch.tensor([1.0, torch.inf, 0.5, -2.0, torch.nan])
+
+    class Fixed(torch.nn.Module):
+        def forward(self, signal, taps):
+            return correlate(signal, taps, "full")
+
+    x = torch.randn(2, 40)
+    x[0, 7] = 0.0  # an Inf tap times a zero sample: NaN
+    program = torch.export.export(Fixed(), (torch.randn(2, 40), kernel))
+    _same_nonfinite(program.module()(x, kernel), correlate(x, kernel, "full"))
+
+
+def test_exported_graph_scales_values_near_the_float32_limit():
+    # float32 samples near 1e36: an FFT's sums overflow unscaled, the result (~1e37) does not.
+    module = Convolution(_hann(63, torch.float32))
+    program = _export(module, torch.randn(2, 1000))
+    x = torch.randn(2, 1500) * 1e36
+    expected = torch.from_numpy(
+        scipy.signal.convolve(
+            x.double().numpy(), module.kernel.detach().double().numpy()[None], "same"
+        )
+    )
+    got = program.module()(x).detach()
+    assert torch.isfinite(got).all()
+    torch.testing.assert_close(got.double(), expected, rtol=1e-4, atol=1e31)
+    torch.testing.assert_close(got, module(x).detach(), rtol=1e-5, atol=1e31)
+
+
+def test_gradients_through_the_exported_graph_match_eager():
+    kernel = _hann(31)
+    module = Convolution(kernel.clone())
+    program = _export(module, torch.randn(2, 700, dtype=torch.float64))
+    exported = program.module()
+    for nan_at in (None, 100):
+        x = torch.randn(3, 900, dtype=torch.float64)
+        if nan_at is not None:
+            x[1, nan_at] = torch.nan
+        grads = []
+        for model in (exported, module):
+            model.zero_grad()
+            signal = x.clone().requires_grad_()
+            y = model(signal)
+            keep = torch.isfinite(y.detach())
+            (y[keep] * torch.linspace(-1, 1, int(keep.sum()), dtype=y.dtype)).pow(
+                2
+            ).sum().backward()
+            kernel_grad = next(p for n, p in model.named_parameters() if "kernel" in n).grad
+            grads.append((signal.grad, kernel_grad))
+        (gx, gw), (ex, ew) = grads
+        assert torch.isfinite(gx).all() and torch.isfinite(gw).all()
+        torch.testing.assert_close(gx, ex, rtol=1e-9, atol=1e-9)
+        torch.testing.assert_close(gw, ew, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: WindowConv("gaussian", 31, learn="params", std=3.0),
+        lambda: WindowConv("hann", 31, learn="width", width=20.0),
+        lambda: WindowConv(("kaiser", 8.0), 33, learn="taps", mode="full", padding="symmetric"),
+        lambda: FIRFilter(
+            "bandpass",
+            (500.0, 2000.0),
+            numtaps=63,
+            fs=16000.0,
+            learn_window=True,
+            window=("kaiser", 6.0),
+        ),
+    ],
+    ids=["gaussian-params", "hann-width", "kaiser-taps", "fir-bandpass"],
+)
+def test_nn_modules_export(make):
+    module = make()
+    program = _export(module, torch.randn(2, 1000))
+    for shape in [(2, 1000), (4, 1500)]:
+        x = torch.randn(*shape)
+        torch.testing.assert_close(program.module()(x), module(x), rtol=1e-5, atol=1e-5)
+
+
+def test_half_precision_exports_and_computes_in_float32():
+    module = Convolution(_hann(15, torch.float16))
+    program = torch.export.export(module, (torch.randn(2, 256, dtype=torch.float16),))
+    x = torch.randn(2, 256, dtype=torch.float16)
+    got = program.module()(x)
+    assert got.dtype == torch.float16
+    torch.testing.assert_close(got, module(x), rtol=2e-3, atol=2e-3)
+
+
+def test_jit_trace_is_refused_with_a_pointer_to_export():
+    with pytest.raises(RuntimeError, match="torch.export.export"):
+        torch.jit.trace(Convolution(_hann(15, torch.float32)), (torch.randn(2, 100),))
