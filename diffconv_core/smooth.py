@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from diffconv_core import _window_build as _b
+from diffconv_core._export import exporting
 from diffconv_core._transforms import transforms_active
 from diffconv_core._validation import PADDINGS, check_choice, check_tensor
 from diffconv_core.convolution import convolve
@@ -208,8 +209,9 @@ def _omit_sums(
         filled_ext, valid_ext ``(..., T + K - 1)``, w ``(..., K)``, empty ``(..., T)`` ->
         two ``(..., T)``.
     """
-    if transforms_active(filled_ext, valid_ext, w):
-        # No data-dependent selection under torch.func: direct sums for every output.
+    if transforms_active(filled_ext, valid_ext, w) or exporting():
+        # No data-dependent selection under torch.func or in an exported graph: direct sums
+        # for every output.
         method = "direct"
     numerator = convolve(filled_ext, w, "valid", method=method)
     weight = convolve(valid_ext, w, "valid", method=method)
@@ -249,11 +251,19 @@ def _omit_sums(
 
 
 def _any_nan(missing: Tensor, nan_policy: str) -> bool | None:
-    """Whether ``missing`` marks a sample; None inside ``torch.func.vmap``, which cannot answer
-    a question about the data ("omit" then takes its NaN-aware path, exact either way).
+    """Whether ``missing`` marks a sample; None inside ``torch.func.vmap`` or while
+    ``torch.export`` records, which cannot answer a question about the data ("omit" then
+    takes its NaN-aware path, exact either way).
     False on the meta device, which has no data: both paths give the same shape and dtype."""
     if missing.device.type == "meta":
         return False
+    if exporting():  # a graph serves any data: "omit" takes its NaN-aware path, exact anyway
+        if nan_policy == "raise":
+            raise ValueError(
+                "nan_policy='raise' must look at the data, which a graph torch.export "
+                "records cannot do; use nan_policy='omit' or 'propagate' in exported models"
+            )
+        return None
     try:
         return bool(missing.any())
     except RuntimeError:

@@ -15,6 +15,7 @@ from torch.export import Dim
 
 from diffconv_core import convolve, correlate
 from diffconv_core.nn import FIRFilter, WindowConv
+from diffconv_core.smooth import smooth
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # dynamo's notes on lru_cache
 
@@ -208,3 +209,34 @@ def test_half_precision_exports_and_computes_in_float32():
 def test_jit_trace_is_refused_with_a_pointer_to_export():
     with pytest.raises(RuntimeError, match="torch.export.export"):
         torch.jit.trace(Convolution(_hann(15, torch.float32)), (torch.randn(2, 100),))
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"edges": "renormalize"},
+        {"nan_policy": "omit"},
+        {"nan_policy": "omit", "edges": "zeros"},
+    ],
+    ids=["reflect", "renormalize", "omit", "omit-zeros"],
+)
+def test_smooth_exports_and_matches_eager_with_nan_gaps(options):
+    class Smooth(torch.nn.Module):
+        def forward(self, signal):
+            return smooth(signal, "gaussian", 21, std=4.0, **options)
+
+    program = _export(Smooth(), torch.randn(2, 1000))
+    x = torch.randn(3, 1500)
+    x[0, 100:110] = torch.nan
+    x[2, 0] = torch.nan
+    _same_nonfinite(program.module()(x), Smooth()(x))
+
+
+def test_smooth_refuses_nan_policy_raise_in_an_exported_graph():
+    class Smooth(torch.nn.Module):
+        def forward(self, signal):
+            return smooth(signal, nan_policy="raise")
+
+    with pytest.raises(ValueError, match="nan_policy='omit' or 'propagate'"):
+        torch.export.export(Smooth(), (torch.randn(2, 100),))
