@@ -162,8 +162,8 @@ class _Plan:
         # Eager mode's rule (_nonfinite._without_overflow): both operands brought to a
         # largest value near 1 by their binary exponents, the result scaled back.
         overflow = self.may_overflow(x_max, w_max, x.shape[-1], w.shape[-1])
-        x_exp = torch.where(overflow, torch.frexp(x_max).exponent, 0)
-        w_exp = torch.where(overflow, torch.frexp(w_max).exponent, 0)
+        x_exp = torch.where(overflow, _binary_exponent(x_max), 0)
+        w_exp = torch.where(overflow, _binary_exponent(w_max), 0)
         length = like.shape[0]
         y = self.range(
             _times_power_of_two(x_part, -x_exp), _times_power_of_two(w_part, -w_exp), length
@@ -240,7 +240,17 @@ def _kinds(t: torch.Tensor) -> dict[str, torch.Tensor]:
 def _largest(t: torch.Tensor) -> torch.Tensor:
     # The largest finite magnitude (0 for none): the overflow bound's operand.
     zero = torch.zeros((), dtype=t.dtype, device=t.device)
-    return torch.where(torch.isfinite(t), t, zero).abs().amax()
+    # (over every dim named: ONNX's exporter has no amax over all dims unnamed)
+    return torch.where(torch.isfinite(t), t, zero).abs().amax(dim=tuple(range(t.dim())))
+
+
+def _binary_exponent(t: torch.Tensor) -> torch.Tensor:
+    # frexp's exponent of a magnitude (t = m * 2**e, 0.5 <= m < 1; 0 for 0), from log2: ONNX
+    # has no frexp. Rounded up to the next power of two, a value just below one can come out
+    # one above frexp's, which only scales it to 1/2 instead of 1: exact all the same.
+    positive = t > 0
+    logs = torch.log2(torch.where(positive, t, torch.ones_like(t)).to(torch.float64))
+    return torch.where(positive, torch.floor(logs).to(torch.int64) + 1, 0)
 
 
 def _times_power_of_two(t: torch.Tensor, exponent: torch.Tensor) -> torch.Tensor:

@@ -240,3 +240,22 @@ def test_smooth_refuses_nan_policy_raise_in_an_exported_graph():
 
     with pytest.raises(ValueError, match="nan_policy='omit' or 'propagate'"):
         torch.export.export(Smooth(), (torch.randn(2, 100),))
+
+
+def test_exported_graph_avoids_operators_the_onnx_exporter_lacks():
+    # torch.onnx.export(dynamo=True) had no conversion for frexp, nor for amax without dims
+    # (checked by hand with onnx 1.23 / onnxscript 0.7 / onnxruntime 1.32, opset 18).
+    program = _export(Convolution(_hann(31, torch.float32)), torch.randn(2, 1000))
+    calls = [
+        node
+        for module in program.graph_module.modules()
+        if isinstance(module, torch.fx.GraphModule)
+        for node in module.graph.nodes
+        if node.op == "call_function"
+    ]
+    names = {str(node.target) for node in calls}
+    assert any("cond" in name for name in names)  # the subgraphs were searched too
+    assert not any("frexp" in name for name in names)
+    for node in calls:
+        if "amax" in str(node.target):
+            assert len(node.args) > 1 and node.args[1], f"amax over unnamed dims: {node}"
