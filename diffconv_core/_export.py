@@ -10,8 +10,14 @@ careful branch: the operands' non-finite values zeroed, their magnitudes scaled 
 two where a transform could overflow (exact: only exponents change), and every output whose
 direct sum has a non-finite term set to that sum's IEEE value through indicator convolutions.
 Values therefore match eager mode's; gradients flow through both branches, the scalings as
-recorded products (as under ``torch.func``: a gradient near the dtype's limit can overflow
-where eager mode rescales it).
+recorded products (as under ``torch.func``), so where a scaling was needed the backward
+pass meets the unscaled magnitudes and can overflow where eager mode rescales it: float32
+signals near 1e35 under a unit-sum kernel, 2,000 samples, gave NaN gradients through the
+FFT (1e34 and the direct method were fine).
+
+Limits: the kernel length is fixed when exporting (a dynamic one specialises or asks for
+constraints), and a dynamic length in "valid" mode needs a minimum above the kernel's
+length (an output of one sample asks a guard the exporter refuses).
 
 Every choice the branches make is taken before the ``cond``, and every size they use comes
 from their operands by arithmetic alone: ``torch.cond`` traces its branches with the sizes
@@ -34,6 +40,8 @@ from diffconv_core._direct import conv1d_range
 from diffconv_core._fft import range_fft_length
 from diffconv_core._transforms import plain_range_function
 from diffconv_core._validation import broadcast_shapes
+from diffconv_core.methods import output_range
+from diffconv_core.padding import pad
 
 #: Steps of a power-of-two scaling: 2**64 and 2**-64 are finite in every float dtype, and
 #: four steps cover float64's exponents (to 2**±1024 each operand, 2**±2048 a product).
@@ -50,12 +58,41 @@ def exporting() -> bool:
     return torch.compiler.is_exporting()
 
 
-def exported_range(method: str, x: torch.Tensor, w: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
-    """Samples ``lo <= n < hi`` of the full linear convolution, as graph operations whose
+def exported_convolution(
+    method: str, x: torch.Tensor, w: torch.Tensor, mode: str, padding: str
+) -> torch.Tensor:
+    """``convolve(x, w, mode, padding=padding, method=method)`` as graph operations whose
     result does not depend on reading any value on the host (module docstring).
 
+    Rows in, rows out: the batch is taken apart into rows before anything else (the padding
+    included) and put back at the end, where the sizes' ranges are known. Inside a branch,
+    reshapes to several batch dims left sizes such as ``(s**2) // s`` that cond could not
+    match; a padded signal flattened to rows asked ``min(4 + T, 16 + 4 * T) == 4 + T``, which
+    symbolic shapes could not prove.
+
     Shape:
-        x ``(*bx, T)``, w ``(*bw, K)`` -> ``(*broadcast(bx, bw), hi - lo)``.
+        x ``(*bx, T)``, w ``(*bw, K)`` -> ``(*broadcast(bx, bw), L)``, ``L`` as ``mode`` says.
+    """
+    T, K = x.shape[-1], w.shape[-1]
+    batch = broadcast_shapes(x.shape[:-1], w.shape[:-1])
+    x = _rows(x.expand(*batch, T))
+    w = _rows(w) if math.prod(w.shape[:-1]) == 1 else _rows(w.expand(*batch, K))
+    if mode == "valid" or padding == "zeros":
+        lo, hi = output_range(T, K, mode)
+    else:  # extended by the mode's reach, then its valid part, as eager mode does it
+        left, right = (K // 2, (K - 1) // 2) if mode == "same" else (K - 1, K - 1)
+        x = pad(x, left, right, padding)
+        lo, hi = K - 1, x.shape[-1]
+    return _exported_range(method, x, w, lo, hi).view(*batch, hi - lo)
+
+
+def _exported_range(
+    method: str, x: torch.Tensor, w: torch.Tensor, lo: int, hi: int
+) -> torch.Tensor:
+    """Samples ``lo <= n < hi`` of the rows' full linear convolutions: one ``torch.cond``.
+
+    Shape:
+        x ``(rows, T)``, w ``(1, K)`` or ``(rows, K)`` -> ``(rows, hi - lo)``.
     """
     T, K = x.shape[-1], w.shape[-1]
     plan = _Plan.of(method, x, w, lo, hi)
@@ -80,8 +117,9 @@ class _Plan:
     then stay symbols, and no Python decision is made on them (module docstring).
 
     Shape:
-        the operands ``(*bx, T)`` and ``(*bw, K)``; a range of the full convolution from
-        sample ``lo``, its length given to each branch.
+        the branches' operands ``(rows, T)`` and ``(1, K)`` or ``(rows, K)`` (plus an empty
+        ``(length, 0)`` giving the range's length) -> ``(rows, length)``, the full
+        convolution's samples from ``lo``.
     """
 
     direct: bool  # conv1d's direct sums, else one rFFT product
@@ -92,7 +130,6 @@ class _Plan:
     # shapes cannot prove ("Constraints violated"); fft/ifft ask nothing (twice the work).
     complex_rows: bool
     shared: bool  # one kernel for every signal
-    depth: int  # max(x.dim(), w.dim())
 
     @classmethod
     def of(cls, method: str, x: torch.Tensor, w: torch.Tensor, lo: int, hi: int) -> _Plan:
@@ -101,14 +138,15 @@ class _Plan:
         # them as ints, so there every size is taken as a possible symbol.
         symbols = any(isinstance(size, torch.SymInt) for size in (T, K, lo, hi))
         static = not symbols and not torch.compiler.is_dynamo_compiling()
-        rows = math.prod(broadcast_shapes(x.shape[:-1], w.shape[:-1]))
+        rows = x.shape[0]  # (rows, T) and (1 or rows, K) here
         return cls(
-            complex_rows=not static and not isinstance(rows, torch.SymInt) and rows > 1,
+            # Plain bools, not SymBools: a SymBool kept for the branches failed cond's guards
+            # ("Cannot create SymNode of type int with incompatible hint of type bool").
+            complex_rows=bool(not static and not isinstance(rows, torch.SymInt) and rows > 1),
             direct=plain_range_function(method, x, w) is conv1d_range,
             lo=lo,
             n_fft=range_fft_length(T, K, lo, hi, x.device) if static else None,
-            shared=math.prod(w.shape[:-1]) == 1,
-            depth=max(x.dim(), w.dim()),
+            shared=bool(w.shape[0] == 1),
         )
 
     def fft(
@@ -126,22 +164,19 @@ class _Plan:
 
     def conv1d(self, x: torch.Tensor, w: torch.Tensor, length: int) -> torch.Tensor:
         """``length`` samples from ``lo`` through ``F.conv1d``: a sliding dot product of the
-        flipped taps over x delayed by K - 1 - lo samples."""
+        flipped taps over x delayed by K - 1 - lo samples.
+
+        Shape:
+            x ``(rows, T)``, w ``(1, K)`` or ``(rows, K)`` -> ``(rows, length)``.
+        """
         K = w.shape[-1]
         source = F.pad(x, (K - 1 - self.lo, length + self.lo - x.shape[-1]))
-        taps = w.flip(-1)
+        taps = w.flip(-1).unsqueeze(1)  # (kernels, 1, K)
         with autocast_off(x.device.type):
-            if self.shared:
-                rows = source.reshape(-1, 1, source.shape[-1])
-                out = F.conv1d(rows, taps.reshape(1, 1, K))
-                # the kernel's leading ones, then the signals' batch
-                batch = [1] * (self.depth - x.dim()) + list(x.shape[:-1])
-            else:  # a kernel per signal: one group per channel
-                batch = list((x[..., :1] + w[..., :1]).shape[:-1])  # broadcast, as torch does it
-                rows = source.expand(*batch, source.shape[-1]).reshape(1, -1, source.shape[-1])
-                kernels = taps.expand(*batch, K).reshape(-1, 1, K)
-                out = F.conv1d(rows, kernels, groups=kernels.shape[0])
-        return out.reshape(*batch, length)
+            if self.shared:  # every row a batch item of one channel
+                return F.conv1d(source.unsqueeze(1), taps).squeeze(1)
+            # a kernel per row: the rows as channels, one group each
+            return F.conv1d(source.unsqueeze(0), taps, groups=taps.shape[0]).squeeze(0)
 
     def range(self, x: torch.Tensor, w: torch.Tensor, length: int) -> torch.Tensor:
         return self.conv1d(x, w, length) if self.direct else self.fft(x, w, length)
@@ -201,7 +236,7 @@ class _Plan:
         looks only for the kinds the operands hold; a graph looks for all of them.
 
         Shape:
-            x ``(*bx, T)``, w ``(*bw, K)`` -> three ``(*batch, length)`` bool.
+            x ``(rows, T)``, w ``(1, K)`` or ``(rows, K)`` -> three ``(rows, length)`` bool.
         """
         samples, taps = _kinds(x), _kinds(w)
         # (sample kind, tap kind) pairs whose products are NaN, +Inf, -Inf; an Inf also
@@ -214,14 +249,16 @@ class _Plan:
         a = torch.stack([samples[i] for i, _ in pairs]).to(torch.float64)
         b = torch.stack([taps[j] for _, j in pairs]).to(torch.float64)
         # the groups lead; each operand's batch dims broadcast against the other's
-        for _ in range(self.depth - x.dim()):
-            a = a.unsqueeze(1)
-        for _ in range(self.depth - w.dim()):
-            b = b.unsqueeze(1)
         # twelve groups: a fixed batch of several rows wherever the sizes are symbols
         covered = self.fft(a, b, length, complex_rows=self.n_fft is None) > 0.5
         four = len(nan)
         return covered[:four].any(0), covered[four : 2 * four].any(0), covered[2 * four :].any(0)
+
+
+def _rows(t: torch.Tensor) -> torch.Tensor:
+    """``(..., L)`` as ``(rows, L)`` (``(1, L)`` for one row), the leading sizes multiplied,
+    never divided as ``reshape(-1, L)`` divides them."""
+    return t.unsqueeze(0).flatten(0, -2)
 
 
 def _kinds(t: torch.Tensor) -> dict[str, torch.Tensor]:

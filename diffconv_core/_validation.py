@@ -144,7 +144,7 @@ def broadcast_shapes(*shapes: Sequence[int]) -> tuple[int, ...]:
             return tuple(first)
         if not first:
             return tuple(second)
-    ndim = max((len(s) for s in shapes), default=0)
+    ndim = max([0, *map(len, shapes)])  # no generator: dynamo (strict export) refuses max() of one
     out = [1] * ndim
     for shape in shapes:
         for i, size in enumerate(shape, start=ndim - len(shape)):

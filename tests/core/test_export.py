@@ -259,3 +259,70 @@ def test_exported_graph_avoids_operators_the_onnx_exporter_lacks():
     for node in calls:
         if "amax" in str(node.target):
             assert len(node.args) > 1 and node.args[1], f"amax over unnamed dims: {node}"
+
+
+def _matches_scipy_rows(got: torch.Tensor, x: torch.Tensor, kernels: torch.Tensor, mode: str):
+    # every row of a broadcast batch against scipy, float64
+    x_b, k_b = torch.broadcast_tensors(x[..., :1], kernels[..., :1])
+    rows_x = x.expand(*x_b.shape[:-1], x.shape[-1]).reshape(-1, x.shape[-1])
+    rows_k = kernels.expand(*k_b.shape[:-1], kernels.shape[-1]).reshape(-1, kernels.shape[-1])
+    flat = got.reshape(rows_x.shape[0], -1)
+    for row in range(rows_x.shape[0]):
+        expected = scipy.signal.convolve(rows_x[row].numpy(), rows_k[row].numpy(), mode=mode)
+        np.testing.assert_allclose(flat[row].numpy(), expected, rtol=1e-10, atol=1e-10)
+
+
+class _TwoInputs(torch.nn.Module):
+    def __init__(self, mode="same", method="auto", padding="zeros"):
+        super().__init__()
+        self.options = (mode, method, padding)
+
+    def forward(self, signal, kernels):
+        mode, method, padding = self.options
+        return convolve(signal, kernels, mode, method=method, padding=padding)
+
+
+@pytest.mark.parametrize(
+    "x_shape, k_shape, method, strict",
+    [
+        ((3, 3, 100), (3, 3, 5), "direct", False),  # equal batch sizes: one symbol in cond
+        ((2, 2, 100), (5,), "direct", False),
+        ((2, 1, 100), (2, 2, 5), "direct", False),  # both operands broadcast
+        ((1, 100), (3, 7), "auto", True),  # strict: the general broadcast rule
+        ((2, 3, 100), (3, 7), "fft", True),
+    ],
+)
+def test_exported_batches_of_several_dims_and_broadcasts(x_shape, k_shape, method, strict):
+    # Failed before: sizes (s**2)//s cond could not match (direct), dynamo's max() of a
+    # generator (strict).
+    x = torch.randn(*x_shape, dtype=torch.float64)
+    kernels = torch.randn(*k_shape, dtype=torch.float64)
+    module = _TwoInputs("same", method)
+    program = torch.export.export(module, (x, kernels), strict=strict)
+    _matches_scipy_rows(program.module()(x, kernels), x, kernels, "same")
+
+
+@pytest.mark.parametrize("padding", ["circular", "reflect"])
+def test_exported_padding_of_two_batch_dims_with_a_dynamic_length(padding):
+    # Failed before: a padded signal of two batch dims flattened to rows asked a guard
+    # (min(4 + T, 16 + 4T) == 4 + T) that symbolic shapes could not prove.
+    module = Convolution(_hann(5), "same", padding=padding, method="direct")
+    example = torch.randn(4, 4, 300, dtype=torch.float64)
+    time = Dim("time", min=8, max=5000)
+    program = torch.export.export(module, (example,), dynamic_shapes=({2: time},))
+    x = torch.randn(4, 4, 777, dtype=torch.float64)
+    torch.testing.assert_close(program.module()(x), module(x), rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("mode", ["same", "valid"])
+def test_exported_kernel_per_signal_with_a_dynamic_batch(mode):
+    # Failed before: a SymBool kept for the branches broke cond's guards.
+    batch, time = Dim("batch", min=2, max=64), Dim("time", min=64, max=5000)
+    x, kernels = torch.randn(3, 188, dtype=torch.float64), torch.randn(3, 32, dtype=torch.float64)
+    program = torch.export.export(
+        _TwoInputs(mode, "direct"),
+        (x, kernels),
+        dynamic_shapes=({0: batch, 1: time}, {0: batch}),
+    )
+    x2, k2 = torch.randn(5, 300, dtype=torch.float64), torch.randn(5, 32, dtype=torch.float64)
+    _matches_scipy_rows(program.module()(x2, k2), x2, k2, mode)
