@@ -248,8 +248,8 @@ class _Plan:
         pairs = nan + plus + minus
         a = torch.stack([samples[i] for i, _ in pairs]).to(torch.float64)
         b = torch.stack([taps[j] for _, j in pairs]).to(torch.float64)
-        # the groups lead; each operand's batch dims broadcast against the other's
-        # twelve groups: a fixed batch of several rows wherever the sizes are symbols
+        # (12, rows, T) against (12, 1 or rows, K): a fixed batch of several rows, so complex
+        # transforms wherever the sizes are symbols (see complex_rows)
         covered = self.fft(a, b, length, complex_rows=self.n_fft is None) > 0.5
         four = len(nan)
         return covered[:four].any(0), covered[four : 2 * four].any(0), covered[2 * four :].any(0)
@@ -283,8 +283,9 @@ def _largest(t: torch.Tensor) -> torch.Tensor:
 
 def _binary_exponent(t: torch.Tensor) -> torch.Tensor:
     # frexp's exponent of a magnitude (t = m * 2**e, 0.5 <= m < 1; 0 for 0), from log2: ONNX
-    # has no frexp. Rounded up to the next power of two, a value just below one can come out
-    # one above frexp's, which only scales it to 1/2 instead of 1: exact all the same.
+    # has no frexp. The log2 of a value just below a power of two can round up to it, giving
+    # an exponent one above frexp's: the value is then scaled to about 1/2 instead of 1,
+    # exactly all the same.
     positive = t > 0
     logs = torch.log2(torch.where(positive, t, torch.ones_like(t)).to(torch.float64))
     return torch.where(positive, torch.floor(logs).to(torch.int64) + 1, 0)
