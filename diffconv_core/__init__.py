@@ -34,6 +34,7 @@ _CORE_FUNCTIONS = {
     "convolve": "convolution",
     "correlate": "convolution",
     "choose_method": "methods",
+    "set_compile_mode": "_compile",
 }
 
 __all__ = sorted(_CORE_FUNCTIONS.keys() | _SUBMODULES)

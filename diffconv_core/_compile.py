@@ -1,4 +1,6 @@
-"""Functions that run eagerly inside ``torch.compile``d code, as a graph break of their own."""
+"""How the core meets graph capture: functions that run eagerly inside ``torch.compile``d
+code, as a graph break of their own, unless a graph is being recorded whole
+(``torch.export``, or ``torch.compile`` after ``set_compile_mode("graph")``)."""
 
 from __future__ import annotations
 
@@ -9,6 +11,44 @@ from typing import TypeVar
 import torch
 
 F = TypeVar("F", bound=Callable)
+
+#: How torch.compile meets the core: "eager" (a graph break) or "graph" (recorded).
+_compile_mode = "eager"
+
+
+def set_compile_mode(mode: str) -> None:
+    """How ``torch.compile`` meets the convolution, windows and filter designs.
+
+    "eager" (the default): they run eagerly inside the compiled code, a graph break of
+    their own, with the core's own methods (direct sums, overlap-save, smooth FFT lengths)
+    and no recompiling per signal length. "graph": they are recorded into the graph as
+    ``torch.export`` records them (plain torch operations and one ``torch.cond`` for
+    NaN/Inf and overflow), so that ``fullgraph=True`` works and nothing breaks the graph
+    (CUDA graphs, one program); slower on the CPU (``benchmarks/bench_export.py``).
+    Process-wide; compiled code guards on it, so a change takes effect at the next call.
+
+    Example:
+        >>> from diffconv_core import set_compile_mode
+        >>> set_compile_mode("graph")  # torch.compile(model, fullgraph=True) records convolve
+        >>> set_compile_mode("eager")  # back to the default
+    """
+    global _compile_mode
+    if mode not in ("eager", "graph"):
+        raise ValueError(f"compile mode must be 'eager' or 'graph'; got {mode!r}")
+    _compile_mode = mode
+
+
+def recording_graph() -> bool:
+    """Whether the caller is being recorded into a graph whole, its values unreadable:
+    ``torch.export`` (strict or not), or ``torch.compile`` in the "graph" mode.
+
+    Example:
+        >>> recording_graph()
+        False
+    """
+    if torch.compiler.is_exporting():
+        return True
+    return _compile_mode == "graph" and torch.compiler.is_compiling()
 
 
 def eager_under_compile(fn: F) -> F:
@@ -33,8 +73,9 @@ def eager_under_compile(fn: F) -> F:
 
     @functools.wraps(fn)
     def dispatch(*args, **kwargs):
-        # torch.export records fn itself (it allows no graph break); fn asks exporting().
-        compiling = torch.compiler.is_compiling() and not torch.compiler.is_exporting()
+        # A graph recorded whole has fn itself in it (no graph break); fn asks
+        # recording_graph().
+        compiling = torch.compiler.is_compiling() and not recording_graph()
         return (eager if compiling else fn)(*args, **kwargs)
 
     return dispatch  # type: ignore[return-value]

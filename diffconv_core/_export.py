@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from diffconv_core._autocast import autocast_off
+from diffconv_core._compile import recording_graph
 from diffconv_core._direct import conv1d_range
 from diffconv_core._fft import range_fft_length
 from diffconv_core._transforms import plain_range_function
@@ -49,13 +50,14 @@ _STEPS = 4
 
 
 def exporting() -> bool:
-    """Whether ``torch.export`` is tracing the caller (strict or not).
+    """Whether the caller is being recorded into a graph whole: ``torch.export`` (strict or
+    not), or ``torch.compile`` in the "graph" mode (``_compile.recording_graph``).
 
     Example:
         >>> exporting()
         False
     """
-    return torch.compiler.is_exporting()
+    return recording_graph()
 
 
 def exported_convolution(

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from diffconv_core._compile import eager_under_compile
+from diffconv_core._compile import eager_under_compile, recording_graph
 from diffconv_core._validation import broadcast_shapes, check_count, check_device, unwrapped
 from diffconv_core._window_registry import REQUIRED, SPECS, Param, Spec, describe, lookup
 
@@ -114,9 +114,10 @@ def readable(value: Tensor) -> Tensor:
 def has_values(value: Tensor) -> bool:
     """Whether ``value`` holds numbers to check: a meta tensor (a model built on the meta
     device) has a shape and a dtype only, and passes every value check; so does every tensor
-    while ``torch.export`` records a graph, whose inputs have no values then (the modules of
-    :mod:`diffconv_core.nn` clamp what they learn into range in ``forward``)."""
-    return value.device.type != "meta" and not torch.compiler.is_exporting()
+    while a graph is recorded whole (``torch.export``, or ``torch.compile`` in the "graph"
+    mode), whose inputs have no values then (the modules of :mod:`diffconv_core.nn` clamp
+    what they learn into range in ``forward``)."""
+    return value.device.type != "meta" and not recording_graph()
 
 
 def _in_range(values: Tensor, p: Param) -> bool:

@@ -326,3 +326,62 @@ def test_exported_kernel_per_signal_with_a_dynamic_batch(mode):
     )
     x2, k2 = torch.randn(5, 300, dtype=torch.float64), torch.randn(5, 32, dtype=torch.float64)
     _matches_scipy_rows(program.module()(x2, k2), x2, k2, mode)
+
+
+@pytest.fixture
+def graph_compile_mode():
+    from diffconv_core import set_compile_mode
+
+    set_compile_mode("graph")
+    torch._dynamo.reset()
+    yield
+    set_compile_mode("eager")
+    torch._dynamo.reset()
+
+
+def test_fullgraph_compile_needs_the_graph_mode():
+    def smooth_twice(x):
+        return convolve(convolve(x, _hann(9, torch.float32)), _hann(5, torch.float32))
+
+    torch._dynamo.reset()
+    with pytest.raises(Exception, match="skipped|graph break"):
+        torch.compile(smooth_twice, fullgraph=True, backend="eager")(torch.randn(2, 300))
+
+
+def test_graph_compile_mode_records_the_convolution_whole(graph_compile_mode):
+    module = Convolution(_hann(31))
+
+    def loss(signal):
+        y = module(signal)
+        keep = torch.isfinite(y.detach())
+        return y[keep].pow(2).sum(), y
+
+    compiled = torch.compile(loss, fullgraph=True, backend="aot_eager")
+    x = torch.randn(3, 900, dtype=torch.float64)
+    x[1, 100] = torch.nan
+    x[2, 7] = torch.inf
+    results = []
+    for fn in (compiled, loss):
+        module.zero_grad()
+        signal = x.clone().requires_grad_()
+        value, y = fn(signal)
+        value.backward()
+        results.append((y.detach(), signal.grad, module.kernel.grad.clone()))
+    (y_c, gx_c, gw_c), (y_e, gx_e, gw_e) = results
+    _same_nonfinite(y_c, y_e)
+    torch.testing.assert_close(gx_c, gx_e, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(gw_c, gw_e, rtol=1e-9, atol=1e-9)
+
+
+def test_graph_compile_mode_takes_windows_and_filters(graph_compile_mode):
+    module = FIRFilter("lowpass", 1000.0, numtaps=63, fs=16000.0)
+    compiled = torch.compile(module, fullgraph=True, backend="eager")
+    x = torch.randn(2, 1000)
+    torch.testing.assert_close(compiled(x), module(x), rtol=1e-5, atol=1e-5)
+
+
+def test_compile_mode_names_its_choices():
+    from diffconv_core import set_compile_mode
+
+    with pytest.raises(ValueError, match="'eager' or 'graph'"):
+        set_compile_mode("fast")
