@@ -36,7 +36,6 @@ import torch
 import torch.nn.functional as F
 
 from diffconv_core._autocast import autocast_off
-from diffconv_core._compile import recording_graph
 from diffconv_core._direct import conv1d_range
 from diffconv_core._fft import range_fft_length
 from diffconv_core._transforms import plain_range_function
@@ -47,17 +46,6 @@ from diffconv_core.padding import pad
 #: Steps of a power-of-two scaling: 2**64 and 2**-64 are finite in every float dtype, and
 #: four steps cover float64's exponents (to 2**±1024 each operand, 2**±2048 a product).
 _STEPS = 4
-
-
-def exporting() -> bool:
-    """Whether the caller is being recorded into a graph whole: ``torch.export`` (strict or
-    not), or ``torch.compile`` in the "graph" mode (``_compile.recording_graph``).
-
-    Example:
-        >>> exporting()
-        False
-    """
-    return recording_graph()
 
 
 def exported_convolution(

@@ -12,9 +12,9 @@ import math
 import torch
 
 from diffconv_core import _direct
-from diffconv_core._compile import eager_under_compile
+from diffconv_core._compile import eager_under_compile, recording_graph
 from diffconv_core._direct import conv1d_range, direct_range, direct_sums_alone
-from diffconv_core._export import exported_convolution, exporting
+from diffconv_core._export import exported_convolution
 from diffconv_core._nonfinite import with_nonfinite_locality
 from diffconv_core._overlap import fft_method_range, overlap_range
 from diffconv_core._transforms import empty_range, transformable_range, transforms_active
@@ -52,7 +52,7 @@ def _run(x: torch.Tensor, w: torch.Tensor, mode: str, padding: str, method: str)
         # An empty batch (a data loader's last, filtered batch): an empty result, shaped and
         # typed as any other and connected to both operands for autograd.
         return empty_range(x, w, output_length(T, K, mode)).to(out_dtype)
-    if exporting():  # torch.export: graph operations that read no value on the host
+    if recording_graph():  # torch.export (or "graph" compiles): no value read on the host
         compute_dtype = torch.float32 if out_dtype in HALF_DTYPES else out_dtype
         x, w = x.to(compute_dtype), w.to(compute_dtype)
         return exported_convolution(method, x, w, mode, padding).to(out_dtype)

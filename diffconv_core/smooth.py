@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from diffconv_core import _window_build as _b
-from diffconv_core._export import exporting
+from diffconv_core._compile import recording_graph
 from diffconv_core._transforms import transforms_active
 from diffconv_core._validation import PADDINGS, check_choice, check_tensor
 from diffconv_core.convolution import convolve
@@ -209,7 +209,7 @@ def _omit_sums(
         filled_ext, valid_ext ``(..., T + K - 1)``, w ``(..., K)``, empty ``(..., T)`` ->
         two ``(..., T)``.
     """
-    if transforms_active(filled_ext, valid_ext, w) or exporting():
+    if transforms_active(filled_ext, valid_ext, w) or recording_graph():
         # No data-dependent selection under torch.func or in an exported graph: direct sums
         # for every output.
         method = "direct"
@@ -257,7 +257,7 @@ def _any_nan(missing: Tensor, nan_policy: str) -> bool | None:
     False on the meta device, which has no data: both paths give the same shape and dtype."""
     if missing.device.type == "meta":
         return False
-    if exporting():  # a graph serves any data: "omit" takes its NaN-aware path, exact anyway
+    if recording_graph():  # a graph serves any data: "omit" takes its NaN-aware path, exact anyway
         if nan_policy == "raise":
             raise ValueError(
                 "nan_policy='raise' must look at the data, which a graph torch.export "
