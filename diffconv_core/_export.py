@@ -40,8 +40,7 @@ from diffconv_core._direct import conv1d_range
 from diffconv_core._fft import range_fft_length
 from diffconv_core._transforms import plain_range_function
 from diffconv_core._validation import broadcast_shapes
-from diffconv_core.methods import output_range
-from diffconv_core.padding import pad
+from diffconv_core.methods import extended_range
 
 #: Steps of a power-of-two scaling: 2**64 and 2**-64 are finite in every float dtype, and
 #: four steps cover float64's exponents (to 2**±1024 each operand, 2**±2048 a product).
@@ -67,12 +66,7 @@ def exported_convolution(
     batch = broadcast_shapes(x.shape[:-1], w.shape[:-1])
     x = _rows(x.expand(*batch, T))
     w = _rows(w) if math.prod(w.shape[:-1]) == 1 else _rows(w.expand(*batch, K))
-    if mode == "valid" or padding == "zeros":
-        lo, hi = output_range(T, K, mode)
-    else:  # extended by the mode's reach, then its valid part, as eager mode does it
-        left, right = (K // 2, (K - 1) // 2) if mode == "same" else (K - 1, K - 1)
-        x = pad(x, left, right, padding)
-        lo, hi = K - 1, x.shape[-1]
+    x, lo, hi = extended_range(x, K, mode, padding)
     return _exported_range(method, x, w, lo, hi).view(*batch, hi - lo)
 
 

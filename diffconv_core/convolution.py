@@ -28,8 +28,7 @@ from diffconv_core._validation import (
     check_tensor,
     needs_graph,
 )
-from diffconv_core.methods import output_length, output_range, pick_method
-from diffconv_core.padding import pad
+from diffconv_core.methods import extended_range, output_length, pick_method
 
 _RANGE_FUNCTIONS = {"direct": direct_range, "fft": fft_method_range, "overlap": overlap_range}
 
@@ -56,13 +55,7 @@ def _run(x: torch.Tensor, w: torch.Tensor, mode: str, padding: str, method: str)
         compute_dtype = torch.float32 if out_dtype in HALF_DTYPES else out_dtype
         x, w = x.to(compute_dtype), w.to(compute_dtype)
         return exported_convolution(method, x, w, mode, padding).to(out_dtype)
-    if mode == "valid" or padding == "zeros":
-        lo, hi = output_range(T, K, mode)
-    else:
-        # Extend the signal by the mode's reach, then take the valid part.
-        left, right = (K // 2, (K - 1) // 2) if mode == "same" else (K - 1, K - 1)
-        x = pad(x, left, right, padding)
-        lo, hi = K - 1, x.shape[-1]
+    x, lo, hi = extended_range(x, K, mode, padding)
     if x.is_meta:
         # Shapes without values (model construction on the meta device, shape inference):
         # conv1d gives the output's shape, dtype and autograd graph; no method has anything

@@ -48,6 +48,7 @@ from diffconv_core._validation import (
     check_choice,
     check_device,
 )
+from diffconv_core.padding import pad
 
 # The CPU table's fft_power_of_two applies from this many points on; shorter power-of-two
 # transforms are priced as fitted, as the fit's small calls include them (16 x 2,000 with up
@@ -359,6 +360,32 @@ def output_range(T: int, K: int, mode: str) -> tuple[int, int]:
     if mode == "same":
         return (K - 1) // 2, (K - 1) // 2 + T
     return 0, T + K - 1
+
+
+def extended_range(
+    x: torch.Tensor, K: int, mode: str, padding: str
+) -> tuple[torch.Tensor, int, int]:
+    """The signal a method convolves for ``mode`` and ``padding``, and the samples
+    ``lo <= n < hi`` of that full convolution to keep: ``x`` itself and :func:`output_range`
+    with zero padding (and "valid", which pads nothing), else ``x`` extended by the mode's
+    reach and the valid part.
+
+    Shape:
+        x ``(..., T)`` -> ``(..., T')``, ``T' = T`` or ``T + K - 1`` ("same") or
+        ``T + 2(K - 1)`` ("full").
+
+    Example:
+        >>> import torch
+        >>> from diffconv_core.methods import extended_range
+        >>> x, lo, hi = extended_range(torch.arange(4.0), 3, "same", "reflect")
+        >>> x.tolist(), lo, hi
+        ([1.0, 0.0, 1.0, 2.0, 3.0, 2.0], 2, 6)
+    """
+    if mode == "valid" or padding == "zeros":
+        return (x, *output_range(x.shape[-1], K, mode))
+    left, right = (K // 2, (K - 1) // 2) if mode == "same" else (K - 1, K - 1)
+    x = pad(x, left, right, padding)
+    return x, K - 1, x.shape[-1]
 
 
 @functools.lru_cache(maxsize=4096)
