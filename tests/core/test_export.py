@@ -30,6 +30,16 @@ class Convolution(torch.nn.Module):
         return convolve(signal, self.kernel, self.mode, padding=self.padding, method=self.method)
 
 
+class _TwoInputs(torch.nn.Module):
+    def __init__(self, mode="same", method="auto", padding="zeros"):
+        super().__init__()
+        self.options = (mode, method, padding)
+
+    def forward(self, signal, kernels):
+        mode, method, padding = self.options
+        return convolve(signal, kernels, mode, method=method, padding=padding)
+
+
 def _export(module, example, *, strict=False, dynamic=True):
     shapes = None
     if dynamic:
@@ -72,15 +82,10 @@ def test_exported_paddings_match_eager(padding):
 @pytest.mark.parametrize("method", ["auto", "direct"])
 def test_exported_kernel_per_signal_matches_scipy(method):
     kernels = torch.stack([_hann(9), -_hann(9), _hann(9) ** 2])  # (3, 9): one per row
-
-    class PerRow(torch.nn.Module):
-        def forward(self, signal, taps):
-            return convolve(signal, taps, "full", method=method)
-
     x = torch.randn(3, 200, dtype=torch.float64)
     x2 = torch.randn(3, 333, dtype=torch.float64)
     program = torch.export.export(
-        PerRow(), (x, kernels), dynamic_shapes=({1: Dim("time", min=16)}, None)
+        _TwoInputs("full", method), (x, kernels), dynamic_shapes=({1: Dim("time", min=16)}, None)
     )
     got = program.module()(x2, kernels).numpy()
     for row in range(3):
@@ -270,16 +275,6 @@ def _matches_scipy_rows(got: torch.Tensor, x: torch.Tensor, kernels: torch.Tenso
     for row in range(rows_x.shape[0]):
         expected = scipy.signal.convolve(rows_x[row].numpy(), rows_k[row].numpy(), mode=mode)
         np.testing.assert_allclose(flat[row].numpy(), expected, rtol=1e-10, atol=1e-10)
-
-
-class _TwoInputs(torch.nn.Module):
-    def __init__(self, mode="same", method="auto", padding="zeros"):
-        super().__init__()
-        self.options = (mode, method, padding)
-
-    def forward(self, signal, kernels):
-        mode, method, padding = self.options
-        return convolve(signal, kernels, mode, method=method, padding=padding)
 
 
 @pytest.mark.parametrize(
