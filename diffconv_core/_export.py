@@ -6,14 +6,15 @@ exported graph cannot hold either: its inputs have no values while it is traced,
 serve any input afterwards. Here the same decisions become part of the graph. One
 ``torch.cond`` on "every value finite and no overflow possible" runs either the method's
 plain torch operations (``conv1d`` or one rFFT product, as under ``torch.func``) or the
-careful branch: the operands' non-finite values zeroed, their magnitudes scaled by powers of
-two where a transform could overflow (exact: only exponents change), and every output whose
+careful branch: the operands' non-finite values zeroed, float32 transforms computed in
+float64 (whose range holds all their sums) and float64 magnitudes scaled by powers of two
+where a transform could overflow (exact: only exponents change), and every output whose
 direct sum has a non-finite term set to that sum's IEEE value through indicator convolutions.
 Values therefore match eager mode's; gradients flow through both branches, the scalings as
-recorded products (as under ``torch.func``), so where a scaling was needed the backward
-pass meets the unscaled magnitudes and can overflow where eager mode rescales it: float32
-signals near 1e35 under a unit-sum kernel, 2,000 samples, gave NaN gradients through the
-FFT (1e34 and the direct method were fine).
+recorded products (as under ``torch.func``), so where a float64 scaling was needed the
+backward pass meets the unscaled magnitudes and can overflow where eager mode rescales it:
+float64 signals near 1e307 under a unit-sum kernel gave Inf signal gradients through the FFT.
+(float32 signals near 3e36 did too while that branch scaled float32 as well.)
 
 Limits: the kernel length is fixed when exporting (a dynamic one specialises or asks for
 constraints), and a dynamic length in "valid" mode needs a minimum above the kernel's
@@ -177,22 +178,29 @@ class _Plan:
         zero = torch.zeros((), dtype=x.dtype, device=x.device)
         x_part = torch.where(torch.isfinite(x), x, zero)
         w_part = torch.where(torch.isfinite(w), w, zero)
-        x_max, w_max = _largest(x_part), _largest(w_part)
-        # Eager mode's rule (_nonfinite._without_overflow): both operands brought to a
-        # largest value near 1 by their binary exponents, the result scaled back.
-        overflow = self.may_overflow(x_max, w_max, x.shape[-1], w.shape[-1])
-        x_exp = torch.where(overflow, _binary_exponent(x_max), 0)
-        w_exp = torch.where(overflow, _binary_exponent(w_max), 0)
         length = like.shape[0]
-        y = self.range(
-            _times_power_of_two(x_part, -x_exp), _times_power_of_two(w_part, -w_exp), length
-        )
-        y = _times_power_of_two(y, x_exp + w_exp)
+        if not self.direct and x.dtype == torch.float32:
+            # float32 through a transform: in float64, whose range holds every sum of float32
+            # values (n * K * 3.4e38**2 for any n and K that fit in memory), so no scaling:
+            # the gradients too meet no overflow, and a result past float32's range keeps its
+            # small outputs finite, as eager mode's (_nonfinite._without_overflow).
+            y = self.range(x_part.to(torch.float64), w_part.to(torch.float64), length)
+        else:
+            # Eager mode's rule (_nonfinite._without_overflow): both operands brought to a
+            # largest value near 1 by their binary exponents, the result scaled back.
+            x_max, w_max = _largest(x_part), _largest(w_part)
+            overflow = self.may_overflow(x_max, w_max, x.shape[-1], w.shape[-1])
+            x_exp = torch.where(overflow, _binary_exponent(x_max), 0)
+            w_exp = torch.where(overflow, _binary_exponent(w_max), 0)
+            y = self.range(
+                _times_power_of_two(x_part, -x_exp), _times_power_of_two(w_part, -w_exp), length
+            )
+            y = _times_power_of_two(y, x_exp + w_exp)
         nan, plus, minus = self.nonfinite_terms(x.detach(), w.detach(), length)
         nan = nan | (plus & minus)  # inf - inf
         value = torch.where(nan, torch.nan, torch.where(plus, torch.inf, -torch.inf))
         y = torch.where(nan | plus | minus, value.to(y.dtype), y)
-        return y.clone(memory_format=torch.contiguous_format)
+        return y.to(x.dtype, memory_format=torch.contiguous_format, copy=True)
 
     def may_overflow(
         self, x_max: torch.Tensor, w_max: torch.Tensor, T: int, K: int

@@ -7,12 +7,12 @@ without ``setup_context``/``jvp``. Under any of these the core computes with pla
 operations instead: ``conv1d`` for the direct method (and short kernels on a GPU under
 "auto"), one rFFT product otherwise. Non-finite values keep the same semantics as everywhere
 else (each output is its direct sum's IEEE value, and such outputs are constants to
-autograd). Where huge finite values overflowed inside the method, it is run again on operands
-scaled by powers of two, as eager mode does (here plain multiplications, which every
-transform sees through): the values and tangents then match eager's, but reverse-mode
-gradients taken under a transform go through those recorded multiplications (the incoming
-gradient times the result's scale) and can overflow where eager's, which rescale that
-gradient, do not.
+autograd). Where huge finite values overflowed inside the method, it is run again: float32
+in float64, whose range holds all its sums; float64 on operands scaled by powers of two, as
+eager mode does (here plain multiplications, which every transform sees through). The values
+and tangents then match eager's, but float64's reverse-mode gradients taken under a transform
+go through those recorded multiplications (the incoming gradient times the result's scale)
+and can overflow where eager's, which rescale that gradient, do not.
 """
 
 from __future__ import annotations
@@ -131,6 +131,13 @@ def _rescaled_if_overflowed(
         return y
     if math.isfinite(y_max):
         return y
+    if x.dtype == torch.float32 and _transforms(range_fn):
+        # float32 through a transform: in float64, whose range holds every sum of float32
+        # values, nothing is scaled, so no recorded product meets a backward pass, and a
+        # result past float32's range keeps its small outputs finite (scaled, 1e30 samples
+        # under 1e20 taps gave Inf for most of their exact zeros; eager mode's rule too).
+        y = range_fn(x.to(torch.float64), w.to(torch.float64), lo, hi)
+        return y.to(torch.float32)
     return _scaled_range(range_fn, x, w, lo, hi, *_least_scaling(x, w, x_max, w_max, range_fn))
 
 

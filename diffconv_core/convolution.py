@@ -167,9 +167,10 @@ def convolve(
     included. Differentiable with respect to both inputs, twice; also under ``torch.func``
     transforms (``vmap``, ``grad``, ``jacrev``, ``jacfwd``, ``jvp``, ``hessian``) and
     forward-mode AD, where it runs as plain torch operations (``conv1d`` or one rFFT). There,
-    huge values whose sums overflow inside the method are scaled by powers of two as in eager
-    mode, but as recorded products: a reverse-mode gradient taken under a transform can
-    overflow near the dtype's limit where eager's (which rescales it) stays finite.
+    huge values whose sums overflow inside the method are computed in float64 (float32) or
+    scaled by powers of two as in eager mode (float64), but as recorded products: a float64
+    reverse-mode gradient taken under a transform can overflow near the dtype's limit where
+    eager's (which rescales it) stays finite.
     ``torch.export`` records it as graph operations, eager mode's NaN/Inf and overflow
     handling included (a ``torch.cond``), static or dynamic shapes; ``torch.jit.trace`` is
     refused.

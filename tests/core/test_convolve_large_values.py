@@ -122,6 +122,31 @@ def test_a_true_overflow_is_still_inf():
 
 @pytest.mark.parametrize("recorded", [False, True], ids=["plain", "recorded"])
 @pytest.mark.parametrize("method", METHODS)
+def test_a_float32_result_past_the_dtypes_range_keeps_its_small_outputs_finite(method, recorded):
+    # Samples near 1e30 in the first quarter, zeros after, under 1e20 taps: the outputs near
+    # the samples are ~1e50 (Inf in float32), the others exactly 0. The transforms' round-off,
+    # a fraction of 1e50 once scaled back, made 2,680 of those zeros Inf with the FFT method.
+    gen = torch.Generator().manual_seed(3)
+    x = torch.zeros(2, 4000)
+    x[:, :1000] = torch.randn(2, 1000, generator=gen) * 1e30
+    w = torch.hann_window(255, periodic=False) * 1e20
+    expected = reference(x.double(), w.double(), "same")
+    out = diffconv_core.convolve(x, w.requires_grad_(recorded), method=method).detach()
+    largest = float(torch.finfo(torch.float32).max)
+    small, huge = np.abs(expected) < largest / 2, np.abs(expected) > 2 * largest
+    assert small.sum() > 5000 and huge.sum() > 1000
+    assert torch.isfinite(out[small]).all(), f"{method}: Inf where the result is small"
+    assert relative_error(out[small], expected[small], scale=np.abs(expected).max()) < 1e-12
+    assert torch.equal(out[huge], torch.from_numpy(expected[huge]).float())  # +-Inf
+    if recorded:  # the kernel's gradient (~1e32) is finite and right
+        g = torch.randn(2, 4000, generator=gen)
+        diffconv_core.convolve(x, w, method=method).backward(g)
+        assert w.grad.dtype == torch.float32
+        assert relative_error(w.grad, same_mode_gradients(x, w, g)[1]) < 1e-5
+
+
+@pytest.mark.parametrize("recorded", [False, True], ids=["plain", "recorded"])
+@pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("mode", ["full", "same", "valid"])
 @pytest.mark.parametrize("K", [2, 5, 12])
 def test_products_that_overflow_give_every_paths_sums(K, mode, method, recorded):

@@ -151,6 +151,46 @@ def test_exported_graph_scales_values_near_the_float32_limit():
     torch.testing.assert_close(got, module(x).detach(), rtol=1e-5, atol=1e31)
 
 
+def test_exported_float32_result_past_the_dtypes_range_keeps_its_small_outputs_finite():
+    # 1e30 samples under 1e20 taps, zeros after the first quarter: outputs near 1e50 (Inf in
+    # float32) and exact zeros. In float32 the FFT's round-off of 1e50 made most zeros Inf; the
+    # careful branch computes float32 transforms in float64, as eager mode does here.
+    module = Convolution(_hann(255, torch.float32) * 1e20, method="fft")
+    program = _export(module, torch.randn(2, 1000), dynamic=False)
+    x = torch.zeros(2, 1000)
+    x[:, :250] = torch.randn(2, 250) * 1e30
+    expected = scipy.signal.convolve(
+        x.double().numpy(), module.kernel.detach().double().numpy()[None], "same", "direct"
+    )
+    got = program.module()(x).detach()
+    largest = float(torch.finfo(torch.float32).max)
+    small, huge = np.abs(expected) < largest / 2, np.abs(expected) > 2 * largest
+    assert small.sum() > 1000 and huge.sum() > 300
+    assert torch.isfinite(got[small]).all()
+    assert np.abs(got.double().numpy() - expected)[small].max() < 1e-12 * np.abs(expected).max()
+    assert torch.equal(got[huge], torch.from_numpy(expected[huge]).float())
+
+
+def test_exported_float32_gradients_near_the_dtypes_limit_match_eager():
+    # float32 samples near 3e36 under a unit-sum kernel: the signal's gradient is the kernel's
+    # sum, yet the scaled careful branch's recorded products gave Inf there (eager mode
+    # rescales its gradient); in float64 that branch needs no scaling. The kernel's gradient,
+    # a sum of 4,000 such samples, truly overflows in both.
+    module = Convolution(_hann(63, torch.float32) / _hann(63).sum().item(), method="fft")
+    exported = _export(module, torch.randn(2, 1000)).module()
+    x = torch.rand(2, 2000, generator=torch.Generator().manual_seed(5)) * 3e36
+    grads = []
+    for model in (exported, module):
+        model.zero_grad()
+        signal = x.clone().requires_grad_()
+        model(signal).backward(torch.ones(2, 2000))
+        grads.append((signal.grad, next(p for n, p in model.named_parameters()).grad))
+    (gx, gw), (ex, ew) = grads
+    assert torch.isfinite(gx).all()
+    torch.testing.assert_close(gx, ex, rtol=1e-5, atol=1e-6)
+    assert torch.equal(torch.isfinite(gw), torch.isfinite(ew))
+
+
 def test_gradients_through_the_exported_graph_match_eager():
     kernel = _hann(31)
     module = Convolution(kernel.clone())

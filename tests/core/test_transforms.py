@@ -183,9 +183,10 @@ def test_jvp_and_dual_tensors_give_the_bilinear_tangent(method):
 
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("with_nan", [False, True], ids=["finite", "with_nan"])
-def test_huge_float32_values_are_scaled_under_transforms(method, with_nan):
+def test_huge_float32_values_do_not_overflow_under_transforms(method, with_nan):
     # An rFFT of 1,000 float32 samples near 1e37 overflowed: vmap and forward-mode AD gave
-    # NaN everywhere where eager mode (which scales by powers of two) gives ~3e35.
+    # NaN everywhere where eager mode (which scales by powers of two) gives ~3e35. (float32
+    # overflowing there is now computed in float64; float64 itself is scaled.)
     gen = torch.Generator().manual_seed(3)
     x = (torch.rand(2, 1000, generator=gen, dtype=torch.float64) * 1e37 + 1e36).float()
     w = (torch.rand(31, generator=gen, dtype=torch.float64) * 1e-3).float()
@@ -222,6 +223,35 @@ def test_huge_float32_values_are_scaled_under_transforms(method, with_nan):
     per_sample = func.vmap(func.grad(lambda a: conv(a, w).sum()))(x[:1])
     torch.testing.assert_close(per_sample, func.grad(lambda a: conv(a, w).sum())(x[:1]))
     assert torch.isfinite(per_sample).all()
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_a_float32_result_past_the_dtypes_range_keeps_its_small_outputs_finite_under_vmap(method):
+    # 1e30 samples under 1e20 taps, zeros after the first quarter: outputs near 1e50 (Inf in
+    # float32) and exact zeros, which the scaled rFFT's round-off of 1e50 made Inf.
+    gen = torch.Generator().manual_seed(4)
+    x = torch.zeros(2, 4000)
+    x[:, :1000] = torch.randn(2, 1000, generator=gen) * 1e30
+    w = torch.hann_window(255, periodic=False) * 1e20
+    expected = np.stack(
+        [scipy.signal.convolve(r, w.double().numpy(), "same", "direct") for r in x.double().numpy()]
+    )
+    largest = float(torch.finfo(torch.float32).max)
+    small, huge = np.abs(expected) < largest / 2, np.abs(expected) > 2 * largest
+    assert small.sum() > 5000 and huge.sum() > 1000
+
+    def conv(a, b):
+        return diffconv_core.convolve(a, b, method=method)
+
+    for got in (
+        func.vmap(lambda a: conv(a, w))(x),
+        func.jvp(conv, (x, w), (torch.zeros_like(x), torch.zeros_like(w)))[0],
+    ):
+        assert got.dtype == torch.float32
+        assert torch.isfinite(got[small]).all()
+        scale = np.abs(expected).max()
+        assert relative_error(got.numpy()[small], expected[small], scale=scale) < 1e-12
+        assert torch.equal(got[huge], torch.from_numpy(expected[huge]).float())
 
 
 @pytest.mark.parametrize("method", METHODS)
