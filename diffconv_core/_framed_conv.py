@@ -48,7 +48,6 @@ left at "ieee" (or unset); with "bf16" or "tf32" asked for, or without oneDNN, t
 
 from __future__ import annotations
 
-import functools
 import threading
 
 import torch
@@ -56,7 +55,7 @@ import torch.nn.functional as F
 
 from diffconv_core._autocast import autocast_off
 from diffconv_core._validation import needs_graph
-from diffconv_core._workspace import scratch
+from diffconv_core._workspace import kept_tensors, scratch
 
 #: Frames of 16 samples were fastest at every kernel length from 13 to 511 taps and batch
 #: shape tried (4 x 480,000, 1 x 4,194,304, 512 x 1,024, 64 x 8,000): 8 and 32 were up to
@@ -265,7 +264,7 @@ def whole_rows_plan(
     return pad, lead, J + surplus  # too many: a frame of zero taps reads one frame fewer
 
 
-@functools.lru_cache(maxsize=64)
+@kept_tensors(maxsize=64)
 def _filter_taps(J: int, P: int, device: torch.device) -> torch.Tensor:
     # Which of J * P aligned taps (or, for a negative lag, the zero appended at index J * P)
     # filter entry (s, r, 0, j) of :func:`filters`' layout holds: tap j * P + r - s. Laid out
@@ -402,7 +401,7 @@ def direct_rows_plan(
     return plan
 
 
-@functools.lru_cache(maxsize=64)
+@kept_tensors(maxsize=64)
 def _filters_index(K: int, lead: int, J: int, count: int, device: torch.device) -> torch.Tensor:
     # _filter_taps read from `count` kernels of K taps as given, each with a zero appended and
     # laid end to end: aligned tap a of kernel f is its reversed tap a - lead, the kernel's

@@ -26,13 +26,13 @@ the identity's own, never over the caller's tensors.
 
 from __future__ import annotations
 
-import functools
 import math
 
 import torch
 import torch.nn.functional as F
 
 from diffconv_core._validation import under_vmap
+from diffconv_core._workspace import kept_tensors
 
 _COMPLEX = {torch.float32: torch.complex64, torch.float64: torch.complex128}
 _REAL = {complex_dtype: real for real, complex_dtype in _COMPLEX.items()}
@@ -93,7 +93,7 @@ def _twiddles(n_fft: int, dtype: torch.dtype) -> torch.Tensor:
     return _computed_twiddles(n_fft, dtype)
 
 
-@functools.lru_cache(maxsize=32)
+@kept_tensors(maxsize=32)
 def _kept_twiddles(n_fft: int, dtype: torch.dtype) -> torch.Tensor:
     return _computed_twiddles(n_fft, dtype)
 

@@ -18,7 +18,6 @@ own gradient as :func:`toeplitz_lagged_products`.
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Callable, Iterator
 
@@ -28,7 +27,7 @@ import torch.nn.functional as F
 from diffconv_core import _framed_conv
 from diffconv_core._pieces import pieces
 from diffconv_core._validation import broadcast_shapes
-from diffconv_core._workspace import scratch
+from diffconv_core._workspace import kept_tensors, scratch
 
 #: Without autograd, the work goes in pieces of about this many bytes of signal: small enough
 #: to keep the work arrays of stacked short rows in cache, large enough that the few ops per
@@ -38,7 +37,7 @@ from diffconv_core._workspace import scratch
 CHUNK_BYTES = 2**22
 
 
-@functools.lru_cache(maxsize=64)
+@kept_tensors(maxsize=64)
 def _toeplitz_index(K: int, P: int, device: torch.device, J: int) -> torch.Tensor:
     # Entry (c, i) of the (J * P, P) matrix holds tap c - i, or the zero appended at index K.
     lag = torch.arange(J * P, device=device)[:, None] - torch.arange(P, device=device)

@@ -8,9 +8,14 @@ cost comparable to the GEMMs that use them; kept here, they are allocated once p
 
 from __future__ import annotations
 
+import functools
 import threading
+from collections.abc import Callable
+from typing import TypeVar
 
 import torch
+
+F = TypeVar("F", bound=Callable[..., torch.Tensor])
 
 #: Arrays larger than this many bytes are never kept (a rare huge piece must not pin memory).
 MAX_KEPT_BYTES = 16 * 2**20
@@ -40,3 +45,34 @@ def scratch(name: str, numel: int, dtype: torch.dtype, device: torch.device) -> 
         with torch.inference_mode(False):
             array = kept[key] = torch.empty(numel, dtype=dtype, device=device)
     return array[:numel]
+
+
+def kept_tensors(maxsize: int) -> Callable[[F], F]:
+    """``functools.lru_cache`` for a function that builds a tensor from hashable arguments
+    (an index, a twiddle table), the tensor built outside ``torch.inference_mode``.
+
+    A cached tensor outlives the call that made it: one first made under inference mode is an
+    inference tensor, which autograd refuses to save for backward in every later call outside
+    that mode ("Inference tensors cannot be saved for backward": a direct convolution with
+    gradients after the same shape under inference mode). A normal tensor works in both.
+
+    Example:
+        >>> @kept_tensors(maxsize=4)
+        ... def ramp(n):
+        ...     return torch.arange(n)
+        >>> with torch.inference_mode():
+        ...     made_there = ramp(3)
+        >>> made_there.is_inference(), ramp(3) is made_there
+        (False, True)
+    """
+
+    def decorate(build: F) -> F:
+        @functools.lru_cache(maxsize=maxsize)
+        @functools.wraps(build)
+        def cached(*args):
+            with torch.inference_mode(False):
+                return build(*args)
+
+        return cached  # type: ignore[return-value]
+
+    return decorate
