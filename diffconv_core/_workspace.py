@@ -4,6 +4,8 @@ A convolution cut into cache-sized pieces needs the same few scratch arrays of a
 on every call. Allocated afresh each time, glibc may hand them back to the kernel on ``free``
 and fault them in again page by page on the next call (see :mod:`diffconv_core.memory`), a
 cost comparable to the GEMMs that use them; kept here, they are allocated once per thread.
+Tables that depend only on sizes (gather indices, twiddles) are kept too
+(:func:`kept_tensors`), built so that any later call may use them, with autograd or not.
 """
 
 from __future__ import annotations
