@@ -63,10 +63,11 @@ def smooth(
             tensors (differentiable).
 
     With "renormalize" or "omit" the divisor is a partial sum of the window: for windows
-    with negative taps (flattop, lanczos) it can get close to zero near gaps and ends. With
-    "omit", an output whose valid samples carry less than 1e-3 of the window's weight (a
-    Gaussian's far tails across a long gap) is summed directly, so its ratio is as exact as
-    its own terms allow whatever the method.
+    with negative taps (flattop, lanczos) it can get close to zero near gaps and ends. An
+    output whose valid samples (inside the signal with "renormalize", not NaN with "omit")
+    carry less than 1e-3 of the window's weight (a Gaussian's far tails across a long gap, a
+    narrow periodic Gaussian's last tap at an end) is summed directly, so its ratio is as
+    exact as its own terms allow whatever the method.
 
     Shape:
         - signal: ``(..., T)``
@@ -133,11 +134,18 @@ def smooth_with_window(
         )
     pad_mode = "zeros" if edges == "renormalize" else edges
     if has_nan is False:
-        out = convolve(signal, w, padding=pad_mode, method=method)
-        if edges == "renormalize":
-            inside = torch.ones(signal.shape[-1], dtype=signal.dtype, device=signal.device)
-            out = _divide_finite(out, convolve(inside, w, padding="zeros", method=method))
-        return out
+        if edges != "renormalize":
+            return convolve(signal, w, padding=pad_mode, method=method)
+        inside = torch.ones(signal.shape[-1], dtype=signal.dtype, device=signal.device)
+        weight = convolve(inside, w, padding="zeros", method=method)
+        if not _has_slivers(weight, w, method):
+            return _divide_finite(convolve(signal, w, padding="zeros", method=method), weight)
+        # Near an end, the part of the window inside the signal is a sliver of it (a narrow
+        # periodic Gaussian: one tap of 1e-22): a transform's round-off swamps that divisor
+        # (-inf where the exact output is the edge sample). The NaN-aware path sums such
+        # outputs directly; with no sample missing, a NaN there still spreads as "propagate"
+        # has it.
+        missing = torch.zeros_like(signal, dtype=torch.bool)
 
     # "omit": zero the NaNs, then divide by the weight of the valid samples under the window.
     # Next to a long gap both are sums of a few small terms; an FFT's round-off is relative
@@ -166,6 +174,19 @@ def smooth_with_window(
     safe_weight = torch.where(empty, torch.ones_like(weight), weight)
     out = _divide_finite(numerator, safe_weight)
     return torch.where(empty, torch.full_like(out, float("nan")), out).to(result_dtype)
+
+
+def _has_slivers(weight: Tensor, w: Tensor, method: str) -> bool:
+    """Whether some output's window weight ``weight`` is a sliver of the window ``w``'s
+    (under ``_SLIVER`` of its absolute sum), where ``method`` is not the direct sums, which
+    are exact anyway; False where the values cannot be read (``torch.func``, an exported
+    graph, the meta device)."""
+    if method == "direct" or weight.device.type == "meta":
+        return False
+    if transforms_active(weight, w) or recording_graph():
+        return False
+    scale = w.detach().abs().sum(-1, keepdim=True)
+    return bool((weight.detach().abs() < _SLIVER * scale).any())
 
 
 def _divide_finite(numerator: Tensor, denominator: Tensor) -> Tensor:

@@ -218,6 +218,40 @@ def test_omit_beside_gaps_where_only_the_window_tails_remain(method, edges):
     np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.parametrize("method", ["fft", "overlap", "auto"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_renormalize_where_the_window_inside_the_signal_is_a_sliver(method, dtype):
+    # A periodic 2-tap Gaussian of std 0.1 weighs 1e-22 at one end: the first output's
+    # window inside the signal is that tap alone, so the output is the first sample. Divided
+    # through a transform, the divisor was round-off: -inf, or 7 digits lost at std 0.15.
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(3, 64, dtype=torch.float64, generator=gen).to(dtype)
+    for std in (0.1, 0.15):
+        options = dict(std=std, sym=False, edges="renormalize")
+        exact = smooth(x, "gaussian", 2, method="direct", **options)
+        got = smooth(x, "gaussian", 2, method=method, **options)
+        assert got.dtype == dtype and torch.isfinite(got).all()
+        tolerance = 1e-12 if dtype == torch.float64 else 1e-6
+        torch.testing.assert_close(got, exact, rtol=tolerance, atol=tolerance)
+        torch.testing.assert_close(got[:, 0], x[:, 0], rtol=tolerance, atol=tolerance)
+    # A NaN still spreads as "propagate" has it, to the 4 outputs whose window covers it
+    # (the periodic window's zero tap included: NaN times 0 is NaN, as in a direct sum).
+    x[1, 20] = float("nan")
+    got = smooth(x, "lanczos", 4, sym=False, edges="renormalize", method=method)
+    exact = smooth(x, "lanczos", 4, sym=False, edges="renormalize", method="direct")
+    assert torch.equal(got.isnan(), exact.isnan()) and got.isnan().sum() == 4
+    finite = ~exact.isnan()
+    torch.testing.assert_close(got[finite], exact[finite], rtol=1e-5, atol=1e-5)
+    # and the window's parameter keeps its gradient
+    std = torch.tensor(0.15, dtype=torch.float64, requires_grad=True)
+    signal = torch.randn(64, dtype=torch.float64, generator=gen)
+    grads = []
+    for each in (method, "direct"):
+        out = smooth(signal, "gaussian", 2, std=std, sym=False, edges="renormalize", method=each)
+        grads.append(torch.autograd.grad((out * signal).sum(), std)[0])
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-9, atol=1e-12)
+
+
 def test_omit_gradients_where_only_the_window_tails_remain():
     # The directly summed outputs beside the gap keep their gradients to the signal and to
     # the window's parameter (an FFT computes the rest).
