@@ -70,6 +70,18 @@ def kaiser_atten(numtaps: int, width: float) -> float:
     return 2.285 * (numtaps - 1) * math.pi * width + 7.95
 
 
+def _check_width(width: Any) -> float:
+    """A Kaiser transition width: a positive finite number. scipy takes NaN, 0 or a negative
+    width silently, as a boxcar design (a Kaiser beta of 0)."""
+    try:  # a number, a numpy scalar or a one-element tensor, as float() reads them
+        value = math.nan if isinstance(width, bool) else float(width)
+    except (TypeError, ValueError, RuntimeError):
+        value = math.nan
+    if math.isfinite(value) and value > 0:
+        return value
+    raise ValueError(f"width (the transition width) must be a positive number; got {width!r}")
+
+
 def _check_fs(fs: Any) -> float | None:
     """``fs`` as a float, or None. numbers.Real, not (int, float): a rate read with numpy
     (np.float32, np.int64) is a positive number too; a bool is not a rate."""
@@ -82,13 +94,18 @@ def _check_fs(fs: Any) -> float | None:
 
 def _edges(cutoff: Any, work: torch.dtype, device: Any) -> Tensor:
     """Cutoffs as one tensor ``(..., n_edges)``: a number, a sequence, or a tensor."""
-    if isinstance(cutoff, Sequence) and not isinstance(cutoff, str):
+    nested = isinstance(cutoff, Sequence) and any(
+        isinstance(c, Sequence) and not isinstance(c, str) for c in cutoff
+    )
+    if isinstance(cutoff, Sequence) and not isinstance(cutoff, str) and not nested:
         if len(cutoff) == 0:
             raise ValueError("at least one cutoff frequency must be given; got []")
         items = [_b.as_tensor(c, "cutoff", work, device) for c in cutoff]
         shape = _b.broadcast_shapes(*(i.shape for i in items))
         return torch.stack([i.expand(shape) for i in items], dim=-1)
     # A tensor, a number, or an array (scipy's own cutoffs are numpy arrays): keep its shape.
+    # Nested lists read as the array they write ([[0.2, 0.4]]: one band, as its array is),
+    # not as a sequence whose one item is a batch of two lowpass cutoffs.
     edges = _b.as_tensor(cutoff, "cutoff", work, device)
     return edges.reshape(edges.shape if edges.dim() else (1,))
 
@@ -119,9 +136,9 @@ def firwin(
         numtaps: number of taps (odd for filters that pass the Nyquist frequency).
         cutoff: band edges, strictly increasing, in ``(0, fs/2)`` (or ``(0, 1)`` without
             ``fs``): a number, a sequence of numbers/tensors, or a tensor ``(..., n_edges)``
-            (leading dims give a batch of filters).
+            (leading dims give a batch of filters); nested lists read as their array does.
         width: if given, a Kaiser window is designed for this transition width (same units
-            as ``cutoff``), as scipy does; ``window`` is then ignored.
+            as ``cutoff``, a positive number), as scipy does; ``window`` is then ignored.
         window: a window for :func:`diffconv_core.windows.get_window` (name, tuple or
             number), or a tensor of ``numtaps`` taps.
         pass_zero: True/``"lowpass"``/``"bandstop"``: the band at 0 passes; False/
@@ -148,6 +165,8 @@ def firwin(
     numtaps = _b.check_length(numtaps, "numtaps")
     fs = _check_fs(fs)
     nyq = 1.0 if fs is None else fs / 2.0
+    if width is not None:
+        width = _check_width(width)
     if (
         pass_zero not in _PASS_ZERO
         or isinstance(pass_zero, (int, float))
@@ -217,7 +236,7 @@ def firwin(
     h = (right * _sinc(right * m) - left * _sinc(left * m)).sum(-2)
 
     if width is not None:
-        beta = kaiser_beta(kaiser_atten(numtaps, float(width) / nyq))
+        beta = kaiser_beta(kaiser_atten(numtaps, width / nyq))
         win = get_window("kaiser", numtaps, beta=beta, dtype=work, device=dev)
     elif isinstance(window, Tensor):
         if window.shape[-1] != numtaps:

@@ -133,6 +133,37 @@ def test_numpy_array_cutoffs_equal_firwin():
     np.testing.assert_allclose(got.numpy(), scipy.signal.firwin(21, 0.25), atol=1e-12)
 
 
+@pytest.mark.parametrize("width", [0.0, -0.1, float("nan"), float("inf"), True, "wide"])
+def test_a_transition_width_that_is_not_positive_is_refused(width):
+    # scipy designs NaN, 0 or a negative width as a boxcar (a Kaiser beta of 0), silently.
+    with pytest.raises(ValueError, match="width .*positive number; got"):
+        F.firwin(11, 0.3, width=width)
+
+
+def test_transition_width_as_numpy_and_tensor_scalars():
+    want = scipy.signal.firwin(31, 0.3, width=0.1)
+    for width in (0.1, np.float32(0.1), torch.tensor(0.1, dtype=torch.float64)):
+        got = F.firwin(31, 0.3, width=width, dtype=torch.float64)
+        np.testing.assert_allclose(got.numpy(), want, atol=1e-7)
+
+
+def test_nested_list_cutoffs_read_as_their_array():
+    # [[0.2, 0.4]] was a sequence whose one item is a batch of two cutoffs (two lowpass
+    # filters) while np.array([[0.2, 0.4]]) is one band (one bandpass): the same numbers,
+    # two designs. Both now read as the array.
+    for nested in ([[0.2, 0.4]], [[0.1, 0.3], [0.4, 0.9]], ((0.2, 0.4),)):
+        got = F.firwin(21, nested, pass_zero=False, dtype=torch.float64)
+        want = F.firwin(21, np.array(nested), pass_zero=False, dtype=torch.float64)
+        assert got.shape == (len(nested), 21)
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+        for row, band in zip(got, nested, strict=True):
+            ref = scipy.signal.firwin(21, list(band), pass_zero=False)
+            np.testing.assert_allclose(row.numpy(), ref, atol=1e-12)
+    # a sequence of numbers and tensors still stacks its items along the edges
+    mixed = F.firwin(21, [torch.tensor([0.2, 0.3], dtype=torch.float64), 0.5], pass_zero=False)
+    assert mixed.shape == (2, 21)
+
+
 @pytest.mark.parametrize("fs", [np.float32(16000), np.int64(16000), np.float64(16000)])
 def test_numpy_scalar_rates_are_rates(fs):
     # A rate read through numpy used to be refused as "fs must be a positive number".
