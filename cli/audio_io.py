@@ -17,6 +17,7 @@ import math
 import os
 import re
 import stat
+import tokenize
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -384,8 +385,11 @@ def _probe_npy(path: str, source: io.BytesIO | None = None) -> SignalInfo:
                 raise ValueError(f"unsupported .npy format version {version[0]}.{version[1]}")
             data_offset = f.tell()
             size = os.fstat(f.fileno()).st_size if source is None else len(source.getbuffer())
-    except (ValueError, OSError, EOFError) as err:
-        raise FileProblem(path, f"not a valid .npy file ({err})") from err
+    except (ValueError, OSError, EOFError, SyntaxError, tokenize.TokenError) as err:
+        # numpy parses the header dict as Python source: an unterminated one raised
+        # tokenize.TokenError, which escaped as a traceback and stopped a whole batch.
+        reason = err.args[0] if isinstance(err, tokenize.TokenError) and err.args else err
+        raise FileProblem(path, f"not a valid .npy file ({reason})") from err
     if dtype.hasobject:
         raise FileProblem(path, "holds Python objects (pickled data), which are never loaded")
     if dtype.kind not in "biuf":

@@ -252,7 +252,9 @@ def _prepare(job: Job, operation: Operation, options: RunOptions, report: Report
                 "(channels, samples)); if it holds (samples, channels), as soundfile.read "
                 "returns, save its transpose",
             )
-    except (FileProblem, ValueError, TypeError) as err:
+    except click.ClickException:
+        raise  # a usage error found while reading (a check's): the whole command's
+    except Exception as err:  # one bad file never stops the batch, whatever its reader raised
         path = err.path if isinstance(err, FileProblem) else str(job.source)
         _failed(report, options, path, _reason(err), err)
         return None

@@ -77,6 +77,7 @@ def bad_inputs(tmp_path) -> dict[str, Path]:
         "text": folder / "text.wav",
         "corrupt": folder / "corrupt.wav",
         "pickled": folder / "pickled.npy",
+        "unterminated": folder / "unterminated.npy",
         "objects": folder / "objects.npy",
         "4d": folder / "four_d.npy",
         "truncated": folder / "truncated.wav",
@@ -87,6 +88,10 @@ def bad_inputs(tmp_path) -> dict[str, Path]:
     files["text"].write_text("this is not audio\n" * 20)
     files["corrupt"].write_bytes(b"RIFF\x24\x00\x00\x00WAVEfmt " + b"\xff" * 40)
     files["pickled"].write_bytes(pickle.dumps({"evil": 1}))
+    # A header dict cut off mid-way: numpy's parser raised tokenize.TokenError, no ValueError.
+    files["unterminated"].write_bytes(
+        b"\x93NUMPY\x01\x00\x20\x00{'descr': '<f4', garbage" + b" " * 20
+    )
     np.save(files["objects"], np.array([1, "a", None], dtype=object), allow_pickle=True)
     np.save(files["4d"], np.zeros((2, 2, 2, 8)))
     for kind in ("truncated", "truncated_aiff", "truncated_au"):

@@ -68,6 +68,43 @@ def test_one_corrupt_file_does_not_stop_the_batch(tree, tmp_path, bad_inputs):
     assert listing(out) == ["a.wav", "b.wav", "sub/c.wav", "sub/d.npy"]
 
 
+def test_an_unexpected_error_while_reading_one_file_does_not_stop_the_batch(
+    tree, tmp_path, monkeypatch
+):
+    # Reading a file can raise what no reader foresaw (numpy's header parser raised
+    # tokenize.TokenError): it fails that file, with its type named, and the others go on.
+    from cli import runner
+
+    real_probe = runner.probe
+
+    def probe(path, *args):
+        if path.name == "a.wav":
+            raise RuntimeError("a reader's own surprise")
+        return real_probe(path, *args)
+
+    monkeypatch.setattr(runner, "probe", probe)
+    out = tmp_path / "out"
+    r = invoke("convolve", tree, out, "--kernel", KERNEL)
+    assert r.exit_code == 1 and "Traceback" not in r.output
+    assert "a.wav: RuntimeError: a reader's own surprise" in r.stderr
+    assert listing(out) == ["b.wav"]
+
+
+def test_an_npy_whose_header_does_not_parse_does_not_stop_the_batch(tree, tmp_path, bad_inputs):
+    # numpy's header parser raised tokenize.TokenError: a traceback that ended the batch
+    # before the good files; as an option value (a kernel) it is a usage error.
+    (tree / "0_bad.npy").write_bytes(bad_inputs["unterminated"].read_bytes())
+    out = tmp_path / "out"
+    r = invoke("convolve", tree, out, "--kernel", KERNEL)
+    assert r.exit_code == 1 and "Traceback" not in r.output
+    assert "0_bad.npy: not a valid .npy file" in r.stderr
+    assert "2 files processed, 1 file failed" in r.stderr
+    assert listing(out) == ["a.wav", "b.wav"]
+    r = invoke("convolve", tree / "a.wav", tmp_path / "y.wav", "--kernel", tree / "0_bad.npy")
+    assert r.exit_code == 2 and "Traceback" not in r.output
+    assert "--kernel" in r.stderr and "not a valid .npy file" in r.stderr
+
+
 def test_same_directory_rerun_keeps_outputs_and_skips_temporaries(tree, tmp_path):
     out = tmp_path / "out"
     assert invoke("convolve", tree, out, "--kernel", KERNEL).exit_code == 0

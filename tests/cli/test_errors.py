@@ -26,6 +26,7 @@ def convolve(*args):
         ("text", "not a readable sound file (Format not recognised)"),
         ("corrupt", "not a readable sound file"),
         ("pickled", "not a valid .npy file"),
+        ("unterminated", "not a valid .npy file (EOF in multi-line statement)"),
         ("objects", "pickled data"),
         ("4d", "4-D"),
         ("truncated", "truncated: its header declares 4,000 bytes of samples, the file holds"),

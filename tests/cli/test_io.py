@@ -211,6 +211,32 @@ def test_info_command(tmp_path, bad_inputs):
     assert r.exit_code == 2 and "dangling.wav: a link to no file" in r.stderr
 
 
+def test_info_describes_the_files_after_one_whose_reader_raised_the_unexpected(
+    bad_inputs, monkeypatch
+):
+    # An unterminated .npy header (numpy raised tokenize.TokenError) was a traceback that
+    # hid the files after it; any other surprise of a reader fails that file alone too.
+    from cli import audio_io
+
+    good = SAMPLES / "speech_mono16.wav"
+    r = invoke("info", bad_inputs["unterminated"], good)
+    assert r.exit_code == 1 and "Traceback" not in r.output
+    assert "unterminated.npy: not a valid .npy file" in r.stderr
+    assert r.stdout.strip().endswith("WAV/PCM_16, 2.000 s")
+    real_probe = audio_io.probe
+
+    def probe(path, *args):
+        if str(path).endswith(".npy"):
+            raise RuntimeError("a reader's own surprise")
+        return real_probe(path, *args)
+
+    monkeypatch.setattr(audio_io, "probe", probe)
+    r = invoke("info", SAMPLES / "sensor_gaps.npy", good)
+    assert r.exit_code == 1 and "Traceback" not in r.output
+    assert "sensor_gaps.npy: RuntimeError: a reader's own surprise" in r.stderr
+    assert r.stdout.strip().endswith("WAV/PCM_16, 2.000 s")
+
+
 def test_info_describes_every_file_around_missing_ones_and_directories(tmp_path):
     # A missing FILE or a directory used to stop info with a usage error before any file
     # was described, although it promises to describe the others first.
