@@ -7,10 +7,12 @@ import itertools
 
 import numpy as np
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from diffconv_core import _toeplitz, convolve, correlate
 
-from .conftest import reference
+from .conftest import reference, same_mode_gradients
 
 
 def test_index_tables_first_made_under_inference_mode_serve_later_gradients():
@@ -62,3 +64,63 @@ def test_index_tables_first_made_under_inference_mode_serve_later_gradients():
             sums = np.concatenate([[0.0], np.cumsum(x.double().numpy().reshape(-1, T), -1).sum(0)])
             first, last = np.clip(lo - np.arange(K), 0, T), np.clip(T + lo - np.arange(K), 0, T)
             np.testing.assert_allclose(kernel.grad, sums[last] - sums[first], rtol=1e-4, atol=1e-2)
+
+
+_TABLES = ("_filter_taps", "_filters_index", "_toeplitz_index", "_kept_twiddles")
+
+
+def _clear_tables() -> None:
+    from diffconv_core import _framed_conv, _half_fft
+
+    for module in (_framed_conv, _toeplitz, _half_fft):
+        for name in _TABLES:
+            table = getattr(module, name, None)
+            if table is not None:
+                table.cache_clear()
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    # Sizes drawn from those where the CPU paths change hands, not hypothesis's small ones.
+    T=st.sampled_from([1, 5, 64, 700, 2000, 3000, 20000]),
+    K=st.sampled_from([1, 3, 12, 13, 21, 31, 64, 255, 1023]),
+    method=st.sampled_from(["direct", "fft", "overlap", "auto"]),
+    dtype=st.sampled_from([torch.float32, torch.float64]),
+    layout=st.sampled_from(["contiguous", "transposed", "strided"]),
+    grads=st.sampled_from([(False, True), (True, False), (True, True)]),
+    first=st.sampled_from(["inference_mode", "no_grad", "grad"]),
+    seed=st.integers(0, 2**16),
+)
+def test_random_calls_after_another_mode_give_the_reference_and_its_gradients(
+    T, K, method, dtype, layout, grads, first, seed
+):
+    # Each call's tables and work arrays first made in another autograd mode (the helper's
+    # fuzzing found the inference-mode one), then a call with gradients, its values and
+    # both gradients against float64 references. Sizes reach every CPU path: tiny calls,
+    # framed convolutions, GEMMs, shifted sums, one-chunk and kept-array FFTs, blocks.
+    gen = torch.Generator().manual_seed(seed)
+    rows = torch.randn(T, 2, dtype=torch.float64, generator=gen)
+    x = {
+        "contiguous": rows.t().contiguous(),
+        "transposed": rows.t(),
+        "strided": torch.randn(2, 2 * T, dtype=torch.float64, generator=gen)[:, ::2],
+    }[layout].to(dtype)
+    w = torch.randn(K, dtype=torch.float64, generator=gen).to(dtype)
+    _clear_tables()
+    context = {"inference_mode": torch.inference_mode, "no_grad": torch.no_grad}.get(first)
+    with context() if context else torch.enable_grad():
+        convolve(x, w.clone().requires_grad_(first == "grad"), method=method)
+    signal = x.detach().clone().requires_grad_(grads[0])
+    kernel = w.clone().requires_grad_(grads[1])
+    out = convolve(signal, kernel, method=method)
+    tolerance = 1e-4 if dtype == torch.float32 else 1e-10
+    expected = reference(x, w)
+    scale = max(1.0, float(np.abs(expected).max()))
+    np.testing.assert_allclose(out.detach().double(), expected, rtol=0, atol=tolerance * scale)
+    g = torch.randn(out.shape, dtype=torch.float64, generator=gen).to(dtype)
+    out.backward(g)
+    want_x, want_w = same_mode_gradients(x, w, g)
+    for got, want, needed in ((signal.grad, want_x, grads[0]), (kernel.grad, want_w, grads[1])):
+        if needed:
+            bound = tolerance * max(1.0, float(np.abs(want).max())) * max(1, K, T) ** 0.5
+            np.testing.assert_allclose(got.double(), want, rtol=0, atol=bound)
