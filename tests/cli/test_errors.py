@@ -164,3 +164,30 @@ def test_headerless_raw_input_is_a_clear_failure_not_a_traceback(tmp_path):
         assert f"{raw}: headerless (raw) input needs --rate and --raw-subtype" in r.stderr
         assert "Traceback" not in r.stderr
     assert listing(tmp_path) == ["x.raw"]
+
+
+@pytest.mark.parametrize(
+    "header, reason",
+    [
+        (b"{'descr': '<f4', garbage", "EOF in multi-line statement"),
+        (b"[1, 2, 3]", "Header is not a dictionary"),
+        (b"{'descr': '<f4', 'fortran_order': False}", "correct keys"),
+        (b"{'descr': 'zz9', 'fortran_order': False, 'shape': (4,)}", "not a valid dtype"),
+        (b"{'descr': '<f4', 'fortran_order': False, 'shape': 4}", "shape is not valid"),
+        (b"{'descr': '<f4', 'fortran_order': 'yes', 'shape': (4,)}", "not a valid bool"),
+        (b"__import__('os').system('echo pwned')", "malformed node"),
+        (b"{'descr': '<f4', 'fortran_order': False, 'shape': (-4,)}", "negative dimension"),
+    ],
+    ids=["unterminated", "list", "keys", "descr", "shape", "order", "call", "negative"],
+)
+def test_npy_headers_that_do_not_describe_an_array(tmp_path, header, reason):
+    # numpy parses the header as a Python literal: each way it can fail (one raised
+    # tokenize.TokenError, a traceback) is that file's problem, never code that runs.
+    padded = header + b" " * max(0, 53 - len(header)) + b"\n"
+    path = tmp_path / "x.npy"
+    path.write_bytes(b"\x93NUMPY\x01\x00" + struct.pack("<H", len(padded)) + padded + bytes(16))
+    for args in (("info", path), ("smooth", path, tmp_path / "y.npy")):
+        r = invoke(*args)
+        assert r.exit_code == 1 and "Traceback" not in r.output, r.output
+        assert str(path) in r.stderr and reason in r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.npy"]
