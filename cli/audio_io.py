@@ -11,6 +11,7 @@ least ``(1, T)`` so that every signal has a channel axis. Every problem is raise
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import math
@@ -260,8 +261,15 @@ def _probe_audio(path: str, source: str | io.BytesIO | None = None) -> SignalInf
         with sf.SoundFile(_not_stdin(path) if source is None else source) as info:
             tags = _tags(info)
             cut = truncation(info.extra_info)
+            last_frame = _last_frame_problem(info)
     except (sf.SoundFileError, RuntimeError) as err:
         raise FileProblem(path, f"not a readable sound file ({_libsndfile_reason(err)})") from err
+    if last_frame is not None:
+        raise FileProblem(
+            path,
+            f"truncated or corrupt: its header declares {info.frames:,} frames, the last of "
+            f"which cannot be read ({last_frame})",
+        )
     if cut is not None:
         declared, held = cut
         raise FileProblem(
@@ -283,6 +291,32 @@ def _probe_audio(path: str, source: str | io.BytesIO | None = None) -> SignalInf
         endian=info.endian,
         tags=tags,
     )
+
+
+#: Compressed formats whose header states the frame count while the frames themselves may be
+#: missing (a cut-off download): FLAC's STREAMINFO, an MP3's Xing header. Ogg has no such
+#: count (libsndfile reads it from the last page there is), and uncompressed formats are
+#: checked against their sample chunk's size (truncation()).
+_COUNTED_COMPRESSED = ("FLAC", "MP3")
+
+
+def _last_frame_problem(f: sf.SoundFile) -> str | None:
+    """Why the last frame ``f``'s header declares cannot be read, or None where it can (or
+    the format is not one of ``_COUNTED_COMPRESSED``): a FLAC cut in half still says all
+    its frames are there, and only reading them found out (``smooth`` failed with "lost
+    sync" where ``info`` had described the file as whole)."""
+    if f.format not in _COUNTED_COMPRESSED or f.frames <= 0 or not f.seekable():
+        return None
+    try:
+        f.seek(f.frames - 1)
+        if len(f.read(1)) == 1:
+            return None
+        return "the file ends before it"
+    except (sf.SoundFileError, RuntimeError) as err:
+        return _libsndfile_reason(err).rstrip(".")
+    finally:
+        with contextlib.suppress(sf.SoundFileError, RuntimeError):
+            f.seek(0)
 
 
 # libsndfile's log of the header it read, where a sample chunk's declared size exceeds what
