@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from cli import interrupts, pcm
+from cli import aiff_frames, interrupts, pcm
 from cli.audio_io import SignalInfo, _libsndfile_reason, audio_format_for
 from cli.errors import FileProblem
 from cli.raw import SAMPLE_BYTES, libsndfile_rate
@@ -483,9 +483,14 @@ class AtomicWriter:
     def _close(self, commit: bool = False, target: io.BufferedIOBase | None = None) -> None:
         # ``target``: where a buffered result goes when there is no temporary file (stdout).
         if self._sound is not None:
+            sound = self._sound
             with interrupts.deferred():  # the header is written through callbacks too
-                self._sound.close()
+                sound.close()
             self._sound = None
+            # Whether committed here or sent by the caller (stdout), the header is final now.
+            if aiff_frames.needs_fix(sound.format, sound.subtype, sound.channels, sound.frames):
+                encoded = self._encoded if self._encoded is not None else self._stream_file
+                aiff_frames.fix_frame_count(encoded, sound.frames)
         if self._stream_file is not None:
             stream, self._stream_file = self._stream_file, None
             stream.close()

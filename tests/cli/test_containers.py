@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -156,3 +158,29 @@ def test_compressed_subtypes_are_sized_by_their_own_bits():
     assert sized_container(spec, (1, 5_000_000_000), "x.wav") == spec
     with pytest.raises(FileProblem, match="4.2 GiB of IMA_ADPCM .* write .w64 instead"):
         sized_container(spec, (1, 9_000_000_000), "x.wav")
+
+
+@pytest.mark.parametrize("subtype", ["PCM_S8", "PCM_U8", "ULAW", "ALAW", "PCM_16"])
+@pytest.mark.parametrize("frames", [2091, 2092])
+def test_a_mono_aiff_of_one_byte_samples_keeps_its_frame_count(tmp_path, identity, subtype, frames):
+    # libsndfile counts the pad byte of an odd sample chunk as one more frame: 2,091 frames
+    # came back as 2,092, the last a zero, streamed to a file or written to stdout.
+    source = tmp_path / "in.wav"
+    samples = np.random.default_rng(frames).uniform(-0.9, 0.9, frames)
+    sf.write(source, samples, 16000, subtype="PCM_16")
+    out = tmp_path / "out.aiff"
+    r = invoke("convolve", source, out, "--kernel", identity, "--subtype", subtype)
+    assert r.exit_code == 0, r.output
+    args = ["convolve", source, "-", "--kernel", identity, "-t", "aiff", "--subtype", subtype]
+    piped = subprocess.run(
+        [sys.executable, "-m", "cli", *map(str, args)], capture_output=True, timeout=120
+    )
+    assert piped.returncode == 0, piped.stderr
+    (tmp_path / "piped.aiff").write_bytes(piped.stdout)
+    expected, _ = sf.read(source)
+    # one code of 8-bit PCM or 16-bit; companded codes are coarser near full scale
+    atol = {"PCM_16": 2.0**-15, "ULAW": 0.06, "ALAW": 0.06}.get(subtype, 2.0**-7)
+    for path in (out, tmp_path / "piped.aiff"):
+        got, _ = sf.read(path)
+        assert got.shape == (frames,), path.name
+        np.testing.assert_allclose(got, expected, atol=atol)
