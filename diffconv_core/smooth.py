@@ -185,8 +185,13 @@ def _has_slivers(weight: Tensor, w: Tensor, method: str) -> bool:
         return False
     if transforms_active(weight, w) or recording_graph():
         return False
-    scale = w.detach().abs().sum(-1, keepdim=True)
-    return bool((weight.detach().abs() < _SLIVER * scale).any())
+    return bool(_slivers(weight, w).any())
+
+
+def _slivers(weight: Tensor, w: Tensor) -> Tensor:
+    """Which outputs' window weight ``weight`` is under ``_SLIVER`` of the window ``w``'s
+    absolute sum: those a transform's round-off would swamp, summed directly instead."""
+    return weight.detach().abs() < _SLIVER * w.detach().abs().sum(-1, keepdim=True)
 
 
 def _divide_finite(numerator: Tensor, denominator: Tensor) -> Tensor:
@@ -238,8 +243,7 @@ def _omit_sums(
     weight = convolve(valid_ext, w, "valid", method=method)
     if method == "direct":  # each output already its own sum
         return numerator, weight
-    scale = w.detach().abs().sum(-1, keepdim=True)
-    sliver = (weight.detach().abs() < _SLIVER * scale) & ~empty
+    sliver = _slivers(weight, w) & ~empty
     if not bool(sliver.any()):
         return numerator, weight
     at = sliver.nonzero(as_tuple=True)
