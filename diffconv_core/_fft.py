@@ -22,7 +22,13 @@ from diffconv_core._half_fft import (
     kernel_factors,
     takes_half_fft,
 )
-from diffconv_core._validation import carries_tangent, needs_graph, owned, under_vmap
+from diffconv_core._validation import (
+    carries_tangent,
+    needs_graph,
+    owned,
+    small_view,
+    under_vmap,
+)
 from diffconv_core._workspace import scratch
 from diffconv_core.memory import retained_bytes
 
@@ -261,10 +267,7 @@ def _compact(samples: torch.Tensor) -> torch.Tensor:
     # The samples kept of an inverse transform, as a view where they are most of it ("same",
     # "full"); copied where they are a small part ("valid" with a long kernel: 97 of 4,096
     # points a row), so that the result does not hold the whole transform's memory.
-    base = samples._base
-    if base is not None and 2 * samples.numel() < base.numel():
-        return samples.clone()
-    return samples
+    return samples.clone() if small_view(samples) else samples
 
 
 def circular_convolution(

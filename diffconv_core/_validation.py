@@ -182,6 +182,18 @@ def unwrapped(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def small_view(t: torch.Tensor) -> bool:
+    """Whether ``t`` is a view of under half of its base's elements: kept as a result, it
+    would hold the rest of that memory too.
+
+    Example:
+        >>> buffer = torch.zeros(10)
+        >>> small_view(buffer[:4]), small_view(buffer[:6]), small_view(buffer)
+        (True, False, False)
+    """
+    return t._base is not None and 2 * t.numel() < t._base.numel()
+
+
 def owned(out: torch.Tensor, *inputs: torch.Tensor) -> torch.Tensor:
     """A custom autograd Function's result as a tensor of its own rather than a view.
 
@@ -196,11 +208,10 @@ def owned(out: torch.Tensor, *inputs: torch.Tensor) -> torch.Tensor:
         >>> owned(buffer.reshape(2, 3))._base is None
         True
     """
-    base = out._base
-    if base is None:
+    if out._base is None:
         return out
     storage = out.untyped_storage()
-    if 2 * out.numel() < base.numel() or any(
+    if small_view(out) or any(
         t.untyped_storage().data_ptr() == storage.data_ptr()
         for t in inputs
         if t.device == out.device
