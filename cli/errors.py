@@ -40,6 +40,24 @@ class FileProblem(Exception):
         super().__init__(f"{self.path}: {reason}")
 
 
+def failure_of(err: Exception, path: str | os.PathLike) -> tuple[str, str]:
+    """The file and the user-facing reason to report for ``err``, raised while handling
+    ``path``: a :class:`FileProblem`'s own file and reason; the core's ValueError/TypeError
+    messages as they are; anything else with its type named.
+
+    Example:
+        >>> failure_of(FileProblem("out.wav", "output exists"), "in.wav")
+        ('out.wav', 'output exists')
+        >>> failure_of(RuntimeError("lost sync"), "in.flac")
+        ('in.flac', 'RuntimeError: lost sync')
+    """
+    if isinstance(err, FileProblem):
+        return err.path, err.reason
+    if isinstance(err, (ValueError, TypeError)):
+        return os.fspath(path), str(err)
+    return os.fspath(path), f"{type(err).__name__}: {err}"
+
+
 def discard_further_output(stream) -> None:
     """Point ``stream``'s file descriptor at /dev/null after writing to it failed: Python
     flushes stdout once more at exit, and a stream that failed (a closed pipe, a full disk)

@@ -29,7 +29,7 @@ import numpy as np
 from cli import distributed, interrupts, pipes, startup
 from cli.audio_io import FLOAT64_SUBTYPES, SignalInfo, probe, probe_bytes, read_blocks, read_signal
 from cli.devices import initial_batch_size, is_out_of_memory, release_cached_memory
-from cli.errors import EXIT_RUNTIME, FileProblem
+from cli.errors import EXIT_RUNTIME, FileProblem, failure_of
 from cli.jobs import Job
 from cli.raw import RawFormat
 from cli.report import Report
@@ -255,8 +255,7 @@ def _prepare(job: Job, operation: Operation, options: RunOptions, report: Report
     except click.ClickException:
         raise  # a usage error found while reading (a check's): the whole command's
     except Exception as err:  # one bad file never stops the batch, whatever its reader raised
-        path = err.path if isinstance(err, FileProblem) else str(job.source)
-        _failed(report, options, path, _reason(err), err)
+        _failed(report, options, *failure_of(err, job.source), err)
         return None
     return _Item(job, info, spec)
 
@@ -299,17 +298,7 @@ def _guard(report: Report, item: _Item, options: RunOptions, work: Callable[[], 
     try:
         work()
     except Exception as err:  # one bad file never stops the batch
-        path = err.path if isinstance(err, FileProblem) else str(item.job.source)
-        _failed(report, options, path, _reason(err), err)
-
-
-def _reason(err: Exception) -> str:
-    """The user-facing reason: our own and the core's messages as they are, others typed."""
-    if isinstance(err, FileProblem):
-        return err.reason
-    if isinstance(err, (ValueError, TypeError)):
-        return str(err)
-    return f"{type(err).__name__}: {err}"
+        _failed(report, options, *failure_of(err, item.job.source), err)
 
 
 def _failed(
@@ -469,9 +458,9 @@ def _run_batch(loaded, operation, options, device, report, progress, size: int, 
 
 def _describe(err: Exception, item: _Item, options: RunOptions) -> tuple[bool, str, str, str]:
     """(out of memory?, path, reason, traceback text if verbose) of a failed batch."""
-    path = err.path if isinstance(err, FileProblem) else str(item.job.source)
+    path, reason = failure_of(err, item.job.source)
     trace = "".join(traceback.format_exception(err)) if options.verbose else ""
-    return is_out_of_memory(err), path, _reason(err), trace
+    return is_out_of_memory(err), path, reason, trace
 
 
 def _apply(stack: np.ndarray, info: SignalInfo, operation: Operation, device) -> np.ndarray:

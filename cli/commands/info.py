@@ -31,7 +31,7 @@ def info(files: tuple[str, ...], **raw_options) -> None:
 
     from cli import pipes
     from cli.audio_io import probe, probe_bytes
-    from cli.errors import EXIT_USAGE
+    from cli.errors import EXIT_USAGE, failure_of
     from cli.raw import RawFormat, check_usage, is_raw_path
     from cli.report import Report
 
@@ -61,7 +61,7 @@ def info(files: tuple[str, ...], **raw_options) -> None:
                 stdin_raw = raw if raw.reads_stdin else None
                 click.echo(probe_bytes(pipes.read_stdin(), pipes.STDIN, stdin_raw).describe())
             except Exception as err:  # noqa: BLE001 - one unreadable file never stops the list
-                report.failed(*_failure(err, pipes.STDIN))
+                report.failed(*failure_of(err, pipes.STDIN))
             continue
         if not os.path.exists(path):  # a dangling link is missing too, as in every command
             dangling = os.path.islink(path)
@@ -71,15 +71,5 @@ def info(files: tuple[str, ...], **raw_options) -> None:
         try:
             click.echo(probe(path, raw).describe())
         except Exception as err:  # noqa: BLE001 - one unreadable file never stops the list
-            report.failed(*_failure(err, path))
+            report.failed(*failure_of(err, path))
     click.get_current_context().exit(EXIT_USAGE if missing else report.return_code)
-
-
-def _failure(err: Exception, path: str) -> tuple[str, str]:
-    """The file and the reason to report: a reader's own problem as it says it, anything
-    else it raised with its type named."""
-    from cli.errors import FileProblem
-
-    if isinstance(err, FileProblem):
-        return str(err.path), err.reason
-    return path, f"{type(err).__name__}: {err}"
