@@ -11,7 +11,6 @@ least ``(1, T)`` so that every signal has a channel axis. Every problem is raise
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import io
 import math
@@ -304,7 +303,8 @@ def _last_frame_problem(f: sf.SoundFile) -> str | None:
     """Why the last frame ``f``'s header declares cannot be read, or None where it can (or
     the format is not one of ``_COUNTED_COMPRESSED``): a FLAC cut in half still says all
     its frames are there, and only reading them found out (``smooth`` failed with "lost
-    sync" where ``info`` had described the file as whole)."""
+    sync" where ``info`` had described the file as whole). Leaves ``f`` at the end: the
+    probe closes it next."""
     if f.format not in _COUNTED_COMPRESSED or f.frames <= 0 or not f.seekable():
         return None
     try:
@@ -314,9 +314,6 @@ def _last_frame_problem(f: sf.SoundFile) -> str | None:
         return "the file ends before it"
     except (sf.SoundFileError, RuntimeError) as err:
         return _libsndfile_reason(err).rstrip(".")
-    finally:
-        with contextlib.suppress(sf.SoundFileError, RuntimeError):
-            f.seek(0)
 
 
 # libsndfile's log of the header it read, where a sample chunk's declared size exceeds what
