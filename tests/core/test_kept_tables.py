@@ -10,26 +10,31 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from diffconv_core import _toeplitz, convolve, correlate
+from diffconv_core import _framed_conv, _half_fft, _toeplitz, convolve, correlate
 
 from .conftest import reference, same_mode_gradients
+
+#: Every table kept between calls, with arguments that build one.
+_CPU = torch.device("cpu")
+TABLES = {
+    _framed_conv._filter_taps: (3, 16, _CPU),
+    _framed_conv._filters_index: (21, 0, 3, 1, _CPU),
+    _toeplitz._toeplitz_index: (31, 16, _CPU, 3),
+    _half_fft._kept_twiddles: (4096, torch.float32),
+}
+
+
+def _clear_tables() -> None:
+    for table in TABLES:
+        table.cache_clear()
 
 
 def test_index_tables_first_made_under_inference_mode_serve_later_gradients():
     # The cached index and twiddle tables, first built under torch.inference_mode(), were
     # inference tensors; the same shape with gradients then failed ("Inference tensors cannot
     # be saved for backward"), the gather's index being saved for its backward.
-    from diffconv_core import _framed_conv, _half_fft
-
-    cpu = torch.device("cpu")
-    tables = {
-        _framed_conv._filter_taps: (3, 16, cpu),
-        _framed_conv._filters_index: (21, 0, 3, 1, cpu),
-        _toeplitz._toeplitz_index: (31, 16, cpu, 3),
-        _half_fft._kept_twiddles: (4096, torch.float32),
-    }
-    for table, args in tables.items():
-        table.cache_clear()
+    _clear_tables()
+    for table, args in TABLES.items():
         with torch.inference_mode():
             assert not table(*args).is_inference(), table.__name__
     gen = torch.Generator().manual_seed(1)
@@ -44,8 +49,7 @@ def test_index_tables_first_made_under_inference_mode_serve_later_gradients():
         ),
         (torch.randn(60000, generator=gen), torch.randn(4095, generator=gen), "fft"),
     ]
-    for table in tables:
-        table.cache_clear()
+    _clear_tables()
     with torch.inference_mode():
         for x, w, method in cases:
             convolve(x, w, method=method)
@@ -64,19 +68,6 @@ def test_index_tables_first_made_under_inference_mode_serve_later_gradients():
             sums = np.concatenate([[0.0], np.cumsum(x.double().numpy().reshape(-1, T), -1).sum(0)])
             first, last = np.clip(lo - np.arange(K), 0, T), np.clip(T + lo - np.arange(K), 0, T)
             np.testing.assert_allclose(kernel.grad, sums[last] - sums[first], rtol=1e-4, atol=1e-2)
-
-
-_TABLES = ("_filter_taps", "_filters_index", "_toeplitz_index", "_kept_twiddles")
-
-
-def _clear_tables() -> None:
-    from diffconv_core import _framed_conv, _half_fft
-
-    for module in (_framed_conv, _toeplitz, _half_fft):
-        for name in _TABLES:
-            table = getattr(module, name, None)
-            if table is not None:
-                table.cache_clear()
 
 
 @settings(max_examples=60, deadline=None)
