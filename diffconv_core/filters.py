@@ -94,10 +94,11 @@ def _check_fs(fs: Any) -> float | None:
 
 def _edges(cutoff: Any, work: torch.dtype, device: Any) -> Tensor:
     """Cutoffs as one tensor ``(..., n_edges)``: a number, a sequence, or a tensor."""
-    nested = isinstance(cutoff, Sequence) and any(
-        isinstance(c, Sequence) and not isinstance(c, str) for c in cutoff
-    )
-    if isinstance(cutoff, Sequence) and not isinstance(cutoff, str) and not nested:
+
+    def listed(value: Any) -> bool:
+        return isinstance(value, Sequence) and not isinstance(value, str)
+
+    if listed(cutoff) and not any(listed(c) for c in cutoff):
         if len(cutoff) == 0:
             raise ValueError("at least one cutoff frequency must be given; got []")
         items = [_b.as_tensor(c, "cutoff", work, device) for c in cutoff]
