@@ -86,22 +86,24 @@ def takes_half_fft(x: torch.Tensor, w: torch.Tensor, n_fft: int, rows: int) -> b
 CACHED_POINTS = 1 << 17
 
 
-def _twiddles(n_fft: int, dtype: torch.dtype) -> torch.Tensor:
+def _twiddles(n_fft: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     # W^k = exp(-2 pi i k / n_fft) for k = 0 .. n_fft / 2, complex, in dtype's precision.
     if n_fft <= CACHED_POINTS:
-        return _kept_twiddles(n_fft, dtype)
-    return _computed_twiddles(n_fft, dtype)
+        return _kept_twiddles(n_fft, dtype, device)
+    return _computed_twiddles(n_fft, dtype, device)
 
 
 @kept_tensors(maxsize=32)
-def _kept_twiddles(n_fft: int, dtype: torch.dtype) -> torch.Tensor:
-    return _computed_twiddles(n_fft, dtype)
+def _kept_twiddles(n_fft: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    return _computed_twiddles(n_fft, dtype, device)
 
 
-def _computed_twiddles(n_fft: int, dtype: torch.dtype) -> torch.Tensor:
+def _computed_twiddles(n_fft: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     # In the working precision (float64 tables cost float32 calls 2x their work arrays):
-    # the angles of float32 are within an ulp, as are their cosines and sines.
-    angles = torch.arange(n_fft // 2 + 1, dtype=dtype).mul_(-2 * math.pi / n_fft)
+    # the angles of float32 are within an ulp, as are their cosines and sines. On the
+    # operands' device, not torch's default one: a table made inside `with torch.device("meta")`
+    # (a model built on the meta device) was kept, and failed every later call.
+    angles = torch.arange(n_fft // 2 + 1, dtype=dtype, device=device).mul_(-2 * math.pi / n_fft)
     return torch.complex(angles.cos(), angles.sin_())
 
 
@@ -146,7 +148,7 @@ def kernel_factors(w: torch.Tensor, n_fft: int) -> tuple[torch.Tensor, torch.Ten
     Shape:
         w ``(K,)`` with ``K <= n_fft`` -> two complex ``(n_fft // 2,)``.
     """
-    twiddle = _twiddles(n_fft, w.dtype)[: n_fft // 2]
+    twiddle = _twiddles(n_fft, w.dtype, w.device)[: n_fft // 2]
     spectrum = _transformed_in_place(_packed(w, n_fft))  # Z_w
     reversed_conj = _conj_reversed(spectrum)
     difference = spectrum.clone()
@@ -211,7 +213,7 @@ def half_rfft(x: torch.Tensor, n_fft: int) -> torch.Tensor:
     difference = extended - mirrored
     extended += mirrored
     del mirrored
-    difference.mul_(_twiddles(n_fft, x.dtype)).mul_(-0.5j)
+    difference.mul_(_twiddles(n_fft, x.dtype, x.device)).mul_(-0.5j)
     return extended.mul_(0.5).add_(difference)
 
 
@@ -236,7 +238,7 @@ def half_irfft(spectrum: torch.Tensor, n_fft: int) -> torch.Tensor:
     difference = head - mirrored
     packed = head + mirrored
     del mirrored
-    difference.mul_(_twiddles(n_fft, _REAL[spectrum.dtype])[:M].conj()).mul_(0.5j)
+    difference.mul_(_twiddles(n_fft, _REAL[spectrum.dtype], spectrum.device)[:M].conj()).mul_(0.5j)
     packed.mul_(0.5).add_(difference)
     del difference
     result = torch.view_as_real(_transformed_in_place(packed, inverse=True))

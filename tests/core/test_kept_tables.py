@@ -20,7 +20,7 @@ TABLES = {
     _framed_conv._filter_taps: (3, 16, _CPU),
     _framed_conv._filters_index: (21, 0, 3, 1, _CPU),
     _toeplitz._toeplitz_index: (31, 16, _CPU, 3),
-    _half_fft._kept_twiddles: (4096, torch.float32),
+    _half_fft._kept_twiddles: (4096, torch.float32, _CPU),
 }
 
 
@@ -68,6 +68,28 @@ def test_index_tables_first_made_under_inference_mode_serve_later_gradients():
             sums = np.concatenate([[0.0], np.cumsum(x.double().numpy().reshape(-1, T), -1).sum(0)])
             first, last = np.clip(lo - np.arange(K), 0, T), np.clip(T + lo - np.arange(K), 0, T)
             np.testing.assert_allclose(kernel.grad, sums[last] - sums[first], rtol=1e-4, atol=1e-2)
+
+
+def test_tables_first_made_inside_a_default_device_context_serve_later_calls():
+    # The half-length FFT's twiddles followed torch's default device rather than the
+    # operands': one call inside `with torch.device("meta")` (building a model on the meta
+    # device) failed, and kept its meta table, so the same call failed after the context too
+    # ("Tensor on device meta is not on the expected device cpu!").
+    gen = torch.Generator().manual_seed(2)
+    cases = [  # (signal, kernel, method): half-length FFTs, framed convolutions, GEMMs
+        (torch.randn(1, 10000, generator=gen), torch.randn(31, generator=gen), "fft"),
+        (torch.randn(60000, generator=gen), torch.randn(4095, generator=gen), "fft"),
+        (torch.randn(2000, generator=gen), torch.randn(21, generator=gen), "direct"),
+        (torch.randn(2, 44100, generator=gen), torch.randn(31, generator=gen), "direct"),
+    ]
+    _clear_tables()
+    for x, w, method in cases:
+        with torch.device("meta"):
+            inside = convolve(x, w, method=method)
+        after = convolve(x, w, method=method)
+        for out in (inside, after):
+            assert out.device == x.device
+            np.testing.assert_allclose(out, reference(x, w), rtol=0, atol=1e-3)
 
 
 @settings(max_examples=60, deadline=None)
