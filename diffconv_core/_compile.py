@@ -70,6 +70,17 @@ def eager_under_compile(fn: F) -> F:
         return _fresh_tensor(result) if isinstance(result, torch.Tensor) else result
 
     eager = getattr(torch, "_disable_dynamo", lambda f: f)(unaliased_result)
+    # Dynamo reads these two attributes of a function disabled for it: with them, a
+    # fullgraph=True compile that meets the function says why and what to do, where it said
+    # only "Attempted to call function marked as skipped ... Please file an issue to PyTorch".
+    # (torch.compiler.disable(reason=...) sets them too, but imports torch._dynamo at once:
+    # 1.7 s of every command's start-up.)
+    eager._torchdynamo_disable = True
+    eager._torchdynamo_disable_msg = (
+        f"diffconv_core runs {fn.__name__} eagerly under torch.compile, a graph break of its "
+        "own; for fullgraph=True call diffconv_core.set_compile_mode('graph') first, which "
+        "records it into the graph"
+    )
 
     @functools.wraps(fn)
     def dispatch(*args, **kwargs):
