@@ -33,6 +33,12 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from diffconv_core._fit_checkpoint import (
+    check_history,
+    check_optimizer_state,
+    check_saved_tensors,
+    group_settings,
+)
 from diffconv_core._fit_losses import LOSSES, compute_loss, spectral_loss
 from diffconv_core._fit_models import FIRKernel, WindowKernel
 from diffconv_core._nonfinite import _times_power_of_two
@@ -533,53 +539,29 @@ class Trainer:
                 # (Resumed, the first loss was NaN: "training diverged ... try a lower --lr".)
                 raise ValueError(f"checkpoint {name} holds NaN or Inf")
         history = {k: list(v) for k, v in state["history"].items()}
-        if set(history) != set(self.history) or not all(
-            isinstance(v, (int, float)) and not isinstance(v, bool)
-            for values in history.values()
-            for v in values
-        ):
-            raise ValueError(
-                f"checkpoint history must map {sorted(self.history)} to lists of numbers"
-            )
+        if set(history) != set(self.history):
+            raise ValueError(f"checkpoint history must map {sorted(self.history)} to lists")
+        check_history(history, step)
         # The model's and optimizer's states are checked once loaded: a load that fails
         # puts back what was there, so a caller that goes on trains from where it was (not
         # from the checkpoint's taps with its NaN moments).
         saved_model = copy.deepcopy(self.model.state_dict())
         saved_optimizer = copy.deepcopy(self.optimizer.state_dict())
+        settings = group_settings(self.optimizer)
         try:
             try:
                 self.model.load_state_dict(state["model"])
             except RuntimeError as err:  # taps of another size: torch's "size mismatch"
                 raise ValueError(f"checkpoint model does not fit this one: {err}") from None
+            check_saved_tensors(state["optimizer"]["state"])
             self.optimizer.load_state_dict(state["optimizer"])
-            _check_optimizer_state(self.optimizer)
+            check_optimizer_state(self.optimizer, step, settings)
         except BaseException:
             self.model.load_state_dict(saved_model)
             self.optimizer.load_state_dict(saved_optimizer)
             raise
         self.step_index = step
         self.history = history
-
-
-def _check_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
-    # A checkpoint damaged or edited inside the optimizer's state: moment estimates of
-    # another size, a negative or non-finite step count. load_state_dict takes them, and the
-    # first step then failed deep in torch ("The size of tensor a (13) must match ...").
-    for group in optimizer.param_groups:
-        total = sum(p.numel() for p in group["params"])  # L-BFGS keeps flat vectors
-        for param in group["params"]:
-            for key, value in optimizer.state.get(param, {}).items():
-                if not isinstance(value, torch.Tensor):
-                    continue
-                if value.is_floating_point() and not torch.isfinite(value).all():
-                    raise ValueError(f"checkpoint optimizer state {key!r} is not finite")
-                if key == "step" and (value.numel() != 1 or float(value) < 0):
-                    raise ValueError(f"checkpoint optimizer step must be >= 0; got {value}")
-                if value.dim() > 0 and value.numel() not in (param.numel(), total):
-                    raise ValueError(
-                        f"checkpoint optimizer state {key!r} holds {value.numel()} values for "
-                        f"a parameter of {param.numel()}"
-                    )
 
 
 def make_data(

@@ -162,10 +162,21 @@ def test_stop_and_resume_reaches_the_uninterrupted_kernel(tmp_path):
     assert s_part["final_val_loss"] == s_whole["final_val_loss"]
 
 
-def _with_adam_state(state: dict, key: str, value: torch.Tensor) -> dict:
+def _with_adam_state(state: dict, key: str, value: torch.Tensor | None) -> dict:
+    # The Adam state with `key` set to `value`, or removed for None.
     optimizer = state["trainer"]["optimizer"]
-    moments = {0: {**optimizer["state"][0], key: value}}
-    return {**state, "trainer": {**state["trainer"], "optimizer": {**optimizer, "state": moments}}}
+    moments = {k: v for k, v in {**optimizer["state"][0], key: value}.items() if v is not None}
+    return _with_optimizer(state, {**optimizer, "state": {0: moments}})
+
+
+def _with_adam_settings(state: dict, **settings) -> dict:
+    optimizer = state["trainer"]["optimizer"]
+    groups = [{**group, **settings} for group in optimizer["param_groups"]]
+    return _with_optimizer(state, {**optimizer, "param_groups": groups})
+
+
+def _with_optimizer(state: dict, optimizer: dict) -> dict:
+    return {**state, "trainer": {**state["trainer"], "optimizer": optimizer}}
 
 
 def test_resume_refuses_another_validation_split_and_damaged_checkpoints(tmp_path):
@@ -198,6 +209,18 @@ def test_resume_refuses_another_validation_split_and_damaged_checkpoints(tmp_pat
         _with_adam_state(state, "exp_avg_sq", torch.full((7,), float("nan"))),
         # NaN taps resumed into "training diverged ... Try a lower --lr".
         {**state, "trainer": {**state["trainer"], "model": {"taps": torch.full((7,), np.nan)}}},
+        # Edits that passed the checks above, then failed in a traceback: moments of the
+        # right size in another shape, a moment missing, other optimizer settings (amsgrad
+        # wants a moment the state lacks; betas above 1 a complex power), a history that
+        # disagrees with its step count (an IndexError after the last step) or with itself
+        # (the loss plot's matplotlib error, after the kernel was written).
+        _with_adam_state(state, "exp_avg", torch.zeros(1, 7)),
+        _with_adam_state(state, "exp_avg_sq", torch.zeros(7, 1)),
+        _with_adam_state(state, "exp_avg", None),
+        _with_adam_settings(state, amsgrad=True),
+        _with_adam_settings(state, betas=(2.0, 5.0)),
+        {**state, "trainer": {**state["trainer"], "step": 12, "history": {**hist, "train": []}}},
+        {**state, "trainer": {**state["trainer"], "history": {**hist, "val": []}}},
     ]
     for i, bad in enumerate(damaged):
         path = tmp_path / f"bad{i}.pt"

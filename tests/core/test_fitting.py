@@ -653,3 +653,79 @@ def test_a_refused_checkpoint_leaves_the_trainer_as_it_was(damage):
     fresh.run()
     untouched.run()
     assert torch.equal(fresh.model(), untouched.model()) and torch.isfinite(fresh.model()).all()
+
+
+def _drop(state: dict, key: str) -> None:
+    del state[key]
+
+
+#: Edits of a checkpoint's optimizer part that torch's load_state_dict takes: each failed at
+#: the first resumed step (a traceback: shapes, a KeyError, an IndexError, a TypeError) or
+#: trained on from a state no run makes (a cast complex moment, a fractional step count).
+_ADAM_DAMAGE = {
+    "moment reshaped": lambda s, g: s.update(exp_avg=s["exp_avg"].reshape(1, -1)),
+    "second moment reshaped": lambda s, g: s.update(exp_avg_sq=s["exp_avg_sq"].reshape(-1, 1)),
+    "moment missing": lambda s, g: _drop(s, "exp_avg"),
+    "complex moment": lambda s, g: s.update(exp_avg=s["exp_avg"].to(torch.complex128)),
+    "negative second moment": lambda s, g: s.update(exp_avg_sq=-s["exp_avg_sq"] - 1),
+    "fractional step": lambda s, g: s.update(step=s["step"] + 0.5),
+    "integer step": lambda s, g: s.update(step=s["step"].long()),
+    "other step": lambda s, g: s.update(step=s["step"] + 1),
+    "amsgrad": lambda s, g: g.update(amsgrad=True),
+    "betas past 1": lambda s, g: g.update(betas=(2.0, 5.0)),
+    "NaN weight decay": lambda s, g: g.update(weight_decay=float("nan")),
+}
+_LBFGS_DAMAGE = {
+    "direction of another length": lambda s, g: s["old_dirs"].__setitem__(0, torch.zeros(3)),
+    "history lists of other lengths": lambda s, g: s.update(ro=[]),
+    "iteration count a string": lambda s, g: s.update(n_iter="x"),
+    "direction 2-D": lambda s, g: s.update(d=s["d"].reshape(1, -1)),
+    "NaN step length": lambda s, g: s.update(t=float("nan")),
+    "NaN direction": lambda s, g: s["old_dirs"][0].fill_(float("nan")),
+    "state missing": lambda s, g: _drop(s, "prev_flat_grad"),
+    "other history size": lambda s, g: g.update(history_size=3),
+}
+
+
+@pytest.mark.parametrize(
+    "optimizer, damage",
+    [("adam", name) for name in _ADAM_DAMAGE] + [("lbfgs", name) for name in _LBFGS_DAMAGE],
+)
+def test_resume_refuses_a_damaged_optimizer_state(optimizer, damage):
+    import copy
+
+    xs, ys = synthetic_pairs(T=200)
+    settings = dict(steps=6, optimizer=optimizer, crop=60, batch_size=3)
+    settings["lr"] = 0.05 if optimizer == "adam" else 0.5
+    data = make_data(xs, ys, 7)
+    first = Trainer(FIRKernel(torch.zeros(7, dtype=torch.float64)), data, FitConfig(**settings))
+    first.run(max_steps=3)
+    state = copy.deepcopy(first.state_dict())
+    edit = {**_ADAM_DAMAGE, **_LBFGS_DAMAGE}[damage]
+    edit(state["optimizer"]["state"][0], state["optimizer"]["param_groups"][0])
+    second = Trainer(FIRKernel(torch.zeros(7, dtype=torch.float64)), data, FitConfig(**settings))
+    with pytest.raises(ValueError, match="checkpoint"):
+        second.load_state_dict(state)
+    assert second.step_index == 0 and not second.optimizer.state  # left as it was
+
+
+@pytest.mark.parametrize(
+    "history",
+    [
+        {"train": [], "val_step": [], "val": []},  # step 3 with no losses
+        {"train": [1.0, 1.0, 1.0], "val_step": [3.0, 2.0], "val": [1.0]},  # lengths differ
+        {"train": [1.0, 1.0, 1.0], "val_step": [4.0], "val": [1.0]},  # after the last step
+        {"train": [1.0, 1.0, 1.0], "val_step": [2.5], "val": [1.0]},  # not a step
+        {"train": [1.0, 1.0, 1.0], "val_step": [3.0, 2.0], "val": [1.0, 1.0]},  # backwards
+    ],
+)
+def test_resume_refuses_a_history_that_disagrees_with_its_steps(history):
+    xs, ys = synthetic_pairs(T=200)
+    data = make_data(xs, ys, 7)
+    config = FitConfig(steps=6, crop=60, batch_size=3)
+    first = Trainer(FIRKernel(torch.zeros(7, dtype=torch.float64)), data, config)
+    first.run(max_steps=3)
+    state = {**first.state_dict(), "history": history}
+    second = Trainer(FIRKernel(torch.zeros(7, dtype=torch.float64)), data, config)
+    with pytest.raises(ValueError, match="checkpoint history"):
+        second.load_state_dict(state)
