@@ -12,11 +12,20 @@ import os
 
 import click
 
-from cli.batch import check_kernel_memory, option_errors
+from cli.batch import available_memory, check_kernel_memory, option_errors
 from cli.options import check_window_params
 
 #: The largest --seed whose per-step seeds stay 64-bit integers.
 MAX_SEED = (2**63 - 1) // 1_000_004
+
+#: A training step's memory per sample of its crops, in samples: the input and target crops,
+#: the prediction, the loss's work arrays and the gradients. Measured on CPU (peak resident
+#: memory of one step, 200-200,000 crops of 1-10,000 samples with 31 taps): 7 float64
+#: samples, 3.2-5 float32 ones (their convolution in float32, the loss's sums in float64).
+STEP_SAMPLE_COPIES = 8
+
+#: A step's crop plan, drawn whole on every rank: bytes per crop (Python tuples and ints).
+PLAN_BYTES_PER_CROP = 256
 
 
 def check_options(o: dict) -> None:
@@ -53,6 +62,45 @@ def check_options(o: dict) -> None:
         # this the run failed at its first step ("Overflow when unpacking long long").
         raise click.BadParameter(
             f"must be between -{MAX_SEED} and {MAX_SEED}; got {o['seed']}", param_hint="'--seed'"
+        )
+
+
+def check_step_memory(
+    batch_size: int,
+    crop: int | None,
+    taps: int,
+    pairs,
+    itemsize: int,
+    world_size: int,
+    on_cpu: bool,
+) -> None:
+    """Refuse a ``--batch-size`` whose training step needs more memory than is available (a
+    usage error, exit 2), before anything is read. Linux grants such an allocation and kills
+    the process with no message once its pages are touched; a larger one failed at the first
+    step with the allocator's traceback (``--batch-size 10**12``: 8 TB for the plan alone).
+    On a GPU only the plan, on the host, is counted: the device's memory is another matter.
+
+    Example:
+        >>> from types import SimpleNamespace
+        >>> pair = SimpleNamespace(frames=16_000, rows=2)
+        >>> check_step_memory(8, 16_000, 31, [pair], 4, 1, True)
+        >>> check_step_memory(10**12, 16_000, 31, [pair], 4, 1, True)
+        Traceback (most recent call last):
+        click.exceptions.BadParameter: 1,000,000,000,000 crops of up to 32,060 samples a step...
+    """
+    if crop is None:  # whole pairs, one full batch: no crops drawn
+        return
+    # Each crop's input is extended by taps - 1 samples, in every channel.
+    samples = max((min(crop, p.frames) + taps - 1) * p.rows for p in pairs)
+    need = batch_size * PLAN_BYTES_PER_CROP
+    if on_cpu:  # each rank evaluates its share of the crops
+        need += batch_size * samples * itemsize * STEP_SAMPLE_COPIES // world_size
+    available = available_memory()
+    if available is not None and need > available:
+        raise click.BadParameter(
+            f"{batch_size:,} crops of up to {samples:,} samples a step need about "
+            f"{need / 2**30:,.1f} GiB; {available / 2**30:,.1f} GiB of memory available",
+            param_hint="'--batch-size'",
         )
 
 

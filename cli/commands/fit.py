@@ -243,7 +243,7 @@ def _train(ranks, o, pairs, rate, crop, paths, checkpoint, state) -> None:
         shard_indices,
     )
     from cli.fit_outputs import save_checkpoint
-    from cli.fit_setup import build_model, fit_setup
+    from cli.fit_setup import build_model, check_step_memory, fit_setup
     from diffconv_core.fitting import FitConfig, FitData, Trainer, extend_input, split_length
 
     setup = fit_setup(o, pairs)
@@ -269,6 +269,10 @@ def _train(ranks, o, pairs, rate, crop, paths, checkpoint, state) -> None:
         )
     device = resolve_device(o["device"], ranks.local_rank)
     dtype = getattr(torch, common_dtype(pairs).name)
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    check_step_memory(
+        config.batch_size, crop, o["taps"], pairs, itemsize, ranks.world_size, device.type == "cpu"
+    )
     model = build_model(o, setup, dtype, device)
 
     _start_process_group(ranks, device)
@@ -368,6 +372,8 @@ def _run(trainer, o, ranks, save) -> None:
     import torch
     from tqdm import tqdm
 
+    from cli.devices import is_out_of_memory
+
     show = ranks.is_main and not o["quiet"] and sys.stderr.isatty()
     bar = tqdm(
         total=trainer.config.steps,
@@ -433,7 +439,15 @@ def _run(trainer, o, ranks, save) -> None:
             )
         # 128 + the signal, as a shell reports it (a rank that saw none: as for Ctrl-C).
         sys.exit(128 + requested[0] if requested[0] is not None else interrupts.EXIT_CTRL_C)
-    except RuntimeError as err:
+    except (RuntimeError, MemoryError) as err:
+        if isinstance(err, MemoryError) or is_out_of_memory(err) or "allocate" in str(err):
+            # A step larger than the device's memory (check_step_memory counts the host's):
+            # the last checkpoint stands.
+            raise click.ClickException(
+                f"out of memory at step {trainer.step_index + 1} "
+                f"({str(err).splitlines()[0] if str(err) else type(err).__name__}); "
+                "try a smaller --batch-size or --crop"
+            ) from err
         # torch refuses a step size beyond the parameters' dtype (Adam's first step is 10x
         # --lr) instead of making it Inf: the same divergence, caught one step earlier.
         if "overflow" not in str(err):

@@ -595,6 +595,8 @@ def test_npy_pairs_need_rate_to_crop_in_seconds(tmp_path):
         (["--plot", "loss.jpg"], "is not a .png file"),
         (["--out", "k.wav"], "--out must name a .npy file"),
         (["--resume", "missing.pt"], "no such checkpoint file"),
+        # Its crop plan failed to allocate at the first step: a traceback, exit 1.
+        (["--batch-size", str(10**12)], "'--batch-size': 1,000,000,000,000 crops"),
     ],
 )
 def test_option_errors_exit_2(tmp_path, monkeypatch, extra, message):
@@ -605,6 +607,37 @@ def test_option_errors_exit_2(tmp_path, monkeypatch, extra, message):
     assert message in result.stderr
     assert "Traceback" not in result.stderr
     assert not Path("k.npy").exists()
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 8 GB"),
+        torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 8.00 GiB"),
+        MemoryError(),
+    ],
+)
+def test_a_step_out_of_memory_is_a_failure_not_a_traceback(tmp_path, monkeypatch, error):
+    # A step past the device's memory (the host's is checked up front) ended in the
+    # allocator's traceback; the checkpoint of the last good step stands.
+    from diffconv_core.fitting import Trainer
+
+    in_dir, tg_dir = write_pairs(tmp_path, n=1, frames=300)
+    original = Trainer.step
+
+    def step(self):
+        if self.step_index == 3:
+            raise error
+        return original(self)
+
+    monkeypatch.setattr(Trainer, "step", step)
+    out = tmp_path / "k.npy"
+    result = invoke(in_dir, tg_dir, "--out", out, *FAST, "--checkpoint-every", 2)
+    assert result.exit_code == 1, result.output
+    assert "out of memory at step 4" in result.stderr and "--batch-size" in result.stderr
+    assert "Traceback" not in result.stderr and not out.exists()
+    state = torch.load(tmp_path / "k.ckpt.pt", weights_only=True)
+    assert state["trainer"]["step"] == 2
 
 
 def test_file_and_directory_cannot_pair(tmp_path):
