@@ -460,7 +460,10 @@ class AtomicWriter:
         try:
             self._check_complete()
             self._close(commit=True)
-            _move_into_place(self._tmp, self._target, self._replaced)
+            _move_into_place(self._tmp, self._target, self._replaced, self.overwrite)
+        except FileExistsError as err:
+            self._discard()
+            raise FileProblem(self.dest, _APPEARED) from err
         except OSError as err:
             self._discard()
             raise FileProblem(self.dest, f"cannot finish writing ({err.strerror or err})") from err
@@ -649,27 +652,65 @@ def atomic_write(
         with os.fdopen(fd, "wb") as f:
             fd = None  # closed by the with block from here on
             fill(f)
-        _move_into_place(tmp, target, replaced)
+        _move_into_place(tmp, target, replaced, overwrite)
     except BaseException as err:
         if fd is not None:
             os.close(fd)
         if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(err, FileExistsError):
+            raise FileProblem(dest, _APPEARED) from err
         if isinstance(err, OSError):
             raise FileProblem(dest, f"cannot write ({err.strerror or err})") from err
         raise
 
 
-def _move_into_place(tmp: str, target: Path, replaced: os.stat_result | None) -> None:
+_APPEARED = "output exists (made while this one was written); use --overwrite to replace it"
+
+
+def _move_into_place(
+    tmp: str, target: Path, replaced: os.stat_result | None, overwrite: bool
+) -> None:
     """Rename the finished temporary file onto ``target``, with the permissions of the file
     it replaces (``replaced``) and, where allowed, its owner (``--overwrite`` as root had
     handed another user's file to root, as sox and cp do not), or the usual ones for a new
-    file."""
+    file. Without ``overwrite``, raise FileExistsError (``tmp`` left for the caller to
+    remove) where a file took the name since the writer found it free."""
     os.chmod(tmp, replaced.st_mode & 0o777 if replaced is not None else _default_mode())
     if replaced is not None and (replaced.st_uid, replaced.st_gid) != (os.getuid(), os.getgid()):
         with contextlib.suppress(OSError):  # only root (or the owner, for the group) may
             os.chown(tmp, replaced.st_uid, replaced.st_gid)
-    os.replace(tmp, target)
+    if overwrite:
+        os.replace(tmp, target)
+    else:
+        _link_into_place(tmp, target)
+
+
+def _link_into_place(tmp: str, target: Path) -> None:
+    # The name was free when writing began, but a long write leaves time for another run
+    # (or a user) to make the file, which a rename would silently replace: two runs writing
+    # one output both exited 0 and one result was lost. A hard link takes the name only if
+    # it is still free (EEXIST otherwise), as atomically as the rename; then the temporary
+    # name goes. Held from Ctrl-C between the two, which would leave the second name.
+    with interrupts.deferred():
+        try:
+            os.link(tmp, target)
+        except FileExistsError:
+            raise
+        except OSError as err:
+            # File systems without hard links (FAT, some FUSE and network ones): a check
+            # just before the rename narrows the window to microseconds.
+            if err.errno not in _NO_HARD_LINKS:
+                raise
+            if os.path.lexists(target):
+                raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(target)) from err
+            os.replace(tmp, target)
+            return
+        os.unlink(tmp)
+
+
+# What link(2) answers on a file system that has no hard links.
+_NO_HARD_LINKS = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS, errno.EMLINK}
 
 
 def _through_symlink(dest: Path) -> Path:

@@ -272,6 +272,62 @@ def test_output_directory_removed_before_its_temporary_is_made_again(tmp_path, m
     assert folders == [str(dest.parent)] * 2 and listing(tmp_path) == ["new/a.wav"]
 
 
+@pytest.mark.parametrize("hard_links", [True, False])
+@pytest.mark.parametrize("buffered", [True, False])
+def test_an_output_made_while_writing_is_kept_without_overwrite(
+    tmp_path, monkeypatch, buffered, hard_links
+):
+    # The name was checked once, at the start; the final rename then replaced whatever had
+    # taken it meanwhile (another run, for a streamed file the whole write long): both runs
+    # exited 0 and one result was lost. With --overwrite, replacing it is what was asked.
+    info = probe(SAMPLES / "speech_mono16.wav")
+    x = read_signal(info)
+    if not hard_links:  # a file system without them (FAT): link(2) says EPERM
+
+        def no_link(*args, **kwargs):
+            raise PermissionError(1, "Operation not permitted")
+
+        monkeypatch.setattr(os, "link", no_link)
+    dest = tmp_path / "a.wav"
+    with pytest.raises(FileProblem, match="output exists .* use --overwrite"):
+        with AtomicWriter(dest, output_spec(dest, info), x.shape, buffered=buffered) as w:
+            w.write(x)
+            dest.write_bytes(b"precious")
+    assert dest.read_bytes() == b"precious" and listing(tmp_path) == ["a.wav"]
+    dest.unlink()
+    with AtomicWriter(dest, output_spec(dest, info), x.shape, buffered=buffered) as w:
+        w.write(x)  # a free name is taken as before
+    assert sf.info(dest).frames == x.shape[-1] and listing(tmp_path) == ["a.wav"]
+    assert stat.S_IMODE(dest.stat().st_mode) == 0o666 & ~_umask()
+    dest.unlink()
+    with AtomicWriter(dest, output_spec(dest, info), x.shape, overwrite=True) as w:
+        w.write(x)
+        dest.write_bytes(b"replace me")
+    assert sf.info(dest).frames == x.shape[-1] and listing(tmp_path) == ["a.wav"]
+
+
+def test_atomic_write_keeps_an_output_made_while_writing_without_overwrite(tmp_path):
+    from cli.writing import atomic_write
+
+    dest = tmp_path / "k.json"
+
+    def fill(f):
+        f.write(b"{}")
+        dest.write_bytes(b"precious")
+
+    with pytest.raises(FileProblem, match="output exists"):
+        atomic_write(dest, fill, overwrite=False)
+    assert dest.read_bytes() == b"precious" and listing(tmp_path) == ["k.json"]
+    atomic_write(dest, fill, overwrite=True)
+    assert dest.read_bytes() == b"{}" and listing(tmp_path) == ["k.json"]
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def test_info_says_1_frame(tmp_path):
     for frames in (1, 2):
         src = write_wav(tmp_path / f"f{frames}.wav", np.zeros((1, frames)), 8000)
