@@ -211,7 +211,8 @@ def is_npy(data: bytes) -> bool:
 
 
 def _source(info: SignalInfo) -> str | io.BytesIO:
-    """What soundfile and numpy open for ``info``: its path, or its bytes as a new file."""
+    """What numpy opens for ``info``: its path, or its bytes as a new file (soundfile takes
+    :func:`_for_soundfile`)."""
     return io.BytesIO(info.buffer) if info.buffer is not None else _not_stdin(info.path)
 
 
@@ -221,6 +222,25 @@ def _not_stdin(path: str) -> bytes:
     # path without surrogateescape, so a name that is not UTF-8 (b"bad\xff.wav", legal on
     # POSIX) raised UnicodeEncodeError.
     return os.fsencode(os.path.join(os.curdir, path) if path == "-" else path)
+
+
+#: The longest path, in bytes, that libsndfile opens by name: its buffer holds 1,024 bytes
+#: with the terminating NUL (a 1,024-byte path failed with "System error", longer ones with
+#: "Supplied filename too long"), where Linux takes paths of up to 4,096.
+LIBSNDFILE_PATH_MAX = 1023
+
+
+def _for_soundfile(path: str) -> bytes | int:
+    """``path`` as soundfile should open it: its name (:func:`_not_stdin`), or, past
+    libsndfile's limit on names, a descriptor opened here, which soundfile closes with the
+    file (and libsndfile at once when the open fails)."""
+    name = _not_stdin(path)
+    if len(name) <= LIBSNDFILE_PATH_MAX:
+        return name
+    try:
+        return os.open(name, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    except OSError as err:
+        raise FileProblem(path, f"cannot read ({err.strerror or err})") from err
 
 
 def _check_readable(path: str) -> int:
@@ -257,7 +277,7 @@ def _read_pipe(path: str) -> bytes:
 def _probe_audio(path: str, source: str | io.BytesIO | None = None) -> SignalInfo:
     try:
         # One open for the header and the tags (sf.info would be a second).
-        with sf.SoundFile(_not_stdin(path) if source is None else source) as info:
+        with sf.SoundFile(_for_soundfile(path) if source is None else source) as info:
             tags = _tags(info)
             cut = truncation(info.extra_info)
             last_frame = _last_frame_problem(info)
@@ -372,7 +392,7 @@ def _probe_raw(
         )
     args = raw.soundfile_args()
     try:
-        with sf.SoundFile(_not_stdin(path) if source is None else source, **args) as f:
+        with sf.SoundFile(_for_soundfile(path) if source is None else source, **args) as f:
             frames = f.frames
     except (sf.SoundFileError, RuntimeError, ValueError) as err:
         raise FileProblem(path, f"cannot read raw samples ({_libsndfile_reason(err)})") from err
@@ -392,10 +412,11 @@ def _probe_raw(
 
 def _open_sound(info: SignalInfo) -> sf.SoundFile:
     """The probed audio file, open for reading (a headerless one as it was probed)."""
+    source = io.BytesIO(info.buffer) if info.buffer is not None else _for_soundfile(info.path)
     if info.format != "RAW":
-        return sf.SoundFile(_source(info))
+        return sf.SoundFile(source)
     raw = RawFormat(info.rate, info.subtype, info.channels, endian=info.endian.lower())
-    return sf.SoundFile(_source(info), **raw.soundfile_args())
+    return sf.SoundFile(source, **raw.soundfile_args())
 
 
 def _libsndfile_reason(err: Exception) -> str:

@@ -28,7 +28,7 @@ from typing import BinaryIO, TextIO
 
 import numpy as np
 
-from cli.audio_io import SignalInfo, _not_stdin, audio_format_for, is_npy
+from cli.audio_io import SignalInfo, _for_soundfile, audio_format_for, is_npy
 from cli.errors import ClosedOutput, FileProblem, discard_further_output
 from cli.raw import is_raw_path
 from cli.writing import AtomicWriter, OutputSpec, spec_for_format
@@ -132,11 +132,12 @@ def input_format(source: str | os.PathLike | bytes, *, raw: bool = False) -> str
         return None
     elif _is_pipe(source):
         return ""  # reading its header would consume it: known once it is read, whole
-    else:
-        source = _not_stdin(os.fspath(source))
     try:
+        if not isinstance(source, io.BytesIO):
+            source = _for_soundfile(os.fspath(source))
         return sf.info(source).format
-    except (sf.SoundFileError, RuntimeError, OSError, ValueError):  # ValueError: a bad name
+    # ValueError: a bad name; FileProblem: a long one that cannot be opened
+    except (sf.SoundFileError, RuntimeError, OSError, ValueError, FileProblem):
         return ""
 
 

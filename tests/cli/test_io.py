@@ -9,6 +9,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -326,6 +327,40 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def test_files_behind_paths_longer_than_libsndfile_takes_are_read(tmp_path, monkeypatch):
+    # libsndfile refuses names past 1,023 bytes ("Supplied filename too long") where Linux
+    # takes 4,096: such files failed as "not a readable sound file", in info and -r too.
+    from cli.audio_io import LIBSNDFILE_PATH_MAX
+    from cli.pipes import input_format
+
+    monkeypatch.chdir(tmp_path)
+    deep = Path(*["d" * 200] * 5, "e" * 40)
+    deep.mkdir(parents=True)
+    x = np.random.default_rng(0).uniform(-0.5, 0.5, (2, 3000))
+    names = {"a.wav": "PCM_16", "b.flac": "PCM_24", "c.raw": "PCM_16"}
+    for name, subtype in names.items():
+        with open(deep / name, "wb") as file:  # not by name: libsndfile refuses it
+            sf.write(file, x.T, 8000, subtype=subtype, format=name.split(".")[1].upper())
+        assert len(os.fsencode(str(deep / name))) > LIBSNDFILE_PATH_MAX
+    raw = ["--rate", 8000, "--raw-subtype", "PCM_16", "--channels", 2]
+    for name in names:
+        r = invoke("smooth", deep / name, f"out_{name}", *(raw if name.endswith(".raw") else []))
+        assert r.exit_code == 0, r.output
+        rate = {"samplerate": 8000, "channels": 2, "subtype": "PCM_16"} if "raw" in name else {}
+        got, _ = sf.read(f"out_{name}", always_2d=True, **rate)
+        with open(deep / name, "rb") as file:
+            want, _ = sf.read(file, always_2d=True, **rate)
+        assert got.shape == want.shape
+    assert input_format(deep / "b.flac") == "FLAC"
+    r = invoke("info", deep / "a.wav", deep / "b.flac")
+    assert r.exit_code == 0 and "3000 frames" in r.stdout.replace(",", ""), r.output
+    r = invoke("smooth", "d" * 200, "tree", "-r")
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in Path("tree").rglob("*.*")) == ["a.wav", "b.flac"]
+    missing = invoke("smooth", deep / "gone.wav", "out_gone.wav")
+    assert missing.exit_code == 2 and "gone.wav" in missing.stderr, missing.stderr
 
 
 def test_info_says_1_frame(tmp_path):
