@@ -1,8 +1,10 @@
-"""SIGTERM unwinds the stack as Ctrl-C does, and neither is raised inside libsndfile.
+"""SIGTERM and SIGHUP unwind the stack as Ctrl-C does, and none is raised inside libsndfile.
 
-By default SIGTERM (``timeout``, ``kill``, a job scheduler) ends the process on the spot, and
-a file being written stays behind as a hidden ``.NAME.xxxx.part`` temporary; raised as
-``SystemExit`` instead, every writer's clean-up runs and the exit status is still 128 + 15.
+By default SIGTERM (``timeout``, ``kill``, a job scheduler) or SIGHUP (the terminal or ssh
+session closed) ends the process on the spot, and a file being written stays behind as a
+hidden ``.NAME.xxxx.part`` temporary; raised as ``SystemExit`` instead, every writer's
+clean-up runs and the exit status is still 128 + the signal (143, 129). A SIGHUP ignored when
+the command starts (``nohup``) stays ignored.
 An exception raised while libsndfile is calling back into Python (soundfile writes to Python
 file objects through such callbacks) is swallowed by cffi ("Exception ignored from cffi
 callback"), and the half-written file then failed again in the clean-up, so writers run
@@ -33,6 +35,9 @@ EXIT_CTRL_C = 128 + signal.SIGINT
 # temporary left behind, fit's checkpoint unwritten); a later one stops at once, as before.
 ECHO_SECONDS = 3.0
 
+#: The signals that stop a command: Ctrl-C, then those whose default action is to end it.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
 _depth = 0
 _pending: int | None = None
 _first_stop_at: float | None = None
@@ -43,8 +48,9 @@ def unwind_on_sigterm() -> None:
     left alone); ``fit`` installs its own while it trains."""
     global _first_stop_at, _pending
     _first_stop_at, _pending = None, None  # a new command: no signal seen yet
-    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
-        signal.signal(signal.SIGTERM, _on_signal)
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(signum) is signal.SIG_DFL:
+            signal.signal(signum, _on_signal)
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
         signal.signal(signal.SIGINT, _on_signal)
 
@@ -123,13 +129,13 @@ def forget_stop_signal() -> None:
 def _on_signal(signum: int, frame) -> None:
     global _pending
     if not _under_torchrun():
-        if signum == signal.SIGTERM:
+        if signum != signal.SIGINT:
             signal.signal(signum, signal.SIG_DFL)  # a second SIGTERM ends the process at once
     else:
         insisting = _first_stop_at is not None
         if note_stop_signal():
             return  # torchrun's copy of the signal being acted on: let the clean-up finish
-        if insisting and signum == signal.SIGTERM:
+        if insisting and signum != signal.SIGINT:
             # Asked again, later: the default action, at once.
             signal.signal(signum, signal.SIG_DFL)
             os.kill(os.getpid(), signum)
@@ -154,9 +160,9 @@ def quiet_after_command(exit_code: int | None = None) -> None:
     other than ours and Python's own are left alone."""
     global _chosen_exit
     _chosen_exit = exit_code
-    for signum in (signal.SIGINT, signal.SIGTERM):
+    for signum in STOP_SIGNALS:
         handler = signal.getsignal(signum)
-        if is_ours_or_pythons(handler) or (signum == signal.SIGTERM and handler is signal.SIG_DFL):
+        if is_ours_or_pythons(handler) or (signum != signal.SIGINT and handler is signal.SIG_DFL):
             signal.signal(signum, _end_now)
 
 
@@ -177,5 +183,6 @@ def _end_now(signum: int, frame) -> None:
 def _stop(signum: int) -> None:
     if signum == signal.SIGINT:
         raise KeyboardInterrupt  # as Ctrl-C always does; the command group exits 130 on it
-    click.echo(f"diffconv: stopped by signal {signum}", err=True)
+    with contextlib.suppress(OSError):  # after a hangup the terminal may be gone (EIO)
+        click.echo(f"diffconv: stopped by signal {signum}", err=True)
     raise SystemExit(128 + signum)

@@ -362,7 +362,7 @@ def _all_reduce_sum(tensor) -> None:
 
 
 class _Interrupted(Exception):
-    """Raised between two steps after SIGINT/SIGTERM, so the checkpoint is consistent."""
+    """Raised between two steps after SIGINT/SIGTERM/SIGHUP, so the checkpoint is consistent."""
 
 
 def _run(trainer, o, ranks, save) -> None:
@@ -423,7 +423,13 @@ def _run(trainer, o, ranks, save) -> None:
 
     previous = {}
     if threading.current_thread() is threading.main_thread():  # handlers only live there
-        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+        # A signal ignored at the start stays so: SIGHUP under nohup, SIGINT in a script's
+        # background job.
+        previous = {
+            sig: signal.getsignal(sig)
+            for sig in interrupts.STOP_SIGNALS
+            if signal.getsignal(sig) is not signal.SIG_IGN
+        }
     for sig in previous:
         signal.signal(sig, on_signal)
     try:

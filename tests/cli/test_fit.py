@@ -687,8 +687,8 @@ def test_torchrun_two_processes_equal_one(tmp_path):
 
 @pytest.mark.parametrize(
     "signum, status, resume",
-    [(signal.SIGINT, 130, True), (signal.SIGTERM, 143, False)],
-    ids=["ctrl-c", "sigterm"],
+    [(signal.SIGINT, 130, True), (signal.SIGTERM, 143, False), (signal.SIGHUP, 129, False)],
+    ids=["ctrl-c", "sigterm", "sighup"],
 )
 def test_interrupt_checkpoints_and_resume_reaches_the_same_kernel(tmp_path, signum, status, resume):
     """Ctrl-C (SIGTERM) finishes the running step, checkpoints, exits 130 (143, as the other
@@ -699,7 +699,15 @@ def test_interrupt_checkpoints_and_resume_reaches_the_same_kernel(tmp_path, sign
     ckpt = tmp_path / "cut.ckpt.pt"
     command = [sys.executable, "-m", "cli", "fit", *[str(a) for a in common]]
     command += ["--out", str(tmp_path / "cut.npy"), "--checkpoint-every", "1"]
-    proc = subprocess.Popen(command, env=subprocess_env(), cwd=REPO, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        command,
+        env=subprocess_env(),
+        cwd=REPO,
+        stderr=subprocess.PIPE,
+        # A suite started in the background by a shell ignores SIGINT, and so would the
+        # child, whose fit then keeps ignoring it (as it does a SIGHUP under nohup).
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     try:
         deadline = time.monotonic() + 60
         while not ckpt.exists() and proc.poll() is None and time.monotonic() < deadline:

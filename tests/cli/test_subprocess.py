@@ -113,11 +113,12 @@ def test_exit_codes_and_messages_of_a_real_process(tmp_path, bad_inputs):
     assert r.returncode == 2 and "missing.wav" in r.stderr and "Traceback" not in r.stderr
 
 
-@pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGINT"])
+@pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGINT", "SIGHUP"])
 def test_a_signal_mid_write_leaves_no_temporary(tmp_path, signal_name):
-    # SIGTERM (timeout, kill) used to end the process where it stood, leaving the streamed
-    # output's hidden .NAME.xxxx.part temporary behind. Ctrl-C (SIGINT) exited 1 with click's
-    # "Aborted!", the code of a failed file; both now exit 128 + the signal, as shells report.
+    # SIGTERM (timeout, kill) and SIGHUP (a closed terminal or ssh session) used to end the
+    # process where it stood, leaving the streamed output's hidden .NAME.xxxx.part temporary
+    # behind. Ctrl-C (SIGINT) exited 1 with click's "Aborted!", the code of a failed file;
+    # all now exit 128 + the signal, as shells report.
     import os
     import signal
     import time
@@ -152,6 +153,41 @@ def test_a_signal_mid_write_leaves_no_temporary(tmp_path, signal_name):
     assert listing(out) == []
     assert proc.returncode == 128 + signum, stderr
     assert "Traceback" not in stderr and "Aborted!" not in stderr
+
+
+def test_a_hangup_ignored_at_the_start_stays_ignored(tmp_path):
+    # Under nohup (SIGHUP ignored) the command must outlive the terminal: the hangup handler
+    # goes in only where SIGHUP's default action is in place.
+    import signal
+    import time
+
+    src = tmp_path / "long.wav"
+    sf.write(src, np.zeros((100_000, 1), np.float32), 8000, subtype="FLOAT")
+    out = tmp_path / "out"
+    env = dict(os.environ, DIFFCONV_STREAM_SAMPLES="1000", DIFFCONV_BLOCK_FRAMES="64")
+
+    def as_nohup():
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cli", "smooth", src, out / "long.wav", "--device", "cpu"],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=REPO,
+        preexec_fn=as_nohup,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not (out.exists() and listing(out)) and proc.poll() is None:
+            assert time.monotonic() < deadline, "no temporary output appeared"
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGHUP)
+        stderr = proc.communicate(timeout=120)[1]
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, stderr
+    assert listing(out) == ["long.wav"] and sf.info(out / "long.wav").frames == 100_000
 
 
 # Commands whose answer is text on stdout; --help and --version answer while the group's
