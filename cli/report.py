@@ -50,7 +50,7 @@ class Report:
         self.done_paths.append((str(source), str(dest)))
         if self.verbose:
             how = " (streamed)" if streamed else ""
-            _say(f"done: {source} -> {dest}{how}")
+            _say(f"done: {shown(source)} -> {shown(dest)}{how}")
 
     def failed(self, path: str, reason: str, exit_code: int = EXIT_RUNTIME) -> None:
         """Record a failure; printed even with ``--quiet`` (an error must never be silent).
@@ -58,13 +58,13 @@ class Report:
         self.failure_count += 1
         self.usage_failed = self.usage_failed or exit_code == EXIT_USAGE
         self.failures.append((str(path), reason))
-        _say(f"error: {path}: {reason}", fg="red")
+        _say(f"error: {shown(path)}: {reason}", fg="red")
 
     def warn(self, path: str, message: str) -> None:
         """A problem that did not stop the file (e.g. samples clipped on writing)."""
         self.warning_count += 1
         if not self.quiet:
-            _say(f"warning: {path}: {message}", fg="yellow")
+            _say(f"warning: {shown(path)}: {message}", fg="yellow")
 
     @property
     def return_code(self) -> int:
@@ -103,6 +103,31 @@ class Report:
     def print_summary(self) -> None:
         if not self.quiet:
             _say(self.summary())
+
+
+def shown(path: object) -> str:
+    """``path`` for a message line: control characters escaped (a name holding a newline
+    broke the one line per file that scripts read), as are bytes of a name that is not
+    UTF-8 (``\\xff``); everything else, spaces and accents included, as it is.
+
+    Example:
+        >>> print(shown("take" + chr(10) + "2.wav"), shown("café 1.wav"))
+        take\\n2.wav café 1.wav
+        >>> print(shown("bad" + chr(0xDCFF) + ".wav"))  # os.fsdecode(b"bad\\xff.wav")
+        bad\\xff.wav
+    """
+    text = str(path)
+    if text.isprintable():
+        return text
+    return "".join(_escaped(c) for c in text)
+
+
+def _escaped(c: str) -> str:
+    if c.isprintable():
+        return c
+    if "\udc80" <= c <= "\udcff":  # a byte that is not UTF-8, as os.fsdecode keeps it
+        return f"\\x{ord(c) - 0xDC00:02x}"
+    return repr(c)[1:-1]
 
 
 def _say(message: str, fg: str | None = None) -> None:

@@ -68,6 +68,23 @@ def test_one_corrupt_file_does_not_stop_the_batch(tree, tmp_path, bad_inputs):
     assert listing(out) == ["a.wav", "b.wav", "sub/c.wav", "sub/d.npy"]
 
 
+def test_a_name_with_control_characters_keeps_its_message_on_one_line(tmp_path):
+    # A file named with a newline (legal on POSIX) split its error over two lines, which
+    # scripts reading one line per file took for two files.
+    src = tmp_path / "in"
+    src.mkdir()
+    write_wav(src / "good.wav", np.zeros((1, 800)), 8000)
+    (src / "take\n2\t.wav").write_bytes(b"not a sound file")
+    r = invoke("smooth", src, tmp_path / "out", "-v")
+    assert r.exit_code == 1
+    lines = r.stderr.splitlines()
+    assert sum(line.startswith("error: ") for line in lines) == 1
+    error = next(line for line in lines if line.startswith("error: "))
+    assert "take\\n2\\t.wav: " in error, r.stderr
+    assert sum(line.startswith("done: ") for line in lines) == 1
+    assert listing(tmp_path / "out") == ["good.wav"]
+
+
 def test_an_unexpected_error_while_reading_one_file_does_not_stop_the_batch(
     tree, tmp_path, monkeypatch
 ):
