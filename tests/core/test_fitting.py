@@ -729,3 +729,19 @@ def test_resume_refuses_a_history_that_disagrees_with_its_steps(history):
     second = Trainer(FIRKernel(torch.zeros(7, dtype=torch.float64)), data, config)
     with pytest.raises(ValueError, match="checkpoint history"):
         second.load_state_dict(state)
+
+
+def test_adams_float32_step_count_past_2_to_the_24_is_taken_as_it_stands():
+    # Adam counts its steps in a float32 tensor, which stops counting at 2**24 (2**24 + 1
+    # rounds back down): a run that long must still resume.
+    from diffconv_core._fit_checkpoint import check_optimizer_state, group_settings
+
+    p = torch.nn.Parameter(torch.zeros(3))
+    adam = torch.optim.Adam([p])
+    settings = group_settings(adam)
+    p.grad = torch.ones(3)
+    adam.step()
+    adam.state[p]["step"] = torch.tensor(float(2**24))
+    check_optimizer_state(adam, 2**24 + 3, settings)
+    with pytest.raises(ValueError, match="step is 16777216.0; its run took 16777215"):
+        check_optimizer_state(adam, 2**24 - 1, settings)
