@@ -113,32 +113,33 @@ def test_exit_codes_and_messages_of_a_real_process(tmp_path, bad_inputs):
     assert r.returncode == 2 and "missing.wav" in r.stderr and "Traceback" not in r.stderr
 
 
-@pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGINT", "SIGHUP"])
-def test_a_signal_mid_write_leaves_no_temporary(tmp_path, signal_name):
-    # SIGTERM (timeout, kill) and SIGHUP (a closed terminal or ssh session) used to end the
-    # process where it stood, leaving the streamed output's hidden .NAME.xxxx.part temporary
-    # behind. Ctrl-C (SIGINT) exited 1 with click's "Aborted!", the code of a failed file;
-    # all now exit 128 + the signal, as shells report.
-    import os
+def _signal_a_streamed_smooth(tmp_path, signum: int, frames: int, *, nohup: bool = False):
+    """Start smoothing a ``frames``-long file block by block, send ``signum`` once its
+    temporary output exists; the process, its stderr and the output folder. Under ``nohup``
+    the process starts with SIGHUP ignored."""
     import signal
     import time
 
-    signum = getattr(signal, signal_name)
-
     src = tmp_path / "long.wav"
-    sf.write(src, np.zeros((400_000, 1), np.float32), 8000, subtype="FLOAT")
+    sf.write(src, np.zeros((frames, 1), np.float32), 8000, subtype="FLOAT")
     out = tmp_path / "out"
     env = dict(os.environ, DIFFCONV_STREAM_SAMPLES="1000", DIFFCONV_BLOCK_FRAMES="64")
+
+    def start_signals():
+        # A suite started in the background by a shell ignores SIGINT, and so would the
+        # child: it then finished its write and the test failed. Python handles SIGINT only
+        # if the default action is in place when it starts.
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        if nohup:
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
     proc = subprocess.Popen(
         [sys.executable, "-m", "cli", "smooth", src, out / "long.wav", "--device", "cpu"],
         stderr=subprocess.PIPE,
         text=True,
         env=env,
         cwd=REPO,
-        # A suite started in the background by a shell ignores SIGINT, and so would the child:
-        # it then finished its write and the test failed. Python handles SIGINT only if the
-        # default action is in place when it starts.
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        preexec_fn=start_signals,
     )
     try:
         deadline = time.monotonic() + 60
@@ -147,9 +148,22 @@ def test_a_signal_mid_write_leaves_no_temporary(tmp_path, signal_name):
             time.sleep(0.01)
         assert proc.poll() is None, "finished before it could be stopped: " + proc.stderr.read()
         proc.send_signal(signum)
-        stderr = proc.communicate(timeout=60)[1]
+        stderr = proc.communicate(timeout=120)[1]
     finally:
         proc.kill()
+    return proc, stderr, out
+
+
+@pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGINT", "SIGHUP"])
+def test_a_signal_mid_write_leaves_no_temporary(tmp_path, signal_name):
+    # SIGTERM (timeout, kill) and SIGHUP (a closed terminal or ssh session) used to end the
+    # process where it stood, leaving the streamed output's hidden .NAME.xxxx.part temporary
+    # behind. Ctrl-C (SIGINT) exited 1 with click's "Aborted!", the code of a failed file;
+    # all now exit 128 + the signal, as shells report.
+    import signal
+
+    signum = getattr(signal, signal_name)
+    proc, stderr, out = _signal_a_streamed_smooth(tmp_path, signum, 400_000)
     assert listing(out) == []
     assert proc.returncode == 128 + signum, stderr
     assert "Traceback" not in stderr and "Aborted!" not in stderr
@@ -159,33 +173,8 @@ def test_a_hangup_ignored_at_the_start_stays_ignored(tmp_path):
     # Under nohup (SIGHUP ignored) the command must outlive the terminal: the hangup handler
     # goes in only where SIGHUP's default action is in place.
     import signal
-    import time
 
-    src = tmp_path / "long.wav"
-    sf.write(src, np.zeros((100_000, 1), np.float32), 8000, subtype="FLOAT")
-    out = tmp_path / "out"
-    env = dict(os.environ, DIFFCONV_STREAM_SAMPLES="1000", DIFFCONV_BLOCK_FRAMES="64")
-
-    def as_nohup():
-        signal.signal(signal.SIGHUP, signal.SIG_IGN)
-
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "cli", "smooth", src, out / "long.wav", "--device", "cpu"],
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-        cwd=REPO,
-        preexec_fn=as_nohup,
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while not (out.exists() and listing(out)) and proc.poll() is None:
-            assert time.monotonic() < deadline, "no temporary output appeared"
-            time.sleep(0.01)
-        proc.send_signal(signal.SIGHUP)
-        stderr = proc.communicate(timeout=120)[1]
-    finally:
-        proc.kill()
+    proc, stderr, out = _signal_a_streamed_smooth(tmp_path, signal.SIGHUP, 100_000, nohup=True)
     assert proc.returncode == 0, stderr
     assert listing(out) == ["long.wav"] and sf.info(out / "long.wav").frames == 100_000
 
