@@ -289,8 +289,9 @@ class StreamingConvolver:
         if self.padding == "circular" and self._right > 0:
             self._first = _cat(self._first, block)[..., : self._right].clone()
         if self._stream is None:
-            # A list, so that circular padding without a tail does not copy O(T^2).
-            self._collected.append(block)
+            # A list, so that circular padding without a tail does not copy O(T^2); of
+            # copies, since a caller may refill its block's buffer for the next push.
+            self._collected.append(block.clone())
             self._n_collected += block.shape[-1]
             if self._n_collected < self._start_need or self._n_collected == 0:
                 return self._empty(block)
@@ -558,10 +559,12 @@ class StreamingSmoother:
         margin = self._margin
         if self.circular_tail is not None and (self._head is None or self._head_short()):
             self._head = block if self._head is None else torch.cat([self._head, block], -1)
-            self._head = self._head[..., :margin]
+            self._head = self._head[..., :margin].clone()  # not a view of the caller's block
         # Until 2 * margin + 2 samples have arrived the signal may still turn out shorter than
         # its edge pads (which then wrap around), so nothing is final yet.
         if not self._local or self._n_in < 2 * margin + 2:
+            # Kept for a later push: a copy, as the caller may refill its block meanwhile.
+            self._pieces[-1] = self._pieces[-1].clone()
             return self._nothing_yet(block)
         if self.circular_tail is not None and not self._wrapped:
             # The first outputs: their left context is the signal's end, wrapped around. The
