@@ -55,7 +55,9 @@ MAX_LOG2_DISTANCE = 1.0
 
 # The cache file's entries as last read, and the answers lookup has given from them (a scan
 # of every entry costs more than a small convolution; cleared whenever the entries change).
-_loaded: dict[str, object] = {"path": None, "mtime": None, "data": {}, "answers": {}}
+# The cache file last read: its entries with the answers worked out from them, one pair
+# replaced whole on a reload, so that a lookup reads both from the same file.
+_loaded: dict[str, object] = {"path": None, "mtime": None, "cache": ({}, {})}
 
 
 def cache_path() -> Path:
@@ -130,23 +132,28 @@ def device_key(device: str | torch.device, dtype: torch.dtype) -> str:
 RECHECK_SECONDS = 2.0
 
 
-def _cache() -> dict:
+def _cache() -> tuple[dict, dict]:
+    """The cache's entries and the answers already worked out from them (one pair: a
+    lookup that stored an answer from the entries it had read into the answers of a file
+    another thread had just reloaded kept that stale answer until the file changed again)."""
     now = time.monotonic()
     path = cache_path()
     # (_cache_path gives the same object for the same variables: `is` before a comparison)
     same_path = _loaded["path"] is path or _loaded["path"] == path
     if same_path and now - _loaded.get("checked", -1e9) < RECHECK_SECONDS:
-        return _loaded["data"]  # type: ignore[return-value]
+        return _loaded["cache"]  # type: ignore[return-value]
     _loaded["checked"] = now
     try:
         mtime = path.stat().st_mtime
     except OSError:
-        _loaded.update(path=path, mtime=None, data={}, answers={})
-        return {}
+        cache: tuple[dict, dict] = ({}, {})
+        _loaded.update(path=path, mtime=None, cache=cache)
+        return cache
     if _loaded["path"] != path or _loaded["mtime"] != mtime:
-        data = _usable_entries(_read_json(path))
-        _loaded.update(path=path, mtime=mtime, data=data, answers={})
-    return _loaded["data"]  # type: ignore[return-value]
+        cache = (_usable_entries(_read_json(path)), {})
+        _loaded.update(path=path, mtime=mtime, cache=cache)
+        return cache
+    return _loaded["cache"]  # type: ignore[return-value]
 
 
 def _read_json(path: Path) -> object:
@@ -224,12 +231,11 @@ def lookup(
     """
     if _environment("DIFFCONV_NO_TUNING") == "1":
         return None
-    cache = _cache()
+    cache, answers = _cache()
     if not cache:
         return None
     key = device_key(device or device_type, dtype)
     asked = (key, batch, T, K, mode, requires_grad)
-    answers: dict = _loaded["answers"]  # type: ignore[assignment]
     if asked not in answers:
         if len(answers) >= 4096:  # a process seeing ever new shapes: start over
             answers.clear()

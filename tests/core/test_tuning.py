@@ -234,11 +234,38 @@ def test_answers_follow_a_changed_cache_file(cache_dir):
     assert choose_method((4, 4096), (31,)) == "fft"
 
 
+def test_an_answer_worked_out_while_another_thread_reloads_is_not_kept(cache_dir, monkeypatch):
+    # A lookup read the entries, then (a few statements later) the answers dict: a reload by
+    # another thread in between stored the old file's answer among the new file's answers,
+    # where it stayed until the file changed again.
+    tuning.save(_fake_records("overlap"), "cpu", torch.float32)
+    path = cache_dir / "methods.json"
+    data = json.loads(path.read_text())
+    for record in next(iter(data.values())):
+        record["method"] = record["method_forward"] = "fft"
+    device_key = tuning.device_key
+
+    def reloaded_meanwhile(*args):
+        # Called by the lookup after it has read the cache: the other thread's reload.
+        monkeypatch.setattr(tuning, "device_key", device_key)
+        path.write_text(json.dumps(data))
+        os.utime(path, ns=(1, 1))  # a new mtime even on coarse-timestamp filesystems
+        tuning._loaded["checked"] = -float("inf")
+        tuning._cache()
+        return device_key(*args)
+
+    tuning._loaded["checked"] = -float("inf")
+    tuning._cache()
+    monkeypatch.setattr(tuning, "device_key", reloaded_meanwhile)
+    assert tuning.lookup("cpu", 4, 4096, 31, "same", torch.float32) == "overlap"
+    assert tuning.lookup("cpu", 4, 4096, 31, "same", torch.float32) == "fft"
+
+
 def test_remembered_answers_stay_bounded(cache_dir, monkeypatch):
     tuning.save(_fake_records("overlap"), "cpu", torch.float32)
     for T in range(4000, 4000 + 5000):
         tuning.lookup("cpu", 4, T, 31, "same", torch.float32)
-    assert len(tuning._loaded["answers"]) <= 4096
+    assert len(tuning._loaded["cache"][1]) <= 4096
     assert tuning.lookup("cpu", 4, 4096, 31, "same", torch.float32) == "overlap"
 
 
