@@ -43,6 +43,8 @@ class Report:
     failures: list[tuple[str, str]] = field(default_factory=list)
     #: whether a failure was a usage error (exit code 2 rather than 1).
     usage_failed: bool = False
+    #: warnings said once per run (:meth:`warn_once`): message -> (job order, path).
+    once: dict[str, tuple[int, str]] = field(default_factory=dict)
 
     def done(self, source: str, dest: str, *, streamed: bool = False) -> None:
         """Record a file written successfully."""
@@ -66,6 +68,15 @@ class Report:
         if not self.quiet:
             _say(f"warning: {shown(path)}: {message}", fg="yellow")
 
+    def warn_once(self, message: str, order: int, path: str) -> None:
+        """A warning said once per run whatever the files that meet it (an impulse
+        response at another rate than a batch's files), with the first such file in the
+        run's order (``order``: the file's place in the whole job list): so under torchrun,
+        where each rank meets its own files, it reads as in one process. Said at the end,
+        with the summary (:meth:`print_summary`)."""
+        if message not in self.once or order < self.once[message][0]:
+            self.once[message] = (order, str(path))
+
     @property
     def return_code(self) -> int:
         if self.usage_failed:
@@ -80,6 +91,8 @@ class Report:
         self.done_paths.extend(tuple(p) for p in other["done_paths"])
         self.failures.extend(tuple(f) for f in other["failures"])
         self.usage_failed = self.usage_failed or other["usage_failed"]
+        for message, (order, path) in other["once"].items():
+            self.warn_once(message, order, path)
 
     def as_dict(self) -> dict:
         """Plain data, picklable for ``torch.distributed.all_gather_object``."""
@@ -90,18 +103,23 @@ class Report:
             "done_paths": list(self.done_paths),
             "failures": list(self.failures),
             "usage_failed": self.usage_failed,
+            "once": dict(self.once),
         }
 
     def summary(self) -> str:
         parts = [_plural(self.done_count, "file") + " processed"]
         if self.failure_count:
             parts.append(_plural(self.failure_count, "file") + " failed")
-        if self.warning_count:
-            parts.append(_plural(self.warning_count, "warning"))
+        warnings = self.warning_count + len(self.once)
+        if warnings:
+            parts.append(_plural(warnings, "warning"))
         return ", ".join(parts) + "."
 
     def print_summary(self) -> None:
+        """The run-wide warnings, in the order of their first files, then the summary."""
         if not self.quiet:
+            for message, (_, path) in sorted(self.once.items(), key=lambda item: item[1]):
+                _say(f"warning: {shown(path)}: {message}", fg="yellow")
             _say(self.summary())
 
 

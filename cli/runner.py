@@ -59,7 +59,7 @@ class Operation:
             cannot take (e.g. a kernel with another channel count), before it is read.
         advise: optional ``advise(info)`` -> a warning for a file the operation takes but
             probably should not as it is (e.g. an impulse response at another sample rate),
-            or None.
+            or None; said once per run for each message (:meth:`Report.warn_once`).
 
     Shape:
         ``apply``: ``(B, C, T)`` (or ``(B, N, C, T)``) -> ``(B, C, T')``.
@@ -152,7 +152,9 @@ def run_jobs(jobs: Sequence[Job], operation: Operation, options: RunOptions) -> 
     def work(mine: list[Job], report: Report, ranks) -> None:
         device = resolve_device(options.device, ranks.local_rank)
         show = ranks.is_main and not options.quiet and sys.stderr.isatty()
-        _run_local(mine, operation, options, device, report, show_progress=show)
+        # Each job's place in the whole list (the ranks' shares interleave).
+        orders = range(ranks.rank, len(jobs), ranks.world_size)
+        _run_local(mine, orders, operation, options, device, report, show_progress=show)
 
     return run_sharded(jobs, work, quiet=options.quiet, verbose=options.verbose)
 
@@ -186,11 +188,11 @@ def run_sharded(
     return merged
 
 
-def _run_local(jobs, operation, options, device, report, *, show_progress: bool) -> None:
+def _run_local(jobs, orders, operation, options, device, report, *, show_progress: bool) -> None:
     progress = _progress(len(jobs), "file", show_progress and len(jobs) > 1)
     items = []
-    for job in jobs:
-        item = _prepare(job, operation, options, report)
+    for job, order in zip(jobs, orders, strict=True):
+        item = _prepare(job, order, operation, options, report)
         if item is None:
             progress.update(1)
         else:
@@ -217,7 +219,7 @@ def _run_local(jobs, operation, options, device, report, *, show_progress: bool)
     progress.close()
 
 
-def _prepare(job: Job, operation: Operation, options: RunOptions, report: Report):
+def _prepare(job: Job, order: int, operation: Operation, options: RunOptions, report: Report):
     try:
         if job.problem is not None:  # found while listing a directory INPUT
             raise FileProblem(job.source, job.problem)
@@ -243,7 +245,7 @@ def _prepare(job: Job, operation: Operation, options: RunOptions, report: Report
             operation.check(info)
         advice = operation.advise(info) if operation.advise is not None else None
         if advice:
-            report.warn(str(job.source), advice)
+            report.warn_once(advice, order, str(job.source))
         if _looks_channels_last(info):
             channels, frames = info.original_shape
             report.warn(

@@ -148,14 +148,12 @@ def kernel_operation(
         )
         return conv, info.frames + left + right - taps + 1
 
-    warned_rates: set[float] = set()
-
     def advise(info) -> str | None:
         # A 48 kHz room response on a 16 kHz file is a room three times the size: no error
         # (a kernel in samples is what convolve takes), but not what most people meant.
-        if rate is None or not info.rate or info.rate == rate or info.rate in warned_rates:
+        # Said once per rate met (the report keeps one of each message).
+        if rate is None or not info.rate or info.rate == rate:
             return None
-        warned_rates.add(info.rate)
         return (
             f"{name} is at {rate:g} Hz and this file at {info.rate:g} Hz: the kernel is "
             "applied sample for sample (resample one to the other's rate if that is not meant)"

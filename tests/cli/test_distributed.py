@@ -69,6 +69,30 @@ def test_two_gloo_ranks_split_the_files(tmp_path, bad_inputs):
     assert r.stderr.count(f"error: {folder / 'sub' / 'zz_bad.wav'}: not a readable") == 1
 
 
+def test_a_run_wide_warning_reads_as_in_one_process(tmp_path):
+    # Said once per rate met, the warning about an impulse response at another rate was
+    # said once per rank (each met its own files), and counted so: "2 warnings" for the one.
+    from tests.cli.conftest import invoke
+
+    ir = REPO / "sample_data" / "impulse_response.wav"  # 16 kHz
+    folder = tmp_path / "in"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for name in ("a.wav", "b.wav", "c.wav"):
+        sf.write(folder / name, 0.1 * rng.standard_normal(2000), 8000, subtype="FLOAT")
+    alone = invoke("convolve", folder, tmp_path / "alone", "--kernel", ir)
+    assert alone.exit_code == 0, alone.output
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    launch += ["--nproc_per_node=2", "--no-python", DIFFCONV]
+    command = [*launch, "convolve", str(folder), str(tmp_path / "ranks"), "--kernel", str(ir)]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    r = subprocess.run(command, capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr
+    ours = [line for line in r.stderr.splitlines() if line.startswith(("warning:", "3 files"))]
+    assert ours == alone.stderr.splitlines() and len(ours) == 2, (ours, alone.stderr)
+    assert "warning: " + str(folder / "a.wav") in ours[0] and ours[1].endswith("1 warning.")
+
+
 ENDS_THE_GROUP = """
 import os, sys
 import torch, torch.distributed as dist
