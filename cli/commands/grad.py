@@ -110,11 +110,15 @@ SUFFIXES = {
 )
 @click.option(
     "--start",
+    "--from",
+    "start",
     type=click.FloatRange(min=0),
     default=0.0,
     show_default=True,
     metavar="SECONDS",
-    help="Start of the excerpt drawn and used for the Jacobian.",
+    # Under torchrun, whose parser reads every argument, --start is ambiguous (--start-method,
+    # --start_method) and stops the launch; --from is not.
+    help="Start of the excerpt drawn and used for the Jacobian (--from under torchrun).",
 )
 @click.option(
     "--duration",

@@ -348,3 +348,30 @@ def test_a_rank_stopped_while_it_leaves_exits_with_the_usage_errors_code_in_sile
     out, err = process.communicate(timeout=60)
     assert process.returncode == 2, err
     assert err == "" and out == ""
+
+
+def test_every_option_has_a_name_torchruns_parser_lets_through():
+    # torchrun's argparse reads the command's arguments too and stops on an abbreviation of
+    # two of its own options: `grad --start` ("ambiguous option: --start could match
+    # --start-method, --start_method") could not be given under torchrun at all.
+    import click
+    from torch.distributed.run import get_args_parser
+
+    from cli.main import COMMANDS, cli
+
+    parser = get_args_parser()
+    ctx = click.Context(cli)
+    for name in COMMANDS:
+        for param in cli.get_command(ctx, name).params:
+            longs = [opt for opt in param.opts + param.secondary_opts if opt.startswith("--")]
+            passed = []
+            for opt in longs:
+                line = ["--standalone", "--no-python", "diffconv", name, opt, "1", "in", "out"]
+                try:
+                    args = parser.parse_args(line)
+                except SystemExit:
+                    continue
+                passed.append(args.training_script_args == [name, opt, "1", "in", "out"])
+            assert not longs or any(passed), (name, longs)
+    args = parser.parse_args(["--no-python", "diffconv", "grad", "--from", "0.5", "a", "b"])
+    assert args.training_script_args == ["grad", "--from", "0.5", "a", "b"]

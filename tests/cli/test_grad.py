@@ -316,8 +316,9 @@ def test_kernel_file_conflicts_and_params(tmp_path, short_wav):
     assert "use --width" in width.stderr
 
 
-def test_start_past_the_end_is_a_file_error(short_wav, tmp_path):
-    result = invoke("grad", short_wav, tmp_path / "out", "--start", "9")
+@pytest.mark.parametrize("option", ["--start", "--from"])  # --from: its name under torchrun
+def test_start_past_the_end_is_a_file_error(short_wav, tmp_path, option):
+    result = invoke("grad", short_wav, tmp_path / "out", option, "9")
     assert result.exit_code == 1
     assert "tone.wav" in result.stderr and "--start 9 is past the end" in result.stderr
 
