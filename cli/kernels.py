@@ -25,8 +25,26 @@ def kernel_from_option(path: str, normalize: str) -> tuple[np.ndarray, float | N
     (:func:`load_kernel`); problems with either become click usage errors (exit 2) naming
     the option.
     """
+    import stat
+
     import click
 
+    from cli.distributed import ranks_from_env
+
+    if ranks_from_env().distributed:
+        # Every rank reads the kernel: a FIFO's data goes to one of them and the others wait
+        # in open() for good (the launch hung), as pipes do for INPUT.
+        try:
+            mode = os.stat(path).st_mode
+            special = stat.S_ISFIFO(mode) or stat.S_ISCHR(mode) or stat.S_ISSOCK(mode)
+        except OSError:
+            special = False  # no such file: load_kernel says so
+        if special:
+            raise click.BadParameter(
+                f"{path}: every process under torchrun reads the kernel, which a pipe or "
+                "device gives only once; save it to a file",
+                param_hint="'--kernel'",
+            )
     try:
         kernel, rate = load_kernel(path)
     except FileProblem as err:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+
 import numpy as np
 import pytest
 import scipy.signal
@@ -227,3 +230,27 @@ def test_an_impulse_response_at_another_rate_is_warned_about_once_per_rate(tmp_p
     np.save(tmp_path / "k.npy", sf.read(ir)[0])
     result = invoke("convolve", folder, tmp_path / "out2", "--kernel", tmp_path / "k.npy")
     assert result.exit_code == 0 and "sample for sample" not in result.stderr
+
+
+def test_a_pipe_as_kernel_is_refused_under_torchrun(tmp_path):
+    # Every rank reads the kernel: a FIFO's data reached one and the others blocked in
+    # open() for good. Refused before anything opens it (here no writer ever comes).
+    fifo = tmp_path / "k.fifo"
+    os.mkfifo(fifo)
+    src = tmp_path / "a.wav"
+    sf.write(src, np.zeros(100), 8000)
+    import threading
+
+    def writer():  # a kernel for whoever opens the FIFO: a regression fails, not hangs
+        with contextlib.suppress(OSError), open(fifo, "w") as f:
+            f.write("0.5 0.5\n")
+
+    threading.Thread(target=writer, daemon=True).start()
+    env = {"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0"}
+    try:
+        result = invoke("convolve", src, tmp_path / "out.wav", "--kernel", fifo, env=env)
+    finally:  # the writer, still waiting for a reader, is let go
+        os.close(os.open(fifo, os.O_RDONLY | os.O_NONBLOCK))
+    assert result.exit_code == 2
+    assert "every process under torchrun reads the kernel" in result.stderr
+    assert not (tmp_path / "out.wav").exists()
