@@ -109,10 +109,18 @@ def _load_text(path: str) -> np.ndarray:
         tokens.extend(t for t in re.split(r"[\s,;]+", line.split("#", 1)[0]) if t)
     if not tokens:
         raise FileProblem(path, "kernel file holds no numbers")
-    try:
-        return np.array([float(t) for t in tokens], dtype=np.float64)
-    except ValueError as err:
-        raise FileProblem(path, f"kernel file holds a non-number ({err})") from err
+    for token in tokens:
+        # Python's float() also takes "1_0" (10) and other scripts' digits; a coefficient
+        # file holds plain decimal numbers, as sox's fir reads them (NaN and Inf are
+        # refused below with their own message).
+        if not _NUMBER.fullmatch(token):
+            raise FileProblem(path, f"kernel file holds a non-number ({token!r})")
+    return np.array([float(t) for t in tokens], dtype=np.float64)
+
+
+_NUMBER = re.compile(
+    r"[+-]?(?:(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?|inf(?:inity)?|nan)", re.ASCII | re.IGNORECASE
+)
 
 
 def normalize_kernel(kernel: np.ndarray, how: str) -> np.ndarray:

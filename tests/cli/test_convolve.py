@@ -167,6 +167,8 @@ def test_kernel_longer_than_signal_in_valid_mode(tmp_path):
         ("", "no numbers"),
         ("1, 2, abc", "non-number"),
         ("1 nan 2", "NaN"),
+        ("1_0\n2", "non-number ('1_0')"),  # Python's float() read 10
+        ("1 \u0661", "non-number"),  # an Arabic-Indic digit one, to float()
     ],
 )
 def test_bad_kernel_files_are_usage_errors(tmp_path, content, message):
