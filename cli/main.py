@@ -130,15 +130,7 @@ def main() -> None:
     finally:
         interrupts.quiet_after_command(exit_code)
         if exit_code is not None and distributed.ranks_from_env().distributed:
-            # torchrun stops the other workers with SIGTERM once one exits. Late in the
-            # interpreter's shutdown Python puts the signals' default actions back, and a
-            # rank whose command had ended (files reported, status chosen) was then recorded
-            # as killed (-15) about half the time with 3 ranks. Its work is done and its
-            # process group left: end here, with the command's status.
-            for stream in (sys.stdout, sys.stderr):
-                with contextlib.suppress(Exception):
-                    stream.flush()
-            os._exit(exit_code)
+            interrupts.end_rank(exit_code)  # no shutdown for torchrun's SIGTERM to meet
 
 
 if __name__ == "__main__":

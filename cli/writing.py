@@ -695,11 +695,10 @@ def _link_into_place(tmp: str, target: Path) -> None:
     with interrupts.deferred():
         try:
             os.link(tmp, target)
-        except FileExistsError:
-            raise
         except OSError as err:
             # File systems without hard links (FAT, some FUSE and network ones): a check
-            # just before the rename narrows the window to microseconds.
+            # just before the rename narrows the window to microseconds. (EEXIST, the name
+            # taken, is raised as it is.)
             if err.errno not in _NO_HARD_LINKS:
                 raise
             if os.path.lexists(target):

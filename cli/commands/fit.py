@@ -269,9 +269,14 @@ def _train(ranks, o, pairs, rate, crop, paths, checkpoint, state) -> None:
         )
     device = resolve_device(o["device"], ranks.local_rank)
     dtype = getattr(torch, common_dtype(pairs).name)
-    itemsize = torch.empty((), dtype=dtype).element_size()
     check_step_memory(
-        config.batch_size, crop, o["taps"], pairs, itemsize, ranks.world_size, device.type == "cpu"
+        config.batch_size,
+        crop,
+        o["taps"],
+        pairs,
+        dtype.itemsize,
+        ranks.world_size,
+        device.type == "cpu",
     )
     model = build_model(o, setup, dtype, device)
 
