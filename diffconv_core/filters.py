@@ -47,6 +47,7 @@ def kaiser_beta(a: float) -> float:
         >>> round(kaiser_beta(65.0), 4)
         6.2043
     """
+    a = _finite_number(a, "a (the attenuation in dB)")
     if a > 50:
         return 0.1102 * (a - 8.7)
     if a > 21:
@@ -67,7 +68,31 @@ def kaiser_atten(numtaps: int, width: float) -> float:
         >>> round(kaiser_atten(101, 0.05), 3)
         43.843
     """
-    return 2.285 * (numtaps - 1) * math.pi * width + 7.95
+    numtaps = _b.check_length(numtaps, "numtaps")
+    return 2.285 * (numtaps - 1) * math.pi * _check_width(width) + 7.95
+
+
+def _finite_number(value: Any, what: str) -> float:
+    # A real number (numpy's included, bool not), finite: the Kaiser formulas' inputs.
+    if isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    raise ValueError(f"{what} must be a finite number; got {value!r}")
+
+
+def _check_pass_zero(pass_zero: Any) -> bool | str:
+    """``pass_zero`` as True/False or one of the band names; a ValueError naming it else.
+    A one-element bool tensor or numpy bool reads as its value."""
+    if isinstance(pass_zero, str) and pass_zero in _PASS_ZERO:
+        return pass_zero
+    if isinstance(pass_zero, bool):
+        return pass_zero
+    dtype = getattr(pass_zero, "dtype", None)
+    if dtype in (torch.bool, bool) and getattr(pass_zero, "ndim", None) == 0:
+        return bool(pass_zero)
+    raise ValueError(
+        "pass_zero must be one of True, False, 'lowpass', 'highpass', 'bandpass', "
+        f"'bandstop'; got {pass_zero!r}"
+    )
 
 
 def _check_width(width: Any) -> float:
@@ -108,6 +133,11 @@ def _edges(cutoff: Any, work: torch.dtype, device: Any) -> Tensor:
     # Nested lists read as the array they write ([[0.2, 0.4]]: one band, as its array is),
     # not as a sequence whose one item is a batch of two lowpass cutoffs.
     edges = _b.as_tensor(cutoff, "cutoff", work, device)
+    if edges.dim() and edges.shape[-1] == 0:
+        raise ValueError(
+            f"at least one cutoff frequency must be given; got a tensor of shape "
+            f"{tuple(edges.shape)}"
+        )
     return edges.reshape(edges.shape if edges.dim() else (1,))
 
 
@@ -168,15 +198,7 @@ def firwin(
     nyq = 1.0 if fs is None else fs / 2.0
     if width is not None:
         width = _check_width(width)
-    if (
-        pass_zero not in _PASS_ZERO
-        or isinstance(pass_zero, (int, float))
-        and not isinstance(pass_zero, bool)
-    ):
-        raise ValueError(
-            "pass_zero must be one of True, False, 'lowpass', 'highpass', 'bandpass', "
-            f"'bandstop'; got {pass_zero!r}"
-        )
+    pass_zero = _check_pass_zero(pass_zero)
     tensors = [cutoff, window, *window_params.values()]
     out_dtype = _b.result_dtype(dtype, tensors)
     dev = _b.result_device(device, tensors)
@@ -229,7 +251,8 @@ def firwin(
     parts.append(edges)
     if pass_nyquist:
         parts.append(torch.ones((*batch, 1), dtype=work, device=dev))
-    bands = torch.cat(parts, dim=-1).reshape(*batch, -1, 2)
+    # The count spelled out: -1 cannot be inferred for an empty batch of filters.
+    bands = torch.cat(parts, dim=-1).reshape(*batch, (n_edges + pass_zero + pass_nyquist) // 2, 2)
     left, right = bands[..., 0:1], bands[..., 1:2]
 
     m = torch.arange(numtaps, dtype=work, device=dev) - (numtaps - 1) / 2.0
@@ -240,13 +263,20 @@ def firwin(
         beta = kaiser_beta(kaiser_atten(numtaps, width / nyq))
         win = get_window("kaiser", numtaps, beta=beta, dtype=work, device=dev)
     elif isinstance(window, Tensor):
-        if window.shape[-1] != numtaps:
+        if window.dim() == 0 or window.shape[-1] != numtaps:
             raise ValueError(
                 f"a window tensor must have numtaps={numtaps} taps; got shape {tuple(window.shape)}"
             )
         win = window.to(device=dev, dtype=work)
     else:
         win = get_window(window, numtaps, dtype=work, device=dev, **window_params)
+    try:
+        _b.broadcast_shapes(batch, win.shape[:-1])
+    except ValueError:
+        raise ValueError(
+            f"the cutoffs' batch {tuple(batch)} and the window's {tuple(win.shape[:-1])} "
+            "(from a window tensor or tensor window parameters) do not broadcast"
+        ) from None
     h = h * win
 
     if scale:

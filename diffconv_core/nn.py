@@ -297,10 +297,11 @@ class FIRFilter(nn.Module):
         self._window_name = self.spec.name + suffix
         self.fs, self.scale, self.learnable = fs, scale, learnable
         self.mode, self.padding, self.method = mode, padding, method
-        factory = {"dtype": dtype or torch.get_default_dtype(), "device": device}
-        value = torch.as_tensor(
-            cutoff if not isinstance(cutoff, Tensor) else cutoff.detach(), **factory
-        ).clone()
+        factory = {"dtype": _b.result_dtype(dtype, []), "device": device}
+        # Checked as firwin checks it (a number or a real tensor, named in the error): as a
+        # parameter, a complex cutoff lost its imaginary part with only a warning.
+        given = cutoff.detach() if isinstance(cutoff, Tensor) else cutoff
+        value = _b.as_tensor(given, "cutoff", factory["dtype"], device).clone()
         if learnable:
             self.cutoff = nn.Parameter(value)
         else:

@@ -95,8 +95,8 @@ def test_named_designs_equal_firwin():
 
 
 def test_kaiser_helpers():
-    for a in (10.0, 21.0, 30.0, 50.0, 80.0):
-        assert F.kaiser_beta(a) == pytest.approx(scipy.signal.kaiser_beta(a), abs=1e-12)
+    for a in (10.0, 21.0, 30.0, 50.0, 80.0, np.float32(65.0), 70):
+        assert F.kaiser_beta(a) == pytest.approx(scipy.signal.kaiser_beta(a), abs=1e-5)
     assert F.kaiser_atten(51, 0.1) == pytest.approx(scipy.signal.kaiser_atten(51, 0.1))
 
 
@@ -265,6 +265,33 @@ def test_frequency_response_batched_float32_and_grad():
         (lambda: F.bandstop(21, 0.3), ValueError, "bandstop filter takes at least two"),
         (lambda: F.lowpass(21, [0.1, 0.2]), ValueError, "lowpass filter takes one cutoff"),
         (lambda: F.firwin(21, []), ValueError, "at least one cutoff"),
+        # An empty tensor of cutoffs designed an all-pass delta, silently.
+        (lambda: F.firwin(5, torch.tensor([])), ValueError, "at least one cutoff"),
+        (lambda: F.bandpass(11, torch.ones(2, 0)), ValueError, "at least one cutoff"),
+        (
+            lambda: F.firwin(11, 0.3, pass_zero=torch.tensor([True, False])),
+            ValueError,
+            "pass_zero must be one of",
+        ),
+        (lambda: F.firwin(11, 0.3, pass_zero=1), ValueError, "pass_zero must be one of"),
+        (lambda: F.lowpass(11, 0.3, window=torch.tensor(1.0)), ValueError, "numtaps=11 taps"),
+        (
+            lambda: F.lowpass(11, torch.tensor([0.2, 0.3]), window=torch.ones(3, 11)),
+            ValueError,
+            r"cutoffs' batch \(2,\) and the window's \(3,\)",
+        ),
+        (
+            lambda: F.lowpass(
+                11, torch.tensor([0.2, 0.3]), window="gaussian", std=torch.tensor([1.0, 2, 3])
+            ),
+            ValueError,
+            "do not broadcast",
+        ),
+        (lambda: F.kaiser_beta("65"), ValueError, "a .the attenuation in dB. must be a finite"),
+        (lambda: F.kaiser_beta(float("nan")), ValueError, "must be a finite number; got nan"),
+        (lambda: F.kaiser_atten(101, "x"), ValueError, "width .*positive number; got 'x'"),
+        (lambda: F.kaiser_atten(101, -0.1), ValueError, "width .*positive number"),
+        (lambda: F.kaiser_atten(0, 0.1), ValueError, "numtaps must be >= 1; got 0"),
         (lambda: F.firwin(21, 0.3, pass_zero="notch"), ValueError, "pass_zero must be one of"),
         (lambda: F.lowpass(0, 0.3), ValueError, "numtaps must be >= 1; got 0"),
         (lambda: F.lowpass(21.5, 0.3), TypeError, "numtaps must be an integer; got 21.5"),
@@ -351,3 +378,19 @@ def test_designs_batch_under_vmap():
     assert jac.shape == (3, 31) and torch.isfinite(jac).all()
     with pytest.raises(ValueError, match="greater than 0 and less than 1"):
         func.vmap(lambda c: F.lowpass(31, c))(torch.tensor([0.1, 1.5]))
+
+
+@pytest.mark.parametrize("flag", [True, False])
+def test_pass_zero_as_a_numpy_or_tensor_boolean(flag):
+    # A flag read from an array or a tensor is that flag (a 0-d bool tensor worked before,
+    # through comparisons; a two-element one raised "ambiguous" from inside the design).
+    want = scipy.signal.firwin(21, [0.2, 0.5], pass_zero=flag)
+    for flag_given in (np.bool_(flag), torch.tensor(flag)):
+        got = F.firwin(21, [0.2, 0.5], pass_zero=flag_given, dtype=torch.float64)
+        np.testing.assert_allclose(got.numpy(), want, atol=1e-12)
+
+
+def test_an_empty_batch_of_cutoffs_is_an_empty_batch_of_designs():
+    # lowpass(11, torch.tensor([])): no filters, not a reshape error from inside the design.
+    assert F.lowpass(11, torch.tensor([])).shape == (0, 11)
+    assert F.bandpass(11, torch.ones(0, 2) * 0.3 + torch.tensor([0.0, 0.2])).shape == (0, 11)

@@ -270,6 +270,12 @@ def test_fir_filter_learnable_flags():
         # A list is one cutoff too many for a lowpass (it became a batch of two filters).
         (lambda: FIRFilter("lowpass", [0.3, 0.5]), ValueError, "takes one cutoff"),
         (lambda: FIRFilter("highpass", (0.3, 0.5), numtaps=21), ValueError, "takes one cutoff"),
+        # The cutoff and dtype as firwin checks them (torch.as_tensor's own messages named
+        # neither; a complex cutoff kept its real part with a warning).
+        (lambda: FIRFilter("lowpass", None), TypeError, "cutoff must be a number or a tensor"),
+        (lambda: FIRFilter("lowpass", "0.3"), TypeError, "cutoff must be a number or a tensor"),
+        (lambda: FIRFilter("lowpass", torch.tensor(0.3 + 0.5j)), TypeError, "cutoff must be real"),
+        (lambda: FIRFilter("lowpass", 0.3, dtype=torch.int64), TypeError, "dtype must be a float"),
         # Convolution options fail at construction, not at the first forward pass.
         (lambda: WindowConv("hann", 9, mode="sme"), ValueError, "mode must be one of.*'sme'"),
         (lambda: WindowConv("hann", 9, method="fast"), ValueError, "method must be.*'fast'"),
