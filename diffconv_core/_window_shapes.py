@@ -131,13 +131,22 @@ def gaussian(t: Tensor, m: int, std: Tensor) -> Tensor:
     return torch.exp(-0.5 * (t / std) ** 2)
 
 
+#: Past this power a general Gaussian's tap exp(-power / 2) is 0 even in float64 (e**-745
+#: underflows).
+_VANISHING_POWER = 1500.0
+
+
 def general_gaussian(t: Tensor, m: int, p: Tensor, sig: Tensor) -> Tensor:
     r = (t / sig).abs()
-    # |r| ** (2p) has a d/dp of log(r) * r ** (2p): nan at r == 0 unless masked twice.
-    nonzero = r > 0
-    safe_r = torch.where(nonzero, r, torch.ones_like(r))
-    power = torch.where(nonzero, safe_r ** (2.0 * p), torch.zeros_like(r))
-    return torch.exp(-0.5 * power)
+    # |r| ** (2p) has a d/dp of log(r) * r ** (2p): nan at r == 0 unless masked twice. Where
+    # the tap vanishes, the power is not computed either: for a large p (600, with r = 4.5)
+    # it overflows, and the tap's gradient was 0 * inf, NaN.
+    log_power = 2.0 * p.detach() * torch.log(r.detach())
+    vanishes = log_power > math.log(_VANISHING_POWER)
+    computed = (r > 0) & ~vanishes
+    safe_r = torch.where(computed, r, torch.ones_like(r))
+    power = torch.where(computed, safe_r ** (2.0 * p), torch.zeros_like(r))
+    return torch.where(vanishes, 0.0, torch.exp(-0.5 * power))
 
 
 def _kaiser_root(t: Tensor, m: int) -> Tensor:

@@ -508,6 +508,23 @@ def test_gradcheck_exponential_center():
     assert torch.autograd.gradcheck(lambda c, t: W.exponential(8, c, t, sym=False), (center, tau))
 
 
+@pytest.mark.parametrize("p_value", [150.0, 600.0, 1e9])
+def test_general_gaussian_gradient_where_the_power_overflows(p_value):
+    # |t / sig| ** (2p) overflows for taps past sig when p is large: the tap is 0 and so is
+    # its gradient (it was 0 * inf, NaN, for p and sig alike).
+    p = torch.tensor(p_value, dtype=torch.float64, requires_grad=True)
+    sig = torch.tensor(2.0, dtype=torch.float64, requires_grad=True)
+    window = W.general_gaussian(10, p, sig)
+    with np.errstate(over="ignore"):  # scipy's power overflows too (to exp(-inf) = 0)
+        ref = scipy.signal.windows.general_gaussian(10, 1e3, 2.0)
+    np.testing.assert_array_equal(window.detach().numpy(), ref)
+    window.sum().backward()
+    assert torch.isfinite(p.grad) and torch.isfinite(sig.grad)
+    # Away from the cut, gradients are autograd's of the plain formula (finite differences).
+    p2 = torch.tensor(40.0, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda q, s: W.general_gaussian(10, q, s), (p2, sig))
+
+
 def test_gradient_is_finite_at_singular_points():
     # Removable singularities: general_gaussian at the centre tap, kaiser at the end taps,
     # tukey with alpha = 0 (no taper), gaussian/kaiser widths at the centre.
