@@ -38,6 +38,8 @@ from diffconv_core._validation import (
     MODES,
     broadcast_shapes,
     check_choice,
+    check_count,
+    check_device,
     check_tensor,
     needs_graph,
 )
@@ -59,6 +61,7 @@ def mode_pads(mode: str, kernel_length: int) -> tuple[int, int]:
         ((2, 1), (3, 3), (0, 0))
     """
     check_choice("mode", mode, MODES)
+    kernel_length = check_count(kernel_length, "kernel_length")
     if mode == "full":
         return kernel_length - 1, kernel_length - 1
     if mode == "same":
@@ -70,20 +73,31 @@ def _cat(first: torch.Tensor | None, second: torch.Tensor) -> torch.Tensor:
     return second if first is None else torch.cat([first, second], dim=-1)
 
 
-def _check_block(block: object, lead: torch.Size | None, flushed: bool) -> torch.Size:
-    """Validate a pushed block; return the leading shape every block must keep."""
+def _check_block(
+    block: object, lead: torch.Size | None, device: torch.device | None, flushed: bool
+) -> tuple[torch.Size, torch.device]:
+    """Validate a pushed block against the first one's leading shape ``lead`` and
+    ``device`` (None before the first); return those every block must keep."""
     if flushed:
         raise RuntimeError("push() after flush(); call reset() to start a new signal")
     if not isinstance(block, torch.Tensor):
         raise TypeError(f"block must be a torch.Tensor; got {type(block).__name__}")
     if block.dim() == 0:
         raise ValueError("block must have at least one dimension (time last); got a 0-d tensor")
+    if block.is_complex() or not block.is_floating_point():
+        # Every block, not only the first: a later integer block was promoted by the join.
+        raise TypeError(f"block must be a real floating-point tensor; got dtype {block.dtype}")
     if lead is not None and block.shape[:-1] != lead:
         raise ValueError(
             f"every block must have the leading shape of the first, {tuple(lead)}; "
             f"got block shape {tuple(block.shape)}"
         )
-    return block.shape[:-1]
+    if device is not None and block.device != device:
+        raise ValueError(
+            f"every block must be on the first block's device, {device}; got a block on "
+            f"{block.device}"
+        )
+    return block.shape[:-1], block.device
 
 
 def _check_circular_tail_option(tail: object, option: str, value: str) -> None:
@@ -186,6 +200,7 @@ class StreamingConvolver:
     def reset(self) -> None:
         """Forget the stream, ready for a new signal with the same kernel and options."""
         self._lead: torch.Size | None = None  # leading dims of the pushed blocks
+        self._device: torch.device | None = None  # the pushed blocks' device
         self._collected: list[torch.Tensor] = []  # signal start, before the left pad is known
         self._n_collected = 0
         self._stream: torch.Tensor | None = None  # unconsumed part of the padded stream
@@ -280,7 +295,7 @@ class StreamingConvolver:
             ``(..., n)`` -> ``(..., m)``, ``m`` >= 0.
         """
         first = self._lead is None
-        self._lead = _check_block(block, self._lead, self._flushed)
+        self._lead, self._device = _check_block(block, self._lead, self._device, self._flushed)
         if first:  # the blocks against the kernel, named as the caller gave them
             self._empty(block)
         self._n_in += block.shape[-1]
@@ -453,7 +468,7 @@ class StreamingSmoother:
         length = operator.index(length)
         # Checked now, as StreamingConvolver checks its options, rather than once a block
         # has filled or at flush().
-        from diffconv_core._window_build import check_param_names
+        from diffconv_core._window_build import check_param_names, result_dtype
         from diffconv_core.smooth import EDGES, NAN_POLICIES
         from diffconv_core.windows import _resolve_name
 
@@ -479,8 +494,9 @@ class StreamingSmoother:
         self.edges = edges
         self.nan_policy = nan_policy
         self.window_params = window_params
-        self.dtype = dtype
-        self.device = device
+        # Checked now: a bad one failed at the first push with torch's own message.
+        self.dtype = None if dtype is None else result_dtype(dtype, [])
+        self.device = None if device is None else check_device(device)
         # Reach of one output in each direction, generously rounded up so that any centring
         # convention of even lengths is covered.
         self._margin = length
@@ -494,6 +510,7 @@ class StreamingSmoother:
     def reset(self) -> None:
         """Forget the stream, ready for a new signal with the same options."""
         self._lead: torch.Size | None = None
+        self._device: torch.device | None = None
         self._pieces: list[torch.Tensor] = []  # unconsumed signal: x[start:]
         self._start = 0  # signal index of the first kept sample
         self._n_in = 0
@@ -549,9 +566,9 @@ class StreamingSmoother:
         Shape:
             ``(..., n)`` -> ``(..., m)``, ``m`` >= 0.
         """
-        self._lead = _check_block(block, self._lead, self._flushed)
-        if self.dtype is not None or self.device is not None:
+        if isinstance(block, torch.Tensor) and (self.dtype is not None or self.device is not None):
             block = block.to(device=self.device, dtype=self.dtype)
+        self._lead, self._device = _check_block(block, self._lead, self._device, self._flushed)
         if self.nan_policy == "raise":
             self._refuse_nan(block)
         self._pieces.append(block)

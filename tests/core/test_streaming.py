@@ -302,6 +302,28 @@ def test_errors_name_the_problem():
         conv.push(torch.ones(2, 5))
 
 
+@pytest.mark.parametrize("make", [lambda: StreamingConvolver(torch.ones(3)), StreamingSmoother])
+def test_later_blocks_keep_the_first_ones_device_and_a_float_dtype(make):
+    # Checked for every block: another device failed inside the join with torch's message,
+    # and an integer block after a float one was promoted by it.
+    stream = make()
+    stream.push(torch.ones(2, 20))
+    with pytest.raises(ValueError, match="first block's device, cpu; got a block on meta"):
+        stream.push(torch.ones(2, 20, device="meta"))
+    with pytest.raises(TypeError, match="real floating-point tensor; got dtype torch.int64"):
+        stream.push(torch.ones(2, 20, dtype=torch.int64))
+    if isinstance(stream, StreamingSmoother):  # a new signal may come from anywhere
+        stream.reset()
+        assert stream.push(torch.ones(2, 40, device="meta")).device.type == "meta"
+
+
+def test_mode_pads_checks_the_kernel_length():
+    assert mode_pads("same", 1) == (0, 0)
+    for bad, error in ((0, ValueError), (-3, ValueError), (2.5, TypeError), ("3", TypeError)):
+        with pytest.raises(error, match="kernel_length must be"):
+            mode_pads("same", bad)
+
+
 # ---------------------------------------------------------------- StreamingSmoother
 
 
@@ -463,6 +485,14 @@ def test_smoother_errors():
     sm.push(torch.ones(3, 10))
     with pytest.raises(ValueError, match="leading shape"):
         sm.push(torch.ones(10))
+    # dtype and device are checked when built (they failed at the first push, in torch).
+    with pytest.raises(TypeError, match="dtype must be a floating torch.dtype; got 'float32'"):
+        StreamingSmoother("hann", 5, dtype="float32")
+    with pytest.raises(ValueError, match="device must name a torch device"):
+        StreamingSmoother("hann", 5, device="nope")
+    # With a dtype asked for, an integer block is converted, as it always was.
+    converted = StreamingSmoother("hann", 5, dtype=torch.float64)
+    assert converted.push(torch.ones(1, 30, dtype=torch.int64)).dtype == torch.float64
 
 
 def test_smoother_builds_its_window_once_per_stream(monkeypatch):
