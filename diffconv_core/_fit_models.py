@@ -12,8 +12,13 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from diffconv_core._validation import check_choice
-from diffconv_core._window_build import clamp_straight_through, narrowest_width, upper_bound
+from diffconv_core._validation import check_choice, check_tensor
+from diffconv_core._window_build import (
+    check_length,
+    clamp_straight_through,
+    narrowest_width,
+    upper_bound,
+)
 from diffconv_core._window_registry import is_learnable, lookup
 
 
@@ -49,6 +54,9 @@ class FIRKernel(nn.Module):
 
     def __init__(self, init: torch.Tensor) -> None:
         super().__init__()
+        check_tensor("init", init)
+        if init.dim() != 1:
+            raise ValueError(f"init must be one kernel (K,); got shape {tuple(init.shape)}")
         self.taps = nn.Parameter(init.detach().clone())
 
     def forward(self) -> torch.Tensor:
@@ -96,6 +104,7 @@ class WindowKernel(nn.Module):
     ) -> None:
         super().__init__()
         check_choice("learn", learn, ("params", "width"))
+        length = check_length(length)
         self.window, self.length, self.learn, self.normalize = window, length, learn, normalize
         self.fixed = dict(params or {})
         self.width = float(length if width is None else width)

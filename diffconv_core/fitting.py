@@ -42,7 +42,7 @@ from diffconv_core._fit_checkpoint import (
 from diffconv_core._fit_losses import LOSSES, compute_loss, spectral_loss
 from diffconv_core._fit_models import FIRKernel, WindowKernel
 from diffconv_core._nonfinite import _times_power_of_two
-from diffconv_core._validation import PADDINGS, check_choice
+from diffconv_core._validation import PADDINGS, check_choice, check_count, check_tensor
 from diffconv_core._window_build import check_length
 from diffconv_core.convolution import convolve
 from diffconv_core.padding import pad
@@ -97,7 +97,7 @@ def extend_input(signal: torch.Tensor, taps: int, padding: str = "zeros") -> tor
     """
     check_choice("padding", padding, PADDINGS)
     taps = check_length(taps, "taps")
-    return pad(signal, taps // 2, (taps - 1) // 2, padding)
+    return pad(check_tensor("signal", signal), taps // 2, (taps - 1) // 2, padding)
 
 
 def design_matrix(extended: torch.Tensor, taps: int) -> torch.Tensor:
@@ -120,6 +120,7 @@ def design_matrix(extended: torch.Tensor, taps: int) -> torch.Tensor:
         True
     """
     taps = check_length(taps, "taps")
+    check_tensor("extended", extended)
     eye = torch.eye(taps, dtype=extended.dtype, device=extended.device)
     return convolve(extended.unsqueeze(-2), eye, "valid").transpose(-1, -2)
 
@@ -154,11 +155,7 @@ def least_squares_fir(
         >>> least_squares_fir([x], [convolve(x, h)], 3)
         tensor([ 0.5000,  1.0000, -0.2500], dtype=torch.float64)
     """
-    if len(inputs) != len(targets) or not inputs:
-        raise ValueError(
-            f"need the same, non-zero number of inputs and targets; got {len(inputs)} and "
-            f"{len(targets)}"
-        )
+    _check_pairs(inputs, targets)
     taps = check_length(taps, "taps")
     if not (isinstance(ridge, (int, float)) and math.isfinite(ridge) and ridge >= 0):
         raise ValueError(f"ridge must be a finite number >= 0; got {ridge!r}")
@@ -189,6 +186,27 @@ def least_squares_fir(
             return _scaled(rhs / ridge_mantissa, y_exp + x_exp - ridge_exp)
         gram.diagonal().add_(math.ldexp(ridge_mantissa, max(ridge_exp - 2 * x_exp, -1074)))
     return _scaled(_solve_min_norm(gram, rhs, taps), y_exp - x_exp)
+
+
+def _check_pairs(
+    inputs: Sequence[torch.Tensor], targets: Sequence[torch.Tensor], allow_none: bool = False
+) -> None:
+    """Inputs and targets as sequences of tensors, one per pair, as many of each (none, if
+    ``allow_none``), every one a real floating tensor with samples."""
+    for name, pairs in (("inputs", inputs), ("targets", targets)):
+        if isinstance(pairs, torch.Tensor) or not isinstance(pairs, Sequence):
+            # A tensor iterates over its first axis: rows would read as pairs.
+            raise TypeError(
+                f"{name} must be a list of tensors, one per pair; got {type(pairs).__name__}"
+            )
+    if len(inputs) != len(targets) or not (inputs or allow_none):
+        raise ValueError(
+            f"need the same, non-zero number of inputs and targets; got {len(inputs)} and "
+            f"{len(targets)}"
+        )
+    for i, (x, y) in enumerate(zip(inputs, targets, strict=True)):
+        check_tensor(f"pair {i}'s input", x)
+        check_tensor(f"pair {i}'s target", y)
 
 
 def _peak_exponent(signals: Sequence[torch.Tensor]) -> int:
@@ -246,6 +264,10 @@ def crop_plan(
     """
     if crop is None:
         return [(i, 0, n) for i, n in enumerate(train_lengths) if n > 0]
+    crop = check_count(crop, "crop")
+    batch_size = check_count(batch_size, "batch_size")
+    if not any(n > 0 for n in train_lengths):
+        raise ValueError(f"no pair has training samples to crop; got {list(train_lengths)}")
     generator = torch.Generator().manual_seed(seed * 1_000_003 + step)
     weights = torch.tensor([float(n) for n in train_lengths], dtype=torch.float64)
     pairs = torch.multinomial(weights, batch_size, replacement=True, generator=generator)
@@ -387,6 +409,36 @@ def _plan_loss(
     return total / count
 
 
+def _check_trainer_parts(model: object, data: object, config: object) -> None:
+    """A module whose kernel fits the data's geometry, a FitData whose lists agree, and a
+    FitConfig; a TypeError/ValueError naming what does not (the first step failed inside
+    the convolution or an index otherwise)."""
+    for name, value, kind in (
+        ("model", model, nn.Module),
+        ("data", data, FitData),
+        ("config", config, FitConfig),
+    ):
+        if not isinstance(value, kind):
+            raise TypeError(f"{name} must be a {kind.__name__}; got {type(value).__name__}")
+    counts = {len(data.train_lengths), len(data.lengths), len(data.channels)}
+    if len(counts) != 1:
+        raise ValueError(
+            "data's train_lengths, lengths and channels must list every pair once; got "
+            f"{len(data.train_lengths)}, {len(data.lengths)} and {len(data.channels)} items"
+        )
+    with torch.no_grad():
+        taps = model().shape[-1]
+    for i, x in data.inputs.items():
+        y = data.targets.get(i)
+        if not 0 <= i < len(data.lengths) or y is None:
+            raise ValueError(f"data pair {i} has no target or no entry in the pair lists")
+        if x.shape[-1] - y.shape[-1] + 1 != taps:
+            raise ValueError(
+                f"the model's kernel has {taps} taps, but data pair {i} was extended for "
+                f"{x.shape[-1] - y.shape[-1] + 1} (make_data(..., taps) and the model must agree)"
+            )
+
+
 class Trainer:
     """Adam (or L-BFGS) on random crops; checkpointable, resumable, distributable.
 
@@ -421,6 +473,7 @@ class Trainer:
         *,
         reduce: Callable[[torch.Tensor], object] | None = None,
     ) -> None:
+        _check_trainer_parts(model, data, config)
         self.model, self.data, self.config = model, data, config
         self.reduce = reduce
         self.step_index = 0
@@ -516,6 +569,7 @@ class Trainer:
 
     def load_state_dict(self, state: Mapping[str, object]) -> None:
         """Continue from :meth:`state_dict`; the config must match the one saved."""
+        _check_state_entries(state)
         saved = dict(state["config"])
         current = self.config.as_dict()
         changed = [
@@ -564,6 +618,21 @@ class Trainer:
         self.history = history
 
 
+def _check_state_entries(state: object) -> None:
+    # The entries state_dict() writes, each of its kind: a missing or retyped one was a
+    # KeyError or an AttributeError from inside the checks below.
+    if not isinstance(state, Mapping):
+        raise ValueError(f"checkpoint must be a mapping; got {type(state).__name__}")
+    missing = [k for k in ("step", "model", "optimizer", "history", "config") if k not in state]
+    if missing:
+        raise ValueError(f"checkpoint lacks {', '.join(missing)}")
+    for key in ("model", "optimizer", "history", "config"):
+        if not isinstance(state[key], Mapping):
+            raise ValueError(f"checkpoint {key} must be a mapping; got {type(state[key]).__name__}")
+    if "state" not in state["optimizer"]:
+        raise ValueError("checkpoint optimizer lacks its state")
+
+
 def make_data(
     inputs: Sequence[torch.Tensor],
     targets: Sequence[torch.Tensor],
@@ -586,6 +655,7 @@ def make_data(
         >>> d.train_lengths, d.lengths, d.channels, tuple(d.inputs[0].shape)
         ([90], [100], [2], (2, 104))
     """
+    _check_pairs(inputs, targets, allow_none=True)
     data = FitData({}, {}, [], [], [])
     for i, (x, y) in enumerate(zip(inputs, targets, strict=True)):
         x, y = x.reshape(-1, x.shape[-1]), y.reshape(-1, y.shape[-1])

@@ -78,6 +78,10 @@ class ParametricKernel:
     def __post_init__(self) -> None:
         if not callable(self.build):
             raise TypeError(f"ParametricKernel.build must be callable; got {self.build!r}")
+        if not isinstance(self.params, Mapping):
+            raise TypeError(
+                f"ParametricKernel.params must map names to values; got {self.params!r}"
+            )
         for key, value in self.params.items():
             if not _is_continuous(value):
                 raise TypeError(

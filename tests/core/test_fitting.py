@@ -18,6 +18,7 @@ from diffconv_core import convolve
 from diffconv_core.fitting import (
     FIRKernel,
     FitConfig,
+    FitData,
     Trainer,
     WindowKernel,
     compute_loss,
@@ -745,3 +746,91 @@ def test_adams_float32_step_count_past_2_to_the_24_is_taken_as_it_stands():
     check_optimizer_state(adam, 2**24 + 3, settings)
     with pytest.raises(ValueError, match="step is 16777216.0; its run took 16777215"):
         check_optimizer_state(adam, 2**24 - 1, settings)
+
+
+def _misuse_data():
+    return make_data([torch.randn(1, 100)], [torch.randn(1, 100)], 3)
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "message"),
+    [
+        # Each of these failed inside torch, an index or an attribute, naming nothing.
+        (
+            lambda: Trainer(FIRKernel(torch.zeros(5)), _misuse_data(), FitConfig(steps=1)),
+            ValueError,
+            "kernel has 5 taps, but data pair 0 was extended for 3",
+        ),
+        (
+            lambda: Trainer(torch.zeros(3), _misuse_data(), FitConfig(steps=1)),
+            TypeError,
+            "model must be a Module; got Tensor",
+        ),
+        (
+            lambda: Trainer(FIRKernel(torch.zeros(3)), _misuse_data(), {"steps": 1}),
+            TypeError,
+            "config must be a FitConfig; got dict",
+        ),
+        (
+            lambda: Trainer(
+                FIRKernel(torch.zeros(3)), FitData({}, {}, [1], [], []), FitConfig(steps=1)
+            ),
+            ValueError,
+            "must list every pair once; got 1, 0 and 0 items",
+        ),
+        (
+            lambda: least_squares_fir(torch.randn(2, 50), torch.randn(2, 50), 3),
+            TypeError,
+            "inputs must be a list of tensors, one per pair; got Tensor",
+        ),
+        (
+            lambda: least_squares_fir([torch.randn(2, 0)], [torch.randn(2, 0)], 3),
+            ValueError,
+            "pair 0's input must not be empty along time",
+        ),
+        (
+            lambda: make_data([torch.tensor(1.0)], [torch.tensor(1.0)], 3),
+            ValueError,
+            "pair 0's input must have at least one dimension",
+        ),
+        (
+            lambda: make_data([torch.randn(50)] * 2, [torch.randn(50)], 3),
+            ValueError,
+            "same, non-zero number of inputs and targets; got 2 and 1",
+        ),
+        (lambda: FIRKernel(np.zeros(3)), TypeError, "init must be a torch.Tensor; got ndarray"),
+        (lambda: FIRKernel(torch.zeros(2, 3)), ValueError, r"one kernel \(K,\); got shape"),
+        (
+            lambda: WindowKernel("gaussian", "5", params={"std": 1.0}),
+            TypeError,
+            "length must be an integer; got '5'",
+        ),
+        (lambda: design_matrix([1.0, 2.0, 3.0], 3), TypeError, "extended must be a torch.Tensor"),
+        (lambda: crop_plan(0, 0, [], 10, 4), ValueError, "no pair has training samples"),
+        (lambda: crop_plan(0, 0, [10], 10, 0), ValueError, "batch_size must be >= 1; got 0"),
+    ],
+)
+def test_misuse_is_refused_naming_the_argument(call, error, message):
+    with pytest.raises(error, match=message):
+        call()
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda s: s.pop("model"), "checkpoint lacks model"),
+        (lambda s: s.pop("step"), "checkpoint lacks step"),
+        (lambda s: s.__setitem__("history", None), "checkpoint history must be a mapping"),
+        (lambda s: s.__setitem__("model", None), "checkpoint model must be a mapping"),
+        (lambda s: s["optimizer"].pop("state"), "checkpoint optimizer lacks its state"),
+    ],
+)
+def test_a_checkpoint_without_its_entries_is_a_value_error(damage, message):
+    # KeyError or AttributeError before, from wherever the entry was first read.
+    import copy
+
+    trainer = Trainer(FIRKernel(torch.zeros(3)), _misuse_data(), FitConfig(steps=2))
+    state = copy.deepcopy(trainer.state_dict())
+    damage(state)
+    with pytest.raises(ValueError, match=message):
+        trainer.load_state_dict(state)

@@ -588,3 +588,9 @@ def test_window_kernel_keeps_integer_settings_fixed():
     assert sorted(result.grad_params) == ["sll"]
     expected = get_window("taylor", 9, nbar=4, sll=30.0, dtype=torch.float64)
     torch.testing.assert_close(result.kernel, expected)
+
+
+def test_parametric_kernel_params_must_be_a_mapping():
+    # An AttributeError ('int' object has no attribute 'items') before.
+    with pytest.raises(TypeError, match="params must map names to values; got 5"):
+        ParametricKernel(lambda: torch.ones(3), 5)
