@@ -13,7 +13,7 @@ import operator
 import torch
 import torch.nn.functional as F
 
-from diffconv_core._validation import PADDINGS, check_choice, check_count
+from diffconv_core._validation import PADDINGS, check_choice, check_count, check_device
 
 
 def padding_index(length: int, left: int, right: int, mode: str, device=None) -> torch.Tensor:
@@ -34,6 +34,7 @@ def padding_index(length: int, left: int, right: int, mode: str, device=None) ->
         raise ValueError("padding_index has no index map for 'zeros'; use pad() instead")
     length = check_count(length, "length", minimum=1)
     left, right = _check_widths(left, right)
+    device = None if device is None else check_device(device)
     return _fold(torch.arange(-left, length + right, device=device), length, mode)
 
 

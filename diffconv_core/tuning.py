@@ -27,6 +27,8 @@ from pathlib import Path
 
 import torch
 
+from diffconv_core._validation import check_device
+
 METHOD_NAMES = ("direct", "fft", "overlap")
 #: Which implementation of the methods a cache's timings describe. Bumped when one of them
 #: changes speed enough to change picks: a record of another generation measured code this
@@ -106,6 +108,12 @@ def _cache_path(base: str | None, xdg: str | None) -> Path:
     return Path(xdg or str(Path.home() / ".cache")) / "diffconv" / "methods.json"
 
 
+def _check_dtype(dtype: object) -> None:
+    # Timed tensors are drawn with randn: an integer dtype failed there, in torch's words.
+    if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise TypeError(f"dtype must be a floating torch.dtype; got {dtype!r}")
+
+
 def device_key(device: str | torch.device, dtype: torch.dtype) -> str:
     """The cache key of a device and dtype, e.g. ``"cuda:NVIDIA H200:float32"``.
 
@@ -119,7 +127,8 @@ def device_key(device: str | torch.device, dtype: torch.dtype) -> str:
         >>> device_key("cpu", torch.float64) == f"cpu:cpux{torch.get_num_threads()}:float64"
         True
     """
-    device = torch.device(device)
+    device = check_device(device)
+    _check_dtype(dtype)
     if device.type == "cuda" and torch.cuda.is_available():
         name = torch.cuda.get_device_name(device)
     else:
@@ -385,7 +394,8 @@ def measure(
                 raise ValueError(
                     f"shapes must be (batch, T, K) of whole numbers >= 1; got {shape!r}"
                 )
-    device = torch.device(device)
+    device = check_device(device)
+    _check_dtype(dtype)
     records = []
     # Each method once before any timing, recorded by autograd too: a process's first calls
     # pay one-off set-up (oneDNN's, the transforms'), which had the first shape of `diffconv

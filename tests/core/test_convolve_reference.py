@@ -247,3 +247,5 @@ def test_pad_and_padding_index_name_bad_arguments():
     with pytest.raises(ValueError, match="non-negative; got left=-1, right=1"):
         padding_index(4, -1, 1, "replicate")
     assert padding_index(np.int64(3), 1, 0, "symmetric").tolist() == [0, 0, 1, 2]
+    with pytest.raises(ValueError, match="device must name a torch device.*'nope'"):
+        padding_index(4, 1, 1, "reflect", "nope")

@@ -353,3 +353,23 @@ def test_measure_times_every_mode_with_the_backward_pass(mode):
 def test_measure_refuses_what_it_cannot_time(arguments):
     with pytest.raises(ValueError):
         tuning.measure("cpu", torch.float32, **{"shapes": [(1, 64, 3)], **arguments})
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "message"),
+    [
+        # torch's device-string RuntimeError, or randn's for an integer dtype, before.
+        (lambda: tuning.device_key("nope", torch.float32), ValueError, "device must name"),
+        (lambda: tuning.device_key(5, torch.float32), TypeError, "device must be a torch.dev"),
+        (lambda: tuning.device_key("cpu", torch.int64), TypeError, "dtype must be a floating"),
+        (
+            lambda: tuning.measure("cpu", torch.int64, [(1, 64, 3)], budget_s=0),
+            TypeError,
+            "dtype must be a floating torch.dtype; got torch.int64",
+        ),
+        (lambda: tuning.measure("nope", torch.float32, [(1, 64, 3)]), ValueError, "'nope'"),
+    ],
+)
+def test_device_and_dtype_are_checked(call, error, message):
+    with pytest.raises(error, match=message):
+        call()
