@@ -30,8 +30,8 @@ from pathlib import Path
 import click
 
 from cli import distributed, pipes
-from cli.audio_io import INPUT_EXTENSIONS
 from cli.errors import FileProblem
+from cli.extensions import INPUT_EXTENSIONS
 from cli.raw import is_raw_path
 
 

@@ -10,6 +10,7 @@ import re
 
 import click
 
+from cli.extensions import INPUT_EXTENSIONS
 from cli.raw import ENDIANS, MAX_CHANNELS, SAMPLE_BYTES
 
 
@@ -241,7 +242,9 @@ def glob_option(f):
         metavar="PATTERN",
         default=None,
         help="Files to take from directory inputs (hidden ones only by a pattern starting "
-        "with '.') [default: audio and .npy extensions].",
+        "with '.') [default: the extensions "
+        + ", ".join(sorted(INPUT_EXTENSIONS))
+        + "; .raw/.pcm with --raw-subtype].",
     )(f)
 
 
@@ -330,7 +333,10 @@ def subtype_option(f):
         "--subtype",
         default=None,
         metavar="NAME",
-        help="Output sample format, e.g. PCM_16, PCM_24, FLOAT [default: the input's].",
+        help=(
+            "Output sample format, e.g. PCM_16, PCM_24, FLOAT [default: the input's; for a "
+            ".npy input FLOAT, or the nearest the output format has]."
+        ),
     )(f)
 
 

@@ -1,7 +1,8 @@
 """Window functions equal to ``scipy.signal.windows``, differentiable in their parameters.
 
 Every window is available by name through :func:`get_window` (names and aliases as
-``scipy.signal.get_window`` spells them) and as its own function (:func:`hann`,
+``scipy.signal.get_window`` spells them, plus "hanning", numpy's name for hann, which
+scipy no longer takes) and as its own function (:func:`hann`,
 :func:`gaussian`, ...). Unlike ``torch.signal.windows``, a parameter given as a tensor that
 requires grad stays in the autograd graph, and the *width* of any window can be fractional
 and learned (see :func:`get_window`).

@@ -39,8 +39,8 @@ def convolve(paths, kernel_path, mode, padding, correlate, normalize, **shared) 
     relative paths.
 
     Files longer than DIFFCONV_STREAM_SAMPLES samples (frames x channels, default
-    8388608) stream in blocks of DIFFCONV_BLOCK_FRAMES frames, in bounded memory. Under
-    torchrun the files are split across the ranks.
+    8388608) stream in blocks of DIFFCONV_BLOCK_FRAMES frames (default 262144), in bounded
+    memory. Under torchrun the files are split across the ranks.
     """
     from cli.batch import execute
     from cli.kernels import kernel_from_option

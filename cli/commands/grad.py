@@ -106,7 +106,11 @@ SUFFIXES = {
     "--jacobian",
     "want_jacobian",
     is_flag=True,
-    help="Also write the exact Jacobian d output / d input of the excerpt (short excerpts).",
+    help=(
+        "Also write the exact Jacobian d output / d input of the excerpt (short excerpts: "
+        "at most 16,777,216 entries, about 4,096 samples squared; crop with --start and "
+        "--duration)."
+    ),
 )
 @click.option(
     "--start",

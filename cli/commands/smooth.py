@@ -40,8 +40,8 @@ def smooth(paths, window, length, params, width, edges, nan_policy, **shared) ->
     relative paths.
 
     Files longer than DIFFCONV_STREAM_SAMPLES samples (frames x channels, default
-    8388608) stream in blocks of DIFFCONV_BLOCK_FRAMES frames, in bounded memory. Under
-    torchrun the files are split across the ranks.
+    8388608) stream in blocks of DIFFCONV_BLOCK_FRAMES frames (default 262144), in bounded
+    memory. Under torchrun the files are split across the ranks.
     """
     from cli.batch import check_kernel_memory, execute
     from cli.runner import RunOptions

@@ -143,3 +143,17 @@ def test_a_library_callers_process_settings_are_left_alone(tmp_path, monkeypatch
         assert retained == []  # nor its allocator
     finally:
         gc.set_threshold(*before)
+
+
+def test_help_names_what_directories_give_and_the_streamed_block_size():
+    # "[default: audio and .npy extensions]" left users guessing which files a folder gives
+    # (.opus and .voc are read when named, skipped in folders); the block size had no default.
+    from cli.extensions import INPUT_EXTENSIONS
+    from cli.runner import DEFAULT_BLOCK_FRAMES
+
+    for name in ("smooth", "convolve", "filter"):
+        flat = " ".join(CliRunner().invoke(cli, [name, "--help"]).output.split())
+        listed = flat.split("[default: the extensions ", 1)[1].split(";", 1)[0]
+        assert sorted(listed.split(", ")) == sorted(INPUT_EXTENSIONS), name
+        assert f"DIFFCONV_BLOCK_FRAMES frames (default {DEFAULT_BLOCK_FRAMES})" in flat, name
+        assert "for a .npy input FLOAT" in flat, name
