@@ -8,8 +8,9 @@ checks, the fractional-width stretch and the normalisations (also used by ``filt
 
 from __future__ import annotations
 
+import functools
 import operator
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -249,6 +250,20 @@ def normalize_window(w: Tensor, normalize: str | None, name: str) -> Tensor:
     return w / scale
 
 
+def _peak_scaled(log_shape: Callable[..., Tensor], kept: int, t: Tensor, m: int, **args) -> Tensor:
+    """A window from the logarithm of its taps, scaled so that its largest kept tap (of the
+    first ``kept``) is 1: what normalising divides out anyway, but a narrow window (a
+    Gaussian's std of 0.01 samples, at an even length) keeps its shape instead of
+    underflowing to zeros. The normalised window does not depend on the scale; recorded by
+    autograd, its share of the gradient cancels the peak tap's own exactly (detached, a
+    std of 2e-16 samples left a gradient of 2e31 from the sum's rounding)."""
+    log_taps = log_shape(t, m, **args)
+    peak = log_taps[..., :kept].amax(-1, keepdim=True)
+    # Every tap -inf (a general Gaussian whose powers all overflow): left so, and refused
+    # by the normalisation as a window of zeros.
+    return torch.exp(log_taps - torch.where(torch.isfinite(peak), peak, 0.0))
+
+
 def sample_overlap(t: Tensor, width: Tensor) -> Tensor:
     """Length of the overlap of each tap's cell [t - 1/2, t + 1/2] with [-w/2, w/2]."""
     half = width / 2.0
@@ -355,8 +370,11 @@ def build(
                 w = w + 0.0 * (v.sum(-1, keepdim=True) if p.vector else v)
     else:
         t = torch.arange(m, dtype=work, device=dev) - (m - 1) / 2.0
+        shape = spec.shape
+        if normalize is not None and spec.log_shape is not None:
+            shape = functools.partial(_peak_scaled, spec.log_shape, length)
         if w_tensor is None:
-            w = (spec.on_grid or spec.shape)(t, m, **args)
+            w = (spec.on_grid or shape)(t, m, **args)
         else:
             half = (m - 1) / 2.0
             scaled = t * (m / w_tensor.unsqueeze(-1))
@@ -365,7 +383,7 @@ def build(
             # gradient is the left derivative.
             clipped = scaled.detach().clamp(-half, half)
             stretched = torch.where(scaled.abs() < half, scaled, clipped)
-            w = spec.shape(stretched, m, **args)
+            w = shape(stretched, m, **args)
     if w_tensor is not None:
         t = torch.arange(m, dtype=work, device=dev) - (m - 1) / 2.0
         w = w * sample_overlap(t, w_tensor.unsqueeze(-1))

@@ -81,11 +81,15 @@ class Spec:
     # The same shape at the taps themselves (no fractional width), where it has a cheaper
     # formulation (chebwin: one inverse FFT instead of a dense cosine matrix); else None.
     on_grid: Callable[..., Tensor] | None = None
+    # The logarithm of the shape, for windows whose taps are exponentials: normalised
+    # windows are computed from it, shifted by its peak, so that narrow ones do not underflow.
+    log_shape: Callable[..., Tensor] | None = None
 
 
 def _spec(name, aliases, params, description):
     shape, on_grid = getattr(shapes, name), getattr(shapes, f"{name}_on_grid", None)
-    return Spec(name, tuple(aliases), shape, tuple(params), description, on_grid)
+    log_shape = getattr(shapes, f"{name}_log", None)
+    return Spec(name, tuple(aliases), shape, tuple(params), description, on_grid, log_shape)
 
 
 _POSITIVE = {"low": 0.0, "low_open": True}

@@ -128,7 +128,16 @@ def general_hamming(t: Tensor, m: int, alpha: Tensor) -> Tensor:
 def gaussian(t: Tensor, m: int, std: Tensor) -> Tensor:
     # (t / std)**2 rather than scipy's t**2 / (2 std**2): the same to rounding, and a std
     # whose square underflows (1e-300) gives the one-tap limit, not 0 / 0 at the centre.
-    return torch.exp(-0.5 * (t / std) ** 2)
+    return torch.exp(gaussian_log(t, m, std))
+
+
+# The *_log functions give the logarithm of a window whose taps are exponentials, which a
+# normalised window is computed from (``_window_build``): its taps then never all underflow
+# (a Gaussian of an even length with a std under 0.013 samples had none left to normalise).
+
+
+def gaussian_log(t: Tensor, m: int, std: Tensor) -> Tensor:
+    return -0.5 * (t / std) ** 2
 
 
 #: Past this power a general Gaussian's tap exp(-power / 2) is 0 even in float64 (e**-745
@@ -137,16 +146,26 @@ _VANISHING_POWER = 1500.0
 
 
 def general_gaussian(t: Tensor, m: int, p: Tensor, sig: Tensor) -> Tensor:
+    return _general_gaussian_exponent(t, p, sig, _VANISHING_POWER).exp()
+
+
+def general_gaussian_log(t: Tensor, m: int, p: Tensor, sig: Tensor) -> Tensor:
+    # Powers up to ~1e304 are kept here (relative to the largest tap the others may be
+    # near 1); past that a tap is -inf, as it is when every tap's power overflows.
+    return _general_gaussian_exponent(t, p, sig, 1e304)
+
+
+def _general_gaussian_exponent(t: Tensor, p: Tensor, sig: Tensor, vanishing: float) -> Tensor:
     r = (t / sig).abs()
     # |r| ** (2p) has a d/dp of log(r) * r ** (2p): nan at r == 0 unless masked twice. Where
     # the tap vanishes, the power is not computed either: for a large p (600, with r = 4.5)
     # it overflows, and the tap's gradient was 0 * inf, NaN.
     log_power = 2.0 * p.detach() * torch.log(r.detach())
-    vanishes = log_power > math.log(_VANISHING_POWER)
+    vanishes = log_power > math.log(vanishing)
     computed = (r > 0) & ~vanishes
     safe_r = torch.where(computed, r, torch.ones_like(r))
     power = torch.where(computed, safe_r ** (2.0 * p), torch.zeros_like(r))
-    return torch.where(vanishes, 0.0, torch.exp(-0.5 * power))
+    return torch.where(vanishes, -math.inf, -0.5 * power)
 
 
 def _kaiser_root(t: Tensor, m: int) -> Tensor:
@@ -180,9 +199,13 @@ def tukey(t: Tensor, m: int, alpha: Tensor) -> Tensor:
 
 
 def exponential(t: Tensor, m: int, center: Tensor | None, tau: Tensor) -> Tensor:
+    return torch.exp(exponential_log(t, m, center, tau))
+
+
+def exponential_log(t: Tensor, m: int, center: Tensor | None, tau: Tensor) -> Tensor:
     # ``center`` is an index into the (possibly extended) window, as in scipy.
     offset = t if center is None else t + (m - 1) / 2.0 - center
-    return torch.exp(-offset.abs() / tau)
+    return -offset.abs() / tau
 
 
 def taylor(t: Tensor, m: int, nbar: int, sll: Tensor, norm: bool) -> Tensor:

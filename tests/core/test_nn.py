@@ -149,6 +149,52 @@ def test_out_of_range_parameters_are_clamped_in_forward():
     assert torch.isfinite(fir(torch.randn(20))).all()
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize(
+    ("window", "params", "scale"),
+    [
+        ("gaussian", {"std": 2.0}, "std"),
+        ("exponential", {"tau": 2.0}, "tau"),
+        ("general_gaussian", {"p": 1.5, "sig": 2.0}, "sig"),
+    ],
+)
+def test_a_scale_pushed_below_zero_at_an_even_length_is_clamped_not_refused(
+    window, params, scale, dtype
+):
+    # Clamped to its dtype's epsilon, an even-length window's taps all underflowed and its
+    # normalisation refused it mid-training ("has a sum of zero"). Computed from its log,
+    # it is the limit: the two centre taps, 0.5 each; its gradient there is 0 (flat).
+    layer = WindowConv(window, 10, learn="params", dtype=dtype, **params)
+    with torch.no_grad():
+        getattr(layer, scale).fill_(-1.0)
+    want = torch.zeros(10, dtype=dtype)
+    want[4:6] = 0.5
+    torch.testing.assert_close(layer.window().detach(), want)
+    layer(torch.randn(2, 50, dtype=dtype)).pow(2).sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in layer.parameters())
+
+
+def test_narrow_normalised_windows_keep_their_shape():
+    # get_window itself: a Gaussian of std 0.01 at length 10, an exponential whose centre
+    # is the periodic window's dropped tap, a narrow general Gaussian, a tiny width.
+    half = torch.tensor([0, 0, 0, 0, 0.5, 0.5, 0, 0, 0, 0], dtype=torch.float64)
+    for got in (
+        W.gaussian(10, 0.01, normalize="sum", dtype=torch.float64),
+        W.general_gaussian(10, 3.0, 0.01, normalize="sum", dtype=torch.float64),
+        W.gaussian(10, 0.001, normalize="sum", width=3.3, dtype=torch.float64),
+    ):
+        torch.testing.assert_close(got, half)
+    edge = W.exponential(9, 9.0, 1e-6, sym=False, normalize="peak", dtype=torch.float64)
+    torch.testing.assert_close(edge, torch.eye(9, dtype=torch.float64)[8])
+    # Where nothing underflows, the normalised window is the scaled plain one (gradients too).
+    std = torch.tensor(1.7, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda s: W.gaussian(10, s, normalize="sum"), (std,))
+    plain = W.gaussian(10, 1.7, dtype=torch.float64)
+    torch.testing.assert_close(
+        W.gaussian(10, 1.7, normalize="sum", dtype=torch.float64), plain / plain.sum()
+    )
+
+
 def test_a_parameter_pushed_out_of_range_gets_the_gradient_back():
     # The clamp's zero gradient outside the range left a parameter there for good: a tukey
     # alpha stepped past 1, or a width past the length, could never come back. Straight
