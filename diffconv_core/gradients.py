@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from diffconv_core._validation import check_tensor
+from diffconv_core._validation import broadcast_shapes, check_tensor
 from diffconv_core._window_registry import is_continuous as is_continuous_param
 
 __all__ = [
@@ -486,9 +486,16 @@ def jacobian(
             spec = _build(spec, _leaf_params(spec, signal, False), signal)
     x, w = signal.detach(), check_tensor("kernel", spec).detach()
 
+    try:
+        broadcast_shapes(x.shape[:-1], w.shape[:-1])
+    except ValueError:  # said here: the probe below would show its own one-sample shapes
+        raise ValueError(
+            "the leading dimensions of signal and kernel must broadcast; got signal shape "
+            f"{tuple(x.shape)} and kernel shape {tuple(w.shape)}"
+        ) from None
     with torch.no_grad():
-        # A one-sample call lets convolve validate every option and the broadcasting
-        # before any real work, and gives the result dtype.
+        # A one-sample call lets convolve validate every option before any real work, and
+        # gives the result dtype.
         probe = convolve(
             x.new_zeros(*x.shape[:-1], 1), w.new_zeros(*w.shape[:-1], 1), **convolve_options
         )

@@ -519,6 +519,12 @@ def test_jacobian_errors(kwargs, exc, message):
         jacobian(torch.zeros(10), torch.ones(3), **kwargs)
 
 
+def test_jacobian_names_the_shapes_that_do_not_broadcast():
+    # Its one-sample probe's shapes were shown: "signal shape (2, 1) and kernel shape (3, 1)".
+    with pytest.raises(ValueError, match=r"signal shape \(2, 100\) and kernel shape \(3, 5\)"):
+        jacobian(torch.randn(2, 100), torch.randn(3, 5))
+
+
 def test_gradient_map_errors():
     x, w = torch.randn(10), torch.randn(3)
     with pytest.raises(
