@@ -193,7 +193,7 @@ def window_kernel(
             **named,
         )
 
-    return ParametricKernel(build, continuous, name, fixed, takes_dtype=True)
+    return _built_once(ParametricKernel(build, continuous, name, fixed, takes_dtype=True))
 
 
 _FILTER_KINDS = ("lowpass", "highpass", "bandpass", "bandstop")
@@ -249,7 +249,19 @@ def filter_kernel(
         design = getattr(filters, kind)
         return design(numtaps, cut, dtype=dtype, device=device, **fixed, **named)
 
-    return ParametricKernel(build, params, kind, fixed, takes_dtype=True)
+    return _built_once(ParametricKernel(build, params, kind, fixed, takes_dtype=True))
+
+
+def _built_once(pk: ParametricKernel) -> ParametricKernel:
+    # Built here once, so that an unknown window, a parameter out of range or an option the
+    # design does not take fails when the kernel is described, not at gradient_map.
+    with torch.no_grad():
+        pk.build(
+            dtype=None,
+            device=None,
+            **{k: v if isinstance(v, Tensor) else torch.tensor(v) for k, v in pk.params.items()},
+        )
+    return pk
 
 
 def _as_parametric(kernel: Any) -> Tensor | ParametricKernel:

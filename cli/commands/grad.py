@@ -248,18 +248,19 @@ def _setup(jobs, opts) -> _Setup:
     if opts["kernel_path"]:
         kernel, kernel_info = _file_kernel(opts["kernel_path"], opts["normalize"] or "none")
     else:
-        with option_errors("'--window'"):
-            kernel, kernel_info = _window_kernel(opts)
+        try:
+            with option_errors():
+                kernel, kernel_info = _window_kernel(opts)
+        except click.BadParameter as err:
+            _name_window_option(err)
+            raise
     wrt = _parse_wrt(opts["wrt"], parametric=not opts["kernel_path"])
     convolve = {"mode": opts["mode"], "padding": opts["padding"], "method": opts["method"]}
     try:
         with option_errors():
             _trial(kernel, convolve)
     except click.BadParameter as err:
-        # The window is built on this first trial: name the option its message is about.
-        for name in ("width", "length"):
-            if err.param_hint is None and err.message.startswith(name):
-                err.param_hint = f"'--{name}'"
+        _name_window_option(err, otherwise=None)
         raise
     return _Setup(
         kernel=kernel,
@@ -284,6 +285,17 @@ def _file_kernel(path: str, normalize: str):
 
     kernel, _ = kernel_from_option(path, normalize)
     return kernel, {"file": str(path), "normalize": normalize, "taps": int(kernel.shape[-1])}
+
+
+def _name_window_option(err: click.BadParameter, otherwise: str | None = "'--window'") -> None:
+    # The window is built (when described, and on the first trial): name the option its
+    # message is about.
+    if err.param_hint is None:
+        for name in ("width", "length"):
+            if err.message.startswith(name):
+                err.param_hint = f"'--{name}'"
+                return
+        err.param_hint = otherwise
 
 
 def _window_kernel(opts):

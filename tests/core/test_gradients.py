@@ -525,6 +525,22 @@ def test_jacobian_names_the_shapes_that_do_not_broadcast():
         jacobian(torch.randn(2, 100), torch.randn(3, 5))
 
 
+@pytest.mark.parametrize(
+    ("describe", "error", "message"),
+    [
+        (lambda: window_kernel("hanx", 7), ValueError, "unknown window 'hanx'"),
+        (lambda: window_kernel("gaussian", 7, std=-1.0), ValueError, "std must be > 0"),
+        (lambda: window_kernel("gaussian", 7, std=1.0, foo=3), TypeError, "unexpected.*foo"),
+        (lambda: filter_kernel("lowpass", 1.5, 31), ValueError, "less than 1"),
+        (lambda: filter_kernel("lowpass", 0.3, 31, bogus=1), TypeError, "unexpected.*bogus"),
+    ],
+)
+def test_kernels_are_checked_when_described(describe, error, message):
+    # They were accepted, and failed only once gradient_map built them.
+    with pytest.raises(error, match=message):
+        describe()
+
+
 def test_gradient_map_errors():
     x, w = torch.randn(10), torch.randn(3)
     with pytest.raises(
