@@ -27,6 +27,31 @@ def check_choice(name: str, value: object, accepted: tuple[str, ...]) -> str:
     return value
 
 
+def check_flag(value: object, what: str) -> bool:
+    """``value`` if it is True or False (numpy's bools too), else a ``TypeError`` naming
+    ``what``: a string such as "no" is truthy, and was taken as True.
+
+    Example:
+        >>> check_flag(False, "scale")
+        False
+    """
+    if is_bool(value):
+        return bool(value)
+    raise TypeError(f"{what} must be True or False; got {value!r}")
+
+
+def is_bool(value: object) -> bool:
+    """Whether ``value`` is True or False: a Python bool or numpy's (``np.True_``).
+
+    Example:
+        >>> import numpy as np
+        >>> is_bool(np.False_), is_bool(0)
+        (True, False)
+    """
+    kind = type(value)
+    return kind is bool or (kind.__module__ == "numpy" and kind.__name__ in ("bool", "bool_"))
+
+
 def check_count(value: object, what: str, minimum: int = 1) -> int:
     """``value`` as an int if it is an integer (numpy's included, bool not) ``>= minimum``,
     else a ``TypeError``/``ValueError`` naming ``what``.

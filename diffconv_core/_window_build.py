@@ -18,7 +18,13 @@ import torch
 from torch import Tensor
 
 from diffconv_core._compile import eager_under_compile, recording_graph
-from diffconv_core._validation import broadcast_shapes, check_count, check_device, unwrapped
+from diffconv_core._validation import (
+    broadcast_shapes,
+    check_count,
+    check_device,
+    is_bool,
+    unwrapped,
+)
 from diffconv_core._window_registry import REQUIRED, SPECS, Param, Spec, describe, lookup
 
 __all__ = ["REQUIRED", "SPECS", "Param", "Spec", "build", "describe", "lookup"]
@@ -142,6 +148,9 @@ def _show(value: Any) -> str:
 
 def as_tensor(value: Any, name: str, dtype: torch.dtype, device: Any) -> Tensor:
     """A number, sequence or tensor as a tensor of ``dtype`` (autograd graph kept)."""
+    if is_bool(value):
+        # True read as 1.0 (chebwin's at=True, a 1 dB window).
+        raise TypeError(f"{name} must be a number or a tensor; got {value!r}")
     if isinstance(value, Tensor):
         if value.is_complex() or value.dtype == torch.bool:
             raise TypeError(f"{name} must be real; got a {value.dtype} tensor")

@@ -20,6 +20,7 @@ from torch import Tensor
 
 from diffconv_core import _window_build as _b
 from diffconv_core._compile import eager_under_compile
+from diffconv_core._validation import check_flag
 from diffconv_core.windows import get_window
 
 __all__ = [
@@ -194,6 +195,7 @@ def firwin(
         True
     """
     numtaps = _b.check_length(numtaps, "numtaps")
+    scale = check_flag(scale, "scale")
     fs = _check_fs(fs)
     nyq = 1.0 if fs is None else fs / 2.0
     if width is not None:
@@ -267,7 +269,12 @@ def firwin(
             raise ValueError(
                 f"a window tensor must have numtaps={numtaps} taps; got shape {tuple(window.shape)}"
             )
-        win = window.to(device=dev, dtype=work)
+        if window_params:  # a window tensor has no parameters to apply them to
+            raise TypeError(
+                f"window parameters ({', '.join(window_params)}) apply to a named window, not "
+                "to a window tensor"
+            )
+        win = _b.as_tensor(window, "window", work, dev)
     else:
         win = get_window(window, numtaps, dtype=work, device=dev, **window_params)
     try:

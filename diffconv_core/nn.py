@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from diffconv_core import _window_build as _b
 from diffconv_core import filters as _filters
+from diffconv_core._validation import check_flag
 from diffconv_core.convolution import _check_options, convolve
 from diffconv_core.windows import _resolve_name, get_window
 
@@ -295,6 +296,8 @@ class FIRFilter(nn.Module):
         # The design keeps a _symmetric/_periodic suffix (firwin honours it).
         suffix = "" if forced is None else "_symmetric" if forced else "_periodic"
         self._window_name = self.spec.name + suffix
+        scale, learnable = check_flag(scale, "scale"), check_flag(learnable, "learnable")
+        learn_window = check_flag(learn_window, "learn_window")
         self.fs, self.scale, self.learnable = fs, scale, learnable
         self.mode, self.padding, self.method = mode, padding, method
         factory = {"dtype": _b.result_dtype(dtype, []), "device": device}

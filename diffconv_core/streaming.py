@@ -40,6 +40,7 @@ from diffconv_core._validation import (
     check_choice,
     check_count,
     check_device,
+    check_flag,
     check_tensor,
     needs_graph,
 )
@@ -172,7 +173,7 @@ class StreamingConvolver:
         self.kernel = kernel
         self.mode = mode
         self.padding = padding
-        self.correlate = correlate
+        self.correlate = check_flag(correlate, "correlate")
         self.method = method
         self.circular_tail = circular_tail
         k = kernel.shape[-1]

@@ -292,6 +292,20 @@ def test_frequency_response_batched_float32_and_grad():
         (lambda: F.kaiser_atten(101, "x"), ValueError, "width .*positive number; got 'x'"),
         (lambda: F.kaiser_atten(101, -0.1), ValueError, "width .*positive number"),
         (lambda: F.kaiser_atten(0, 0.1), ValueError, "numtaps must be >= 1; got 0"),
+        # Truthy strings were True, window parameters beside a window tensor were dropped,
+        # a complex window tensor lost its imaginary part with a warning.
+        (lambda: F.lowpass(11, 0.3, scale="yes"), TypeError, "scale must be True or False"),
+        (
+            lambda: F.lowpass(11, 0.3, window=torch.ones(11), beta=3.0),
+            TypeError,
+            r"window parameters \(beta\) apply to a named window",
+        ),
+        (
+            lambda: F.lowpass(11, 0.3, window=torch.ones(11, dtype=torch.complex64)),
+            TypeError,
+            "window must be real",
+        ),
+        (lambda: F.lowpass(11, True), TypeError, "cutoff must be a number or a tensor; got True"),
         (lambda: F.firwin(21, 0.3, pass_zero="notch"), ValueError, "pass_zero must be one of"),
         (lambda: F.lowpass(0, 0.3), ValueError, "numtaps must be >= 1; got 0"),
         (lambda: F.lowpass(21.5, 0.3), TypeError, "numtaps must be an integer; got 21.5"),

@@ -322,6 +322,8 @@ def test_fir_filter_learnable_flags():
         (lambda: FIRFilter("lowpass", "0.3"), TypeError, "cutoff must be a number or a tensor"),
         (lambda: FIRFilter("lowpass", torch.tensor(0.3 + 0.5j)), TypeError, "cutoff must be real"),
         (lambda: FIRFilter("lowpass", 0.3, dtype=torch.int64), TypeError, "dtype must be a float"),
+        (lambda: FIRFilter("lowpass", 0.3, learnable="no"), TypeError, "learnable must be True"),
+        (lambda: FIRFilter("lowpass", 0.3, scale=None), TypeError, "scale must be True or False"),
         # Convolution options fail at construction, not at the first forward pass.
         (lambda: WindowConv("hann", 9, mode="sme"), ValueError, "mode must be one of.*'sme'"),
         (lambda: WindowConv("hann", 9, method="fast"), ValueError, "method must be.*'fast'"),

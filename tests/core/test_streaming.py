@@ -290,6 +290,8 @@ def test_errors_name_the_problem():
             StreamingConvolver(torch.ones(3, 4)).push(torch.ones(2, n))
     with pytest.raises(TypeError, match="kernel must be a floating-point tensor.*int64"):
         StreamingConvolver(torch.arange(3))
+    with pytest.raises(TypeError, match="correlate must be True or False; got 'yes'"):
+        StreamingConvolver(k, correlate="yes")  # truthy, it correlated
     conv = StreamingConvolver(k)
     with pytest.raises(ValueError, match="no signal samples"):
         conv.flush()

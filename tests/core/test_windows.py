@@ -720,6 +720,8 @@ def test_width_narrows_the_window():
         (lambda: W.kaiser(5, -2.0), ValueError, r"beta must be >= 0; got -2.0"),
         (lambda: W.general_gaussian(5, 0.0, 1.0), ValueError, r"p must be > 0; got 0.0"),
         (lambda: W.general_gaussian(5, 1.0, -1.0), ValueError, r"sig must be > 0; got -1.0"),
+        # True read as 1.0 (a 1 dB Chebyshev window).
+        (lambda: W.chebwin(9, True), TypeError, "at must be a number or a tensor; got True"),
         (lambda: W.general_hamming(5, 2.0), ValueError, r"alpha must be in \[0, 1\]; got 2.0"),
         (lambda: W.exponential(5, tau=0.0), ValueError, r"tau must be > 0; got 0.0"),
         (lambda: W.exponential(5, center=1.0), ValueError, "center must be None when sym=True"),
