@@ -121,6 +121,54 @@ def test_long_kernel_longer_than_signal(method):
                 check_parity(x, w, mode, "zeros", method, corr)
 
 
+@pytest.mark.parametrize("method", ["direct", "overlap"])
+@pytest.mark.parametrize(
+    ("x_batch", "w_batch"), [((3,), ()), ((2, 1), (3,)), ((), (2,)), ((2,), (2,))]
+)
+def test_kernels_longer_than_the_signal_are_computed_as_the_signal(
+    monkeypatch, method, x_batch, w_batch
+):
+    # With zeros past the ends these methods take the shorter operand as the kernel (the
+    # full convolution is symmetric): 16 x 300 samples with 20,000 taps took 2.2 s direct.
+    # Results (broadcast shapes included) and both gradients stay those of the call given.
+    from diffconv_core import convolution
+
+    taps_seen = []
+
+    def recorded(real):
+        def spy(x, w, *rest):
+            taps_seen.append(w.shape[-1])
+            return real(x, w, *rest)
+
+        return spy
+
+    # Every way the call reaches its method: the range function, the direct sums alone, the
+    # direct method's one convolution over the rows.
+    monkeypatch.setitem(
+        convolution._RANGE_FUNCTIONS, method, recorded(convolution._RANGE_FUNCTIONS[method])
+    )
+    for name in ("direct_sums_alone", "_one_convolution"):
+        monkeypatch.setattr(convolution, name, recorded(getattr(convolution, name)))
+    T, K = 40, 1100
+    x, w = make_pair(x_batch, w_batch, T, K, seed=K)
+    for mode in ("full", "same"):
+        for corr in (False, True):
+            taps_seen.clear()
+            check_parity(x, w, mode, "zeros", method, corr)
+            assert taps_seen and set(taps_seen) == {T}, (mode, corr, taps_seen)
+    xg = x.detach().clone().requires_grad_()
+    wg = w.detach().clone().requires_grad_()
+    out = diffconv_core.convolve(xg, wg, "full", method=method)
+    out.backward(torch.ones_like(out))
+    # d/dx of sum(full(x, w)) is sum(w) at every sample (and the other way round).
+    torch.testing.assert_close(
+        xg.grad, w.sum(-1, keepdim=True).expand_as(out[..., :T]).sum_to_size(xg.shape)
+    )
+    torch.testing.assert_close(
+        wg.grad, x.sum(-1, keepdim=True).expand_as(out[..., :K]).sum_to_size(wg.shape)
+    )
+
+
 # --- property-based -------------------------------------------------------------------------
 
 _patterns = st.sampled_from(BROADCAST_PATTERNS)
