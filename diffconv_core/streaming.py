@@ -478,8 +478,11 @@ class StreamingSmoother:
         _check_circular_tail_option(circular_tail, "edges", edges)
         # get_window's own keywords (sym, width) and smooth's method are not the window's.
         params = {k: v for k, v in window_params.items() if k not in ("method", "sym", "width")}
-        spec, _ = _resolve_name(window, params)
-        check_param_names(spec, params)
+        # Resolved on a copy: a (name, *params) tuple's values join it, and passed again
+        # with the tuple to get_window they were "given twice".
+        resolved = dict(params)
+        spec, _ = _resolve_name(window, resolved)
+        check_param_names(spec, resolved)
         trial = None
         if not any(isinstance(v, torch.Tensor) for v in window_params.values()):
             # A missing parameter or a window that sums to zero (hann of length 2) fails

@@ -611,3 +611,17 @@ def test_a_block_buffer_refilled_between_pushes_smooths_the_signal(edges, nan_po
             )
             streamed = _pushed_through_one_buffer(sm, x, size)
             torch.testing.assert_close(streamed, whole, rtol=1e-10, atol=1e-10, equal_nan=True)
+
+
+@pytest.mark.parametrize("window", [("kaiser", 8.0), ("gaussian", 2.5), 6.0])
+def test_smoother_takes_the_windows_smooth_takes(window):
+    # A (name, *params) tuple failed when built: its values were moved among the keyword
+    # parameters and given again with the tuple ("beta given twice").
+    from diffconv_core.smooth import smooth
+
+    x = torch.randn(2, 500, dtype=torch.float64)
+    stream = StreamingSmoother(window, 15)
+    got = torch.cat([stream.push(x[:, :200]), stream.push(x[:, 200:]), stream.flush()], -1)
+    torch.testing.assert_close(got, smooth(x, window, 15))
+    with pytest.raises(TypeError, match="given twice"):
+        StreamingSmoother(("kaiser", 8.0), 15, beta=3.0)
