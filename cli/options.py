@@ -328,11 +328,19 @@ def raw_input_options(
     return decorate
 
 
+def _named_subtype(ctx, param, value):
+    # An empty name read as "not given" where outputs are checked, then failed every file.
+    if value is not None and not value.strip():
+        raise click.BadParameter(f"give a sample format such as PCM_16 or FLOAT; got {value!r}")
+    return value
+
+
 def subtype_option(f):
     return click.option(
         "--subtype",
         default=None,
         metavar="NAME",
+        callback=_named_subtype,
         help=(
             "Output sample format, e.g. PCM_16, PCM_24, FLOAT [default: the input's; for a "
             ".npy input FLOAT, or the nearest the output format has]."

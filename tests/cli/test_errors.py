@@ -104,6 +104,16 @@ def test_bad_subtype(tmp_path):
     assert listing(tmp_path) == []
 
 
+@pytest.mark.parametrize("name", ["", " "])
+def test_an_empty_subtype_is_a_usage_error_before_any_file(tmp_path, name):
+    # '' read as "not given" where outputs are checked: the .npy of a mixed batch was
+    # written, then every audio file failed and the run ended with exit 2.
+    sources = [SAMPLES / "speech_mono16.wav", SAMPLES / "sensor_gaps.npy"]
+    r = invoke("convolve", *sources, tmp_path / "out", "--kernel", KERNEL, "--subtype", name)
+    assert r.exit_code == 2 and "'--subtype'" in r.stderr, r.stderr
+    assert listing(tmp_path) == []
+
+
 @pytest.mark.parametrize("source", ["speech_mono16.wav", "sensor_gaps.npy"])
 def test_subtype_with_only_npy_outputs(tmp_path, source):
     r = convolve(SAMPLES / source, tmp_path / "y.npy", "--subtype", "PCM_16")
