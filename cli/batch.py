@@ -13,6 +13,7 @@ INPUT ``-`` reads stdin and OUTPUT ``-`` writes stdout (:mod:`cli.pipes`).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from collections.abc import Callable, Iterator
@@ -148,10 +149,11 @@ def check_outputs(
     *,
     needs_rate: str | None = None,
     notes: list[str] | None = None,
-) -> None:
+) -> list[Job]:
     """Usage checks that need only the paths: output formats, ``--type``, ``--subtype``,
     ``--rate``, the options of headerless inputs (and, for stdout without ``--type``, the
-    input's header, whose format it keeps).
+    input's header, whose format it keeps). Returns the jobs, those whose mirrored output
+    name has no format (an extension none is known by) marked as failed files.
 
     Args:
         needs_rate: a reason .npy inputs need ``--rate`` (e.g. "filtering in Hz"), or None.
@@ -162,6 +164,8 @@ def check_outputs(
     """
     import soundfile as sf
 
+    jobs = [_with_output_format_problem(job) for job in jobs]
+    checked = jobs
     # Entries that failed while their folder was listed are reported as failed files; no
     # output of theirs is ever written, so there is nothing to check.
     jobs = [job for job in jobs if job.problem is None]
@@ -223,6 +227,22 @@ def check_outputs(
             f"here is .npy ({jobs[0].dest}); write .wav/.flac/... or leave --subtype out",
             param_hint="'--subtype'",
         )
+    return checked
+
+
+def _with_output_format_problem(job: Job) -> Job:
+    # A file of a directory INPUT (or one of several) whose name gives its output no format
+    # (README.md among the WAVs of a --glob '*', a WAV without an extension) fails alone:
+    # refused as a usage error, it stopped the whole batch.
+    if job.problem is not None or not job.mirrored or job.to_stdout:
+        return job
+    from cli.audio_io import audio_format_for
+
+    try:
+        audio_format_for(job.dest)
+    except ValueError as err:
+        return dataclasses.replace(job, problem=str(err))
+    return job
 
 
 def is_raw_input(job: Job, options: RunOptions) -> bool:
@@ -290,7 +310,7 @@ def execute(
         notes=notes,
     )
     try:
-        check_outputs(jobs, options, needs_rate=needs_rate, notes=notes)
+        jobs = check_outputs(jobs, options, needs_rate=needs_rate, notes=notes)
     finally:  # plan_jobs' notes also explain a usage error here (raw files left out need --rate)
         if not options.quiet and distributed.ranks_from_env().is_main:
             for note in notes:

@@ -51,6 +51,9 @@ class Job:
     #: why this entry of a directory INPUT fails, known while listing it (a folder that
     #: cannot be read, a dangling symlink); the run reports it as a failed file.
     problem: str | None = None
+    #: the output's name was made from the input's (OUTPUT is a directory), not given: a
+    #: name that cannot be written is then this file's failure, not the command line's.
+    mirrored: bool = False
 
     @property
     def from_stdin(self) -> bool:
@@ -168,11 +171,13 @@ def _plan_jobs(inputs, output, glob, recursive, stdio, raw, notes, writes) -> li
                     f"{src}: {headerless} headerless .raw/.pcm {files} left out (read them "
                     "with --rate and --raw-subtype)"
                 )
-            entries = [Job(f, out / f.relative_to(src)) for f in found]
-            entries += [Job(p, out / p.relative_to(src), problem=r) for p, r in problems]
+            entries = [Job(f, out / f.relative_to(src), mirrored=True) for f in found]
+            entries += [
+                Job(p, out / p.relative_to(src), problem=r, mirrored=True) for p, r in problems
+            ]
             jobs.extend(sorted(entries, key=lambda job: job.source))
         else:
-            jobs.append(Job(src, out / src.name))
+            jobs.append(Job(src, out / src.name, mirrored=True))
     if writes:
         _check_unique(jobs)
     return jobs

@@ -227,3 +227,24 @@ def test_a_cut_off_compressed_file_is_truncated_not_whole(tmp_path, fmt, subtype
     assert not (tmp_path / "out.wav").exists()
     r = invoke("smooth", whole, tmp_path / "out.wav")
     assert r.exit_code == 0 and sf.info(tmp_path / "out.wav").frames == 48000
+
+
+def test_a_mirrored_output_without_a_format_fails_that_file_alone(tmp_path):
+    # README.md taken by --glob '*', or a WAV without an extension among several INPUTs: the
+    # output name gives no format. Refused as a usage error, it stopped the whole batch.
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "speech.wav").write_bytes((SAMPLES / "speech_mono16.wav").read_bytes())
+    (folder / "README.md").write_text("not audio\n")
+    r = convolve(folder, tmp_path / "out", "--glob", "*")
+    assert r.exit_code == 1, r.stderr
+    assert "README.md" in r.stderr and "cannot tell the output format" in r.stderr
+    assert listing(tmp_path / "out") == ["speech.wav"]
+    bare = tmp_path / "noext"
+    bare.write_bytes((SAMPLES / "speech_mono16.wav").read_bytes())
+    r = convolve(SAMPLES / "speech_mono16.wav", bare, tmp_path / "out2")
+    assert r.exit_code == 1 and "noext" in r.stderr, r.stderr
+    assert listing(tmp_path / "out2") == ["speech_mono16.wav"]
+    # An OUTPUT named on the command line is still a usage error, nothing written.
+    r = convolve(SAMPLES / "speech_mono16.wav", tmp_path / "y.md")
+    assert r.exit_code == 2 and not (tmp_path / "y.md").exists()
