@@ -18,6 +18,9 @@ DPI = 100
 #: Inputs longer than this (samples) also get a time-frequency heat map of the gradient,
 #: and their curves are drawn as min/max envelopes so the plot stays readable.
 LONG_INPUT = 8192
+#: Channels drawn at most (the .npy maps hold them all): a curve and a legend entry each,
+#: 3,000 channels took 103 s to draw and the legend could not be laid out.
+DRAWN_CHANNELS = 8
 _ENVELOPE_BINS = 2000
 
 
@@ -99,8 +102,17 @@ def write_grad_figure(
     plt = pyplot()
 
     signal = np.atleast_2d(signal)
-    output = np.atleast_2d(output)
     n_ch, n = signal.shape
+    if n_ch > DRAWN_CHANNELS:
+        drawn = f"channels 0-{DRAWN_CHANNELS - 1} of {n_ch} drawn"
+        title = f"{title} ({drawn})" if title else drawn
+    signal = signal[:DRAWN_CHANNELS]
+    output = np.atleast_2d(output)[:DRAWN_CHANNELS]
+    if grad_signal is not None:
+        grad_signal = np.atleast_2d(grad_signal)[:DRAWN_CHANNELS]
+    if grad_kernel is not None:
+        grad_kernel = np.atleast_2d(grad_kernel)[:DRAWN_CHANNELS]
+    n_ch = signal.shape[0]
     unit = "s" if rate else "samples"
     # The signal gradient is drawn even when not computed (as a note), so it always has a row.
     n_panels = panel_count(n, grad_kernel is not None, jacobian is not None)

@@ -512,3 +512,41 @@ def test_a_window_option_it_refuses_is_named(short_wav, tmp_path, option, value)
     result = invoke("grad", short_wav, tmp_path / "out", option, value)
     assert result.exit_code == 2, result.output
     assert f"Invalid value for '{option}'" in result.stderr
+
+
+def test_a_figure_of_many_channels_draws_the_first_few(monkeypatch, tmp_path):
+    # One curve and legend entry per channel: a .npy read as 3,000 signals of 2 samples took
+    # 103 s to draw. The maps (.npy) keep every channel; the figure says what it shows.
+    from cli import grad_figure
+
+    drawn, titles = [], []
+    real_curve = grad_figure._plot_curve
+
+    def counted(ax, t, values, label, color):
+        drawn.append(label)
+        return real_curve(ax, t, values, label, color)
+
+    monkeypatch.setattr(grad_figure, "_plot_curve", counted)
+    import matplotlib.figure
+
+    real_suptitle = matplotlib.figure.Figure.suptitle
+    monkeypatch.setattr(
+        matplotlib.figure.Figure,
+        "suptitle",
+        lambda self, text, **kw: titles.append(text) or real_suptitle(self, text, **kw),
+    )
+    channels = 300
+    rng = np.random.default_rng(0)
+    signal = rng.standard_normal((channels, 64))
+    grad_figure.write_grad_figure(
+        tmp_path / "many.png",
+        signal=signal,
+        output=signal,
+        grad_signal=signal,
+        grad_kernel=rng.standard_normal((channels, 5)),
+        title="many",
+    )
+    limit = grad_figure.DRAWN_CHANNELS
+    assert len(drawn) == 3 * limit  # input, output and gradient curves of the first ones
+    assert titles == [f"many (channels 0-{limit - 1} of {channels} drawn)"]
+    assert (tmp_path / "many.png").stat().st_size > 0
