@@ -28,11 +28,21 @@ STEP_SAMPLE_COPIES = 8
 PLAN_BYTES_PER_CROP = 256
 
 
+def _given(name: str) -> bool:
+    """Whether the option ``name`` was given (on the command line), not left at its default."""
+    ctx = click.get_current_context(silent=True)
+    source = None if ctx is None else ctx.get_parameter_source(name)
+    return source not in (None, click.core.ParameterSource.DEFAULT)
+
+
 def check_options(o: dict) -> None:
     """Options that contradict each other (``o`` is the command's parsed options)."""
     if o["window"] is None:
         if o["width"] is not None:
             raise click.UsageError("--width needs --window")
+        for name in ("learn", "normalize"):  # given without a window, they did nothing
+            if _given(name):
+                raise click.UsageError(f"--{name} needs --window")
         if o["params"] and (o["init"] or "delta") in ("delta", "zeros"):
             raise click.UsageError(
                 "--param sets window parameters: give --window, or a window as --init"

@@ -590,6 +590,9 @@ def test_npy_pairs_need_rate_to_crop_in_seconds(tmp_path):
         (["--window", "hann", "--learn", "width", "--width", "50"], "'--width': learned"),
         (["--window", "tukey", "--optimizer", "lbfgs"], "lbfgs is for plain FIR taps"),
         (["--width", "3"], "--width needs --window"),
+        # Given without a window they were ignored.
+        (["--learn", "width"], "--learn needs --window"),
+        (["--normalize", "peak"], "--normalize needs --window"),
         (["--param", "std=3"], "give --window, or a window as --init"),
         (["--init", "nosuchwindow"], "nosuchwindow"),
         (["--plot", "loss.jpg"], "is not a .png file"),
