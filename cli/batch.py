@@ -174,6 +174,7 @@ def check_outputs(
     check_usage(options.raw, [job.source for job, raw in zip(jobs, raw_flags, strict=True) if raw])
     formats = []
     rounded_into: Job | None = None  # the first output whose header rounds a fractional --rate
+    rate_used = False  # whether any input takes --rate (.npy, headerless, stdin of unknown kind)
     for job, raw in zip(jobs, raw_flags, strict=True):
         fmt = _output_format(job, options, raw)
         formats.append(fmt)
@@ -183,6 +184,7 @@ def check_outputs(
             from_npy = is_npy(job.stdin)
         else:
             from_npy = job.source.suffix.lower() == ".npy"
+        rate_used = rate_used or raw or from_npy
         if from_npy and options.rate is None:
             if needs_rate:
                 raise click.UsageError(f"{job.source}: .npy input needs --rate for {needs_rate}")
@@ -213,6 +215,13 @@ def check_outputs(
                 f"{options.subtype!r} is not valid for {fmt} ({job.dest}); use one of {valid}",
                 param_hint="'--subtype'",
             )
+    if options.rate is not None and jobs and notes is not None and not rate_used:
+        # Audio headers say their own rate; the option was ignored without a word.
+        more = f" and {len(jobs) - 1} more" if len(jobs) > 1 else ""
+        notes.append(
+            f"--rate {options.rate:g} is for .npy and headerless inputs; audio files keep "
+            f"their header's rate ({jobs[0].source}{more})"
+        )
     if rounded_into and notes is not None:
         # The rate as given (repr), not :g, whose six digits rounded it in the note too.
         notes.append(

@@ -248,3 +248,17 @@ def test_a_mirrored_output_without_a_format_fails_that_file_alone(tmp_path):
     # An OUTPUT named on the command line is still a usage error, nothing written.
     r = convolve(SAMPLES / "speech_mono16.wav", tmp_path / "y.md")
     assert r.exit_code == 2 and not (tmp_path / "y.md").exists()
+
+
+def test_a_rate_no_input_takes_is_noted(tmp_path):
+    # --rate is for .npy and headerless inputs; given with audio files only it was ignored
+    # without a word. With a .npy among them it is used, and nothing is said.
+    r = convolve(SAMPLES / "speech_mono16.wav", tmp_path / "y.wav", "--rate", "8000")
+    assert r.exit_code == 0, r.stderr
+    assert "note: --rate 8000 is for .npy and headerless inputs" in r.stderr
+    assert (
+        sf.info(tmp_path / "y.wav").samplerate == sf.info(SAMPLES / "speech_mono16.wav").samplerate
+    )
+    sources = [SAMPLES / "speech_mono16.wav", SAMPLES / "sensor_gaps.npy"]
+    r = invoke("convolve", *sources, tmp_path / "out", "--kernel", KERNEL, "--rate", "8000")
+    assert r.exit_code == 0 and "--rate" not in r.stderr, r.stderr
