@@ -9,6 +9,7 @@ checks, the fractional-width stretch and the normalisations (also used by ``filt
 from __future__ import annotations
 
 import functools
+import math
 import operator
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -236,6 +237,19 @@ def result_device(device: Any, values: Sequence[Any]) -> torch.device:
     return torch.empty(0).device
 
 
+def _peak_tap(magnitudes: Tensor) -> Tensor:
+    """The largest magnitude along the last axis, as one tap's value: among taps tied for it
+    the one nearest the middle, which stays the peak as a parameter leaves the tie (a
+    boxcar's learned width below the length, a Kaiser beta above 0). ``amax`` split the
+    gradient among the tied taps, a derivative from neither side."""
+    n = magnitudes.shape[-1]
+    plain = magnitudes.detach()
+    tied = plain == plain.amax(-1, keepdim=True)
+    from_middle = (torch.arange(n, device=plain.device, dtype=plain.dtype) - (n - 1) / 2).abs()
+    index = torch.where(tied, from_middle, math.inf).argmin(-1, keepdim=True)
+    return magnitudes.gather(-1, index)
+
+
 def normalize_window(w: Tensor, normalize: str | None, name: str) -> Tensor:
     """Divide by the sum, the peak or the root energy along the last axis."""
     if normalize is None:
@@ -246,7 +260,7 @@ def normalize_window(w: Tensor, normalize: str | None, name: str) -> Tensor:
         noise = w.shape[-1] * torch.finfo(w.dtype).eps * w.detach().abs().sum(-1, keepdim=True)
         degenerate = scale.detach().abs() <= noise
     elif normalize == "peak":
-        scale = w.abs().amax(-1, keepdim=True)
+        scale = _peak_tap(w.abs())
         degenerate = scale.detach() == 0
     else:
         scale = torch.sqrt((w * w).sum(-1, keepdim=True))

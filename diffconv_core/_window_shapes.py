@@ -187,6 +187,18 @@ def kaiser(t: Tensor, m: int, beta: Tensor) -> Tensor:
     return _kaiser_ratio(_kaiser_root(t, m), 1.0, beta)
 
 
+def kaiser_log(t: Tensor, m: int, beta: Tensor) -> Tensor:
+    # The log of kaiser's i0 ratio: with a large beta and a narrow width every tap is tiny
+    # (1e-182 for beta = 600, width 1.2), and normalising them underflowed in the second
+    # derivative (NaN).
+    root = _kaiser_root(t, m)
+    return (
+        torch.log(torch.special.i0e(beta * root))
+        - torch.log(torch.special.i0e(beta))
+        + beta.abs() * (root - 1.0)
+    )
+
+
 def tukey(t: Tensor, m: int, alpha: Tensor) -> Tensor:
     # Distance from the end of the window, in samples; the taper covers alpha (m - 1) / 2.
     distance = (m - 1) / 2.0 - t.abs()

@@ -525,6 +525,62 @@ def test_general_gaussian_gradient_where_the_power_overflows(p_value):
     assert torch.autograd.gradcheck(lambda q, s: W.general_gaussian(10, q, s), (p2, sig))
 
 
+def _one_sided_second_difference(loss, at, step, side):
+    values = [loss(torch.tensor(at + side * k * step, dtype=torch.float64)) for k in (0, 1, 2)]
+    return float(values[2] - 2 * values[1] + values[0]) / step**2
+
+
+def test_peak_normalisation_follows_the_tap_that_stays_the_peak():
+    # Taps tied for the peak (all of them for a Kaiser beta of 0, a boxcar at its full
+    # width): amax split the gradient among them, a derivative from neither side.
+    v = torch.linspace(-1, 1.3, 8, dtype=torch.float64)
+
+    def kaiser_loss(beta):
+        return (v * W.kaiser(8, beta, normalize="peak")).sum()
+
+    beta = torch.tensor(0.0, dtype=torch.float64, requires_grad=True)
+    (first,) = torch.autograd.grad(kaiser_loss(beta), beta, create_graph=True)
+    (second,) = torch.autograd.grad(first, beta)
+    assert second.item() == pytest.approx(
+        _one_sided_second_difference(kaiser_loss, 0.0, 1e-4, +1), rel=1e-5
+    )
+    x = torch.tensor([0.3, -1.0, 0.7, 2.0, 0.1, 0.5, -0.2], dtype=torch.float64)
+
+    def boxcar_loss(width):
+        from diffconv_core import convolve
+
+        return (convolve(x, W.boxcar(5, width=width, normalize="peak")) ** 2).sum()
+
+    width = torch.tensor(5.0, dtype=torch.float64, requires_grad=True)
+    (grad,) = torch.autograd.grad(boxcar_loss(width), width)  # the left derivative
+    left = (
+        boxcar_loss(torch.tensor(5.0, dtype=torch.float64))
+        - boxcar_loss(torch.tensor(5.0 - 1e-7, dtype=torch.float64))
+    ) / 1e-7
+    assert grad.item() == pytest.approx(left.item(), rel=1e-5)
+
+
+def test_kaiser_normalised_from_its_log_keeps_second_derivatives_finite():
+    # A large beta with a narrow width: taps of 1e-182 whose normalisation's second
+    # derivative underflowed to NaN (the window is constant there: 0).
+    beta = torch.tensor(600.0, dtype=torch.float64, requires_grad=True)
+    width = torch.tensor(1.2, dtype=torch.float64, requires_grad=True)
+    window = W.kaiser(8, beta, width=width, normalize="sum")
+    torch.testing.assert_close(
+        window.detach(), torch.tensor([0, 0, 0, 0.5, 0.5, 0, 0, 0.0]).double()
+    )
+    first = torch.autograd.grad(window[3], (beta, width), create_graph=True)
+    second = torch.autograd.grad(first[0] + first[1], (beta, width))
+    assert all(torch.isfinite(g) for g in second)
+    # Elsewhere it is scipy's window divided by its sum, with both derivatives.
+    ref = sw.kaiser(9, 3.0)
+    torch.testing.assert_close(
+        W.kaiser(9, 3.0, normalize="sum", dtype=torch.float64), torch.from_numpy(ref / ref.sum())
+    )
+    b = torch.tensor(3.0, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradgradcheck(lambda q: W.kaiser(9, q, normalize="sum"), (b,))
+
+
 def test_gradient_is_finite_at_singular_points():
     # Removable singularities: general_gaussian at the centre tap, kaiser at the end taps,
     # tukey with alpha = 0 (no taper), gaussian/kaiser widths at the centre.
