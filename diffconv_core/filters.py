@@ -99,6 +99,13 @@ def _check_pass_zero(pass_zero: Any) -> bool | str:
 def _check_width(width: Any) -> float:
     """A Kaiser transition width: a positive finite number. scipy takes NaN, 0 or a negative
     width silently, as a boxcar design (a Kaiser beta of 0)."""
+    if isinstance(width, Tensor) and width.requires_grad:
+        # float() below would cut it from the graph, silently: the design is not
+        # differentiable in its transition width (it picks a Kaiser beta by formula).
+        raise TypeError(
+            "width (the transition width) is a design setting, not differentiable; pass a "
+            "number, or learn a Kaiser beta (window=('kaiser', beta) with a tensor beta)"
+        )
     try:  # a number, a numpy scalar or a one-element tensor, as float() reads them
         value = math.nan if isinstance(width, bool) else float(width)
     except (TypeError, ValueError, RuntimeError):

@@ -306,6 +306,11 @@ def test_frequency_response_batched_float32_and_grad():
             "window must be real",
         ),
         (lambda: F.lowpass(11, True), TypeError, "cutoff must be a number or a tensor; got True"),
+        (
+            lambda: F.lowpass(11, 0.3, width=torch.tensor(0.1, requires_grad=True)),
+            TypeError,
+            "width .* not differentiable",
+        ),
         (lambda: F.firwin(21, 0.3, pass_zero="notch"), ValueError, "pass_zero must be one of"),
         (lambda: F.lowpass(0, 0.3), ValueError, "numtaps must be >= 1; got 0"),
         (lambda: F.lowpass(21.5, 0.3), TypeError, "numtaps must be an integer; got 21.5"),
