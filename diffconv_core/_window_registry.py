@@ -81,8 +81,8 @@ class Spec:
     # The same shape at the taps themselves (no fractional width), where it has a cheaper
     # formulation (chebwin: one inverse FFT instead of a dense cosine matrix); else None.
     on_grid: Callable[..., Tensor] | None = None
-    # The logarithm of the shape, for windows whose taps are exponentials: normalised
-    # windows are computed from it, shifted by its peak, so that narrow ones do not underflow.
+    # The logarithm of the shape, for windows whose taps can all underflow (the Gaussians,
+    # exponential, Kaiser): normalised windows are computed from it, shifted by its peak.
     log_shape: Callable[..., Tensor] | None = None
 
 

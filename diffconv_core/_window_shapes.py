@@ -131,9 +131,10 @@ def gaussian(t: Tensor, m: int, std: Tensor) -> Tensor:
     return torch.exp(gaussian_log(t, m, std))
 
 
-# The *_log functions give the logarithm of a window whose taps are exponentials, which a
-# normalised window is computed from (``_window_build``): its taps then never all underflow
-# (a Gaussian of an even length with a std under 0.013 samples had none left to normalise).
+# The *_log functions give the logarithm of a window whose taps can all underflow (the
+# Gaussians, exponential, Kaiser), which a normalised window is computed from
+# (``_window_build``): a Gaussian of an even length with a std under 0.013 samples had no
+# tap left to normalise.
 
 
 def gaussian_log(t: Tensor, m: int, std: Tensor) -> Tensor:

@@ -20,7 +20,7 @@ from torch import Tensor
 
 from diffconv_core import _window_build as _b
 from diffconv_core._compile import eager_under_compile
-from diffconv_core._validation import check_flag
+from diffconv_core._validation import check_flag, is_bool
 from diffconv_core.windows import get_window
 
 __all__ = [
@@ -85,10 +85,8 @@ def _check_pass_zero(pass_zero: Any) -> bool | str:
     A one-element bool tensor or numpy bool reads as its value."""
     if isinstance(pass_zero, str) and pass_zero in _PASS_ZERO:
         return pass_zero
-    if isinstance(pass_zero, bool):
-        return pass_zero
-    dtype = getattr(pass_zero, "dtype", None)
-    if dtype in (torch.bool, bool) and getattr(pass_zero, "ndim", None) == 0:
+    one_bool = isinstance(pass_zero, Tensor) and pass_zero.dtype == torch.bool
+    if is_bool(pass_zero) or (one_bool and pass_zero.dim() == 0):
         return bool(pass_zero)
     raise ValueError(
         "pass_zero must be one of True, False, 'lowpass', 'highpass', 'bandpass', "

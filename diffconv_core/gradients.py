@@ -255,12 +255,11 @@ def filter_kernel(
 def _built_once(pk: ParametricKernel) -> ParametricKernel:
     # Built here once, so that an unknown window, a parameter out of range or an option the
     # design does not take fails when the kernel is described, not at gradient_map.
+    # As gradient_map builds it, for a float64 signal on the parameters' device.
+    devices = [v.device for v in pk.params.values() if isinstance(v, Tensor)]
+    like = torch.empty(0, dtype=torch.float64, device=devices[0] if devices else None)
     with torch.no_grad():
-        pk.build(
-            dtype=None,
-            device=None,
-            **{k: v if isinstance(v, Tensor) else torch.tensor(v) for k, v in pk.params.items()},
-        )
+        _build(pk, _leaf_params(pk, like, False), like)
     return pk
 
 
