@@ -174,7 +174,7 @@ def check_outputs(
     check_usage(options.raw, [job.source for job, raw in zip(jobs, raw_flags, strict=True) if raw])
     formats = []
     rounded_into: Job | None = None  # the first output whose header rounds a fractional --rate
-    rate_used = False  # whether any input takes --rate (.npy, headerless, stdin of unknown kind)
+    rate_used = False  # whether any input takes --rate (.npy or headerless)
     for job, raw in zip(jobs, raw_flags, strict=True):
         fmt = _output_format(job, options, raw)
         formats.append(fmt)
