@@ -218,7 +218,10 @@ def exponential(t: Tensor, m: int, center: Tensor | None, tau: Tensor) -> Tensor
 def exponential_log(t: Tensor, m: int, center: Tensor | None, tau: Tensor) -> Tensor:
     # ``center`` is an index into the (possibly extended) window, as in scipy.
     offset = t if center is None else t + (m - 1) / 2.0 - center
-    return -offset.abs() / tau
+    # |offset|, with the slope at 0 of the side the tap moves to as a learned width shrinks
+    # (its side of the middle, sign(t)): abs's 0 there is a derivative from neither side.
+    magnitude = torch.where(offset == 0, offset * torch.sign(t), offset.abs())
+    return -magnitude / tau
 
 
 def taylor(t: Tensor, m: int, nbar: int, sll: Tensor, norm: bool) -> Tensor:
