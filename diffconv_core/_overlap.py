@@ -26,7 +26,13 @@ from diffconv_core._fft import (
     range_fft_length,
 )
 from diffconv_core._half_fft import half_fft_shape, takes_half_fft
-from diffconv_core._validation import broadcast_shapes, carries_tangent, needs_graph, owned
+from diffconv_core._validation import (
+    broadcast_shapes,
+    carries_tangent,
+    needs_graph,
+    owned,
+    under_vmap,
+)
 
 # Block FFT length bounds: big enough to amortise the K - 1 overlap, small enough to stay
 # in cache. Measured on CPU and CUDA by benchmarks/bench_core.py.
@@ -250,11 +256,15 @@ class _OverlapRange(torch.autograd.Function):
         step = n_fft - K + 1
         n_blocks = -(-(hi - lo) // step)
         pads = (K - 1 - lo, n_blocks * step + lo - T)  # source: n_blocks * step + K - 1 long
+        kernel_spectrum = torch.fft.rfft(w, n_fft).unsqueeze(-2)
+        ctx.geometry = (lo, hi, n_fft, pads)
+        if _in_chunks(x, x.device):
+            block_spectra, out = _chunked_forward(x, kernel_spectrum, lo, hi, n_fft, K)
+            ctx.save_for_backward(x, w, block_spectra, kernel_spectrum)
+            return out
         blocks = F.pad(x, pads).unfold(-1, n_fft, step)  # (*bx, n_blocks, n_fft), a view
         block_spectra = torch.fft.rfft(blocks, n_fft)
-        kernel_spectrum = torch.fft.rfft(w, n_fft).unsqueeze(-2)
         ctx.save_for_backward(x, w, block_spectra, kernel_spectrum)
-        ctx.geometry = (lo, hi, n_fft, pads)
         kept = torch.fft.irfft(block_spectra * kernel_spectrum, n_fft)[..., K - 1 :]
         return owned(kept.reshape(*kept.shape[:-2], n_blocks * step)[..., : hi - lo])
 
@@ -270,6 +280,11 @@ class _OverlapRange(torch.autograd.Function):
             return *pieces, None, None, None
         if torch.is_grad_enabled():  # create_graph: every piece must be differentiable
             return *gradients_from_pieces(overlap_range, grad, x, w, lo, needed), None, None, None
+        if _in_chunks(grad, x.device):
+            grad_x, grad_w = _chunked_backward(
+                grad, x, w, block_spectra, kernel_spectrum, ctx.geometry, needed
+            )
+            return grad_x, grad_w, None, None, None
         grad_x = grad_w = None
         step = n_fft - K + 1
         n_blocks = block_spectra.shape[-2]
@@ -290,3 +305,107 @@ class _OverlapRange(torch.autograd.Function):
             product = product.sum_to_size(*w.shape[:-1], product.shape[-1])
             grad_w = torch.fft.irfft(product, n_fft)[..., :K]
         return grad_x, grad_w, None, None, None
+
+
+def _in_chunks(t: torch.Tensor, device: torch.device) -> bool:
+    # On the CPU the recorded blocks go a chunk at a time, as the unrecorded ones do: all at
+    # once, forward and backward held 10-16x the input (1 x 4,194,304 with 1,023 taps: 11x,
+    # every block's padded gradient, spectra, products and inverses alive together). On CUDA
+    # every chunk costs launches (CUDA_CHUNKS), and a vmap-batched gradient cannot be written
+    # into slices: those take the blocks whole.
+    return device.type == "cpu" and not under_vmap(t)
+
+
+def _chunks(n_fft: int, rows: int, n_blocks: int) -> range:
+    return range(0, n_blocks, blocks_per_chunk(n_fft, rows, n_blocks, "cpu"))
+
+
+def _chunked_forward(
+    x: torch.Tensor, kernel_spectrum: torch.Tensor, lo: int, hi: int, n_fft: int, K: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The recorded forward pass a chunk of blocks at a time: the blocks' spectra (kept for
+    the backward pass) and the output, without the padded signal or whole-signal products.
+
+    Shape:
+        x ``(*bx, T)``, kernel_spectrum ``(*bw, 1, bins)`` -> spectra ``(*bx, n_blocks,
+        bins)`` and output ``(*broadcast(bx, bw), hi - lo)``.
+    """
+    T = x.shape[-1]
+    step = n_fft - K + 1
+    n_out = hi - lo
+    n_blocks = -(-n_out // step)
+    batch = broadcast_shapes(x.shape[:-1], kernel_spectrum.shape[:-2])
+    bins = n_fft // 2 + 1
+    spectra = x.new_empty(*x.shape[:-1], n_blocks, bins, dtype=kernel_spectrum.dtype)
+    out = x.new_empty(*batch, n_out)
+    per_chunk = blocks_per_chunk(n_fft, max(1, math.prod(batch)), n_blocks, "cpu")
+    for first in _chunks(n_fft, max(1, math.prod(batch)), n_blocks):
+        count = min(per_chunk, n_blocks - first)
+        start = lo - (K - 1) + first * step
+        stop = start + count * step + K - 1
+        source = F.pad(x[..., max(start, 0) : min(stop, T)], (max(0, -start), max(0, stop - T)))
+        chunk = torch.fft.rfft(source.unfold(-1, n_fft, step), n_fft)
+        spectra[..., first : first + count, :] = chunk
+        kept = torch.fft.irfft(chunk * kernel_spectrum, n_fft)[..., K - 1 :]
+        begin = first * step
+        end = min(begin + count * step, n_out)
+        out[..., begin:end] = kept.reshape(*kept.shape[:-2], count * step)[..., : end - begin]
+    return spectra, out
+
+
+def _chunked_backward(
+    grad: torch.Tensor,
+    x: torch.Tensor,
+    w: torch.Tensor,
+    block_spectra: torch.Tensor,
+    kernel_spectrum: torch.Tensor,
+    geometry: tuple,
+    needed: tuple[bool, bool],
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """:class:`_OverlapRange`'s backward pass a chunk of blocks at a time: each chunk's share
+    of the output gradient through one real FFT, its source gradient added where its blocks
+    came from, its kernel-gradient spectrum summed over blocks before the one inverse FFT.
+
+    Shape:
+        grad ``(*batch, hi - lo)`` -> grad_x ``x.shape``, grad_w ``w.shape`` (None where not
+        ``needed``).
+    """
+    lo, hi, n_fft, pads = geometry
+    K = w.shape[-1]
+    step = n_fft - K + 1
+    n_out = hi - lo
+    n_blocks = block_spectra.shape[-2]
+    bins = block_spectra.shape[-1]
+    need_x, need_w = needed
+    T = x.shape[-1]
+    # The signal's gradient itself, each chunk's source gradient added where its samples lie
+    # (the zeros padded past the ends have none): no padded copy to cut down afterwards.
+    grad_x = grad.new_zeros(x.shape) if need_x else None
+    kernel_sum = None
+    per_chunk = blocks_per_chunk(n_fft, max(1, math.prod(grad.shape[:-1])), n_blocks, "cpu")
+    for first in _chunks(n_fft, max(1, math.prod(grad.shape[:-1])), n_blocks):
+        count = min(per_chunk, n_blocks - first)
+        begin = first * step
+        end = min(begin + count * step, n_out)
+        # Block b's outputs are its last `step` samples: the gradient goes back in place.
+        shares = F.pad(grad[..., begin:end], (0, begin + count * step - end))
+        shares = shares.reshape(*shares.shape[:-1], count, step)
+        spectra = torch.fft.rfft(F.pad(shares, (K - 1, 0)), n_fft)  # (*batch, count, bins)
+        if need_x:
+            product = (spectra * kernel_spectrum.conj()).sum_to_size(*x.shape[:-1], count, bins)
+            block_grads = torch.fft.irfft(product, n_fft)
+            span = (*x.shape[:-1], count * step + K - 1)
+            source = torch.ops.aten.unfold_backward(block_grads, span, -1, n_fft, step)
+            start = begin - pads[0]  # the chunk's source starts at this sample of x
+            inside = slice(max(start, 0), min(start + span[-1], T))
+            if inside.start < inside.stop:
+                grad_x[..., inside] += source[..., inside.start - start : inside.stop - start]
+        if need_w:
+            chunk_spectra = block_spectra[..., first : first + count, :]
+            product = (spectra * chunk_spectra.conj()).sum(-2)
+            kernel_sum = product if kernel_sum is None else kernel_sum + product
+    grad_w = None
+    if need_w:
+        kernel_sum = kernel_sum.sum_to_size(*w.shape[:-1], bins)
+        grad_w = torch.fft.irfft(kernel_sum, n_fft)[..., :K]
+    return grad_x, grad_w

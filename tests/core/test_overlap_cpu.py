@@ -45,6 +45,52 @@ def test_chunks_match_scipy(monkeypatch, chunk, lead_x, lead_w, T, K):
             np.testing.assert_allclose(got.numpy(), expected, rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("chunk", [1, 4096, 1 << 20], ids=["block", "chunks", "whole"])
+@pytest.mark.parametrize("lead_x, lead_w", PATTERNS)
+@pytest.mark.parametrize("T, K", [(5000, 31), (3001, 64), (2048, 257)])
+def test_recorded_chunks_match_the_fft_method_forward_and_backward(
+    monkeypatch, chunk, lead_x, lead_w, T, K
+):
+    # With autograd the blocks go a chunk at a time too (all at once they held 10-16x the
+    # input through the backward pass): values and both gradients as the FFT method's.
+    monkeypatch.setattr(_overlap, "CHUNK_SAMPLES", chunk)
+    gen = torch.Generator().manual_seed(T + K)
+    for mode in ("full", "same", "valid"):
+        x = torch.randn(*lead_x, T, generator=gen, dtype=torch.float64, requires_grad=True)
+        w = torch.randn(*lead_w, K, generator=gen, dtype=torch.float64, requires_grad=True)
+        got = convolve(x, w, mode, method="overlap")
+        want = convolve(x, w, mode, method="fft")
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+        grad = torch.randn(got.shape, generator=gen, dtype=torch.float64)
+        for g_got, g_want in zip(
+            torch.autograd.grad(got, (x, w), grad),
+            torch.autograd.grad(want, (x, w), grad),
+            strict=True,
+        ):
+            torch.testing.assert_close(g_got, g_want, rtol=1e-10, atol=1e-9)
+
+
+def test_recorded_blocks_are_transformed_a_chunk_at_a_time(monkeypatch):
+    # No transform of the recorded path spans the whole signal's blocks (forward or
+    # backward): each is one chunk's.
+    monkeypatch.setattr(_overlap, "CHUNK_SAMPLES", 1 << 14)
+    sizes = []
+    real = torch.fft.rfft
+
+    def recorded(t, *args, **kwargs):
+        sizes.append(t.numel())
+        return real(t, *args, **kwargs)
+
+    x = torch.randn(2, 200_000, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(255, dtype=torch.float64, requires_grad=True)
+    n_fft = _overlap.overlap_fft_length(255, 200_000)
+    monkeypatch.setattr(torch.fft, "rfft", recorded)
+    y = convolve(x, w, method="overlap")
+    torch.autograd.grad(y, (x, w), torch.ones_like(y))
+    assert max(sizes) <= max(1 << 14, 2 * n_fft), (max(sizes), n_fft)
+    assert len(sizes) > 10  # forward and backward, many chunks each
+
+
 def test_float32_and_float64_calls_in_turn():
     rng = np.random.default_rng(0)
     x = rng.standard_normal((2, 20_000))
