@@ -28,7 +28,7 @@ from diffconv_core._validation import (
     check_tensor,
     needs_graph,
 )
-from diffconv_core.methods import extended_range, output_length, pick_method
+from diffconv_core.methods import extended_range, output_length, pick_method, reaching_taps
 
 _RANGE_FUNCTIONS = {"direct": direct_range, "fft": fft_method_range, "overlap": overlap_range}
 
@@ -56,6 +56,13 @@ def _run(x: torch.Tensor, w: torch.Tensor, mode: str, padding: str, method: str)
         x, w = x.to(compute_dtype), w.to(compute_dtype)
         return exported_convolution(method, x, w, mode, padding).to(out_dtype)
     x, lo, hi = extended_range(x, K, mode, padding)
+    first, stop = reaching_taps(x.shape[-1], K, lo, hi)
+    if stop - first < K:
+        # Taps that reach no sample kept ("same" with a kernel over twice the signal's
+        # length) are cut, so that no method transforms or sums them (4,096 x 1,024 samples
+        # with 65,535 taps asked the FFT for 4,096 rows of 33,792 points, and its backward
+        # for a gigabyte). Each kept sample is the same sum; the cut taps' gradient is 0.
+        w, lo, hi, K = w[..., first:stop], lo - first, hi - first, stop - first
     if padding == "zeros" and K > T and _shorter_as_kernel(method, K):
         # With zeros past the ends the full convolution is symmetric in its operands.
         x, w = w, x

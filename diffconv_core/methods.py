@@ -362,6 +362,19 @@ def output_range(T: int, K: int, mode: str) -> tuple[int, int]:
     return 0, T + K - 1
 
 
+def reaching_taps(T: int, K: int, lo: int, hi: int) -> tuple[int, int]:
+    """Taps ``first <= k < stop`` of a ``K``-tap kernel that reach samples ``lo <= n < hi``
+    of its full convolution with ``T`` samples (sample n sums taps n - T + 1 .. n): all of
+    them unless the kernel is far longer than the samples kept ("same" with more than
+    twice the signal's length).
+
+    Example:
+        >>> reaching_taps(100, 7, 3, 103), reaching_taps(10, 101, 50, 60)
+        ((0, 7), (41, 60))
+    """
+    return max(0, lo - T + 1), min(K, hi)
+
+
 def extended_range(
     x: torch.Tensor, K: int, mode: str, padding: str
 ) -> tuple[torch.Tensor, int, int]:
@@ -611,6 +624,8 @@ def choose_method(
     shared = math.prod(kernel_shape[:-1]) == 1
     bank = not shared and is_bank(signal_shape, kernel_shape)
     device = check_device(device)
+    first, stop = reaching_taps(T, K, *output_range(T, K, mode))  # as convolve cuts them
+    K = stop - first
     return pick_method(batch, T, K, mode, device, dtype, requires_grad, shared, bank)
 
 
