@@ -369,6 +369,7 @@ def reaching_taps(T: int, K: int, lo: int, hi: int) -> tuple[int, int]:
     twice the signal's length).
 
     Example:
+        >>> from diffconv_core.methods import reaching_taps
         >>> reaching_taps(100, 7, 3, 103), reaching_taps(10, 101, 50, 60)
         ((0, 7), (41, 60))
     """
