@@ -316,10 +316,6 @@ def _in_chunks(t: torch.Tensor, device: torch.device) -> bool:
     return device.type == "cpu" and not under_vmap(t)
 
 
-def _chunks(n_fft: int, rows: int, n_blocks: int) -> range:
-    return range(0, n_blocks, blocks_per_chunk(n_fft, rows, n_blocks, "cpu"))
-
-
 def _chunked_forward(
     x: torch.Tensor, kernel_spectrum: torch.Tensor, lo: int, hi: int, n_fft: int, K: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -339,7 +335,7 @@ def _chunked_forward(
     spectra = x.new_empty(*x.shape[:-1], n_blocks, bins, dtype=kernel_spectrum.dtype)
     out = x.new_empty(*batch, n_out)
     per_chunk = blocks_per_chunk(n_fft, max(1, math.prod(batch)), n_blocks, "cpu")
-    for first in _chunks(n_fft, max(1, math.prod(batch)), n_blocks):
+    for first in range(0, n_blocks, per_chunk):
         count = min(per_chunk, n_blocks - first)
         start = lo - (K - 1) + first * step
         stop = start + count * step + K - 1
@@ -383,7 +379,7 @@ def _chunked_backward(
     grad_x = grad.new_zeros(x.shape) if need_x else None
     kernel_sum = None
     per_chunk = blocks_per_chunk(n_fft, max(1, math.prod(grad.shape[:-1])), n_blocks, "cpu")
-    for first in _chunks(n_fft, max(1, math.prod(grad.shape[:-1])), n_blocks):
+    for first in range(0, n_blocks, per_chunk):
         count = min(per_chunk, n_blocks - first)
         begin = first * step
         end = min(begin + count * step, n_out)
