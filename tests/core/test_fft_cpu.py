@@ -170,3 +170,48 @@ def test_with_freed_memory_retained_the_batch_is_allocated_at_once(monkeypatch, 
     y = convolve(x, w, method="fft")
     assert asked == ["fft rows", "fft spectrum"]
     np.testing.assert_allclose(y.numpy(), reference(x, w, "same"), atol=1e-9)
+
+
+def test_recorded_batches_go_a_few_rows_at_a_time(monkeypatch):
+    # With autograd a large batch's spectra, product and inverse were alive together
+    # (1,024 x 4,096 with 255 taps peaked at 10.5x the input forward+backward, 6.0x in
+    # chunks). Values, both gradients, batched-gradient Jacobians and second derivatives
+    # stay those of the direct sums; no transform spans more than a chunk of rows.
+    monkeypatch.setattr(_fft, "SHORT_CHUNK_SAMPLES", 1 << 8)
+    monkeypatch.setattr(_fft, "WHOLE_BATCH_POINTS", 0)
+    rows_transformed = []
+    real_rfft = torch.fft.rfft
+
+    def recorded(t, *args, **kwargs):
+        rows_transformed.append(t.shape[0] if t.dim() > 1 else 1)
+        return real_rfft(t, *args, **kwargs)
+
+    gen = torch.Generator().manual_seed(5)
+    w = torch.randn(15, generator=gen, dtype=torch.float64)
+    for lead in ((48,), (6, 8)):
+        for mode in ("full", "same", "valid"):
+            x = torch.randn(*lead, 40, generator=gen, dtype=torch.float64, requires_grad=True)
+            wr = w.clone().requires_grad_()
+            rows_transformed.clear()
+            monkeypatch.setattr(torch.fft, "rfft", recorded)
+            got = convolve(x, wr, mode, method="fft")
+            grad = torch.randn(got.shape, generator=gen, dtype=torch.float64)
+            got_grads = torch.autograd.grad(got, (x, wr), grad)
+            monkeypatch.setattr(torch.fft, "rfft", real_rfft)
+            # (every transform here has at least 40 points: at most 256 // 40 rows a chunk)
+            assert max(rows_transformed) <= _fft.rows_per_chunk(40) < 48, rows_transformed
+            want = convolve(x, wr, mode, method="direct")
+            torch.testing.assert_close(got, want)
+            want_grads = torch.autograd.grad(want, (x, wr), grad)
+            for g_got, g_want in zip(got_grads, want_grads, strict=True):
+                torch.testing.assert_close(g_got, g_want)
+    x = torch.randn(48, 40, generator=gen, dtype=torch.float64)
+    jac = torch.autograd.functional.jacobian(
+        lambda a: convolve(a, w, method="fft"), x, vectorize=True
+    )
+    ref = torch.autograd.functional.jacobian(
+        lambda a: convolve(a, w, method="direct"), x, vectorize=True
+    )
+    torch.testing.assert_close(jac, ref)
+    inputs = (x[:8].clone().requires_grad_(), w.clone().requires_grad_())
+    assert torch.autograd.gradgradcheck(lambda a, b: convolve(a, b, method="fft"), inputs)
