@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 import diffconv_core
+from diffconv_core.smooth import smooth
 
 
 def _rss_peak_bytes() -> int:
@@ -59,13 +60,30 @@ def peak_extra(fn, device: str) -> int:
     return peak
 
 
+#: ``--smooth``'s methods: ``smooth`` with a K-tap Hann window under each NaN policy, on a
+#: signal with one NaN in 10,000 samples (where "omit" does its work).
+SMOOTH_POLICIES = ("smooth-propagate", "smooth-omit")
+
+
+def call(method: str, x: torch.Tensor, K: int):
+    """The call measured for ``method``: a convolution, or one of :data:`SMOOTH_POLICIES`."""
+    if method in SMOOTH_POLICIES:
+        policy = method.split("-", 1)[1]
+        return lambda signal: smooth(signal, "hann", K, nan_policy=policy)
+    w = torch.hann_window(K, periodic=False, device=x.device)
+    return lambda signal: diffconv_core.convolve(signal, w, method=method)
+
+
 def measure(B: int, T: int, K: int, method: str, device: str) -> float:
     """Peak extra memory of one forward call, as a multiple of the input's size."""
     x = torch.randn(B, T, device=device)
-    w = torch.hann_window(K, periodic=False, device=device)
+    if method in SMOOTH_POLICIES:
+        gaps = torch.randint(0, B * T, (max(1, B * T // 10_000),), generator=torch.Generator())
+        x.view(-1)[gaps.to(device)] = float("nan")
+    run = call(method, x, K)
     with torch.no_grad():
-        diffconv_core.convolve(x[..., :4096], w, method=method)  # warm up allocators
-        extra = peak_extra(lambda: diffconv_core.convolve(x, w, method=method), device)
+        run(x[..., :4096])  # warm up allocators
+        extra = peak_extra(lambda: run(x), device)
     return extra / (x.numel() * x.element_size())
 
 
@@ -86,6 +104,9 @@ def main() -> None:
     parser.add_argument(
         "--rows", action="store_true", help="a few rows up to 2**20 points (CPU: one transform)"
     )
+    parser.add_argument(
+        "--smooth", action="store_true", help="smooth() under each NaN policy, not convolve()"
+    )
     args = parser.parse_args()
     device = args.device
     if args.one:
@@ -98,12 +119,15 @@ def main() -> None:
         cases = [(16, 480_000, 31), (16, 480_000, 4095), (1, 1 << 24, 31), (1, 1 << 24, 1023)]
     else:
         cases = [(4, 1 << 22, 31), (4, 1 << 22, 4095), (1, 1 << 24, 31), (1, 1 << 24, 1023)]
+    methods = SMOOTH_POLICIES if args.smooth else ("direct", "fft", "overlap")
+    if args.smooth:
+        cases = [(4, 1 << 21, 1023), (512, 8192, 63)]
     print(f"## peak extra memory / input size, forward, device {device}\n")
-    print("| B, T, K | input MB | direct | fft | overlap | auto picks |")
-    print("|---|---|---|---|---|---|")
+    print(f"| B, T, K | input MB | {' | '.join(methods)} | auto picks |")
+    print("|---|---|" + "---|" * len(methods) + "---|")
     for B, T, K in cases:
         cells = []
-        for method in ("direct", "fft", "overlap"):
+        for method in methods:
             if device.startswith("cuda"):
                 ratio = measure(B, T, K, method, device)
             else:

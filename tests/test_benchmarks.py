@@ -281,3 +281,21 @@ def test_half_fft_features_follow_the_paths_the_methods_take(bench_core):
     assert len(fit.features("overlap", 1, 65_536, 8193, "half")) == len(fit.HALF_TERMS)
     assert fit.features("overlap", 4, 65_536, 8193, "half") == []
     assert fit.features("overlap", 4, 65_536, 8193, None) != []
+
+
+def test_bench_memory_measures_smooth_under_each_nan_policy():
+    # --smooth's cases call smooth() itself, with the policy named in the method.
+    import torch
+
+    from diffconv_core import convolve
+    from diffconv_core.smooth import smooth
+
+    bench_memory = _load("bench_memory")
+    x = torch.randn(2, 300)
+    x[0, 7] = float("nan")
+    for method in bench_memory.SMOOTH_POLICIES:
+        got = bench_memory.call(method, x, 9)(x)
+        policy = method.split("-", 1)[1]
+        torch.testing.assert_close(got, smooth(x, "hann", 9, nan_policy=policy), equal_nan=True)
+    window = torch.hann_window(9, periodic=False)
+    torch.testing.assert_close(bench_memory.call("fft", x, 9)(x), convolve(x, window, method="fft"))
