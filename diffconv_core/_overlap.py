@@ -140,6 +140,18 @@ def _blocked(
     return kept.reshape(*kept.shape[:-2], kept.shape[-2] * step)
 
 
+def _chunk_source(
+    x: torch.Tensor, lo: int, K: int, step: int, first: int, count: int
+) -> torch.Tensor:
+    """The samples that blocks ``first .. first + count - 1`` read: block b's source starts
+    at x[lo - (K - 1) + b * step], ``count * step + K - 1`` samples in all, zeros past
+    either end of ``x``."""
+    T = x.shape[-1]
+    start = lo - (K - 1) + first * step
+    stop = start + count * step + K - 1
+    return F.pad(x[..., max(start, 0) : min(stop, T)], (max(0, -start), max(0, stop - T)))
+
+
 def blocks_in_half_length(rows: int, n_fft: int, blocks_at_once: int) -> bool:
     """Whether overlap-save's blocks of ``n_fft`` points, ``blocks_at_once`` at a time, of
     ``rows`` rows go through complex transforms of half the length (for real float32/float64
@@ -166,7 +178,7 @@ def overlap_range(
         x ``(*bx, T)``, w ``(*bw, K)`` -> ``(*broadcast(bx, bw), hi - lo)``;
         ``0 <= lo <= hi <= T + K - 1``.
     """
-    T, K = x.shape[-1], w.shape[-1]
+    K = w.shape[-1]
     n_out = hi - lo
     n_fft = block_fft or overlap_fft_length(K, n_out, x.device.type)
     step = n_fft - K + 1  # output samples per block
@@ -186,9 +198,7 @@ def overlap_range(
     circular = circular_convolution(w if w.dim() == 1 else w.unsqueeze(-2), n_fft, half_length)
     for first in range(0, n_blocks, per_chunk):
         count = min(per_chunk, n_blocks - first)
-        start = lo - (K - 1) + first * step
-        stop = start + count * step + K - 1
-        source = F.pad(x[..., max(start, 0) : min(stop, T)], (max(0, -start), max(0, stop - T)))
+        source = _chunk_source(x, lo, K, step, first, count)
         begin = first * step
         end = min(begin + count * step, n_out)
         out[..., begin:end] = _blocked(source, circular, n_fft, step, K)[..., : end - begin]
@@ -258,7 +268,7 @@ class _OverlapRange(torch.autograd.Function):
         pads = (K - 1 - lo, n_blocks * step + lo - T)  # source: n_blocks * step + K - 1 long
         kernel_spectrum = torch.fft.rfft(w, n_fft).unsqueeze(-2)
         ctx.geometry = (lo, hi, n_fft, pads)
-        if _in_chunks(x, x.device):
+        if _in_chunks(x):
             block_spectra, out = _chunked_forward(x, kernel_spectrum, lo, hi, n_fft, K)
             ctx.save_for_backward(x, w, block_spectra, kernel_spectrum)
             return out
@@ -280,7 +290,7 @@ class _OverlapRange(torch.autograd.Function):
             return *pieces, None, None, None
         if torch.is_grad_enabled():  # create_graph: every piece must be differentiable
             return *gradients_from_pieces(overlap_range, grad, x, w, lo, needed), None, None, None
-        if _in_chunks(grad, x.device):
+        if _in_chunks(grad):
             grad_x, grad_w = _chunked_backward(
                 grad, x, w, block_spectra, kernel_spectrum, ctx.geometry, needed
             )
@@ -307,13 +317,13 @@ class _OverlapRange(torch.autograd.Function):
         return grad_x, grad_w, None, None, None
 
 
-def _in_chunks(t: torch.Tensor, device: torch.device) -> bool:
+def _in_chunks(t: torch.Tensor) -> bool:
     # On the CPU the recorded blocks go a chunk at a time, as the unrecorded ones do: all at
     # once, forward and backward held 10-16x the input (1 x 4,194,304 with 1,023 taps: 11x,
     # every block's padded gradient, spectra, products and inverses alive together). On CUDA
     # every chunk costs launches (CUDA_CHUNKS), and a vmap-batched gradient cannot be written
     # into slices: those take the blocks whole.
-    return device.type == "cpu" and not under_vmap(t)
+    return t.device.type == "cpu" and not under_vmap(t)
 
 
 def _chunked_forward(
@@ -326,7 +336,6 @@ def _chunked_forward(
         x ``(*bx, T)``, kernel_spectrum ``(*bw, 1, bins)`` -> spectra ``(*bx, n_blocks,
         bins)`` and output ``(*broadcast(bx, bw), hi - lo)``.
     """
-    T = x.shape[-1]
     step = n_fft - K + 1
     n_out = hi - lo
     n_blocks = -(-n_out // step)
@@ -337,9 +346,7 @@ def _chunked_forward(
     per_chunk = blocks_per_chunk(n_fft, max(1, math.prod(batch)), n_blocks, "cpu")
     for first in range(0, n_blocks, per_chunk):
         count = min(per_chunk, n_blocks - first)
-        start = lo - (K - 1) + first * step
-        stop = start + count * step + K - 1
-        source = F.pad(x[..., max(start, 0) : min(stop, T)], (max(0, -start), max(0, stop - T)))
+        source = _chunk_source(x, lo, K, step, first, count)
         chunk = torch.fft.rfft(source.unfold(-1, n_fft, step), n_fft)
         spectra[..., first : first + count, :] = chunk
         kept = torch.fft.irfft(chunk * kernel_spectrum, n_fft)[..., K - 1 :]
