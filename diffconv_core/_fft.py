@@ -353,21 +353,15 @@ class _FFTRange(torch.autograd.Function):
         rows = _rows_in_chunks(x, w, n_fft)
         ctx.chunk_rows = rows
         if rows:
-            # A few rows at a time, as without autograd: the spectra are kept (for the
-            # backward pass), the products and inverses are one chunk's.
-            flat = x.reshape(-1, x.shape[-1])
-            bins = n_fft // 2 + 1
-            spectra = flat.new_empty(flat.shape[0], bins, dtype=kernel_spectrum.dtype)
-            out = flat.new_empty(flat.shape[0], hi - lo)
-            for first in range(0, flat.shape[0], rows):
-                chunk = torch.fft.rfft(flat[first : first + rows], n_fft)
-                spectra[first : first + rows] = chunk
-                product = chunk * kernel_spectrum
-                out[first : first + rows] = torch.fft.irfft(product, n_fft)[:, lo:hi]
-            ctx.save_for_backward(x, w, spectra.view(*x.shape[:-1], bins), kernel_spectrum)
-            return out.view(*x.shape[:-1], hi - lo)
+            # A few rows at a time, as without autograd; the backward pass transforms each
+            # chunk's rows again rather than keep the batch's spectra (n_fft / T of the
+            # input) from the forward pass to the backward.
+            ctx.save_for_backward(x, w, None, kernel_spectrum)
+            return fft_range(x, w, lo, hi)
         signal_spectrum = rfft(x, n_fft)
-        ctx.save_for_backward(x, w, signal_spectrum, kernel_spectrum)
+        # The signal's spectrum serves the kernel's gradient only.
+        kept = signal_spectrum if ctx.needs_input_grad[1] else None
+        ctx.save_for_backward(x, w, kept, kernel_spectrum)
         return owned(irfft(signal_spectrum * kernel_spectrum, n_fft)[..., lo:hi])
 
     @staticmethod
@@ -386,9 +380,11 @@ class _FFTRange(torch.autograd.Function):
         rfft, irfft = ctx.transforms
         if ctx.chunk_rows and not under_vmap(grad):  # as the forward pass went
             pieces = _chunked_gradients(
-                grad, x, w, signal_spectrum, kernel_spectrum, ctx.range, ctx.chunk_rows, needed
+                grad, x, w, kernel_spectrum, ctx.range, ctx.chunk_rows, needed
             )
             return *pieces, None, None, None
+        if need_w and signal_spectrum is None:  # a vmap-batched gradient after chunks
+            signal_spectrum = rfft(x, n_fft)
         # The output is samples lo..hi of a circular convolution of length n_fft: its adjoint
         # puts the gradient back in place and correlates circularly with the other input.
         spectrum = rfft(F.pad(grad, (lo, n_fft - hi)), n_fft)
@@ -422,7 +418,6 @@ def _chunked_gradients(
     grad: torch.Tensor,
     x: torch.Tensor,
     w: torch.Tensor,
-    signal_spectrum: torch.Tensor,
     kernel_spectrum: torch.Tensor,
     span: tuple[int, int, int],
     rows: int,
@@ -430,16 +425,17 @@ def _chunked_gradients(
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """:class:`_FFTRange`'s backward pass ``rows`` rows at a time (its forward pass went so):
     each chunk's output gradient through one real FFT, the signal's gradient written row by
-    row, the kernel's spectrum summed over the chunks before its one inverse.
+    row; for the kernel's gradient the chunk's rows of ``x`` are transformed again, their
+    products with the gradient's spectra summed over the chunks before the one inverse.
 
     Shape:
-        grad ``(*batch, hi - lo)``, x ``(*batch, T)``, w ``(K,)``, signal_spectrum
-        ``(rows, bins)`` -> grad_x ``x.shape``, grad_w ``(K,)`` (None where not ``needed``).
+        grad ``(*batch, hi - lo)``, x ``(*batch, T)``, w ``(K,)`` -> grad_x ``x.shape``,
+        grad_w ``(K,)`` (None where not ``needed``).
     """
     lo, hi, n_fft = span
     T, K = x.shape[-1], w.shape[-1]
     flat = grad.reshape(-1, hi - lo)
-    signal_spectrum = signal_spectrum.reshape(flat.shape[0], -1)
+    signal = x.reshape(flat.shape[0], T)
     grad_x = flat.new_empty(flat.shape[0], T) if needed[0] else None
     kernel_sum = None
     for first in range(0, flat.shape[0], rows):
@@ -449,7 +445,8 @@ def _chunked_gradients(
                 spectrum * kernel_spectrum.conj(), n_fft
             )[:, :T]
         if needed[1]:
-            chunk = (spectrum * signal_spectrum[first : first + rows].conj()).sum(0)
+            signal_spectrum = torch.fft.rfft(signal[first : first + rows], n_fft)
+            chunk = (spectrum * signal_spectrum.conj()).sum(0)
             kernel_sum = chunk if kernel_sum is None else kernel_sum + chunk
     grad_w = torch.fft.irfft(kernel_sum, n_fft)[:K] if needed[1] else None
     return (None if grad_x is None else grad_x.view(x.shape)), grad_w

@@ -266,21 +266,23 @@ class _OverlapRange(torch.autograd.Function):
         step = n_fft - K + 1
         n_blocks = -(-(hi - lo) // step)
         pads = (K - 1 - lo, n_blocks * step + lo - T)  # source: n_blocks * step + K - 1 long
-        kernel_spectrum = torch.fft.rfft(w, n_fft).unsqueeze(-2)
         ctx.geometry = (lo, hi, n_fft, pads)
         if _in_chunks(x):
-            block_spectra, out = _chunked_forward(x, kernel_spectrum, lo, hi, n_fft, K)
-            ctx.save_for_backward(x, w, block_spectra, kernel_spectrum)
-            return out
+            # The unrecorded blocks, a chunk at a time; the backward pass transforms each
+            # chunk's blocks again rather than keep every block's spectrum, which held
+            # 1.1-2x the input (n_fft / step of it) from the forward pass to the backward.
+            ctx.save_for_backward(x, w, None)
+            return overlap_range(x, w, lo, hi, n_fft)
+        kernel_spectrum = torch.fft.rfft(w, n_fft).unsqueeze(-2)
         blocks = F.pad(x, pads).unfold(-1, n_fft, step)  # (*bx, n_blocks, n_fft), a view
         block_spectra = torch.fft.rfft(blocks, n_fft)
-        ctx.save_for_backward(x, w, block_spectra, kernel_spectrum)
+        ctx.save_for_backward(x, w, block_spectra)
         kept = torch.fft.irfft(block_spectra * kernel_spectrum, n_fft)[..., K - 1 :]
         return owned(kept.reshape(*kept.shape[:-2], n_blocks * step)[..., : hi - lo])
 
     @staticmethod
     def backward(ctx, grad):  # noqa: D102
-        x, w, block_spectra, kernel_spectrum = ctx.saved_tensors
+        x, w, block_spectra = ctx.saved_tensors
         lo, hi, n_fft, pads = ctx.geometry
         K = w.shape[-1]
         need_x, need_w = ctx.needs_input_grad[:2]
@@ -290,13 +292,14 @@ class _OverlapRange(torch.autograd.Function):
             return *pieces, None, None, None
         if torch.is_grad_enabled():  # create_graph: every piece must be differentiable
             return *gradients_from_pieces(overlap_range, grad, x, w, lo, needed), None, None, None
+        kernel_spectrum = torch.fft.rfft(w, n_fft).unsqueeze(-2)
         if _in_chunks(grad):
-            grad_x, grad_w = _chunked_backward(
-                grad, x, w, block_spectra, kernel_spectrum, ctx.geometry, needed
-            )
+            grad_x, grad_w = _chunked_backward(grad, x, w, kernel_spectrum, ctx.geometry, needed)
             return grad_x, grad_w, None, None, None
         grad_x = grad_w = None
         step = n_fft - K + 1
+        if block_spectra is None:  # a vmap-batched gradient after the chunked forward pass
+            block_spectra = torch.fft.rfft(F.pad(x, pads).unfold(-1, n_fft, step), n_fft)
         n_blocks = block_spectra.shape[-2]
         # Block b's outputs are its last `step` samples: the gradient goes back in place.
         # reshape, not unflatten: vmap has no batching rule for unflatten (a batched gradient).
@@ -326,48 +329,18 @@ def _in_chunks(t: torch.Tensor) -> bool:
     return t.device.type == "cpu" and not under_vmap(t)
 
 
-def _chunked_forward(
-    x: torch.Tensor, kernel_spectrum: torch.Tensor, lo: int, hi: int, n_fft: int, K: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The recorded forward pass a chunk of blocks at a time: the blocks' spectra (kept for
-    the backward pass) and the output, without the padded signal or whole-signal products.
-
-    Shape:
-        x ``(*bx, T)``, kernel_spectrum ``(*bw, 1, bins)`` -> spectra ``(*bx, n_blocks,
-        bins)`` and output ``(*broadcast(bx, bw), hi - lo)``.
-    """
-    step = n_fft - K + 1
-    n_out = hi - lo
-    n_blocks = -(-n_out // step)
-    batch = broadcast_shapes(x.shape[:-1], kernel_spectrum.shape[:-2])
-    bins = n_fft // 2 + 1
-    spectra = x.new_empty(*x.shape[:-1], n_blocks, bins, dtype=kernel_spectrum.dtype)
-    out = x.new_empty(*batch, n_out)
-    per_chunk = blocks_per_chunk(n_fft, max(1, math.prod(batch)), n_blocks, "cpu")
-    for first in range(0, n_blocks, per_chunk):
-        count = min(per_chunk, n_blocks - first)
-        source = _chunk_source(x, lo, K, step, first, count)
-        chunk = torch.fft.rfft(source.unfold(-1, n_fft, step), n_fft)
-        spectra[..., first : first + count, :] = chunk
-        kept = torch.fft.irfft(chunk * kernel_spectrum, n_fft)[..., K - 1 :]
-        begin = first * step
-        end = min(begin + count * step, n_out)
-        out[..., begin:end] = kept.reshape(*kept.shape[:-2], count * step)[..., : end - begin]
-    return spectra, out
-
-
 def _chunked_backward(
     grad: torch.Tensor,
     x: torch.Tensor,
     w: torch.Tensor,
-    block_spectra: torch.Tensor,
     kernel_spectrum: torch.Tensor,
     geometry: tuple,
     needed: tuple[bool, bool],
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """:class:`_OverlapRange`'s backward pass a chunk of blocks at a time: each chunk's share
     of the output gradient through one real FFT, its source gradient added where its blocks
-    came from, its kernel-gradient spectrum summed over blocks before the one inverse FFT.
+    came from; for the kernel's gradient the chunk's blocks of ``x`` are transformed again,
+    their products with the gradient's spectra summed over blocks before the one inverse.
 
     Shape:
         grad ``(*batch, hi - lo)`` -> grad_x ``x.shape``, grad_w ``w.shape`` (None where not
@@ -377,8 +350,8 @@ def _chunked_backward(
     K = w.shape[-1]
     step = n_fft - K + 1
     n_out = hi - lo
-    n_blocks = block_spectra.shape[-2]
-    bins = block_spectra.shape[-1]
+    n_blocks = -(-n_out // step)
+    bins = n_fft // 2 + 1
     need_x, need_w = needed
     T = x.shape[-1]
     # The signal's gradient itself, each chunk's source gradient added where its samples lie
@@ -404,7 +377,8 @@ def _chunked_backward(
             if inside.start < inside.stop:
                 grad_x[..., inside] += source[..., inside.start - start : inside.stop - start]
         if need_w:
-            chunk_spectra = block_spectra[..., first : first + count, :]
+            source = _chunk_source(x, lo, K, step, first, count)
+            chunk_spectra = torch.fft.rfft(source.unfold(-1, n_fft, step), n_fft)
             product = (spectra * chunk_spectra.conj()).sum(-2)
             kernel_sum = product if kernel_sum is None else kernel_sum + product
     grad_w = None

@@ -283,3 +283,16 @@ def check_locality(x, w, positions, mode, padding, method, corr, device="cpu"):
 
 #: Devices the device-parametrised tests run on.
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def saved_by_functions(out: torch.Tensor) -> list[torch.Tensor]:
+    """Every tensor the custom autograd Functions in ``out``'s graph keep for backward."""
+    saved, seen, stack = [], set(), [out.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        saved.extend(t for t in getattr(node, "saved_tensors", ()) if t is not None)
+        stack.extend(next_node for next_node, _ in node.next_functions)
+    return saved

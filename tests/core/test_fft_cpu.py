@@ -12,7 +12,7 @@ import torch
 from diffconv_core import _fft, convolve
 from diffconv_core.methods import output_range
 
-from .conftest import assert_matches, reference
+from .conftest import assert_matches, reference, saved_by_functions
 
 
 @pytest.fixture
@@ -215,3 +215,41 @@ def test_recorded_batches_go_a_few_rows_at_a_time(monkeypatch):
     torch.testing.assert_close(jac, ref)
     inputs = (x[:8].clone().requires_grad_(), w.clone().requires_grad_())
     assert torch.autograd.gradgradcheck(lambda a, b: convolve(a, b, method="fft"), inputs)
+
+
+@pytest.mark.parametrize("mode", ["full", "same", "valid"])
+def test_recorded_batches_in_chunks_keep_no_spectra_of_the_signal(monkeypatch, mode):
+    # The batch's spectra (n_fft / T of the input) were kept from the forward pass to the
+    # backward; the backward pass transforms each chunk's rows again instead. Gradients as
+    # the direct sums'.
+    monkeypatch.setattr(_fft, "SHORT_CHUNK_SAMPLES", 1 << 10)
+    monkeypatch.setattr(_fft, "WHOLE_BATCH_POINTS", 0)
+    gen = torch.Generator().manual_seed(6)
+    x = torch.randn(64, 120, generator=gen, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(15, generator=gen, dtype=torch.float64, requires_grad=True)
+    out = convolve(x, w, mode, method="fft")
+    kept = [t for t in saved_by_functions(out) if t.data_ptr() not in {x.data_ptr(), w.data_ptr()}]
+    assert sum(t.numel() for t in kept) <= 120, [(t.shape, t.dtype) for t in kept]
+    grad = torch.randn(out.shape, generator=gen, dtype=torch.float64)
+    want = convolve(x, w, mode, method="direct")
+    for got, expected in zip(
+        torch.autograd.grad(out, (x, w), grad),
+        torch.autograd.grad(want, (x, w), grad),
+        strict=True,
+    ):
+        torch.testing.assert_close(got, expected)
+
+
+def test_the_whole_batch_keeps_the_signal_spectra_only_for_the_kernel_gradient():
+    # Only the kernel's gradient reads the signal's spectrum: a signal-only gradient keeps
+    # the kernel's spectrum alone.
+    x = torch.randn(4, 300, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(31, dtype=torch.float64)
+    out = convolve(x, w, method="fft")
+    kept = [t for t in saved_by_functions(out) if t.data_ptr() not in {x.data_ptr(), w.data_ptr()}]
+    assert [t.shape[-1] for t in kept] == [
+        _fft.range_fft_length(300, 31, 15, 315, x.device) // 2 + 1
+    ]
+    (grad_x,) = torch.autograd.grad(out, x, torch.ones_like(out))
+    want = convolve(x, w, method="direct")
+    torch.testing.assert_close(grad_x, torch.autograd.grad(want, x, torch.ones_like(want))[0])

@@ -11,6 +11,8 @@ import torch
 
 from diffconv_core import _overlap, convolve
 
+from .conftest import saved_by_functions
+
 PATTERNS = [
     ((2, 3), ()),  # one kernel for a batch
     ((), (3,)),  # kernels that add a batch dim the signal lacks
@@ -159,3 +161,35 @@ def test_power_of_two_blocks_match_scipy(T, K):
         got = convolve(torch.from_numpy(x), torch.from_numpy(w), mode, method="overlap")
         want = np.stack([scipy.signal.convolve(row, w, mode=mode, method="direct") for row in x])
         np.testing.assert_allclose(got.numpy(), want, atol=1e-9 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("mode", ["full", "same", "valid"])
+def test_recorded_blocks_keep_only_the_inputs_for_the_backward_pass(mode):
+    # Every block's spectrum, kept from the forward pass to the backward, held 1.1-2x the
+    # input; the backward pass transforms each chunk's blocks again instead.
+    x = torch.randn(3, 50_000, requires_grad=True)
+    w = torch.randn(255, requires_grad=True)
+    out = convolve(x, w, mode, method="overlap")
+    saved = saved_by_functions(out)
+    assert saved, "no custom Function in the graph"
+    inputs = {x.data_ptr(), w.data_ptr()}
+    assert all(t.data_ptr() in inputs for t in saved), [(t.shape, t.dtype) for t in saved]
+
+
+def test_vmap_batched_gradient_after_the_chunked_forward_pass():
+    # A vectorized Jacobian's backward cannot go in chunks: it transforms the blocks whole,
+    # computing their spectra then (the forward pass kept none).
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 300, dtype=torch.float64, generator=gen)
+    w = torch.randn(17, dtype=torch.float64, generator=gen)
+
+    def overlap(x, w):
+        return convolve(x, w, method="overlap")
+
+    def fft(x, w):
+        return convolve(x, w, method="fft")
+
+    got = torch.autograd.functional.jacobian(overlap, (x, w), vectorize=True)
+    want = torch.autograd.functional.jacobian(fft, (x, w))
+    for g, e in zip(got, want, strict=True):
+        torch.testing.assert_close(g, e, rtol=1e-10, atol=1e-10)
