@@ -358,7 +358,14 @@ def _chunked_backward(
     # (the zeros padded past the ends have none): no padded copy to cut down afterwards.
     grad_x = grad.new_zeros(x.shape) if need_x else None
     kernel_sum = None
-    per_chunk = blocks_per_chunk(n_fft, max(1, math.prod(grad.shape[:-1])), n_blocks, "cpu")
+    # Chunks of half the forward pass's samples: each keeps about twice its arrays alive (the
+    # gradient's spectra, and the signal's again for the kernel). Forward and backward of 4 x
+    # 480,000 (2 cores, median of 15, two fresh processes each), chunks of 2**20 / 2**19 /
+    # 2**18 samples: 255 taps 18.1-18.6 / 14.7-14.8 / 14.5-15.5 ms, 4,095 taps 19.7-23.5 /
+    # 18.1-19.4 / 20.2-22.4, 16,383 taps 26.2-29.2 / 24.0-26.0 / 25.1-29.5; 1 x 4,194,304
+    # with 1,023 taps 33.1-35.2 / 32.8-32.9 / 34.2-36.8.
+    rows = max(1, math.prod(grad.shape[:-1]))
+    per_chunk = max(1, CHUNK_SAMPLES // 2 // (n_fft * rows))
     for first in range(0, n_blocks, per_chunk):
         count = min(per_chunk, n_blocks - first)
         begin = first * step

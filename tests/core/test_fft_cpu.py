@@ -178,6 +178,7 @@ def test_recorded_batches_go_a_few_rows_at_a_time(monkeypatch):
     # chunks). Values, both gradients, batched-gradient Jacobians and second derivatives
     # stay those of the direct sums; no transform spans more than a chunk of rows.
     monkeypatch.setattr(_fft, "SHORT_CHUNK_SAMPLES", 1 << 8)
+    monkeypatch.setattr(_fft, "BACKWARD_CHUNK_SAMPLES", 1 << 8)
     monkeypatch.setattr(_fft, "WHOLE_BATCH_POINTS", 0)
     rows_transformed = []
     real_rfft = torch.fft.rfft
@@ -253,3 +254,28 @@ def test_the_whole_batch_keeps_the_signal_spectra_only_for_the_kernel_gradient()
     (grad_x,) = torch.autograd.grad(out, x, torch.ones_like(out))
     want = convolve(x, w, method="direct")
     torch.testing.assert_close(grad_x, torch.autograd.grad(want, x, torch.ones_like(want))[0])
+
+
+def test_the_backward_pass_of_a_whole_batch_goes_a_few_rows_at_a_time(monkeypatch, rfft_shapes):
+    # A batch transformed whole forward (its spectra kept) takes its backward pass a few rows
+    # at a time past WHOLE_BATCH_POINTS: the whole batch's gradient spectrum, product and
+    # inverse held 4-6x the input besides. The kept spectra serve each chunk: only the
+    # gradient's rows are transformed.
+    monkeypatch.setattr(_fft, "BACKWARD_CHUNK_SAMPLES", 1 << 10)
+    monkeypatch.setattr(_fft, "WHOLE_BATCH_POINTS", 0)
+    gen = torch.Generator().manual_seed(7)
+    x = torch.randn(40, 100, generator=gen, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(21, generator=gen, dtype=torch.float64, requires_grad=True)
+    for mode in ("full", "same", "valid"):
+        out = convolve(x, w, mode, method="fft")
+        assert rfft_shapes[-2:] == [(21,), (40, 100)]  # forward: the kernel, the whole batch
+        rfft_shapes.clear()
+        grad = torch.randn(out.shape, generator=gen, dtype=torch.float64)
+        got = torch.autograd.grad(out, (x, w), grad)
+        n_fft = _fft.range_fft_length(100, 21, *output_range(100, 21, mode), x.device)
+        per_chunk = max(torch.get_num_threads(), (1 << 10) // n_fft)
+        assert rfft_shapes and all(s[0] <= per_chunk < 40 for s in rfft_shapes), rfft_shapes
+        rfft_shapes.clear()
+        want = convolve(x, w, mode, method="direct")
+        for g_got, g_want in zip(got, torch.autograd.grad(want, (x, w), grad), strict=True):
+            torch.testing.assert_close(g_got, g_want)
