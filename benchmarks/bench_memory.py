@@ -9,7 +9,12 @@ measurement freed but the C allocator kept resident would otherwise be reused wi
 raising the peak (one shared-process run reported 0.01x for a method that allocates its
 whole output). CUDA peaks come from torch.cuda.max_memory_allocated.
 
+``--backward`` measures one forward and backward pass instead (signal and kernel requiring
+gradients, the output gradient allocated before): the output and the signal's gradient are
+counted, so 2.0x is its floor.
+
     python benchmarks/bench_memory.py --device cpu
+    python benchmarks/bench_memory.py --device cpu --backward
 """
 
 from __future__ import annotations
@@ -74,6 +79,35 @@ def call(method: str, x: torch.Tensor, K: int):
     return lambda signal: diffconv_core.convolve(signal, w, method=method)
 
 
+def forward_and_backward(method: str, x: torch.Tensor, K: int):
+    """The call ``--backward`` measures for ``method``: a convolution and its backward pass
+    with a gradient for the signal and the kernel, given the output's gradient. It returns
+    the signal's gradient (counted, as the forward call's output is)."""
+    w = torch.hann_window(K, periodic=False, dtype=x.dtype, device=x.device).requires_grad_()
+    leaf = x.detach().requires_grad_()
+
+    def run(grad: torch.Tensor) -> torch.Tensor:
+        out = diffconv_core.convolve(leaf, w, method=method)
+        out.backward(grad)
+        grad_x = leaf.grad
+        leaf.grad = w.grad = None
+        return grad_x
+
+    return run
+
+
+def measure_backward(B: int, T: int, K: int, method: str, device: str) -> float:
+    """Peak extra memory of one forward and backward pass, as a multiple of the input's size
+    (the output gradient allocated before it)."""
+    x = torch.randn(B, T, device=device)
+    grad = torch.randn(B, T, device=device)
+    run = forward_and_backward(method, x, K)
+    warm = forward_and_backward(method, x[..., :4096], K)
+    warm(grad[..., :4096])  # warm up allocators
+    extra = peak_extra(lambda: run(grad), device)
+    return extra / (x.numel() * x.element_size())
+
+
 def measure(B: int, T: int, K: int, method: str, device: str) -> float:
     """Peak extra memory of one forward call, as a multiple of the input's size."""
     x = torch.randn(B, T, device=device)
@@ -87,9 +121,11 @@ def measure(B: int, T: int, K: int, method: str, device: str) -> float:
     return extra / (x.numel() * x.element_size())
 
 
-def measure_in_fresh_process(B: int, T: int, K: int, method: str) -> float:
+def measure_in_fresh_process(B: int, T: int, K: int, method: str, backward: bool) -> float:
+    flags = ["--backward"] if backward else []
     done = subprocess.run(
-        [sys.executable, __file__, "--one", str(B), str(T), str(K), method, "--device", "cpu"],
+        [sys.executable, __file__, "--one", str(B), str(T), str(K), method, "--device", "cpu"]
+        + flags,
         capture_output=True,
         text=True,
         check=True,
@@ -107,11 +143,19 @@ def main() -> None:
     parser.add_argument(
         "--smooth", action="store_true", help="smooth() under each NaN policy, not convolve()"
     )
+    parser.add_argument(
+        "--backward",
+        action="store_true",
+        help="forward and backward (output and signal gradient counted: 2.0x floor)",
+    )
     args = parser.parse_args()
     device = args.device
+    if args.backward and args.smooth:
+        parser.error("--backward measures convolve(), not smooth()")
+    one = measure_backward if args.backward else measure
     if args.one:
         B, T, K, method = args.one
-        print(measure(int(B), int(T), int(K), method, device))
+        print(one(int(B), int(T), int(K), method, device))
         return
     if args.rows:  # the FFT method's complex transforms of half the length on the CPU
         cases = [(1, 1_000_000, 65535), (1, 1_000_000, 16383), (4, 262_144, 16383)]
@@ -122,18 +166,24 @@ def main() -> None:
     methods = SMOOTH_POLICIES if args.smooth else ("direct", "fft", "overlap")
     if args.smooth:
         cases = [(4, 1 << 21, 1023), (512, 8192, 63)]
-    print(f"## peak extra memory / input size, forward, device {device}\n")
+    if args.backward:  # and batches of many rows, which the FFT method takes
+        cases = [*cases, (4, 480_000, 1023), (1024, 4096, 255), (512, 8192, 1023)]
+    passes = "forward and backward" if args.backward else "forward"
+    print(f"## peak extra memory / input size, {passes}, device {device}\n")
     print(f"| B, T, K | input MB | {' | '.join(methods)} | auto picks |")
     print("|---|---|" + "---|" * len(methods) + "---|")
     for B, T, K in cases:
         cells = []
         for method in methods:
+            if args.backward and method == "direct" and K > 1024:
+                cells.append("-")  # conv1d's backward for so many taps: minutes, never auto's
+                continue
             if device.startswith("cuda"):
-                ratio = measure(B, T, K, method, device)
+                ratio = one(B, T, K, method, device)
             else:
-                ratio = measure_in_fresh_process(B, T, K, method)
+                ratio = measure_in_fresh_process(B, T, K, method, args.backward)
             cells.append(f"{ratio:.2f}x")
-        auto = diffconv_core.choose_method((B, T), (K,), device=device)
+        auto = diffconv_core.choose_method((B, T), (K,), device=device, requires_grad=args.backward)
         size_mb = B * T * 4 / 2**20
         print(f"| {B}, {T}, {K} | {size_mb:.0f} | " + " | ".join(cells) + f" | {auto} |")
         gc.collect()

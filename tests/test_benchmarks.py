@@ -300,3 +300,22 @@ def test_bench_memory_measures_smooth_under_each_nan_policy():
     window = torch.hann_window(9, periodic=False)
     want = convolve(x, window, method="fft")
     torch.testing.assert_close(bench_memory.call("fft", x, 9)(x), want, equal_nan=True)
+
+
+def test_bench_memory_backward_returns_the_signal_gradient_and_leaves_none_behind():
+    # --backward's call runs convolve forward and backward and returns the signal's gradient
+    # (counted, as the forward call's output is); no gradient stays on its leaves.
+    import torch
+
+    from diffconv_core import convolve
+
+    bench_memory = _load("bench_memory")
+    x = torch.randn(3, 200, dtype=torch.float64)
+    grad = torch.randn(3, 200, dtype=torch.float64)
+    run = bench_memory.forward_and_backward("overlap", x, 15)
+    got = run(grad)
+    leaf = x.clone().requires_grad_()
+    window = torch.hann_window(15, periodic=False, dtype=torch.float64)
+    convolve(leaf, window, method="direct").backward(grad)
+    torch.testing.assert_close(got, leaf.grad)
+    torch.testing.assert_close(run(grad), leaf.grad)  # a second call: nothing accumulated
