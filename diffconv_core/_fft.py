@@ -330,7 +330,7 @@ def _spectra_product_range(
     reduce_to: tuple[int, ...] | None,
 ) -> torch.Tensor:
     spectrum = torch.fft.rfft(x, n_fft) * torch.fft.rfft(w, n_fft)
-    return torch.fft.irfft(_sum_spectrum_to(spectrum, reduce_to), n_fft)[..., lo:hi]
+    return _samples(torch.fft.irfft(_sum_spectrum_to(spectrum, reduce_to), n_fft), lo, hi)
 
 
 class _FFTRange(torch.autograd.Function):
@@ -355,12 +355,14 @@ class _FFTRange(torch.autograd.Function):
             # chunk's rows again rather than keep the batch's spectra (n_fft / T of the
             # input) from the forward pass to the backward.
             ctx.save_for_backward(x, w, None, kernel_spectrum)
-            return fft_range(x, w, lo, hi)
+            # owned: the loop's output comes back as a view (a reshape), which autograd
+            # would refuse to let be modified in place (relu_ after the convolution).
+            return owned(fft_range(x, w, lo, hi))
         signal_spectrum = rfft(x, n_fft)
         # The signal's spectrum serves the kernel's gradient only.
         kept = signal_spectrum if ctx.needs_input_grad[1] else None
         ctx.save_for_backward(x, w, kept, kernel_spectrum)
-        return owned(irfft(signal_spectrum * kernel_spectrum, n_fft)[..., lo:hi])
+        return owned(_samples(irfft(signal_spectrum * kernel_spectrum, n_fft), lo, hi))
 
     @staticmethod
     def backward(ctx, grad):  # noqa: D102
@@ -373,7 +375,9 @@ class _FFTRange(torch.autograd.Function):
             pieces = gradients_from_pieces(plain_fft_range, grad, x, w, lo, needed)
             return *pieces, None, None, None
         if torch.is_grad_enabled():  # create_graph: every piece must be differentiable
-            return *gradients_from_pieces(fft_range, grad, x, w, lo, needed), None, None, None
+            pieces_range = plain_fft_range if under_vmap(grad) else fft_range
+            pieces = gradients_from_pieces(pieces_range, grad, x, w, lo, needed)
+            return *pieces, None, None, None
         grad_x = grad_w = None
         rfft, irfft = ctx.transforms
         rows = _backward_rows(grad, w, n_fft)
@@ -408,8 +412,8 @@ def _rows_in_chunks(t: torch.Tensor, w: torch.Tensor, n_fft: int) -> int:
     rows = t.numel() // max(t.shape[-1], 1)
     per_chunk = rows_per_chunk(n_fft)
     few = rows <= 4 * per_chunk or rows * n_fft <= WHOLE_BATCH_POINTS
-    if t.device.type != "cpu" or w.dim() != 1 or few:
-        return 0
+    if t.device.type != "cpu" or w.dim() != 1 or few or under_vmap(t):
+        return 0  # (vmap: no writes into slices of an output)
     return per_chunk
 
 
@@ -474,7 +478,9 @@ def _chunked_gradients(
             else:
                 chunk_spectrum = signal_spectrum[first : first + rows]
             chunk = (spectrum * chunk_spectrum.conj()).sum(0)
+            del chunk_spectrum
             kernel_sum = chunk if kernel_sum is None else kernel_sum + chunk
+        del spectrum  # before the next chunk's is made (rebinding kept both alive)
     grad_w = torch.fft.irfft(kernel_sum, n_fft)[:K] if needed[1] else None
     return (None if grad_x is None else grad_x.view(x.shape)), grad_w
 
@@ -493,7 +499,12 @@ def _real_transforms(x: torch.Tensor, w: torch.Tensor, n_fft: int) -> tuple[Call
 def _leading(t: torch.Tensor, n: int) -> torch.Tensor:
     # The first n samples; the whole tensor when that is all of them: a slice of a whole
     # axis is an alias, which vmap cannot batch (a backward pass with a batched gradient).
-    return t if t.shape[-1] == n else t[..., :n]
+    return _samples(t, 0, n)
+
+
+def _samples(t: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+    # Samples lo..hi of the last axis, the tensor itself when they are all of it (as _leading).
+    return t if lo == 0 and hi == t.shape[-1] else t[..., lo:hi]
 
 
 def gradients_from_pieces(

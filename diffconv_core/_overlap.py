@@ -202,6 +202,7 @@ def overlap_range(
         begin = first * step
         end = min(begin + count * step, n_out)
         out[..., begin:end] = _blocked(source, circular, n_fft, step, K)[..., : end - begin]
+        del source  # before the next chunk's is made
     return out
 
 
@@ -291,7 +292,11 @@ class _OverlapRange(torch.autograd.Function):
             pieces = gradients_from_pieces(plain_fft_range, grad, x, w, lo, needed)
             return *pieces, None, None, None
         if torch.is_grad_enabled():  # create_graph: every piece must be differentiable
-            return *gradients_from_pieces(overlap_range, grad, x, w, lo, needed), None, None, None
+            # Under vmap (batched gradients) the blocks' chunks, written into an output,
+            # have no batching rule: plain transforms there.
+            pieces_range = plain_fft_range if under_vmap(grad) else overlap_range
+            pieces = gradients_from_pieces(pieces_range, grad, x, w, lo, needed)
+            return *pieces, None, None, None
         kernel_spectrum = torch.fft.rfft(w, n_fft).unsqueeze(-2)
         if _in_chunks(grad):
             grad_x, grad_w = _chunked_backward(grad, x, w, kernel_spectrum, ctx.geometry, needed)
@@ -383,11 +388,17 @@ def _chunked_backward(
             inside = slice(max(start, 0), min(start + span[-1], T))
             if inside.start < inside.stop:
                 grad_x[..., inside] += source[..., inside.start - start : inside.stop - start]
+            del product, block_grads, source
         if need_w:
             source = _chunk_source(x, lo, K, step, first, count)
             chunk_spectra = torch.fft.rfft(source.unfold(-1, n_fft, step), n_fft)
+            del source
             product = (spectra * chunk_spectra.conj()).sum(-2)
+            del chunk_spectra
             kernel_sum = product if kernel_sum is None else kernel_sum + product
+        # Each chunk's arrays go before the next chunk's are made: rebinding the names
+        # afterwards kept two chunks' alive at once.
+        del shares, spectra
     grad_w = None
     if need_w:
         kernel_sum = kernel_sum.sum_to_size(*w.shape[:-1], bins)

@@ -204,3 +204,63 @@ def test_forward_over_reverse_second_derivatives(method, mode, kernel_learns):
     else:
         inputs, function = (x,), lambda a: convolve(a, w, mode, method=method)
     assert gradgradcheck(function, inputs, check_fwd_over_rev=True)
+
+
+@pytest.fixture
+def rows_in_chunks(monkeypatch):
+    """The FFT method's batches and overlap-save's blocks in small chunks, as large inputs
+    take them with the real sizes."""
+    from diffconv_core import _fft, _overlap
+
+    monkeypatch.setattr(_fft, "SHORT_CHUNK_SAMPLES", 1 << 8)
+    monkeypatch.setattr(_fft, "BACKWARD_CHUNK_SAMPLES", 1 << 8)
+    monkeypatch.setattr(_fft, "WHOLE_BATCH_POINTS", 0)
+    monkeypatch.setattr(_overlap, "CHUNK_SAMPLES", 1 << 8)
+
+
+@pytest.mark.parametrize("method", ["fft", "overlap"])
+def test_chunked_outputs_can_be_modified_in_place(rows_in_chunks, method):
+    # The FFT method's chunked forward returned its loop's output as a view (a reshape):
+    # relu_() after it raised "Output 0 of _FFTRange is a view and is being modified inplace".
+    x = torch.randn(48, 40, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(7, dtype=torch.float64, requires_grad=True)
+    got = convolve(x, w, method=method).relu_()
+    want = convolve(x, w, method="direct").relu()
+    torch.testing.assert_close(got, want)
+    grad = torch.randn(got.shape, dtype=torch.float64)
+    for g, e in zip(
+        torch.autograd.grad(got, (x, w), grad), torch.autograd.grad(want, (x, w), grad), strict=True
+    ):
+        torch.testing.assert_close(g, e)
+
+
+@pytest.mark.parametrize("chunks", [False, True])
+@pytest.mark.parametrize("method", ["fft", "overlap"])
+@pytest.mark.parametrize("mode", ["full", "same", "valid"])
+@pytest.mark.parametrize("kernel_grad, kernel_rows", [(False, 0), (True, 0), (False, 6)])
+def test_batched_gradients_of_gradients(request, chunks, method, mode, kernel_grad, kernel_rows):
+    # jacobian(vectorize=True, create_graph=True) gives the backward pass a vmap-batched
+    # gradient and records it: the pieces it was built from wrote into slices of an output
+    # (overlap-save's chunks, the FFT method's chunked batches) or sliced a whole axis (an
+    # alias), neither of which vmap can batch. Values as the direct method's.
+    if chunks:
+        request.getfixturevalue("rows_in_chunks")
+    gen = torch.Generator().manual_seed(8)
+    x = torch.randn(6, 30, dtype=torch.float64, generator=gen, requires_grad=True)
+    w_shape = (kernel_rows, 5) if kernel_rows else (5,)
+    w = torch.randn(w_shape, dtype=torch.float64, generator=gen, requires_grad=kernel_grad)
+    inputs = (x, w) if kernel_grad else (x,)
+
+    def jacobian(method):
+        def run(*args):
+            return convolve(args[0], args[1] if kernel_grad else w, mode, method=method)
+
+        return torch.autograd.functional.jacobian(run, inputs, vectorize=True, create_graph=True)
+
+    got, want = jacobian(method), jacobian("direct")
+    for g, e in zip(got, want, strict=True):
+        torch.testing.assert_close(g, e)
+    if kernel_grad:  # the recorded Jacobian (the signal's depends on the kernel) again
+        (second,) = torch.autograd.grad(got[0].square().sum(), w)
+        (expected,) = torch.autograd.grad(want[0].square().sum(), w)
+        torch.testing.assert_close(second, expected)
