@@ -112,6 +112,16 @@ CHUNK_SAMPLES = 1 << 20
 # input, RSS, on bench_memory's shapes; GPU memory under it is still to be measured.)
 CUDA_CHUNKS = 16
 
+# On the CPU a signal of a few chunks kept a third or a half of itself in every work array: 4
+# x 480,000 with 255 taps peaked at 3.1x the input forward (the output counted), in three
+# chunks. A chunk of a signal past two chunks' points takes at most an eighth of its blocks,
+# but no fewer than MIN_CPU_BLOCKS blocks (long kernels' few long blocks: 4,095 and 16,383
+# taps slowed 1.3-1.5x in chunks of 2 or 1 blocks). Smaller signals keep CHUNK_SAMPLES: a
+# lone row of 480,000 samples with 255 or 511 taps took 1.2-1.3x as long forward in three
+# chunks as in one.
+CPU_CHUNKS = 8
+MIN_CPU_BLOCKS = 16
+
 
 def blocks_per_chunk(n_fft: int, rows: int, n_blocks: int, device_type: str) -> int:
     """How many blocks of every row one chunk of the no-autograd path transforms.
@@ -122,8 +132,10 @@ def blocks_per_chunk(n_fft: int, rows: int, n_blocks: int, device_type: str) -> 
     """
     per_chunk = max(1, CHUNK_SAMPLES // (n_fft * rows))
     if device_type != "cpu":
-        per_chunk = max(per_chunk, -(-n_blocks // CUDA_CHUNKS))
-    return per_chunk
+        return max(per_chunk, -(-n_blocks // CUDA_CHUNKS))
+    if rows * n_blocks * n_fft <= 2 * CHUNK_SAMPLES:
+        return per_chunk
+    return min(per_chunk, max(MIN_CPU_BLOCKS, -(-n_blocks // CPU_CHUNKS)))
 
 
 def _blocked(
@@ -370,7 +382,7 @@ def _chunked_backward(
     # 18.1-19.4 / 20.2-22.4, 16,383 taps 26.2-29.2 / 24.0-26.0 / 25.1-29.5; 1 x 4,194,304
     # with 1,023 taps 33.1-35.2 / 32.8-32.9 / 34.2-36.8.
     rows = max(1, math.prod(grad.shape[:-1]))
-    per_chunk = max(1, CHUNK_SAMPLES // 2 // (n_fft * rows))
+    per_chunk = max(1, blocks_per_chunk(n_fft, rows, n_blocks, "cpu") // 2)
     for first in range(0, n_blocks, per_chunk):
         count = min(per_chunk, n_blocks - first)
         begin = first * step

@@ -216,6 +216,7 @@ def rows_in_chunks(monkeypatch):
     monkeypatch.setattr(_fft, "BACKWARD_CHUNK_SAMPLES", 1 << 8)
     monkeypatch.setattr(_fft, "WHOLE_BATCH_POINTS", 0)
     monkeypatch.setattr(_overlap, "CHUNK_SAMPLES", 1 << 8)
+    monkeypatch.setattr(_overlap, "MIN_CPU_BLOCKS", 1)
 
 
 @pytest.mark.parametrize("method", ["fft", "overlap"])

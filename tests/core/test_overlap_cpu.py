@@ -110,14 +110,27 @@ def test_float32_and_float64_calls_in_turn():
         np.testing.assert_allclose(got.double().numpy(), expected, rtol=tol, atol=tol)
 
 
-@pytest.mark.parametrize("rows, n_blocks", [(16, 2339), (256, 130), (1, 9), (4096, 1)])
-def test_cuda_takes_few_chunks_and_the_cpu_small_ones(rows, n_blocks):
-    # A chunk is ~7 launches on CUDA (host time), a cache-sized piece on the CPU.
+@pytest.mark.parametrize(
+    "rows, n_blocks, cpu_blocks",
+    [
+        (16, 2339, 32),  # chunks of CHUNK_SAMPLES points
+        (256, 130, 2),  # one chunk holds two blocks of 256 rows
+        (1, 9, 512),  # one chunk
+        (4096, 1, 1),
+        (4, 268, 34),  # an eighth of the blocks (4 x 480,000 with 255 taps)
+        (16, 100, 16),  # no fewer than MIN_CPU_BLOCKS
+        (4, 200, 128),  # within two chunks' points: chunks of CHUNK_SAMPLES
+    ],
+)
+def test_cuda_takes_few_chunks_and_the_cpu_small_ones(rows, n_blocks, cpu_blocks):
+    # A chunk is ~7 launches on CUDA (host time), a cache-sized piece on the CPU, at most an
+    # eighth of a signal's blocks there unless the blocks are few.
     n_fft = 2048
     cuda = _overlap.blocks_per_chunk(n_fft, rows, n_blocks, "cuda")
     cpu = _overlap.blocks_per_chunk(n_fft, rows, n_blocks, "cpu")
     assert -(-n_blocks // cuda) <= _overlap.CUDA_CHUNKS
-    assert cpu == max(1, _overlap.CHUNK_SAMPLES // (n_fft * rows))
+    assert cpu == cpu_blocks
+    assert cpu <= max(1, _overlap.CHUNK_SAMPLES // (n_fft * rows))
     assert cuda >= cpu
 
 
