@@ -35,7 +35,7 @@ def padding_index(length: int, left: int, right: int, mode: str, device=None) ->
     length = check_count(length, "length", minimum=1)
     left, right = _check_widths(left, right)
     device = None if device is None else check_device(device)
-    return _fold(torch.arange(-left, length + right, device=device), length, mode)
+    return fold_positions(torch.arange(-left, length + right, device=device), length, mode)
 
 
 def _check_widths(left: object, right: object) -> tuple[int, int]:
@@ -52,7 +52,7 @@ def _check_widths(left: object, right: object) -> tuple[int, int]:
     return left, right
 
 
-def _fold(positions: torch.Tensor, length: int, mode: str) -> torch.Tensor:
+def fold_positions(positions: torch.Tensor, length: int, mode: str) -> torch.Tensor:
     """Map signal positions (any integers) to indices in ``[0, length)`` under ``mode``."""
     if mode == "replicate":
         return positions.clamp(0, length - 1)
@@ -108,9 +108,9 @@ def pad(signal: torch.Tensor, left: int, right: int, mode: str = "zeros") -> tor
     length, device = signal.shape[-1], signal.device
     pieces = [signal]
     if left:
-        before = _fold(torch.arange(-left, 0, device=device), length, mode)
+        before = fold_positions(torch.arange(-left, 0, device=device), length, mode)
         pieces.insert(0, signal.index_select(-1, before))
     if right:
-        after = _fold(torch.arange(length, length + right, device=device), length, mode)
+        after = fold_positions(torch.arange(length, length + right, device=device), length, mode)
         pieces.append(signal.index_select(-1, after))
     return torch.cat(pieces, dim=-1)
