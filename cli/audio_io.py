@@ -426,7 +426,10 @@ def _probe_npy(path: str, source: io.BytesIO | None = None) -> SignalInfo:
         raise FileProblem(
             path, f"array of shape {shape} ({len(shape)}-D); expected (T,), (C, T) or (N, C, T)"
         )
-    if any(not isinstance(n, int) or n < 0 for n in shape):  # numpy's np.load refuses these
+    if any(isinstance(n, bool) or not isinstance(n, int) for n in shape):
+        # (True,) passed as a length here, then np.load raised TypeError: a traceback.
+        raise FileProblem(path, f"corrupt .npy header: shape {shape} is not made of integers")
+    if any(n < 0 for n in shape):  # numpy's np.load refuses these
         raise FileProblem(path, f"corrupt .npy header: shape {shape} has a negative dimension")
     if 0 in shape:
         raise FileProblem(path, f"array of shape {shape} holds no samples")
@@ -473,12 +476,24 @@ def read_signal(info: SignalInfo) -> np.ndarray:
         return np.ascontiguousarray(array, dtype=info.dtype).reshape(info.shape)
     try:
         with _open_sound(info) as f:
-            data = _read_frames(f, info, -1)
-    except (sf.SoundFileError, RuntimeError) as err:
+            # The frames the header declares, not "to the end": libsndfile reads GSM 6.10,
+            # G.72x and other files it cannot seek in only by a count (ValueError otherwise).
+            data = _read_frames(f, info, info.frames)
+    except (sf.SoundFileError, RuntimeError, ValueError) as err:
         raise FileProblem(info.path, f"cannot read audio ({_libsndfile_reason(err)})") from err
-    if data.shape[-1] == 0:
-        raise FileProblem(info.path, "sound file holds no samples")
+    if data.shape[-1] < info.frames:
+        raise _ended_early(info, data.shape[-1])
     return data
+
+
+def _ended_early(info: SignalInfo, frames_read: int) -> FileProblem:
+    # A damaged Ogg decodes fewer frames than its header counts, and a file may be cut short
+    # after the batch checked it: the frames read would have been written as the result.
+    return FileProblem(
+        info.path,
+        f"damaged or cut short: its header declares {info.frames:,} frames, decoding ended "
+        f"after {frames_read:,}",
+    )
 
 
 def _read_frames(f: sf.SoundFile, info: SignalInfo, frames: int) -> np.ndarray:
@@ -511,12 +526,14 @@ def read_blocks(info: SignalInfo, block_frames: int) -> Iterator[np.ndarray]:
         return
     try:
         with _open_sound(info) as f:
-            while True:
-                block = _read_frames(f, info, block_frames)
+            done = 0
+            while done < info.frames:
+                block = _read_frames(f, info, min(block_frames, info.frames - done))
                 if block.shape[-1] == 0:
-                    return
+                    raise _ended_early(info, done)
+                done += block.shape[-1]
                 yield block
-    except (sf.SoundFileError, RuntimeError) as err:
+    except (sf.SoundFileError, RuntimeError, ValueError) as err:
         raise FileProblem(info.path, f"cannot read audio ({_libsndfile_reason(err)})") from err
 
 
@@ -545,6 +562,13 @@ def audio_format_for(path: str | os.PathLike) -> str | None:
     if suffix == ".npy":
         return None
     fmt = EXTENSION_FORMATS.get(suffix) or (suffix[1:].upper() if suffix else "")
+    if fmt == "SD2":
+        # libsndfile keeps Sound Designer II's header in a resource fork beside a named file;
+        # written through a file object, the result could not be read back (not even here).
+        raise ValueError(
+            f"cannot write Sound Designer II ({os.fspath(path)!r}): its header lives in a "
+            "resource fork, which is not written here; use .aiff or .wav"
+        )
     if fmt not in _available_formats():
         known = ", ".join(sorted(OUTPUT_EXTENSIONS))
         raise ValueError(
@@ -587,5 +611,5 @@ def read_tail(info: SignalInfo, frames: int) -> np.ndarray:
             while (block := _read_frames(f, info, _TAIL_BLOCK_FRAMES)).shape[-1]:
                 tail = np.concatenate([tail, block], axis=-1)[:, -frames:]
             return np.ascontiguousarray(tail)
-    except (sf.SoundFileError, RuntimeError) as err:
+    except (sf.SoundFileError, RuntimeError, ValueError) as err:
         raise FileProblem(info.path, f"cannot read audio ({_libsndfile_reason(err)})") from err

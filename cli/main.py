@@ -123,14 +123,21 @@ def main() -> None:
         raise SystemExit(2)
     exit_code = None
     try:
-        cli(prog_name="diffconv")  # also when run as `python -m cli` (torchrun -m cli)
-    except SystemExit as done:  # click ends every command so, with its status
-        exit_code = done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
-        raise
-    finally:
-        interrupts.quiet_after_command(exit_code)
-        if exit_code is not None and distributed.ranks_from_env().distributed:
-            interrupts.end_rank(exit_code)  # no shutdown for torchrun's SIGTERM to meet
+        try:
+            cli(prog_name="diffconv")  # also when run as `python -m cli` (torchrun -m cli)
+        except SystemExit as done:  # click ends every command so, with its status
+            code = done.code
+            exit_code = code if isinstance(code, int) else (0 if code is None else 1)
+            raise
+        finally:
+            interrupts.quiet_after_command(exit_code)
+            if exit_code is not None and distributed.ranks_from_env().distributed:
+                interrupts.end_rank(exit_code)  # no shutdown for torchrun's SIGTERM to meet
+    except KeyboardInterrupt:
+        # A second Ctrl-C just after the first, while its exit was under way (before the
+        # signals were quietened): it printed a traceback. The command's clean-up has run.
+        interrupts.quiet_after_command(interrupts.EXIT_CTRL_C)
+        raise SystemExit(interrupts.EXIT_CTRL_C) from None
 
 
 if __name__ == "__main__":

@@ -527,9 +527,12 @@ class AtomicWriter:
             self._close()
         except Exception:  # the file is being thrown away; its close error does not matter
             pass
-        if self._tmp and os.path.exists(self._tmp):
-            os.unlink(self._tmp)
-        self._remove_made_dirs()
+        finally:
+            # Also when a second Ctrl-C interrupts the close (raised as it ends): the
+            # temporary file went on existing beside the output.
+            if self._tmp and os.path.exists(self._tmp):
+                os.unlink(self._tmp)
+            self._remove_made_dirs()
 
     def _remove_made_dirs(self) -> None:
         # rmdir removes only an empty directory, so another output written there meanwhile
