@@ -225,20 +225,28 @@ def test_recorded_batches_in_chunks_keep_no_spectra_of_the_signal(monkeypatch, m
     # the direct sums'.
     monkeypatch.setattr(_fft, "SHORT_CHUNK_SAMPLES", 1 << 10)
     monkeypatch.setattr(_fft, "WHOLE_BATCH_POINTS", 0)
-    gen = torch.Generator().manual_seed(6)
-    x = torch.randn(64, 120, generator=gen, dtype=torch.float64, requires_grad=True)
-    w = torch.randn(15, generator=gen, dtype=torch.float64, requires_grad=True)
+    gen, x, w = _recorded_pair(seed=6, rows=64, T=120, K=15)
     out = convolve(x, w, mode, method="fft")
     kept = [t for t in saved_by_functions(out) if t.data_ptr() not in {x.data_ptr(), w.data_ptr()}]
     assert sum(t.numel() for t in kept) <= 120, [(t.shape, t.dtype) for t in kept]
     grad = torch.randn(out.shape, generator=gen, dtype=torch.float64)
+    _assert_direct_gradients(torch.autograd.grad(out, (x, w), grad), x, w, mode, grad)
+
+
+def _recorded_pair(seed: int, rows: int, T: int, K: int):
+    """A generator, then float64 signals ``(rows, T)`` and a kernel ``(K,)`` requiring grad."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(rows, T, generator=gen, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(K, generator=gen, dtype=torch.float64, requires_grad=True)
+    return gen, x, w
+
+
+def _assert_direct_gradients(got, x, w, mode, grad) -> None:
+    """``got``, the gradients of (x, w) for the output gradient ``grad``, are the direct
+    method's."""
     want = convolve(x, w, mode, method="direct")
-    for got, expected in zip(
-        torch.autograd.grad(out, (x, w), grad),
-        torch.autograd.grad(want, (x, w), grad),
-        strict=True,
-    ):
-        torch.testing.assert_close(got, expected)
+    for g_got, g_want in zip(got, torch.autograd.grad(want, (x, w), grad), strict=True):
+        torch.testing.assert_close(g_got, g_want)
 
 
 def test_the_whole_batch_keeps_the_signal_spectra_only_for_the_kernel_gradient():
@@ -263,9 +271,7 @@ def test_the_backward_pass_of_a_whole_batch_goes_a_few_rows_at_a_time(monkeypatc
     # gradient's rows are transformed.
     monkeypatch.setattr(_fft, "BACKWARD_CHUNK_SAMPLES", 1 << 10)
     monkeypatch.setattr(_fft, "WHOLE_BATCH_POINTS", 0)
-    gen = torch.Generator().manual_seed(7)
-    x = torch.randn(40, 100, generator=gen, dtype=torch.float64, requires_grad=True)
-    w = torch.randn(21, generator=gen, dtype=torch.float64, requires_grad=True)
+    gen, x, w = _recorded_pair(seed=7, rows=40, T=100, K=21)
     for mode in ("full", "same", "valid"):
         out = convolve(x, w, mode, method="fft")
         assert rfft_shapes[-2:] == [(21,), (40, 100)]  # forward: the kernel, the whole batch
@@ -276,6 +282,4 @@ def test_the_backward_pass_of_a_whole_batch_goes_a_few_rows_at_a_time(monkeypatc
         per_chunk = max(torch.get_num_threads(), (1 << 10) // n_fft)
         assert rfft_shapes and all(s[0] <= per_chunk < 40 for s in rfft_shapes), rfft_shapes
         rfft_shapes.clear()
-        want = convolve(x, w, mode, method="direct")
-        for g_got, g_want in zip(got, torch.autograd.grad(want, (x, w), grad), strict=True):
-            torch.testing.assert_close(g_got, g_want)
+        _assert_direct_gradients(got, x, w, mode, grad)
