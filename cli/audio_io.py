@@ -480,10 +480,17 @@ def read_signal(info: SignalInfo) -> np.ndarray:
             # G.72x and other files it cannot seek in only by a count (ValueError otherwise).
             data = _read_frames(f, info, info.frames)
     except (sf.SoundFileError, RuntimeError, ValueError) as err:
-        raise FileProblem(info.path, f"cannot read audio ({_libsndfile_reason(err)})") from err
+        raise _read_failure(info, err) from err
     if data.shape[-1] < info.frames:
         raise _ended_early(info, data.shape[-1])
     return data
+
+
+def _read_failure(info: SignalInfo, err: Exception) -> FileProblem:
+    # libsndfile says "System error" for a file removed after the batch probed it.
+    if info.buffer is None and not os.path.lexists(info.path):
+        return FileProblem(info.path, "no such file (removed since it was checked)")
+    return FileProblem(info.path, f"cannot read audio ({_libsndfile_reason(err)})")
 
 
 def _ended_early(info: SignalInfo, frames_read: int) -> FileProblem:
@@ -534,7 +541,7 @@ def read_blocks(info: SignalInfo, block_frames: int) -> Iterator[np.ndarray]:
                 done += block.shape[-1]
                 yield block
     except (sf.SoundFileError, RuntimeError, ValueError) as err:
-        raise FileProblem(info.path, f"cannot read audio ({_libsndfile_reason(err)})") from err
+        raise _read_failure(info, err) from err
 
 
 def _npy_map(info: SignalInfo) -> np.ndarray:
@@ -612,4 +619,4 @@ def read_tail(info: SignalInfo, frames: int) -> np.ndarray:
                 tail = np.concatenate([tail, block], axis=-1)[:, -frames:]
             return np.ascontiguousarray(tail)
     except (sf.SoundFileError, RuntimeError, ValueError) as err:
-        raise FileProblem(info.path, f"cannot read audio ({_libsndfile_reason(err)})") from err
+        raise _read_failure(info, err) from err

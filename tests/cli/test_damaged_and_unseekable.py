@@ -169,3 +169,14 @@ def test_a_second_ctrl_c_while_the_first_ones_exit_is_under_way_exits_130(
         signal.signal(signal.SIGHUP, hangup)
     assert done.value.code == interrupts.EXIT_CTRL_C
     assert calls == [interrupts.EXIT_CTRL_C, interrupts.EXIT_CTRL_C]
+
+
+def test_a_file_removed_after_it_was_checked_says_so(tmp_path):
+    # libsndfile's reason was "System error".
+    path = tmp_path / "x.wav"
+    sf.write(path, _signal(2000), 8000, subtype="PCM_16")
+    info = audio_io.probe(str(path))
+    path.unlink()
+    for read in (audio_io.read_signal, lambda i: list(audio_io.read_blocks(i, 512))):
+        with pytest.raises(audio_io.FileProblem, match="no such file \\(removed since it was"):
+            read(info)
