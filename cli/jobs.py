@@ -150,7 +150,14 @@ def _plan_jobs(inputs, output, glob, recursive, stdio, raw, notes, writes) -> li
     jobs: list[Job] = []
     for src in sources:
         if src.is_dir():
-            found, problems = _find_files(src, glob, recursive, exclude=out)
+            found, problems, in_output = _find_files(src, glob, recursive, exclude=out)
+            if in_output and notes is not None:
+                # Outputs of an earlier run, usually; but inputs put there are left out too.
+                files = "file" if in_output == 1 else "files"
+                notes.append(
+                    f"{src}: {in_output} {files} under the output directory {out} left out "
+                    "(what lies in OUTPUT is never taken as input)"
+                )
             headerless = 0
             if not (raw or glob):
                 kept = [f for f in found if not is_raw_path(f)]
@@ -297,9 +304,10 @@ def _has_visible_folder(folder: Path) -> bool:
 
 def _find_files(
     folder: Path, glob: str | None, recursive: bool, exclude: Path
-) -> tuple[list[Path], list[tuple[Path, str]]]:
-    """The input files in ``folder``, sorted, and the entries that fail as inputs (folders
-    that cannot be listed, broken symlinks with an input's name), with the reason."""
+) -> tuple[list[Path], list[tuple[Path, str]], int]:
+    """The input files in ``folder``, sorted, the entries that fail as inputs (folders that
+    cannot be listed, broken symlinks with an input's name), with the reason, and how many
+    files were left out for lying under ``exclude`` (the output directory)."""
     pattern = glob or "*"
     try:  # pathlib checks the pattern on the first step of the walk
         candidates = list(folder.rglob(pattern) if recursive else folder.glob(pattern))
@@ -314,6 +322,7 @@ def _find_files(
     inside = exclude.resolve()
     skip_inside = inside != folder.resolve() and folder.resolve() in inside.parents
     files = []
+    in_output = 0
     problems = _unreadable_folders(folder, recursive)
     # A pattern whose file part starts with a dot asks for hidden files by name.
     wants_hidden = pattern.rsplit("/", 1)[-1].startswith(".")
@@ -333,9 +342,10 @@ def _find_files(
                 problems.append((path, reason))
             continue
         if skip_inside and inside in path.resolve().parents:
+            in_output += 1
             continue
         files.append(path)
-    return sorted(files), problems
+    return sorted(files), problems, in_output
 
 
 def _check_unique(jobs: list[Job]) -> None:

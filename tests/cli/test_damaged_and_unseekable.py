@@ -180,3 +180,16 @@ def test_a_file_removed_after_it_was_checked_says_so(tmp_path):
     for read in (audio_io.read_signal, lambda i: list(audio_io.read_blocks(i, 512))):
         with pytest.raises(audio_io.FileProblem, match="no such file \\(removed since it was"):
             read(info)
+
+
+def test_inputs_under_the_output_directory_are_left_out_with_a_note(tmp_path):
+    # OUTPUT inside the input tree is never searched for inputs (a rerun must not take its
+    # own outputs); files put there were left out without a word.
+    folder = tmp_path / "ins"
+    (folder / "sub").mkdir(parents=True)
+    sf.write(folder / "a.wav", _signal(1000), 8000, subtype="PCM_16")
+    sf.write(folder / "sub" / "b.wav", _signal(1000), 8000, subtype="PCM_16")
+    result = invoke("smooth", folder, folder / "sub", "-r")
+    assert result.exit_code == 0, result.stderr
+    assert f"1 file under the output directory {folder / 'sub'} left out" in result.stderr
+    assert listing(folder / "sub") == ["a.wav", "b.wav"]
