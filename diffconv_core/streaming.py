@@ -74,6 +74,12 @@ def _cat(first: torch.Tensor | None, second: torch.Tensor) -> torch.Tensor:
     return second if first is None else torch.cat([first, second], dim=-1)
 
 
+def _made_in_inference_mode(t: torch.Tensor | None) -> bool:
+    """Whether ``t``, kept from an earlier call, was made under ``torch.inference_mode``
+    and cannot serve this one (written in place, or saved for a backward pass)."""
+    return t is not None and t.is_inference() and not torch.is_inference_mode_enabled()
+
+
 def _check_block(
     block: object, lead: torch.Size | None, device: torch.device | None, flushed: bool
 ) -> tuple[torch.Size, torch.device]:
@@ -295,10 +301,12 @@ class StreamingConvolver:
         Shape:
             ``(..., n)`` -> ``(..., m)``, ``m`` >= 0.
         """
-        first = self._lead is None
-        self._lead, self._device = _check_block(block, self._lead, self._device, self._flushed)
-        if first:  # the blocks against the kernel, named as the caller gave them
+        lead, device = _check_block(block, self._lead, self._device, self._flushed)
+        if self._lead is None:  # the blocks against the kernel, named as the caller gave them
             self._empty(block)
+        # Only a block accepted sets the stream's shape: a refused first block had fixed it,
+        # and every right block after it was refused too.
+        self._lead, self._device = lead, device
         self._n_in += block.shape[-1]
         # Slices of views would pin each caller's whole block; cloning keeps memory O(K).
         self._recent = _cat(self._recent, block)[..., -self._keep :].clone()
@@ -429,7 +437,8 @@ class StreamingSmoother:
             ``(..., n)`` (at least ``length``, or all of a shorter signal), checked at
             :meth:`flush`.
         dtype, device: if given, every pushed block is first moved to them (e.g. a file's
-            float32 blocks to float64 on a GPU).
+            float32 blocks to float64 on a GPU; integer blocks are converted, complex ones
+            refused).
 
     Shape:
         blocks ``(..., n)`` with the same leading dims -> pieces ``(..., m)``; concatenated,
@@ -537,7 +546,7 @@ class StreamingSmoother:
         # Built once per stream, not once per block (a 4,095-tap window cost 1 ms a block),
         # unless its parameters are learnable: then each chunk gets a fresh graph.
         learnable = self._learnable_window()
-        if learnable or self._window_for != key:
+        if learnable or self._window_for != key or _made_in_inference_mode(self._window):
             self._window = get_window(
                 self.window,
                 self.length,
@@ -561,7 +570,15 @@ class StreamingSmoother:
     def _nothing_yet(self, block: torch.Tensor) -> torch.Tensor:
         # No output yet, shaped as the outputs will be: window parameters with leading dims
         # (one window per row) broadcast against the signal's.
-        lead = broadcast_shapes(block.shape[:-1], self._window_like(block).shape[:-1])
+        window = self._window_like(block)
+        try:
+            lead = broadcast_shapes(block.shape[:-1], window.shape[:-1])
+        except ValueError:
+            raise ValueError(
+                "the leading dimensions of a block and of the window must broadcast; got "
+                f"block shape {tuple(block.shape)} and window shape {tuple(window.shape)} "
+                "(time is the last axis)"
+            ) from None
         return block.new_zeros((*lead, 0))
 
     def push(self, block: torch.Tensor) -> torch.Tensor:
@@ -571,10 +588,17 @@ class StreamingSmoother:
             ``(..., n)`` -> ``(..., m)``, ``m`` >= 0.
         """
         if isinstance(block, torch.Tensor) and (self.dtype is not None or self.device is not None):
+            if block.is_complex():  # the conversion would drop the imaginary part
+                raise TypeError(
+                    f"block must be a real tensor (integer or floating); got dtype {block.dtype}"
+                )
             block = block.to(device=self.device, dtype=self.dtype)
-        self._lead, self._device = _check_block(block, self._lead, self._device, self._flushed)
+        lead, device = _check_block(block, self._lead, self._device, self._flushed)
+        if self._lead is None:  # against the window's leading dims, before anything is kept
+            self._nothing_yet(block)
         if self.nan_policy == "raise":
             self._refuse_nan(block)
+        self._lead, self._device = lead, device
         self._pieces.append(block)
         self._n_in += block.shape[-1]
         margin = self._margin
@@ -629,6 +653,7 @@ class StreamingSmoother:
             or store.numel() < size
             or store.dtype != first.dtype
             or store.device != first.device
+            or _made_in_inference_mode(store)
         ):
             store = self._store = first.new_empty(size)
         return torch.cat(pieces, dim=-1, out=store[:size].view(shape))

@@ -15,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import diffconv_core
+from diffconv_core.smooth import smooth
 from diffconv_core.streaming import (
     StreamingConvolver,
     StreamingSmoother,
@@ -625,3 +626,51 @@ def test_smoother_takes_the_windows_smooth_takes(window):
     torch.testing.assert_close(got, smooth(x, window, 15))
     with pytest.raises(TypeError, match="given twice"):
         StreamingSmoother(("kaiser", 8.0), 15, beta=3.0)
+
+
+def test_a_refused_first_block_leaves_no_trace():
+    # A first block that cannot meet the kernels (or windows) fixed the stream's leading
+    # shape all the same: every right block after it was refused.
+    kernels = torch.randn(3, 7, dtype=torch.float64)
+    signal = torch.randn(3, 10, dtype=torch.float64)
+    convolver = StreamingConvolver(kernels, "same")
+    with pytest.raises(ValueError):
+        convolver.push(torch.randn(2, 10, dtype=torch.float64))
+    got = torch.cat([convolver.push(signal), convolver.flush()], -1)
+    torch.testing.assert_close(got, diffconv_core.convolve(signal, kernels, "same"))
+    std = torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)
+    smoother = StreamingSmoother("gaussian", 9, std=std)
+    with pytest.raises(ValueError, match="block shape \\(2, 10\\) and window shape \\(3, 9\\)"):
+        smoother.push(torch.randn(2, 10, dtype=torch.float64))
+    assert smoother.buffered_samples == 0
+    got = torch.cat([smoother.push(signal), smoother.flush()], -1)
+    torch.testing.assert_close(got, smooth(signal, "gaussian", 9, std=std))
+
+
+def test_a_smoother_used_under_inference_mode_serves_ordinary_calls_after():
+    # Its kept chunk buffer and trial window were inference tensors: the next ordinary
+    # stream wrote into the buffer in place ("Inplace update to inference tensor"), and a
+    # recorded one could not save the window for backward.
+    signal = torch.randn(2, 4000, dtype=torch.float64)
+    with torch.inference_mode():
+        smoother = StreamingSmoother("hann", 301)
+        for block in signal.split(700, -1):
+            smoother.push(block)
+        smoother.flush()
+    smoother.reset()
+    got = torch.cat([smoother.push(b) for b in signal.split(700, -1)] + [smoother.flush()], -1)
+    torch.testing.assert_close(got, smooth(signal, "hann", 301))
+    smoother.reset()
+    leaf = signal.clone().requires_grad_()
+    out = torch.cat([smoother.push(b) for b in leaf.split(700, -1)] + [smoother.flush()], -1)
+    (grad,) = torch.autograd.grad(out.square().sum(), leaf)
+    want = smooth(leaf, "hann", 301)
+    torch.testing.assert_close(grad, torch.autograd.grad(want.square().sum(), leaf)[0])
+
+
+def test_a_smoother_converting_blocks_still_refuses_complex_ones():
+    # With dtype= the block was converted first: a complex block lost its imaginary part
+    # with only torch's warning (integer blocks are converted, by design).
+    smoother = StreamingSmoother("hann", 9, dtype=torch.float64)
+    with pytest.raises(TypeError, match="real tensor"):
+        smoother.push(torch.ones(10, dtype=torch.complex128))
