@@ -409,11 +409,19 @@ def _rows_in_chunks(t: torch.Tensor, w: torch.Tensor, n_fft: int) -> int:
     chunks against 1.91, and 256 x 16,384 with 1,023 taps (two chunks, one of them nearly
     the whole batch) peaked higher forward, 4.9x against 3.2x. So does CUDA, where every
     chunk costs launches."""
+    return _rows_a_chunk(t, w, n_fft, rows_per_chunk(n_fft), whole_up_to=4)
+
+
+def _rows_a_chunk(
+    t: torch.Tensor, w: torch.Tensor, n_fft: int, per_chunk: int, whole_up_to: int
+) -> int:
+    """``per_chunk``, or 0 where the batch ``t`` goes whole: on CUDA, for kernels of their
+    own, under vmap (no writes into slices of an output), within WHOLE_BATCH_POINTS, and
+    for batches of at most ``whole_up_to`` chunks."""
     rows = t.numel() // max(t.shape[-1], 1)
-    per_chunk = rows_per_chunk(n_fft)
-    few = rows <= 4 * per_chunk or rows * n_fft <= WHOLE_BATCH_POINTS
-    if t.device.type != "cpu" or w.dim() != 1 or few or under_vmap(t):
-        return 0  # (vmap: no writes into slices of an output)
+    whole = rows <= whole_up_to * per_chunk or rows * n_fft <= WHOLE_BATCH_POINTS
+    if t.device.type != "cpu" or w.dim() != 1 or under_vmap(t) or whole:
+        return 0
     return per_chunk
 
 
@@ -431,12 +439,8 @@ BACKWARD_CHUNK_SAMPLES = 1 << 19
 def _backward_rows(grad: torch.Tensor, w: torch.Tensor, n_fft: int) -> int:
     """Rows per chunk of :class:`_FFTRange`'s backward pass on the CPU, or 0 for the whole
     batch at once (on CUDA, for kernels of their own, under vmap, and for small batches)."""
-    rows = grad.numel() // max(grad.shape[-1], 1)
     per_chunk = max(torch.get_num_threads(), BACKWARD_CHUNK_SAMPLES // n_fft)
-    small = rows <= per_chunk or rows * n_fft <= WHOLE_BATCH_POINTS
-    if grad.device.type != "cpu" or w.dim() != 1 or under_vmap(grad) or small:
-        return 0
-    return per_chunk
+    return _rows_a_chunk(grad, w, n_fft, per_chunk, whole_up_to=1)
 
 
 def _chunked_gradients(
